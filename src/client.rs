@@ -1,0 +1,321 @@
+//! The Cloud Manager client: how to ask for a link's status, and what the answer means.
+//!
+//! Digest credentials keep one `diqwest::DigestAuthSession` each, so an established nonce is
+//! reused and a check costs one request (three when the server declared the nonce stale).
+//! Service accounts keep one OAuth token each until shortly before it expires. Every answer,
+//! including transport errors, becomes a [`CheckOutcome`]; this module never touches the database.
+
+mod classify;
+mod oauth;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use diqwest::{DigestAuthSession, WithDigestAuth};
+use reqwest::{StatusCode, Url, header};
+use serde::Serialize;
+
+pub use classify::classify;
+
+use crate::config::{self, Credential, OrgId};
+
+/// A status string (any string: `SYNCED` and `NOT_SYNCED` are just the documented ones), or why
+/// there is none.
+pub type CheckOutcome = Result<String, Failure>;
+
+/// Why a check produced no status.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Failure {
+    pub class: FailureClass,
+    pub http_status: Option<u16>,
+    /// Cloud Manager's `errorCode` (or OAuth's `error`), when the body had one.
+    pub error_code: Option<String>,
+    /// The server's `detail`, or the start of a body that was not JSON, or the transport error.
+    pub detail: String,
+    /// `Retry-After`, when the server sent one: the next check waits at least this long.
+    #[serde(skip)]
+    pub retry_after: Option<Duration>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FailureClass {
+    Unauthorized,
+    Forbidden,
+    /// The org does not exist (or is an Atlas org).
+    NotFound,
+    /// A 404 that does not name the org: most likely the org has no migration link.
+    NoLink,
+    RateLimited,
+    ServerError,
+    Timeout,
+    Connection,
+    /// An answer we could not read: not JSON, no `status`, too large.
+    Malformed,
+    /// Any other HTTP error (400, 402, ...).
+    Http,
+}
+
+impl FailureClass {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FailureClass::Unauthorized => "unauthorized",
+            FailureClass::Forbidden => "forbidden",
+            FailureClass::NotFound => "not_found",
+            FailureClass::NoLink => "no_link",
+            FailureClass::RateLimited => "rate_limited",
+            FailureClass::ServerError => "server_error",
+            FailureClass::Timeout => "timeout",
+            FailureClass::Connection => "connection",
+            FailureClass::Malformed => "malformed",
+            FailureClass::Http => "http",
+        }
+    }
+}
+
+impl Failure {
+    pub fn new(class: FailureClass, http_status: Option<u16>, error_code: Option<String>, detail: impl Into<String>) -> Self {
+        Failure {
+            class,
+            http_status,
+            error_code,
+            detail: detail.into(),
+            retry_after: None,
+        }
+    }
+
+    /// What the failure means, in plain words, for logs and messages.
+    pub fn explain(&self) -> String {
+        let what = match self.class {
+            FailureClass::Unauthorized => {
+                "Cloud Manager rejected the credentials: wrong key, or the key lacks the Organization Owner role"
+            }
+            FailureClass::Forbidden => "this host's IP address is not on the API key's access list",
+            FailureClass::NotFound => "Cloud Manager does not know this org (wrong id, or an Atlas org id)",
+            FailureClass::NoLink => "the org has no migration link (was it removed?)",
+            FailureClass::RateLimited => "Cloud Manager is rate limiting this key",
+            FailureClass::ServerError => "Cloud Manager had a server error",
+            FailureClass::Timeout => "Cloud Manager did not answer in time",
+            FailureClass::Connection => "could not connect to Cloud Manager",
+            FailureClass::Malformed => "Cloud Manager's answer could not be read",
+            FailureClass::Http => "Cloud Manager refused the request",
+        };
+        let mut s = what.to_owned();
+        match (self.http_status, &self.error_code) {
+            (Some(code), Some(ec)) => s.push_str(&format!(" (HTTP {code} {ec})")),
+            (Some(code), None) => s.push_str(&format!(" (HTTP {code})")),
+            (None, Some(ec)) => s.push_str(&format!(" ({ec})")),
+            (None, None) => {}
+        }
+        if !self.detail.is_empty() {
+            s.push_str(": ");
+            s.push_str(&self.detail);
+        }
+        s
+    }
+}
+
+/// Connection settings, taken from the config so that tests can point them at 127.0.0.1.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub base_url: Url,
+    pub token_url: Url,
+    pub connect_timeout: Duration,
+    /// Bounds one whole check, including the Digest or OAuth exchange.
+    pub timeout: Duration,
+    pub max_body_bytes: usize,
+}
+
+impl Settings {
+    pub fn from_config(cm: &config::CloudManager, poll: &config::Poll) -> Self {
+        Settings {
+            base_url: cm.base_url.clone(),
+            token_url: cm.token_url.clone(),
+            connect_timeout: cm.connect_timeout,
+            timeout: poll.timeout,
+            max_body_bytes: cm.max_body_bytes,
+        }
+    }
+}
+
+enum Auth {
+    Digest(DigestAuthSession),
+    OAuth(oauth::TokenCache),
+}
+
+pub struct Client {
+    http: reqwest::Client,
+    settings: Settings,
+    /// One authentication state per distinct credential (a handful), looked up by equality.
+    auth: Vec<(Arc<Credential>, Arc<Auth>)>,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client").field("base_url", &self.settings.base_url.as_str()).finish_non_exhaustive()
+    }
+}
+
+impl Client {
+    pub fn new(settings: Settings, credentials: &[Arc<Credential>]) -> anyhow::Result<Client> {
+        let http = reqwest::Client::builder()
+            .user_agent(concat!("linkwatch/", env!("CARGO_PKG_VERSION")))
+            .connect_timeout(settings.connect_timeout)
+            .timeout(settings.timeout)
+            // Below the usual server keep-alive, so a pooled connection is not reused just as the
+            // server closes it ("connection closed before message completed").
+            .pool_idle_timeout(Duration::from_secs(20))
+            .build()?;
+        let mut client = Client {
+            http,
+            settings,
+            auth: Vec::new(),
+        };
+        for c in credentials {
+            client.auth_for(c);
+        }
+        Ok(client)
+    }
+
+    fn auth_for(&mut self, credential: &Arc<Credential>) -> Arc<Auth> {
+        if let Some((_, a)) = self.auth.iter().find(|(c, _)| **c == **credential) {
+            return a.clone();
+        }
+        let auth = Arc::new(match &**credential {
+            Credential::ApiKey {
+                public_key,
+                private_key,
+            } => Auth::Digest(DigestAuthSession::new(public_key.clone(), private_key.expose())),
+            Credential::ServiceAccount {
+                client_id,
+                client_secret,
+            } => Auth::OAuth(oauth::TokenCache::new(client_id.clone(), client_secret.clone())),
+        });
+        self.auth.push((credential.clone(), auth.clone()));
+        auth
+    }
+
+    fn find_auth(&self, credential: &Credential) -> Option<Arc<Auth>> {
+        self.auth.iter().find(|(c, _)| **c == *credential).map(|(_, a)| a.clone())
+    }
+
+    pub fn status_url(&self, org: &OrgId) -> Url {
+        self.settings
+            .base_url
+            .join(&format!("orgs/{org}/liveExport/migrationLink/status"))
+            .expect("an org id is a valid path segment")
+    }
+
+    /// Asks for `org`'s link status with `credential`. Never fails: every problem is a
+    /// [`Failure`] in the outcome.
+    pub async fn check(&self, org: &OrgId, credential: &Credential) -> CheckOutcome {
+        let Some(auth) = self.find_auth(credential) else {
+            return Err(Failure::new(
+                FailureClass::Unauthorized,
+                None,
+                None,
+                format!("no session for {}", credential.label()),
+            ));
+        };
+        let url = self.status_url(org);
+        let attempt = async {
+            let response = match &*auth {
+                Auth::Digest(session) => self
+                    .request(url)
+                    .send_digest_auth(session)
+                    .await
+                    .map_err(digest_error)?,
+                Auth::OAuth(cache) => {
+                    let token = cache.token(&self.http, &self.settings.token_url, false).await?;
+                    let response = self.request(url.clone()).bearer_auth(token.expose()).send().await.map_err(transport_error)?;
+                    if response.status() != StatusCode::UNAUTHORIZED {
+                        response
+                    } else {
+                        // The token may have been revoked or expired early: one fresh try.
+                        let token = cache.token(&self.http, &self.settings.token_url, true).await?;
+                        self.request(url).bearer_auth(token.expose()).send().await.map_err(transport_error)?
+                    }
+                }
+            };
+            self.read(response).await
+        };
+        match tokio::time::timeout(self.settings.timeout, attempt).await {
+            Ok(outcome) => outcome,
+            Err(_) => Err(Failure::new(
+                FailureClass::Timeout,
+                None,
+                None,
+                format!("no answer within {}", humantime::format_duration(self.settings.timeout)),
+            )),
+        }
+    }
+
+    fn request(&self, url: Url) -> reqwest::RequestBuilder {
+        self.http.get(url).header(header::ACCEPT, "application/json")
+    }
+
+    async fn read(&self, mut response: reqwest::Response) -> CheckOutcome {
+        let status = response.status().as_u16();
+        let retry_after = retry_after(response.headers());
+        let (body, truncated) = read_capped(&mut response, self.settings.max_body_bytes)
+            .await
+            .map_err(transport_error)?;
+        classify(status, retry_after, &body, truncated.then_some(self.settings.max_body_bytes))
+    }
+}
+
+/// Reads at most `cap` bytes; the flag says whether the body was longer.
+pub(crate) async fn read_capped(response: &mut reqwest::Response, cap: usize) -> reqwest::Result<(Vec<u8>, bool)> {
+    let mut body = Vec::new();
+    while let Some(chunk) = response.chunk().await? {
+        let room = cap - body.len();
+        if chunk.len() > room {
+            body.extend_from_slice(&chunk[..room]);
+            return Ok((body, true));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok((body, false))
+}
+
+/// `Retry-After` in its seconds form; the HTTP-date form is rare enough on these APIs that a
+/// default backoff serves it.
+pub fn retry_after(headers: &header::HeaderMap) -> Option<Duration> {
+    headers
+        .get(header::RETRY_AFTER)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse::<u64>()
+        .ok()
+        .map(Duration::from_secs)
+}
+
+fn digest_error(e: diqwest::error::Error) -> Failure {
+    match e {
+        diqwest::error::Error::Reqwest(e) => transport_error(e),
+        other => Failure::new(
+            FailureClass::Malformed,
+            Some(401),
+            None,
+            format!("could not complete the Digest exchange: {other}"),
+        ),
+    }
+}
+
+pub(crate) fn transport_error(e: reqwest::Error) -> Failure {
+    let class = if e.is_timeout() {
+        FailureClass::Timeout
+    } else {
+        FailureClass::Connection
+    };
+    // The chain of causes is what helps ("connection refused"); the URL is known to the caller.
+    let mut causes = String::new();
+    let mut source = std::error::Error::source(&e);
+    while let Some(s) = source {
+        causes.push_str(": ");
+        causes.push_str(&s.to_string());
+        source = s.source();
+    }
+    Failure::new(class, None, None, format!("{}{causes}", e.without_url()))
+}

@@ -1,0 +1,185 @@
+//! Turning one HTTP answer into a [`CheckOutcome`]. Pure, so that every body shape Cloud Manager
+//! (or a proxy in front of it) may send is covered by unit tests.
+
+use std::time::Duration;
+
+use serde_json::Value;
+
+use super::{CheckOutcome, Failure, FailureClass};
+
+/// How much of an unreadable body is kept as the reason.
+const RAW_KEEP: usize = 200;
+
+/// `truncated` is `Some(cap)` when the body was cut at `cap` bytes.
+pub fn classify(http_status: u16, retry_after: Option<Duration>, body: &[u8], truncated: Option<usize>) -> CheckOutcome {
+    if let Some(cap) = truncated {
+        return Err(Failure::new(
+            FailureClass::Malformed,
+            Some(http_status),
+            None,
+            format!("the answer is larger than {cap} bytes; it starts: {}", excerpt(body)),
+        ));
+    }
+    let json: Option<Value> = serde_json::from_slice(body).ok();
+    // `?envelope=true` (or a proxy that adds it) wraps the answer and may report the real code
+    // inside a 200: {"status": 401, "content": {...}}.
+    let (code, json) = match json {
+        Some(Value::Object(mut m)) if m.get("status").is_some_and(Value::is_u64) => {
+            let inner = m.remove("content").or_else(|| m.remove("envelope"));
+            let code = m.get("status").and_then(Value::as_u64).and_then(|c| u16::try_from(c).ok());
+            match (inner, code) {
+                (Some(inner), Some(code)) => (code, Some(inner)),
+                _ => (http_status, Some(Value::Object(m))),
+            }
+        }
+        other => (http_status, other),
+    };
+    if (200..300).contains(&code) {
+        return match json.as_ref().and_then(|j| j.get("status")) {
+            Some(Value::String(s)) if !s.trim().is_empty() => Ok(s.trim().to_owned()),
+            Some(other) => Err(malformed(code, format!("`status` is not a status string: {other}"))),
+            None if json.is_some() => Err(malformed(code, format!("no `status` in the answer: {}", excerpt(body)))),
+            None => Err(malformed(code, format!("the answer is not JSON: {}", excerpt(body)))),
+        };
+    }
+    Err(error_answer(code, retry_after, json.as_ref(), body))
+}
+
+fn malformed(code: u16, detail: String) -> Failure {
+    Failure::new(FailureClass::Malformed, Some(code), None, detail)
+}
+
+fn error_answer(code: u16, retry_after: Option<Duration>, json: Option<&Value>, body: &[u8]) -> Failure {
+    let field = |name: &str| json.and_then(|j| j.get(name)).and_then(Value::as_str).map(str::to_owned);
+    // Cloud Manager's shape is {detail, errorCode, reason}; OAuth's is {error, error_description}.
+    let error_code = field("errorCode").or_else(|| field("error"));
+    let detail = field("detail")
+        .or_else(|| field("error_description"))
+        .or_else(|| field("reason"))
+        .unwrap_or_else(|| excerpt(body));
+    let class = match (code, error_code.as_deref()) {
+        (401, _) => FailureClass::Unauthorized,
+        (403, _) => FailureClass::Forbidden,
+        (404, Some("INVALID_ORG_ID" | "ORG_NOT_FOUND" | "EXPECTED_NON_ATLAS_ORG")) => FailureClass::NotFound,
+        (404, _) => FailureClass::NoLink,
+        (429, _) => FailureClass::RateLimited,
+        (500..=599, _) => FailureClass::ServerError,
+        _ => FailureClass::Http,
+    };
+    Failure {
+        retry_after,
+        ..Failure::new(class, Some(code), error_code, detail)
+    }
+}
+
+/// The start of a body, on one line, for messages.
+fn excerpt(body: &[u8]) -> String {
+    let text = String::from_utf8_lossy(body);
+    let flat: String = text.split_whitespace().collect::<Vec<_>>().join(" ");
+    if flat.is_empty() {
+        return "(empty body)".to_owned();
+    }
+    match flat.char_indices().nth(RAW_KEEP) {
+        Some((i, _)) => format!("{}...", &flat[..i]),
+        None => flat,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn class_of(code: u16, body: &str) -> FailureClass {
+        classify(code, None, body.as_bytes(), None).unwrap_err().class
+    }
+
+    #[test]
+    fn documented_and_unknown_statuses_are_statuses() {
+        assert_eq!(classify(200, None, br#"{"status":"SYNCED"}"#, None), Ok("SYNCED".into()));
+        assert_eq!(classify(200, None, br#"{ "status" : "NOT_SYNCED" }"#, None), Ok("NOT_SYNCED".into()));
+        assert_eq!(classify(200, None, br#"{"status":"PAUSED","x":1}"#, None), Ok("PAUSED".into()));
+    }
+
+    #[test]
+    fn envelope_is_unwrapped_and_its_code_honoured() {
+        assert_eq!(
+            classify(200, None, br#"{"status":200,"content":{"status":"SYNCED"}}"#, None),
+            Ok("SYNCED".into())
+        );
+        assert_eq!(
+            classify(200, None, br#"{"status":200,"envelope":{"status":"SYNCED"}}"#, None),
+            Ok("SYNCED".into())
+        );
+        let f = classify(
+            200,
+            None,
+            br#"{"status":403,"content":{"error":403,"errorCode":"IP_ADDRESS_NOT_ON_ACCESS_LIST","detail":"IP 1.2.3.4"}}"#,
+            None,
+        )
+        .unwrap_err();
+        assert_eq!(f.class, FailureClass::Forbidden);
+        assert_eq!(f.http_status, Some(403));
+        assert_eq!(f.error_code.as_deref(), Some("IP_ADDRESS_NOT_ON_ACCESS_LIST"));
+        assert_eq!(f.detail, "IP 1.2.3.4");
+    }
+
+    #[test]
+    fn error_classes() {
+        let ops_manager_401 = r#"{"reason":"Unauthorized","error":401,"detail":"You are not authorized for this resource."}"#;
+        assert_eq!(class_of(401, ops_manager_401), FailureClass::Unauthorized);
+        assert_eq!(class_of(403, r#"{"errorCode":"ORG_REQUIRES_ACCESS_LIST"}"#), FailureClass::Forbidden);
+        assert_eq!(class_of(404, r#"{"errorCode":"ORG_NOT_FOUND"}"#), FailureClass::NotFound);
+        assert_eq!(class_of(404, r#"{"errorCode":"EXPECTED_NON_ATLAS_ORG"}"#), FailureClass::NotFound);
+        assert_eq!(class_of(404, r#"{"errorCode":"RESOURCE_NOT_FOUND"}"#), FailureClass::NoLink);
+        assert_eq!(class_of(429, r#"{"errorCode":"RATE_LIMITED"}"#), FailureClass::RateLimited);
+        assert_eq!(class_of(503, ""), FailureClass::ServerError);
+        assert_eq!(class_of(402, r#"{"errorCode":"ACCOUNT_SUSPENDED"}"#), FailureClass::Http);
+    }
+
+    #[test]
+    fn error_fields_are_kept() {
+        let f = classify(
+            429,
+            Some(Duration::from_secs(30)),
+            br#"{"detail":"Resource x is limited to 100 requests every 1 minutes.","error":429,"errorCode":"RATE_LIMITED","reason":"Too Many Requests"}"#,
+            None,
+        )
+        .unwrap_err();
+        assert_eq!(f.http_status, Some(429));
+        assert_eq!(f.error_code.as_deref(), Some("RATE_LIMITED"));
+        assert_eq!(f.detail, "Resource x is limited to 100 requests every 1 minutes.");
+        assert_eq!(f.retry_after, Some(Duration::from_secs(30)));
+        // An Ops Manager 401 has no errorCode; its numeric `error` is not mistaken for one.
+        let f = classify(401, None, br#"{"reason":"Unauthorized","error":401,"detail":"nope"}"#, None).unwrap_err();
+        assert_eq!(f.error_code, None);
+        assert_eq!(f.detail, "nope");
+    }
+
+    #[test]
+    fn unreadable_bodies_are_malformed_with_an_excerpt() {
+        let html = "<html>\n<body><h1>502 Bad Gateway</h1></body></html>";
+        let f = classify(200, None, html.as_bytes(), None).unwrap_err();
+        assert_eq!(f.class, FailureClass::Malformed);
+        assert!(f.detail.contains("<h1>502 Bad Gateway</h1>"), "{}", f.detail);
+        assert_eq!(class_of(200, ""), FailureClass::Malformed);
+        assert_eq!(class_of(200, "{}"), FailureClass::Malformed);
+        assert_eq!(class_of(200, r#"{"status":42}"#), FailureClass::Malformed);
+        assert_eq!(class_of(200, r#"{"status":""}"#), FailureClass::Malformed);
+        assert_eq!(class_of(200, "null"), FailureClass::Malformed);
+        // An HTML error page from a proxy keeps its text as the reason.
+        let f = classify(502, None, html.as_bytes(), None).unwrap_err();
+        assert_eq!(f.class, FailureClass::ServerError);
+        assert!(f.detail.contains("502 Bad Gateway"));
+    }
+
+    #[test]
+    fn huge_bodies_are_cut() {
+        let body = "x".repeat(5000);
+        let f = classify(200, None, body.as_bytes(), Some(4096)).unwrap_err();
+        assert_eq!(f.class, FailureClass::Malformed);
+        assert!(f.detail.len() < 300, "{}", f.detail.len());
+        // Multi-byte text is cut on a character boundary.
+        let f = classify(500, None, "é".repeat(1000).as_bytes(), None).unwrap_err();
+        assert!(f.detail.ends_with("..."));
+    }
+}

@@ -1,0 +1,503 @@
+//! The TOML configuration: parsed and validated once, into typed values.
+//!
+//! Parsing happens in two steps. `raw` mirrors the file (serde, `deny_unknown_fields`, with
+//! value types that validate themselves so that toml attaches a span to their errors); then
+//! [`Config::from_raw`] checks what needs the whole file (duplicates, credentials, secret files)
+//! and resolves secrets. Every error carries file, line, column and key.
+
+mod raw;
+mod values;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use reqwest::Url;
+use toml::Spanned;
+
+pub use values::{CronExpr, HumanDuration, OrgId};
+
+use crate::secret::Secret;
+
+pub const DEFAULT_PATH: &str = "/etc/linkwatch/linkwatch.toml";
+pub const DEFAULT_DATABASE: &str = "/var/lib/linkwatch/linkwatch.db";
+pub const DEFAULT_BASE_URL: &str = "https://cloud.mongodb.com/api/public/v1.0";
+
+/// A validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The file it came from, for messages.
+    pub source: PathBuf,
+    pub database: PathBuf,
+    pub cloud_manager: CloudManager,
+    pub poll: Poll,
+    pub credentials: Vec<Arc<Credential>>,
+    pub orgs: Vec<Org>,
+    pub channels: Vec<Channel>,
+}
+
+#[derive(Debug, Clone)]
+pub struct CloudManager {
+    pub base_url: Url,
+    /// Where OAuth service accounts get tokens; defaults to `{origin}/api/oauth/token`.
+    pub token_url: Url,
+    pub connect_timeout: Duration,
+    pub max_body_bytes: usize,
+}
+
+#[derive(Debug, Clone)]
+pub struct Poll {
+    pub schedule: Schedule,
+    pub timeout: Duration,
+    pub concurrency: usize,
+    pub failures_before_alert: u32,
+    pub confirm_checks: u32,
+}
+
+/// When an org is checked.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Schedule {
+    Every(Duration),
+    Cron(CronExpr),
+}
+
+impl std::fmt::Display for Schedule {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Schedule::Every(d) => write!(f, "every {}", humantime::format_duration(*d)),
+            Schedule::Cron(c) => write!(f, "cron \"{}\" (UTC)", c.as_str()),
+        }
+    }
+}
+
+/// One way of authenticating to Cloud Manager. Orgs share a credential when they use the same
+/// key, so that they share its Digest nonce or OAuth token.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Credential {
+    /// HTTP Digest: username = public key, password = private key.
+    ApiKey { public_key: String, private_key: Secret },
+    /// OAuth 2.0 client credentials (service account).
+    ServiceAccount {
+        client_id: String,
+        client_secret: Secret,
+    },
+}
+
+impl Credential {
+    /// The public half, safe to print.
+    pub fn label(&self) -> String {
+        match self {
+            Credential::ApiKey { public_key, .. } => format!("api key {public_key}"),
+            Credential::ServiceAccount { client_id, .. } => format!("service account {client_id}"),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Org {
+    pub id: OrgId,
+    pub name: String,
+    pub schedule: Schedule,
+    pub credential: Arc<Credential>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Channel {
+    pub name: String,
+    pub kind: ChannelKind,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum ChannelKind {
+    Console,
+}
+
+impl ChannelKind {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            ChannelKind::Console => "console",
+        }
+    }
+}
+
+/// A configuration that cannot be used, with where and why.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{file}:{line}:{column}: {key}: {message}")]
+    Invalid {
+        file: PathBuf,
+        line: usize,
+        column: usize,
+        key: String,
+        message: String,
+    },
+}
+
+impl Config {
+    /// Reads and validates the file at `path`.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::parse(&text, path)
+    }
+
+    /// Validates `text` as if read from `path` (used in messages and to resolve relative paths).
+    pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        let locator = Locator { text, file: path };
+        let raw = raw::parse(text).map_err(|(key, err)| {
+            let offset = err.span().map(|s| s.start).unwrap_or(0);
+            locator.error(offset, &key, err.message().trim().to_owned())
+        })?;
+        Self::from_raw(raw, &locator)
+    }
+
+    fn from_raw(raw: raw::Config, loc: &Locator<'_>) -> Result<Config, ConfigError> {
+        let base_dir = loc.file.parent().unwrap_or(Path::new("."));
+        let database = match raw.database {
+            Some(p) => resolve_path(base_dir, p.get_ref()),
+            None => PathBuf::from(DEFAULT_DATABASE),
+        };
+
+        let cm = raw.cloud_manager;
+        let base_url = match &cm.base_url {
+            Some(u) => parse_base_url(u, loc)?,
+            None => Url::parse(DEFAULT_BASE_URL).expect("the default base URL is valid"),
+        };
+        let token_url = match &cm.token_url {
+            Some(u) => parse_url(u, "cloud_manager.token_url", loc)?,
+            None => default_token_url(&base_url),
+        };
+        let cloud_manager = CloudManager {
+            base_url,
+            token_url,
+            connect_timeout: cm.connect_timeout.map_or(Duration::from_secs(5), |d| d.0),
+            max_body_bytes: cm.max_body_bytes.unwrap_or(64 * 1024),
+        };
+        let default_credential = credential_from(&cm.credential(), "cloud_manager", loc)?;
+
+        let poll_raw = raw.poll.unwrap_or_default();
+        let default_schedule = schedule_from(
+            poll_raw.every.as_ref(),
+            poll_raw.cron.as_ref(),
+            "poll",
+            loc,
+        )?
+        .unwrap_or(Schedule::Every(Duration::from_secs(60)));
+        let poll = Poll {
+            schedule: default_schedule.clone(),
+            timeout: poll_raw.timeout.map_or(Duration::from_secs(15), |d| d.0),
+            concurrency: positive(poll_raw.concurrency.as_ref(), 8, "poll.concurrency", loc)? as usize,
+            failures_before_alert: positive(
+                poll_raw.failures_before_alert.as_ref(),
+                3,
+                "poll.failures_before_alert",
+                loc,
+            )?,
+            confirm_checks: positive(poll_raw.confirm_checks.as_ref(), 1, "poll.confirm_checks", loc)?,
+        };
+
+        let mut credentials: Vec<Arc<Credential>> = Vec::new();
+        let mut share = |c: Credential| -> Arc<Credential> {
+            if let Some(existing) = credentials.iter().find(|e| ***e == c) {
+                return existing.clone();
+            }
+            let c = Arc::new(c);
+            credentials.push(c.clone());
+            c
+        };
+        let default_credential = default_credential.map(&mut share);
+
+        let mut orgs: Vec<Org> = Vec::new();
+        for (i, o) in raw.orgs.into_iter().enumerate() {
+            let key = format!("org[{i}]");
+            if let Some(dup) = orgs.iter().find(|x| x.id == *o.id.get_ref()) {
+                return Err(loc.error(
+                    o.id.span().start,
+                    &format!("{key}.id"),
+                    format!("org id {} is already used by org \"{}\"", dup.id, dup.name),
+                ));
+            }
+            let name = o.name.get_ref().trim().to_owned();
+            if name.is_empty() {
+                return Err(loc.error(o.name.span().start, &format!("{key}.name"), "must not be empty".into()));
+            }
+            if orgs.iter().any(|x| x.name == name) {
+                return Err(loc.error(
+                    o.name.span().start,
+                    &format!("{key}.name"),
+                    format!("org name \"{name}\" is used twice; names must be unique"),
+                ));
+            }
+            let schedule = schedule_from(o.every.as_ref(), o.cron.as_ref(), &key, loc)?
+                .unwrap_or_else(|| default_schedule.clone());
+            let credential = match credential_from(&o.credential(), &key, loc)? {
+                Some(c) => share(c),
+                None => default_credential.clone().ok_or_else(|| {
+                    loc.error(
+                        o.id.span().start,
+                        &key,
+                        "no credential: set public_key and private_key (or client_id and \
+                         client_secret) in [cloud_manager] or in this [[org]]"
+                            .into(),
+                    )
+                })?,
+            };
+            orgs.push(Org {
+                id: o.id.into_inner(),
+                name,
+                schedule,
+                credential,
+            });
+        }
+
+        let mut channels: Vec<Channel> = Vec::new();
+        for (i, c) in raw.channels.into_iter().enumerate() {
+            let key = format!("channel[{i}].name");
+            let name = c.name.get_ref().trim().to_owned();
+            if name.is_empty() {
+                return Err(loc.error(c.name.span().start, &key, "must not be empty".into()));
+            }
+            if channels.iter().any(|x| x.name == name) {
+                return Err(loc.error(
+                    c.name.span().start,
+                    &key,
+                    format!("channel name \"{name}\" is used twice; names must be unique"),
+                ));
+            }
+            let kind = match c.kind {
+                raw::ChannelKind::Console => ChannelKind::Console,
+            };
+            channels.push(Channel { name, kind });
+        }
+
+        Ok(Config {
+            source: loc.file.to_owned(),
+            database,
+            cloud_manager,
+            poll,
+            credentials,
+            orgs,
+            channels,
+        })
+    }
+}
+
+/// Turns byte offsets into file:line:column errors.
+struct Locator<'a> {
+    text: &'a str,
+    file: &'a Path,
+}
+
+impl Locator<'_> {
+    fn error(&self, offset: usize, key: &str, message: String) -> ConfigError {
+        let offset = offset.min(self.text.len());
+        let before = &self.text[..offset];
+        let line = before.matches('\n').count() + 1;
+        let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+        ConfigError::Invalid {
+            file: self.file.to_owned(),
+            line,
+            column,
+            key: if key.is_empty() { "(top level)".into() } else { key.into() },
+            message,
+        }
+    }
+}
+
+fn positive(value: Option<&Spanned<u32>>, default: u32, key: &str, loc: &Locator<'_>) -> Result<u32, ConfigError> {
+    match value {
+        None => Ok(default),
+        Some(v) if *v.get_ref() > 0 => Ok(*v.get_ref()),
+        Some(v) => Err(loc.error(v.span().start, key, "must be at least 1".into())),
+    }
+}
+
+fn schedule_from(
+    every: Option<&Spanned<HumanDuration>>,
+    cron: Option<&Spanned<CronExpr>>,
+    table: &str,
+    loc: &Locator<'_>,
+) -> Result<Option<Schedule>, ConfigError> {
+    match (every, cron) {
+        (Some(_), Some(c)) => Err(loc.error(
+            c.span().start,
+            &format!("{table}.cron"),
+            "set either `every` or `cron`, not both".into(),
+        )),
+        (Some(e), None) if e.get_ref().0 < Duration::from_secs(1) => Err(loc.error(
+            e.span().start,
+            &format!("{table}.every"),
+            "must be at least 1s".into(),
+        )),
+        (Some(e), None) => Ok(Some(Schedule::Every(e.get_ref().0))),
+        (None, Some(c)) => Ok(Some(Schedule::Cron(c.get_ref().clone()))),
+        (None, None) => Ok(None),
+    }
+}
+
+fn credential_from(
+    raw: &raw::CredentialFields,
+    table: &str,
+    loc: &Locator<'_>,
+) -> Result<Option<Credential>, ConfigError> {
+    let private_key = resolve_secret(
+        &format!("{table}.private_key"),
+        raw.private_key.as_ref(),
+        raw.private_key_file.as_ref(),
+        raw.private_key_env.as_ref(),
+        loc,
+    )?;
+    let client_secret = resolve_secret(
+        &format!("{table}.client_secret"),
+        raw.client_secret.as_ref(),
+        raw.client_secret_file.as_ref(),
+        raw.client_secret_env.as_ref(),
+        loc,
+    )?;
+    let at = |span: Option<&Spanned<String>>| span.map_or(0, |s| s.span().start);
+    match (&raw.public_key, &raw.client_id) {
+        (Some(_), Some(id)) => Err(loc.error(
+            id.span().start,
+            &format!("{table}.client_id"),
+            "set either an API key (public_key) or a service account (client_id), not both".into(),
+        )),
+        (Some(pk), None) => match (private_key, client_secret) {
+            (_, Some(_)) => Err(loc.error(
+                at(Some(pk)),
+                &format!("{table}.client_secret"),
+                "client_secret belongs to a service account (client_id), not to an API key".into(),
+            )),
+            (Some(private_key), None) => Ok(Some(Credential::ApiKey {
+                public_key: pk.get_ref().clone(),
+                private_key,
+            })),
+            (None, None) => Err(loc.error(
+                at(Some(pk)),
+                &format!("{table}.private_key"),
+                "public_key is set but private_key (or private_key_file / private_key_env) is missing".into(),
+            )),
+        },
+        (None, Some(id)) => match (private_key, client_secret) {
+            (Some(_), _) => Err(loc.error(
+                at(Some(id)),
+                &format!("{table}.private_key"),
+                "private_key belongs to an API key (public_key), not to a service account".into(),
+            )),
+            (None, Some(client_secret)) => Ok(Some(Credential::ServiceAccount {
+                client_id: id.get_ref().clone(),
+                client_secret,
+            })),
+            (None, None) => Err(loc.error(
+                at(Some(id)),
+                &format!("{table}.client_secret"),
+                "client_id is set but client_secret (or client_secret_file / client_secret_env) is missing".into(),
+            )),
+        },
+        (None, None) if private_key.is_some() || client_secret.is_some() => Err(loc.error(
+            0,
+            table,
+            "a secret is set without its public half (public_key or client_id)".into(),
+        )),
+        (None, None) => Ok(None),
+    }
+}
+
+/// A secret may be written inline, read from a file (systemd `LoadCredential=`), or taken from an
+/// environment variable. Exactly one of the three may be set.
+fn resolve_secret(
+    key: &str,
+    inline: Option<&Spanned<Secret>>,
+    file: Option<&Spanned<String>>,
+    env: Option<&Spanned<String>>,
+    loc: &Locator<'_>,
+) -> Result<Option<Secret>, ConfigError> {
+    let set = [inline.map(|s| s.span()), file.map(|s| s.span()), env.map(|s| s.span())];
+    if set.iter().flatten().count() > 1 {
+        let span = set.iter().flatten().nth(1).map_or(0, |s| s.start);
+        return Err(loc.error(
+            span,
+            key,
+            format!("set only one of {key}, {key}_file and {key}_env"),
+        ));
+    }
+    if let Some(s) = inline {
+        return non_empty(s.get_ref().clone(), s.span().start, key, loc).map(Some);
+    }
+    if let Some(f) = file {
+        let key = format!("{key}_file");
+        let path = expand_credentials_dir(f.get_ref()).map_err(|m| loc.error(f.span().start, &key, m))?;
+        let text = std::fs::read_to_string(&path)
+            .map_err(|e| loc.error(f.span().start, &key, format!("cannot read {}: {e}", path.display())))?;
+        // Files written by `echo` or editors end in a newline that is not part of the secret.
+        return non_empty(Secret::new(text.trim_end_matches(['\n', '\r'])), f.span().start, &key, loc).map(Some);
+    }
+    if let Some(v) = env {
+        let key = format!("{key}_env");
+        let value = std::env::var(v.get_ref()).map_err(|_| {
+            loc.error(
+                v.span().start,
+                &key,
+                format!("environment variable {} is not set", v.get_ref()),
+            )
+        })?;
+        return non_empty(Secret::new(value), v.span().start, &key, loc).map(Some);
+    }
+    Ok(None)
+}
+
+fn non_empty(s: Secret, offset: usize, key: &str, loc: &Locator<'_>) -> Result<Secret, ConfigError> {
+    if s.expose().trim().is_empty() {
+        return Err(loc.error(offset, key, "the secret is empty".into()));
+    }
+    Ok(s)
+}
+
+/// systemd's `LoadCredential=` puts secrets in `$CREDENTIALS_DIRECTORY`; let `_file` keys say so.
+fn expand_credentials_dir(path: &str) -> Result<PathBuf, String> {
+    const VAR: &str = "${CREDENTIALS_DIRECTORY}";
+    if !path.contains(VAR) {
+        return Ok(PathBuf::from(path));
+    }
+    let dir = std::env::var("CREDENTIALS_DIRECTORY")
+        .map_err(|_| format!("{path} uses {VAR}, but CREDENTIALS_DIRECTORY is not set (is this running under systemd with LoadCredential=?)"))?;
+    Ok(PathBuf::from(path.replace(VAR, &dir)))
+}
+
+fn resolve_path(base: &Path, p: &str) -> PathBuf {
+    let p = Path::new(p);
+    if p.is_absolute() { p.to_owned() } else { base.join(p) }
+}
+
+fn parse_url(u: &Spanned<String>, key: &str, loc: &Locator<'_>) -> Result<Url, ConfigError> {
+    let url = Url::parse(u.get_ref()).map_err(|e| loc.error(u.span().start, key, format!("not a URL: {e}")))?;
+    if !matches!(url.scheme(), "http" | "https") {
+        return Err(loc.error(u.span().start, key, "must be an http:// or https:// URL".into()));
+    }
+    Ok(url)
+}
+
+fn parse_base_url(u: &Spanned<String>, loc: &Locator<'_>) -> Result<Url, ConfigError> {
+    let mut url = parse_url(u, "cloud_manager.base_url", loc)?;
+    // Joining paths onto a base needs a trailing slash, and users write it both ways.
+    if !url.path().ends_with('/') {
+        url.set_path(&format!("{}/", url.path()));
+    }
+    Ok(url)
+}
+
+fn default_token_url(base: &Url) -> Url {
+    let mut url = base.clone();
+    url.set_path("/api/oauth/token");
+    url.set_query(None);
+    url
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,124 @@
+//! The file as written. Every struct rejects unknown keys; `Spanned` keeps positions for the
+//! checks that happen after parsing.
+
+use serde::Deserialize;
+use toml::Spanned;
+
+use super::values::{CronExpr, HumanDuration, OrgId};
+use crate::secret::Secret;
+
+/// Parses `text`; on error returns the dotted key path (e.g. `org[1].id`) and toml's error.
+pub fn parse(text: &str) -> Result<Config, (String, toml::de::Error)> {
+    let de = toml::Deserializer::parse(text).map_err(|e| (String::new(), e))?;
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let key = e.path().to_string();
+        (if key == "." { String::new() } else { key }, e.into_inner())
+    })
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub database: Option<Spanned<String>>,
+    pub cloud_manager: CloudManager,
+    pub poll: Option<Poll>,
+    #[serde(default, rename = "org")]
+    pub orgs: Vec<Org>,
+    #[serde(default, rename = "channel")]
+    pub channels: Vec<Channel>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CloudManager {
+    pub base_url: Option<Spanned<String>>,
+    pub token_url: Option<Spanned<String>>,
+    pub connect_timeout: Option<HumanDuration>,
+    pub max_body_bytes: Option<usize>,
+    // The credential keys, spelled out: serde's `flatten` would lose both
+    // `deny_unknown_fields` and the spans.
+    pub public_key: Option<Spanned<String>>,
+    pub private_key: Option<Spanned<Secret>>,
+    pub private_key_file: Option<Spanned<String>>,
+    pub private_key_env: Option<Spanned<String>>,
+    pub client_id: Option<Spanned<String>>,
+    pub client_secret: Option<Spanned<Secret>>,
+    pub client_secret_file: Option<Spanned<String>>,
+    pub client_secret_env: Option<Spanned<String>>,
+}
+
+/// The keys that name a credential, in `[cloud_manager]` or in an `[[org]]`.
+pub struct CredentialFields {
+    pub public_key: Option<Spanned<String>>,
+    pub private_key: Option<Spanned<Secret>>,
+    pub private_key_file: Option<Spanned<String>>,
+    pub private_key_env: Option<Spanned<String>>,
+    pub client_id: Option<Spanned<String>>,
+    pub client_secret: Option<Spanned<Secret>>,
+    pub client_secret_file: Option<Spanned<String>>,
+    pub client_secret_env: Option<Spanned<String>>,
+}
+
+macro_rules! credential_fields {
+    ($t:ident) => {
+        impl $t {
+            pub fn credential(&self) -> CredentialFields {
+                CredentialFields {
+                    public_key: self.public_key.clone(),
+                    private_key: self.private_key.clone(),
+                    private_key_file: self.private_key_file.clone(),
+                    private_key_env: self.private_key_env.clone(),
+                    client_id: self.client_id.clone(),
+                    client_secret: self.client_secret.clone(),
+                    client_secret_file: self.client_secret_file.clone(),
+                    client_secret_env: self.client_secret_env.clone(),
+                }
+            }
+        }
+    };
+}
+credential_fields!(CloudManager);
+credential_fields!(Org);
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct Poll {
+    pub every: Option<Spanned<HumanDuration>>,
+    pub cron: Option<Spanned<CronExpr>>,
+    pub timeout: Option<HumanDuration>,
+    pub concurrency: Option<Spanned<u32>>,
+    pub failures_before_alert: Option<Spanned<u32>>,
+    pub confirm_checks: Option<Spanned<u32>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Org {
+    pub id: Spanned<OrgId>,
+    pub name: Spanned<String>,
+    pub every: Option<Spanned<HumanDuration>>,
+    pub cron: Option<Spanned<CronExpr>>,
+    // The credential keys, spelled out: serde's `flatten` would lose both
+    // `deny_unknown_fields` and the spans.
+    pub public_key: Option<Spanned<String>>,
+    pub private_key: Option<Spanned<Secret>>,
+    pub private_key_file: Option<Spanned<String>>,
+    pub private_key_env: Option<Spanned<String>>,
+    pub client_id: Option<Spanned<String>>,
+    pub client_secret: Option<Spanned<Secret>>,
+    pub client_secret_file: Option<Spanned<String>>,
+    pub client_secret_env: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Channel {
+    pub name: Spanned<String>,
+    pub kind: ChannelKind,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ChannelKind {
+    Console,
+}

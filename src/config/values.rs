@@ -1,0 +1,112 @@
+//! Value types that validate themselves while being deserialized, so that toml reports their
+//! errors with the span of the offending value.
+
+use std::fmt;
+use std::time::Duration;
+
+use serde::de::Error as _;
+use serde::{Deserialize, Deserializer};
+
+/// A Cloud Manager organization id: exactly 24 lowercase hex characters.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct OrgId(String);
+
+impl OrgId {
+    pub fn parse(s: &str) -> Result<OrgId, String> {
+        if s.len() == 24 && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
+            Ok(OrgId(s.to_owned()))
+        } else {
+            Err(format!(
+                "\"{s}\" is not an org id: expected exactly 24 lowercase hex characters \
+                 (Cloud Manager: Organization > Settings)"
+            ))
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for OrgId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for OrgId {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        OrgId::parse(&s).map_err(D::Error::custom)
+    }
+}
+
+/// A duration written for humans: "30s", "5m", "1h 30m".
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct HumanDuration(pub Duration);
+
+impl<'de> Deserialize<'de> for HumanDuration {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        humantime::parse_duration(s.trim())
+            .map(HumanDuration)
+            .map_err(|e| D::Error::custom(format!("invalid duration \"{s}\": {e} (write e.g. \"30s\", \"5m\", \"1h\")")))
+    }
+}
+
+/// A cron expression with six fields, seconds first, evaluated in UTC.
+#[derive(Clone)]
+pub struct CronExpr {
+    text: String,
+    cron: croner::Cron,
+}
+
+impl CronExpr {
+    pub fn parse(text: &str) -> Result<CronExpr, String> {
+        let fields = text.split_whitespace().count();
+        if fields != 6 {
+            return Err(format!(
+                "cron \"{text}\" has {fields} fields; linkwatch wants 6, seconds first \
+                 (e.g. \"0 */5 * * * *\" for every five minutes)"
+            ));
+        }
+        let cron = croner::parser::CronParser::builder()
+            .seconds(croner::parser::Seconds::Required)
+            .dom_and_dow(true)
+            .build()
+            .parse(text)
+            .map_err(|e| format!("invalid cron \"{text}\": {e}"))?;
+        Ok(CronExpr {
+            text: text.to_owned(),
+            cron,
+        })
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.text
+    }
+
+    /// The first time strictly after `after` that matches, in UTC.
+    pub fn next_after(&self, after: chrono::DateTime<chrono::Utc>) -> Option<chrono::DateTime<chrono::Utc>> {
+        self.cron.find_next_occurrence(&after, false).ok()
+    }
+}
+
+impl PartialEq for CronExpr {
+    fn eq(&self, other: &Self) -> bool {
+        self.text == other.text
+    }
+}
+
+impl fmt::Debug for CronExpr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "CronExpr({:?})", self.text)
+    }
+}
+
+impl<'de> Deserialize<'de> for CronExpr {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        CronExpr::parse(s.trim()).map_err(D::Error::custom)
+    }
+}

@@ -1,0 +1,313 @@
+//! Event detection: a pure function from (stored state, one check's outcome, policy) to
+//! (new state, events). No IO and no clock: `now` is a parameter, so the table-driven tests
+//! below cover every transition.
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+
+use crate::client::{CheckOutcome, Failure};
+
+/// What linkwatch remembers about one org between checks; lives in the `org_state` table.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct OrgState {
+    /// The confirmed status; `None` until the first successful check.
+    pub status: Option<String>,
+    pub status_since: Option<DateTime<Utc>>,
+    /// A status seen but not yet confirmed (`confirm_checks` > 1).
+    pub candidate: Option<String>,
+    pub candidate_count: u32,
+    pub candidate_since: Option<DateTime<Utc>>,
+    pub consecutive_failures: u32,
+    pub failing_since: Option<DateTime<Utc>>,
+    /// Whether `check_failing` was emitted for the current run of failures.
+    pub failing_alerted: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Policy {
+    pub failures_before_alert: u32,
+    pub confirm_checks: u32,
+}
+
+/// Something that happened to an org, worth telling people about.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Event {
+    FirstSeen {
+        status: String,
+    },
+    StatusChanged {
+        from: String,
+        to: String,
+        /// When the new status was first observed.
+        changed_at: DateTime<Utc>,
+        /// How long `from` lasted, in seconds.
+        from_lasted_s: i64,
+    },
+    CheckFailing {
+        failures: u32,
+        since: DateTime<Utc>,
+        #[serde(flatten)]
+        failure: Failure,
+    },
+    CheckRecovered {
+        failures: u32,
+        /// How long checks failed, in seconds.
+        failed_for_s: i64,
+    },
+}
+
+impl Event {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Event::FirstSeen { .. } => "first_seen",
+            Event::StatusChanged { .. } => "status_changed",
+            Event::CheckFailing { .. } => "check_failing",
+            Event::CheckRecovered { .. } => "check_recovered",
+        }
+    }
+}
+
+pub fn detect(state: &OrgState, outcome: &CheckOutcome, now: DateTime<Utc>, policy: Policy) -> (OrgState, Vec<Event>) {
+    let mut next = state.clone();
+    let mut events = Vec::new();
+    match outcome {
+        Ok(status) => {
+            if state.failing_alerted {
+                events.push(Event::CheckRecovered {
+                    failures: state.consecutive_failures,
+                    failed_for_s: seconds_since(state.failing_since, now),
+                });
+            }
+            next.consecutive_failures = 0;
+            next.failing_since = None;
+            next.failing_alerted = false;
+            observe_status(state, &mut next, status, now, policy, &mut events);
+        }
+        Err(failure) => {
+            next.consecutive_failures = state.consecutive_failures.saturating_add(1);
+            let since = *next.failing_since.get_or_insert(now);
+            if !state.failing_alerted && next.consecutive_failures >= policy.failures_before_alert {
+                next.failing_alerted = true;
+                events.push(Event::CheckFailing {
+                    failures: next.consecutive_failures,
+                    since,
+                    failure: failure.clone(),
+                });
+            }
+        }
+    }
+    (next, events)
+}
+
+fn observe_status(
+    state: &OrgState,
+    next: &mut OrgState,
+    status: &str,
+    now: DateTime<Utc>,
+    policy: Policy,
+    events: &mut Vec<Event>,
+) {
+    let clear_candidate = |next: &mut OrgState| {
+        next.candidate = None;
+        next.candidate_count = 0;
+        next.candidate_since = None;
+    };
+    match &state.status {
+        None => {
+            next.status = Some(status.to_owned());
+            next.status_since = Some(now);
+            clear_candidate(next);
+            events.push(Event::FirstSeen {
+                status: status.to_owned(),
+            });
+        }
+        Some(current) if current == status => clear_candidate(next),
+        Some(current) => {
+            let (count, since) = match (&state.candidate, state.candidate_since) {
+                (Some(c), Some(since)) if c == status => (state.candidate_count + 1, since),
+                _ => (1, now),
+            };
+            if count >= policy.confirm_checks {
+                events.push(Event::StatusChanged {
+                    from: current.clone(),
+                    to: status.to_owned(),
+                    changed_at: since,
+                    from_lasted_s: seconds_since(state.status_since, since),
+                });
+                next.status = Some(status.to_owned());
+                next.status_since = Some(since);
+                clear_candidate(next);
+            } else {
+                next.candidate = Some(status.to_owned());
+                next.candidate_count = count;
+                next.candidate_since = Some(since);
+            }
+        }
+    }
+}
+
+fn seconds_since(start: Option<DateTime<Utc>>, end: DateTime<Utc>) -> i64 {
+    start.map_or(0, |s| (end - s).num_seconds().max(0))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::client::FailureClass;
+
+    const POLICY: Policy = Policy {
+        failures_before_alert: 3,
+        confirm_checks: 1,
+    };
+
+    fn t(s: i64) -> DateTime<Utc> {
+        DateTime::from_timestamp(1_700_000_000 + s, 0).unwrap()
+    }
+
+    fn fail() -> CheckOutcome {
+        Err(Failure::new(FailureClass::ServerError, Some(500), None, "boom"))
+    }
+
+    fn ok(s: &str) -> CheckOutcome {
+        Ok(s.to_owned())
+    }
+
+    /// Runs `outcomes` (one per second) from a fresh state and returns the event kinds per step,
+    /// written compactly: "first_seen" or "status_changed:A->B", "-" for none.
+    fn check(policy: Policy, outcomes: &[CheckOutcome], expected: &[&str]) {
+        let mut state = OrgState::default();
+        let mut got = Vec::new();
+        for (i, o) in outcomes.iter().enumerate() {
+            let (next, events) = detect(&state, o, t(i as i64), policy);
+            state = next;
+            let step: Vec<String> = events
+                .iter()
+                .map(|e| match e {
+                    Event::StatusChanged { from, to, .. } => format!("status_changed:{from}->{to}"),
+                    e => e.kind().to_owned(),
+                })
+                .collect();
+            got.push(if step.is_empty() { "-".to_owned() } else { step.join("+") });
+        }
+        assert_eq!(got, expected);
+    }
+
+    #[test]
+    fn first_success_is_first_seen_then_quiet() {
+        check(POLICY, &[ok("NOT_SYNCED"), ok("NOT_SYNCED")], &["first_seen", "-"]);
+    }
+
+    #[test]
+    fn a_change_is_reported_once() {
+        check(
+            POLICY,
+            &[ok("NOT_SYNCED"), ok("SYNCED"), ok("SYNCED"), ok("NOT_SYNCED")],
+            &["first_seen", "status_changed:NOT_SYNCED->SYNCED", "-", "status_changed:SYNCED->NOT_SYNCED"],
+        );
+    }
+
+    #[test]
+    fn unknown_status_is_a_state_like_any_other() {
+        check(
+            POLICY,
+            &[ok("SYNCED"), ok("RESYNCING")],
+            &["first_seen", "status_changed:SYNCED->RESYNCING"],
+        );
+    }
+
+    #[test]
+    fn confirm_checks_waits_for_identical_results() {
+        let policy = Policy {
+            confirm_checks: 3,
+            ..POLICY
+        };
+        check(
+            policy,
+            &[
+                ok("NOT_SYNCED"),
+                ok("SYNCED"),
+                ok("NOT_SYNCED"), // flapped back: the candidate is forgotten
+                ok("SYNCED"),
+                ok("SYNCED"),
+                fail(), // failures neither confirm nor reset a candidate
+                ok("SYNCED"),
+            ],
+            &["first_seen", "-", "-", "-", "-", "-", "status_changed:NOT_SYNCED->SYNCED"],
+        );
+    }
+
+    #[test]
+    fn confirmed_change_is_dated_from_its_first_sighting() {
+        let policy = Policy {
+            confirm_checks: 2,
+            ..POLICY
+        };
+        let (s, _) = detect(&OrgState::default(), &ok("NOT_SYNCED"), t(0), policy);
+        let (s, e) = detect(&s, &ok("SYNCED"), t(100), policy);
+        assert!(e.is_empty());
+        let (s, e) = detect(&s, &ok("SYNCED"), t(160), policy);
+        assert_eq!(
+            e,
+            vec![Event::StatusChanged {
+                from: "NOT_SYNCED".into(),
+                to: "SYNCED".into(),
+                changed_at: t(100),
+                from_lasted_s: 100,
+            }]
+        );
+        assert_eq!(s.status_since, Some(t(100)));
+    }
+
+    #[test]
+    fn failing_after_n_then_recovered() {
+        check(
+            POLICY,
+            &[ok("SYNCED"), fail(), fail(), fail(), fail(), ok("SYNCED")],
+            &["first_seen", "-", "-", "check_failing", "-", "check_recovered"],
+        );
+    }
+
+    #[test]
+    fn recovery_into_a_new_status_reports_both() {
+        check(
+            POLICY,
+            &[ok("SYNCED"), fail(), fail(), fail(), ok("NOT_SYNCED")],
+            &["first_seen", "-", "-", "check_failing", "check_recovered+status_changed:SYNCED->NOT_SYNCED"],
+        );
+    }
+
+    #[test]
+    fn short_failure_runs_stay_silent() {
+        check(
+            POLICY,
+            &[ok("SYNCED"), fail(), fail(), ok("SYNCED"), fail(), fail(), ok("SYNCED")],
+            &["first_seen", "-", "-", "-", "-", "-", "-"],
+        );
+    }
+
+    #[test]
+    fn failing_before_any_success() {
+        check(
+            POLICY,
+            &[fail(), fail(), fail(), ok("SYNCED")],
+            &["-", "-", "check_failing", "check_recovered+first_seen"],
+        );
+    }
+
+    #[test]
+    fn recovered_carries_how_long_checks_failed() {
+        let (s, _) = detect(&OrgState::default(), &fail(), t(0), POLICY);
+        let (s, _) = detect(&s, &fail(), t(60), POLICY);
+        let (s, e) = detect(&s, &fail(), t(120), POLICY);
+        assert!(matches!(&e[..], [Event::CheckFailing { failures: 3, since, .. }] if *since == t(0)));
+        let (_, e) = detect(&s, &ok("SYNCED"), t(180), POLICY);
+        assert_eq!(
+            e[0],
+            Event::CheckRecovered {
+                failures: 3,
+                failed_for_s: 180
+            }
+        );
+    }
+}

@@ -1,0 +1,380 @@
+//! The only module that speaks SQL. One `Store` over a SQLite pool; migrations applied at open;
+//! runtime-checked queries (`query`/`query_as` with `FromRow`), each a small method.
+
+use std::path::Path;
+use std::str::FromStr;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use chrono::{DateTime, SecondsFormat, Utc};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{FromRow, Row};
+
+use crate::client::CheckOutcome;
+use crate::config::OrgId;
+use crate::detect::{Event, OrgState};
+
+#[derive(Clone, Debug)]
+pub struct Store {
+    pool: SqlitePool,
+}
+
+/// ISO-8601 UTC with milliseconds and a `Z`: sorts as text, readable by SQLite's date functions.
+pub fn ts(t: DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(SecondsFormat::Millis, true)
+}
+
+fn parse_ts(s: Option<String>) -> Option<DateTime<Utc>> {
+    s.and_then(|s| DateTime::parse_from_rfc3339(&s).ok()).map(|t| t.with_timezone(&Utc))
+}
+
+/// One check, with everything it changes, written in one transaction.
+pub struct CheckRecord<'a> {
+    pub org_id: &'a OrgId,
+    pub org_name: &'a str,
+    pub at: DateTime<Utc>,
+    pub outcome: &'a CheckOutcome,
+    pub state: &'a OrgState,
+    /// Each event with the channels it is routed to.
+    pub events: &'a [(Event, Vec<String>)],
+}
+
+#[derive(Debug, Clone, FromRow, serde::Serialize)]
+pub struct StatusChange {
+    pub org_id: String,
+    pub org_name: String,
+    pub from_status: Option<String>,
+    pub to_status: String,
+    pub changed_at: String,
+    pub previous_lasted_s: Option<i64>,
+}
+
+#[derive(Debug, Clone, FromRow, serde::Serialize)]
+pub struct CurrentStatus {
+    pub org_id: String,
+    pub org_name: String,
+    pub status: Option<String>,
+    pub since: Option<String>,
+    pub last_checked_at: String,
+    pub consecutive_failures: i64,
+    pub last_error: Option<String>,
+}
+
+#[derive(Debug, Clone, FromRow)]
+pub struct StoredEvent {
+    pub id: String,
+    pub org_id: String,
+    pub org_name: Option<String>,
+    pub kind: String,
+    pub created_at: String,
+    pub payload: String,
+}
+
+/// An outbox row that is due, with its event.
+#[derive(Debug, Clone, FromRow)]
+pub struct Delivery {
+    pub outbox_id: i64,
+    pub attempts: i64,
+    #[sqlx(flatten)]
+    pub event: StoredEvent,
+}
+
+impl Store {
+    /// Opens (creating file and parent directory if missing) and migrates the database.
+    pub async fn open(path: &Path) -> anyhow::Result<Store> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).with_context(|| format!("cannot create directory {}", dir.display()))?;
+        }
+        let options = SqliteConnectOptions::new()
+            .filename(path)
+            .create_if_missing(true)
+            // WAL: people reading with the sqlite3 shell never block the daemon, nor it them.
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Normal)
+            .busy_timeout(Duration::from_secs(10))
+            .foreign_keys(true);
+        let pool = SqlitePoolOptions::new()
+            .max_connections(4)
+            .connect_with(options)
+            .await
+            .with_context(|| format!("cannot open database {}", path.display()))?;
+        sqlx::migrate!()
+            .run(&pool)
+            .await
+            .with_context(|| format!("cannot migrate database {}", path.display()))?;
+        Ok(Store { pool })
+    }
+
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+
+    pub async fn load_state(&self, org: &OrgId) -> anyhow::Result<OrgState> {
+        let row = sqlx::query(
+            "SELECT status, status_since, candidate_status, candidate_count, candidate_since,
+                    consecutive_failures, failing_since, failing_alerted
+             FROM org_state WHERE org_id = ?",
+        )
+        .bind(org.as_str())
+        .fetch_optional(&self.pool)
+        .await?;
+        let Some(r) = row else {
+            return Ok(OrgState::default());
+        };
+        Ok(OrgState {
+            status: r.try_get("status")?,
+            status_since: parse_ts(r.try_get("status_since")?),
+            candidate: r.try_get("candidate_status")?,
+            candidate_count: r.try_get::<i64, _>("candidate_count")?.try_into().unwrap_or(0),
+            candidate_since: parse_ts(r.try_get("candidate_since")?),
+            consecutive_failures: r.try_get::<i64, _>("consecutive_failures")?.try_into().unwrap_or(u32::MAX),
+            failing_since: parse_ts(r.try_get("failing_since")?),
+            failing_alerted: r.try_get("failing_alerted")?,
+        })
+    }
+
+    /// Writes the check's result, the new state, its events and their outbox rows atomically:
+    /// either all of it is stored or none, so a crash can neither lose nor repeat an event.
+    pub async fn record_check(&self, rec: &CheckRecord<'_>) -> anyhow::Result<()> {
+        let at = ts(rec.at);
+        let s = rec.state;
+        let (success_at, last_error) = match rec.outcome {
+            Ok(_) => (Some(at.clone()), None),
+            Err(f) => (None, Some(f.explain())),
+        };
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(
+            "INSERT INTO org_state (org_id, org_name, status, status_since, candidate_status,
+                 candidate_count, candidate_since, consecutive_failures, failing_since,
+                 failing_alerted, first_checked_at, last_checked_at, last_success_at, last_error, checks)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?11, ?12, ?13, 1)
+             ON CONFLICT (org_id) DO UPDATE SET
+                 org_name = ?2, status = ?3, status_since = ?4, candidate_status = ?5,
+                 candidate_count = ?6, candidate_since = ?7, consecutive_failures = ?8,
+                 failing_since = ?9, failing_alerted = ?10, last_checked_at = ?11,
+                 last_success_at = coalesce(?12, last_success_at), last_error = ?13,
+                 checks = checks + 1",
+        )
+        .bind(rec.org_id.as_str())
+        .bind(rec.org_name)
+        .bind(&s.status)
+        .bind(s.status_since.map(ts))
+        .bind(&s.candidate)
+        .bind(i64::from(s.candidate_count))
+        .bind(s.candidate_since.map(ts))
+        .bind(i64::from(s.consecutive_failures))
+        .bind(s.failing_since.map(ts))
+        .bind(s.failing_alerted)
+        .bind(&at)
+        .bind(success_at)
+        .bind(last_error)
+        .execute(&mut *tx)
+        .await?;
+
+        if let Err(f) = rec.outcome {
+            sqlx::query(
+                "INSERT INTO check_failures (org_id, checked_at, class, http_status, error_code, detail)
+                 VALUES (?, ?, ?, ?, ?, ?)",
+            )
+            .bind(rec.org_id.as_str())
+            .bind(&at)
+            .bind(f.class.as_str())
+            .bind(f.http_status.map(i64::from))
+            .bind(&f.error_code)
+            .bind(&f.detail)
+            .execute(&mut *tx)
+            .await?;
+        }
+
+        for (event, channels) in rec.events {
+            match event {
+                Event::FirstSeen { status } => {
+                    insert_transition(&mut tx, rec.org_id, None, status, &at, None).await?;
+                }
+                Event::StatusChanged {
+                    from,
+                    to,
+                    changed_at,
+                    from_lasted_s,
+                } => {
+                    insert_transition(&mut tx, rec.org_id, Some(from), to, &ts(*changed_at), Some(*from_lasted_s)).await?;
+                }
+                Event::CheckFailing { .. } | Event::CheckRecovered { .. } => {}
+            }
+            let id = format!("evt_{:032x}", rand::random::<u128>());
+            let seq: i64 = sqlx::query_scalar(
+                "INSERT INTO events (id, org_id, kind, created_at, payload) VALUES (?, ?, ?, ?, ?) RETURNING seq",
+            )
+            .bind(&id)
+            .bind(rec.org_id.as_str())
+            .bind(event.kind())
+            .bind(&at)
+            .bind(serde_json::to_string(event)?)
+            .fetch_one(&mut *tx)
+            .await?;
+            for channel in channels {
+                sqlx::query(
+                    "INSERT INTO outbox (event_seq, channel, next_attempt_at, created_at) VALUES (?, ?, ?, ?)",
+                )
+                .bind(seq)
+                .bind(channel)
+                .bind(&at)
+                .bind(&at)
+                .execute(&mut *tx)
+                .await?;
+            }
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Status changes, oldest first. `org` matches an id or a name.
+    pub async fn history(&self, org: Option<&str>, since: Option<DateTime<Utc>>) -> anyhow::Result<Vec<StatusChange>> {
+        Ok(sqlx::query_as::<_, StatusChange>(
+            "SELECT org_id, org_name, from_status, to_status, changed_at, previous_lasted_s
+             FROM status_changes
+             WHERE (?1 IS NULL OR org_id = ?1 OR org_name = ?1) AND (?2 IS NULL OR changed_at >= ?2)
+             ORDER BY changed_at, org_id",
+        )
+        .bind(org)
+        .bind(since.map(ts))
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    pub async fn current(&self) -> anyhow::Result<Vec<CurrentStatus>> {
+        Ok(sqlx::query_as::<_, CurrentStatus>(
+            "SELECT org_id, org_name, status, since, last_checked_at, consecutive_failures, last_error
+             FROM current_status ORDER BY org_name",
+        )
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    /// Events, oldest first, optionally for one org (id).
+    pub async fn events(&self, org: Option<&OrgId>) -> anyhow::Result<Vec<StoredEvent>> {
+        Ok(sqlx::query_as::<_, StoredEvent>(
+            "SELECT e.id, e.org_id, o.org_name, e.kind, e.created_at, e.payload
+             FROM events AS e LEFT JOIN org_state AS o USING (org_id)
+             WHERE ?1 IS NULL OR e.org_id = ?1 ORDER BY e.seq",
+        )
+        .bind(org.map(OrgId::as_str))
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    /// Failed-check rows for one org, oldest first: (class, http_status, error_code, detail).
+    pub async fn failures(&self, org: &OrgId) -> anyhow::Result<Vec<(String, Option<i64>, Option<String>, String)>> {
+        Ok(sqlx::query_as(
+            "SELECT class, http_status, error_code, detail FROM check_failures WHERE org_id = ? ORDER BY id",
+        )
+        .bind(org.as_str())
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    /// Pending outbox rows of `channel` that are due at `now`, oldest first.
+    pub async fn due_deliveries(&self, channel: &str, now: DateTime<Utc>, limit: i64) -> anyhow::Result<Vec<Delivery>> {
+        Ok(sqlx::query_as::<_, Delivery>(
+            "SELECT x.id AS outbox_id, x.attempts, e.id, e.org_id, o.org_name, e.kind, e.created_at, e.payload
+             FROM outbox AS x
+             JOIN events AS e ON e.seq = x.event_seq
+             LEFT JOIN org_state AS o ON o.org_id = e.org_id
+             WHERE x.channel = ? AND x.state = 'pending' AND x.next_attempt_at <= ?
+             ORDER BY x.event_seq LIMIT ?",
+        )
+        .bind(channel)
+        .bind(ts(now))
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    /// When the next pending row of `channel` falls due, if any.
+    pub async fn next_due(&self, channel: &str) -> anyhow::Result<Option<DateTime<Utc>>> {
+        let next: Option<String> =
+            sqlx::query_scalar("SELECT min(next_attempt_at) FROM outbox WHERE channel = ? AND state = 'pending'")
+                .bind(channel)
+                .fetch_one(&self.pool)
+                .await?;
+        Ok(parse_ts(next))
+    }
+
+    pub async fn mark_sent(&self, outbox_ids: &[i64], now: DateTime<Utc>) -> anyhow::Result<()> {
+        let mut tx = self.pool.begin().await?;
+        for id in outbox_ids {
+            sqlx::query("UPDATE outbox SET state = 'sent', attempts = attempts + 1, sent_at = ?, last_error = NULL WHERE id = ?")
+                .bind(ts(now))
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Records a failed attempt: retried at `retry_at`, or given up when `retry_at` is `None`.
+    pub async fn mark_attempt_failed(
+        &self,
+        outbox_ids: &[i64],
+        error: &str,
+        retry_at: Option<DateTime<Utc>>,
+    ) -> anyhow::Result<()> {
+        let mut tx = self.pool.begin().await?;
+        for id in outbox_ids {
+            sqlx::query(
+                "UPDATE outbox SET attempts = attempts + 1, last_error = ?,
+                     state = CASE WHEN ?2 IS NULL THEN 'failed' ELSE 'pending' END,
+                     next_attempt_at = coalesce(?2, next_attempt_at)
+                 WHERE id = ?3",
+            )
+            .bind(error)
+            .bind(retry_at.map(ts))
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+}
+
+async fn insert_transition(
+    tx: &mut sqlx::Transaction<'static, sqlx::Sqlite>,
+    org: &OrgId,
+    from: Option<&String>,
+    to: &str,
+    at: &str,
+    lasted: Option<i64>,
+) -> anyhow::Result<()> {
+    sqlx::query(
+        "INSERT INTO transitions (org_id, from_status, to_status, changed_at, previous_lasted_s) VALUES (?, ?, ?, ?, ?)",
+    )
+    .bind(org.as_str())
+    .bind(from)
+    .bind(to)
+    .bind(at)
+    .bind(lasted)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+/// Parses "7d", "12h", "30m" or an ISO date/time into an instant before `now`.
+pub fn since_from(text: &str, now: DateTime<Utc>) -> Result<DateTime<Utc>, String> {
+    if let Ok(d) = humantime::parse_duration(text) {
+        return chrono::Duration::from_std(d)
+            .ok()
+            .and_then(|d| now.checked_sub_signed(d))
+            .ok_or_else(|| format!("--since {text} reaches before the calendar starts"));
+    }
+    if let Ok(t) = DateTime::<Utc>::from_str(text) {
+        return Ok(t);
+    }
+    if let Ok(d) = chrono::NaiveDate::from_str(text) {
+        return Ok(d.and_hms_opt(0, 0, 0).expect("midnight exists").and_utc());
+    }
+    Err(format!(
+        "--since \"{text}\" is neither a duration (7d, 12h) nor a date (2026-11-01) or UTC time (2026-11-01T08:00:00Z)"
+    ))
+}
