@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use diqwest::{DigestAuthSession, WithDigestAuth};
 use reqwest::{StatusCode, Url, header};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 pub use classify::classify;
 
@@ -24,7 +24,7 @@ use crate::config::{self, Credential, OrgId};
 pub type CheckOutcome = Result<String, Failure>;
 
 /// Why a check produced no status.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Failure {
     pub class: FailureClass,
     pub http_status: Option<u16>,
@@ -37,7 +37,7 @@ pub struct Failure {
     pub retry_after: Option<Duration>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum FailureClass {
     Unauthorized,

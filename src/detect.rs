@@ -3,7 +3,7 @@
 //! below cover every transition.
 
 use chrono::{DateTime, Utc};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::client::{CheckOutcome, Failure};
 
@@ -30,7 +30,7 @@ pub struct Policy {
 }
 
 /// Something that happened to an org, worth telling people about.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Event {
     FirstSeen {

@@ -1,1 +1,17 @@
-fn main() {}
+use std::process::ExitCode;
+
+use clap::Parser;
+use linkwatch::cli::{self, Cli};
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    cli::init_tracing(&cli);
+    match cli::execute(cli).await {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("linkwatch: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -20,6 +20,7 @@ pub fn parse(text: &str) -> Result<Config, (String, toml::de::Error)> {
 #[serde(deny_unknown_fields)]
 pub struct Config {
     pub database: Option<Spanned<String>>,
+    #[serde(default)]
     pub cloud_manager: CloudManager,
     pub poll: Option<Poll>,
     #[serde(default, rename = "org")]
@@ -28,7 +29,7 @@ pub struct Config {
     pub channels: Vec<Channel>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub struct CloudManager {
     pub base_url: Option<Spanned<String>>,

@@ -1,0 +1,49 @@
+//! The console channel: one line per event on standard output (what `linkwatch demo` shows).
+
+use std::io::Write;
+use std::sync::{Arc, Mutex};
+
+use super::SendError;
+use crate::message::Message;
+
+/// Where console lines go: standard output, or a buffer that tests read.
+#[derive(Debug, Clone, Default)]
+pub enum ConsoleSink {
+    #[default]
+    Stdout,
+    Memory(Arc<Mutex<Vec<String>>>),
+}
+
+#[derive(Debug)]
+pub struct Console {
+    sink: ConsoleSink,
+}
+
+impl Console {
+    pub fn new(sink: ConsoleSink) -> Self {
+        Console { sink }
+    }
+
+    pub fn send(&self, messages: &[Message]) -> Result<(), SendError> {
+        let lines = messages.iter().map(line);
+        match &self.sink {
+            ConsoleSink::Stdout => {
+                let mut out = std::io::stdout().lock();
+                for l in lines {
+                    writeln!(out, "{l}").map_err(|e| SendError::Transient {
+                        error: format!("cannot write to standard output: {e}"),
+                        retry_after: None,
+                    })?;
+                }
+                out.flush().ok();
+            }
+            ConsoleSink::Memory(buf) => buf.lock().unwrap_or_else(|p| p.into_inner()).extend(lines),
+        }
+        Ok(())
+    }
+}
+
+fn line(m: &Message) -> String {
+    let at = m.at.get(..19).unwrap_or(&m.at);
+    format!("{at}Z  {:<15} {}", m.kind, m.title)
+}

@@ -1,0 +1,303 @@
+//! The command line: argument definitions and one function per command.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand, ValueEnum};
+use tokio_util::sync::CancellationToken;
+
+use crate::channels::ConsoleSink;
+use crate::config::{self, Config};
+use crate::daemon::{self, App};
+use crate::store::{self, Store};
+use crate::{demo, message};
+
+#[derive(Debug, Parser)]
+#[command(name = "linkwatch", version, about = "Watches Cloud Manager -> Atlas migration links and tells you when they change")]
+pub struct Cli {
+    /// The configuration file [default: /etc/linkwatch/linkwatch.toml].
+    #[arg(long, global = true, env = "LINKWATCH_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Use this database file instead of the config's `database`.
+    #[arg(long, global = true, env = "LINKWATCH_DATABASE")]
+    pub database: Option<PathBuf>,
+    /// More log detail (-v debug, -vv trace). RUST_LOG overrides.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+    /// Only errors in the log.
+    #[arg(short, long, global = true)]
+    pub quiet: bool,
+    /// Log format on standard error.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the daemon until SIGINT or SIGTERM.
+    Run,
+    /// Validate the configuration and show what would be watched.
+    Check,
+    /// Check every org once, record the results, send the events, print a table.
+    Once,
+    /// Show status changes from the database.
+    History {
+        /// Only this org (id or name).
+        #[arg(long)]
+        org: Option<String>,
+        /// Only changes since then: a duration ("7d", "12h") or a date ("2026-11-01").
+        #[arg(long)]
+        since: Option<String>,
+        /// JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run the real daemon against a built-in simulated Cloud Manager and watch links change.
+    Demo {
+        /// How long to run.
+        #[arg(long, default_value = "40s", value_parser = parse_duration)]
+        duration: Duration,
+        /// How often each org is checked.
+        #[arg(long, default_value = "2s", value_parser = parse_duration)]
+        every: Duration,
+    },
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s).map_err(|e| format!("{e} (write e.g. \"30s\")"))
+}
+
+impl Cli {
+    fn config_path(&self) -> PathBuf {
+        self.config.clone().unwrap_or_else(|| PathBuf::from(config::DEFAULT_PATH))
+    }
+
+    fn load_config(&self) -> anyhow::Result<Config> {
+        let mut config = Config::load(&self.config_path())?;
+        if let Some(db) = &self.database {
+            config.database = db.clone();
+        }
+        Ok(config)
+    }
+
+    /// The default log filter for this command, before -v/-q and RUST_LOG.
+    pub fn log_filter(&self) -> &'static str {
+        match (self.quiet, self.verbose, &self.command) {
+            (true, _, _) => "error",
+            (false, 0, Command::Demo { .. }) => "error",
+            (false, 0, _) => "info",
+            (false, 1, _) => "linkwatch=debug,info",
+            _ => "linkwatch=trace,debug",
+        }
+    }
+}
+
+/// Sets up logging on standard error; standard output is for command output and the console
+/// channel.
+pub fn init_tracing(cli: &Cli) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(cli.log_filter()));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match cli.log_format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+/// Cancels the returned token on SIGINT or SIGTERM.
+pub fn shutdown_on_signals() -> CancellationToken {
+    let token = CancellationToken::new();
+    let t = token.clone();
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        tracing::info!("signal received, stopping");
+        t.cancel();
+    });
+    token
+}
+
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            },
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+pub async fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
+    match &cli.command {
+        Command::Run => {
+            let config = cli.load_config()?;
+            daemon::run(config, shutdown_on_signals()).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Check => check(&cli.load_config()?),
+        Command::Once => once(cli.load_config()?).await,
+        Command::History { org, since, json } => {
+            let db = match &cli.database {
+                Some(db) => db.clone(),
+                None => cli.load_config()?.database,
+            };
+            history(&db, org.as_deref(), since.as_deref(), *json).await
+        }
+        Command::Demo { duration, every } => {
+            demo::run(*duration, *every, cli.config.as_deref(), shutdown_on_signals()).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn check(config: &Config) -> anyhow::Result<ExitCode> {
+    println!("{}: valid", config.source.display());
+    println!("database:      {}", config.database.display());
+    println!("cloud manager: {}", config.cloud_manager.base_url);
+    println!(
+        "poll:          timeout {}, concurrency {}, check_failing after {} failures, confirm after {} checks",
+        humantime::format_duration(config.poll.timeout),
+        config.poll.concurrency,
+        config.poll.failures_before_alert,
+        config.poll.confirm_checks
+    );
+    println!("\norgs ({}):", config.orgs.len());
+    let rows: Vec<Vec<String>> = config
+        .orgs
+        .iter()
+        .map(|o| vec![o.name.clone(), o.id.to_string(), o.schedule.to_string(), o.credential.label()])
+        .collect();
+    print_table(&["NAME", "ID", "SCHEDULE", "CREDENTIAL"], &rows);
+    println!("\nchannels ({}):", config.channels.len());
+    let rows: Vec<Vec<String>> = config
+        .channels
+        .iter()
+        .map(|c| vec![c.name.clone(), c.kind.as_str().to_owned()])
+        .collect();
+    print_table(&["NAME", "KIND"], &rows);
+    if config.orgs.is_empty() {
+        println!("\nnote: no [[org]] is configured; `linkwatch run` would have nothing to watch");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Exit code 0 when every org answered, 2 when some check failed (for scripts).
+async fn once(config: Config) -> anyhow::Result<ExitCode> {
+    let app = Arc::new(App::new(config, ConsoleSink::Stdout).await?);
+    let permits = Arc::new(tokio::sync::Semaphore::new(app.config.poll.concurrency));
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..app.config.orgs.len() {
+        let (app, permits) = (app.clone(), permits.clone());
+        tasks.spawn(async move {
+            let _permit = permits.acquire_owned().await;
+            (i, daemon::check_org(&app, &app.config.orgs[i]).await)
+        });
+    }
+    let mut results = Vec::new();
+    while let Some(joined) = tasks.join_next().await {
+        results.push(joined.context("a check task failed")?);
+    }
+    results.sort_by_key(|(i, _)| *i);
+    app.dispatcher.dispatch_all_due(&app.store).await?;
+
+    let mut any_failed = false;
+    let mut rows = Vec::new();
+    for (i, result) in results {
+        let org = &app.config.orgs[i];
+        let report = result?;
+        let outcome = match &report.outcome {
+            Ok(status) => status.clone(),
+            Err(f) => {
+                any_failed = true;
+                format!("FAILED: {}", f.explain())
+            }
+        };
+        let events: Vec<&str> = report.events.iter().map(|e| e.kind()).collect();
+        rows.push(vec![
+            org.name.clone(),
+            org.id.to_string(),
+            outcome,
+            if events.is_empty() { "-".into() } else { events.join(",") },
+        ]);
+    }
+    print_table(&["ORG", "ID", "STATUS", "EVENTS"], &rows);
+    app.store.close().await;
+    Ok(if any_failed { ExitCode::from(2) } else { ExitCode::SUCCESS })
+}
+
+async fn history(db: &Path, org: Option<&str>, since: Option<&str>, json: bool) -> anyhow::Result<ExitCode> {
+    if !db.exists() {
+        anyhow::bail!("no database at {} (has linkwatch run yet?)", db.display());
+    }
+    let since = since
+        .map(|s| store::since_from(s, chrono::Utc::now()))
+        .transpose()
+        .map_err(anyhow::Error::msg)?;
+    let store = Store::open(db).await?;
+    let changes = store.history(org, since).await?;
+    store.close().await;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&changes)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    if changes.is_empty() {
+        println!("no status changes recorded{}", org.map(|o| format!(" for {o}")).unwrap_or_default());
+        return Ok(ExitCode::SUCCESS);
+    }
+    let rows: Vec<Vec<String>> = changes
+        .iter()
+        .map(|c| {
+            vec![
+                c.changed_at.clone(),
+                c.org_name.clone(),
+                c.org_id.clone(),
+                c.from_status.clone().unwrap_or_else(|| "(first seen)".into()),
+                c.to_status.clone(),
+                c.previous_lasted_s.map(message::human_secs).unwrap_or_else(|| "-".into()),
+            ]
+        })
+        .collect();
+    print_table(&["CHANGED_AT (UTC)", "ORG", "ID", "FROM", "TO", "FROM LASTED"], &rows);
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn print_table(header: &[&str], rows: &[Vec<String>]) {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
+    for r in rows {
+        for (w, cell) in widths.iter_mut().zip(r) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let line = |cells: Vec<&str>| {
+        let padded: Vec<String> = cells
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| format!("{c:<w$}", w = *w))
+            .collect();
+        println!("{}", padded.join("  ").trim_end());
+    };
+    line(header.to_vec());
+    for r in rows {
+        line(r.iter().map(String::as_str).collect());
+    }
+}

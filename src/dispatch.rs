@@ -1,0 +1,138 @@
+//! Reads the outbox and sends what is due. One worker per channel, so a slow or dead channel
+//! never delays the others; each worker wakes when new rows are written or a retry falls due.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use tokio::sync::Notify;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::channels::{Channel, ConsoleSink, SendError};
+use crate::config::Config;
+use crate::detect::Event;
+use crate::message::{self, Message};
+use crate::retry::RetryPolicy;
+use crate::store::Store;
+
+/// A channel with its name and the bell that wakes its worker.
+#[derive(Debug)]
+pub struct Outlet {
+    pub name: String,
+    pub channel: Channel,
+    wake: Notify,
+}
+
+#[derive(Debug)]
+pub struct Dispatcher {
+    outlets: Vec<Arc<Outlet>>,
+    policy: RetryPolicy,
+}
+
+impl Dispatcher {
+    pub fn new(config: &Config, console: &ConsoleSink) -> Dispatcher {
+        let outlets = config
+            .channels
+            .iter()
+            .map(|c| {
+                Arc::new(Outlet {
+                    name: c.name.clone(),
+                    channel: Channel::from_config(c, console),
+                    wake: Notify::new(),
+                })
+            })
+            .collect();
+        Dispatcher {
+            outlets,
+            policy: RetryPolicy::default(),
+        }
+    }
+
+    /// The channels an event goes to. Every event goes to every channel until routes exist.
+    pub fn route(&self, _event: &Event) -> Vec<String> {
+        self.outlets.iter().map(|o| o.name.clone()).collect()
+    }
+
+    /// Wakes the workers of these channels (after their outbox rows were committed).
+    pub fn wake(&self, channels: &[String]) {
+        for o in self.outlets.iter().filter(|o| channels.contains(&o.name)) {
+            o.wake.notify_one();
+        }
+    }
+
+    /// Sends what is due on every channel once; returns how many deliveries were attempted.
+    pub async fn dispatch_all_due(&self, store: &Store) -> anyhow::Result<usize> {
+        let mut n = 0;
+        for o in &self.outlets {
+            n += dispatch_due(store, o, &self.policy, Utc::now()).await?;
+        }
+        Ok(n)
+    }
+
+    /// Starts one worker per channel; they stop when `shutdown` is cancelled, after finishing
+    /// the send they are in.
+    pub fn spawn(&self, store: Store, shutdown: CancellationToken, tasks: &mut JoinSet<()>) {
+        for o in &self.outlets {
+            tasks.spawn(worker(store.clone(), o.clone(), self.policy, shutdown.clone()));
+        }
+    }
+}
+
+/// One step: sends the due deliveries of one channel as one batch and records the outcome.
+pub async fn dispatch_due(store: &Store, outlet: &Outlet, policy: &RetryPolicy, now: DateTime<Utc>) -> anyhow::Result<usize> {
+    let due = store.due_deliveries(&outlet.name, now, outlet.channel.max_batch()).await?;
+    if due.is_empty() {
+        return Ok(0);
+    }
+    let messages: Vec<Message> = due.iter().map(|d| message::render(&d.event)).collect();
+    let ids: Vec<i64> = due.iter().map(|d| d.outbox_id).collect();
+    match outlet.channel.send(&messages).await {
+        Ok(()) => {
+            store.mark_sent(&ids, Utc::now()).await?;
+            tracing::debug!(channel = %outlet.name, deliveries = ids.len(), "delivered");
+        }
+        Err(SendError::Permanent(error)) => {
+            tracing::error!(channel = %outlet.name, deliveries = ids.len(), %error, "delivery refused; not retrying");
+            store.mark_attempt_failed(&ids, &error, None).await?;
+        }
+        Err(SendError::Transient { error, retry_after }) => {
+            for d in &due {
+                let created = DateTime::parse_from_rfc3339(&d.event.created_at).map_or(now, |t| t.with_timezone(&Utc));
+                let attempts = u32::try_from(d.attempts + 1).unwrap_or(u32::MAX);
+                let next = policy.next_attempt(attempts, created, Utc::now(), retry_after);
+                if next.is_none() {
+                    tracing::error!(channel = %outlet.name, event = %d.event.id, %error, "delivery given up after the maximum age");
+                }
+                store.mark_attempt_failed(&[d.outbox_id], &error, next).await?;
+            }
+            tracing::warn!(channel = %outlet.name, deliveries = ids.len(), %error, "delivery failed; will retry");
+        }
+    }
+    Ok(ids.len())
+}
+
+async fn worker(store: Store, outlet: Arc<Outlet>, policy: RetryPolicy, shutdown: CancellationToken) {
+    loop {
+        let wait = match dispatch_due(&store, &outlet, &policy, Utc::now()).await {
+            Ok(n) if n > 0 => Duration::ZERO,
+            Ok(_) => match store.next_due(&outlet.name).await {
+                Ok(Some(t)) => (t - Utc::now()).to_std().unwrap_or(Duration::ZERO).min(Duration::from_secs(60)),
+                Ok(None) => Duration::from_secs(60),
+                Err(e) => {
+                    tracing::error!(channel = %outlet.name, error = %e, "cannot read the outbox");
+                    Duration::from_secs(5)
+                }
+            },
+            Err(e) => {
+                tracing::error!(channel = %outlet.name, error = %format!("{e:#}"), "dispatch failed");
+                Duration::from_secs(5)
+            }
+        };
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = outlet.wake.notified() => {}
+            _ = tokio::time::sleep(wait) => {}
+        }
+    }
+}

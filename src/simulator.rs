@@ -1,0 +1,370 @@
+//! A simulated Cloud Manager: a real HTTP server that does real Digest authentication (MD5,
+//! qop=auth, nonce counts, stale nonces) and OAuth client credentials, and serves the real path
+//! and error bodies. `linkwatch demo` runs the daemon against it; the tests use it for failure
+//! injection and request counting.
+
+mod digest;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use tokio::net::TcpListener;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+pub use digest::REALM;
+
+/// What the simulated server answers for one org.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Behavior {
+    /// 200 `{"status": ...}`.
+    Status(String),
+    /// An API error in Cloud Manager's JSON shape.
+    Error {
+        http: u16,
+        error_code: Option<String>,
+        detail: String,
+    },
+    /// Any body with any code and content type (HTML from a proxy, garbage, a huge body).
+    Raw {
+        http: u16,
+        content_type: String,
+        body: String,
+    },
+    /// Never answers (until the client gives up).
+    Hang,
+}
+
+impl Behavior {
+    pub fn status(s: &str) -> Self {
+        Behavior::Status(s.to_owned())
+    }
+
+    pub fn error(http: u16, error_code: &str, detail: &str) -> Self {
+        Behavior::Error {
+            http,
+            error_code: (!error_code.is_empty()).then(|| error_code.to_owned()),
+            detail: detail.to_owned(),
+        }
+    }
+}
+
+/// A timeline: from each offset (since the simulator started) on, the behavior that follows.
+pub type Script = Vec<(Duration, Behavior)>;
+
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// How long a nonce is accepted; after that the server answers 401 with `stale=true`.
+    pub nonce_lifetime: Duration,
+    /// Added to every answer (benchmarks).
+    pub latency: Duration,
+    /// OAuth token lifetime (`expires_in`).
+    pub token_lifetime: Duration,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            nonce_lifetime: Duration::from_secs(60),
+            latency: Duration::ZERO,
+            token_lifetime: Duration::from_secs(3600),
+        }
+    }
+}
+
+#[derive(Default)]
+struct World {
+    api_keys: HashMap<String, String>,
+    service_accounts: HashMap<String, String>,
+    tokens: HashMap<String, Instant>,
+    orgs: HashMap<String, Script>,
+    /// Extra headers for the next answers (e.g. `Retry-After`), per org.
+    headers: HashMap<String, Vec<(String, String)>>,
+    per_org: HashMap<String, u64>,
+    nonces: digest::Nonces,
+}
+
+/// Counters, readable while the server runs.
+#[derive(Default, Debug)]
+pub struct Counters {
+    /// Every request to the status path.
+    pub requests: AtomicU64,
+    /// 401 answers that carried a challenge because the request had no usable Authorization.
+    pub challenges: AtomicU64,
+    /// 401 answers with `stale=true`.
+    pub stale: AtomicU64,
+    /// Requests whose Digest or bearer credentials were checked and accepted.
+    pub authorized: AtomicU64,
+    /// Requests to the OAuth token endpoint.
+    pub token_requests: AtomicU64,
+}
+
+struct Shared {
+    world: Mutex<World>,
+    counters: Counters,
+    options: Options,
+    started: Instant,
+}
+
+impl Shared {
+    fn world(&self) -> MutexGuard<'_, World> {
+        // A panic while holding the lock cannot leave the world inconsistent in a way that
+        // matters to a simulator; keep serving.
+        self.world.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// A running simulator. Dropping it does not stop it; call [`Simulator::stop`].
+pub struct Simulator {
+    addr: SocketAddr,
+    shared: Arc<Shared>,
+    stop: CancellationToken,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Simulator {
+    /// Listens on `addr` (use port 0 for any free port).
+    pub async fn start(addr: SocketAddr, options: Options) -> std::io::Result<Simulator> {
+        let listener = TcpListener::bind(addr).await?;
+        let addr = listener.local_addr()?;
+        let shared = Arc::new(Shared {
+            world: Mutex::new(World::default()),
+            counters: Counters::default(),
+            options,
+            started: Instant::now(),
+        });
+        let app = Router::new()
+            .route("/api/public/v1.0/orgs/{org_id}/liveExport/migrationLink/status", get(status))
+            .route("/api/oauth/token", post(token))
+            .with_state(shared.clone());
+        let stop = CancellationToken::new();
+        let graceful = stop.clone();
+        let task = tokio::spawn(async move {
+            let serve = axum::serve(listener, app).with_graceful_shutdown(async move { graceful.cancelled().await });
+            if let Err(e) = serve.await {
+                tracing::error!("simulator stopped: {e}");
+            }
+        });
+        Ok(Simulator {
+            addr,
+            shared,
+            stop,
+            task,
+        })
+    }
+
+    pub async fn stop(self) {
+        self.stop.cancel();
+        // Hanging requests would hold graceful shutdown forever; give them a moment, then go.
+        let _ = tokio::time::timeout(Duration::from_secs(2), self.task).await;
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The `base_url` to put in linkwatch's config.
+    pub fn base_url(&self) -> String {
+        format!("http://{}/api/public/v1.0", self.addr)
+    }
+
+    pub fn add_api_key(&self, public_key: &str, private_key: &str) {
+        self.shared.world().api_keys.insert(public_key.into(), private_key.into());
+    }
+
+    pub fn add_service_account(&self, client_id: &str, client_secret: &str) {
+        self.shared.world().service_accounts.insert(client_id.into(), client_secret.into());
+    }
+
+    /// From now on, `org` answers with `behavior`.
+    pub fn set(&self, org: &str, behavior: Behavior) {
+        let at = self.shared.started.elapsed();
+        let mut w = self.shared.world();
+        let script = w.orgs.entry(org.into()).or_default();
+        script.retain(|(t, _)| *t < at);
+        script.push((at, behavior));
+    }
+
+    /// Replaces `org`'s timeline (offsets count from the simulator's start).
+    pub fn script(&self, org: &str, script: Script) {
+        self.shared.world().orgs.insert(org.into(), script);
+    }
+
+    /// Adds a header to every answer for `org` (e.g. `Retry-After`).
+    pub fn add_header(&self, org: &str, name: &str, value: &str) {
+        self.shared.world().headers.entry(org.into()).or_default().push((name.into(), value.into()));
+    }
+
+    /// Declares every nonce issued so far stale, as if its lifetime had passed.
+    pub fn expire_nonces(&self) {
+        self.shared.world().nonces.expire_all();
+    }
+
+    /// Revokes every OAuth token issued so far.
+    pub fn revoke_tokens(&self) {
+        self.shared.world().tokens.clear();
+    }
+
+    pub fn counters(&self) -> &Counters {
+        &self.shared.counters
+    }
+
+    pub fn requests(&self) -> u64 {
+        self.shared.counters.requests.load(Ordering::SeqCst)
+    }
+
+    /// Authorized requests for one org.
+    pub fn requests_for(&self, org: &str) -> u64 {
+        self.shared.world().per_org.get(org).copied().unwrap_or(0)
+    }
+}
+
+fn json(code: StatusCode, body: serde_json::Value) -> Response {
+    (code, [(header::CONTENT_TYPE, "application/json")], body.to_string()).into_response()
+}
+
+/// Cloud Manager's error body: `{detail, error, errorCode, parameters, reason}`.
+fn api_error(code: u16, error_code: Option<&str>, detail: &str) -> Response {
+    let status = StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let mut body = serde_json::json!({
+        "detail": detail,
+        "error": code,
+        "parameters": [],
+        "reason": status.canonical_reason().unwrap_or("Error"),
+    });
+    if let Some(ec) = error_code {
+        body["errorCode"] = ec.into();
+    }
+    json(status, body)
+}
+
+fn unauthorized(shared: &Shared, stale: bool) -> Response {
+    let nonce = shared.world().nonces.issue(shared.options.nonce_lifetime);
+    let challenge = digest::challenge(&nonce, stale);
+    if stale {
+        shared.counters.stale.fetch_add(1, Ordering::SeqCst);
+    } else {
+        shared.counters.challenges.fetch_add(1, Ordering::SeqCst);
+    }
+    let mut r = api_error(401, None, "You are not authorized for this resource.");
+    if let Ok(v) = HeaderValue::from_str(&challenge) {
+        r.headers_mut().insert(header::WWW_AUTHENTICATE, v);
+    }
+    r
+}
+
+async fn status(
+    State(shared): State<Arc<Shared>>,
+    Path(org_id): Path<String>,
+    Query(query): Query<HashMap<String, String>>,
+    uri: axum::http::Uri,
+    headers: HeaderMap,
+) -> Response {
+    shared.counters.requests.fetch_add(1, Ordering::SeqCst);
+    if !shared.options.latency.is_zero() {
+        tokio::time::sleep(shared.options.latency).await;
+    }
+    let auth = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).unwrap_or("");
+    let path = uri.path_and_query().map_or(uri.path(), |p| p.as_str());
+    let verdict = if let Some(token) = auth.strip_prefix("Bearer ") {
+        let w = shared.world();
+        match w.tokens.get(token) {
+            Some(exp) if *exp > Instant::now() => digest::Verdict::Ok,
+            _ => digest::Verdict::Rejected,
+        }
+    } else {
+        let mut w = shared.world();
+        let World { api_keys, nonces, .. } = &mut *w;
+        digest::verify(auth, "GET", path, api_keys, nonces)
+    };
+    match verdict {
+        digest::Verdict::Ok => {}
+        digest::Verdict::Missing | digest::Verdict::Rejected => return unauthorized(&shared, false),
+        digest::Verdict::Stale => return unauthorized(&shared, true),
+    }
+    shared.counters.authorized.fetch_add(1, Ordering::SeqCst);
+
+    let (behavior, extra) = {
+        let mut w = shared.world();
+        *w.per_org.entry(org_id.clone()).or_default() += 1;
+        let at = shared.started.elapsed();
+        let behavior = w
+            .orgs
+            .get(&org_id)
+            .and_then(|s| s.iter().rev().find(|(t, _)| *t <= at).map(|(_, b)| b.clone()));
+        (behavior, w.headers.get(&org_id).cloned().unwrap_or_default())
+    };
+    let envelope = query.get("envelope").is_some_and(|v| v == "true");
+    let mut response = match behavior {
+        None => api_error(404, Some("ORG_NOT_FOUND"), &format!("No organization with ID {org_id} exists.")),
+        Some(Behavior::Status(s)) if envelope => {
+            json(StatusCode::OK, serde_json::json!({"status": 200, "content": {"status": s}}))
+        }
+        Some(Behavior::Status(s)) => json(StatusCode::OK, serde_json::json!({ "status": s })),
+        Some(Behavior::Error {
+            http,
+            error_code,
+            detail,
+        }) => api_error(http, error_code.as_deref(), &detail),
+        Some(Behavior::Raw {
+            http,
+            content_type,
+            body,
+        }) => (
+            StatusCode::from_u16(http).unwrap_or(StatusCode::OK),
+            [(header::CONTENT_TYPE, content_type)],
+            body,
+        )
+            .into_response(),
+        Some(Behavior::Hang) => {
+            std::future::pending::<()>().await;
+            unreachable!("pending() never completes")
+        }
+    };
+    for (k, v) in extra {
+        if let (Ok(k), Ok(v)) = (header::HeaderName::try_from(k), HeaderValue::from_str(&v)) {
+            response.headers_mut().insert(k, v);
+        }
+    }
+    response
+}
+
+async fn token(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: String) -> Response {
+    shared.counters.token_requests.fetch_add(1, Ordering::SeqCst);
+    let oauth_error = |code: StatusCode, error: &str, description: &str| {
+        json(code, serde_json::json!({"error": error, "error_description": description}))
+    };
+    if !body.split('&').any(|kv| kv == "grant_type=client_credentials") {
+        return oauth_error(StatusCode::BAD_REQUEST, "unsupported_grant_type", "grant_type must be client_credentials");
+    }
+    let basic = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Basic "))
+        .and_then(digest::decode_basic);
+    let Some((id, secret)) = basic else {
+        return oauth_error(StatusCode::UNAUTHORIZED, "invalid_client", "Basic client authentication required");
+    };
+    let mut w = shared.world();
+    if w.service_accounts.get(&id) != Some(&secret) {
+        return oauth_error(StatusCode::UNAUTHORIZED, "invalid_client", "Invalid client credentials");
+    }
+    let token = format!("sim_{:032x}", rand::random::<u128>());
+    w.tokens.insert(token.clone(), Instant::now() + shared.options.token_lifetime);
+    json(
+        StatusCode::OK,
+        serde_json::json!({
+            "access_token": token,
+            "expires_in": shared.options.token_lifetime.as_secs(),
+            "token_type": "Bearer",
+        }),
+    )
+}
