@@ -16,7 +16,11 @@ use crate::store::{self, Store};
 use crate::{demo, message};
 
 #[derive(Debug, Parser)]
-#[command(name = "linkwatch", version, about = "Watches Cloud Manager -> Atlas migration links and tells you when they change")]
+#[command(
+    name = "linkwatch",
+    version,
+    about = "Watches Cloud Manager -> Atlas migration links and tells you when they change"
+)]
 pub struct Cli {
     /// The configuration file [default: /etc/linkwatch/linkwatch.toml].
     #[arg(long, global = true, env = "LINKWATCH_CONFIG")]
@@ -80,7 +84,9 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
 
 impl Cli {
     fn config_path(&self) -> PathBuf {
-        self.config.clone().unwrap_or_else(|| PathBuf::from(config::DEFAULT_PATH))
+        self.config
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(config::DEFAULT_PATH))
     }
 
     fn load_config(&self) -> anyhow::Result<Config> {
@@ -108,7 +114,9 @@ impl Cli {
 pub fn init_tracing(cli: &Cli) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(cli.log_filter()));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     match cli.log_format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
@@ -164,7 +172,13 @@ pub async fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
             history(&db, org.as_deref(), since.as_deref(), *json).await
         }
         Command::Demo { duration, every } => {
-            demo::run(*duration, *every, cli.config.as_deref(), shutdown_on_signals()).await?;
+            demo::run(
+                *duration,
+                *every,
+                cli.config.as_deref(),
+                shutdown_on_signals(),
+            )
+            .await?;
             Ok(ExitCode::SUCCESS)
         }
     }
@@ -185,7 +199,14 @@ fn check(config: &Config) -> anyhow::Result<ExitCode> {
     let rows: Vec<Vec<String>> = config
         .orgs
         .iter()
-        .map(|o| vec![o.name.clone(), o.id.to_string(), o.schedule.to_string(), o.credential.label()])
+        .map(|o| {
+            vec![
+                o.name.clone(),
+                o.id.to_string(),
+                o.schedule.to_string(),
+                o.credential.label(),
+            ]
+        })
         .collect();
     print_table(&["NAME", "ID", "SCHEDULE", "CREDENTIAL"], &rows);
     println!("\nchannels ({}):", config.channels.len());
@@ -237,15 +258,28 @@ async fn once(config: Config) -> anyhow::Result<ExitCode> {
             org.name.clone(),
             org.id.to_string(),
             outcome,
-            if events.is_empty() { "-".into() } else { events.join(",") },
+            if events.is_empty() {
+                "-".into()
+            } else {
+                events.join(",")
+            },
         ]);
     }
     print_table(&["ORG", "ID", "STATUS", "EVENTS"], &rows);
     app.store.close().await;
-    Ok(if any_failed { ExitCode::from(2) } else { ExitCode::SUCCESS })
+    Ok(if any_failed {
+        ExitCode::from(2)
+    } else {
+        ExitCode::SUCCESS
+    })
 }
 
-async fn history(db: &Path, org: Option<&str>, since: Option<&str>, json: bool) -> anyhow::Result<ExitCode> {
+async fn history(
+    db: &Path,
+    org: Option<&str>,
+    since: Option<&str>,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
     if !db.exists() {
         anyhow::bail!("no database at {} (has linkwatch run yet?)", db.display());
     }
@@ -261,7 +295,10 @@ async fn history(db: &Path, org: Option<&str>, since: Option<&str>, json: bool) 
         return Ok(ExitCode::SUCCESS);
     }
     if changes.is_empty() {
-        println!("no status changes recorded{}", org.map(|o| format!(" for {o}")).unwrap_or_default());
+        println!(
+            "no status changes recorded{}",
+            org.map(|o| format!(" for {o}")).unwrap_or_default()
+        );
         return Ok(ExitCode::SUCCESS);
     }
     let rows: Vec<Vec<String>> = changes
@@ -271,13 +308,20 @@ async fn history(db: &Path, org: Option<&str>, since: Option<&str>, json: bool) 
                 c.changed_at.clone(),
                 c.org_name.clone(),
                 c.org_id.clone(),
-                c.from_status.clone().unwrap_or_else(|| "(first seen)".into()),
+                c.from_status
+                    .clone()
+                    .unwrap_or_else(|| "(first seen)".into()),
                 c.to_status.clone(),
-                c.previous_lasted_s.map(message::human_secs).unwrap_or_else(|| "-".into()),
+                c.previous_lasted_s
+                    .map(message::human_secs)
+                    .unwrap_or_else(|| "-".into()),
             ]
         })
         .collect();
-    print_table(&["CHANGED_AT (UTC)", "ORG", "ID", "FROM", "TO", "FROM LASTED"], &rows);
+    print_table(
+        &["CHANGED_AT (UTC)", "ORG", "ID", "FROM", "TO", "FROM LASTED"],
+        &rows,
+    );
     Ok(ExitCode::SUCCESS)
 }
 

@@ -74,7 +74,12 @@ impl FailureClass {
 }
 
 impl Failure {
-    pub fn new(class: FailureClass, http_status: Option<u16>, error_code: Option<String>, detail: impl Into<String>) -> Self {
+    pub fn new(
+        class: FailureClass,
+        http_status: Option<u16>,
+        error_code: Option<String>,
+        detail: impl Into<String>,
+    ) -> Self {
         Failure {
             class,
             http_status,
@@ -91,7 +96,9 @@ impl Failure {
                 "Cloud Manager rejected the credentials: wrong key, or the key lacks the Organization Owner role"
             }
             FailureClass::Forbidden => "this host's IP address is not on the API key's access list",
-            FailureClass::NotFound => "Cloud Manager does not know this org (wrong id, or an Atlas org id)",
+            FailureClass::NotFound => {
+                "Cloud Manager does not know this org (wrong id, or an Atlas org id)"
+            }
             FailureClass::NoLink => "the org has no migration link (was it removed?)",
             FailureClass::RateLimited => "Cloud Manager is rate limiting this key",
             FailureClass::ServerError => "Cloud Manager had a server error",
@@ -152,7 +159,9 @@ pub struct Client {
 
 impl std::fmt::Debug for Client {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Client").field("base_url", &self.settings.base_url.as_str()).finish_non_exhaustive()
+        f.debug_struct("Client")
+            .field("base_url", &self.settings.base_url.as_str())
+            .finish_non_exhaustive()
     }
 }
 
@@ -185,18 +194,27 @@ impl Client {
             Credential::ApiKey {
                 public_key,
                 private_key,
-            } => Auth::Digest(DigestAuthSession::new(public_key.clone(), private_key.expose())),
+            } => Auth::Digest(DigestAuthSession::new(
+                public_key.clone(),
+                private_key.expose(),
+            )),
             Credential::ServiceAccount {
                 client_id,
                 client_secret,
-            } => Auth::OAuth(oauth::TokenCache::new(client_id.clone(), client_secret.clone())),
+            } => Auth::OAuth(oauth::TokenCache::new(
+                client_id.clone(),
+                client_secret.clone(),
+            )),
         });
         self.auth.push((credential.clone(), auth.clone()));
         auth
     }
 
     fn find_auth(&self, credential: &Credential) -> Option<Arc<Auth>> {
-        self.auth.iter().find(|(c, _)| **c == *credential).map(|(_, a)| a.clone())
+        self.auth
+            .iter()
+            .find(|(c, _)| **c == *credential)
+            .map(|(_, a)| a.clone())
     }
 
     pub fn status_url(&self, org: &OrgId) -> Url {
@@ -226,14 +244,27 @@ impl Client {
                     .await
                     .map_err(digest_error)?,
                 Auth::OAuth(cache) => {
-                    let token = cache.token(&self.http, &self.settings.token_url, false).await?;
-                    let response = self.request(url.clone()).bearer_auth(token.expose()).send().await.map_err(transport_error)?;
+                    let token = cache
+                        .token(&self.http, &self.settings.token_url, false)
+                        .await?;
+                    let response = self
+                        .request(url.clone())
+                        .bearer_auth(token.expose())
+                        .send()
+                        .await
+                        .map_err(transport_error)?;
                     if response.status() != StatusCode::UNAUTHORIZED {
                         response
                     } else {
                         // The token may have been revoked or expired early: one fresh try.
-                        let token = cache.token(&self.http, &self.settings.token_url, true).await?;
-                        self.request(url).bearer_auth(token.expose()).send().await.map_err(transport_error)?
+                        let token = cache
+                            .token(&self.http, &self.settings.token_url, true)
+                            .await?;
+                        self.request(url)
+                            .bearer_auth(token.expose())
+                            .send()
+                            .await
+                            .map_err(transport_error)?
                     }
                 }
             };
@@ -245,13 +276,18 @@ impl Client {
                 FailureClass::Timeout,
                 None,
                 None,
-                format!("no answer within {}", humantime::format_duration(self.settings.timeout)),
+                format!(
+                    "no answer within {}",
+                    humantime::format_duration(self.settings.timeout)
+                ),
             )),
         }
     }
 
     fn request(&self, url: Url) -> reqwest::RequestBuilder {
-        self.http.get(url).header(header::ACCEPT, "application/json")
+        self.http
+            .get(url)
+            .header(header::ACCEPT, "application/json")
     }
 
     async fn read(&self, mut response: reqwest::Response) -> CheckOutcome {
@@ -260,12 +296,20 @@ impl Client {
         let (body, truncated) = read_capped(&mut response, self.settings.max_body_bytes)
             .await
             .map_err(transport_error)?;
-        classify(status, retry_after, &body, truncated.then_some(self.settings.max_body_bytes))
+        classify(
+            status,
+            retry_after,
+            &body,
+            truncated.then_some(self.settings.max_body_bytes),
+        )
     }
 }
 
 /// Reads at most `cap` bytes; the flag says whether the body was longer.
-pub(crate) async fn read_capped(response: &mut reqwest::Response, cap: usize) -> reqwest::Result<(Vec<u8>, bool)> {
+pub(crate) async fn read_capped(
+    response: &mut reqwest::Response,
+    cap: usize,
+) -> reqwest::Result<(Vec<u8>, bool)> {
     let mut body = Vec::new();
     while let Some(chunk) = response.chunk().await? {
         let room = cap - body.len();

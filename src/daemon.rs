@@ -35,8 +35,11 @@ pub struct CheckReport {
 impl App {
     pub async fn new(config: Config, console: ConsoleSink) -> anyhow::Result<App> {
         let store = Store::open(&config.database).await?;
-        let client = Client::new(client::Settings::from_config(&config.cloud_manager, &config.poll), &config.credentials)
-            .context("cannot build the HTTP client")?;
+        let client = Client::new(
+            client::Settings::from_config(&config.cloud_manager, &config.poll),
+            &config.credentials,
+        )
+        .context("cannot build the HTTP client")?;
         let dispatcher = Dispatcher::new(&config, &console);
         Ok(App {
             config,
@@ -61,7 +64,10 @@ pub async fn check_org(app: &App, org: &Org) -> anyhow::Result<CheckReport> {
     let state = app.store.load_state(&org.id).await?;
     let now = Utc::now();
     let (next, events) = detect::detect(&state, &outcome, now, app.policy());
-    let routed: Vec<(Event, Vec<String>)> = events.iter().map(|e| (e.clone(), app.dispatcher.route(e))).collect();
+    let routed: Vec<(Event, Vec<String>)> = events
+        .iter()
+        .map(|e| (e.clone(), app.dispatcher.route(e)))
+        .collect();
     app.store
         .record_check(&CheckRecord {
             org_id: &org.id,
@@ -76,7 +82,9 @@ pub async fn check_org(app: &App, org: &Org) -> anyhow::Result<CheckReport> {
 
     match &outcome {
         Ok(status) => tracing::debug!(org = %org.name, %status, "checked"),
-        Err(f) => tracing::warn!(org = %org.name, failures = next.consecutive_failures, "check failed: {}", f.explain()),
+        Err(f) => {
+            tracing::warn!(org = %org.name, failures = next.consecutive_failures, "check failed: {}", f.explain())
+        }
     }
     for e in &events {
         tracing::info!(org = %org.name, org_id = %org.id, event = e.kind(), "{}", serde_json::to_string(e).unwrap_or_default());
@@ -102,9 +110,15 @@ pub async fn run_app(app: Arc<App>, shutdown: CancellationToken) -> anyhow::Resu
     );
     let mut workers = JoinSet::new();
     let dispatch_stop = CancellationToken::new();
-    app.dispatcher.spawn(app.store.clone(), dispatch_stop.clone(), &mut workers);
+    app.dispatcher
+        .spawn(app.store.clone(), dispatch_stop.clone(), &mut workers);
 
-    let schedules = app.config.orgs.iter().map(|o| (o.id.clone(), o.schedule.clone())).collect();
+    let schedules = app
+        .config
+        .orgs
+        .iter()
+        .map(|o| (o.id.clone(), o.schedule.clone()))
+        .collect();
     let check = {
         let app = app.clone();
         move |i: usize| {

@@ -2,7 +2,7 @@
 //! simulated Cloud Manager on 127.0.0.1 with real Digest auth, a few orgs whose links change on
 //! a short timeline, and a fresh database that is kept afterwards for the SQL examples.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -14,8 +14,11 @@ use crate::message::human_secs;
 use crate::simulator::{self, Behavior, Simulator};
 use crate::store::Store;
 
+/// An org of the demo: id, name, and what it answers from which fraction of the run on.
+type DemoOrg = (&'static str, &'static str, Vec<(f64, Behavior)>);
+
 /// The demo's orgs and what happens to them, as fractions of the demo's duration.
-fn timeline() -> Vec<(&'static str, &'static str, Vec<(f64, Behavior)>)> {
+fn timeline() -> Vec<DemoOrg> {
     let access_list = Behavior::error(
         403,
         "IP_ADDRESS_NOT_ON_ACCESS_LIST",
@@ -35,7 +38,10 @@ fn timeline() -> Vec<(&'static str, &'static str, Vec<(f64, Behavior)>)> {
         (
             "5f0c00000000000000000002",
             "analytics",
-            vec![(0.0, Behavior::status("NOT_SYNCED")), (0.45, Behavior::status("SYNCED"))],
+            vec![
+                (0.0, Behavior::status("NOT_SYNCED")),
+                (0.45, Behavior::status("SYNCED")),
+            ],
         ),
         (
             "5f0c00000000000000000003",
@@ -46,11 +52,20 @@ fn timeline() -> Vec<(&'static str, &'static str, Vec<(f64, Behavior)>)> {
                 (0.5, Behavior::status("SYNCED")),
             ],
         ),
-        ("5f0c00000000000000000004", "legacy-crm", vec![(0.0, access_list)]),
+        (
+            "5f0c00000000000000000004",
+            "legacy-crm",
+            vec![(0.0, access_list)],
+        ),
     ]
 }
 
-pub async fn run(duration: Duration, every: Duration, extra: Option<&Path>, shutdown: CancellationToken) -> anyhow::Result<()> {
+pub async fn run(
+    duration: Duration,
+    every: Duration,
+    extra: Option<&Path>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
     let sim = Simulator::start(([127, 0, 0, 1], 0).into(), simulator::Options::default())
         .await
         .context("cannot start the simulated Cloud Manager")?;
@@ -59,10 +74,19 @@ pub async fn run(duration: Duration, every: Duration, extra: Option<&Path>, shut
     sim.add_api_key(public_key, &private_key);
     let orgs = timeline();
     for (id, _, script) in &orgs {
-        sim.script(id, script.iter().map(|(f, b)| (duration.mul_f64(*f), b.clone())).collect());
+        sim.script(
+            id,
+            script
+                .iter()
+                .map(|(f, b)| (duration.mul_f64(*f), b.clone()))
+                .collect(),
+        );
     }
 
-    let dir = std::env::temp_dir().join(format!("linkwatch-demo-{}", chrono::Utc::now().format("%Y%m%dT%H%M%S")));
+    let dir = std::env::temp_dir().join(format!(
+        "linkwatch-demo-{}",
+        chrono::Utc::now().format("%Y%m%dT%H%M%S")
+    ));
     std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let db = dir.join("linkwatch.db");
     let mut toml = format!(
@@ -90,14 +114,19 @@ kind = "console"
         toml.push_str(&format!("\n[[org]]\nid = \"{id}\"\nname = \"{name}\"\n"));
     }
     let config_path = dir.join("demo.toml");
-    let mut config = Config::parse(&toml, &config_path).context("the demo's own config is invalid")?;
+    let mut config =
+        Config::parse(&toml, &config_path).context("the demo's own config is invalid")?;
     if let Some(extra) = extra {
         let extra = Config::load(extra)?;
         config.channels.extend(extra.channels);
     }
 
     println!("linkwatch demo");
-    println!("  simulated Cloud Manager: {} (HTTP Digest, realm \"{}\")", sim.base_url(), simulator::REALM);
+    println!(
+        "  simulated Cloud Manager: {} (HTTP Digest, realm \"{}\")",
+        sim.base_url(),
+        simulator::REALM
+    );
     println!(
         "  watching {} orgs every {} for {}; database {}",
         orgs.len(),
@@ -126,24 +155,34 @@ kind = "console"
     summary(&db).await
 }
 
-async fn summary(db: &PathBuf) -> anyhow::Result<()> {
+async fn summary(db: &Path) -> anyhow::Result<()> {
     let store = Store::open(db).await?;
     let changes = store.history(None, None).await?;
     store.close().await;
-    println!("\nstatus history (linkwatch history --database {}):\n", db.display());
+    println!(
+        "\nstatus history (linkwatch history --database {}):\n",
+        db.display()
+    );
     let rows: Vec<Vec<String>> = changes
         .iter()
         .map(|c| {
             vec![
                 c.changed_at.clone(),
                 c.org_name.clone(),
-                c.from_status.clone().unwrap_or_else(|| "(first seen)".into()),
+                c.from_status
+                    .clone()
+                    .unwrap_or_else(|| "(first seen)".into()),
                 c.to_status.clone(),
-                c.previous_lasted_s.map(human_secs).unwrap_or_else(|| "-".into()),
+                c.previous_lasted_s
+                    .map(human_secs)
+                    .unwrap_or_else(|| "-".into()),
             ]
         })
         .collect();
-    print_table(&["CHANGED_AT (UTC)", "ORG", "FROM", "TO", "FROM LASTED"], &rows);
+    print_table(
+        &["CHANGED_AT (UTC)", "ORG", "FROM", "TO", "FROM LASTED"],
+        &rows,
+    );
     println!(
         r#"
 The database is yours to query (it is kept until you delete it):

@@ -68,7 +68,12 @@ impl Event {
     }
 }
 
-pub fn detect(state: &OrgState, outcome: &CheckOutcome, now: DateTime<Utc>, policy: Policy) -> (OrgState, Vec<Event>) {
+pub fn detect(
+    state: &OrgState,
+    outcome: &CheckOutcome,
+    now: DateTime<Utc>,
+    policy: Policy,
+) -> (OrgState, Vec<Event>) {
     let mut next = state.clone();
     let mut events = Vec::new();
     match outcome {
@@ -166,7 +171,12 @@ mod tests {
     }
 
     fn fail() -> CheckOutcome {
-        Err(Failure::new(FailureClass::ServerError, Some(500), None, "boom"))
+        Err(Failure::new(
+            FailureClass::ServerError,
+            Some(500),
+            None,
+            "boom",
+        ))
     }
 
     fn ok(s: &str) -> CheckOutcome {
@@ -188,22 +198,40 @@ mod tests {
                     e => e.kind().to_owned(),
                 })
                 .collect();
-            got.push(if step.is_empty() { "-".to_owned() } else { step.join("+") });
+            got.push(if step.is_empty() {
+                "-".to_owned()
+            } else {
+                step.join("+")
+            });
         }
         assert_eq!(got, expected);
     }
 
     #[test]
     fn first_success_is_first_seen_then_quiet() {
-        check(POLICY, &[ok("NOT_SYNCED"), ok("NOT_SYNCED")], &["first_seen", "-"]);
+        check(
+            POLICY,
+            &[ok("NOT_SYNCED"), ok("NOT_SYNCED")],
+            &["first_seen", "-"],
+        );
     }
 
     #[test]
     fn a_change_is_reported_once() {
         check(
             POLICY,
-            &[ok("NOT_SYNCED"), ok("SYNCED"), ok("SYNCED"), ok("NOT_SYNCED")],
-            &["first_seen", "status_changed:NOT_SYNCED->SYNCED", "-", "status_changed:SYNCED->NOT_SYNCED"],
+            &[
+                ok("NOT_SYNCED"),
+                ok("SYNCED"),
+                ok("SYNCED"),
+                ok("NOT_SYNCED"),
+            ],
+            &[
+                "first_seen",
+                "status_changed:NOT_SYNCED->SYNCED",
+                "-",
+                "status_changed:SYNCED->NOT_SYNCED",
+            ],
         );
     }
 
@@ -233,7 +261,15 @@ mod tests {
                 fail(), // failures neither confirm nor reset a candidate
                 ok("SYNCED"),
             ],
-            &["first_seen", "-", "-", "-", "-", "-", "status_changed:NOT_SYNCED->SYNCED"],
+            &[
+                "first_seen",
+                "-",
+                "-",
+                "-",
+                "-",
+                "-",
+                "status_changed:NOT_SYNCED->SYNCED",
+            ],
         );
     }
 
@@ -264,7 +300,14 @@ mod tests {
         check(
             POLICY,
             &[ok("SYNCED"), fail(), fail(), fail(), fail(), ok("SYNCED")],
-            &["first_seen", "-", "-", "check_failing", "-", "check_recovered"],
+            &[
+                "first_seen",
+                "-",
+                "-",
+                "check_failing",
+                "-",
+                "check_recovered",
+            ],
         );
     }
 
@@ -273,7 +316,13 @@ mod tests {
         check(
             POLICY,
             &[ok("SYNCED"), fail(), fail(), fail(), ok("NOT_SYNCED")],
-            &["first_seen", "-", "-", "check_failing", "check_recovered+status_changed:SYNCED->NOT_SYNCED"],
+            &[
+                "first_seen",
+                "-",
+                "-",
+                "check_failing",
+                "check_recovered+status_changed:SYNCED->NOT_SYNCED",
+            ],
         );
     }
 
@@ -281,7 +330,15 @@ mod tests {
     fn short_failure_runs_stay_silent() {
         check(
             POLICY,
-            &[ok("SYNCED"), fail(), fail(), ok("SYNCED"), fail(), fail(), ok("SYNCED")],
+            &[
+                ok("SYNCED"),
+                fail(),
+                fail(),
+                ok("SYNCED"),
+                fail(),
+                fail(),
+                ok("SYNCED"),
+            ],
             &["first_seen", "-", "-", "-", "-", "-", "-"],
         );
     }
@@ -300,7 +357,9 @@ mod tests {
         let (s, _) = detect(&OrgState::default(), &fail(), t(0), POLICY);
         let (s, _) = detect(&s, &fail(), t(60), POLICY);
         let (s, e) = detect(&s, &fail(), t(120), POLICY);
-        assert!(matches!(&e[..], [Event::CheckFailing { failures: 3, since, .. }] if *since == t(0)));
+        assert!(
+            matches!(&e[..], [Event::CheckFailing { failures: 3, since, .. }] if *since == t(0))
+        );
         let (_, e) = detect(&s, &ok("SYNCED"), t(180), POLICY);
         assert_eq!(
             e[0],

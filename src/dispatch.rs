@@ -74,14 +74,26 @@ impl Dispatcher {
     /// the send they are in.
     pub fn spawn(&self, store: Store, shutdown: CancellationToken, tasks: &mut JoinSet<()>) {
         for o in &self.outlets {
-            tasks.spawn(worker(store.clone(), o.clone(), self.policy, shutdown.clone()));
+            tasks.spawn(worker(
+                store.clone(),
+                o.clone(),
+                self.policy,
+                shutdown.clone(),
+            ));
         }
     }
 }
 
 /// One step: sends the due deliveries of one channel as one batch and records the outcome.
-pub async fn dispatch_due(store: &Store, outlet: &Outlet, policy: &RetryPolicy, now: DateTime<Utc>) -> anyhow::Result<usize> {
-    let due = store.due_deliveries(&outlet.name, now, outlet.channel.max_batch()).await?;
+pub async fn dispatch_due(
+    store: &Store,
+    outlet: &Outlet,
+    policy: &RetryPolicy,
+    now: DateTime<Utc>,
+) -> anyhow::Result<usize> {
+    let due = store
+        .due_deliveries(&outlet.name, now, outlet.channel.max_batch())
+        .await?;
     if due.is_empty() {
         return Ok(0);
     }
@@ -98,13 +110,16 @@ pub async fn dispatch_due(store: &Store, outlet: &Outlet, policy: &RetryPolicy, 
         }
         Err(SendError::Transient { error, retry_after }) => {
             for d in &due {
-                let created = DateTime::parse_from_rfc3339(&d.event.created_at).map_or(now, |t| t.with_timezone(&Utc));
+                let created = DateTime::parse_from_rfc3339(&d.event.created_at)
+                    .map_or(now, |t| t.with_timezone(&Utc));
                 let attempts = u32::try_from(d.attempts + 1).unwrap_or(u32::MAX);
                 let next = policy.next_attempt(attempts, created, Utc::now(), retry_after);
                 if next.is_none() {
                     tracing::error!(channel = %outlet.name, event = %d.event.id, %error, "delivery given up after the maximum age");
                 }
-                store.mark_attempt_failed(&[d.outbox_id], &error, next).await?;
+                store
+                    .mark_attempt_failed(&[d.outbox_id], &error, next)
+                    .await?;
             }
             tracing::warn!(channel = %outlet.name, deliveries = ids.len(), %error, "delivery failed; will retry");
         }
@@ -112,12 +127,20 @@ pub async fn dispatch_due(store: &Store, outlet: &Outlet, policy: &RetryPolicy, 
     Ok(ids.len())
 }
 
-async fn worker(store: Store, outlet: Arc<Outlet>, policy: RetryPolicy, shutdown: CancellationToken) {
+async fn worker(
+    store: Store,
+    outlet: Arc<Outlet>,
+    policy: RetryPolicy,
+    shutdown: CancellationToken,
+) {
     loop {
         let wait = match dispatch_due(&store, &outlet, &policy, Utc::now()).await {
             Ok(n) if n > 0 => Duration::ZERO,
             Ok(_) => match store.next_due(&outlet.name).await {
-                Ok(Some(t)) => (t - Utc::now()).to_std().unwrap_or(Duration::ZERO).min(Duration::from_secs(60)),
+                Ok(Some(t)) => (t - Utc::now())
+                    .to_std()
+                    .unwrap_or(Duration::ZERO)
+                    .min(Duration::from_secs(60)),
                 Ok(None) => Duration::from_secs(60),
                 Err(e) => {
                     tracing::error!(channel = %outlet.name, error = %e, "cannot read the outbox");

@@ -19,10 +19,19 @@ pub struct Message {
 }
 
 pub fn render(stored: &StoredEvent) -> Message {
-    let name = stored.org_name.clone().unwrap_or_else(|| stored.org_id.clone());
+    let name = stored
+        .org_name
+        .clone()
+        .unwrap_or_else(|| stored.org_id.clone());
     let (title, advice) = match serde_json::from_str::<Event>(&stored.payload) {
         Ok(event) => describe(&name, &event),
-        Err(_) => (format!("{name}: {} (payload not readable by this version)", stored.kind), None),
+        Err(_) => (
+            format!(
+                "{name}: {} (payload not readable by this version)",
+                stored.kind
+            ),
+            None,
+        ),
     };
     Message {
         title,
@@ -42,7 +51,10 @@ fn describe(name: &str, event: &Event) -> (String, Option<String>) {
             advice_for(None, status),
         ),
         Event::StatusChanged {
-            from, to, from_lasted_s, ..
+            from,
+            to,
+            from_lasted_s,
+            ..
         } => {
             let lasted = human_secs(*from_lasted_s);
             let title = if to == "SYNCED" {
@@ -57,7 +69,10 @@ fn describe(name: &str, event: &Event) -> (String, Option<String>) {
         Event::CheckFailing {
             failures, failure, ..
         } => (
-            format!("{name}: status checks failing ({failures} in a row): {}", failure.explain()),
+            format!(
+                "{name}: status checks failing ({failures} in a row): {}",
+                failure.explain()
+            ),
             Some("linkwatch cannot see this link's status until this is fixed.".to_owned()),
         ),
         Event::CheckRecovered {
@@ -133,7 +148,10 @@ mod tests {
             changed_at: chrono::Utc::now(),
             from_lasted_s: 200,
         }));
-        assert_eq!(m.title, "payments: migration link SYNCED (was NOT_SYNCED for 3m 20s)");
+        assert_eq!(
+            m.title,
+            "payments: migration link SYNCED (was NOT_SYNCED for 3m 20s)"
+        );
         assert!(m.advice.unwrap().contains("ready for live migration"));
         let m = render(&stored(&Event::StatusChanged {
             from: "SYNCED".into(),
@@ -141,7 +159,10 @@ mod tests {
             changed_at: chrono::Utc::now(),
             from_lasted_s: 7500,
         }));
-        assert_eq!(m.title, "payments: migration link fell back to NOT_SYNCED after 2h 5m SYNCED");
+        assert_eq!(
+            m.title,
+            "payments: migration link fell back to NOT_SYNCED after 2h 5m SYNCED"
+        );
         assert!(m.advice.unwrap().contains("link to the Atlas org broke"));
     }
 }

@@ -58,9 +58,14 @@ mod tests {
             let at = p.next_attempt(attempts, now, now, None).unwrap();
             let exp = (2u64 << (attempts - 1).min(20)).min(600) as f64;
             let secs = (at - now).num_milliseconds() as f64 / 1000.0;
-            assert!(secs >= exp / 2.0 - 0.01 && secs <= exp + 0.01, "attempt {attempts}: {secs}s");
+            assert!(
+                secs >= exp / 2.0 - 0.01 && secs <= exp + 0.01,
+                "attempt {attempts}: {secs}s"
+            );
         }
-        let at = p.next_attempt(1, now, now, Some(Duration::from_secs(30))).unwrap();
+        let at = p
+            .next_attempt(1, now, now, Some(Duration::from_secs(30)))
+            .unwrap();
         assert!((at - now).num_seconds() >= 30);
     }
 
@@ -70,6 +75,9 @@ mod tests {
         let now = Utc::now();
         let created = now - chrono::Duration::hours(24);
         assert_eq!(p.next_attempt(3, created, now, None), None);
-        assert!(p.next_attempt(3, now - chrono::Duration::hours(1), now, None).is_some());
+        assert!(
+            p.next_attempt(3, now - chrono::Duration::hours(1), now, None)
+                .is_some()
+        );
     }
 }

@@ -33,7 +33,9 @@ pub fn first_due(schedule: &Schedule, org: &OrgId, now: DateTime<Utc>) -> DateTi
             let k = (t - offset + period - 1).div_euclid(period);
             DateTime::from_timestamp_millis(offset + k * period).unwrap_or(now)
         }
-        Schedule::Cron(cron) => cron.next_after(now - chrono::Duration::milliseconds(1)).unwrap_or(now),
+        Schedule::Cron(cron) => cron
+            .next_after(now - chrono::Duration::milliseconds(1))
+            .unwrap_or(now),
     }
 }
 
@@ -44,8 +46,13 @@ pub fn next_due(schedule: &Schedule, org: &OrgId, after: DateTime<Utc>) -> DateT
 
 /// FNV-1a: stable across runs and versions, unlike `std`'s randomly seeded hasher.
 fn stable_hash(s: &str) -> u64 {
-    s.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3))
+    s.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    })
 }
+
+/// How long shutdown waits for checks that are already running.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
 /// What a finished check tells the scheduler: wait at least this long before the next one
 /// (the server's `Retry-After`).
@@ -63,9 +70,15 @@ pub async fn run<F, Fut>(
     Fut: Future<Output = NotBefore> + Send + 'static,
 {
     let now = Utc::now();
-    let mut due: Vec<DateTime<Utc>> = schedules.iter().map(|(org, s)| first_due(s, org, now)).collect();
-    let mut heap: BinaryHeap<Reverse<(DateTime<Utc>, usize)>> =
-        due.iter().enumerate().map(|(i, t)| Reverse((*t, i))).collect();
+    let mut due: Vec<DateTime<Utc>> = schedules
+        .iter()
+        .map(|(org, s)| first_due(s, org, now))
+        .collect();
+    let mut heap: BinaryHeap<Reverse<(DateTime<Utc>, usize)>> = due
+        .iter()
+        .enumerate()
+        .map(|(i, t)| Reverse((*t, i)))
+        .collect();
     let mut running = vec![false; schedules.len()];
     let permits = Arc::new(Semaphore::new(concurrency.max(1)));
     let mut tasks: JoinSet<(usize, NotBefore)> = JoinSet::new();
@@ -120,8 +133,14 @@ pub async fn run<F, Fut>(
             }
         }
     }
-    // Let the checks already started finish: each is bounded by the poll timeout.
-    while tasks.join_next().await.is_some() {}
+    // Let the checks already started finish (each is bounded by the poll timeout), but no longer
+    // than the grace period: an unfinished check has committed nothing, so abandoning it loses
+    // nothing.
+    let drain = async { while tasks.join_next().await.is_some() {} };
+    if tokio::time::timeout(SHUTDOWN_GRACE, drain).await.is_err() {
+        tracing::warn!("checks still running after {SHUTDOWN_GRACE:?}; abandoning them");
+        tasks.abort_all();
+    }
 }
 
 #[cfg(test)]
@@ -148,10 +167,17 @@ mod tests {
             // The same org lands on the same offset in every minute and on every start.
             let again = first_due(&every, &org(n), now + chrono::Duration::seconds(600));
             assert_eq!((again - first).num_milliseconds() % 60_000, 0);
-            assert_eq!(next_due(&every, &org(n), first), first + chrono::Duration::seconds(60));
+            assert_eq!(
+                next_due(&every, &org(n), first),
+                first + chrono::Duration::seconds(60)
+            );
             seconds.insert((first - now).num_seconds());
         }
-        assert!(seconds.len() > 20, "50 orgs fell on only {} distinct seconds", seconds.len());
+        assert!(
+            seconds.len() > 20,
+            "50 orgs fell on only {} distinct seconds",
+            seconds.len()
+        );
     }
 
     #[test]
@@ -166,10 +192,19 @@ mod tests {
 
     #[test]
     fn cron_slots_follow_the_expression_in_utc() {
-        let cron = Schedule::Cron(CronExpr::parse("0 */5 * * * *").unwrap());
-        assert_eq!(first_due(&cron, &org(1), at("2026-11-29T08:00:00Z")), at("2026-11-29T08:00:00Z"));
-        assert_eq!(first_due(&cron, &org(1), at("2026-11-29T08:00:01Z")), at("2026-11-29T08:05:00Z"));
-        assert_eq!(next_due(&cron, &org(1), at("2026-11-29T08:05:00Z")), at("2026-11-29T08:10:00Z"));
+        let cron = Schedule::Cron(Box::new(CronExpr::parse("0 */5 * * * *").unwrap()));
+        assert_eq!(
+            first_due(&cron, &org(1), at("2026-11-29T08:00:00Z")),
+            at("2026-11-29T08:00:00Z")
+        );
+        assert_eq!(
+            first_due(&cron, &org(1), at("2026-11-29T08:00:01Z")),
+            at("2026-11-29T08:05:00Z")
+        );
+        assert_eq!(
+            next_due(&cron, &org(1), at("2026-11-29T08:05:00Z")),
+            at("2026-11-29T08:10:00Z")
+        );
     }
 
     #[tokio::test]
@@ -180,19 +215,33 @@ mod tests {
         let active = Arc::new(AtomicUsize::new(0));
         let peak = Arc::new(AtomicUsize::new(0));
         let started = Arc::new(AtomicUsize::new(0));
-        let per_org: Arc<Vec<AtomicUsize>> = Arc::new((0..6).map(|_| AtomicUsize::new(0)).collect());
+        let per_org: Arc<Vec<AtomicUsize>> =
+            Arc::new((0..6).map(|_| AtomicUsize::new(0)).collect());
         let per_org_peak = Arc::new(AtomicUsize::new(0));
         let shutdown = CancellationToken::new();
         let check = {
-            let (active, peak, started, shutdown) = (active.clone(), peak.clone(), started.clone(), shutdown.clone());
+            let (active, peak, started, shutdown) = (
+                active.clone(),
+                peak.clone(),
+                started.clone(),
+                shutdown.clone(),
+            );
             let (per_org, per_org_peak) = (per_org.clone(), per_org_peak.clone());
             move |i: usize| {
-                let (active, peak, started, shutdown) = (active.clone(), peak.clone(), started.clone(), shutdown.clone());
+                let (active, peak, started, shutdown) = (
+                    active.clone(),
+                    peak.clone(),
+                    started.clone(),
+                    shutdown.clone(),
+                );
                 let (per_org, per_org_peak) = (per_org.clone(), per_org_peak.clone());
                 async move {
                     let now = active.fetch_add(1, Ordering::SeqCst) + 1;
                     peak.fetch_max(now, Ordering::SeqCst);
-                    per_org_peak.fetch_max(per_org[i].fetch_add(1, Ordering::SeqCst) + 1, Ordering::SeqCst);
+                    per_org_peak.fetch_max(
+                        per_org[i].fetch_add(1, Ordering::SeqCst) + 1,
+                        Ordering::SeqCst,
+                    );
                     // Each check outlives its interval, so slots must be skipped, not stacked.
                     tokio::time::sleep(Duration::from_millis(1500)).await;
                     active.fetch_sub(1, Ordering::SeqCst);
@@ -208,7 +257,15 @@ mod tests {
             .await
             .expect("the scheduler stops after shutdown");
         assert_eq!(peak.load(Ordering::SeqCst), 2);
-        assert_eq!(per_org_peak.load(Ordering::SeqCst), 1, "two checks of one org overlapped");
-        assert_eq!(active.load(Ordering::SeqCst), 0, "run() returned before its checks finished");
+        assert_eq!(
+            per_org_peak.load(Ordering::SeqCst),
+            1,
+            "two checks of one org overlapped"
+        );
+        assert_eq!(
+            active.load(Ordering::SeqCst),
+            0,
+            "run() returned before its checks finished"
+        );
     }
 }

@@ -142,13 +142,17 @@ impl Simulator {
             started: Instant::now(),
         });
         let app = Router::new()
-            .route("/api/public/v1.0/orgs/{org_id}/liveExport/migrationLink/status", get(status))
+            .route(
+                "/api/public/v1.0/orgs/{org_id}/liveExport/migrationLink/status",
+                get(status),
+            )
             .route("/api/oauth/token", post(token))
             .with_state(shared.clone());
         let stop = CancellationToken::new();
         let graceful = stop.clone();
         let task = tokio::spawn(async move {
-            let serve = axum::serve(listener, app).with_graceful_shutdown(async move { graceful.cancelled().await });
+            let serve = axum::serve(listener, app)
+                .with_graceful_shutdown(async move { graceful.cancelled().await });
             if let Err(e) = serve.await {
                 tracing::error!("simulator stopped: {e}");
             }
@@ -177,11 +181,17 @@ impl Simulator {
     }
 
     pub fn add_api_key(&self, public_key: &str, private_key: &str) {
-        self.shared.world().api_keys.insert(public_key.into(), private_key.into());
+        self.shared
+            .world()
+            .api_keys
+            .insert(public_key.into(), private_key.into());
     }
 
     pub fn add_service_account(&self, client_id: &str, client_secret: &str) {
-        self.shared.world().service_accounts.insert(client_id.into(), client_secret.into());
+        self.shared
+            .world()
+            .service_accounts
+            .insert(client_id.into(), client_secret.into());
     }
 
     /// From now on, `org` answers with `behavior`.
@@ -200,7 +210,12 @@ impl Simulator {
 
     /// Adds a header to every answer for `org` (e.g. `Retry-After`).
     pub fn add_header(&self, org: &str, name: &str, value: &str) {
-        self.shared.world().headers.entry(org.into()).or_default().push((name.into(), value.into()));
+        self.shared
+            .world()
+            .headers
+            .entry(org.into())
+            .or_default()
+            .push((name.into(), value.into()));
     }
 
     /// Declares every nonce issued so far stale, as if its lifetime had passed.
@@ -228,7 +243,12 @@ impl Simulator {
 }
 
 fn json(code: StatusCode, body: serde_json::Value) -> Response {
-    (code, [(header::CONTENT_TYPE, "application/json")], body.to_string()).into_response()
+    (
+        code,
+        [(header::CONTENT_TYPE, "application/json")],
+        body.to_string(),
+    )
+        .into_response()
 }
 
 /// Cloud Manager's error body: `{detail, error, errorCode, parameters, reason}`.
@@ -272,7 +292,10 @@ async fn status(
     if !shared.options.latency.is_zero() {
         tokio::time::sleep(shared.options.latency).await;
     }
-    let auth = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).unwrap_or("");
+    let auth = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
     let path = uri.path_and_query().map_or(uri.path(), |p| p.as_str());
     let verdict = if let Some(token) = auth.strip_prefix("Bearer ") {
         let w = shared.world();
@@ -282,12 +305,16 @@ async fn status(
         }
     } else {
         let mut w = shared.world();
-        let World { api_keys, nonces, .. } = &mut *w;
+        let World {
+            api_keys, nonces, ..
+        } = &mut *w;
         digest::verify(auth, "GET", path, api_keys, nonces)
     };
     match verdict {
         digest::Verdict::Ok => {}
-        digest::Verdict::Missing | digest::Verdict::Rejected => return unauthorized(&shared, false),
+        digest::Verdict::Missing | digest::Verdict::Rejected => {
+            return unauthorized(&shared, false);
+        }
         digest::Verdict::Stale => return unauthorized(&shared, true),
     }
     shared.counters.authorized.fetch_add(1, Ordering::SeqCst);
@@ -296,18 +323,28 @@ async fn status(
         let mut w = shared.world();
         *w.per_org.entry(org_id.clone()).or_default() += 1;
         let at = shared.started.elapsed();
-        let behavior = w
-            .orgs
-            .get(&org_id)
-            .and_then(|s| s.iter().rev().find(|(t, _)| *t <= at).map(|(_, b)| b.clone()));
-        (behavior, w.headers.get(&org_id).cloned().unwrap_or_default())
+        let behavior = w.orgs.get(&org_id).and_then(|s| {
+            s.iter()
+                .rev()
+                .find(|(t, _)| *t <= at)
+                .map(|(_, b)| b.clone())
+        });
+        (
+            behavior,
+            w.headers.get(&org_id).cloned().unwrap_or_default(),
+        )
     };
     let envelope = query.get("envelope").is_some_and(|v| v == "true");
     let mut response = match behavior {
-        None => api_error(404, Some("ORG_NOT_FOUND"), &format!("No organization with ID {org_id} exists.")),
-        Some(Behavior::Status(s)) if envelope => {
-            json(StatusCode::OK, serde_json::json!({"status": 200, "content": {"status": s}}))
-        }
+        None => api_error(
+            404,
+            Some("ORG_NOT_FOUND"),
+            &format!("No organization with ID {org_id} exists."),
+        ),
+        Some(Behavior::Status(s)) if envelope => json(
+            StatusCode::OK,
+            serde_json::json!({"status": 200, "content": {"status": s}}),
+        ),
         Some(Behavior::Status(s)) => json(StatusCode::OK, serde_json::json!({ "status": s })),
         Some(Behavior::Error {
             http,
@@ -338,12 +375,25 @@ async fn status(
 }
 
 async fn token(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: String) -> Response {
-    shared.counters.token_requests.fetch_add(1, Ordering::SeqCst);
+    shared
+        .counters
+        .token_requests
+        .fetch_add(1, Ordering::SeqCst);
     let oauth_error = |code: StatusCode, error: &str, description: &str| {
-        json(code, serde_json::json!({"error": error, "error_description": description}))
+        json(
+            code,
+            serde_json::json!({"error": error, "error_description": description}),
+        )
     };
-    if !body.split('&').any(|kv| kv == "grant_type=client_credentials") {
-        return oauth_error(StatusCode::BAD_REQUEST, "unsupported_grant_type", "grant_type must be client_credentials");
+    if !body
+        .split('&')
+        .any(|kv| kv == "grant_type=client_credentials")
+    {
+        return oauth_error(
+            StatusCode::BAD_REQUEST,
+            "unsupported_grant_type",
+            "grant_type must be client_credentials",
+        );
     }
     let basic = headers
         .get(header::AUTHORIZATION)
@@ -351,14 +401,25 @@ async fn token(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Stri
         .and_then(|v| v.strip_prefix("Basic "))
         .and_then(digest::decode_basic);
     let Some((id, secret)) = basic else {
-        return oauth_error(StatusCode::UNAUTHORIZED, "invalid_client", "Basic client authentication required");
+        return oauth_error(
+            StatusCode::UNAUTHORIZED,
+            "invalid_client",
+            "Basic client authentication required",
+        );
     };
     let mut w = shared.world();
     if w.service_accounts.get(&id) != Some(&secret) {
-        return oauth_error(StatusCode::UNAUTHORIZED, "invalid_client", "Invalid client credentials");
+        return oauth_error(
+            StatusCode::UNAUTHORIZED,
+            "invalid_client",
+            "Invalid client credentials",
+        );
     }
     let token = format!("sim_{:032x}", rand::random::<u128>());
-    w.tokens.insert(token.clone(), Instant::now() + shared.options.token_lifetime);
+    w.tokens.insert(
+        token.clone(),
+        Instant::now() + shared.options.token_lifetime,
+    );
     json(
         StatusCode::OK,
         serde_json::json!({

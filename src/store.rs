@@ -7,7 +7,9 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use chrono::{DateTime, SecondsFormat, Utc};
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+};
 use sqlx::{FromRow, Row};
 
 use crate::client::CheckOutcome;
@@ -25,7 +27,8 @@ pub fn ts(t: DateTime<Utc>) -> String {
 }
 
 fn parse_ts(s: Option<String>) -> Option<DateTime<Utc>> {
-    s.and_then(|s| DateTime::parse_from_rfc3339(&s).ok()).map(|t| t.with_timezone(&Utc))
+    s.and_then(|s| DateTime::parse_from_rfc3339(&s).ok())
+        .map(|t| t.with_timezone(&Utc))
 }
 
 /// One check, with everything it changes, written in one transaction.
@@ -83,7 +86,8 @@ impl Store {
     /// Opens (creating file and parent directory if missing) and migrates the database.
     pub async fn open(path: &Path) -> anyhow::Result<Store> {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).with_context(|| format!("cannot create directory {}", dir.display()))?;
+            std::fs::create_dir_all(dir)
+                .with_context(|| format!("cannot create directory {}", dir.display()))?;
         }
         let options = SqliteConnectOptions::new()
             .filename(path)
@@ -125,9 +129,15 @@ impl Store {
             status: r.try_get("status")?,
             status_since: parse_ts(r.try_get("status_since")?),
             candidate: r.try_get("candidate_status")?,
-            candidate_count: r.try_get::<i64, _>("candidate_count")?.try_into().unwrap_or(0),
+            candidate_count: r
+                .try_get::<i64, _>("candidate_count")?
+                .try_into()
+                .unwrap_or(0),
             candidate_since: parse_ts(r.try_get("candidate_since")?),
-            consecutive_failures: r.try_get::<i64, _>("consecutive_failures")?.try_into().unwrap_or(u32::MAX),
+            consecutive_failures: r
+                .try_get::<i64, _>("consecutive_failures")?
+                .try_into()
+                .unwrap_or(u32::MAX),
             failing_since: parse_ts(r.try_get("failing_since")?),
             failing_alerted: r.try_get("failing_alerted")?,
         })
@@ -197,7 +207,15 @@ impl Store {
                     changed_at,
                     from_lasted_s,
                 } => {
-                    insert_transition(&mut tx, rec.org_id, Some(from), to, &ts(*changed_at), Some(*from_lasted_s)).await?;
+                    insert_transition(
+                        &mut tx,
+                        rec.org_id,
+                        Some(from),
+                        to,
+                        &ts(*changed_at),
+                        Some(*from_lasted_s),
+                    )
+                    .await?;
                 }
                 Event::CheckFailing { .. } | Event::CheckRecovered { .. } => {}
             }
@@ -229,7 +247,11 @@ impl Store {
     }
 
     /// Status changes, oldest first. `org` matches an id or a name.
-    pub async fn history(&self, org: Option<&str>, since: Option<DateTime<Utc>>) -> anyhow::Result<Vec<StatusChange>> {
+    pub async fn history(
+        &self,
+        org: Option<&str>,
+        since: Option<DateTime<Utc>>,
+    ) -> anyhow::Result<Vec<StatusChange>> {
         Ok(sqlx::query_as::<_, StatusChange>(
             "SELECT org_id, org_name, from_status, to_status, changed_at, previous_lasted_s
              FROM status_changes
@@ -264,7 +286,10 @@ impl Store {
     }
 
     /// Failed-check rows for one org, oldest first: (class, http_status, error_code, detail).
-    pub async fn failures(&self, org: &OrgId) -> anyhow::Result<Vec<(String, Option<i64>, Option<String>, String)>> {
+    pub async fn failures(
+        &self,
+        org: &OrgId,
+    ) -> anyhow::Result<Vec<(String, Option<i64>, Option<String>, String)>> {
         Ok(sqlx::query_as(
             "SELECT class, http_status, error_code, detail FROM check_failures WHERE org_id = ? ORDER BY id",
         )
@@ -274,7 +299,12 @@ impl Store {
     }
 
     /// Pending outbox rows of `channel` that are due at `now`, oldest first.
-    pub async fn due_deliveries(&self, channel: &str, now: DateTime<Utc>, limit: i64) -> anyhow::Result<Vec<Delivery>> {
+    pub async fn due_deliveries(
+        &self,
+        channel: &str,
+        now: DateTime<Utc>,
+        limit: i64,
+    ) -> anyhow::Result<Vec<Delivery>> {
         Ok(sqlx::query_as::<_, Delivery>(
             "SELECT x.id AS outbox_id, x.attempts, e.id, e.org_id, o.org_name, e.kind, e.created_at, e.payload
              FROM outbox AS x
@@ -292,11 +322,12 @@ impl Store {
 
     /// When the next pending row of `channel` falls due, if any.
     pub async fn next_due(&self, channel: &str) -> anyhow::Result<Option<DateTime<Utc>>> {
-        let next: Option<String> =
-            sqlx::query_scalar("SELECT min(next_attempt_at) FROM outbox WHERE channel = ? AND state = 'pending'")
-                .bind(channel)
-                .fetch_one(&self.pool)
-                .await?;
+        let next: Option<String> = sqlx::query_scalar(
+            "SELECT min(next_attempt_at) FROM outbox WHERE channel = ? AND state = 'pending'",
+        )
+        .bind(channel)
+        .fetch_one(&self.pool)
+        .await?;
         Ok(parse_ts(next))
     }
 

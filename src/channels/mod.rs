@@ -39,7 +39,9 @@ pub enum Channel {
 impl Channel {
     pub fn from_config(c: &config::Channel, console: &ConsoleSink) -> Channel {
         match c.kind {
-            config::ChannelKind::Console => Channel::Console(console::Console::new(console.clone())),
+            config::ChannelKind::Console => {
+                Channel::Console(console::Console::new(console.clone()))
+            }
         }
     }
 

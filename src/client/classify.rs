@@ -11,13 +11,21 @@ use super::{CheckOutcome, Failure, FailureClass};
 const RAW_KEEP: usize = 200;
 
 /// `truncated` is `Some(cap)` when the body was cut at `cap` bytes.
-pub fn classify(http_status: u16, retry_after: Option<Duration>, body: &[u8], truncated: Option<usize>) -> CheckOutcome {
+pub fn classify(
+    http_status: u16,
+    retry_after: Option<Duration>,
+    body: &[u8],
+    truncated: Option<usize>,
+) -> CheckOutcome {
     if let Some(cap) = truncated {
         return Err(Failure::new(
             FailureClass::Malformed,
             Some(http_status),
             None,
-            format!("the answer is larger than {cap} bytes; it starts: {}", excerpt(body)),
+            format!(
+                "the answer is larger than {cap} bytes; it starts: {}",
+                excerpt(body)
+            ),
         ));
     }
     let json: Option<Value> = serde_json::from_slice(body).ok();
@@ -26,7 +34,10 @@ pub fn classify(http_status: u16, retry_after: Option<Duration>, body: &[u8], tr
     let (code, json) = match json {
         Some(Value::Object(mut m)) if m.get("status").is_some_and(Value::is_u64) => {
             let inner = m.remove("content").or_else(|| m.remove("envelope"));
-            let code = m.get("status").and_then(Value::as_u64).and_then(|c| u16::try_from(c).ok());
+            let code = m
+                .get("status")
+                .and_then(Value::as_u64)
+                .and_then(|c| u16::try_from(c).ok());
             match (inner, code) {
                 (Some(inner), Some(code)) => (code, Some(inner)),
                 _ => (http_status, Some(Value::Object(m))),
@@ -37,9 +48,18 @@ pub fn classify(http_status: u16, retry_after: Option<Duration>, body: &[u8], tr
     if (200..300).contains(&code) {
         return match json.as_ref().and_then(|j| j.get("status")) {
             Some(Value::String(s)) if !s.trim().is_empty() => Ok(s.trim().to_owned()),
-            Some(other) => Err(malformed(code, format!("`status` is not a status string: {other}"))),
-            None if json.is_some() => Err(malformed(code, format!("no `status` in the answer: {}", excerpt(body)))),
-            None => Err(malformed(code, format!("the answer is not JSON: {}", excerpt(body)))),
+            Some(other) => Err(malformed(
+                code,
+                format!("`status` is not a status string: {other}"),
+            )),
+            None if json.is_some() => Err(malformed(
+                code,
+                format!("no `status` in the answer: {}", excerpt(body)),
+            )),
+            None => Err(malformed(
+                code,
+                format!("the answer is not JSON: {}", excerpt(body)),
+            )),
         };
     }
     Err(error_answer(code, retry_after, json.as_ref(), body))
@@ -49,8 +69,17 @@ fn malformed(code: u16, detail: String) -> Failure {
     Failure::new(FailureClass::Malformed, Some(code), None, detail)
 }
 
-fn error_answer(code: u16, retry_after: Option<Duration>, json: Option<&Value>, body: &[u8]) -> Failure {
-    let field = |name: &str| json.and_then(|j| j.get(name)).and_then(Value::as_str).map(str::to_owned);
+fn error_answer(
+    code: u16,
+    retry_after: Option<Duration>,
+    json: Option<&Value>,
+    body: &[u8],
+) -> Failure {
+    let field = |name: &str| {
+        json.and_then(|j| j.get(name))
+            .and_then(Value::as_str)
+            .map(str::to_owned)
+    };
     // Cloud Manager's shape is {detail, errorCode, reason}; OAuth's is {error, error_description}.
     let error_code = field("errorCode").or_else(|| field("error"));
     let detail = field("detail")
@@ -60,7 +89,9 @@ fn error_answer(code: u16, retry_after: Option<Duration>, json: Option<&Value>, 
     let class = match (code, error_code.as_deref()) {
         (401, _) => FailureClass::Unauthorized,
         (403, _) => FailureClass::Forbidden,
-        (404, Some("INVALID_ORG_ID" | "ORG_NOT_FOUND" | "EXPECTED_NON_ATLAS_ORG")) => FailureClass::NotFound,
+        (404, Some("INVALID_ORG_ID" | "ORG_NOT_FOUND" | "EXPECTED_NON_ATLAS_ORG")) => {
+            FailureClass::NotFound
+        }
         (404, _) => FailureClass::NoLink,
         (429, _) => FailureClass::RateLimited,
         (500..=599, _) => FailureClass::ServerError,
@@ -90,24 +121,45 @@ mod tests {
     use super::*;
 
     fn class_of(code: u16, body: &str) -> FailureClass {
-        classify(code, None, body.as_bytes(), None).unwrap_err().class
+        classify(code, None, body.as_bytes(), None)
+            .unwrap_err()
+            .class
     }
 
     #[test]
     fn documented_and_unknown_statuses_are_statuses() {
-        assert_eq!(classify(200, None, br#"{"status":"SYNCED"}"#, None), Ok("SYNCED".into()));
-        assert_eq!(classify(200, None, br#"{ "status" : "NOT_SYNCED" }"#, None), Ok("NOT_SYNCED".into()));
-        assert_eq!(classify(200, None, br#"{"status":"PAUSED","x":1}"#, None), Ok("PAUSED".into()));
+        assert_eq!(
+            classify(200, None, br#"{"status":"SYNCED"}"#, None),
+            Ok("SYNCED".into())
+        );
+        assert_eq!(
+            classify(200, None, br#"{ "status" : "NOT_SYNCED" }"#, None),
+            Ok("NOT_SYNCED".into())
+        );
+        assert_eq!(
+            classify(200, None, br#"{"status":"PAUSED","x":1}"#, None),
+            Ok("PAUSED".into())
+        );
     }
 
     #[test]
     fn envelope_is_unwrapped_and_its_code_honoured() {
         assert_eq!(
-            classify(200, None, br#"{"status":200,"content":{"status":"SYNCED"}}"#, None),
+            classify(
+                200,
+                None,
+                br#"{"status":200,"content":{"status":"SYNCED"}}"#,
+                None
+            ),
             Ok("SYNCED".into())
         );
         assert_eq!(
-            classify(200, None, br#"{"status":200,"envelope":{"status":"SYNCED"}}"#, None),
+            classify(
+                200,
+                None,
+                br#"{"status":200,"envelope":{"status":"SYNCED"}}"#,
+                None
+            ),
             Ok("SYNCED".into())
         );
         let f = classify(
@@ -119,7 +171,10 @@ mod tests {
         .unwrap_err();
         assert_eq!(f.class, FailureClass::Forbidden);
         assert_eq!(f.http_status, Some(403));
-        assert_eq!(f.error_code.as_deref(), Some("IP_ADDRESS_NOT_ON_ACCESS_LIST"));
+        assert_eq!(
+            f.error_code.as_deref(),
+            Some("IP_ADDRESS_NOT_ON_ACCESS_LIST")
+        );
         assert_eq!(f.detail, "IP 1.2.3.4");
     }
 
@@ -127,13 +182,31 @@ mod tests {
     fn error_classes() {
         let ops_manager_401 = r#"{"reason":"Unauthorized","error":401,"detail":"You are not authorized for this resource."}"#;
         assert_eq!(class_of(401, ops_manager_401), FailureClass::Unauthorized);
-        assert_eq!(class_of(403, r#"{"errorCode":"ORG_REQUIRES_ACCESS_LIST"}"#), FailureClass::Forbidden);
-        assert_eq!(class_of(404, r#"{"errorCode":"ORG_NOT_FOUND"}"#), FailureClass::NotFound);
-        assert_eq!(class_of(404, r#"{"errorCode":"EXPECTED_NON_ATLAS_ORG"}"#), FailureClass::NotFound);
-        assert_eq!(class_of(404, r#"{"errorCode":"RESOURCE_NOT_FOUND"}"#), FailureClass::NoLink);
-        assert_eq!(class_of(429, r#"{"errorCode":"RATE_LIMITED"}"#), FailureClass::RateLimited);
+        assert_eq!(
+            class_of(403, r#"{"errorCode":"ORG_REQUIRES_ACCESS_LIST"}"#),
+            FailureClass::Forbidden
+        );
+        assert_eq!(
+            class_of(404, r#"{"errorCode":"ORG_NOT_FOUND"}"#),
+            FailureClass::NotFound
+        );
+        assert_eq!(
+            class_of(404, r#"{"errorCode":"EXPECTED_NON_ATLAS_ORG"}"#),
+            FailureClass::NotFound
+        );
+        assert_eq!(
+            class_of(404, r#"{"errorCode":"RESOURCE_NOT_FOUND"}"#),
+            FailureClass::NoLink
+        );
+        assert_eq!(
+            class_of(429, r#"{"errorCode":"RATE_LIMITED"}"#),
+            FailureClass::RateLimited
+        );
         assert_eq!(class_of(503, ""), FailureClass::ServerError);
-        assert_eq!(class_of(402, r#"{"errorCode":"ACCOUNT_SUSPENDED"}"#), FailureClass::Http);
+        assert_eq!(
+            class_of(402, r#"{"errorCode":"ACCOUNT_SUSPENDED"}"#),
+            FailureClass::Http
+        );
     }
 
     #[test]
@@ -147,10 +220,19 @@ mod tests {
         .unwrap_err();
         assert_eq!(f.http_status, Some(429));
         assert_eq!(f.error_code.as_deref(), Some("RATE_LIMITED"));
-        assert_eq!(f.detail, "Resource x is limited to 100 requests every 1 minutes.");
+        assert_eq!(
+            f.detail,
+            "Resource x is limited to 100 requests every 1 minutes."
+        );
         assert_eq!(f.retry_after, Some(Duration::from_secs(30)));
         // An Ops Manager 401 has no errorCode; its numeric `error` is not mistaken for one.
-        let f = classify(401, None, br#"{"reason":"Unauthorized","error":401,"detail":"nope"}"#, None).unwrap_err();
+        let f = classify(
+            401,
+            None,
+            br#"{"reason":"Unauthorized","error":401,"detail":"nope"}"#,
+            None,
+        )
+        .unwrap_err();
         assert_eq!(f.error_code, None);
         assert_eq!(f.detail, "nope");
     }
@@ -160,7 +242,11 @@ mod tests {
         let html = "<html>\n<body><h1>502 Bad Gateway</h1></body></html>";
         let f = classify(200, None, html.as_bytes(), None).unwrap_err();
         assert_eq!(f.class, FailureClass::Malformed);
-        assert!(f.detail.contains("<h1>502 Bad Gateway</h1>"), "{}", f.detail);
+        assert!(
+            f.detail.contains("<h1>502 Bad Gateway</h1>"),
+            "{}",
+            f.detail
+        );
         assert_eq!(class_of(200, ""), FailureClass::Malformed);
         assert_eq!(class_of(200, "{}"), FailureClass::Malformed);
         assert_eq!(class_of(200, r#"{"status":42}"#), FailureClass::Malformed);

@@ -1,0 +1,260 @@
+use std::path::Path;
+
+use super::*;
+
+const MINIMAL: &str = r#"
+[cloud_manager]
+public_key = "pub"
+private_key = "very-secret-key"
+
+[[org]]
+id = "5f0c1234567890abcdef1234"
+name = "payments"
+"#;
+
+fn parse(text: &str) -> Result<Config, ConfigError> {
+    Config::parse(text, Path::new("/etc/linkwatch/test.toml"))
+}
+
+/// Parses `text`, expects an error, and returns its (line, column, key, message).
+fn error(text: &str) -> (usize, usize, String, String) {
+    match parse(text) {
+        Err(ConfigError::Invalid {
+            file,
+            line,
+            column,
+            key,
+            message,
+        }) => {
+            assert_eq!(file, Path::new("/etc/linkwatch/test.toml"));
+            (line, column, key, message)
+        }
+        Err(e) => panic!("unexpected error: {e}"),
+        Ok(_) => panic!("config was accepted:\n{text}"),
+    }
+}
+
+#[test]
+fn the_example_file_parses() {
+    // SAFETY: tests in this module that touch the environment use distinct variable names.
+    unsafe { std::env::set_var("LINKWATCH_CM_KEY", "example-key") };
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/linkwatch.example.toml");
+    let config = Config::load(&path).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(config.orgs.len(), 2);
+    assert_eq!(
+        config.orgs[1].schedule,
+        Schedule::Every(Duration::from_secs(30))
+    );
+    assert_eq!(
+        config.orgs[0].schedule,
+        Schedule::Every(Duration::from_secs(60))
+    );
+    assert_eq!(config.channels[0].kind, ChannelKind::Console);
+    assert_eq!(
+        config.database,
+        Path::new("/var/lib/linkwatch/linkwatch.db")
+    );
+}
+
+#[test]
+fn defaults() {
+    let c = parse(MINIMAL).unwrap();
+    assert_eq!(
+        c.cloud_manager.base_url.as_str(),
+        "https://cloud.mongodb.com/api/public/v1.0/"
+    );
+    assert_eq!(
+        c.cloud_manager.token_url.as_str(),
+        "https://cloud.mongodb.com/api/oauth/token"
+    );
+    assert_eq!(c.poll.schedule, Schedule::Every(Duration::from_secs(60)));
+    assert_eq!(c.poll.timeout, Duration::from_secs(15));
+    assert_eq!(c.poll.concurrency, 8);
+    assert_eq!(c.poll.failures_before_alert, 3);
+    assert_eq!(c.poll.confirm_checks, 1);
+    assert_eq!(c.database, Path::new(DEFAULT_DATABASE));
+    assert_eq!(c.credentials.len(), 1);
+}
+
+#[test]
+fn malformed_toml_names_line_and_column() {
+    let (line, column, _, message) = error("[cloud_manager]\npublic_key = \"unterminated\n");
+    // toml points at the end of the line, where the closing quote is missing.
+    assert_eq!((line, column), (2, 27));
+    assert!(message.contains("string"), "{message}");
+}
+
+#[test]
+fn unknown_keys_are_rejected_with_their_path() {
+    let (line, column, key, message) = error(&format!(
+        "{MINIMAL}\n[poll]\nevery = \"1m\"\ninterval = \"5m\"\n"
+    ));
+    assert_eq!((line, column), (12, 1));
+    assert_eq!(key, "poll.interval");
+    assert!(message.contains("unknown field `interval`"), "{message}");
+    let (_, _, key, message) = error(&format!("{MINIMAL}nmae = \"x\"\n"));
+    assert_eq!(key, "org[0].nmae");
+    assert!(message.contains("nmae"), "{message}");
+}
+
+#[test]
+fn org_ids_must_be_24_lowercase_hex() {
+    for bad in [
+        "5F0C1234567890ABCDEF1234",
+        "5f0c1234",
+        "5f0c1234567890abcdef123g",
+    ] {
+        let (line, column, key, message) = error(&MINIMAL.replace("5f0c1234567890abcdef1234", bad));
+        assert_eq!((line, column, key.as_str()), (7, 6, "org[0].id"), "{bad}");
+        assert!(message.contains("24 lowercase hex"), "{message}");
+    }
+}
+
+#[test]
+fn duplicate_ids_and_names_are_rejected() {
+    let dup_id =
+        format!("{MINIMAL}\n[[org]]\nid = \"5f0c1234567890abcdef1234\"\nname = \"other\"\n");
+    let (line, _, key, message) = error(&dup_id);
+    assert_eq!((line, key.as_str()), (11, "org[1].id"));
+    assert!(
+        message.contains("already used by org \"payments\""),
+        "{message}"
+    );
+    let dup_name =
+        format!("{MINIMAL}\n[[org]]\nid = \"5f0c1234567890abcdef9999\"\nname = \"payments\"\n");
+    let (line, _, key, _) = error(&dup_name);
+    assert_eq!((line, key.as_str()), (12, "org[1].name"));
+}
+
+#[test]
+fn durations_and_cron_are_checked() {
+    let (line, _, key, message) = error(&format!("{MINIMAL}\n[poll]\nevery = \"5 parsecs\"\n"));
+    assert_eq!((line, key.as_str()), (11, "poll.every"));
+    assert!(
+        message.contains("invalid duration \"5 parsecs\""),
+        "{message}"
+    );
+    let (_, _, key, message) = error(&format!("{MINIMAL}\n[poll]\ncron = \"*/5 * * * *\"\n"));
+    assert_eq!(key, "poll.cron");
+    assert!(message.contains("has 5 fields"), "{message}");
+    let (_, _, _, message) = error(&format!(
+        "{MINIMAL}\n[poll]\ncron = \"0 */5 * * * nonsense\"\n"
+    ));
+    assert!(message.contains("invalid cron"), "{message}");
+    let (_, _, _, message) = error(&format!(
+        "{MINIMAL}\n[poll]\ncron = \"0 * * * * *\"\nevery = \"1m\"\n"
+    ));
+    assert!(message.contains("not both"), "{message}");
+    let c = parse(&format!("{MINIMAL}\n[poll]\ncron = \"0 */5 * * * *\"\n")).unwrap();
+    assert!(matches!(c.orgs[0].schedule, Schedule::Cron(_)));
+    let (_, _, key, _) = error(&format!("{MINIMAL}\n[poll]\nconcurrency = 0\n"));
+    assert_eq!(key, "poll.concurrency");
+}
+
+#[test]
+fn secret_files_and_variables() {
+    let dir = tempfile::tempdir().unwrap();
+    let key_file = dir.path().join("cm-key");
+    std::fs::write(&key_file, "from-a-file\n").unwrap();
+    let text = MINIMAL.replace(
+        "private_key = \"very-secret-key\"",
+        &format!("private_key_file = \"{}\"", key_file.display()),
+    );
+    let c = parse(&text).unwrap();
+    assert_eq!(
+        *c.credentials[0],
+        Credential::ApiKey {
+            public_key: "pub".into(),
+            private_key: Secret::new("from-a-file")
+        }
+    );
+
+    let missing = text.replace("cm-key", "no-such-file");
+    let (line, _, key, message) = error(&missing);
+    assert_eq!((line, key.as_str()), (4, "cloud_manager.private_key_file"));
+    assert!(
+        message.contains("cannot read") && message.contains("no-such-file"),
+        "{message}"
+    );
+
+    let env = MINIMAL.replace(
+        "private_key = \"very-secret-key\"",
+        "private_key_env = \"LINKWATCH_TEST_UNSET_VARIABLE\"",
+    );
+    let (_, _, key, message) = error(&env);
+    assert_eq!(key, "cloud_manager.private_key_env");
+    assert!(
+        message.contains("LINKWATCH_TEST_UNSET_VARIABLE is not set"),
+        "{message}"
+    );
+
+    let both = MINIMAL.replace(
+        "private_key = \"very-secret-key\"",
+        "private_key = \"a\"\nprivate_key_env = \"B\"",
+    );
+    assert!(error(&both).3.contains("only one of"));
+}
+
+#[test]
+fn credentials_directory_is_expanded() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("cm-key"), "from-systemd").unwrap();
+    // SAFETY: only this test sets CREDENTIALS_DIRECTORY.
+    unsafe { std::env::set_var("CREDENTIALS_DIRECTORY", dir.path()) };
+    let text = MINIMAL.replace(
+        "private_key = \"very-secret-key\"",
+        "private_key_file = \"${CREDENTIALS_DIRECTORY}/cm-key\"",
+    );
+    let c = parse(&text).unwrap();
+    assert!(
+        matches!(&*c.credentials[0], Credential::ApiKey { private_key, .. } if private_key.expose() == "from-systemd")
+    );
+}
+
+#[test]
+fn credentials_must_be_complete_and_orgs_must_have_one() {
+    let (_, _, key, message) = error(&MINIMAL.replace("private_key = \"very-secret-key\"\n", ""));
+    assert_eq!(key, "cloud_manager.private_key");
+    assert!(message.contains("missing"), "{message}");
+    let no_cred = "[[org]]\nid = \"5f0c1234567890abcdef1234\"\nname = \"payments\"\n";
+    let (line, _, key, message) = error(no_cred);
+    assert_eq!((line, key.as_str()), (2, "org[0]"));
+    assert!(message.contains("no credential"), "{message}");
+    let (_, _, _, message) = error(&MINIMAL.replace(
+        "public_key = \"pub\"",
+        "public_key = \"pub\"\nclient_id = \"sa\"",
+    ));
+    assert!(message.contains("not both"), "{message}");
+}
+
+#[test]
+fn orgs_share_a_credential_and_may_override_it() {
+    let text = format!(
+        "{MINIMAL}\n[[org]]\nid = \"5f0c1234567890abcdef5678\"\nname = \"b\"\n\
+         [[org]]\nid = \"5f0c1234567890abcdef9999\"\nname = \"c\"\nclient_id = \"mdb_sa_id_1\"\nclient_secret = \"mdb_sa_sk_x\"\n"
+    );
+    let c = parse(&text).unwrap();
+    assert_eq!(c.credentials.len(), 2);
+    assert!(Arc::ptr_eq(&c.orgs[0].credential, &c.orgs[1].credential));
+    assert!(
+        matches!(&*c.orgs[2].credential, Credential::ServiceAccount { client_id, .. } if client_id == "mdb_sa_id_1")
+    );
+}
+
+#[test]
+fn secrets_never_reach_debug_output() {
+    let c = parse(MINIMAL).unwrap();
+    let debug = format!("{c:?}");
+    assert!(!debug.contains("very-secret-key"), "{debug}");
+    assert!(debug.contains("[redacted]"));
+}
+
+#[test]
+fn errors_render_as_file_line_column_key() {
+    let e = parse(&MINIMAL.replace("5f0c1234567890abcdef1234", "nope")).unwrap_err();
+    assert!(
+        e.to_string()
+            .starts_with("/etc/linkwatch/test.toml:7:6: org[0].id: \"nope\" is not an org id"),
+        "{e}"
+    );
+}

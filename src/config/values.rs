@@ -4,6 +4,8 @@
 use std::fmt;
 use std::time::Duration;
 
+use chrono::Timelike as _;
+
 use serde::de::Error as _;
 use serde::{Deserialize, Deserializer};
 
@@ -50,7 +52,11 @@ impl<'de> Deserialize<'de> for HumanDuration {
         let s = String::deserialize(d)?;
         humantime::parse_duration(s.trim())
             .map(HumanDuration)
-            .map_err(|e| D::Error::custom(format!("invalid duration \"{s}\": {e} (write e.g. \"30s\", \"5m\", \"1h\")")))
+            .map_err(|e| {
+                D::Error::custom(format!(
+                    "invalid duration \"{s}\": {e} (write e.g. \"30s\", \"5m\", \"1h\")"
+                ))
+            })
     }
 }
 
@@ -87,8 +93,13 @@ impl CronExpr {
     }
 
     /// The first time strictly after `after` that matches, in UTC.
-    pub fn next_after(&self, after: chrono::DateTime<chrono::Utc>) -> Option<chrono::DateTime<chrono::Utc>> {
-        self.cron.find_next_occurrence(&after, false).ok()
+    pub fn next_after(
+        &self,
+        after: chrono::DateTime<chrono::Utc>,
+    ) -> Option<chrono::DateTime<chrono::Utc>> {
+        // croner keeps the sub-second part of its input; slots are whole seconds.
+        let whole = after.with_nanosecond(0).unwrap_or(after);
+        self.cron.find_next_occurrence(&whole, false).ok()
     }
 }
 

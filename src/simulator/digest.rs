@@ -22,7 +22,8 @@ impl Nonces {
     pub fn issue(&mut self, lifetime: Duration) -> String {
         let now = Instant::now();
         // Forget nonces long expired, so a long run does not grow without bound.
-        self.0.retain(|_, n| n.expires + Duration::from_secs(600) > now);
+        self.0
+            .retain(|_, n| n.expires + Duration::from_secs(600) > now);
         let nonce = format!("{:032x}", rand::random::<u128>());
         self.0.insert(
             nonce.clone(),
@@ -44,7 +45,9 @@ impl Nonces {
 
 /// The challenge, formatted as Cloud Manager sends it (unquoted `algorithm` and `stale`).
 pub fn challenge(nonce: &str, stale: bool) -> String {
-    format!(r#"Digest realm="{REALM}", domain="", nonce="{nonce}", algorithm=MD5, qop="auth", stale={stale}"#)
+    format!(
+        r#"Digest realm="{REALM}", domain="", nonce="{nonce}", algorithm=MD5, qop="auth", stale={stale}"#
+    )
 }
 
 #[derive(Debug, PartialEq)]
@@ -69,7 +72,11 @@ fn params(s: &str) -> HashMap<String, String> {
     let mut rest = s.trim();
     while !rest.is_empty() {
         let Some(eq) = rest.find('=') else { break };
-        let key = rest[..eq].trim().trim_start_matches(',').trim().to_ascii_lowercase();
+        let key = rest[..eq]
+            .trim()
+            .trim_start_matches(',')
+            .trim()
+            .to_ascii_lowercase();
         rest = rest[eq + 1..].trim_start();
         let value;
         if let Some(q) = rest.strip_prefix('"') {
@@ -99,7 +106,16 @@ pub fn verify(
     };
     let p = params(rest);
     let get = |k: &str| p.get(k).map(String::as_str);
-    let (Some(user), Some(realm), Some(nonce), Some(uri), Some(response), Some(qop), Some(nc), Some(cnonce)) = (
+    let (
+        Some(user),
+        Some(realm),
+        Some(nonce),
+        Some(uri),
+        Some(response),
+        Some(qop),
+        Some(nc),
+        Some(cnonce),
+    ) = (
         get("username"),
         get("realm"),
         get("nonce"),
@@ -108,10 +124,15 @@ pub fn verify(
         get("qop"),
         get("nc"),
         get("cnonce"),
-    ) else {
+    )
+    else {
         return Verdict::Rejected;
     };
-    if realm != REALM || uri != request_uri || qop != "auth" || get("algorithm").is_some_and(|a| a != "MD5") {
+    if realm != REALM
+        || uri != request_uri
+        || qop != "auth"
+        || get("algorithm").is_some_and(|a| a != "MD5")
+    {
         return Verdict::Rejected;
     }
     let Some(password) = users.get(user) else {
@@ -138,7 +159,9 @@ pub fn verify(
 
 /// `base64(id:secret)` from a Basic Authorization header.
 pub fn decode_basic(b64: &str) -> Option<(String, String)> {
-    let raw = base64::engine::general_purpose::STANDARD.decode(b64.trim()).ok()?;
+    let raw = base64::engine::general_purpose::STANDARD
+        .decode(b64.trim())
+        .ok()?;
     let text = String::from_utf8(raw).ok()?;
     let (id, secret) = text.split_once(':')?;
     Some((id.to_owned(), secret.to_owned()))
@@ -153,7 +176,9 @@ mod tests {
     fn rfc_2617_response_hash() {
         let ha1 = md5_hex("Mufasa:testrealm@host.com:Circle Of Life");
         let ha2 = md5_hex("GET:/dir/index.html");
-        let response = md5_hex(&format!("{ha1}:dcd98b7102dd2f0e8b11d0f600bfb0c093:00000001:0a4f113b:auth:{ha2}"));
+        let response = md5_hex(&format!(
+            "{ha1}:dcd98b7102dd2f0e8b11d0f600bfb0c093:00000001:0a4f113b:auth:{ha2}"
+        ));
         assert_eq!(response, "6629fae49393a05397450978507c4ef1");
     }
 
@@ -172,17 +197,92 @@ mod tests {
         let mut nonces = Nonces::default();
         let n = nonces.issue(Duration::from_secs(60));
         let uri = "/api/public/v1.0/orgs/x/liveExport/migrationLink/status";
-        assert_eq!(verify(&header("pub", "priv", &n, "00000001", uri), "GET", uri, &users, &mut nonces), Verdict::Ok);
+        assert_eq!(
+            verify(
+                &header("pub", "priv", &n, "00000001", uri),
+                "GET",
+                uri,
+                &users,
+                &mut nonces
+            ),
+            Verdict::Ok
+        );
         // The same count again is a replay.
-        assert_eq!(verify(&header("pub", "priv", &n, "00000001", uri), "GET", uri, &users, &mut nonces), Verdict::Rejected);
-        assert_eq!(verify(&header("pub", "priv", &n, "00000002", uri), "GET", uri, &users, &mut nonces), Verdict::Ok);
-        assert_eq!(verify(&header("pub", "priv", &n, "00000000", uri), "GET", uri, &users, &mut nonces), Verdict::Rejected);
-        assert_eq!(verify(&header("pub", "wrong", &n, "00000003", uri), "GET", uri, &users, &mut nonces), Verdict::Rejected);
-        assert_eq!(verify(&header("pub", "priv", &n, "00000003", "/other"), "GET", uri, &users, &mut nonces), Verdict::Rejected);
-        assert_eq!(verify("", "GET", uri, &users, &mut nonces), Verdict::Missing);
+        assert_eq!(
+            verify(
+                &header("pub", "priv", &n, "00000001", uri),
+                "GET",
+                uri,
+                &users,
+                &mut nonces
+            ),
+            Verdict::Rejected
+        );
+        assert_eq!(
+            verify(
+                &header("pub", "priv", &n, "00000002", uri),
+                "GET",
+                uri,
+                &users,
+                &mut nonces
+            ),
+            Verdict::Ok
+        );
+        assert_eq!(
+            verify(
+                &header("pub", "priv", &n, "00000000", uri),
+                "GET",
+                uri,
+                &users,
+                &mut nonces
+            ),
+            Verdict::Rejected
+        );
+        assert_eq!(
+            verify(
+                &header("pub", "wrong", &n, "00000003", uri),
+                "GET",
+                uri,
+                &users,
+                &mut nonces
+            ),
+            Verdict::Rejected
+        );
+        assert_eq!(
+            verify(
+                &header("pub", "priv", &n, "00000003", "/other"),
+                "GET",
+                uri,
+                &users,
+                &mut nonces
+            ),
+            Verdict::Rejected
+        );
+        assert_eq!(
+            verify("", "GET", uri, &users, &mut nonces),
+            Verdict::Missing
+        );
         nonces.expire_all();
-        assert_eq!(verify(&header("pub", "priv", &n, "00000004", uri), "GET", uri, &users, &mut nonces), Verdict::Stale);
+        assert_eq!(
+            verify(
+                &header("pub", "priv", &n, "00000004", uri),
+                "GET",
+                uri,
+                &users,
+                &mut nonces
+            ),
+            Verdict::Stale
+        );
         // Stale is only said to a client that knows the password.
-        assert_eq!(verify(&header("pub", "wrong", &n, "00000005", uri), "GET", uri, &users, &mut nonces), Verdict::Rejected);
+        assert_eq!(
+            verify(
+                &header("pub", "wrong", &n, "00000005", uri),
+                "GET",
+                uri,
+                &users,
+                &mut nonces
+            ),
+            Verdict::Rejected
+        );
     }
 }

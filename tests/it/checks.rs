@@ -1,0 +1,331 @@
+//! Checks, events and what is stored, through the simulator's real HTTP and Digest.
+
+use linkwatch::client::FailureClass;
+use linkwatch::simulator::Behavior;
+
+use crate::helpers::*;
+
+#[tokio::test]
+async fn first_seen_then_a_change_and_no_repeat_after_restart() {
+    let t = spawn_app().await;
+    assert_eq!(t.check(ORG_A).await.outcome, Ok("NOT_SYNCED".into()));
+    assert_eq!(t.check(ORG_A).await.events, vec![]);
+    t.sim.set(ORG_A, Behavior::status("SYNCED"));
+    let report = t.check(ORG_A).await;
+    assert_eq!(report.events.len(), 1);
+    assert_eq!(t.event_kinds(ORG_A).await, ["first_seen", "status_changed"]);
+
+    // The same file after a restart: the stored state decides, so nothing repeats.
+    let t = t.restart().await;
+    t.check(ORG_A).await;
+    t.check(ORG_A).await;
+    assert_eq!(t.event_kinds(ORG_A).await, ["first_seen", "status_changed"]);
+    // ... and nothing is missed: a change during the "downtime" is seen on the next check.
+    t.sim.set(ORG_A, Behavior::status("NOT_SYNCED"));
+    let t = t.restart().await;
+    t.check(ORG_A).await;
+    assert_eq!(
+        t.event_kinds(ORG_A).await,
+        ["first_seen", "status_changed", "status_changed"]
+    );
+
+    let history = t.app.store.history(Some("alpha"), None).await.unwrap();
+    let steps: Vec<_> = history
+        .iter()
+        .map(|c| (c.from_status.as_deref(), c.to_status.as_str()))
+        .collect();
+    assert_eq!(
+        steps,
+        [
+            (None, "NOT_SYNCED"),
+            (Some("NOT_SYNCED"), "SYNCED"),
+            (Some("SYNCED"), "NOT_SYNCED")
+        ]
+    );
+    // The status change event carries from, to and how long `from` lasted.
+    let events = t.events(Some(ORG_A)).await;
+    let payload: serde_json::Value = serde_json::from_str(&events[1].payload).unwrap();
+    assert_eq!(payload["from"], "NOT_SYNCED");
+    assert_eq!(payload["to"], "SYNCED");
+    assert!(payload["from_lasted_s"].is_i64());
+}
+
+#[tokio::test]
+async fn unchanged_checks_update_a_row_and_add_none() {
+    let t = spawn_app().await;
+    for _ in 0..25 {
+        t.check(ORG_B).await;
+    }
+    let count = |table: &'static str| {
+        let path = t.db_path.clone();
+        async move {
+            let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}", path.display()))
+                .await
+                .unwrap();
+            let n: i64 =
+                sqlx::query_scalar(sqlx::AssertSqlSafe(format!("SELECT count(*) FROM {table}")))
+                    .fetch_one(&pool)
+                    .await
+                    .unwrap();
+            pool.close().await;
+            n
+        }
+    };
+    assert_eq!(count("org_state").await, 1);
+    assert_eq!(count("transitions").await, 1);
+    assert_eq!(count("events").await, 1);
+    assert_eq!(count("check_failures").await, 0);
+}
+
+#[tokio::test]
+async fn confirm_checks_waits_for_identical_answers() {
+    let t = spawn_app_with(Setup {
+        poll: "confirm_checks = 3".into(),
+        ..Setup::default()
+    })
+    .await;
+    t.check(ORG_A).await;
+    t.sim.set(ORG_A, Behavior::status("SYNCED"));
+    assert!(t.check(ORG_A).await.events.is_empty());
+    assert!(t.check(ORG_A).await.events.is_empty());
+    assert_eq!(t.check(ORG_A).await.events[0].kind(), "status_changed");
+    assert_eq!(t.event_kinds(ORG_A).await, ["first_seen", "status_changed"]);
+}
+
+#[tokio::test]
+async fn failing_after_n_failures_then_recovered_once() {
+    let t = spawn_app().await;
+    t.check(ORG_B).await;
+    t.sim.set(
+        ORG_B,
+        Behavior::error(500, "UNEXPECTED_ERROR", "Unexpected error."),
+    );
+    for _ in 0..5 {
+        t.check(ORG_B).await;
+    }
+    t.sim.set(ORG_B, Behavior::status("SYNCED"));
+    t.check(ORG_B).await;
+    t.check(ORG_B).await;
+    assert_eq!(
+        t.event_kinds(ORG_B).await,
+        ["first_seen", "check_failing", "check_recovered"]
+    );
+    let current = t.app.store.current().await.unwrap();
+    let beta = current.iter().find(|c| c.org_id == ORG_B).unwrap();
+    assert_eq!(beta.status.as_deref(), Some("SYNCED"));
+    assert_eq!(beta.consecutive_failures, 0);
+    assert_eq!(beta.last_error, None);
+}
+
+/// One row per failure class: the simulator's answer, and what linkwatch must make of it.
+#[tokio::test]
+async fn every_failure_class_is_stored_and_reported_without_losing_the_status() {
+    let huge = "x".repeat(200_000);
+    // (what the simulator answers, class, stored http code, stored errorCode, words in last_error)
+    type Case = (
+        Behavior,
+        FailureClass,
+        Option<i64>,
+        Option<&'static str>,
+        &'static str,
+    );
+    let cases: Vec<Case> = vec![
+        (
+            Behavior::error(
+                403,
+                "IP_ADDRESS_NOT_ON_ACCESS_LIST",
+                "IP address 10.1.2.3 is not allowed.",
+            ),
+            FailureClass::Forbidden,
+            Some(403),
+            Some("IP_ADDRESS_NOT_ON_ACCESS_LIST"),
+            "access list",
+        ),
+        (
+            Behavior::error(
+                401,
+                "NOT_ORG_OWNER",
+                "The API key lacks the Organization Owner role.",
+            ),
+            FailureClass::Unauthorized,
+            Some(401),
+            Some("NOT_ORG_OWNER"),
+            "Organization Owner",
+        ),
+        (
+            Behavior::error(404, "ORG_NOT_FOUND", "No organization with ID exists."),
+            FailureClass::NotFound,
+            Some(404),
+            Some("ORG_NOT_FOUND"),
+            "does not know this org",
+        ),
+        (
+            Behavior::error(404, "RESOURCE_NOT_FOUND", "Cannot find resource."),
+            FailureClass::NoLink,
+            Some(404),
+            Some("RESOURCE_NOT_FOUND"),
+            "no migration link",
+        ),
+        (
+            Behavior::error(
+                429,
+                "RATE_LIMITED",
+                "Resource is limited to 100 requests every 1 minutes.",
+            ),
+            FailureClass::RateLimited,
+            Some(429),
+            Some("RATE_LIMITED"),
+            "rate limiting",
+        ),
+        (
+            Behavior::error(503, "UNEXPECTED_ERROR", "Unexpected error."),
+            FailureClass::ServerError,
+            Some(503),
+            Some("UNEXPECTED_ERROR"),
+            "server error",
+        ),
+        (
+            Behavior::error(402, "ACCOUNT_SUSPENDED", "Unpaid invoice."),
+            FailureClass::Http,
+            Some(402),
+            Some("ACCOUNT_SUSPENDED"),
+            "refused",
+        ),
+        (
+            Behavior::Raw {
+                http: 200,
+                content_type: "text/html".into(),
+                body: "<html><body>Maintenance</body></html>".into(),
+            },
+            FailureClass::Malformed,
+            Some(200),
+            None,
+            "Maintenance",
+        ),
+        (
+            Behavior::Raw {
+                http: 200,
+                content_type: "application/json".into(),
+                body: String::new(),
+            },
+            FailureClass::Malformed,
+            Some(200),
+            None,
+            "empty body",
+        ),
+        (
+            Behavior::Raw {
+                http: 200,
+                content_type: "application/json".into(),
+                body: huge,
+            },
+            FailureClass::Malformed,
+            Some(200),
+            None,
+            "larger than 65536 bytes",
+        ),
+        (
+            Behavior::Hang,
+            FailureClass::Timeout,
+            None,
+            None,
+            "did not answer in time",
+        ),
+    ];
+    for (behavior, class, http, error_code, words) in cases {
+        let t = spawn_app_with(Setup {
+            timeout: "500ms",
+            ..Setup::default()
+        })
+        .await;
+        t.check(ORG_A).await;
+        t.sim.set(ORG_A, behavior.clone());
+        for i in 1..=3 {
+            let report = t.check(ORG_A).await;
+            let failure = report.outcome.clone().expect_err("a failed check");
+            assert_eq!(failure.class, class, "{behavior:?}");
+            assert_eq!(
+                report.events.is_empty(),
+                i < 3,
+                "{behavior:?}: check_failing on the third failure only"
+            );
+        }
+        let rows = t
+            .app
+            .store
+            .failures(&linkwatch::config::OrgId::parse(ORG_A).unwrap())
+            .await
+            .unwrap();
+        assert_eq!(rows.len(), 3, "{behavior:?}");
+        let (stored_class, stored_http, stored_code, _) = &rows[0];
+        assert_eq!(stored_class, class.as_str());
+        assert_eq!(*stored_http, http, "{behavior:?}");
+        assert_eq!(stored_code.as_deref(), error_code, "{behavior:?}");
+        assert_eq!(t.event_kinds(ORG_A).await, ["first_seen", "check_failing"]);
+        // Nothing already stored is lost: the confirmed status stays, the reason is readable.
+        let current = t.app.store.current().await.unwrap();
+        let alpha = current.iter().find(|c| c.org_id == ORG_A).unwrap();
+        assert_eq!(alpha.status.as_deref(), Some("NOT_SYNCED"));
+        assert_eq!(alpha.consecutive_failures, 3);
+        let last_error = alpha.last_error.clone().unwrap();
+        assert!(last_error.contains(words), "{behavior:?}: {last_error}");
+        t.sim.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn rate_limits_carry_retry_after() {
+    let t = spawn_app().await;
+    t.sim
+        .set(ORG_A, Behavior::error(429, "RATE_LIMITED", "slow down"));
+    t.sim.add_header(ORG_A, "Retry-After", "42");
+    let failure = t.check(ORG_A).await.outcome.unwrap_err();
+    assert_eq!(
+        failure.retry_after,
+        Some(std::time::Duration::from_secs(42))
+    );
+}
+
+#[tokio::test]
+async fn connection_refused_is_a_connection_failure() {
+    // A port that was free a moment ago: nothing listens there.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let t = spawn_app().await;
+    let text = std::fs::read_to_string(&t.config_path).unwrap().replace(
+        &t.sim.base_url(),
+        &format!("http://127.0.0.1:{port}/api/public/v1.0"),
+    );
+    std::fs::write(&t.config_path, text).unwrap();
+    let t = t.restart().await;
+    let failure = t.check(ORG_A).await.outcome.unwrap_err();
+    assert_eq!(failure.class, FailureClass::Connection, "{failure:?}");
+    assert!(failure.explain().contains("could not connect"));
+}
+
+#[tokio::test]
+async fn unknown_statuses_are_recorded_and_reported() {
+    let t = spawn_app().await;
+    t.check(ORG_B).await;
+    t.sim.set(ORG_B, Behavior::status("PAUSED_BY_ATLAS"));
+    let report = t.check(ORG_B).await;
+    assert_eq!(report.outcome, Ok("PAUSED_BY_ATLAS".into()));
+    assert_eq!(t.event_kinds(ORG_B).await, ["first_seen", "status_changed"]);
+}
+
+#[tokio::test]
+async fn the_envelope_form_is_understood() {
+    let t = spawn_app().await;
+    t.sim.set(
+        ORG_A,
+        Behavior::Raw {
+            http: 200,
+            content_type: "application/json".into(),
+            body: r#"{"status":200,"content":{"status":"SYNCED"}}"#.into(),
+        },
+    );
+    assert_eq!(t.check(ORG_A).await.outcome, Ok("SYNCED".into()));
+}

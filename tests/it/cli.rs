@@ -1,0 +1,186 @@
+//! The binary itself: exit codes, messages and output a user sees.
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::Command;
+
+use crate::helpers::*;
+
+fn linkwatch() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_linkwatch"));
+    c.env_remove("RUST_LOG").kill_on_drop(true);
+    c
+}
+
+#[tokio::test]
+async fn check_rejects_a_bad_config_with_its_location() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bad.toml");
+    std::fs::write(
+        &path,
+        "[cloud_manager]\npublic_key = \"p\"\nprivate_key = \"k\"\n\n[[org]]\nid = \"5F0C\"\nname = \"x\"\n",
+    )
+    .unwrap();
+    let out = linkwatch()
+        .arg("check")
+        .arg("--config")
+        .arg(&path)
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let expected = format!(
+        "{}:6:6: org[0].id: \"5F0C\" is not an org id",
+        path.display()
+    );
+    assert!(stderr.contains(&expected), "{stderr}");
+    assert!(!stderr.contains("panicked"));
+
+    let out = linkwatch()
+        .arg("check")
+        .arg("--config")
+        .arg(dir.path().join("missing.toml"))
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot read config file"));
+}
+
+#[tokio::test]
+async fn check_lists_the_example_config() {
+    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/config/linkwatch.example.toml");
+    let out = linkwatch()
+        .args(["check", "--config", example])
+        .env("LINKWATCH_CM_KEY", "secret-from-env")
+        .output()
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("payments") && stdout.contains("every 30s"),
+        "{stdout}"
+    );
+    assert!(!stdout.contains("secret-from-env"));
+}
+
+#[tokio::test]
+async fn once_prints_a_table_and_history_reads_it_back() {
+    let t = spawn_app().await;
+    let out = linkwatch()
+        .arg("once")
+        .arg("--config")
+        .arg(&t.config_path)
+        .output()
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.lines().any(|l| l.starts_with("alpha")
+            && l.contains("NOT_SYNCED")
+            && l.contains("first_seen")),
+        "{stdout}"
+    );
+    // The console channel delivered the events before `once` exited.
+    assert!(
+        stdout.contains("beta: migration link is SYNCED (first check)"),
+        "{stdout}"
+    );
+
+    let out = linkwatch()
+        .args(["history", "--json", "--since", "1h"])
+        .arg("--config")
+        .arg(&t.config_path)
+        .output()
+        .await
+        .unwrap();
+    assert!(out.status.success());
+    let changes: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(changes.as_array().unwrap().len(), 2);
+
+    let out = linkwatch()
+        .args(["history", "--org", "beta", "--database"])
+        .arg(&t.db_path)
+        .output()
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("beta") && !stdout.contains("alpha"),
+        "{stdout}"
+    );
+
+    // A failing org makes `once` exit 2 so scripts can tell.
+    t.sim.set(
+        ORG_A,
+        linkwatch::simulator::Behavior::error(503, "", "down"),
+    );
+    let out = linkwatch()
+        .arg("once")
+        .arg("--config")
+        .arg(&t.config_path)
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&out.stdout)
+            .contains("FAILED: Cloud Manager had a server error (HTTP 503)")
+    );
+}
+
+#[tokio::test]
+async fn run_stops_cleanly_on_sigterm() {
+    let t = spawn_app().await;
+    let mut child = linkwatch()
+        .arg("run")
+        .arg("--config")
+        .arg(&t.config_path)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let seen = tokio::time::timeout(Duration::from_secs(15), async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            if line.contains("first_seen") {
+                return line;
+            }
+        }
+        panic!("stdout closed before any event");
+    })
+    .await
+    .expect("an event within 15s");
+    assert!(seen.contains("migration link is"), "{seen}");
+
+    let pid = child.id().unwrap().to_string();
+    let kill = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    let status = tokio::time::timeout(Duration::from_secs(15), child.wait())
+        .await
+        .expect("exits within 15s of SIGTERM")
+        .unwrap();
+    assert!(status.success(), "{status:?}");
+    let mut stderr = String::new();
+    tokio::io::AsyncReadExt::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr)
+        .await
+        .unwrap();
+    assert!(stderr.contains("linkwatch stopped"), "{stderr}");
+    assert!(!stderr.contains(PRIVATE_KEY));
+}

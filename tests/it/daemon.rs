@@ -1,0 +1,95 @@
+//! The daemon loop: scheduler, checks and delivery together, as `linkwatch run` runs them.
+
+use std::time::Duration;
+
+use linkwatch::daemon;
+use linkwatch::simulator::Behavior;
+use tokio_util::sync::CancellationToken;
+
+use crate::helpers::*;
+
+#[tokio::test]
+async fn run_reports_a_status_change_within_an_interval_and_stops_cleanly() {
+    let t = spawn_app().await;
+    let shutdown = CancellationToken::new();
+    let task = tokio::spawn(daemon::run_app(t.app.clone(), shutdown.clone()));
+
+    wait_until(
+        Duration::from_secs(10),
+        "first_seen for both orgs on the console",
+        || async {
+            t.console_lines()
+                .iter()
+                .filter(|l| l.contains("first_seen"))
+                .count()
+                == 2
+        },
+    )
+    .await;
+    t.sim.set(ORG_A, Behavior::status("SYNCED"));
+    wait_until(Duration::from_secs(10), "the SYNCED message", || async {
+        t.console_lines()
+            .iter()
+            .any(|l| l.contains("alpha: migration link SYNCED (was NOT_SYNCED for"))
+    })
+    .await;
+
+    shutdown.cancel();
+    tokio::time::timeout(Duration::from_secs(10), task)
+        .await
+        .expect("run() returns after shutdown")
+        .expect("no panic")
+        .expect("no error");
+    // Every event reached the console exactly once.
+    let lines = t.console_lines();
+    assert_eq!(
+        lines
+            .iter()
+            .filter(|l| l.contains("status_changed"))
+            .count(),
+        1,
+        "{lines:#?}"
+    );
+    assert_eq!(lines.len(), 3, "{lines:#?}");
+}
+
+#[tokio::test]
+async fn a_hung_org_does_not_stall_the_others() {
+    let t = spawn_app_with(Setup {
+        timeout: "8s",
+        ..Setup::default()
+    })
+    .await;
+    t.sim.set(ORG_A, Behavior::Hang);
+    let shutdown = CancellationToken::new();
+    let task = tokio::spawn(daemon::run_app(t.app.clone(), shutdown.clone()));
+    // beta is checked every second while alpha's request hangs.
+    wait_until(Duration::from_secs(10), "three checks of beta", || async {
+        t.sim.requests_for(ORG_B) >= 3
+    })
+    .await;
+    assert_eq!(
+        t.sim.requests_for(ORG_A),
+        1,
+        "a hung check is never doubled"
+    );
+    shutdown.cancel();
+    // Shutdown waits for alpha's check to time out; it is recorded as a failure, not lost.
+    tokio::time::timeout(Duration::from_secs(20), task)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    // run() closed its store; read the file as a user would.
+    let store = linkwatch::store::Store::open(&t.db_path).await.unwrap();
+    let current = store.current().await.unwrap();
+    let alpha = current.iter().find(|c| c.org_id == ORG_A).unwrap();
+    assert!(
+        alpha
+            .last_error
+            .as_deref()
+            .unwrap_or_default()
+            .contains("did not answer in time"),
+        "{alpha:?}"
+    );
+}

@@ -1,0 +1,177 @@
+//! `spawn_app()`: a simulated Cloud Manager on port 0, a config file and database in a temporary
+//! directory, and an `App` built from them exactly as `linkwatch run` builds it.
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use linkwatch::channels::ConsoleSink;
+use linkwatch::config::Config;
+use linkwatch::daemon::{self, App, CheckReport};
+use linkwatch::simulator::{self, Behavior, Simulator};
+use linkwatch::store::StoredEvent;
+
+pub const ORG_A: &str = "5f0c00000000000000000a01";
+pub const ORG_B: &str = "5f0c00000000000000000b02";
+pub const PUBLIC_KEY: &str = "test-public";
+pub const PRIVATE_KEY: &str = "test-private-key-0123";
+
+pub struct Setup {
+    /// `[cloud_manager]` credential lines.
+    pub credential: String,
+    /// Extra lines for `[poll]`.
+    pub poll: String,
+    pub timeout: &'static str,
+    pub sim_options: simulator::Options,
+}
+
+impl Default for Setup {
+    fn default() -> Self {
+        Setup {
+            credential: format!("public_key = \"{PUBLIC_KEY}\"\nprivate_key = \"{PRIVATE_KEY}\""),
+            poll: String::new(),
+            timeout: "2s",
+            sim_options: simulator::Options::default(),
+        }
+    }
+}
+
+pub struct TestApp {
+    pub sim: Simulator,
+    pub app: Arc<App>,
+    pub console: Arc<Mutex<Vec<String>>>,
+    pub config_path: PathBuf,
+    pub db_path: PathBuf,
+    // Held, never read: the directory is deleted when the TestApp is dropped.
+    _dir: tempfile::TempDir,
+}
+
+pub async fn spawn_app() -> TestApp {
+    spawn_app_with(Setup::default()).await
+}
+
+pub async fn spawn_app_with(setup: Setup) -> TestApp {
+    let sim = Simulator::start(([127, 0, 0, 1], 0).into(), setup.sim_options.clone())
+        .await
+        .expect("simulator starts");
+    sim.add_api_key(PUBLIC_KEY, PRIVATE_KEY);
+    sim.set(ORG_A, Behavior::status("NOT_SYNCED"));
+    sim.set(ORG_B, Behavior::status("SYNCED"));
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let db_path = dir.path().join("state").join("linkwatch.db");
+    let config_path = dir.path().join("linkwatch.toml");
+    let toml = format!(
+        r#"database = "{db}"
+
+[cloud_manager]
+base_url = "{base}"
+{credential}
+
+[poll]
+every = "1s"
+timeout = "{timeout}"
+{poll}
+
+[[org]]
+id = "{ORG_A}"
+name = "alpha"
+
+[[org]]
+id = "{ORG_B}"
+name = "beta"
+
+[[channel]]
+name = "console"
+kind = "console"
+"#,
+        db = db_path.display(),
+        base = sim.base_url(),
+        credential = setup.credential,
+        poll = setup.poll,
+        timeout = setup.timeout,
+    );
+    std::fs::write(&config_path, toml).expect("config written");
+    let console = Arc::new(Mutex::new(Vec::new()));
+    let app = build(&config_path, &console).await;
+    TestApp {
+        sim,
+        app,
+        console,
+        config_path,
+        db_path,
+        _dir: dir,
+    }
+}
+
+async fn build(config_path: &std::path::Path, console: &Arc<Mutex<Vec<String>>>) -> Arc<App> {
+    let config = Config::load(config_path).unwrap_or_else(|e| panic!("test config invalid: {e}"));
+    Arc::new(
+        App::new(config, ConsoleSink::Memory(console.clone()))
+            .await
+            .expect("app starts"),
+    )
+}
+
+impl TestApp {
+    /// Checks org `id` once, as the scheduler would.
+    pub async fn check(&self, id: &str) -> CheckReport {
+        let org = self
+            .app
+            .config
+            .orgs
+            .iter()
+            .find(|o| o.id.as_str() == id)
+            .expect("org is configured");
+        daemon::check_org(&self.app, org)
+            .await
+            .expect("check recorded")
+    }
+
+    /// Event kinds recorded for `id`, oldest first.
+    pub async fn event_kinds(&self, id: &str) -> Vec<String> {
+        self.events(Some(id))
+            .await
+            .into_iter()
+            .map(|e| e.kind)
+            .collect()
+    }
+
+    pub async fn events(&self, id: Option<&str>) -> Vec<StoredEvent> {
+        let org = id.map(|i| linkwatch::config::OrgId::parse(i).unwrap());
+        self.app
+            .store
+            .events(org.as_ref())
+            .await
+            .expect("events readable")
+    }
+
+    /// A new `App` on the same config and database, as after a restart of the process.
+    pub async fn restart(mut self) -> TestApp {
+        self.app.store.close().await;
+        self.app = build(&self.config_path, &self.console).await;
+        self
+    }
+
+    pub fn console_lines(&self) -> Vec<String> {
+        self.console.lock().unwrap().clone()
+    }
+}
+
+/// Waits until `condition` holds, polling, or panics after `deadline` with `what`.
+pub async fn wait_until<F, Fut>(deadline: Duration, what: &str, mut condition: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let start = tokio::time::Instant::now();
+    loop {
+        if condition().await {
+            return;
+        }
+        if start.elapsed() > deadline {
+            panic!("timed out after {deadline:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}

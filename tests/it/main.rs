@@ -1,0 +1,10 @@
+//! The integration tests: one binary, real protocols on 127.0.0.1 (a simulated Cloud Manager that
+//! verifies Digest for real), everything started by `cargo test` itself.
+
+mod helpers;
+
+mod checks;
+mod cli;
+mod daemon;
+mod digest;
+mod oauth;
