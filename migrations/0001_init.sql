@@ -87,3 +87,7 @@ SELECT e.id AS event_id, e.kind, e.org_id, o.org_name, x.channel, x.state, x.att
 FROM outbox AS x
 JOIN events AS e ON e.seq = x.event_seq
 LEFT JOIN org_state AS o ON o.org_id = e.org_id;
+
+CREATE VIEW failed_checks AS
+SELECT f.org_id, o.org_name, f.checked_at, f.class, f.http_status, f.error_code, f.detail
+FROM check_failures AS f LEFT JOIN org_state AS o USING (org_id);

@@ -8,3 +8,4 @@ mod cli;
 mod daemon;
 mod digest;
 mod oauth;
+mod readme;
