@@ -12,6 +12,7 @@ use tokio_util::sync::CancellationToken;
 use crate::channels::ConsoleSink;
 use crate::config::{self, Config};
 use crate::daemon::{self, App};
+use crate::dispatch::Dispatcher;
 use crate::store::{self, Store};
 use crate::{demo, message};
 
@@ -66,6 +67,12 @@ pub enum Command {
         /// JSON instead of a table.
         #[arg(long)]
         json: bool,
+    },
+    /// Send a clearly marked test message through one channel and print the outcome.
+    NotifyTest {
+        /// The channel's name.
+        #[arg(long)]
+        channel: String,
     },
     /// Run the real daemon against a built-in simulated Cloud Manager and watch links change.
     Demo {
@@ -163,6 +170,7 @@ pub async fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Check => check(&cli.load_config()?),
+        Command::NotifyTest { channel } => notify_test(&cli.load_config()?, channel).await,
         Command::Once => once(cli.load_config()?).await,
         Command::History { org, since, json } => {
             let db = match &cli.database {
@@ -185,6 +193,8 @@ pub async fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
 }
 
 fn check(config: &Config) -> anyhow::Result<ExitCode> {
+    // Building the channels reads CA files and parses SMTP URLs: what `run` would do first.
+    Dispatcher::new(config, &ConsoleSink::Stdout)?;
     println!("{}: valid", config.source.display());
     println!("database:      {}", config.database.display());
     println!("cloud manager: {}", config.cloud_manager.base_url);
@@ -216,10 +226,79 @@ fn check(config: &Config) -> anyhow::Result<ExitCode> {
         .map(|c| vec![c.name.clone(), c.kind.as_str().to_owned()])
         .collect();
     print_table(&["NAME", "KIND"], &rows);
+    if config.routes.is_empty() {
+        println!("\nroutes: none; every event goes to every channel");
+    } else {
+        println!("\nroutes ({}):", config.routes.len());
+        let rows: Vec<Vec<String>> = config
+            .routes
+            .iter()
+            .map(|r| {
+                let list = |v: Option<Vec<String>>| v.map_or("any".to_owned(), |v| v.join(","));
+                vec![
+                    r.channels.join(","),
+                    list(
+                        r.events
+                            .as_ref()
+                            .map(|e| e.iter().map(|k| k.as_str().to_owned()).collect()),
+                    ),
+                    list(r.to.clone()),
+                    list(
+                        r.orgs
+                            .as_ref()
+                            .map(|o| o.iter().map(|i| i.to_string()).collect()),
+                    ),
+                    r.remind_every.map_or("-".to_owned(), |d| {
+                        humantime::format_duration(d).to_string()
+                    }),
+                ]
+            })
+            .collect();
+        print_table(&["CHANNELS", "EVENTS", "TO", "ORGS", "REMIND"], &rows);
+    }
     if config.orgs.is_empty() {
         println!("\nnote: no [[org]] is configured; `linkwatch run` would have nothing to watch");
     }
     Ok(ExitCode::SUCCESS)
+}
+
+async fn notify_test(config: &Config, name: &str) -> anyhow::Result<ExitCode> {
+    let dispatcher = Dispatcher::new(config, &ConsoleSink::Stdout)?;
+    let Some(outlet) = dispatcher.outlet(name) else {
+        let known: Vec<&str> = config.channels.iter().map(|c| c.name.as_str()).collect();
+        anyhow::bail!(
+            "no channel is named \"{name}\" (channels: {})",
+            known.join(", ")
+        );
+    };
+    let host =
+        std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_else(|_| "this host".into());
+    let now = chrono::Utc::now();
+    let message = message::Message {
+        title: format!(
+            "linkwatch test message: channel \"{name}\" works (sent from {})",
+            host.trim()
+        ),
+        advice: Some(
+            "This is a test sent by `linkwatch notify-test`; nothing happened to any link.".into(),
+        ),
+        org_name: "linkwatch".into(),
+        org_id: "-".into(),
+        kind: "test".into(),
+        event_id: format!("evt_test_{:016x}", rand::random::<u64>()),
+        at: store::ts(now),
+        data: serde_json::json!({"test": true}),
+    };
+    match outlet.channel.send(std::slice::from_ref(&message)).await {
+        Ok(()) => {
+            println!("sent a test message to {name} ({})", outlet.channel.kind());
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e) => {
+            eprintln!("linkwatch: {name}: the test message was not delivered: {e}");
+            Ok(ExitCode::FAILURE)
+        }
+    }
 }
 
 /// Exit code 0 when every org answered, 2 when some check failed (for scripts).

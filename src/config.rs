@@ -5,6 +5,7 @@
 //! [`Config::from_raw`] checks what needs the whole file (duplicates, credentials, secret files)
 //! and resolves secrets. Every error carries file, line, column and key.
 
+mod notify;
 mod raw;
 mod values;
 
@@ -15,7 +16,8 @@ use std::time::Duration;
 use reqwest::Url;
 use toml::Spanned;
 
-pub use values::{CronExpr, HumanDuration, OrgId};
+pub use notify::{Channel, ChannelKind, Email, Route, WebhookSecret, decode_webhook_secret};
+pub use values::{CronExpr, EventKind, HumanDuration, OrgId};
 
 use crate::secret::Secret;
 
@@ -34,6 +36,7 @@ pub struct Config {
     pub credentials: Vec<Arc<Credential>>,
     pub orgs: Vec<Org>,
     pub channels: Vec<Channel>,
+    pub routes: Vec<Route>,
 }
 
 #[derive(Debug, Clone)]
@@ -104,25 +107,6 @@ pub struct Org {
     pub credential: Arc<Credential>,
 }
 
-#[derive(Debug, Clone)]
-pub struct Channel {
-    pub name: String,
-    pub kind: ChannelKind,
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub enum ChannelKind {
-    Console,
-}
-
-impl ChannelKind {
-    pub fn as_str(&self) -> &'static str {
-        match self {
-            ChannelKind::Console => "console",
-        }
-    }
-}
-
 /// A configuration that cannot be used, with where and why.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -162,9 +146,8 @@ impl Config {
     }
 
     fn from_raw(raw: raw::Config, loc: &Locator<'_>) -> Result<Config, ConfigError> {
-        let base_dir = loc.file.parent().unwrap_or(Path::new("."));
         let database = match raw.database {
-            Some(p) => resolve_path(base_dir, p.get_ref()),
+            Some(p) => resolve_path(loc.base_dir(), p.get_ref()),
             None => PathBuf::from(DEFAULT_DATABASE),
         };
 
@@ -268,25 +251,8 @@ impl Config {
             });
         }
 
-        let mut channels: Vec<Channel> = Vec::new();
-        for (i, c) in raw.channels.into_iter().enumerate() {
-            let key = format!("channel[{i}].name");
-            let name = c.name.get_ref().trim().to_owned();
-            if name.is_empty() {
-                return Err(loc.error(c.name.span().start, &key, "must not be empty".into()));
-            }
-            if channels.iter().any(|x| x.name == name) {
-                return Err(loc.error(
-                    c.name.span().start,
-                    &key,
-                    format!("channel name \"{name}\" is used twice; names must be unique"),
-                ));
-            }
-            let kind = match c.kind {
-                raw::ChannelKind::Console => ChannelKind::Console,
-            };
-            channels.push(Channel { name, kind });
-        }
+        let channels = notify::channels(raw.channels, loc)?;
+        let routes = notify::routes(raw.routes, &channels, &orgs, loc)?;
 
         Ok(Config {
             source: loc.file.to_owned(),
@@ -296,6 +262,7 @@ impl Config {
             credentials,
             orgs,
             channels,
+            routes,
         })
     }
 }
@@ -307,6 +274,10 @@ struct Locator<'a> {
 }
 
 impl Locator<'_> {
+    fn base_dir(&self) -> &Path {
+        self.file.parent().unwrap_or(Path::new("."))
+    }
+
     fn error(&self, offset: usize, key: &str, message: String) -> ConfigError {
         let offset = offset.min(self.text.len());
         let before = &self.text[..offset];

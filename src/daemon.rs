@@ -40,7 +40,7 @@ impl App {
             &config.credentials,
         )
         .context("cannot build the HTTP client")?;
-        let dispatcher = Dispatcher::new(&config, &console);
+        let dispatcher = Dispatcher::new(&config, &console)?;
         Ok(App {
             config,
             store,
@@ -63,11 +63,25 @@ pub async fn check_org(app: &App, org: &Org) -> anyhow::Result<CheckReport> {
     let outcome = app.client.check(&org.id, &org.credential).await;
     let state = app.store.load_state(&org.id).await?;
     let now = Utc::now();
-    let (next, events) = detect::detect(&state, &outcome, now, app.policy());
-    let routed: Vec<(Event, Vec<String>)> = events
+    let (next, mut events) = detect::detect(&state, &outcome, now, app.policy());
+    let router = &app.dispatcher.router;
+    let mut routed: Vec<(Event, Vec<String>)> = events
         .iter()
-        .map(|e| (e.clone(), app.dispatcher.route(e)))
+        .map(|e| (e.clone(), router.route(&org.id, e)))
         .collect();
+
+    // Reminders go to the route that asked for them, and restart its clock.
+    let mut reminded = Vec::new();
+    if router.has_reminders() {
+        let rules = router.reminder_rules(&org.id, &app.store.reminders_sent(&org.id).await?);
+        let plain: Vec<_> = rules.iter().map(|(_, r, _)| r.clone()).collect();
+        for (i, reminder) in detect::due_reminders(&next, &plain, now) {
+            let (key, _, channels) = &rules[i];
+            reminded.push(key.clone());
+            events.push(reminder.clone());
+            routed.push((reminder, channels.clone()));
+        }
+    }
     app.store
         .record_check(&CheckRecord {
             org_id: &org.id,
@@ -76,6 +90,7 @@ pub async fn check_org(app: &App, org: &Org) -> anyhow::Result<CheckReport> {
             outcome: &outcome,
             state: &next,
             events: &routed,
+            reminded: &reminded,
         })
         .await
         .with_context(|| format!("cannot record the check of org {}", org.name))?;

@@ -13,6 +13,8 @@ pub struct OrgState {
     /// The confirmed status; `None` until the first successful check.
     pub status: Option<String>,
     pub status_since: Option<DateTime<Utc>>,
+    /// The status before the current one (the `from` of the last change).
+    pub previous_status: Option<String>,
     /// A status seen but not yet confirmed (`confirm_checks` > 1).
     pub candidate: Option<String>,
     pub candidate_count: u32,
@@ -55,6 +57,24 @@ pub enum Event {
         /// How long checks failed, in seconds.
         failed_for_s: i64,
     },
+    /// A selected bad state persists (a route's `remind_every`).
+    Reminder {
+        condition: Condition,
+        /// The current status, for a broken link.
+        status: Option<String>,
+        since: DateTime<Utc>,
+        elapsed_s: i64,
+    },
+}
+
+/// The states worth a reminder.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Condition {
+    /// The link left SYNCED and has not come back.
+    LinkBroken,
+    /// `check_failing` was reported and checks still fail.
+    CheckFailing,
 }
 
 impl Event {
@@ -64,8 +84,81 @@ impl Event {
             Event::StatusChanged { .. } => "status_changed",
             Event::CheckFailing { .. } => "check_failing",
             Event::CheckRecovered { .. } => "check_recovered",
+            Event::Reminder { .. } => "reminder",
         }
     }
+
+    /// The new status this event reports, if it reports one (what a route's `to` matches).
+    pub fn status(&self) -> Option<&str> {
+        match self {
+            Event::FirstSeen { status } => Some(status),
+            Event::StatusChanged { to, .. } => Some(to),
+            Event::Reminder { status, .. } => status.as_deref(),
+            Event::CheckFailing { .. } | Event::CheckRecovered { .. } => None,
+        }
+    }
+}
+
+/// A route's request for reminders, as far as one org is concerned.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ReminderRule {
+    pub every: std::time::Duration,
+    pub about_link: bool,
+    pub about_failing: bool,
+    /// Only these statuses count as a broken link (`None`: any status but SYNCED).
+    pub to: Option<Vec<String>>,
+    /// When this rule last reminded about this org.
+    pub last_sent: Option<DateTime<Utc>>,
+}
+
+/// The reminders due at `now` for an org in `state`, one per rule at most, with the rule's index.
+pub fn due_reminders(
+    state: &OrgState,
+    rules: &[ReminderRule],
+    now: DateTime<Utc>,
+) -> Vec<(usize, Event)> {
+    let mut due = Vec::new();
+    for (i, rule) in rules.iter().enumerate() {
+        let condition = if rule.about_failing && state.failing_alerted {
+            state
+                .failing_since
+                .map(|since| (Condition::CheckFailing, since))
+        } else if rule.about_link && link_broken(state, rule.to.as_deref()) {
+            state
+                .status_since
+                .map(|since| (Condition::LinkBroken, since))
+        } else {
+            None
+        };
+        let Some((condition, since)) = condition else {
+            continue;
+        };
+        // A reminder from an earlier episode does not count: the clock starts with the state.
+        let last = rule.last_sent.filter(|l| *l >= since).unwrap_or(since);
+        let every = chrono::Duration::from_std(rule.every).unwrap_or(chrono::Duration::MAX);
+        if now - last >= every {
+            due.push((
+                i,
+                Event::Reminder {
+                    condition,
+                    status: (condition == Condition::LinkBroken)
+                        .then(|| state.status.clone())
+                        .flatten(),
+                    since,
+                    elapsed_s: (now - since).num_seconds(),
+                },
+            ));
+        }
+    }
+    due
+}
+
+fn link_broken(state: &OrgState, to: Option<&[String]>) -> bool {
+    let Some(status) = state.status.as_deref() else {
+        return false;
+    };
+    let left_synced = status != "SYNCED" && state.previous_status.as_deref() == Some("SYNCED");
+    left_synced && to.is_none_or(|t| t.iter().any(|s| s == status))
 }
 
 pub fn detect(
@@ -140,6 +233,7 @@ fn observe_status(
                     changed_at: since,
                     from_lasted_s: seconds_since(state.status_since, since),
                 });
+                next.previous_status = Some(current.clone());
                 next.status = Some(status.to_owned());
                 next.status_since = Some(since);
                 clear_candidate(next);
@@ -350,6 +444,78 @@ mod tests {
             &[fail(), fail(), fail(), ok("SYNCED")],
             &["-", "-", "check_failing", "check_recovered+first_seen"],
         );
+    }
+
+    fn rule(
+        about_link: bool,
+        about_failing: bool,
+        last_sent: Option<DateTime<Utc>>,
+    ) -> ReminderRule {
+        ReminderRule {
+            every: std::time::Duration::from_secs(3600),
+            about_link,
+            about_failing,
+            to: None,
+            last_sent,
+        }
+    }
+
+    #[test]
+    fn reminders_while_a_link_stays_broken() {
+        let (s, _) = detect(&OrgState::default(), &ok("NOT_SYNCED"), t(0), POLICY);
+        // NOT_SYNCED before ever being SYNCED is the normal wait, not a broken link.
+        assert!(due_reminders(&s, &[rule(true, false, None)], t(100_000)).is_empty());
+        let (s, _) = detect(&s, &ok("SYNCED"), t(10), POLICY);
+        let (s, _) = detect(&s, &ok("NOT_SYNCED"), t(100), POLICY);
+        assert!(due_reminders(&s, &[rule(true, false, None)], t(100 + 3599)).is_empty());
+        let due = due_reminders(&s, &[rule(true, false, None)], t(100 + 3600));
+        assert_eq!(
+            due,
+            vec![(
+                0,
+                Event::Reminder {
+                    condition: Condition::LinkBroken,
+                    status: Some("NOT_SYNCED".into()),
+                    since: t(100),
+                    elapsed_s: 3600
+                }
+            )]
+        );
+        // Sent an hour ago: the next one is an hour after that.
+        assert!(due_reminders(&s, &[rule(true, false, Some(t(3700)))], t(3700 + 3000)).is_empty());
+        assert_eq!(
+            due_reminders(&s, &[rule(true, false, Some(t(3700)))], t(3700 + 3600)).len(),
+            1
+        );
+        // A rule that only cares about failing checks stays quiet; so does a `to` that excludes it.
+        assert!(due_reminders(&s, &[rule(false, true, None)], t(100_000)).is_empty());
+        let only_paused = ReminderRule {
+            to: Some(vec!["PAUSED".into()]),
+            ..rule(true, false, None)
+        };
+        assert!(due_reminders(&s, &[only_paused], t(100_000)).is_empty());
+        // Back to SYNCED: the reminders stop.
+        let (s, _) = detect(&s, &ok("SYNCED"), t(9000), POLICY);
+        assert!(due_reminders(&s, &[rule(true, true, None)], t(100_000)).is_empty());
+    }
+
+    #[test]
+    fn reminders_while_checks_keep_failing() {
+        let mut s = OrgState::default();
+        for i in 0..3 {
+            s = detect(&s, &fail(), t(i), POLICY).0;
+        }
+        let due = due_reminders(&s, &[rule(false, true, None)], t(7200));
+        assert!(
+            matches!(&due[..], [(0, Event::Reminder { condition: Condition::CheckFailing, since, .. })] if *since == t(0))
+        );
+        // A reminder sent in an earlier episode does not delay this one.
+        assert_eq!(
+            due_reminders(&s, &[rule(false, true, Some(t(-50)))], t(3600)).len(),
+            1
+        );
+        let s = detect(&s, &ok("SYNCED"), t(8000), POLICY).0;
+        assert!(due_reminders(&s, &[rule(false, true, None)], t(100_000)).is_empty());
     }
 
     #[test]

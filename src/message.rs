@@ -16,6 +16,8 @@ pub struct Message {
     pub event_id: String,
     /// ISO-8601 UTC.
     pub at: String,
+    /// The event's own fields (from, to, failure, ...), for machine-readable channels.
+    pub data: serde_json::Value,
 }
 
 pub fn render(stored: &StoredEvent) -> Message {
@@ -41,6 +43,7 @@ pub fn render(stored: &StoredEvent) -> Message {
         kind: stored.kind.clone(),
         event_id: stored.id.clone(),
         at: stored.created_at.clone(),
+        data: serde_json::from_str(&stored.payload).unwrap_or(serde_json::Value::Null),
     }
 }
 
@@ -75,6 +78,27 @@ fn describe(name: &str, event: &Event) -> (String, Option<String>) {
             ),
             Some("linkwatch cannot see this link's status until this is fixed.".to_owned()),
         ),
+        Event::Reminder {
+            condition,
+            status,
+            elapsed_s,
+            ..
+        } => {
+            let elapsed = human_secs(*elapsed_s);
+            match condition {
+                crate::detect::Condition::LinkBroken => (
+                    format!(
+                        "{name}: reminder: migration link still {} after {elapsed}",
+                        status.as_deref().unwrap_or("not SYNCED")
+                    ),
+                    advice_for(Some("SYNCED"), status.as_deref().unwrap_or("")),
+                ),
+                crate::detect::Condition::CheckFailing => (
+                    format!("{name}: reminder: status checks still failing after {elapsed}"),
+                    Some("linkwatch cannot see this link's status until this is fixed.".to_owned()),
+                ),
+            }
+        }
         Event::CheckRecovered {
             failures,
             failed_for_s,

@@ -40,6 +40,8 @@ pub struct CheckRecord<'a> {
     pub state: &'a OrgState,
     /// Each event with the channels it is routed to.
     pub events: &'a [(Event, Vec<String>)],
+    /// Routes (keys) whose reminder is among `events`: their clock restarts at `at`.
+    pub reminded: &'a [String],
 }
 
 #[derive(Debug, Clone, FromRow, serde::Serialize)]
@@ -115,8 +117,8 @@ impl Store {
 
     pub async fn load_state(&self, org: &OrgId) -> anyhow::Result<OrgState> {
         let row = sqlx::query(
-            "SELECT status, status_since, candidate_status, candidate_count, candidate_since,
-                    consecutive_failures, failing_since, failing_alerted
+            "SELECT status, status_since, previous_status, candidate_status, candidate_count,
+                    candidate_since, consecutive_failures, failing_since, failing_alerted
              FROM org_state WHERE org_id = ?",
         )
         .bind(org.as_str())
@@ -128,6 +130,7 @@ impl Store {
         Ok(OrgState {
             status: r.try_get("status")?,
             status_since: parse_ts(r.try_get("status_since")?),
+            previous_status: r.try_get("previous_status")?,
             candidate: r.try_get("candidate_status")?,
             candidate_count: r
                 .try_get::<i64, _>("candidate_count")?
@@ -143,6 +146,22 @@ impl Store {
         })
     }
 
+    /// When each route last reminded about `org`, by route key.
+    pub async fn reminders_sent(
+        &self,
+        org: &OrgId,
+    ) -> anyhow::Result<Vec<(String, DateTime<Utc>)>> {
+        let rows: Vec<(String, String)> =
+            sqlx::query_as("SELECT route, last_sent_at FROM reminders WHERE org_id = ?")
+                .bind(org.as_str())
+                .fetch_all(&self.pool)
+                .await?;
+        Ok(rows
+            .into_iter()
+            .filter_map(|(route, at)| parse_ts(Some(at)).map(|t| (route, t)))
+            .collect())
+    }
+
     /// Writes the check's result, the new state, its events and their outbox rows atomically:
     /// either all of it is stored or none, so a crash can neither lose nor repeat an event.
     pub async fn record_check(&self, rec: &CheckRecord<'_>) -> anyhow::Result<()> {
@@ -156,10 +175,11 @@ impl Store {
         sqlx::query(
             "INSERT INTO org_state (org_id, org_name, status, status_since, candidate_status,
                  candidate_count, candidate_since, consecutive_failures, failing_since,
-                 failing_alerted, first_checked_at, last_checked_at, last_success_at, last_error, checks)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?11, ?12, ?13, 1)
+                 failing_alerted, first_checked_at, last_checked_at, last_success_at, last_error, checks,
+                 previous_status)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?11, ?12, ?13, 1, ?14)
              ON CONFLICT (org_id) DO UPDATE SET
-                 org_name = ?2, status = ?3, status_since = ?4, candidate_status = ?5,
+                 org_name = ?2, status = ?3, status_since = ?4, previous_status = ?14, candidate_status = ?5,
                  candidate_count = ?6, candidate_since = ?7, consecutive_failures = ?8,
                  failing_since = ?9, failing_alerted = ?10, last_checked_at = ?11,
                  last_success_at = coalesce(?12, last_success_at), last_error = ?13,
@@ -178,8 +198,21 @@ impl Store {
         .bind(&at)
         .bind(success_at)
         .bind(last_error)
+        .bind(&s.previous_status)
         .execute(&mut *tx)
         .await?;
+
+        for route in rec.reminded {
+            sqlx::query(
+                "INSERT INTO reminders (org_id, route, last_sent_at) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (org_id, route) DO UPDATE SET last_sent_at = ?3",
+            )
+            .bind(rec.org_id.as_str())
+            .bind(route)
+            .bind(&at)
+            .execute(&mut *tx)
+            .await?;
+        }
 
         if let Err(f) = rec.outcome {
             sqlx::query(
@@ -217,7 +250,9 @@ impl Store {
                     )
                     .await?;
                 }
-                Event::CheckFailing { .. } | Event::CheckRecovered { .. } => {}
+                Event::CheckFailing { .. }
+                | Event::CheckRecovered { .. }
+                | Event::Reminder { .. } => {}
             }
             let id = format!("evt_{:032x}", rand::random::<u128>());
             let seq: i64 = sqlx::query_scalar(

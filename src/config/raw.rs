@@ -4,7 +4,7 @@
 use serde::Deserialize;
 use toml::Spanned;
 
-use super::values::{CronExpr, HumanDuration, OrgId};
+use super::values::{CronExpr, EventKind, HumanDuration, OrgId};
 use crate::secret::Secret;
 
 /// Parses `text`; on error returns the dotted key path (e.g. `org[1].id`) and toml's error.
@@ -31,6 +31,8 @@ pub struct Config {
     pub orgs: Vec<Org>,
     #[serde(default, rename = "channel")]
     pub channels: Vec<Channel>,
+    #[serde(default, rename = "route")]
+    pub routes: Vec<Route>,
 }
 
 #[derive(Deserialize, Default)]
@@ -115,15 +117,50 @@ pub struct Org {
     pub client_secret_env: Option<Spanned<String>>,
 }
 
+/// One table for every kind: the keys that belong to another kind are rejected after parsing,
+/// with a message that names the kind (an internally tagged enum would lose the spans).
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Channel {
     pub name: Spanned<String>,
-    pub kind: ChannelKind,
+    pub kind: Spanned<ChannelKind>,
+    /// Per send; default 10s.
+    pub timeout: Option<HumanDuration>,
+    // slack
+    pub webhook_url: Option<Spanned<Secret>>,
+    pub webhook_url_file: Option<Spanned<String>>,
+    pub webhook_url_env: Option<Spanned<String>>,
+    // email
+    pub smtp_url: Option<Spanned<Secret>>,
+    pub username: Option<Spanned<String>>,
+    pub password: Option<Spanned<Secret>>,
+    pub password_file: Option<Spanned<String>>,
+    pub password_env: Option<Spanned<String>>,
+    pub ca_file: Option<Spanned<String>>,
+    pub from: Option<Spanned<String>>,
+    pub to: Option<Spanned<Vec<String>>>,
+    // webhook
+    pub url: Option<Spanned<String>>,
+    pub secret: Option<Spanned<Secret>>,
+    pub secret_file: Option<Spanned<String>>,
+    pub secret_env: Option<Spanned<String>>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, Clone, Copy, PartialEq, Debug)]
 #[serde(rename_all = "lowercase")]
 pub enum ChannelKind {
     Console,
+    Slack,
+    Email,
+    Webhook,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Route {
+    pub channels: Spanned<Vec<Spanned<String>>>,
+    pub events: Option<Spanned<Vec<EventKind>>>,
+    pub to: Option<Spanned<Vec<String>>>,
+    pub orgs: Option<Spanned<Vec<Spanned<String>>>>,
+    pub remind_every: Option<Spanned<HumanDuration>>,
 }

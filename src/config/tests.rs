@@ -258,3 +258,120 @@ fn errors_render_as_file_line_column_key() {
         "{e}"
     );
 }
+
+const SLACK: &str = "\n[[channel]]\nname = \"ops\"\nkind = \"slack\"\nwebhook_url = \"https://hooks.slack.com/services/T0/B0/SECRETPART\"\n";
+
+#[test]
+fn channels_of_every_kind() {
+    let text = format!(
+        "{MINIMAL}{SLACK}\n[[channel]]\nname = \"mail\"\nkind = \"email\"\nsmtp_url = \"smtp://mail.example.com:587?tls=required\"\n\
+         username = \"linkwatch\"\npassword = \"smtp-secret\"\nfrom = \"linkwatch <lw@example.com>\"\nto = [\"dba@example.com\"]\n\
+         \n[[channel]]\nname = \"hook\"\nkind = \"webhook\"\nurl = \"https://automation.example.com/lw\"\nsecret = \"whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw\"\n"
+    );
+    let c = parse(&text).unwrap();
+    let kinds: Vec<&str> = c.channels.iter().map(|c| c.kind.as_str()).collect();
+    assert_eq!(kinds, ["slack", "email", "webhook"]);
+    assert!(matches!(&c.channels[1].kind, ChannelKind::Email(e) if e.to == ["dba@example.com"]));
+    let debug = format!("{c:?}");
+    for secret in [
+        "SECRETPART",
+        "smtp-secret",
+        "MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
+    ] {
+        assert!(!debug.contains(secret), "{secret} in {debug}");
+    }
+}
+
+#[test]
+fn channel_keys_of_another_kind_are_rejected() {
+    let text = format!("{MINIMAL}{SLACK}url = \"https://x.example.com\"\n");
+    let (line, _, key, message) = error(&text);
+    assert_eq!((line, key.as_str()), (14, "channel[0].url"));
+    assert!(
+        message.contains("not a setting of a slack channel"),
+        "{message}"
+    );
+    let (_, _, key, _) = error(&format!(
+        "{MINIMAL}\n[[channel]]\nname = \"x\"\nkind = \"pager\"\n"
+    ));
+    assert_eq!(key, "channel[0].kind");
+}
+
+#[test]
+fn bad_channel_values_are_reported_without_secrets() {
+    let (_, _, key, message) = error(&format!(
+        "{MINIMAL}\n[[channel]]\nname = \"x\"\nkind = \"slack\"\nwebhook_url = \"not a url SECRET\"\n"
+    ));
+    assert_eq!(key, "channel[0].webhook_url");
+    assert!(!message.contains("SECRET"), "{message}");
+    let email = |extra: &str| {
+        format!(
+            "{MINIMAL}\n[[channel]]\nname = \"m\"\nkind = \"email\"\nsmtp_url = \"smtp://h\"\nfrom = \"a@example.com\"\n{extra}"
+        )
+    };
+    assert!(
+        error(&email("to = []\n"))
+            .3
+            .contains("at least one address")
+    );
+    assert!(error(&email("")).3.contains("needs `to`"));
+    let (_, _, key, message) = error(&email("to = [\"not an address\"]\n"));
+    assert_eq!(key, "channel[0].to");
+    assert!(message.contains("not an email address"), "{message}");
+    let (_, _, key, _) = error(&email("to = [\"a@example.com\"]\nusername = \"u\"\n"));
+    assert_eq!(key, "channel[0].username");
+    let (_, _, _, message) = error(&format!(
+        "{MINIMAL}\n[[channel]]\nname = \"h\"\nkind = \"webhook\"\nurl = \"https://x.example.com\"\nsecret = \"whsec_!!!\"\n"
+    ));
+    assert!(message.contains("base64"), "{message}");
+}
+
+#[test]
+fn routes_are_checked_against_channels_and_orgs() {
+    let route = |body: &str| format!("{MINIMAL}{SLACK}\n[[route]]\n{body}\n");
+    let c = parse(&route("channels = [\"ops\"]\nevents = [\"status_changed\"]\nto = [\"SYNCED\"]\norgs = [\"payments\"]\nremind_every = \"4h\"")).unwrap();
+    assert_eq!(
+        c.routes[0].orgs.as_ref().unwrap()[0].as_str(),
+        "5f0c1234567890abcdef1234"
+    );
+    assert_eq!(
+        c.routes[0].remind_every,
+        Some(Duration::from_secs(4 * 3600))
+    );
+
+    let (line, _, key, message) = error(&route("channels = [\"ops\", \"pager\"]"));
+    assert_eq!((line, key.as_str()), (16, "route[0].channels"));
+    assert!(
+        message.contains("no channel is named \"pager\""),
+        "{message}"
+    );
+    let (_, _, key, message) = error(&route("channels = [\"ops\"]\norgs = [\"billing\"]"));
+    assert_eq!(key, "route[0].orgs");
+    assert!(message.contains("could never match"), "{message}");
+    let (_, _, key, message) = error(&route(
+        "channels = [\"ops\"]\nevents = [\"check_failing\"]\nto = [\"SYNCED\"]",
+    ));
+    assert_eq!(key, "route[0].to");
+    assert!(message.contains("can never match"), "{message}");
+    let (_, _, key, _) = error(&route(
+        "channels = [\"ops\"]\nevents = [\"status_chagned\"]",
+    ));
+    assert_eq!(key, "route[0].events[0]");
+    assert!(
+        error(&route("channels = []"))
+            .3
+            .contains("names no channel")
+    );
+    assert!(
+        error(&route("channels = [\"ops\"]\nremind_every = \"10s\""))
+            .3
+            .contains("at least 1m")
+    );
+    assert!(
+        error(&route(
+            "channels = [\"ops\"]\nevents = [\"first_seen\"]\nremind_every = \"1h\""
+        ))
+        .3
+        .contains("selects neither")
+    );
+}

@@ -121,3 +121,26 @@ impl<'de> Deserialize<'de> for CronExpr {
         CronExpr::parse(s.trim()).map_err(D::Error::custom)
     }
 }
+
+/// The kinds of event a route can select.
+#[derive(Deserialize, Clone, Copy, PartialEq, Eq, Debug)]
+#[serde(rename_all = "snake_case")]
+pub enum EventKind {
+    FirstSeen,
+    StatusChanged,
+    CheckFailing,
+    CheckRecovered,
+    Reminder,
+}
+
+impl EventKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventKind::FirstSeen => "first_seen",
+            EventKind::StatusChanged => "status_changed",
+            EventKind::CheckFailing => "check_failing",
+            EventKind::CheckRecovered => "check_recovered",
+            EventKind::Reminder => "reminder",
+        }
+    }
+}

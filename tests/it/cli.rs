@@ -184,3 +184,62 @@ async fn run_stops_cleanly_on_sigterm() {
     assert!(stderr.contains("linkwatch stopped"), "{stderr}");
     assert!(!stderr.contains(PRIVATE_KEY));
 }
+
+/// kill -9 after an event is committed but before it is delivered: the restarted daemon sends it.
+#[tokio::test]
+async fn a_crash_between_event_and_delivery_loses_nothing() {
+    let rx = crate::receiver::Receiver::start().await;
+    // The receiver is down at first, so the events stay pending in the outbox.
+    rx.reply((0..3).map(|_| crate::receiver::Reply::status(503, "")));
+    let t = spawn_app_with(Setup {
+        channels: format!(
+            "[[channel]]\nname = \"ops\"\nkind = \"slack\"\nwebhook_url = \"{}\"\n",
+            rx.url("/hook")
+        ),
+        ..Setup::default()
+    })
+    .await;
+    let spawn = || {
+        linkwatch()
+            .arg("run")
+            .arg("--config")
+            .arg(&t.config_path)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+    let mut first = spawn();
+    rx.wait_for_requests(1, Duration::from_secs(15)).await;
+    first.kill().await.unwrap(); // SIGKILL: no clean shutdown, nothing flushed by us
+    let pending = || async {
+        let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}", t.db_path.display()))
+            .await
+            .unwrap();
+        let n: i64 = sqlx::query_scalar("SELECT count(*) FROM deliveries WHERE state = 'pending'")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+        pool.close().await;
+        n
+    };
+    assert!(pending().await > 0, "the crash left events pending");
+
+    let mut second = spawn();
+    wait_until(
+        Duration::from_secs(30),
+        "every pending delivery sent after restart",
+        || async { pending().await == 0 },
+    )
+    .await;
+    second.kill().await.unwrap();
+    let delivered: String = rx.accepted().iter().map(|r| r.body.clone()).collect();
+    assert!(
+        delivered.contains("alpha: migration link is NOT_SYNCED (first check)"),
+        "{delivered}"
+    );
+    assert!(
+        delivered.contains("beta: migration link is SYNCED (first check)"),
+        "{delivered}"
+    );
+}

@@ -23,6 +23,8 @@ pub struct Setup {
     /// Extra lines for `[poll]`.
     pub poll: String,
     pub timeout: &'static str,
+    /// `[[channel]]` and `[[route]]` tables; by default one console channel.
+    pub channels: String,
     pub sim_options: simulator::Options,
 }
 
@@ -32,6 +34,7 @@ impl Default for Setup {
             credential: format!("public_key = \"{PUBLIC_KEY}\"\nprivate_key = \"{PRIVATE_KEY}\""),
             poll: String::new(),
             timeout: "2s",
+            channels: "[[channel]]\nname = \"console\"\nkind = \"console\"\n".into(),
             sim_options: simulator::Options::default(),
         }
     }
@@ -81,15 +84,14 @@ name = "alpha"
 id = "{ORG_B}"
 name = "beta"
 
-[[channel]]
-name = "console"
-kind = "console"
+{channels}
 "#,
         db = db_path.display(),
         base = sim.base_url(),
         credential = setup.credential,
         poll = setup.poll,
         timeout = setup.timeout,
+        channels = setup.channels,
     );
     std::fs::write(&config_path, toml).expect("config written");
     let console = Arc::new(Mutex::new(Vec::new()));

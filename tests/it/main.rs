@@ -7,5 +7,8 @@ mod checks;
 mod cli;
 mod daemon;
 mod digest;
+mod notify;
 mod oauth;
 mod readme;
+mod receiver;
+mod smtp;

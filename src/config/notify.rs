@@ -1,0 +1,502 @@
+//! `[[channel]]` and `[[route]]`: validated against each other and against the orgs.
+
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::time::Duration;
+
+use reqwest::Url;
+use toml::Spanned;
+
+use super::raw::{self, ChannelKind as RawKind};
+use super::{ConfigError, EventKind, Locator, Org, OrgId, resolve_path, resolve_secret};
+use crate::secret::Secret;
+
+#[derive(Debug, Clone)]
+pub struct Channel {
+    pub name: String,
+    pub kind: ChannelKind,
+    /// The longest one send may take.
+    pub timeout: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum ChannelKind {
+    Console,
+    /// A Slack incoming webhook; the URL is the credential.
+    Slack {
+        webhook_url: Secret,
+    },
+    Email(Email),
+    Webhook {
+        url: Url,
+        secret: Option<WebhookSecret>,
+    },
+}
+
+impl ChannelKind {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            ChannelKind::Console => "console",
+            ChannelKind::Slack { .. } => "slack",
+            ChannelKind::Email(_) => "email",
+            ChannelKind::Webhook { .. } => "webhook",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Email {
+    /// lettre's URL form; may carry credentials, so it is a secret.
+    pub smtp_url: Secret,
+    pub username: Option<String>,
+    pub password: Option<Secret>,
+    /// Extra trusted CA for relays with a private CA.
+    pub ca_file: Option<PathBuf>,
+    pub from: String,
+    pub to: Vec<String>,
+}
+
+/// A Standard Webhooks signing key (`whsec_` + base64), decoded.
+#[derive(Clone, PartialEq)]
+pub struct WebhookSecret(pub Vec<u8>);
+
+impl std::fmt::Debug for WebhookSecret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("[redacted]")
+    }
+}
+
+/// Which events go to which channels.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Route {
+    pub channels: Vec<String>,
+    /// `None`: every kind.
+    pub events: Option<Vec<EventKind>>,
+    /// `None`: any new status. Events without a status (failing, recovered) never match a `to`.
+    pub to: Option<Vec<String>>,
+    /// `None`: every org.
+    pub orgs: Option<Vec<OrgId>>,
+    pub remind_every: Option<Duration>,
+}
+
+pub(super) fn channels(
+    raw: Vec<raw::Channel>,
+    loc: &Locator<'_>,
+) -> Result<Vec<Channel>, ConfigError> {
+    let mut channels: Vec<Channel> = Vec::new();
+    for (i, c) in raw.into_iter().enumerate() {
+        let table = format!("channel[{i}]");
+        let name = c.name.get_ref().trim().to_owned();
+        if name.is_empty() {
+            return Err(loc.error(
+                c.name.span().start,
+                &format!("{table}.name"),
+                "must not be empty".into(),
+            ));
+        }
+        if channels.iter().any(|x| x.name == name) {
+            return Err(loc.error(
+                c.name.span().start,
+                &format!("{table}.name"),
+                format!("channel name \"{name}\" is used twice; names must be unique"),
+            ));
+        }
+        let kind = *c.kind.get_ref();
+        reject_foreign_keys(&c, kind, &table, loc)?;
+        let required = |value: Option<String>, key: &str| {
+            value.ok_or_else(|| {
+                loc.error(
+                    c.kind.span().start,
+                    &format!("{table}.{key}"),
+                    format!("a {} channel needs `{key}`", kind_name(kind)),
+                )
+            })
+        };
+        let kind = match kind {
+            RawKind::Console => ChannelKind::Console,
+            RawKind::Slack => {
+                let key = format!("{table}.webhook_url");
+                let url = resolve_secret(
+                    &key,
+                    c.webhook_url.as_ref(),
+                    c.webhook_url_file.as_ref(),
+                    c.webhook_url_env.as_ref(),
+                    loc,
+                )?
+                .ok_or_else(|| {
+                    loc.error(
+                        c.kind.span().start,
+                        &key,
+                        "a slack channel needs `webhook_url` (or _file / _env)".into(),
+                    )
+                })?;
+                check_http_url(url.expose()).map_err(|m| {
+                    let at = c
+                        .webhook_url
+                        .as_ref()
+                        .map_or(c.kind.span().start, |s| s.span().start);
+                    loc.error(at, &key, m)
+                })?;
+                ChannelKind::Slack { webhook_url: url }
+            }
+            RawKind::Email => {
+                let smtp_url = c.smtp_url.clone().map(|s| s.into_inner());
+                let smtp_url = required(smtp_url.map(|s| s.expose().to_owned()), "smtp_url")?;
+                let at = c.smtp_url.as_ref().map_or(0, |s| s.span().start);
+                crate::channels::email::parse_smtp_url(&smtp_url)
+                    .map_err(|m| loc.error(at, &format!("{table}.smtp_url"), m))?;
+                let password = resolve_secret(
+                    &format!("{table}.password"),
+                    c.password.as_ref(),
+                    c.password_file.as_ref(),
+                    c.password_env.as_ref(),
+                    loc,
+                )?;
+                if password.is_some() != c.username.is_some() {
+                    return Err(loc.error(
+                        c.kind.span().start,
+                        &format!("{table}.username"),
+                        "set both `username` and a password, or neither".into(),
+                    ));
+                }
+                let from = required(c.from.as_ref().map(|f| f.get_ref().clone()), "from")?;
+                check_mailbox(&from)
+                    .map_err(|m| loc.error(span_of(&c.from), &format!("{table}.from"), m))?;
+                let to = required_list(c.to.as_ref(), &table, "to", c.kind.span().start, loc)?;
+                for addr in &to {
+                    check_mailbox(addr)
+                        .map_err(|m| loc.error(span_of(&c.to), &format!("{table}.to"), m))?;
+                }
+                ChannelKind::Email(Email {
+                    smtp_url: Secret::new(smtp_url),
+                    username: c.username.as_ref().map(|u| u.get_ref().clone()),
+                    password,
+                    ca_file: c
+                        .ca_file
+                        .as_ref()
+                        .map(|p| resolve_path(loc.base_dir(), p.get_ref())),
+                    from,
+                    to,
+                })
+            }
+            RawKind::Webhook => {
+                let url_text = required(c.url.as_ref().map(|u| u.get_ref().clone()), "url")?;
+                let url = check_http_url(&url_text)
+                    .map_err(|m| loc.error(span_of(&c.url), &format!("{table}.url"), m))?;
+                let key = format!("{table}.secret");
+                let secret = resolve_secret(
+                    &key,
+                    c.secret.as_ref(),
+                    c.secret_file.as_ref(),
+                    c.secret_env.as_ref(),
+                    loc,
+                )?
+                .map(|s| decode_webhook_secret(s.expose()))
+                .transpose()
+                .map_err(|m| {
+                    loc.error(
+                        c.secret
+                            .as_ref()
+                            .map_or(c.kind.span().start, |s| s.span().start),
+                        &key,
+                        m,
+                    )
+                })?;
+                ChannelKind::Webhook { url, secret }
+            }
+        };
+        channels.push(Channel {
+            name,
+            kind,
+            timeout: c.timeout.map_or(Duration::from_secs(10), |t| t.0),
+        });
+    }
+    Ok(channels)
+}
+
+pub(super) fn routes(
+    raw: Vec<raw::Route>,
+    channels: &[Channel],
+    orgs: &[Org],
+    loc: &Locator<'_>,
+) -> Result<Vec<Route>, ConfigError> {
+    let mut routes = Vec::new();
+    for (i, r) in raw.into_iter().enumerate() {
+        let table = format!("route[{i}]");
+        if r.channels.get_ref().is_empty() {
+            return Err(loc.error(
+                r.channels.span().start,
+                &format!("{table}.channels"),
+                "names no channel".into(),
+            ));
+        }
+        for c in r.channels.get_ref() {
+            if !channels.iter().any(|x| x.name == *c.get_ref()) {
+                let known: Vec<&str> = channels.iter().map(|x| x.name.as_str()).collect();
+                return Err(loc.error(
+                    c.span().start,
+                    &format!("{table}.channels"),
+                    format!(
+                        "no channel is named \"{}\" (channels: {})",
+                        c.get_ref(),
+                        known.join(", ")
+                    ),
+                ));
+            }
+        }
+        let events = r.events.as_ref().map(|e| e.get_ref().clone());
+        if let Some(e) = &r.events
+            && e.get_ref().is_empty()
+        {
+            return Err(loc.error(
+                e.span().start,
+                &format!("{table}.events"),
+                "an empty list matches nothing; leave `events` out to match every kind".into(),
+            ));
+        }
+        let to = r.to.as_ref().map(|t| t.get_ref().clone());
+        if let (Some(t), Some(e)) = (&r.to, &events)
+            && !e.iter().any(|k| {
+                matches!(
+                    k,
+                    EventKind::FirstSeen | EventKind::StatusChanged | EventKind::Reminder
+                )
+            })
+        {
+            return Err(loc.error(
+                t.span().start,
+                &format!("{table}.to"),
+                "this route can never match: `to` selects a new status, and none of its `events` carries one".into(),
+            ));
+        }
+        if let Some(t) = &r.to
+            && t.get_ref().is_empty()
+        {
+            return Err(loc.error(
+                t.span().start,
+                &format!("{table}.to"),
+                "an empty list matches nothing".into(),
+            ));
+        }
+        let orgs_filter = match &r.orgs {
+            None => None,
+            Some(list) => {
+                let mut ids = Vec::new();
+                for o in list.get_ref() {
+                    let found = orgs
+                        .iter()
+                        .find(|x| x.id.as_str() == o.get_ref() || x.name == *o.get_ref());
+                    match found {
+                        Some(org) => ids.push(org.id.clone()),
+                        None => {
+                            return Err(loc.error(
+                                o.span().start,
+                                &format!("{table}.orgs"),
+                                format!("no [[org]] has the id or name \"{}\"; this route could never match it", o.get_ref()),
+                            ));
+                        }
+                    }
+                }
+                Some(ids)
+            }
+        };
+        let remind_every = r.remind_every.as_ref().map(|d| d.get_ref().0);
+        if let (Some(d), Some(e)) = (&r.remind_every, &events)
+            && !e.iter().any(|k| {
+                matches!(
+                    k,
+                    EventKind::StatusChanged | EventKind::CheckFailing | EventKind::Reminder
+                )
+            })
+        {
+            return Err(loc.error(
+                d.span().start,
+                &format!("{table}.remind_every"),
+                "reminders are about a broken link (status_changed) or failing checks (check_failing); this route selects neither".into(),
+            ));
+        }
+        if let Some(d) = &r.remind_every
+            && d.get_ref().0 < Duration::from_secs(60)
+        {
+            return Err(loc.error(
+                d.span().start,
+                &format!("{table}.remind_every"),
+                "must be at least 1m".into(),
+            ));
+        }
+        routes.push(Route {
+            channels: r
+                .channels
+                .get_ref()
+                .iter()
+                .map(|c| c.get_ref().clone())
+                .collect(),
+            events,
+            to,
+            orgs: orgs_filter,
+            remind_every,
+        });
+    }
+    Ok(routes)
+}
+
+fn kind_name(kind: RawKind) -> &'static str {
+    match kind {
+        RawKind::Console => "console",
+        RawKind::Slack => "slack",
+        RawKind::Email => "email",
+        RawKind::Webhook => "webhook",
+    }
+}
+
+fn span_of<T>(v: &Option<Spanned<T>>) -> usize {
+    v.as_ref().map_or(0, |s| s.span().start)
+}
+
+/// A key set on the wrong kind of channel is a mistake worth reporting, not ignoring.
+fn reject_foreign_keys(
+    c: &raw::Channel,
+    kind: RawKind,
+    table: &str,
+    loc: &Locator<'_>,
+) -> Result<(), ConfigError> {
+    let present: [(&str, Option<usize>, &[RawKind]); 15] = [
+        (
+            "webhook_url",
+            c.webhook_url.as_ref().map(|s| s.span().start),
+            &[RawKind::Slack],
+        ),
+        (
+            "webhook_url_file",
+            c.webhook_url_file.as_ref().map(|s| s.span().start),
+            &[RawKind::Slack],
+        ),
+        (
+            "webhook_url_env",
+            c.webhook_url_env.as_ref().map(|s| s.span().start),
+            &[RawKind::Slack],
+        ),
+        (
+            "smtp_url",
+            c.smtp_url.as_ref().map(|s| s.span().start),
+            &[RawKind::Email],
+        ),
+        (
+            "username",
+            c.username.as_ref().map(|s| s.span().start),
+            &[RawKind::Email],
+        ),
+        (
+            "password",
+            c.password.as_ref().map(|s| s.span().start),
+            &[RawKind::Email],
+        ),
+        (
+            "password_file",
+            c.password_file.as_ref().map(|s| s.span().start),
+            &[RawKind::Email],
+        ),
+        (
+            "password_env",
+            c.password_env.as_ref().map(|s| s.span().start),
+            &[RawKind::Email],
+        ),
+        (
+            "ca_file",
+            c.ca_file.as_ref().map(|s| s.span().start),
+            &[RawKind::Email],
+        ),
+        (
+            "from",
+            c.from.as_ref().map(|s| s.span().start),
+            &[RawKind::Email],
+        ),
+        (
+            "to",
+            c.to.as_ref().map(|s| s.span().start),
+            &[RawKind::Email],
+        ),
+        (
+            "url",
+            c.url.as_ref().map(|s| s.span().start),
+            &[RawKind::Webhook],
+        ),
+        (
+            "secret",
+            c.secret.as_ref().map(|s| s.span().start),
+            &[RawKind::Webhook],
+        ),
+        (
+            "secret_file",
+            c.secret_file.as_ref().map(|s| s.span().start),
+            &[RawKind::Webhook],
+        ),
+        (
+            "secret_env",
+            c.secret_env.as_ref().map(|s| s.span().start),
+            &[RawKind::Webhook],
+        ),
+    ];
+    for (key, at, kinds) in present {
+        if let Some(at) = at
+            && !kinds.contains(&kind)
+        {
+            return Err(loc.error(
+                at,
+                &format!("{table}.{key}"),
+                format!("`{key}` is not a setting of a {} channel", kind_name(kind)),
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn required_list(
+    v: Option<&Spanned<Vec<String>>>,
+    table: &str,
+    key: &str,
+    fallback: usize,
+    loc: &Locator<'_>,
+) -> Result<Vec<String>, ConfigError> {
+    match v {
+        None => Err(loc.error(
+            fallback,
+            &format!("{table}.{key}"),
+            format!("an email channel needs `{key}`"),
+        )),
+        Some(l) if l.get_ref().is_empty() => Err(loc.error(
+            l.span().start,
+            &format!("{table}.{key}"),
+            "needs at least one address".into(),
+        )),
+        Some(l) => Ok(l.get_ref().clone()),
+    }
+}
+
+fn check_http_url(text: &str) -> Result<Url, String> {
+    // The message must not repeat the URL: a Slack webhook URL is a secret.
+    let url = Url::parse(text).map_err(|e| format!("not a URL ({e})"))?;
+    if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
+        return Err("must be an http:// or https:// URL with a host".into());
+    }
+    Ok(url)
+}
+
+fn check_mailbox(text: &str) -> Result<(), String> {
+    lettre::message::Mailbox::from_str(text)
+        .map(|_| ())
+        .map_err(|e| format!("\"{text}\" is not an email address ({e})"))
+}
+
+/// Standard Webhooks secrets are `whsec_` followed by base64; a bare base64 key is accepted too.
+pub fn decode_webhook_secret(text: &str) -> Result<WebhookSecret, String> {
+    use base64::Engine as _;
+    let b64 = text.strip_prefix("whsec_").unwrap_or(text);
+    base64::engine::general_purpose::STANDARD
+        .decode(b64)
+        .map(WebhookSecret)
+        .map_err(|_| {
+            "a webhook secret is `whsec_` followed by base64 (e.g. from `openssl rand -base64 32`)"
+                .into()
+        })
+}
