@@ -119,6 +119,17 @@ kind = "console"
     if let Some(extra) = extra {
         let extra = Config::load(extra)?;
         config.channels.extend(extra.channels);
+        if !extra.routes.is_empty() {
+            // Routes restrict where events go; the demo's console keeps seeing everything.
+            config.routes.extend(extra.routes);
+            config.routes.push(crate::config::Route {
+                channels: vec!["console".into()],
+                events: None,
+                to: None,
+                orgs: None,
+                remind_every: None,
+            });
+        }
     }
 
     println!("linkwatch demo");

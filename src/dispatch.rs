@@ -194,19 +194,33 @@ pub async fn dispatch_due(
             store.mark_attempt_failed(&ids, &error, None).await?;
         }
         Err(SendError::Transient { error, retry_after }) => {
+            // The batch is retried together, on the schedule of its oldest row, so that order
+            // is kept; rows past the maximum age are given up one by one.
+            let head = &due[0];
+            let attempts = u32::try_from(head.attempts + 1).unwrap_or(u32::MAX);
+            let now = Utc::now();
+            let next = policy.next_attempt(attempts, now, now, retry_after);
+            let (mut retry, mut expired) = (Vec::new(), Vec::new());
             for d in &due {
                 let created = DateTime::parse_from_rfc3339(&d.event.created_at)
                     .map_or(now, |t| t.with_timezone(&Utc));
-                let attempts = u32::try_from(d.attempts + 1).unwrap_or(u32::MAX);
-                let next = policy.next_attempt(attempts, created, Utc::now(), retry_after);
-                if next.is_none() {
-                    tracing::error!(channel = %outlet.name, event = %d.event.id, %error, "delivery given up after the maximum age");
+                let too_old = next.is_none_or(|n| {
+                    n > created + chrono::Duration::from_std(policy.max_age).unwrap_or_default()
+                });
+                if too_old {
+                    expired.push(d.outbox_id)
+                } else {
+                    retry.push(d.outbox_id)
                 }
-                store
-                    .mark_attempt_failed(&[d.outbox_id], &error, next)
-                    .await?;
             }
-            tracing::warn!(channel = %outlet.name, deliveries = ids.len(), %error, "delivery failed; will retry");
+            if !expired.is_empty() {
+                tracing::error!(channel = %outlet.name, deliveries = expired.len(), %error, "delivery given up after the maximum age");
+                store.mark_attempt_failed(&expired, &error, None).await?;
+            }
+            if !retry.is_empty() {
+                tracing::warn!(channel = %outlet.name, deliveries = retry.len(), %error, "delivery failed; will retry");
+                store.mark_attempt_failed(&retry, &error, next).await?;
+            }
         }
     }
     Ok(ids.len())

@@ -80,6 +80,7 @@ pub struct StoredEvent {
 pub struct Delivery {
     pub outbox_id: i64,
     pub attempts: i64,
+    pub next_attempt_at: String,
     #[sqlx(flatten)]
     pub event: StoredEvent,
 }
@@ -333,35 +334,38 @@ impl Store {
         .await?)
     }
 
-    /// Pending outbox rows of `channel` that are due at `now`, oldest first.
+    /// The oldest pending outbox rows of `channel`, if the oldest of them is due at `now`.
+    /// Rows go out in event order: while the oldest waits for its retry, newer ones wait too.
     pub async fn due_deliveries(
         &self,
         channel: &str,
         now: DateTime<Utc>,
         limit: i64,
     ) -> anyhow::Result<Vec<Delivery>> {
-        Ok(sqlx::query_as::<_, Delivery>(
-            "SELECT x.id AS outbox_id, x.attempts, e.id, e.org_id, o.org_name, e.kind, e.created_at, e.payload
+        let rows = sqlx::query_as::<_, Delivery>(
+            "SELECT x.id AS outbox_id, x.attempts, x.next_attempt_at, e.id, e.org_id, o.org_name, e.kind,
+                    e.created_at, e.payload
              FROM outbox AS x
              JOIN events AS e ON e.seq = x.event_seq
              LEFT JOIN org_state AS o ON o.org_id = e.org_id
-             WHERE x.channel = ? AND x.state = 'pending' AND x.next_attempt_at <= ?
+             WHERE x.channel = ? AND x.state = 'pending'
              ORDER BY x.event_seq LIMIT ?",
         )
         .bind(channel)
-        .bind(ts(now))
         .bind(limit)
         .fetch_all(&self.pool)
-        .await?)
+        .await?;
+        let head_due = rows.first().is_some_and(|r| r.next_attempt_at <= ts(now));
+        Ok(if head_due { rows } else { Vec::new() })
     }
 
-    /// When the next pending row of `channel` falls due, if any.
+    /// When the oldest pending row of `channel` falls due, if there is one.
     pub async fn next_due(&self, channel: &str) -> anyhow::Result<Option<DateTime<Utc>>> {
         let next: Option<String> = sqlx::query_scalar(
-            "SELECT min(next_attempt_at) FROM outbox WHERE channel = ? AND state = 'pending'",
+            "SELECT next_attempt_at FROM outbox WHERE channel = ? AND state = 'pending' ORDER BY event_seq LIMIT 1",
         )
         .bind(channel)
-        .fetch_one(&self.pool)
+        .fetch_optional(&self.pool)
         .await?;
         Ok(parse_ts(next))
     }

@@ -37,7 +37,18 @@ fn error(text: &str) -> (usize, usize, String, String) {
 #[test]
 fn the_example_file_parses() {
     // SAFETY: tests in this module that touch the environment use distinct variable names.
-    unsafe { std::env::set_var("LINKWATCH_CM_KEY", "example-key") };
+    unsafe {
+        std::env::set_var("LINKWATCH_CM_KEY", "example-key");
+        std::env::set_var(
+            "LINKWATCH_SLACK_URL",
+            "https://hooks.slack.com/services/T0/B0/X",
+        );
+        std::env::set_var("LINKWATCH_SMTP_PASSWORD", "smtp");
+        std::env::set_var(
+            "LINKWATCH_WEBHOOK_SECRET",
+            "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
+        );
+    }
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/linkwatch.example.toml");
     let config = Config::load(&path).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(config.orgs.len(), 2);
@@ -50,6 +61,13 @@ fn the_example_file_parses() {
         Schedule::Every(Duration::from_secs(60))
     );
     assert_eq!(config.channels[0].kind, ChannelKind::Console);
+    let kinds: Vec<&str> = config.channels.iter().map(|c| c.kind.as_str()).collect();
+    assert_eq!(kinds, ["console", "slack", "email", "webhook"]);
+    assert_eq!(config.routes.len(), 3);
+    assert_eq!(
+        config.routes[1].remind_every,
+        Some(Duration::from_secs(4 * 3600))
+    );
     assert_eq!(
         config.database,
         Path::new("/var/lib/linkwatch/linkwatch.db")

@@ -56,6 +56,15 @@ async fn check_lists_the_example_config() {
     let out = linkwatch()
         .args(["check", "--config", example])
         .env("LINKWATCH_CM_KEY", "secret-from-env")
+        .env(
+            "LINKWATCH_SLACK_URL",
+            "https://hooks.slack.com/services/T0/B0/SLACKSECRET",
+        )
+        .env("LINKWATCH_SMTP_PASSWORD", "smtp-password")
+        .env(
+            "LINKWATCH_WEBHOOK_SECRET",
+            "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
+        )
         .output()
         .await
         .unwrap();
@@ -69,7 +78,13 @@ async fn check_lists_the_example_config() {
         stdout.contains("payments") && stdout.contains("every 30s"),
         "{stdout}"
     );
-    assert!(!stdout.contains("secret-from-env"));
+    assert!(
+        stdout.contains("dba-mail") && stdout.contains("email") && stdout.contains("4h"),
+        "{stdout}"
+    );
+    for secret in ["secret-from-env", "SLACKSECRET", "smtp-password", "MfKQ9r8"] {
+        assert!(!stdout.contains(secret), "{secret}");
+    }
 }
 
 #[tokio::test]

@@ -551,3 +551,38 @@ async fn notify_test_reports_success_and_the_receivers_refusal() {
         "the webhook URL is a secret: {stderr}"
     );
 }
+
+#[tokio::test]
+async fn a_retry_keeps_the_channel_in_event_order() {
+    let rx = Receiver::start().await;
+    rx.reply([Reply::status(500, "")]);
+    let t = spawn_app_with(Setup {
+        channels: slack("ops", &rx.url("/hook")),
+        ..Setup::default()
+    })
+    .await;
+    t.check(ORG_A).await;
+    t.app
+        .dispatcher
+        .dispatch_all_due(&t.app.store)
+        .await
+        .unwrap(); // fails: alpha waits for its retry
+    t.check(ORG_B).await;
+    // beta is newer than alpha: it must not overtake it while alpha waits.
+    assert_eq!(
+        t.app
+            .dispatcher
+            .dispatch_all_due(&t.app.store)
+            .await
+            .unwrap(),
+        0
+    );
+    deliver_until(&t, "both events delivered", || async {
+        rx.accepted().len() == 1
+    })
+    .await;
+    let body = rx.accepted()[0].body.clone();
+    let (a, b) = (body.find("alpha:").unwrap(), body.find("beta:").unwrap());
+    assert!(a < b, "{body}");
+    assert!(deliveries(&t).await.iter().all(|d| d.3 == "sent"));
+}

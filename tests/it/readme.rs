@@ -64,7 +64,11 @@ async fn the_readme_queries_run_on_a_real_database() {
         results.push(rows);
     }
     // The time-to-sync query found alpha's first SYNCED.
-    let alpha = results[1]
+    let time_to_sync = blocks
+        .iter()
+        .position(|b| b.contains("hours_to_sync"))
+        .expect("the time-to-sync query");
+    let alpha = results[time_to_sync]
         .iter()
         .find(|r| r.get::<String, _>("org_name") == "alpha")
         .expect("alpha in the time-to-sync query");
