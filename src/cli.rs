@@ -380,6 +380,12 @@ async fn history(
         );
         return Ok(ExitCode::SUCCESS);
     }
+    print_history(&changes);
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The status changes as a table, for `history` and the demo.
+pub fn print_history(changes: &[store::StatusChange]) {
     let rows: Vec<Vec<String>> = changes
         .iter()
         .map(|c| {
@@ -401,7 +407,6 @@ async fn history(
         &["CHANGED_AT (UTC)", "ORG", "ID", "FROM", "TO", "FROM LASTED"],
         &rows,
     );
-    Ok(ExitCode::SUCCESS)
 }
 
 pub fn print_table(header: &[&str], rows: &[Vec<String>]) {

@@ -8,9 +8,8 @@ use std::time::Duration;
 use anyhow::Context as _;
 use tokio_util::sync::CancellationToken;
 
-use crate::cli::print_table;
+use crate::cli::print_history;
 use crate::config::Config;
-use crate::message::human_secs;
 use crate::simulator::{self, Behavior, Simulator};
 use crate::store::Store;
 
@@ -174,26 +173,7 @@ async fn summary(db: &Path) -> anyhow::Result<()> {
         "\nstatus history (linkwatch history --database {}):\n",
         db.display()
     );
-    let rows: Vec<Vec<String>> = changes
-        .iter()
-        .map(|c| {
-            vec![
-                c.changed_at.clone(),
-                c.org_name.clone(),
-                c.from_status
-                    .clone()
-                    .unwrap_or_else(|| "(first seen)".into()),
-                c.to_status.clone(),
-                c.previous_lasted_s
-                    .map(human_secs)
-                    .unwrap_or_else(|| "-".into()),
-            ]
-        })
-        .collect();
-    print_table(
-        &["CHANGED_AT (UTC)", "ORG", "FROM", "TO", "FROM LASTED"],
-        &rows,
-    );
+    print_history(&changes);
     println!(
         r#"
 The database is yours to query (it is kept until you delete it):

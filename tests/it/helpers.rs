@@ -155,6 +155,15 @@ impl TestApp {
         self
     }
 
+    /// Sends what is due on every channel once, as the channel workers would.
+    pub async fn dispatch(&self) -> usize {
+        self.app
+            .dispatcher
+            .dispatch_all_due(&self.app.store)
+            .await
+            .expect("outbox readable")
+    }
+
     pub fn console_lines(&self) -> Vec<String> {
         self.console.lock().unwrap().clone()
     }

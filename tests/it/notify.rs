@@ -59,11 +59,7 @@ async fn slack_gets_block_kit_with_a_text_that_says_what_to_do() {
     t.check(ORG_A).await;
     t.sim.set(ORG_A, Behavior::status("SYNCED"));
     t.check(ORG_A).await;
-    t.app
-        .dispatcher
-        .dispatch_all_due(&t.app.store)
-        .await
-        .unwrap();
+    t.dispatch().await;
     // Both events were due at once: one digest, not two posts.
     let got = rx.received();
     assert_eq!(got.len(), 1);
@@ -81,11 +77,7 @@ async fn slack_gets_block_kit_with_a_text_that_says_what_to_do() {
     // One event alone is a full message: title, org, status, advice.
     t.sim.set(ORG_A, Behavior::status("NOT_SYNCED"));
     t.check(ORG_A).await;
-    t.app
-        .dispatcher
-        .dispatch_all_due(&t.app.store)
-        .await
-        .unwrap();
+    t.dispatch().await;
     let body = rx.received()[1].json();
     let text = body["text"].as_str().unwrap();
     assert!(
@@ -163,20 +155,9 @@ async fn slack_channel_not_found_stops_at_once() {
     })
     .await;
     t.check(ORG_A).await;
-    t.app
-        .dispatcher
-        .dispatch_all_due(&t.app.store)
-        .await
-        .unwrap();
+    t.dispatch().await;
     // Due again "now": a failed row is never picked up again.
-    assert_eq!(
-        t.app
-            .dispatcher
-            .dispatch_all_due(&t.app.store)
-            .await
-            .unwrap(),
-        0
-    );
+    assert_eq!(t.dispatch().await, 0);
     assert_eq!(rx.received().len(), 1);
     let d = deliveries(&t).await;
     assert_eq!((d[0].3.as_str(), d[0].4), ("failed", 1));
@@ -218,11 +199,7 @@ async fn fifty_events_due_at_once_make_one_digest() {
             .await
             .unwrap();
     }
-    t.app
-        .dispatcher
-        .dispatch_all_due(&t.app.store)
-        .await
-        .unwrap();
+    t.dispatch().await;
     let got = rx.received();
     assert_eq!(got.len(), 1, "50 events became {} posts", got.len());
     let body = got[0].json();
@@ -259,11 +236,7 @@ async fn email_arrives_with_subject_recipients_and_both_parts() {
     })
     .await;
     t.check(ORG_B).await;
-    t.app
-        .dispatcher
-        .dispatch_all_due(&t.app.store)
-        .await
-        .unwrap();
+    t.dispatch().await;
     let mails = smtp.wait_for_mails(1, Duration::from_secs(10)).await;
     let mail = &mails[0];
     assert_eq!(mail.from, "linkwatch@example.com");
@@ -289,11 +262,7 @@ async fn email_over_starttls_with_a_private_ca() {
     })
     .await;
     t.check(ORG_A).await;
-    t.app
-        .dispatcher
-        .dispatch_all_due(&t.app.store)
-        .await
-        .unwrap();
+    t.dispatch().await;
     let mails = smtp.wait_for_mails(1, Duration::from_secs(10)).await;
     assert!(
         mails[0]
@@ -319,11 +288,7 @@ async fn starttls_without_the_ca_is_refused_and_kept_for_retry() {
     })
     .await;
     t.check(ORG_A).await;
-    t.app
-        .dispatcher
-        .dispatch_all_due(&t.app.store)
-        .await
-        .unwrap();
+    t.dispatch().await;
     assert!(smtp.mails().is_empty());
     let d = deliveries(&t).await;
     assert_eq!((d[0].3.as_str(), d[0].4), ("pending", 1), "{d:?}");
@@ -422,11 +387,7 @@ async fn routes_send_each_event_where_it_belongs() {
     t.sim.set(ORG_B, Behavior::status("NOT_SYNCED"));
     t.check(ORG_A).await;
     t.check(ORG_B).await;
-    t.app
-        .dispatcher
-        .dispatch_all_due(&t.app.store)
-        .await
-        .unwrap();
+    t.dispatch().await;
     let d = deliveries(&t).await;
     let ops_rows: Vec<_> = d
         .iter()
@@ -480,11 +441,7 @@ async fn reminders_repeat_while_a_link_stays_broken() {
             .count(),
         1
     );
-    t.app
-        .dispatcher
-        .dispatch_all_due(&t.app.store)
-        .await
-        .unwrap();
+    t.dispatch().await;
     let text = rx.received().last().unwrap().body.clone();
     assert!(
         text.contains("beta: reminder: migration link still NOT_SYNCED after 2h"),
@@ -562,21 +519,10 @@ async fn a_retry_keeps_the_channel_in_event_order() {
     })
     .await;
     t.check(ORG_A).await;
-    t.app
-        .dispatcher
-        .dispatch_all_due(&t.app.store)
-        .await
-        .unwrap(); // fails: alpha waits for its retry
+    t.dispatch().await; // fails: alpha waits for its retry
     t.check(ORG_B).await;
     // beta is newer than alpha: it must not overtake it while alpha waits.
-    assert_eq!(
-        t.app
-            .dispatcher
-            .dispatch_all_due(&t.app.store)
-            .await
-            .unwrap(),
-        0
-    );
+    assert_eq!(t.dispatch().await, 0);
     deliver_until(&t, "both events delivered", || async {
         rx.accepted().len() == 1
     })
