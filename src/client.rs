@@ -11,7 +11,10 @@ mod oauth;
 use std::sync::Arc;
 use std::time::Duration;
 
-use diqwest::{DigestAuthSession, WithDigestAuth};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use diqwest::session::CachedContextGuard;
+use diqwest::{DigestAuthCredentials, DigestAuthSession, WithDigestAuth};
 use reqwest::{StatusCode, Url, header};
 use serde::{Deserialize, Serialize};
 
@@ -227,6 +230,22 @@ impl Client {
     /// Asks for `org`'s link status with `credential`. Never fails: every problem is a
     /// [`Failure`] in the outcome.
     pub async fn check(&self, org: &OrgId, credential: &Credential) -> CheckOutcome {
+        self.check_counted(org, credential).await.0
+    }
+
+    /// [`Client::check`], with the number of HTTP requests it took.
+    pub async fn check_counted(&self, org: &OrgId, credential: &Credential) -> (CheckOutcome, u64) {
+        let requests = AtomicU64::new(0);
+        let outcome = self.check_inner(org, credential, &requests).await;
+        (outcome, requests.load(Ordering::Relaxed))
+    }
+
+    async fn check_inner(
+        &self,
+        org: &OrgId,
+        credential: &Credential,
+        requests: &AtomicU64,
+    ) -> CheckOutcome {
         let Some(auth) = self.find_auth(credential) else {
             return Err(Failure::new(
                 FailureClass::Unauthorized,
@@ -240,7 +259,7 @@ impl Client {
             let response = match &*auth {
                 Auth::Digest(session) => self
                     .request(url)
-                    .send_digest_auth(session)
+                    .send_digest_auth(Counted { session, requests })
                     .await
                     .map_err(digest_error)?,
                 Auth::OAuth(cache) => {
@@ -301,6 +320,70 @@ impl Client {
             retry_after,
             &body,
             truncated.then_some(self.settings.max_body_bytes),
+        )
+    }
+}
+
+/// A Digest session that counts the requests diqwest sends with it: one per preemptive
+/// authorization, one per unauthenticated request (no cached nonce, or a rejected one), one per
+/// answer to a fresh challenge.
+struct Counted<'a> {
+    session: &'a DigestAuthSession,
+    requests: &'a AtomicU64,
+}
+
+impl Counted<'_> {
+    fn count(&self) {
+        self.requests.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+impl DigestAuthCredentials for Counted<'_> {
+    fn username(&self) -> &str {
+        (&self.session).username()
+    }
+
+    fn password(&self) -> &str {
+        (&self.session).password()
+    }
+
+    fn cached_context<'h>(
+        &self,
+        host: &'h str,
+    ) -> diqwest::error::Result<Option<CachedContextGuard<'_, 'h>>> {
+        let cached = DigestAuthCredentials::cached_context(&self.session, host)?;
+        if cached.is_none() {
+            self.count(); // no nonce yet: an unauthenticated request fetches the challenge
+        }
+        Ok(cached)
+    }
+
+    fn store_context(&self, host: &str, www_authenticate: &str) -> diqwest::error::Result<()> {
+        self.count(); // the answer to this challenge
+        DigestAuthCredentials::store_context(&self.session, host, www_authenticate)
+    }
+
+    fn clear_context(&self, host: &str) -> diqwest::error::Result<()> {
+        self.count(); // the reused nonce was refused: an unauthenticated request follows
+        DigestAuthCredentials::clear_context(&self.session, host)
+    }
+
+    fn calculate_authorization(
+        &self,
+        host: &str,
+        path: &str,
+        method: digest_auth::HttpMethod,
+        body: Option<&[u8]>,
+        response_headers: &header::HeaderMap,
+    ) -> diqwest::error::Result<digest_auth::AuthorizationHeader> {
+        self.count(); // a request with a reused nonce
+        DigestAuthCredentials::calculate_authorization(
+            &self.session,
+            host,
+            path,
+            method,
+            body,
+            response_headers,
         )
     }
 }

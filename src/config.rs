@@ -31,6 +31,12 @@ pub struct Config {
     /// The file it came from, for messages.
     pub source: PathBuf,
     pub database: PathBuf,
+    /// Failed-check rows and sent deliveries older than this are pruned daily.
+    pub retention: Duration,
+    /// How long shutdown (and reload) waits for running checks and sends.
+    pub shutdown_timeout: Duration,
+    /// Where `/metrics` and `/healthz` are served; off when `None`.
+    pub http_listen: Option<std::net::SocketAddr>,
     pub cloud_manager: CloudManager,
     pub poll: Poll,
     pub credentials: Vec<Arc<Credential>>,
@@ -151,6 +157,27 @@ impl Config {
             None => PathBuf::from(DEFAULT_DATABASE),
         };
 
+        let retention = match &raw.retention {
+            Some(r) if r.get_ref().0 < Duration::from_secs(86_400) => {
+                return Err(loc.error(r.span().start, "retention", "must be at least 1d".into()));
+            }
+            Some(r) => r.get_ref().0,
+            None => Duration::from_secs(90 * 86_400),
+        };
+        let http_listen = match &raw.http {
+            None => None,
+            Some(h) => Some(h.listen.get_ref().parse().map_err(|_| {
+                loc.error(
+                    h.listen.span().start,
+                    "http.listen",
+                    format!(
+                        "\"{}\" is not an address:port such as 127.0.0.1:9187",
+                        h.listen.get_ref()
+                    ),
+                )
+            })?),
+        };
+
         let cm = raw.cloud_manager;
         let base_url = match &cm.base_url {
             Some(u) => parse_base_url(u, loc)?,
@@ -257,6 +284,11 @@ impl Config {
         Ok(Config {
             source: loc.file.to_owned(),
             database,
+            retention,
+            shutdown_timeout: raw
+                .shutdown_timeout
+                .map_or(Duration::from_secs(10), |d| d.0),
+            http_listen,
             cloud_manager,
             poll,
             credentials,

@@ -1,10 +1,13 @@
 //! The daemon: wires config, client, store, scheduler and dispatcher together. `check_org` is
-//! one step (what the scheduler, `linkwatch once` and the tests call); `run` is the loop.
+//! one step (what the scheduler, `linkwatch once` and the tests call); `run` is the loop, with
+//! reload (a new config, same database) and a bounded shutdown.
 
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use chrono::Utc;
+use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
@@ -13,16 +16,21 @@ use crate::client::{self, CheckOutcome, Client};
 use crate::config::{Config, Org};
 use crate::detect::{self, Event, Policy};
 use crate::dispatch::Dispatcher;
-use crate::scheduler;
+use crate::http;
+use crate::metrics::Metrics;
+use crate::scheduler::{self, Heartbeat};
+use crate::service;
 use crate::store::{CheckRecord, Store};
 
-/// Everything a check needs, built once from a config.
+/// Everything a check needs, built from one config. A reload builds a new `App` around the same
+/// store and metrics.
 #[derive(Debug)]
 pub struct App {
     pub config: Config,
     pub store: Store,
     pub client: Client,
     pub dispatcher: Dispatcher,
+    pub metrics: Arc<Metrics>,
 }
 
 /// What one check saw and caused.
@@ -33,19 +41,30 @@ pub struct CheckReport {
 }
 
 impl App {
+    /// Opens the config's database and builds everything else.
     pub async fn new(config: Config, console: ConsoleSink) -> anyhow::Result<App> {
         let store = Store::open(&config.database).await?;
+        App::with_store(config, store, Arc::new(Metrics::default()), console)
+    }
+
+    pub fn with_store(
+        config: Config,
+        store: Store,
+        metrics: Arc<Metrics>,
+        console: ConsoleSink,
+    ) -> anyhow::Result<App> {
         let client = Client::new(
             client::Settings::from_config(&config.cloud_manager, &config.poll),
             &config.credentials,
         )
         .context("cannot build the HTTP client")?;
-        let dispatcher = Dispatcher::new(&config, &console)?;
+        let dispatcher = Dispatcher::new(&config, &console, metrics.clone())?;
         Ok(App {
             config,
             store,
             client,
             dispatcher,
+            metrics,
         })
     }
 
@@ -60,7 +79,9 @@ impl App {
 /// Checks one org now: asks Cloud Manager, decides events, records everything in one
 /// transaction, then wakes the channels that have something to send.
 pub async fn check_org(app: &App, org: &Org) -> anyhow::Result<CheckReport> {
-    let outcome = app.client.check(&org.id, &org.credential).await;
+    let started = Instant::now();
+    let (outcome, requests) = app.client.check_counted(&org.id, &org.credential).await;
+    let took = started.elapsed();
     let state = app.store.load_state(&org.id).await?;
     let now = Utc::now();
     let (next, mut events) = detect::detect(&state, &outcome, now, app.policy());
@@ -95,13 +116,20 @@ pub async fn check_org(app: &App, org: &Org) -> anyhow::Result<CheckReport> {
         .await
         .with_context(|| format!("cannot record the check of org {}", org.name))?;
 
-    match &outcome {
-        Ok(status) => tracing::debug!(org = %org.name, %status, "checked"),
-        Err(f) => {
-            tracing::warn!(org = %org.name, failures = next.consecutive_failures, "check failed: {}", f.explain())
+    let outcome_label = match &outcome {
+        Ok(status) => {
+            tracing::debug!(org = %org.name, %status, requests, "checked");
+            "ok"
         }
-    }
+        Err(f) => {
+            tracing::warn!(org = %org.name, failures = next.consecutive_failures, "check failed: {}", f.explain());
+            f.class.as_str()
+        }
+    };
+    app.metrics
+        .check(org.id.as_str(), &org.name, outcome_label, took, requests);
     for e in &events {
+        app.metrics.event(e.kind());
         tracing::info!(org = %org.name, org_id = %org.id, event = e.kind(), "{}", serde_json::to_string(e).unwrap_or_default());
     }
     let channels: Vec<String> = routed.into_iter().flat_map(|(_, c)| c).collect();
@@ -109,57 +137,274 @@ pub async fn check_org(app: &App, org: &Org) -> anyhow::Result<CheckReport> {
     Ok(CheckReport { outcome, events })
 }
 
-/// Runs the daemon until `shutdown` is cancelled: checks on schedule, delivers events.
-pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
-    let app = Arc::new(App::new(config, ConsoleSink::Stdout).await?);
-    run_app(app, shutdown).await
+/// How `run` is driven, beyond the config.
+#[derive(Default)]
+pub struct Options {
+    /// Where the console channel writes.
+    pub console: ConsoleSink,
+    /// Each message asks for a reload (SIGHUP).
+    pub reload: Option<mpsc::Receiver<()>>,
+    /// Reads the config again for a reload.
+    pub loader: Option<Box<dyn Fn() -> anyhow::Result<Config> + Send + Sync>>,
 }
 
-/// [`run`] with an `App` the caller built (tests choose the console sink).
+/// Runs the daemon until `shutdown` is cancelled: checks on schedule, delivers events.
+pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
+    run_with(config, shutdown, Options::default()).await
+}
+
+/// [`run`] with a `App` the caller built (tests choose the console sink); no reload.
 pub async fn run_app(app: Arc<App>, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let store = app.store.clone();
+    let result = serve(app, shutdown, None, None).await;
+    store.close().await;
+    result
+}
+
+pub async fn run_with(
+    config: Config,
+    shutdown: CancellationToken,
+    mut options: Options,
+) -> anyhow::Result<()> {
+    let store = Store::open(&config.database).await?;
+    let app = Arc::new(App::with_store(
+        config,
+        store.clone(),
+        Arc::new(Metrics::default()),
+        options.console.clone(),
+    )?);
+    let reload = options.reload.take().zip(options.loader.take());
+    let result = serve(app, shutdown, reload, Some(options.console)).await;
+    store.close().await;
+    result
+}
+
+type Reload = (
+    mpsc::Receiver<()>,
+    Box<dyn Fn() -> anyhow::Result<Config> + Send + Sync>,
+);
+
+async fn serve(
+    mut app: Arc<App>,
+    shutdown: CancellationToken,
+    mut reload: Option<Reload>,
+    console: Option<ConsoleSink>,
+) -> anyhow::Result<()> {
+    let heartbeat = Heartbeat::default();
+    let shared = http::Shared {
+        store: app.store.clone(),
+        metrics: app.metrics.clone(),
+        heartbeat: heartbeat.clone(),
+    };
+    let services_stop = CancellationToken::new();
+    let http_task = match app.config.http_listen {
+        Some(addr) => Some(http::serve(addr, shared.clone(), services_stop.clone()).await?),
+        None => None,
+    };
+    let watchdog = service::spawn_watchdog(shared, services_stop.clone());
+    let housekeeping = tokio::spawn(retention(
+        app.store.clone(),
+        app.config.retention,
+        services_stop.clone(),
+    ));
+
     tracing::info!(
         orgs = app.config.orgs.len(),
         channels = app.config.channels.len(),
         database = %app.config.database.display(),
         "linkwatch running"
     );
-    let mut workers = JoinSet::new();
-    let dispatch_stop = CancellationToken::new();
-    app.dispatcher
-        .spawn(app.store.clone(), dispatch_stop.clone(), &mut workers);
-
-    let schedules = app
-        .config
-        .orgs
-        .iter()
-        .map(|o| (o.id.clone(), o.schedule.clone()))
-        .collect();
-    let check = {
-        let app = app.clone();
-        move |i: usize| {
-            let app = app.clone();
-            async move {
-                let org = &app.config.orgs[i];
-                match check_org(&app, org).await {
-                    Ok(report) => report.outcome.err().and_then(|f| f.retry_after),
-                    Err(e) => {
-                        tracing::error!(org = %org.name, "{e:#}");
-                        None
+    service::ready();
+    loop {
+        let generation = Generation::start(app.clone(), heartbeat.clone());
+        let next = loop {
+            let asked = async {
+                match reload.as_mut() {
+                    Some((rx, _)) => rx.recv().await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                _ = shutdown.cancelled() => break None,
+                Some(()) = asked => {
+                    let (_, loader) = reload.as_ref().expect("a reload was asked for, so there is a loader");
+                    match rebuild(&app, loader(), console.clone().unwrap_or_default()) {
+                        Ok(new) => break Some(new),
+                        Err(e) => tracing::error!("reload rejected, still running the previous config: {e:#}"),
                     }
                 }
             }
+        };
+        match next {
+            None => {
+                service::stopping();
+                tracing::info!(
+                    "stopping: waiting up to {:?} for running checks and sends",
+                    app.config.shutdown_timeout
+                );
+                generation.stop(&app, true).await;
+                break;
+            }
+            Some(new) => {
+                service::reloading();
+                generation.stop(&app, false).await;
+                tracing::info!(
+                    orgs = new.config.orgs.len(),
+                    channels = new.config.channels.len(),
+                    "config reloaded"
+                );
+                app = Arc::new(new);
+                service::ready();
+            }
         }
-    };
-    scheduler::run(schedules, app.config.poll.concurrency, check, shutdown).await;
-
-    // Checks have finished; let the workers send what those checks produced, then stop them.
-    // Anything still pending stays in the outbox and goes out after the next start.
-    if let Err(e) = app.dispatcher.dispatch_all_due(&app.store).await {
-        tracing::warn!("final dispatch: {e:#}");
     }
-    dispatch_stop.cancel();
-    while workers.join_next().await.is_some() {}
-    app.store.close().await;
+    services_stop.cancel();
+    for task in [Some(housekeeping), http_task, watchdog]
+        .into_iter()
+        .flatten()
+    {
+        let _ = task.await;
+    }
     tracing::info!("linkwatch stopped");
     Ok(())
+}
+
+/// A new `App` for `loaded`, around the running one's store and metrics.
+fn rebuild(
+    current: &App,
+    loaded: anyhow::Result<Config>,
+    console: ConsoleSink,
+) -> anyhow::Result<App> {
+    let config = loaded?;
+    if config.database != current.config.database {
+        anyhow::bail!(
+            "the database moved from {} to {}; that needs a restart",
+            current.config.database.display(),
+            config.database.display()
+        );
+    }
+    if config.http_listen != current.config.http_listen {
+        tracing::warn!("[http] listen changed; it takes effect at the next restart");
+    }
+    let gone: Vec<&str> = current
+        .config
+        .channels
+        .iter()
+        .filter(|c| !config.channels.iter().any(|n| n.name == c.name))
+        .map(|c| c.name.as_str())
+        .collect();
+    if !gone.is_empty() {
+        tracing::warn!(
+            "channels removed: {}; their pending deliveries wait until a channel of that name returns",
+            gone.join(", ")
+        );
+    }
+    App::with_store(
+        config,
+        current.store.clone(),
+        current.metrics.clone(),
+        console,
+    )
+}
+
+/// The scheduler and channel workers of one config.
+struct Generation {
+    checks_stop: CancellationToken,
+    scheduler: tokio::task::JoinHandle<()>,
+    sends_stop: CancellationToken,
+    workers: JoinSet<()>,
+}
+
+impl Generation {
+    fn start(app: Arc<App>, heartbeat: Heartbeat) -> Generation {
+        let checks_stop = CancellationToken::new();
+        let sends_stop = CancellationToken::new();
+        let mut workers = JoinSet::new();
+        app.dispatcher
+            .spawn(app.store.clone(), sends_stop.clone(), &mut workers);
+        let schedules = app
+            .config
+            .orgs
+            .iter()
+            .map(|o| (o.id.clone(), o.schedule.clone()))
+            .collect();
+        let check = {
+            let app = app.clone();
+            move |i: usize| {
+                let app = app.clone();
+                async move {
+                    let org = &app.config.orgs[i];
+                    match check_org(&app, org).await {
+                        Ok(report) => report.outcome.err().and_then(|f| f.retry_after),
+                        Err(e) => {
+                            tracing::error!(org = %org.name, "{e:#}");
+                            None
+                        }
+                    }
+                }
+            }
+        };
+        let scheduler = tokio::spawn(scheduler::run(
+            schedules,
+            app.config.poll.concurrency,
+            check,
+            heartbeat,
+            checks_stop.clone(),
+            app.config.shutdown_timeout,
+        ));
+        Generation {
+            checks_stop,
+            scheduler,
+            sends_stop,
+            workers,
+        }
+    }
+
+    /// Stops scheduling, lets running checks finish, then the channel workers; all within the
+    /// config's `shutdown_timeout`. On shutdown (`last`), what the last checks produced is sent
+    /// if there is time; anything still pending goes out after the next start.
+    async fn stop(mut self, app: &App, last: bool) {
+        let deadline = tokio::time::Instant::now() + app.config.shutdown_timeout;
+        self.checks_stop.cancel();
+        let _ = self.scheduler.await;
+        // Workers finish the send they are in; none starts another.
+        self.sends_stop.cancel();
+        let drain = async { while self.workers.join_next().await.is_some() {} };
+        if tokio::time::timeout_at(deadline, drain).await.is_err() {
+            tracing::warn!(
+                "a send was still running at the shutdown deadline; it stays pending and is retried after the next start"
+            );
+            self.workers.abort_all();
+            return;
+        }
+        if last {
+            // The workers are gone, so this cannot send a row twice.
+            let flush = app.dispatcher.dispatch_all_due(&app.store);
+            match tokio::time::timeout_at(deadline, flush).await {
+                Ok(Err(e)) => tracing::warn!("final delivery: {e:#}"),
+                Err(_) => tracing::warn!(
+                    "shutdown deadline reached; undelivered events stay pending for the next start"
+                ),
+                Ok(Ok(_)) => {}
+            }
+        }
+    }
+}
+
+/// Prunes old failed checks and sent deliveries at start and then daily.
+async fn retention(store: Store, keep: Duration, stop: CancellationToken) {
+    loop {
+        let before = Utc::now() - chrono::Duration::from_std(keep).unwrap_or(chrono::Duration::MAX);
+        match store.prune(before).await {
+            Ok((0, 0)) => {}
+            Ok((failures, deliveries)) => {
+                tracing::info!(failures, deliveries, "pruned rows older than the retention")
+            }
+            Err(e) => tracing::warn!("retention: {e:#}"),
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(Duration::from_secs(86_400)) => {}
+        }
+    }
 }

@@ -13,6 +13,7 @@ use crate::channels::{Channel, ConsoleSink, SendError};
 use crate::config::{Config, EventKind, OrgId, Route};
 use crate::detect::{Event, ReminderRule};
 use crate::message::{self, Message};
+use crate::metrics::Metrics;
 use crate::retry::RetryPolicy;
 use crate::store::Store;
 
@@ -112,10 +113,15 @@ pub struct Dispatcher {
     outlets: Vec<Arc<Outlet>>,
     pub router: Router,
     policy: RetryPolicy,
+    metrics: Arc<Metrics>,
 }
 
 impl Dispatcher {
-    pub fn new(config: &Config, console: &ConsoleSink) -> anyhow::Result<Dispatcher> {
+    pub fn new(
+        config: &Config,
+        console: &ConsoleSink,
+        metrics: Arc<Metrics>,
+    ) -> anyhow::Result<Dispatcher> {
         let http = reqwest::Client::builder()
             .user_agent(concat!("linkwatch/", env!("CARGO_PKG_VERSION")))
             .connect_timeout(Duration::from_secs(5))
@@ -132,6 +138,7 @@ impl Dispatcher {
             outlets,
             router: Router::new(config),
             policy: RetryPolicy::default(),
+            metrics,
         })
     }
 
@@ -150,7 +157,7 @@ impl Dispatcher {
     pub async fn dispatch_all_due(&self, store: &Store) -> anyhow::Result<usize> {
         let mut n = 0;
         for o in &self.outlets {
-            n += dispatch_due(store, o, &self.policy, Utc::now()).await?;
+            n += dispatch_due(store, o, &self.policy, &self.metrics, Utc::now()).await?;
         }
         Ok(n)
     }
@@ -163,6 +170,7 @@ impl Dispatcher {
                 store.clone(),
                 o.clone(),
                 self.policy,
+                self.metrics.clone(),
                 shutdown.clone(),
             ));
         }
@@ -174,6 +182,7 @@ pub async fn dispatch_due(
     store: &Store,
     outlet: &Outlet,
     policy: &RetryPolicy,
+    metrics: &Metrics,
     now: DateTime<Utc>,
 ) -> anyhow::Result<usize> {
     let due = store
@@ -187,11 +196,13 @@ pub async fn dispatch_due(
     match outlet.channel.send(&messages).await {
         Ok(()) => {
             store.mark_sent(&ids, Utc::now()).await?;
+            metrics.delivery(&outlet.name, "sent", ids.len() as u64);
             tracing::debug!(channel = %outlet.name, deliveries = ids.len(), "delivered");
         }
         Err(SendError::Permanent(error)) => {
             tracing::error!(channel = %outlet.name, deliveries = ids.len(), %error, "delivery refused; not retrying");
             store.mark_attempt_failed(&ids, &error, None).await?;
+            metrics.delivery(&outlet.name, "failed", ids.len() as u64);
         }
         Err(SendError::Transient { error, retry_after }) => {
             // The batch is retried together, on the schedule of its oldest row, so that order
@@ -216,10 +227,12 @@ pub async fn dispatch_due(
             if !expired.is_empty() {
                 tracing::error!(channel = %outlet.name, deliveries = expired.len(), %error, "delivery given up after the maximum age");
                 store.mark_attempt_failed(&expired, &error, None).await?;
+                metrics.delivery(&outlet.name, "failed", expired.len() as u64);
             }
             if !retry.is_empty() {
                 tracing::warn!(channel = %outlet.name, deliveries = retry.len(), %error, "delivery failed; will retry");
                 store.mark_attempt_failed(&retry, &error, next).await?;
+                metrics.delivery(&outlet.name, "retry", retry.len() as u64);
             }
         }
     }
@@ -230,11 +243,20 @@ async fn worker(
     store: Store,
     outlet: Arc<Outlet>,
     policy: RetryPolicy,
+    metrics: Arc<Metrics>,
     shutdown: CancellationToken,
 ) {
     loop {
-        let wait = match dispatch_due(&store, &outlet, &policy, Utc::now()).await {
-            Ok(n) if n > 0 => Duration::ZERO,
+        let wait = match dispatch_due(&store, &outlet, &policy, &metrics, Utc::now()).await {
+            // Pacing: what falls due meanwhile goes out together, as one digest, after the pause,
+            // which a new event does not cut short.
+            Ok(n) if n > 0 => {
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = tokio::time::sleep(outlet.channel.min_interval()) => {}
+                }
+                continue;
+            }
             Ok(_) => match store.next_due(&outlet.name).await {
                 Ok(Some(t)) => (t - Utc::now())
                     .to_std()

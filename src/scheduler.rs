@@ -51,20 +51,47 @@ fn stable_hash(s: &str) -> u64 {
     })
 }
 
-/// How long shutdown waits for checks that are already running.
-pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+/// The loop wakes at least this often, so that its heartbeat says it is alive.
+const MAX_SLEEP: Duration = Duration::from_secs(5);
+
+/// When the scheduler loop last ran (Unix milliseconds); `/healthz` and the systemd watchdog
+/// read it.
+#[derive(Debug, Clone, Default)]
+pub struct Heartbeat(Arc<std::sync::atomic::AtomicI64>);
+
+impl Heartbeat {
+    fn beat(&self) {
+        self.0.store(
+            Utc::now().timestamp_millis(),
+            std::sync::atomic::Ordering::Relaxed,
+        );
+    }
+
+    /// How long ago the loop last ran; `None` before it first ran.
+    pub fn age(&self) -> Option<Duration> {
+        match self.0.load(std::sync::atomic::Ordering::Relaxed) {
+            0 => None,
+            ms => Some(Duration::from_millis(
+                (Utc::now().timestamp_millis() - ms).max(0) as u64,
+            )),
+        }
+    }
+}
 
 /// What a finished check tells the scheduler: wait at least this long before the next one
 /// (the server's `Retry-After`).
 pub type NotBefore = Option<Duration>;
 
 /// Runs `check(i)` for each of `schedules` on its schedule until `shutdown`, with at most
-/// `concurrency` checks at once. Returns when the checks that were running have finished.
+/// `concurrency` checks at once. Returns when the checks that were running have finished, or
+/// after `grace`, abandoning them (an unfinished check has committed nothing).
 pub async fn run<F, Fut>(
     schedules: Vec<(OrgId, Schedule)>,
     concurrency: usize,
     check: F,
+    heartbeat: Heartbeat,
     shutdown: CancellationToken,
+    grace: Duration,
 ) where
     F: Fn(usize) -> Fut,
     Fut: Future<Output = NotBefore> + Send + 'static,
@@ -84,10 +111,12 @@ pub async fn run<F, Fut>(
     let mut tasks: JoinSet<(usize, NotBefore)> = JoinSet::new();
 
     loop {
+        heartbeat.beat();
         let sleep_for = heap
             .peek()
             .map(|Reverse((t, _))| (*t - Utc::now()).to_std().unwrap_or(Duration::ZERO))
-            .unwrap_or(Duration::from_secs(3600));
+            .unwrap_or(MAX_SLEEP)
+            .min(MAX_SLEEP);
         tokio::select! {
             _ = shutdown.cancelled() => break,
             Some(joined) = tasks.join_next() => {
@@ -134,11 +163,10 @@ pub async fn run<F, Fut>(
         }
     }
     // Let the checks already started finish (each is bounded by the poll timeout), but no longer
-    // than the grace period: an unfinished check has committed nothing, so abandoning it loses
-    // nothing.
+    // than the grace period.
     let drain = async { while tasks.join_next().await.is_some() {} };
-    if tokio::time::timeout(SHUTDOWN_GRACE, drain).await.is_err() {
-        tracing::warn!("checks still running after {SHUTDOWN_GRACE:?}; abandoning them");
+    if tokio::time::timeout(grace, drain).await.is_err() {
+        tracing::warn!("checks still running after {grace:?}; abandoning them");
         tasks.abort_all();
     }
 }
@@ -253,7 +281,15 @@ mod tests {
                 }
             }
         };
-        tokio::time::timeout(Duration::from_secs(30), run(schedules, 2, check, shutdown))
+        let run = run(
+            schedules,
+            2,
+            check,
+            Heartbeat::default(),
+            shutdown,
+            Duration::from_secs(10),
+        );
+        tokio::time::timeout(Duration::from_secs(30), run)
             .await
             .expect("the scheduler stops after shutdown");
         assert_eq!(peak.load(Ordering::SeqCst), 2);

@@ -112,6 +112,56 @@ impl Store {
         Ok(Store { pool })
     }
 
+    /// A real write, for health checks: fails when the database cannot take writes (read-only
+    /// file system, disk full, locked for longer than the busy timeout).
+    pub async fn probe_write(&self) -> anyhow::Result<()> {
+        sqlx::query("INSERT INTO meta (key, value) VALUES ('health_probe', ?1) ON CONFLICT (key) DO UPDATE SET value = ?1")
+            .bind(ts(Utc::now()))
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Deletes failed-check rows and sent deliveries older than `before`; status changes and
+    /// events stay. Returns (failed checks, deliveries) deleted.
+    pub async fn prune(&self, before: DateTime<Utc>) -> anyhow::Result<(u64, u64)> {
+        let before = ts(before);
+        let failures = sqlx::query("DELETE FROM check_failures WHERE checked_at < ?")
+            .bind(&before)
+            .execute(&self.pool)
+            .await?
+            .rows_affected();
+        let deliveries = sqlx::query("DELETE FROM outbox WHERE state = 'sent' AND sent_at < ?")
+            .bind(&before)
+            .execute(&self.pool)
+            .await?
+            .rows_affected();
+        Ok((failures, deliveries))
+    }
+
+    /// The gauges `/metrics` reads from the database.
+    pub async fn gauges(&self) -> anyhow::Result<crate::metrics::DbGauges> {
+        let statuses =
+            sqlx::query_as("SELECT org_id, org_name, status FROM current_status ORDER BY org_id")
+                .fetch_all(&self.pool)
+                .await?;
+        let outbox_depth = sqlx::query_as(
+            "SELECT channel, count(*) FROM outbox WHERE state = 'pending' GROUP BY channel ORDER BY channel",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        let oldest: Option<String> =
+            sqlx::query_scalar("SELECT min(created_at) FROM outbox WHERE state = 'pending'")
+                .fetch_one(&self.pool)
+                .await?;
+        Ok(crate::metrics::DbGauges {
+            statuses,
+            outbox_depth,
+            oldest_pending_s: parse_ts(oldest)
+                .map(|t| (Utc::now() - t).num_milliseconds() as f64 / 1000.0),
+        })
+    }
+
     pub async fn close(&self) {
         self.pool.close().await;
     }

@@ -24,6 +24,9 @@ pub fn parse(text: &str) -> Result<Config, (String, toml::de::Error)> {
 #[serde(deny_unknown_fields)]
 pub struct Config {
     pub database: Option<Spanned<String>>,
+    pub retention: Option<Spanned<HumanDuration>>,
+    pub shutdown_timeout: Option<HumanDuration>,
+    pub http: Option<Http>,
     #[serde(default)]
     pub cloud_manager: CloudManager,
     pub poll: Option<Poll>,
@@ -33,6 +36,12 @@ pub struct Config {
     pub channels: Vec<Channel>,
     #[serde(default, rename = "route")]
     pub routes: Vec<Route>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Http {
+    pub listen: Spanned<String>,
 }
 
 #[derive(Deserialize, Default)]

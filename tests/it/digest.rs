@@ -17,6 +17,17 @@ async fn nonce_reuse_keeps_checks_at_about_one_request() {
     assert!(requests <= 22, "20 checks cost {requests} requests");
     assert_eq!(t.sim.counters().authorized.load(Ordering::SeqCst), 20);
     assert_eq!(t.sim.counters().challenges.load(Ordering::SeqCst), 1);
+    // linkwatch counts the same requests the server saw.
+    let (outcome, counted) = t
+        .app
+        .client
+        .check_counted(
+            &linkwatch::config::OrgId::parse(ORG_A).unwrap(),
+            &t.app.config.credentials[0],
+        )
+        .await;
+    assert!(outcome.is_ok());
+    assert_eq!((counted, t.sim.requests()), (1, requests + 1));
 }
 
 #[tokio::test]
@@ -25,7 +36,20 @@ async fn a_stale_nonce_is_recovered_within_the_check() {
     t.check(ORG_A).await;
     t.sim.expire_nonces();
     let before = t.sim.requests();
-    assert_eq!(t.check(ORG_A).await.outcome, Ok("NOT_SYNCED".into()));
+    let (outcome, counted) = t
+        .app
+        .client
+        .check_counted(
+            &linkwatch::config::OrgId::parse(ORG_A).unwrap(),
+            &t.app.config.credentials[0],
+        )
+        .await;
+    assert_eq!(outcome, Ok("NOT_SYNCED".into()));
+    assert_eq!(
+        counted,
+        t.sim.requests() - before,
+        "linkwatch's count matches the server's"
+    );
     assert_eq!(t.sim.counters().stale.load(Ordering::SeqCst), 1);
     assert!(t.sim.requests() - before <= 3);
     let current = t.app.store.current().await.unwrap();

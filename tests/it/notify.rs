@@ -532,3 +532,40 @@ async fn a_retry_keeps_the_channel_in_event_order() {
     assert!(a < b, "{body}");
     assert!(deliveries(&t).await.iter().all(|d| d.3 == "sent"));
 }
+
+#[tokio::test]
+async fn slack_is_paced_to_about_one_message_a_second() {
+    let rx = Receiver::start().await;
+    let t = spawn_app_with(Setup {
+        channels: slack("ops", &rx.url("/hook")),
+        ..Setup::default()
+    })
+    .await;
+    deliver_until(&t, "three paced posts", || async {
+        // Each check adds one event right after the previous post: the worker must still pause.
+        let n = rx.received().len();
+        match n {
+            0 if t.event_kinds(ORG_A).await.is_empty() => {
+                t.check(ORG_A).await;
+            }
+            1 if t.event_kinds(ORG_B).await.is_empty() => {
+                t.check(ORG_B).await;
+            }
+            2 if t.event_kinds(ORG_A).await.len() == 1 => {
+                t.sim.set(ORG_A, Behavior::status("SYNCED"));
+                t.check(ORG_A).await;
+            }
+            _ => {}
+        }
+        rx.received().len() == 3
+    })
+    .await;
+    let got = rx.received();
+    for pair in got.windows(2) {
+        assert!(
+            pair[1].at - pair[0].at >= Duration::from_secs(1),
+            "{:?}",
+            pair[1].at - pair[0].at
+        );
+    }
+}

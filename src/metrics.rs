@@ -1,0 +1,211 @@
+//! Counters kept in the process and the Prometheus text exposition (format 0.0.4) of them plus
+//! the gauges read from the database at scrape time (status per org, outbox depth and age), so
+//! that the gauges are right after a restart and a reload without any bookkeeping.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+/// Upper bounds of the check latency histogram, in seconds.
+const BUCKETS: [f64; 11] = [0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0];
+
+#[derive(Debug, Default)]
+pub struct Metrics {
+    /// (org_id, org_name, outcome) -> count; outcome is `ok` or a failure class.
+    checks: Mutex<BTreeMap<(String, String, String), u64>>,
+    latency_buckets: [AtomicU64; BUCKETS.len()],
+    latency_count: AtomicU64,
+    latency_sum_us: AtomicU64,
+    requests: AtomicU64,
+    events: Mutex<BTreeMap<String, u64>>,
+    /// (channel, outcome) -> count; outcome is sent, retry or failed.
+    deliveries: Mutex<BTreeMap<(String, String), u64>>,
+}
+
+/// What the database says at scrape time.
+#[derive(Debug, Default)]
+pub struct DbGauges {
+    /// (org_id, org_name, status)
+    pub statuses: Vec<(String, String, Option<String>)>,
+    /// channel -> pending rows
+    pub outbox_depth: Vec<(String, i64)>,
+    /// Age of the oldest pending delivery, in seconds.
+    pub oldest_pending_s: Option<f64>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Metrics {
+    pub fn check(
+        &self,
+        org_id: &str,
+        org_name: &str,
+        outcome: &str,
+        took: Duration,
+        requests: u64,
+    ) {
+        *lock(&self.checks)
+            .entry((org_id.to_owned(), org_name.to_owned(), outcome.to_owned()))
+            .or_default() += 1;
+        let secs = took.as_secs_f64();
+        for (i, bound) in BUCKETS.iter().enumerate() {
+            if secs <= *bound {
+                self.latency_buckets[i].fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        self.latency_count.fetch_add(1, Ordering::Relaxed);
+        self.latency_sum_us
+            .fetch_add(took.as_micros() as u64, Ordering::Relaxed);
+        self.requests.fetch_add(requests, Ordering::Relaxed);
+    }
+
+    pub fn event(&self, kind: &str) {
+        *lock(&self.events).entry(kind.to_owned()).or_default() += 1;
+    }
+
+    pub fn delivery(&self, channel: &str, outcome: &str, n: u64) {
+        *lock(&self.deliveries)
+            .entry((channel.to_owned(), outcome.to_owned()))
+            .or_default() += n;
+    }
+
+    /// Requests sent to Cloud Manager so far.
+    pub fn requests(&self) -> u64 {
+        self.requests.load(Ordering::Relaxed)
+    }
+
+    pub fn render(&self, db: &DbGauges) -> String {
+        let mut out = String::new();
+        let w = &mut out;
+        header(
+            w,
+            "linkwatch_checks_total",
+            "counter",
+            "Status checks, by org and outcome (ok or the failure class).",
+        );
+        for ((id, name, outcome), n) in lock(&self.checks).iter() {
+            let _ = writeln!(
+                w,
+                "linkwatch_checks_total{{org_id=\"{}\",org_name=\"{}\",outcome=\"{}\"}} {n}",
+                esc(id),
+                esc(name),
+                esc(outcome)
+            );
+        }
+        header(
+            w,
+            "linkwatch_check_duration_seconds",
+            "histogram",
+            "How long one status check took, authentication included.",
+        );
+        for (i, bound) in BUCKETS.iter().enumerate() {
+            let _ = writeln!(
+                w,
+                "linkwatch_check_duration_seconds_bucket{{le=\"{bound}\"}} {}",
+                self.latency_buckets[i].load(Ordering::Relaxed)
+            );
+        }
+        let count = self.latency_count.load(Ordering::Relaxed);
+        let _ = writeln!(
+            w,
+            "linkwatch_check_duration_seconds_bucket{{le=\"+Inf\"}} {count}"
+        );
+        let _ = writeln!(
+            w,
+            "linkwatch_check_duration_seconds_sum {}",
+            self.latency_sum_us.load(Ordering::Relaxed) as f64 / 1e6
+        );
+        let _ = writeln!(w, "linkwatch_check_duration_seconds_count {count}");
+        header(
+            w,
+            "linkwatch_cloud_manager_requests_total",
+            "counter",
+            "HTTP requests sent to Cloud Manager (Digest challenges included).",
+        );
+        let _ = writeln!(
+            w,
+            "linkwatch_cloud_manager_requests_total {}",
+            self.requests()
+        );
+        header(
+            w,
+            "linkwatch_events_total",
+            "counter",
+            "Events recorded, by kind.",
+        );
+        for (kind, n) in lock(&self.events).iter() {
+            let _ = writeln!(w, "linkwatch_events_total{{kind=\"{}\"}} {n}", esc(kind));
+        }
+        header(
+            w,
+            "linkwatch_deliveries_total",
+            "counter",
+            "Delivery attempts, by channel and outcome (sent, retry, failed).",
+        );
+        for ((channel, outcome), n) in lock(&self.deliveries).iter() {
+            let _ = writeln!(
+                w,
+                "linkwatch_deliveries_total{{channel=\"{}\",outcome=\"{}\"}} {n}",
+                esc(channel),
+                esc(outcome)
+            );
+        }
+        header(
+            w,
+            "linkwatch_org_status",
+            "gauge",
+            "1 for each org's current confirmed status.",
+        );
+        for (id, name, status) in &db.statuses {
+            if let Some(status) = status {
+                let _ = writeln!(
+                    w,
+                    "linkwatch_org_status{{org_id=\"{}\",org_name=\"{}\",status=\"{}\"}} 1",
+                    esc(id),
+                    esc(name),
+                    esc(status)
+                );
+            }
+        }
+        header(
+            w,
+            "linkwatch_outbox_pending",
+            "gauge",
+            "Deliveries waiting to be sent, by channel.",
+        );
+        for (channel, n) in &db.outbox_depth {
+            let _ = writeln!(
+                w,
+                "linkwatch_outbox_pending{{channel=\"{}\"}} {n}",
+                esc(channel)
+            );
+        }
+        header(
+            w,
+            "linkwatch_outbox_oldest_pending_seconds",
+            "gauge",
+            "Age of the oldest pending delivery (0 when none).",
+        );
+        let _ = writeln!(
+            w,
+            "linkwatch_outbox_oldest_pending_seconds {}",
+            db.oldest_pending_s.unwrap_or(0.0)
+        );
+        out
+    }
+}
+
+fn header(w: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(w, "# HELP {name} {help}\n# TYPE {name} {kind}");
+}
+
+/// Label values escape backslash, quote and newline.
+fn esc(s: &str) -> String {
+    s.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
