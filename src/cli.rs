@@ -74,6 +74,12 @@ pub enum Command {
         #[arg(long)]
         channel: String,
     },
+    /// Serve the demo's simulated Cloud Manager on its own (for docker compose and trials).
+    Simulate {
+        /// Address and port to listen on.
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: std::net::SocketAddr,
+    },
     /// Run the real daemon against a built-in simulated Cloud Manager and watch links change.
     Demo {
         /// How long to run.
@@ -130,6 +136,27 @@ pub fn init_tracing(cli: &Cli) {
     }
 }
 
+/// A message on the returned channel for every SIGHUP (`systemctl reload`).
+pub fn reload_on_sighup() -> tokio::sync::mpsc::Receiver<()> {
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    #[cfg(unix)]
+    tokio::spawn(async move {
+        use tokio::signal::unix::{SignalKind, signal};
+        let Ok(mut hup) = signal(SignalKind::hangup()) else {
+            tracing::warn!("cannot listen for SIGHUP; reload needs a restart");
+            return;
+        };
+        while hup.recv().await.is_some() {
+            tracing::info!("SIGHUP received, reloading the config");
+            // A reload already queued covers this one too.
+            let _ = tx.try_send(());
+        }
+    });
+    #[cfg(not(unix))]
+    drop(tx);
+    rx
+}
+
 /// Cancels the returned token on SIGINT or SIGTERM.
 pub fn shutdown_on_signals() -> CancellationToken {
     let token = CancellationToken::new();
@@ -166,7 +193,23 @@ pub async fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
     match &cli.command {
         Command::Run => {
             let config = cli.load_config()?;
-            daemon::run(config, shutdown_on_signals()).await?;
+            let (path, database) = (cli.config_path(), cli.database.clone());
+            let options = daemon::Options {
+                reload: Some(reload_on_sighup()),
+                loader: Some(Box::new(move || {
+                    let mut config = Config::load(&path)?;
+                    if let Some(db) = &database {
+                        config.database = db.clone();
+                    }
+                    Ok(config)
+                })),
+                ..daemon::Options::default()
+            };
+            daemon::run_with(config, shutdown_on_signals(), options).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Simulate { listen } => {
+            demo::simulate(*listen, shutdown_on_signals()).await?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Check => check(&cli.load_config()?),

@@ -59,6 +59,59 @@ fn timeline() -> Vec<DemoOrg> {
     ]
 }
 
+/// The API key the simulator accepts when run on its own (`linkwatch simulate`). It guards
+/// nothing real: the simulator serves made-up orgs.
+pub const SIMULATE_PUBLIC_KEY: &str = "sim-public-key";
+pub const SIMULATE_PRIVATE_KEY: &str = "sim-private-key";
+
+/// `linkwatch simulate`: the demo's orgs, on a loop of ten minutes, until `shutdown`.
+pub async fn simulate(
+    listen: std::net::SocketAddr,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let sim = Simulator::start(listen, simulator::Options::default())
+        .await
+        .with_context(|| format!("cannot listen on {listen}"))?;
+    sim.add_api_key(SIMULATE_PUBLIC_KEY, SIMULATE_PRIVATE_KEY);
+    let cycle = Duration::from_secs(600);
+    let orgs = timeline();
+    let script_from = |start: Duration| {
+        for (id, _, script) in &orgs {
+            sim.script(
+                id,
+                script
+                    .iter()
+                    .map(|(f, b)| (start + cycle.mul_f64(*f), b.clone()))
+                    .collect(),
+            );
+        }
+    };
+    script_from(Duration::ZERO);
+    println!(
+        "simulated Cloud Manager at {} (HTTP Digest, realm \"{}\")",
+        sim.base_url(),
+        simulator::REALM
+    );
+    println!(
+        "  API key: public_key = \"{SIMULATE_PUBLIC_KEY}\", private_key = \"{SIMULATE_PRIVATE_KEY}\""
+    );
+    for (id, name, _) in &orgs {
+        println!("  org {id}  {name}");
+    }
+    let mut round = 1u32;
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            _ = tokio::time::sleep(cycle) => {
+                script_from(cycle * round);
+                round += 1;
+            }
+        }
+    }
+    sim.stop().await;
+    Ok(())
+}
+
 pub async fn run(
     duration: Duration,
     every: Duration,

@@ -115,11 +115,16 @@ impl Store {
     /// A real write, for health checks: fails when the database cannot take writes (read-only
     /// file system, disk full, locked for longer than the busy timeout).
     pub async fn probe_write(&self) -> anyhow::Result<()> {
-        sqlx::query("INSERT INTO meta (key, value) VALUES ('health_probe', ?1) ON CONFLICT (key) DO UPDATE SET value = ?1")
-            .bind(ts(Utc::now()))
-            .execute(&self.pool)
-            .await?;
-        Ok(())
+        let write = sqlx::query(
+            "INSERT INTO meta (key, value) VALUES ('health_probe', ?1) ON CONFLICT (key) DO UPDATE SET value = ?1",
+        )
+        .bind(ts(Utc::now()))
+        .execute(&self.pool);
+        // A health check must answer quickly; a write that waits this long is a problem too.
+        match tokio::time::timeout(Duration::from_secs(2), write).await {
+            Ok(result) => result.map(|_| ()).map_err(Into::into),
+            Err(_) => anyhow::bail!("a write did not complete within 2s (database locked?)"),
+        }
     }
 
     /// Deletes failed-check rows and sent deliveries older than `before`; status changes and

@@ -75,6 +75,18 @@ fn the_example_file_parses() {
 }
 
 #[test]
+fn the_compose_config_parses_and_matches_the_simulator() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/compose.toml");
+    let config = Config::load(&path).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(config.orgs.len(), 4);
+    assert!(
+        matches!(&*config.credentials[0], Credential::ApiKey { public_key, private_key }
+        if public_key == crate::demo::SIMULATE_PUBLIC_KEY && private_key.expose() == crate::demo::SIMULATE_PRIVATE_KEY)
+    );
+    assert_eq!(config.http_listen, Some("0.0.0.0:9187".parse().unwrap()));
+}
+
+#[test]
 fn defaults() {
     let c = parse(MINIMAL).unwrap();
     assert_eq!(
@@ -91,6 +103,9 @@ fn defaults() {
     assert_eq!(c.poll.failures_before_alert, 3);
     assert_eq!(c.poll.confirm_checks, 1);
     assert_eq!(c.database, Path::new(DEFAULT_DATABASE));
+    assert_eq!(c.retention, Duration::from_secs(90 * 86_400));
+    assert_eq!(c.shutdown_timeout, Duration::from_secs(10));
+    assert_eq!(c.http_listen, None);
     assert_eq!(c.credentials.len(), 1);
 }
 

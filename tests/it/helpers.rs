@@ -23,6 +23,10 @@ pub struct Setup {
     /// Extra lines for `[poll]`.
     pub poll: String,
     pub timeout: &'static str,
+    /// Top-level keys (before any table).
+    pub top: String,
+    /// Where the database goes; by default a temporary directory.
+    pub database: Option<PathBuf>,
     /// `[[channel]]` and `[[route]]` tables; by default one console channel.
     pub channels: String,
     pub sim_options: simulator::Options,
@@ -34,6 +38,8 @@ impl Default for Setup {
             credential: format!("public_key = \"{PUBLIC_KEY}\"\nprivate_key = \"{PRIVATE_KEY}\""),
             poll: String::new(),
             timeout: "2s",
+            top: String::new(),
+            database: None,
             channels: "[[channel]]\nname = \"console\"\nkind = \"console\"\n".into(),
             sim_options: simulator::Options::default(),
         }
@@ -62,10 +68,14 @@ pub async fn spawn_app_with(setup: Setup) -> TestApp {
     sim.set(ORG_A, Behavior::status("NOT_SYNCED"));
     sim.set(ORG_B, Behavior::status("SYNCED"));
     let dir = tempfile::tempdir().expect("temporary directory");
-    let db_path = dir.path().join("state").join("linkwatch.db");
+    let db_path = setup
+        .database
+        .clone()
+        .unwrap_or_else(|| dir.path().join("state").join("linkwatch.db"));
     let config_path = dir.path().join("linkwatch.toml");
     let toml = format!(
         r#"database = "{db}"
+{top}
 
 [cloud_manager]
 base_url = "{base}"
@@ -92,6 +102,7 @@ name = "beta"
         poll = setup.poll,
         timeout = setup.timeout,
         channels = setup.channels,
+        top = setup.top,
     );
     std::fs::write(&config_path, toml).expect("config written");
     let console = Arc::new(Mutex::new(Vec::new()));

@@ -11,4 +11,5 @@ mod notify;
 mod oauth;
 mod readme;
 mod receiver;
+mod service;
 mod smtp;

@@ -101,6 +101,7 @@ async fn slack_429_waits_for_retry_after_then_delivers() {
         status: 429,
         body: r#"{"ok":false,"error":"rate_limited","retry_after":3}"#,
         retry_after: Some(3),
+        delay: Duration::ZERO,
     }]);
     let t = spawn_app_with(Setup {
         channels: slack("ops", &rx.url("/hook")),

@@ -43,6 +43,8 @@ pub struct Reply {
     pub status: u16,
     pub body: &'static str,
     pub retry_after: Option<u64>,
+    /// Answer only after this long (a slow receiver).
+    pub delay: Duration,
 }
 
 impl Reply {
@@ -51,6 +53,7 @@ impl Reply {
             status,
             body,
             retry_after: None,
+            delay: Duration::ZERO,
         }
     }
 }
@@ -115,17 +118,21 @@ async fn handle(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let mut inner = inner.lock().unwrap();
-    let reply = inner
-        .replies
-        .pop_front()
-        .unwrap_or(Reply::status(200, "ok"));
-    inner.received.push(Received {
-        at: Instant::now(),
-        headers,
-        body: String::from_utf8_lossy(&body).into_owned(),
-        status: reply.status,
-    });
+    let reply = {
+        let mut inner = inner.lock().unwrap();
+        let reply = inner
+            .replies
+            .pop_front()
+            .unwrap_or(Reply::status(200, "ok"));
+        inner.received.push(Received {
+            at: Instant::now(),
+            headers,
+            body: String::from_utf8_lossy(&body).into_owned(),
+            status: reply.status,
+        });
+        reply
+    };
+    tokio::time::sleep(reply.delay).await;
     let mut response = (StatusCode::from_u16(reply.status).unwrap(), reply.body).into_response();
     if let Some(s) = reply.retry_after {
         response

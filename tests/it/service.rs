@@ -1,0 +1,452 @@
+//! Running as a service: reload on SIGHUP, a bounded SIGTERM, metrics, health, systemd notify.
+
+use std::path::Path;
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use linkwatch::simulator::Behavior;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+use tokio_util::sync::CancellationToken;
+
+use crate::helpers::*;
+use crate::receiver::{Receiver, Reply};
+
+const ORG_C: &str = "5f0c00000000000000000c03";
+
+/// A `linkwatch run` process whose output lines are collected as they come.
+struct Daemon {
+    child: Child,
+    stdout: Arc<Mutex<Vec<String>>>,
+    stderr: Arc<Mutex<Vec<String>>>,
+}
+
+impl Daemon {
+    fn start(config: &Path, env: &[(&str, &str)]) -> Daemon {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_linkwatch"));
+        cmd.arg("run")
+            .arg("--config")
+            .arg(config)
+            .env_remove("RUST_LOG")
+            .kill_on_drop(true);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let collect = |pipe: Box<dyn tokio::io::AsyncRead + Unpin + Send>| {
+            let lines = Arc::new(Mutex::new(Vec::new()));
+            let sink = lines.clone();
+            tokio::spawn(async move {
+                let mut reader = BufReader::new(pipe).lines();
+                while let Ok(Some(line)) = reader.next_line().await {
+                    sink.lock().unwrap().push(line);
+                }
+            });
+            lines
+        };
+        let stdout = collect(Box::new(child.stdout.take().unwrap()));
+        let stderr = collect(Box::new(child.stderr.take().unwrap()));
+        Daemon {
+            child,
+            stdout,
+            stderr,
+        }
+    }
+
+    async fn wait_stdout(&self, what: &str) {
+        wait_until(
+            Duration::from_secs(20),
+            &format!("stdout: {what}"),
+            || async { self.stdout.lock().unwrap().iter().any(|l| l.contains(what)) },
+        )
+        .await;
+    }
+
+    async fn wait_stderr(&self, what: &str) -> String {
+        wait_until(
+            Duration::from_secs(20),
+            &format!("stderr: {what}"),
+            || async { self.stderr.lock().unwrap().iter().any(|l| l.contains(what)) },
+        )
+        .await;
+        self.stderr
+            .lock()
+            .unwrap()
+            .iter()
+            .find(|l| l.contains(what))
+            .unwrap()
+            .clone()
+    }
+
+    fn signal(&self, sig: &str) {
+        let pid = self.child.id().unwrap().to_string();
+        assert!(
+            std::process::Command::new("kill")
+                .args([sig, &pid])
+                .status()
+                .unwrap()
+                .success()
+        );
+    }
+
+    async fn stop(mut self) -> std::process::ExitStatus {
+        self.signal("-TERM");
+        tokio::time::timeout(Duration::from_secs(20), self.child.wait())
+            .await
+            .expect("exits after SIGTERM")
+            .unwrap()
+    }
+}
+
+#[tokio::test]
+async fn sighup_reloads_the_config_and_keeps_the_old_one_when_the_new_is_broken() {
+    let t = spawn_app().await;
+    t.sim.set(ORG_C, Behavior::status("SYNCED"));
+    let daemon = Daemon::start(&t.config_path, &[]);
+    daemon
+        .wait_stdout("alpha: migration link is NOT_SYNCED (first check)")
+        .await;
+
+    let good = std::fs::read_to_string(&t.config_path).unwrap();
+    let good = format!("{good}\n[[org]]\nid = \"{ORG_C}\"\nname = \"gamma\"\n");
+    std::fs::write(&t.config_path, &good).unwrap();
+    daemon.signal("-HUP");
+    daemon
+        .wait_stdout("gamma: migration link is SYNCED (first check)")
+        .await;
+    daemon.wait_stderr("config reloaded").await;
+
+    std::fs::write(
+        &t.config_path,
+        good.replace("every = \"1s\"", "every = \"soon\""),
+    )
+    .unwrap();
+    daemon.signal("-HUP");
+    let line = daemon.wait_stderr("reload rejected").await;
+    assert!(
+        line.contains("linkwatch.toml:") && line.contains("poll.every"),
+        "{line}"
+    );
+    // The previous config (with gamma) goes on: gamma is still checked.
+    let before = t.sim.requests_for(ORG_C);
+    wait_until(Duration::from_secs(10), "gamma checked again", || async {
+        t.sim.requests_for(ORG_C) >= before + 2
+    })
+    .await;
+    assert!(daemon.stop().await.success());
+    // State survived the reloads: one first_seen each, no repeats.
+    std::fs::write(&t.config_path, &good).unwrap();
+    let t = t.restart().await;
+    for org in [ORG_A, ORG_B, ORG_C] {
+        assert_eq!(t.event_kinds(org).await, ["first_seen"], "{org}");
+    }
+}
+
+#[tokio::test]
+async fn sigterm_during_a_slow_delivery_keeps_it_pending_for_the_next_start() {
+    let rx = Receiver::start().await;
+    rx.reply([Reply {
+        delay: Duration::from_secs(30),
+        ..Reply::status(200, "ok")
+    }]);
+    let t = spawn_app_with(Setup {
+        top: "shutdown_timeout = \"1s\"".into(),
+        channels: format!(
+            "[[channel]]\nname = \"hook\"\nkind = \"webhook\"\nurl = \"{}\"\ntimeout = \"60s\"\n",
+            rx.url("/hook")
+        ),
+        ..Setup::default()
+    })
+    .await;
+    let daemon = Daemon::start(&t.config_path, &[]);
+    rx.wait_for_requests(1, Duration::from_secs(15)).await; // a delivery is in flight
+    let started = tokio::time::Instant::now();
+    assert!(daemon.stop().await.success());
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "shutdown waited {:?}",
+        started.elapsed()
+    );
+
+    let t = t.restart().await;
+    let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}", t.db_path.display()))
+        .await
+        .unwrap();
+    let states: Vec<String> = sqlx::query_scalar("SELECT state FROM deliveries")
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+    assert!(
+        !states.is_empty() && states.iter().all(|s| s == "pending" || s == "sent"),
+        "{states:?}"
+    );
+    assert!(
+        states.iter().any(|s| s == "pending"),
+        "the interrupted delivery is pending: {states:?}"
+    );
+    // The next start delivers it.
+    let daemon = Daemon::start(&t.config_path, &[]);
+    wait_until(
+        Duration::from_secs(20),
+        "everything delivered after restart",
+        || async {
+            let pending: i64 =
+                sqlx::query_scalar("SELECT count(*) FROM deliveries WHERE state <> 'sent'")
+                    .fetch_one(&pool)
+                    .await
+                    .unwrap();
+            pending == 0
+        },
+    )
+    .await;
+    assert!(daemon.stop().await.success());
+    pool.close().await;
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn sample(metrics: &prometheus_parse::Scrape, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    metrics
+        .samples
+        .iter()
+        .find(|s| s.metric == name && labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
+        .map(|s| match s.value {
+            prometheus_parse::Value::Counter(v)
+            | prometheus_parse::Value::Gauge(v)
+            | prometheus_parse::Value::Untyped(v) => v,
+            _ => f64::NAN,
+        })
+}
+
+#[tokio::test]
+async fn metrics_and_healthz() {
+    let port = free_port();
+    let t = spawn_app_with(Setup {
+        top: format!("[http]\nlisten = \"127.0.0.1:{port}\""),
+        ..Setup::default()
+    })
+    .await;
+    let shutdown = CancellationToken::new();
+    let task = tokio::spawn(linkwatch::daemon::run_app(t.app.clone(), shutdown.clone()));
+    wait_until(Duration::from_secs(10), "both orgs seen", || async {
+        t.console_lines().len() == 2
+    })
+    .await;
+
+    let http = reqwest::Client::new();
+    let base = format!("http://127.0.0.1:{port}");
+    let text = http
+        .get(format!("{base}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let lines = text.lines().map(|l| Ok(l.to_owned()));
+    let scrape = prometheus_parse::Scrape::parse(lines).expect("valid Prometheus text");
+    assert!(
+        sample(
+            &scrape,
+            "linkwatch_checks_total",
+            &[("org_name", "alpha"), ("outcome", "ok")]
+        )
+        .unwrap()
+            >= 1.0
+    );
+    assert_eq!(
+        sample(
+            &scrape,
+            "linkwatch_org_status",
+            &[("org_name", "alpha"), ("status", "NOT_SYNCED")]
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        sample(
+            &scrape,
+            "linkwatch_org_status",
+            &[("org_name", "beta"), ("status", "SYNCED")]
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        sample(&scrape, "linkwatch_events_total", &[("kind", "first_seen")]),
+        Some(2.0)
+    );
+    let checks: f64 = ["alpha", "beta"]
+        .iter()
+        .map(|o| {
+            sample(
+                &scrape,
+                "linkwatch_checks_total",
+                &[("org_name", o), ("outcome", "ok")],
+            )
+            .unwrap()
+        })
+        .sum();
+    let requests = sample(&scrape, "linkwatch_cloud_manager_requests_total", &[]).unwrap();
+    // One challenge, then one request per check.
+    assert!(
+        requests >= checks && requests <= checks + 2.0,
+        "{requests} requests for {checks} checks"
+    );
+    assert!(sample(&scrape, "linkwatch_check_duration_seconds_count", &[]).unwrap() >= 2.0);
+    assert!(text.contains("linkwatch_outbox_oldest_pending_seconds"));
+
+    let health = http.get(format!("{base}/healthz")).send().await.unwrap();
+    assert_eq!(health.status(), 200);
+
+    // A user holds a write transaction open in the sqlite3 shell: writes cannot proceed.
+    let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}", t.db_path.display()))
+        .await
+        .unwrap();
+    let mut tx = pool.begin().await.unwrap();
+    sqlx::query("INSERT INTO meta (key, value) VALUES ('user', 'lock')")
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    let health = http.get(format!("{base}/healthz")).send().await.unwrap();
+    assert_eq!(health.status(), 503);
+    let reason = health.text().await.unwrap();
+    assert!(reason.contains("database does not take writes"), "{reason}");
+    tx.rollback().await.unwrap();
+    let health = http.get(format!("{base}/healthz")).send().await.unwrap();
+    assert_eq!(health.status(), 200, "healthy again once the lock is gone");
+    pool.close().await;
+
+    shutdown.cancel();
+    tokio::time::timeout(Duration::from_secs(15), task)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+}
+
+#[tokio::test]
+async fn ready_and_stopping_reach_the_notify_socket() {
+    let t = spawn_app().await;
+    let socket_path = t.db_path.with_file_name("notify.sock");
+    std::fs::create_dir_all(socket_path.parent().unwrap()).unwrap();
+    let socket = tokio::net::UnixDatagram::bind(&socket_path).unwrap();
+    let daemon = Daemon::start(
+        &t.config_path,
+        &[("NOTIFY_SOCKET", socket_path.to_str().unwrap())],
+    );
+    let mut buf = vec![0u8; 4096];
+    let mut received = String::new();
+    tokio::time::timeout(Duration::from_secs(15), async {
+        while !received.contains("READY=1") {
+            let n = socket.recv(&mut buf).await.unwrap();
+            received.push_str(&String::from_utf8_lossy(&buf[..n]));
+        }
+    })
+    .await
+    .expect("READY=1 within 15s");
+    // Readiness comes after the database is migrated: the file has its tables.
+    assert!(t.db_path.exists());
+    let stop = tokio::spawn(daemon.stop());
+    tokio::time::timeout(Duration::from_secs(15), async {
+        while !received.contains("STOPPING=1") {
+            let n = socket.recv(&mut buf).await.unwrap();
+            received.push_str(&String::from_utf8_lossy(&buf[..n]));
+        }
+    })
+    .await
+    .expect("STOPPING=1 after SIGTERM");
+    assert!(stop.await.unwrap().success());
+}
+
+/// A file system of its own, mounted for the test (needs root; CI runs as root).
+struct Mount(std::path::PathBuf);
+
+impl Mount {
+    fn tmpfs(dir: &Path, size: &str) -> Option<Mount> {
+        std::fs::create_dir_all(dir).unwrap();
+        let ok = std::process::Command::new("mount")
+            .args([
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={size}"),
+                "linkwatch-test",
+            ])
+            .arg(dir)
+            .status()
+            .is_ok_and(|s| s.success());
+        ok.then(|| Mount(dir.to_owned()))
+    }
+}
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
+    }
+}
+
+#[tokio::test]
+async fn a_full_disk_fails_the_health_probe_and_loses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(_mount) = Mount::tmpfs(&dir.path().join("fs"), "2m") else {
+        // Without root there is no file system to fill; the lock test above covers the probe.
+        eprintln!("skipped: cannot mount a tmpfs here (not root?)");
+        return;
+    };
+    let t = spawn_app_with(Setup {
+        database: Some(dir.path().join("fs/linkwatch.db")),
+        ..Setup::default()
+    })
+    .await;
+    t.check(ORG_A).await;
+    assert!(t.app.store.probe_write().await.is_ok());
+    // Fill the file system to the last byte.
+    let filler = dir.path().join("fs/filler");
+    {
+        use std::io::Write;
+        let mut f = std::fs::File::create(&filler).unwrap();
+        let block = vec![0u8; 64 * 1024];
+        while f.write_all(&block).is_ok() {}
+        let _ = f.write_all(&[0u8; 512]);
+        let _ = f.sync_all();
+    }
+    // Changes that need new pages cannot be written; checks fail cleanly, no panic.
+    t.sim.set(ORG_A, Behavior::status("SYNCED"));
+    let mut write_failed = false;
+    for _ in 0..50 {
+        let org = &t.app.config.orgs[0];
+        if linkwatch::daemon::check_org(&t.app, org).await.is_err() {
+            write_failed = true;
+            break;
+        }
+    }
+    assert!(write_failed, "a full disk never refused a write");
+    let probe = t.app.store.probe_write().await;
+    assert!(
+        probe.is_err(),
+        "the health probe still wrote on a full disk"
+    );
+    // Space again: the next check records the change that could not be stored before.
+    std::fs::remove_file(&filler).unwrap();
+    let report = t.check(ORG_A).await;
+    assert_eq!(report.outcome, Ok("SYNCED".into()));
+    let kinds = t.event_kinds(ORG_A).await;
+    assert_eq!(
+        kinds,
+        ["first_seen", "status_changed"],
+        "nothing lost, nothing doubled"
+    );
+}
