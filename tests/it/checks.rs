@@ -329,3 +329,38 @@ async fn the_envelope_form_is_understood() {
     );
     assert_eq!(t.check(ORG_A).await.outcome, Ok("SYNCED".into()));
 }
+
+#[tokio::test]
+async fn retention_prunes_failures_and_sent_deliveries_but_keeps_history() {
+    let t = spawn_app().await;
+    t.check(ORG_A).await;
+    t.sim.set(ORG_A, Behavior::error(503, "", "down"));
+    t.check(ORG_A).await;
+    t.dispatch().await;
+    let later = chrono::Utc::now() + chrono::Duration::seconds(1);
+    let (failures, deliveries) = t.app.store.prune(later).await.unwrap();
+    assert_eq!((failures, deliveries), (1, 1));
+    let a = linkwatch::config::OrgId::parse(ORG_A).unwrap();
+    assert!(t.app.store.failures(&a).await.unwrap().is_empty());
+    assert_eq!(
+        t.app.store.history(None, None).await.unwrap().len(),
+        1,
+        "status changes are kept"
+    );
+    assert_eq!(
+        t.event_kinds(ORG_A).await,
+        ["first_seen"],
+        "events are kept"
+    );
+    // Pending deliveries are never pruned.
+    t.sim.set(ORG_A, Behavior::status("SYNCED"));
+    t.check(ORG_A).await;
+    assert_eq!(
+        t.app
+            .store
+            .prune(later + chrono::Duration::seconds(5))
+            .await
+            .unwrap(),
+        (0, 0)
+    );
+}

@@ -258,3 +258,61 @@ async fn a_crash_between_event_and_delivery_loses_nothing() {
         "{delivered}"
     );
 }
+
+#[tokio::test]
+async fn simulate_serves_the_demo_orgs_to_a_real_daemon() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut sim = linkwatch()
+        .args(["simulate", "--listen", &format!("127.0.0.1:{port}")])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(sim.stdout.take().unwrap()).lines();
+    let first = tokio::time::timeout(Duration::from_secs(15), lines.next_line())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert!(first.contains(&format!("127.0.0.1:{port}")), "{first}");
+    // The compose config, pointed at this simulator.
+    let dir = tempfile::tempdir().unwrap();
+    let compose =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/config/compose.toml"))
+            .unwrap()
+            .replace("http://simulator:8080", &format!("http://127.0.0.1:{port}"))
+            .replace(
+                "/var/lib/linkwatch/linkwatch.db",
+                &dir.path().join("db").display().to_string(),
+            )
+            .replace("listen = \"0.0.0.0:9187\"", "listen = \"127.0.0.1:0\"");
+    // Only the console channel: the compose file's Slack and SMTP hosts do not exist here.
+    let compose = compose
+        .split("\n[[channel]]\nname = \"slack\"")
+        .next()
+        .unwrap()
+        .to_owned();
+    let config = dir.path().join("compose.toml");
+    std::fs::write(&config, compose).unwrap();
+    let out = linkwatch()
+        .arg("once")
+        .arg("--config")
+        .arg(&config)
+        .output()
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    // legacy-crm is refused by the access list: exit 2, with the reason in the table.
+    assert_eq!(out.status.code(), Some(2), "{stdout}");
+    assert!(
+        stdout
+            .lines()
+            .any(|l| l.starts_with("payments") && l.contains("NOT_SYNCED")),
+        "{stdout}"
+    );
+    assert!(stdout.contains("access list"), "{stdout}");
+    sim.kill().await.unwrap();
+}
