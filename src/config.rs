@@ -311,7 +311,10 @@ impl Locator<'_> {
     }
 
     fn error(&self, offset: usize, key: &str, message: String) -> ConfigError {
-        let offset = offset.min(self.text.len());
+        let mut offset = offset.min(self.text.len());
+        while !self.text.is_char_boundary(offset) {
+            offset -= 1;
+        }
         let before = &self.text[..offset];
         let line = before.matches('\n').count() + 1;
         let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;

@@ -7,10 +7,11 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use chrono::{DateTime, SecondsFormat, Utc};
+use sqlx::sqlite::SqliteConnection;
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
-use sqlx::{FromRow, Row};
+use sqlx::{Connection, FromRow, Row};
 
 use crate::client::CheckOutcome;
 use crate::config::OrgId;
@@ -115,14 +116,18 @@ impl Store {
     /// A real write, for health checks: fails when the database cannot take writes (read-only
     /// file system, disk full, locked for longer than the busy timeout).
     pub async fn probe_write(&self) -> anyhow::Result<()> {
-        let write = sqlx::query(
-            "INSERT INTO meta (key, value) VALUES ('health_probe', ?1) ON CONFLICT (key) DO UPDATE SET value = ?1",
-        )
-        .bind(ts(Utc::now()))
-        .execute(&self.pool);
+        let write = self.write(async |conn| {
+            sqlx::query(
+                "INSERT INTO meta (key, value) VALUES ('health_probe', ?1) ON CONFLICT (key) DO UPDATE SET value = ?1",
+            )
+            .bind(ts(Utc::now()))
+            .execute(conn)
+            .await?;
+            Ok(())
+        });
         // A health check must answer quickly; a write that waits this long is a problem too.
         match tokio::time::timeout(Duration::from_secs(2), write).await {
-            Ok(result) => result.map(|_| ()).map_err(Into::into),
+            Ok(result) => result,
             Err(_) => anyhow::bail!("a write did not complete within 2s (database locked?)"),
         }
     }
@@ -165,6 +170,22 @@ impl Store {
             oldest_pending_s: parse_ts(oldest)
                 .map(|t| (Utc::now() - t).num_milliseconds() as f64 / 1000.0),
         })
+    }
+
+    /// Runs `f` on a connection of its own. When `f` fails, the connection is closed instead of
+    /// going back to the pool: after SQLITE_FULL or an I/O error SQLite may leave a transaction
+    /// half open on it, and the next user of that connection would write into a transaction that
+    /// never commits (and believe it had).
+    async fn write<T>(
+        &self,
+        f: impl AsyncFnOnce(&mut SqliteConnection) -> anyhow::Result<T>,
+    ) -> anyhow::Result<T> {
+        let mut conn = self.pool.acquire().await?;
+        let result = f(&mut conn).await;
+        if result.is_err() {
+            let _ = conn.close().await;
+        }
+        result
     }
 
     pub async fn close(&self) {
@@ -227,7 +248,8 @@ impl Store {
             Ok(_) => (Some(at.clone()), None),
             Err(f) => (None, Some(f.explain())),
         };
-        let mut tx = self.pool.begin().await?;
+        self.write(async |conn| {
+        let mut tx = conn.begin().await?;
         sqlx::query(
             "INSERT INTO org_state (org_id, org_name, status, status_since, candidate_status,
                  candidate_count, candidate_since, consecutive_failures, failing_since,
@@ -288,7 +310,7 @@ impl Store {
         for (event, channels) in rec.events {
             match event {
                 Event::FirstSeen { status } => {
-                    insert_transition(&mut tx, rec.org_id, None, status, &at, None).await?;
+                    insert_transition(&mut *tx, rec.org_id, None, status, &at, None).await?;
                 }
                 Event::StatusChanged {
                     from,
@@ -297,7 +319,7 @@ impl Store {
                     from_lasted_s,
                 } => {
                     insert_transition(
-                        &mut tx,
+                        &mut *tx,
                         rec.org_id,
                         Some(from),
                         to,
@@ -335,6 +357,8 @@ impl Store {
         }
         tx.commit().await?;
         Ok(())
+        })
+        .await
     }
 
     /// Status changes, oldest first. `org` matches an id or a name.
@@ -426,7 +450,8 @@ impl Store {
     }
 
     pub async fn mark_sent(&self, outbox_ids: &[i64], now: DateTime<Utc>) -> anyhow::Result<()> {
-        let mut tx = self.pool.begin().await?;
+        self.write(async |conn| {
+        let mut tx = conn.begin().await?;
         for id in outbox_ids {
             sqlx::query("UPDATE outbox SET state = 'sent', attempts = attempts + 1, sent_at = ?, last_error = NULL WHERE id = ?")
                 .bind(ts(now))
@@ -436,6 +461,8 @@ impl Store {
         }
         tx.commit().await?;
         Ok(())
+        })
+        .await
     }
 
     /// Records a failed attempt: retried at `retry_at`, or given up when `retry_at` is `None`.
@@ -445,27 +472,30 @@ impl Store {
         error: &str,
         retry_at: Option<DateTime<Utc>>,
     ) -> anyhow::Result<()> {
-        let mut tx = self.pool.begin().await?;
-        for id in outbox_ids {
-            sqlx::query(
-                "UPDATE outbox SET attempts = attempts + 1, last_error = ?,
+        self.write(async |conn| {
+            let mut tx = conn.begin().await?;
+            for id in outbox_ids {
+                sqlx::query(
+                    "UPDATE outbox SET attempts = attempts + 1, last_error = ?,
                      state = CASE WHEN ?2 IS NULL THEN 'failed' ELSE 'pending' END,
                      next_attempt_at = coalesce(?2, next_attempt_at)
                  WHERE id = ?3",
-            )
-            .bind(error)
-            .bind(retry_at.map(ts))
-            .bind(id)
-            .execute(&mut *tx)
-            .await?;
-        }
-        tx.commit().await?;
-        Ok(())
+                )
+                .bind(error)
+                .bind(retry_at.map(ts))
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
+            }
+            tx.commit().await?;
+            Ok(())
+        })
+        .await
     }
 }
 
 async fn insert_transition(
-    tx: &mut sqlx::Transaction<'static, sqlx::Sqlite>,
+    conn: &mut SqliteConnection,
     org: &OrgId,
     from: Option<&String>,
     to: &str,
@@ -480,7 +510,7 @@ async fn insert_transition(
     .bind(to)
     .bind(at)
     .bind(lasted)
-    .execute(&mut **tx)
+    .execute(conn)
     .await?;
     Ok(())
 }

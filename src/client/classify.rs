@@ -269,3 +269,55 @@ mod tests {
         assert!(f.detail.ends_with("..."));
     }
 }
+
+#[cfg(test)]
+mod properties {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    /// Any JSON value, a few levels deep, with the keys Cloud Manager uses among random ones.
+    fn json() -> impl Strategy<Value = serde_json::Value> {
+        let leaf = prop_oneof![
+            Just(serde_json::Value::Null),
+            any::<bool>().prop_map(serde_json::Value::from),
+            any::<i64>().prop_map(serde_json::Value::from),
+            any::<f64>().prop_map(serde_json::Value::from),
+            ".{0,40}".prop_map(serde_json::Value::from),
+        ];
+        leaf.prop_recursive(3, 24, 6, |inner| {
+            let key = prop_oneof![
+                Just("status".to_owned()),
+                Just("content".to_owned()),
+                Just("envelope".to_owned()),
+                Just("errorCode".to_owned()),
+                Just("detail".to_owned()),
+                "[a-z]{1,8}",
+            ];
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..4).prop_map(serde_json::Value::from),
+                prop::collection::btree_map(key, inner, 0..5)
+                    .prop_map(|m| serde_json::Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
+    proptest! {
+        #[test]
+        fn any_bytes_give_a_status_or_a_failure(code in 100u16..600, body in prop::collection::vec(any::<u8>(), 0..2048)) {
+            match classify(code, None, &body, None) {
+                Ok(status) => prop_assert!(!status.trim().is_empty()),
+                Err(f) => prop_assert!(f.detail.chars().count() <= 400, "detail too long: {}", f.detail.len()),
+            }
+        }
+
+        #[test]
+        fn any_json_gives_a_status_or_a_failure(code in prop_oneof![Just(200u16), 100u16..600], value in json()) {
+            let body = serde_json::to_vec(&value).unwrap();
+            if let Ok(status) = classify(code, None, &body, None) {
+                prop_assert!(!status.trim().is_empty());
+                prop_assert!((200..300).contains(&code) || value.get("content").is_some() || value.get("envelope").is_some());
+            }
+        }
+    }
+}

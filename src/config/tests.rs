@@ -408,3 +408,39 @@ fn routes_are_checked_against_channels_and_orgs() {
         .contains("selects neither")
     );
 }
+
+mod properties {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    proptest! {
+        #[test]
+        fn any_text_is_a_config_or_a_located_error(text in "(?s).{0,400}") {
+            match parse(&text) {
+                Ok(_) => {}
+                Err(ConfigError::Invalid { line, column, .. }) => {
+                    prop_assert!(line >= 1 && line <= text.lines().count().max(1) + 1);
+                    prop_assert!(column >= 1);
+                }
+                Err(e) => prop_assert!(false, "unexpected error kind: {e}"),
+            }
+        }
+
+        /// Valid TOML with arbitrary values where the schema expects something specific.
+        #[test]
+        fn arbitrary_values_in_a_valid_shape(
+            id in ".{0,30}",
+            every in ".{0,12}",
+            url in ".{0,40}",
+            n in any::<i64>(),
+        ) {
+            let q = |s: &str| toml::Value::String(s.to_owned()).to_string();
+            let text = format!(
+                "[cloud_manager]\nbase_url = {}\npublic_key = \"p\"\nprivate_key = \"k\"\n[poll]\nevery = {}\nconcurrency = {n}\n[[org]]\nid = {}\nname = \"x\"\n",
+                q(&url), q(&every), q(&id)
+            );
+            let _ = parse(&text);
+        }
+    }
+}

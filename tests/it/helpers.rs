@@ -27,6 +27,8 @@ pub struct Setup {
     pub top: String,
     /// Where the database goes; by default a temporary directory.
     pub database: Option<PathBuf>,
+    /// Orgs beyond alpha and beta, with ids from [`extra_org`].
+    pub extra_orgs: usize,
     /// `[[channel]]` and `[[route]]` tables; by default one console channel.
     pub channels: String,
     pub sim_options: simulator::Options,
@@ -40,6 +42,7 @@ impl Default for Setup {
             timeout: "2s",
             top: String::new(),
             database: None,
+            extra_orgs: 0,
             channels: "[[channel]]\nname = \"console\"\nkind = \"console\"\n".into(),
             sim_options: simulator::Options::default(),
         }
@@ -54,6 +57,11 @@ pub struct TestApp {
     pub db_path: PathBuf,
     // Held, never read: the directory is deleted when the TestApp is dropped.
     _dir: tempfile::TempDir,
+}
+
+/// The id of the n-th extra org.
+pub fn extra_org(n: usize) -> String {
+    format!("{:024x}", 0xe000 + n)
 }
 
 pub async fn spawn_app() -> TestApp {
@@ -105,6 +113,19 @@ name = "beta"
         top = setup.top,
     );
     std::fs::write(&config_path, toml).expect("config written");
+    let extra: String = (0..setup.extra_orgs)
+        .map(|n| format!("\n[[org]]\nid = \"{}\"\nname = \"org-{n}\"\n", extra_org(n)))
+        .collect();
+    if !extra.is_empty() {
+        // Orgs go before the first [[channel]], to stay out of its table.
+        let text = std::fs::read_to_string(&config_path).unwrap();
+        let at = text.find("[[channel]]").unwrap_or(text.len());
+        std::fs::write(
+            &config_path,
+            format!("{}{extra}\n{}", &text[..at], &text[at..]),
+        )
+        .unwrap();
+    }
     let console = Arc::new(Mutex::new(Vec::new()));
     let app = build(&config_path, &console).await;
     TestApp {
@@ -178,6 +199,24 @@ impl TestApp {
     pub fn console_lines(&self) -> Vec<String> {
         self.console.lock().unwrap().clone()
     }
+}
+
+/// Runs the channel workers (not the scheduler, so no check adds events) until `condition`.
+pub async fn deliver_until<F, Fut>(t: &TestApp, what: &str, condition: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let mut workers = tokio::task::JoinSet::new();
+    t.app
+        .dispatcher
+        .spawn(t.app.store.clone(), shutdown.clone(), &mut workers);
+    wait_until(Duration::from_secs(20), what, condition).await;
+    shutdown.cancel();
+    tokio::time::timeout(Duration::from_secs(15), workers.join_all())
+        .await
+        .unwrap();
 }
 
 /// Waits until `condition` holds, polling, or panics after `deadline` with `what`.

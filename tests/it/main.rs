@@ -7,6 +7,7 @@ mod checks;
 mod cli;
 mod daemon;
 mod digest;
+mod faults;
 mod notify;
 mod oauth;
 mod readme;

@@ -7,7 +7,6 @@ use base64::Engine as _;
 use hmac::{Hmac, Mac};
 use linkwatch::simulator::Behavior;
 use sha2::Sha256;
-use tokio_util::sync::CancellationToken;
 
 use crate::helpers::*;
 use crate::receiver::{Receiver, Reply};
@@ -28,24 +27,6 @@ async fn deliveries(t: &TestApp) -> Vec<(String, String, String, String, i64, Op
         .unwrap();
     pool.close().await;
     rows
-}
-
-/// Runs the channel workers (not the scheduler, so no check adds events) until `condition`.
-async fn deliver_until<F, Fut>(t: &TestApp, what: &str, condition: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let shutdown = CancellationToken::new();
-    let mut workers = tokio::task::JoinSet::new();
-    t.app
-        .dispatcher
-        .spawn(t.app.store.clone(), shutdown.clone(), &mut workers);
-    wait_until(Duration::from_secs(20), what, condition).await;
-    shutdown.cancel();
-    tokio::time::timeout(Duration::from_secs(15), workers.join_all())
-        .await
-        .unwrap();
 }
 
 #[tokio::test]

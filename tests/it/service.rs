@@ -369,10 +369,10 @@ async fn ready_and_stopping_reach_the_notify_socket() {
 }
 
 /// A file system of its own, mounted for the test (needs root; CI runs as root).
-struct Mount(std::path::PathBuf);
+pub struct Mount(std::path::PathBuf);
 
 impl Mount {
-    fn tmpfs(dir: &Path, size: &str) -> Option<Mount> {
+    pub fn tmpfs(dir: &Path, size: &str) -> Option<Mount> {
         std::fs::create_dir_all(dir).unwrap();
         let ok = std::process::Command::new("mount")
             .args([

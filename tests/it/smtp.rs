@@ -66,6 +66,15 @@ impl SmtpServer {
     /// Starts a server on its own threads (mailin-embedded is blocking); it lives until the
     /// test process ends.
     pub fn start(starttls: bool) -> SmtpServer {
+        Self::start_with(starttls, TcpListener::bind("127.0.0.1:0").unwrap())
+    }
+
+    /// A plain server on a chosen port (one the test reserved and saw refused before).
+    pub fn start_on(port: u16) -> SmtpServer {
+        Self::start_with(false, TcpListener::bind(("127.0.0.1", port)).unwrap())
+    }
+
+    fn start_with(starttls: bool, listener: TcpListener) -> SmtpServer {
         let dir = tempfile::tempdir().unwrap();
         let collector = Collector::default();
         let mails = collector.mails.clone();
@@ -90,7 +99,6 @@ impl SmtpServer {
                 .expect("TLS configured");
             ca_file = Some(ca);
         }
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap();
         server.with_tcp_listener(listener);
         std::thread::spawn(move || {
