@@ -310,7 +310,7 @@ impl Store {
         for (event, channels) in rec.events {
             match event {
                 Event::FirstSeen { status } => {
-                    insert_transition(&mut *tx, rec.org_id, None, status, &at, None).await?;
+                    insert_transition(&mut tx, rec.org_id, None, status, &at, None).await?;
                 }
                 Event::StatusChanged {
                     from,
@@ -319,7 +319,7 @@ impl Store {
                     from_lasted_s,
                 } => {
                     insert_transition(
-                        &mut *tx,
+                        &mut tx,
                         rec.org_id,
                         Some(from),
                         to,
