@@ -161,6 +161,16 @@ fn link_broken(state: &OrgState, to: Option<&[String]>) -> bool {
     left_synced && to.is_none_or(|t| t.iter().any(|s| s == status))
 }
 
+/// Whether a successful check that sees `status` can change nothing in `state`: the status is
+/// the confirmed one, nothing awaits confirmation, no failure is being counted. The store's
+/// one-statement fast path (`Store::record_if_quiet`) tests exactly this in SQL.
+pub fn is_quiet(state: &OrgState, status: &str) -> bool {
+    state.status.as_deref() == Some(status)
+        && state.candidate.is_none()
+        && state.consecutive_failures == 0
+        && !state.failing_alerted
+}
+
 pub fn detect(
     state: &OrgState,
     outcome: &CheckOutcome,
@@ -443,6 +453,46 @@ mod tests {
             POLICY,
             &[fail(), fail(), fail(), ok("SYNCED")],
             &["-", "-", "check_failing", "check_recovered+first_seen"],
+        );
+    }
+
+    #[test]
+    fn a_quiet_state_is_left_as_it_is() {
+        let quiet = OrgState {
+            status: Some("SYNCED".into()),
+            status_since: Some(t(0)),
+            previous_status: Some("NOT_SYNCED".into()),
+            ..OrgState::default()
+        };
+        assert!(is_quiet(&quiet, "SYNCED"));
+        let strict = Policy {
+            confirm_checks: 3,
+            failures_before_alert: 1,
+        };
+        for policy in [POLICY, strict] {
+            assert_eq!(
+                detect(&quiet, &ok("SYNCED"), t(100), policy),
+                (quiet.clone(), vec![])
+            );
+        }
+        // Anything else is not quiet, and detect may change it.
+        assert!(!is_quiet(&quiet, "NOT_SYNCED"));
+        let counting = OrgState {
+            consecutive_failures: 1,
+            ..quiet.clone()
+        };
+        assert!(!is_quiet(&counting, "SYNCED"));
+        assert_ne!(detect(&counting, &ok("SYNCED"), t(100), POLICY).0, counting);
+        let candidate = OrgState {
+            candidate: Some("NOT_SYNCED".into()),
+            candidate_count: 1,
+            candidate_since: Some(t(50)),
+            ..quiet.clone()
+        };
+        assert!(!is_quiet(&candidate, "SYNCED"));
+        assert_ne!(
+            detect(&candidate, &ok("SYNCED"), t(100), POLICY).0,
+            candidate
         );
     }
 

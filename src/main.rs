@@ -3,7 +3,7 @@ use std::process::ExitCode;
 use clap::Parser;
 use linkwatch::cli::{self, Cli};
 
-#[tokio::main]
+#[tokio::main(flavor = "current_thread")]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
     cli::init_tracing(&cli);

@@ -68,6 +68,8 @@ pub struct Options {
     pub latency: Duration,
     /// OAuth token lifetime (`expires_in`).
     pub token_lifetime: Duration,
+    /// The share of authorized status requests answered 503 at random (benchmarks).
+    pub failure_rate: f64,
 }
 
 impl Default for Options {
@@ -76,6 +78,7 @@ impl Default for Options {
             nonce_lifetime: Duration::from_secs(60),
             latency: Duration::ZERO,
             token_lifetime: Duration::from_secs(3600),
+            failure_rate: 0.0,
         }
     }
 }
@@ -334,6 +337,9 @@ async fn status(
             w.headers.get(&org_id).cloned().unwrap_or_default(),
         )
     };
+    if shared.options.failure_rate > 0.0 && rand::random::<f64>() < shared.options.failure_rate {
+        return api_error(503, Some("UNEXPECTED_ERROR"), "Simulated failure.");
+    }
     let envelope = query.get("envelope").is_some_and(|v| v == "true");
     let mut response = match behavior {
         None => api_error(

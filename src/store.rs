@@ -239,6 +239,40 @@ impl Store {
             .collect())
     }
 
+    /// The common case in one statement: a check that saw the status already confirmed, with no
+    /// candidate and no failures, changes nothing but the check time ([`detect::is_quiet`]
+    /// states the same rule in Rust, and a test holds the two together). Returns `false` when
+    /// the stored state is anything else; the caller then runs the full path.
+    ///
+    /// [`detect::is_quiet`]: crate::detect::is_quiet
+    pub async fn record_if_quiet(
+        &self,
+        org: &OrgId,
+        org_name: &str,
+        status: &str,
+        at: DateTime<Utc>,
+    ) -> anyhow::Result<bool> {
+        let at = ts(at);
+        let updated = self
+            .write(async |conn| {
+                Ok(sqlx::query(
+                    "UPDATE org_state SET org_name = ?2, last_checked_at = ?4, last_success_at = ?4,
+                         last_error = NULL, checks = checks + 1
+                     WHERE org_id = ?1 AND status = ?3 AND candidate_status IS NULL
+                       AND consecutive_failures = 0 AND failing_alerted = 0",
+                )
+                .bind(org.as_str())
+                .bind(org_name)
+                .bind(status)
+                .bind(&at)
+                .execute(conn)
+                .await?
+                .rows_affected())
+            })
+            .await?;
+        Ok(updated == 1)
+    }
+
     /// Writes the check's result, the new state, its events and their outbox rows atomically:
     /// either all of it is stored or none, so a crash can neither lose nor repeat an event.
     pub async fn record_check(&self, rec: &CheckRecord<'_>) -> anyhow::Result<()> {

@@ -1,0 +1,502 @@
+//! The benchmark harness: the real daemon (`linkwatch run`, a separate process so that its CPU
+//! and memory are its own) against the simulated Cloud Manager, a webhook receiver, a Slack-like
+//! receiver and an SMTP server, all on 127.0.0.1 in this process.
+//!
+//!   cargo bench --bench harness -- [--orgs 100,1000,10000] [--cycles 2] [--interval 60s]
+//!                                  [--latency 100ms] [--failure-rate 0] [--skip-curl]
+//!
+//! Prints one table (Markdown, for BENCHMARKS.md).
+
+use std::net::TcpListener as StdListener;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::routing::post;
+use linkwatch::simulator::{self, Behavior, Simulator};
+
+const PUBLIC: &str = "bench-public";
+const PRIVATE: &str = "bench-private-key";
+
+#[derive(Clone)]
+struct Args {
+    orgs: Vec<usize>,
+    cycles: u32,
+    interval: Duration,
+    latency: Duration,
+    failure_rate: f64,
+    curl: bool,
+}
+
+fn args() -> Args {
+    let mut a = Args {
+        orgs: vec![100, 1000, 10_000],
+        cycles: 2,
+        interval: Duration::from_secs(60),
+        latency: Duration::from_millis(100),
+        failure_rate: 0.0,
+        curl: true,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        let mut value = || it.next().unwrap_or_else(|| panic!("{flag} needs a value"));
+        match flag.as_str() {
+            "--orgs" => {
+                a.orgs = value()
+                    .split(',')
+                    .map(|n| n.trim().parse().expect("--orgs 100,1000"))
+                    .collect()
+            }
+            "--cycles" => a.cycles = value().parse().expect("--cycles N"),
+            "--interval" => {
+                a.interval = humantime::parse_duration(&value()).expect("--interval 60s")
+            }
+            "--latency" => {
+                a.latency = humantime::parse_duration(&value()).expect("--latency 100ms")
+            }
+            "--failure-rate" => a.failure_rate = value().parse().expect("--failure-rate 0.01"),
+            "--skip-curl" => a.curl = false,
+            "--bench" => {} // cargo bench passes this
+            other => panic!("unknown argument {other}"),
+        }
+    }
+    a
+}
+
+fn org_id(n: usize) -> String {
+    format!("{:024x}", 0xb000_0000usize + n)
+}
+
+/// Records when each webhook event arrived, by event id, with the event's own timestamp.
+#[derive(Default)]
+struct Arrivals {
+    /// (event timestamp, arrival)
+    events: Vec<(chrono::DateTime<chrono::Utc>, chrono::DateTime<chrono::Utc>)>,
+    slack_posts: usize,
+    slack_events: usize,
+}
+
+async fn receiver(arrivals: Arc<Mutex<Arrivals>>) -> u16 {
+    async fn webhook(State(a): State<Arc<Mutex<Arrivals>>>, body: Bytes) -> &'static str {
+        let now = chrono::Utc::now();
+        if let Ok(v) = serde_json::from_slice::<serde_json::Value>(&body)
+            && let Some(ts) = v["timestamp"].as_str().and_then(|t| t.parse().ok())
+        {
+            a.lock().unwrap().events.push((ts, now));
+        }
+        "ok"
+    }
+    async fn slack(State(a): State<Arc<Mutex<Arrivals>>>, body: Bytes) -> &'static str {
+        let v: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+        let text = v["text"].as_str().unwrap_or_default();
+        // "linkwatch: 100 events (...)" for a digest, anything else is one event.
+        let n = text
+            .strip_prefix("linkwatch: ")
+            .and_then(|t| t.split(' ').next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(1);
+        let mut a = a.lock().unwrap();
+        a.slack_posts += 1;
+        a.slack_events += n;
+        "ok"
+    }
+    let app = Router::new()
+        .route("/webhook", post(webhook))
+        .route("/slack", post(slack))
+        .with_state(arrivals);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    port
+}
+
+/// A real SMTP server that accepts everything (mailin-embedded, its own threads).
+fn smtp_server() -> u16 {
+    #[derive(Clone)]
+    struct Accept;
+    impl mailin_embedded::Handler for Accept {}
+    let listener = StdListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let mut server = mailin_embedded::Server::new(Accept);
+    server.with_tcp_listener(listener).with_num_threads(2);
+    std::thread::spawn(move || {
+        let _ = server.serve();
+    });
+    port
+}
+
+/// utime + stime of a process, in milliseconds.
+fn cpu_ms(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let after = stat.rsplit(')').next().unwrap_or_default();
+    let f: Vec<&str> = after.split_whitespace().collect();
+    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    // Fields after the command: state is [0], utime [11], stime [12]; 100 ticks a second.
+    (ticks(11) + ticks(12)) * 10.0
+}
+
+fn peak_rss_mb(pid: u32) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|kb| kb.parse::<f64>().ok())
+        .map_or(0.0, |kb| kb / 1024.0)
+}
+
+async fn db_bytes(path: &Path) -> i64 {
+    let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}?mode=ro", path.display()))
+        .await
+        .unwrap();
+    let pages: i64 = sqlx::query_scalar("PRAGMA page_count")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    let size: i64 = sqlx::query_scalar("PRAGMA page_size")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    pool.close().await;
+    pages * size
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
+}
+
+struct Row {
+    orgs: usize,
+    checks_per_s: f64,
+    missed: usize,
+    requests_per_check: f64,
+    requests_per_check_short_nonce: f64,
+    cpu_ms_per_check: f64,
+    cpu_pct: f64,
+    peak_rss_mb: f64,
+    bytes_per_org_day: f64,
+    bytes_per_change: f64,
+    latency: (f64, f64, f64),
+}
+
+async fn run_size(a: &Args, orgs: usize, nonce_lifetime: Duration, measure_changes: bool) -> Row {
+    let dir = tempfile::tempdir().unwrap();
+    let sim = Simulator::start(
+        ([127, 0, 0, 1], 0).into(),
+        simulator::Options {
+            latency: a.latency,
+            nonce_lifetime,
+            failure_rate: a.failure_rate,
+            ..simulator::Options::default()
+        },
+    )
+    .await
+    .unwrap();
+    sim.add_api_key(PUBLIC, PRIVATE);
+    let ids: Vec<String> = (0..orgs).map(org_id).collect();
+    for id in &ids {
+        sim.set(id, Behavior::status("SYNCED"));
+    }
+    let arrivals = Arc::new(Mutex::new(Arrivals::default()));
+    let port = receiver(arrivals.clone()).await;
+    let smtp = smtp_server();
+    // Enough concurrency for orgs x latency / interval, with room to spare.
+    let concurrency = ((orgs as f64 * a.latency.as_secs_f64() / a.interval.as_secs_f64()) * 4.0)
+        .ceil()
+        .max(8.0) as usize;
+    let db = dir.path().join("bench.db");
+    let mut toml = format!(
+        "database = \"{}\"\n[cloud_manager]\nbase_url = \"{}\"\npublic_key = \"{PUBLIC}\"\nprivate_key = \"{PRIVATE}\"\n\
+         [poll]\nevery = \"{}\"\ntimeout = \"10s\"\nconcurrency = {concurrency}\n\
+         [[channel]]\nname = \"hook\"\nkind = \"webhook\"\nurl = \"http://127.0.0.1:{port}/webhook\"\n\
+         [[channel]]\nname = \"mail\"\nkind = \"email\"\nsmtp_url = \"smtp://127.0.0.1:{smtp}\"\nfrom = \"lw@example.com\"\nto = [\"dba@example.com\"]\n\
+         [[route]]\nchannels = [\"hook\"]\n[[route]]\nchannels = [\"mail\"]\nevents = [\"status_changed\"]\n",
+        db.display(),
+        sim.base_url(),
+        humantime::format_duration(a.interval)
+    );
+    for (n, id) in ids.iter().enumerate() {
+        toml.push_str(&format!("[[org]]\nid = \"{id}\"\nname = \"org-{n}\"\n"));
+    }
+    let config = dir.path().join("bench.toml");
+    std::fs::write(&config, toml).unwrap();
+
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_linkwatch"))
+        .args(["run", "-q", "--config"])
+        .arg(&config)
+        .stdout(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let pid = child.id().unwrap();
+
+    // Cycle 1 sees every org for the first time; steady state is measured from its end.
+    tokio::time::sleep(a.interval + Duration::from_secs(2)).await;
+    let (req0, checks0, cpu0, bytes0, t0) = (
+        sim.requests(),
+        sim.counters()
+            .authorized
+            .load(std::sync::atomic::Ordering::SeqCst),
+        cpu_ms(pid),
+        db_bytes(&db).await,
+        Instant::now(),
+    );
+    let per_org0: Vec<u64> = ids.iter().map(|id| sim.requests_for(id)).collect();
+    tokio::time::sleep(a.interval * a.cycles).await;
+    let elapsed = t0.elapsed().as_secs_f64();
+    let checks = sim
+        .counters()
+        .authorized
+        .load(std::sync::atomic::Ordering::SeqCst)
+        - checks0;
+    let requests = sim.requests() - req0;
+    let cpu = cpu_ms(pid) - cpu0;
+    let bytes1 = db_bytes(&db).await;
+    let missed = ids
+        .iter()
+        .zip(&per_org0)
+        .filter(|(id, before)| sim.requests_for(id) - **before < u64::from(a.cycles))
+        .count();
+
+    // Every link breaks at once: one change per org, spread over the next cycle by the offsets.
+    let mut bytes_per_change = f64::NAN;
+    let mut latency = (f64::NAN, f64::NAN, f64::NAN);
+    if measure_changes {
+        arrivals.lock().unwrap().events.clear();
+        for id in &ids {
+            sim.set(id, Behavior::status("NOT_SYNCED"));
+        }
+        tokio::time::sleep(a.interval + Duration::from_secs(5)).await;
+        bytes_per_change = (db_bytes(&db).await - bytes1) as f64 / orgs as f64;
+        let mut lat: Vec<f64> = arrivals
+            .lock()
+            .unwrap()
+            .events
+            .iter()
+            .map(|(ts, at)| (*at - *ts).num_microseconds().unwrap_or(0) as f64 / 1000.0)
+            .collect();
+        lat.sort_by(f64::total_cmp);
+        latency = (
+            percentile(&lat, 0.5),
+            percentile(&lat, 0.99),
+            lat.last().copied().unwrap_or(f64::NAN),
+        );
+    }
+    let rss = peak_rss_mb(pid);
+    let _ = std::process::Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status();
+    let _ = tokio::time::timeout(Duration::from_secs(20), child.wait()).await;
+    sim.stop().await;
+    let days = elapsed / 86_400.0;
+    Row {
+        orgs,
+        checks_per_s: checks as f64 / elapsed,
+        missed,
+        requests_per_check: requests as f64 / checks.max(1) as f64,
+        requests_per_check_short_nonce: f64::NAN,
+        cpu_ms_per_check: cpu / checks.max(1) as f64,
+        cpu_pct: cpu / (elapsed * 1000.0) * 100.0,
+        peak_rss_mb: rss,
+        bytes_per_org_day: (bytes1 - bytes0) as f64 / orgs as f64 / days,
+        bytes_per_change,
+        latency,
+    }
+}
+
+/// 1,000 deliveries pending for one Slack webhook: how long until all are out, in how many posts.
+async fn drain_slack() -> (f64, usize) {
+    let dir = tempfile::tempdir().unwrap();
+    let arrivals = Arc::new(Mutex::new(Arrivals::default()));
+    let port = receiver(arrivals.clone()).await;
+    let toml = format!(
+        "database = \"{}\"\n[[channel]]\nname = \"ops\"\nkind = \"slack\"\nwebhook_url = \"http://127.0.0.1:{port}/slack\"\n",
+        dir.path().join("drain.db").display()
+    );
+    let config = linkwatch::config::Config::parse(&toml, &dir.path().join("drain.toml")).unwrap();
+    let app = linkwatch::daemon::App::new(config, Default::default())
+        .await
+        .unwrap();
+    for n in 0..1000 {
+        let id = linkwatch::config::OrgId::parse(&org_id(n)).unwrap();
+        let state = linkwatch::detect::OrgState {
+            status: Some("SYNCED".into()),
+            ..Default::default()
+        };
+        let event = linkwatch::detect::Event::FirstSeen {
+            status: "SYNCED".into(),
+        };
+        app.store
+            .record_check(&linkwatch::store::CheckRecord {
+                org_id: &id,
+                org_name: &format!("org-{n}"),
+                at: chrono::Utc::now(),
+                outcome: &Ok("SYNCED".into()),
+                state: &state,
+                events: &[(event, vec!["ops".into()])],
+                reminded: &[],
+            })
+            .await
+            .unwrap();
+    }
+    let start = Instant::now();
+    let stop = tokio_util::sync::CancellationToken::new();
+    let mut workers = tokio::task::JoinSet::new();
+    app.dispatcher
+        .spawn(app.store.clone(), stop.clone(), &mut workers);
+    while arrivals.lock().unwrap().slack_events < 1000 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let took = start.elapsed().as_secs_f64();
+    stop.cancel();
+    while workers.join_next().await.is_some() {}
+    let posts = arrivals.lock().unwrap().slack_posts;
+    (took, posts)
+}
+
+/// The plain approach: one `curl --digest` process per check.
+async fn curl_baseline(checks: usize, latency: Duration) -> Option<(f64, f64, f64)> {
+    if std::process::Command::new("curl")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        return None;
+    }
+    let sim = Simulator::start(
+        ([127, 0, 0, 1], 0).into(),
+        simulator::Options {
+            latency,
+            ..simulator::Options::default()
+        },
+    )
+    .await
+    .unwrap();
+    sim.add_api_key(PUBLIC, PRIVATE);
+    let id = org_id(0);
+    sim.set(&id, Behavior::status("SYNCED"));
+    let url = format!(
+        "{}/orgs/{id}/liveExport/migrationLink/status",
+        sim.base_url()
+    );
+    let before = children_cpu_ms();
+    let start = Instant::now();
+    for _ in 0..checks {
+        let out = tokio::process::Command::new("curl")
+            .args([
+                "--silent",
+                "--digest",
+                "--user",
+                &format!("{PUBLIC}:{PRIVATE}"),
+                "--header",
+                "Accept: application/json",
+            ])
+            .arg(&url)
+            .output()
+            .await
+            .unwrap();
+        assert!(
+            String::from_utf8_lossy(&out.stdout).contains("SYNCED"),
+            "curl failed"
+        );
+    }
+    let wall = start.elapsed().as_secs_f64() / checks as f64 * 1000.0;
+    let cpu = (children_cpu_ms() - before) / checks as f64;
+    let requests = sim.requests() as f64 / checks as f64;
+    sim.stop().await;
+    Some((requests, cpu, wall))
+}
+
+/// CPU of waited-for children (cutime + cstime), in milliseconds.
+fn children_cpu_ms() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    let after = stat.rsplit(')').next().unwrap_or_default();
+    let f: Vec<&str> = after.split_whitespace().collect();
+    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    (ticks(13) + ticks(14)) * 10.0
+}
+
+fn machine() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.starts_with("model name"))
+        .and_then(|l| l.split(':').nth(1))
+        .unwrap_or("?")
+        .trim()
+        .to_owned();
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    format!("{cores} cores, {cpu}")
+}
+
+#[tokio::main]
+async fn main() {
+    let a = args();
+    println!(
+        "linkwatch benchmark: {} | interval {} | latency {} | failure rate {} | {} steady cycles\n",
+        machine(),
+        humantime::format_duration(a.interval),
+        humantime::format_duration(a.latency),
+        a.failure_rate,
+        a.cycles
+    );
+    let mut rows = Vec::new();
+    for &orgs in &a.orgs {
+        eprintln!("running {orgs} orgs ...");
+        let mut row = run_size(&a, orgs, Duration::from_secs(60), true).await;
+        eprintln!("running {orgs} orgs with a 5 s nonce lifetime ...");
+        let short = run_size(
+            &Args {
+                cycles: 1,
+                ..a.clone()
+            },
+            orgs,
+            Duration::from_secs(5),
+            false,
+        )
+        .await;
+        row.requests_per_check_short_nonce = short.requests_per_check;
+        rows.push(row);
+    }
+    println!(
+        "| orgs | checks/s | missed | req/check | req/check (5 s nonce) | CPU ms/check | CPU % of a core | peak RSS MB | DB bytes/org/day (steady) | DB bytes/change | event→receiver p50 / p99 / max ms |"
+    );
+    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|");
+    for r in &rows {
+        println!(
+            "| {} | {:.1} | {} | {:.3} | {:.3} | {:.3} | {:.2} | {:.1} | {:.0} | {:.0} | {:.1} / {:.1} / {:.1} |",
+            r.orgs,
+            r.checks_per_s,
+            r.missed,
+            r.requests_per_check,
+            r.requests_per_check_short_nonce,
+            r.cpu_ms_per_check,
+            r.cpu_pct,
+            r.peak_rss_mb,
+            r.bytes_per_org_day,
+            r.bytes_per_change,
+            r.latency.0,
+            r.latency.1,
+            r.latency.2
+        );
+    }
+    eprintln!("draining 1,000 Slack deliveries ...");
+    let (took, posts) = drain_slack().await;
+    println!(
+        "\nOutbox drain, 1,000 pending deliveries to one Slack webhook: {took:.1} s in {posts} posts (digests, about one post a second)."
+    );
+    if a.curl {
+        eprintln!("curl baseline ...");
+        if let Some((req, cpu, wall)) = curl_baseline(200, a.latency).await {
+            println!(
+                "\nBaseline, one `curl --digest` process per check (200 checks): {req:.2} requests/check, {cpu:.2} ms CPU/check, {wall:.1} ms wall/check."
+            );
+        }
+    }
+}
