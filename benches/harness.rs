@@ -51,12 +51,8 @@ fn args() -> Args {
                     .collect()
             }
             "--cycles" => a.cycles = value().parse().expect("--cycles N"),
-            "--interval" => {
-                a.interval = humantime::parse_duration(&value()).expect("--interval 60s")
-            }
-            "--latency" => {
-                a.latency = humantime::parse_duration(&value()).expect("--latency 100ms")
-            }
+            "--interval" => a.interval = humantime::parse_duration(&value()).expect("--interval 60s"),
+            "--latency" => a.latency = humantime::parse_duration(&value()).expect("--latency 100ms"),
             "--failure-rate" => a.failure_rate = value().parse().expect("--failure-rate 0.01"),
             "--skip-curl" => a.curl = false,
             "--bench" => {} // cargo bench passes this
@@ -148,18 +144,24 @@ fn peak_rss_mb(pid: u32) -> f64 {
         .map_or(0.0, |kb| kb / 1024.0)
 }
 
+async fn outbox_pending(path: &Path) -> i64 {
+    let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}?mode=ro", path.display()))
+        .await
+        .unwrap();
+    let n: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox WHERE state = 'pending'")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    pool.close().await;
+    n
+}
+
 async fn db_bytes(path: &Path) -> i64 {
     let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}?mode=ro", path.display()))
         .await
         .unwrap();
-    let pages: i64 = sqlx::query_scalar("PRAGMA page_count")
-        .fetch_one(&pool)
-        .await
-        .unwrap();
-    let size: i64 = sqlx::query_scalar("PRAGMA page_size")
-        .fetch_one(&pool)
-        .await
-        .unwrap();
+    let pages: i64 = sqlx::query_scalar("PRAGMA page_count").fetch_one(&pool).await.unwrap();
+    let size: i64 = sqlx::query_scalar("PRAGMA page_size").fetch_one(&pool).await.unwrap();
     pool.close().await;
     pages * size
 }
@@ -236,13 +238,17 @@ async fn run_size(a: &Args, orgs: usize, nonce_lifetime: Duration, measure_chang
         .unwrap();
     let pid = child.id().unwrap();
 
-    // Cycle 1 sees every org for the first time; steady state is measured from its end.
-    tokio::time::sleep(a.interval + Duration::from_secs(2)).await;
+    // Cycle 1 sees every org for the first time and cycle 2 is the first quiet one (its rows
+    // grow by a byte as `checks` leaves the values SQLite stores in zero bytes, which splits
+    // pages once). Steady state is measured from the end of cycle 2, once the first_seen
+    // deliveries are out (marking them sent writes too).
+    tokio::time::sleep(a.interval * 2 + Duration::from_secs(2)).await;
+    while outbox_pending(&db).await > 0 {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
     let (req0, checks0, cpu0, bytes0, t0) = (
         sim.requests(),
-        sim.counters()
-            .authorized
-            .load(std::sync::atomic::Ordering::SeqCst),
+        sim.counters().authorized.load(std::sync::atomic::Ordering::SeqCst),
         cpu_ms(pid),
         db_bytes(&db).await,
         Instant::now(),
@@ -250,11 +256,7 @@ async fn run_size(a: &Args, orgs: usize, nonce_lifetime: Duration, measure_chang
     let per_org0: Vec<u64> = ids.iter().map(|id| sim.requests_for(id)).collect();
     tokio::time::sleep(a.interval * a.cycles).await;
     let elapsed = t0.elapsed().as_secs_f64();
-    let checks = sim
-        .counters()
-        .authorized
-        .load(std::sync::atomic::Ordering::SeqCst)
-        - checks0;
+    let checks = sim.counters().authorized.load(std::sync::atomic::Ordering::SeqCst) - checks0;
     let requests = sim.requests() - req0;
     let cpu = cpu_ms(pid) - cpu0;
     let bytes1 = db_bytes(&db).await;
@@ -320,9 +322,7 @@ async fn drain_slack() -> (f64, usize) {
         dir.path().join("drain.db").display()
     );
     let config = linkwatch::config::Config::parse(&toml, &dir.path().join("drain.toml")).unwrap();
-    let app = linkwatch::daemon::App::new(config, Default::default())
-        .await
-        .unwrap();
+    let app = linkwatch::daemon::App::new(config, Default::default()).await.unwrap();
     for n in 0..1000 {
         let id = linkwatch::config::OrgId::parse(&org_id(n)).unwrap();
         let state = linkwatch::detect::OrgState {
@@ -348,8 +348,7 @@ async fn drain_slack() -> (f64, usize) {
     let start = Instant::now();
     let stop = tokio_util::sync::CancellationToken::new();
     let mut workers = tokio::task::JoinSet::new();
-    app.dispatcher
-        .spawn(app.store.clone(), stop.clone(), &mut workers);
+    app.dispatcher.spawn(app.store.clone(), stop.clone(), &mut workers);
     while arrivals.lock().unwrap().slack_events < 1000 {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
@@ -362,11 +361,7 @@ async fn drain_slack() -> (f64, usize) {
 
 /// The plain approach: one `curl --digest` process per check.
 async fn curl_baseline(checks: usize, latency: Duration) -> Option<(f64, f64, f64)> {
-    if std::process::Command::new("curl")
-        .arg("--version")
-        .output()
-        .is_err()
-    {
+    if std::process::Command::new("curl").arg("--version").output().is_err() {
         return None;
     }
     let sim = Simulator::start(
@@ -381,10 +376,7 @@ async fn curl_baseline(checks: usize, latency: Duration) -> Option<(f64, f64, f6
     sim.add_api_key(PUBLIC, PRIVATE);
     let id = org_id(0);
     sim.set(&id, Behavior::status("SYNCED"));
-    let url = format!(
-        "{}/orgs/{id}/liveExport/migrationLink/status",
-        sim.base_url()
-    );
+    let url = format!("{}/orgs/{id}/liveExport/migrationLink/status", sim.base_url());
     let before = children_cpu_ms();
     let start = Instant::now();
     for _ in 0..checks {
@@ -401,10 +393,7 @@ async fn curl_baseline(checks: usize, latency: Duration) -> Option<(f64, f64, f6
             .output()
             .await
             .unwrap();
-        assert!(
-            String::from_utf8_lossy(&out.stdout).contains("SYNCED"),
-            "curl failed"
-        );
+        assert!(String::from_utf8_lossy(&out.stdout).contains("SYNCED"), "curl failed");
     }
     let wall = start.elapsed().as_secs_f64() / checks as f64 * 1000.0;
     let cpu = (children_cpu_ms() - before) / checks as f64;
@@ -451,16 +440,7 @@ async fn main() {
         eprintln!("running {orgs} orgs ...");
         let mut row = run_size(&a, orgs, Duration::from_secs(60), true).await;
         eprintln!("running {orgs} orgs with a 5 s nonce lifetime ...");
-        let short = run_size(
-            &Args {
-                cycles: 1,
-                ..a.clone()
-            },
-            orgs,
-            Duration::from_secs(5),
-            false,
-        )
-        .await;
+        let short = run_size(&Args { cycles: 1, ..a.clone() }, orgs, Duration::from_secs(5), false).await;
         row.requests_per_check_short_nonce = short.requests_per_check;
         rows.push(row);
     }

@@ -223,13 +223,7 @@ pub async fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
             history(&db, org.as_deref(), since.as_deref(), *json).await
         }
         Command::Demo { duration, every } => {
-            demo::run(
-                *duration,
-                *every,
-                cli.config.as_deref(),
-                shutdown_on_signals(),
-            )
-            .await?;
+            demo::run(*duration, *every, cli.config.as_deref(), shutdown_on_signals()).await?;
             Ok(ExitCode::SUCCESS)
         }
     }
@@ -286,14 +280,9 @@ fn check(config: &Config) -> anyhow::Result<ExitCode> {
                             .map(|e| e.iter().map(|k| k.as_str().to_owned()).collect()),
                     ),
                     list(r.to.clone()),
-                    list(
-                        r.orgs
-                            .as_ref()
-                            .map(|o| o.iter().map(|i| i.to_string()).collect()),
-                    ),
-                    r.remind_every.map_or("-".to_owned(), |d| {
-                        humantime::format_duration(d).to_string()
-                    }),
+                    list(r.orgs.as_ref().map(|o| o.iter().map(|i| i.to_string()).collect())),
+                    r.remind_every
+                        .map_or("-".to_owned(), |d| humantime::format_duration(d).to_string()),
                 ]
             })
             .collect();
@@ -309,22 +298,16 @@ async fn notify_test(config: &Config, name: &str) -> anyhow::Result<ExitCode> {
     let dispatcher = Dispatcher::new(config, &ConsoleSink::Stdout, Default::default())?;
     let Some(outlet) = dispatcher.outlet(name) else {
         let known: Vec<&str> = config.channels.iter().map(|c| c.name.as_str()).collect();
-        anyhow::bail!(
-            "no channel is named \"{name}\" (channels: {})",
-            known.join(", ")
-        );
+        anyhow::bail!("no channel is named \"{name}\" (channels: {})", known.join(", "));
     };
-    let host =
-        std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_else(|_| "this host".into());
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_else(|_| "this host".into());
     let now = chrono::Utc::now();
     let message = message::Message {
         title: format!(
             "linkwatch test message: channel \"{name}\" works (sent from {})",
             host.trim()
         ),
-        advice: Some(
-            "This is a test sent by `linkwatch notify-test`; nothing happened to any link.".into(),
-        ),
+        advice: Some("This is a test sent by `linkwatch notify-test`; nothing happened to any link.".into()),
         org_name: "linkwatch".into(),
         org_id: "-".into(),
         kind: "test".into(),
@@ -396,12 +379,7 @@ async fn once(config: Config) -> anyhow::Result<ExitCode> {
     })
 }
 
-async fn history(
-    db: &Path,
-    org: Option<&str>,
-    since: Option<&str>,
-    json: bool,
-) -> anyhow::Result<ExitCode> {
+async fn history(db: &Path, org: Option<&str>, since: Option<&str>, json: bool) -> anyhow::Result<ExitCode> {
     if !db.exists() {
         anyhow::bail!("no database at {} (has linkwatch run yet?)", db.display());
     }
@@ -436,9 +414,7 @@ pub fn print_history(changes: &[store::StatusChange]) {
                 c.changed_at.clone(),
                 c.org_name.clone(),
                 c.org_id.clone(),
-                c.from_status
-                    .clone()
-                    .unwrap_or_else(|| "(first seen)".into()),
+                c.from_status.clone().unwrap_or_else(|| "(first seen)".into()),
                 c.to_status.clone(),
                 c.previous_lasted_s
                     .map(message::human_secs)
@@ -446,10 +422,7 @@ pub fn print_history(changes: &[store::StatusChange]) {
             ]
         })
         .collect();
-    print_table(
-        &["CHANGED_AT (UTC)", "ORG", "ID", "FROM", "TO", "FROM LASTED"],
-        &rows,
-    );
+    print_table(&["CHANGED_AT (UTC)", "ORG", "ID", "FROM", "TO", "FROM LASTED"], &rows);
 }
 
 pub fn print_table(header: &[&str], rows: &[Vec<String>]) {

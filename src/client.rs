@@ -99,9 +99,7 @@ impl Failure {
                 "Cloud Manager rejected the credentials: wrong key, or the key lacks the Organization Owner role"
             }
             FailureClass::Forbidden => "this host's IP address is not on the API key's access list",
-            FailureClass::NotFound => {
-                "Cloud Manager does not know this org (wrong id, or an Atlas org id)"
-            }
+            FailureClass::NotFound => "Cloud Manager does not know this org (wrong id, or an Atlas org id)",
             FailureClass::NoLink => "the org has no migration link (was it removed?)",
             FailureClass::RateLimited => "Cloud Manager is rate limiting this key",
             FailureClass::ServerError => "Cloud Manager had a server error",
@@ -197,17 +195,11 @@ impl Client {
             Credential::ApiKey {
                 public_key,
                 private_key,
-            } => Auth::Digest(DigestAuthSession::new(
-                public_key.clone(),
-                private_key.expose(),
-            )),
+            } => Auth::Digest(DigestAuthSession::new(public_key.clone(), private_key.expose())),
             Credential::ServiceAccount {
                 client_id,
                 client_secret,
-            } => Auth::OAuth(oauth::TokenCache::new(
-                client_id.clone(),
-                client_secret.clone(),
-            )),
+            } => Auth::OAuth(oauth::TokenCache::new(client_id.clone(), client_secret.clone())),
         });
         self.auth.push((credential.clone(), auth.clone()));
         auth
@@ -240,12 +232,7 @@ impl Client {
         (outcome, requests.load(Ordering::Relaxed))
     }
 
-    async fn check_inner(
-        &self,
-        org: &OrgId,
-        credential: &Credential,
-        requests: &AtomicU64,
-    ) -> CheckOutcome {
+    async fn check_inner(&self, org: &OrgId, credential: &Credential, requests: &AtomicU64) -> CheckOutcome {
         let Some(auth) = self.find_auth(credential) else {
             return Err(Failure::new(
                 FailureClass::Unauthorized,
@@ -263,9 +250,7 @@ impl Client {
                     .await
                     .map_err(digest_error)?,
                 Auth::OAuth(cache) => {
-                    let token = cache
-                        .token(&self.http, &self.settings.token_url, false)
-                        .await?;
+                    let token = cache.token(&self.http, &self.settings.token_url, false).await?;
                     let response = self
                         .request(url.clone())
                         .bearer_auth(token.expose())
@@ -276,9 +261,7 @@ impl Client {
                         response
                     } else {
                         // The token may have been revoked or expired early: one fresh try.
-                        let token = cache
-                            .token(&self.http, &self.settings.token_url, true)
-                            .await?;
+                        let token = cache.token(&self.http, &self.settings.token_url, true).await?;
                         self.request(url)
                             .bearer_auth(token.expose())
                             .send()
@@ -295,18 +278,13 @@ impl Client {
                 FailureClass::Timeout,
                 None,
                 None,
-                format!(
-                    "no answer within {}",
-                    humantime::format_duration(self.settings.timeout)
-                ),
+                format!("no answer within {}", humantime::format_duration(self.settings.timeout)),
             )),
         }
     }
 
     fn request(&self, url: Url) -> reqwest::RequestBuilder {
-        self.http
-            .get(url)
-            .header(header::ACCEPT, "application/json")
+        self.http.get(url).header(header::ACCEPT, "application/json")
     }
 
     async fn read(&self, mut response: reqwest::Response) -> CheckOutcome {
@@ -347,10 +325,7 @@ impl DigestAuthCredentials for Counted<'_> {
         (&self.session).password()
     }
 
-    fn cached_context<'h>(
-        &self,
-        host: &'h str,
-    ) -> diqwest::error::Result<Option<CachedContextGuard<'_, 'h>>> {
+    fn cached_context<'h>(&self, host: &'h str) -> diqwest::error::Result<Option<CachedContextGuard<'_, 'h>>> {
         let cached = DigestAuthCredentials::cached_context(&self.session, host)?;
         if cached.is_none() {
             self.count(); // no nonce yet: an unauthenticated request fetches the challenge
@@ -377,22 +352,12 @@ impl DigestAuthCredentials for Counted<'_> {
         response_headers: &header::HeaderMap,
     ) -> diqwest::error::Result<digest_auth::AuthorizationHeader> {
         self.count(); // a request with a reused nonce
-        DigestAuthCredentials::calculate_authorization(
-            &self.session,
-            host,
-            path,
-            method,
-            body,
-            response_headers,
-        )
+        DigestAuthCredentials::calculate_authorization(&self.session, host, path, method, body, response_headers)
     }
 }
 
 /// Reads at most `cap` bytes; the flag says whether the body was longer.
-pub(crate) async fn read_capped(
-    response: &mut reqwest::Response,
-    cap: usize,
-) -> reqwest::Result<(Vec<u8>, bool)> {
+pub(crate) async fn read_capped(response: &mut reqwest::Response, cap: usize) -> reqwest::Result<(Vec<u8>, bool)> {
     let mut body = Vec::new();
     while let Some(chunk) = response.chunk().await? {
         let room = cap - body.len();

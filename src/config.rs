@@ -84,15 +84,9 @@ impl std::fmt::Display for Schedule {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Credential {
     /// HTTP Digest: username = public key, password = private key.
-    ApiKey {
-        public_key: String,
-        private_key: Secret,
-    },
+    ApiKey { public_key: String, private_key: Secret },
     /// OAuth 2.0 client credentials (service account).
-    ServiceAccount {
-        client_id: String,
-        client_secret: Secret,
-    },
+    ServiceAccount { client_id: String, client_secret: Secret },
 }
 
 impl Credential {
@@ -117,10 +111,7 @@ pub struct Org {
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read config file {path}: {source}")]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Read { path: PathBuf, source: std::io::Error },
     #[error("{file}:{line}:{column}: {key}: {message}")]
     Invalid {
         file: PathBuf,
@@ -181,9 +172,7 @@ impl Config {
         let cm = raw.cloud_manager;
         let base_url = match &cm.base_url {
             Some(u) => parse_base_url(u, loc)?,
-            None => with_trailing_slash(
-                Url::parse(DEFAULT_BASE_URL).expect("the default base URL is valid"),
-            ),
+            None => with_trailing_slash(Url::parse(DEFAULT_BASE_URL).expect("the default base URL is valid")),
         };
         let token_url = match &cm.token_url {
             Some(u) => parse_url(u, "cloud_manager.token_url", loc)?,
@@ -198,26 +187,19 @@ impl Config {
         let default_credential = credential_from(&cm.credential(), "cloud_manager", loc)?;
 
         let poll_raw = raw.poll.unwrap_or_default();
-        let default_schedule =
-            schedule_from(poll_raw.every.as_ref(), poll_raw.cron.as_ref(), "poll", loc)?
-                .unwrap_or(Schedule::Every(Duration::from_secs(60)));
+        let default_schedule = schedule_from(poll_raw.every.as_ref(), poll_raw.cron.as_ref(), "poll", loc)?
+            .unwrap_or(Schedule::Every(Duration::from_secs(60)));
         let poll = Poll {
             schedule: default_schedule.clone(),
             timeout: poll_raw.timeout.map_or(Duration::from_secs(15), |d| d.0),
-            concurrency: positive(poll_raw.concurrency.as_ref(), 8, "poll.concurrency", loc)?
-                as usize,
+            concurrency: positive(poll_raw.concurrency.as_ref(), 8, "poll.concurrency", loc)? as usize,
             failures_before_alert: positive(
                 poll_raw.failures_before_alert.as_ref(),
                 3,
                 "poll.failures_before_alert",
                 loc,
             )?,
-            confirm_checks: positive(
-                poll_raw.confirm_checks.as_ref(),
-                1,
-                "poll.confirm_checks",
-                loc,
-            )?,
+            confirm_checks: positive(poll_raw.confirm_checks.as_ref(), 1, "poll.confirm_checks", loc)?,
         };
 
         let mut credentials: Vec<Arc<Credential>> = Vec::new();
@@ -243,11 +225,7 @@ impl Config {
             }
             let name = o.name.get_ref().trim().to_owned();
             if name.is_empty() {
-                return Err(loc.error(
-                    o.name.span().start,
-                    &format!("{key}.name"),
-                    "must not be empty".into(),
-                ));
+                return Err(loc.error(o.name.span().start, &format!("{key}.name"), "must not be empty".into()));
             }
             if orgs.iter().any(|x| x.name == name) {
                 return Err(loc.error(
@@ -285,9 +263,7 @@ impl Config {
             source: loc.file.to_owned(),
             database,
             retention,
-            shutdown_timeout: raw
-                .shutdown_timeout
-                .map_or(Duration::from_secs(10), |d| d.0),
+            shutdown_timeout: raw.shutdown_timeout.map_or(Duration::from_secs(10), |d| d.0),
             http_listen,
             cloud_manager,
             poll,
@@ -332,12 +308,7 @@ impl Locator<'_> {
     }
 }
 
-fn positive(
-    value: Option<&Spanned<u32>>,
-    default: u32,
-    key: &str,
-    loc: &Locator<'_>,
-) -> Result<u32, ConfigError> {
+fn positive(value: Option<&Spanned<u32>>, default: u32, key: &str, loc: &Locator<'_>) -> Result<u32, ConfigError> {
     match value {
         None => Ok(default),
         Some(v) if *v.get_ref() > 0 => Ok(*v.get_ref()),
@@ -357,11 +328,9 @@ fn schedule_from(
             &format!("{table}.cron"),
             "set either `every` or `cron`, not both".into(),
         )),
-        (Some(e), None) if e.get_ref().0 < Duration::from_secs(1) => Err(loc.error(
-            e.span().start,
-            &format!("{table}.every"),
-            "must be at least 1s".into(),
-        )),
+        (Some(e), None) if e.get_ref().0 < Duration::from_secs(1) => {
+            Err(loc.error(e.span().start, &format!("{table}.every"), "must be at least 1s".into()))
+        }
         (Some(e), None) => Ok(Some(Schedule::Every(e.get_ref().0))),
         (None, Some(c)) => Ok(Some(Schedule::Cron(Box::new(c.get_ref().clone())))),
         (None, None) => Ok(None),
@@ -444,33 +413,19 @@ fn resolve_secret(
     env: Option<&Spanned<String>>,
     loc: &Locator<'_>,
 ) -> Result<Option<Secret>, ConfigError> {
-    let set = [
-        inline.map(|s| s.span()),
-        file.map(|s| s.span()),
-        env.map(|s| s.span()),
-    ];
+    let set = [inline.map(|s| s.span()), file.map(|s| s.span()), env.map(|s| s.span())];
     if set.iter().flatten().count() > 1 {
         let span = set.iter().flatten().nth(1).map_or(0, |s| s.start);
-        return Err(loc.error(
-            span,
-            key,
-            format!("set only one of {key}, {key}_file and {key}_env"),
-        ));
+        return Err(loc.error(span, key, format!("set only one of {key}, {key}_file and {key}_env")));
     }
     if let Some(s) = inline {
         return non_empty(s.get_ref().clone(), s.span().start, key, loc).map(Some);
     }
     if let Some(f) = file {
         let key = format!("{key}_file");
-        let path =
-            expand_credentials_dir(f.get_ref()).map_err(|m| loc.error(f.span().start, &key, m))?;
-        let text = std::fs::read_to_string(&path).map_err(|e| {
-            loc.error(
-                f.span().start,
-                &key,
-                format!("cannot read {}: {e}", path.display()),
-            )
-        })?;
+        let path = expand_credentials_dir(f.get_ref()).map_err(|m| loc.error(f.span().start, &key, m))?;
+        let text = std::fs::read_to_string(&path)
+            .map_err(|e| loc.error(f.span().start, &key, format!("cannot read {}: {e}", path.display())))?;
         // Files written by `echo` or editors end in a newline that is not part of the secret.
         return non_empty(
             Secret::new(text.trim_end_matches(['\n', '\r'])),
@@ -494,12 +449,7 @@ fn resolve_secret(
     Ok(None)
 }
 
-fn non_empty(
-    s: Secret,
-    offset: usize,
-    key: &str,
-    loc: &Locator<'_>,
-) -> Result<Secret, ConfigError> {
+fn non_empty(s: Secret, offset: usize, key: &str, loc: &Locator<'_>) -> Result<Secret, ConfigError> {
     if s.expose().trim().is_empty() {
         return Err(loc.error(offset, key, "the secret is empty".into()));
     }
@@ -512,39 +462,30 @@ fn expand_credentials_dir(path: &str) -> Result<PathBuf, String> {
     if !path.contains(VAR) {
         return Ok(PathBuf::from(path));
     }
-    let dir = std::env::var("CREDENTIALS_DIRECTORY")
-        .map_err(|_| format!("{path} uses {VAR}, but CREDENTIALS_DIRECTORY is not set (is this running under systemd with LoadCredential=?)"))?;
+    let dir = std::env::var("CREDENTIALS_DIRECTORY").map_err(|_| {
+        format!(
+            "{path} uses {VAR}, but CREDENTIALS_DIRECTORY is not set \
+                 (is this running under systemd with LoadCredential=?)"
+        )
+    })?;
     Ok(PathBuf::from(path.replace(VAR, &dir)))
 }
 
 fn resolve_path(base: &Path, p: &str) -> PathBuf {
     let p = Path::new(p);
-    if p.is_absolute() {
-        p.to_owned()
-    } else {
-        base.join(p)
-    }
+    if p.is_absolute() { p.to_owned() } else { base.join(p) }
 }
 
 fn parse_url(u: &Spanned<String>, key: &str, loc: &Locator<'_>) -> Result<Url, ConfigError> {
-    let url = Url::parse(u.get_ref())
-        .map_err(|e| loc.error(u.span().start, key, format!("not a URL: {e}")))?;
+    let url = Url::parse(u.get_ref()).map_err(|e| loc.error(u.span().start, key, format!("not a URL: {e}")))?;
     if !matches!(url.scheme(), "http" | "https") {
-        return Err(loc.error(
-            u.span().start,
-            key,
-            "must be an http:// or https:// URL".into(),
-        ));
+        return Err(loc.error(u.span().start, key, "must be an http:// or https:// URL".into()));
     }
     Ok(url)
 }
 
 fn parse_base_url(u: &Spanned<String>, loc: &Locator<'_>) -> Result<Url, ConfigError> {
-    Ok(with_trailing_slash(parse_url(
-        u,
-        "cloud_manager.base_url",
-        loc,
-    )?))
+    Ok(with_trailing_slash(parse_url(u, "cloud_manager.base_url", loc)?))
 }
 
 /// Joining paths onto a base needs a trailing slash, and users write it both ways.

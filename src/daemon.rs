@@ -98,8 +98,7 @@ pub async fn check_org(app: &App, org: &Org) -> anyhow::Result<CheckReport> {
             .with_context(|| format!("cannot record the check of org {}", org.name))?
     {
         tracing::debug!(org = %org.name, %status, requests, "checked, nothing new");
-        app.metrics
-            .check(org.id.as_str(), &org.name, "ok", took, requests);
+        app.metrics.check(org.id.as_str(), &org.name, "ok", took, requests);
         return Ok(CheckReport {
             outcome,
             events: Vec::new(),
@@ -108,10 +107,7 @@ pub async fn check_org(app: &App, org: &Org) -> anyhow::Result<CheckReport> {
 
     let state = app.store.load_state(&org.id).await?;
     let (next, mut events) = detect::detect(&state, &outcome, now, app.policy());
-    let mut routed: Vec<(Event, Vec<String>)> = events
-        .iter()
-        .map(|e| (e.clone(), router.route(&org.id, e)))
-        .collect();
+    let mut routed: Vec<(Event, Vec<String>)> = events.iter().map(|e| (e.clone(), router.route(&org.id, e))).collect();
 
     // Reminders go to the route that asked for them, and restart its clock.
     let mut reminded = Vec::new();
@@ -154,7 +150,8 @@ pub async fn check_org(app: &App, org: &Org) -> anyhow::Result<CheckReport> {
         .check(org.id.as_str(), &org.name, outcome_label, took, requests);
     for e in &events {
         app.metrics.event(e.kind());
-        tracing::info!(org = %org.name, org_id = %org.id, event = e.kind(), "{}", serde_json::to_string(e).unwrap_or_default());
+        let detail = serde_json::to_string(e).unwrap_or_default();
+        tracing::info!(org = %org.name, org_id = %org.id, event = e.kind(), "{detail}");
     }
     let channels: Vec<String> = routed.into_iter().flat_map(|(_, c)| c).collect();
     app.dispatcher.wake(&channels);
@@ -185,11 +182,7 @@ pub async fn run_app(app: Arc<App>, shutdown: CancellationToken) -> anyhow::Resu
     result
 }
 
-pub async fn run_with(
-    config: Config,
-    shutdown: CancellationToken,
-    mut options: Options,
-) -> anyhow::Result<()> {
+pub async fn run_with(config: Config, shutdown: CancellationToken, mut options: Options) -> anyhow::Result<()> {
     let store = Store::open(&config.database).await?;
     let app = Arc::new(App::with_store(
         config,
@@ -283,10 +276,7 @@ async fn serve(
         }
     }
     services_stop.cancel();
-    for task in [Some(housekeeping), http_task, watchdog]
-        .into_iter()
-        .flatten()
-    {
+    for task in [Some(housekeeping), http_task, watchdog].into_iter().flatten() {
         let _ = task.await;
     }
     tracing::info!("linkwatch stopped");
@@ -294,11 +284,7 @@ async fn serve(
 }
 
 /// A new `App` for `loaded`, around the running one's store and metrics.
-fn rebuild(
-    current: &App,
-    loaded: anyhow::Result<Config>,
-    console: ConsoleSink,
-) -> anyhow::Result<App> {
+fn rebuild(current: &App, loaded: anyhow::Result<Config>, console: ConsoleSink) -> anyhow::Result<App> {
     let config = loaded?;
     if config.database != current.config.database {
         anyhow::bail!(
@@ -323,12 +309,7 @@ fn rebuild(
             gone.join(", ")
         );
     }
-    App::with_store(
-        config,
-        current.store.clone(),
-        current.metrics.clone(),
-        console,
-    )
+    App::with_store(config, current.store.clone(), current.metrics.clone(), console)
 }
 
 /// The scheduler and channel workers of one config.
@@ -406,9 +387,9 @@ impl Generation {
             let flush = app.dispatcher.dispatch_all_due(&app.store);
             match tokio::time::timeout_at(deadline, flush).await {
                 Ok(Err(e)) => tracing::warn!("final delivery: {e:#}"),
-                Err(_) => tracing::warn!(
-                    "shutdown deadline reached; undelivered events stay pending for the next start"
-                ),
+                Err(_) => {
+                    tracing::warn!("shutdown deadline reached; undelivered events stay pending for the next start")
+                }
                 Ok(Ok(_)) => {}
             }
         }

@@ -51,11 +51,7 @@ fn timeline() -> Vec<DemoOrg> {
                 (0.5, Behavior::status("SYNCED")),
             ],
         ),
-        (
-            "5f0c00000000000000000004",
-            "legacy-crm",
-            vec![(0.0, access_list)],
-        ),
+        ("5f0c00000000000000000004", "legacy-crm", vec![(0.0, access_list)]),
     ]
 }
 
@@ -65,10 +61,7 @@ pub const SIMULATE_PUBLIC_KEY: &str = "sim-public-key";
 pub const SIMULATE_PRIVATE_KEY: &str = "sim-private-key";
 
 /// `linkwatch simulate`: the demo's orgs, on a loop of ten minutes, until `shutdown`.
-pub async fn simulate(
-    listen: std::net::SocketAddr,
-    shutdown: CancellationToken,
-) -> anyhow::Result<()> {
+pub async fn simulate(listen: std::net::SocketAddr, shutdown: CancellationToken) -> anyhow::Result<()> {
     let sim = Simulator::start(listen, simulator::Options::default())
         .await
         .with_context(|| format!("cannot listen on {listen}"))?;
@@ -92,9 +85,7 @@ pub async fn simulate(
         sim.base_url(),
         simulator::REALM
     );
-    println!(
-        "  API key: public_key = \"{SIMULATE_PUBLIC_KEY}\", private_key = \"{SIMULATE_PRIVATE_KEY}\""
-    );
+    println!("  API key: public_key = \"{SIMULATE_PUBLIC_KEY}\", private_key = \"{SIMULATE_PRIVATE_KEY}\"");
     for (id, name, _) in &orgs {
         println!("  org {id}  {name}");
     }
@@ -128,17 +119,11 @@ pub async fn run(
     for (id, _, script) in &orgs {
         sim.script(
             id,
-            script
-                .iter()
-                .map(|(f, b)| (duration.mul_f64(*f), b.clone()))
-                .collect(),
+            script.iter().map(|(f, b)| (duration.mul_f64(*f), b.clone())).collect(),
         );
     }
 
-    let dir = std::env::temp_dir().join(format!(
-        "linkwatch-demo-{}",
-        chrono::Utc::now().format("%Y%m%dT%H%M%S")
-    ));
+    let dir = std::env::temp_dir().join(format!("linkwatch-demo-{}", chrono::Utc::now().format("%Y%m%dT%H%M%S")));
     std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let db = dir.join("linkwatch.db");
     let mut toml = format!(
@@ -166,8 +151,7 @@ kind = "console"
         toml.push_str(&format!("\n[[org]]\nid = \"{id}\"\nname = \"{name}\"\n"));
     }
     let config_path = dir.join("demo.toml");
-    let mut config =
-        Config::parse(&toml, &config_path).context("the demo's own config is invalid")?;
+    let mut config = Config::parse(&toml, &config_path).context("the demo's own config is invalid")?;
     if let Some(extra) = extra {
         let extra = Config::load(extra)?;
         config.channels.extend(extra.channels);
@@ -222,10 +206,7 @@ async fn summary(db: &Path) -> anyhow::Result<()> {
     let store = Store::open(db).await?;
     let changes = store.history(None, None).await?;
     store.close().await;
-    println!(
-        "\nstatus history (linkwatch history --database {}):\n",
-        db.display()
-    );
+    println!("\nstatus history (linkwatch history --database {}):\n", db.display());
     print_history(&changes);
     println!(
         r#"

@@ -112,21 +112,13 @@ pub struct ReminderRule {
 }
 
 /// The reminders due at `now` for an org in `state`, one per rule at most, with the rule's index.
-pub fn due_reminders(
-    state: &OrgState,
-    rules: &[ReminderRule],
-    now: DateTime<Utc>,
-) -> Vec<(usize, Event)> {
+pub fn due_reminders(state: &OrgState, rules: &[ReminderRule], now: DateTime<Utc>) -> Vec<(usize, Event)> {
     let mut due = Vec::new();
     for (i, rule) in rules.iter().enumerate() {
         let condition = if rule.about_failing && state.failing_alerted {
-            state
-                .failing_since
-                .map(|since| (Condition::CheckFailing, since))
+            state.failing_since.map(|since| (Condition::CheckFailing, since))
         } else if rule.about_link && link_broken(state, rule.to.as_deref()) {
-            state
-                .status_since
-                .map(|since| (Condition::LinkBroken, since))
+            state.status_since.map(|since| (Condition::LinkBroken, since))
         } else {
             None
         };
@@ -171,12 +163,7 @@ pub fn is_quiet(state: &OrgState, status: &str) -> bool {
         && !state.failing_alerted
 }
 
-pub fn detect(
-    state: &OrgState,
-    outcome: &CheckOutcome,
-    now: DateTime<Utc>,
-    policy: Policy,
-) -> (OrgState, Vec<Event>) {
+pub fn detect(state: &OrgState, outcome: &CheckOutcome, now: DateTime<Utc>, policy: Policy) -> (OrgState, Vec<Event>) {
     let mut next = state.clone();
     let mut events = Vec::new();
     match outcome {
@@ -275,12 +262,7 @@ mod tests {
     }
 
     fn fail() -> CheckOutcome {
-        Err(Failure::new(
-            FailureClass::ServerError,
-            Some(500),
-            None,
-            "boom",
-        ))
+        Err(Failure::new(FailureClass::ServerError, Some(500), None, "boom"))
     }
 
     fn ok(s: &str) -> CheckOutcome {
@@ -313,23 +295,14 @@ mod tests {
 
     #[test]
     fn first_success_is_first_seen_then_quiet() {
-        check(
-            POLICY,
-            &[ok("NOT_SYNCED"), ok("NOT_SYNCED")],
-            &["first_seen", "-"],
-        );
+        check(POLICY, &[ok("NOT_SYNCED"), ok("NOT_SYNCED")], &["first_seen", "-"]);
     }
 
     #[test]
     fn a_change_is_reported_once() {
         check(
             POLICY,
-            &[
-                ok("NOT_SYNCED"),
-                ok("SYNCED"),
-                ok("SYNCED"),
-                ok("NOT_SYNCED"),
-            ],
+            &[ok("NOT_SYNCED"), ok("SYNCED"), ok("SYNCED"), ok("NOT_SYNCED")],
             &[
                 "first_seen",
                 "status_changed:NOT_SYNCED->SYNCED",
@@ -404,14 +377,7 @@ mod tests {
         check(
             POLICY,
             &[ok("SYNCED"), fail(), fail(), fail(), fail(), ok("SYNCED")],
-            &[
-                "first_seen",
-                "-",
-                "-",
-                "check_failing",
-                "-",
-                "check_recovered",
-            ],
+            &["first_seen", "-", "-", "check_failing", "-", "check_recovered"],
         );
     }
 
@@ -434,15 +400,7 @@ mod tests {
     fn short_failure_runs_stay_silent() {
         check(
             POLICY,
-            &[
-                ok("SYNCED"),
-                fail(),
-                fail(),
-                ok("SYNCED"),
-                fail(),
-                fail(),
-                ok("SYNCED"),
-            ],
+            &[ok("SYNCED"), fail(), fail(), ok("SYNCED"), fail(), fail(), ok("SYNCED")],
             &["first_seen", "-", "-", "-", "-", "-", "-"],
         );
     }
@@ -470,10 +428,7 @@ mod tests {
             failures_before_alert: 1,
         };
         for policy in [POLICY, strict] {
-            assert_eq!(
-                detect(&quiet, &ok("SYNCED"), t(100), policy),
-                (quiet.clone(), vec![])
-            );
+            assert_eq!(detect(&quiet, &ok("SYNCED"), t(100), policy), (quiet.clone(), vec![]));
         }
         // Anything else is not quiet, and detect may change it.
         assert!(!is_quiet(&quiet, "NOT_SYNCED"));
@@ -490,17 +445,10 @@ mod tests {
             ..quiet.clone()
         };
         assert!(!is_quiet(&candidate, "SYNCED"));
-        assert_ne!(
-            detect(&candidate, &ok("SYNCED"), t(100), POLICY).0,
-            candidate
-        );
+        assert_ne!(detect(&candidate, &ok("SYNCED"), t(100), POLICY).0, candidate);
     }
 
-    fn rule(
-        about_link: bool,
-        about_failing: bool,
-        last_sent: Option<DateTime<Utc>>,
-    ) -> ReminderRule {
+    fn rule(about_link: bool, about_failing: bool, last_sent: Option<DateTime<Utc>>) -> ReminderRule {
         ReminderRule {
             every: std::time::Duration::from_secs(3600),
             about_link,
@@ -560,10 +508,7 @@ mod tests {
             matches!(&due[..], [(0, Event::Reminder { condition: Condition::CheckFailing, since, .. })] if *since == t(0))
         );
         // A reminder sent in an earlier episode does not delay this one.
-        assert_eq!(
-            due_reminders(&s, &[rule(false, true, Some(t(-50)))], t(3600)).len(),
-            1
-        );
+        assert_eq!(due_reminders(&s, &[rule(false, true, Some(t(-50)))], t(3600)).len(), 1);
         let s = detect(&s, &ok("SYNCED"), t(8000), POLICY).0;
         assert!(due_reminders(&s, &[rule(false, true, None)], t(100_000)).is_empty());
     }
@@ -573,9 +518,7 @@ mod tests {
         let (s, _) = detect(&OrgState::default(), &fail(), t(0), POLICY);
         let (s, _) = detect(&s, &fail(), t(60), POLICY);
         let (s, e) = detect(&s, &fail(), t(120), POLICY);
-        assert!(
-            matches!(&e[..], [Event::CheckFailing { failures: 3, since, .. }] if *since == t(0))
-        );
+        assert!(matches!(&e[..], [Event::CheckFailing { failures: 3, since, .. }] if *since == t(0)));
         let (_, e) = detect(&s, &ok("SYNCED"), t(180), POLICY);
         assert_eq!(
             e[0],

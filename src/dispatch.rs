@@ -117,11 +117,7 @@ pub struct Dispatcher {
 }
 
 impl Dispatcher {
-    pub fn new(
-        config: &Config,
-        console: &ConsoleSink,
-        metrics: Arc<Metrics>,
-    ) -> anyhow::Result<Dispatcher> {
+    pub fn new(config: &Config, console: &ConsoleSink, metrics: Arc<Metrics>) -> anyhow::Result<Dispatcher> {
         let http = reqwest::Client::builder()
             .user_agent(concat!("linkwatch/", env!("CARGO_PKG_VERSION")))
             .connect_timeout(Duration::from_secs(5))
@@ -213,11 +209,9 @@ pub async fn dispatch_due(
             let next = policy.next_attempt(attempts, now, now, retry_after);
             let (mut retry, mut expired) = (Vec::new(), Vec::new());
             for d in &due {
-                let created = DateTime::parse_from_rfc3339(&d.event.created_at)
-                    .map_or(now, |t| t.with_timezone(&Utc));
-                let too_old = next.is_none_or(|n| {
-                    n > created + chrono::Duration::from_std(policy.max_age).unwrap_or_default()
-                });
+                let created = DateTime::parse_from_rfc3339(&d.event.created_at).map_or(now, |t| t.with_timezone(&Utc));
+                let too_old =
+                    next.is_none_or(|n| n > created + chrono::Duration::from_std(policy.max_age).unwrap_or_default());
                 if too_old {
                     expired.push(d.outbox_id)
                 } else {
@@ -225,7 +219,8 @@ pub async fn dispatch_due(
                 }
             }
             if !expired.is_empty() {
-                tracing::error!(channel = %outlet.name, deliveries = expired.len(), %error, "delivery given up after the maximum age");
+                let n = expired.len();
+                tracing::error!(channel = %outlet.name, deliveries = n, %error, "delivery given up after the maximum age");
                 store.mark_attempt_failed(&expired, &error, None).await?;
                 metrics.delivery(&outlet.name, "failed", expired.len() as u64);
             }

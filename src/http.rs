@@ -58,8 +58,7 @@ pub async fn serve(
         .route("/healthz", get(healthz))
         .with_state(shared);
     Ok(tokio::spawn(async move {
-        let serve = axum::serve(listener, app)
-            .with_graceful_shutdown(async move { shutdown.cancelled().await });
+        let serve = axum::serve(listener, app).with_graceful_shutdown(async move { shutdown.cancelled().await });
         if let Err(e) = serve.await {
             tracing::error!("HTTP endpoint stopped: {e}");
         }
@@ -69,10 +68,7 @@ pub async fn serve(
 async fn metrics(State(shared): State<Shared>) -> Response {
     match shared.store.gauges().await {
         Ok(gauges) => (
-            [(
-                header::CONTENT_TYPE,
-                "text/plain; version=0.0.4; charset=utf-8",
-            )],
+            [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
             shared.metrics.render(&gauges),
         )
             .into_response(),

@@ -21,17 +21,11 @@ pub struct Message {
 }
 
 pub fn render(stored: &StoredEvent) -> Message {
-    let name = stored
-        .org_name
-        .clone()
-        .unwrap_or_else(|| stored.org_id.clone());
+    let name = stored.org_name.clone().unwrap_or_else(|| stored.org_id.clone());
     let (title, advice) = match serde_json::from_str::<Event>(&stored.payload) {
         Ok(event) => describe(&name, &event),
         Err(_) => (
-            format!(
-                "{name}: {} (payload not readable by this version)",
-                stored.kind
-            ),
+            format!("{name}: {} (payload not readable by this version)", stored.kind),
             None,
         ),
     };
@@ -69,9 +63,7 @@ fn describe(name: &str, event: &Event) -> (String, Option<String>) {
             };
             (title, advice_for(Some(from), to))
         }
-        Event::CheckFailing {
-            failures, failure, ..
-        } => (
+        Event::CheckFailing { failures, failure, .. } => (
             format!(
                 "{name}: status checks failing ({failures} in a row): {}",
                 failure.explain()
@@ -99,10 +91,7 @@ fn describe(name: &str, event: &Event) -> (String, Option<String>) {
                 ),
             }
         }
-        Event::CheckRecovered {
-            failures,
-            failed_for_s,
-        } => (
+        Event::CheckRecovered { failures, failed_for_s } => (
             format!(
                 "{name}: status checks recovered after {} ({failures} failed checks)",
                 human_secs(*failed_for_s)
@@ -172,10 +161,7 @@ mod tests {
             changed_at: chrono::Utc::now(),
             from_lasted_s: 200,
         }));
-        assert_eq!(
-            m.title,
-            "payments: migration link SYNCED (was NOT_SYNCED for 3m 20s)"
-        );
+        assert_eq!(m.title, "payments: migration link SYNCED (was NOT_SYNCED for 3m 20s)");
         assert!(m.advice.unwrap().contains("ready for live migration"));
         let m = render(&stored(&Event::StatusChanged {
             from: "SYNCED".into(),

@@ -40,14 +40,7 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl Metrics {
-    pub fn check(
-        &self,
-        org_id: &str,
-        org_name: &str,
-        outcome: &str,
-        took: Duration,
-        requests: u64,
-    ) {
+    pub fn check(&self, org_id: &str, org_name: &str, outcome: &str, took: Duration, requests: u64) {
         *lock(&self.checks)
             .entry((org_id.to_owned(), org_name.to_owned(), outcome.to_owned()))
             .or_default() += 1;
@@ -110,10 +103,7 @@ impl Metrics {
             );
         }
         let count = self.latency_count.load(Ordering::Relaxed);
-        let _ = writeln!(
-            w,
-            "linkwatch_check_duration_seconds_bucket{{le=\"+Inf\"}} {count}"
-        );
+        let _ = writeln!(w, "linkwatch_check_duration_seconds_bucket{{le=\"+Inf\"}} {count}");
         let _ = writeln!(
             w,
             "linkwatch_check_duration_seconds_sum {}",
@@ -126,17 +116,8 @@ impl Metrics {
             "counter",
             "HTTP requests sent to Cloud Manager (Digest challenges included).",
         );
-        let _ = writeln!(
-            w,
-            "linkwatch_cloud_manager_requests_total {}",
-            self.requests()
-        );
-        header(
-            w,
-            "linkwatch_events_total",
-            "counter",
-            "Events recorded, by kind.",
-        );
+        let _ = writeln!(w, "linkwatch_cloud_manager_requests_total {}", self.requests());
+        header(w, "linkwatch_events_total", "counter", "Events recorded, by kind.");
         for (kind, n) in lock(&self.events).iter() {
             let _ = writeln!(w, "linkwatch_events_total{{kind=\"{}\"}} {n}", esc(kind));
         }
@@ -178,11 +159,7 @@ impl Metrics {
             "Deliveries waiting to be sent, by channel.",
         );
         for (channel, n) in &db.outbox_depth {
-            let _ = writeln!(
-                w,
-                "linkwatch_outbox_pending{{channel=\"{}\"}} {n}",
-                esc(channel)
-            );
+            let _ = writeln!(w, "linkwatch_outbox_pending{{channel=\"{}\"}} {n}", esc(channel));
         }
         header(
             w,
@@ -205,7 +182,5 @@ fn header(w: &mut String, name: &str, kind: &str, help: &str) {
 
 /// Label values escape backslash, quote and newline.
 fn esc(s: &str) -> String {
-    s.replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
+    s.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
 }

@@ -63,9 +63,7 @@ mod tests {
                 "attempt {attempts}: {secs}s"
             );
         }
-        let at = p
-            .next_attempt(1, now, now, Some(Duration::from_secs(30)))
-            .unwrap();
+        let at = p.next_attempt(1, now, now, Some(Duration::from_secs(30))).unwrap();
         assert!((at - now).num_seconds() >= 30);
     }
 
@@ -75,9 +73,6 @@ mod tests {
         let now = Utc::now();
         let created = now - chrono::Duration::hours(24);
         assert_eq!(p.next_attempt(3, created, now, None), None);
-        assert!(
-            p.next_attempt(3, now - chrono::Duration::hours(1), now, None)
-                .is_some()
-        );
+        assert!(p.next_attempt(3, now - chrono::Duration::hours(1), now, None).is_some());
     }
 }

@@ -33,9 +33,7 @@ pub fn first_due(schedule: &Schedule, org: &OrgId, now: DateTime<Utc>) -> DateTi
             let k = (t - offset + period - 1).div_euclid(period);
             DateTime::from_timestamp_millis(offset + k * period).unwrap_or(now)
         }
-        Schedule::Cron(cron) => cron
-            .next_after(now - chrono::Duration::milliseconds(1))
-            .unwrap_or(now),
+        Schedule::Cron(cron) => cron.next_after(now - chrono::Duration::milliseconds(1)).unwrap_or(now),
     }
 }
 
@@ -61,19 +59,15 @@ pub struct Heartbeat(Arc<std::sync::atomic::AtomicI64>);
 
 impl Heartbeat {
     fn beat(&self) {
-        self.0.store(
-            Utc::now().timestamp_millis(),
-            std::sync::atomic::Ordering::Relaxed,
-        );
+        self.0
+            .store(Utc::now().timestamp_millis(), std::sync::atomic::Ordering::Relaxed);
     }
 
     /// How long ago the loop last ran; `None` before it first ran.
     pub fn age(&self) -> Option<Duration> {
         match self.0.load(std::sync::atomic::Ordering::Relaxed) {
             0 => None,
-            ms => Some(Duration::from_millis(
-                (Utc::now().timestamp_millis() - ms).max(0) as u64,
-            )),
+            ms => Some(Duration::from_millis((Utc::now().timestamp_millis() - ms).max(0) as u64)),
         }
     }
 }
@@ -97,15 +91,9 @@ pub async fn run<F, Fut>(
     Fut: Future<Output = NotBefore> + Send + 'static,
 {
     let now = Utc::now();
-    let mut due: Vec<DateTime<Utc>> = schedules
-        .iter()
-        .map(|(org, s)| first_due(s, org, now))
-        .collect();
-    let mut heap: BinaryHeap<Reverse<(DateTime<Utc>, usize)>> = due
-        .iter()
-        .enumerate()
-        .map(|(i, t)| Reverse((*t, i)))
-        .collect();
+    let mut due: Vec<DateTime<Utc>> = schedules.iter().map(|(org, s)| first_due(s, org, now)).collect();
+    let mut heap: BinaryHeap<Reverse<(DateTime<Utc>, usize)>> =
+        due.iter().enumerate().map(|(i, t)| Reverse((*t, i))).collect();
     let mut running = vec![false; schedules.len()];
     let permits = Arc::new(Semaphore::new(concurrency.max(1)));
     let mut tasks: JoinSet<(usize, NotBefore)> = JoinSet::new();
@@ -195,10 +183,7 @@ mod tests {
             // The same org lands on the same offset in every minute and on every start.
             let again = first_due(&every, &org(n), now + chrono::Duration::seconds(600));
             assert_eq!((again - first).num_milliseconds() % 60_000, 0);
-            assert_eq!(
-                next_due(&every, &org(n), first),
-                first + chrono::Duration::seconds(60)
-            );
+            assert_eq!(next_due(&every, &org(n), first), first + chrono::Duration::seconds(60));
             seconds.insert((first - now).num_seconds());
         }
         assert!(
@@ -243,33 +228,20 @@ mod tests {
         let active = Arc::new(AtomicUsize::new(0));
         let peak = Arc::new(AtomicUsize::new(0));
         let started = Arc::new(AtomicUsize::new(0));
-        let per_org: Arc<Vec<AtomicUsize>> =
-            Arc::new((0..6).map(|_| AtomicUsize::new(0)).collect());
+        let per_org: Arc<Vec<AtomicUsize>> = Arc::new((0..6).map(|_| AtomicUsize::new(0)).collect());
         let per_org_peak = Arc::new(AtomicUsize::new(0));
         let shutdown = CancellationToken::new();
         let check = {
-            let (active, peak, started, shutdown) = (
-                active.clone(),
-                peak.clone(),
-                started.clone(),
-                shutdown.clone(),
-            );
+            let (active, peak, started, shutdown) = (active.clone(), peak.clone(), started.clone(), shutdown.clone());
             let (per_org, per_org_peak) = (per_org.clone(), per_org_peak.clone());
             move |i: usize| {
-                let (active, peak, started, shutdown) = (
-                    active.clone(),
-                    peak.clone(),
-                    started.clone(),
-                    shutdown.clone(),
-                );
+                let (active, peak, started, shutdown) =
+                    (active.clone(), peak.clone(), started.clone(), shutdown.clone());
                 let (per_org, per_org_peak) = (per_org.clone(), per_org_peak.clone());
                 async move {
                     let now = active.fetch_add(1, Ordering::SeqCst) + 1;
                     peak.fetch_max(now, Ordering::SeqCst);
-                    per_org_peak.fetch_max(
-                        per_org[i].fetch_add(1, Ordering::SeqCst) + 1,
-                        Ordering::SeqCst,
-                    );
+                    per_org_peak.fetch_max(per_org[i].fetch_add(1, Ordering::SeqCst) + 1, Ordering::SeqCst);
                     // Each check outlives its interval, so slots must be skipped, not stacked.
                     tokio::time::sleep(Duration::from_millis(1500)).await;
                     active.fetch_sub(1, Ordering::SeqCst);

@@ -29,10 +29,7 @@ pub fn stopping() {
 
 /// With `WatchdogSec=`, pings systemd at half the interval while the service is healthy (the
 /// scheduler runs and the database takes writes), so that a stuck daemon is restarted.
-pub fn spawn_watchdog(
-    shared: Shared,
-    shutdown: CancellationToken,
-) -> Option<tokio::task::JoinHandle<()>> {
+pub fn spawn_watchdog(shared: Shared, shutdown: CancellationToken) -> Option<tokio::task::JoinHandle<()>> {
     std::env::var_os("NOTIFY_SOCKET")?;
     let interval = sd_notify::watchdog_enabled()? / 2;
     Some(tokio::spawn(async move {

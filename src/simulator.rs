@@ -154,8 +154,7 @@ impl Simulator {
         let stop = CancellationToken::new();
         let graceful = stop.clone();
         let task = tokio::spawn(async move {
-            let serve = axum::serve(listener, app)
-                .with_graceful_shutdown(async move { graceful.cancelled().await });
+            let serve = axum::serve(listener, app).with_graceful_shutdown(async move { graceful.cancelled().await });
             if let Err(e) = serve.await {
                 tracing::error!("simulator stopped: {e}");
             }
@@ -246,12 +245,7 @@ impl Simulator {
 }
 
 fn json(code: StatusCode, body: serde_json::Value) -> Response {
-    (
-        code,
-        [(header::CONTENT_TYPE, "application/json")],
-        body.to_string(),
-    )
-        .into_response()
+    (code, [(header::CONTENT_TYPE, "application/json")], body.to_string()).into_response()
 }
 
 /// Cloud Manager's error body: `{detail, error, errorCode, parameters, reason}`.
@@ -308,9 +302,7 @@ async fn status(
         }
     } else {
         let mut w = shared.world();
-        let World {
-            api_keys, nonces, ..
-        } = &mut *w;
+        let World { api_keys, nonces, .. } = &mut *w;
         digest::verify(auth, "GET", path, api_keys, nonces)
     };
     match verdict {
@@ -326,16 +318,11 @@ async fn status(
         let mut w = shared.world();
         *w.per_org.entry(org_id.clone()).or_default() += 1;
         let at = shared.started.elapsed();
-        let behavior = w.orgs.get(&org_id).and_then(|s| {
-            s.iter()
-                .rev()
-                .find(|(t, _)| *t <= at)
-                .map(|(_, b)| b.clone())
-        });
-        (
-            behavior,
-            w.headers.get(&org_id).cloned().unwrap_or_default(),
-        )
+        let behavior = w
+            .orgs
+            .get(&org_id)
+            .and_then(|s| s.iter().rev().find(|(t, _)| *t <= at).map(|(_, b)| b.clone()));
+        (behavior, w.headers.get(&org_id).cloned().unwrap_or_default())
     };
     if shared.options.failure_rate > 0.0 && rand::random::<f64>() < shared.options.failure_rate {
         return api_error(503, Some("UNEXPECTED_ERROR"), "Simulated failure.");
@@ -381,20 +368,14 @@ async fn status(
 }
 
 async fn token(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: String) -> Response {
-    shared
-        .counters
-        .token_requests
-        .fetch_add(1, Ordering::SeqCst);
+    shared.counters.token_requests.fetch_add(1, Ordering::SeqCst);
     let oauth_error = |code: StatusCode, error: &str, description: &str| {
         json(
             code,
             serde_json::json!({"error": error, "error_description": description}),
         )
     };
-    if !body
-        .split('&')
-        .any(|kv| kv == "grant_type=client_credentials")
-    {
+    if !body.split('&').any(|kv| kv == "grant_type=client_credentials") {
         return oauth_error(
             StatusCode::BAD_REQUEST,
             "unsupported_grant_type",
@@ -415,17 +396,11 @@ async fn token(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Stri
     };
     let mut w = shared.world();
     if w.service_accounts.get(&id) != Some(&secret) {
-        return oauth_error(
-            StatusCode::UNAUTHORIZED,
-            "invalid_client",
-            "Invalid client credentials",
-        );
+        return oauth_error(StatusCode::UNAUTHORIZED, "invalid_client", "Invalid client credentials");
     }
     let token = format!("sim_{:032x}", rand::random::<u128>());
-    w.tokens.insert(
-        token.clone(),
-        Instant::now() + shared.options.token_lifetime,
-    );
+    w.tokens
+        .insert(token.clone(), Instant::now() + shared.options.token_lifetime);
     json(
         StatusCode::OK,
         serde_json::json!({

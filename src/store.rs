@@ -8,9 +8,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use chrono::{DateTime, SecondsFormat, Utc};
 use sqlx::sqlite::SqliteConnection;
-use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
-};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{Connection, FromRow, Row};
 
 use crate::client::CheckOutcome;
@@ -90,8 +88,7 @@ impl Store {
     /// Opens (creating file and parent directory if missing) and migrates the database.
     pub async fn open(path: &Path) -> anyhow::Result<Store> {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir)
-                .with_context(|| format!("cannot create directory {}", dir.display()))?;
+            std::fs::create_dir_all(dir).with_context(|| format!("cannot create directory {}", dir.display()))?;
         }
         let options = SqliteConnectOptions::new()
             .filename(path)
@@ -151,24 +148,21 @@ impl Store {
 
     /// The gauges `/metrics` reads from the database.
     pub async fn gauges(&self) -> anyhow::Result<crate::metrics::DbGauges> {
-        let statuses =
-            sqlx::query_as("SELECT org_id, org_name, status FROM current_status ORDER BY org_id")
-                .fetch_all(&self.pool)
-                .await?;
+        let statuses = sqlx::query_as("SELECT org_id, org_name, status FROM current_status ORDER BY org_id")
+            .fetch_all(&self.pool)
+            .await?;
         let outbox_depth = sqlx::query_as(
             "SELECT channel, count(*) FROM outbox WHERE state = 'pending' GROUP BY channel ORDER BY channel",
         )
         .fetch_all(&self.pool)
         .await?;
-        let oldest: Option<String> =
-            sqlx::query_scalar("SELECT min(created_at) FROM outbox WHERE state = 'pending'")
-                .fetch_one(&self.pool)
-                .await?;
+        let oldest: Option<String> = sqlx::query_scalar("SELECT min(created_at) FROM outbox WHERE state = 'pending'")
+            .fetch_one(&self.pool)
+            .await?;
         Ok(crate::metrics::DbGauges {
             statuses,
             outbox_depth,
-            oldest_pending_s: parse_ts(oldest)
-                .map(|t| (Utc::now() - t).num_milliseconds() as f64 / 1000.0),
+            oldest_pending_s: parse_ts(oldest).map(|t| (Utc::now() - t).num_milliseconds() as f64 / 1000.0),
         })
     }
 
@@ -176,10 +170,7 @@ impl Store {
     /// going back to the pool: after SQLITE_FULL or an I/O error SQLite may leave a transaction
     /// half open on it, and the next user of that connection would write into a transaction that
     /// never commits (and believe it had).
-    async fn write<T>(
-        &self,
-        f: impl AsyncFnOnce(&mut SqliteConnection) -> anyhow::Result<T>,
-    ) -> anyhow::Result<T> {
+    async fn write<T>(&self, f: impl AsyncFnOnce(&mut SqliteConnection) -> anyhow::Result<T>) -> anyhow::Result<T> {
         let mut conn = self.pool.acquire().await?;
         let result = f(&mut conn).await;
         if result.is_err() {
@@ -209,10 +200,7 @@ impl Store {
             status_since: parse_ts(r.try_get("status_since")?),
             previous_status: r.try_get("previous_status")?,
             candidate: r.try_get("candidate_status")?,
-            candidate_count: r
-                .try_get::<i64, _>("candidate_count")?
-                .try_into()
-                .unwrap_or(0),
+            candidate_count: r.try_get::<i64, _>("candidate_count")?.try_into().unwrap_or(0),
             candidate_since: parse_ts(r.try_get("candidate_since")?),
             consecutive_failures: r
                 .try_get::<i64, _>("consecutive_failures")?
@@ -224,15 +212,11 @@ impl Store {
     }
 
     /// When each route last reminded about `org`, by route key.
-    pub async fn reminders_sent(
-        &self,
-        org: &OrgId,
-    ) -> anyhow::Result<Vec<(String, DateTime<Utc>)>> {
-        let rows: Vec<(String, String)> =
-            sqlx::query_as("SELECT route, last_sent_at FROM reminders WHERE org_id = ?")
-                .bind(org.as_str())
-                .fetch_all(&self.pool)
-                .await?;
+    pub async fn reminders_sent(&self, org: &OrgId) -> anyhow::Result<Vec<(String, DateTime<Utc>)>> {
+        let rows: Vec<(String, String)> = sqlx::query_as("SELECT route, last_sent_at FROM reminders WHERE org_id = ?")
+            .bind(org.as_str())
+            .fetch_all(&self.pool)
+            .await?;
         Ok(rows
             .into_iter()
             .filter_map(|(route, at)| parse_ts(Some(at)).map(|t| (route, t)))
@@ -283,9 +267,9 @@ impl Store {
             Err(f) => (None, Some(f.explain())),
         };
         self.write(async |conn| {
-        let mut tx = conn.begin().await?;
-        sqlx::query(
-            "INSERT INTO org_state (org_id, org_name, status, status_since, candidate_status,
+            let mut tx = conn.begin().await?;
+            sqlx::query(
+                "INSERT INTO org_state (org_id, org_name, status, status_since, candidate_status,
                  candidate_count, candidate_since, consecutive_failures, failing_since,
                  failing_alerted, first_checked_at, last_checked_at, last_success_at, last_error, checks,
                  previous_status)
@@ -296,111 +280,105 @@ impl Store {
                  failing_since = ?9, failing_alerted = ?10, last_checked_at = ?11,
                  last_success_at = coalesce(?12, last_success_at), last_error = ?13,
                  checks = checks + 1",
-        )
-        .bind(rec.org_id.as_str())
-        .bind(rec.org_name)
-        .bind(&s.status)
-        .bind(s.status_since.map(ts))
-        .bind(&s.candidate)
-        .bind(i64::from(s.candidate_count))
-        .bind(s.candidate_since.map(ts))
-        .bind(i64::from(s.consecutive_failures))
-        .bind(s.failing_since.map(ts))
-        .bind(s.failing_alerted)
-        .bind(&at)
-        .bind(success_at)
-        .bind(last_error)
-        .bind(&s.previous_status)
-        .execute(&mut *tx)
-        .await?;
-
-        for route in rec.reminded {
-            sqlx::query(
-                "INSERT INTO reminders (org_id, route, last_sent_at) VALUES (?1, ?2, ?3)
-                 ON CONFLICT (org_id, route) DO UPDATE SET last_sent_at = ?3",
             )
             .bind(rec.org_id.as_str())
-            .bind(route)
+            .bind(rec.org_name)
+            .bind(&s.status)
+            .bind(s.status_since.map(ts))
+            .bind(&s.candidate)
+            .bind(i64::from(s.candidate_count))
+            .bind(s.candidate_since.map(ts))
+            .bind(i64::from(s.consecutive_failures))
+            .bind(s.failing_since.map(ts))
+            .bind(s.failing_alerted)
             .bind(&at)
+            .bind(success_at)
+            .bind(last_error)
+            .bind(&s.previous_status)
             .execute(&mut *tx)
             .await?;
-        }
 
-        if let Err(f) = rec.outcome {
-            sqlx::query(
-                "INSERT INTO check_failures (org_id, checked_at, class, http_status, error_code, detail)
-                 VALUES (?, ?, ?, ?, ?, ?)",
-            )
-            .bind(rec.org_id.as_str())
-            .bind(&at)
-            .bind(f.class.as_str())
-            .bind(f.http_status.map(i64::from))
-            .bind(&f.error_code)
-            .bind(&f.detail)
-            .execute(&mut *tx)
-            .await?;
-        }
-
-        for (event, channels) in rec.events {
-            match event {
-                Event::FirstSeen { status } => {
-                    insert_transition(&mut tx, rec.org_id, None, status, &at, None).await?;
-                }
-                Event::StatusChanged {
-                    from,
-                    to,
-                    changed_at,
-                    from_lasted_s,
-                } => {
-                    insert_transition(
-                        &mut tx,
-                        rec.org_id,
-                        Some(from),
-                        to,
-                        &ts(*changed_at),
-                        Some(*from_lasted_s),
-                    )
-                    .await?;
-                }
-                Event::CheckFailing { .. }
-                | Event::CheckRecovered { .. }
-                | Event::Reminder { .. } => {}
-            }
-            let id = format!("evt_{:032x}", rand::random::<u128>());
-            let seq: i64 = sqlx::query_scalar(
-                "INSERT INTO events (id, org_id, kind, created_at, payload) VALUES (?, ?, ?, ?, ?) RETURNING seq",
-            )
-            .bind(&id)
-            .bind(rec.org_id.as_str())
-            .bind(event.kind())
-            .bind(&at)
-            .bind(serde_json::to_string(event)?)
-            .fetch_one(&mut *tx)
-            .await?;
-            for channel in channels {
+            for route in rec.reminded {
                 sqlx::query(
-                    "INSERT INTO outbox (event_seq, channel, next_attempt_at, created_at) VALUES (?, ?, ?, ?)",
+                    "INSERT INTO reminders (org_id, route, last_sent_at) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (org_id, route) DO UPDATE SET last_sent_at = ?3",
                 )
-                .bind(seq)
-                .bind(channel)
-                .bind(&at)
+                .bind(rec.org_id.as_str())
+                .bind(route)
                 .bind(&at)
                 .execute(&mut *tx)
                 .await?;
             }
-        }
-        tx.commit().await?;
-        Ok(())
+
+            if let Err(f) = rec.outcome {
+                sqlx::query(
+                    "INSERT INTO check_failures (org_id, checked_at, class, http_status, error_code, detail)
+                 VALUES (?, ?, ?, ?, ?, ?)",
+                )
+                .bind(rec.org_id.as_str())
+                .bind(&at)
+                .bind(f.class.as_str())
+                .bind(f.http_status.map(i64::from))
+                .bind(&f.error_code)
+                .bind(&f.detail)
+                .execute(&mut *tx)
+                .await?;
+            }
+
+            for (event, channels) in rec.events {
+                match event {
+                    Event::FirstSeen { status } => {
+                        insert_transition(&mut tx, rec.org_id, None, status, &at, None).await?;
+                    }
+                    Event::StatusChanged {
+                        from,
+                        to,
+                        changed_at,
+                        from_lasted_s,
+                    } => {
+                        insert_transition(
+                            &mut tx,
+                            rec.org_id,
+                            Some(from),
+                            to,
+                            &ts(*changed_at),
+                            Some(*from_lasted_s),
+                        )
+                        .await?;
+                    }
+                    Event::CheckFailing { .. } | Event::CheckRecovered { .. } | Event::Reminder { .. } => {}
+                }
+                let id = format!("evt_{:032x}", rand::random::<u128>());
+                let seq: i64 = sqlx::query_scalar(
+                    "INSERT INTO events (id, org_id, kind, created_at, payload) VALUES (?, ?, ?, ?, ?) RETURNING seq",
+                )
+                .bind(&id)
+                .bind(rec.org_id.as_str())
+                .bind(event.kind())
+                .bind(&at)
+                .bind(serde_json::to_string(event)?)
+                .fetch_one(&mut *tx)
+                .await?;
+                for channel in channels {
+                    sqlx::query(
+                        "INSERT INTO outbox (event_seq, channel, next_attempt_at, created_at) VALUES (?, ?, ?, ?)",
+                    )
+                    .bind(seq)
+                    .bind(channel)
+                    .bind(&at)
+                    .bind(&at)
+                    .execute(&mut *tx)
+                    .await?;
+                }
+            }
+            tx.commit().await?;
+            Ok(())
         })
         .await
     }
 
     /// Status changes, oldest first. `org` matches an id or a name.
-    pub async fn history(
-        &self,
-        org: Option<&str>,
-        since: Option<DateTime<Utc>>,
-    ) -> anyhow::Result<Vec<StatusChange>> {
+    pub async fn history(&self, org: Option<&str>, since: Option<DateTime<Utc>>) -> anyhow::Result<Vec<StatusChange>> {
         Ok(sqlx::query_as::<_, StatusChange>(
             "SELECT org_id, org_name, from_status, to_status, changed_at, previous_lasted_s
              FROM status_changes
@@ -435,10 +413,7 @@ impl Store {
     }
 
     /// Failed-check rows for one org, oldest first: (class, http_status, error_code, detail).
-    pub async fn failures(
-        &self,
-        org: &OrgId,
-    ) -> anyhow::Result<Vec<(String, Option<i64>, Option<String>, String)>> {
+    pub async fn failures(&self, org: &OrgId) -> anyhow::Result<Vec<(String, Option<i64>, Option<String>, String)>> {
         Ok(sqlx::query_as(
             "SELECT class, http_status, error_code, detail FROM check_failures WHERE org_id = ? ORDER BY id",
         )
@@ -449,12 +424,7 @@ impl Store {
 
     /// The oldest pending outbox rows of `channel`, if the oldest of them is due at `now`.
     /// Rows go out in event order: while the oldest waits for its retry, newer ones wait too.
-    pub async fn due_deliveries(
-        &self,
-        channel: &str,
-        now: DateTime<Utc>,
-        limit: i64,
-    ) -> anyhow::Result<Vec<Delivery>> {
+    pub async fn due_deliveries(&self, channel: &str, now: DateTime<Utc>, limit: i64) -> anyhow::Result<Vec<Delivery>> {
         let rows = sqlx::query_as::<_, Delivery>(
             "SELECT x.id AS outbox_id, x.attempts, x.next_attempt_at, e.id, e.org_id, o.org_name, e.kind,
                     e.created_at, e.payload
@@ -485,16 +455,19 @@ impl Store {
 
     pub async fn mark_sent(&self, outbox_ids: &[i64], now: DateTime<Utc>) -> anyhow::Result<()> {
         self.write(async |conn| {
-        let mut tx = conn.begin().await?;
-        for id in outbox_ids {
-            sqlx::query("UPDATE outbox SET state = 'sent', attempts = attempts + 1, sent_at = ?, last_error = NULL WHERE id = ?")
+            let mut tx = conn.begin().await?;
+            for id in outbox_ids {
+                sqlx::query(
+                    "UPDATE outbox SET state = 'sent', attempts = attempts + 1, sent_at = ?, last_error = NULL
+                 WHERE id = ?",
+                )
                 .bind(ts(now))
                 .bind(id)
                 .execute(&mut *tx)
                 .await?;
-        }
-        tx.commit().await?;
-        Ok(())
+            }
+            tx.commit().await?;
+            Ok(())
         })
         .await
     }
@@ -537,7 +510,8 @@ async fn insert_transition(
     lasted: Option<i64>,
 ) -> anyhow::Result<()> {
     sqlx::query(
-        "INSERT INTO transitions (org_id, from_status, to_status, changed_at, previous_lasted_s) VALUES (?, ?, ?, ?, ?)",
+        "INSERT INTO transitions (org_id, from_status, to_status, changed_at, previous_lasted_s)
+         VALUES (?, ?, ?, ?, ?)",
     )
     .bind(org.as_str())
     .bind(from)

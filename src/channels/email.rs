@@ -40,18 +40,14 @@ pub struct SmtpTarget {
 
 /// Parses lettre's URL form; errors never repeat the URL, which may carry a password.
 pub fn parse_smtp_url(text: &str) -> Result<SmtpTarget, String> {
-    let url = Url::parse(text).map_err(|e| {
-        format!("not a URL ({e}); write e.g. smtp://mail.example.com:587?tls=required")
-    })?;
+    let url = Url::parse(text)
+        .map_err(|e| format!("not a URL ({e}); write e.g. smtp://mail.example.com:587?tls=required"))?;
     let host = url
         .host_str()
         .ok_or("the URL has no host")?
         .trim_matches(['[', ']'])
         .to_owned();
-    let tls_query = url
-        .query_pairs()
-        .find(|(k, _)| k == "tls")
-        .map(|(_, v)| v.into_owned());
+    let tls_query = url.query_pairs().find(|(k, _)| k == "tls").map(|(_, v)| v.into_owned());
     let tls = match (url.scheme(), tls_query.as_deref()) {
         ("smtps", None) => TlsMode::Wrapper,
         ("smtp", None) => TlsMode::None,
@@ -68,13 +64,9 @@ pub fn parse_smtp_url(text: &str) -> Result<SmtpTarget, String> {
         TlsMode::Required => 587,
         _ => 25,
     });
-    let decode = |s: &str| {
-        percent_encoding::percent_decode_str(s)
-            .decode_utf8_lossy()
-            .into_owned()
-    };
-    let credentials = (!url.username().is_empty())
-        .then(|| (decode(url.username()), decode(url.password().unwrap_or(""))));
+    let decode = |s: &str| percent_encoding::percent_decode_str(s).decode_utf8_lossy().into_owned();
+    let credentials =
+        (!url.username().is_empty()).then(|| (decode(url.username()), decode(url.password().unwrap_or(""))));
     Ok(SmtpTarget {
         host,
         port,
@@ -141,9 +133,7 @@ impl Email {
         match self.transport.send(email).await {
             Ok(_) => Ok(()),
             // 5xx: the server refuses this mail for good (bad recipient, relay denied).
-            Err(e) if e.is_permanent() => {
-                Err(SendError::Permanent(format!("SMTP server refused: {e}")))
-            }
+            Err(e) if e.is_permanent() => Err(SendError::Permanent(format!("SMTP server refused: {e}"))),
             Err(e) => Err(SendError::Transient {
                 error: format!("SMTP: {e}"),
                 retry_after: None,
@@ -153,33 +143,21 @@ impl Email {
 
     fn compose(&self, messages: &[Message]) -> Result<lettre::Message, lettre::error::Error> {
         let (subject, text, html) = render(messages);
-        let mut builder = lettre::Message::builder()
-            .from(self.from.clone())
-            .subject(subject);
+        let mut builder = lettre::Message::builder().from(self.from.clone()).subject(subject);
         for to in &self.to {
             builder = builder.to(to.clone());
         }
         builder.multipart(
             MultiPart::alternative()
-                .singlepart(
-                    SinglePart::builder()
-                        .header(ContentType::TEXT_PLAIN)
-                        .body(text),
-                )
-                .singlepart(
-                    SinglePart::builder()
-                        .header(ContentType::TEXT_HTML)
-                        .body(html),
-                ),
+                .singlepart(SinglePart::builder().header(ContentType::TEXT_PLAIN).body(text))
+                .singlepart(SinglePart::builder().header(ContentType::TEXT_HTML).body(html)),
         )
     }
 }
 
 fn read_ca(path: &Path) -> anyhow::Result<Certificate> {
-    let pem =
-        std::fs::read(path).with_context(|| format!("cannot read ca_file {}", path.display()))?;
-    Certificate::from_pem(&pem)
-        .with_context(|| format!("ca_file {} is not a PEM certificate", path.display()))
+    let pem = std::fs::read(path).with_context(|| format!("cannot read ca_file {}", path.display()))?;
+    Certificate::from_pem(&pem).with_context(|| format!("ca_file {} is not a PEM certificate", path.display()))
 }
 
 /// Subject, plain text and HTML for one event or a digest of several.
@@ -195,11 +173,7 @@ pub fn render(messages: &[Message]) -> (String, String, String) {
             } else {
                 String::new()
             };
-            format!(
-                "[linkwatch] {} events: {}{more}",
-                many.len(),
-                shown.join(", ")
-            )
+            format!("[linkwatch] {} events: {}{more}", many.len(), shown.join(", "))
         }
     };
     let mut text = String::new();
@@ -248,10 +222,7 @@ mod tests {
             (t.host.as_str(), t.port, t.tls),
             ("mail.example.com", 587, TlsMode::Required)
         );
-        assert_eq!(
-            parse_smtp_url("smtps://mail.example.com").unwrap().port,
-            465
-        );
+        assert_eq!(parse_smtp_url("smtps://mail.example.com").unwrap().port, 465);
         assert_eq!(parse_smtp_url("smtp://relay").unwrap().tls, TlsMode::None);
         let t = parse_smtp_url("smtp://user%40x:p%40ss@relay:2525").unwrap();
         assert_eq!(t.credentials, Some(("user@x".into(), "p@ss".into())));

@@ -44,27 +44,21 @@ pub enum Channel {
 }
 
 impl Channel {
-    pub fn from_config(
-        c: &config::Channel,
-        http: &reqwest::Client,
-        console: &ConsoleSink,
-    ) -> anyhow::Result<Channel> {
+    pub fn from_config(c: &config::Channel, http: &reqwest::Client, console: &ConsoleSink) -> anyhow::Result<Channel> {
         Ok(match &c.kind {
-            config::ChannelKind::Console => {
-                Channel::Console(console::Console::new(console.clone()))
+            config::ChannelKind::Console => Channel::Console(console::Console::new(console.clone())),
+            config::ChannelKind::Slack { webhook_url } => {
+                Channel::Slack(slack::Slack::new(http.clone(), webhook_url.clone(), c.timeout))
             }
-            config::ChannelKind::Slack { webhook_url } => Channel::Slack(slack::Slack::new(
+            config::ChannelKind::Email(settings) => Channel::Email(
+                email::Email::new(settings, c.timeout).map_err(|e| anyhow::anyhow!("channel {}: {e:#}", c.name))?,
+            ),
+            config::ChannelKind::Webhook { url, secret } => Channel::Webhook(webhook::Webhook::new(
                 http.clone(),
-                webhook_url.clone(),
+                url.clone(),
+                secret.clone(),
                 c.timeout,
             )),
-            config::ChannelKind::Email(settings) => Channel::Email(
-                email::Email::new(settings, c.timeout)
-                    .map_err(|e| anyhow::anyhow!("channel {}: {e:#}", c.name))?,
-            ),
-            config::ChannelKind::Webhook { url, secret } => Channel::Webhook(
-                webhook::Webhook::new(http.clone(), url.clone(), secret.clone(), c.timeout),
-            ),
         })
     }
 

@@ -56,7 +56,8 @@ pub fn single(m: &Message) -> Value {
     ) {
         fields.push(json!({"type": "mrkdwn", "text": format!("*Status*\n{from} → *{to}*")}));
         if let Some(s) = m.data.get("from_lasted_s").and_then(Value::as_i64) {
-            fields.push(json!({"type": "mrkdwn", "text": format!("*{from} lasted*\n{}", crate::message::human_secs(s))}));
+            fields
+                .push(json!({"type": "mrkdwn", "text": format!("*{from} lasted*\n{}", crate::message::human_secs(s))}));
         }
     }
     let mut blocks = vec![
@@ -64,29 +65,19 @@ pub fn single(m: &Message) -> Value {
         json!({"type": "section", "fields": fields}),
     ];
     if let Some(advice) = &m.advice {
-        blocks.push(
-            json!({"type": "context", "elements": [{"type": "mrkdwn", "text": escape(advice)}]}),
-        );
+        blocks.push(json!({"type": "context", "elements": [{"type": "mrkdwn", "text": escape(advice)}]}));
     }
     json!({"text": m.title, "blocks": blocks})
 }
 
 pub fn digest(messages: &[Message]) -> Value {
-    let text = format!(
-        "linkwatch: {} events ({})",
-        messages.len(),
-        counts(messages)
-    );
+    let text = format!("linkwatch: {} events ({})", messages.len(), counts(messages));
     let mut blocks = vec![
         json!({"type": "header", "text": {"type": "plain_text", "text": text.chars().take(150).collect::<String>()}}),
     ];
     let mut section = String::new();
     for m in messages {
-        let line = format!(
-            "• `{}` {}\n",
-            &m.at.get(11..19).unwrap_or(&m.at),
-            escape(&m.title)
-        );
+        let line = format!("• `{}` {}\n", &m.at.get(11..19).unwrap_or(&m.at), escape(&m.title));
         if section.len() + line.len() > SECTION_CHARS {
             blocks.push(json!({"type": "section", "text": {"type": "mrkdwn", "text": section}}));
             section = String::new();
@@ -118,7 +109,5 @@ fn counts(messages: &[Message]) -> String {
 
 /// Slack's mrkdwn treats &, < and > as control characters.
 fn escape(s: &str) -> String {
-    s.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
+    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;")
 }

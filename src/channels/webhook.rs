@@ -25,12 +25,7 @@ pub struct Webhook {
 }
 
 impl Webhook {
-    pub fn new(
-        http: reqwest::Client,
-        url: reqwest::Url,
-        secret: Option<WebhookSecret>,
-        timeout: Duration,
-    ) -> Self {
+    pub fn new(http: reqwest::Client, url: reqwest::Url, secret: Option<WebhookSecret>, timeout: Duration) -> Self {
         Webhook {
             http,
             url,
@@ -58,10 +53,7 @@ impl Webhook {
             let timestamp = chrono::Utc::now().timestamp();
             request = request
                 .header("webhook-timestamp", timestamp.to_string())
-                .header(
-                    "webhook-signature",
-                    sign(secret, &m.event_id, timestamp, &body),
-                );
+                .header("webhook-signature", sign(secret, &m.event_id, timestamp, &body));
         }
         let response = request.body(body).send().await;
         // 408 and 429 ask for a retry; any other 4xx is the receiver refusing this request.

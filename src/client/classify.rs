@@ -22,10 +22,7 @@ pub fn classify(
             FailureClass::Malformed,
             Some(http_status),
             None,
-            format!(
-                "the answer is larger than {cap} bytes; it starts: {}",
-                excerpt(body)
-            ),
+            format!("the answer is larger than {cap} bytes; it starts: {}", excerpt(body)),
         ));
     }
     let json: Option<Value> = serde_json::from_slice(body).ok();
@@ -48,18 +45,9 @@ pub fn classify(
     if (200..300).contains(&code) {
         return match json.as_ref().and_then(|j| j.get("status")) {
             Some(Value::String(s)) if !s.trim().is_empty() => Ok(s.trim().to_owned()),
-            Some(other) => Err(malformed(
-                code,
-                format!("`status` is not a status string: {other}"),
-            )),
-            None if json.is_some() => Err(malformed(
-                code,
-                format!("no `status` in the answer: {}", excerpt(body)),
-            )),
-            None => Err(malformed(
-                code,
-                format!("the answer is not JSON: {}", excerpt(body)),
-            )),
+            Some(other) => Err(malformed(code, format!("`status` is not a status string: {other}"))),
+            None if json.is_some() => Err(malformed(code, format!("no `status` in the answer: {}", excerpt(body)))),
+            None => Err(malformed(code, format!("the answer is not JSON: {}", excerpt(body)))),
         };
     }
     Err(error_answer(code, retry_after, json.as_ref(), body))
@@ -69,12 +57,7 @@ fn malformed(code: u16, detail: String) -> Failure {
     Failure::new(FailureClass::Malformed, Some(code), None, detail)
 }
 
-fn error_answer(
-    code: u16,
-    retry_after: Option<Duration>,
-    json: Option<&Value>,
-    body: &[u8],
-) -> Failure {
+fn error_answer(code: u16, retry_after: Option<Duration>, json: Option<&Value>, body: &[u8]) -> Failure {
     let field = |name: &str| {
         json.and_then(|j| j.get(name))
             .and_then(Value::as_str)
@@ -89,9 +72,7 @@ fn error_answer(
     let class = match (code, error_code.as_deref()) {
         (401, _) => FailureClass::Unauthorized,
         (403, _) => FailureClass::Forbidden,
-        (404, Some("INVALID_ORG_ID" | "ORG_NOT_FOUND" | "EXPECTED_NON_ATLAS_ORG")) => {
-            FailureClass::NotFound
-        }
+        (404, Some("INVALID_ORG_ID" | "ORG_NOT_FOUND" | "EXPECTED_NON_ATLAS_ORG")) => FailureClass::NotFound,
         (404, _) => FailureClass::NoLink,
         (429, _) => FailureClass::RateLimited,
         (500..=599, _) => FailureClass::ServerError,
@@ -121,9 +102,7 @@ mod tests {
     use super::*;
 
     fn class_of(code: u16, body: &str) -> FailureClass {
-        classify(code, None, body.as_bytes(), None)
-            .unwrap_err()
-            .class
+        classify(code, None, body.as_bytes(), None).unwrap_err().class
     }
 
     #[test]
@@ -145,21 +124,11 @@ mod tests {
     #[test]
     fn envelope_is_unwrapped_and_its_code_honoured() {
         assert_eq!(
-            classify(
-                200,
-                None,
-                br#"{"status":200,"content":{"status":"SYNCED"}}"#,
-                None
-            ),
+            classify(200, None, br#"{"status":200,"content":{"status":"SYNCED"}}"#, None),
             Ok("SYNCED".into())
         );
         assert_eq!(
-            classify(
-                200,
-                None,
-                br#"{"status":200,"envelope":{"status":"SYNCED"}}"#,
-                None
-            ),
+            classify(200, None, br#"{"status":200,"envelope":{"status":"SYNCED"}}"#, None),
             Ok("SYNCED".into())
         );
         let f = classify(
@@ -171,16 +140,14 @@ mod tests {
         .unwrap_err();
         assert_eq!(f.class, FailureClass::Forbidden);
         assert_eq!(f.http_status, Some(403));
-        assert_eq!(
-            f.error_code.as_deref(),
-            Some("IP_ADDRESS_NOT_ON_ACCESS_LIST")
-        );
+        assert_eq!(f.error_code.as_deref(), Some("IP_ADDRESS_NOT_ON_ACCESS_LIST"));
         assert_eq!(f.detail, "IP 1.2.3.4");
     }
 
     #[test]
     fn error_classes() {
-        let ops_manager_401 = r#"{"reason":"Unauthorized","error":401,"detail":"You are not authorized for this resource."}"#;
+        let ops_manager_401 =
+            r#"{"reason":"Unauthorized","error":401,"detail":"You are not authorized for this resource."}"#;
         assert_eq!(class_of(401, ops_manager_401), FailureClass::Unauthorized);
         assert_eq!(
             class_of(403, r#"{"errorCode":"ORG_REQUIRES_ACCESS_LIST"}"#),
@@ -220,10 +187,7 @@ mod tests {
         .unwrap_err();
         assert_eq!(f.http_status, Some(429));
         assert_eq!(f.error_code.as_deref(), Some("RATE_LIMITED"));
-        assert_eq!(
-            f.detail,
-            "Resource x is limited to 100 requests every 1 minutes."
-        );
+        assert_eq!(f.detail, "Resource x is limited to 100 requests every 1 minutes.");
         assert_eq!(f.retry_after, Some(Duration::from_secs(30)));
         // An Ops Manager 401 has no errorCode; its numeric `error` is not mistaken for one.
         let f = classify(
@@ -242,11 +206,7 @@ mod tests {
         let html = "<html>\n<body><h1>502 Bad Gateway</h1></body></html>";
         let f = classify(200, None, html.as_bytes(), None).unwrap_err();
         assert_eq!(f.class, FailureClass::Malformed);
-        assert!(
-            f.detail.contains("<h1>502 Bad Gateway</h1>"),
-            "{}",
-            f.detail
-        );
+        assert!(f.detail.contains("<h1>502 Bad Gateway</h1>"), "{}", f.detail);
         assert_eq!(class_of(200, ""), FailureClass::Malformed);
         assert_eq!(class_of(200, "{}"), FailureClass::Malformed);
         assert_eq!(class_of(200, r#"{"status":42}"#), FailureClass::Malformed);

@@ -39,12 +39,7 @@ impl TokenCache {
     }
 
     /// A valid token; `renew` forces a new one (after a 401).
-    pub async fn token(
-        &self,
-        http: &reqwest::Client,
-        token_url: &Url,
-        renew: bool,
-    ) -> Result<Secret, Failure> {
+    pub async fn token(&self, http: &reqwest::Client, token_url: &Url, renew: bool) -> Result<Secret, Failure> {
         let mut current = self.current.lock().await;
         if let Some((token, valid_until)) = &*current
             && !renew
@@ -63,19 +58,12 @@ impl TokenCache {
             .map_err(transport_error)?;
         let code = response.status().as_u16();
         let retry = retry_after(response.headers());
-        let (body, truncated) = read_capped(&mut response, 64 * 1024)
-            .await
-            .map_err(transport_error)?;
+        let (body, truncated) = read_capped(&mut response, 64 * 1024).await.map_err(transport_error)?;
         if !response.status().is_success() || truncated {
             // Error bodies are OAuth shaped ({error, error_description}); classify reads both.
             let mut failure = match classify(code, retry, &body, truncated.then_some(64 * 1024)) {
                 Err(f) => f,
-                Ok(_) => Failure::new(
-                    FailureClass::Malformed,
-                    Some(code),
-                    None,
-                    "unexpected token answer",
-                ),
+                Ok(_) => Failure::new(FailureClass::Malformed, Some(code), None, "unexpected token answer"),
             };
             // 400 invalid_client is a credential problem, not a request problem.
             if failure.error_code.as_deref() == Some("invalid_client") {

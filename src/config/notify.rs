@@ -79,10 +79,7 @@ pub struct Route {
     pub remind_every: Option<Duration>,
 }
 
-pub(super) fn channels(
-    raw: Vec<raw::Channel>,
-    loc: &Locator<'_>,
-) -> Result<Vec<Channel>, ConfigError> {
+pub(super) fn channels(raw: Vec<raw::Channel>, loc: &Locator<'_>) -> Result<Vec<Channel>, ConfigError> {
     let mut channels: Vec<Channel> = Vec::new();
     for (i, c) in raw.into_iter().enumerate() {
         let table = format!("channel[{i}]");
@@ -131,10 +128,7 @@ pub(super) fn channels(
                     )
                 })?;
                 check_http_url(url.expose()).map_err(|m| {
-                    let at = c
-                        .webhook_url
-                        .as_ref()
-                        .map_or(c.kind.span().start, |s| s.span().start);
+                    let at = c.webhook_url.as_ref().map_or(c.kind.span().start, |s| s.span().start);
                     loc.error(at, &key, m)
                 })?;
                 ChannelKind::Slack { webhook_url: url }
@@ -160,29 +154,24 @@ pub(super) fn channels(
                     ));
                 }
                 let from = required(c.from.as_ref().map(|f| f.get_ref().clone()), "from")?;
-                check_mailbox(&from)
-                    .map_err(|m| loc.error(span_of(&c.from), &format!("{table}.from"), m))?;
+                check_mailbox(&from).map_err(|m| loc.error(span_of(&c.from), &format!("{table}.from"), m))?;
                 let to = required_list(c.to.as_ref(), &table, "to", c.kind.span().start, loc)?;
                 for addr in &to {
-                    check_mailbox(addr)
-                        .map_err(|m| loc.error(span_of(&c.to), &format!("{table}.to"), m))?;
+                    check_mailbox(addr).map_err(|m| loc.error(span_of(&c.to), &format!("{table}.to"), m))?;
                 }
                 ChannelKind::Email(Email {
                     smtp_url: Secret::new(smtp_url),
                     username: c.username.as_ref().map(|u| u.get_ref().clone()),
                     password,
-                    ca_file: c
-                        .ca_file
-                        .as_ref()
-                        .map(|p| resolve_path(loc.base_dir(), p.get_ref())),
+                    ca_file: c.ca_file.as_ref().map(|p| resolve_path(loc.base_dir(), p.get_ref())),
                     from,
                     to,
                 })
             }
             RawKind::Webhook => {
                 let url_text = required(c.url.as_ref().map(|u| u.get_ref().clone()), "url")?;
-                let url = check_http_url(&url_text)
-                    .map_err(|m| loc.error(span_of(&c.url), &format!("{table}.url"), m))?;
+                let url =
+                    check_http_url(&url_text).map_err(|m| loc.error(span_of(&c.url), &format!("{table}.url"), m))?;
                 let key = format!("{table}.secret");
                 let secret = resolve_secret(
                     &key,
@@ -195,9 +184,7 @@ pub(super) fn channels(
                 .transpose()
                 .map_err(|m| {
                     loc.error(
-                        c.secret
-                            .as_ref()
-                            .map_or(c.kind.span().start, |s| s.span().start),
+                        c.secret.as_ref().map_or(c.kind.span().start, |s| s.span().start),
                         &key,
                         m,
                     )
@@ -256,12 +243,9 @@ pub(super) fn routes(
         }
         let to = r.to.as_ref().map(|t| t.get_ref().clone());
         if let (Some(t), Some(e)) = (&r.to, &events)
-            && !e.iter().any(|k| {
-                matches!(
-                    k,
-                    EventKind::FirstSeen | EventKind::StatusChanged | EventKind::Reminder
-                )
-            })
+            && !e
+                .iter()
+                .any(|k| matches!(k, EventKind::FirstSeen | EventKind::StatusChanged | EventKind::Reminder))
         {
             return Err(loc.error(
                 t.span().start,
@@ -292,7 +276,10 @@ pub(super) fn routes(
                             return Err(loc.error(
                                 o.span().start,
                                 &format!("{table}.orgs"),
-                                format!("no [[org]] has the id or name \"{}\"; this route could never match it", o.get_ref()),
+                                format!(
+                                    "no [[org]] has the id or name \"{}\"; this route could never match it",
+                                    o.get_ref()
+                                ),
                             ));
                         }
                     }
@@ -325,12 +312,7 @@ pub(super) fn routes(
             ));
         }
         routes.push(Route {
-            channels: r
-                .channels
-                .get_ref()
-                .iter()
-                .map(|c| c.get_ref().clone())
-                .collect(),
+            channels: r.channels.get_ref().iter().map(|c| c.get_ref().clone()).collect(),
             events,
             to,
             orgs: orgs_filter,
@@ -354,12 +336,7 @@ fn span_of<T>(v: &Option<Spanned<T>>) -> usize {
 }
 
 /// A key set on the wrong kind of channel is a mistake worth reporting, not ignoring.
-fn reject_foreign_keys(
-    c: &raw::Channel,
-    kind: RawKind,
-    table: &str,
-    loc: &Locator<'_>,
-) -> Result<(), ConfigError> {
+fn reject_foreign_keys(c: &raw::Channel, kind: RawKind, table: &str, loc: &Locator<'_>) -> Result<(), ConfigError> {
     let present: [(&str, Option<usize>, &[RawKind]); 15] = [
         (
             "webhook_url",
@@ -401,31 +378,11 @@ fn reject_foreign_keys(
             c.password_env.as_ref().map(|s| s.span().start),
             &[RawKind::Email],
         ),
-        (
-            "ca_file",
-            c.ca_file.as_ref().map(|s| s.span().start),
-            &[RawKind::Email],
-        ),
-        (
-            "from",
-            c.from.as_ref().map(|s| s.span().start),
-            &[RawKind::Email],
-        ),
-        (
-            "to",
-            c.to.as_ref().map(|s| s.span().start),
-            &[RawKind::Email],
-        ),
-        (
-            "url",
-            c.url.as_ref().map(|s| s.span().start),
-            &[RawKind::Webhook],
-        ),
-        (
-            "secret",
-            c.secret.as_ref().map(|s| s.span().start),
-            &[RawKind::Webhook],
-        ),
+        ("ca_file", c.ca_file.as_ref().map(|s| s.span().start), &[RawKind::Email]),
+        ("from", c.from.as_ref().map(|s| s.span().start), &[RawKind::Email]),
+        ("to", c.to.as_ref().map(|s| s.span().start), &[RawKind::Email]),
+        ("url", c.url.as_ref().map(|s| s.span().start), &[RawKind::Webhook]),
+        ("secret", c.secret.as_ref().map(|s| s.span().start), &[RawKind::Webhook]),
         (
             "secret_file",
             c.secret_file.as_ref().map(|s| s.span().start),
@@ -495,8 +452,5 @@ pub fn decode_webhook_secret(text: &str) -> Result<WebhookSecret, String> {
     base64::engine::general_purpose::STANDARD
         .decode(b64)
         .map(WebhookSecret)
-        .map_err(|_| {
-            "a webhook secret is `whsec_` followed by base64 (e.g. from `openssl rand -base64 32`)"
-                .into()
-        })
+        .map_err(|_| "a webhook secret is `whsec_` followed by base64 (e.g. from `openssl rand -base64 32`)".into())
 }

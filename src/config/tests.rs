@@ -39,39 +39,21 @@ fn the_example_file_parses() {
     // SAFETY: tests in this module that touch the environment use distinct variable names.
     unsafe {
         std::env::set_var("LINKWATCH_CM_KEY", "example-key");
-        std::env::set_var(
-            "LINKWATCH_SLACK_URL",
-            "https://hooks.slack.com/services/T0/B0/X",
-        );
+        std::env::set_var("LINKWATCH_SLACK_URL", "https://hooks.slack.com/services/T0/B0/X");
         std::env::set_var("LINKWATCH_SMTP_PASSWORD", "smtp");
-        std::env::set_var(
-            "LINKWATCH_WEBHOOK_SECRET",
-            "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
-        );
+        std::env::set_var("LINKWATCH_WEBHOOK_SECRET", "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw");
     }
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/linkwatch.example.toml");
     let config = Config::load(&path).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(config.orgs.len(), 2);
-    assert_eq!(
-        config.orgs[1].schedule,
-        Schedule::Every(Duration::from_secs(30))
-    );
-    assert_eq!(
-        config.orgs[0].schedule,
-        Schedule::Every(Duration::from_secs(60))
-    );
+    assert_eq!(config.orgs[1].schedule, Schedule::Every(Duration::from_secs(30)));
+    assert_eq!(config.orgs[0].schedule, Schedule::Every(Duration::from_secs(60)));
     assert_eq!(config.channels[0].kind, ChannelKind::Console);
     let kinds: Vec<&str> = config.channels.iter().map(|c| c.kind.as_str()).collect();
     assert_eq!(kinds, ["console", "slack", "email", "webhook"]);
     assert_eq!(config.routes.len(), 3);
-    assert_eq!(
-        config.routes[1].remind_every,
-        Some(Duration::from_secs(4 * 3600))
-    );
-    assert_eq!(
-        config.database,
-        Path::new("/var/lib/linkwatch/linkwatch.db")
-    );
+    assert_eq!(config.routes[1].remind_every, Some(Duration::from_secs(4 * 3600)));
+    assert_eq!(config.database, Path::new("/var/lib/linkwatch/linkwatch.db"));
 }
 
 #[test]
@@ -119,9 +101,7 @@ fn malformed_toml_names_line_and_column() {
 
 #[test]
 fn unknown_keys_are_rejected_with_their_path() {
-    let (line, column, key, message) = error(&format!(
-        "{MINIMAL}\n[poll]\nevery = \"1m\"\ninterval = \"5m\"\n"
-    ));
+    let (line, column, key, message) = error(&format!("{MINIMAL}\n[poll]\nevery = \"1m\"\ninterval = \"5m\"\n"));
     assert_eq!((line, column), (12, 1));
     assert_eq!(key, "poll.interval");
     assert!(message.contains("unknown field `interval`"), "{message}");
@@ -132,11 +112,7 @@ fn unknown_keys_are_rejected_with_their_path() {
 
 #[test]
 fn org_ids_must_be_24_lowercase_hex() {
-    for bad in [
-        "5F0C1234567890ABCDEF1234",
-        "5f0c1234",
-        "5f0c1234567890abcdef123g",
-    ] {
+    for bad in ["5F0C1234567890ABCDEF1234", "5f0c1234", "5f0c1234567890abcdef123g"] {
         let (line, column, key, message) = error(&MINIMAL.replace("5f0c1234567890abcdef1234", bad));
         assert_eq!((line, column, key.as_str()), (7, 6, "org[0].id"), "{bad}");
         assert!(message.contains("24 lowercase hex"), "{message}");
@@ -145,16 +121,11 @@ fn org_ids_must_be_24_lowercase_hex() {
 
 #[test]
 fn duplicate_ids_and_names_are_rejected() {
-    let dup_id =
-        format!("{MINIMAL}\n[[org]]\nid = \"5f0c1234567890abcdef1234\"\nname = \"other\"\n");
+    let dup_id = format!("{MINIMAL}\n[[org]]\nid = \"5f0c1234567890abcdef1234\"\nname = \"other\"\n");
     let (line, _, key, message) = error(&dup_id);
     assert_eq!((line, key.as_str()), (11, "org[1].id"));
-    assert!(
-        message.contains("already used by org \"payments\""),
-        "{message}"
-    );
-    let dup_name =
-        format!("{MINIMAL}\n[[org]]\nid = \"5f0c1234567890abcdef9999\"\nname = \"payments\"\n");
+    assert!(message.contains("already used by org \"payments\""), "{message}");
+    let dup_name = format!("{MINIMAL}\n[[org]]\nid = \"5f0c1234567890abcdef9999\"\nname = \"payments\"\n");
     let (line, _, key, _) = error(&dup_name);
     assert_eq!((line, key.as_str()), (12, "org[1].name"));
 }
@@ -163,20 +134,13 @@ fn duplicate_ids_and_names_are_rejected() {
 fn durations_and_cron_are_checked() {
     let (line, _, key, message) = error(&format!("{MINIMAL}\n[poll]\nevery = \"5 parsecs\"\n"));
     assert_eq!((line, key.as_str()), (11, "poll.every"));
-    assert!(
-        message.contains("invalid duration \"5 parsecs\""),
-        "{message}"
-    );
+    assert!(message.contains("invalid duration \"5 parsecs\""), "{message}");
     let (_, _, key, message) = error(&format!("{MINIMAL}\n[poll]\ncron = \"*/5 * * * *\"\n"));
     assert_eq!(key, "poll.cron");
     assert!(message.contains("has 5 fields"), "{message}");
-    let (_, _, _, message) = error(&format!(
-        "{MINIMAL}\n[poll]\ncron = \"0 */5 * * * nonsense\"\n"
-    ));
+    let (_, _, _, message) = error(&format!("{MINIMAL}\n[poll]\ncron = \"0 */5 * * * nonsense\"\n"));
     assert!(message.contains("invalid cron"), "{message}");
-    let (_, _, _, message) = error(&format!(
-        "{MINIMAL}\n[poll]\ncron = \"0 * * * * *\"\nevery = \"1m\"\n"
-    ));
+    let (_, _, _, message) = error(&format!("{MINIMAL}\n[poll]\ncron = \"0 * * * * *\"\nevery = \"1m\"\n"));
     assert!(message.contains("not both"), "{message}");
     let c = parse(&format!("{MINIMAL}\n[poll]\ncron = \"0 */5 * * * *\"\n")).unwrap();
     assert!(matches!(c.orgs[0].schedule, Schedule::Cron(_)));
@@ -253,10 +217,8 @@ fn credentials_must_be_complete_and_orgs_must_have_one() {
     let (line, _, key, message) = error(no_cred);
     assert_eq!((line, key.as_str()), (2, "org[0]"));
     assert!(message.contains("no credential"), "{message}");
-    let (_, _, _, message) = error(&MINIMAL.replace(
-        "public_key = \"pub\"",
-        "public_key = \"pub\"\nclient_id = \"sa\"",
-    ));
+    let (_, _, _, message) =
+        error(&MINIMAL.replace("public_key = \"pub\"", "public_key = \"pub\"\nclient_id = \"sa\""));
     assert!(message.contains("not both"), "{message}");
 }
 
@@ -306,11 +268,7 @@ fn channels_of_every_kind() {
     assert_eq!(kinds, ["slack", "email", "webhook"]);
     assert!(matches!(&c.channels[1].kind, ChannelKind::Email(e) if e.to == ["dba@example.com"]));
     let debug = format!("{c:?}");
-    for secret in [
-        "SECRETPART",
-        "smtp-secret",
-        "MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
-    ] {
+    for secret in ["SECRETPART", "smtp-secret", "MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"] {
         assert!(!debug.contains(secret), "{secret} in {debug}");
     }
 }
@@ -320,13 +278,8 @@ fn channel_keys_of_another_kind_are_rejected() {
     let text = format!("{MINIMAL}{SLACK}url = \"https://x.example.com\"\n");
     let (line, _, key, message) = error(&text);
     assert_eq!((line, key.as_str()), (14, "channel[0].url"));
-    assert!(
-        message.contains("not a setting of a slack channel"),
-        "{message}"
-    );
-    let (_, _, key, _) = error(&format!(
-        "{MINIMAL}\n[[channel]]\nname = \"x\"\nkind = \"pager\"\n"
-    ));
+    assert!(message.contains("not a setting of a slack channel"), "{message}");
+    let (_, _, key, _) = error(&format!("{MINIMAL}\n[[channel]]\nname = \"x\"\nkind = \"pager\"\n"));
     assert_eq!(key, "channel[0].kind");
 }
 
@@ -342,11 +295,7 @@ fn bad_channel_values_are_reported_without_secrets() {
             "{MINIMAL}\n[[channel]]\nname = \"m\"\nkind = \"email\"\nsmtp_url = \"smtp://h\"\nfrom = \"a@example.com\"\n{extra}"
         )
     };
-    assert!(
-        error(&email("to = []\n"))
-            .3
-            .contains("at least one address")
-    );
+    assert!(error(&email("to = []\n")).3.contains("at least one address"));
     assert!(error(&email("")).3.contains("needs `to`"));
     let (_, _, key, message) = error(&email("to = [\"not an address\"]\n"));
     assert_eq!(key, "channel[0].to");
@@ -367,17 +316,11 @@ fn routes_are_checked_against_channels_and_orgs() {
         c.routes[0].orgs.as_ref().unwrap()[0].as_str(),
         "5f0c1234567890abcdef1234"
     );
-    assert_eq!(
-        c.routes[0].remind_every,
-        Some(Duration::from_secs(4 * 3600))
-    );
+    assert_eq!(c.routes[0].remind_every, Some(Duration::from_secs(4 * 3600)));
 
     let (line, _, key, message) = error(&route("channels = [\"ops\", \"pager\"]"));
     assert_eq!((line, key.as_str()), (16, "route[0].channels"));
-    assert!(
-        message.contains("no channel is named \"pager\""),
-        "{message}"
-    );
+    assert!(message.contains("no channel is named \"pager\""), "{message}");
     let (_, _, key, message) = error(&route("channels = [\"ops\"]\norgs = [\"billing\"]"));
     assert_eq!(key, "route[0].orgs");
     assert!(message.contains("could never match"), "{message}");
@@ -386,15 +329,9 @@ fn routes_are_checked_against_channels_and_orgs() {
     ));
     assert_eq!(key, "route[0].to");
     assert!(message.contains("can never match"), "{message}");
-    let (_, _, key, _) = error(&route(
-        "channels = [\"ops\"]\nevents = [\"status_chagned\"]",
-    ));
+    let (_, _, key, _) = error(&route("channels = [\"ops\"]\nevents = [\"status_chagned\"]"));
     assert_eq!(key, "route[0].events[0]");
-    assert!(
-        error(&route("channels = []"))
-            .3
-            .contains("names no channel")
-    );
+    assert!(error(&route("channels = []")).3.contains("names no channel"));
     assert!(
         error(&route("channels = [\"ops\"]\nremind_every = \"10s\""))
             .3

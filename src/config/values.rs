@@ -50,13 +50,11 @@ pub struct HumanDuration(pub Duration);
 impl<'de> Deserialize<'de> for HumanDuration {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let s = String::deserialize(d)?;
-        humantime::parse_duration(s.trim())
-            .map(HumanDuration)
-            .map_err(|e| {
-                D::Error::custom(format!(
-                    "invalid duration \"{s}\": {e} (write e.g. \"30s\", \"5m\", \"1h\")"
-                ))
-            })
+        humantime::parse_duration(s.trim()).map(HumanDuration).map_err(|e| {
+            D::Error::custom(format!(
+                "invalid duration \"{s}\": {e} (write e.g. \"30s\", \"5m\", \"1h\")"
+            ))
+        })
     }
 }
 
@@ -93,10 +91,7 @@ impl CronExpr {
     }
 
     /// The first time strictly after `after` that matches, in UTC.
-    pub fn next_after(
-        &self,
-        after: chrono::DateTime<chrono::Utc>,
-    ) -> Option<chrono::DateTime<chrono::Utc>> {
+    pub fn next_after(&self, after: chrono::DateTime<chrono::Utc>) -> Option<chrono::DateTime<chrono::Utc>> {
         // croner keeps the sub-second part of its input; slots are whole seconds.
         let whole = after.with_nanosecond(0).unwrap_or(after);
         self.cron.find_next_occurrence(&whole, false).ok()

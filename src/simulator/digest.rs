@@ -22,8 +22,7 @@ impl Nonces {
     pub fn issue(&mut self, lifetime: Duration) -> String {
         let now = Instant::now();
         // Forget nonces long expired, so a long run does not grow without bound.
-        self.0
-            .retain(|_, n| n.expires + Duration::from_secs(600) > now);
+        self.0.retain(|_, n| n.expires + Duration::from_secs(600) > now);
         let nonce = format!("{:032x}", rand::random::<u128>());
         self.0.insert(
             nonce.clone(),
@@ -45,9 +44,7 @@ impl Nonces {
 
 /// The challenge, formatted as Cloud Manager sends it (unquoted `algorithm` and `stale`).
 pub fn challenge(nonce: &str, stale: bool) -> String {
-    format!(
-        r#"Digest realm="{REALM}", domain="", nonce="{nonce}", algorithm=MD5, qop="auth", stale={stale}"#
-    )
+    format!(r#"Digest realm="{REALM}", domain="", nonce="{nonce}", algorithm=MD5, qop="auth", stale={stale}"#)
 }
 
 #[derive(Debug, PartialEq)]
@@ -72,11 +69,7 @@ fn params(s: &str) -> HashMap<String, String> {
     let mut rest = s.trim();
     while !rest.is_empty() {
         let Some(eq) = rest.find('=') else { break };
-        let key = rest[..eq]
-            .trim()
-            .trim_start_matches(',')
-            .trim()
-            .to_ascii_lowercase();
+        let key = rest[..eq].trim().trim_start_matches(',').trim().to_ascii_lowercase();
         rest = rest[eq + 1..].trim_start();
         let value;
         if let Some(q) = rest.strip_prefix('"') {
@@ -106,16 +99,7 @@ pub fn verify(
     };
     let p = params(rest);
     let get = |k: &str| p.get(k).map(String::as_str);
-    let (
-        Some(user),
-        Some(realm),
-        Some(nonce),
-        Some(uri),
-        Some(response),
-        Some(qop),
-        Some(nc),
-        Some(cnonce),
-    ) = (
+    let (Some(user), Some(realm), Some(nonce), Some(uri), Some(response), Some(qop), Some(nc), Some(cnonce)) = (
         get("username"),
         get("realm"),
         get("nonce"),
@@ -124,15 +108,10 @@ pub fn verify(
         get("qop"),
         get("nc"),
         get("cnonce"),
-    )
-    else {
+    ) else {
         return Verdict::Rejected;
     };
-    if realm != REALM
-        || uri != request_uri
-        || qop != "auth"
-        || get("algorithm").is_some_and(|a| a != "MD5")
-    {
+    if realm != REALM || uri != request_uri || qop != "auth" || get("algorithm").is_some_and(|a| a != "MD5") {
         return Verdict::Rejected;
     }
     let Some(password) = users.get(user) else {
@@ -159,9 +138,7 @@ pub fn verify(
 
 /// `base64(id:secret)` from a Basic Authorization header.
 pub fn decode_basic(b64: &str) -> Option<(String, String)> {
-    let raw = base64::engine::general_purpose::STANDARD
-        .decode(b64.trim())
-        .ok()?;
+    let raw = base64::engine::general_purpose::STANDARD.decode(b64.trim()).ok()?;
     let text = String::from_utf8(raw).ok()?;
     let (id, secret) = text.split_once(':')?;
     Some((id.to_owned(), secret.to_owned()))
@@ -258,10 +235,7 @@ mod tests {
             ),
             Verdict::Rejected
         );
-        assert_eq!(
-            verify("", "GET", uri, &users, &mut nonces),
-            Verdict::Missing
-        );
+        assert_eq!(verify("", "GET", uri, &users, &mut nonces), Verdict::Missing);
         nonces.expire_all();
         assert_eq!(
             verify(

@@ -62,11 +62,10 @@ async fn unchanged_checks_update_a_row_and_add_none() {
             let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}", path.display()))
                 .await
                 .unwrap();
-            let n: i64 =
-                sqlx::query_scalar(sqlx::AssertSqlSafe(format!("SELECT count(*) FROM {table}")))
-                    .fetch_one(&pool)
-                    .await
-                    .unwrap();
+            let n: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!("SELECT count(*) FROM {table}")))
+                .fetch_one(&pool)
+                .await
+                .unwrap();
             pool.close().await;
             n
         }
@@ -96,10 +95,8 @@ async fn confirm_checks_waits_for_identical_answers() {
 async fn failing_after_n_failures_then_recovered_once() {
     let t = spawn_app().await;
     t.check(ORG_B).await;
-    t.sim.set(
-        ORG_B,
-        Behavior::error(500, "UNEXPECTED_ERROR", "Unexpected error."),
-    );
+    t.sim
+        .set(ORG_B, Behavior::error(500, "UNEXPECTED_ERROR", "Unexpected error."));
     for _ in 0..5 {
         t.check(ORG_B).await;
     }
@@ -122,13 +119,7 @@ async fn failing_after_n_failures_then_recovered_once() {
 async fn every_failure_class_is_stored_and_reported_without_losing_the_status() {
     let huge = "x".repeat(200_000);
     // (what the simulator answers, class, stored http code, stored errorCode, words in last_error)
-    type Case = (
-        Behavior,
-        FailureClass,
-        Option<i64>,
-        Option<&'static str>,
-        &'static str,
-    );
+    type Case = (Behavior, FailureClass, Option<i64>, Option<&'static str>, &'static str);
     let cases: Vec<Case> = vec![
         (
             Behavior::error(
@@ -142,11 +133,7 @@ async fn every_failure_class_is_stored_and_reported_without_losing_the_status() 
             "access list",
         ),
         (
-            Behavior::error(
-                401,
-                "NOT_ORG_OWNER",
-                "The API key lacks the Organization Owner role.",
-            ),
+            Behavior::error(401, "NOT_ORG_OWNER", "The API key lacks the Organization Owner role."),
             FailureClass::Unauthorized,
             Some(401),
             Some("NOT_ORG_OWNER"),
@@ -276,14 +263,10 @@ async fn every_failure_class_is_stored_and_reported_without_losing_the_status() 
 #[tokio::test]
 async fn rate_limits_carry_retry_after() {
     let t = spawn_app().await;
-    t.sim
-        .set(ORG_A, Behavior::error(429, "RATE_LIMITED", "slow down"));
+    t.sim.set(ORG_A, Behavior::error(429, "RATE_LIMITED", "slow down"));
     t.sim.add_header(ORG_A, "Retry-After", "42");
     let failure = t.check(ORG_A).await.outcome.unwrap_err();
-    assert_eq!(
-        failure.retry_after,
-        Some(std::time::Duration::from_secs(42))
-    );
+    assert_eq!(failure.retry_after, Some(std::time::Duration::from_secs(42)));
 }
 
 #[tokio::test]
@@ -295,10 +278,9 @@ async fn connection_refused_is_a_connection_failure() {
         .unwrap()
         .port();
     let t = spawn_app().await;
-    let text = std::fs::read_to_string(&t.config_path).unwrap().replace(
-        &t.sim.base_url(),
-        &format!("http://127.0.0.1:{port}/api/public/v1.0"),
-    );
+    let text = std::fs::read_to_string(&t.config_path)
+        .unwrap()
+        .replace(&t.sim.base_url(), &format!("http://127.0.0.1:{port}/api/public/v1.0"));
     std::fs::write(&t.config_path, text).unwrap();
     let t = t.restart().await;
     let failure = t.check(ORG_A).await.outcome.unwrap_err();
@@ -347,20 +329,12 @@ async fn retention_prunes_failures_and_sent_deliveries_but_keeps_history() {
         1,
         "status changes are kept"
     );
-    assert_eq!(
-        t.event_kinds(ORG_A).await,
-        ["first_seen"],
-        "events are kept"
-    );
+    assert_eq!(t.event_kinds(ORG_A).await, ["first_seen"], "events are kept");
     // Pending deliveries are never pruned.
     t.sim.set(ORG_A, Behavior::status("SYNCED"));
     t.check(ORG_A).await;
     assert_eq!(
-        t.app
-            .store
-            .prune(later + chrono::Duration::seconds(5))
-            .await
-            .unwrap(),
+        t.app.store.prune(later + chrono::Duration::seconds(5)).await.unwrap(),
         (0, 0)
     );
 }

@@ -32,10 +32,7 @@ async fn check_rejects_a_bad_config_with_its_location() {
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&out.stderr);
-    let expected = format!(
-        "{}:6:6: org[0].id: \"5F0C\" is not an org id",
-        path.display()
-    );
+    let expected = format!("{}:6:6: org[0].id: \"5F0C\" is not an org id", path.display());
     assert!(stderr.contains(&expected), "{stderr}");
     assert!(!stderr.contains("panicked"));
 
@@ -61,23 +58,13 @@ async fn check_lists_the_example_config() {
             "https://hooks.slack.com/services/T0/B0/SLACKSECRET",
         )
         .env("LINKWATCH_SMTP_PASSWORD", "smtp-password")
-        .env(
-            "LINKWATCH_WEBHOOK_SECRET",
-            "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
-        )
+        .env("LINKWATCH_WEBHOOK_SECRET", "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw")
         .output()
         .await
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(
-        stdout.contains("payments") && stdout.contains("every 30s"),
-        "{stdout}"
-    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("payments") && stdout.contains("every 30s"), "{stdout}");
     assert!(
         stdout.contains("dba-mail") && stdout.contains("email") && stdout.contains("4h"),
         "{stdout}"
@@ -98,15 +85,11 @@ async fn once_prints_a_table_and_history_reads_it_back() {
         .await
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(
-        stdout.lines().any(|l| l.starts_with("alpha")
-            && l.contains("NOT_SYNCED")
-            && l.contains("first_seen")),
+        stdout
+            .lines()
+            .any(|l| l.starts_with("alpha") && l.contains("NOT_SYNCED") && l.contains("first_seen")),
         "{stdout}"
     );
     // The console channel delivered the events before `once` exited.
@@ -133,16 +116,10 @@ async fn once_prints_a_table_and_history_reads_it_back() {
         .await
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        stdout.contains("beta") && !stdout.contains("alpha"),
-        "{stdout}"
-    );
+    assert!(stdout.contains("beta") && !stdout.contains("alpha"), "{stdout}");
 
     // A failing org makes `once` exit 2 so scripts can tell.
-    t.sim.set(
-        ORG_A,
-        linkwatch::simulator::Behavior::error(503, "", "down"),
-    );
+    t.sim.set(ORG_A, linkwatch::simulator::Behavior::error(503, "", "down"));
     let out = linkwatch()
         .arg("once")
         .arg("--config")
@@ -151,10 +128,7 @@ async fn once_prints_a_table_and_history_reads_it_back() {
         .await
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
-    assert!(
-        String::from_utf8_lossy(&out.stdout)
-            .contains("FAILED: Cloud Manager had a server error (HTTP 503)")
-    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("FAILED: Cloud Manager had a server error (HTTP 503)"));
 }
 
 #[tokio::test]
@@ -280,15 +254,14 @@ async fn simulate_serves_the_demo_orgs_to_a_real_daemon() {
     assert!(first.contains(&format!("127.0.0.1:{port}")), "{first}");
     // The compose config, pointed at this simulator.
     let dir = tempfile::tempdir().unwrap();
-    let compose =
-        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/config/compose.toml"))
-            .unwrap()
-            .replace("http://simulator:8080", &format!("http://127.0.0.1:{port}"))
-            .replace(
-                "/var/lib/linkwatch/linkwatch.db",
-                &dir.path().join("db").display().to_string(),
-            )
-            .replace("listen = \"0.0.0.0:9187\"", "listen = \"127.0.0.1:0\"");
+    let compose = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/config/compose.toml"))
+        .unwrap()
+        .replace("http://simulator:8080", &format!("http://127.0.0.1:{port}"))
+        .replace(
+            "/var/lib/linkwatch/linkwatch.db",
+            &dir.path().join("db").display().to_string(),
+        )
+        .replace("listen = \"0.0.0.0:9187\"", "listen = \"127.0.0.1:0\"");
     // Only the console channel: the compose file's Slack and SMTP hosts do not exist here.
     let compose = compose
         .split("\n[[channel]]\nname = \"slack\"")

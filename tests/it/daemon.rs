@@ -17,13 +17,7 @@ async fn run_reports_a_status_change_within_an_interval_and_stops_cleanly() {
     wait_until(
         Duration::from_secs(10),
         "first_seen for both orgs on the console",
-        || async {
-            t.console_lines()
-                .iter()
-                .filter(|l| l.contains("first_seen"))
-                .count()
-                == 2
-        },
+        || async { t.console_lines().iter().filter(|l| l.contains("first_seen")).count() == 2 },
     )
     .await;
     t.sim.set(ORG_A, Behavior::status("SYNCED"));
@@ -43,10 +37,7 @@ async fn run_reports_a_status_change_within_an_interval_and_stops_cleanly() {
     // Every event reached the console exactly once.
     let lines = t.console_lines();
     assert_eq!(
-        lines
-            .iter()
-            .filter(|l| l.contains("status_changed"))
-            .count(),
+        lines.iter().filter(|l| l.contains("status_changed")).count(),
         1,
         "{lines:#?}"
     );
@@ -68,11 +59,7 @@ async fn a_hung_org_does_not_stall_the_others() {
         t.sim.requests_for(ORG_B) >= 3
     })
     .await;
-    assert_eq!(
-        t.sim.requests_for(ORG_A),
-        1,
-        "a hung check is never doubled"
-    );
+    assert_eq!(t.sim.requests_for(ORG_A), 1, "a hung check is never doubled");
     shutdown.cancel();
     // Shutdown waits for alpha's check to time out; it is recorded as a failure, not lost.
     tokio::time::timeout(Duration::from_secs(20), task)

@@ -72,10 +72,7 @@ async fn a_wrong_key_fails_as_unauthorized() {
     assert_eq!(failure.http_status, Some(401));
     assert_eq!(t.sim.counters().authorized.load(Ordering::SeqCst), 0);
     // The message says what to do, and never shows the key.
-    let last_error = t.app.store.current().await.unwrap()[0]
-        .last_error
-        .clone()
-        .unwrap();
+    let last_error = t.app.store.current().await.unwrap()[0].last_error.clone().unwrap();
     assert!(last_error.contains("Organization Owner"), "{last_error}");
     assert!(!last_error.contains("not-the-key"));
 }

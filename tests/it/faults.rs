@@ -55,9 +55,7 @@ async fn an_outage_of_every_kind_is_one_failing_and_one_recovered() {
     }
     t.sim.set(ORG_A, Behavior::status("NOT_SYNCED"));
     wait_until(Duration::from_secs(15), "recovery", || async {
-        t.event_kinds(ORG_A)
-            .await
-            .contains(&"check_recovered".to_owned())
+        t.event_kinds(ORG_A).await.contains(&"check_recovered".to_owned())
     })
     .await;
     let check_again = t.sim.requests_for(ORG_A) + 2;
@@ -111,11 +109,7 @@ async fn slack_down_then_back_gets_every_message_in_order_once() {
     let delivered: String = rx.accepted().iter().map(|r| r.body.clone()).collect();
     let mut last = 0;
     for title in &titles {
-        assert_eq!(
-            delivered.matches(title.as_str()).count(),
-            1,
-            "{title} in {delivered}"
-        );
+        assert_eq!(delivered.matches(title.as_str()).count(), 1, "{title} in {delivered}");
         let at = delivered.find(title.as_str()).unwrap();
         assert!(at >= last, "{title} out of order");
         last = at;
@@ -141,20 +135,13 @@ async fn smtp_refusing_connections_then_accepting_gets_the_mail() {
     .await;
     t.check(ORG_B).await;
     t.dispatch().await;
-    assert!(
-        t.app.store.next_due("mail").await.unwrap().is_some(),
-        "kept for retry"
-    );
+    assert!(t.app.store.next_due("mail").await.unwrap().is_some(), "kept for retry");
     let smtp = SmtpServer::start_on(port);
     deliver_until(&t, "the mail after the server came up", || async {
         !smtp.mails().is_empty()
     })
     .await;
-    assert!(
-        smtp.mails()[0]
-            .data
-            .contains("beta: migration link is SYNCED")
-    );
+    assert!(smtp.mails()[0].data.contains("beta: migration link is SYNCED"));
 }
 
 #[tokio::test]
@@ -211,10 +198,7 @@ async fn a_full_disk_makes_healthz_red_without_a_crash_and_recovers() {
             .map(|r| r.status().as_u16())
             .unwrap_or(0)
     };
-    wait_until(Duration::from_secs(10), "healthy", || async {
-        health().await == 200
-    })
-    .await;
+    wait_until(Duration::from_secs(10), "healthy", || async { health().await == 200 }).await;
     // alpha's first check (NOT_SYNCED) is recorded before the disk fills up.
     wait_until(Duration::from_secs(10), "alpha seen", || async {
         !t.event_kinds(ORG_A).await.is_empty()
@@ -233,10 +217,7 @@ async fn a_full_disk_makes_healthz_red_without_a_crash_and_recovers() {
         health().await == 503
     })
     .await;
-    assert!(
-        !task.is_finished(),
-        "the daemon keeps running on a full disk"
-    );
+    assert!(!task.is_finished(), "the daemon keeps running on a full disk");
 
     std::fs::remove_file(&filler).unwrap();
     wait_until(Duration::from_secs(10), "healthy again", || async {
@@ -280,10 +261,7 @@ async fn kill_9_during_load_loses_no_committed_event() {
         let script = (0..90)
             .map(|k| {
                 let at = Duration::from_millis(700 * k + 37 * i as u64);
-                (
-                    at,
-                    Behavior::status(if k % 2 == 0 { "NOT_SYNCED" } else { "SYNCED" }),
-                )
+                (at, Behavior::status(if k % 2 == 0 { "NOT_SYNCED" } else { "SYNCED" }))
             })
             .collect();
         t.sim.script(id, script);
@@ -334,22 +312,13 @@ async fn kill_9_during_load_loses_no_committed_event() {
         .fetch_all(&pool)
         .await
         .unwrap();
-    let rows: Vec<(String, i64)> =
-        sqlx::query_as("SELECT event_id, count(*) FROM deliveries GROUP BY event_id")
-            .fetch_all(&pool)
-            .await
-            .unwrap();
+    let rows: Vec<(String, i64)> = sqlx::query_as("SELECT event_id, count(*) FROM deliveries GROUP BY event_id")
+        .fetch_all(&pool)
+        .await
+        .unwrap();
     let rows: HashMap<String, i64> = rows.into_iter().collect();
-    assert!(
-        events.len() > 20,
-        "the load produced only {} events",
-        events.len()
-    );
-    let received: HashSet<String> = rx
-        .accepted()
-        .iter()
-        .map(|r| r.header("webhook-id"))
-        .collect();
+    assert!(events.len() > 20, "the load produced only {} events", events.len());
+    let received: HashSet<String> = rx.accepted().iter().map(|r| r.header("webhook-id")).collect();
     for id in &events {
         assert_eq!(rows.get(id), Some(&1), "event {id} has no delivery row");
         assert!(

@@ -120,11 +120,7 @@ name = "beta"
         // Orgs go before the first [[channel]], to stay out of its table.
         let text = std::fs::read_to_string(&config_path).unwrap();
         let at = text.find("[[channel]]").unwrap_or(text.len());
-        std::fs::write(
-            &config_path,
-            format!("{}{extra}\n{}", &text[..at], &text[at..]),
-        )
-        .unwrap();
+        std::fs::write(&config_path, format!("{}{extra}\n{}", &text[..at], &text[at..])).unwrap();
     }
     let console = Arc::new(Mutex::new(Vec::new()));
     let app = build(&config_path, &console).await;
@@ -157,27 +153,17 @@ impl TestApp {
             .iter()
             .find(|o| o.id.as_str() == id)
             .expect("org is configured");
-        daemon::check_org(&self.app, org)
-            .await
-            .expect("check recorded")
+        daemon::check_org(&self.app, org).await.expect("check recorded")
     }
 
     /// Event kinds recorded for `id`, oldest first.
     pub async fn event_kinds(&self, id: &str) -> Vec<String> {
-        self.events(Some(id))
-            .await
-            .into_iter()
-            .map(|e| e.kind)
-            .collect()
+        self.events(Some(id)).await.into_iter().map(|e| e.kind).collect()
     }
 
     pub async fn events(&self, id: Option<&str>) -> Vec<StoredEvent> {
         let org = id.map(|i| linkwatch::config::OrgId::parse(i).unwrap());
-        self.app
-            .store
-            .events(org.as_ref())
-            .await
-            .expect("events readable")
+        self.app.store.events(org.as_ref()).await.expect("events readable")
     }
 
     /// A new `App` on the same config and database, as after a restart of the process.

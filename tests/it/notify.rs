@@ -21,10 +21,12 @@ async fn deliveries(t: &TestApp) -> Vec<(String, String, String, String, i64, Op
     let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}", t.db_path.display()))
         .await
         .unwrap();
-    let rows = sqlx::query_as("SELECT kind, org_name, channel, state, attempts, last_error FROM deliveries ORDER BY created_at")
-        .fetch_all(&pool)
-        .await
-        .unwrap();
+    let rows = sqlx::query_as(
+        "SELECT kind, org_name, channel, state, attempts, last_error FROM deliveries ORDER BY created_at",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
     pool.close().await;
     rows
 }
@@ -45,10 +47,7 @@ async fn slack_gets_block_kit_with_a_text_that_says_what_to_do() {
     let got = rx.received();
     assert_eq!(got.len(), 1);
     let body = got[0].json();
-    assert_eq!(
-        body["text"],
-        "linkwatch: 2 events (1 first_seen, 1 status_changed)"
-    );
+    assert_eq!(body["text"], "linkwatch: 2 events (1 first_seen, 1 status_changed)");
     let all = body.to_string();
     assert!(
         all.contains("alpha: migration link SYNCED (was NOT_SYNCED for"),
@@ -90,10 +89,7 @@ async fn slack_429_waits_for_retry_after_then_delivers() {
     })
     .await;
     t.check(ORG_A).await;
-    deliver_until(&t, "the retried delivery", || async {
-        rx.accepted().len() == 1
-    })
-    .await;
+    deliver_until(&t, "the retried delivery", || async { rx.accepted().len() == 1 }).await;
     let got = rx.received();
     assert_eq!(got.len(), 2, "one 429, one success");
     let spacing = got[1].at - got[0].at;
@@ -143,10 +139,7 @@ async fn slack_channel_not_found_stops_at_once() {
     assert_eq!(rx.received().len(), 1);
     let d = deliveries(&t).await;
     assert_eq!((d[0].3.as_str(), d[0].4), ("failed", 1));
-    assert!(
-        d[0].5.as_deref().unwrap().contains("channel_not_found"),
-        "{d:?}"
-    );
+    assert!(d[0].5.as_deref().unwrap().contains("channel_not_found"), "{d:?}");
 }
 
 #[tokio::test]
@@ -198,10 +191,7 @@ fn email(name: &str, smtp: &SmtpServer, tls: bool) -> String {
             format!("smtp://127.0.0.1:{}?tls=required", smtp.addr.port()),
             format!("ca_file = \"{}\"\n", ca.display()),
         ),
-        _ => (
-            format!("smtp://127.0.0.1:{}", smtp.addr.port()),
-            String::new(),
-        ),
+        _ => (format!("smtp://127.0.0.1:{}", smtp.addr.port()), String::new()),
     };
     format!(
         "[[channel]]\nname = \"{name}\"\nkind = \"email\"\nsmtp_url = \"{url}\"\n{ca}\
@@ -246,11 +236,7 @@ async fn email_over_starttls_with_a_private_ca() {
     t.check(ORG_A).await;
     t.dispatch().await;
     let mails = smtp.wait_for_mails(1, Duration::from_secs(10)).await;
-    assert!(
-        mails[0]
-            .data
-            .contains("alpha: migration link is NOT_SYNCED")
-    );
+    assert!(mails[0].data.contains("alpha: migration link is NOT_SYNCED"));
     let d = deliveries(&t).await;
     assert_eq!(d[0].3, "sent", "{d:?}");
 }
@@ -314,10 +300,7 @@ async fn webhooks_are_signed_versioned_and_keep_their_id_across_retries() {
     })
     .await;
     t.check(ORG_A).await;
-    deliver_until(&t, "the webhook after one retry", || async {
-        rx.accepted().len() == 1
-    })
-    .await;
+    deliver_until(&t, "the webhook after one retry", || async { rx.accepted().len() == 1 }).await;
     let got = rx.received();
     assert_eq!(got.len(), 2);
     for r in &got {
@@ -407,20 +390,14 @@ async fn reminders_repeat_while_a_link_stays_broken() {
     let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}", t.db_path.display()))
         .await
         .unwrap();
-    sqlx::query(
-        "UPDATE org_state SET status_since = strftime('%Y-%m-%dT%H:%M:%fZ', 'now', '-2 hours')",
-    )
-    .execute(&pool)
-    .await
-    .unwrap();
+    sqlx::query("UPDATE org_state SET status_since = strftime('%Y-%m-%dT%H:%M:%fZ', 'now', '-2 hours')")
+        .execute(&pool)
+        .await
+        .unwrap();
     t.check(ORG_B).await;
     t.check(ORG_B).await; // the clock restarted: no second reminder
     assert_eq!(
-        t.event_kinds(ORG_B)
-            .await
-            .iter()
-            .filter(|k| *k == "reminder")
-            .count(),
+        t.event_kinds(ORG_B).await.iter().filter(|k| *k == "reminder").count(),
         1
     );
     t.dispatch().await;
@@ -437,11 +414,7 @@ async fn notify_test_reports_success_and_the_receivers_refusal() {
     let rx = Receiver::start().await;
     let smtp = SmtpServer::start(false);
     let t = spawn_app_with(Setup {
-        channels: format!(
-            "{}{}",
-            slack("ops", &rx.url("/hook")),
-            email("mail", &smtp, false)
-        ),
+        channels: format!("{}{}", slack("ops", &rx.url("/hook")), email("mail", &smtp, false)),
         ..Setup::default()
     })
     .await;
@@ -457,11 +430,7 @@ async fn notify_test_reports_success_and_the_receivers_refusal() {
         }
     };
     let out = run("ops").await;
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(
         rx.received()[0].json()["text"]
             .as_str()
@@ -469,11 +438,7 @@ async fn notify_test_reports_success_and_the_receivers_refusal() {
             .contains("linkwatch test message")
     );
     let out = run("mail").await;
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(
         smtp.wait_for_mails(1, Duration::from_secs(5)).await[0]
             .data
@@ -505,10 +470,7 @@ async fn a_retry_keeps_the_channel_in_event_order() {
     t.check(ORG_B).await;
     // beta is newer than alpha: it must not overtake it while alpha waits.
     assert_eq!(t.dispatch().await, 0);
-    deliver_until(&t, "both events delivered", || async {
-        rx.accepted().len() == 1
-    })
-    .await;
+    deliver_until(&t, "both events delivered", || async { rx.accepted().len() == 1 }).await;
     let body = rx.accepted()[0].body.clone();
     let (a, b) = (body.find("alpha:").unwrap(), body.find("beta:").unwrap());
     assert!(a < b, "{body}");
@@ -550,4 +512,40 @@ async fn slack_is_paced_to_about_one_message_a_second() {
             pair[1].at - pair[0].at
         );
     }
+}
+
+#[tokio::test]
+async fn the_slack_url_never_reaches_the_database_or_errors() {
+    // Nothing listens here: every attempt fails, and its error is stored.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let secret_path = "services/T0SECRET/B0SECRET/XXSECRETXX";
+    let t = spawn_app_with(Setup {
+        channels: slack("ops", &format!("http://127.0.0.1:{port}/{secret_path}")),
+        ..Setup::default()
+    })
+    .await;
+    t.check(ORG_A).await;
+    t.dispatch().await;
+    let d = deliveries(&t).await;
+    let error = d[0].5.clone().unwrap();
+    assert!(error.contains("could not connect"), "{error}");
+    // Search the whole database file (and its WAL) for the secret part of the URL.
+    let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}", t.db_path.display()))
+        .await
+        .unwrap();
+    sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
+        .execute(&pool)
+        .await
+        .unwrap();
+    pool.close().await;
+    let mut bytes = std::fs::read(&t.db_path).unwrap();
+    bytes.extend(std::fs::read(t.db_path.with_extension("db-wal")).unwrap_or_default());
+    assert!(
+        !bytes.windows(b"SECRET".len()).any(|w| w == b"SECRET"),
+        "the webhook URL leaked into the database"
+    );
 }

@@ -6,8 +6,7 @@ use sqlx::Row;
 use crate::helpers::*;
 
 fn sql_blocks() -> Vec<String> {
-    let readme =
-        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
     let mut blocks = Vec::new();
     let mut current: Option<String> = None;
     for line in readme.lines() {
@@ -36,18 +35,12 @@ async fn the_readme_queries_run_on_a_real_database() {
     t.check(ORG_A).await;
     t.sim.set(ORG_A, Behavior::status("NOT_SYNCED"));
     t.check(ORG_A).await;
-    t.sim.set(
-        ORG_B,
-        Behavior::error(403, "IP_ADDRESS_NOT_ON_ACCESS_LIST", "no"),
-    );
+    t.sim
+        .set(ORG_B, Behavior::error(403, "IP_ADDRESS_NOT_ON_ACCESS_LIST", "no"));
     t.check(ORG_B).await;
 
     let blocks = sql_blocks();
-    assert!(
-        blocks.len() >= 3,
-        "the README has {} sql blocks",
-        blocks.len()
-    );
+    assert!(blocks.len() >= 3, "the README has {} sql blocks", blocks.len());
     let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}", t.db_path.display()))
         .await
         .unwrap();
@@ -76,9 +69,7 @@ async fn the_readme_queries_run_on_a_real_database() {
     pool.close().await;
 
     // The same text in the sqlite3 shell, as a user would paste it.
-    if let Ok(out) = std::process::Command::new("sqlite3")
-        .arg("-version")
-        .output()
+    if let Ok(out) = std::process::Command::new("sqlite3").arg("-version").output()
         && out.status.success()
     {
         for sql in &blocks {
@@ -92,10 +83,7 @@ async fn the_readme_queries_run_on_a_real_database() {
                 out.status.success() && stderr.is_empty(),
                 "sqlite3 shell: {stderr}\n{sql}"
             );
-            assert!(
-                !out.stdout.is_empty(),
-                "sqlite3 shell printed nothing for\n{sql}"
-            );
+            assert!(!out.stdout.is_empty(), "sqlite3 shell printed nothing for\n{sql}");
         }
     }
 }

@@ -73,9 +73,7 @@ pub struct Receiver {
 impl Receiver {
     pub async fn start() -> Receiver {
         let inner = Arc::new(Mutex::new(Inner::default()));
-        let app = Router::new()
-            .route("/{*path}", post(handle))
-            .with_state(inner.clone());
+        let app = Router::new().route("/{*path}", post(handle)).with_state(inner.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
@@ -97,33 +95,21 @@ impl Receiver {
 
     /// Requests that were answered 2xx.
     pub fn accepted(&self) -> Vec<Received> {
-        self.received()
-            .into_iter()
-            .filter(|r| r.status < 300)
-            .collect()
+        self.received().into_iter().filter(|r| r.status < 300).collect()
     }
 
     pub async fn wait_for_requests(&self, n: usize, deadline: Duration) {
-        wait_until(
-            deadline,
-            &format!("{n} requests at the receiver"),
-            || async { self.received().len() >= n },
-        )
+        wait_until(deadline, &format!("{n} requests at the receiver"), || async {
+            self.received().len() >= n
+        })
         .await;
     }
 }
 
-async fn handle(
-    State(inner): State<Arc<Mutex<Inner>>>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
+async fn handle(State(inner): State<Arc<Mutex<Inner>>>, headers: HeaderMap, body: Bytes) -> Response {
     let reply = {
         let mut inner = inner.lock().unwrap();
-        let reply = inner
-            .replies
-            .pop_front()
-            .unwrap_or(Reply::status(200, "ok"));
+        let reply = inner.replies.pop_front().unwrap_or(Reply::status(200, "ok"));
         inner.received.push(Received {
             at: Instant::now(),
             headers,

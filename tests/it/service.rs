@@ -33,11 +33,7 @@ impl Daemon {
         for (k, v) in env {
             cmd.env(k, v);
         }
-        let mut child = cmd
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
+        let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
         let collect = |pipe: Box<dyn tokio::io::AsyncRead + Unpin + Send>| {
             let lines = Arc::new(Mutex::new(Vec::new()));
             let sink = lines.clone();
@@ -51,28 +47,20 @@ impl Daemon {
         };
         let stdout = collect(Box::new(child.stdout.take().unwrap()));
         let stderr = collect(Box::new(child.stderr.take().unwrap()));
-        Daemon {
-            child,
-            stdout,
-            stderr,
-        }
+        Daemon { child, stdout, stderr }
     }
 
     async fn wait_stdout(&self, what: &str) {
-        wait_until(
-            Duration::from_secs(20),
-            &format!("stdout: {what}"),
-            || async { self.stdout.lock().unwrap().iter().any(|l| l.contains(what)) },
-        )
+        wait_until(Duration::from_secs(20), &format!("stdout: {what}"), || async {
+            self.stdout.lock().unwrap().iter().any(|l| l.contains(what))
+        })
         .await;
     }
 
     async fn wait_stderr(&self, what: &str) -> String {
-        wait_until(
-            Duration::from_secs(20),
-            &format!("stderr: {what}"),
-            || async { self.stderr.lock().unwrap().iter().any(|l| l.contains(what)) },
-        )
+        wait_until(Duration::from_secs(20), &format!("stderr: {what}"), || async {
+            self.stderr.lock().unwrap().iter().any(|l| l.contains(what))
+        })
         .await;
         self.stderr
             .lock()
@@ -121,11 +109,7 @@ async fn sighup_reloads_the_config_and_keeps_the_old_one_when_the_new_is_broken(
         .await;
     daemon.wait_stderr("config reloaded").await;
 
-    std::fs::write(
-        &t.config_path,
-        good.replace("every = \"1s\"", "every = \"soon\""),
-    )
-    .unwrap();
+    std::fs::write(&t.config_path, good.replace("every = \"1s\"", "every = \"soon\"")).unwrap();
     daemon.signal("-HUP");
     let line = daemon.wait_stderr("reload rejected").await;
     assert!(
@@ -195,11 +179,10 @@ async fn sigterm_during_a_slow_delivery_keeps_it_pending_for_the_next_start() {
         Duration::from_secs(20),
         "everything delivered after restart",
         || async {
-            let pending: i64 =
-                sqlx::query_scalar("SELECT count(*) FROM deliveries WHERE state <> 'sent'")
-                    .fetch_one(&pool)
-                    .await
-                    .unwrap();
+            let pending: i64 = sqlx::query_scalar("SELECT count(*) FROM deliveries WHERE state <> 'sent'")
+                .fetch_one(&pool)
+                .await
+                .unwrap();
             pending == 0
         },
     )
@@ -287,14 +270,7 @@ async fn metrics_and_healthz() {
     );
     let checks: f64 = ["alpha", "beta"]
         .iter()
-        .map(|o| {
-            sample(
-                &scrape,
-                "linkwatch_checks_total",
-                &[("org_name", o), ("outcome", "ok")],
-            )
-            .unwrap()
-        })
+        .map(|o| sample(&scrape, "linkwatch_checks_total", &[("org_name", o), ("outcome", "ok")]).unwrap())
         .sum();
     let requests = sample(&scrape, "linkwatch_cloud_manager_requests_total", &[]).unwrap();
     // One challenge, then one request per check.
@@ -340,10 +316,7 @@ async fn ready_and_stopping_reach_the_notify_socket() {
     let socket_path = t.db_path.with_file_name("notify.sock");
     std::fs::create_dir_all(socket_path.parent().unwrap()).unwrap();
     let socket = tokio::net::UnixDatagram::bind(&socket_path).unwrap();
-    let daemon = Daemon::start(
-        &t.config_path,
-        &[("NOTIFY_SOCKET", socket_path.to_str().unwrap())],
-    );
+    let daemon = Daemon::start(&t.config_path, &[("NOTIFY_SOCKET", socket_path.to_str().unwrap())]);
     let mut buf = vec![0u8; 4096];
     let mut received = String::new();
     tokio::time::timeout(Duration::from_secs(15), async {
@@ -375,13 +348,7 @@ impl Mount {
     pub fn tmpfs(dir: &Path, size: &str) -> Option<Mount> {
         std::fs::create_dir_all(dir).unwrap();
         let ok = std::process::Command::new("mount")
-            .args([
-                "-t",
-                "tmpfs",
-                "-o",
-                &format!("size={size}"),
-                "linkwatch-test",
-            ])
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "linkwatch-test"])
             .arg(dir)
             .status()
             .is_ok_and(|s| s.success());
@@ -391,10 +358,7 @@ impl Mount {
 
 impl Drop for Mount {
     fn drop(&mut self) {
-        let _ = std::process::Command::new("umount")
-            .arg("-l")
-            .arg(&self.0)
-            .status();
+        let _ = std::process::Command::new("umount").arg("-l").arg(&self.0).status();
     }
 }
 
@@ -435,18 +399,11 @@ async fn a_full_disk_fails_the_health_probe_and_loses_nothing() {
     }
     assert!(write_failed, "a full disk never refused a write");
     let probe = t.app.store.probe_write().await;
-    assert!(
-        probe.is_err(),
-        "the health probe still wrote on a full disk"
-    );
+    assert!(probe.is_err(), "the health probe still wrote on a full disk");
     // Space again: the next check records the change that could not be stored before.
     std::fs::remove_file(&filler).unwrap();
     let report = t.check(ORG_A).await;
     assert_eq!(report.outcome, Ok("SYNCED".into()));
     let kinds = t.event_kinds(ORG_A).await;
-    assert_eq!(
-        kinds,
-        ["first_seen", "status_changed"],
-        "nothing lost, nothing doubled"
-    );
+    assert_eq!(kinds, ["first_seen", "status_changed"], "nothing lost, nothing doubled");
 }

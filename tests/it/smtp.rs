@@ -119,10 +119,7 @@ impl SmtpServer {
     }
 
     pub async fn wait_for_mails(&self, n: usize, deadline: Duration) -> Vec<Mail> {
-        wait_until(deadline, &format!("{n} mails"), || async {
-            self.mails().len() >= n
-        })
-        .await;
+        wait_until(deadline, &format!("{n} mails"), || async { self.mails().len() >= n }).await;
         self.mails()
     }
 }
@@ -139,8 +136,7 @@ fn test_pki() -> (String, String, String) {
     let ca_cert = ca_params.self_signed(&ca_key).unwrap();
     let issuer = rcgen::Issuer::new(ca_params, ca_key);
     let key = KeyPair::generate().unwrap();
-    let params =
-        CertificateParams::new(vec!["127.0.0.1".to_owned(), "localhost".to_owned()]).unwrap();
+    let params = CertificateParams::new(vec!["127.0.0.1".to_owned(), "localhost".to_owned()]).unwrap();
     let cert = params.signed_by(&key, &issuer).unwrap();
     (ca_cert.pem(), cert.pem(), key.serialize_pem())
 }
