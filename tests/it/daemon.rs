@@ -2,17 +2,14 @@
 
 use std::time::Duration;
 
-use linkwatch::daemon;
 use linkwatch::simulator::Behavior;
-use tokio_util::sync::CancellationToken;
 
 use crate::helpers::*;
 
 #[tokio::test]
 async fn run_reports_a_status_change_within_an_interval_and_stops_cleanly() {
     let t = spawn_app().await;
-    let shutdown = CancellationToken::new();
-    let task = tokio::spawn(daemon::run_app(t.app.clone(), shutdown.clone()));
+    let daemon = t.run();
 
     wait_until(
         Duration::from_secs(10),
@@ -28,12 +25,7 @@ async fn run_reports_a_status_change_within_an_interval_and_stops_cleanly() {
     })
     .await;
 
-    shutdown.cancel();
-    tokio::time::timeout(Duration::from_secs(10), task)
-        .await
-        .expect("run() returns after shutdown")
-        .expect("no panic")
-        .expect("no error");
+    daemon.stop(Duration::from_secs(10)).await;
     // Every event reached the console exactly once.
     let lines = t.console_lines();
     assert_eq!(
@@ -52,21 +44,15 @@ async fn a_hung_org_does_not_stall_the_others() {
     })
     .await;
     t.sim.set(ORG_A, Behavior::Hang);
-    let shutdown = CancellationToken::new();
-    let task = tokio::spawn(daemon::run_app(t.app.clone(), shutdown.clone()));
+    let daemon = t.run();
     // beta is checked every second while alpha's request hangs.
     wait_until(Duration::from_secs(10), "three checks of beta", || async {
         t.sim.requests_for(ORG_B) >= 3
     })
     .await;
     assert_eq!(t.sim.requests_for(ORG_A), 1, "a hung check is never doubled");
-    shutdown.cancel();
     // Shutdown waits for alpha's check to time out; it is recorded as a failure, not lost.
-    tokio::time::timeout(Duration::from_secs(20), task)
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
+    daemon.stop(Duration::from_secs(20)).await;
     // run() closed its store; read the file as a user would.
     let store = linkwatch::store::Store::open(&t.db_path).await.unwrap();
     let current = store.current().await.unwrap();

@@ -18,14 +18,7 @@ async fn nonce_reuse_keeps_checks_at_about_one_request() {
     assert_eq!(t.sim.counters().authorized.load(Ordering::SeqCst), 20);
     assert_eq!(t.sim.counters().challenges.load(Ordering::SeqCst), 1);
     // linkwatch counts the same requests the server saw.
-    let (outcome, counted) = t
-        .app
-        .client
-        .check_counted(
-            &linkwatch::config::OrgId::parse(ORG_A).unwrap(),
-            &t.app.config.credentials[0],
-        )
-        .await;
+    let (outcome, counted) = t.check_counted(ORG_A).await;
     assert!(outcome.is_ok());
     assert_eq!((counted, t.sim.requests()), (1, requests + 1));
 }
@@ -36,14 +29,7 @@ async fn a_stale_nonce_is_recovered_within_the_check() {
     t.check(ORG_A).await;
     t.sim.expire_nonces();
     let before = t.sim.requests();
-    let (outcome, counted) = t
-        .app
-        .client
-        .check_counted(
-            &linkwatch::config::OrgId::parse(ORG_A).unwrap(),
-            &t.app.config.credentials[0],
-        )
-        .await;
+    let (outcome, counted) = t.check_counted(ORG_A).await;
     assert_eq!(outcome, Ok("NOT_SYNCED".into()));
     assert_eq!(
         counted,

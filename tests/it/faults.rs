@@ -6,7 +6,6 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use linkwatch::simulator::Behavior;
-use tokio_util::sync::CancellationToken;
 
 use crate::helpers::*;
 use crate::receiver::{Receiver, Reply};
@@ -27,8 +26,7 @@ async fn an_outage_of_every_kind_is_one_failing_and_one_recovered() {
         ..Setup::default()
     })
     .await;
-    let shutdown = CancellationToken::new();
-    let task = tokio::spawn(linkwatch::daemon::run_app(t.app.clone(), shutdown.clone()));
+    let daemon = t.run();
     wait_until(Duration::from_secs(10), "alpha seen", || async {
         !t.event_kinds(ORG_A).await.is_empty()
     })
@@ -67,12 +65,7 @@ async fn an_outage_of_every_kind_is_one_failing_and_one_recovered() {
         t.event_kinds(ORG_A).await,
         ["first_seen", "check_failing", "check_recovered"]
     );
-    shutdown.cancel();
-    tokio::time::timeout(Duration::from_secs(15), task)
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
+    daemon.stop(Duration::from_secs(15)).await;
 }
 
 fn slack(url: &str) -> String {
@@ -175,7 +168,7 @@ async fn a_reader_holding_a_transaction_does_not_stop_checks() {
 #[tokio::test]
 async fn a_full_disk_makes_healthz_red_without_a_crash_and_recovers() {
     let dir = tempfile::tempdir().unwrap();
-    let Some(_mount) = crate::service::Mount::tmpfs(&dir.path().join("fs"), "2m") else {
+    let Some(mount) = crate::service::Mount::tmpfs(&dir.path().join("fs"), "2m") else {
         eprintln!("skipped: cannot mount a tmpfs here (not root?)");
         return;
     };
@@ -190,8 +183,7 @@ async fn a_full_disk_makes_healthz_red_without_a_crash_and_recovers() {
         ..Setup::default()
     })
     .await;
-    let shutdown = CancellationToken::new();
-    let task = tokio::spawn(linkwatch::daemon::run_app(t.app.clone(), shutdown.clone()));
+    let daemon = t.run();
     let health = || async {
         reqwest::get(format!("http://127.0.0.1:{port}/healthz"))
             .await
@@ -205,19 +197,13 @@ async fn a_full_disk_makes_healthz_red_without_a_crash_and_recovers() {
     })
     .await;
 
-    let filler = dir.path().join("fs/filler");
-    {
-        use std::io::Write;
-        let mut f = std::fs::File::create(&filler).unwrap();
-        while f.write_all(&[0u8; 65536]).is_ok() {}
-        let _ = f.write_all(&[0u8; 512]);
-    }
+    let filler = mount.fill();
     t.sim.set(ORG_A, Behavior::status("SYNCED"));
     wait_until(Duration::from_secs(10), "healthz 503", || async {
         health().await == 503
     })
     .await;
-    assert!(!task.is_finished(), "the daemon keeps running on a full disk");
+    assert!(!daemon.is_finished(), "the daemon keeps running on a full disk");
 
     std::fs::remove_file(&filler).unwrap();
     wait_until(Duration::from_secs(10), "healthy again", || async {
@@ -230,12 +216,7 @@ async fn a_full_disk_makes_healthz_red_without_a_crash_and_recovers() {
         || async { t.event_kinds(ORG_A).await == ["first_seen", "status_changed"] },
     )
     .await;
-    shutdown.cancel();
-    tokio::time::timeout(Duration::from_secs(15), task)
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
+    daemon.stop(Duration::from_secs(15)).await;
 }
 
 /// kill -9 at random moments while 20 orgs flip statuses; then every committed event must have

@@ -173,6 +173,22 @@ impl TestApp {
         self
     }
 
+    /// Starts the daemon loop on this app: scheduler, checks and channel workers.
+    pub fn run(&self) -> Running {
+        let shutdown = tokio_util::sync::CancellationToken::new();
+        let task = tokio::spawn(daemon::run_app(self.app.clone(), shutdown.clone()));
+        Running { shutdown, task }
+    }
+
+    /// Checks org `id` once through the client only, with the requests it took.
+    pub async fn check_counted(&self, id: &str) -> (linkwatch::client::CheckOutcome, u64) {
+        let org = linkwatch::config::OrgId::parse(id).unwrap();
+        self.app
+            .client
+            .check_counted(&org, &self.app.config.credentials[0])
+            .await
+    }
+
     /// Sends what is due on every channel once, as the channel workers would.
     pub async fn dispatch(&self) -> usize {
         self.app
@@ -184,6 +200,28 @@ impl TestApp {
 
     pub fn console_lines(&self) -> Vec<String> {
         self.console.lock().unwrap().clone()
+    }
+}
+
+/// The daemon loop (`daemon::run_app`) of a test app, running in the background.
+pub struct Running {
+    shutdown: tokio_util::sync::CancellationToken,
+    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+impl Running {
+    /// Stops it as SIGTERM would, and waits at most `deadline` for a clean return.
+    pub async fn stop(self, deadline: Duration) {
+        self.shutdown.cancel();
+        tokio::time::timeout(deadline, self.task)
+            .await
+            .expect("run() returns after shutdown")
+            .expect("no panic")
+            .expect("no error");
+    }
+
+    pub fn is_finished(&self) -> bool {
+        self.task.is_finished()
     }
 }
 

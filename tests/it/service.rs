@@ -8,7 +8,6 @@ use std::time::Duration;
 use linkwatch::simulator::Behavior;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
-use tokio_util::sync::CancellationToken;
 
 use crate::helpers::*;
 use crate::receiver::{Receiver, Reply};
@@ -220,8 +219,7 @@ async fn metrics_and_healthz() {
         ..Setup::default()
     })
     .await;
-    let shutdown = CancellationToken::new();
-    let task = tokio::spawn(linkwatch::daemon::run_app(t.app.clone(), shutdown.clone()));
+    let daemon = t.run();
     wait_until(Duration::from_secs(10), "both orgs seen", || async {
         t.console_lines().len() == 2
     })
@@ -302,12 +300,7 @@ async fn metrics_and_healthz() {
     assert_eq!(health.status(), 200, "healthy again once the lock is gone");
     pool.close().await;
 
-    shutdown.cancel();
-    tokio::time::timeout(Duration::from_secs(15), task)
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
+    daemon.stop(Duration::from_secs(15)).await;
 }
 
 #[tokio::test]
@@ -356,6 +349,20 @@ impl Mount {
     }
 }
 
+impl Mount {
+    /// Fills the file system to the last byte; deleting the returned file frees it again.
+    pub fn fill(&self) -> std::path::PathBuf {
+        use std::io::Write;
+        let filler = self.0.join("filler");
+        let mut f = std::fs::File::create(&filler).unwrap();
+        let block = vec![0u8; 64 * 1024];
+        while f.write_all(&block).is_ok() {}
+        let _ = f.write_all(&[0u8; 512]);
+        let _ = f.sync_all();
+        filler
+    }
+}
+
 impl Drop for Mount {
     fn drop(&mut self) {
         let _ = std::process::Command::new("umount").arg("-l").arg(&self.0).status();
@@ -365,7 +372,7 @@ impl Drop for Mount {
 #[tokio::test]
 async fn a_full_disk_fails_the_health_probe_and_loses_nothing() {
     let dir = tempfile::tempdir().unwrap();
-    let Some(_mount) = Mount::tmpfs(&dir.path().join("fs"), "2m") else {
+    let Some(mount) = Mount::tmpfs(&dir.path().join("fs"), "2m") else {
         // Without root there is no file system to fill; the lock test above covers the probe.
         eprintln!("skipped: cannot mount a tmpfs here (not root?)");
         return;
@@ -378,15 +385,7 @@ async fn a_full_disk_fails_the_health_probe_and_loses_nothing() {
     t.check(ORG_A).await;
     assert!(t.app.store.probe_write().await.is_ok());
     // Fill the file system to the last byte.
-    let filler = dir.path().join("fs/filler");
-    {
-        use std::io::Write;
-        let mut f = std::fs::File::create(&filler).unwrap();
-        let block = vec![0u8; 64 * 1024];
-        while f.write_all(&block).is_ok() {}
-        let _ = f.write_all(&[0u8; 512]);
-        let _ = f.sync_all();
-    }
+    let filler = mount.fill();
     // Changes that need new pages cannot be written; checks fail cleanly, no panic.
     t.sim.set(ORG_A, Behavior::status("SYNCED"));
     let mut write_failed = false;
