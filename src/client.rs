@@ -219,13 +219,8 @@ impl Client {
             .expect("an org id is a valid path segment")
     }
 
-    /// Asks for `org`'s link status with `credential`. Never fails: every problem is a
-    /// [`Failure`] in the outcome.
-    pub async fn check(&self, org: &OrgId, credential: &Credential) -> CheckOutcome {
-        self.check_counted(org, credential).await.0
-    }
-
-    /// [`Client::check`], with the number of HTTP requests it took.
+    /// Asks for `org`'s link status with `credential`, and says how many HTTP requests that took.
+    /// Never fails: every problem is a [`Failure`] in the outcome.
     pub async fn check_counted(&self, org: &OrgId, credential: &Credential) -> (CheckOutcome, u64) {
         let requests = AtomicU64::new(0);
         let outcome = self.check_inner(org, credential, &requests).await;

@@ -173,10 +173,6 @@ impl Simulator {
         let _ = tokio::time::timeout(Duration::from_secs(2), self.task).await;
     }
 
-    pub fn addr(&self) -> SocketAddr {
-        self.addr
-    }
-
     /// The `base_url` to put in linkwatch's config.
     pub fn base_url(&self) -> String {
         format!("http://{}/api/public/v1.0", self.addr)

@@ -459,7 +459,7 @@ impl Store {
             for id in outbox_ids {
                 sqlx::query(
                     "UPDATE outbox SET state = 'sent', attempts = attempts + 1, sent_at = ?, last_error = NULL
-                 WHERE id = ?",
+                     WHERE id = ?",
                 )
                 .bind(ts(now))
                 .bind(id)
@@ -484,9 +484,9 @@ impl Store {
             for id in outbox_ids {
                 sqlx::query(
                     "UPDATE outbox SET attempts = attempts + 1, last_error = ?,
-                     state = CASE WHEN ?2 IS NULL THEN 'failed' ELSE 'pending' END,
-                     next_attempt_at = coalesce(?2, next_attempt_at)
-                 WHERE id = ?3",
+                         state = CASE WHEN ?2 IS NULL THEN 'failed' ELSE 'pending' END,
+                         next_attempt_at = coalesce(?2, next_attempt_at)
+                     WHERE id = ?3",
                 )
                 .bind(error)
                 .bind(retry_at.map(ts))

@@ -272,11 +272,7 @@ async fn rate_limits_carry_retry_after() {
 #[tokio::test]
 async fn connection_refused_is_a_connection_failure() {
     // A port that was free a moment ago: nothing listens there.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = free_port();
     let t = spawn_app().await;
     let text = std::fs::read_to_string(&t.config_path)
         .unwrap()

@@ -235,11 +235,7 @@ async fn a_crash_between_event_and_delivery_loses_nothing() {
 
 #[tokio::test]
 async fn simulate_serves_the_demo_orgs_to_a_real_daemon() {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = free_port();
     let mut sim = linkwatch()
         .args(["simulate", "--listen", &format!("127.0.0.1:{port}")])
         .stdout(Stdio::piped())

@@ -113,11 +113,7 @@ async fn slack_down_then_back_gets_every_message_in_order_once() {
 #[tokio::test]
 async fn smtp_refusing_connections_then_accepting_gets_the_mail() {
     // A port nobody listens on yet.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = free_port();
     let t = spawn_app_with(Setup {
         channels: format!(
             "[[channel]]\nname = \"mail\"\nkind = \"email\"\nsmtp_url = \"smtp://127.0.0.1:{port}\"\n\
@@ -172,11 +168,7 @@ async fn a_full_disk_makes_healthz_red_without_a_crash_and_recovers() {
         eprintln!("skipped: cannot mount a tmpfs here (not root?)");
         return;
     };
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = free_port();
     let t = spawn_app_with(Setup {
         database: Some(dir.path().join("fs/linkwatch.db")),
         top: format!("[http]\nlisten = \"127.0.0.1:{port}\""),

@@ -59,6 +59,15 @@ pub struct TestApp {
     _dir: tempfile::TempDir,
 }
 
+/// A port that was free a moment ago: nothing listens there until a test binds it.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
 /// The id of the n-th extra org.
 pub fn extra_org(n: usize) -> String {
     format!("{:024x}", 0xe000 + n)

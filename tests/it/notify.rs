@@ -517,11 +517,7 @@ async fn slack_is_paced_to_about_one_message_a_second() {
 #[tokio::test]
 async fn the_slack_url_never_reaches_the_database_or_errors() {
     // Nothing listens here: every attempt fails, and its error is stored.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = free_port();
     let secret_path = "services/T0SECRET/B0SECRET/XXSECRETXX";
     let t = spawn_app_with(Setup {
         channels: slack("ops", &format!("http://127.0.0.1:{port}/{secret_path}")),

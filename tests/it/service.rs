@@ -190,14 +190,6 @@ async fn sigterm_during_a_slow_delivery_keeps_it_pending_for_the_next_start() {
     pool.close().await;
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 fn sample(metrics: &prometheus_parse::Scrape, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
     metrics
         .samples
