@@ -7,6 +7,7 @@
 
 mod notify;
 mod raw;
+mod smtp;
 mod values;
 
 use std::path::{Path, PathBuf};
@@ -17,6 +18,7 @@ use reqwest::Url;
 use toml::Spanned;
 
 pub use notify::{Channel, ChannelKind, Email, Route, WebhookSecret, decode_webhook_secret};
+pub use smtp::{SmtpTarget, TlsMode, parse_smtp_url};
 pub use values::{CronExpr, EventKind, HumanDuration, OrgId};
 
 use crate::secret::Secret;

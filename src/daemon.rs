@@ -12,15 +12,16 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::channels::ConsoleSink;
-use crate::client::{self, CheckOutcome, Client};
+use crate::client::{self, Client};
 use crate::config::{Config, Org};
 use crate::detect::{self, Event, Policy};
 use crate::dispatch::Dispatcher;
-use crate::http;
 use crate::metrics::Metrics;
+use crate::monitoring;
+use crate::outcome::CheckOutcome;
 use crate::scheduler::{self, Heartbeat};
-use crate::service;
 use crate::store::{CheckRecord, Store};
+use crate::systemd;
 
 /// Everything a check needs, built from one config. A reload builds a new `App` around the same
 /// store and metrics.
@@ -208,17 +209,17 @@ async fn serve(
     console: Option<ConsoleSink>,
 ) -> anyhow::Result<()> {
     let heartbeat = Heartbeat::default();
-    let shared = http::Shared {
+    let shared = monitoring::Shared {
         store: app.store.clone(),
         metrics: app.metrics.clone(),
         heartbeat: heartbeat.clone(),
     };
     let services_stop = CancellationToken::new();
     let http_task = match app.config.http_listen {
-        Some(addr) => Some(http::serve(addr, shared.clone(), services_stop.clone()).await?),
+        Some(addr) => Some(monitoring::serve(addr, shared.clone(), services_stop.clone()).await?),
         None => None,
     };
-    let watchdog = service::spawn_watchdog(shared, services_stop.clone());
+    let watchdog = systemd::spawn_watchdog(shared, services_stop.clone());
     let housekeeping = tokio::spawn(retention(
         app.store.clone(),
         app.config.retention,
@@ -231,7 +232,7 @@ async fn serve(
         database = %app.config.database.display(),
         "linkwatch running"
     );
-    service::ready();
+    systemd::ready();
     loop {
         let generation = Generation::start(app.clone(), heartbeat.clone());
         let next = loop {
@@ -254,7 +255,7 @@ async fn serve(
         };
         match next {
             None => {
-                service::stopping();
+                systemd::stopping();
                 tracing::info!(
                     "stopping: waiting up to {:?} for running checks and sends",
                     app.config.shutdown_timeout
@@ -263,7 +264,7 @@ async fn serve(
                 break;
             }
             Some(new) => {
-                service::reloading();
+                systemd::reloading();
                 generation.stop(&app, false).await;
                 tracing::info!(
                     orgs = new.config.orgs.len(),
@@ -271,7 +272,7 @@ async fn serve(
                     "config reloaded"
                 );
                 app = Arc::new(new);
-                service::ready();
+                systemd::ready();
             }
         }
     }

@@ -8,10 +8,10 @@ use std::time::Duration;
 use anyhow::Context as _;
 use tokio_util::sync::CancellationToken;
 
-use crate::cli::print_history;
 use crate::config::Config;
 use crate::simulator::{self, Behavior, Simulator};
 use crate::store::Store;
+use crate::table::print_history;
 
 /// An org of the demo: id, name, and what it answers from which fraction of the run on.
 type DemoOrg = (&'static str, &'static str, Vec<(f64, Behavior)>);

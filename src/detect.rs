@@ -5,7 +5,7 @@
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use crate::client::{CheckOutcome, Failure};
+use crate::outcome::{CheckOutcome, Failure};
 
 /// What linkwatch remembers about one org between checks; lives in the `org_state` table.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -250,7 +250,7 @@ fn seconds_since(start: Option<DateTime<Utc>>, end: DateTime<Utc>) -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::client::FailureClass;
+    use crate::outcome::FailureClass;
 
     const POLICY: Policy = Policy {
         failures_before_alert: 3,

@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use reqwest::header;
 
 #[derive(Debug, Clone, Copy)]
 pub struct RetryPolicy {
@@ -44,6 +45,19 @@ impl RetryPolicy {
         let deadline = created + chrono::Duration::from_std(self.max_age).ok()?;
         (at <= deadline).then_some(at)
     }
+}
+
+/// `Retry-After` in its seconds form; the HTTP-date form is rare enough on these APIs that a
+/// default backoff serves it.
+pub fn retry_after(headers: &header::HeaderMap) -> Option<Duration> {
+    headers
+        .get(header::RETRY_AFTER)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse::<u64>()
+        .ok()
+        .map(Duration::from_secs)
 }
 
 #[cfg(test)]

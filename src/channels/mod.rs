@@ -8,9 +8,9 @@ pub mod webhook;
 
 use std::time::Duration;
 
-use crate::client::retry_after;
 use crate::config;
 use crate::message::Message;
+use crate::retry::retry_after;
 
 pub use console::ConsoleSink;
 

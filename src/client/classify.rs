@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use super::{CheckOutcome, Failure, FailureClass};
+use crate::outcome::{CheckOutcome, Failure, FailureClass};
 
 /// How much of an unreadable body is kept as the reason.
 const RAW_KEEP: usize = 200;

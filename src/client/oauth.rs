@@ -9,7 +9,8 @@ use serde::Deserialize;
 use tokio::sync::Mutex;
 use tokio::time::Instant;
 
-use super::{Failure, FailureClass, classify, read_capped, retry_after, transport_error};
+use super::{classify, read_capped, retry_after, transport_error};
+use crate::outcome::{Failure, FailureClass};
 use crate::secret::Secret;
 
 /// Renew this long before `expires_in` runs out, so a token never expires mid-request.

@@ -137,8 +137,7 @@ pub(super) fn channels(raw: Vec<raw::Channel>, loc: &Locator<'_>) -> Result<Vec<
                 let smtp_url = c.smtp_url.clone().map(|s| s.into_inner());
                 let smtp_url = required(smtp_url.map(|s| s.expose().to_owned()), "smtp_url")?;
                 let at = c.smtp_url.as_ref().map_or(0, |s| s.span().start);
-                crate::channels::email::parse_smtp_url(&smtp_url)
-                    .map_err(|m| loc.error(at, &format!("{table}.smtp_url"), m))?;
+                super::parse_smtp_url(&smtp_url).map_err(|m| loc.error(at, &format!("{table}.smtp_url"), m))?;
                 let password = resolve_secret(
                     &format!("{table}.password"),
                     c.password.as_ref(),

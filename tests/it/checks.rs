@@ -1,6 +1,6 @@
 //! Checks, events and what is stored, through the simulator's real HTTP and Digest.
 
-use linkwatch::client::FailureClass;
+use linkwatch::outcome::FailureClass;
 use linkwatch::simulator::Behavior;
 
 use crate::helpers::*;

@@ -190,7 +190,7 @@ impl TestApp {
     }
 
     /// Checks org `id` once through the client only, with the requests it took.
-    pub async fn check_counted(&self, id: &str) -> (linkwatch::client::CheckOutcome, u64) {
+    pub async fn check_counted(&self, id: &str) -> (linkwatch::outcome::CheckOutcome, u64) {
         let org = linkwatch::config::OrgId::parse(id).unwrap();
         self.app
             .client

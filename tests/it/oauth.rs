@@ -2,7 +2,7 @@
 
 use std::sync::atomic::Ordering;
 
-use linkwatch::client::FailureClass;
+use linkwatch::outcome::FailureClass;
 
 use crate::helpers::*;
 

@@ -4,7 +4,7 @@
 use sd_notify::NotifyState;
 use tokio_util::sync::CancellationToken;
 
-use crate::http::{self, Shared};
+use crate::monitoring::{self, Shared};
 
 fn notify(state: &[NotifyState]) {
     if std::env::var_os("NOTIFY_SOCKET").is_none() {
@@ -38,7 +38,7 @@ pub fn spawn_watchdog(shared: Shared, shutdown: CancellationToken) -> Option<tok
                 _ = shutdown.cancelled() => return,
                 _ = tokio::time::sleep(interval) => {}
             }
-            match http::health(&shared).await {
+            match monitoring::health(&shared).await {
                 Ok(()) => notify(&[NotifyState::Watchdog]),
                 Err(reason) => tracing::warn!("not pinging the systemd watchdog: {reason}"),
             }

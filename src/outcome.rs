@@ -1,0 +1,107 @@
+//! What one check produced: a status, or a classified failure. The client makes these, `detect`
+//! reads them and the store records them; this module depends on none of the three.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// A status string (any string: `SYNCED` and `NOT_SYNCED` are just the documented ones), or why
+/// there is none.
+pub type CheckOutcome = Result<String, Failure>;
+
+/// Why a check produced no status.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Failure {
+    pub class: FailureClass,
+    pub http_status: Option<u16>,
+    /// Cloud Manager's `errorCode` (or OAuth's `error`), when the body had one.
+    pub error_code: Option<String>,
+    /// The server's `detail`, or the start of a body that was not JSON, or the transport error.
+    pub detail: String,
+    /// `Retry-After`, when the server sent one: the next check waits at least this long.
+    #[serde(skip)]
+    pub retry_after: Option<Duration>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FailureClass {
+    Unauthorized,
+    Forbidden,
+    /// The org does not exist (or is an Atlas org).
+    NotFound,
+    /// A 404 that does not name the org: most likely the org has no migration link.
+    NoLink,
+    RateLimited,
+    ServerError,
+    Timeout,
+    Connection,
+    /// An answer we could not read: not JSON, no `status`, too large.
+    Malformed,
+    /// Any other HTTP error (400, 402, ...).
+    Http,
+}
+
+impl FailureClass {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FailureClass::Unauthorized => "unauthorized",
+            FailureClass::Forbidden => "forbidden",
+            FailureClass::NotFound => "not_found",
+            FailureClass::NoLink => "no_link",
+            FailureClass::RateLimited => "rate_limited",
+            FailureClass::ServerError => "server_error",
+            FailureClass::Timeout => "timeout",
+            FailureClass::Connection => "connection",
+            FailureClass::Malformed => "malformed",
+            FailureClass::Http => "http",
+        }
+    }
+}
+
+impl Failure {
+    pub fn new(
+        class: FailureClass,
+        http_status: Option<u16>,
+        error_code: Option<String>,
+        detail: impl Into<String>,
+    ) -> Self {
+        Failure {
+            class,
+            http_status,
+            error_code,
+            detail: detail.into(),
+            retry_after: None,
+        }
+    }
+
+    /// What the failure means, in plain words, for logs and messages.
+    pub fn explain(&self) -> String {
+        let what = match self.class {
+            FailureClass::Unauthorized => {
+                "Cloud Manager rejected the credentials: wrong key, or the key lacks the Organization Owner role"
+            }
+            FailureClass::Forbidden => "this host's IP address is not on the API key's access list",
+            FailureClass::NotFound => "Cloud Manager does not know this org (wrong id, or an Atlas org id)",
+            FailureClass::NoLink => "the org has no migration link (was it removed?)",
+            FailureClass::RateLimited => "Cloud Manager is rate limiting this key",
+            FailureClass::ServerError => "Cloud Manager had a server error",
+            FailureClass::Timeout => "Cloud Manager did not answer in time",
+            FailureClass::Connection => "could not connect to Cloud Manager",
+            FailureClass::Malformed => "Cloud Manager's answer could not be read",
+            FailureClass::Http => "Cloud Manager refused the request",
+        };
+        let mut s = what.to_owned();
+        match (self.http_status, &self.error_code) {
+            (Some(code), Some(ec)) => s.push_str(&format!(" (HTTP {code} {ec})")),
+            (Some(code), None) => s.push_str(&format!(" (HTTP {code})")),
+            (None, Some(ec)) => s.push_str(&format!(" ({ec})")),
+            (None, None) => {}
+        }
+        if !self.detail.is_empty() {
+            s.push_str(": ");
+            s.push_str(&self.detail);
+        }
+        s
+    }
+}
