@@ -13,6 +13,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::channels::ConsoleSink;
 use crate::client::{self, Client};
+use crate::clock::Clock;
 use crate::config::{Config, Org};
 use crate::detect::{self, Event, Policy};
 use crate::dispatch::Dispatcher;
@@ -28,6 +29,8 @@ use crate::systemd;
 #[derive(Debug)]
 pub struct App {
     pub config: Config,
+    /// The wall clock for what is recorded; injectable so tests can step it.
+    pub clock: Clock,
     pub store: Store,
     pub client: Client,
     pub dispatcher: Dispatcher,
@@ -62,6 +65,7 @@ impl App {
         let dispatcher = Dispatcher::new(&config, &console, metrics.clone())?;
         Ok(App {
             config,
+            clock: Clock::system(),
             store,
             client,
             dispatcher,
@@ -83,7 +87,7 @@ pub async fn check_org(app: &App, org: &Org) -> anyhow::Result<CheckReport> {
     let started = Instant::now();
     let (outcome, requests) = app.client.check_counted(&org.id, &org.credential).await;
     let took = started.elapsed();
-    let now = Utc::now();
+    let now = app.clock.now();
     let router = &app.dispatcher.router;
 
     // Most checks see what was already known: one UPDATE, when the stored state is quiet (see
