@@ -22,6 +22,8 @@ pub struct Metrics {
     events: Mutex<BTreeMap<String, u64>>,
     /// (channel, outcome) -> count; outcome is sent, retry or failed.
     deliveries: Mutex<BTreeMap<(String, String), u64>>,
+    /// (task, name) -> count; task is `check` (name: the org) or `channel` (name: the channel).
+    panics: Mutex<BTreeMap<(String, String), u64>>,
 }
 
 /// What the database says at scrape time.
@@ -64,6 +66,13 @@ impl Metrics {
         *lock(&self.deliveries)
             .entry((channel.to_owned(), outcome.to_owned()))
             .or_default() += n;
+    }
+
+    /// A task that panicked and was recovered (a check of one org, a channel's worker).
+    pub fn panicked(&self, task: &str, name: &str) {
+        *lock(&self.panics)
+            .entry((task.to_owned(), name.to_owned()))
+            .or_default() += 1;
     }
 
     /// Requests sent to Cloud Manager so far.
@@ -133,6 +142,20 @@ impl Metrics {
                 "linkwatch_deliveries_total{{channel=\"{}\",outcome=\"{}\"}} {n}",
                 esc(channel),
                 esc(outcome)
+            );
+        }
+        header(
+            w,
+            "linkwatch_task_panics_total",
+            "counter",
+            "Panics caught and recovered, by task (check, channel) and its org or channel.",
+        );
+        for ((task, name), n) in lock(&self.panics).iter() {
+            let _ = writeln!(
+                w,
+                "linkwatch_task_panics_total{{task=\"{}\",name=\"{}\"}} {n}",
+                esc(task),
+                esc(name)
             );
         }
         header(
