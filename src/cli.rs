@@ -13,7 +13,7 @@ use crate::channels::ConsoleSink;
 use crate::config::{self, Config};
 use crate::daemon::{self, App};
 use crate::dispatch::Dispatcher;
-use crate::store::{self, Store};
+use crate::store::{self, LockError, Store, WriterLock};
 use crate::table::{print_history, print_table};
 use crate::{demo, message};
 
@@ -330,6 +330,16 @@ async fn notify_test(config: &Config, name: &str) -> anyhow::Result<ExitCode> {
 
 /// Exit code 0 when every org answered, 2 when some check failed (for scripts).
 async fn once(config: Config) -> anyhow::Result<ExitCode> {
+    // Checking beside a running daemon is safe (each check is one transaction that reads the
+    // state it writes over), but sending is the daemon's job: two senders could send a row twice.
+    let lock = match WriterLock::acquire(&config.database) {
+        Ok(lock) => Some(lock),
+        Err(LockError::Held { holder, .. }) => {
+            eprintln!("linkwatch: a running linkwatch ({holder}) holds the database; it will deliver the events");
+            None
+        }
+        Err(e) => return Err(e.into()),
+    };
     let app = Arc::new(App::new(config, ConsoleSink::Stdout).await?);
     let permits = Arc::new(tokio::sync::Semaphore::new(app.config.poll.concurrency));
     let mut tasks = tokio::task::JoinSet::new();
@@ -345,7 +355,9 @@ async fn once(config: Config) -> anyhow::Result<ExitCode> {
         results.push(joined.context("a check task failed")?);
     }
     results.sort_by_key(|(i, _)| *i);
-    app.dispatcher.dispatch_all_due(&app.store).await?;
+    if lock.is_some() {
+        app.dispatcher.dispatch_all_due(&app.store).await?;
+    }
 
     let mut any_failed = false;
     let mut rows = Vec::new();

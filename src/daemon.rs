@@ -15,13 +15,13 @@ use crate::channels::ConsoleSink;
 use crate::client::{self, Client};
 use crate::clock::Clock;
 use crate::config::{Config, Org};
-use crate::detect::{self, Event, Policy};
+use crate::detect::{self, Event, OrgState, Policy};
 use crate::dispatch::Dispatcher;
 use crate::metrics::Metrics;
 use crate::monitoring;
 use crate::outcome::CheckOutcome;
 use crate::scheduler::{self, Heartbeat};
-use crate::store::{CheckRecord, Store};
+use crate::store::{Check, Decision, RemindersSent, Store, WriterLock};
 use crate::systemd;
 
 /// Everything a check needs, built from one config. A reload builds a new `App` around the same
@@ -81,86 +81,89 @@ impl App {
     }
 }
 
-/// Checks one org now: asks Cloud Manager, decides events, records everything in one
-/// transaction, then wakes the channels that have something to send.
+/// Checks one org now: asks Cloud Manager, applies the answer (decides the events from the
+/// stored state and records everything, in one transaction), then wakes the channels that have
+/// something to send.
 pub async fn check_org(app: &App, org: &Org) -> anyhow::Result<CheckReport> {
     let started = Instant::now();
     let (outcome, requests) = app.client.check_counted(&org.id, &org.credential).await;
     let took = started.elapsed();
-    let now = app.clock.now();
-    let router = &app.dispatcher.router;
 
-    // Most checks see what was already known: one UPDATE, when the stored state is quiet (see
-    // `detect::is_quiet`), instead of a read and a transaction. Round trips to SQLite's thread
-    // dominate the CPU cost of a check. Reminders need the full state, so routes with
-    // `remind_every` take the full path.
-    if let Ok(status) = &outcome
-        && !router.has_reminders()
-        && app
-            .store
-            .record_if_quiet(&org.id, &org.name, status, now)
-            .await
-            .with_context(|| format!("cannot record the check of org {}", org.name))?
-    {
-        tracing::debug!(org = %org.name, %status, requests, "checked, nothing new");
+    let router = &app.dispatcher.router;
+    let check = Check {
+        org_id: &org.id,
+        org_name: &org.name,
+        at: app.clock.now(),
+        outcome: &outcome,
+        quiet_path: !router.has_reminders(),
+    };
+    let decision = app
+        .store
+        .apply(&check, |state, sent| decide(app, org, &check, state, sent))
+        .await
+        .with_context(|| format!("cannot record the check of org {}", org.name))?;
+
+    let Some(decision) = decision else {
+        tracing::debug!(org = %org.name, requests, "checked, nothing new");
         app.metrics.check(org.id.as_str(), &org.name, "ok", took, requests);
         return Ok(CheckReport {
             outcome,
             events: Vec::new(),
         });
-    }
-
-    let state = app.store.load_state(&org.id).await?;
-    let (next, mut events) = detect::detect(&state, &outcome, now, app.policy());
-    let mut routed: Vec<(Event, Vec<String>)> = events.iter().map(|e| (e.clone(), router.route(&org.id, e))).collect();
-
-    // Reminders go to the route that asked for them, and restart its clock.
-    let mut reminded = Vec::new();
-    if router.has_reminders() {
-        let rules = router.reminder_rules(&org.id, &app.store.reminders_sent(&org.id).await?);
-        let plain: Vec<_> = rules.iter().map(|(_, r, _)| r.clone()).collect();
-        for (i, reminder) in detect::due_reminders(&next, &plain, now) {
-            let (key, _, channels) = &rules[i];
-            reminded.push(key.clone());
-            events.push(reminder.clone());
-            routed.push((reminder, channels.clone()));
-        }
-    }
-    {
-        app.store
-            .record_check(&CheckRecord {
-                org_id: &org.id,
-                org_name: &org.name,
-                at: now,
-                outcome: &outcome,
-                state: &next,
-                events: &routed,
-                reminded: &reminded,
-            })
-            .await
-            .with_context(|| format!("cannot record the check of org {}", org.name))?;
-    }
-
-    let outcome_label = match &outcome {
+    };
+    let label = match &outcome {
         Ok(status) => {
             tracing::debug!(org = %org.name, %status, requests, "checked");
             "ok"
         }
         Err(f) => {
-            tracing::warn!(org = %org.name, failures = next.consecutive_failures, "check failed: {}", f.explain());
+            let failures = decision.state.consecutive_failures;
+            tracing::warn!(org = %org.name, failures, "check failed: {}", f.explain());
             f.class.as_str()
         }
     };
-    app.metrics
-        .check(org.id.as_str(), &org.name, outcome_label, took, requests);
-    for e in &events {
+    app.metrics.check(org.id.as_str(), &org.name, label, took, requests);
+    for (e, _) in &decision.events {
         app.metrics.event(e.kind());
         let detail = serde_json::to_string(e).unwrap_or_default();
         tracing::info!(org = %org.name, org_id = %org.id, event = e.kind(), "{detail}");
     }
-    let channels: Vec<String> = routed.into_iter().flat_map(|(_, c)| c).collect();
+    let channels: Vec<String> = decision.events.iter().flat_map(|(_, c)| c.iter().cloned()).collect();
     app.dispatcher.wake(&channels);
-    Ok(CheckReport { outcome, events })
+    Ok(CheckReport {
+        outcome,
+        events: decision.events.into_iter().map(|(e, _)| e).collect(),
+    })
+}
+
+/// What `check` means given the stored `state`: the new state, the events routed to their
+/// channels, and the reminders due (each to the route that asked for it). Pure: it runs inside
+/// the store's transaction.
+fn decide(app: &App, org: &Org, check: &Check<'_>, state: &OrgState, sent: &RemindersSent) -> Decision {
+    let router = &app.dispatcher.router;
+    let (next, events) = detect::detect(state, check.outcome, check.at, app.policy());
+    let mut events: Vec<(Event, Vec<String>)> = events
+        .into_iter()
+        .map(|e| {
+            let channels = router.route(&org.id, &e);
+            (e, channels)
+        })
+        .collect();
+    let mut reminded = Vec::new();
+    if router.has_reminders() {
+        let rules = router.reminder_rules(&org.id, sent);
+        let plain: Vec<_> = rules.iter().map(|(_, r, _)| r.clone()).collect();
+        for (i, reminder) in detect::due_reminders(&next, &plain, check.at) {
+            let (key, _, channels) = &rules[i];
+            reminded.push(key.clone());
+            events.push((reminder, channels.clone()));
+        }
+    }
+    Decision {
+        state: next,
+        events,
+        reminded,
+    }
 }
 
 /// How `run` is driven, beyond the config.
@@ -181,6 +184,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
 
 /// [`run`] with a `App` the caller built (tests choose the console sink); no reload.
 pub async fn run_app(app: Arc<App>, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let _lock = WriterLock::acquire(&app.config.database)?;
     let store = app.store.clone();
     let result = serve(app, shutdown, None, None).await;
     store.close().await;
@@ -188,6 +192,8 @@ pub async fn run_app(app: Arc<App>, shutdown: CancellationToken) -> anyhow::Resu
 }
 
 pub async fn run_with(config: Config, shutdown: CancellationToken, mut options: Options) -> anyhow::Result<()> {
+    // One daemon per database: a second one would check and send everything twice.
+    let _lock = WriterLock::acquire(&config.database)?;
     let store = Store::open(&config.database).await?;
     let app = Arc::new(App::with_store(
         config,

@@ -15,6 +15,9 @@ pub struct OrgState {
     pub status_since: Option<DateTime<Utc>>,
     /// The status before the current one (the `from` of the last change).
     pub previous_status: Option<String>,
+    /// When the link left `SYNCED`; `None` while it is `SYNCED` or never was. A broken link stays
+    /// broken through any other statuses until it is `SYNCED` again.
+    pub broken_since: Option<DateTime<Utc>>,
     /// A status seen but not yet confirmed (`confirm_checks` > 1).
     pub candidate: Option<String>,
     pub candidate_count: u32,
@@ -118,7 +121,7 @@ pub fn due_reminders(state: &OrgState, rules: &[ReminderRule], now: DateTime<Utc
         let condition = if rule.about_failing && state.failing_alerted {
             state.failing_since.map(|since| (Condition::CheckFailing, since))
         } else if rule.about_link && link_broken(state, rule.to.as_deref()) {
-            state.status_since.map(|since| (Condition::LinkBroken, since))
+            state.broken_since.map(|since| (Condition::LinkBroken, since))
         } else {
             None
         };
@@ -149,8 +152,7 @@ fn link_broken(state: &OrgState, to: Option<&[String]>) -> bool {
     let Some(status) = state.status.as_deref() else {
         return false;
     };
-    let left_synced = status != "SYNCED" && state.previous_status.as_deref() == Some("SYNCED");
-    left_synced && to.is_none_or(|t| t.iter().any(|s| s == status))
+    state.broken_since.is_some() && to.is_none_or(|t| t.iter().any(|s| s == status))
 }
 
 /// Whether a successful check that sees `status` can change nothing in `state`: the status is
@@ -233,6 +235,11 @@ fn observe_status(
                 next.previous_status = Some(current.clone());
                 next.status = Some(status.to_owned());
                 next.status_since = Some(since);
+                next.broken_since = match (current.as_str(), status) {
+                    (_, "SYNCED") => None,
+                    ("SYNCED", _) => Some(since),
+                    _ => state.broken_since,
+                };
                 clear_candidate(next);
             } else {
                 next.candidate = Some(status.to_owned());
@@ -492,8 +499,16 @@ mod tests {
             ..rule(true, false, None)
         };
         assert!(due_reminders(&s, &[only_paused], t(100_000)).is_empty());
+        // Through another status that is not SYNCED either: still the same broken link.
+        let (s, _) = detect(&s, &ok("PENDING_RESYNC"), t(5000), POLICY);
+        let due = due_reminders(&s, &[rule(true, false, None)], t(8000));
+        assert!(
+            matches!(&due[..], [(0, Event::Reminder { since, .. })] if *since == t(100)),
+            "{due:?}"
+        );
         // Back to SYNCED: the reminders stop.
         let (s, _) = detect(&s, &ok("SYNCED"), t(9000), POLICY);
+        assert_eq!(s.broken_since, None);
         assert!(due_reminders(&s, &[rule(true, true, None)], t(100_000)).is_empty());
     }
 

@@ -56,11 +56,10 @@ impl Router {
         };
         self.routes
             .iter()
-            .enumerate()
-            .filter(|(_, r)| r.orgs.as_ref().is_none_or(|o| o.contains(org)))
-            .filter_map(|(i, r)| {
+            .filter(|r| r.orgs.as_ref().is_none_or(|o| o.contains(org)))
+            .filter_map(|r| {
                 let every = r.remind_every?;
-                let key = format!("route[{i}]");
+                let key = route_key(r);
                 let last_sent = sent.iter().find(|(k, _)| *k == key).map(|(_, t)| *t);
                 let rule = ReminderRule {
                     every,
@@ -73,6 +72,25 @@ impl Router {
             })
             .collect()
     }
+}
+
+/// A route's identity for its reminder clock: what it says, not where it stands in the file, so
+/// reordering routes neither restarts nor fires reminders. Changing a route makes it a new one.
+pub fn route_key(r: &Route) -> String {
+    let list = |v: Option<Vec<String>>| v.map_or("*".to_owned(), |v| v.join(","));
+    format!(
+        "channels={}; events={}; to={}; orgs={}; every={}",
+        r.channels.join(","),
+        list(
+            r.events
+                .as_ref()
+                .map(|e| e.iter().map(|k| k.as_str().to_owned()).collect())
+        ),
+        list(r.to.clone()),
+        list(r.orgs.as_ref().map(|o| o.iter().map(|i| i.to_string()).collect())),
+        r.remind_every
+            .map_or("-".to_owned(), |d| humantime::format_duration(d).to_string()),
+    )
 }
 
 fn selects(r: &Route, org: &OrgId, event: &Event) -> bool {

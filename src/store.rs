@@ -3,25 +3,30 @@
 
 use std::path::Path;
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
 use chrono::{DateTime, SecondsFormat, Utc};
+use sqlx::FromRow;
 use sqlx::sqlite::SqliteConnection;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
-use sqlx::{Connection, FromRow, Row};
 
 use crate::config::OrgId;
-use crate::detect::{Event, OrgState};
-use crate::outcome::CheckOutcome;
 
+mod checks;
+mod lock;
 mod outbox;
 
+pub use checks::{Check, CheckRecord, Decision, RemindersSent, event_id};
+pub use lock::{LockError, WriterLock};
 pub use outbox::Delivery;
 
 #[derive(Clone, Debug)]
 pub struct Store {
     pool: SqlitePool,
+    /// This database's random identity (`meta.instance`), part of every event id.
+    instance: Arc<str>,
 }
 
 /// ISO-8601 UTC with milliseconds and a `Z`: sorts as text, readable by SQLite's date functions.
@@ -32,19 +37,6 @@ pub fn ts(t: DateTime<Utc>) -> String {
 fn parse_ts(s: Option<String>) -> Option<DateTime<Utc>> {
     s.and_then(|s| DateTime::parse_from_rfc3339(&s).ok())
         .map(|t| t.with_timezone(&Utc))
-}
-
-/// One check, with everything it changes, written in one transaction.
-pub struct CheckRecord<'a> {
-    pub org_id: &'a OrgId,
-    pub org_name: &'a str,
-    pub at: DateTime<Utc>,
-    pub outcome: &'a CheckOutcome,
-    pub state: &'a OrgState,
-    /// Each event with the channels it is routed to.
-    pub events: &'a [(Event, Vec<String>)],
-    /// Routes (keys) whose reminder is among `events`: their clock restarts at `at`.
-    pub reminded: &'a [String],
 }
 
 #[derive(Debug, Clone, FromRow, serde::Serialize)]
@@ -101,7 +93,14 @@ impl Store {
             .run(&pool)
             .await
             .with_context(|| format!("cannot migrate database {}", path.display()))?;
-        Ok(Store { pool })
+        let instance: String = sqlx::query_scalar("SELECT value FROM meta WHERE key = 'instance'")
+            .fetch_one(&pool)
+            .await
+            .with_context(|| format!("cannot read the identity of database {}", path.display()))?;
+        Ok(Store {
+            pool,
+            instance: instance.into(),
+        })
     }
 
     /// A real write, for health checks: fails when the database cannot take writes (read-only
@@ -177,200 +176,6 @@ impl Store {
         self.pool.close().await;
     }
 
-    pub async fn load_state(&self, org: &OrgId) -> anyhow::Result<OrgState> {
-        let row = sqlx::query(
-            "SELECT status, status_since, previous_status, candidate_status, candidate_count,
-                    candidate_since, consecutive_failures, failing_since, failing_alerted
-             FROM org_state WHERE org_id = ?",
-        )
-        .bind(org.as_str())
-        .fetch_optional(&self.pool)
-        .await?;
-        let Some(r) = row else {
-            return Ok(OrgState::default());
-        };
-        Ok(OrgState {
-            status: r.try_get("status")?,
-            status_since: parse_ts(r.try_get("status_since")?),
-            previous_status: r.try_get("previous_status")?,
-            candidate: r.try_get("candidate_status")?,
-            candidate_count: r.try_get::<i64, _>("candidate_count")?.try_into().unwrap_or(0),
-            candidate_since: parse_ts(r.try_get("candidate_since")?),
-            consecutive_failures: r
-                .try_get::<i64, _>("consecutive_failures")?
-                .try_into()
-                .unwrap_or(u32::MAX),
-            failing_since: parse_ts(r.try_get("failing_since")?),
-            failing_alerted: r.try_get("failing_alerted")?,
-        })
-    }
-
-    /// When each route last reminded about `org`, by route key.
-    pub async fn reminders_sent(&self, org: &OrgId) -> anyhow::Result<Vec<(String, DateTime<Utc>)>> {
-        let rows: Vec<(String, String)> = sqlx::query_as("SELECT route, last_sent_at FROM reminders WHERE org_id = ?")
-            .bind(org.as_str())
-            .fetch_all(&self.pool)
-            .await?;
-        Ok(rows
-            .into_iter()
-            .filter_map(|(route, at)| parse_ts(Some(at)).map(|t| (route, t)))
-            .collect())
-    }
-
-    /// The common case in one statement: a check that saw the status already confirmed, with no
-    /// candidate and no failures, changes nothing but the check time ([`detect::is_quiet`]
-    /// states the same rule in Rust, and a test holds the two together). Returns `false` when
-    /// the stored state is anything else; the caller then runs the full path.
-    ///
-    /// [`detect::is_quiet`]: crate::detect::is_quiet
-    pub async fn record_if_quiet(
-        &self,
-        org: &OrgId,
-        org_name: &str,
-        status: &str,
-        at: DateTime<Utc>,
-    ) -> anyhow::Result<bool> {
-        let at = ts(at);
-        let updated = self
-            .write(async |conn| {
-                Ok(sqlx::query(
-                    "UPDATE org_state SET org_name = ?2, last_checked_at = ?4, last_success_at = ?4,
-                         last_error = NULL, checks = checks + 1
-                     WHERE org_id = ?1 AND status = ?3 AND candidate_status IS NULL
-                       AND consecutive_failures = 0 AND failing_alerted = 0",
-                )
-                .bind(org.as_str())
-                .bind(org_name)
-                .bind(status)
-                .bind(&at)
-                .execute(conn)
-                .await?
-                .rows_affected())
-            })
-            .await?;
-        Ok(updated == 1)
-    }
-
-    /// Writes the check's result, the new state, its events and their outbox rows atomically:
-    /// either all of it is stored or none, so a crash can neither lose nor repeat an event.
-    pub async fn record_check(&self, rec: &CheckRecord<'_>) -> anyhow::Result<()> {
-        let at = ts(rec.at);
-        let s = rec.state;
-        let (success_at, last_error) = match rec.outcome {
-            Ok(_) => (Some(at.clone()), None),
-            Err(f) => (None, Some(f.explain())),
-        };
-        self.write(async |conn| {
-            let mut tx = conn.begin().await?;
-            sqlx::query(
-                "INSERT INTO org_state (org_id, org_name, status, status_since, candidate_status,
-                 candidate_count, candidate_since, consecutive_failures, failing_since,
-                 failing_alerted, first_checked_at, last_checked_at, last_success_at, last_error, checks,
-                 previous_status)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?11, ?12, ?13, 1, ?14)
-             ON CONFLICT (org_id) DO UPDATE SET
-                 org_name = ?2, status = ?3, status_since = ?4, previous_status = ?14, candidate_status = ?5,
-                 candidate_count = ?6, candidate_since = ?7, consecutive_failures = ?8,
-                 failing_since = ?9, failing_alerted = ?10, last_checked_at = ?11,
-                 last_success_at = coalesce(?12, last_success_at), last_error = ?13,
-                 checks = checks + 1",
-            )
-            .bind(rec.org_id.as_str())
-            .bind(rec.org_name)
-            .bind(&s.status)
-            .bind(s.status_since.map(ts))
-            .bind(&s.candidate)
-            .bind(i64::from(s.candidate_count))
-            .bind(s.candidate_since.map(ts))
-            .bind(i64::from(s.consecutive_failures))
-            .bind(s.failing_since.map(ts))
-            .bind(s.failing_alerted)
-            .bind(&at)
-            .bind(success_at)
-            .bind(last_error)
-            .bind(&s.previous_status)
-            .execute(&mut *tx)
-            .await?;
-
-            for route in rec.reminded {
-                sqlx::query(
-                    "INSERT INTO reminders (org_id, route, last_sent_at) VALUES (?1, ?2, ?3)
-                 ON CONFLICT (org_id, route) DO UPDATE SET last_sent_at = ?3",
-                )
-                .bind(rec.org_id.as_str())
-                .bind(route)
-                .bind(&at)
-                .execute(&mut *tx)
-                .await?;
-            }
-
-            if let Err(f) = rec.outcome {
-                sqlx::query(
-                    "INSERT INTO check_failures (org_id, checked_at, class, http_status, error_code, detail)
-                 VALUES (?, ?, ?, ?, ?, ?)",
-                )
-                .bind(rec.org_id.as_str())
-                .bind(&at)
-                .bind(f.class.as_str())
-                .bind(f.http_status.map(i64::from))
-                .bind(&f.error_code)
-                .bind(&f.detail)
-                .execute(&mut *tx)
-                .await?;
-            }
-
-            for (event, channels) in rec.events {
-                match event {
-                    Event::FirstSeen { status } => {
-                        insert_transition(&mut tx, rec.org_id, None, status, &at, None).await?;
-                    }
-                    Event::StatusChanged {
-                        from,
-                        to,
-                        changed_at,
-                        from_lasted_s,
-                    } => {
-                        insert_transition(
-                            &mut tx,
-                            rec.org_id,
-                            Some(from),
-                            to,
-                            &ts(*changed_at),
-                            Some(*from_lasted_s),
-                        )
-                        .await?;
-                    }
-                    Event::CheckFailing { .. } | Event::CheckRecovered { .. } | Event::Reminder { .. } => {}
-                }
-                let id = format!("evt_{:032x}", rand::random::<u128>());
-                let seq: i64 = sqlx::query_scalar(
-                    "INSERT INTO events (id, org_id, kind, created_at, payload) VALUES (?, ?, ?, ?, ?) RETURNING seq",
-                )
-                .bind(&id)
-                .bind(rec.org_id.as_str())
-                .bind(event.kind())
-                .bind(&at)
-                .bind(serde_json::to_string(event)?)
-                .fetch_one(&mut *tx)
-                .await?;
-                for channel in channels {
-                    sqlx::query(
-                        "INSERT INTO outbox (event_seq, channel, next_attempt_at, created_at) VALUES (?, ?, ?, ?)",
-                    )
-                    .bind(seq)
-                    .bind(channel)
-                    .bind(&at)
-                    .bind(&at)
-                    .execute(&mut *tx)
-                    .await?;
-                }
-            }
-            tx.commit().await?;
-            Ok(())
-        })
-        .await
-    }
-
     /// Status changes, oldest first. `org` matches an id or a name.
     pub async fn history(&self, org: Option<&str>, since: Option<DateTime<Utc>>) -> anyhow::Result<Vec<StatusChange>> {
         Ok(sqlx::query_as::<_, StatusChange>(
@@ -415,28 +220,6 @@ impl Store {
         .fetch_all(&self.pool)
         .await?)
     }
-}
-
-async fn insert_transition(
-    conn: &mut SqliteConnection,
-    org: &OrgId,
-    from: Option<&String>,
-    to: &str,
-    at: &str,
-    lasted: Option<i64>,
-) -> anyhow::Result<()> {
-    sqlx::query(
-        "INSERT INTO transitions (org_id, from_status, to_status, changed_at, previous_lasted_s)
-         VALUES (?, ?, ?, ?, ?)",
-    )
-    .bind(org.as_str())
-    .bind(from)
-    .bind(to)
-    .bind(at)
-    .bind(lasted)
-    .execute(conn)
-    .await?;
-    Ok(())
 }
 
 /// Parses "7d", "12h", "30m" or an ISO date/time into an instant before `now`.

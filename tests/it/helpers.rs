@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use linkwatch::channels::ConsoleSink;
+use linkwatch::clock::Clock;
 use linkwatch::config::Config;
 use linkwatch::daemon::{self, App, CheckReport};
 use linkwatch::simulator::{self, Behavior, Simulator};
@@ -132,7 +133,7 @@ name = "beta"
         std::fs::write(&config_path, format!("{}{extra}\n{}", &text[..at], &text[at..])).unwrap();
     }
     let console = Arc::new(Mutex::new(Vec::new()));
-    let app = build(&config_path, &console).await;
+    let app = build(&config_path, &console, Clock::system()).await;
     TestApp {
         sim,
         app,
@@ -143,13 +144,13 @@ name = "beta"
     }
 }
 
-async fn build(config_path: &std::path::Path, console: &Arc<Mutex<Vec<String>>>) -> Arc<App> {
+async fn build(config_path: &std::path::Path, console: &Arc<Mutex<Vec<String>>>, clock: Clock) -> Arc<App> {
     let config = Config::load(config_path).unwrap_or_else(|e| panic!("test config invalid: {e}"));
-    Arc::new(
-        App::new(config, ConsoleSink::Memory(console.clone()))
-            .await
-            .expect("app starts"),
-    )
+    let mut app = App::new(config, ConsoleSink::Memory(console.clone()))
+        .await
+        .expect("app starts");
+    app.clock = clock;
+    Arc::new(app)
 }
 
 impl TestApp {
@@ -175,10 +176,11 @@ impl TestApp {
         self.app.store.events(org.as_ref()).await.expect("events readable")
     }
 
-    /// A new `App` on the same config and database, as after a restart of the process.
+    /// A new `App` on the same config (read again) and database, as after a restart of the
+    /// process. The wall clock stays the test's, steps included.
     pub async fn restart(mut self) -> TestApp {
         self.app.store.close().await;
-        self.app = build(&self.config_path, &self.console).await;
+        self.app = build(&self.config_path, &self.console, self.app.clock.clone()).await;
         self
     }
 

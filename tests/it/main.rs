@@ -5,6 +5,7 @@ mod helpers;
 
 mod checks;
 mod cli;
+mod consistency;
 mod daemon;
 mod digest;
 mod faults;

@@ -386,14 +386,8 @@ async fn reminders_repeat_while_a_link_stays_broken() {
     t.sim.set(ORG_B, Behavior::status("NOT_SYNCED"));
     t.check(ORG_B).await;
     assert!(!t.event_kinds(ORG_B).await.contains(&"reminder".to_owned()));
-    // Two hours pass (the test moves the stored clock back instead of waiting).
-    let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}", t.db_path.display()))
-        .await
-        .unwrap();
-    sqlx::query("UPDATE org_state SET status_since = strftime('%Y-%m-%dT%H:%M:%fZ', 'now', '-2 hours')")
-        .execute(&pool)
-        .await
-        .unwrap();
+    // Two hours pass (on the app's wall clock, which the test steps instead of waiting).
+    t.app.clock.step(chrono::Duration::hours(2));
     t.check(ORG_B).await;
     t.check(ORG_B).await; // the clock restarted: no second reminder
     assert_eq!(
@@ -406,7 +400,6 @@ async fn reminders_repeat_while_a_link_stays_broken() {
         text.contains("beta: reminder: migration link still NOT_SYNCED after 2h"),
         "{text}"
     );
-    pool.close().await;
 }
 
 #[tokio::test]

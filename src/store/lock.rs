@@ -1,0 +1,101 @@
+//! One daemon per database file. SQLite would let two `linkwatch run` share a file, and both
+//! would check every org and send every delivery. A lock on `<database>.lock` (flock, released
+//! by the kernel when the process dies, even by kill -9) keeps the second one out, and the file
+//! says who holds it.
+
+use std::fs::{File, OpenOptions, TryLockError};
+use std::io::{Read as _, Seek as _, Write as _};
+use std::path::{Path, PathBuf};
+
+use anyhow::Context as _;
+
+/// Held while the daemon runs; dropping it releases the database for another daemon.
+#[derive(Debug)]
+pub struct WriterLock {
+    _file: File,
+}
+
+/// Why the lock was not taken.
+#[derive(Debug, thiserror::Error)]
+pub enum LockError {
+    #[error(
+        "another linkwatch is already running on {database} ({holder}); stop it first, or give this one a \
+         database of its own"
+    )]
+    Held { database: String, holder: String },
+    #[error(transparent)]
+    Io(#[from] anyhow::Error),
+}
+
+pub fn lock_path(database: &Path) -> PathBuf {
+    let mut name = database.as_os_str().to_owned();
+    name.push(".lock");
+    PathBuf::from(name)
+}
+
+impl WriterLock {
+    /// Takes the database for this process, or says who has it.
+    pub fn acquire(database: &Path) -> Result<WriterLock, LockError> {
+        let path = lock_path(database);
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).with_context(|| format!("cannot create directory {}", dir.display()))?;
+        }
+        let mut file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .with_context(|| format!("cannot open the lock file {}", path.display()))?;
+        match file.try_lock() {
+            Ok(()) => {}
+            Err(TryLockError::WouldBlock) => {
+                let mut holder = String::new();
+                let _ = file.read_to_string(&mut holder);
+                let holder = holder.trim();
+                return Err(LockError::Held {
+                    database: database.display().to_string(),
+                    holder: if holder.is_empty() {
+                        "holder unknown".to_owned()
+                    } else {
+                        holder.to_owned()
+                    },
+                });
+            }
+            Err(TryLockError::Error(e)) => {
+                return Err(anyhow::Error::new(e)
+                    .context(format!("cannot lock {}", path.display()))
+                    .into());
+            }
+        }
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+        let holder = format!(
+            "pid {} on {} since {}",
+            std::process::id(),
+            host.trim(),
+            super::ts(chrono::Utc::now())
+        );
+        // Who holds it is a courtesy for the next one's message; the lock works without it.
+        let _ = file
+            .set_len(0)
+            .and_then(|()| file.rewind())
+            .and_then(|()| file.write_all(holder.as_bytes()));
+        Ok(WriterLock { _file: file })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_second_lock_names_the_first_holder_and_is_free_after_release() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("linkwatch.db");
+        let first = WriterLock::acquire(&db).unwrap();
+        let err = WriterLock::acquire(&db).unwrap_err().to_string();
+        assert!(err.contains(&format!("pid {}", std::process::id())), "{err}");
+        drop(first);
+        WriterLock::acquire(&db).expect("free again once released");
+    }
+}
