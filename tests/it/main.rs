@@ -8,6 +8,7 @@ mod cli;
 mod daemon;
 mod digest;
 mod faults;
+mod input;
 mod notify;
 mod oauth;
 mod readme;
