@@ -112,11 +112,20 @@ impl Client {
             .map(|(_, a)| a.clone())
     }
 
-    pub fn status_url(&self, org: &OrgId) -> Url {
+    /// Where `org`'s link status is read. Fails only for a base URL that cannot have paths (such
+    /// as `mailto:`), which the config never lets through.
+    fn status_url(&self, org: &OrgId) -> Result<Url, Failure> {
         self.settings
             .base_url
             .join(&format!("orgs/{org}/liveExport/migrationLink/status"))
-            .expect("an org id is a valid path segment")
+            .map_err(|e| {
+                Failure::new(
+                    FailureClass::Connection,
+                    None,
+                    None,
+                    format!("cannot build the status URL from cloud_manager.base_url: {e}"),
+                )
+            })
     }
 
     /// Asks for `org`'s link status with `credential`, and says how many HTTP requests that took.
@@ -136,7 +145,7 @@ impl Client {
                 format!("no session for {}", credential.label()),
             ));
         };
-        let url = self.status_url(org);
+        let url = self.status_url(org)?;
         let attempt = async {
             let response = match &*auth {
                 Auth::Digest(session) => self
@@ -145,7 +154,7 @@ impl Client {
                     .await
                     .map_err(digest_error)?,
                 Auth::OAuth(cache) => {
-                    let token = cache.token(&self.http, &self.settings.token_url, false).await?;
+                    let token = cache.token(&self.http, &self.settings.token_url).await?;
                     let response = self
                         .request(url.clone())
                         .bearer_auth(token.expose())
@@ -155,8 +164,9 @@ impl Client {
                     if response.status() != StatusCode::UNAUTHORIZED {
                         response
                     } else {
-                        // The token may have been revoked or expired early: one fresh try.
-                        let token = cache.token(&self.http, &self.settings.token_url, true).await?;
+                        // The token may have been revoked or expired early: one try with a fresh
+                        // one (or with the one another check has just fetched).
+                        let token = cache.renew(&token, &self.http, &self.settings.token_url).await?;
                         self.request(url)
                             .bearer_auth(token.expose())
                             .send()
@@ -255,7 +265,7 @@ impl DigestAuthCredentials for Counted<'_> {
 pub(crate) async fn read_capped(response: &mut reqwest::Response, cap: usize) -> reqwest::Result<(Vec<u8>, bool)> {
     let mut body = Vec::new();
     while let Some(chunk) = response.chunk().await? {
-        let room = cap - body.len();
+        let room = cap.saturating_sub(body.len());
         if chunk.len() > room {
             body.extend_from_slice(&chunk[..room]);
             return Ok((body, true));

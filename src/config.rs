@@ -183,7 +183,12 @@ impl Config {
         let cloud_manager = CloudManager {
             base_url,
             token_url,
-            connect_timeout: cm.connect_timeout.map_or(Duration::from_secs(5), |d| d.0),
+            connect_timeout: timeout(
+                cm.connect_timeout.as_ref(),
+                Duration::from_secs(5),
+                "cloud_manager.connect_timeout",
+                loc,
+            )?,
             max_body_bytes: cm.max_body_bytes.unwrap_or(64 * 1024),
         };
         let default_credential = credential_from(&cm.credential(), "cloud_manager", loc)?;
@@ -193,7 +198,7 @@ impl Config {
             .unwrap_or(Schedule::Every(Duration::from_secs(60)));
         let poll = Poll {
             schedule: default_schedule.clone(),
-            timeout: poll_raw.timeout.map_or(Duration::from_secs(15), |d| d.0),
+            timeout: timeout(poll_raw.timeout.as_ref(), Duration::from_secs(15), "poll.timeout", loc)?,
             concurrency: positive(poll_raw.concurrency.as_ref(), 8, "poll.concurrency", loc)? as usize,
             failures_before_alert: positive(
                 poll_raw.failures_before_alert.as_ref(),
@@ -315,6 +320,24 @@ fn positive(value: Option<&Spanned<u32>>, default: u32, key: &str, loc: &Locator
         None => Ok(default),
         Some(v) if *v.get_ref() > 0 => Ok(*v.get_ref()),
         Some(v) => Err(loc.error(v.span().start, key, "must be at least 1".into())),
+    }
+}
+
+/// A timeout for talking to Cloud Manager: zero would fail every check, and a check that needs
+/// more than an hour is no check.
+fn timeout(
+    value: Option<&Spanned<HumanDuration>>,
+    default: Duration,
+    key: &str,
+    loc: &Locator<'_>,
+) -> Result<Duration, ConfigError> {
+    match value {
+        None => Ok(default),
+        Some(v) if v.get_ref().0.is_zero() => Err(loc.error(v.span().start, key, "must be more than 0s".into())),
+        Some(v) if v.get_ref().0 > Duration::from_secs(3600) => {
+            Err(loc.error(v.span().start, key, "must be at most 1h".into()))
+        }
+        Some(v) => Ok(v.get_ref().0),
     }
 }
 

@@ -5,6 +5,12 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+/// The most characters a failure's detail (and its error code) keeps. A server's `detail`, a
+/// proxy's error page or a transport error chain can be any length; capped here, where failures
+/// are made, everything downstream (the `failed_checks` rows, event payloads, Slack sections
+/// limited to 3,000 characters, log lines) inherits a size it can hold.
+pub const DETAIL_MAX_CHARS: usize = 300;
+
 /// A status string (any string: `SYNCED` and `NOT_SYNCED` are just the documented ones), or why
 /// there is none.
 pub type CheckOutcome = Result<String, Failure>;
@@ -16,7 +22,8 @@ pub struct Failure {
     pub http_status: Option<u16>,
     /// Cloud Manager's `errorCode` (or OAuth's `error`), when the body had one.
     pub error_code: Option<String>,
-    /// The server's `detail`, or the start of a body that was not JSON, or the transport error.
+    /// The server's `detail`, or the start of a body that was not JSON, or the transport error;
+    /// at most [`DETAIL_MAX_CHARS`] characters (see [`Failure::new`]).
     pub detail: String,
     /// `Retry-After`, when the server sent one: the next check waits at least this long.
     #[serde(skip)]
@@ -60,6 +67,7 @@ impl FailureClass {
 }
 
 impl Failure {
+    /// A failure whose `detail` and `error_code` are cut to [`DETAIL_MAX_CHARS`] characters.
     pub fn new(
         class: FailureClass,
         http_status: Option<u16>,
@@ -69,10 +77,15 @@ impl Failure {
         Failure {
             class,
             http_status,
-            error_code,
-            detail: detail.into(),
+            error_code: error_code.map(cap),
+            detail: cap(detail.into()),
             retry_after: None,
         }
+    }
+
+    /// Puts `prefix` before the detail, keeping the cap.
+    pub fn prefix_detail(&mut self, prefix: &str) {
+        self.detail = cap(format!("{prefix}{}", self.detail));
     }
 
     /// What the failure means, in plain words, for logs and messages.
@@ -103,5 +116,43 @@ impl Failure {
             s.push_str(&self.detail);
         }
         s
+    }
+}
+
+/// `text` cut to at most [`DETAIL_MAX_CHARS`] characters, the cut on a character boundary and
+/// marked with "...".
+pub fn cap(text: String) -> String {
+    const MARK: &str = "...";
+    match text.char_indices().nth(DETAIL_MAX_CHARS) {
+        None => text,
+        Some(_) => {
+            let keep = DETAIL_MAX_CHARS - MARK.len();
+            let end = text.char_indices().nth(keep).map_or(text.len(), |(i, _)| i);
+            format!("{}{MARK}", &text[..end])
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn details_and_error_codes_are_capped_on_character_boundaries() {
+        let f = Failure::new(
+            FailureClass::ServerError,
+            Some(500),
+            Some("E".repeat(10_000)),
+            "é".repeat(10_000),
+        );
+        assert_eq!(f.detail.chars().count(), DETAIL_MAX_CHARS);
+        assert!(f.detail.starts_with("éé") && f.detail.ends_with("..."));
+        assert_eq!(f.error_code.unwrap().chars().count(), DETAIL_MAX_CHARS);
+        let exact = "x".repeat(DETAIL_MAX_CHARS);
+        assert_eq!(cap(exact.clone()), exact, "at the cap, nothing is cut");
+        let mut f = Failure::new(FailureClass::Http, None, None, "y".repeat(DETAIL_MAX_CHARS));
+        f.prefix_detail("token request failed: ");
+        assert!(f.detail.starts_with("token request failed: yyy"));
+        assert_eq!(f.detail.chars().count(), DETAIL_MAX_CHARS);
     }
 }

@@ -4,6 +4,7 @@
 //! injection and request counting.
 
 mod digest;
+mod oauth;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -21,6 +22,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 pub use digest::REALM;
+pub use oauth::TokenBehavior;
 
 /// What the simulated server answers for one org.
 #[derive(Debug, Clone, PartialEq)]
@@ -87,7 +89,9 @@ impl Default for Options {
 struct World {
     api_keys: HashMap<String, String>,
     service_accounts: HashMap<String, String>,
-    tokens: HashMap<String, Instant>,
+    /// Issued tokens and when each stops being accepted (`None`: never).
+    tokens: HashMap<String, Option<Instant>>,
+    token_behavior: TokenBehavior,
     orgs: HashMap<String, Script>,
     /// Extra headers for the next answers (e.g. `Retry-After`), per org.
     headers: HashMap<String, Vec<(String, String)>>,
@@ -149,7 +153,7 @@ impl Simulator {
                 "/api/public/v1.0/orgs/{org_id}/liveExport/migrationLink/status",
                 get(status),
             )
-            .route("/api/oauth/token", post(token))
+            .route("/api/oauth/token", post(oauth::token))
             .with_state(shared.clone());
         let stop = CancellationToken::new();
         let graceful = stop.clone();
@@ -219,6 +223,11 @@ impl Simulator {
     /// Declares every nonce issued so far stale, as if its lifetime had passed.
     pub fn expire_nonces(&self) {
         self.shared.world().nonces.expire_all();
+    }
+
+    /// From now on, the token endpoint answers with `behavior`.
+    pub fn set_token_behavior(&self, behavior: TokenBehavior) {
+        self.shared.world().token_behavior = behavior;
     }
 
     /// Revokes every OAuth token issued so far.
@@ -293,7 +302,8 @@ async fn status(
     let verdict = if let Some(token) = auth.strip_prefix("Bearer ") {
         let w = shared.world();
         match w.tokens.get(token) {
-            Some(exp) if *exp > Instant::now() => digest::Verdict::Ok,
+            Some(None) => digest::Verdict::Ok,
+            Some(Some(exp)) if *exp > Instant::now() => digest::Verdict::Ok,
             _ => digest::Verdict::Rejected,
         }
     } else {
@@ -361,48 +371,4 @@ async fn status(
         }
     }
     response
-}
-
-async fn token(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: String) -> Response {
-    shared.counters.token_requests.fetch_add(1, Ordering::SeqCst);
-    let oauth_error = |code: StatusCode, error: &str, description: &str| {
-        json(
-            code,
-            serde_json::json!({"error": error, "error_description": description}),
-        )
-    };
-    if !body.split('&').any(|kv| kv == "grant_type=client_credentials") {
-        return oauth_error(
-            StatusCode::BAD_REQUEST,
-            "unsupported_grant_type",
-            "grant_type must be client_credentials",
-        );
-    }
-    let basic = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Basic "))
-        .and_then(digest::decode_basic);
-    let Some((id, secret)) = basic else {
-        return oauth_error(
-            StatusCode::UNAUTHORIZED,
-            "invalid_client",
-            "Basic client authentication required",
-        );
-    };
-    let mut w = shared.world();
-    if w.service_accounts.get(&id) != Some(&secret) {
-        return oauth_error(StatusCode::UNAUTHORIZED, "invalid_client", "Invalid client credentials");
-    }
-    let token = format!("sim_{:032x}", rand::random::<u128>());
-    w.tokens
-        .insert(token.clone(), Instant::now() + shared.options.token_lifetime);
-    json(
-        StatusCode::OK,
-        serde_json::json!({
-            "access_token": token,
-            "expires_in": shared.options.token_lifetime.as_secs(),
-            "token_type": "Bearer",
-        }),
-    )
 }

@@ -10,6 +10,10 @@ use crate::outcome::{CheckOutcome, Failure, FailureClass};
 /// How much of an unreadable body is kept as the reason.
 const RAW_KEEP: usize = 200;
 
+/// A status is a word such as `SYNCED`; an answer whose "status" is longer than this is not a
+/// status but garbage, and is not worth storing in every transition and message.
+const MAX_STATUS_CHARS: usize = 100;
+
 /// `truncated` is `Some(cap)` when the body was cut at `cap` bytes.
 pub fn classify(
     http_status: u16,
@@ -44,6 +48,14 @@ pub fn classify(
     };
     if (200..300).contains(&code) {
         return match json.as_ref().and_then(|j| j.get("status")) {
+            Some(Value::String(s)) if s.trim().chars().count() > MAX_STATUS_CHARS => Err(malformed(
+                code,
+                format!(
+                    "`status` is {} characters long: {}",
+                    s.chars().count(),
+                    excerpt(s.as_bytes())
+                ),
+            )),
             Some(Value::String(s)) if !s.trim().is_empty() => Ok(s.trim().to_owned()),
             Some(other) => Err(malformed(code, format!("`status` is not a status string: {other}"))),
             None if json.is_some() => Err(malformed(code, format!("no `status` in the answer: {}", excerpt(body)))),
@@ -212,6 +224,8 @@ mod tests {
         assert_eq!(class_of(200, r#"{"status":42}"#), FailureClass::Malformed);
         assert_eq!(class_of(200, r#"{"status":""}"#), FailureClass::Malformed);
         assert_eq!(class_of(200, "null"), FailureClass::Malformed);
+        let long = format!(r#"{{"status":"{}"}}"#, "S".repeat(5_000));
+        assert_eq!(class_of(200, &long), FailureClass::Malformed);
         // An HTML error page from a proxy keeps its text as the reason.
         let f = classify(502, None, html.as_bytes(), None).unwrap_err();
         assert_eq!(f.class, FailureClass::ServerError);
@@ -235,6 +249,7 @@ mod properties {
     use proptest::prelude::*;
 
     use super::*;
+    use crate::outcome::DETAIL_MAX_CHARS;
 
     /// Any JSON value, a few levels deep, with the keys Cloud Manager uses among random ones.
     fn json() -> impl Strategy<Value = serde_json::Value> {
@@ -267,7 +282,19 @@ mod properties {
         fn any_bytes_give_a_status_or_a_failure(code in 100u16..600, body in prop::collection::vec(any::<u8>(), 0..2048)) {
             match classify(code, None, &body, None) {
                 Ok(status) => prop_assert!(!status.trim().is_empty()),
-                Err(f) => prop_assert!(f.detail.chars().count() <= 400, "detail too long: {}", f.detail.len()),
+                Err(f) => prop_assert!(f.detail.chars().count() <= DETAIL_MAX_CHARS, "detail too long: {}", f.detail.len()),
+            }
+        }
+
+        #[test]
+        fn error_details_of_any_length_are_capped(code in 400u16..600, detail in ".{0,1200}", error_code in ".{0,400}") {
+            let body = serde_json::json!({"detail": detail, "errorCode": error_code, "error": code});
+            let f = classify(code, None, body.to_string().as_bytes(), None).unwrap_err();
+            prop_assert!(f.detail.chars().count() <= DETAIL_MAX_CHARS, "detail: {} chars", f.detail.chars().count());
+            prop_assert!(f.error_code.as_ref().is_none_or(|c| c.chars().count() <= DETAIL_MAX_CHARS));
+            // What fits is kept whole.
+            if detail.chars().count() <= DETAIL_MAX_CHARS && !detail.is_empty() {
+                prop_assert_eq!(&f.detail, &detail);
             }
         }
 
@@ -275,7 +302,7 @@ mod properties {
         fn any_json_gives_a_status_or_a_failure(code in prop_oneof![Just(200u16), 100u16..600], value in json()) {
             let body = serde_json::to_vec(&value).unwrap();
             if let Ok(status) = classify(code, None, &body, None) {
-                prop_assert!(!status.trim().is_empty());
+                prop_assert!(!status.trim().is_empty() && status.chars().count() <= MAX_STATUS_CHARS);
                 prop_assert!((200..300).contains(&code) || value.get("content").is_some() || value.get("envelope").is_some());
             }
         }

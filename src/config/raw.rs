@@ -46,7 +46,7 @@ pub struct Http {
 pub struct CloudManager {
     pub base_url: Option<Spanned<String>>,
     pub token_url: Option<Spanned<String>>,
-    pub connect_timeout: Option<HumanDuration>,
+    pub connect_timeout: Option<Spanned<HumanDuration>>,
     pub max_body_bytes: Option<usize>,
     // The credential keys, spelled out: serde's `flatten` would lose both
     // `deny_unknown_fields` and the spans.
@@ -98,7 +98,7 @@ credential_fields!(Org);
 pub struct Poll {
     pub every: Option<Spanned<HumanDuration>>,
     pub cron: Option<Spanned<CronExpr>>,
-    pub timeout: Option<HumanDuration>,
+    pub timeout: Option<Spanned<HumanDuration>>,
     pub concurrency: Option<Spanned<u32>>,
     pub failures_before_alert: Option<Spanned<u32>>,
     pub confirm_checks: Option<Spanned<u32>>,

@@ -381,3 +381,21 @@ mod properties {
         }
     }
 }
+
+#[test]
+fn durations_are_bounded() {
+    let (line, _, key, message) = error(&format!("{MINIMAL}\n[poll]\ntimeout = \"0s\"\n"));
+    assert_eq!((line, key.as_str()), (11, "poll.timeout"));
+    assert!(message.contains("more than 0s"), "{message}");
+    let (_, _, key, message) = error(&format!("{MINIMAL}\n[poll]\ntimeout = \"2h\"\n"));
+    assert_eq!(key, "poll.timeout");
+    assert!(message.contains("at most 1h"), "{message}");
+    let text = MINIMAL.replace("[cloud_manager]\n", "[cloud_manager]\nconnect_timeout = \"0ms\"\n");
+    let (_, _, key, _) = error(&text);
+    assert_eq!(key, "cloud_manager.connect_timeout");
+    // Ten years is the most any duration may say; the next day is refused.
+    parse(&format!("retention = \"3650d\"\n{MINIMAL}")).unwrap();
+    let (line, _, key, message) = error(&format!("retention = \"3651d\"\n{MINIMAL}"));
+    assert_eq!((line, key.as_str()), (1, "retention"));
+    assert!(message.contains("at most 10 years"), "{message}");
+}

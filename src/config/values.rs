@@ -43,18 +43,31 @@ impl<'de> Deserialize<'de> for OrgId {
     }
 }
 
-/// A duration written for humans: "30s", "5m", "1h 30m".
+/// The longest duration any setting accepts. Durations are added to instants and dates (the
+/// next check, a reminder, the retention cut-off); bounded here, where the file is read, no such
+/// sum can overflow later, and a typo such as "9999999999999d" is reported with its line
+/// instead of ending the daemon. No setting means more than a few years.
+pub const MAX_DURATION: Duration = Duration::from_secs(10 * 365 * 86_400);
+
+/// A duration written for humans: "30s", "5m", "1h 30m"; at most [`MAX_DURATION`].
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct HumanDuration(pub Duration);
+
+impl HumanDuration {
+    pub fn parse(s: &str) -> Result<HumanDuration, String> {
+        let d = humantime::parse_duration(s.trim())
+            .map_err(|e| format!("invalid duration \"{s}\": {e} (write e.g. \"30s\", \"5m\", \"1h\")"))?;
+        if d > MAX_DURATION {
+            return Err(format!("\"{s}\" is too long: a duration is at most 10 years (3650d)"));
+        }
+        Ok(HumanDuration(d))
+    }
+}
 
 impl<'de> Deserialize<'de> for HumanDuration {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let s = String::deserialize(d)?;
-        humantime::parse_duration(s.trim()).map(HumanDuration).map_err(|e| {
-            D::Error::custom(format!(
-                "invalid duration \"{s}\": {e} (write e.g. \"30s\", \"5m\", \"1h\")"
-            ))
-        })
+        HumanDuration::parse(&s).map_err(D::Error::custom)
     }
 }
 

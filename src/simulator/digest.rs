@@ -11,7 +11,8 @@ use tokio::time::Instant;
 pub const REALM: &str = "MMS Public API";
 
 struct Nonce {
-    expires: Instant,
+    /// `None`: a lifetime too long for the clock, so never.
+    expires: Option<Instant>,
     used_nc: HashSet<u32>,
 }
 
@@ -22,12 +23,16 @@ impl Nonces {
     pub fn issue(&mut self, lifetime: Duration) -> String {
         let now = Instant::now();
         // Forget nonces long expired, so a long run does not grow without bound.
-        self.0.retain(|_, n| n.expires + Duration::from_secs(600) > now);
+        self.0.retain(|_, n| {
+            n.expires
+                .and_then(|e| e.checked_add(Duration::from_secs(600)))
+                .is_none_or(|forget| forget > now)
+        });
         let nonce = format!("{:032x}", rand::random::<u128>());
         self.0.insert(
             nonce.clone(),
             Nonce {
-                expires: now + lifetime,
+                expires: now.checked_add(lifetime),
                 used_nc: HashSet::new(),
             },
         );
@@ -37,7 +42,7 @@ impl Nonces {
     pub fn expire_all(&mut self) {
         let now = Instant::now();
         for n in self.0.values_mut() {
-            n.expires = now;
+            n.expires = Some(now);
         }
     }
 }
@@ -126,7 +131,7 @@ pub fn verify(
     let Some(state) = nonces.0.get_mut(nonce) else {
         return Verdict::Rejected;
     };
-    if state.expires <= Instant::now() {
+    if state.expires.is_some_and(|e| e <= Instant::now()) {
         return Verdict::Stale;
     }
     match u32::from_str_radix(nc, 16) {

@@ -334,3 +334,47 @@ async fn retention_prunes_failures_and_sent_deliveries_but_keeps_history() {
         (0, 0)
     );
 }
+
+#[tokio::test]
+async fn a_megabyte_of_error_detail_is_stored_and_reported_short() {
+    let mut setup = Setup::default();
+    // Room for the whole body, so that only the cap on failure details keeps it out.
+    setup.credential += "\nmax_body_bytes = 4194304";
+    let t = spawn_app_with(setup).await;
+    t.check(ORG_A).await;
+    // A megabyte of two-byte characters: any cut must fall on a character boundary.
+    let detail = "é".repeat(500_000);
+    t.sim.set(ORG_A, Behavior::error(500, "UNEXPECTED_ERROR", &detail));
+    for _ in 0..3 {
+        let failure = t.check(ORG_A).await.outcome.unwrap_err();
+        assert_eq!(failure.class, FailureClass::ServerError);
+    }
+    let rows = t
+        .app
+        .store
+        .failures(&linkwatch::config::OrgId::parse(ORG_A).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(rows.len(), 3);
+    for (_, _, _, stored) in &rows {
+        assert!(
+            stored.chars().count() <= 300,
+            "stored detail: {} chars",
+            stored.chars().count()
+        );
+        assert!(stored.starts_with("éé") && stored.ends_with("..."), "{stored}");
+    }
+    let events = t.events(Some(ORG_A)).await;
+    let failing = events
+        .iter()
+        .find(|e| e.kind == "check_failing")
+        .expect("check_failing");
+    assert!(
+        failing.payload.len() < 2_000,
+        "payload: {} bytes",
+        failing.payload.len()
+    );
+    let current = t.app.store.current().await.unwrap();
+    let alpha = current.iter().find(|c| c.org_id == ORG_A).unwrap();
+    assert!(alpha.last_error.as_deref().unwrap_or_default().len() < 2_000);
+}

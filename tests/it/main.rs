@@ -9,6 +9,7 @@ mod consistency;
 mod daemon;
 mod digest;
 mod faults;
+mod input;
 mod notify;
 mod oauth;
 mod readme;

@@ -3,6 +3,7 @@
 use std::sync::atomic::Ordering;
 
 use linkwatch::outcome::FailureClass;
+use linkwatch::simulator::TokenBehavior;
 
 use crate::helpers::*;
 
@@ -38,4 +39,140 @@ async fn a_wrong_client_secret_is_unauthorized() {
     assert_eq!(failure.class, FailureClass::Unauthorized);
     assert_eq!(failure.error_code.as_deref(), Some("invalid_client"));
     assert_eq!(t.sim.requests(), 0, "no status request without a token");
+}
+
+/// Runs `n` client-only checks of alpha at once, as many orgs sharing one service account would
+/// when their slots fall together, and returns their outcomes.
+async fn concurrent_checks(t: &TestApp, n: usize) -> Vec<linkwatch::outcome::CheckOutcome> {
+    let mut checks = tokio::task::JoinSet::new();
+    for _ in 0..n {
+        let app = t.app.clone();
+        checks.spawn(async move {
+            let org = linkwatch::config::OrgId::parse(ORG_A).unwrap();
+            app.client.check_counted(&org, &app.config.credentials[0]).await.0
+        });
+    }
+    checks.join_all().await
+}
+
+fn token_requests(t: &TestApp) -> u64 {
+    t.sim.counters().token_requests.load(Ordering::SeqCst)
+}
+
+#[tokio::test]
+async fn a_huge_expires_in_neither_panics_nor_breaks_the_next_check() {
+    let t = spawn_app_with(service_account(CLIENT_SECRET)).await;
+    t.sim.add_service_account(CLIENT_ID, CLIENT_SECRET);
+    t.sim.set_token_behavior(TokenBehavior::Grant {
+        expires_in: Some(u64::MAX),
+    });
+    assert_eq!(t.check(ORG_A).await.outcome, Ok("NOT_SYNCED".into()));
+    assert_eq!(t.check(ORG_A).await.outcome, Ok("NOT_SYNCED".into()));
+    assert_eq!(token_requests(&t), 1, "the token is reused");
+    // A token that claims to live forever is still renewed when it is refused.
+    t.sim.revoke_tokens();
+    assert_eq!(t.check(ORG_A).await.outcome, Ok("NOT_SYNCED".into()));
+    assert_eq!(token_requests(&t), 2);
+}
+
+#[tokio::test]
+async fn many_checks_after_expiry_make_one_token_request() {
+    let t = spawn_app_with(service_account(CLIENT_SECRET)).await;
+    t.sim.add_service_account(CLIENT_ID, CLIENT_SECRET);
+    // The first token says it expires at once, so every check after this one finds it expired.
+    t.sim.set_token_behavior(TokenBehavior::Grant { expires_in: Some(0) });
+    assert_eq!(t.check(ORG_A).await.outcome, Ok("NOT_SYNCED".into()));
+    assert_eq!(token_requests(&t), 1);
+    t.sim.set_token_behavior(TokenBehavior::default());
+    for outcome in concurrent_checks(&t, 10).await {
+        assert_eq!(outcome, Ok("NOT_SYNCED".into()));
+    }
+    assert_eq!(token_requests(&t), 2, "ten checks after expiry, one token request");
+}
+
+#[tokio::test]
+async fn many_checks_refused_with_one_revoked_token_renew_it_once() {
+    let t = spawn_app_with(service_account(CLIENT_SECRET)).await;
+    t.sim.add_service_account(CLIENT_ID, CLIENT_SECRET);
+    assert_eq!(t.check(ORG_A).await.outcome, Ok("NOT_SYNCED".into()));
+    t.sim.revoke_tokens();
+    // Every check sends the revoked token and gets 401; the first to renew it wins, the others
+    // reuse the new token instead of minting one each.
+    for outcome in concurrent_checks(&t, 10).await {
+        assert_eq!(outcome, Ok("NOT_SYNCED".into()));
+    }
+    assert_eq!(token_requests(&t), 2, "ten 401s with one token, one renewal");
+}
+
+#[tokio::test]
+async fn a_refusing_token_endpoint_is_backed_off_then_recovers() {
+    let refusals = [
+        (TokenBehavior::refuse(401, "invalid_client"), FailureClass::Unauthorized),
+        (TokenBehavior::refuse(400, "invalid_client"), FailureClass::Unauthorized),
+        (
+            TokenBehavior::Refuse {
+                http: 429,
+                error: "rate_limited".into(),
+                retry_after: Some("1".into()),
+            },
+            FailureClass::RateLimited,
+        ),
+        (
+            TokenBehavior::refuse(503, "temporarily_unavailable"),
+            FailureClass::ServerError,
+        ),
+    ];
+    for (refusal, class) in refusals {
+        let t = spawn_app_with(service_account(CLIENT_SECRET)).await;
+        t.sim.add_service_account(CLIENT_ID, CLIENT_SECRET);
+        t.sim.set_token_behavior(refusal.clone());
+        for _ in 0..10 {
+            let failure = t.check(ORG_A).await.outcome.unwrap_err();
+            assert_eq!(failure.class, class, "{refusal:?}: {failure:?}");
+        }
+        // The backoff starts at a second; ten checks in a row fit in it on any machine that
+        // runs this test, and a slow one may see the second attempt.
+        let asked = token_requests(&t);
+        assert!(
+            (1..=2).contains(&asked),
+            "{refusal:?}: 10 checks made {asked} token requests"
+        );
+        assert_eq!(t.sim.requests(), 0, "no status request without a token");
+
+        t.sim.set_token_behavior(TokenBehavior::default());
+        wait_until(std::time::Duration::from_secs(10), "a check with a token", || async {
+            t.check(ORG_A).await.outcome.is_ok()
+        })
+        .await;
+        assert!(
+            token_requests(&t) <= asked + 1,
+            "{refusal:?}: one request after the backoff"
+        );
+        t.sim.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn an_unreachable_token_endpoint_is_backed_off() {
+    // A listener that accepts connections and closes them at once: a connection error, counted.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let accepted = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let counter = accepted.clone();
+    let door = tokio::spawn(async move {
+        while let Ok((socket, _)) = listener.accept().await {
+            counter.fetch_add(1, Ordering::SeqCst);
+            drop(socket);
+        }
+    });
+    let mut setup = service_account(CLIENT_SECRET);
+    setup.credential += &format!("\ntoken_url = \"http://127.0.0.1:{port}/api/oauth/token\"");
+    let t = spawn_app_with(setup).await;
+    for _ in 0..10 {
+        let failure = t.check(ORG_A).await.outcome.unwrap_err();
+        assert_eq!(failure.class, FailureClass::Connection, "{failure:?}");
+    }
+    let tried = accepted.load(Ordering::SeqCst);
+    assert!((1..=2).contains(&tried), "10 checks made {tried} connections");
+    door.abort();
 }
