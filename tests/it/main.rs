@@ -14,3 +14,4 @@ mod readme;
 mod receiver;
 mod service;
 mod smtp;
+mod time;
