@@ -6,14 +6,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use chrono::Utc;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::channels::ConsoleSink;
 use crate::client::{self, Client};
-use crate::clock::Clock;
+use crate::clock::{self, Clock};
 use crate::config::{Config, Org};
 use crate::detect::{self, Event, OrgState, Policy};
 use crate::dispatch::Dispatcher;
@@ -219,11 +218,11 @@ async fn serve(
     console: Option<ConsoleSink>,
 ) -> anyhow::Result<()> {
     let heartbeat = Heartbeat::default();
-    let shared = monitoring::Shared {
-        store: app.store.clone(),
-        metrics: app.metrics.clone(),
-        heartbeat: heartbeat.clone(),
-    };
+    // What outlives a generation (the HTTP endpoint, the watchdog, retention) follows the
+    // current config through these.
+    let (orgs, orgs_rx) = watch::channel(org_ids(&app.config));
+    let (keep, keep_rx) = watch::channel(app.config.retention);
+    let shared = monitoring::Shared::new(app.store.clone(), app.metrics.clone(), heartbeat.clone(), orgs_rx);
     let services_stop = CancellationToken::new();
     let http_task = match app.config.http_listen {
         Some(addr) => Some(monitoring::serve(addr, shared.clone(), services_stop.clone()).await?),
@@ -232,7 +231,8 @@ async fn serve(
     let watchdog = systemd::spawn_watchdog(shared, services_stop.clone());
     let housekeeping = tokio::spawn(retention(
         app.store.clone(),
-        app.config.retention,
+        keep_rx,
+        app.clock.clone(),
         services_stop.clone(),
     ));
 
@@ -246,16 +246,19 @@ async fn serve(
     loop {
         let generation = Generation::start(app.clone(), heartbeat.clone());
         let next = loop {
+            // Resolves to the loader when a reload is asked for; never without a reload channel.
             let asked = async {
                 match reload.as_mut() {
-                    Some((rx, _)) => rx.recv().await,
+                    Some((rx, loader)) => match rx.recv().await {
+                        Some(()) => Some(&*loader),
+                        None => std::future::pending().await,
+                    },
                     None => std::future::pending().await,
                 }
             };
             tokio::select! {
                 _ = shutdown.cancelled() => break None,
-                Some(()) = asked => {
-                    let (_, loader) = reload.as_ref().expect("a reload was asked for, so there is a loader");
+                Some(loader) = asked => {
                     match rebuild(&app, loader(), console.clone().unwrap_or_default()) {
                         Ok(new) => break Some(new),
                         Err(e) => tracing::error!("reload rejected, still running the previous config: {e:#}"),
@@ -281,6 +284,8 @@ async fn serve(
                     channels = new.config.channels.len(),
                     "config reloaded"
                 );
+                orgs.send_replace(org_ids(&new.config));
+                keep.send_replace(new.config.retention);
                 app = Arc::new(new);
                 systemd::ready();
             }
@@ -294,7 +299,12 @@ async fn serve(
     Ok(())
 }
 
-/// A new `App` for `loaded`, around the running one's store and metrics.
+/// The ids of the orgs `config` watches.
+fn org_ids(config: &Config) -> Arc<std::collections::HashSet<String>> {
+    Arc::new(config.orgs.iter().map(|o| o.id.as_str().to_owned()).collect())
+}
+
+/// A new `App` for `loaded`, around the running one's store, metrics and clock.
 fn rebuild(current: &App, loaded: anyhow::Result<Config>, console: ConsoleSink) -> anyhow::Result<App> {
     let config = loaded?;
     if config.database != current.config.database {
@@ -320,7 +330,9 @@ fn rebuild(current: &App, loaded: anyhow::Result<Config>, console: ConsoleSink) 
             gone.join(", ")
         );
     }
-    App::with_store(config, current.store.clone(), current.metrics.clone(), console)
+    let mut app = App::with_store(config, current.store.clone(), current.metrics.clone(), console)?;
+    app.clock = current.clock.clone();
+    Ok(app)
 }
 
 /// The scheduler and channel workers of one config.
@@ -349,7 +361,7 @@ impl Generation {
             move |i: usize| {
                 let app = app.clone();
                 async move {
-                    let org = &app.config.orgs[i];
+                    let org = app.config.orgs.get(i)?;
                     match check_org(&app, org).await {
                         Ok(report) => report.outcome.err().and_then(|f| f.retry_after),
                         Err(e) => {
@@ -360,13 +372,29 @@ impl Generation {
                 }
             }
         };
+        // A check that panicked is logged and counted here, where the org has a name; the
+        // scheduler has already freed the org for its next slot.
+        let on_panic = {
+            let app = app.clone();
+            move |i: usize, message: &str| {
+                if let Some(org) = app.config.orgs.get(i) {
+                    tracing::error!(org = %org.name, org_id = %org.id, "the check panicked: {message}; the org stays on its schedule");
+                    app.metrics.panicked("check", &org.name);
+                }
+            }
+        };
+        let settings = scheduler::Settings {
+            concurrency: app.config.poll.concurrency,
+            grace: app.config.shutdown_timeout,
+            heartbeat,
+            clock: app.clock.clone(),
+        };
         let scheduler = tokio::spawn(scheduler::run(
             schedules,
-            app.config.poll.concurrency,
+            settings,
             check,
-            heartbeat,
+            on_panic,
             checks_stop.clone(),
-            app.config.shutdown_timeout,
         ));
         Generation {
             checks_stop,
@@ -380,7 +408,7 @@ impl Generation {
     /// config's `shutdown_timeout`. On shutdown (`last`), what the last checks produced is sent
     /// if there is time; anything still pending goes out after the next start.
     async fn stop(mut self, app: &App, last: bool) {
-        let deadline = tokio::time::Instant::now() + app.config.shutdown_timeout;
+        let deadline = clock::later(tokio::time::Instant::now(), app.config.shutdown_timeout);
         self.checks_stop.cancel();
         let _ = self.scheduler.await;
         // Workers finish the send they are in; none starts another.
@@ -407,20 +435,50 @@ impl Generation {
     }
 }
 
-/// Prunes old failed checks and sent deliveries at start and then daily.
-async fn retention(store: Store, keep: Duration, stop: CancellationToken) {
+/// Prunes old failed checks and sent deliveries at start and then daily (by tokio's clock), older
+/// than the current config's retention (by the wall clock).
+async fn retention(store: Store, keep: watch::Receiver<Duration>, clock: Clock, stop: CancellationToken) {
     loop {
-        let before = Utc::now() - chrono::Duration::from_std(keep).unwrap_or(chrono::Duration::MAX);
-        match store.prune(before).await {
-            Ok((0, 0)) => {}
-            Ok((failures, deliveries)) => {
-                tracing::info!(failures, deliveries, "pruned rows older than the retention")
-            }
-            Err(e) => tracing::warn!("retention: {e:#}"),
+        let keep = *keep.borrow();
+        // A retention too long to subtract from now keeps everything.
+        let before = chrono::Duration::from_std(keep)
+            .ok()
+            .and_then(|keep| clock.now().checked_sub_signed(keep));
+        match before.map(|before| store.prune(before)) {
+            None => {}
+            Some(prune) => match prune.await {
+                Ok((0, 0)) => {}
+                Ok((failures, deliveries)) => {
+                    tracing::info!(failures, deliveries, "pruned rows older than the retention")
+                }
+                Err(e) => tracing::warn!("retention: {e:#}"),
+            },
         }
         tokio::select! {
             _ = stop.cancelled() => return,
             _ = tokio::time::sleep(Duration::from_secs(86_400)) => {}
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_reload_keeps_the_wall_clock_of_the_running_app() {
+        let dir = tempfile::tempdir().unwrap();
+        let text = format!(
+            "database = \"{}\"\n[cloud_manager]\npublic_key = \"pub\"\nprivate_key = \"key\"\n\n\
+             [[org]]\nid = \"5f0c1234567890abcdef1234\"\nname = \"payments\"\n",
+            dir.path().join("linkwatch.db").display()
+        );
+        let config = || Config::parse(&text, std::path::Path::new("linkwatch.toml")).map_err(Into::into);
+        let app = App::new(config().unwrap(), ConsoleSink::default()).await.unwrap();
+        app.clock.step(chrono::Duration::hours(-1));
+        let reloaded = rebuild(&app, config(), ConsoleSink::default()).unwrap();
+        let behind = chrono::Utc::now() - reloaded.clock.now();
+        assert!(behind > chrono::Duration::minutes(59), "{behind}");
+        app.store.close().await;
     }
 }

@@ -1,8 +1,14 @@
 //! The optional HTTP endpoint (`[http] listen`): `/metrics` for Prometheus and `/healthz` for
 //! load balancers, systemd and people.
+//!
+//! `/healthz` writes to the database to know that it can, but at most once every
+//! [`PROBE_EVERY`]: one probe runs at a time, and every request and the systemd watchdog share
+//! its result. A flood of health checks therefore costs one write, and never takes the
+//! connections the checks need.
 
+use std::collections::HashSet;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::Router;
@@ -10,6 +16,8 @@ use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use tokio::sync::watch;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::metrics::Metrics;
@@ -19,11 +27,72 @@ use crate::store::Store;
 /// The scheduler wakes at least every 5 s; three missed wake-ups mean it is stuck.
 const STALE_HEARTBEAT: Duration = Duration::from_secs(15);
 
+/// How long one write probe's result stands for every `/healthz` and watchdog check.
+pub const PROBE_EVERY: Duration = Duration::from_secs(5);
+
+/// What `/metrics`, `/healthz` and the systemd watchdog read. It outlives reloads: `orgs`
+/// follows the current config.
 #[derive(Clone)]
 pub struct Shared {
     pub store: Store,
     pub metrics: Arc<Metrics>,
     pub heartbeat: Heartbeat,
+    /// The ids of the orgs in the current config: the database may hold others (removed from
+    /// the config, kept for their history), which get no gauges.
+    pub orgs: watch::Receiver<Arc<HashSet<String>>>,
+    probe: Arc<Probe>,
+}
+
+impl Shared {
+    pub fn new(
+        store: Store,
+        metrics: Arc<Metrics>,
+        heartbeat: Heartbeat,
+        orgs: watch::Receiver<Arc<HashSet<String>>>,
+    ) -> Shared {
+        Shared {
+            store,
+            metrics,
+            heartbeat,
+            orgs,
+            probe: Arc::default(),
+        }
+    }
+}
+
+/// The last write probe, and the turn to run the next one.
+#[derive(Default)]
+struct Probe {
+    last: Mutex<Option<(Instant, Result<(), String>)>>,
+    turn: tokio::sync::Mutex<()>,
+}
+
+impl Probe {
+    /// The last result, if it is recent enough to stand for now.
+    fn recent(&self) -> Option<Result<(), String>> {
+        let last = self.last.lock().unwrap_or_else(|p| p.into_inner());
+        last.as_ref()
+            .filter(|(at, _)| at.elapsed() < PROBE_EVERY)
+            .map(|(_, result)| result.clone())
+    }
+
+    /// Whether the database takes writes, by a real write at most every [`PROBE_EVERY`].
+    async fn takes_writes(&self, store: &Store) -> Result<(), String> {
+        if let Some(result) = self.recent() {
+            return result;
+        }
+        // One probe at a time; whoever waited for it takes its result.
+        let _turn = self.turn.lock().await;
+        if let Some(result) = self.recent() {
+            return result;
+        }
+        let result = store
+            .probe_write()
+            .await
+            .map_err(|e| format!("the database does not take writes: {e}"));
+        *self.last.lock().unwrap_or_else(|p| p.into_inner()) = Some((Instant::now(), result.clone()));
+        result
+    }
 }
 
 /// Why the service is not healthy, or `Ok` when it is.
@@ -35,11 +104,7 @@ pub async fn health(shared: &Shared) -> Result<(), String> {
         }
         Some(_) => {}
     }
-    shared
-        .store
-        .probe_write()
-        .await
-        .map_err(|e| format!("the database does not take writes: {e}"))
+    shared.probe.takes_writes(&shared.store).await
 }
 
 /// Binds `addr` and serves until `shutdown`. Binding happens before this returns, so a busy port
@@ -67,11 +132,15 @@ pub async fn serve(
 
 async fn metrics(State(shared): State<Shared>) -> Response {
     match shared.store.gauges().await {
-        Ok(gauges) => (
-            [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
-            shared.metrics.render(&gauges),
-        )
-            .into_response(),
+        Ok(mut gauges) => {
+            let orgs = shared.orgs.borrow().clone();
+            gauges.statuses.retain(|(id, _, _)| orgs.contains(id));
+            (
+                [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+                shared.metrics.render(&gauges),
+            )
+                .into_response()
+        }
         Err(e) => (
             StatusCode::SERVICE_UNAVAILABLE,
             format!("cannot read the database: {e}\n"),

@@ -1,139 +1,158 @@
 //! Decides *when* each org is checked; knows nothing about HTTP or SQL.
 //!
-//! Every org has one next-due time in a min-heap; the loop sleeps until the earliest, starts the
+//! Every org has one next deadline in a min-heap; the loop sleeps until the earliest, starts the
 //! due checks (bounded by a semaphore, never two of one org at once) and computes each org's next
-//! slot from the current time. A late wake-up therefore costs one late check, never the
-//! schedule itself (the failure mode of tokio-cron-scheduler's issue #113, whose job runner we do
-//! not use; we use the same cron grammar through `croner`).
+//! slot. A late wake-up therefore costs one late check, never the schedule itself (the failure
+//! mode of tokio-cron-scheduler's issue #113, whose job runner we do not use; we use the same
+//! cron grammar through `croner`).
+//!
+//! Deadlines live on tokio's monotonic clock; the wall clock (`Clock`) only places the slots
+//! (see `slots`). An NTP step, in either direction, therefore neither stops nor bunches checks.
 //!
 //! Interval schedules are spread over the interval by a stable per-org offset, so 1,000 orgs
 //! polled every minute make about 17 requests a second, not 1,000 at second zero.
+//!
+//! A check that panics is recovered: its org is free to be checked again at its next slot, and
+//! the panic is reported to the caller's `on_panic` (which logs and counts it).
 
 use std::cmp::Reverse;
-use std::collections::BinaryHeap;
+use std::collections::{BinaryHeap, HashMap};
 use std::future::Future;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use chrono::{DateTime, Utc};
 use tokio::sync::Semaphore;
-use tokio::task::JoinSet;
+use tokio::task::{JoinError, JoinSet};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use crate::clock::{Clock, later};
 use crate::config::{OrgId, Schedule};
 
-/// The first slot at or after `now` for an org.
-pub fn first_due(schedule: &Schedule, org: &OrgId, now: DateTime<Utc>) -> DateTime<Utc> {
-    match schedule {
-        Schedule::Every(every) => {
-            let period = every.as_millis().max(1) as i64;
-            let offset = (stable_hash(org.as_str()) % period as u64) as i64;
-            let t = now.timestamp_millis();
-            // The smallest slot = offset + k * period that is >= now.
-            let k = (t - offset + period - 1).div_euclid(period);
-            DateTime::from_timestamp_millis(offset + k * period).unwrap_or(now)
-        }
-        Schedule::Cron(cron) => cron.next_after(now - chrono::Duration::milliseconds(1)).unwrap_or(now),
-    }
-}
+mod slots;
 
-/// The next slot strictly after `after`.
-pub fn next_due(schedule: &Schedule, org: &OrgId, after: DateTime<Utc>) -> DateTime<Utc> {
-    first_due(schedule, org, after + chrono::Duration::milliseconds(1))
-}
-
-/// FNV-1a: stable across runs and versions, unlike `std`'s randomly seeded hasher.
-fn stable_hash(s: &str) -> u64 {
-    s.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
-        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
-    })
-}
+use slots::Due;
+pub use slots::{MAX_NOT_BEFORE, first_due, next_due};
 
 /// The loop wakes at least this often, so that its heartbeat says it is alive.
 const MAX_SLEEP: Duration = Duration::from_secs(5);
 
-/// When the scheduler loop last ran (Unix milliseconds); `/healthz` and the systemd watchdog
+/// When the scheduler loop last ran, on the monotonic clock; `/healthz` and the systemd watchdog
 /// read it.
 #[derive(Debug, Clone, Default)]
-pub struct Heartbeat(Arc<std::sync::atomic::AtomicI64>);
+pub struct Heartbeat(Arc<Mutex<Option<Instant>>>);
 
 impl Heartbeat {
     fn beat(&self) {
-        self.0
-            .store(Utc::now().timestamp_millis(), std::sync::atomic::Ordering::Relaxed);
+        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
     }
 
     /// How long ago the loop last ran; `None` before it first ran.
     pub fn age(&self) -> Option<Duration> {
-        match self.0.load(std::sync::atomic::Ordering::Relaxed) {
-            0 => None,
-            ms => Some(Duration::from_millis((Utc::now().timestamp_millis() - ms).max(0) as u64)),
-        }
+        let last = *self.0.lock().unwrap_or_else(|p| p.into_inner());
+        last.map(|t| Instant::now().saturating_duration_since(t))
     }
 }
 
 /// What a finished check tells the scheduler: wait at least this long before the next one
-/// (the server's `Retry-After`).
+/// (the server's `Retry-After`; at most [`MAX_NOT_BEFORE`] is honoured).
 pub type NotBefore = Option<Duration>;
 
-/// Runs `check(i)` for each of `schedules` on its schedule until `shutdown`, with at most
-/// `concurrency` checks at once. Returns when the checks that were running have finished, or
-/// after `grace`, abandoning them (an unfinished check has committed nothing).
-pub async fn run<F, Fut>(
+/// How the loop runs, beyond what it runs.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// At most this many checks at once.
+    pub concurrency: usize,
+    /// How long to wait at shutdown for the checks already running.
+    pub grace: Duration,
+    pub heartbeat: Heartbeat,
+    /// The wall clock, which places interval offsets and cron slots.
+    pub clock: Clock,
+}
+
+/// Runs `check(i)` for each of `schedules` on its schedule until `shutdown`. A check task that
+/// panics is reported to `on_panic(i, message)`, and its org stays on its schedule. Returns when
+/// the checks that were running have finished, or after `settings.grace`, abandoning them (an
+/// unfinished check has committed nothing).
+pub async fn run<F, Fut, P>(
     schedules: Vec<(OrgId, Schedule)>,
-    concurrency: usize,
+    settings: Settings,
     check: F,
-    heartbeat: Heartbeat,
+    on_panic: P,
     shutdown: CancellationToken,
-    grace: Duration,
 ) where
     F: Fn(usize) -> Fut,
     Fut: Future<Output = NotBefore> + Send + 'static,
+    P: Fn(usize, &str),
 {
-    let now = Utc::now();
-    let mut due: Vec<DateTime<Utc>> = schedules.iter().map(|(org, s)| first_due(s, org, now)).collect();
-    let mut heap: BinaryHeap<Reverse<(DateTime<Utc>, usize)>> =
-        due.iter().enumerate().map(|(i, t)| Reverse((*t, i))).collect();
+    let Settings {
+        concurrency,
+        grace,
+        heartbeat,
+        clock,
+    } = settings;
+    let (mono, wall) = (Instant::now(), clock.now());
+    let mut due: Vec<Option<Due>> = schedules
+        .iter()
+        .map(|(org, schedule)| {
+            let first = slots::first(schedule, org, mono, wall);
+            if first.is_none() {
+                tracing::warn!(%org, "the schedule ({schedule}) has no slot to come; this org is not checked");
+            }
+            first
+        })
+        .collect();
+    let mut heap: BinaryHeap<Reverse<(Instant, usize)>> = due
+        .iter()
+        .enumerate()
+        .filter_map(|(i, d)| d.map(|d| Reverse((d.at, i))))
+        .collect();
     let mut running = vec![false; schedules.len()];
     let permits = Arc::new(Semaphore::new(concurrency.max(1)));
     let mut tasks: JoinSet<(usize, NotBefore)> = JoinSet::new();
+    // Which org each task checks, so that a panicked task (which returns nothing) can be named.
+    let mut orgs_of_tasks: HashMap<tokio::task::Id, usize> = HashMap::new();
 
     loop {
         heartbeat.beat();
-        let sleep_for = heap
-            .peek()
-            .map(|Reverse((t, _))| (*t - Utc::now()).to_std().unwrap_or(Duration::ZERO))
-            .unwrap_or(MAX_SLEEP)
-            .min(MAX_SLEEP);
+        let now = Instant::now();
+        let wake = match heap.peek() {
+            Some(Reverse((t, _))) => (*t).min(later(now, MAX_SLEEP)),
+            None => later(now, MAX_SLEEP),
+        };
         tokio::select! {
             _ = shutdown.cancelled() => break,
-            Some(joined) = tasks.join_next() => {
-                match joined {
-                    Ok((i, not_before)) => {
-                        running[i] = false;
-                        if let Some(wait) = not_before {
-                            let earliest = Utc::now() + chrono::Duration::from_std(wait).unwrap_or_default();
-                            if due[i] < earliest {
-                                due[i] = next_due(&schedules[i].1, &schedules[i].0, earliest);
-                                heap.push(Reverse((due[i], i)));
-                            }
-                        }
-                    }
-                    Err(e) => tracing::error!(error = %e, "a check task panicked"),
+            Some(joined) = tasks.join_next_with_id() => {
+                let Some((i, not_before)) = finished(joined, &mut orgs_of_tasks, &on_panic) else {
+                    continue;
+                };
+                running[i] = false;
+                let (Some(wait), Some(current)) = (not_before, due[i]) else {
+                    continue;
+                };
+                if wait > MAX_NOT_BEFORE {
+                    tracing::warn!(org = %schedules[i].0, "asked to wait {wait:?} before the next check; waiting {MAX_NOT_BEFORE:?}");
+                }
+                if let Some(moved) = slots::postponed(&schedules[i].1, current, wait, Instant::now(), clock.now()) {
+                    due[i] = Some(moved);
+                    heap.push(Reverse((moved.at, i)));
                 }
             }
-            _ = tokio::time::sleep(sleep_for) => {
-                let now = Utc::now();
+            _ = tokio::time::sleep_until(wake) => {
+                let (mono, wall) = (Instant::now(), clock.now());
                 while let Some(Reverse((t, i))) = heap.peek().copied() {
-                    if t > now {
+                    if t > mono {
                         break;
                     }
                     heap.pop();
-                    if t != due[i] {
+                    let Some(slot) = due[i].filter(|d| d.at == t) else {
                         continue; // superseded by a Retry-After postponement
+                    };
+                    due[i] = slots::after(&schedules[i].1, slot, mono, wall);
+                    match due[i] {
+                        Some(next) => heap.push(Reverse((next.at, i))),
+                        None => tracing::warn!(org = %schedules[i].0, "the schedule has no slot to come; this was the last check"),
                     }
-                    due[i] = next_due(&schedules[i].1, &schedules[i].0, now);
-                    heap.push(Reverse((due[i], i)));
                     if running[i] {
                         tracing::warn!(org = %schedules[i].0, "previous check still running; skipping this slot");
                         continue;
@@ -141,26 +160,66 @@ pub async fn run<F, Fut>(
                     running[i] = true;
                     let permits = permits.clone();
                     let fut = check(i);
-                    tasks.spawn(async move {
+                    let task = tasks.spawn(async move {
                         // Waiting here, not in the loop, keeps the loop on time when checks are slow.
                         let _permit = permits.acquire_owned().await;
                         (i, fut.await)
                     });
+                    orgs_of_tasks.insert(task.id(), i);
                 }
             }
         }
     }
     // Let the checks already started finish (each is bounded by the poll timeout), but no longer
     // than the grace period.
-    let drain = async { while tasks.join_next().await.is_some() {} };
+    let drain = async {
+        while let Some(joined) = tasks.join_next_with_id().await {
+            finished(joined, &mut orgs_of_tasks, &on_panic);
+        }
+    };
     if tokio::time::timeout(grace, drain).await.is_err() {
         tracing::warn!("checks still running after {grace:?}; abandoning them");
         tasks.abort_all();
     }
 }
 
+/// Which org a finished check task was for, and what it returned. A task that panicked is
+/// reported to `on_panic` with its org, and counts as a check that asked for nothing; `None`
+/// only for a task aborted at shutdown.
+fn finished(
+    joined: Result<(tokio::task::Id, (usize, NotBefore)), JoinError>,
+    orgs_of_tasks: &mut HashMap<tokio::task::Id, usize>,
+    on_panic: &impl Fn(usize, &str),
+) -> Option<(usize, NotBefore)> {
+    match joined {
+        Ok((id, result)) => {
+            orgs_of_tasks.remove(&id);
+            Some(result)
+        }
+        Err(e) => {
+            let i = orgs_of_tasks.remove(&e.id());
+            if let (Some(i), true) = (i, e.is_panic()) {
+                let payload = e.into_panic();
+                let message = payload
+                    .downcast_ref::<&str>()
+                    .copied()
+                    .or_else(|| payload.downcast_ref::<String>().map(String::as_str))
+                    .unwrap_or("(no message)");
+                on_panic(i, message);
+                // The org is free again; its next slot is already in the heap.
+                return Some((i, None));
+            }
+            None
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use chrono::{DateTime, Utc};
+
     use super::*;
     use crate::config::CronExpr;
 
@@ -172,57 +231,65 @@ mod tests {
         s.parse().unwrap()
     }
 
-    #[test]
-    fn interval_slots_are_stable_and_spread() {
-        let every = Schedule::Every(Duration::from_secs(60));
-        let now = at("2026-11-29T08:00:00Z");
-        let mut seconds = std::collections::HashSet::new();
-        for n in 0..50 {
-            let first = first_due(&every, &org(n), now);
-            assert!(first >= now && first < now + chrono::Duration::seconds(60));
-            // The same org lands on the same offset in every minute and on every start.
-            let again = first_due(&every, &org(n), now + chrono::Duration::seconds(600));
-            assert_eq!((again - first).num_milliseconds() % 60_000, 0);
-            assert_eq!(next_due(&every, &org(n), first), first + chrono::Duration::seconds(60));
-            seconds.insert((first - now).num_seconds());
+    fn settings(clock: &Clock) -> Settings {
+        Settings {
+            concurrency: 4,
+            grace: Duration::from_secs(10),
+            heartbeat: Heartbeat::default(),
+            clock: clock.clone(),
         }
-        assert!(
-            seconds.len() > 20,
-            "50 orgs fell on only {} distinct seconds",
-            seconds.len()
-        );
     }
 
-    #[test]
-    fn a_late_wake_up_skips_to_the_next_future_slot() {
-        let every = Schedule::Every(Duration::from_secs(60));
-        let first = first_due(&every, &org(1), at("2026-11-29T08:00:00Z"));
-        // Woken ten minutes late: the next slot is within a minute of now, not in the past.
-        let late = first + chrono::Duration::seconds(600) + chrono::Duration::milliseconds(1);
-        let next = next_due(&every, &org(1), late);
-        assert!(next > late && next <= late + chrono::Duration::seconds(60));
+    /// Which org was checked when: (org index, tokio time, wall time).
+    type Log = Arc<Mutex<Vec<(usize, Instant, DateTime<Utc>)>>>;
+
+    /// A check that records itself in `log` and returns what `answer(i, n)` says for the n-th
+    /// check (from 0) of org i.
+    fn recording<A>(
+        log: &Log,
+        clock: &Clock,
+        answer: A,
+    ) -> impl Fn(usize) -> std::pin::Pin<Box<dyn Future<Output = NotBefore> + Send>> + use<A>
+    where
+        A: Fn(usize, usize) -> NotBefore + Send + Sync + 'static,
+    {
+        let (log, clock, answer) = (log.clone(), clock.clone(), Arc::new(answer));
+        move |i| {
+            let (log, clock, answer) = (log.clone(), clock.clone(), answer.clone());
+            Box::pin(async move {
+                let n = {
+                    let mut log = log.lock().unwrap();
+                    let n = log.iter().filter(|c| c.0 == i).count();
+                    log.push((i, Instant::now(), clock.now()));
+                    n
+                };
+                answer(i, n)
+            })
+        }
     }
 
-    #[test]
-    fn cron_slots_follow_the_expression_in_utc() {
-        let cron = Schedule::Cron(Box::new(CronExpr::parse("0 */5 * * * *").unwrap()));
-        assert_eq!(
-            first_due(&cron, &org(1), at("2026-11-29T08:00:00Z")),
-            at("2026-11-29T08:00:00Z")
-        );
-        assert_eq!(
-            first_due(&cron, &org(1), at("2026-11-29T08:00:01Z")),
-            at("2026-11-29T08:05:00Z")
-        );
-        assert_eq!(
-            next_due(&cron, &org(1), at("2026-11-29T08:05:00Z")),
-            at("2026-11-29T08:10:00Z")
-        );
+    fn checks_of(log: &Log, i: usize) -> Vec<(Instant, DateTime<Utc>)> {
+        log.lock()
+            .unwrap()
+            .iter()
+            .filter(|c| c.0 == i)
+            .map(|c| (c.1, c.2))
+            .collect()
     }
 
-    #[tokio::test]
+    /// The longest time without a check, from `from` until now.
+    fn longest_gap(checks: &[(Instant, DateTime<Utc>)], from: Instant) -> Duration {
+        let mut previous = from;
+        let mut longest = Duration::ZERO;
+        for (at, _) in checks.iter().filter(|c| c.0 >= from) {
+            longest = longest.max(at.duration_since(previous));
+            previous = *at;
+        }
+        longest.max(Instant::now().duration_since(previous))
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn never_two_checks_of_one_org_at_once_and_concurrency_is_bounded() {
-        use std::sync::atomic::{AtomicUsize, Ordering};
         let every = Schedule::Every(Duration::from_secs(1));
         let schedules: Vec<_> = (0..6).map(|n| (org(n), every.clone())).collect();
         let active = Arc::new(AtomicUsize::new(0));
@@ -253,14 +320,11 @@ mod tests {
                 }
             }
         };
-        let run = run(
-            schedules,
-            2,
-            check,
-            Heartbeat::default(),
-            shutdown,
-            Duration::from_secs(10),
-        );
+        let settings = Settings {
+            concurrency: 2,
+            ..settings(&Clock::simulated(at("2026-11-29T08:00:00Z")))
+        };
+        let run = run(schedules, settings, check, |_, _| {}, shutdown);
         tokio::time::timeout(Duration::from_secs(30), run)
             .await
             .expect("the scheduler stops after shutdown");
@@ -275,5 +339,150 @@ mod tests {
             0,
             "run() returned before its checks finished"
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_wall_clock_step_back_stops_no_check() {
+        let clock = Clock::simulated(at("2026-11-29T08:00:00Z"));
+        let schedules = vec![
+            (org(1), Schedule::Every(Duration::from_secs(60))),
+            (
+                org(2),
+                Schedule::Cron(Box::new(CronExpr::parse("0 */5 * * * *").unwrap())),
+            ),
+        ];
+        let log: Log = Arc::default();
+        let shutdown = CancellationToken::new();
+        let settings = settings(&clock);
+        let heartbeat = settings.heartbeat.clone();
+        let running = tokio::spawn(run(
+            schedules,
+            settings,
+            recording(&log, &clock, |_, _| None),
+            |_, _| {},
+            shutdown.clone(),
+        ));
+        tokio::time::sleep(Duration::from_secs(600)).await;
+        // NTP steps the wall clock back by an hour.
+        clock.step(chrono::Duration::hours(-1));
+        let stepped = Instant::now();
+        tokio::time::sleep(Duration::from_secs(1800)).await;
+        assert!(heartbeat.age().is_some_and(|age| age <= MAX_SLEEP));
+        shutdown.cancel();
+        running.await.unwrap();
+
+        // The interval org goes on every minute, the cron org every five minutes.
+        let every = checks_of(&log, 0);
+        let gap = longest_gap(&every, stepped);
+        assert!(
+            gap <= Duration::from_secs(60),
+            "no check of the interval org for {gap:?}"
+        );
+        let cron = checks_of(&log, 1);
+        let gap = longest_gap(&cron, stepped);
+        assert!(gap <= Duration::from_secs(300), "no check of the cron org for {gap:?}");
+        // What is recorded follows the stepped wall clock.
+        let (_, last) = every.last().unwrap();
+        assert!(*last < at("2026-11-29T08:00:00Z"), "{last}");
+        // The cron org is checked on the five-minute marks of the stepped wall clock, once each.
+        let after: Vec<_> = cron.iter().filter(|c| c.0 > stepped).map(|c| c.1).collect();
+        assert!(after.len() >= 6, "{after:?}");
+        for (w, pair) in after.iter().zip(after.iter().skip(1)) {
+            assert_eq!(*pair - *w, chrono::Duration::minutes(5), "{after:?}");
+        }
+        assert!(after.iter().all(|t| t.timestamp() % 300 == 0), "{after:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_wall_clock_step_forward_bunches_no_checks() {
+        let clock = Clock::simulated(at("2026-11-29T08:00:00Z"));
+        let schedules = vec![(org(1), Schedule::Every(Duration::from_secs(60)))];
+        let log: Log = Arc::default();
+        let shutdown = CancellationToken::new();
+        let running = tokio::spawn(run(
+            schedules,
+            settings(&clock),
+            recording(&log, &clock, |_, _| None),
+            |_, _| {},
+            shutdown.clone(),
+        ));
+        tokio::time::sleep(Duration::from_secs(600)).await;
+        clock.step(chrono::Duration::hours(1));
+        tokio::time::sleep(Duration::from_secs(600)).await;
+        shutdown.cancel();
+        running.await.unwrap();
+        // One check a minute, before and after the step: the hour skipped is not caught up.
+        let checks = checks_of(&log, 0);
+        assert!(
+            (20..=21).contains(&checks.len()),
+            "{} checks in 20 minutes",
+            checks.len()
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_panicking_check_is_recovered_and_its_org_stays_on_schedule() {
+        let clock = Clock::simulated(at("2026-11-29T08:00:00Z"));
+        let schedules: Vec<_> = (0..3)
+            .map(|n| (org(n), Schedule::Every(Duration::from_secs(60))))
+            .collect();
+        let log: Log = Arc::default();
+        let check = recording(&log, &clock, |i, n| {
+            if i == 0 && n == 0 {
+                panic!("boom in the first check of org 0");
+            }
+            None
+        });
+        let panics: Arc<Mutex<Vec<(usize, String)>>> = Arc::default();
+        let on_panic = {
+            let panics = panics.clone();
+            move |i: usize, message: &str| panics.lock().unwrap().push((i, message.to_owned()))
+        };
+        let shutdown = CancellationToken::new();
+        let running = tokio::spawn(run(schedules, settings(&clock), check, on_panic, shutdown.clone()));
+        tokio::time::sleep(Duration::from_secs(600)).await;
+        shutdown.cancel();
+        running.await.expect("the scheduler survives a panicking check");
+
+        for i in 0..3 {
+            let checks = checks_of(&log, i);
+            assert!(
+                checks.len() >= 10,
+                "org {i} was checked {} times in 10 minutes",
+                checks.len()
+            );
+            let gap = longest_gap(&checks, checks[0].0);
+            assert!(gap <= Duration::from_secs(60), "org {i}: no check for {gap:?}");
+        }
+        assert_eq!(
+            *panics.lock().unwrap(),
+            [(0, "boom in the first check of org 0".to_owned())]
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_huge_not_before_is_clamped_and_panics_nothing() {
+        let clock = Clock::simulated(at("2026-11-29T08:00:00Z"));
+        let schedules: Vec<_> = (0..2)
+            .map(|n| (org(n), Schedule::Every(Duration::from_secs(3600))))
+            .collect();
+        let log: Log = Arc::default();
+        // Org 0's server answers `Retry-After: 10000000000000` every time.
+        let check = recording(&log, &clock, |i, _| {
+            (i == 0).then_some(Duration::from_secs(10_000_000_000_000))
+        });
+        let shutdown = CancellationToken::new();
+        let running = tokio::spawn(run(schedules, settings(&clock), check, |_, _| {}, shutdown.clone()));
+        tokio::time::sleep(Duration::from_secs(3 * 86_400)).await;
+        shutdown.cancel();
+        running.await.expect("the scheduler survives a huge Retry-After");
+        // The other org was never disturbed; the one told to wait "forever" waited a day.
+        assert!(checks_of(&log, 1).len() >= 72);
+        let waited = checks_of(&log, 0);
+        assert_eq!(waited.len(), 3, "{waited:?}");
+        for pair in waited.windows(2) {
+            let gap = pair[1].0.duration_since(pair[0].0);
+            assert!(gap >= MAX_NOT_BEFORE && gap <= MAX_NOT_BEFORE + Duration::from_secs(3600));
+        }
     }
 }

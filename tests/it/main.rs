@@ -16,3 +16,4 @@ mod readme;
 mod receiver;
 mod service;
 mod smtp;
+mod time;

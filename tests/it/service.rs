@@ -283,13 +283,24 @@ async fn metrics_and_healthz() {
         .execute(&mut *tx)
         .await
         .unwrap();
-    let health = http.get(format!("{base}/healthz")).send().await.unwrap();
-    assert_eq!(health.status(), 503);
-    let reason = health.text().await.unwrap();
+    // The last probe's result stands for a few seconds; the next one sees the lock.
+    let unhealthy = || async {
+        let health = http.get(format!("{base}/healthz")).send().await.unwrap();
+        (health.status() == 503).then_some(health.text().await.unwrap())
+    };
+    wait_until(Duration::from_secs(20), "/healthz says 503", || async {
+        unhealthy().await.is_some()
+    })
+    .await;
+    let reason = unhealthy().await.expect("still locked");
     assert!(reason.contains("database does not take writes"), "{reason}");
     tx.rollback().await.unwrap();
-    let health = http.get(format!("{base}/healthz")).send().await.unwrap();
-    assert_eq!(health.status(), 200, "healthy again once the lock is gone");
+    wait_until(
+        Duration::from_secs(20),
+        "healthy again once the lock is gone",
+        || async { http.get(format!("{base}/healthz")).send().await.unwrap().status() == 200 },
+    )
+    .await;
     pool.close().await;
 
     daemon.stop(Duration::from_secs(15)).await;
@@ -397,4 +408,106 @@ async fn a_full_disk_fails_the_health_probe_and_loses_nothing() {
     assert_eq!(report.outcome, Ok("SYNCED".into()));
     let kinds = t.event_kinds(ORG_A).await;
     assert_eq!(kinds, ["first_seen", "status_changed"], "nothing lost, nothing doubled");
+}
+
+/// Counts, in the database itself, the writes of the health probe (the `health_probe` row of
+/// `meta`), with a trigger of the test's own.
+async fn count_probes(db: &Path) -> sqlx::SqlitePool {
+    let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}", db.display()))
+        .await
+        .unwrap();
+    for sql in [
+        "CREATE TABLE test_probe_count (n INTEGER NOT NULL)",
+        "INSERT INTO test_probe_count (n) VALUES (0)",
+        "CREATE TRIGGER test_probe_insert AFTER INSERT ON meta WHEN NEW.key = 'health_probe'
+         BEGIN UPDATE test_probe_count SET n = n + 1; END",
+        "CREATE TRIGGER test_probe_update AFTER UPDATE ON meta WHEN NEW.key = 'health_probe'
+         BEGIN UPDATE test_probe_count SET n = n + 1; END",
+    ] {
+        sqlx::query(sql).execute(&pool).await.unwrap();
+    }
+    pool
+}
+
+#[tokio::test]
+async fn a_flood_of_healthz_requests_shares_a_few_probes_and_checks_go_on() {
+    let port = free_port();
+    let t = spawn_app_with(Setup {
+        top: format!("[http]\nlisten = \"127.0.0.1:{port}\""),
+        ..Setup::default()
+    })
+    .await;
+    let pool = count_probes(&t.db_path).await;
+    let daemon = t.run();
+    wait_until(Duration::from_secs(10), "both orgs seen", || async {
+        t.console_lines().len() == 2
+    })
+    .await;
+
+    let http = reqwest::Client::new();
+    let url = format!("http://127.0.0.1:{port}/healthz");
+    let mut flood = tokio::task::JoinSet::new();
+    for _ in 0..200 {
+        let (http, url) = (http.clone(), url.clone());
+        flood.spawn(async move { http.get(url).send().await.map(|r| r.status().as_u16()) });
+    }
+    let answers = flood.join_all().await;
+    assert!(
+        answers.iter().all(|a| matches!(a, Ok(200))),
+        "{:?}",
+        answers.iter().filter(|a| !matches!(a, Ok(200))).collect::<Vec<_>>()
+    );
+    let probes: i64 = sqlx::query_scalar("SELECT n FROM test_probe_count")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert!(probes <= 2, "200 requests to /healthz wrote {probes} health probes");
+
+    // Checks were recorded meanwhile, and go on.
+    let (a, b) = (t.sim.requests_for(ORG_A), t.sim.requests_for(ORG_B));
+    wait_until(Duration::from_secs(10), "both orgs checked again", || async {
+        t.sim.requests_for(ORG_A) >= a + 2 && t.sim.requests_for(ORG_B) >= b + 2
+    })
+    .await;
+    let current = t.app.store.current().await.unwrap();
+    assert!(current.iter().all(|c| c.consecutive_failures == 0), "{current:?}");
+    pool.close().await;
+    daemon.stop(Duration::from_secs(15)).await;
+}
+
+#[tokio::test]
+async fn metrics_show_only_the_orgs_of_the_current_config() {
+    let port = free_port();
+    let t = spawn_app_with(Setup {
+        top: format!("[http]\nlisten = \"127.0.0.1:{port}\""),
+        ..Setup::default()
+    })
+    .await;
+    t.sim.set(ORG_C, Behavior::status("SYNCED"));
+    let without_gamma = std::fs::read_to_string(&t.config_path).unwrap();
+    let with_gamma = format!("{without_gamma}\n[[org]]\nid = \"{ORG_C}\"\nname = \"gamma\"\n");
+    std::fs::write(&t.config_path, &with_gamma).unwrap();
+    let daemon = Daemon::start(&t.config_path, &[]);
+    daemon
+        .wait_stdout("gamma: migration link is SYNCED (first check)")
+        .await;
+    let url = format!("http://127.0.0.1:{port}/metrics");
+    let scrape = || async {
+        let text = reqwest::get(&url).await.unwrap().text().await.unwrap();
+        prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_owned()))).expect("valid Prometheus text")
+    };
+    let status =
+        |scrape: &prometheus_parse::Scrape, org: &str| sample(scrape, "linkwatch_org_status", &[("org_name", org)]);
+    let before = scrape().await;
+    assert_eq!(status(&before, "gamma"), Some(1.0));
+
+    // gamma leaves the config; its history stays in the database, its gauge goes.
+    std::fs::write(&t.config_path, &without_gamma).unwrap();
+    daemon.signal("-HUP");
+    daemon.wait_stderr("config reloaded").await;
+    let after = scrape().await;
+    assert_eq!(status(&after, "gamma"), None, "a removed org still has a status gauge");
+    assert_eq!(status(&after, "alpha"), Some(1.0));
+    assert_eq!(status(&after, "beta"), Some(1.0));
+    assert!(daemon.stop().await.success());
 }
