@@ -355,6 +355,7 @@ async fn once(config: Config) -> anyhow::Result<ExitCode> {
         results.push(joined.context("a check task failed")?);
     }
     results.sort_by_key(|(i, _)| *i);
+    daemon::flush_quiet(&app).await?;
     if lock.is_some() {
         app.dispatcher.dispatch_all_due(&app.store).await?;
     }

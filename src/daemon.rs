@@ -20,7 +20,7 @@ use crate::metrics::Metrics;
 use crate::monitoring;
 use crate::outcome::CheckOutcome;
 use crate::scheduler::{self, Heartbeat};
-use crate::store::{Check, Decision, RemindersSent, Store, WriterLock};
+use crate::store::{Check, Decision, QUIET_WINDOW, RemindersSent, Store, WriterLock};
 use crate::systemd;
 
 /// Everything a check needs, built from one config. A reload builds a new `App` around the same
@@ -82,46 +82,66 @@ impl App {
 
 /// Checks one org now: asks Cloud Manager, applies the answer (decides the events from the
 /// stored state and records everything, in one transaction), then wakes the channels that have
-/// something to send.
+/// something to send. A check that can change nothing is only noted, for the next group commit
+/// ([`flush_quiet`]).
 pub async fn check_org(app: &App, org: &Org) -> anyhow::Result<CheckReport> {
     let started = Instant::now();
     let (outcome, requests) = app.client.check_counted(&org.id, &org.credential).await;
     let took = started.elapsed();
+    let at = app.clock.now();
+    let quiet_path = !app.dispatcher.router.has_reminders();
+    if let Ok(status) = &outcome
+        && quiet_path
+        && app.store.record_quiet_later(&org.id, &org.name, status, at)
+    {
+        tracing::trace!(org = %org.name, requests, "checked, nothing new");
+        app.metrics.check(org.id.as_str(), &org.name, "ok", took, requests);
+        return Ok(CheckReport {
+            outcome,
+            events: Vec::new(),
+        });
+    }
+    let events = apply(app, org, &outcome, at, quiet_path).await?;
+    let label = match &outcome {
+        Ok(_) => "ok",
+        Err(f) => f.class.as_str(),
+    };
+    app.metrics.check(org.id.as_str(), &org.name, label, took, requests);
+    Ok(CheckReport { outcome, events })
+}
 
-    let router = &app.dispatcher.router;
+/// Records `outcome` through the full path (or the one-statement quiet one), logs and counts
+/// its events and wakes their channels.
+async fn apply(
+    app: &App,
+    org: &Org,
+    outcome: &CheckOutcome,
+    at: chrono::DateTime<chrono::Utc>,
+    quiet_path: bool,
+) -> anyhow::Result<Vec<Event>> {
     let check = Check {
         org_id: &org.id,
         org_name: &org.name,
-        at: app.clock.now(),
-        outcome: &outcome,
-        quiet_path: !router.has_reminders(),
+        at,
+        outcome,
+        quiet_path,
     };
     let decision = app
         .store
         .apply(&check, |state, sent| decide(app, org, &check, state, sent))
         .await
         .with_context(|| format!("cannot record the check of org {}", org.name))?;
-
     let Some(decision) = decision else {
-        tracing::debug!(org = %org.name, requests, "checked, nothing new");
-        app.metrics.check(org.id.as_str(), &org.name, "ok", took, requests);
-        return Ok(CheckReport {
-            outcome,
-            events: Vec::new(),
-        });
+        tracing::trace!(org = %org.name, "checked, nothing new");
+        return Ok(Vec::new());
     };
-    let label = match &outcome {
-        Ok(status) => {
-            tracing::debug!(org = %org.name, %status, requests, "checked");
-            "ok"
-        }
+    match outcome {
+        Ok(status) => tracing::debug!(org = %org.name, %status, "checked"),
         Err(f) => {
             let failures = decision.state.consecutive_failures;
             tracing::warn!(org = %org.name, failures, "check failed: {}", f.explain());
-            f.class.as_str()
         }
-    };
-    app.metrics.check(org.id.as_str(), &org.name, label, took, requests);
+    }
     for (e, _) in &decision.events {
         app.metrics.event(e.kind());
         let detail = serde_json::to_string(e).unwrap_or_default();
@@ -129,10 +149,41 @@ pub async fn check_org(app: &App, org: &Org) -> anyhow::Result<CheckReport> {
     }
     let channels: Vec<String> = decision.events.iter().flat_map(|(_, c)| c.iter().cloned()).collect();
     app.dispatcher.wake(&channels);
-    Ok(CheckReport {
-        outcome,
-        events: decision.events.into_iter().map(|(e, _)| e).collect(),
-    })
+    Ok(decision.events.into_iter().map(|(e, _)| e).collect())
+}
+
+/// The group commit: writes the quiet checks noted since the last call in one statement, and
+/// applies through the full path the few whose stored state changed meanwhile (another writer on
+/// the same database), so that nothing they mean is lost, only delayed by one window.
+pub async fn flush_quiet(app: &App) -> anyhow::Result<()> {
+    for unmatched in app.store.flush_quiet().await? {
+        let Some(org) = app.config.orgs.iter().find(|o| o.id == unmatched.org_id) else {
+            continue; // removed from the config by a reload meanwhile
+        };
+        let outcome: CheckOutcome = Ok(unmatched.status);
+        apply(app, org, &outcome, unmatched.at, false).await?;
+    }
+    Ok(())
+}
+
+/// Runs [`flush_quiet`] every [`QUIET_WINDOW`] until `stop`, then once more.
+async fn group_commit(app: Arc<App>, stop: CancellationToken) {
+    let mut tick = tokio::time::interval(QUIET_WINDOW);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let stopping = tokio::select! {
+            _ = stop.cancelled() => true,
+            _ = tick.tick() => false,
+        };
+        if let Err(e) = flush_quiet(&app).await {
+            // The checks stay noted; the next tick tries again. /healthz shows a database that
+            // refuses writes through its own probe.
+            tracing::warn!("cannot record quiet checks yet: {e:#}");
+        }
+        if stopping {
+            return;
+        }
+    }
 }
 
 /// What `check` means given the stored `state`: the new state, the events routed to their
@@ -339,6 +390,8 @@ fn rebuild(current: &App, loaded: anyhow::Result<Config>, console: ConsoleSink) 
 struct Generation {
     checks_stop: CancellationToken,
     scheduler: tokio::task::JoinHandle<()>,
+    commits_stop: CancellationToken,
+    group_commit: tokio::task::JoinHandle<()>,
     sends_stop: CancellationToken,
     workers: JoinSet<()>,
 }
@@ -396,9 +449,13 @@ impl Generation {
             on_panic,
             checks_stop.clone(),
         ));
+        let commits_stop = CancellationToken::new();
+        let group_commit = tokio::spawn(group_commit(app.clone(), commits_stop.clone()));
         Generation {
             checks_stop,
             scheduler,
+            commits_stop,
+            group_commit,
             sends_stop,
             workers,
         }
@@ -411,6 +468,9 @@ impl Generation {
         let deadline = clock::later(tokio::time::Instant::now(), app.config.shutdown_timeout);
         self.checks_stop.cancel();
         let _ = self.scheduler.await;
+        // The last checks' quiet notes are written before this generation ends.
+        self.commits_stop.cancel();
+        let _ = self.group_commit.await;
         // Workers finish the send they are in; none starts another.
         self.sends_stop.cancel();
         let drain = async { while self.workers.join_next().await.is_some() {} };

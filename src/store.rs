@@ -17,16 +17,20 @@ use crate::config::OrgId;
 mod checks;
 mod lock;
 mod outbox;
+mod quiet;
 
 pub use checks::{Check, CheckRecord, Decision, RemindersSent, event_id};
 pub use lock::{LockError, WriterLock};
 pub use outbox::Delivery;
+pub use quiet::{QUIET_WINDOW, Unmatched};
 
 #[derive(Clone, Debug)]
 pub struct Store {
     pool: SqlitePool,
     /// This database's random identity (`meta.instance`), part of every event id.
     instance: Arc<str>,
+    /// Quiet checks noted in memory until the next group commit.
+    quiet: quiet::SharedQuietLog,
 }
 
 /// ISO-8601 UTC with milliseconds and a `Z`: sorts as text, readable by SQLite's date functions.
@@ -100,6 +104,7 @@ impl Store {
         Ok(Store {
             pool,
             instance: instance.into(),
+            quiet: Default::default(),
         })
     }
 

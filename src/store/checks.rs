@@ -71,27 +71,33 @@ impl Store {
             return Ok(None);
         }
         let instance = self.instance.clone();
-        self.write(async |conn| {
-            // IMMEDIATE takes the write lock before the read, so the state cannot change between
-            // reading it and writing what follows from it.
-            let mut tx = conn.begin_with("BEGIN IMMEDIATE").await?;
-            let state = load_state(&mut tx, check.org_id).await?;
-            let sent = reminders_sent(&mut tx, check.org_id).await?;
-            let decision = decide(&state, &sent);
-            let record = CheckRecord {
-                org_id: check.org_id,
-                org_name: check.org_name,
-                at: check.at,
-                outcome: check.outcome,
-                state: &decision.state,
-                events: &decision.events,
-                reminded: &decision.reminded,
-            };
-            write_record(&mut tx, &instance, &record).await?;
-            tx.commit().await?;
-            Ok(Some(decision))
-        })
-        .await
+        let decision = self
+            .write(async |conn| {
+                // IMMEDIATE takes the write lock before the read, so the state cannot change between
+                // reading it and writing what follows from it.
+                let mut tx = conn.begin_with("BEGIN IMMEDIATE").await?;
+                let state = load_state(&mut tx, check.org_id).await?;
+                let sent = reminders_sent(&mut tx, check.org_id).await?;
+                let decision = decide(&state, &sent);
+                let record = CheckRecord {
+                    org_id: check.org_id,
+                    org_name: check.org_name,
+                    at: check.at,
+                    outcome: check.outcome,
+                    state: &decision.state,
+                    events: &decision.events,
+                    reminded: &decision.reminded,
+                };
+                write_record(&mut tx, &instance, &record).await?;
+                tx.commit().await?;
+                Ok(Some(decision))
+            })
+            .await?;
+        if let Some(d) = &decision {
+            self.quiet
+                .written(check.org_id, check.org_name, quiet_status(check.outcome, &d.state));
+        }
+        Ok(decision)
     }
 
     /// Writes a check whose consequences are already decided, in one transaction (the benchmark
@@ -104,7 +110,10 @@ impl Store {
             tx.commit().await?;
             Ok(())
         })
-        .await
+        .await?;
+        self.quiet
+            .written(rec.org_id, rec.org_name, quiet_status(rec.outcome, rec.state));
+        Ok(())
     }
 
     pub async fn load_state(&self, org: &OrgId) -> anyhow::Result<OrgState> {
@@ -143,8 +152,16 @@ impl Store {
                 .rows_affected())
             })
             .await?;
+        if updated == 1 {
+            self.quiet.written(org, org_name, Some(status));
+        }
         Ok(updated == 1)
     }
+}
+
+/// The status that keeps `state` quiet after a check with `outcome`, if it is quiet.
+fn quiet_status<'a>(outcome: &'a CheckOutcome, state: &OrgState) -> Option<&'a str> {
+    outcome.as_deref().ok().filter(|s| crate::detect::is_quiet(state, s))
 }
 
 /// An event's id: the same for the same event of the same org in the same database, so that an

@@ -252,3 +252,66 @@ async fn reordering_routes_keeps_each_reminder_clock() {
     t.check(ORG_B).await;
     assert_eq!(reminders(&t).await.len(), 2, "an hour after the last one");
 }
+
+async fn last_checked(t: &TestApp, org: &str) -> (String, i64) {
+    let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}", t.db_path.display()))
+        .await
+        .unwrap();
+    let row = sqlx::query_as("SELECT last_checked_at, checks FROM org_state WHERE org_id = ?")
+        .bind(org)
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    pool.close().await;
+    row
+}
+
+/// Quiet checks (nothing new) are noted in memory and written together by the group commit.
+#[tokio::test]
+async fn quiet_checks_are_written_together_by_the_group_commit() {
+    let t = spawn_app().await;
+    t.check(ORG_B).await; // first_seen: written at once
+    let (first, checks) = last_checked(&t, ORG_B).await;
+    assert_eq!(checks, 1);
+    t.app.clock.step(chrono::Duration::seconds(5));
+    t.check(ORG_B).await;
+    t.check(ORG_B).await;
+    assert_eq!(
+        last_checked(&t, ORG_B).await,
+        (first.clone(), 1),
+        "noted, not yet written"
+    );
+    daemon::flush_quiet(&t.app).await.unwrap();
+    let (after, checks) = last_checked(&t, ORG_B).await;
+    assert_eq!(checks, 3, "both quiet checks counted");
+    assert!(after > first, "{after} after {first}");
+}
+
+/// Another writer changes an org's state while this process has a quiet check of it noted: the
+/// flush finds the state changed and applies the check through the full path. Nothing is missed.
+#[tokio::test]
+async fn a_change_under_a_noted_quiet_check_is_applied_at_the_group_commit() {
+    let t = spawn_app().await;
+    let other = app_on(&t).await;
+    let beta = other
+        .config
+        .orgs
+        .iter()
+        .find(|o| o.id.as_str() == ORG_B)
+        .unwrap()
+        .clone();
+    t.check(ORG_B).await; // SYNCED, first_seen; this process now knows beta is quiet
+    t.sim.set(ORG_B, Behavior::status("NOT_SYNCED"));
+    daemon::check_org(&other, &beta).await.unwrap(); // the other writer: SYNCED -> NOT_SYNCED
+    t.sim.set(ORG_B, Behavior::status("SYNCED"));
+    t.check(ORG_B).await; // SYNCED again: looks quiet to this process, noted
+    daemon::flush_quiet(&t.app).await.unwrap();
+    assert_eq!(
+        t.event_kinds(ORG_B).await,
+        ["first_seen", "status_changed", "status_changed"],
+        "the change back to SYNCED is recorded"
+    );
+    let history = t.app.store.history(Some(ORG_B), None).await.unwrap();
+    assert_eq!(history.last().unwrap().to_status, "SYNCED");
+    other.store.close().await;
+}

@@ -1,0 +1,164 @@
+//! Group commit for quiet checks. Most checks see what was already known: the stored state is
+//! quiet (see [`detect::is_quiet`]) and the answer is its status, so the check changes nothing
+//! but `last_checked_at`. Writing each of those as its own statement costs a round trip to
+//! SQLite's worker thread per check, which dominated the CPU profile. Instead, a check whose org
+//! is *known* to be quiet with that status is noted in memory, and [`Store::flush_quiet`] writes
+//! all of them in one statement, once per [`QUIET_WINDOW`].
+//!
+//! What a crash loses: the `last_checked_at` of at most one window of quiet checks. Never a
+//! state, an event or a delivery: a check that could change anything takes the immediate path.
+//!
+//! "Known quiet" is this process's memory of what it last wrote. Another writer on the same
+//! database (`linkwatch once`) can change the state meanwhile; the flush's `UPDATE` therefore
+//! keeps the quiet conditions, and hands back the checks it did not match, for the caller to
+//! apply through the full path (a delay of one window, never a missed event).
+//!
+//! [`detect::is_quiet`]: crate::detect::is_quiet
+
+use std::collections::HashMap;
+use std::fmt::Write as _;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+
+use super::{Store, ts};
+use crate::config::OrgId;
+
+/// How long a quiet check may wait in memory before it is written: the most that
+/// `current_status.last_checked_at` lags behind, and the most a crash loses of it.
+pub const QUIET_WINDOW: Duration = Duration::from_secs(1);
+
+#[derive(Debug, Default)]
+pub(super) struct QuietLog(Mutex<Inner>);
+
+#[derive(Debug, Default)]
+struct Inner {
+    /// Orgs whose stored state this process last left quiet: (status, org name).
+    known: HashMap<OrgId, (String, String)>,
+    /// Quiet checks not yet written: the last check time and how many checks, per org.
+    pending: HashMap<OrgId, (DateTime<Utc>, u32)>,
+}
+
+/// A quiet check the flush could not match: the stored state changed under it (another
+/// writer). Apply it through the full path.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Unmatched {
+    pub org_id: OrgId,
+    pub status: String,
+    pub at: DateTime<Utc>,
+}
+
+impl QuietLog {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Remembers what was just written for `org`: quiet with `status`, or (None) anything else.
+    pub(super) fn written(&self, org: &OrgId, name: &str, quiet_status: Option<&str>) {
+        let mut inner = self.lock();
+        match quiet_status {
+            Some(status) => {
+                inner.known.insert(org.clone(), (status.to_owned(), name.to_owned()));
+            }
+            None => {
+                inner.known.remove(org);
+                // A full-path write carries a later check time than any quiet one pending.
+                inner.pending.remove(org);
+            }
+        }
+    }
+}
+
+impl Store {
+    /// Notes a quiet check in memory when `org` is known to be quiet with `status` (and its name
+    /// is unchanged); returns `false` otherwise, and the caller takes the immediate path.
+    pub fn record_quiet_later(&self, org: &OrgId, name: &str, status: &str, at: DateTime<Utc>) -> bool {
+        let mut inner = self.quiet.lock();
+        let known = inner.known.get(org).is_some_and(|(s, n)| s == status && n == name);
+        if known {
+            let entry = inner.pending.entry(org.clone()).or_insert((at, 0));
+            entry.0 = entry.0.max(at);
+            entry.1 = entry.1.saturating_add(1);
+        }
+        known
+    }
+
+    /// Writes the quiet checks noted since the last flush, in one statement. Returns the ones
+    /// whose stored state was no longer quiet with their status. On an error nothing is lost:
+    /// the checks stay noted for the next flush.
+    pub async fn flush_quiet(&self) -> anyhow::Result<Vec<Unmatched>> {
+        let batch: Vec<(OrgId, String, DateTime<Utc>, u32)> = {
+            let mut inner = self.quiet.lock();
+            let pending = std::mem::take(&mut inner.pending);
+            pending
+                .into_iter()
+                .filter_map(|(org, (at, n))| {
+                    let status = inner.known.get(&org)?.0.clone();
+                    Some((org, status, at, n))
+                })
+                .collect()
+        };
+        if batch.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut json = String::with_capacity(batch.len() * 110);
+        json.push('[');
+        for (i, (org, status, at, n)) in batch.iter().enumerate() {
+            if i > 0 {
+                json.push(',');
+            }
+            let status = serde_json::to_string(status)?;
+            let _ = write!(json, r#"{{"o":"{org}","s":{status},"t":"{}","n":{n}}}"#, ts(*at));
+        }
+        json.push(']');
+        let written = self
+            .write(async |conn| {
+                let rows: Vec<String> = sqlx::query_scalar(
+                    "UPDATE org_state SET last_checked_at = q.t, last_success_at = q.t, last_error = NULL,
+                         checks = checks + q.n
+                     FROM (SELECT value ->> 'o' AS o, value ->> 's' AS s, value ->> 't' AS t, value ->> 'n' AS n
+                           FROM json_each(?1)) AS q
+                     WHERE org_state.org_id = q.o AND org_state.status = q.s
+                       AND org_state.candidate_status IS NULL AND org_state.consecutive_failures = 0
+                       AND org_state.failing_alerted = 0
+                     RETURNING org_state.org_id",
+                )
+                .bind(&json)
+                .fetch_all(&mut *conn)
+                .await?;
+                Ok(rows)
+            })
+            .await;
+        let written = match written {
+            Ok(rows) => rows,
+            Err(e) => {
+                // Put them back (a newer note of the same org wins) and try again next time.
+                let mut inner = self.quiet.lock();
+                for (org, _, at, n) in batch {
+                    let entry = inner.pending.entry(org).or_insert((at, 0));
+                    entry.0 = entry.0.max(at);
+                    entry.1 = entry.1.saturating_add(n);
+                }
+                return Err(e);
+            }
+        };
+        let written: std::collections::HashSet<&str> = written.iter().map(String::as_str).collect();
+        let mut unmatched = Vec::new();
+        let mut inner = self.quiet.lock();
+        for (org, status, at, _) in batch {
+            if !written.contains(org.as_str()) {
+                inner.known.remove(&org);
+                unmatched.push(Unmatched {
+                    org_id: org,
+                    status,
+                    at,
+                });
+            }
+        }
+        Ok(unmatched)
+    }
+}
+
+/// Shared by every clone of a `Store`.
+pub(super) type SharedQuietLog = Arc<QuietLog>;
