@@ -16,7 +16,7 @@ use crate::client::{self, Client};
 use crate::clock::Clock;
 use crate::config::{Config, Org};
 use crate::detect::{self, Event, Policy};
-use crate::dispatch::Dispatcher;
+use crate::dispatch::{Dispatcher, Settings};
 use crate::metrics::Metrics;
 use crate::monitoring;
 use crate::outcome::CheckOutcome;
@@ -62,10 +62,11 @@ impl App {
             &config.credentials,
         )
         .context("cannot build the HTTP client")?;
-        let dispatcher = Dispatcher::new(&config, &console, metrics.clone())?;
+        let clock = Clock::system();
+        let dispatcher = Dispatcher::new(&config, &console, metrics.clone(), Settings::with_clock(clock.clone()))?;
         Ok(App {
             config,
-            clock: Clock::system(),
+            clock,
             store,
             client,
             dispatcher,

@@ -10,6 +10,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::channels::{Channel, ConsoleSink, SendError};
+use crate::clock::Clock;
 use crate::config::Config;
 use crate::message::{self, Message};
 use crate::metrics::Metrics;
@@ -25,19 +26,77 @@ pub struct Outlet {
     wake: Notify,
 }
 
+/// How the dispatcher behaves, beyond the config: injected so that tests can use short delays
+/// and a clock they can step.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// The longest a connection to a receiver may take to open.
+    pub connect_timeout: Duration,
+    pub retry: RetryPolicy,
+    /// The wall clock for what is recorded (sent_at, next_attempt_at).
+    pub clock: Clock,
+    /// The first and the longest pause between attempts to record an outcome the database
+    /// refused (the send itself is never repeated).
+    pub record_first_delay: Duration,
+    pub record_max_delay: Duration,
+    /// How long a channel worker that panicked rests before it starts again.
+    pub restart_pause: Duration,
+    /// The least time between two posts to one Slack webhook: Slack accepts about one message
+    /// per second per webhook, and warns that apps which keep sending after a 429 may be
+    /// disabled.
+    pub slack_interval: Duration,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            connect_timeout: Duration::from_secs(5),
+            retry: RetryPolicy::default(),
+            clock: Clock::system(),
+            record_first_delay: Duration::from_millis(500),
+            record_max_delay: Duration::from_secs(30),
+            restart_pause: Duration::from_secs(1),
+            slack_interval: Duration::from_secs(1),
+        }
+    }
+}
+
+impl Settings {
+    /// The least time between two sends on `channel`.
+    pub fn pace(&self, channel: &Channel) -> Duration {
+        match channel {
+            Channel::Slack(_) => self.slack_interval,
+            _ => Duration::ZERO,
+        }
+    }
+
+    /// The default settings around `clock` (the app's).
+    pub fn with_clock(clock: Clock) -> Settings {
+        Settings {
+            clock,
+            ..Settings::default()
+        }
+    }
+}
+
 #[derive(Debug)]
 pub struct Dispatcher {
     outlets: Vec<Arc<Outlet>>,
     pub router: Router,
-    policy: RetryPolicy,
+    settings: Settings,
     metrics: Arc<Metrics>,
 }
 
 impl Dispatcher {
-    pub fn new(config: &Config, console: &ConsoleSink, metrics: Arc<Metrics>) -> anyhow::Result<Dispatcher> {
+    pub fn new(
+        config: &Config,
+        console: &ConsoleSink,
+        metrics: Arc<Metrics>,
+        settings: Settings,
+    ) -> anyhow::Result<Dispatcher> {
         let http = reqwest::Client::builder()
             .user_agent(concat!("linkwatch/", env!("CARGO_PKG_VERSION")))
-            .connect_timeout(Duration::from_secs(5))
+            .connect_timeout(settings.connect_timeout)
             .build()?;
         let mut outlets = Vec::new();
         for c in &config.channels {
@@ -50,7 +109,7 @@ impl Dispatcher {
         Ok(Dispatcher {
             outlets,
             router: Router::new(config),
-            policy: RetryPolicy::default(),
+            settings,
             metrics,
         })
     }
@@ -70,7 +129,7 @@ impl Dispatcher {
     pub async fn dispatch_all_due(&self, store: &Store) -> anyhow::Result<usize> {
         let mut n = 0;
         for o in &self.outlets {
-            n += dispatch_due(store, o, &self.policy, &self.metrics, Utc::now()).await?;
+            n += dispatch_due(store, o, &self.settings, &self.metrics).await?;
         }
         Ok(n)
     }
@@ -82,7 +141,7 @@ impl Dispatcher {
             tasks.spawn(worker(
                 store.clone(),
                 o.clone(),
-                self.policy,
+                self.settings.clone(),
                 self.metrics.clone(),
                 shutdown.clone(),
             ));
@@ -94,10 +153,11 @@ impl Dispatcher {
 pub async fn dispatch_due(
     store: &Store,
     outlet: &Outlet,
-    policy: &RetryPolicy,
+    settings: &Settings,
     metrics: &Metrics,
-    now: DateTime<Utc>,
 ) -> anyhow::Result<usize> {
+    let (policy, clock) = (&settings.retry, &settings.clock);
+    let now = clock.now();
     let due = store
         .due_deliveries(&outlet.name, now, outlet.channel.max_batch())
         .await?;
@@ -108,7 +168,7 @@ pub async fn dispatch_due(
     let ids: Vec<i64> = due.iter().map(|d| d.outbox_id).collect();
     match outlet.channel.send(&messages).await {
         Ok(()) => {
-            store.mark_sent(&ids, Utc::now()).await?;
+            store.mark_sent(&ids, clock.now()).await?;
             metrics.delivery(&outlet.name, "sent", ids.len() as u64);
             tracing::debug!(channel = %outlet.name, deliveries = ids.len(), "delivered");
         }
@@ -122,7 +182,7 @@ pub async fn dispatch_due(
             // is kept; rows past the maximum age are given up one by one.
             let head = &due[0];
             let attempts = u32::try_from(head.attempts + 1).unwrap_or(u32::MAX);
-            let now = Utc::now();
+            let now = clock.now();
             let next = policy.next_attempt(attempts, now, now, retry_after);
             let (mut retry, mut expired) = (Vec::new(), Vec::new());
             for d in &due {
@@ -154,23 +214,23 @@ pub async fn dispatch_due(
 async fn worker(
     store: Store,
     outlet: Arc<Outlet>,
-    policy: RetryPolicy,
+    settings: Settings,
     metrics: Arc<Metrics>,
     shutdown: CancellationToken,
 ) {
     loop {
-        let wait = match dispatch_due(&store, &outlet, &policy, &metrics, Utc::now()).await {
+        let wait = match dispatch_due(&store, &outlet, &settings, &metrics).await {
             // Pacing: what falls due meanwhile goes out together, as one digest, after the pause,
             // which a new event does not cut short.
             Ok(n) if n > 0 => {
                 tokio::select! {
                     _ = shutdown.cancelled() => return,
-                    _ = tokio::time::sleep(outlet.channel.min_interval()) => {}
+                    _ = tokio::time::sleep(settings.pace(&outlet.channel)) => {}
                 }
                 continue;
             }
             Ok(_) => match store.next_due(&outlet.name).await {
-                Ok(Some(t)) => (t - Utc::now())
+                Ok(Some(t)) => (t - settings.clock.now())
                     .to_std()
                     .unwrap_or(Duration::ZERO)
                     .min(Duration::from_secs(60)),

@@ -91,15 +91,6 @@ impl Channel {
             Channel::Webhook(_) => 1,
         }
     }
-
-    /// The least time between two sends: Slack accepts about one message per second per
-    /// webhook, and warns that apps which keep sending after a 429 may be disabled.
-    pub fn min_interval(&self) -> Duration {
-        match self {
-            Channel::Slack(_) => Duration::from_secs(1),
-            _ => Duration::ZERO,
-        }
-    }
 }
 
 /// The outcome of an HTTP delivery. `permanent(code)` says which non-2xx codes are final.

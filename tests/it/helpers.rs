@@ -9,6 +9,7 @@ use std::time::Duration;
 use linkwatch::channels::ConsoleSink;
 use linkwatch::config::Config;
 use linkwatch::daemon::{self, App, CheckReport};
+use linkwatch::dispatch;
 use linkwatch::simulator::{self, Behavior, Simulator};
 use linkwatch::store::StoredEvent;
 
@@ -32,6 +33,8 @@ pub struct Setup {
     /// `[[channel]]` and `[[route]]` tables; by default one console channel.
     pub channels: String,
     pub sim_options: simulator::Options,
+    /// Dispatcher settings (retry policy, ...); the app's clock replaces theirs.
+    pub delivery: Option<dispatch::Settings>,
 }
 
 impl Default for Setup {
@@ -45,6 +48,7 @@ impl Default for Setup {
             extra_orgs: 0,
             channels: "[[channel]]\nname = \"console\"\nkind = \"console\"\n".into(),
             sim_options: simulator::Options::default(),
+            delivery: None,
         }
     }
 }
@@ -55,6 +59,7 @@ pub struct TestApp {
     pub console: Arc<Mutex<Vec<String>>>,
     pub config_path: PathBuf,
     pub db_path: PathBuf,
+    delivery: Option<dispatch::Settings>,
     // Held, never read: the directory is deleted when the TestApp is dropped.
     _dir: tempfile::TempDir,
 }
@@ -132,24 +137,35 @@ name = "beta"
         std::fs::write(&config_path, format!("{}{extra}\n{}", &text[..at], &text[at..])).unwrap();
     }
     let console = Arc::new(Mutex::new(Vec::new()));
-    let app = build(&config_path, &console).await;
+    let app = build(&config_path, &console, setup.delivery.as_ref()).await;
     TestApp {
         sim,
         app,
         console,
         config_path,
         db_path,
+        delivery: setup.delivery,
         _dir: dir,
     }
 }
 
-async fn build(config_path: &std::path::Path, console: &Arc<Mutex<Vec<String>>>) -> Arc<App> {
+async fn build(
+    config_path: &std::path::Path,
+    console: &Arc<Mutex<Vec<String>>>,
+    delivery: Option<&dispatch::Settings>,
+) -> Arc<App> {
     let config = Config::load(config_path).unwrap_or_else(|e| panic!("test config invalid: {e}"));
-    Arc::new(
-        App::new(config, ConsoleSink::Memory(console.clone()))
-            .await
-            .expect("app starts"),
-    )
+    let sink = ConsoleSink::Memory(console.clone());
+    let mut app = App::new(config, sink.clone()).await.expect("app starts");
+    if let Some(settings) = delivery {
+        let settings = dispatch::Settings {
+            clock: app.clock.clone(),
+            ..settings.clone()
+        };
+        app.dispatcher =
+            dispatch::Dispatcher::new(&app.config, &sink, app.metrics.clone(), settings).expect("dispatcher starts");
+    }
+    Arc::new(app)
 }
 
 impl TestApp {
@@ -178,7 +194,7 @@ impl TestApp {
     /// A new `App` on the same config and database, as after a restart of the process.
     pub async fn restart(mut self) -> TestApp {
         self.app.store.close().await;
-        self.app = build(&self.config_path, &self.console).await;
+        self.app = build(&self.config_path, &self.console, self.delivery.as_ref()).await;
         self
     }
 

@@ -78,10 +78,8 @@ async fn slack_gets_block_kit_with_a_text_that_says_what_to_do() {
 async fn slack_429_waits_for_retry_after_then_delivers() {
     let rx = Receiver::start().await;
     rx.reply([Reply {
-        status: 429,
-        body: r#"{"ok":false,"error":"rate_limited","retry_after":3}"#,
         retry_after: Some(3),
-        delay: Duration::ZERO,
+        ..Reply::status(429, r#"{"ok":false,"error":"rate_limited","retry_after":3}"#)
     }]);
     let t = spawn_app_with(Setup {
         channels: slack("ops", &rx.url("/hook")),

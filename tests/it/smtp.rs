@@ -22,6 +22,8 @@ pub struct Mail {
 struct Collector {
     current: Arc<Mutex<Mail>>,
     mails: Arc<Mutex<Vec<Mail>>>,
+    /// Recipients answered `550 Mailbox unavailable`.
+    refused: Arc<Mutex<Vec<String>>>,
 }
 
 impl Handler for Collector {
@@ -34,6 +36,9 @@ impl Handler for Collector {
     }
 
     fn rcpt(&mut self, to: &str) -> Response {
+        if self.refused.lock().unwrap().iter().any(|r| r == to) {
+            return response::NO_MAILBOX;
+        }
         self.current.lock().unwrap().to.push(to.to_owned());
         response::OK
     }
@@ -57,6 +62,7 @@ impl Handler for Collector {
 pub struct SmtpServer {
     pub addr: SocketAddr,
     mails: Arc<Mutex<Vec<Mail>>>,
+    refused: Arc<Mutex<Vec<String>>>,
     /// The CA that signed the server's certificate (PEM file), when STARTTLS is on.
     pub ca_file: Option<PathBuf>,
     _dir: tempfile::TempDir,
@@ -78,6 +84,7 @@ impl SmtpServer {
         let dir = tempfile::tempdir().unwrap();
         let collector = Collector::default();
         let mails = collector.mails.clone();
+        let refused = collector.refused.clone();
         let mut server = Server::new(collector);
         server.with_name("smtp.test").with_num_threads(2);
         let mut ca_file = None;
@@ -109,9 +116,15 @@ impl SmtpServer {
         SmtpServer {
             addr,
             mails,
+            refused,
             ca_file,
             _dir: dir,
         }
+    }
+
+    /// From now on, `RCPT TO:<address>` is answered `550 Mailbox unavailable`.
+    pub fn refuse(&self, address: &str) {
+        self.refused.lock().unwrap().push(address.to_owned());
     }
 
     pub fn mails(&self) -> Vec<Mail> {
