@@ -12,6 +12,8 @@ pub struct RetryPolicy {
     pub max_delay: Duration,
     /// A delivery older than this is marked failed instead of retried.
     pub max_age: Duration,
+    /// The longest `Retry-After` honoured; a receiver asking for more is retried after this.
+    pub max_retry_after: Duration,
 }
 
 impl Default for RetryPolicy {
@@ -20,6 +22,7 @@ impl Default for RetryPolicy {
             first_delay: Duration::from_secs(2),
             max_delay: Duration::from_secs(600),
             max_age: Duration::from_secs(24 * 3600),
+            max_retry_after: Duration::from_secs(3600),
         }
     }
 }

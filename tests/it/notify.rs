@@ -12,12 +12,12 @@ use crate::helpers::*;
 use crate::receiver::{Receiver, Reply};
 use crate::smtp::SmtpServer;
 
-fn slack(name: &str, url: &str) -> String {
+pub fn slack(name: &str, url: &str) -> String {
     format!("[[channel]]\nname = \"{name}\"\nkind = \"slack\"\nwebhook_url = \"{url}\"\n")
 }
 
 /// The `deliveries` view, as (kind, org_name, channel, state, attempts, last_error).
-async fn deliveries(t: &TestApp) -> Vec<(String, String, String, String, i64, Option<String>)> {
+pub async fn deliveries(t: &TestApp) -> Vec<(String, String, String, String, i64, Option<String>)> {
     let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}", t.db_path.display()))
         .await
         .unwrap();
