@@ -317,8 +317,11 @@ async fn notify_test(config: &Config, name: &str) -> anyhow::Result<ExitCode> {
         data: serde_json::json!({"test": true}),
     };
     match outlet.channel.send(std::slice::from_ref(&message)).await {
-        Ok(()) => {
+        Ok(note) => {
             println!("sent a test message to {name} ({})", outlet.channel.kind());
+            if let Some(note) = note {
+                println!("  but: {note}");
+            }
             Ok(ExitCode::SUCCESS)
         }
         Err(e) => {

@@ -17,7 +17,7 @@ use crate::outcome::CheckOutcome;
 
 mod outbox;
 
-pub use outbox::Delivery;
+pub use outbox::{Blocked, Delivery, Pending};
 
 #[derive(Clone, Debug)]
 pub struct Store {
@@ -123,8 +123,8 @@ impl Store {
         }
     }
 
-    /// Deletes failed-check rows and sent deliveries older than `before`; status changes and
-    /// events stay. Returns (failed checks, deliveries) deleted.
+    /// Deletes failed-check rows, and sent or failed deliveries, older than `before`; status
+    /// changes and events stay. Returns (failed checks, deliveries) deleted.
     pub async fn prune(&self, before: DateTime<Utc>) -> anyhow::Result<(u64, u64)> {
         let before = ts(before);
         let failures = sqlx::query("DELETE FROM check_failures WHERE checked_at < ?")
@@ -132,11 +132,13 @@ impl Store {
             .execute(&self.pool)
             .await?
             .rows_affected();
-        let deliveries = sqlx::query("DELETE FROM outbox WHERE state = 'sent' AND sent_at < ?")
-            .bind(&before)
-            .execute(&self.pool)
-            .await?
-            .rows_affected();
+        let deliveries = sqlx::query(
+            "DELETE FROM outbox WHERE (state = 'sent' AND sent_at < ?1) OR (state = 'failed' AND created_at < ?1)",
+        )
+        .bind(&before)
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
         Ok((failures, deliveries))
     }
 
@@ -153,10 +155,17 @@ impl Store {
         let oldest: Option<String> = sqlx::query_scalar("SELECT min(created_at) FROM outbox WHERE state = 'pending'")
             .fetch_one(&self.pool)
             .await?;
+        let blocked = self
+            .blocked_channels(Utc::now())
+            .await?
+            .into_iter()
+            .map(|b| (b.channel, (Utc::now() - b.since).num_milliseconds() as f64 / 1000.0))
+            .collect();
         Ok(crate::metrics::DbGauges {
             statuses,
             outbox_depth,
             oldest_pending_s: parse_ts(oldest).map(|t| (Utc::now() - t).num_milliseconds() as f64 / 1000.0),
+            blocked,
         })
     }
 

@@ -310,7 +310,8 @@ fn bad_channel_values_are_reported_without_secrets() {
 
 #[test]
 fn slack_webhooks_need_https_except_on_loopback() {
-    let slack = |url: &str| format!("{MINIMAL}\n[[channel]]\nname = \"ops\"\nkind = \"slack\"\nwebhook_url = \"{url}\"\n");
+    let slack =
+        |url: &str| format!("{MINIMAL}\n[[channel]]\nname = \"ops\"\nkind = \"slack\"\nwebhook_url = \"{url}\"\n");
     let (line, column, key, message) = error(&slack("http://hooks.slack.com/services/T0/B0/SECRETPART"));
     assert_eq!((line, column, key.as_str()), (13, 15, "channel[0].webhook_url"));
     assert!(message.contains("https://"), "{message}");

@@ -207,10 +207,19 @@ async fn email_arrives_with_subject_recipients_and_both_parts() {
     .await;
     t.check(ORG_B).await;
     t.dispatch().await;
-    let mails = smtp.wait_for_mails(1, Duration::from_secs(10)).await;
+    // One SMTP transaction per recipient (so that one refused address stops no other), of the
+    // same message, which names every recipient.
+    let mails = smtp.wait_for_mails(2, Duration::from_secs(10)).await;
+    let to: Vec<&str> = mails.iter().flat_map(|m| m.to.iter().map(String::as_str)).collect();
+    assert_eq!(to, ["dba@example.com", "oncall@example.com"]);
+    assert_eq!(mails[0].data, mails[1].data);
     let mail = &mails[0];
     assert_eq!(mail.from, "linkwatch@example.com");
-    assert_eq!(mail.to, ["dba@example.com", "oncall@example.com"]);
+    assert!(
+        mail.data.contains("To: dba@example.com, oncall@example.com"),
+        "{}",
+        mail.data
+    );
     assert!(
         mail.data
             .contains("Subject: [linkwatch] beta: migration link is SYNCED (first check)"),
