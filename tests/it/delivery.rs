@@ -363,6 +363,35 @@ async fn once_delivers_every_event_not_one_batch() {
 }
 
 #[tokio::test]
+async fn shutdown_delivers_everything_due() {
+    let rx = Receiver::start().await;
+    rx.reply((0..3).map(|_| Reply {
+        delay: Duration::from_millis(300),
+        ..Reply::status(200, "ok")
+    }));
+    let t = spawn_app_with(Setup {
+        extra_orgs: 1,
+        channels: format!(
+            "[[channel]]\nname = \"hook\"\nkind = \"webhook\"\nurl = \"{}\"\n",
+            rx.url("/hook")
+        ),
+        ..Setup::default()
+    })
+    .await;
+    t.sim.set(&extra_org(0), Behavior::status("NOT_SYNCED"));
+    for org in [ORG_A, ORG_B, &extra_org(0)] {
+        t.check(org).await;
+    }
+    let daemon = t.run();
+    // SIGTERM while the first of three webhooks is on its way.
+    rx.wait_for_requests(1, Duration::from_secs(10)).await;
+    daemon.stop(Duration::from_secs(15)).await;
+    assert_eq!(rx.accepted().len(), 3, "what was due went out before the exit");
+    let d = deliveries(&t).await;
+    assert!(d.iter().all(|r| r.3 == "sent"), "{d:?}");
+}
+
+#[tokio::test]
 async fn retention_prunes_failed_deliveries_too() {
     let rx = Receiver::start().await;
     rx.reply([Reply::status(404, "no_service")]);

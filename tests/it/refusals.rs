@@ -205,6 +205,38 @@ async fn one_refused_recipient_does_not_stop_the_others() {
 }
 
 #[tokio::test]
+async fn a_recipient_deferred_for_now_gets_the_mail_later_and_only_they() {
+    let smtp = SmtpServer::start(false);
+    smtp.defer("busy@example.com", true);
+    let t = spawn_app_with(Setup {
+        channels: format!(
+            "[[channel]]\nname = \"mail\"\nkind = \"email\"\nsmtp_url = \"smtp://127.0.0.1:{}\"\n\
+             from = \"linkwatch@example.com\"\n\
+             to = [\"dba@example.com\", \"busy@example.com\", \"oncall@example.com\"]\n",
+            smtp.addr.port()
+        ),
+        delivery: Some(fast()),
+        ..Setup::default()
+    })
+    .await;
+    t.check(ORG_B).await;
+    t.dispatch().await;
+    smtp.wait_for_mails(2, Duration::from_secs(10)).await;
+    let d = deliveries(&t).await;
+    assert_eq!(d[0].3, "pending", "{d:?}");
+    assert!(d[0].5.as_deref().unwrap_or("").contains("busy@example.com"), "{d:?}");
+    smtp.defer("busy@example.com", false);
+    deliver_until(&t, "the retry", || async { deliveries(&t).await[0].3 == "sent" }).await;
+    let mut to: Vec<String> = smtp.mails().iter().flat_map(|m| m.to.clone()).collect();
+    to.sort();
+    assert_eq!(
+        to,
+        ["busy@example.com", "dba@example.com", "oncall@example.com"],
+        "each once"
+    );
+}
+
+#[tokio::test]
 async fn a_redirect_is_not_a_delivery() {
     let rx = Receiver::start().await;
     let login = rx.url("/login");

@@ -24,6 +24,8 @@ struct Collector {
     mails: Arc<Mutex<Vec<Mail>>>,
     /// Recipients answered `550 Mailbox unavailable`.
     refused: Arc<Mutex<Vec<String>>>,
+    /// Recipients answered `450`, for now.
+    deferred: Arc<Mutex<Vec<String>>>,
 }
 
 impl Handler for Collector {
@@ -38,6 +40,9 @@ impl Handler for Collector {
     fn rcpt(&mut self, to: &str) -> Response {
         if self.refused.lock().unwrap().iter().any(|r| r == to) {
             return response::NO_MAILBOX;
+        }
+        if self.deferred.lock().unwrap().iter().any(|r| r == to) {
+            return Response::custom(450, "Mailbox busy, try again later".into());
         }
         self.current.lock().unwrap().to.push(to.to_owned());
         response::OK
@@ -63,6 +68,7 @@ pub struct SmtpServer {
     pub addr: SocketAddr,
     mails: Arc<Mutex<Vec<Mail>>>,
     refused: Arc<Mutex<Vec<String>>>,
+    deferred: Arc<Mutex<Vec<String>>>,
     /// The CA that signed the server's certificate (PEM file), when STARTTLS is on.
     pub ca_file: Option<PathBuf>,
     _dir: tempfile::TempDir,
@@ -85,6 +91,7 @@ impl SmtpServer {
         let collector = Collector::default();
         let mails = collector.mails.clone();
         let refused = collector.refused.clone();
+        let deferred = collector.deferred.clone();
         let mut server = Server::new(collector);
         server.with_name("smtp.test").with_num_threads(2);
         let mut ca_file = None;
@@ -117,6 +124,7 @@ impl SmtpServer {
             addr,
             mails,
             refused,
+            deferred,
             ca_file,
             _dir: dir,
         }
@@ -125,6 +133,15 @@ impl SmtpServer {
     /// From now on, `RCPT TO:<address>` is answered `550 Mailbox unavailable`.
     pub fn refuse(&self, address: &str) {
         self.refused.lock().unwrap().push(address.to_owned());
+    }
+
+    /// `RCPT TO:<address>` is answered `450` (try later) while `on`.
+    pub fn defer(&self, address: &str, on: bool) {
+        let mut deferred = self.deferred.lock().unwrap();
+        deferred.retain(|a| a != address);
+        if on {
+            deferred.push(address.to_owned());
+        }
     }
 
     pub fn mails(&self) -> Vec<Mail> {
