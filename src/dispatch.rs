@@ -26,6 +26,8 @@ use step::{Ctx, Memory, Next};
 /// The longest a worker sleeps without looking at the outbox (rows written by another process,
 /// such as `linkwatch once`, ring no bell).
 const IDLE: Duration = Duration::from_secs(60);
+/// The longest pause before a worker that keeps panicking is started again.
+const RESTART_MAX: Duration = Duration::from_secs(60);
 /// How long a worker rests after it could not read the outbox.
 const READ_RETRY: Duration = Duration::from_secs(5);
 
@@ -189,8 +191,10 @@ impl Dispatcher {
     }
 }
 
-/// Runs a channel's worker, and starts it again after a short pause when it panics: a panic in
-/// one send must not silence the channel for the life of the process.
+/// Runs a channel's worker, and starts it again after a pause when it panics: a panic in one
+/// send must not silence the channel for the life of the process. The pause doubles while the
+/// worker keeps panicking soon after each start (up to [`RESTART_MAX`]), so that a panic on
+/// every send does not fill the journal.
 async fn supervise(
     store: Store,
     outlet: Arc<Outlet>,
@@ -198,7 +202,9 @@ async fn supervise(
     metrics: Arc<Metrics>,
     shutdown: CancellationToken,
 ) {
+    let mut pause = settings.restart_pause;
     loop {
+        let started = tokio::time::Instant::now();
         // Aborted with this task (at the shutdown deadline), not left running.
         let run = AbortOnDropHandle::new(tokio::spawn(worker(
             store.clone(),
@@ -216,12 +222,16 @@ async fn supervise(
                     .map(|s| s.to_string())
                     .or_else(|| panic.downcast_ref::<String>().cloned())
                     .unwrap_or_default();
-                tracing::error!(channel = %outlet.name, "the channel's worker panicked ({what}); starting it again in {:?}", settings.restart_pause);
+                if started.elapsed() > RESTART_MAX {
+                    pause = settings.restart_pause;
+                }
+                tracing::error!(channel = %outlet.name, "the channel's worker panicked ({what}); starting it again in {pause:?}");
                 metrics.panicked("channel", &outlet.name);
                 tokio::select! {
                     _ = shutdown.cancelled() => return,
-                    _ = tokio::time::sleep(settings.restart_pause) => {}
+                    _ = tokio::time::sleep(pause) => {}
                 }
+                pause = pause.saturating_mul(2).min(RESTART_MAX.max(settings.restart_pause));
             }
             Err(_) => return,
         }
