@@ -232,7 +232,7 @@ pub async fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
 
 fn check(config: &Config) -> anyhow::Result<ExitCode> {
     // Building the channels reads CA files and parses SMTP URLs: what `run` would do first.
-    Dispatcher::new(config, &ConsoleSink::Stdout, Default::default())?;
+    Dispatcher::new(config, &ConsoleSink::Stdout, Default::default(), Default::default())?;
     println!("{}: valid", config.source.display());
     println!("database:      {}", config.database.display());
     println!("cloud manager: {}", config.cloud_manager.base_url);
@@ -296,7 +296,7 @@ fn check(config: &Config) -> anyhow::Result<ExitCode> {
 }
 
 async fn notify_test(config: &Config, name: &str) -> anyhow::Result<ExitCode> {
-    let dispatcher = Dispatcher::new(config, &ConsoleSink::Stdout, Default::default())?;
+    let dispatcher = Dispatcher::new(config, &ConsoleSink::Stdout, Default::default(), Default::default())?;
     let Some(outlet) = dispatcher.outlet(name) else {
         let known: Vec<&str> = config.channels.iter().map(|c| c.name.as_str()).collect();
         anyhow::bail!("no channel is named \"{name}\" (channels: {})", known.join(", "));
@@ -317,8 +317,11 @@ async fn notify_test(config: &Config, name: &str) -> anyhow::Result<ExitCode> {
         data: serde_json::json!({"test": true}),
     };
     match outlet.channel.send(std::slice::from_ref(&message)).await {
-        Ok(()) => {
+        Ok(note) => {
             println!("sent a test message to {name} ({})", outlet.channel.kind());
+            if let Some(note) = note {
+                println!("  but: {note}");
+            }
             Ok(ExitCode::SUCCESS)
         }
         Err(e) => {

@@ -15,7 +15,7 @@ use crate::client::{self, Client};
 use crate::clock::{self, Clock};
 use crate::config::{Config, Org};
 use crate::detect::{self, Event, OrgState, Policy};
-use crate::dispatch::Dispatcher;
+use crate::dispatch::{Dispatcher, Settings};
 use crate::metrics::Metrics;
 use crate::monitoring;
 use crate::outcome::CheckOutcome;
@@ -47,24 +47,26 @@ impl App {
     /// Opens the config's database and builds everything else.
     pub async fn new(config: Config, console: ConsoleSink) -> anyhow::Result<App> {
         let store = Store::open(&config.database).await?;
-        App::with_store(config, store, Arc::new(Metrics::default()), console)
+        App::with_store(config, store, Arc::new(Metrics::default()), console, Clock::system())
     }
 
+    /// Builds everything around `store`, `metrics` and `clock`, which outlive a reload.
     pub fn with_store(
         config: Config,
         store: Store,
         metrics: Arc<Metrics>,
         console: ConsoleSink,
+        clock: Clock,
     ) -> anyhow::Result<App> {
         let client = Client::new(
             client::Settings::from_config(&config.cloud_manager, &config.poll),
             &config.credentials,
         )
         .context("cannot build the HTTP client")?;
-        let dispatcher = Dispatcher::new(&config, &console, metrics.clone())?;
+        let dispatcher = Dispatcher::new(&config, &console, metrics.clone(), Settings::with_clock(clock.clone()))?;
         Ok(App {
             config,
-            clock: Clock::system(),
+            clock,
             store,
             client,
             dispatcher,
@@ -250,6 +252,7 @@ pub async fn run_with(config: Config, shutdown: CancellationToken, mut options: 
         store.clone(),
         Arc::new(Metrics::default()),
         options.console.clone(),
+        Clock::system(),
     )?);
     let reload = options.reload.take().zip(options.loader.take());
     let result = serve(app, shutdown, reload, Some(options.console)).await;
@@ -381,9 +384,13 @@ fn rebuild(current: &App, loaded: anyhow::Result<Config>, console: ConsoleSink) 
             gone.join(", ")
         );
     }
-    let mut app = App::with_store(config, current.store.clone(), current.metrics.clone(), console)?;
-    app.clock = current.clock.clone();
-    Ok(app)
+    App::with_store(
+        config,
+        current.store.clone(),
+        current.metrics.clone(),
+        console,
+        current.clock.clone(),
+    )
 }
 
 /// The scheduler and channel workers of one config.

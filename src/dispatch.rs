@@ -1,43 +1,121 @@
 //! Reads the outbox and sends what is due. One worker per channel, so a slow or dead channel
-//! never delays the others; each worker wakes when new rows are written or a retry falls due.
+//! never delays the others; each worker wakes when new rows are written or a retry falls due,
+//! and a worker that panics is started again. What goes next is decided in `select`, one send
+//! and its outcome in `step`.
+
+mod select;
+mod step;
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use chrono::{DateTime, Utc};
-use tokio::sync::Notify;
+use tokio::sync::{Mutex, Notify};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::AbortOnDropHandle;
 
-use crate::channels::{Channel, ConsoleSink, SendError};
+use crate::channels::{Channel, ConsoleSink};
+use crate::clock::Clock;
 use crate::config::Config;
-use crate::message::{self, Message};
 use crate::metrics::Metrics;
 use crate::retry::RetryPolicy;
 use crate::router::Router;
 use crate::store::Store;
+use step::{Ctx, Memory, Next};
 
-/// A channel with its name and the bell that wakes its worker.
+/// The longest a worker sleeps without looking at the outbox (rows written by another process,
+/// such as `linkwatch once`, ring no bell).
+const IDLE: Duration = Duration::from_secs(60);
+/// The longest pause before a worker that keeps panicking is started again.
+const RESTART_MAX: Duration = Duration::from_secs(60);
+/// How long a worker rests after it could not read the outbox.
+const READ_RETRY: Duration = Duration::from_secs(5);
+
+/// A channel with its name, the bell that wakes its worker, and what its worker remembers.
 #[derive(Debug)]
 pub struct Outlet {
     pub name: String,
     pub channel: Channel,
     wake: Notify,
+    /// Held for a whole step, so that two steps of one channel never run at once (the worker
+    /// and `dispatch_all_due` at shutdown).
+    memory: Mutex<Memory>,
+}
+
+/// How the dispatcher behaves, beyond the config: injected so that tests can use short delays
+/// and a clock they can step.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// The longest a connection to a receiver may take to open.
+    pub connect_timeout: Duration,
+    pub retry: RetryPolicy,
+    /// The wall clock for what is recorded (sent_at, next_attempt_at).
+    pub clock: Clock,
+    /// The first and the longest pause between attempts to record an outcome the database
+    /// refused (the send itself is never repeated).
+    pub record_first_delay: Duration,
+    pub record_max_delay: Duration,
+    /// How long a channel worker that panicked rests before it starts again.
+    pub restart_pause: Duration,
+    /// The least time between two posts to one Slack webhook: Slack accepts about one message
+    /// per second per webhook, and warns that apps which keep sending after a 429 may be
+    /// disabled.
+    pub slack_interval: Duration,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            connect_timeout: Duration::from_secs(5),
+            retry: RetryPolicy::default(),
+            clock: Clock::system(),
+            record_first_delay: Duration::from_millis(500),
+            record_max_delay: Duration::from_secs(30),
+            restart_pause: Duration::from_secs(1),
+            slack_interval: Duration::from_secs(1),
+        }
+    }
+}
+
+impl Settings {
+    /// The least time between two sends on `channel`.
+    pub fn pace(&self, channel: &Channel) -> Duration {
+        match channel {
+            Channel::Slack(_) => self.slack_interval,
+            _ => Duration::ZERO,
+        }
+    }
+
+    /// The default settings around `clock` (the app's).
+    pub fn with_clock(clock: Clock) -> Settings {
+        Settings {
+            clock,
+            ..Settings::default()
+        }
+    }
 }
 
 #[derive(Debug)]
 pub struct Dispatcher {
     outlets: Vec<Arc<Outlet>>,
     pub router: Router,
-    policy: RetryPolicy,
+    settings: Settings,
     metrics: Arc<Metrics>,
 }
 
 impl Dispatcher {
-    pub fn new(config: &Config, console: &ConsoleSink, metrics: Arc<Metrics>) -> anyhow::Result<Dispatcher> {
+    pub fn new(
+        config: &Config,
+        console: &ConsoleSink,
+        metrics: Arc<Metrics>,
+        settings: Settings,
+    ) -> anyhow::Result<Dispatcher> {
         let http = reqwest::Client::builder()
             .user_agent(concat!("linkwatch/", env!("CARGO_PKG_VERSION")))
-            .connect_timeout(Duration::from_secs(5))
+            .connect_timeout(settings.connect_timeout)
+            // A redirect is not a delivery: a POST redirected to a login page becomes a GET of
+            // that page, which answers 200. Channels report a 3xx as an error instead.
+            .redirect(reqwest::redirect::Policy::none())
             .build()?;
         let mut outlets = Vec::new();
         for c in &config.channels {
@@ -45,12 +123,13 @@ impl Dispatcher {
                 name: c.name.clone(),
                 channel: Channel::from_config(c, &http, console)?,
                 wake: Notify::new(),
+                memory: Mutex::default(),
             }));
         }
         Ok(Dispatcher {
             outlets,
             router: Router::new(config),
-            policy: RetryPolicy::default(),
+            settings,
             metrics,
         })
     }
@@ -66,11 +145,24 @@ impl Dispatcher {
         }
     }
 
-    /// Sends what is due on every channel once; returns how many deliveries were attempted.
+    /// Sends everything due on every channel, step after step until nothing is due (a webhook
+    /// sends one event per step); returns how many deliveries were attempted. Used by
+    /// `linkwatch once` and at shutdown, whose caller bounds it with its deadline.
     pub async fn dispatch_all_due(&self, store: &Store) -> anyhow::Result<usize> {
+        let never = CancellationToken::new();
         let mut n = 0;
         for o in &self.outlets {
-            n += dispatch_due(store, o, &self.policy, &self.metrics, Utc::now()).await?;
+            let cx = self.ctx(store, o);
+            loop {
+                match step::step(&cx, &never).await? {
+                    Next::Sent(k) if k > 0 => n += k,
+                    Next::Sent(_) | Next::Idle(_) => break,
+                    Next::Unrecorded(_) => {
+                        step::finish(&cx).await;
+                        break;
+                    }
+                }
+            }
         }
         Ok(n)
     }
@@ -79,116 +171,122 @@ impl Dispatcher {
     /// the send they are in.
     pub fn spawn(&self, store: Store, shutdown: CancellationToken, tasks: &mut JoinSet<()>) {
         for o in &self.outlets {
-            tasks.spawn(worker(
+            tasks.spawn(supervise(
                 store.clone(),
                 o.clone(),
-                self.policy,
+                self.settings.clone(),
                 self.metrics.clone(),
                 shutdown.clone(),
             ));
         }
     }
+
+    fn ctx<'a>(&'a self, store: &'a Store, outlet: &'a Outlet) -> Ctx<'a> {
+        Ctx {
+            store,
+            outlet,
+            settings: &self.settings,
+            metrics: &self.metrics,
+        }
+    }
 }
 
-/// One step: sends the due deliveries of one channel as one batch and records the outcome.
-pub async fn dispatch_due(
-    store: &Store,
-    outlet: &Outlet,
-    policy: &RetryPolicy,
-    metrics: &Metrics,
-    now: DateTime<Utc>,
-) -> anyhow::Result<usize> {
-    let due = store
-        .due_deliveries(&outlet.name, now, outlet.channel.max_batch())
-        .await?;
-    if due.is_empty() {
-        return Ok(0);
-    }
-    let messages: Vec<Message> = due.iter().map(|d| message::render(&d.event)).collect();
-    let ids: Vec<i64> = due.iter().map(|d| d.outbox_id).collect();
-    match outlet.channel.send(&messages).await {
-        Ok(()) => {
-            store.mark_sent(&ids, Utc::now()).await?;
-            metrics.delivery(&outlet.name, "sent", ids.len() as u64);
-            tracing::debug!(channel = %outlet.name, deliveries = ids.len(), "delivered");
-        }
-        Err(SendError::Permanent(error)) => {
-            tracing::error!(channel = %outlet.name, deliveries = ids.len(), %error, "delivery refused; not retrying");
-            store.mark_attempt_failed(&ids, &error, None).await?;
-            metrics.delivery(&outlet.name, "failed", ids.len() as u64);
-        }
-        Err(SendError::Transient { error, retry_after }) => {
-            // The batch is retried together, on the schedule of its oldest row, so that order
-            // is kept; rows past the maximum age are given up one by one.
-            let head = &due[0];
-            let attempts = u32::try_from(head.attempts + 1).unwrap_or(u32::MAX);
-            let now = Utc::now();
-            let next = policy.next_attempt(attempts, now, now, retry_after);
-            let (mut retry, mut expired) = (Vec::new(), Vec::new());
-            for d in &due {
-                let created = DateTime::parse_from_rfc3339(&d.event.created_at).map_or(now, |t| t.with_timezone(&Utc));
-                let too_old =
-                    next.is_none_or(|n| n > created + chrono::Duration::from_std(policy.max_age).unwrap_or_default());
-                if too_old {
-                    expired.push(d.outbox_id)
-                } else {
-                    retry.push(d.outbox_id)
+/// Runs a channel's worker, and starts it again after a pause when it panics: a panic in one
+/// send must not silence the channel for the life of the process. The pause doubles while the
+/// worker keeps panicking soon after each start (up to [`RESTART_MAX`]), so that a panic on
+/// every send does not fill the journal.
+async fn supervise(
+    store: Store,
+    outlet: Arc<Outlet>,
+    settings: Settings,
+    metrics: Arc<Metrics>,
+    shutdown: CancellationToken,
+) {
+    let mut pause = settings.restart_pause;
+    loop {
+        let started = tokio::time::Instant::now();
+        // Aborted with this task (at the shutdown deadline), not left running.
+        let run = AbortOnDropHandle::new(tokio::spawn(worker(
+            store.clone(),
+            outlet.clone(),
+            settings.clone(),
+            metrics.clone(),
+            shutdown.clone(),
+        )));
+        match run.await {
+            Ok(()) => return,
+            Err(e) if e.is_panic() => {
+                let panic = e.into_panic();
+                let what = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_default();
+                if started.elapsed() > RESTART_MAX {
+                    pause = settings.restart_pause;
                 }
+                tracing::error!(channel = %outlet.name, "the channel's worker panicked ({what}); starting it again in {pause:?}");
+                metrics.panicked("channel", &outlet.name);
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = tokio::time::sleep(pause) => {}
+                }
+                pause = pause.saturating_mul(2).min(RESTART_MAX.max(settings.restart_pause));
             }
-            if !expired.is_empty() {
-                let n = expired.len();
-                tracing::error!(channel = %outlet.name, deliveries = n, %error, "delivery given up after the maximum age");
-                store.mark_attempt_failed(&expired, &error, None).await?;
-                metrics.delivery(&outlet.name, "failed", expired.len() as u64);
-            }
-            if !retry.is_empty() {
-                tracing::warn!(channel = %outlet.name, deliveries = retry.len(), %error, "delivery failed; will retry");
-                store.mark_attempt_failed(&retry, &error, next).await?;
-                metrics.delivery(&outlet.name, "retry", retry.len() as u64);
-            }
+            Err(_) => return,
         }
     }
-    Ok(ids.len())
 }
 
 async fn worker(
     store: Store,
     outlet: Arc<Outlet>,
-    policy: RetryPolicy,
+    settings: Settings,
     metrics: Arc<Metrics>,
     shutdown: CancellationToken,
 ) {
-    loop {
-        let wait = match dispatch_due(&store, &outlet, &policy, &metrics, Utc::now()).await {
-            // Pacing: what falls due meanwhile goes out together, as one digest, after the pause,
-            // which a new event does not cut short.
-            Ok(n) if n > 0 => {
-                tokio::select! {
-                    _ = shutdown.cancelled() => return,
-                    _ = tokio::time::sleep(outlet.channel.min_interval()) => {}
-                }
-                continue;
-            }
-            Ok(_) => match store.next_due(&outlet.name).await {
-                Ok(Some(t)) => (t - Utc::now())
-                    .to_std()
-                    .unwrap_or(Duration::ZERO)
-                    .min(Duration::from_secs(60)),
-                Ok(None) => Duration::from_secs(60),
-                Err(e) => {
-                    tracing::error!(channel = %outlet.name, error = %e, "cannot read the outbox");
-                    Duration::from_secs(5)
-                }
-            },
+    let cx = Ctx {
+        store: &store,
+        outlet: &outlet,
+        settings: &settings,
+        metrics: &metrics,
+    };
+    while !shutdown.is_cancelled() {
+        let next = match step::step(&cx, &shutdown).await {
+            Ok(next) => next,
             Err(e) => {
-                tracing::error!(channel = %outlet.name, error = %format!("{e:#}"), "dispatch failed");
-                Duration::from_secs(5)
+                tracing::error!(channel = %outlet.name, "cannot read the outbox: {e:#}");
+                Next::Idle(tokio::time::Instant::now().checked_add(READ_RETRY))
             }
         };
-        tokio::select! {
-            _ = shutdown.cancelled() => return,
-            _ = outlet.wake.notified() => {}
-            _ = tokio::time::sleep(wait) => {}
+        let now = tokio::time::Instant::now();
+        let idle_until = now.checked_add(IDLE).unwrap_or(now);
+        match next {
+            // Pacing: what falls due meanwhile goes out together, as one digest, after the
+            // pause, which a new event does not cut short.
+            Next::Sent(n) if n > 0 => {
+                tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    _ = tokio::time::sleep(settings.pace(&outlet.channel)) => {}
+                }
+            }
+            Next::Sent(_) => {}
+            Next::Idle(at) => {
+                let at = at.map_or(idle_until, |a| a.min(idle_until));
+                tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    _ = outlet.wake.notified() => {}
+                    _ = tokio::time::sleep_until(at) => {}
+                }
+            }
+            // New rows wait too: nothing is sent while an outcome is unrecorded.
+            Next::Unrecorded(at) => {
+                tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    _ = tokio::time::sleep_until(at) => {}
+                }
+            }
         }
     }
+    step::finish(&cx).await;
 }

@@ -24,6 +24,8 @@ pub struct Metrics {
     deliveries: Mutex<BTreeMap<(String, String), u64>>,
     /// (task, name) -> count; task is `check` (name: the org) or `channel` (name: the channel).
     panics: Mutex<BTreeMap<(String, String), u64>>,
+    /// channel -> failed attempts to record a delivery's outcome in the database.
+    record_failures: Mutex<BTreeMap<String, u64>>,
 }
 
 /// What the database says at scrape time.
@@ -35,6 +37,9 @@ pub struct DbGauges {
     pub outbox_depth: Vec<(String, i64)>,
     /// Age of the oldest pending delivery, in seconds.
     pub oldest_pending_s: Option<f64>,
+    /// Blocked channels (see `Store::blocked_channels`): channel -> age of the oldest blocked
+    /// delivery, in seconds.
+    pub blocked: Vec<(String, f64)>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -73,6 +78,12 @@ impl Metrics {
         *lock(&self.panics)
             .entry((task.to_owned(), name.to_owned()))
             .or_default() += 1;
+    }
+
+    /// The database refused to record what became of a delivery (it is kept in memory and
+    /// written later; it is not sent again).
+    pub fn record_failed(&self, channel: &str) {
+        *lock(&self.record_failures).entry(channel.to_owned()).or_default() += 1;
     }
 
     /// Requests sent to Cloud Manager so far.
@@ -146,6 +157,19 @@ impl Metrics {
         }
         header(
             w,
+            "linkwatch_delivery_record_failures_total",
+            "counter",
+            "Failed attempts to record a delivery's outcome; the delivery is not sent again meanwhile.",
+        );
+        for (channel, n) in lock(&self.record_failures).iter() {
+            let _ = writeln!(
+                w,
+                "linkwatch_delivery_record_failures_total{{channel=\"{}\"}} {n}",
+                esc(channel)
+            );
+        }
+        header(
+            w,
             "linkwatch_task_panics_total",
             "counter",
             "Panics caught and recovered, by task (check, channel) and its org or channel.",
@@ -183,6 +207,34 @@ impl Metrics {
         );
         for (channel, n) in &db.outbox_depth {
             let _ = writeln!(w, "linkwatch_outbox_pending{{channel=\"{}\"}} {n}", esc(channel));
+        }
+        header(
+            w,
+            "linkwatch_channel_blocked",
+            "gauge",
+            "1 when a delivery of the channel keeps failing past the hold (3 attempts or 5 minutes): its org's later events wait, other orgs' pass.",
+        );
+        for (channel, _) in &db.outbox_depth {
+            let blocked = db.blocked.iter().any(|(c, _)| c == channel);
+            let _ = writeln!(
+                w,
+                "linkwatch_channel_blocked{{channel=\"{}\"}} {}",
+                esc(channel),
+                u8::from(blocked)
+            );
+        }
+        header(
+            w,
+            "linkwatch_channel_blocked_seconds",
+            "gauge",
+            "Age of the channel's oldest blocked delivery.",
+        );
+        for (channel, age) in &db.blocked {
+            let _ = writeln!(
+                w,
+                "linkwatch_channel_blocked_seconds{{channel=\"{}\"}} {age}",
+                esc(channel)
+            );
         }
         header(
             w,

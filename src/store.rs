@@ -21,7 +21,7 @@ mod quiet;
 
 pub use checks::{Check, CheckRecord, Decision, RemindersSent, event_id};
 pub use lock::{LockError, WriterLock};
-pub use outbox::Delivery;
+pub use outbox::{Blocked, Delivery, Pending};
 pub use quiet::{QUIET_WINDOW, Unmatched};
 
 #[derive(Clone, Debug)]
@@ -127,8 +127,8 @@ impl Store {
         }
     }
 
-    /// Deletes failed-check rows and sent deliveries older than `before`; status changes and
-    /// events stay. Returns (failed checks, deliveries) deleted.
+    /// Deletes failed-check rows, and sent or failed deliveries, older than `before`; status
+    /// changes and events stay. Returns (failed checks, deliveries) deleted.
     pub async fn prune(&self, before: DateTime<Utc>) -> anyhow::Result<(u64, u64)> {
         let before = ts(before);
         let failures = sqlx::query("DELETE FROM check_failures WHERE checked_at < ?")
@@ -136,11 +136,13 @@ impl Store {
             .execute(&self.pool)
             .await?
             .rows_affected();
-        let deliveries = sqlx::query("DELETE FROM outbox WHERE state = 'sent' AND sent_at < ?")
-            .bind(&before)
-            .execute(&self.pool)
-            .await?
-            .rows_affected();
+        let deliveries = sqlx::query(
+            "DELETE FROM outbox WHERE (state = 'sent' AND sent_at < ?1) OR (state = 'failed' AND created_at < ?1)",
+        )
+        .bind(&before)
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
         Ok((failures, deliveries))
     }
 
@@ -157,10 +159,17 @@ impl Store {
         let oldest: Option<String> = sqlx::query_scalar("SELECT min(created_at) FROM outbox WHERE state = 'pending'")
             .fetch_one(&self.pool)
             .await?;
+        let blocked = self
+            .blocked_channels(Utc::now())
+            .await?
+            .into_iter()
+            .map(|b| (b.channel, (Utc::now() - b.since).num_milliseconds() as f64 / 1000.0))
+            .collect();
         Ok(crate::metrics::DbGauges {
             statuses,
             outbox_depth,
             oldest_pending_s: parse_ts(oldest).map(|t| (Utc::now() - t).num_milliseconds() as f64 / 1000.0),
+            blocked,
         })
     }
 

@@ -37,7 +37,9 @@ impl Console {
                 }
                 out.flush().ok();
             }
-            ConsoleSink::Memory(buf) => buf.lock().unwrap_or_else(|p| p.into_inner()).extend(lines),
+            // The buffer only exists in tests; a poisoned one means the test broke it on purpose
+            // (to make this worker panic and watch it recover), so panicking is the point.
+            ConsoleSink::Memory(buf) => buf.lock().expect("the test console buffer is poisoned").extend(lines),
         }
         Ok(())
     }

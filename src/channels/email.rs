@@ -1,24 +1,38 @@
-//! Email over SMTP (lettre): multipart plain text + HTML, one mail per event or one digest.
+//! Email over SMTP (lettre): multipart plain text + HTML, one mail per event or one digest,
+//! sent to each recipient in a transaction of its own, so that one refused address never stops
+//! the mail to the others. The Message-ID comes from the event ids: the same mail on every
+//! retry, so mail clients and people can tell a repeat.
 
+use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::str::FromStr;
+use std::sync::Mutex;
 use std::time::Duration;
 
 use anyhow::Context as _;
+use lettre::address::Envelope;
 use lettre::message::header::ContentType;
 use lettre::message::{Mailbox, MultiPart, SinglePart};
 use lettre::transport::smtp::authentication::Credentials;
 use lettre::transport::smtp::client::{Certificate, Tls, TlsParameters};
 use lettre::{AsyncSmtpTransport, AsyncTransport, Tokio1Executor};
+use sha2::{Digest as _, Sha256};
 
-use super::SendError;
+use super::{SendError, Sent};
 use crate::config::{self, TlsMode, parse_smtp_url};
 use crate::message::Message;
+
+/// Past this many events remembered, the memory of who already has which mail is dropped (the
+/// cost: a repeat to some recipients).
+const REMEMBERED_EVENTS: usize = 10_000;
 
 pub struct Email {
     transport: AsyncSmtpTransport<Tokio1Executor>,
     from: Mailbox,
     to: Vec<Mailbox>,
+    /// For events whose mail reached some recipients but not all yet: event id -> recipient ->
+    /// `None` (accepted) or the server's refusal. A retry sends only to the others.
+    done: Mutex<HashMap<String, BTreeMap<String, Option<String>>>>,
 }
 
 impl std::fmt::Debug for Email {
@@ -63,27 +77,114 @@ impl Email {
                 .map(|t| Mailbox::from_str(t))
                 .collect::<Result<_, _>>()
                 .context("to")?,
+            done: Mutex::default(),
         })
     }
 
-    pub async fn send(&self, messages: &[Message]) -> Result<(), SendError> {
+    /// Sends the mail to each recipient in turn. Delivered when every recipient accepted it or
+    /// refused it for good (the refusals are the returned note); a recipient that failed for now
+    /// is retried alone; refused by all, it failed.
+    pub async fn send(&self, messages: &[Message]) -> Result<Sent, SendError> {
         let email = self
             .compose(messages)
             .map_err(|e| SendError::Permanent(format!("cannot compose the mail: {e}")))?;
-        match self.transport.send(email).await {
-            Ok(_) => Ok(()),
-            // 5xx: the server refuses this mail for good (bad recipient, relay denied).
-            Err(e) if e.is_permanent() => Err(SendError::Permanent(format!("SMTP server refused: {e}"))),
-            Err(e) => Err(SendError::Transient {
-                error: format!("SMTP: {e}"),
+        let bytes = email.formatted();
+        let events: Vec<&str> = messages.iter().map(|m| m.event_id.as_str()).collect();
+        let (mut waiting, mut error, mut broken) = (Vec::new(), None::<String>, false);
+        for to in &self.to {
+            let rcpt = to.email.to_string();
+            if self.has(&events, &rcpt) {
+                continue;
+            }
+            // After a failure of the connection itself the others would fail the same way.
+            if broken {
+                waiting.push(rcpt);
+                continue;
+            }
+            let envelope = Envelope::new(Some(self.from.email.clone()), vec![to.email.clone()])
+                .map_err(|e| SendError::Permanent(format!("SMTP envelope for {rcpt}: {e}")))?;
+            match self.transport.send_raw(&envelope, &bytes).await {
+                Ok(_) => self.remember(&events, &rcpt, None),
+                // 5xx: this server refuses this recipient (or this mail) for good.
+                Err(e) if e.is_permanent() => self.remember(&events, &rcpt, Some(e.to_string())),
+                // lettre refused to send it at all (e.g. 8-bit text to a 7-bit server).
+                Err(e) if e.is_client() => return Err(SendError::Permanent(format!("SMTP: {e}"))),
+                Err(e) => {
+                    // A 4xx concerns this recipient; anything else (connection, TLS, timeout)
+                    // the server.
+                    broken = !e.is_transient();
+                    error.get_or_insert_with(|| e.to_string());
+                    waiting.push(rcpt);
+                }
+            }
+        }
+        if !waiting.is_empty() {
+            return Err(SendError::Transient {
+                error: format!(
+                    "SMTP: {} (not yet delivered to {})",
+                    error.unwrap_or_default(),
+                    waiting.join(", ")
+                ),
                 retry_after: None,
-            }),
+            });
+        }
+        self.conclude(&events)
+    }
+
+    /// Whether the mail of every event in `events` already reached `rcpt` (or was refused).
+    fn has(&self, events: &[&str], rcpt: &str) -> bool {
+        let done = self.done.lock().unwrap_or_else(|p| p.into_inner());
+        events
+            .iter()
+            .all(|e| done.get(*e).is_some_and(|r| r.contains_key(rcpt)))
+    }
+
+    fn remember(&self, events: &[&str], rcpt: &str, refusal: Option<String>) {
+        let mut done = self.done.lock().unwrap_or_else(|p| p.into_inner());
+        if done.len() > REMEMBERED_EVENTS {
+            done.clear();
+        }
+        for e in events {
+            done.entry((*e).to_owned())
+                .or_default()
+                .insert(rcpt.to_owned(), refusal.clone());
+        }
+    }
+
+    /// Every recipient has answered for good: the outcome, and the events forgotten.
+    fn conclude(&self, events: &[&str]) -> Result<Sent, SendError> {
+        let mut done = self.done.lock().unwrap_or_else(|p| p.into_inner());
+        let mut answers: BTreeMap<String, Option<String>> = BTreeMap::new();
+        for e in events {
+            for (rcpt, refusal) in done.remove(*e).unwrap_or_default() {
+                let entry = answers.entry(rcpt).or_default();
+                if entry.is_none() {
+                    *entry = refusal;
+                }
+            }
+        }
+        let refused: Vec<String> = answers
+            .iter()
+            .filter_map(|(rcpt, r)| r.as_ref().map(|r| format!("{rcpt} ({r})")))
+            .collect();
+        if refused.is_empty() {
+            Ok(None)
+        } else if refused.len() == answers.len() {
+            Err(SendError::Permanent(format!(
+                "SMTP server refused every recipient: {}",
+                refused.join("; ")
+            )))
+        } else {
+            Ok(Some(format!("delivered, but refused for {}", refused.join("; "))))
         }
     }
 
     fn compose(&self, messages: &[Message]) -> Result<lettre::Message, lettre::error::Error> {
         let (subject, text, html) = render(messages);
-        let mut builder = lettre::Message::builder().from(self.from.clone()).subject(subject);
+        let mut builder = lettre::Message::builder()
+            .from(self.from.clone())
+            .subject(subject)
+            .message_id(Some(message_id(messages, self.from.email.domain())));
         for to in &self.to {
             builder = builder.to(to.clone());
         }
@@ -92,6 +193,22 @@ impl Email {
                 .singlepart(SinglePart::builder().header(ContentType::TEXT_PLAIN).body(text))
                 .singlepart(SinglePart::builder().header(ContentType::TEXT_HTML).body(html)),
         )
+    }
+}
+
+/// `<evt_….linkwatch@domain>` for one event; for a digest, a hash of its event ids.
+fn message_id(messages: &[Message], domain: &str) -> String {
+    match messages {
+        [one] => format!("<{}.linkwatch@{domain}>", one.event_id),
+        many => {
+            let mut hash = Sha256::new();
+            for m in many {
+                hash.update(m.event_id.as_bytes());
+                hash.update(b"\n");
+            }
+            let hex: String = hash.finalize()[..12].iter().map(|b| format!("{b:02x}")).collect();
+            format!("<digest.{hex}.linkwatch@{domain}>")
+        }
     }
 }
 

@@ -22,18 +22,25 @@ pub enum SendError {
         error: String,
         retry_after: Option<Duration>,
     },
-    /// The receiver refused for good (a removed webhook, a bad address): stop now.
+    /// The receiver refused this message for good (Slack's `invalid_blocks`, a webhook's 400 or
+    /// 422): other messages may still pass, so a digest that gets this is split up.
     Permanent(String),
+    /// The destination refuses everything for good (a removed webhook, an archived channel, a
+    /// redirect to a login page): every message of the send fails, none is tried alone.
+    Closed(String),
 }
 
 impl std::fmt::Display for SendError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             SendError::Transient { error, .. } => write!(f, "{error} (will retry)"),
-            SendError::Permanent(e) => write!(f, "{e} (permanent)"),
+            SendError::Permanent(e) | SendError::Closed(e) => write!(f, "{e} (permanent)"),
         }
     }
 }
+
+/// A send that arrived; `Some` says what did not go as asked (a mail recipient refused).
+pub type Sent = Option<String>;
 
 #[derive(Debug)]
 pub enum Channel {
@@ -63,10 +70,11 @@ impl Channel {
     }
 
     /// Sends `messages` (one, or several due at once) as one delivery: several become one
-    /// digest on Slack and email, and separate requests on a webhook.
-    pub async fn send(&self, messages: &[Message]) -> Result<(), SendError> {
+    /// digest on Slack and email, and separate requests on a webhook. Callers send one of
+    /// [`groups`](Self::groups) at a time.
+    pub async fn send(&self, messages: &[Message]) -> Result<Sent, SendError> {
         match self {
-            Channel::Console(c) => c.send(messages),
+            Channel::Console(c) => c.send(messages).map(|()| None),
             Channel::Slack(c) => c.send(messages).await,
             Channel::Email(c) => c.send(messages).await,
             Channel::Webhook(c) => c.send(messages).await,
@@ -82,6 +90,16 @@ impl Channel {
         }
     }
 
+    /// How `messages` split into sends, as the number of messages in each, in order: Slack
+    /// posts that stay within its limits, one request per event on a webhook, one mail.
+    pub fn groups(&self, messages: &[Message]) -> Vec<usize> {
+        match self {
+            Channel::Slack(_) => slack::groups(messages),
+            Channel::Webhook(_) => vec![1; messages.len()],
+            Channel::Console(_) | Channel::Email(_) => vec![messages.len()],
+        }
+    }
+
     /// How many due deliveries one send may carry.
     pub fn max_batch(&self) -> i64 {
         match self {
@@ -91,24 +109,43 @@ impl Channel {
             Channel::Webhook(_) => 1,
         }
     }
+}
 
-    /// The least time between two sends: Slack accepts about one message per second per
-    /// webhook, and warns that apps which keep sending after a 429 may be disabled.
-    pub fn min_interval(&self) -> Duration {
+/// The most of an error body read from a receiver; the rest is never downloaded.
+const BODY_CAP: usize = 64 * 1024;
+/// The most of it kept in an error message.
+const BODY_CHARS: usize = 300;
+
+/// A non-2xx answer to an HTTP delivery, or none at all.
+#[derive(Debug)]
+enum Answer {
+    /// No answer: a timeout or a connection error.
+    None(String),
+    /// An HTTP status other than 2xx.
+    Status {
+        code: u16,
+        /// The start of the body, whitespace collapsed.
+        body: String,
+        retry_after: Option<Duration>,
+        /// Where a 3xx pointed, resolved against the request URL.
+        location: Option<reqwest::Url>,
+    },
+}
+
+impl Answer {
+    /// What happened, in words; never the request URL (a Slack webhook URL is a secret).
+    fn describe(&self) -> String {
         match self {
-            Channel::Slack(_) => Duration::from_secs(1),
-            _ => Duration::ZERO,
+            Answer::None(e) => e.clone(),
+            Answer::Status { code, body, .. } => format!("HTTP {code}: {body}"),
         }
     }
 }
 
-/// The outcome of an HTTP delivery. `permanent(code)` says which non-2xx codes are final.
-/// Errors never include the URL (a Slack webhook URL is a secret).
-async fn http_outcome(
-    response: reqwest::Result<reqwest::Response>,
-    permanent: impl Fn(u16) -> bool,
-) -> Result<(), SendError> {
-    let response = match response {
+/// Reads a response as far as needed: nothing of a 2xx, at most [`BODY_CAP`] bytes of anything
+/// else (a body that never ends must not hold the worker until the timeout).
+async fn answer(response: reqwest::Result<reqwest::Response>) -> Result<(), Answer> {
+    let mut response = match response {
         Ok(r) => r,
         Err(e) => {
             let kind = if e.is_timeout() {
@@ -119,32 +156,61 @@ async fn http_outcome(
             let cause = std::error::Error::source(&e)
                 .map(|s| format!(": {s}"))
                 .unwrap_or_default();
-            return Err(SendError::Transient {
-                error: format!("{kind}{cause}"),
-                retry_after: None,
-            });
+            return Err(Answer::None(format!("{kind}{cause}")));
         }
     };
-    let code = response.status().as_u16();
     if response.status().is_success() {
         return Ok(());
     }
-    let wait = retry_after(response.headers());
-    let body = response.text().await.unwrap_or_default();
-    let body: String = body
+    let code = response.status().as_u16();
+    let retry_after = retry_after(response.headers());
+    let location = response
+        .headers()
+        .get(reqwest::header::LOCATION)
+        .and_then(|l| l.to_str().ok())
+        .and_then(|l| response.url().join(l).ok());
+    let mut bytes = Vec::new();
+    while bytes.len() < BODY_CAP {
+        match response.chunk().await {
+            Ok(Some(chunk)) => bytes.extend_from_slice(&chunk[..chunk.len().min(BODY_CAP - bytes.len())]),
+            Ok(None) | Err(_) => break,
+        }
+    }
+    let body: String = String::from_utf8_lossy(&bytes)
         .split_whitespace()
         .collect::<Vec<_>>()
         .join(" ")
         .chars()
-        .take(300)
+        .take(BODY_CHARS)
         .collect();
-    let error = format!("HTTP {code}: {body}");
-    if permanent(code) {
-        Err(SendError::Permanent(error))
-    } else {
-        Err(SendError::Transient {
-            error,
-            retry_after: wait,
-        })
+    Err(Answer::Status {
+        code,
+        body,
+        retry_after,
+        location,
+    })
+}
+
+/// The error for a 3xx: a redirect is not a delivery (a POST redirected becomes a GET of a
+/// login page). It names where it pointed without the query, fragment or credentials; with
+/// `origin_only` only the scheme, host and port (a path could echo a secret URL).
+fn redirect_error(code: u16, location: Option<&reqwest::Url>, origin_only: bool) -> String {
+    let target = location.map(|l| {
+        if origin_only {
+            l.origin().ascii_serialization()
+        } else {
+            let mut l = l.clone();
+            l.set_query(None);
+            l.set_fragment(None);
+            let _ = l.set_username("");
+            let _ = l.set_password(None);
+            l.to_string()
+        }
+    });
+    match target {
+        Some(t) => format!(
+            "HTTP {code}: redirected to {t}; a redirect is not a delivery (is the URL behind a login page, or moved?)"
+        ),
+        None => format!("HTTP {code}: a redirect without a Location; a redirect is not a delivery"),
     }
 }

@@ -9,7 +9,7 @@ use hmac::{Hmac, Mac};
 use serde_json::{Value, json};
 use sha2::Sha256;
 
-use super::{SendError, http_outcome};
+use super::{Answer, SendError, Sent, answer, redirect_error};
 use crate::config::WebhookSecret;
 use crate::message::Message;
 
@@ -34,11 +34,13 @@ impl Webhook {
         }
     }
 
-    pub async fn send(&self, messages: &[Message]) -> Result<(), SendError> {
+    /// One request per message, in order, stopping at the first failure (the dispatcher sends
+    /// them one at a time anyway, see `Channel::groups`).
+    pub async fn send(&self, messages: &[Message]) -> Result<Sent, SendError> {
         for m in messages {
             self.send_one(m).await?;
         }
-        Ok(())
+        Ok(None)
     }
 
     async fn send_one(&self, m: &Message) -> Result<(), SendError> {
@@ -56,11 +58,32 @@ impl Webhook {
                 .header("webhook-signature", sign(secret, &m.event_id, timestamp, &body));
         }
         let response = request.body(body).send().await;
-        // 408 and 429 ask for a retry; any other 4xx is the receiver refusing this request.
-        http_outcome(response, |code| {
-            (400..500).contains(&code) && code != 408 && code != 429
-        })
-        .await
+        answer(response).await.map_err(|a| classify(&a))
+    }
+}
+
+/// 408, 429 and 5xx ask for a retry; 400, 413, 415 and 422 refuse this event's body; any other
+/// 4xx (401, 403, 404, 410, ...) and a redirect refuse the endpoint itself.
+fn classify(a: &Answer) -> SendError {
+    match a {
+        Answer::Status { code, location, .. } if (300..400).contains(code) => {
+            SendError::Closed(redirect_error(*code, location.as_ref(), false))
+        }
+        Answer::Status {
+            code: 400 | 413 | 415 | 422,
+            ..
+        } => SendError::Permanent(a.describe()),
+        Answer::Status { code, .. } if (400..500).contains(code) && *code != 408 && *code != 429 => {
+            SendError::Closed(a.describe())
+        }
+        Answer::Status { retry_after, .. } => SendError::Transient {
+            error: a.describe(),
+            retry_after: *retry_after,
+        },
+        Answer::None(e) => SendError::Transient {
+            error: e.clone(),
+            retry_after: None,
+        },
     }
 }
 

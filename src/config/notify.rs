@@ -8,7 +8,7 @@ use reqwest::Url;
 use toml::Spanned;
 
 use super::raw::{self, ChannelKind as RawKind};
-use super::{ConfigError, EventKind, Locator, Org, OrgId, resolve_path, resolve_secret};
+use super::{ConfigError, EventKind, Locator, Org, OrgId, TlsMode, resolve_path, resolve_secret};
 use crate::secret::Secret;
 
 #[derive(Debug, Clone)]
@@ -127,17 +127,20 @@ pub(super) fn channels(raw: Vec<raw::Channel>, loc: &Locator<'_>) -> Result<Vec<
                         "a slack channel needs `webhook_url` (or _file / _env)".into(),
                     )
                 })?;
-                check_http_url(url.expose()).map_err(|m| {
-                    let at = c.webhook_url.as_ref().map_or(c.kind.span().start, |s| s.span().start);
-                    loc.error(at, &key, m)
-                })?;
+                check_http_url(url.expose())
+                    .and_then(|u| check_https(&u))
+                    .map_err(|m| {
+                        let at = c.webhook_url.as_ref().map_or(c.kind.span().start, |s| s.span().start);
+                        loc.error(at, &key, m)
+                    })?;
                 ChannelKind::Slack { webhook_url: url }
             }
             RawKind::Email => {
                 let smtp_url = c.smtp_url.clone().map(|s| s.into_inner());
                 let smtp_url = required(smtp_url.map(|s| s.expose().to_owned()), "smtp_url")?;
                 let at = c.smtp_url.as_ref().map_or(0, |s| s.span().start);
-                super::parse_smtp_url(&smtp_url).map_err(|m| loc.error(at, &format!("{table}.smtp_url"), m))?;
+                let target =
+                    super::parse_smtp_url(&smtp_url).map_err(|m| loc.error(at, &format!("{table}.smtp_url"), m))?;
                 let password = resolve_secret(
                     &format!("{table}.password"),
                     c.password.as_ref(),
@@ -150,6 +153,20 @@ pub(super) fn channels(raw: Vec<raw::Channel>, loc: &Locator<'_>) -> Result<Vec<
                         c.kind.span().start,
                         &format!("{table}.username"),
                         "set both `username` and a password, or neither".into(),
+                    ));
+                }
+                if (c.username.is_some() || target.credentials.is_some())
+                    && matches!(target.tls, TlsMode::None | TlsMode::Opportunistic)
+                    && !is_loopback(&target.host)
+                {
+                    // Opportunistic STARTTLS counts as none: whoever strips the STARTTLS offer
+                    // from the server's greeting reads the password.
+                    return Err(loc.error(
+                        at,
+                        &format!("{table}.smtp_url"),
+                        "a login (username and password) would cross the network unencrypted: use \
+                         smtp://host:587?tls=required (STARTTLS) or smtps://host:465 (TLS), or no login"
+                            .into(),
                     ));
                 }
                 let from = required(c.from.as_ref().map(|f| f.get_ref().clone()), "from")?;
@@ -436,6 +453,25 @@ fn check_http_url(text: &str) -> Result<Url, String> {
         return Err("must be an http:// or https:// URL with a host".into());
     }
     Ok(url)
+}
+
+/// Slack webhook URLs carry their own credential: only over TLS, except to this machine (a
+/// local sink, a test receiver).
+fn check_https(url: &Url) -> Result<Url, String> {
+    if url.scheme() == "https" || url.host_str().is_some_and(is_loopback) {
+        Ok(url.clone())
+    } else {
+        Err(
+            "must be an https:// URL (the URL is the credential); http:// only to a loopback host such as 127.0.0.1"
+                .into(),
+        )
+    }
+}
+
+/// 127.0.0.0/8, ::1 and localhost: traffic that never leaves this machine.
+fn is_loopback(host: &str) -> bool {
+    let host = host.trim_matches(['[', ']']);
+    host.eq_ignore_ascii_case("localhost") || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
 }
 
 fn check_mailbox(text: &str) -> Result<(), String> {

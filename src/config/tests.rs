@@ -309,6 +309,56 @@ fn bad_channel_values_are_reported_without_secrets() {
 }
 
 #[test]
+fn slack_webhooks_need_https_except_on_loopback() {
+    let slack =
+        |url: &str| format!("{MINIMAL}\n[[channel]]\nname = \"ops\"\nkind = \"slack\"\nwebhook_url = \"{url}\"\n");
+    let (line, column, key, message) = error(&slack("http://hooks.slack.com/services/T0/B0/SECRETPART"));
+    assert_eq!((line, column, key.as_str()), (13, 15, "channel[0].webhook_url"));
+    assert!(message.contains("https://"), "{message}");
+    assert!(!message.contains("SECRETPART"), "{message}");
+    for url in [
+        "https://hooks.slack.com/services/T0/B0/X",
+        "http://127.0.0.1:8080/hook",
+        "http://127.1.2.3/hook",
+        "http://localhost:9000/hook",
+        "http://[::1]:9000/hook",
+    ] {
+        parse(&slack(url)).unwrap_or_else(|e| panic!("{url}: {e}"));
+    }
+}
+
+#[test]
+fn smtp_logins_need_tls_except_on_loopback() {
+    let email = |url: &str, login: &str| {
+        format!(
+            "{MINIMAL}\n[[channel]]\nname = \"m\"\nkind = \"email\"\nsmtp_url = \"{url}\"\n{login}\
+             from = \"a@example.com\"\nto = [\"b@example.com\"]\n"
+        )
+    };
+    let login = "username = \"u\"\npassword = \"hunter2\"\n";
+    for (url, login) in [
+        ("smtp://mail.example.com:587", login),
+        ("smtp://mail.example.com:587?tls=opportunistic", login),
+        ("smtp://u:hunter2@mail.example.com:587", ""),
+    ] {
+        let (line, _, key, message) = error(&email(url, login));
+        assert_eq!((line, key.as_str()), (13, "channel[0].smtp_url"), "{url}");
+        assert!(message.contains("tls=required"), "{message}");
+        assert!(!message.contains("hunter2"), "{message}");
+    }
+    for (url, login) in [
+        ("smtp://mail.example.com:587?tls=required", login),
+        ("smtps://mail.example.com", login),
+        ("smtp://mail.example.com:25", ""),
+        ("smtp://127.0.0.1:2525", login),
+        ("smtp://localhost:25?tls=opportunistic", login),
+        ("smtp://u:p@[::1]:25", ""),
+    ] {
+        parse(&email(url, login)).unwrap_or_else(|e| panic!("{url}: {e}"));
+    }
+}
+
+#[test]
 fn routes_are_checked_against_channels_and_orgs() {
     let route = |body: &str| format!("{MINIMAL}{SLACK}\n[[route]]\n{body}\n");
     let c = parse(&route("channels = [\"ops\"]\nevents = [\"status_changed\"]\nto = [\"SYNCED\"]\norgs = [\"payments\"]\nremind_every = \"4h\"")).unwrap();

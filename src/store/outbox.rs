@@ -1,11 +1,26 @@
-//! The outbox side of the store: which deliveries are due, and what became of each attempt.
+//! The outbox side of the store: what is pending, what became of each attempt, and which
+//! channels are blocked.
 
 use chrono::{DateTime, Utc};
 use sqlx::{Connection, FromRow};
 
 use super::{Store, StoredEvent, parse_ts, ts};
+use crate::retry::{HOLD_ATTEMPTS, HOLD_TIME};
 
-/// An outbox row that is due, with its event.
+/// The most characters of an error kept in `last_error`: enough to read, never a whole body.
+const ERROR_CHARS: usize = 1000;
+
+/// A pending outbox row, without its event: what the dispatcher needs to choose what goes next.
+#[derive(Debug, Clone, FromRow)]
+pub struct Pending {
+    pub outbox_id: i64,
+    pub org_id: String,
+    pub attempts: i64,
+    pub next_attempt_at: String,
+    pub created_at: String,
+}
+
+/// An outbox row about to be sent, with its event.
 #[derive(Debug, Clone, FromRow)]
 pub struct Delivery {
     pub outbox_id: i64,
@@ -15,25 +30,48 @@ pub struct Delivery {
     pub event: StoredEvent,
 }
 
+/// A channel with deliveries that kept failing past the hold (see [`crate::retry::HOLD_ATTEMPTS`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Blocked {
+    pub channel: String,
+    /// When the oldest of them was created.
+    pub since: DateTime<Utc>,
+    /// How many deliveries of the channel are past the hold.
+    pub deliveries: i64,
+    /// The last error of the oldest.
+    pub last_error: Option<String>,
+}
+
 impl Store {
-    /// The oldest pending outbox rows of `channel`, if the oldest of them is due at `now`.
-    /// Rows go out in event order: while the oldest waits for its retry, newer ones wait too.
-    pub async fn due_deliveries(&self, channel: &str, now: DateTime<Utc>, limit: i64) -> anyhow::Result<Vec<Delivery>> {
-        let rows = sqlx::query_as::<_, Delivery>(
-            "SELECT x.id AS outbox_id, x.attempts, x.next_attempt_at, e.id, e.org_id, o.org_name, e.kind,
-                    e.created_at, e.payload
+    /// The oldest `limit` pending rows of `channel`, in event order.
+    pub async fn pending(&self, channel: &str, limit: i64) -> anyhow::Result<Vec<Pending>> {
+        Ok(sqlx::query_as::<_, Pending>(
+            "SELECT x.id AS outbox_id, e.org_id, x.attempts, x.next_attempt_at, x.created_at
              FROM outbox AS x
              JOIN events AS e ON e.seq = x.event_seq
-             LEFT JOIN org_state AS o ON o.org_id = e.org_id
              WHERE x.channel = ? AND x.state = 'pending'
              ORDER BY x.event_seq LIMIT ?",
         )
         .bind(channel)
         .bind(limit)
         .fetch_all(&self.pool)
-        .await?;
-        let head_due = rows.first().is_some_and(|r| r.next_attempt_at <= ts(now));
-        Ok(if head_due { rows } else { Vec::new() })
+        .await?)
+    }
+
+    /// These pending outbox rows with their events, in event order.
+    pub async fn deliveries(&self, outbox_ids: &[i64]) -> anyhow::Result<Vec<Delivery>> {
+        Ok(sqlx::query_as::<_, Delivery>(
+            "SELECT x.id AS outbox_id, x.attempts, x.next_attempt_at, e.id, e.org_id, o.org_name, e.kind,
+                    e.created_at, e.payload
+             FROM outbox AS x
+             JOIN events AS e ON e.seq = x.event_seq
+             LEFT JOIN org_state AS o ON o.org_id = e.org_id
+             WHERE x.id IN (SELECT value FROM json_each(?)) AND x.state = 'pending'
+             ORDER BY x.event_seq",
+        )
+        .bind(serde_json::to_string(outbox_ids)?)
+        .fetch_all(&self.pool)
+        .await?)
     }
 
     /// When the oldest pending row of `channel` falls due, if there is one.
@@ -47,15 +85,20 @@ impl Store {
         Ok(parse_ts(next))
     }
 
-    pub async fn mark_sent(&self, outbox_ids: &[i64], now: DateTime<Utc>) -> anyhow::Result<()> {
+    /// Records deliveries the receiver accepted. `note` says what did not go as asked (a mail
+    /// recipient refused) and lands in `last_error`. Rows already final are left alone, so that
+    /// writing the same outcome twice changes nothing.
+    pub async fn mark_sent(&self, outbox_ids: &[i64], now: DateTime<Utc>, note: Option<&str>) -> anyhow::Result<()> {
+        let note = note.map(cap);
         self.write(async |conn| {
             let mut tx = conn.begin().await?;
             for id in outbox_ids {
                 sqlx::query(
-                    "UPDATE outbox SET state = 'sent', attempts = attempts + 1, sent_at = ?, last_error = NULL
-                     WHERE id = ?",
+                    "UPDATE outbox SET state = 'sent', attempts = attempts + 1, sent_at = ?, last_error = ?
+                     WHERE id = ? AND state = 'pending'",
                 )
                 .bind(ts(now))
+                .bind(&note)
                 .bind(id)
                 .execute(&mut *tx)
                 .await?;
@@ -73,16 +116,17 @@ impl Store {
         error: &str,
         retry_at: Option<DateTime<Utc>>,
     ) -> anyhow::Result<()> {
+        let error = cap(error);
         self.write(async |conn| {
             let mut tx = conn.begin().await?;
             for id in outbox_ids {
                 sqlx::query(
-                    "UPDATE outbox SET attempts = attempts + 1, last_error = ?,
+                    "UPDATE outbox SET attempts = attempts + 1, last_error = ?1,
                          state = CASE WHEN ?2 IS NULL THEN 'failed' ELSE 'pending' END,
                          next_attempt_at = coalesce(?2, next_attempt_at)
-                     WHERE id = ?3",
+                     WHERE id = ?3 AND state = 'pending'",
                 )
-                .bind(error)
+                .bind(&error)
                 .bind(retry_at.map(ts))
                 .bind(id)
                 .execute(&mut *tx)
@@ -92,5 +136,48 @@ impl Store {
             Ok(())
         })
         .await
+    }
+
+    /// Channels with pending deliveries past the hold: failed [`HOLD_ATTEMPTS`] times, or failed
+    /// and older than [`HOLD_TIME`]. Their orgs' later deliveries wait behind them.
+    pub async fn blocked_channels(&self, now: DateTime<Utc>) -> anyhow::Result<Vec<Blocked>> {
+        let cutoff = chrono::Duration::from_std(HOLD_TIME)
+            .ok()
+            .and_then(|hold| now.checked_sub_signed(hold))
+            .unwrap_or(now);
+        let rows: Vec<(String, String, Option<String>)> = sqlx::query_as(
+            "SELECT channel, created_at, last_error FROM outbox
+             WHERE state = 'pending' AND attempts >= 1 AND (attempts >= ? OR created_at <= ?)
+             ORDER BY channel, event_seq",
+        )
+        .bind(HOLD_ATTEMPTS)
+        .bind(ts(cutoff))
+        .fetch_all(&self.pool)
+        .await?;
+        let mut blocked: Vec<Blocked> = Vec::new();
+        for (channel, created, last_error) in rows {
+            let created = parse_ts(Some(created)).unwrap_or(now);
+            match blocked.last_mut() {
+                Some(b) if b.channel == channel => {
+                    b.deliveries += 1;
+                    b.since = b.since.min(created);
+                }
+                _ => blocked.push(Blocked {
+                    channel,
+                    since: created,
+                    deliveries: 1,
+                    last_error,
+                }),
+            }
+        }
+        Ok(blocked)
+    }
+}
+
+/// An error as stored: at most [`ERROR_CHARS`] characters.
+fn cap(text: &str) -> String {
+    match text.char_indices().nth(ERROR_CHARS) {
+        Some((at, _)) => format!("{}…", &text[..at]),
+        None => text.to_owned(),
     }
 }

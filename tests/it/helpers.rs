@@ -10,8 +10,9 @@ use linkwatch::channels::ConsoleSink;
 use linkwatch::clock::Clock;
 use linkwatch::config::Config;
 use linkwatch::daemon::{self, App, CheckReport};
+use linkwatch::dispatch;
 use linkwatch::simulator::{self, Behavior, Simulator};
-use linkwatch::store::StoredEvent;
+use linkwatch::store::{Store, StoredEvent};
 
 pub const ORG_A: &str = "5f0c00000000000000000a01";
 pub const ORG_B: &str = "5f0c00000000000000000b02";
@@ -33,6 +34,8 @@ pub struct Setup {
     /// `[[channel]]` and `[[route]]` tables; by default one console channel.
     pub channels: String,
     pub sim_options: simulator::Options,
+    /// Dispatcher settings (retry policy, ...); the app's clock replaces theirs.
+    pub delivery: Option<dispatch::Settings>,
 }
 
 impl Default for Setup {
@@ -46,6 +49,7 @@ impl Default for Setup {
             extra_orgs: 0,
             channels: "[[channel]]\nname = \"console\"\nkind = \"console\"\n".into(),
             sim_options: simulator::Options::default(),
+            delivery: None,
         }
     }
 }
@@ -56,6 +60,7 @@ pub struct TestApp {
     pub console: Arc<Mutex<Vec<String>>>,
     pub config_path: PathBuf,
     pub db_path: PathBuf,
+    delivery: Option<dispatch::Settings>,
     // Held, never read: the directory is deleted when the TestApp is dropped.
     _dir: tempfile::TempDir,
 }
@@ -133,23 +138,38 @@ name = "beta"
         std::fs::write(&config_path, format!("{}{extra}\n{}", &text[..at], &text[at..])).unwrap();
     }
     let console = Arc::new(Mutex::new(Vec::new()));
-    let app = build(&config_path, &console, Clock::system()).await;
+    let app = build(&config_path, &console, setup.delivery.as_ref(), Clock::system()).await;
     TestApp {
         sim,
         app,
         console,
         config_path,
         db_path,
+        delivery: setup.delivery,
         _dir: dir,
     }
 }
 
-async fn build(config_path: &std::path::Path, console: &Arc<Mutex<Vec<String>>>, clock: Clock) -> Arc<App> {
+/// The `App` that `linkwatch run` would build from `config_path`, on `clock`, with the delivery
+/// settings a test injects (short retry delays) when it gives some.
+async fn build(
+    config_path: &std::path::Path,
+    console: &Arc<Mutex<Vec<String>>>,
+    delivery: Option<&dispatch::Settings>,
+    clock: Clock,
+) -> Arc<App> {
     let config = Config::load(config_path).unwrap_or_else(|e| panic!("test config invalid: {e}"));
-    let mut app = App::new(config, ConsoleSink::Memory(console.clone()))
-        .await
-        .expect("app starts");
-    app.clock = clock;
+    let sink = ConsoleSink::Memory(console.clone());
+    let store = Store::open(&config.database).await.expect("database opens");
+    let mut app = App::with_store(config, store, Default::default(), sink.clone(), clock.clone()).expect("app starts");
+    if let Some(settings) = delivery {
+        let settings = dispatch::Settings {
+            clock,
+            ..settings.clone()
+        };
+        app.dispatcher =
+            dispatch::Dispatcher::new(&app.config, &sink, app.metrics.clone(), settings).expect("dispatcher starts");
+    }
     Arc::new(app)
 }
 
@@ -180,7 +200,8 @@ impl TestApp {
     /// process. The wall clock stays the test's, steps included.
     pub async fn restart(mut self) -> TestApp {
         self.app.store.close().await;
-        self.app = build(&self.config_path, &self.console, self.app.clock.clone()).await;
+        let clock = self.app.clock.clone();
+        self.app = build(&self.config_path, &self.console, self.delivery.as_ref(), clock).await;
         self
     }
 

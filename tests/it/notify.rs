@@ -12,12 +12,12 @@ use crate::helpers::*;
 use crate::receiver::{Receiver, Reply};
 use crate::smtp::SmtpServer;
 
-fn slack(name: &str, url: &str) -> String {
+pub fn slack(name: &str, url: &str) -> String {
     format!("[[channel]]\nname = \"{name}\"\nkind = \"slack\"\nwebhook_url = \"{url}\"\n")
 }
 
 /// The `deliveries` view, as (kind, org_name, channel, state, attempts, last_error).
-async fn deliveries(t: &TestApp) -> Vec<(String, String, String, String, i64, Option<String>)> {
+pub async fn deliveries(t: &TestApp) -> Vec<(String, String, String, String, i64, Option<String>)> {
     let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}", t.db_path.display()))
         .await
         .unwrap();
@@ -78,10 +78,8 @@ async fn slack_gets_block_kit_with_a_text_that_says_what_to_do() {
 async fn slack_429_waits_for_retry_after_then_delivers() {
     let rx = Receiver::start().await;
     rx.reply([Reply {
-        status: 429,
-        body: r#"{"ok":false,"error":"rate_limited","retry_after":3}"#,
         retry_after: Some(3),
-        delay: Duration::ZERO,
+        ..Reply::status(429, r#"{"ok":false,"error":"rate_limited","retry_after":3}"#)
     }]);
     let t = spawn_app_with(Setup {
         channels: slack("ops", &rx.url("/hook")),
@@ -209,10 +207,19 @@ async fn email_arrives_with_subject_recipients_and_both_parts() {
     .await;
     t.check(ORG_B).await;
     t.dispatch().await;
-    let mails = smtp.wait_for_mails(1, Duration::from_secs(10)).await;
+    // One SMTP transaction per recipient (so that one refused address stops no other), of the
+    // same message, which names every recipient.
+    let mails = smtp.wait_for_mails(2, Duration::from_secs(10)).await;
+    let to: Vec<&str> = mails.iter().flat_map(|m| m.to.iter().map(String::as_str)).collect();
+    assert_eq!(to, ["dba@example.com", "oncall@example.com"]);
+    assert_eq!(mails[0].data, mails[1].data);
     let mail = &mails[0];
     assert_eq!(mail.from, "linkwatch@example.com");
-    assert_eq!(mail.to, ["dba@example.com", "oncall@example.com"]);
+    assert!(
+        mail.data.contains("To: dba@example.com, oncall@example.com"),
+        "{}",
+        mail.data
+    );
     assert!(
         mail.data
             .contains("Subject: [linkwatch] beta: migration link is SYNCED (first check)"),

@@ -22,6 +22,10 @@ pub struct Mail {
 struct Collector {
     current: Arc<Mutex<Mail>>,
     mails: Arc<Mutex<Vec<Mail>>>,
+    /// Recipients answered `550 Mailbox unavailable`.
+    refused: Arc<Mutex<Vec<String>>>,
+    /// Recipients answered `450`, for now.
+    deferred: Arc<Mutex<Vec<String>>>,
 }
 
 impl Handler for Collector {
@@ -34,6 +38,12 @@ impl Handler for Collector {
     }
 
     fn rcpt(&mut self, to: &str) -> Response {
+        if self.refused.lock().unwrap().iter().any(|r| r == to) {
+            return response::NO_MAILBOX;
+        }
+        if self.deferred.lock().unwrap().iter().any(|r| r == to) {
+            return Response::custom(450, "Mailbox busy, try again later".into());
+        }
         self.current.lock().unwrap().to.push(to.to_owned());
         response::OK
     }
@@ -57,6 +67,8 @@ impl Handler for Collector {
 pub struct SmtpServer {
     pub addr: SocketAddr,
     mails: Arc<Mutex<Vec<Mail>>>,
+    refused: Arc<Mutex<Vec<String>>>,
+    deferred: Arc<Mutex<Vec<String>>>,
     /// The CA that signed the server's certificate (PEM file), when STARTTLS is on.
     pub ca_file: Option<PathBuf>,
     _dir: tempfile::TempDir,
@@ -78,6 +90,8 @@ impl SmtpServer {
         let dir = tempfile::tempdir().unwrap();
         let collector = Collector::default();
         let mails = collector.mails.clone();
+        let refused = collector.refused.clone();
+        let deferred = collector.deferred.clone();
         let mut server = Server::new(collector);
         server.with_name("smtp.test").with_num_threads(2);
         let mut ca_file = None;
@@ -109,8 +123,24 @@ impl SmtpServer {
         SmtpServer {
             addr,
             mails,
+            refused,
+            deferred,
             ca_file,
             _dir: dir,
+        }
+    }
+
+    /// From now on, `RCPT TO:<address>` is answered `550 Mailbox unavailable`.
+    pub fn refuse(&self, address: &str) {
+        self.refused.lock().unwrap().push(address.to_owned());
+    }
+
+    /// `RCPT TO:<address>` is answered `450` (try later) while `on`.
+    pub fn defer(&self, address: &str, on: bool) {
+        let mut deferred = self.deferred.lock().unwrap();
+        deferred.retain(|a| a != address);
+        if on {
+            deferred.push(address.to_owned());
         }
     }
 

@@ -1,0 +1,305 @@
+//! One step of a channel: write what was decided before, choose what is due (`select`), send it
+//! (in the channel's groups; a group a receiver refuses for good is halved until only the
+//! offending message fails), decide each outcome, and write it.
+//!
+//! Delivered is final: once a receiver accepted a message, this process never sends it again.
+//! Outcomes are decided in memory first; when the database refuses to record one, only the
+//! write is retried (with backoff), and nothing new is sent until it succeeds, since every
+//! unrecorded delivery is one a crash would repeat.
+
+use std::collections::{HashSet, VecDeque};
+use std::ops::Range;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use super::select::{self, Schedule};
+use super::{Outlet, Settings};
+use crate::channels::{SendError, Sent};
+use crate::message::{self, Message};
+use crate::metrics::Metrics;
+use crate::store::{Delivery, Store};
+
+/// How many pending rows of a channel are looked at to choose what goes next. Rows beyond wait
+/// until the ones before them leave.
+const SCAN: i64 = 1000;
+
+/// What a channel's worker keeps in memory between steps.
+#[derive(Debug, Default)]
+pub(super) struct Memory {
+    schedule: Schedule,
+    /// Outcomes decided but not yet written, oldest first.
+    unrecorded: VecDeque<Outcome>,
+    record_failures: u32,
+    /// When to try the write again.
+    record_at: Option<Instant>,
+    /// The unrecorded outcomes were reported as lost at exit (so it is said once).
+    reported: bool,
+    /// No send before this: a receiver's `Retry-After` is about the receiver, not one message.
+    not_before: Option<Instant>,
+    last_send: Option<Instant>,
+}
+
+/// What the worker should do after a step.
+#[derive(Debug, PartialEq)]
+pub(super) enum Next {
+    /// This many deliveries were attempted.
+    Sent(usize),
+    /// Nothing is due; look again then (or when new rows are written).
+    Idle(Option<Instant>),
+    /// An outcome could not be written: try the write again then, and send nothing meanwhile.
+    Unrecorded(Instant),
+}
+
+#[derive(Debug)]
+enum Outcome {
+    Sent {
+        ids: Vec<i64>,
+        events: Vec<String>,
+        note: Option<String>,
+        at: DateTime<Utc>,
+    },
+    Failed {
+        ids: Vec<i64>,
+        error: String,
+        retry_at: Option<DateTime<Utc>>,
+    },
+}
+
+impl Outcome {
+    async fn write(&self, store: &Store) -> anyhow::Result<()> {
+        match self {
+            Outcome::Sent { ids, note, at, .. } => store.mark_sent(ids, *at, note.as_deref()).await,
+            Outcome::Failed { ids, error, retry_at } => store.mark_attempt_failed(ids, error, *retry_at).await,
+        }
+    }
+}
+
+/// What a step works with.
+pub(super) struct Ctx<'a> {
+    pub store: &'a Store,
+    pub outlet: &'a Outlet,
+    pub settings: &'a Settings,
+    pub metrics: &'a Metrics,
+}
+
+/// One step; sends nothing once `stop` is cancelled.
+pub(super) async fn step(cx: &Ctx<'_>, stop: &CancellationToken) -> anyhow::Result<Next> {
+    let mut mem = cx.outlet.memory.lock().await;
+    if let Some(at) = record(cx, &mut mem).await {
+        return Ok(Next::Unrecorded(at));
+    }
+    let mono = Instant::now();
+    if let Some(t) = mem.not_before.filter(|t| *t > mono) {
+        return Ok(Next::Idle(Some(t)));
+    }
+    let rows = cx.store.pending(&cx.outlet.name, SCAN).await?;
+    if rows.len() < SCAN as usize {
+        let live: HashSet<i64> = rows.iter().map(|r| r.outbox_id).collect();
+        mem.schedule.retry_at.retain(|id, _| live.contains(id));
+        mem.schedule.first_failed.retain(|id, _| live.contains(id));
+    }
+    for r in rows.iter().filter(|r| r.attempts > 0) {
+        // Failed before this process saw it: its hold counts from now.
+        mem.schedule.first_failed.entry(r.outbox_id).or_insert(mono);
+    }
+    let limit = usize::try_from(cx.outlet.channel.max_batch()).unwrap_or(1);
+    let choice = select::choose(&rows, &mem.schedule, cx.settings.clock.now(), &cx.settings.retry, limit);
+    if choice.ids.is_empty() {
+        return Ok(Next::Idle(choice.wake_at));
+    }
+    let due = cx.store.deliveries(&choice.ids).await?;
+    let messages: Vec<Message> = due.iter().map(|d| message::render(&d.event)).collect();
+    let mut queue: VecDeque<Range<usize>> = VecDeque::new();
+    for size in cx.outlet.channel.groups(&messages) {
+        let start = queue.back().map_or(0, |r| r.end);
+        queue.push_back(start..start + size);
+    }
+    let mut attempted = 0;
+    while let Some(range) = queue.pop_front() {
+        if stop.is_cancelled() {
+            break;
+        }
+        pace(&mut mem, cx.settings.pace(&cx.outlet.channel)).await;
+        let result = cx.outlet.channel.send(&messages[range.clone()]).await;
+        mem.last_send = Some(Instant::now());
+        attempted += range.len();
+        let rows = &due[range.clone()];
+        let go_on = match result {
+            Ok(note) => {
+                sent(cx, &mut mem, rows, note);
+                true
+            }
+            Err(SendError::Permanent(error)) if range.len() > 1 => {
+                // One message of the group is refused for good: halve the group until only it
+                // fails. Cheaper than one by one for a long digest (Slack paces posts).
+                tracing::info!(channel = %cx.outlet.name, deliveries = range.len(), %error, "a digest was refused; sending it in halves");
+                let mid = range.start + range.len() / 2;
+                queue.push_front(mid..range.end);
+                queue.push_front(range.start..mid);
+                continue;
+            }
+            Err(SendError::Permanent(error)) => {
+                failed(cx, &mut mem, rows, &error, "delivery refused; not retrying");
+                true
+            }
+            Err(SendError::Closed(error)) => {
+                // The rest would meet the same answer; they stay pending for the next step.
+                failed(cx, &mut mem, rows, &error, "delivery refused; not retrying");
+                false
+            }
+            Err(SendError::Transient { error, retry_after }) => {
+                retry(cx, &mut mem, rows, &error, retry_after);
+                false
+            }
+        };
+        if record(cx, &mut mem).await.is_some() || !go_on {
+            break;
+        }
+    }
+    Ok(match mem.record_at {
+        Some(at) if !mem.unrecorded.is_empty() => Next::Unrecorded(at),
+        _ => Next::Sent(attempted),
+    })
+}
+
+/// Waits until the channel's pacing allows the next send.
+async fn pace(mem: &mut Memory, interval: Duration) {
+    if let Some(at) = mem.last_send.and_then(|l| l.checked_add(interval)) {
+        tokio::time::sleep_until(at).await;
+    }
+}
+
+fn ids(rows: &[Delivery]) -> Vec<i64> {
+    rows.iter().map(|d| d.outbox_id).collect()
+}
+
+fn sent(cx: &Ctx<'_>, mem: &mut Memory, rows: &[Delivery], note: Sent) {
+    let name = &cx.outlet.name;
+    match &note {
+        Some(note) => tracing::warn!(channel = %name, deliveries = rows.len(), "delivered: {note}"),
+        None => tracing::debug!(channel = %name, deliveries = rows.len(), "delivered"),
+    }
+    cx.metrics.delivery(name, "sent", rows.len() as u64);
+    rows.iter().for_each(|d| mem.schedule.forget(d.outbox_id));
+    mem.unrecorded.push_back(Outcome::Sent {
+        ids: ids(rows),
+        events: rows.iter().map(|d| d.event.id.clone()).collect(),
+        note,
+        at: cx.settings.clock.now(),
+    });
+}
+
+fn failed(cx: &Ctx<'_>, mem: &mut Memory, rows: &[Delivery], error: &str, why: &str) {
+    let name = &cx.outlet.name;
+    let events: Vec<&str> = rows.iter().map(|d| d.event.id.as_str()).collect();
+    tracing::error!(channel = %name, events = %events.join(","), %error, "{why}");
+    cx.metrics.delivery(name, "failed", rows.len() as u64);
+    rows.iter().for_each(|d| mem.schedule.forget(d.outbox_id));
+    mem.unrecorded.push_back(Outcome::Failed {
+        ids: ids(rows),
+        error: error.to_owned(),
+        retry_at: None,
+    });
+}
+
+/// Schedules the group's retry together, on the backoff of its most-tried row, and gives up rows
+/// past the maximum age. The wait is kept on the monotonic clock for this process, and as a
+/// wall-clock time in the database for people and for the next start.
+fn retry(cx: &Ctx<'_>, mem: &mut Memory, rows: &[Delivery], error: &str, retry_after: Option<Duration>) {
+    let policy = &cx.settings.retry;
+    let attempts = rows.iter().map(|d| d.attempts).max().unwrap_or(0).saturating_add(1);
+    let delay = policy.delay(u32::try_from(attempts).unwrap_or(u32::MAX), retry_after);
+    let (now, mono) = (cx.settings.clock.now(), Instant::now());
+    if let Some(wait) = retry_after {
+        mem.not_before = mono.checked_add(wait.min(policy.max_retry_after));
+    }
+    let at = chrono::Duration::from_std(delay)
+        .ok()
+        .and_then(|d| now.checked_add_signed(d));
+    let (keep, expired): (Vec<&Delivery>, Vec<&Delivery>) = rows.iter().partition(|d| {
+        let created = DateTime::parse_from_rfc3339(&d.event.created_at).map_or(now, |t| t.with_timezone(&Utc));
+        at.is_some_and(|at| policy.within_max_age(created, at))
+    });
+    if !expired.is_empty() {
+        let expired: Vec<Delivery> = expired.into_iter().cloned().collect();
+        failed(cx, mem, &expired, error, "delivery given up after the maximum age");
+    }
+    if keep.is_empty() {
+        return;
+    }
+    let name = &cx.outlet.name;
+    tracing::warn!(channel = %name, deliveries = keep.len(), %error, "delivery failed; will retry in {delay:?}");
+    cx.metrics.delivery(name, "retry", keep.len() as u64);
+    let due = mono.checked_add(delay).unwrap_or(mono);
+    for d in &keep {
+        mem.schedule.retry_at.insert(d.outbox_id, due);
+        mem.schedule.first_failed.entry(d.outbox_id).or_insert(mono);
+    }
+    mem.unrecorded.push_back(Outcome::Failed {
+        ids: keep.iter().map(|d| d.outbox_id).collect(),
+        error: error.to_owned(),
+        retry_at: at,
+    });
+}
+
+/// Writes the outcomes not yet written, oldest first. On failure, returns when to try again.
+async fn record(cx: &Ctx<'_>, mem: &mut Memory) -> Option<Instant> {
+    let name = &cx.outlet.name;
+    while let Some(outcome) = mem.unrecorded.front() {
+        match outcome.write(cx.store).await {
+            Ok(()) => {
+                mem.unrecorded.pop_front();
+            }
+            Err(e) => {
+                mem.record_failures = mem.record_failures.saturating_add(1);
+                cx.metrics.record_failed(name);
+                let s = cx.settings;
+                let delay = s
+                    .record_first_delay
+                    .saturating_mul(2u32.saturating_pow(mem.record_failures - 1))
+                    .min(s.record_max_delay);
+                let at = Instant::now().checked_add(delay).unwrap_or_else(Instant::now);
+                mem.record_at = Some(at);
+                tracing::warn!(
+                    channel = %name,
+                    failures = mem.record_failures,
+                    "cannot record what became of a delivery (it is not sent again; the write is retried in {delay:?}): {e:#}"
+                );
+                return Some(at);
+            }
+        }
+    }
+    if mem.record_failures > 0 {
+        tracing::info!(channel = %name, failures = mem.record_failures, "delivery outcomes recorded after all");
+        (mem.record_failures, mem.record_at, mem.reported) = (0, None, false);
+    }
+    None
+}
+
+/// At exit: one more try to write what was decided, and if that fails too, says which
+/// delivered events the next start will send again (with the same event ids).
+pub(super) async fn finish(cx: &Ctx<'_>) {
+    let mut mem = cx.outlet.memory.lock().await;
+    if record(cx, &mut mem).await.is_none() || mem.reported {
+        return;
+    }
+    mem.reported = true;
+    let delivered: Vec<&str> = mem
+        .unrecorded
+        .iter()
+        .flat_map(|o| match o {
+            Outcome::Sent { events, .. } => events.iter().map(String::as_str).collect(),
+            Outcome::Failed { .. } => Vec::new(),
+        })
+        .collect();
+    if !delivered.is_empty() {
+        tracing::error!(
+            channel = %cx.outlet.name,
+            events = %delivered.join(","),
+            "stopping with deliveries the database never recorded: these events reached the receiver and will be sent again after the next start, with the same event ids"
+        );
+    }
+}

@@ -1,0 +1,417 @@
+//! Delivery under faults: a database that refuses to record, a receiver that refuses one event
+//! forever, a wall clock stepped back, a channel worker that panics, `once` with several events,
+//! and retention of failed deliveries.
+
+use std::time::Duration;
+
+use linkwatch::dispatch::Settings;
+use linkwatch::retry::RetryPolicy;
+use linkwatch::simulator::Behavior;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::helpers::*;
+use crate::notify::{deliveries, slack};
+use crate::receiver::{Receiver, Reply};
+
+/// Short delays, so that tests of retries run in seconds.
+pub fn fast() -> Settings {
+    Settings {
+        retry: RetryPolicy {
+            first_delay: Duration::from_millis(100),
+            max_delay: Duration::from_millis(400),
+            max_retry_after: Duration::from_secs(10),
+            ..RetryPolicy::default()
+        },
+        record_first_delay: Duration::from_millis(50),
+        record_max_delay: Duration::from_millis(200),
+        restart_pause: Duration::from_millis(50),
+        slack_interval: Duration::from_millis(50),
+        ..Settings::default()
+    }
+}
+
+/// A trigger that makes every update of the outbox fail the way a full disk does.
+const REFUSE_WRITES: &str = "CREATE TRIGGER refuse BEFORE UPDATE ON outbox
+     BEGIN SELECT RAISE(FAIL, 'database or disk is full'); END";
+
+/// Runs one statement on the app's database through a connection of the test's own.
+pub async fn sql(t: &TestApp, statement: &str) {
+    let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}", t.db_path.display()))
+        .await
+        .unwrap();
+    sqlx::query(sqlx::AssertSqlSafe(statement.to_owned()))
+        .execute(&pool)
+        .await
+        .unwrap();
+    pool.close().await;
+}
+
+/// The value of one series in the app's `/metrics` text, 0 when absent.
+pub async fn metric(t: &TestApp, series: &str) -> f64 {
+    let gauges = t.app.store.gauges().await.unwrap();
+    let text = t.app.metrics.render(&gauges);
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// The channel workers of a test app, running until `stop`.
+struct Workers {
+    shutdown: CancellationToken,
+    tasks: JoinSet<()>,
+}
+
+impl Workers {
+    fn start(t: &TestApp) -> Workers {
+        let shutdown = CancellationToken::new();
+        let mut tasks = JoinSet::new();
+        t.app
+            .dispatcher
+            .spawn(t.app.store.clone(), shutdown.clone(), &mut tasks);
+        Workers { shutdown, tasks }
+    }
+
+    async fn stop(self) {
+        self.shutdown.cancel();
+        tokio::time::timeout(Duration::from_secs(15), self.tasks.join_all())
+            .await
+            .expect("workers stop");
+    }
+}
+
+fn bodies(rx: &Receiver) -> String {
+    rx.accepted().iter().map(|r| r.body.clone()).collect()
+}
+
+/// How many accepted posts mention `text`.
+pub fn posts_with(rx: &Receiver, text: &str) -> usize {
+    rx.accepted().iter().filter(|r| r.body.contains(text)).count()
+}
+
+const RECORD_FAILURES: &str = r#"linkwatch_delivery_record_failures_total{channel="ops"}"#;
+
+#[tokio::test]
+async fn a_delivery_is_sent_once_while_the_database_refuses_to_record_it() {
+    let rx = Receiver::start().await;
+    let t = spawn_app_with(Setup {
+        channels: slack("ops", &rx.url("/hook")),
+        delivery: Some(fast()),
+        ..Setup::default()
+    })
+    .await;
+    t.check(ORG_A).await;
+    sql(&t, REFUSE_WRITES).await;
+    let workers = Workers::start(&t);
+    wait_until(Duration::from_secs(20), "the post, then refused records", || async {
+        rx.received().len() > 1 || metric(&t, RECORD_FAILURES).await >= 3.0
+    })
+    .await;
+    assert_eq!(rx.received().len(), 1, "the accepted post was sent again");
+
+    // A new event waits while nothing can be recorded: sending it would only add to what a
+    // crash would repeat.
+    t.check(ORG_B).await;
+    let before = metric(&t, RECORD_FAILURES).await;
+    wait_until(Duration::from_secs(20), "more refused records", || async {
+        rx.received().len() > 1 || metric(&t, RECORD_FAILURES).await >= before + 3.0
+    })
+    .await;
+    assert_eq!(
+        rx.received().len(),
+        1,
+        "a new event was sent while nothing could be recorded"
+    );
+
+    sql(&t, "DROP TRIGGER refuse").await;
+    wait_until(Duration::from_secs(20), "both rows recorded as sent", || async {
+        let d = deliveries(&t).await;
+        d.len() == 2 && d.iter().all(|r| r.3 == "sent")
+    })
+    .await;
+    workers.stop().await;
+    assert_eq!(posts_with(&rx, "alpha: migration link is NOT_SYNCED (first check)"), 1);
+    assert_eq!(posts_with(&rx, "beta: migration link is SYNCED (first check)"), 1);
+    assert_eq!(rx.received().len(), 2, "one post per event");
+}
+
+#[tokio::test]
+async fn a_failed_attempt_that_cannot_be_recorded_still_waits_for_retry_after() {
+    let rx = Receiver::start().await;
+    rx.reply([Reply {
+        retry_after: Some(7),
+        ..Reply::status(429, "rate_limited")
+    }]);
+    let t = spawn_app_with(Setup {
+        channels: slack("ops", &rx.url("/hook")),
+        delivery: Some(fast()),
+        ..Setup::default()
+    })
+    .await;
+    t.check(ORG_A).await;
+    sql(&t, REFUSE_WRITES).await;
+    let workers = Workers::start(&t);
+    wait_until(Duration::from_secs(20), "the 429, then refused records", || async {
+        rx.received().len() > 1 || metric(&t, RECORD_FAILURES).await >= 2.0
+    })
+    .await;
+    sql(&t, "DROP TRIGGER refuse").await;
+    wait_until(Duration::from_secs(20), "the retry accepted", || async {
+        rx.accepted().len() == 1
+    })
+    .await;
+    workers.stop().await;
+    let got = rx.received();
+    assert_eq!(got.len(), 2, "one 429, one success");
+    let spacing = got[1].at - got[0].at;
+    assert!(
+        spacing >= Duration::from_secs(7),
+        "retried after {spacing:?}, before Retry-After"
+    );
+    let d = deliveries(&t).await;
+    assert_eq!((d[0].3.as_str(), d[0].4), ("sent", 2), "{d:?}");
+}
+
+#[tokio::test]
+async fn a_receiver_refusing_one_event_stalls_nothing_else() {
+    let rx = Receiver::start().await;
+    let poison = "alpha: migration link is NOT_SYNCED (first check)";
+    rx.reply_when(move |b| b.contains(poison), Reply::status(500, "rollup_error"));
+    let port = free_port();
+    let t = spawn_app_with(Setup {
+        top: format!("[http]\nlisten = \"127.0.0.1:{port}\""),
+        channels: slack("ops", &rx.url("/hook")),
+        delivery: Some(fast()),
+        ..Setup::default()
+    })
+    .await;
+    let daemon = t.run();
+    let arrived = |text: &'static str| {
+        let rx = rx.clone();
+        move || {
+            let rx = rx.clone();
+            async move { bodies(&rx).contains(text) }
+        }
+    };
+    wait_until(
+        Duration::from_secs(30),
+        "beta's first event",
+        arrived("beta: migration link is SYNCED (first check)"),
+    )
+    .await;
+    t.sim.set(ORG_B, Behavior::status("NOT_SYNCED"));
+    wait_until(
+        Duration::from_secs(30),
+        "beta's change",
+        arrived("beta: migration link fell back to NOT_SYNCED"),
+    )
+    .await;
+    // alpha changes too; its change must wait behind alpha's refused event, and beta's next
+    // change must still pass both.
+    t.sim.set(ORG_A, Behavior::status("SYNCED"));
+    wait_until(Duration::from_secs(10), "alpha's change recorded", || async {
+        t.event_kinds(ORG_A).await.len() == 2
+    })
+    .await;
+    t.sim.set(ORG_B, Behavior::status("SYNCED"));
+    wait_until(
+        Duration::from_secs(30),
+        "beta's second change",
+        arrived("beta: migration link SYNCED (was NOT_SYNCED"),
+    )
+    .await;
+    assert!(
+        !bodies(&rx).contains("alpha:"),
+        "an alpha event overtook alpha's refused one"
+    );
+
+    let base = format!("http://127.0.0.1:{port}");
+    let scrape = reqwest::get(format!("{base}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        scrape.contains("linkwatch_channel_blocked{channel=\"ops\"} 1"),
+        "{scrape}"
+    );
+    let health = reqwest::get(format!("{base}/healthz")).await.unwrap();
+    assert_eq!(health.status().as_u16(), 200, "a blocked channel is degraded, not down");
+    let text = health.text().await.unwrap();
+    assert!(
+        text.contains("degraded") && text.contains("ops") && text.contains("HTTP 500"),
+        "{text}"
+    );
+
+    // The receiver is fixed: alpha's events follow, in their order.
+    rx.clear_rules();
+    wait_until(
+        Duration::from_secs(30),
+        "alpha's change",
+        arrived("alpha: migration link SYNCED (was NOT_SYNCED"),
+    )
+    .await;
+    let all = bodies(&rx);
+    let first = all.find(poison).expect("alpha's first event delivered");
+    let change = all.find("alpha: migration link SYNCED (was NOT_SYNCED").unwrap();
+    assert!(first < change, "{all}");
+    wait_until(Duration::from_secs(10), "the channel unblocked", || async {
+        metric(&t, "linkwatch_channel_blocked{channel=\"ops\"}").await == 0.0
+    })
+    .await;
+    daemon.stop(Duration::from_secs(15)).await;
+}
+
+#[tokio::test]
+async fn a_wall_clock_stepped_back_an_hour_does_not_stop_a_retry() {
+    let rx = Receiver::start().await;
+    rx.reply([Reply::status(503, ""), Reply::status(503, "")]);
+    let t = spawn_app_with(Setup {
+        channels: slack("ops", &rx.url("/hook")),
+        delivery: Some(fast()),
+        ..Setup::default()
+    })
+    .await;
+    t.check(ORG_A).await;
+    t.dispatch().await; // 503: a retry is scheduled
+    t.app.clock.step(chrono::Duration::hours(-1));
+    let workers = Workers::start(&t);
+    wait_until(Duration::from_secs(10), "the retry after the step", || async {
+        rx.received().len() == 2
+    })
+    .await;
+    workers.stop().await;
+
+    // After a restart the in-process schedule is gone, and the clock goes back one more hour:
+    // the retry time written before is now an hour ahead of the clock, longer than any wait
+    // the policy makes, so it counts as due. (The new app's clock starts unstepped.)
+    let t = t.restart().await;
+    t.app.clock.step(chrono::Duration::hours(-2));
+    let workers = Workers::start(&t);
+    wait_until(Duration::from_secs(10), "the retry after a restart", || async {
+        rx.accepted().len() == 1
+    })
+    .await;
+    workers.stop().await;
+    assert_eq!(rx.received().len(), 3);
+}
+
+#[tokio::test]
+async fn a_channel_worker_that_panics_is_restarted() {
+    let rx = Receiver::start().await;
+    let t = spawn_app_with(Setup {
+        channels: format!(
+            "[[channel]]\nname = \"console\"\nkind = \"console\"\n{}",
+            slack("ops", &rx.url("/hook"))
+        ),
+        delivery: Some(fast()),
+        ..Setup::default()
+    })
+    .await;
+    // A poisoned console buffer makes the console channel panic on its next send.
+    let buffer = t.console.clone();
+    let _ = std::thread::spawn(move || {
+        let _held = buffer.lock().unwrap();
+        panic!("poisoning the console buffer (on purpose)");
+    })
+    .join();
+    let workers = Workers::start(&t);
+    t.check(ORG_A).await;
+    let panics = r#"linkwatch_task_panics_total{task="channel",name="console"}"#;
+    wait_until(Duration::from_secs(10), "the console worker panicked", || async {
+        metric(&t, panics).await >= 1.0
+    })
+    .await;
+    wait_until(Duration::from_secs(10), "slack delivered all the same", || async {
+        rx.accepted().len() == 1
+    })
+    .await;
+    t.console.clear_poison();
+    wait_until(Duration::from_secs(10), "the console line once restarted", || async {
+        t.console_lines().len() == 1
+    })
+    .await;
+    workers.stop().await;
+    assert!(t.console_lines()[0].contains("alpha: migration link is NOT_SYNCED"));
+}
+
+#[tokio::test]
+async fn once_delivers_every_event_not_one_batch() {
+    let rx = Receiver::start().await;
+    let t = spawn_app_with(Setup {
+        extra_orgs: 1,
+        channels: format!(
+            "[[channel]]\nname = \"hook\"\nkind = \"webhook\"\nurl = \"{}\"\n",
+            rx.url("/hook")
+        ),
+        ..Setup::default()
+    })
+    .await;
+    t.sim.set(&extra_org(0), Behavior::status("NOT_SYNCED"));
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_linkwatch"))
+        .args(["once", "--config"])
+        .arg(&t.config_path)
+        .env_remove("RUST_LOG")
+        .output()
+        .await
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(rx.accepted().len(), 3, "three orgs seen, three events");
+    let d = deliveries(&t).await;
+    assert!(d.len() == 3 && d.iter().all(|r| r.3 == "sent"), "{d:?}");
+}
+
+#[tokio::test]
+async fn shutdown_delivers_everything_due() {
+    let rx = Receiver::start().await;
+    rx.reply((0..3).map(|_| Reply {
+        delay: Duration::from_millis(300),
+        ..Reply::status(200, "ok")
+    }));
+    let t = spawn_app_with(Setup {
+        extra_orgs: 1,
+        channels: format!(
+            "[[channel]]\nname = \"hook\"\nkind = \"webhook\"\nurl = \"{}\"\n",
+            rx.url("/hook")
+        ),
+        ..Setup::default()
+    })
+    .await;
+    t.sim.set(&extra_org(0), Behavior::status("NOT_SYNCED"));
+    for org in [ORG_A, ORG_B, &extra_org(0)] {
+        t.check(org).await;
+    }
+    let daemon = t.run();
+    // SIGTERM while the first of three webhooks is on its way.
+    rx.wait_for_requests(1, Duration::from_secs(10)).await;
+    daemon.stop(Duration::from_secs(15)).await;
+    assert_eq!(rx.accepted().len(), 3, "what was due went out before the exit");
+    let d = deliveries(&t).await;
+    assert!(d.iter().all(|r| r.3 == "sent"), "{d:?}");
+}
+
+#[tokio::test]
+async fn retention_prunes_failed_deliveries_too() {
+    let rx = Receiver::start().await;
+    rx.reply([Reply::status(404, "no_service")]);
+    let t = spawn_app_with(Setup {
+        channels: slack("ops", &rx.url("/hook")),
+        ..Setup::default()
+    })
+    .await;
+    t.check(ORG_A).await;
+    t.dispatch().await;
+    assert_eq!(deliveries(&t).await[0].3, "failed");
+    sql(
+        &t,
+        "UPDATE outbox SET created_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now', '-40 days')",
+    )
+    .await;
+    let before = chrono::Utc::now() - chrono::Duration::days(30);
+    t.app.store.prune(before).await.unwrap();
+    assert!(
+        deliveries(&t).await.is_empty(),
+        "a failed delivery outlived the retention"
+    );
+}
