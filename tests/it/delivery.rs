@@ -179,7 +179,7 @@ async fn a_receiver_refusing_one_event_stalls_nothing_else() {
     rx.reply_when(move |b| b.contains(poison), Reply::status(500, "rollup_error"));
     let port = free_port();
     let t = spawn_app_with(Setup {
-        top: format!("[http]\nlisten = \"127.0.0.1:{port}\""),
+        top: http_listen(port),
         channels: slack("ops", &rx.url("/hook")),
         delivery: Some(fast()),
         ..Setup::default()

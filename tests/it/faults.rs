@@ -173,7 +173,7 @@ async fn a_full_disk_makes_healthz_red_without_a_crash_and_recovers() {
     let port = free_port();
     let t = spawn_app_with(Setup {
         database: Some(dir.path().join("fs/linkwatch.db")),
-        top: format!("[http]\nlisten = \"127.0.0.1:{port}\""),
+        top: http_listen(port),
         ..Setup::default()
     })
     .await;

@@ -83,6 +83,22 @@ pub async fn spawn_app() -> TestApp {
     spawn_app_with(Setup::default()).await
 }
 
+/// `[http] listen` on a free port of 127.0.0.1, for `Setup::top`.
+pub fn http_listen(port: u16) -> String {
+    format!("[http]\nlisten = \"127.0.0.1:{port}\"")
+}
+
+/// The default app with `/metrics` and `/healthz` served on the returned port.
+pub async fn spawn_app_with_http() -> (TestApp, u16) {
+    let port = free_port();
+    let t = spawn_app_with(Setup {
+        top: http_listen(port),
+        ..Setup::default()
+    })
+    .await;
+    (t, port)
+}
+
 pub async fn spawn_app_with(setup: Setup) -> TestApp {
     let sim = Simulator::start(([127, 0, 0, 1], 0).into(), setup.sim_options.clone())
         .await

@@ -205,12 +205,7 @@ fn sample(metrics: &prometheus_parse::Scrape, name: &str, labels: &[(&str, &str)
 
 #[tokio::test]
 async fn metrics_and_healthz() {
-    let port = free_port();
-    let t = spawn_app_with(Setup {
-        top: format!("[http]\nlisten = \"127.0.0.1:{port}\""),
-        ..Setup::default()
-    })
-    .await;
+    let (t, port) = spawn_app_with_http().await;
     let daemon = t.run();
     wait_until(Duration::from_secs(10), "both orgs seen", || async {
         t.console_lines().len() == 2
@@ -431,12 +426,7 @@ async fn count_probes(db: &Path) -> sqlx::SqlitePool {
 
 #[tokio::test]
 async fn a_flood_of_healthz_requests_shares_a_few_probes_and_checks_go_on() {
-    let port = free_port();
-    let t = spawn_app_with(Setup {
-        top: format!("[http]\nlisten = \"127.0.0.1:{port}\""),
-        ..Setup::default()
-    })
-    .await;
+    let (t, port) = spawn_app_with_http().await;
     let pool = count_probes(&t.db_path).await;
     let daemon = t.run();
     wait_until(Duration::from_secs(10), "both orgs seen", || async {
@@ -477,12 +467,7 @@ async fn a_flood_of_healthz_requests_shares_a_few_probes_and_checks_go_on() {
 
 #[tokio::test]
 async fn metrics_show_only_the_orgs_of_the_current_config() {
-    let port = free_port();
-    let t = spawn_app_with(Setup {
-        top: format!("[http]\nlisten = \"127.0.0.1:{port}\""),
-        ..Setup::default()
-    })
-    .await;
+    let (t, port) = spawn_app_with_http().await;
     t.sim.set(ORG_C, Behavior::status("SYNCED"));
     let without_gamma = std::fs::read_to_string(&t.config_path).unwrap();
     let with_gamma = format!("{without_gamma}\n[[org]]\nid = \"{ORG_C}\"\nname = \"gamma\"\n");

@@ -9,12 +9,7 @@ use crate::helpers::*;
 
 #[tokio::test]
 async fn a_wall_clock_step_back_stops_no_check() {
-    let port = free_port();
-    let t = spawn_app_with(Setup {
-        top: format!("[http]\nlisten = \"127.0.0.1:{port}\""),
-        ..Setup::default()
-    })
-    .await;
+    let (t, port) = spawn_app_with_http().await;
     let daemon = t.run();
     wait_until(Duration::from_secs(10), "both orgs checked twice", || async {
         t.sim.requests_for(ORG_A) >= 2 && t.sim.requests_for(ORG_B) >= 2
