@@ -12,8 +12,12 @@ UPDATE org_state SET event_count = (SELECT count(*) FROM events WHERE events.org
 -- When the link left SYNCED; NULL while it is SYNCED or has never been. Reminders about a broken
 -- link count from here, across any statuses it passes through, until it is SYNCED again.
 ALTER TABLE org_state ADD COLUMN broken_since TEXT;
-UPDATE org_state SET broken_since = status_since
-WHERE status IS NOT 'SYNCED' AND previous_status = 'SYNCED';
+-- For a link that is not SYNCED now, that is the last time it left SYNCED, if it ever did.
+UPDATE org_state SET broken_since = (
+    SELECT max(t.changed_at) FROM transitions AS t
+    WHERE t.org_id = org_state.org_id AND t.from_status = 'SYNCED'
+)
+WHERE status IS NOT 'SYNCED';
 
 -- Reminder clocks were keyed by a route's position ("route[0]"); they are now keyed by what the
 -- route says, so old keys match nothing and are dropped (at most one reminder comes early).

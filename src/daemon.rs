@@ -20,7 +20,7 @@ use crate::metrics::Metrics;
 use crate::monitoring;
 use crate::outcome::CheckOutcome;
 use crate::scheduler::{self, Heartbeat};
-use crate::store::{Check, Decision, QUIET_WINDOW, RemindersSent, Store, WriterLock};
+use crate::store::{Applied, Check, Decision, QUIET_WINDOW, RemindersSent, Store, WriterLock};
 use crate::systemd;
 
 /// Everything a check needs, built from one config. A reload builds a new `App` around the same
@@ -82,6 +82,12 @@ impl App {
     }
 }
 
+/// How much older than the last recorded check of an org a check may be and still count as one
+/// that lost a race with another writer (and is dropped): the longest an answer can wait for its
+/// record, that is the database's busy timeout (10 s) plus the group commit's window, with room
+/// to spare. A wall clock stepped back by less than this costs at most this long of checks.
+const RACE_WINDOW: Duration = Duration::from_secs(15);
+
 /// Checks one org now: asks Cloud Manager, applies the answer (decides the events from the
 /// stored state and records everything, in one transaction), then wakes the channels that have
 /// something to send. A check that can change nothing is only noted, for the next group commit
@@ -127,15 +133,23 @@ async fn apply(
         at,
         outcome,
         quiet_path,
+        race_window: RACE_WINDOW,
     };
-    let decision = app
+    let applied = app
         .store
         .apply(&check, |state, sent| decide(app, org, &check, state, sent))
         .await
         .with_context(|| format!("cannot record the check of org {}", org.name))?;
-    let Some(decision) = decision else {
-        tracing::trace!(org = %org.name, "checked, nothing new");
-        return Ok(Vec::new());
+    let decision = match applied {
+        Applied::Recorded(decision) => decision,
+        Applied::Quiet => {
+            tracing::trace!(org = %org.name, "checked, nothing new");
+            return Ok(Vec::new());
+        }
+        Applied::Superseded => {
+            tracing::debug!(org = %org.name, "another writer recorded a newer check meanwhile; this one is dropped");
+            return Ok(Vec::new());
+        }
     };
     match outcome {
         Ok(status) => tracing::debug!(org = %org.name, %status, "checked"),

@@ -19,7 +19,7 @@ mod lock;
 mod outbox;
 mod quiet;
 
-pub use checks::{Check, CheckRecord, Decision, RemindersSent, event_id};
+pub use checks::{Applied, Check, CheckRecord, Decision, RemindersSent, event_id};
 pub use lock::{LockError, WriterLock};
 pub use outbox::{Blocked, Delivery, Pending};
 pub use quiet::{QUIET_WINDOW, Unmatched};

@@ -23,6 +23,21 @@ pub struct Check<'a> {
     ///
     /// [`detect::is_quiet`]: crate::detect::is_quiet
     pub quiet_path: bool,
+    /// How long an answer can wait for its record. A check older than the last one recorded by
+    /// at most this much lost a race with another writer (`linkwatch once`) and is dropped, so
+    /// that an older answer never undoes a newer one. Older by more, the wall clock stepped back
+    /// since, and it counts.
+    pub race_window: std::time::Duration,
+}
+
+/// What [`Store::apply`] did with a check.
+#[derive(Debug, Clone)]
+pub enum Applied {
+    /// Nothing new: only the check's time was written.
+    Quiet,
+    /// Another writer recorded a newer check of the org meanwhile; this one was dropped.
+    Superseded,
+    Recorded(Decision),
 }
 
 /// What a check caused, decided from the stored state.
@@ -55,20 +70,19 @@ impl Store {
     /// Records `check`: reads the org's state, lets `decide` say what it means, and writes the new
     /// state, the events and their outbox rows, all in one immediate transaction. Two writers on
     /// one database (a daemon and `linkwatch once`) therefore never both act on the same old
-    /// state: the second reads what the first wrote. Returns `None` when the check was quiet
-    /// (nothing new; one UPDATE, no transaction).
+    /// state: the second reads what the first wrote.
     pub async fn apply(
         &self,
         check: &Check<'_>,
         decide: impl FnOnce(&OrgState, &RemindersSent) -> Decision,
-    ) -> anyhow::Result<Option<Decision>> {
+    ) -> anyhow::Result<Applied> {
         if let Ok(status) = check.outcome
             && check.quiet_path
             && self
                 .record_if_quiet(check.org_id, check.org_name, status, check.at)
                 .await?
         {
-            return Ok(None);
+            return Ok(Applied::Quiet);
         }
         let instance = self.instance.clone();
         let decision = self
@@ -76,7 +90,15 @@ impl Store {
                 // IMMEDIATE takes the write lock before the read, so the state cannot change between
                 // reading it and writing what follows from it.
                 let mut tx = conn.begin_with("BEGIN IMMEDIATE").await?;
-                let state = load_state(&mut tx, check.org_id).await?;
+                let (state, last_checked) = load_state(&mut tx, check.org_id).await?;
+                if let Some(last) = last_checked
+                    && last > check.at
+                    && (last - check.at)
+                        .to_std()
+                        .is_ok_and(|behind| behind <= check.race_window)
+                {
+                    return Ok(Applied::Superseded);
+                }
                 let sent = reminders_sent(&mut tx, check.org_id).await?;
                 let decision = decide(&state, &sent);
                 let record = CheckRecord {
@@ -90,10 +112,10 @@ impl Store {
                 };
                 write_record(&mut tx, &instance, &record).await?;
                 tx.commit().await?;
-                Ok(Some(decision))
+                Ok(Applied::Recorded(decision))
             })
             .await?;
-        if let Some(d) = &decision {
+        if let Applied::Recorded(d) = &decision {
             self.quiet
                 .written(check.org_id, check.org_name, quiet_status(check.outcome, &d.state));
         }
@@ -118,7 +140,7 @@ impl Store {
 
     pub async fn load_state(&self, org: &OrgId) -> anyhow::Result<OrgState> {
         let mut conn = self.pool.acquire().await?;
-        load_state(&mut conn, org).await
+        Ok(load_state(&mut conn, org).await?.0)
     }
 
     /// The common case in one statement: a check that saw the status already confirmed, with no
@@ -167,31 +189,39 @@ fn quiet_status<'a>(outcome: &'a CheckOutcome, state: &OrgState) -> Option<&'a s
 /// An event's id: the same for the same event of the same org in the same database, so that an
 /// event re-detected after a power cut took back its commit reaches receivers under the id they
 /// already deduplicate by; and different across databases (`instance` is random per database).
-pub fn event_id(instance: &str, org: &OrgId, number: i64) -> String {
+/// The kind and the status it reports are part of it, so that a *different* event taking the
+/// rolled-back one's number (the link synced, the commit was lost, now checks fail) is not
+/// dropped by receivers as a repeat.
+pub fn event_id(instance: &str, org: &OrgId, number: i64, event: &Event) -> String {
     let digest = Sha256::new()
         .chain_update(instance)
         .chain_update(b"/")
         .chain_update(org.as_str())
         .chain_update(b"/")
         .chain_update(number.to_string())
+        .chain_update(b"/")
+        .chain_update(event.kind())
+        .chain_update(b"/")
+        .chain_update(event.status().unwrap_or(""))
         .finalize();
     let hex: String = digest[..16].iter().map(|b| format!("{b:02x}")).collect();
     format!("evt_{hex}")
 }
 
-async fn load_state(conn: &mut SqliteConnection, org: &OrgId) -> anyhow::Result<OrgState> {
+/// The org's state, and when it was last checked (`None` for an org never checked).
+async fn load_state(conn: &mut SqliteConnection, org: &OrgId) -> anyhow::Result<(OrgState, Option<DateTime<Utc>>)> {
     let row = sqlx::query(
         "SELECT status, status_since, previous_status, broken_since, candidate_status, candidate_count,
-                candidate_since, consecutive_failures, failing_since, failing_alerted
+                candidate_since, consecutive_failures, failing_since, failing_alerted, last_checked_at
          FROM org_state WHERE org_id = ?",
     )
     .bind(org.as_str())
     .fetch_optional(conn)
     .await?;
     let Some(r) = row else {
-        return Ok(OrgState::default());
+        return Ok((OrgState::default(), None));
     };
-    Ok(OrgState {
+    let state = OrgState {
         status: r.try_get("status")?,
         status_since: parse_ts(r.try_get("status_since")?),
         previous_status: r.try_get("previous_status")?,
@@ -205,7 +235,8 @@ async fn load_state(conn: &mut SqliteConnection, org: &OrgId) -> anyhow::Result<
             .unwrap_or(u32::MAX),
         failing_since: parse_ts(r.try_get("failing_since")?),
         failing_alerted: r.try_get("failing_alerted")?,
-    })
+    };
+    Ok((state, parse_ts(r.try_get("last_checked_at")?)))
 }
 
 async fn reminders_sent(conn: &mut SqliteConnection, org: &OrgId) -> anyhow::Result<Vec<(String, DateTime<Utc>)>> {
@@ -308,7 +339,7 @@ async fn write_record(conn: &mut SqliteConnection, instance: &str, rec: &CheckRe
         let seq: i64 = sqlx::query_scalar(
             "INSERT INTO events (id, org_id, kind, created_at, payload) VALUES (?, ?, ?, ?, ?) RETURNING seq",
         )
-        .bind(event_id(instance, rec.org_id, number))
+        .bind(event_id(instance, rec.org_id, number, event))
         .bind(rec.org_id.as_str())
         .bind(event.kind())
         .bind(&at)
@@ -355,16 +386,28 @@ mod tests {
     use super::*;
 
     #[test]
-    fn event_ids_are_stable_per_org_and_number_and_differ_across_databases() {
+    fn event_ids_are_stable_per_org_number_and_event_and_differ_across_databases() {
         let org = OrgId::parse("5f0c00000000000000000a01").unwrap();
         let other = OrgId::parse("5f0c00000000000000000b02").unwrap();
-        let id = event_id("db1", &org, 7);
-        assert_eq!(id, event_id("db1", &org, 7));
+        let synced = Event::FirstSeen {
+            status: "SYNCED".into(),
+        };
+        let not_synced = Event::FirstSeen {
+            status: "NOT_SYNCED".into(),
+        };
+        let recovered = Event::CheckRecovered {
+            failures: 3,
+            failed_for_s: 60,
+        };
+        let id = event_id("db1", &org, 7, &synced);
+        assert_eq!(id, event_id("db1", &org, 7, &synced));
         assert_eq!(id.len(), "evt_".len() + 32);
         for different in [
-            event_id("db1", &org, 8),
-            event_id("db2", &org, 7),
-            event_id("db1", &other, 7),
+            event_id("db1", &org, 8, &synced),
+            event_id("db2", &org, 7, &synced),
+            event_id("db1", &other, 7, &synced),
+            event_id("db1", &org, 7, &not_synced),
+            event_id("db1", &org, 7, &recovered),
         ] {
             assert_ne!(id, different);
         }
@@ -386,8 +429,12 @@ mod tests {
         sqlx::raw_sql(
             "INSERT INTO org_state (org_id, org_name, status, status_since, previous_status, first_checked_at,
                  last_checked_at)
-             VALUES ('5f0c00000000000000000a01', 'alpha', 'NOT_SYNCED', '2026-11-01T00:00:00.000Z', 'SYNCED',
-                     '2026-10-01T00:00:00.000Z', '2026-11-02T00:00:00.000Z');
+             VALUES ('5f0c00000000000000000a01', 'alpha', 'PENDING', '2026-11-03T00:00:00.000Z', 'NOT_SYNCED',
+                     '2026-10-01T00:00:00.000Z', '2026-11-04T00:00:00.000Z');
+             INSERT INTO transitions (org_id, from_status, to_status, changed_at) VALUES
+                 ('5f0c00000000000000000a01', NULL, 'SYNCED', '2026-10-01T00:00:00.000Z'),
+                 ('5f0c00000000000000000a01', 'SYNCED', 'NOT_SYNCED', '2026-11-01T00:00:00.000Z'),
+                 ('5f0c00000000000000000a01', 'NOT_SYNCED', 'PENDING', '2026-11-03T00:00:00.000Z');
              INSERT INTO events (id, org_id, kind, created_at, payload) VALUES
                  ('evt_a', '5f0c00000000000000000a01', 'first_seen', '2026-10-01T00:00:00.000Z', '{}'),
                  ('evt_b', '5f0c00000000000000000a01', 'status_changed', '2026-11-01T00:00:00.000Z', '{}');",

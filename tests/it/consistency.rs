@@ -315,3 +315,41 @@ async fn a_change_under_a_noted_quiet_check_is_applied_at_the_group_commit() {
     assert_eq!(history.last().unwrap().to_status, "SYNCED");
     other.store.close().await;
 }
+
+/// A quiet note taken before another writer recorded a newer change must not be applied after
+/// it: that would record a change back to the older status ("fell back to NOT_SYNCED") that never
+/// happened.
+#[tokio::test]
+async fn a_stale_quiet_note_does_not_undo_a_newer_change() {
+    let t = spawn_app().await;
+    let other = app_on(&t).await;
+    let alpha = other
+        .config
+        .orgs
+        .iter()
+        .find(|o| o.id.as_str() == ORG_A)
+        .unwrap()
+        .clone();
+    t.check(ORG_A).await; // NOT_SYNCED, first_seen
+    t.check(ORG_A).await; // quiet: noted in memory only
+    t.sim.set(ORG_A, Behavior::status("SYNCED"));
+    daemon::check_org(&other, &alpha).await.unwrap(); // `linkwatch once` sees the link sync
+    daemon::flush_quiet(&t.app).await.unwrap();
+    assert_eq!(t.event_kinds(ORG_A).await, ["first_seen", "status_changed"]);
+    let current = t.app.store.current().await.unwrap();
+    let alpha_now = current.iter().find(|c| c.org_id == ORG_A).unwrap();
+    assert_eq!(alpha_now.status.as_deref(), Some("SYNCED"));
+    other.store.close().await;
+}
+
+/// Telling a stale check from a new one must not stop recording after the wall clock stepped
+/// back: the next check is older than the last one recorded, by the whole step.
+#[tokio::test]
+async fn after_a_wall_clock_step_back_changes_are_still_recorded() {
+    let t = spawn_app().await;
+    t.check(ORG_B).await; // SYNCED
+    t.app.clock.step(chrono::Duration::hours(-1));
+    t.sim.set(ORG_B, Behavior::status("NOT_SYNCED"));
+    t.check(ORG_B).await;
+    assert_eq!(t.event_kinds(ORG_B).await, ["first_seen", "status_changed"]);
+}
