@@ -333,16 +333,6 @@ async fn notify_test(config: &Config, name: &str) -> anyhow::Result<ExitCode> {
 
 /// Exit code 0 when every org answered, 2 when some check failed (for scripts).
 async fn once(config: Config) -> anyhow::Result<ExitCode> {
-    // Checking beside a running daemon is safe (each check is one transaction that reads the
-    // state it writes over), but sending is the daemon's job: two senders could send a row twice.
-    let lock = match WriterLock::acquire(&config.database) {
-        Ok(lock) => Some(lock),
-        Err(LockError::Held { holder, .. }) => {
-            eprintln!("linkwatch: a running linkwatch ({holder}) holds the database; it will deliver the events");
-            None
-        }
-        Err(e) => return Err(e.into()),
-    };
     let app = Arc::new(App::new(config, ConsoleSink::Stdout).await?);
     let permits = Arc::new(tokio::sync::Semaphore::new(app.config.poll.concurrency));
     let mut tasks = tokio::task::JoinSet::new();
@@ -359,8 +349,17 @@ async fn once(config: Config) -> anyhow::Result<ExitCode> {
     }
     results.sort_by_key(|(i, _)| *i);
     daemon::flush_quiet(&app).await?;
-    if lock.is_some() {
-        app.dispatcher.dispatch_all_due(&app.store).await?;
+    // Checking beside a running daemon is safe (each check is one transaction that reads the
+    // state it writes over), but sending is for one process at a time: two senders could send a
+    // row twice. The lock is taken only now, so that a daemon starting meanwhile is not kept out.
+    match WriterLock::acquire(&app.config.database, "once") {
+        Ok(_sending) => {
+            app.dispatcher.dispatch_all_due(&app.store).await?;
+        }
+        Err(LockError::Held { holder, .. }) => {
+            eprintln!("linkwatch: {holder} holds the database; the events are delivered by it, or by the next run");
+        }
+        Err(e) => return Err(e.into()),
     }
 
     let mut any_failed = false;

@@ -250,7 +250,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
 
 /// [`run`] with a `App` the caller built (tests choose the console sink); no reload.
 pub async fn run_app(app: Arc<App>, shutdown: CancellationToken) -> anyhow::Result<()> {
-    let _lock = WriterLock::acquire(&app.config.database)?;
+    let _lock = WriterLock::acquire_patiently(&app.config.database, "run").await?;
     let store = app.store.clone();
     let result = serve(app, shutdown, None, None).await;
     store.close().await;
@@ -259,7 +259,7 @@ pub async fn run_app(app: Arc<App>, shutdown: CancellationToken) -> anyhow::Resu
 
 pub async fn run_with(config: Config, shutdown: CancellationToken, mut options: Options) -> anyhow::Result<()> {
     // One daemon per database: a second one would check and send everything twice.
-    let _lock = WriterLock::acquire(&config.database)?;
+    let _lock = WriterLock::acquire_patiently(&config.database, "run").await?;
     let store = Store::open(&config.database).await?;
     let app = Arc::new(App::with_store(
         config,

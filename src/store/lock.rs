@@ -6,6 +6,7 @@
 use std::fs::{File, OpenOptions, TryLockError};
 use std::io::{Read as _, Seek as _, Write as _};
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use anyhow::Context as _;
 
@@ -18,10 +19,7 @@ pub struct WriterLock {
 /// Why the lock was not taken.
 #[derive(Debug, thiserror::Error)]
 pub enum LockError {
-    #[error(
-        "another linkwatch is already running on {database} ({holder}); stop it first, or give this one a \
-         database of its own"
-    )]
+    #[error("{holder} is already using {database}; stop it first, or give this one a database of its own")]
     Held { database: String, holder: String },
     #[error(transparent)]
     Io(#[from] anyhow::Error),
@@ -33,9 +31,26 @@ pub fn lock_path(database: &Path) -> PathBuf {
     PathBuf::from(name)
 }
 
+/// How long `run` waits for a lock held by someone else: `linkwatch once` holds it only while it
+/// delivers, a few seconds, and a daemon restarting meanwhile should not fail for that.
+const PATIENCE: Duration = Duration::from_secs(10);
+
 impl WriterLock {
-    /// Takes the database for this process, or says who has it.
-    pub fn acquire(database: &Path) -> Result<WriterLock, LockError> {
+    /// [`WriterLock::acquire`], waiting up to a few seconds for a holder that is about to finish.
+    pub async fn acquire_patiently(database: &Path, command: &str) -> Result<WriterLock, LockError> {
+        let deadline = tokio::time::Instant::now() + PATIENCE;
+        loop {
+            match WriterLock::acquire(database, command) {
+                Err(LockError::Held { .. }) if tokio::time::Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                result => return result,
+            }
+        }
+    }
+
+    /// Takes the database for this process (running `linkwatch <command>`), or says who has it.
+    pub fn acquire(database: &Path, command: &str) -> Result<WriterLock, LockError> {
         let path = lock_path(database);
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).with_context(|| format!("cannot create directory {}", dir.display()))?;
@@ -56,7 +71,7 @@ impl WriterLock {
                 return Err(LockError::Held {
                     database: database.display().to_string(),
                     holder: if holder.is_empty() {
-                        "holder unknown".to_owned()
+                        "another linkwatch".to_owned()
                     } else {
                         holder.to_owned()
                     },
@@ -70,7 +85,7 @@ impl WriterLock {
         }
         let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
         let holder = format!(
-            "pid {} on {} since {}",
+            "linkwatch {command} (pid {} on {} since {})",
             std::process::id(),
             host.trim(),
             super::ts(chrono::Utc::now())
@@ -92,10 +107,29 @@ mod tests {
     fn a_second_lock_names_the_first_holder_and_is_free_after_release() {
         let dir = tempfile::tempdir().unwrap();
         let db = dir.path().join("linkwatch.db");
-        let first = WriterLock::acquire(&db).unwrap();
-        let err = WriterLock::acquire(&db).unwrap_err().to_string();
-        assert!(err.contains(&format!("pid {}", std::process::id())), "{err}");
+        let first = WriterLock::acquire(&db, "run").unwrap();
+        let err = WriterLock::acquire(&db, "run").unwrap_err().to_string();
+        assert!(
+            err.contains(&format!("linkwatch run (pid {}", std::process::id())),
+            "{err}"
+        );
         drop(first);
-        WriterLock::acquire(&db).expect("free again once released");
+        WriterLock::acquire(&db, "run").expect("free again once released");
+    }
+
+    /// A daemon starting while `linkwatch once` delivers waits for it instead of failing.
+    #[tokio::test]
+    async fn a_patient_lock_waits_for_a_holder_that_finishes() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("linkwatch.db");
+        let once = WriterLock::acquire(&db, "once").unwrap();
+        let release = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            drop(once);
+        });
+        WriterLock::acquire_patiently(&db, "run")
+            .await
+            .expect("the lock once `once` is done");
+        release.await.unwrap();
     }
 }

@@ -96,7 +96,9 @@ async fn a_second_run_on_one_database_refuses_and_names_the_holder() {
     assert!(!second.status.success(), "{stderr}");
     let pid = first.id().unwrap();
     assert!(
-        stderr.contains("already running") && stderr.contains(&format!("pid {pid}")),
+        stderr.contains("linkwatch run (pid")
+            && stderr.contains(&format!("pid {pid}"))
+            && stderr.contains("already using"),
         "{stderr}"
     );
     // `once` beside it checks and records, and leaves the sending to the daemon.
@@ -107,7 +109,7 @@ async fn a_second_run_on_one_database_refuses_and_names_the_holder() {
     let stderr = String::from_utf8_lossy(&once.stderr);
     assert!(once.status.success(), "{stderr}");
     assert!(
-        stderr.contains(&format!("pid {pid}")) && stderr.contains("will deliver"),
+        stderr.contains(&format!("pid {pid}")) && stderr.contains("delivered by it"),
         "{stderr}"
     );
     first.kill().await.unwrap();
