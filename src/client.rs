@@ -165,13 +165,27 @@ impl Client {
                         response
                     } else {
                         // The token may have been revoked or expired early: one try with a fresh
-                        // one (or with the one another check has just fetched).
-                        let token = cache.renew(&token, &self.http, &self.settings.token_url).await?;
-                        self.request(url)
+                        // one (or with the one another check has just fetched), unless this org
+                        // has refused the current token before.
+                        let next = cache
+                            .unauthorized(org, &token, &self.http, &self.settings.token_url)
+                            .await?;
+                        let oauth::AfterUnauthorized::Retry(token) = next else {
+                            return Err(oauth::no_access());
+                        };
+                        let response = self
+                            .request(url)
                             .bearer_auth(token.expose())
                             .send()
                             .await
-                            .map_err(transport_error)?
+                            .map_err(transport_error)?;
+                        if response.status() == StatusCode::UNAUTHORIZED {
+                            // Even the newest token is refused: the service account lacks access
+                            // to this org, and renewing again would not change that.
+                            cache.refused_after_renewal(org, &token).await;
+                            return Err(oauth::no_access());
+                        }
+                        response
                     }
                 }
             };

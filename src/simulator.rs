@@ -91,6 +91,8 @@ struct World {
     service_accounts: HashMap<String, String>,
     /// Issued tokens and when each stops being accepted (`None`: never).
     tokens: HashMap<String, Option<Instant>>,
+    /// Orgs a service account has no access to: they answer 401 to every bearer token.
+    token_denied: std::collections::HashSet<String>,
     token_behavior: TokenBehavior,
     orgs: HashMap<String, Script>,
     /// Extra headers for the next answers (e.g. `Retry-After`), per org.
@@ -230,6 +232,12 @@ impl Simulator {
         self.shared.world().token_behavior = behavior;
     }
 
+    /// From now on, `org` answers 401 to every bearer token, however fresh, as Cloud Manager does
+    /// for an org the service account has no access to. Digest requests are not affected.
+    pub fn deny_tokens(&self, org: &str) {
+        self.shared.world().token_denied.insert(org.into());
+    }
+
     /// Revokes every OAuth token issued so far.
     pub fn revoke_tokens(&self) {
         self.shared.world().tokens.clear();
@@ -302,6 +310,7 @@ async fn status(
     let verdict = if let Some(token) = auth.strip_prefix("Bearer ") {
         let w = shared.world();
         match w.tokens.get(token) {
+            _ if w.token_denied.contains(&org_id) => digest::Verdict::Rejected,
             Some(None) => digest::Verdict::Ok,
             Some(Some(exp)) if *exp > Instant::now() => digest::Verdict::Ok,
             _ => digest::Verdict::Rejected,

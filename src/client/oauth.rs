@@ -2,13 +2,21 @@
 //! shortly before it expires: the token endpoint allows about ten requests a minute, so minting
 //! one per check would soon be rate limited.
 //!
-//! Three rules keep the token endpoint quiet, all under one lock per service account:
+//! Four rules keep the token endpoint quiet, all under one lock per service account:
 //! - one token request at a time: checks that find no valid token wait for the one request in
 //!   flight and share its answer;
 //! - a 401 renews the token only if the token that failed is still the cached one (another check
 //!   may already have renewed it);
+//! - an org that refuses the token it was just handed after a 401 (a renewed one, or the one
+//!   another check had just renewed) lacks access: its 401s with that token are reported as such
+//!   without renewing, for [`DENIAL_MEMORY`] or until the token changes. A token that does not
+//!   help one org is not renewed for it on every check, and a revoked token is still renewed by
+//!   the first 401 of any other org;
 //! - a refused token request is remembered, and until its backoff has passed every check gets the
 //!   remembered failure without asking again.
+//!
+//! The cached token is only ever replaced, never dropped: while a renewal fails, the old token
+//! serves the orgs it works for, until the lifetime its answer gave it runs out.
 
 use std::time::Duration;
 
@@ -18,6 +26,7 @@ use tokio::sync::Mutex;
 use tokio::time::Instant;
 
 use super::{classify, read_capped, retry_after, transport_error};
+use crate::config::OrgId;
 use crate::outcome::{Failure, FailureClass};
 use crate::secret::Secret;
 
@@ -28,7 +37,8 @@ const EARLY: Duration = Duration::from_secs(60);
 /// overflow the clock, and a token renewed daily costs nothing.
 const MAX_LIFETIME: Duration = Duration::from_secs(24 * 3600);
 
-/// When `expires_in` is missing: the usual lifetime of a service account token.
+/// When `expires_in` is missing, unreadable or not positive: the usual lifetime of a service
+/// account token.
 const DEFAULT_LIFETIME: Duration = Duration::from_secs(3600);
 
 /// The wait after the first refused token request, doubling with each refusal in a row up to
@@ -36,6 +46,11 @@ const DEFAULT_LIFETIME: Duration = Duration::from_secs(3600);
 /// stays under the endpoint's limit of about ten requests a minute from the first minute on.
 const FIRST_BACKOFF: Duration = Duration::from_secs(1);
 const MAX_BACKOFF: Duration = Duration::from_secs(300);
+
+/// How long an org that refused a just-handed token is believed to lack access. Bounded, so that
+/// a token revoked while only such orgs use it is still renewed within minutes, at the cost of
+/// one token request per org and period at most.
+const DENIAL_MEMORY: Duration = Duration::from_secs(600);
 
 /// Limits how much of a token answer is read.
 const MAX_ANSWER_BYTES: usize = 64 * 1024;
@@ -50,11 +65,41 @@ pub struct TokenCache {
 
 #[derive(Default)]
 struct State {
-    /// The current token and when to stop using it.
-    token: Option<(Secret, Instant)>,
+    /// The current token; replaced by a new one, never dropped.
+    token: Option<Cached>,
     /// The last token request failed: how, how many times in a row, and until when it is not
     /// repeated.
     refused: Option<Refusal>,
+}
+
+struct Cached {
+    secret: Secret,
+    /// From then on, a new token is asked for before use.
+    renew_at: Instant,
+    /// Until then the token works by its answer's `expires_in`: it is used while renewals fail.
+    expires_at: Instant,
+    /// Orgs that refused this token when it was handed to them after a 401, and until when that
+    /// is believed.
+    denied: Vec<(OrgId, Instant)>,
+}
+
+/// What a check does after Cloud Manager answered its token with 401.
+pub enum AfterUnauthorized {
+    /// Try once more with this token.
+    Retry(Secret),
+    /// The org refuses tokens however new: a permission problem, not the token's.
+    NoAccess,
+}
+
+/// The failure of a check whose org refuses the service account's tokens however new.
+pub fn no_access() -> Failure {
+    Failure::new(
+        FailureClass::Unauthorized,
+        Some(401),
+        None,
+        "the service account has no access to this org: Cloud Manager refused a newly issued token \
+         too, so no new token is asked for on this org's behalf",
+    )
 }
 
 struct Refusal {
@@ -79,29 +124,64 @@ impl TokenCache {
         }
     }
 
-    /// A valid token: the cached one, or a new one.
+    /// A valid token: the cached one, or a new one; the cached one, still, if it is due for
+    /// renewal but the renewal failed and it has not expired yet.
     pub async fn token(&self, http: &reqwest::Client, token_url: &Url) -> Result<Secret, Failure> {
         let mut state = self.state.lock().await;
-        if let Some((token, valid_until)) = &state.token
-            && Instant::now() < *valid_until
+        if let Some(cached) = &state.token
+            && Instant::now() < cached.renew_at
         {
-            return Ok(token.clone());
+            return Ok(cached.secret.clone());
         }
-        self.fetch(&mut state, http, token_url).await
+        let failure = match self.fetch(&mut state, http, token_url).await {
+            Ok(token) => return Ok(token),
+            Err(failure) => failure,
+        };
+        match &state.token {
+            // `fetch` has logged the failure; the old token still has its last minute or so.
+            Some(cached) if Instant::now() < cached.expires_at => Ok(cached.secret.clone()),
+            _ => Err(failure),
+        }
     }
 
-    /// A token to use instead of `rejected`, which Cloud Manager answered with 401: a new one,
-    /// unless another check has already replaced `rejected` (then that replacement).
-    pub async fn renew(&self, rejected: &Secret, http: &reqwest::Client, token_url: &Url) -> Result<Secret, Failure> {
+    /// What to do after Cloud Manager answered `rejected` with 401 for `org`: retry with a new
+    /// token, or with the one another check has already put in place of `rejected`; or nothing,
+    /// when `org` has refused the current token before (see [`AfterUnauthorized`]). A failed
+    /// renewal leaves the cached token in place for the orgs it works for.
+    pub async fn unauthorized(
+        &self,
+        org: &OrgId,
+        rejected: &Secret,
+        http: &reqwest::Client,
+        token_url: &Url,
+    ) -> Result<AfterUnauthorized, Failure> {
         let mut state = self.state.lock().await;
-        if let Some((token, valid_until)) = &state.token
-            && token != rejected
-            && Instant::now() < *valid_until
-        {
-            return Ok(token.clone());
+        let now = Instant::now();
+        if let Some(cached) = &mut state.token {
+            cached.denied.retain(|(_, until)| now < *until);
+            if cached.denied.iter().any(|(o, _)| o == org) {
+                return Ok(AfterUnauthorized::NoAccess);
+            }
+            if cached.secret != *rejected && now < cached.renew_at {
+                return Ok(AfterUnauthorized::Retry(cached.secret.clone()));
+            }
         }
-        state.token = None;
-        self.fetch(&mut state, http, token_url).await
+        self.fetch(&mut state, http, token_url)
+            .await
+            .map(AfterUnauthorized::Retry)
+    }
+
+    /// Remembers that `org` refused `token`, which [`TokenCache::unauthorized`] handed it: the
+    /// org lacks access, and its next 401s with this token do not renew it.
+    pub async fn refused_after_renewal(&self, org: &OrgId, token: &Secret) {
+        let mut state = self.state.lock().await;
+        if let Some(cached) = &mut state.token
+            && cached.secret == *token
+            && !cached.denied.iter().any(|(o, _)| o == org)
+        {
+            tracing::debug!(client_id = %self.client_id, %org, "org refuses a new token: no access");
+            cached.denied.push((org.clone(), later(Instant::now(), DENIAL_MEMORY)));
+        }
     }
 
     /// Asks for a new token, unless a recent refusal says to wait.
@@ -133,7 +213,13 @@ impl TokenCache {
             Ok((token, lifetime)) => {
                 // Renew a little early, but never later than halfway through a short lifetime.
                 let use_for = lifetime.saturating_sub(EARLY.min(lifetime / 2));
-                state.token = Some((token.clone(), later(Instant::now(), use_for)));
+                let now = Instant::now();
+                state.token = Some(Cached {
+                    secret: token.clone(),
+                    renew_at: later(now, use_for),
+                    expires_at: later(now, lifetime),
+                    denied: Vec::new(),
+                });
                 state.refused = None;
                 Ok(token)
             }
@@ -199,7 +285,7 @@ impl TokenCache {
     }
 }
 
-/// How long a token may be used according to `expires_in`, bounded to [0, `MAX_LIFETIME`].
+/// How long a token may be used according to `expires_in`, bounded to (0, `MAX_LIFETIME`].
 fn lifetime(expires_in: Option<&serde_json::Value>) -> Duration {
     let seconds = match expires_in {
         None | Some(serde_json::Value::Null) => return DEFAULT_LIFETIME,
@@ -209,7 +295,12 @@ fn lifetime(expires_in: Option<&serde_json::Value>) -> Duration {
     match seconds {
         // Unreadable: trust it for as long as a token usually lives; a 401 renews it anyway.
         None => DEFAULT_LIFETIME,
-        Some(s) if s.is_nan() || s <= 0.0 => Duration::ZERO,
+        // A token that lives no time at all was never meant: taken literally, every check would
+        // ask for a new token and the endpoint would soon rate limit the account.
+        Some(s) if s.is_nan() || s <= 0.0 => {
+            tracing::debug!(expires_in = s, "token lifetime not positive; taken as unknown");
+            DEFAULT_LIFETIME
+        }
         Some(s) if s >= MAX_LIFETIME.as_secs_f64() => {
             tracing::debug!(expires_in = s, "token lifetime capped at 24h");
             MAX_LIFETIME
@@ -245,8 +336,49 @@ mod tests {
         assert_eq!(lifetime(Some(&json!("120"))), Duration::from_secs(120));
         assert_eq!(lifetime(Some(&json!(u64::MAX))), MAX_LIFETIME);
         assert_eq!(lifetime(Some(&json!(1e300))), MAX_LIFETIME);
-        assert_eq!(lifetime(Some(&json!(-5))), Duration::ZERO);
+        assert_eq!(lifetime(Some(&json!(-5))), DEFAULT_LIFETIME);
+        assert_eq!(lifetime(Some(&json!(0))), DEFAULT_LIFETIME);
+        assert_eq!(lifetime(Some(&json!("-0"))), DEFAULT_LIFETIME);
+        assert_eq!(lifetime(Some(&json!(1e-6))), Duration::from_micros(1));
         assert_eq!(lifetime(Some(&json!("soon"))), DEFAULT_LIFETIME);
+    }
+
+    /// A token endpoint that refuses connections.
+    async fn closed_token_url() -> Url {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        drop(listener);
+        Url::parse(&format!("http://127.0.0.1:{port}/api/oauth/token")).unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_denial_is_believed_for_a_while_and_a_failed_renewal_keeps_the_token() {
+        let org = OrgId::parse("5f0c00000000000000000a01").unwrap();
+        let token = Secret::new("the-token".to_owned());
+        let cache = TokenCache::new("id".into(), Secret::new("secret".to_owned()));
+        let now = Instant::now();
+        let denied_until = later(now, DENIAL_MEMORY);
+        *cache.state.lock().await = State {
+            token: Some(Cached {
+                secret: token.clone(),
+                renew_at: later(now, Duration::from_secs(3000)),
+                expires_at: later(now, Duration::from_secs(3600)),
+                denied: vec![(org.clone(), denied_until)],
+            }),
+            refused: None,
+        };
+        let http = reqwest::Client::new();
+        let url = closed_token_url().await;
+        let next = cache.unauthorized(&org, &token, &http, &url).await.unwrap();
+        assert!(matches!(next, AfterUnauthorized::NoAccess));
+
+        // Once the denial has lapsed, a 401 renews again; the renewal fails, the token stays.
+        if let Some(cached) = &mut cache.state.lock().await.token {
+            cached.denied[0].1 = now;
+        }
+        let failure = cache.unauthorized(&org, &token, &http, &url).await.err().unwrap();
+        assert_eq!(failure.class, FailureClass::Connection);
+        assert!(cache.token(&http, &url).await.unwrap() == token);
     }
 
     #[test]

@@ -16,8 +16,9 @@ use super::{Shared, digest, json};
 #[derive(Debug, Clone, PartialEq)]
 pub enum TokenBehavior {
     /// Grants a token to a known service account (the default). The token is accepted for
-    /// `Options::token_lifetime`; `expires_in`, when set, is what the answer claims instead.
-    Grant { expires_in: Option<u64> },
+    /// `Options::token_lifetime`; `expires_in`, when set, is what the answer claims instead (any
+    /// JSON: a negative number, a fraction, a string).
+    Grant { expires_in: Option<serde_json::Value> },
     /// Refuses every request with `http` and an OAuth error body (`{"error": error}`), plus a
     /// `Retry-After` header when given.
     Refuse {
@@ -99,7 +100,7 @@ pub(super) async fn token(State(shared): State<Arc<Shared>>, headers: HeaderMap,
         StatusCode::OK,
         serde_json::json!({
             "access_token": token,
-            "expires_in": expires_in.unwrap_or(lifetime.as_secs()),
+            "expires_in": expires_in.unwrap_or_else(|| lifetime.as_secs().into()),
             "token_type": "Bearer",
         }),
     )

@@ -64,7 +64,7 @@ async fn a_huge_expires_in_neither_panics_nor_breaks_the_next_check() {
     let t = spawn_app_with(service_account(CLIENT_SECRET)).await;
     t.sim.add_service_account(CLIENT_ID, CLIENT_SECRET);
     t.sim.set_token_behavior(TokenBehavior::Grant {
-        expires_in: Some(u64::MAX),
+        expires_in: Some(u64::MAX.into()),
     });
     assert_eq!(t.check(ORG_A).await.outcome, Ok("NOT_SYNCED".into()));
     assert_eq!(t.check(ORG_A).await.outcome, Ok("NOT_SYNCED".into()));
@@ -79,8 +79,11 @@ async fn a_huge_expires_in_neither_panics_nor_breaks_the_next_check() {
 async fn many_checks_after_expiry_make_one_token_request() {
     let t = spawn_app_with(service_account(CLIENT_SECRET)).await;
     t.sim.add_service_account(CLIENT_ID, CLIENT_SECRET);
-    // The first token says it expires at once, so every check after this one finds it expired.
-    t.sim.set_token_behavior(TokenBehavior::Grant { expires_in: Some(0) });
+    // The first token says it lives a microsecond, so every check after this one (each takes an
+    // HTTP round trip, far longer) finds it due for renewal.
+    t.sim.set_token_behavior(TokenBehavior::Grant {
+        expires_in: Some(1e-6.into()),
+    });
     assert_eq!(t.check(ORG_A).await.outcome, Ok("NOT_SYNCED".into()));
     assert_eq!(token_requests(&t), 1);
     t.sim.set_token_behavior(TokenBehavior::default());
@@ -175,4 +178,66 @@ async fn an_unreachable_token_endpoint_is_backed_off() {
     let tried = accepted.load(Ordering::SeqCst);
     assert!((1..=2).contains(&tried), "10 checks made {tried} connections");
     door.abort();
+}
+
+#[tokio::test]
+async fn an_org_the_account_cannot_reach_costs_no_token_per_check_and_spares_the_others() {
+    let t = spawn_app_with(service_account(CLIENT_SECRET)).await;
+    t.sim.add_service_account(CLIENT_ID, CLIENT_SECRET);
+    // The service account has no access to alpha: Cloud Manager answers 401 to any token.
+    t.sim.deny_tokens(ORG_A);
+    for _ in 0..20 {
+        let failure = t.check(ORG_A).await.outcome.unwrap_err();
+        assert_eq!(failure.class, FailureClass::Unauthorized, "{failure:?}");
+        assert!(
+            failure.explain().contains("no access to this org"),
+            "{}",
+            failure.explain()
+        );
+        assert_eq!(t.check(ORG_B).await.outcome, Ok("SYNCED".into()));
+    }
+    // The first token, and one renewal that shows a fresh token does not help.
+    let asked = token_requests(&t);
+    assert!(asked <= 2, "40 checks made {asked} token requests");
+    // Alpha's refusals did not stop a revoked token from being renewed for beta.
+    t.sim.revoke_tokens();
+    assert_eq!(t.check(ORG_B).await.outcome, Ok("SYNCED".into()));
+    assert_eq!(token_requests(&t), asked + 1);
+}
+
+#[tokio::test]
+async fn a_refused_renewal_keeps_the_token_for_the_orgs_it_works_for() {
+    let t = spawn_app_with(service_account(CLIENT_SECRET)).await;
+    t.sim.add_service_account(CLIENT_ID, CLIENT_SECRET);
+    assert_eq!(t.check(ORG_B).await.outcome, Ok("SYNCED".into()));
+    // Alpha now refuses the token, and the token endpoint refuses to renew it for a minute.
+    t.sim.deny_tokens(ORG_A);
+    t.sim.set_token_behavior(TokenBehavior::Refuse {
+        http: 429,
+        error: "rate_limited".into(),
+        retry_after: Some("60".into()),
+    });
+    assert!(t.check(ORG_A).await.outcome.is_err());
+    for _ in 0..10 {
+        assert_eq!(t.check(ORG_B).await.outcome, Ok("SYNCED".into()));
+        assert!(t.check(ORG_A).await.outcome.is_err());
+    }
+    let asked = token_requests(&t);
+    assert!(asked <= 2, "{asked} token requests during the backoff");
+}
+
+#[tokio::test]
+async fn a_non_positive_expires_in_does_not_cost_a_token_per_check() {
+    for expires_in in [serde_json::json!(0), serde_json::json!(-5), serde_json::json!("0")] {
+        let t = spawn_app_with(service_account(CLIENT_SECRET)).await;
+        t.sim.add_service_account(CLIENT_ID, CLIENT_SECRET);
+        t.sim.set_token_behavior(TokenBehavior::Grant {
+            expires_in: Some(expires_in.clone()),
+        });
+        for _ in 0..10 {
+            assert_eq!(t.check(ORG_A).await.outcome, Ok("NOT_SYNCED".into()));
+        }
+        assert_eq!(token_requests(&t), 1, "expires_in {expires_in}: the token is reused");
+        t.sim.stop().await;
+    }
 }
