@@ -426,7 +426,13 @@ async fn reload_done(tx: &tokio::sync::mpsc::Sender<()>) {
 }
 
 /// `linkwatch run` on the test app's config, with a reload channel (SIGHUP).
-fn run_reloadable(t: &TestApp) -> (tokio::sync::mpsc::Sender<()>, CancellationToken, tokio::task::JoinHandle<()>) {
+fn run_reloadable(
+    t: &TestApp,
+) -> (
+    tokio::sync::mpsc::Sender<()>,
+    CancellationToken,
+    tokio::task::JoinHandle<()>,
+) {
     use linkwatch::config::Config;
     use linkwatch::daemon::{self, Options};
     let config = Config::load(&t.config_path).unwrap();
@@ -457,7 +463,10 @@ async fn a_reload_does_not_resend_a_delivered_but_unrecorded_event() {
     sql(&t, REFUSE_WRITES).await;
     let (tx, shutdown, run) = run_reloadable(&t);
     let alpha = "alpha: migration link is NOT_SYNCED (first check)";
-    wait_until(Duration::from_secs(20), "alpha posted", || async { posts_with(&rx, alpha) >= 1 }).await;
+    wait_until(Duration::from_secs(20), "alpha posted", || async {
+        posts_with(&rx, alpha) >= 1
+    })
+    .await;
     // The post was accepted but cannot be recorded; the new generation must remember it.
     reload_done(&tx).await;
     sql(&t, "DROP TRIGGER refuse").await;
@@ -467,7 +476,11 @@ async fn a_reload_does_not_resend_a_delivered_but_unrecorded_event() {
     .await;
     shutdown.cancel();
     run.await.unwrap();
-    assert_eq!(posts_with(&rx, alpha), 1, "the delivered event was posted again after a reload");
+    assert_eq!(
+        posts_with(&rx, alpha),
+        1,
+        "the delivered event was posted again after a reload"
+    );
 }
 
 #[tokio::test]
@@ -547,4 +560,60 @@ fn posts_with_status(rx: &Receiver, text: &str, status: u16) -> usize {
         .iter()
         .filter(|r| r.status == status && r.body.contains(text))
         .count()
+}
+
+#[tokio::test]
+async fn blocked_follows_the_dispatchers_hold_not_the_age_of_the_row() {
+    let rx = Receiver::start().await;
+    rx.reply_when(|b| b.contains("alpha:"), Reply::status(500, "rollup_error"));
+    let mut settings = fast();
+    settings.retry.first_delay = Duration::from_secs(1);
+    settings.retry.max_delay = Duration::from_secs(1);
+    let t = spawn_app_with(Setup {
+        channels: slack("ops", &rx.url("/hook")),
+        delivery: Some(settings),
+        ..Setup::default()
+    })
+    .await;
+    t.check(ORG_A).await;
+    t.dispatch().await;
+    // Failed once, by a receiver that has been down for a while: the row is old, but its hold
+    // has just begun, and the whole channel waits for it (nothing passes it, so it blocks no one).
+    sql(
+        &t,
+        "UPDATE outbox SET created_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now', '-10 minutes')",
+    )
+    .await;
+    let blocked = r#"linkwatch_channel_blocked{channel="ops"}"#;
+    assert_eq!(deliveries(&t).await[0].4, 1, "one attempt so far");
+    assert_eq!(metric(&t, blocked).await, 0.0, "within the hold, not blocked");
+    // Past the hold (three failed attempts), it is.
+    deliver_until(&t, "three failed attempts", || async { deliveries(&t).await[0].4 >= 3 }).await;
+    t.dispatch().await;
+    assert_eq!(metric(&t, blocked).await, 1.0, "past the hold, blocked");
+}
+
+#[tokio::test]
+async fn a_slow_channel_does_not_use_up_the_final_delivery_of_the_others() {
+    let rx = Receiver::start().await;
+    rx.reply((0..2).map(|_| Reply {
+        delay: Duration::from_secs(30),
+        ..Reply::status(200, "ok")
+    }));
+    // The slow channel comes first.
+    let t = spawn_app_with(Setup {
+        channels: format!(
+            "[[channel]]\nname = \"hook\"\nkind = \"webhook\"\nurl = \"{}\"\n\
+             [[channel]]\nname = \"console\"\nkind = \"console\"\n",
+            rx.url("/hook")
+        ),
+        ..Setup::default()
+    })
+    .await;
+    t.check(ORG_A).await;
+    t.check(ORG_B).await;
+    // As at shutdown: everything due, within a deadline the slow receiver outlasts.
+    let flush = t.app.dispatcher.dispatch_all_due(&t.app.store);
+    assert!(tokio::time::timeout(Duration::from_secs(3), flush).await.is_err());
+    assert_eq!(t.console_lines().len(), 2, "{:?}", t.console_lines());
 }

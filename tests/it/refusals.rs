@@ -329,3 +329,43 @@ async fn an_error_body_that_never_ends_is_read_in_part() {
         error.chars().count()
     );
 }
+
+#[tokio::test]
+async fn a_reload_remembers_which_recipients_have_the_mail() {
+    use linkwatch::channels::ConsoleSink;
+    use linkwatch::dispatch::Dispatcher;
+    let smtp = SmtpServer::start(false);
+    smtp.defer("busy@example.com", true);
+    let t = spawn_app_with(Setup {
+        channels: format!(
+            "[[channel]]\nname = \"mail\"\nkind = \"email\"\nsmtp_url = \"smtp://127.0.0.1:{}\"\n\
+             from = \"linkwatch@example.com\"\n\
+             to = [\"dba@example.com\", \"busy@example.com\"]\n",
+            smtp.addr.port()
+        ),
+        delivery: Some(fast()),
+        ..Setup::default()
+    })
+    .await;
+    t.check(ORG_B).await;
+    t.dispatch().await;
+    smtp.wait_for_mails(1, Duration::from_secs(10)).await;
+    // What a reload builds: a new dispatcher that takes over the running one's memories.
+    let reloaded = Dispatcher::with_memories(
+        &t.app.config,
+        &ConsoleSink::default(),
+        t.app.metrics.clone(),
+        fast(),
+        t.app.dispatcher.memories(),
+    )
+    .unwrap();
+    smtp.defer("busy@example.com", false);
+    wait_until(Duration::from_secs(20), "the retry", || async {
+        reloaded.dispatch_all_due(&t.app.store).await.unwrap();
+        deliveries(&t).await[0].3 == "sent"
+    })
+    .await;
+    let mut to: Vec<String> = smtp.mails().iter().flat_map(|m| m.to.clone()).collect();
+    to.sort();
+    assert_eq!(to, ["busy@example.com", "dba@example.com"], "each once");
+}
