@@ -15,7 +15,7 @@ use crate::client::{self, Client};
 use crate::clock::{self, Clock};
 use crate::config::{Config, Org};
 use crate::detect::{self, Event, OrgState, Policy};
-use crate::dispatch::{Dispatcher, Settings};
+use crate::dispatch::{Dispatcher, Memories, Settings};
 use crate::metrics::Metrics;
 use crate::monitoring;
 use crate::outcome::CheckOutcome;
@@ -58,12 +58,25 @@ impl App {
         console: ConsoleSink,
         clock: Clock,
     ) -> anyhow::Result<App> {
+        App::following(config, store, metrics, console, clock, Memories::default())
+    }
+
+    /// [`App::with_store`] whose channels go on from `memories` (the running app's, at a reload).
+    fn following(
+        config: Config,
+        store: Store,
+        metrics: Arc<Metrics>,
+        console: ConsoleSink,
+        clock: Clock,
+        memories: Memories,
+    ) -> anyhow::Result<App> {
         let client = Client::new(
             client::Settings::from_config(&config.cloud_manager, &config.poll),
             &config.credentials,
         )
         .context("cannot build the HTTP client")?;
-        let dispatcher = Dispatcher::new(&config, &console, metrics.clone(), Settings::with_clock(clock.clone()))?;
+        let settings = Settings::with_clock(clock.clone());
+        let dispatcher = Dispatcher::with_memories(&config, &console, metrics.clone(), settings, memories)?;
         Ok(App {
             config,
             clock,
@@ -372,7 +385,9 @@ fn org_ids(config: &Config) -> Arc<std::collections::HashSet<String>> {
     Arc::new(config.orgs.iter().map(|o| o.id.as_str().to_owned()).collect())
 }
 
-/// A new `App` for `loaded`, around the running one's store, metrics and clock.
+/// A new `App` for `loaded`, around the running one's store, metrics, clock and what its
+/// channels remember (outcomes not yet written, retry times, mail recipients' progress), so that
+/// a reload never sends a delivered event again.
 fn rebuild(current: &App, loaded: anyhow::Result<Config>, console: ConsoleSink) -> anyhow::Result<App> {
     let config = loaded?;
     if config.database != current.config.database {
@@ -398,12 +413,13 @@ fn rebuild(current: &App, loaded: anyhow::Result<Config>, console: ConsoleSink) 
             gone.join(", ")
         );
     }
-    App::with_store(
+    App::following(
         config,
         current.store.clone(),
         current.metrics.clone(),
         console,
         current.clock.clone(),
+        current.dispatcher.memories(),
     )
 }
 
@@ -496,10 +512,22 @@ impl Generation {
         self.sends_stop.cancel();
         let drain = async { while self.workers.join_next().await.is_some() {} };
         if tokio::time::timeout_at(deadline, drain).await.is_err() {
+            if !last {
+                // Cut off, the send could reach its receiver unrecorded, and go again from the
+                // new generation. It finishes instead, holding its channel's memory (shared with
+                // the new dispatcher), whose new worker waits for it.
+                tracing::warn!(
+                    "a send was still running at the reload deadline; it finishes in the background before its channel sends again"
+                );
+                let mut workers = std::mem::take(&mut self.workers);
+                tokio::spawn(async move { while workers.join_next().await.is_some() {} });
+                return;
+            }
             tracing::warn!(
                 "a send was still running at the shutdown deadline; it stays pending and is retried after the next start"
             );
-            self.workers.abort_all();
+            self.workers.shutdown().await;
+            app.dispatcher.report_unrecorded();
             return;
         }
         if last {

@@ -2,10 +2,16 @@
 //! never delays the others; each worker wakes when new rows are written or a retry falls due,
 //! and a worker that panics is started again. What goes next is decided in `select`, one send
 //! and its outcome in `step`.
+//!
+//! What a channel remembers beyond the database (outcomes not yet written, retries scheduled on
+//! the monotonic clock, which mail recipients already have which event) lives in [`Memories`],
+//! keyed by channel name, which a reload's new dispatcher takes over from the old one: a reload
+//! never makes this process send a delivered event again.
 
 mod select;
 mod step;
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -14,7 +20,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::AbortOnDropHandle;
 
-use crate::channels::{Channel, ConsoleSink};
+use crate::channels::{Channel, ConsoleSink, email};
 use crate::clock::Clock;
 use crate::config::Config;
 use crate::metrics::Metrics;
@@ -37,9 +43,36 @@ pub struct Outlet {
     pub name: String,
     pub channel: Channel,
     wake: Notify,
-    /// Held for a whole step, so that two steps of one channel never run at once (the worker
-    /// and `dispatch_all_due` at shutdown).
-    memory: Mutex<Memory>,
+    /// Held for a whole step, so that two steps of one channel never run at once: the worker
+    /// and `dispatch_all_due` at shutdown, or the old and the new worker across a reload (the
+    /// new one waits for the send the old one is in). Shared through [`Memories`].
+    memory: Arc<Mutex<Memory>>,
+}
+
+/// What each channel remembers beyond the database, by channel name. It outlives a dispatcher:
+/// [`Dispatcher::with_memories`] takes over the previous one's, so that a reload forgets no
+/// outcome waiting to be written, no retry time, and no mail recipient's progress. A channel
+/// removed by a reload keeps its memory, for when a channel of that name returns (its pending
+/// rows wait for it).
+#[derive(Debug, Clone, Default)]
+pub struct Memories(Arc<std::sync::Mutex<HashMap<String, Kept>>>);
+
+#[derive(Debug, Clone, Default)]
+struct Kept {
+    memory: Arc<Mutex<Memory>>,
+    recipients: email::Progress,
+}
+
+impl Memories {
+    fn of(&self, channel: &str) -> Kept {
+        let mut all = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        all.entry(channel.to_owned()).or_default().clone()
+    }
+
+    fn all(&self) -> Vec<(String, Arc<Mutex<Memory>>)> {
+        let all = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        all.iter().map(|(name, k)| (name.clone(), k.memory.clone())).collect()
+    }
 }
 
 /// How the dispatcher behaves, beyond the config: injected so that tests can use short delays
@@ -101,14 +134,28 @@ pub struct Dispatcher {
     pub router: Router,
     settings: Settings,
     metrics: Arc<Metrics>,
+    memories: Memories,
 }
 
 impl Dispatcher {
+    /// A dispatcher that remembers nothing yet (a start, or `linkwatch once`).
     pub fn new(
         config: &Config,
         console: &ConsoleSink,
         metrics: Arc<Metrics>,
         settings: Settings,
+    ) -> anyhow::Result<Dispatcher> {
+        Dispatcher::with_memories(config, console, metrics, settings, Memories::default())
+    }
+
+    /// A dispatcher whose channels go on from what `memories` holds for their names (a reload
+    /// passes the running dispatcher's [`memories`](Self::memories)).
+    pub fn with_memories(
+        config: &Config,
+        console: &ConsoleSink,
+        metrics: Arc<Metrics>,
+        settings: Settings,
+        memories: Memories,
     ) -> anyhow::Result<Dispatcher> {
         let http = reqwest::Client::builder()
             .user_agent(concat!("linkwatch/", env!("CARGO_PKG_VERSION")))
@@ -119,19 +166,30 @@ impl Dispatcher {
             .build()?;
         let mut outlets = Vec::new();
         for c in &config.channels {
+            let kept = memories.of(&c.name);
+            let mut channel = Channel::from_config(c, &http, console)?;
+            channel.remember_in(&kept.recipients);
             outlets.push(Arc::new(Outlet {
                 name: c.name.clone(),
-                channel: Channel::from_config(c, &http, console)?,
+                channel,
                 wake: Notify::new(),
-                memory: Mutex::default(),
+                memory: kept.memory,
             }));
         }
+        // A channel removed from the config is no longer reported blocked.
+        metrics.retain_blocked(|name| config.channels.iter().any(|c| c.name == name));
         Ok(Dispatcher {
             outlets,
             router: Router::new(config),
             settings,
             metrics,
+            memories,
         })
+    }
+
+    /// What the channels remember, for the dispatcher that replaces this one.
+    pub fn memories(&self) -> Memories {
+        self.memories.clone()
     }
 
     pub fn outlet(&self, name: &str) -> Option<&Arc<Outlet>> {
@@ -147,24 +205,60 @@ impl Dispatcher {
 
     /// Sends everything due on every channel, step after step until nothing is due (a webhook
     /// sends one event per step); returns how many deliveries were attempted. Used by
-    /// `linkwatch once` and at shutdown, whose caller bounds it with its deadline.
+    /// `linkwatch once` and at shutdown, whose caller bounds it with its deadline. The channels
+    /// go at once, each in a task of its own, so that a slow one does not use up the deadline of
+    /// the others; dropping the future stops them all.
     pub async fn dispatch_all_due(&self, store: &Store) -> anyhow::Result<usize> {
-        let never = CancellationToken::new();
-        let mut n = 0;
+        let mut channels = JoinSet::new();
         for o in &self.outlets {
-            let cx = self.ctx(store, o);
-            loop {
-                match step::step(&cx, &never).await? {
-                    Next::Sent(k) if k > 0 => n += k,
-                    Next::Sent(_) | Next::Idle(_) => break,
-                    Next::Unrecorded(_) => {
-                        step::finish(&cx).await;
-                        break;
+            let (store, outlet) = (store.clone(), o.clone());
+            let (settings, metrics) = (self.settings.clone(), self.metrics.clone());
+            channels.spawn(async move {
+                let cx = Ctx {
+                    store: &store,
+                    outlet: &outlet,
+                    settings: &settings,
+                    metrics: &metrics,
+                };
+                let never = CancellationToken::new();
+                let mut n = 0;
+                loop {
+                    match step::step(&cx, &never).await {
+                        Ok(Next::Sent(k)) if k > 0 => n += k,
+                        Ok(Next::Sent(_) | Next::Idle(_)) => return Ok(n),
+                        Ok(Next::Unrecorded(_)) => {
+                            step::finish(&cx).await;
+                            return Ok(n);
+                        }
+                        Err(e) => return Err(e.context(format!("channel {}", outlet.name))),
                     }
+                }
+            });
+        }
+        let (mut n, mut first_error) = (0, None);
+        while let Some(done) = channels.join_next().await {
+            match done {
+                Ok(Ok(k)) => n += k,
+                Ok(Err(e)) => {
+                    first_error.get_or_insert(e);
+                }
+                Err(e) => {
+                    first_error.get_or_insert_with(|| anyhow::anyhow!("a channel's delivery stopped: {e}"));
                 }
             }
         }
-        Ok(n)
+        first_error.map_or(Ok(n), Err)
+    }
+
+    /// At exit, after the workers were stopped at the deadline: names the delivered events whose
+    /// outcome was never written (the next start sends them again). A memory still in use is
+    /// skipped.
+    pub fn report_unrecorded(&self) {
+        for (name, memory) in self.memories.all() {
+            if let Ok(mut memory) = memory.try_lock() {
+                step::report_unrecorded(&name, &mut memory);
+            }
+        }
     }
 
     /// Starts one worker per channel; they stop when `shutdown` is cancelled, after finishing
@@ -178,15 +272,6 @@ impl Dispatcher {
                 self.metrics.clone(),
                 shutdown.clone(),
             ));
-        }
-    }
-
-    fn ctx<'a>(&'a self, store: &'a Store, outlet: &'a Outlet) -> Ctx<'a> {
-        Ctx {
-            store,
-            outlet,
-            settings: &self.settings,
-            metrics: &self.metrics,
         }
     }
 }
@@ -288,5 +373,7 @@ async fn worker(
             }
         }
     }
-    step::finish(&cx).await;
+    // One more try to write what was decided. What still cannot be written stays in the
+    // channel's memory: a reload's new worker goes on from it, and at exit the shutdown names it.
+    step::flush(&cx).await;
 }

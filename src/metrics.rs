@@ -26,6 +26,22 @@ pub struct Metrics {
     panics: Mutex<BTreeMap<(String, String), u64>>,
     /// channel -> failed attempts to record a delivery's outcome in the database.
     record_failures: Mutex<BTreeMap<String, u64>>,
+    /// Blocked channels, as their dispatcher last saw them (it alone knows the hold).
+    blocked: Mutex<BTreeMap<String, Blocked>>,
+}
+
+/// A channel with deliveries that keep failing past the hold (see [`crate::retry::HOLD_ATTEMPTS`]):
+/// their orgs' later deliveries wait behind them, other orgs' pass.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Blocked {
+    /// The first failure of the oldest of them seen by this process, on the wall clock (to show)
+    /// and on the monotonic clock (for its age).
+    pub since: chrono::DateTime<chrono::Utc>,
+    pub since_mono: tokio::time::Instant,
+    /// How many deliveries of the channel are past the hold.
+    pub deliveries: usize,
+    /// The last error of the oldest.
+    pub last_error: Option<String>,
 }
 
 /// What the database says at scrape time.
@@ -37,9 +53,6 @@ pub struct DbGauges {
     pub outbox_depth: Vec<(String, i64)>,
     /// Age of the oldest pending delivery, in seconds.
     pub oldest_pending_s: Option<f64>,
-    /// Blocked channels (see `Store::blocked_channels`): channel -> age of the oldest blocked
-    /// delivery, in seconds.
-    pub blocked: Vec<(String, f64)>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -47,6 +60,33 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl Metrics {
+    /// Whether `channel` is blocked now (`None`: not), as its dispatcher says after each look at
+    /// its pending rows.
+    pub fn set_blocked(&self, channel: &str, blocked: Option<Blocked>) {
+        let mut all = lock(&self.blocked);
+        match blocked {
+            Some(b) => {
+                all.insert(channel.to_owned(), b);
+            }
+            None => {
+                all.remove(channel);
+            }
+        }
+    }
+
+    /// Keeps only the blocked channels `keep` names (a reload removed the others).
+    pub fn retain_blocked(&self, keep: impl Fn(&str) -> bool) {
+        lock(&self.blocked).retain(|c, _| keep(c));
+    }
+
+    /// The blocked channels, by name.
+    pub fn blocked(&self) -> Vec<(String, Blocked)> {
+        lock(&self.blocked)
+            .iter()
+            .map(|(c, b)| (c.clone(), b.clone()))
+            .collect()
+    }
+
     pub fn check(&self, org_id: &str, org_name: &str, outcome: &str, took: Duration, requests: u64) {
         *lock(&self.checks)
             .entry((org_id.to_owned(), org_name.to_owned(), outcome.to_owned()))
@@ -214,8 +254,9 @@ impl Metrics {
             "gauge",
             "1 when a delivery of the channel keeps failing past the hold (3 attempts or 5 minutes): its org's later events wait, other orgs' pass.",
         );
+        let blocked = self.blocked();
         for (channel, _) in &db.outbox_depth {
-            let blocked = db.blocked.iter().any(|(c, _)| c == channel);
+            let blocked = blocked.iter().any(|(c, _)| c == channel);
             let _ = writeln!(
                 w,
                 "linkwatch_channel_blocked{{channel=\"{}\"}} {}",
@@ -229,7 +270,8 @@ impl Metrics {
             "gauge",
             "Age of the channel's oldest blocked delivery.",
         );
-        for (channel, age) in &db.blocked {
+        for (channel, b) in &blocked {
+            let age = b.since_mono.elapsed().as_secs_f64();
             let _ = writeln!(
                 w,
                 "linkwatch_channel_blocked_seconds{{channel=\"{}\"}} {age}",

@@ -151,7 +151,7 @@ async fn metrics(State(shared): State<Shared>) -> Response {
 
 async fn healthz(State(shared): State<Shared>) -> Response {
     match health(&shared).await {
-        Ok(()) => (StatusCode::OK, degraded(&shared).await).into_response(),
+        Ok(()) => (StatusCode::OK, degraded(&shared)).into_response(),
         Err(reason) => (StatusCode::SERVICE_UNAVAILABLE, format!("{reason}\n")).into_response(),
     }
 }
@@ -159,22 +159,22 @@ async fn healthz(State(shared): State<Shared>) -> Response {
 /// "ok", or "degraded" with the channels whose deliveries keep failing. A blocked channel is not
 /// a reason for 503: the watchdog and orchestrators would restart the daemon, which does not
 /// fix a receiver and would pause every check; the process is healthy and says what is wrong.
-async fn degraded(shared: &Shared) -> String {
-    match shared.store.blocked_channels(chrono::Utc::now()).await {
-        Ok(blocked) if !blocked.is_empty() => {
-            let mut text = String::from("degraded\n");
-            for b in blocked {
-                text.push_str(&format!(
-                    "channel \"{}\" blocked since {}: {} deliveries keep failing (other orgs' events pass); last error: {}\n",
-                    b.channel,
-                    crate::store::ts(b.since),
-                    b.deliveries,
-                    b.last_error.as_deref().unwrap_or("none recorded")
-                ));
-            }
-            text
-        }
-        Ok(_) => "ok\n".into(),
-        Err(e) => format!("ok (cannot read the outbox: {e})\n"),
+/// Read from what the dispatchers last saw, not the database: a request costs no query, and the
+/// answer follows the dispatcher's own hold.
+fn degraded(shared: &Shared) -> String {
+    let blocked = shared.metrics.blocked();
+    if blocked.is_empty() {
+        return "ok\n".into();
     }
+    let mut text = String::from("degraded\n");
+    for (channel, b) in blocked {
+        text.push_str(&format!(
+            "channel \"{}\" blocked since {}: {} deliveries keep failing (other orgs' events pass); last error: {}\n",
+            channel,
+            crate::store::ts(b.since),
+            b.deliveries,
+            b.last_error.as_deref().unwrap_or("none recorded")
+        ));
+    }
+    text
 }

@@ -21,7 +21,7 @@ mod quiet;
 
 pub use checks::{Applied, Check, CheckRecord, Decision, RemindersSent, event_id};
 pub use lock::{LockError, WriterLock};
-pub use outbox::{Blocked, Delivery, Pending};
+pub use outbox::{Delivery, Pending};
 pub use quiet::{QUIET_WINDOW, Unmatched};
 
 #[derive(Clone, Debug)]
@@ -159,17 +159,10 @@ impl Store {
         let oldest: Option<String> = sqlx::query_scalar("SELECT min(created_at) FROM outbox WHERE state = 'pending'")
             .fetch_one(&self.pool)
             .await?;
-        let blocked = self
-            .blocked_channels(Utc::now())
-            .await?
-            .into_iter()
-            .map(|b| (b.channel, (Utc::now() - b.since).num_milliseconds() as f64 / 1000.0))
-            .collect();
         Ok(crate::metrics::DbGauges {
             statuses,
             outbox_depth,
             oldest_pending_s: parse_ts(oldest).map(|t| (Utc::now() - t).num_milliseconds() as f64 / 1000.0),
-            blocked,
         })
     }
 

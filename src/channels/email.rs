@@ -1,12 +1,15 @@
 //! Email over SMTP (lettre): multipart plain text + HTML, one mail per event or one digest,
 //! sent to each recipient in a transaction of its own, so that one refused address never stops
-//! the mail to the others. The Message-ID comes from the event ids: the same mail on every
+//! the mail to the others. Each recipient gets only the events it does not have yet: a recipient
+//! deferred with a 4xx is retried alone, and when the retry carries newer events too, the others
+//! get just those. The Message-ID comes from the event ids of the mail: the same mail on every
 //! retry, so mail clients and people can tell a repeat.
 
+use std::collections::hash_map::Entry;
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::str::FromStr;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -26,13 +29,26 @@ use crate::message::Message;
 /// cost: a repeat to some recipients).
 const REMEMBERED_EVENTS: usize = 10_000;
 
+/// For events whose mail reached some recipients but not all yet: event id -> recipient ->
+/// `None` (accepted) or the server's refusal. A retry sends each recipient only what it lacks.
+/// Shared, so that it outlives the channel across a reload.
+#[derive(Debug, Clone, Default)]
+pub struct Progress(Arc<Mutex<Answers>>);
+
+/// Event id -> recipient -> `None` (accepted) or the server's refusal.
+type Answers = HashMap<String, BTreeMap<String, Option<String>>>;
+
+impl Progress {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Answers> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
 pub struct Email {
     transport: AsyncSmtpTransport<Tokio1Executor>,
     from: Mailbox,
     to: Vec<Mailbox>,
-    /// For events whose mail reached some recipients but not all yet: event id -> recipient ->
-    /// `None` (accepted) or the server's refusal. A retry sends only to the others.
-    done: Mutex<HashMap<String, BTreeMap<String, Option<String>>>>,
+    done: Progress,
 }
 
 impl std::fmt::Debug for Email {
@@ -77,23 +93,32 @@ impl Email {
                 .map(|t| Mailbox::from_str(t))
                 .collect::<Result<_, _>>()
                 .context("to")?,
-            done: Mutex::default(),
+            done: Progress::default(),
         })
     }
 
-    /// Sends the mail to each recipient in turn. Delivered when every recipient accepted it or
-    /// refused it for good (the refusals are the returned note); a recipient that failed for now
-    /// is retried alone; refused by all, it failed.
+    /// Keeps who has which event in `progress` (shared with the channel this one replaces).
+    pub fn remember_in(&mut self, progress: &Progress) {
+        self.done = progress.clone();
+    }
+
+    /// Sends each recipient in turn the mail of the events it does not have yet (all of them,
+    /// unless an earlier try reached it). Delivered when every recipient accepted or refused for
+    /// good every event (the refusals are the returned note); a recipient that failed for now is
+    /// retried; refused by all, it failed.
+    ///
+    /// Per recipient rather than one fixed mail for the group: the dispatcher may retry a group
+    /// with newer events added, or split it once past the hold, and whatever the grouping, no
+    /// recipient gets an event twice.
     pub async fn send(&self, messages: &[Message]) -> Result<Sent, SendError> {
-        let email = self
-            .compose(messages)
-            .map_err(|e| SendError::Permanent(format!("cannot compose the mail: {e}")))?;
-        let bytes = email.formatted();
         let events: Vec<&str> = messages.iter().map(|m| m.event_id.as_str()).collect();
+        // The mail of each set of events, composed once for every recipient that lacks that set.
+        let mut mails: HashMap<Vec<usize>, Vec<u8>> = HashMap::new();
         let (mut waiting, mut error, mut broken) = (Vec::new(), None::<String>, false);
         for to in &self.to {
             let rcpt = to.email.to_string();
-            if self.has(&events, &rcpt) {
+            let lacking = self.lacking(&events, &rcpt);
+            if lacking.is_empty() {
                 continue;
             }
             // After a failure of the connection itself the others would fail the same way.
@@ -101,12 +126,23 @@ impl Email {
                 waiting.push(rcpt);
                 continue;
             }
+            let these: Vec<&str> = lacking.iter().map(|i| events[*i]).collect();
+            let bytes = match mails.entry(lacking) {
+                Entry::Occupied(mail) => mail.into_mut(),
+                Entry::Vacant(slot) => {
+                    let subset: Vec<Message> = slot.key().iter().map(|i| messages[*i].clone()).collect();
+                    let email = self
+                        .compose(&subset)
+                        .map_err(|e| SendError::Permanent(format!("cannot compose the mail: {e}")))?;
+                    slot.insert(email.formatted())
+                }
+            };
             let envelope = Envelope::new(Some(self.from.email.clone()), vec![to.email.clone()])
                 .map_err(|e| SendError::Permanent(format!("SMTP envelope for {rcpt}: {e}")))?;
-            match self.transport.send_raw(&envelope, &bytes).await {
-                Ok(_) => self.remember(&events, &rcpt, None),
+            match self.transport.send_raw(&envelope, bytes).await {
+                Ok(_) => self.remember(&these, &rcpt, None),
                 // 5xx: this server refuses this recipient (or this mail) for good.
-                Err(e) if e.is_permanent() => self.remember(&events, &rcpt, Some(e.to_string())),
+                Err(e) if e.is_permanent() => self.remember(&these, &rcpt, Some(e.to_string())),
                 // lettre refused to send it at all (e.g. 8-bit text to a 7-bit server).
                 Err(e) if e.is_client() => return Err(SendError::Permanent(format!("SMTP: {e}"))),
                 Err(e) => {
@@ -131,16 +167,17 @@ impl Email {
         self.conclude(&events)
     }
 
-    /// Whether the mail of every event in `events` already reached `rcpt` (or was refused).
-    fn has(&self, events: &[&str], rcpt: &str) -> bool {
-        let done = self.done.lock().unwrap_or_else(|p| p.into_inner());
-        events
-            .iter()
-            .all(|e| done.get(*e).is_some_and(|r| r.contains_key(rcpt)))
+    /// The positions in `events` of those whose mail has not reached `rcpt` yet (nor was refused
+    /// for good).
+    fn lacking(&self, events: &[&str], rcpt: &str) -> Vec<usize> {
+        let done = self.done.lock();
+        (0..events.len())
+            .filter(|i| !done.get(events[*i]).is_some_and(|r| r.contains_key(rcpt)))
+            .collect()
     }
 
     fn remember(&self, events: &[&str], rcpt: &str, refusal: Option<String>) {
-        let mut done = self.done.lock().unwrap_or_else(|p| p.into_inner());
+        let mut done = self.done.lock();
         if done.len() > REMEMBERED_EVENTS {
             done.clear();
         }
@@ -153,7 +190,7 @@ impl Email {
 
     /// Every recipient has answered for good: the outcome, and the events forgotten.
     fn conclude(&self, events: &[&str]) -> Result<Sent, SendError> {
-        let mut done = self.done.lock().unwrap_or_else(|p| p.into_inner());
+        let mut done = self.done.lock();
         let mut answers: BTreeMap<String, Option<String>> = BTreeMap::new();
         for e in events {
             for (rcpt, refusal) in done.remove(*e).unwrap_or_default() {

@@ -69,6 +69,14 @@ impl Channel {
         })
     }
 
+    /// Keeps what this channel learns about its recipients in `progress`, which outlives it (a
+    /// reload builds the channel again). Only email has any: who already has which event.
+    pub fn remember_in(&mut self, progress: &email::Progress) {
+        if let Channel::Email(e) = self {
+            e.remember_in(progress);
+        }
+    }
+
     /// Sends `messages` (one, or several due at once) as one delivery: several become one
     /// digest on Slack and email, and separate requests on a webhook. Callers send one of
     /// [`groups`](Self::groups) at a time.

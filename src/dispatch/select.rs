@@ -5,7 +5,8 @@
 //! short outage keeps the global order, and the failed batch is retried together. Past the hold
 //! (`HOLD_ATTEMPTS` failed attempts, or `HOLD_TIME` since its first failure here) it stops
 //! holding back other orgs, and is sent alone whenever it is due, so that a message the
-//! receiver keeps refusing never takes others down with it.
+//! receiver keeps refusing never takes others down with it (nor does its `Retry-After`, which
+//! then delays only that row). Rows past the hold are what makes a channel "blocked".
 
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
@@ -39,6 +40,8 @@ pub struct Choice {
     pub ids: Vec<i64>,
     /// The earliest a row now held back may go (its retry, or the end of its hold).
     pub wake_at: Option<Instant>,
+    /// The one row chosen is past the hold, sent alone.
+    pub alone: bool,
 }
 
 /// When `row` may be tried: `None` when it is due now.
@@ -78,6 +81,12 @@ fn holding(row: &Pending, schedule: &Schedule, mono: Instant, hold: Duration) ->
     first.checked_add(hold).filter(|end| *end > mono)
 }
 
+/// The rows of `rows` that failed and are past the hold: each holds back only its own org.
+pub fn past_hold<'a>(rows: &'a [Pending], schedule: &'a Schedule, mono: Instant) -> impl Iterator<Item = &'a Pending> {
+    rows.iter()
+        .filter(move |r| r.attempts > 0 && holding(r, schedule, mono, HOLD_TIME).is_none())
+}
+
 /// Chooses at most `limit` rows of `rows` (pending, in event order) to send together now.
 pub fn choose(rows: &[Pending], schedule: &Schedule, now: DateTime<Utc>, policy: &RetryPolicy, limit: usize) -> Choice {
     choose_with_hold(rows, schedule, now, Instant::now(), policy, limit, HOLD_TIME)
@@ -93,6 +102,7 @@ fn choose_with_hold(
     hold: Duration,
 ) -> Choice {
     let mut ids = Vec::new();
+    let mut alone = false;
     let mut waiting_orgs: HashSet<&str> = HashSet::new();
     let mut wake_at: Option<Instant> = None;
     let mut wake = |at: Instant| wake_at = Some(wake_at.map_or(at, |w| w.min(at)));
@@ -106,6 +116,7 @@ fn choose_with_hold(
                 // Past the hold: alone, so that whatever makes it fail fails nothing else.
                 if ids.is_empty() {
                     ids.push(row.outbox_id);
+                    alone = true;
                 }
                 break;
             }
@@ -126,7 +137,7 @@ fn choose_with_hold(
             }
         }
     }
-    Choice { ids, wake_at }
+    Choice { ids, wake_at, alone }
 }
 
 #[cfg(test)]
@@ -140,10 +151,15 @@ mod tests {
             attempts,
             next_attempt_at: crate::store::ts(next),
             created_at: crate::store::ts(next),
+            last_error: None,
         }
     }
 
     fn pick(rows: &[Pending], schedule: &Schedule, now: DateTime<Utc>) -> Vec<i64> {
+        choice(rows, schedule, now).ids
+    }
+
+    fn choice(rows: &[Pending], schedule: &Schedule, now: DateTime<Utc>) -> Choice {
         choose_with_hold(
             rows,
             schedule,
@@ -153,7 +169,6 @@ mod tests {
             100,
             HOLD_TIME,
         )
-        .ids
     }
 
     #[test]
@@ -171,8 +186,10 @@ mod tests {
         s.first_failed.insert(1, Instant::now());
         let rows = [row(0, "c", 0, now), row(1, "a", 1, now), row(2, "b", 0, now)];
         let choice = choose(&rows, &s, now, &RetryPolicy::default(), 100);
-        assert_eq!(choice.ids, [0]);
+        assert_eq!((choice.ids, choice.alone), (vec![0], false));
         assert!(choice.wake_at.is_some());
+        // Within the hold it is not blocking: it holds everything, as an outage does.
+        assert_eq!(past_hold(&rows, &s, Instant::now()).count(), 0);
     }
 
     #[test]
@@ -186,12 +203,21 @@ mod tests {
             row(3, "a", 0, now),
             row(4, "c", 0, now),
         ];
-        assert_eq!(pick(&rows, &s, now), [2, 4]);
-        // Due again: alone.
+        let others = choice(&rows, &s, now);
+        assert_eq!((others.ids, others.alone), (vec![2, 4], false));
+        assert_eq!(
+            past_hold(&rows, &s, Instant::now())
+                .map(|r| r.outbox_id)
+                .collect::<Vec<_>>(),
+            [1]
+        );
+        // Due again: alone (so that a Retry-After it gets delays only it).
         s.retry_at.insert(1, Instant::now());
-        assert_eq!(pick(&rows, &s, now), [1]);
+        let lone = choice(&rows, &s, now);
+        assert_eq!((lone.ids, lone.alone), (vec![1], true));
         let rows = [row(2, "b", 0, now), row(1, "a", 3, now), row(3, "c", 0, now)];
-        assert_eq!(pick(&rows, &s, now), [2]);
+        let before = choice(&rows, &s, now);
+        assert_eq!((before.ids, before.alone), (vec![2], false));
     }
 
     #[test]

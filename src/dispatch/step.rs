@@ -19,8 +19,8 @@ use super::select::{self, Schedule};
 use super::{Outlet, Settings};
 use crate::channels::{SendError, Sent};
 use crate::message::{self, Message};
-use crate::metrics::Metrics;
-use crate::store::{Delivery, Store};
+use crate::metrics::{Blocked, Metrics};
+use crate::store::{Delivery, Pending, Store};
 
 /// How many pending rows of a channel are looked at to choose what goes next. Rows beyond wait
 /// until the ones before them leave.
@@ -37,7 +37,8 @@ pub(super) struct Memory {
     record_at: Option<Instant>,
     /// The unrecorded outcomes were reported as lost at exit (so it is said once).
     reported: bool,
-    /// No send before this: a receiver's `Retry-After` is about the receiver, not one message.
+    /// No send before this: a receiver's `Retry-After` is about the receiver, not one message
+    /// (except for a row sent alone past the hold, whose `Retry-After` delays only that row).
     not_before: Option<Instant>,
     last_send: Option<Instant>,
 }
@@ -105,6 +106,7 @@ pub(super) async fn step(cx: &Ctx<'_>, stop: &CancellationToken) -> anyhow::Resu
         // Failed before this process saw it: its hold counts from now.
         mem.schedule.first_failed.entry(r.outbox_id).or_insert(mono);
     }
+    publish_blocked(cx, &rows, &mem.schedule, mono);
     let limit = usize::try_from(cx.outlet.channel.max_batch()).unwrap_or(1);
     let choice = select::choose(&rows, &mem.schedule, cx.settings.clock.now(), &cx.settings.retry, limit);
     if choice.ids.is_empty() {
@@ -151,7 +153,11 @@ pub(super) async fn step(cx: &Ctx<'_>, stop: &CancellationToken) -> anyhow::Resu
                 false
             }
             Err(SendError::Transient { error, retry_after }) => {
-                retry(cx, &mut mem, rows, &error, retry_after);
+                // A row past the hold goes alone because the receiver may be refusing that very
+                // message: its `Retry-After` then delays only it, or it would pause every org's
+                // events again each time it falls due.
+                let pause = retry_after.filter(|_| !choice.alone);
+                retry(cx, &mut mem, rows, &error, retry_after, pause);
                 false
             }
         };
@@ -205,15 +211,23 @@ fn failed(cx: &Ctx<'_>, mem: &mut Memory, rows: &[Delivery], error: &str, why: &
     });
 }
 
-/// Schedules the group's retry together, on the backoff of its most-tried row, and gives up rows
-/// past the maximum age. The wait is kept on the monotonic clock for this process, and as a
-/// wall-clock time in the database for people and for the next start.
-fn retry(cx: &Ctx<'_>, mem: &mut Memory, rows: &[Delivery], error: &str, retry_after: Option<Duration>) {
+/// Schedules the group's retry together, on the backoff of its most-tried row (never sooner than
+/// `retry_after`), and gives up rows past the maximum age; `pause` stops the whole channel that
+/// long. The wait is kept on the monotonic clock for this process, and as a wall-clock time in
+/// the database for people and for the next start.
+fn retry(
+    cx: &Ctx<'_>,
+    mem: &mut Memory,
+    rows: &[Delivery],
+    error: &str,
+    retry_after: Option<Duration>,
+    pause: Option<Duration>,
+) {
     let policy = &cx.settings.retry;
     let attempts = rows.iter().map(|d| d.attempts).max().unwrap_or(0).saturating_add(1);
     let delay = policy.delay(u32::try_from(attempts).unwrap_or(u32::MAX), retry_after);
     let (now, mono) = (cx.settings.clock.now(), Instant::now());
-    if let Some(wait) = retry_after {
+    if let Some(wait) = pause {
         mem.not_before = mono.checked_add(wait.min(policy.max_retry_after));
     }
     let at = chrono::Duration::from_std(delay)
@@ -279,14 +293,26 @@ async fn record(cx: &Ctx<'_>, mem: &mut Memory) -> Option<Instant> {
     None
 }
 
+/// When a worker stops: one more try to write what was decided. What fails stays in memory.
+pub(super) async fn flush(cx: &Ctx<'_>) {
+    let mut mem = cx.outlet.memory.lock().await;
+    let _ = record(cx, &mut mem).await;
+}
+
 /// At exit: one more try to write what was decided, and if that fails too, says which
 /// delivered events the next start will send again (with the same event ids).
 pub(super) async fn finish(cx: &Ctx<'_>) {
     let mut mem = cx.outlet.memory.lock().await;
-    if record(cx, &mut mem).await.is_none() || mem.reported {
+    if record(cx, &mut mem).await.is_some() {
+        report_unrecorded(&cx.outlet.name, &mut mem);
+    }
+}
+
+/// Logs, once, the delivered events whose outcome was never written.
+pub(super) fn report_unrecorded(channel: &str, mem: &mut Memory) {
+    if mem.reported {
         return;
     }
-    mem.reported = true;
     let delivered: Vec<&str> = mem
         .unrecorded
         .iter()
@@ -297,9 +323,34 @@ pub(super) async fn finish(cx: &Ctx<'_>) {
         .collect();
     if !delivered.is_empty() {
         tracing::error!(
-            channel = %cx.outlet.name,
+            %channel,
             events = %delivered.join(","),
             "stopping with deliveries the database never recorded: these events reached the receiver and will be sent again after the next start, with the same event ids"
         );
+        mem.reported = true;
     }
+}
+
+/// Tells the metrics and `/healthz` whether the channel is blocked: which of its rows are past
+/// the hold, by the same rule and clock as [`select::choose`], with since when (their first
+/// failure seen by this process) and the oldest one's last error.
+fn publish_blocked(cx: &Ctx<'_>, rows: &[Pending], schedule: &Schedule, mono: Instant) {
+    let past: Vec<&Pending> = select::past_hold(rows, schedule, mono).collect();
+    let blocked = past.first().map(|oldest| {
+        let first = past
+            .iter()
+            .filter_map(|r| schedule.first_failed.get(&r.outbox_id))
+            .min()
+            .copied()
+            .unwrap_or(mono);
+        let ago = chrono::Duration::from_std(mono.saturating_duration_since(first)).unwrap_or_default();
+        let now = cx.settings.clock.now();
+        Blocked {
+            since: now.checked_sub_signed(ago).unwrap_or(now),
+            since_mono: first,
+            deliveries: past.len(),
+            last_error: oldest.last_error.clone(),
+        }
+    });
+    cx.metrics.set_blocked(&cx.outlet.name, blocked);
 }

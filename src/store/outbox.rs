@@ -1,11 +1,10 @@
-//! The outbox side of the store: what is pending, what became of each attempt, and which
-//! channels are blocked.
+//! The outbox side of the store: what is pending, and what became of each attempt. (Which
+//! channels are blocked is the dispatcher's to say: the hold counts from a failure it saw.)
 
 use chrono::{DateTime, Utc};
 use sqlx::{Connection, FromRow};
 
 use super::{Store, StoredEvent, parse_ts, ts};
-use crate::retry::{HOLD_ATTEMPTS, HOLD_TIME};
 
 /// The most characters of an error kept in `last_error`: enough to read, never a whole body.
 const ERROR_CHARS: usize = 1000;
@@ -18,6 +17,8 @@ pub struct Pending {
     pub attempts: i64,
     pub next_attempt_at: String,
     pub created_at: String,
+    /// Shown by `/healthz` when the row blocks its channel.
+    pub last_error: Option<String>,
 }
 
 /// An outbox row about to be sent, with its event.
@@ -30,23 +31,11 @@ pub struct Delivery {
     pub event: StoredEvent,
 }
 
-/// A channel with deliveries that kept failing past the hold (see [`crate::retry::HOLD_ATTEMPTS`]).
-#[derive(Debug, Clone, PartialEq)]
-pub struct Blocked {
-    pub channel: String,
-    /// When the oldest of them was created.
-    pub since: DateTime<Utc>,
-    /// How many deliveries of the channel are past the hold.
-    pub deliveries: i64,
-    /// The last error of the oldest.
-    pub last_error: Option<String>,
-}
-
 impl Store {
     /// The oldest `limit` pending rows of `channel`, in event order.
     pub async fn pending(&self, channel: &str, limit: i64) -> anyhow::Result<Vec<Pending>> {
         Ok(sqlx::query_as::<_, Pending>(
-            "SELECT x.id AS outbox_id, e.org_id, x.attempts, x.next_attempt_at, x.created_at
+            "SELECT x.id AS outbox_id, e.org_id, x.attempts, x.next_attempt_at, x.created_at, x.last_error
              FROM outbox AS x
              JOIN events AS e ON e.seq = x.event_seq
              WHERE x.channel = ? AND x.state = 'pending'
@@ -136,41 +125,6 @@ impl Store {
             Ok(())
         })
         .await
-    }
-
-    /// Channels with pending deliveries past the hold: failed [`HOLD_ATTEMPTS`] times, or failed
-    /// and older than [`HOLD_TIME`]. Their orgs' later deliveries wait behind them.
-    pub async fn blocked_channels(&self, now: DateTime<Utc>) -> anyhow::Result<Vec<Blocked>> {
-        let cutoff = chrono::Duration::from_std(HOLD_TIME)
-            .ok()
-            .and_then(|hold| now.checked_sub_signed(hold))
-            .unwrap_or(now);
-        let rows: Vec<(String, String, Option<String>)> = sqlx::query_as(
-            "SELECT channel, created_at, last_error FROM outbox
-             WHERE state = 'pending' AND attempts >= 1 AND (attempts >= ? OR created_at <= ?)
-             ORDER BY channel, event_seq",
-        )
-        .bind(HOLD_ATTEMPTS)
-        .bind(ts(cutoff))
-        .fetch_all(&self.pool)
-        .await?;
-        let mut blocked: Vec<Blocked> = Vec::new();
-        for (channel, created, last_error) in rows {
-            let created = parse_ts(Some(created)).unwrap_or(now);
-            match blocked.last_mut() {
-                Some(b) if b.channel == channel => {
-                    b.deliveries += 1;
-                    b.since = b.since.min(created);
-                }
-                _ => blocked.push(Blocked {
-                    channel,
-                    since: created,
-                    deliveries: 1,
-                    last_error,
-                }),
-            }
-        }
-        Ok(blocked)
     }
 }
 

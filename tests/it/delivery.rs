@@ -415,3 +415,205 @@ async fn retention_prunes_failed_deliveries_too() {
         "a failed delivery outlived the retention"
     );
 }
+
+/// Asks the daemon behind `tx` to reload, and returns once a whole reload has run: the channel
+/// holds one request, so the third send returns only after the daemon took the second, which it
+/// does once the first reload has started its new generation.
+async fn reload_done(tx: &tokio::sync::mpsc::Sender<()>) {
+    for _ in 0..3 {
+        tx.send(()).await.unwrap();
+    }
+}
+
+/// `linkwatch run` on the test app's config, with a reload channel (SIGHUP).
+fn run_reloadable(
+    t: &TestApp,
+) -> (
+    tokio::sync::mpsc::Sender<()>,
+    CancellationToken,
+    tokio::task::JoinHandle<()>,
+) {
+    use linkwatch::config::Config;
+    use linkwatch::daemon::{self, Options};
+    let config = Config::load(&t.config_path).unwrap();
+    let (tx, reload) = tokio::sync::mpsc::channel(1);
+    let path = t.config_path.clone();
+    let shutdown = CancellationToken::new();
+    let options = Options {
+        reload: Some(reload),
+        loader: Some(Box::new(move || Ok(Config::load(&path)?))),
+        ..Options::default()
+    };
+    let run = tokio::spawn({
+        let shutdown = shutdown.clone();
+        async move { daemon::run_with(config, shutdown, options).await.unwrap() }
+    });
+    (tx, shutdown, run)
+}
+
+#[tokio::test]
+async fn a_reload_does_not_resend_a_delivered_but_unrecorded_event() {
+    let rx = Receiver::start().await;
+    let t = spawn_app_with(Setup {
+        channels: slack("ops", &rx.url("/hook")),
+        ..Setup::default()
+    })
+    .await;
+    t.check(ORG_A).await;
+    sql(&t, REFUSE_WRITES).await;
+    let (tx, shutdown, run) = run_reloadable(&t);
+    let alpha = "alpha: migration link is NOT_SYNCED (first check)";
+    wait_until(Duration::from_secs(20), "alpha posted", || async {
+        posts_with(&rx, alpha) >= 1
+    })
+    .await;
+    // The post was accepted but cannot be recorded; the new generation must remember it.
+    reload_done(&tx).await;
+    sql(&t, "DROP TRIGGER refuse").await;
+    wait_until(Duration::from_secs(40), "alpha's delivery recorded", || async {
+        deliveries(&t).await.iter().any(|d| d.3 == "sent" && d.1 == "alpha")
+    })
+    .await;
+    shutdown.cancel();
+    run.await.unwrap();
+    assert_eq!(
+        posts_with(&rx, alpha),
+        1,
+        "the delivered event was posted again after a reload"
+    );
+}
+
+#[tokio::test]
+async fn a_send_still_running_at_the_reload_deadline_is_not_sent_again() {
+    let rx = Receiver::start().await;
+    let alpha = "alpha: migration link is NOT_SYNCED (first check)";
+    rx.reply_when(
+        move |b| b.contains(alpha),
+        Reply {
+            delay: Duration::from_secs(3),
+            ..Reply::status(200, "ok")
+        },
+    );
+    let t = spawn_app_with(Setup {
+        top: "shutdown_timeout = \"1s\"".into(),
+        channels: slack("ops", &rx.url("/hook")),
+        ..Setup::default()
+    })
+    .await;
+    t.check(ORG_A).await;
+    let (tx, shutdown, run) = run_reloadable(&t);
+    wait_until(Duration::from_secs(20), "alpha's post on its way", || async {
+        posts_with(&rx, alpha) >= 1
+    })
+    .await;
+    // The receiver answers after 3 s; the reload waits 1 s for the send.
+    reload_done(&tx).await;
+    wait_until(Duration::from_secs(40), "alpha's delivery recorded", || async {
+        deliveries(&t).await.iter().any(|d| d.3 == "sent" && d.1 == "alpha")
+    })
+    .await;
+    shutdown.cancel();
+    run.await.unwrap();
+    assert_eq!(posts_with(&rx, alpha), 1, "a send cut off by the reload was sent again");
+}
+
+#[tokio::test]
+async fn a_retry_after_on_a_row_past_the_hold_delays_only_that_row() {
+    let rx = Receiver::start().await;
+    rx.reply_when(
+        |b| b.contains("alpha:"),
+        Reply {
+            retry_after: Some(3600),
+            ..Reply::status(503, "overloaded")
+        },
+    );
+    // Every wait the backoff makes is shorter than the Retry-After honoured (clamped to 300 ms),
+    // so alpha's retry falls due exactly when a channel pause would end.
+    let mut settings = fast();
+    settings.retry.first_delay = Duration::from_millis(20);
+    settings.retry.max_delay = Duration::from_millis(20);
+    settings.retry.max_retry_after = Duration::from_millis(300);
+    let t = spawn_app_with(Setup {
+        channels: slack("ops", &rx.url("/hook")),
+        delivery: Some(settings),
+        ..Setup::default()
+    })
+    .await;
+    t.check(ORG_A).await;
+    let workers = Workers::start(&t);
+    // Past the hold after three failed attempts.
+    wait_until(Duration::from_secs(20), "alpha refused four times", || async {
+        posts_with_status(&rx, "alpha:", 503) >= 4
+    })
+    .await;
+    t.check(ORG_B).await;
+    wait_until(Duration::from_secs(20), "beta's event", || async {
+        bodies(&rx).contains("beta: migration link is SYNCED (first check)")
+    })
+    .await;
+    workers.stop().await;
+}
+
+/// How many requests mentioning `text` were answered `status`.
+fn posts_with_status(rx: &Receiver, text: &str, status: u16) -> usize {
+    rx.received()
+        .iter()
+        .filter(|r| r.status == status && r.body.contains(text))
+        .count()
+}
+
+#[tokio::test]
+async fn blocked_follows_the_dispatchers_hold_not_the_age_of_the_row() {
+    let rx = Receiver::start().await;
+    rx.reply_when(|b| b.contains("alpha:"), Reply::status(500, "rollup_error"));
+    let mut settings = fast();
+    settings.retry.first_delay = Duration::from_secs(1);
+    settings.retry.max_delay = Duration::from_secs(1);
+    let t = spawn_app_with(Setup {
+        channels: slack("ops", &rx.url("/hook")),
+        delivery: Some(settings),
+        ..Setup::default()
+    })
+    .await;
+    t.check(ORG_A).await;
+    t.dispatch().await;
+    // Failed once, by a receiver that has been down for a while: the row is old, but its hold
+    // has just begun, and the whole channel waits for it (nothing passes it, so it blocks no one).
+    sql(
+        &t,
+        "UPDATE outbox SET created_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now', '-10 minutes')",
+    )
+    .await;
+    let blocked = r#"linkwatch_channel_blocked{channel="ops"}"#;
+    assert_eq!(deliveries(&t).await[0].4, 1, "one attempt so far");
+    assert_eq!(metric(&t, blocked).await, 0.0, "within the hold, not blocked");
+    // Past the hold (three failed attempts), it is.
+    deliver_until(&t, "three failed attempts", || async { deliveries(&t).await[0].4 >= 3 }).await;
+    t.dispatch().await;
+    assert_eq!(metric(&t, blocked).await, 1.0, "past the hold, blocked");
+}
+
+#[tokio::test]
+async fn a_slow_channel_does_not_use_up_the_final_delivery_of_the_others() {
+    let rx = Receiver::start().await;
+    rx.reply((0..2).map(|_| Reply {
+        delay: Duration::from_secs(30),
+        ..Reply::status(200, "ok")
+    }));
+    // The slow channel comes first.
+    let t = spawn_app_with(Setup {
+        channels: format!(
+            "[[channel]]\nname = \"hook\"\nkind = \"webhook\"\nurl = \"{}\"\n\
+             [[channel]]\nname = \"console\"\nkind = \"console\"\n",
+            rx.url("/hook")
+        ),
+        ..Setup::default()
+    })
+    .await;
+    t.check(ORG_A).await;
+    t.check(ORG_B).await;
+    // As at shutdown: everything due, within a deadline the slow receiver outlasts.
+    let flush = t.app.dispatcher.dispatch_all_due(&t.app.store);
+    assert!(tokio::time::timeout(Duration::from_secs(3), flush).await.is_err());
+    assert_eq!(t.console_lines().len(), 2, "{:?}", t.console_lines());
+}

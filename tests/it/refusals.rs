@@ -237,6 +237,45 @@ async fn a_recipient_deferred_for_now_gets_the_mail_later_and_only_they() {
 }
 
 #[tokio::test]
+async fn a_greylisted_recipient_does_not_make_the_others_get_a_repeat() {
+    let smtp = SmtpServer::start(false);
+    smtp.defer("busy@example.com", true);
+    let t = spawn_app_with(Setup {
+        channels: format!(
+            "[[channel]]\nname = \"mail\"\nkind = \"email\"\nsmtp_url = \"smtp://127.0.0.1:{}\"\n\
+             from = \"linkwatch@example.com\"\n\
+             to = [\"dba@example.com\", \"busy@example.com\"]\n",
+            smtp.addr.port()
+        ),
+        delivery: Some(fast()),
+        ..Setup::default()
+    })
+    .await;
+    t.check(ORG_B).await;
+    t.dispatch().await;
+    smtp.wait_for_mails(1, Duration::from_secs(10)).await;
+    // A new event arrives before the retry of the deferred one: the retry carries both.
+    t.check(ORG_A).await;
+    smtp.defer("busy@example.com", false);
+    deliver_until(&t, "both sent", || async {
+        let d = deliveries(&t).await;
+        d.len() == 2 && d.iter().all(|r| r.3 == "sent")
+    })
+    .await;
+    let got = |rcpt: &str, text: &str| {
+        smtp.mails()
+            .iter()
+            .filter(|m| m.to.iter().any(|a| a == rcpt) && m.data.contains(text))
+            .count()
+    };
+    for rcpt in ["dba@example.com", "busy@example.com"] {
+        for org in ["beta:", "alpha:"] {
+            assert_eq!(got(rcpt, org), 1, "{rcpt} got {org} {} times", got(rcpt, org));
+        }
+    }
+}
+
+#[tokio::test]
 async fn a_redirect_is_not_a_delivery() {
     let rx = Receiver::start().await;
     let login = rx.url("/login");
@@ -289,4 +328,44 @@ async fn an_error_body_that_never_ends_is_read_in_part() {
         "{} characters stored",
         error.chars().count()
     );
+}
+
+#[tokio::test]
+async fn a_reload_remembers_which_recipients_have_the_mail() {
+    use linkwatch::channels::ConsoleSink;
+    use linkwatch::dispatch::Dispatcher;
+    let smtp = SmtpServer::start(false);
+    smtp.defer("busy@example.com", true);
+    let t = spawn_app_with(Setup {
+        channels: format!(
+            "[[channel]]\nname = \"mail\"\nkind = \"email\"\nsmtp_url = \"smtp://127.0.0.1:{}\"\n\
+             from = \"linkwatch@example.com\"\n\
+             to = [\"dba@example.com\", \"busy@example.com\"]\n",
+            smtp.addr.port()
+        ),
+        delivery: Some(fast()),
+        ..Setup::default()
+    })
+    .await;
+    t.check(ORG_B).await;
+    t.dispatch().await;
+    smtp.wait_for_mails(1, Duration::from_secs(10)).await;
+    // What a reload builds: a new dispatcher that takes over the running one's memories.
+    let reloaded = Dispatcher::with_memories(
+        &t.app.config,
+        &ConsoleSink::default(),
+        t.app.metrics.clone(),
+        fast(),
+        t.app.dispatcher.memories(),
+    )
+    .unwrap();
+    smtp.defer("busy@example.com", false);
+    wait_until(Duration::from_secs(20), "the retry", || async {
+        reloaded.dispatch_all_due(&t.app.store).await.unwrap();
+        deliveries(&t).await[0].3 == "sent"
+    })
+    .await;
+    let mut to: Vec<String> = smtp.mails().iter().flat_map(|m| m.to.clone()).collect();
+    to.sort();
+    assert_eq!(to, ["busy@example.com", "dba@example.com"], "each once");
 }
