@@ -117,10 +117,7 @@ async fn smtp_refusing_connections_then_accepting_gets_the_mail() {
     // A port nobody listens on yet.
     let port = free_port();
     let t = spawn_app_with(Setup {
-        channels: format!(
-            "[[channel]]\nname = \"mail\"\nkind = \"email\"\nsmtp_url = \"smtp://127.0.0.1:{port}\"\n\
-             from = \"linkwatch@example.com\"\nto = [\"dba@example.com\"]\n"
-        ),
+        channels: mail_channel(port, &["dba@example.com"]),
         ..Setup::default()
     })
     .await;

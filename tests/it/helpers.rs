@@ -83,6 +83,16 @@ pub async fn spawn_app() -> TestApp {
     spawn_app_with(Setup::default()).await
 }
 
+/// An email channel named "mail" to the SMTP server on `port` of 127.0.0.1, for `Setup::channels`.
+pub fn mail_channel(port: u16, to: &[&str]) -> String {
+    let to: Vec<String> = to.iter().map(|a| format!("\"{a}\"")).collect();
+    format!(
+        "[[channel]]\nname = \"mail\"\nkind = \"email\"\nsmtp_url = \"smtp://127.0.0.1:{port}\"\n\
+         from = \"linkwatch@example.com\"\nto = [{}]\n",
+        to.join(", ")
+    )
+}
+
 /// `[http] listen` on a free port of 127.0.0.1, for `Setup::top`.
 pub fn http_listen(port: u16) -> String {
     format!("[http]\nlisten = \"127.0.0.1:{port}\"")

@@ -174,11 +174,9 @@ async fn one_refused_recipient_does_not_stop_the_others() {
     let smtp = SmtpServer::start(false);
     smtp.refuse("gone@example.com");
     let t = spawn_app_with(Setup {
-        channels: format!(
-            "[[channel]]\nname = \"mail\"\nkind = \"email\"\nsmtp_url = \"smtp://127.0.0.1:{}\"\n\
-             from = \"linkwatch@example.com\"\n\
-             to = [\"dba@example.com\", \"gone@example.com\", \"oncall@example.com\"]\n",
-            smtp.addr.port()
+        channels: mail_channel(
+            smtp.addr.port(),
+            &["dba@example.com", "gone@example.com", "oncall@example.com"],
         ),
         ..Setup::default()
     })
@@ -209,11 +207,9 @@ async fn a_recipient_deferred_for_now_gets_the_mail_later_and_only_they() {
     let smtp = SmtpServer::start(false);
     smtp.defer("busy@example.com", true);
     let t = spawn_app_with(Setup {
-        channels: format!(
-            "[[channel]]\nname = \"mail\"\nkind = \"email\"\nsmtp_url = \"smtp://127.0.0.1:{}\"\n\
-             from = \"linkwatch@example.com\"\n\
-             to = [\"dba@example.com\", \"busy@example.com\", \"oncall@example.com\"]\n",
-            smtp.addr.port()
+        channels: mail_channel(
+            smtp.addr.port(),
+            &["dba@example.com", "busy@example.com", "oncall@example.com"],
         ),
         delivery: Some(fast()),
         ..Setup::default()
@@ -241,12 +237,7 @@ async fn a_greylisted_recipient_does_not_make_the_others_get_a_repeat() {
     let smtp = SmtpServer::start(false);
     smtp.defer("busy@example.com", true);
     let t = spawn_app_with(Setup {
-        channels: format!(
-            "[[channel]]\nname = \"mail\"\nkind = \"email\"\nsmtp_url = \"smtp://127.0.0.1:{}\"\n\
-             from = \"linkwatch@example.com\"\n\
-             to = [\"dba@example.com\", \"busy@example.com\"]\n",
-            smtp.addr.port()
-        ),
+        channels: mail_channel(smtp.addr.port(), &["dba@example.com", "busy@example.com"]),
         delivery: Some(fast()),
         ..Setup::default()
     })
@@ -337,12 +328,7 @@ async fn a_reload_remembers_which_recipients_have_the_mail() {
     let smtp = SmtpServer::start(false);
     smtp.defer("busy@example.com", true);
     let t = spawn_app_with(Setup {
-        channels: format!(
-            "[[channel]]\nname = \"mail\"\nkind = \"email\"\nsmtp_url = \"smtp://127.0.0.1:{}\"\n\
-             from = \"linkwatch@example.com\"\n\
-             to = [\"dba@example.com\", \"busy@example.com\"]\n",
-            smtp.addr.port()
-        ),
+        channels: mail_channel(smtp.addr.port(), &["dba@example.com", "busy@example.com"]),
         delivery: Some(fast()),
         ..Setup::default()
     })
