@@ -2,13 +2,22 @@
 //! and memory are its own) against the simulated Cloud Manager, a webhook receiver, a Slack-like
 //! receiver and an SMTP server, all on 127.0.0.1 in this process.
 //!
-//!   cargo bench --bench harness -- [--orgs 100,1000,10000] [--cycles 2] [--interval 60s]
-//!                                  [--latency 100ms] [--failure-rate 0] [--skip-curl]
+//!   cargo bench --bench harness -- [--orgs 100,1000,10000,1000@10s] [--cycles 2] [--interval 60s]
+//!                                  [--latency 100ms] [--failure-rate 0] [--peer-checks 200]
+//!                                  [--skip-curl] [--skip-python] [--quick] [--perf DIR]
+//!                                  [--daemon PATH]
+//!
+//! `--orgs` takes sizes, each with an optional interval of its own (`1000@10s`); the others use
+//! `--interval`. The peers (one `curl --digest` per check, a Python `requests.Session` with
+//! `HTTPDigestAuth` in a loop) run first, against the same simulator and latency. `--quick`
+//! measures only the steady state (no change burst, no short-nonce run, no Slack drain), for
+//! iterating on CPU. `--perf DIR` runs `perf record -g` on the daemon during the steady window.
+//! `--daemon PATH` runs another build of `linkwatch` (a copy of the binary before a change).
 //!
 //! Prints one table (Markdown, for BENCHMARKS.md).
 
 use std::net::TcpListener as StdListener;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -23,38 +32,58 @@ const PRIVATE: &str = "bench-private-key";
 
 #[derive(Clone)]
 struct Args {
-    orgs: Vec<usize>,
+    /// Sizes, each with its own interval when given as `N@10s`.
+    orgs: Vec<(usize, Option<Duration>)>,
     cycles: u32,
     interval: Duration,
     latency: Duration,
     failure_rate: f64,
     curl: bool,
+    python: bool,
+    peer_checks: usize,
+    quick: bool,
+    perf: Option<PathBuf>,
+    daemon: PathBuf,
+}
+
+fn size(spec: &str) -> (usize, Option<Duration>) {
+    let (n, every) = match spec.trim().split_once('@') {
+        Some((n, every)) => (n, Some(humantime::parse_duration(every).expect("--orgs 1000@10s"))),
+        None => (spec.trim(), None),
+    };
+    (n.parse().expect("--orgs 100,1000@10s"), every)
 }
 
 fn args() -> Args {
     let mut a = Args {
-        orgs: vec![100, 1000, 10_000],
+        orgs: ["100", "1000", "10000", "1000@10s"].iter().map(|s| size(s)).collect(),
         cycles: 2,
         interval: Duration::from_secs(60),
         latency: Duration::from_millis(100),
         failure_rate: 0.0,
         curl: true,
+        python: true,
+        peer_checks: 200,
+        quick: false,
+        perf: None,
+        daemon: PathBuf::from(env!("CARGO_BIN_EXE_linkwatch")),
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
         let mut value = || it.next().unwrap_or_else(|| panic!("{flag} needs a value"));
         match flag.as_str() {
-            "--orgs" => {
-                a.orgs = value()
-                    .split(',')
-                    .map(|n| n.trim().parse().expect("--orgs 100,1000"))
-                    .collect()
-            }
+            "--orgs" => a.orgs = value().split(',').map(size).collect(),
             "--cycles" => a.cycles = value().parse().expect("--cycles N"),
             "--interval" => a.interval = humantime::parse_duration(&value()).expect("--interval 60s"),
             "--latency" => a.latency = humantime::parse_duration(&value()).expect("--latency 100ms"),
             "--failure-rate" => a.failure_rate = value().parse().expect("--failure-rate 0.01"),
             "--skip-curl" => a.curl = false,
+            "--skip-python" => a.python = false,
+            "--skip-peers" => (a.curl, a.python) = (false, false),
+            "--peer-checks" => a.peer_checks = value().parse().expect("--peer-checks 200"),
+            "--quick" => a.quick = true,
+            "--perf" => a.perf = Some(PathBuf::from(value())),
+            "--daemon" => a.daemon = PathBuf::from(value()),
             "--bench" => {} // cargo bench passes this
             other => panic!("unknown argument {other}"),
         }
@@ -175,6 +204,7 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 
 struct Row {
     orgs: usize,
+    interval: Duration,
     checks_per_s: f64,
     missed: usize,
     requests_per_check: f64,
@@ -229,7 +259,7 @@ async fn run_size(a: &Args, orgs: usize, nonce_lifetime: Duration, measure_chang
     let config = dir.path().join("bench.toml");
     std::fs::write(&config, toml).unwrap();
 
-    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_linkwatch"))
+    let mut child = tokio::process::Command::new(&a.daemon)
         .args(["run", "-q", "--config"])
         .arg(&config)
         .stdout(std::process::Stdio::null())
@@ -254,7 +284,23 @@ async fn run_size(a: &Args, orgs: usize, nonce_lifetime: Duration, measure_chang
         Instant::now(),
     );
     let per_org0: Vec<u64> = ids.iter().map(|id| sim.requests_for(id)).collect();
+    let perf = a.perf.as_ref().map(|dir| {
+        let out = dir.join(format!("perf-{orgs}-{}.data", humantime::format_duration(a.interval)));
+        eprintln!("perf record -g on the daemon into {}", out.display());
+        std::process::Command::new("perf")
+            .args(["record", "-g", "-F", "999", "-q", "-p", &pid.to_string(), "-o"])
+            .arg(out)
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("perf")
+    });
     tokio::time::sleep(a.interval * a.cycles).await;
+    if let Some(perf) = perf {
+        let _ = std::process::Command::new("kill")
+            .args(["-INT", &perf.id().to_string()])
+            .status();
+        let _ = perf.wait_with_output();
+    }
     let elapsed = t0.elapsed().as_secs_f64();
     let checks = sim.counters().authorized.load(std::sync::atomic::Ordering::SeqCst) - checks0;
     let requests = sim.requests() - req0;
@@ -299,6 +345,7 @@ async fn run_size(a: &Args, orgs: usize, nonce_lifetime: Duration, measure_chang
     let days = elapsed / 86_400.0;
     Row {
         orgs,
+        interval: a.interval,
         checks_per_s: checks as f64 / elapsed,
         missed,
         requests_per_check: requests as f64 / checks.max(1) as f64,
@@ -359,11 +406,16 @@ async fn drain_slack() -> (f64, usize) {
     (took, posts)
 }
 
-/// The plain approach: one `curl --digest` process per check.
-async fn curl_baseline(checks: usize, latency: Duration) -> Option<(f64, f64, f64)> {
-    if std::process::Command::new("curl").arg("--version").output().is_err() {
-        return None;
-    }
+/// What a peer (another way to do the same checks) cost per check.
+#[derive(Clone, Copy)]
+struct Peer {
+    requests: f64,
+    cpu_ms: f64,
+    wall_ms: f64,
+}
+
+/// A simulator with one org, for the peers: same Digest, same latency as the daemon's runs.
+async fn peer_simulator(latency: Duration) -> (Simulator, String) {
     let sim = Simulator::start(
         ([127, 0, 0, 1], 0).into(),
         simulator::Options {
@@ -377,6 +429,17 @@ async fn curl_baseline(checks: usize, latency: Duration) -> Option<(f64, f64, f6
     let id = org_id(0);
     sim.set(&id, Behavior::status("SYNCED"));
     let url = format!("{}/orgs/{id}/liveExport/migrationLink/status", sim.base_url());
+    (sim, url)
+}
+
+/// The plain approach: one `curl --digest` process per check. Its CPU is the children's
+/// (`cutime + cstime` of this process, which waits for each curl), process start included:
+/// that is what the approach costs.
+async fn curl_baseline(checks: usize, latency: Duration) -> Option<Peer> {
+    if std::process::Command::new("curl").arg("--version").output().is_err() {
+        return None;
+    }
+    let (sim, url) = peer_simulator(latency).await;
     let before = children_cpu_ms();
     let start = Instant::now();
     for _ in 0..checks {
@@ -399,7 +462,84 @@ async fn curl_baseline(checks: usize, latency: Duration) -> Option<(f64, f64, f6
     let cpu = (children_cpu_ms() - before) / checks as f64;
     let requests = sim.requests() as f64 / checks as f64;
     sim.stop().await;
-    Some((requests, cpu, wall))
+    Some(Peer {
+        requests,
+        cpu_ms: cpu,
+        wall_ms: wall,
+    })
+}
+
+/// The same checks from a Python loop: one `requests.Session` with `HTTPDigestAuth` (which
+/// reuses the nonce, counting nc up), the way a platform team would script it.
+const PYTHON_LOOP: &str = r#"
+import sys
+import requests
+from requests.auth import HTTPDigestAuth
+
+url, user, key, n = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+session = requests.Session()
+session.auth = HTTPDigestAuth(user, key)
+session.headers["Accept"] = "application/json"
+
+def check():
+    r = session.get(url, timeout=10)
+    r.raise_for_status()
+    return r.json()["status"]
+
+check()  # the first challenge, and the imports' first use
+print("ready", flush=True)
+sys.stdin.readline()
+for _ in range(n):
+    if check() != "SYNCED":
+        sys.exit("unexpected status")
+print("done", flush=True)
+sys.stdin.readline()
+"#;
+
+/// Runs [`PYTHON_LOOP`] for `checks` checks. Its CPU is read from `/proc/PID/stat` between the
+/// "ready" and "done" lines, the same way as the daemon's: the steady loop, not the interpreter's
+/// start. `Err` says why it was skipped.
+async fn python_peer(checks: usize, latency: Duration) -> Result<Peer, String> {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+    let probe = std::process::Command::new("python3")
+        .args(["-c", "import requests"])
+        .output()
+        .map_err(|e| format!("python3 not found ({e})"))?;
+    if !probe.status.success() {
+        return Err("python3 has no `requests` module (pip install requests)".into());
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let script = dir.path().join("loop.py");
+    std::fs::write(&script, PYTHON_LOOP).unwrap();
+    let (sim, url) = peer_simulator(latency).await;
+    let mut child = tokio::process::Command::new("python3")
+        .arg(&script)
+        .args([&url, PUBLIC, PRIVATE, &checks.to_string()])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| format!("cannot start python3: {e}"))?;
+    let pid = child.id().unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let expect = async |lines: &mut tokio::io::Lines<_>, what: &str| match lines.next_line().await {
+        Ok(Some(line)) if line == what => Ok(()),
+        other => Err(format!("the Python loop said {other:?}, not {what}")),
+    };
+    expect(&mut lines, "ready").await?;
+    let (cpu0, req0, start) = (cpu_ms(pid), sim.requests(), Instant::now());
+    stdin.write_all(b"go\n").await.unwrap();
+    expect(&mut lines, "done").await?;
+    let (cpu, requests, wall) = (cpu_ms(pid) - cpu0, sim.requests() - req0, start.elapsed());
+    stdin.write_all(b"end\n").await.unwrap();
+    let _ = child.wait().await;
+    sim.stop().await;
+    Ok(Peer {
+        requests: requests as f64 / checks as f64,
+        cpu_ms: cpu / checks as f64,
+        wall_ms: wall.as_secs_f64() * 1000.0 / checks as f64,
+    })
 }
 
 /// CPU of waited-for children (cutime + cstime), in milliseconds.
@@ -428,35 +568,87 @@ fn machine() -> String {
 async fn main() {
     let a = args();
     println!(
-        "linkwatch benchmark: {} | interval {} | latency {} | failure rate {} | {} steady cycles\n",
+        "linkwatch benchmark: {} | default interval {} | latency {} | failure rate {} | {} steady cycles\n",
         machine(),
         humantime::format_duration(a.interval),
         humantime::format_duration(a.latency),
         a.failure_rate,
         a.cycles
     );
+    // The peers first, against their own simulator with the same latency.
+    let mut curl = None;
+    let mut python = None;
+    if a.curl {
+        eprintln!("curl peer ({} checks) ...", a.peer_checks);
+        curl = curl_baseline(a.peer_checks, a.latency).await;
+        match curl {
+            Some(p) => println!(
+                "Peer: one `curl --digest` process per check ({} checks): {:.2} requests/check, {:.2} ms CPU/check, {:.1} ms wall/check.",
+                a.peer_checks, p.requests, p.cpu_ms, p.wall_ms
+            ),
+            None => println!("Peer: curl skipped (curl not found)."),
+        }
+    }
+    if a.python {
+        eprintln!("Python peer ({} checks) ...", a.peer_checks);
+        match python_peer(a.peer_checks, a.latency).await {
+            Ok(p) => {
+                println!(
+                    "Peer: Python `requests.Session` + `HTTPDigestAuth` loop ({} checks): {:.2} requests/check, {:.3} ms CPU/check, {:.1} ms wall/check.",
+                    a.peer_checks, p.requests, p.cpu_ms, p.wall_ms
+                );
+                python = Some(p);
+            }
+            Err(why) => println!("Peer: Python skipped: {why}."),
+        }
+    }
+    println!();
     let mut rows = Vec::new();
-    for &orgs in &a.orgs {
-        eprintln!("running {orgs} orgs ...");
-        let mut row = run_size(&a, orgs, Duration::from_secs(60), true).await;
-        eprintln!("running {orgs} orgs with a 5 s nonce lifetime ...");
-        let short = run_size(&Args { cycles: 1, ..a.clone() }, orgs, Duration::from_secs(5), false).await;
-        row.requests_per_check_short_nonce = short.requests_per_check;
+    for &(orgs, every) in &a.orgs {
+        let sized = Args {
+            interval: every.unwrap_or(a.interval),
+            ..a.clone()
+        };
+        let every = humantime::format_duration(sized.interval);
+        eprintln!("running {orgs} orgs every {every} ...");
+        let mut row = run_size(&sized, orgs, Duration::from_secs(60), !a.quick).await;
+        if !a.quick {
+            eprintln!("running {orgs} orgs every {every} with a 5 s nonce lifetime ...");
+            let short = run_size(
+                &Args {
+                    cycles: 1,
+                    perf: None,
+                    ..sized.clone()
+                },
+                orgs,
+                Duration::from_secs(5),
+                false,
+            )
+            .await;
+            row.requests_per_check_short_nonce = short.requests_per_check;
+        }
         rows.push(row);
     }
+    let ratio = |peer: Option<Peer>, r: &Row| match peer {
+        Some(p) => format!("{:.0}x", p.cpu_ms / r.cpu_ms_per_check),
+        None => "-".to_owned(),
+    };
     println!(
-        "| orgs | checks/s | missed | req/check | req/check (5 s nonce) | CPU ms/check | CPU % of a core | peak RSS MB | DB bytes/org/day (steady) | DB bytes/change | event→receiver p50 / p99 / max ms |"
+        "| orgs | interval | checks/s | missed | req/check | req/check (5 s nonce) | CPU ms/check | vs Python | vs curl | CPU % of a core | peak RSS MB | DB bytes/org/day (steady) | DB bytes/change | event→receiver p50 / p99 / max ms |"
     );
-    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|");
+    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|");
     for r in &rows {
         println!(
-            "| {} | {:.1} | {} | {:.3} | {:.3} | {:.3} | {:.2} | {:.1} | {:.0} | {:.0} | {:.1} / {:.1} / {:.1} |",
+            "| {} | {} | {:.1} | {} | {:.3} | {:.3} | {:.3} | {} | {} | {:.2} | {:.1} | {:.0} | {:.0} | {:.1} / {:.1} / {:.1} |",
             r.orgs,
+            humantime::format_duration(r.interval),
             r.checks_per_s,
             r.missed,
             r.requests_per_check,
             r.requests_per_check_short_nonce,
             r.cpu_ms_per_check,
+            ratio(python, r),
+            ratio(curl, r),
             r.cpu_pct,
             r.peak_rss_mb,
             r.bytes_per_org_day,
@@ -466,17 +658,12 @@ async fn main() {
             r.latency.2
         );
     }
-    eprintln!("draining 1,000 Slack deliveries ...");
-    let (took, posts) = drain_slack().await;
-    println!(
-        "\nOutbox drain, 1,000 pending deliveries to one Slack webhook: {took:.1} s in {posts} posts (digests, about one post a second)."
-    );
-    if a.curl {
-        eprintln!("curl baseline ...");
-        if let Some((req, cpu, wall)) = curl_baseline(200, a.latency).await {
-            println!(
-                "\nBaseline, one `curl --digest` process per check (200 checks): {req:.2} requests/check, {cpu:.2} ms CPU/check, {wall:.1} ms wall/check."
-            );
-        }
+    println!("\n\"vs Python\" and \"vs curl\": how many times more CPU per check the peer spends than linkwatch.");
+    if !a.quick {
+        eprintln!("draining 1,000 Slack deliveries ...");
+        let (took, posts) = drain_slack().await;
+        println!(
+            "\nOutbox drain, 1,000 pending deliveries to one Slack webhook: {took:.1} s in {posts} posts (digests, about one post a second)."
+        );
     }
 }

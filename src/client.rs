@@ -71,7 +71,8 @@ impl Client {
         let http = reqwest::Client::builder()
             .user_agent(concat!("linkwatch/", env!("CARGO_PKG_VERSION")))
             .connect_timeout(settings.connect_timeout)
-            .timeout(settings.timeout)
+            // No per-request timeout here: `check_inner` bounds the whole check (Digest or OAuth
+            // exchange included) with one timer; a second one per request is work for nothing.
             // Below the usual server keep-alive, so a pooled connection is not reused just as the
             // server closes it ("connection closed before message completed").
             .pool_idle_timeout(Duration::from_secs(20))

@@ -2,7 +2,7 @@
 //! the gauges read from the database at scrape time (status per org, outbox depth and age), so
 //! that the gauges are right after a restart and a reload without any bookkeeping.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -13,8 +13,10 @@ const BUCKETS: [f64; 11] = [0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10
 
 #[derive(Debug, Default)]
 pub struct Metrics {
-    /// (org_id, org_name, outcome) -> count; outcome is `ok` or a failure class.
-    checks: Mutex<BTreeMap<(String, String, String), u64>>,
+    /// org_id -> [(org_name, outcome, count)]; outcome is `ok` or a failure class. Keyed by the
+    /// id alone so that counting a check (on every check) looks up by `&str` and allocates
+    /// nothing once the org's entry exists; sorted only when rendered.
+    checks: Mutex<HashMap<String, Vec<OrgChecks>>>,
     latency_buckets: [AtomicU64; BUCKETS.len()],
     latency_count: AtomicU64,
     latency_sum_us: AtomicU64,
@@ -43,6 +45,9 @@ pub struct Blocked {
     /// The last error of the oldest.
     pub last_error: Option<String>,
 }
+
+/// (org_name, outcome, count) of one org's checks.
+type OrgChecks = (String, String, u64);
 
 /// What the database says at scrape time.
 #[derive(Debug, Default)]
@@ -88,9 +93,17 @@ impl Metrics {
     }
 
     pub fn check(&self, org_id: &str, org_name: &str, outcome: &str, took: Duration, requests: u64) {
-        *lock(&self.checks)
-            .entry((org_id.to_owned(), org_name.to_owned(), outcome.to_owned()))
-            .or_default() += 1;
+        {
+            let mut checks = lock(&self.checks);
+            let counts = match checks.get_mut(org_id) {
+                Some(counts) => counts,
+                None => checks.entry(org_id.to_owned()).or_default(),
+            };
+            match counts.iter_mut().find(|(n, o, _)| n == org_name && o == outcome) {
+                Some((_, _, count)) => *count += 1,
+                None => counts.push((org_name.to_owned(), outcome.to_owned(), 1)),
+            }
+        }
         let secs = took.as_secs_f64();
         for (i, bound) in BUCKETS.iter().enumerate() {
             if secs <= *bound {
@@ -140,7 +153,16 @@ impl Metrics {
             "counter",
             "Status checks, by org and outcome (ok or the failure class).",
         );
-        for ((id, name, outcome), n) in lock(&self.checks).iter() {
+        let checks = lock(&self.checks);
+        let sorted: BTreeMap<(&str, &str, &str), u64> = checks
+            .iter()
+            .flat_map(|(id, counts)| {
+                counts
+                    .iter()
+                    .map(move |(name, outcome, n)| ((id.as_str(), name.as_str(), outcome.as_str()), *n))
+            })
+            .collect();
+        for ((id, name, outcome), n) in sorted {
             let _ = writeln!(
                 w,
                 "linkwatch_checks_total{{org_id=\"{}\",org_name=\"{}\",outcome=\"{}\"}} {n}",
@@ -149,6 +171,7 @@ impl Metrics {
                 esc(outcome)
             );
         }
+        drop(checks);
         header(
             w,
             "linkwatch_check_duration_seconds",

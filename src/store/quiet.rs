@@ -77,9 +77,16 @@ impl Store {
         let mut inner = self.quiet.lock();
         let known = inner.known.get(org).is_some_and(|(s, n)| s == status && n == name);
         if known {
-            let entry = inner.pending.entry(org.clone()).or_insert((at, 0));
-            entry.0 = entry.0.max(at);
-            entry.1 = entry.1.saturating_add(1);
+            // Looked up before inserting: the id is cloned once per window, not per check.
+            match inner.pending.get_mut(org) {
+                Some(entry) => {
+                    entry.0 = entry.0.max(at);
+                    entry.1 = entry.1.saturating_add(1);
+                }
+                None => {
+                    inner.pending.insert(org.clone(), (at, 1));
+                }
+            }
         }
         known
     }
