@@ -354,7 +354,17 @@ async fn once(config: Config) -> anyhow::Result<ExitCode> {
     // row twice. The lock is taken only now, so that a daemon starting meanwhile is not kept out.
     match WriterLock::acquire(&app.config.database, "once") {
         Ok(_sending) => {
-            app.dispatcher.dispatch_all_due(&app.store).await?;
+            // Bounded like a daemon's last delivery, so that a slow receiver cannot keep a daemon
+            // that starts meanwhile waiting for the lock.
+            let deliver = app.dispatcher.dispatch_all_due(&app.store);
+            match tokio::time::timeout(app.config.shutdown_timeout, deliver).await {
+                Ok(delivered) => {
+                    delivered?;
+                }
+                Err(_) => eprintln!(
+                    "linkwatch: not everything was delivered within shutdown_timeout; the rest goes out with the next run"
+                ),
+            }
         }
         Err(LockError::Held { holder, .. }) => {
             eprintln!("linkwatch: {holder} holds the database; the events are delivered by it, or by the next run");

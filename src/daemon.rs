@@ -95,12 +95,6 @@ impl App {
     }
 }
 
-/// How much older than the last recorded check of an org a check may be and still count as one
-/// that lost a race with another writer (and is dropped): the longest an answer can wait for its
-/// record, that is the database's busy timeout (10 s) plus the group commit's window, with room
-/// to spare. A wall clock stepped back by less than this costs at most this long of checks.
-const RACE_WINDOW: Duration = Duration::from_secs(15);
-
 /// Checks one org now: asks Cloud Manager, applies the answer (decides the events from the
 /// stored state and records everything, in one transaction), then wakes the channels that have
 /// something to send. A check that can change nothing is only noted, for the next group commit
@@ -109,11 +103,17 @@ pub async fn check_org(app: &App, org: &Org) -> anyhow::Result<CheckReport> {
     let started = Instant::now();
     let (outcome, requests) = app.client.check_counted(&org.id, &org.credential).await;
     let took = started.elapsed();
-    let at = app.clock.now();
-    let quiet_path = !app.dispatcher.router.has_reminders();
+    let answer = Answer {
+        at: app.clock.now(),
+        answered: tokio::time::Instant::now(),
+        quiet_path: !app.dispatcher.router.has_reminders(),
+        quiet_note: false,
+    };
     if let Ok(status) = &outcome
-        && quiet_path
-        && app.store.record_quiet_later(&org.id, &org.name, status, at)
+        && answer.quiet_path
+        && app
+            .store
+            .record_quiet_later(&org.id, &org.name, status, answer.at, answer.answered)
     {
         tracing::trace!(org = %org.name, requests, "checked, nothing new");
         app.metrics.check(org.id.as_str(), &org.name, "ok", took, requests);
@@ -122,7 +122,7 @@ pub async fn check_org(app: &App, org: &Org) -> anyhow::Result<CheckReport> {
             events: Vec::new(),
         });
     }
-    let events = apply(app, org, &outcome, at, quiet_path).await?;
+    let events = apply(app, org, &outcome, answer).await?;
     let label = match &outcome {
         Ok(_) => "ok",
         Err(f) => f.class.as_str(),
@@ -131,22 +131,26 @@ pub async fn check_org(app: &App, org: &Org) -> anyhow::Result<CheckReport> {
     Ok(CheckReport { outcome, events })
 }
 
+/// When an answer came, and how it may be recorded (see [`Check`]).
+#[derive(Debug, Clone, Copy)]
+struct Answer {
+    at: chrono::DateTime<chrono::Utc>,
+    answered: tokio::time::Instant,
+    quiet_path: bool,
+    quiet_note: bool,
+}
+
 /// Records `outcome` through the full path (or the one-statement quiet one), logs and counts
 /// its events and wakes their channels.
-async fn apply(
-    app: &App,
-    org: &Org,
-    outcome: &CheckOutcome,
-    at: chrono::DateTime<chrono::Utc>,
-    quiet_path: bool,
-) -> anyhow::Result<Vec<Event>> {
+async fn apply(app: &App, org: &Org, outcome: &CheckOutcome, answer: Answer) -> anyhow::Result<Vec<Event>> {
     let check = Check {
         org_id: &org.id,
         org_name: &org.name,
-        at,
+        at: answer.at,
         outcome,
-        quiet_path,
-        race_window: RACE_WINDOW,
+        quiet_path: answer.quiet_path,
+        answered: answer.answered,
+        quiet_note: answer.quiet_note,
     };
     let applied = app
         .store
@@ -190,7 +194,13 @@ pub async fn flush_quiet(app: &App) -> anyhow::Result<()> {
             continue; // removed from the config by a reload meanwhile
         };
         let outcome: CheckOutcome = Ok(unmatched.status);
-        apply(app, org, &outcome, unmatched.at, false).await?;
+        let answer = Answer {
+            at: unmatched.at,
+            answered: unmatched.answered,
+            quiet_path: false,
+            quiet_note: true,
+        };
+        apply(app, org, &outcome, answer).await?;
     }
     Ok(())
 }
@@ -245,6 +255,12 @@ fn decide(app: &App, org: &Org, check: &Check<'_>, state: &OrgState, sent: &Remi
     }
 }
 
+/// How long `run` waits for the database's lock: a `linkwatch once` that holds it delivers for at
+/// most its `shutdown_timeout`.
+fn lock_patience(config: &Config) -> Duration {
+    config.shutdown_timeout.saturating_add(Duration::from_secs(5))
+}
+
 /// How `run` is driven, beyond the config.
 #[derive(Default)]
 pub struct Options {
@@ -263,7 +279,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
 
 /// [`run`] with a `App` the caller built (tests choose the console sink); no reload.
 pub async fn run_app(app: Arc<App>, shutdown: CancellationToken) -> anyhow::Result<()> {
-    let _lock = WriterLock::acquire_patiently(&app.config.database, "run").await?;
+    let _lock = WriterLock::acquire_patiently(&app.config.database, "run", lock_patience(&app.config)).await?;
     let store = app.store.clone();
     let result = serve(app, shutdown, None, None).await;
     store.close().await;
@@ -272,7 +288,7 @@ pub async fn run_app(app: Arc<App>, shutdown: CancellationToken) -> anyhow::Resu
 
 pub async fn run_with(config: Config, shutdown: CancellationToken, mut options: Options) -> anyhow::Result<()> {
     // One daemon per database: a second one would check and send everything twice.
-    let _lock = WriterLock::acquire_patiently(&config.database, "run").await?;
+    let _lock = WriterLock::acquire_patiently(&config.database, "run", lock_patience(&config)).await?;
     let store = Store::open(&config.database).await?;
     let app = Arc::new(App::with_store(
         config,

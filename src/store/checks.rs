@@ -23,12 +23,19 @@ pub struct Check<'a> {
     ///
     /// [`detect::is_quiet`]: crate::detect::is_quiet
     pub quiet_path: bool,
-    /// How long an answer can wait for its record. A check older than the last one recorded by
-    /// at most this much lost a race with another writer (`linkwatch once`) and is dropped, so
-    /// that an older answer never undoes a newer one. Older by more, the wall clock stepped back
-    /// since, and it counts.
-    pub race_window: std::time::Duration,
+    /// When the answer came, on the monotonic clock. A check that is older (by `at`) than the
+    /// last one recorded, by no more than its answer has waited since, lost a race with another
+    /// writer (`linkwatch once`) and is dropped, so that an older answer never undoes a newer one.
+    /// Older by more, the wall clock stepped back since, and it counts.
+    pub answered: tokio::time::Instant,
+    /// A quiet check noted for the group commit, applied because the stored state changed under
+    /// it. It carries no news when it is not newer than the last check recorded, and is dropped
+    /// then (if the wall clock stepped back, the next check says the same through the full path).
+    pub quiet_note: bool,
 }
+
+/// Some slack for the comparison of two processes' answers by wall-clock time.
+const RACE_SLACK: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// What [`Store::apply`] did with a check.
 #[derive(Debug, Clone)]
@@ -92,10 +99,7 @@ impl Store {
                 let mut tx = conn.begin_with("BEGIN IMMEDIATE").await?;
                 let (state, last_checked) = load_state(&mut tx, check.org_id).await?;
                 if let Some(last) = last_checked
-                    && last > check.at
-                    && (last - check.at)
-                        .to_std()
-                        .is_ok_and(|behind| behind <= check.race_window)
+                    && superseded(check, last)
                 {
                     return Ok(Applied::Superseded);
                 }
@@ -179,6 +183,15 @@ impl Store {
         }
         Ok(updated == 1)
     }
+}
+
+/// Whether `check` lost a race with the one recorded at `last` (see [`Check::answered`]).
+fn superseded(check: &Check<'_>, last: DateTime<Utc>) -> bool {
+    if check.quiet_note {
+        return last >= check.at;
+    }
+    let waited = check.answered.elapsed().saturating_add(RACE_SLACK);
+    last > check.at && (last - check.at).to_std().is_ok_and(|behind| behind <= waited)
 }
 
 /// The status that keeps `state` quiet after a check with `outcome`, if it is quiet.
@@ -453,6 +466,52 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(count, 2, "the next event of alpha is its third");
+        store.close().await;
+    }
+
+    /// An answer that waited long for its record (a locked database) is still recognised as
+    /// older than what another writer recorded meanwhile; an answer that is older only because
+    /// the wall clock stepped back is not.
+    #[tokio::test]
+    async fn an_answer_that_waited_is_superseded_but_a_clock_step_is_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("linkwatch.db")).await.unwrap();
+        let org = OrgId::parse("5f0c00000000000000000a01").unwrap();
+        let t0: DateTime<Utc> = "2026-11-29T08:00:00Z".parse().unwrap();
+        let record = |at: DateTime<Utc>, answered: tokio::time::Instant, status: &'static str| {
+            let store = store.clone();
+            let org = org.clone();
+            async move {
+                let outcome: CheckOutcome = Ok(status.to_owned());
+                let check = Check {
+                    org_id: &org,
+                    org_name: "alpha",
+                    at,
+                    outcome: &outcome,
+                    quiet_path: false,
+                    answered,
+                    quiet_note: false,
+                };
+                let applied = store
+                    .apply(&check, |state, _| Decision {
+                        state: OrgState {
+                            status: Some(status.to_owned()),
+                            ..state.clone()
+                        },
+                        ..Decision::default()
+                    })
+                    .await
+                    .unwrap();
+                matches!(applied, Applied::Recorded(_))
+            }
+        };
+        let now = tokio::time::Instant::now();
+        assert!(record(t0 + chrono::Duration::seconds(40), now, "SYNCED").await);
+        // Answered 40 s before the other writer's record, and waited 45 s for the database.
+        let long_ago = now.checked_sub(std::time::Duration::from_secs(45)).unwrap();
+        assert!(!record(t0, long_ago, "NOT_SYNCED").await, "a stale answer was recorded");
+        // Answered just now, but an hour "earlier": the wall clock stepped back.
+        assert!(record(t0 - chrono::Duration::hours(1), now, "NOT_SYNCED").await);
         store.close().await;
     }
 }

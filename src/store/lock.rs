@@ -31,14 +31,16 @@ pub fn lock_path(database: &Path) -> PathBuf {
     PathBuf::from(name)
 }
 
-/// How long `run` waits for a lock held by someone else: `linkwatch once` holds it only while it
-/// delivers, a few seconds, and a daemon restarting meanwhile should not fail for that.
-const PATIENCE: Duration = Duration::from_secs(10);
-
 impl WriterLock {
-    /// [`WriterLock::acquire`], waiting up to a few seconds for a holder that is about to finish.
-    pub async fn acquire_patiently(database: &Path, command: &str) -> Result<WriterLock, LockError> {
-        let deadline = tokio::time::Instant::now() + PATIENCE;
+    /// [`WriterLock::acquire`], waiting up to `patience` for a holder that is about to finish:
+    /// `linkwatch once` holds the lock only while it delivers (at most its `shutdown_timeout`),
+    /// and a daemon restarting meanwhile should not fail for that.
+    pub async fn acquire_patiently(
+        database: &Path,
+        command: &str,
+        patience: Duration,
+    ) -> Result<WriterLock, LockError> {
+        let deadline = crate::clock::later(tokio::time::Instant::now(), patience);
         loop {
             match WriterLock::acquire(database, command) {
                 Err(LockError::Held { .. }) if tokio::time::Instant::now() < deadline => {
@@ -127,7 +129,7 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(300)).await;
             drop(once);
         });
-        WriterLock::acquire_patiently(&db, "run")
+        WriterLock::acquire_patiently(&db, "run", Duration::from_secs(10))
             .await
             .expect("the lock once `once` is done");
         release.await.unwrap();

@@ -21,6 +21,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use tokio::time::Instant;
 
 use super::{Store, ts};
 use crate::config::OrgId;
@@ -36,17 +37,37 @@ pub(super) struct QuietLog(Mutex<Inner>);
 struct Inner {
     /// Orgs whose stored state this process last left quiet: (status, org name).
     known: HashMap<OrgId, (String, String)>,
-    /// Quiet checks not yet written: the last check time and how many checks, per org.
-    pending: HashMap<OrgId, (DateTime<Utc>, u32)>,
+    /// Quiet checks not yet written, per org: the last one's time (wall clock, and when its
+    /// answer came on the monotonic clock) and how many checks.
+    pending: HashMap<OrgId, Note>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Note {
+    at: DateTime<Utc>,
+    answered: Instant,
+    checks: u32,
+}
+
+impl Note {
+    /// Adds `other`, a note of the same org: the later check's times, both counts.
+    fn merge(&mut self, other: Note) {
+        if other.at > self.at {
+            (self.at, self.answered) = (other.at, other.answered);
+        }
+        self.checks = self.checks.saturating_add(other.checks);
+    }
 }
 
 /// A quiet check the flush could not match: the stored state changed under it (another
-/// writer). Apply it through the full path.
+/// writer), or the stored check is newer. Apply it through the full path, which drops it when
+/// it is not newer than what is stored.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Unmatched {
     pub org_id: OrgId,
     pub status: String,
     pub at: DateTime<Utc>,
+    pub answered: Instant,
 }
 
 impl QuietLog {
@@ -73,18 +94,27 @@ impl QuietLog {
 impl Store {
     /// Notes a quiet check in memory when `org` is known to be quiet with `status` (and its name
     /// is unchanged); returns `false` otherwise, and the caller takes the immediate path.
-    pub fn record_quiet_later(&self, org: &OrgId, name: &str, status: &str, at: DateTime<Utc>) -> bool {
+    pub fn record_quiet_later(
+        &self,
+        org: &OrgId,
+        name: &str,
+        status: &str,
+        at: DateTime<Utc>,
+        answered: Instant,
+    ) -> bool {
         let mut inner = self.quiet.lock();
         let known = inner.known.get(org).is_some_and(|(s, n)| s == status && n == name);
         if known {
+            let note = Note {
+                at,
+                answered,
+                checks: 1,
+            };
             // Looked up before inserting: the id is cloned once per window, not per check.
             match inner.pending.get_mut(org) {
-                Some(entry) => {
-                    entry.0 = entry.0.max(at);
-                    entry.1 = entry.1.saturating_add(1);
-                }
+                Some(pending) => pending.merge(note),
                 None => {
-                    inner.pending.insert(org.clone(), (at, 1));
+                    inner.pending.insert(org.clone(), note);
                 }
             }
         }
@@ -95,14 +125,14 @@ impl Store {
     /// whose stored state was no longer quiet with their status. On an error nothing is lost:
     /// the checks stay noted for the next flush.
     pub async fn flush_quiet(&self) -> anyhow::Result<Vec<Unmatched>> {
-        let batch: Vec<(OrgId, String, DateTime<Utc>, u32)> = {
+        let batch: Vec<(OrgId, String, Note)> = {
             let mut inner = self.quiet.lock();
             let pending = std::mem::take(&mut inner.pending);
             pending
                 .into_iter()
-                .filter_map(|(org, (at, n))| {
+                .filter_map(|(org, note)| {
                     let status = inner.known.get(&org)?.0.clone();
-                    Some((org, status, at, n))
+                    Some((org, status, note))
                 })
                 .collect()
         };
@@ -111,12 +141,13 @@ impl Store {
         }
         let mut json = String::with_capacity(batch.len() * 110);
         json.push('[');
-        for (i, (org, status, at, n)) in batch.iter().enumerate() {
+        for (i, (org, status, note)) in batch.iter().enumerate() {
             if i > 0 {
                 json.push(',');
             }
             let status = serde_json::to_string(status)?;
-            let _ = write!(json, r#"{{"o":"{org}","s":{status},"t":"{}","n":{n}}}"#, ts(*at));
+            let (t, n) = (ts(note.at), note.checks);
+            let _ = write!(json, r#"{{"o":"{org}","s":{status},"t":"{t}","n":{n}}}"#);
         }
         json.push(']');
         let written = self
@@ -128,7 +159,7 @@ impl Store {
                            FROM json_each(?1)) AS q
                      WHERE org_state.org_id = q.o AND org_state.status = q.s
                        AND org_state.candidate_status IS NULL AND org_state.consecutive_failures = 0
-                       AND org_state.failing_alerted = 0
+                       AND org_state.failing_alerted = 0 AND org_state.last_checked_at < q.t
                      RETURNING org_state.org_id",
                 )
                 .bind(&json)
@@ -142,10 +173,13 @@ impl Store {
             Err(e) => {
                 // Put them back (a newer note of the same org wins) and try again next time.
                 let mut inner = self.quiet.lock();
-                for (org, _, at, n) in batch {
-                    let entry = inner.pending.entry(org).or_insert((at, 0));
-                    entry.0 = entry.0.max(at);
-                    entry.1 = entry.1.saturating_add(n);
+                for (org, _, note) in batch {
+                    match inner.pending.get_mut(&org) {
+                        Some(pending) => pending.merge(note),
+                        None => {
+                            inner.pending.insert(org, note);
+                        }
+                    }
                 }
                 return Err(e);
             }
@@ -153,13 +187,14 @@ impl Store {
         let written: std::collections::HashSet<&str> = written.iter().map(String::as_str).collect();
         let mut unmatched = Vec::new();
         let mut inner = self.quiet.lock();
-        for (org, status, at, _) in batch {
+        for (org, status, note) in batch {
             if !written.contains(org.as_str()) {
                 inner.known.remove(&org);
                 unmatched.push(Unmatched {
                     org_id: org,
                     status,
-                    at,
+                    at: note.at,
+                    answered: note.answered,
                 });
             }
         }

@@ -62,7 +62,12 @@ async fn two_writers_checking_one_org_record_each_change_once() {
 
 #[tokio::test]
 async fn a_second_run_on_one_database_refuses_and_names_the_holder() {
-    let t = spawn_app().await;
+    // A second run waits shutdown_timeout + 5 s for a lock that a `once` may be about to release.
+    let t = spawn_app_with(Setup {
+        top: "shutdown_timeout = \"2s\"".into(),
+        ..Setup::default()
+    })
+    .await;
     let linkwatch = || {
         let mut c = tokio::process::Command::new(env!("CARGO_BIN_EXE_linkwatch"));
         c.arg("--config")
