@@ -8,16 +8,19 @@
 //! - a 401 renews the token only if the token that failed is still the cached one (another check
 //!   may already have renewed it);
 //! - an org that refuses the token it was just handed after a 401 (a renewed one, or the one
-//!   another check had just renewed) lacks access: its 401s with that token are reported as such
-//!   without renewing, for [`DENIAL_MEMORY`] or until the token changes. A token that does not
-//!   help one org is not renewed for it on every check, and a revoked token is still renewed by
-//!   the first 401 of any other org;
+//!   another check had just renewed) lacks access: its 401s are reported as such without
+//!   renewing, for [`DENIAL_MEMORY`], whichever token is current. The denial belongs to the
+//!   service account, not to a token: were it forgotten when the token changes, the renewal one
+//!   unreachable org asks for would make the others forget theirs, and with two such orgs every
+//!   check would cost a token request. A revoked token is still renewed by the first 401 of any
+//!   org that has not refused a new one;
 //! - a refused token request is remembered, and until its backoff has passed every check gets the
 //!   remembered failure without asking again.
 //!
 //! The cached token is only ever replaced, never dropped: while a renewal fails, the old token
 //! serves the orgs it works for, until the lifetime its answer gave it runs out.
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use reqwest::{Url, header};
@@ -47,9 +50,10 @@ const DEFAULT_LIFETIME: Duration = Duration::from_secs(3600);
 const FIRST_BACKOFF: Duration = Duration::from_secs(1);
 const MAX_BACKOFF: Duration = Duration::from_secs(300);
 
-/// How long an org that refused a just-handed token is believed to lack access. Bounded, so that
-/// a token revoked while only such orgs use it is still renewed within minutes, at the cost of
-/// one token request per org and period at most.
+/// How long an org that refused a just-handed token is believed to lack access, counted from its
+/// own refusal whichever token is current. Bounded, so that a token revoked while only such orgs
+/// use it is still renewed within minutes, at the cost of one token request per org and period
+/// at most.
 const DENIAL_MEMORY: Duration = Duration::from_secs(600);
 
 /// Limits how much of a token answer is read.
@@ -70,6 +74,10 @@ struct State {
     /// The last token request failed: how, how many times in a row, and until when it is not
     /// repeated.
     refused: Option<Refusal>,
+    /// Orgs that refused a token handed to them fresh after a 401, and until when they are
+    /// believed to lack access. Kept across token changes; bounded by the configured orgs, and
+    /// lapsed entries are dropped whenever one is added.
+    denied: HashMap<OrgId, Instant>,
 }
 
 struct Cached {
@@ -78,9 +86,6 @@ struct Cached {
     renew_at: Instant,
     /// Until then the token works by its answer's `expires_in`: it is used while renewals fail.
     expires_at: Instant,
-    /// Orgs that refused this token when it was handed to them after a 401, and until when that
-    /// is believed.
-    denied: Vec<(OrgId, Instant)>,
 }
 
 /// What a check does after Cloud Manager answered its token with 401.
@@ -157,14 +162,18 @@ impl TokenCache {
     ) -> Result<AfterUnauthorized, Failure> {
         let mut state = self.state.lock().await;
         let now = Instant::now();
-        if let Some(cached) = &mut state.token {
-            cached.denied.retain(|(_, until)| now < *until);
-            if cached.denied.iter().any(|(o, _)| o == org) {
-                return Ok(AfterUnauthorized::NoAccess);
+        match state.denied.get(org) {
+            Some(until) if now < *until => return Ok(AfterUnauthorized::NoAccess),
+            Some(_) => {
+                state.denied.remove(org);
             }
-            if cached.secret != *rejected && now < cached.renew_at {
-                return Ok(AfterUnauthorized::Retry(cached.secret.clone()));
-            }
+            None => {}
+        }
+        if let Some(cached) = &state.token
+            && cached.secret != *rejected
+            && now < cached.renew_at
+        {
+            return Ok(AfterUnauthorized::Retry(cached.secret.clone()));
         }
         self.fetch(&mut state, http, token_url)
             .await
@@ -172,15 +181,19 @@ impl TokenCache {
     }
 
     /// Remembers that `org` refused `token`, which [`TokenCache::unauthorized`] handed it: the
-    /// org lacks access, and its next 401s with this token do not renew it.
+    /// org lacks access, and for [`DENIAL_MEMORY`] its 401s renew no token, whichever is current.
+    /// Believed only while `token` is still the current one: if another check has replaced it in
+    /// the meantime, it may have been revoked, and the refusal says nothing about the org.
     pub async fn refused_after_renewal(&self, org: &OrgId, token: &Secret) {
         let mut state = self.state.lock().await;
-        if let Some(cached) = &mut state.token
-            && cached.secret == *token
-            && !cached.denied.iter().any(|(o, _)| o == org)
-        {
+        if state.token.as_ref().is_none_or(|cached| cached.secret != *token) {
+            return;
+        }
+        let now = Instant::now();
+        state.denied.retain(|_, until| now < *until);
+        if !state.denied.contains_key(org) {
             tracing::debug!(client_id = %self.client_id, %org, "org refuses a new token: no access");
-            cached.denied.push((org.clone(), later(Instant::now(), DENIAL_MEMORY)));
+            state.denied.insert(org.clone(), later(now, DENIAL_MEMORY));
         }
     }
 
@@ -218,7 +231,6 @@ impl TokenCache {
                     secret: token.clone(),
                     renew_at: later(now, use_for),
                     expires_at: later(now, lifetime),
-                    denied: Vec::new(),
                 });
                 state.refused = None;
                 Ok(token)
@@ -357,15 +369,14 @@ mod tests {
         let token = Secret::new("the-token".to_owned());
         let cache = TokenCache::new("id".into(), Secret::new("secret".to_owned()));
         let now = Instant::now();
-        let denied_until = later(now, DENIAL_MEMORY);
         *cache.state.lock().await = State {
             token: Some(Cached {
                 secret: token.clone(),
                 renew_at: later(now, Duration::from_secs(3000)),
                 expires_at: later(now, Duration::from_secs(3600)),
-                denied: vec![(org.clone(), denied_until)],
             }),
             refused: None,
+            denied: HashMap::from([(org.clone(), later(now, DENIAL_MEMORY))]),
         };
         let http = reqwest::Client::new();
         let url = closed_token_url().await;
@@ -373,12 +384,50 @@ mod tests {
         assert!(matches!(next, AfterUnauthorized::NoAccess));
 
         // Once the denial has lapsed, a 401 renews again; the renewal fails, the token stays.
-        if let Some(cached) = &mut cache.state.lock().await.token {
-            cached.denied[0].1 = now;
-        }
+        cache.state.lock().await.denied.insert(org.clone(), now);
         let failure = cache.unauthorized(&org, &token, &http, &url).await.err().unwrap();
         assert_eq!(failure.class, FailureClass::Connection);
         assert!(cache.token(&http, &url).await.unwrap() == token);
+    }
+
+    /// Each org's denial outlives the token it was learned with and ends after its own
+    /// [`DENIAL_MEMORY`], not with another org's.
+    #[tokio::test(start_paused = true)]
+    async fn each_denial_outlives_token_changes_and_lapses_on_its_own() {
+        let a = OrgId::parse("5f0c00000000000000000a01").unwrap();
+        let b = OrgId::parse("5f0c00000000000000000b02").unwrap();
+        let cache = TokenCache::new("id".into(), Secret::new("secret".to_owned()));
+        let install = |state: &mut State, name: &str| {
+            let now = Instant::now();
+            state.token = Some(Cached {
+                secret: Secret::new(name.to_owned()),
+                renew_at: later(now, Duration::from_secs(3000)),
+                expires_at: later(now, Duration::from_secs(3600)),
+            });
+        };
+        let first = Secret::new("first".to_owned());
+        install(&mut *cache.state.lock().await, "first");
+        cache.refused_after_renewal(&a, &first).await;
+        tokio::time::advance(Duration::from_secs(300)).await;
+        let second = Secret::new("second".to_owned());
+        install(&mut *cache.state.lock().await, "second");
+        // A refusal of a token that is no longer current says nothing about the org.
+        cache.refused_after_renewal(&b, &first).await;
+        assert!(!cache.state.lock().await.denied.contains_key(&b));
+        cache.refused_after_renewal(&b, &second).await;
+
+        let http = reqwest::Client::new();
+        let url = closed_token_url().await;
+        for org in [&a, &b] {
+            let next = cache.unauthorized(org, &second, &http, &url).await.unwrap();
+            assert!(matches!(next, AfterUnauthorized::NoAccess), "{org}");
+        }
+        // Alpha's ten minutes are up, beta's are not: only alpha's 401 asks for a token.
+        tokio::time::advance(DENIAL_MEMORY - Duration::from_secs(300)).await;
+        let next = cache.unauthorized(&b, &second, &http, &url).await.unwrap();
+        assert!(matches!(next, AfterUnauthorized::NoAccess));
+        let failure = cache.unauthorized(&a, &second, &http, &url).await.err().unwrap();
+        assert_eq!(failure.class, FailureClass::Connection);
     }
 
     #[test]

@@ -205,6 +205,29 @@ async fn an_org_the_account_cannot_reach_costs_no_token_per_check_and_spares_the
     assert_eq!(token_requests(&t), asked + 1);
 }
 
+/// Each unreachable org renews the token once to learn that it lacks access; that is remembered
+/// for the service account, not for the token, so the next org's renewal does not make the
+/// first one ask again.
+#[tokio::test]
+async fn several_orgs_the_account_cannot_reach_cost_no_token_per_check() {
+    let t = spawn_app_with(service_account(CLIENT_SECRET)).await;
+    t.sim.add_service_account(CLIENT_ID, CLIENT_SECRET);
+    t.sim.deny_tokens(ORG_A);
+    t.sim.deny_tokens(ORG_B);
+    for _ in 0..10 {
+        for org in [ORG_A, ORG_B] {
+            let failure = t.check(org).await.outcome.unwrap_err();
+            assert_eq!(failure.class, FailureClass::Unauthorized, "{failure:?}");
+        }
+    }
+    // The first token, and one renewal per org that shows a fresh token does not help.
+    let asked = token_requests(&t);
+    assert_eq!(
+        asked, 3,
+        "20 checks of two unreachable orgs made {asked} token requests"
+    );
+}
+
 #[tokio::test]
 async fn a_refused_renewal_keeps_the_token_for_the_orgs_it_works_for() {
     let t = spawn_app_with(service_account(CLIENT_SECRET)).await;
