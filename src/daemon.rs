@@ -548,14 +548,7 @@ impl Generation {
         }
         if last {
             // The workers are gone, so this cannot send a row twice.
-            let flush = app.dispatcher.dispatch_all_due(&app.store);
-            match tokio::time::timeout_at(deadline, flush).await {
-                Ok(Err(e)) => tracing::warn!("final delivery: {e:#}"),
-                Err(_) => {
-                    tracing::warn!("shutdown deadline reached; undelivered events stay pending for the next start")
-                }
-                Ok(Ok(_)) => {}
-            }
+            app.dispatcher.final_delivery(&app.store, deadline).await;
         }
     }
 }

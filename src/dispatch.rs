@@ -8,10 +8,12 @@
 //! keyed by channel name, which a reload's new dispatcher takes over from the old one: a reload
 //! never makes this process send a delivered event again.
 
+mod memories;
 mod select;
 mod step;
 
-use std::collections::HashMap;
+pub use memories::Memories;
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -20,10 +22,10 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::AbortOnDropHandle;
 
-use crate::channels::{Channel, ConsoleSink, email};
+use crate::channels::{Channel, ConsoleSink};
 use crate::clock::Clock;
 use crate::config::Config;
-use crate::metrics::Metrics;
+use crate::metrics::{Blocked, Metrics};
 use crate::retry::RetryPolicy;
 use crate::router::Router;
 use crate::store::Store;
@@ -47,31 +49,14 @@ pub struct Outlet {
     /// and `dispatch_all_due` at shutdown, or the old and the new worker across a reload (the
     /// new one waits for the send the old one is in). Shared through [`Memories`].
     memory: Arc<Mutex<Memory>>,
+    /// Where whether the channel is blocked is said (see [`Memories::publish_blocked`]).
+    memories: Memories,
 }
 
-/// What each channel remembers beyond the database, by channel name. It outlives a dispatcher:
-/// [`Dispatcher::with_memories`] takes over the previous one's, so that a reload forgets no
-/// outcome waiting to be written, no retry time, and no mail recipient's progress. A channel
-/// removed by a reload keeps its memory, for when a channel of that name returns (its pending
-/// rows wait for it).
-#[derive(Debug, Clone, Default)]
-pub struct Memories(Arc<std::sync::Mutex<HashMap<String, Kept>>>);
-
-#[derive(Debug, Clone, Default)]
-struct Kept {
-    memory: Arc<Mutex<Memory>>,
-    recipients: email::Progress,
-}
-
-impl Memories {
-    fn of(&self, channel: &str) -> Kept {
-        let mut all = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        all.entry(channel.to_owned()).or_default().clone()
-    }
-
-    fn all(&self) -> Vec<(String, Arc<Mutex<Memory>>)> {
-        let all = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        all.iter().map(|(name, k)| (name.clone(), k.memory.clone())).collect()
+impl Outlet {
+    /// Tells the metrics and `/healthz` whether this channel is blocked now.
+    fn publish_blocked(&self, blocked: Option<Blocked>, metrics: &Metrics) {
+        self.memories.publish_blocked(&self.name, blocked, metrics);
     }
 }
 
@@ -174,10 +159,12 @@ impl Dispatcher {
                 channel,
                 wake: Notify::new(),
                 memory: kept.memory,
+                memories: memories.clone(),
             }));
         }
-        // A channel removed from the config is no longer reported blocked.
-        metrics.retain_blocked(|name| config.channels.iter().any(|c| c.name == name));
+        // A channel removed from the config is no longer reported blocked, even by a worker of
+        // the previous config that is still running.
+        memories.configure(config.channels.iter().map(|c| c.name.clone()).collect(), &metrics);
         Ok(Dispatcher {
             outlets,
             router: Router::new(config),
@@ -190,6 +177,12 @@ impl Dispatcher {
     /// What the channels remember, for the dispatcher that replaces this one.
     pub fn memories(&self) -> Memories {
         self.memories.clone()
+    }
+
+    /// For how many events `channel` keeps which mail recipient has them (none once their rows
+    /// ended).
+    pub fn mail_progress(&self, channel: &str) -> usize {
+        self.memories.mail_progress(channel)
     }
 
     pub fn outlet(&self, name: &str) -> Option<&Arc<Outlet>> {
@@ -205,10 +198,33 @@ impl Dispatcher {
 
     /// Sends everything due on every channel, step after step until nothing is due (a webhook
     /// sends one event per step); returns how many deliveries were attempted. Used by
-    /// `linkwatch once` and at shutdown, whose caller bounds it with its deadline. The channels
-    /// go at once, each in a task of its own, so that a slow one does not use up the deadline of
-    /// the others; dropping the future stops them all.
+    /// `linkwatch once`; at shutdown, [`final_delivery`](Self::final_delivery) bounds it with a
+    /// deadline. The channels go at once, each in a task of its own, so that a slow one does not
+    /// use up the deadline of the others; dropping the future stops them all.
     pub async fn dispatch_all_due(&self, store: &Store) -> anyhow::Result<usize> {
+        let mut channels = self.spawn_all_due(store);
+        join_all_due(&mut channels).await
+    }
+
+    /// At shutdown, once the workers stopped: [`dispatch_all_due`](Self::dispatch_all_due) until
+    /// `deadline`, and then names every delivered event whose outcome was never written (the next
+    /// start sends it again): of a channel cut off at the deadline, or removed by a reload.
+    pub async fn final_delivery(&self, store: &Store, deadline: tokio::time::Instant) {
+        let mut channels = self.spawn_all_due(store);
+        match tokio::time::timeout_at(deadline, join_all_due(&mut channels)).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => tracing::warn!("final delivery: {e:#}"),
+            Err(_) => {
+                tracing::warn!("shutdown deadline reached; undelivered events stay pending for the next start");
+                // Stopped where they are, so that their memories are free to be read.
+                channels.shutdown().await;
+            }
+        }
+        self.report_unrecorded();
+    }
+
+    /// One task per channel, sending what is due until nothing is.
+    fn spawn_all_due(&self, store: &Store) -> JoinSet<anyhow::Result<usize>> {
         let mut channels = JoinSet::new();
         for o in &self.outlets {
             let (store, outlet) = (store.clone(), o.clone());
@@ -235,24 +251,12 @@ impl Dispatcher {
                 }
             });
         }
-        let (mut n, mut first_error) = (0, None);
-        while let Some(done) = channels.join_next().await {
-            match done {
-                Ok(Ok(k)) => n += k,
-                Ok(Err(e)) => {
-                    first_error.get_or_insert(e);
-                }
-                Err(e) => {
-                    first_error.get_or_insert_with(|| anyhow::anyhow!("a channel's delivery stopped: {e}"));
-                }
-            }
-        }
-        first_error.map_or(Ok(n), Err)
+        channels
     }
 
-    /// At exit, after the workers were stopped at the deadline: names the delivered events whose
-    /// outcome was never written (the next start sends them again). A memory still in use is
-    /// skipped.
+    /// At exit, after the workers were stopped: names the delivered events whose outcome was
+    /// never written (the next start sends them again), on every channel this process had,
+    /// configured or removed by a reload. A memory still in use is skipped. Each is named once.
     pub fn report_unrecorded(&self) {
         for (name, memory) in self.memories.all() {
             if let Ok(mut memory) = memory.try_lock() {
@@ -274,6 +278,24 @@ impl Dispatcher {
             ));
         }
     }
+}
+
+/// Waits for the channels of [`Dispatcher::spawn_all_due`]: how many deliveries they attempted,
+/// or the first error.
+async fn join_all_due(channels: &mut JoinSet<anyhow::Result<usize>>) -> anyhow::Result<usize> {
+    let (mut n, mut first_error) = (0, None);
+    while let Some(done) = channels.join_next().await {
+        match done {
+            Ok(Ok(k)) => n += k,
+            Ok(Err(e)) => {
+                first_error.get_or_insert(e);
+            }
+            Err(e) => {
+                first_error.get_or_insert_with(|| anyhow::anyhow!("a channel's delivery stopped: {e}"));
+            }
+        }
+    }
+    first_error.map_or(Ok(n), Err)
 }
 
 /// Runs a channel's worker, and starts it again after a pause when it panics: a panic in one

@@ -33,6 +33,7 @@ impl Console {
                     writeln!(out, "{l}").map_err(|e| SendError::Transient {
                         error: format!("cannot write to standard output: {e}"),
                         retry_after: None,
+                        rate_limited: false,
                     })?;
                 }
                 out.flush().ok();

@@ -25,20 +25,50 @@ use super::{SendError, Sent};
 use crate::config::{self, TlsMode, parse_smtp_url};
 use crate::message::Message;
 
-/// Past this many events remembered, the memory of who already has which mail is dropped (the
-/// cost: a repeat to some recipients).
+/// Past this many events remembered, the oldest events' progress is forgotten (the cost: a
+/// repeat of those events to some recipients). Progress leaves when its event's delivery ends
+/// ([`Progress::forget`]), so only events still pending count; the bound is a last resort.
 const REMEMBERED_EVENTS: usize = 10_000;
 
 /// For events whose mail reached some recipients but not all yet: event id -> recipient ->
 /// `None` (accepted) or the server's refusal. A retry sends each recipient only what it lacks.
-/// Shared, so that it outlives the channel across a reload.
+/// Shared, so that it outlives the channel across a reload. An event's progress is kept until the
+/// dispatcher says its delivery ended (sent, failed or given up), whatever the answer to one
+/// send: a digest refused by every recipient is halved, and the halves go only to whoever still
+/// lacks their events.
 #[derive(Debug, Clone, Default)]
 pub struct Progress(Arc<Mutex<Answers>>);
 
-/// Event id -> recipient -> `None` (accepted) or the server's refusal.
-type Answers = HashMap<String, BTreeMap<String, Option<String>>>;
+/// Who has which event, and in which order the events were first remembered.
+#[derive(Debug, Default)]
+struct Answers {
+    /// Event id -> (its place in `order`, recipient -> `None` or the refusal).
+    events: HashMap<String, (u64, BTreeMap<String, Option<String>>)>,
+    /// Place -> event id, oldest first: what goes first past [`REMEMBERED_EVENTS`].
+    order: BTreeMap<u64, String>,
+    next: u64,
+}
 
 impl Progress {
+    /// How many events' progress is kept.
+    pub fn len(&self) -> usize {
+        self.lock().events.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Forgets the progress of these events: their deliveries ended.
+    pub fn forget<'a>(&self, events: impl IntoIterator<Item = &'a str>) {
+        let mut all = self.lock();
+        for e in events {
+            if let Some((place, _)) = all.events.remove(e) {
+                all.order.remove(&place);
+            }
+        }
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, Answers> {
         self.0.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -105,7 +135,7 @@ impl Email {
     /// Sends each recipient in turn the mail of the events it does not have yet (all of them,
     /// unless an earlier try reached it). Delivered when every recipient accepted or refused for
     /// good every event (the refusals are the returned note); a recipient that failed for now is
-    /// retried; refused by all, it failed.
+    /// retried; an event refused by every recipient failed, and with it this send.
     ///
     /// Per recipient rather than one fixed mail for the group: the dispatcher may retry a group
     /// with newer events added, or split it once past the hold, and whatever the grouping, no
@@ -162,6 +192,7 @@ impl Email {
                     waiting.join(", ")
                 ),
                 retry_after: None,
+                rate_limited: false,
             });
         }
         self.conclude(&events)
@@ -172,48 +203,72 @@ impl Email {
     fn lacking(&self, events: &[&str], rcpt: &str) -> Vec<usize> {
         let done = self.done.lock();
         (0..events.len())
-            .filter(|i| !done.get(events[*i]).is_some_and(|r| r.contains_key(rcpt)))
+            .filter(|i| !done.events.get(events[*i]).is_some_and(|(_, r)| r.contains_key(rcpt)))
             .collect()
     }
 
     fn remember(&self, events: &[&str], rcpt: &str, refusal: Option<String>) {
         let mut done = self.done.lock();
-        if done.len() > REMEMBERED_EVENTS {
-            done.clear();
-        }
+        let done = &mut *done;
         for e in events {
-            done.entry((*e).to_owned())
-                .or_default()
-                .insert(rcpt.to_owned(), refusal.clone());
+            if !done.events.contains_key(*e) {
+                // Room for it: the oldest events go first.
+                while done.events.len() >= REMEMBERED_EVENTS {
+                    let Some((_, oldest)) = done.order.pop_first() else {
+                        break;
+                    };
+                    done.events.remove(&oldest);
+                }
+                let place = done.next;
+                done.next = done.next.saturating_add(1);
+                done.order.insert(place, (*e).to_owned());
+                done.events.insert((*e).to_owned(), (place, BTreeMap::new()));
+            }
+            if let Some((_, answers)) = done.events.get_mut(*e) {
+                answers.insert(rcpt.to_owned(), refusal.clone());
+            }
         }
     }
 
-    /// Every recipient has answered for good: the outcome, and the events forgotten.
+    /// Every recipient has answered for good: the outcome, decided per event. An event fails
+    /// only if every recipient refused it; the mail fails if one of its events did (the
+    /// dispatcher then halves it, and nobody gets an event again: the progress stays until the
+    /// dispatcher forgets it). Refusals of events that reached someone are the returned note.
     fn conclude(&self, events: &[&str]) -> Result<Sent, SendError> {
-        let mut done = self.done.lock();
-        let mut answers: BTreeMap<String, Option<String>> = BTreeMap::new();
+        let done = self.done.lock();
+        let (mut refused_by_all, mut refusals) = (Vec::new(), BTreeMap::<&str, &str>::new());
         for e in events {
-            for (rcpt, refusal) in done.remove(*e).unwrap_or_default() {
-                let entry = answers.entry(rcpt).or_default();
-                if entry.is_none() {
-                    *entry = refusal;
-                }
+            let answers = done.events.get(*e).map(|(_, a)| a);
+            let refused: Vec<(&str, &str)> = answers
+                .into_iter()
+                .flatten()
+                .filter_map(|(rcpt, r)| r.as_deref().map(|r| (rcpt.as_str(), r)))
+                .collect();
+            let accepted = answers.is_some_and(|a| a.values().any(Option::is_none));
+            if !refused.is_empty() && !accepted {
+                let why: Vec<String> = refused.iter().map(|(rcpt, r)| format!("{rcpt} ({r})")).collect();
+                refused_by_all.push(format!("{e}: {}", why.join("; ")));
+            } else {
+                refusals.extend(refused);
             }
         }
-        let refused: Vec<String> = answers
-            .iter()
-            .filter_map(|(rcpt, r)| r.as_ref().map(|r| format!("{rcpt} ({r})")))
-            .collect();
-        if refused.is_empty() {
+        if !refused_by_all.is_empty() {
+            return Err(SendError::Permanent(format!(
+                "SMTP server refused every recipient of {}",
+                refused_by_all.join("; of ")
+            )));
+        }
+        if refusals.is_empty() {
             Ok(None)
-        } else if refused.len() == answers.len() {
-            Err(SendError::Permanent(format!(
-                "SMTP server refused every recipient: {}",
-                refused.join("; ")
-            )))
         } else {
+            let refused: Vec<String> = refusals.iter().map(|(rcpt, r)| format!("{rcpt} ({r})")).collect();
             Ok(Some(format!("delivered, but refused for {}", refused.join("; "))))
         }
+    }
+
+    /// Forgets who has these events (their deliveries ended).
+    pub fn forget(&self, events: &[&str]) {
+        self.done.forget(events.iter().copied());
     }
 
     fn compose(&self, messages: &[Message]) -> Result<lettre::Message, lettre::error::Error> {
@@ -303,4 +358,38 @@ fn escape(s: &str) -> String {
         .replace('<', "&lt;")
         .replace('>', "&gt;")
         .replace('"', "&quot;")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::secret::Secret;
+
+    fn email() -> Email {
+        let settings = config::Email {
+            smtp_url: Secret::new("smtp://127.0.0.1:25"),
+            username: None,
+            password: None,
+            ca_file: None,
+            from: "linkwatch@example.com".into(),
+            to: vec!["dba@example.com".into()],
+        };
+        Email::new(&settings, Duration::from_secs(5)).unwrap()
+    }
+
+    // A tokio runtime: lettre's transport is built on one.
+    /// Past the bound, the oldest events' progress goes, not everyone's: a recipient that has a
+    /// recent event does not get it again.
+    #[tokio::test]
+    async fn past_the_bound_the_oldest_progress_is_forgotten_first() {
+        let e = email();
+        let ids: Vec<String> = (0..REMEMBERED_EVENTS + 2).map(|i| format!("evt_{i}")).collect();
+        for id in &ids {
+            e.remember(&[id.as_str()], "dba@example.com", None);
+        }
+        let has = |id: &str| e.lacking(&[id], "dba@example.com").is_empty();
+        assert!(!has(&ids[0]), "the oldest is forgotten");
+        assert!(has(&ids[REMEMBERED_EVENTS]), "a recent one was forgotten too");
+        assert!(has(&ids[REMEMBERED_EVENTS + 1]));
+    }
 }

@@ -21,6 +21,10 @@ pub enum SendError {
     Transient {
         error: String,
         retry_after: Option<Duration>,
+        /// The receiver limits the rate of the whole destination (HTTP 429), rather than
+        /// refusing this message for now: nothing may go there before `retry_after`, whatever
+        /// was sent. Slack may disable an app that keeps posting after a 429.
+        rate_limited: bool,
     },
     /// The receiver refused this message for good (Slack's `invalid_blocks`, a webhook's 400 or
     /// 422): other messages may still pass, so a digest that gets this is split up.
@@ -74,6 +78,14 @@ impl Channel {
     pub fn remember_in(&mut self, progress: &email::Progress) {
         if let Channel::Email(e) = self {
             e.remember_in(progress);
+        }
+    }
+
+    /// Forgets what this channel learnt about these events' recipients: their deliveries ended
+    /// (sent, failed or given up), and none is sent again.
+    pub fn forget(&self, events: &[&str]) {
+        if let Channel::Email(e) = self {
+            e.forget(events);
         }
     }
 

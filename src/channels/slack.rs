@@ -63,6 +63,7 @@ fn classify(a: &Answer) -> SendError {
             Answer::Status { retry_after, .. } => *retry_after,
             Answer::None(_) => None,
         },
+        rate_limited: matches!(a, Answer::Status { code: 429, .. }),
     };
     match a {
         Answer::None(_) => transient(),

@@ -76,13 +76,15 @@ fn classify(a: &Answer) -> SendError {
         Answer::Status { code, .. } if (400..500).contains(code) && *code != 408 && *code != 429 => {
             SendError::Closed(a.describe())
         }
-        Answer::Status { retry_after, .. } => SendError::Transient {
+        Answer::Status { code, retry_after, .. } => SendError::Transient {
             error: a.describe(),
             retry_after: *retry_after,
+            rate_limited: *code == 429,
         },
         Answer::None(e) => SendError::Transient {
             error: e.clone(),
             retry_after: None,
+            rate_limited: false,
         },
     }
 }
@@ -127,5 +129,20 @@ mod tests {
             r#"{"test": 2432232314}"#,
         );
         assert_eq!(signature, "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE=");
+    }
+
+    /// A 429 limits the whole endpoint; a 503 with Retry-After may be about this one event.
+    #[test]
+    fn only_a_429_is_a_rate_limit() {
+        let status = |code| Answer::Status {
+            code,
+            body: String::new(),
+            retry_after: Some(std::time::Duration::from_secs(5)),
+            location: None,
+        };
+        let limited = |a: &Answer| matches!(classify(a), SendError::Transient { rate_limited, .. } if rate_limited);
+        assert!(limited(&status(429)));
+        assert!(!limited(&status(503)));
+        assert!(!limited(&Answer::None("timed out".into())));
     }
 }

@@ -37,8 +37,9 @@ pub(super) struct Memory {
     record_at: Option<Instant>,
     /// The unrecorded outcomes were reported as lost at exit (so it is said once).
     reported: bool,
-    /// No send before this: a receiver's `Retry-After` is about the receiver, not one message
-    /// (except for a row sent alone past the hold, whose `Retry-After` delays only that row).
+    /// No send before this: a rate limit (429) and a receiver's `Retry-After` are about the
+    /// receiver, not one message (except a `Retry-After` on a row sent alone past the hold,
+    /// which delays only that row).
     not_before: Option<Instant>,
     last_send: Option<Instant>,
 }
@@ -152,12 +153,18 @@ pub(super) async fn step(cx: &Ctx<'_>, stop: &CancellationToken) -> anyhow::Resu
                 failed(cx, &mut mem, rows, &error, "delivery refused; not retrying");
                 false
             }
-            Err(SendError::Transient { error, retry_after }) => {
-                // A row past the hold goes alone because the receiver may be refusing that very
-                // message: its `Retry-After` then delays only it, or it would pause every org's
-                // events again each time it falls due.
-                let pause = retry_after.filter(|_| !choice.alone);
-                retry(cx, &mut mem, rows, &error, retry_after, pause);
+            Err(SendError::Transient {
+                error,
+                retry_after,
+                rate_limited,
+            }) => {
+                // A rate limit (429) is about the whole destination: the channel pauses, whatever
+                // was sent. Another `Retry-After` pauses it too, except on a row past the hold:
+                // that row goes alone because the receiver may be refusing that very message, so
+                // its `Retry-After` delays only it, or it would pause every org's events again
+                // each time it falls due.
+                let pause_channel = rate_limited || (retry_after.is_some() && !choice.alone);
+                retry(cx, &mut mem, rows, &error, retry_after, pause_channel);
                 false
             }
         };
@@ -189,7 +196,7 @@ fn sent(cx: &Ctx<'_>, mem: &mut Memory, rows: &[Delivery], note: Sent) {
         None => tracing::debug!(channel = %name, deliveries = rows.len(), "delivered"),
     }
     cx.metrics.delivery(name, "sent", rows.len() as u64);
-    rows.iter().for_each(|d| mem.schedule.forget(d.outbox_id));
+    end(cx, mem, rows);
     mem.unrecorded.push_back(Outcome::Sent {
         ids: ids(rows),
         events: rows.iter().map(|d| d.event.id.clone()).collect(),
@@ -203,7 +210,7 @@ fn failed(cx: &Ctx<'_>, mem: &mut Memory, rows: &[Delivery], error: &str, why: &
     let events: Vec<&str> = rows.iter().map(|d| d.event.id.as_str()).collect();
     tracing::error!(channel = %name, events = %events.join(","), %error, "{why}");
     cx.metrics.delivery(name, "failed", rows.len() as u64);
-    rows.iter().for_each(|d| mem.schedule.forget(d.outbox_id));
+    end(cx, mem, rows);
     mem.unrecorded.push_back(Outcome::Failed {
         ids: ids(rows),
         error: error.to_owned(),
@@ -211,24 +218,34 @@ fn failed(cx: &Ctx<'_>, mem: &mut Memory, rows: &[Delivery], error: &str, why: &
     });
 }
 
+/// These rows' deliveries ended (the outcome is decided, if not yet written): neither the
+/// dispatcher nor the channel needs to remember anything about them.
+fn end(cx: &Ctx<'_>, mem: &mut Memory, rows: &[Delivery]) {
+    rows.iter().for_each(|d| mem.schedule.forget(d.outbox_id));
+    let events: Vec<&str> = rows.iter().map(|d| d.event.id.as_str()).collect();
+    cx.outlet.channel.forget(&events);
+}
+
 /// Schedules the group's retry together, on the backoff of its most-tried row (never sooner than
-/// `retry_after`), and gives up rows past the maximum age; `pause` stops the whole channel that
-/// long. The wait is kept on the monotonic clock for this process, and as a wall-clock time in
-/// the database for people and for the next start.
+/// `retry_after`), and gives up rows past the maximum age; `pause_channel` stops the whole
+/// channel for the `retry_after` (or, without one, the wait chosen). The wait is kept on the
+/// monotonic clock for this process, and as a wall-clock time in the database for people and for
+/// the next start.
 fn retry(
     cx: &Ctx<'_>,
     mem: &mut Memory,
     rows: &[Delivery],
     error: &str,
     retry_after: Option<Duration>,
-    pause: Option<Duration>,
+    pause_channel: bool,
 ) {
     let policy = &cx.settings.retry;
     let attempts = rows.iter().map(|d| d.attempts).max().unwrap_or(0).saturating_add(1);
     let delay = policy.delay(u32::try_from(attempts).unwrap_or(u32::MAX), retry_after);
     let (now, mono) = (cx.settings.clock.now(), Instant::now());
-    if let Some(wait) = pause {
-        mem.not_before = mono.checked_add(wait.min(policy.max_retry_after));
+    if pause_channel {
+        let wait = retry_after.unwrap_or(delay).min(policy.max_retry_after);
+        mem.not_before = mono.checked_add(wait);
     }
     let at = chrono::Duration::from_std(delay)
         .ok()
@@ -352,5 +369,5 @@ fn publish_blocked(cx: &Ctx<'_>, rows: &[Pending], schedule: &Schedule, mono: In
             last_error: oldest.last_error.clone(),
         }
     });
-    cx.metrics.set_blocked(&cx.outlet.name, blocked);
+    cx.outlet.publish_blocked(blocked, cx.metrics);
 }

@@ -617,3 +617,171 @@ async fn a_slow_channel_does_not_use_up_the_final_delivery_of_the_others() {
     assert!(tokio::time::timeout(Duration::from_secs(3), flush).await.is_err());
     assert_eq!(t.console_lines().len(), 2, "{:?}", t.console_lines());
 }
+
+#[tokio::test]
+async fn a_429_on_a_row_past_the_hold_still_pauses_the_channel() {
+    let rx = Receiver::start().await;
+    rx.reply_when(|b| b.contains("alpha:"), Reply::status(500, "rollup_error"));
+    let mut settings = fast();
+    settings.retry.first_delay = Duration::from_millis(20);
+    settings.retry.max_delay = Duration::from_millis(20);
+    let t = spawn_app_with(Setup {
+        channels: slack("ops", &rx.url("/hook")),
+        delivery: Some(settings),
+        ..Setup::default()
+    })
+    .await;
+    t.check(ORG_A).await;
+    let workers = Workers::start(&t);
+    // Past the hold after three failed attempts: alpha now goes alone.
+    wait_until(Duration::from_secs(20), "alpha refused four times", || async {
+        posts_with_status(&rx, "alpha:", 500) >= 4
+    })
+    .await;
+    // Slack rate-limits the webhook: its next post is answered 429 with Retry-After, and then
+    // everything is accepted.
+    rx.clear_rules();
+    rx.reply([Reply {
+        retry_after: Some(2),
+        ..Reply::status(429, "rate_limited")
+    }]);
+    wait_until(Duration::from_secs(20), "the 429", || async {
+        rx.received().iter().any(|r| r.status == 429)
+    })
+    .await;
+    t.check(ORG_B).await;
+    wait_until(Duration::from_secs(20), "beta's event", || async {
+        bodies(&rx).contains("beta: migration link is SYNCED (first check)")
+    })
+    .await;
+    workers.stop().await;
+    let got = rx.received();
+    let limited = got.iter().position(|r| r.status == 429).unwrap();
+    let next = &got[limited + 1];
+    let spacing = next.at - got[limited].at;
+    assert!(
+        spacing >= Duration::from_secs(2),
+        "posted again {spacing:?} after a 429 with Retry-After: 2"
+    );
+}
+
+#[tokio::test]
+async fn a_channel_removed_by_a_reload_is_no_longer_blocked() {
+    use linkwatch::channels::ConsoleSink;
+    use linkwatch::config::Config;
+    use linkwatch::dispatch::Dispatcher;
+    let rx = Receiver::start().await;
+    rx.reply_when(|b| b.contains("alpha:"), Reply::status(500, "rollup_error"));
+    let mut settings = fast();
+    settings.retry.first_delay = Duration::from_millis(20);
+    settings.retry.max_delay = Duration::from_millis(20);
+    let t = spawn_app_with(Setup {
+        channels: slack("ops", &rx.url("/hook")),
+        delivery: Some(settings.clone()),
+        ..Setup::default()
+    })
+    .await;
+    t.check(ORG_A).await;
+    let blocked = r#"linkwatch_channel_blocked{channel="ops"}"#;
+    let workers = Workers::start(&t);
+    wait_until(Duration::from_secs(20), "ops blocked", || async {
+        metric(&t, blocked).await == 1.0
+    })
+    .await;
+    // A reload without "ops", in the daemon's order: the new dispatcher is built while the old
+    // generation's workers still run, then they are stopped.
+    let config = std::fs::read_to_string(&t.config_path).unwrap();
+    let at = config.find("[[channel]]").unwrap();
+    let without = format!("{}[[channel]]\nname = \"console\"\nkind = \"console\"\n", &config[..at]);
+    let path = t.config_path.with_file_name("reloaded.toml");
+    std::fs::write(&path, without).unwrap();
+    let reloaded = Dispatcher::with_memories(
+        &Config::load(&path).unwrap(),
+        &ConsoleSink::default(),
+        t.app.metrics.clone(),
+        settings,
+        t.app.dispatcher.memories(),
+    )
+    .unwrap();
+    // The old worker goes on trying alpha until its generation stops.
+    let before = rx.received().len();
+    wait_until(Duration::from_secs(20), "the old worker tried again", || async {
+        rx.received().len() > before + 1
+    })
+    .await;
+    workers.stop().await;
+    assert_eq!(metric(&t, blocked).await, 0.0, "a removed channel is still blocked");
+    assert!(t.app.metrics.blocked().is_empty(), "/healthz still names it");
+    drop(reloaded);
+}
+
+/// What the code under test logs on this thread (a current-thread runtime runs every task of
+/// the test here), until the guard is dropped.
+fn capture_logs() -> (
+    std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
+    tracing::subscriber::DefaultGuard,
+) {
+    #[derive(Clone)]
+    struct Sink(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+    impl std::io::Write for Sink {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let logs = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let sink = Sink(logs.clone());
+    let subscriber = tracing_subscriber::fmt()
+        .with_ansi(false)
+        .with_max_level(tracing::Level::INFO)
+        .with_writer(move || sink.clone())
+        .finish();
+    (logs, tracing::subscriber::set_default(subscriber))
+}
+
+#[tokio::test]
+async fn a_removed_channels_unrecorded_delivery_is_named_at_shutdown() {
+    let (logs, _guard) = capture_logs();
+    let rx = Receiver::start().await;
+    let t = spawn_app_with(Setup {
+        channels: slack("ops", &rx.url("/hook")),
+        ..Setup::default()
+    })
+    .await;
+    t.check(ORG_A).await;
+    sql(&t, REFUSE_WRITES).await;
+    let (tx, shutdown, run) = run_reloadable(&t);
+    let alpha = "alpha: migration link is NOT_SYNCED (first check)";
+    wait_until(Duration::from_secs(20), "alpha posted", || async {
+        posts_with(&rx, alpha) >= 1
+    })
+    .await;
+    // Delivered, but not recorded; then "ops" is removed by a reload, and the daemon stops.
+    let config = std::fs::read_to_string(&t.config_path).unwrap();
+    let at = config.find("[[channel]]").unwrap();
+    std::fs::write(
+        &t.config_path,
+        format!("{}[[channel]]\nname = \"console\"\nkind = \"console\"\n", &config[..at]),
+    )
+    .unwrap();
+    reload_done(&tx).await;
+    shutdown.cancel();
+    run.await.unwrap();
+    let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}", t.db_path.display()))
+        .await
+        .unwrap();
+    let (event,): (String,) = sqlx::query_as("SELECT id FROM events ORDER BY seq LIMIT 1")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    pool.close().await;
+    let logs = String::from_utf8_lossy(&logs.lock().unwrap()).into_owned();
+    assert!(
+        logs.lines()
+            .any(|l| l.contains("never recorded") && l.contains("ops") && l.contains(&event)),
+        "alpha's delivery ({event}) is not named at shutdown:\n{logs}"
+    );
+}

@@ -355,3 +355,71 @@ async fn a_reload_remembers_which_recipients_have_the_mail() {
     to.sort();
     assert_eq!(to, ["busy@example.com", "dba@example.com"], "each once");
 }
+
+#[tokio::test]
+async fn halving_a_mail_every_recipient_refused_sends_no_one_an_event_twice() {
+    let smtp = SmtpServer::start(false);
+    smtp.defer("busy@example.com", true);
+    let t = spawn_app_with(Setup {
+        channels: mail_channel(smtp.addr.port(), &["dba@example.com", "busy@example.com"]),
+        delivery: Some(fast()),
+        ..Setup::default()
+    })
+    .await;
+    t.check(ORG_B).await;
+    t.dispatch().await;
+    // dba@ has beta's event; busy@ was deferred.
+    smtp.wait_for_mails(1, Duration::from_secs(10)).await;
+    t.check(ORG_A).await;
+    // busy@'s mailbox is gone now, and dba@'s server refuses the next mail (alpha's, as a
+    // content filter would): the retry, carrying beta and alpha, is refused by every recipient,
+    // though dba@ accepted beta before.
+    smtp.defer("busy@example.com", false);
+    smtp.refuse("busy@example.com");
+    smtp.refuse_next("dba@example.com");
+    deliver_until(&t, "both ended", || async {
+        let d = deliveries(&t).await;
+        d.len() == 2 && d.iter().all(|r| r.3 != "pending")
+    })
+    .await;
+    let got = |rcpt: &str, text: &str| {
+        smtp.mails()
+            .iter()
+            .filter(|m| m.to.iter().any(|a| a == rcpt) && m.data.contains(text))
+            .count()
+    };
+    assert_eq!(got("dba@example.com", "beta:"), 1, "dba@ got beta's event again");
+    assert_eq!(got("dba@example.com", "alpha:"), 0);
+    // beta reached a recipient; alpha reached none.
+    let d = deliveries(&t).await;
+    let state = |org: &str| d.iter().find(|r| r.1 == org).map(|r| r.3.clone()).unwrap_or_default();
+    assert_eq!(
+        (state("beta").as_str(), state("alpha").as_str()),
+        ("sent", "failed"),
+        "{d:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_mail_given_up_leaves_no_recipient_progress_behind() {
+    let smtp = SmtpServer::start(false);
+    smtp.defer("busy@example.com", true);
+    // Given up at the first failure: dba@ has the event, busy@ never will.
+    let mut settings = fast();
+    settings.retry.max_age = Duration::from_millis(1);
+    let t = spawn_app_with(Setup {
+        channels: mail_channel(smtp.addr.port(), &["dba@example.com", "busy@example.com"]),
+        delivery: Some(settings),
+        ..Setup::default()
+    })
+    .await;
+    t.check(ORG_B).await;
+    t.dispatch().await;
+    assert_eq!(smtp.mails().len(), 1, "dba@ has it");
+    assert_eq!(deliveries(&t).await[0].3, "failed");
+    assert_eq!(
+        t.app.dispatcher.mail_progress("mail"),
+        0,
+        "who has the mail of an event that ended is still kept"
+    );
+}

@@ -26,6 +26,8 @@ struct Collector {
     refused: Arc<Mutex<Vec<String>>>,
     /// Recipients answered `450`, for now.
     deferred: Arc<Mutex<Vec<String>>>,
+    /// Recipients whose next `RCPT TO` only is answered `554` (a content filter refusing one mail).
+    refuse_once: Arc<Mutex<Vec<String>>>,
 }
 
 impl Handler for Collector {
@@ -38,6 +40,13 @@ impl Handler for Collector {
     }
 
     fn rcpt(&mut self, to: &str) -> Response {
+        {
+            let mut once = self.refuse_once.lock().unwrap();
+            if let Some(i) = once.iter().position(|r| r == to) {
+                once.remove(i);
+                return Response::custom(554, "rejected".into());
+            }
+        }
         if self.refused.lock().unwrap().iter().any(|r| r == to) {
             return response::NO_MAILBOX;
         }
@@ -69,6 +78,7 @@ pub struct SmtpServer {
     mails: Arc<Mutex<Vec<Mail>>>,
     refused: Arc<Mutex<Vec<String>>>,
     deferred: Arc<Mutex<Vec<String>>>,
+    refuse_once: Arc<Mutex<Vec<String>>>,
     /// The CA that signed the server's certificate (PEM file), when STARTTLS is on.
     pub ca_file: Option<PathBuf>,
     _dir: tempfile::TempDir,
@@ -92,6 +102,7 @@ impl SmtpServer {
         let mails = collector.mails.clone();
         let refused = collector.refused.clone();
         let deferred = collector.deferred.clone();
+        let refuse_once = collector.refuse_once.clone();
         let mut server = Server::new(collector);
         server.with_name("smtp.test").with_num_threads(2);
         let mut ca_file = None;
@@ -125,6 +136,7 @@ impl SmtpServer {
             mails,
             refused,
             deferred,
+            refuse_once,
             ca_file,
             _dir: dir,
         }
@@ -142,6 +154,11 @@ impl SmtpServer {
         if on {
             deferred.push(address.to_owned());
         }
+    }
+
+    /// The next `RCPT TO:<address>` only is answered `554` (as a content filter refuses one mail).
+    pub fn refuse_next(&self, address: &str) {
+        self.refuse_once.lock().unwrap().push(address.to_owned());
     }
 
     pub fn mails(&self) -> Vec<Mail> {
