@@ -47,7 +47,7 @@ pub struct Blocked {
 }
 
 /// (org_name, outcome, count) of one org's checks.
-type OrgChecks = (String, String, u64);
+type OrgChecks = (String, &'static str, u64);
 
 /// What the database says at scrape time.
 #[derive(Debug, Default)]
@@ -92,16 +92,16 @@ impl Metrics {
             .collect()
     }
 
-    pub fn check(&self, org_id: &str, org_name: &str, outcome: &str, took: Duration, requests: u64) {
+    pub fn check(&self, org_id: &str, org_name: &str, outcome: &'static str, took: Duration, requests: u64) {
         {
             let mut checks = lock(&self.checks);
             let counts = match checks.get_mut(org_id) {
                 Some(counts) => counts,
                 None => checks.entry(org_id.to_owned()).or_default(),
             };
-            match counts.iter_mut().find(|(n, o, _)| n == org_name && o == outcome) {
+            match counts.iter_mut().find(|(n, o, _)| n == org_name && *o == outcome) {
                 Some((_, _, count)) => *count += 1,
-                None => counts.push((org_name.to_owned(), outcome.to_owned(), 1)),
+                None => counts.push((org_name.to_owned(), outcome, 1)),
             }
         }
         let secs = took.as_secs_f64();
@@ -159,7 +159,7 @@ impl Metrics {
             .flat_map(|(id, counts)| {
                 counts
                     .iter()
-                    .map(move |(name, outcome, n)| ((id.as_str(), name.as_str(), outcome.as_str()), *n))
+                    .map(move |(name, outcome, n)| ((id.as_str(), name.as_str(), *outcome), *n))
             })
             .collect();
         for ((id, name, outcome), n) in sorted {

@@ -36,7 +36,11 @@ pub(super) struct QuietLog(Mutex<Inner>);
 #[derive(Debug, Default)]
 struct Inner {
     /// Orgs whose stored state this process last left quiet: (status, org name).
-    known: HashMap<OrgId, (String, String)>,
+    /// The status is shared among the orgs that have it and the name kept as a fingerprint: at
+    /// 10,000 orgs two strings per org were a megabyte.
+    known: HashMap<OrgId, (Arc<str>, u64)>,
+    /// The distinct statuses seen (a handful), shared by `known`.
+    statuses: Vec<Arc<str>>,
     /// Quiet checks not yet written, per org: the last one's time (wall clock, and when its
     /// answer came on the monotonic clock) and how many checks.
     pending: HashMap<OrgId, Note>,
@@ -70,6 +74,29 @@ pub struct Unmatched {
     pub answered: Instant,
 }
 
+impl Inner {
+    /// `status` as a shared string, allocated once per distinct status (a bound keeps a server
+    /// that invents statuses from growing the list).
+    fn intern(&mut self, status: &str) -> Arc<str> {
+        if let Some(s) = self.statuses.iter().find(|s| &***s == status) {
+            return s.clone();
+        }
+        let s: Arc<str> = status.into();
+        if self.statuses.len() < 64 {
+            self.statuses.push(s.clone());
+        }
+        s
+    }
+}
+
+/// An org name's fingerprint: the name only has to be recognised as unchanged.
+fn fingerprint(name: &str) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    name.hash(&mut h);
+    h.finish()
+}
+
 impl QuietLog {
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
         self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
@@ -80,7 +107,8 @@ impl QuietLog {
         let mut inner = self.lock();
         match quiet_status {
             Some(status) => {
-                inner.known.insert(org.clone(), (status.to_owned(), name.to_owned()));
+                let status = inner.intern(status);
+                inner.known.insert(org.clone(), (status, fingerprint(name)));
             }
             None => {
                 inner.known.remove(org);
@@ -103,7 +131,10 @@ impl Store {
         answered: Instant,
     ) -> bool {
         let mut inner = self.quiet.lock();
-        let known = inner.known.get(org).is_some_and(|(s, n)| s == status && n == name);
+        let known = inner
+            .known
+            .get(org)
+            .is_some_and(|(s, n)| &**s == status && *n == fingerprint(name));
         if known {
             let note = Note {
                 at,
@@ -131,7 +162,7 @@ impl Store {
             pending
                 .into_iter()
                 .filter_map(|(org, note)| {
-                    let status = inner.known.get(&org)?.0.clone();
+                    let status = inner.known.get(&org)?.0.to_string();
                     Some((org, status, note))
                 })
                 .collect()
