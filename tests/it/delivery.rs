@@ -520,19 +520,32 @@ async fn a_send_still_running_at_the_reload_deadline_is_not_sent_again() {
 #[tokio::test]
 async fn a_retry_after_on_a_row_past_the_hold_delays_only_that_row() {
     let rx = Receiver::start().await;
-    rx.reply_when(
-        |b| b.contains("alpha:"),
-        Reply {
-            retry_after: Some(3600),
-            ..Reply::status(503, "overloaded")
-        },
-    );
+    let refusal = Reply {
+        retry_after: Some(3600),
+        ..Reply::status(503, "overloaded")
+    };
     // Every wait the backoff makes is shorter than the Retry-After honoured (clamped to 300 ms),
     // so alpha's retry falls due exactly when a channel pause would end.
+    let (t, workers) =
+        alpha_past_the_hold(&rx, refusal, |s| s.retry.max_retry_after = Duration::from_millis(300)).await;
+    t.check(ORG_B).await;
+    wait_until(Duration::from_secs(20), "beta's event", || async {
+        bodies(&rx).contains("beta: migration link is SYNCED (first check)")
+    })
+    .await;
+    workers.stop().await;
+}
+
+/// A Slack channel whose receiver answers every post about alpha with `refusal`, with quick
+/// retries (20 ms, then `tune`), its workers running until alpha's event is past the hold
+/// (refused four times: it now goes alone).
+async fn alpha_past_the_hold(rx: &Receiver, refusal: Reply, tune: impl FnOnce(&mut Settings)) -> (TestApp, Workers) {
+    let status = refusal.status;
+    rx.reply_when(|b| b.contains("alpha:"), refusal);
     let mut settings = fast();
     settings.retry.first_delay = Duration::from_millis(20);
     settings.retry.max_delay = Duration::from_millis(20);
-    settings.retry.max_retry_after = Duration::from_millis(300);
+    tune(&mut settings);
     let t = spawn_app_with(Setup {
         channels: slack("ops", &rx.url("/hook")),
         delivery: Some(settings),
@@ -541,17 +554,11 @@ async fn a_retry_after_on_a_row_past_the_hold_delays_only_that_row() {
     .await;
     t.check(ORG_A).await;
     let workers = Workers::start(&t);
-    // Past the hold after three failed attempts.
     wait_until(Duration::from_secs(20), "alpha refused four times", || async {
-        posts_with_status(&rx, "alpha:", 503) >= 4
+        posts_with_status(rx, "alpha:", status) >= 4
     })
     .await;
-    t.check(ORG_B).await;
-    wait_until(Duration::from_secs(20), "beta's event", || async {
-        bodies(&rx).contains("beta: migration link is SYNCED (first check)")
-    })
-    .await;
-    workers.stop().await;
+    (t, workers)
 }
 
 /// How many requests mentioning `text` were answered `status`.
@@ -621,23 +628,8 @@ async fn a_slow_channel_does_not_use_up_the_final_delivery_of_the_others() {
 #[tokio::test]
 async fn a_429_on_a_row_past_the_hold_still_pauses_the_channel() {
     let rx = Receiver::start().await;
-    rx.reply_when(|b| b.contains("alpha:"), Reply::status(500, "rollup_error"));
-    let mut settings = fast();
-    settings.retry.first_delay = Duration::from_millis(20);
-    settings.retry.max_delay = Duration::from_millis(20);
-    let t = spawn_app_with(Setup {
-        channels: slack("ops", &rx.url("/hook")),
-        delivery: Some(settings),
-        ..Setup::default()
-    })
-    .await;
-    t.check(ORG_A).await;
-    let workers = Workers::start(&t);
     // Past the hold after three failed attempts: alpha now goes alone.
-    wait_until(Duration::from_secs(20), "alpha refused four times", || async {
-        posts_with_status(&rx, "alpha:", 500) >= 4
-    })
-    .await;
+    let (t, workers) = alpha_past_the_hold(&rx, Reply::status(500, "rollup_error"), |_| {}).await;
     // Slack rate-limits the webhook: its next post is answered 429 with Retry-After, and then
     // everything is accepted.
     rx.clear_rules();
