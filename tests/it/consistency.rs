@@ -29,14 +29,7 @@ async fn app_on(t: &TestApp) -> Arc<App> {
 async fn two_writers_checking_one_org_record_each_change_once() {
     let t = spawn_app().await;
     let other = app_on(&t).await;
-    let org = t
-        .app
-        .config
-        .orgs
-        .iter()
-        .find(|o| o.id.as_str() == ORG_A)
-        .unwrap()
-        .clone();
+    let alpha = org(&t.app, ORG_A);
     t.check(ORG_A).await;
     let flips = 10;
     for n in 0..flips {
@@ -44,7 +37,7 @@ async fn two_writers_checking_one_org_record_each_change_once() {
             ORG_A,
             Behavior::status(if n % 2 == 0 { "SYNCED" } else { "NOT_SYNCED" }),
         );
-        let (a, b) = tokio::join!(daemon::check_org(&t.app, &org), daemon::check_org(&other, &org));
+        let (a, b) = tokio::join!(daemon::check_org(&t.app, alpha), daemon::check_org(&other, alpha));
         a.unwrap();
         b.unwrap();
     }
@@ -300,16 +293,10 @@ async fn quiet_checks_are_written_together_by_the_group_commit() {
 async fn a_change_under_a_noted_quiet_check_is_applied_at_the_group_commit() {
     let t = spawn_app().await;
     let other = app_on(&t).await;
-    let beta = other
-        .config
-        .orgs
-        .iter()
-        .find(|o| o.id.as_str() == ORG_B)
-        .unwrap()
-        .clone();
+    let beta = org(&other, ORG_B);
     t.check(ORG_B).await; // SYNCED, first_seen; this process now knows beta is quiet
     t.sim.set(ORG_B, Behavior::status("NOT_SYNCED"));
-    daemon::check_org(&other, &beta).await.unwrap(); // the other writer: SYNCED -> NOT_SYNCED
+    daemon::check_org(&other, beta).await.unwrap(); // the other writer: SYNCED -> NOT_SYNCED
     t.sim.set(ORG_B, Behavior::status("SYNCED"));
     t.check(ORG_B).await; // SYNCED again: looks quiet to this process, noted
     daemon::flush_quiet(&t.app).await.unwrap();
@@ -330,17 +317,11 @@ async fn a_change_under_a_noted_quiet_check_is_applied_at_the_group_commit() {
 async fn a_stale_quiet_note_does_not_undo_a_newer_change() {
     let t = spawn_app().await;
     let other = app_on(&t).await;
-    let alpha = other
-        .config
-        .orgs
-        .iter()
-        .find(|o| o.id.as_str() == ORG_A)
-        .unwrap()
-        .clone();
+    let alpha = org(&other, ORG_A);
     t.check(ORG_A).await; // NOT_SYNCED, first_seen
     t.check(ORG_A).await; // quiet: noted in memory only
     t.sim.set(ORG_A, Behavior::status("SYNCED"));
-    daemon::check_org(&other, &alpha).await.unwrap(); // `linkwatch once` sees the link sync
+    daemon::check_org(&other, alpha).await.unwrap(); // `linkwatch once` sees the link sync
     daemon::flush_quiet(&t.app).await.unwrap();
     assert_eq!(t.event_kinds(ORG_A).await, ["first_seen", "status_changed"]);
     let current = t.app.store.current().await.unwrap();

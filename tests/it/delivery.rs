@@ -425,6 +425,32 @@ async fn reload_done(tx: &tokio::sync::mpsc::Sender<()>) {
     }
 }
 
+/// A reloadable daemon whose Slack channel delivered alpha's first event (`alpha`, its text) while
+/// the database refuses to record it.
+async fn delivered_but_unrecorded(
+    rx: &Receiver,
+    alpha: &str,
+) -> (
+    TestApp,
+    tokio::sync::mpsc::Sender<()>,
+    CancellationToken,
+    tokio::task::JoinHandle<()>,
+) {
+    let t = spawn_app_with(Setup {
+        channels: slack("ops", &rx.url("/hook")),
+        ..Setup::default()
+    })
+    .await;
+    t.check(ORG_A).await;
+    sql(&t, REFUSE_WRITES).await;
+    let (tx, shutdown, run) = run_reloadable(&t);
+    wait_until(Duration::from_secs(20), "alpha posted", || async {
+        posts_with(rx, alpha) >= 1
+    })
+    .await;
+    (t, tx, shutdown, run)
+}
+
 /// `linkwatch run` on the test app's config, with a reload channel (SIGHUP).
 fn run_reloadable(
     t: &TestApp,
@@ -454,19 +480,8 @@ fn run_reloadable(
 #[tokio::test]
 async fn a_reload_does_not_resend_a_delivered_but_unrecorded_event() {
     let rx = Receiver::start().await;
-    let t = spawn_app_with(Setup {
-        channels: slack("ops", &rx.url("/hook")),
-        ..Setup::default()
-    })
-    .await;
-    t.check(ORG_A).await;
-    sql(&t, REFUSE_WRITES).await;
-    let (tx, shutdown, run) = run_reloadable(&t);
     let alpha = "alpha: migration link is NOT_SYNCED (first check)";
-    wait_until(Duration::from_secs(20), "alpha posted", || async {
-        posts_with(&rx, alpha) >= 1
-    })
-    .await;
+    let (t, tx, shutdown, run) = delivered_but_unrecorded(&rx, alpha).await;
     // The post was accepted but cannot be recorded; the new generation must remember it.
     reload_done(&tx).await;
     sql(&t, "DROP TRIGGER refuse").await;
@@ -738,19 +753,8 @@ fn capture_logs() -> (
 async fn a_removed_channels_unrecorded_delivery_is_named_at_shutdown() {
     let (logs, _guard) = capture_logs();
     let rx = Receiver::start().await;
-    let t = spawn_app_with(Setup {
-        channels: slack("ops", &rx.url("/hook")),
-        ..Setup::default()
-    })
-    .await;
-    t.check(ORG_A).await;
-    sql(&t, REFUSE_WRITES).await;
-    let (tx, shutdown, run) = run_reloadable(&t);
     let alpha = "alpha: migration link is NOT_SYNCED (first check)";
-    wait_until(Duration::from_secs(20), "alpha posted", || async {
-        posts_with(&rx, alpha) >= 1
-    })
-    .await;
+    let (t, tx, shutdown, run) = delivered_but_unrecorded(&rx, alpha).await;
     // Delivered, but not recorded; then "ops" is removed by a reload, and the daemon stops.
     let config = std::fs::read_to_string(&t.config_path).unwrap();
     let at = config.find("[[channel]]").unwrap();

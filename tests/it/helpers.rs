@@ -199,17 +199,21 @@ async fn build(
     Arc::new(app)
 }
 
+/// The org with id `id` in `app`'s config.
+pub fn org<'a>(app: &'a App, id: &str) -> &'a linkwatch::config::Org {
+    app.config
+        .orgs
+        .iter()
+        .find(|o| o.id.as_str() == id)
+        .expect("org is configured")
+}
+
 impl TestApp {
     /// Checks org `id` once, as the scheduler would.
     pub async fn check(&self, id: &str) -> CheckReport {
-        let org = self
-            .app
-            .config
-            .orgs
-            .iter()
-            .find(|o| o.id.as_str() == id)
-            .expect("org is configured");
-        daemon::check_org(&self.app, org).await.expect("check recorded")
+        daemon::check_org(&self.app, org(&self.app, id))
+            .await
+            .expect("check recorded")
     }
 
     /// Event kinds recorded for `id`, oldest first.
