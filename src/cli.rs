@@ -10,9 +10,10 @@ use clap::{Parser, Subcommand, ValueEnum};
 use tokio_util::sync::CancellationToken;
 
 use crate::channels::ConsoleSink;
-use crate::config::{self, Config};
+use crate::config::{self, Config, Database};
 use crate::daemon::{self, App};
 use crate::dispatch::Dispatcher;
+use crate::leader;
 use crate::store::{self, LockError, Store, WriterLock};
 use crate::table::{print_history, print_table};
 use crate::{demo, message};
@@ -27,9 +28,9 @@ pub struct Cli {
     /// The configuration file [default: /etc/linkwatch/linkwatch.toml].
     #[arg(long, global = true, env = "LINKWATCH_CONFIG")]
     pub config: Option<PathBuf>,
-    /// Use this database file instead of the config's `database`.
-    #[arg(long, global = true, env = "LINKWATCH_DATABASE")]
-    pub database: Option<PathBuf>,
+    /// Use this database (a SQLite file, or a postgres:// URL) instead of the config's `database`.
+    #[arg(long, global = true, env = "LINKWATCH_DATABASE", value_parser = parse_database)]
+    pub database: Option<Database>,
     /// More log detail (-v debug, -vv trace). RUST_LOG overrides.
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     pub verbose: u8,
@@ -90,6 +91,10 @@ pub enum Command {
         #[arg(long, default_value = "2s", value_parser = parse_duration)]
         every: Duration,
     },
+}
+
+fn parse_database(s: &str) -> Result<Database, String> {
+    Database::parse(s, Path::new(""))
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -234,7 +239,7 @@ fn check(config: &Config) -> anyhow::Result<ExitCode> {
     // Building the channels reads CA files and parses SMTP URLs: what `run` would do first.
     Dispatcher::new(config, &ConsoleSink::Stdout, Default::default(), Default::default())?;
     println!("{}: valid", config.source.display());
-    println!("database:      {}", config.database.display());
+    println!("database:      {}", config.database);
     println!("cloud manager: {}", config.cloud_manager.base_url);
     println!(
         "poll:          timeout {}, concurrency {}, check_failing after {} failures, confirm after {} checks",
@@ -334,6 +339,38 @@ async fn notify_test(config: &Config, name: &str) -> anyhow::Result<ExitCode> {
 /// Exit code 0 when every org answered, 2 when some check failed (for scripts).
 async fn once(config: Config) -> anyhow::Result<ExitCode> {
     let app = Arc::new(App::new(config, ConsoleSink::Stdout).await?);
+    // On PostgreSQL every write needs the lease: `once` leads for its run, or says who does.
+    let lease = match app.store.postgres() {
+        Some(pg) => {
+            let stop = CancellationToken::new();
+            let timing = leader::LeaseTiming {
+                ttl: app.config.leader_lease,
+            };
+            let (leadership, task) = leader::spawn(pg.clone(), timing, stop.clone());
+            let role = leader::settled(leadership.role, Duration::from_secs(15)).await;
+            if !role.leads() {
+                stop.cancel();
+                let _ = task.await;
+                app.store.close().await;
+                anyhow::bail!(
+                    "{}; `linkwatch once` checks only as the leader. Use `linkwatch history`, or the leader's /healthz",
+                    role.describe()
+                );
+            }
+            Some((stop, task))
+        }
+        None => None,
+    };
+    let result = once_leading(&app).await;
+    if let Some((stop, task)) = lease {
+        stop.cancel();
+        let _ = task.await;
+    }
+    app.store.close().await;
+    result
+}
+
+async fn once_leading(app: &Arc<App>) -> anyhow::Result<ExitCode> {
     let permits = Arc::new(tokio::sync::Semaphore::new(app.config.poll.concurrency));
     let mut tasks = tokio::task::JoinSet::new();
     for i in 0..app.config.orgs.len() {
@@ -352,7 +389,12 @@ async fn once(config: Config) -> anyhow::Result<ExitCode> {
     // Checking beside a running daemon is safe (each check is one transaction that reads the
     // state it writes over), but sending is for one process at a time: two senders could send a
     // row twice. The lock is taken only now, so that a daemon starting meanwhile is not kept out.
-    match WriterLock::acquire(&app.config.database, "once") {
+    // (On PostgreSQL this process holds the lease already.)
+    let sending = match app.config.database.sqlite_path() {
+        Some(path) => WriterLock::acquire(path, "once").map(Some),
+        None => Ok(None),
+    };
+    match sending {
         Ok(_sending) => {
             // Bounded like a daemon's last delivery, so that a slow receiver cannot keep a daemon
             // that starts meanwhile waiting for the lock.
@@ -397,7 +439,6 @@ async fn once(config: Config) -> anyhow::Result<ExitCode> {
         ]);
     }
     print_table(&["ORG", "ID", "STATUS", "EVENTS"], &rows);
-    app.store.close().await;
     Ok(if any_failed {
         ExitCode::from(2)
     } else {
@@ -405,9 +446,11 @@ async fn once(config: Config) -> anyhow::Result<ExitCode> {
     })
 }
 
-async fn history(db: &Path, org: Option<&str>, since: Option<&str>, json: bool) -> anyhow::Result<ExitCode> {
-    if !db.exists() {
-        anyhow::bail!("no database at {} (has linkwatch run yet?)", db.display());
+async fn history(db: &Database, org: Option<&str>, since: Option<&str>, json: bool) -> anyhow::Result<ExitCode> {
+    if let Some(path) = db.sqlite_path()
+        && !path.exists()
+    {
+        anyhow::bail!("no database at {} (has linkwatch run yet?)", path.display());
     }
     let since = since
         .map(|s| store::since_from(s, chrono::Utc::now()))

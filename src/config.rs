@@ -5,6 +5,7 @@
 //! [`Config::from_raw`] checks what needs the whole file (duplicates, credentials, secret files)
 //! and resolves secrets. Every error carries file, line, column and key.
 
+mod database;
 mod notify;
 mod raw;
 mod smtp;
@@ -17,6 +18,7 @@ use std::time::Duration;
 use reqwest::Url;
 use toml::Spanned;
 
+pub use database::{Database, PgTarget};
 pub use notify::{Channel, ChannelKind, Email, Route, WebhookSecret, decode_webhook_secret};
 pub use smtp::{SmtpTarget, TlsMode, parse_smtp_url};
 pub use values::{CronExpr, EventKind, HumanDuration, OrgId};
@@ -32,7 +34,9 @@ pub const DEFAULT_BASE_URL: &str = "https://cloud.mongodb.com/api/public/v1.0";
 pub struct Config {
     /// The file it came from, for messages.
     pub source: PathBuf,
-    pub database: PathBuf,
+    pub database: Database,
+    /// How long a PostgreSQL leader's lease lasts without renewal (renewed every third of it).
+    pub leader_lease: Duration,
     /// Failed-check rows and sent deliveries older than this are pruned daily.
     pub retention: Duration,
     /// How long shutdown (and reload) waits for running checks and sends.
@@ -145,9 +149,33 @@ impl Config {
     }
 
     fn from_raw(raw: raw::Config, loc: &Locator<'_>) -> Result<Config, ConfigError> {
-        let database = match raw.database {
-            Some(p) => resolve_path(loc.base_dir(), p.get_ref()),
-            None => PathBuf::from(DEFAULT_DATABASE),
+        let database = match &raw.database {
+            Some(p) => {
+                Database::parse(p.get_ref(), loc.base_dir()).map_err(|m| loc.error(p.span().start, "database", m))?
+            }
+            None => Database::Sqlite(PathBuf::from(DEFAULT_DATABASE)),
+        };
+        let password = resolve_secret(
+            "database_password",
+            None,
+            raw.database_password_file.as_ref(),
+            raw.database_password_env.as_ref(),
+            loc,
+        )?;
+        let at = raw
+            .database_password_file
+            .as_ref()
+            .or(raw.database_password_env.as_ref())
+            .map_or(0, |s| s.span().start);
+        let database = database
+            .with_password(password)
+            .map_err(|m| loc.error(at, "database_password", m))?;
+        let leader_lease = match &raw.leader_lease {
+            Some(l) if l.get_ref().0 < Duration::from_secs(3) => {
+                return Err(loc.error(l.span().start, "leader_lease", "must be at least 3s".into()));
+            }
+            Some(l) => l.get_ref().0,
+            None => Duration::from_secs(15),
         };
 
         let retention = match &raw.retention {
@@ -269,6 +297,7 @@ impl Config {
         Ok(Config {
             source: loc.file.to_owned(),
             database,
+            leader_lease,
             retention,
             shutdown_timeout: raw.shutdown_timeout.map_or(Duration::from_secs(10), |d| d.0),
             http_listen,

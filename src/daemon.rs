@@ -16,6 +16,7 @@ use crate::clock::{self, Clock};
 use crate::config::{Config, Org};
 use crate::detect::{self, Event, OrgState, Policy};
 use crate::dispatch::{Dispatcher, Memories, Settings};
+use crate::leader::{self, Leadership};
 use crate::metrics::Metrics;
 use crate::monitoring;
 use crate::outcome::CheckOutcome;
@@ -279,26 +280,61 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
 
 /// [`run`] with a `App` the caller built (tests choose the console sink); no reload.
 pub async fn run_app(app: Arc<App>, shutdown: CancellationToken) -> anyhow::Result<()> {
-    let _lock = WriterLock::acquire_patiently(&app.config.database, "run", lock_patience(&app.config)).await?;
-    let store = app.store.clone();
-    let result = serve(app, shutdown, None, None).await;
-    store.close().await;
-    result
+    let _lock = lock_sqlite(&app.config).await?;
+    lead_and_serve(app, shutdown, None, None).await
 }
 
 pub async fn run_with(config: Config, shutdown: CancellationToken, mut options: Options) -> anyhow::Result<()> {
-    // One daemon per database: a second one would check and send everything twice.
-    let _lock = WriterLock::acquire_patiently(&config.database, "run", lock_patience(&config)).await?;
+    let _lock = lock_sqlite(&config).await?;
     let store = Store::open(&config.database).await?;
     let app = Arc::new(App::with_store(
         config,
-        store.clone(),
+        store,
         Arc::new(Metrics::default()),
         options.console.clone(),
         Clock::system(),
     )?);
     let reload = options.reload.take().zip(options.loader.take());
-    let result = serve(app, shutdown, reload, Some(options.console)).await;
+    lead_and_serve(app, shutdown, reload, Some(options.console)).await
+}
+
+/// One daemon per SQLite file: the file lock, held until the daemon returns. (On PostgreSQL
+/// several run; the lease decides which one leads.)
+async fn lock_sqlite(config: &Config) -> anyhow::Result<Option<WriterLock>> {
+    match config.database.sqlite_path() {
+        Some(path) => Ok(Some(
+            WriterLock::acquire_patiently(path, "run", lock_patience(config)).await?,
+        )),
+        None => Ok(None),
+    }
+}
+
+/// Serves `app` while this instance leads: always on SQLite, while it holds the lease on
+/// PostgreSQL. The lease is given up only after the last sends, so that the next leader does
+/// not send what this one is still sending.
+async fn lead_and_serve(
+    app: Arc<App>,
+    shutdown: CancellationToken,
+    reload: Option<Reload>,
+    console: Option<ConsoleSink>,
+) -> anyhow::Result<()> {
+    let store = app.store.clone();
+    let lease_stop = CancellationToken::new();
+    let (leadership, lease) = match store.postgres() {
+        Some(pg) => {
+            let timing = leader::LeaseTiming {
+                ttl: app.config.leader_lease,
+            };
+            let (leadership, task) = leader::spawn(pg.clone(), timing, lease_stop.clone());
+            (leadership, Some(task))
+        }
+        None => (Leadership::sole(), None),
+    };
+    let result = serve(app, shutdown, reload, console, leadership).await;
+    lease_stop.cancel();
+    if let Some(task) = lease {
+        let _ = task.await;
+    }
     store.close().await;
     result
 }
@@ -313,13 +349,21 @@ async fn serve(
     shutdown: CancellationToken,
     mut reload: Option<Reload>,
     console: Option<ConsoleSink>,
+    leadership: Leadership,
 ) -> anyhow::Result<()> {
     let heartbeat = Heartbeat::default();
+    let mut role = leadership.role.clone();
     // What outlives a generation (the HTTP endpoint, the watchdog, retention) follows the
     // current config through these.
     let (orgs, orgs_rx) = watch::channel(org_ids(&app.config));
     let (keep, keep_rx) = watch::channel(app.config.retention);
-    let shared = monitoring::Shared::new(app.store.clone(), app.metrics.clone(), heartbeat.clone(), orgs_rx);
+    let shared = monitoring::Shared::new(
+        app.store.clone(),
+        app.metrics.clone(),
+        heartbeat.clone(),
+        orgs_rx,
+        leadership.role.clone(),
+    );
     let services_stop = CancellationToken::new();
     let http_task = match app.config.http_listen {
         Some(addr) => Some(monitoring::serve(addr, shared.clone(), services_stop.clone()).await?),
@@ -336,14 +380,15 @@ async fn serve(
     tracing::info!(
         orgs = app.config.orgs.len(),
         channels = app.config.channels.len(),
-        database = %app.config.database.display(),
+        database = %app.config.database,
+        instance = %leadership.holder,
         "linkwatch running"
     );
     systemd::ready();
     loop {
-        let generation = Generation::start(app.clone(), heartbeat.clone());
+        // Checks and sends run only while this instance leads; `running` is their epoch.
+        let mut generation = start_if_leading(&app, &heartbeat, &role.borrow_and_update());
         let next = loop {
-            // Resolves to the loader when a reload is asked for; never without a reload channel.
             let asked = async {
                 match reload.as_mut() {
                     Some((rx, loader)) => match rx.recv().await {
@@ -361,6 +406,18 @@ async fn serve(
                         Err(e) => tracing::error!("reload rejected, still running the previous config: {e:#}"),
                     }
                 }
+                Ok(()) = role.changed() => {
+                    let now = role.borrow_and_update().clone();
+                    app.metrics.set_role(&now);
+                    if generation.as_ref().map(|(_, epoch)| *epoch) != now.epoch {
+                        if let Some((old, _)) = generation.take() {
+                            // Deposed: another instance may be checking and sending already, so
+                            // this one stops at once instead of finishing what it started.
+                            old.abandon(&app).await;
+                        }
+                        generation = start_if_leading(&app, &heartbeat, &now);
+                    }
+                }
             }
         };
         match next {
@@ -370,12 +427,16 @@ async fn serve(
                     "stopping: waiting up to {:?} for running checks and sends",
                     app.config.shutdown_timeout
                 );
-                generation.stop(&app, true).await;
+                if let Some((generation, _)) = generation {
+                    generation.stop(&app, true).await;
+                }
                 break;
             }
             Some(new) => {
                 systemd::reloading();
-                generation.stop(&app, false).await;
+                if let Some((generation, _)) = generation {
+                    generation.stop(&app, false).await;
+                }
                 tracing::info!(
                     orgs = new.config.orgs.len(),
                     channels = new.config.channels.len(),
@@ -397,6 +458,15 @@ async fn serve(
 }
 
 /// The ids of the orgs `config` watches.
+/// Starts checking and sending when `role` leads, with its epoch.
+fn start_if_leading(app: &Arc<App>, heartbeat: &Heartbeat, role: &leader::Role) -> Option<(Generation, i64)> {
+    app.metrics.set_role(role);
+    let epoch = role.epoch?;
+    // What this process remembers of quiet orgs may be stale: another instance led meanwhile.
+    app.store.forget_quiet();
+    Some((Generation::start(app.clone(), heartbeat.clone()), epoch))
+}
+
 fn org_ids(config: &Config) -> Arc<std::collections::HashSet<String>> {
     Arc::new(config.orgs.iter().map(|o| o.id.as_str().to_owned()).collect())
 }
@@ -409,8 +479,8 @@ fn rebuild(current: &App, loaded: anyhow::Result<Config>, console: ConsoleSink) 
     if config.database != current.config.database {
         anyhow::bail!(
             "the database moved from {} to {}; that needs a restart",
-            current.config.database.display(),
-            config.database.display()
+            current.config.database,
+            config.database
         );
     }
     if config.http_listen != current.config.http_listen {
@@ -517,6 +587,20 @@ impl Generation {
     /// Stops scheduling, lets running checks finish, then the channel workers; all within the
     /// config's `shutdown_timeout`. On shutdown (`last`), what the last checks produced is sent
     /// if there is time; anything still pending goes out after the next start.
+    /// Stops everything now: checks, the group commit and sends in flight (a send cut off is
+    /// retried by whoever leads; its row stays claimed until the claim expires).
+    async fn abandon(mut self, app: &App) {
+        self.checks_stop.cancel();
+        self.commits_stop.cancel();
+        self.sends_stop.cancel();
+        self.scheduler.abort();
+        self.group_commit.abort();
+        self.workers.shutdown().await;
+        let _ = self.scheduler.await;
+        let _ = self.group_commit.await;
+        app.dispatcher.report_unrecorded();
+    }
+
     async fn stop(mut self, app: &App, last: bool) {
         let deadline = clock::later(tokio::time::Instant::now(), app.config.shutdown_timeout);
         self.checks_stop.cancel();

@@ -203,7 +203,7 @@ kind = "console"
 }
 
 async fn summary(db: &Path) -> anyhow::Result<()> {
-    let store = Store::open(db).await?;
+    let store = Store::open(&crate::config::Database::Sqlite(db.to_path_buf())).await?;
     let changes = store.history(None, None).await?;
     store.close().await;
     println!("\nstatus history (linkwatch history --database {}):\n", db.display());

@@ -44,6 +44,9 @@ const READ_RETRY: Duration = Duration::from_secs(5);
 pub struct Outlet {
     pub name: String,
     pub channel: Channel,
+    /// The longest one send can take (a mail is one connection per recipient): how long a
+    /// claim on its rows must keep other instances off them.
+    pub send_takes: Duration,
     wake: Notify,
     /// Held for a whole step, so that two steps of one channel never run at once: the worker
     /// and `dispatch_all_due` at shutdown, or the old and the new worker across a reload (the
@@ -154,9 +157,14 @@ impl Dispatcher {
             let kept = memories.of(&c.name);
             let mut channel = Channel::from_config(c, &http, console)?;
             channel.remember_in(&kept.recipients);
+            let sends = match &c.kind {
+                crate::config::ChannelKind::Email(e) => u32::try_from(e.to.len()).unwrap_or(u32::MAX).max(1),
+                _ => 1,
+            };
             outlets.push(Arc::new(Outlet {
                 name: c.name.clone(),
                 channel,
+                send_takes: c.timeout.saturating_mul(sends),
                 wake: Notify::new(),
                 memory: kept.memory,
                 memories: memories.clone(),

@@ -10,6 +10,7 @@ pub mod daemon;
 pub mod demo;
 pub mod detect;
 pub mod dispatch;
+pub mod leader;
 pub mod message;
 pub mod metrics;
 pub mod monitoring;

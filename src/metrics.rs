@@ -30,6 +30,9 @@ pub struct Metrics {
     record_failures: Mutex<BTreeMap<String, u64>>,
     /// Blocked channels, as their dispatcher last saw them (it alone knows the hold).
     blocked: Mutex<BTreeMap<String, Blocked>>,
+    /// Whether this instance leads (checks and sends), and the epoch of its lease; -1 while it
+    /// follows.
+    leader_epoch: std::sync::atomic::AtomicI64,
 }
 
 /// A channel with deliveries that keep failing past the hold (see [`crate::retry::HOLD_ATTEMPTS`]):
@@ -144,9 +147,29 @@ impl Metrics {
         self.requests.load(Ordering::Relaxed)
     }
 
+    /// Follows this instance's leadership (see [`crate::leader`]).
+    pub fn set_role(&self, role: &crate::leader::Role) {
+        self.leader_epoch.store(role.epoch.unwrap_or(-1), Ordering::Relaxed);
+    }
+
     pub fn render(&self, db: &DbGauges) -> String {
         let mut out = String::new();
         let w = &mut out;
+        let epoch = self.leader_epoch.load(Ordering::Relaxed);
+        header(
+            w,
+            "linkwatch_leader",
+            "gauge",
+            "1 while this instance leads (checks and sends), 0 while another does (PostgreSQL).",
+        );
+        let _ = writeln!(w, "linkwatch_leader {}", u8::from(epoch >= 0));
+        header(
+            w,
+            "linkwatch_leader_epoch",
+            "gauge",
+            "The epoch (fencing token) of this instance's lease while it leads; 0 on SQLite.",
+        );
+        let _ = writeln!(w, "linkwatch_leader_epoch {}", epoch.max(0));
         header(
             w,
             "linkwatch_checks_total",

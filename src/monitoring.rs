@@ -20,6 +20,7 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use crate::leader::Role;
 use crate::metrics::Metrics;
 use crate::scheduler::Heartbeat;
 use crate::store::Store;
@@ -40,6 +41,8 @@ pub struct Shared {
     /// The ids of the orgs in the current config: the database may hold others (removed from
     /// the config, kept for their history), which get no gauges.
     pub orgs: watch::Receiver<Arc<HashSet<String>>>,
+    /// Whether this instance leads (checks and sends) or follows (PostgreSQL, another leads).
+    pub role: watch::Receiver<Role>,
     probe: Arc<Probe>,
 }
 
@@ -49,12 +52,14 @@ impl Shared {
         metrics: Arc<Metrics>,
         heartbeat: Heartbeat,
         orgs: watch::Receiver<Arc<HashSet<String>>>,
+        role: watch::Receiver<Role>,
     ) -> Shared {
         Shared {
             store,
             metrics,
             heartbeat,
             orgs,
+            role,
             probe: Arc::default(),
         }
     }
@@ -95,8 +100,12 @@ impl Probe {
     }
 }
 
-/// Why the service is not healthy, or `Ok` when it is.
+/// Why the service is not healthy, or `Ok` when it is. A follower is healthy when it can write
+/// to the database: it is ready to take over, and has no scheduler to be stuck.
 pub async fn health(shared: &Shared) -> Result<(), String> {
+    if !shared.role.borrow().leads() {
+        return shared.probe.takes_writes(&shared.store).await;
+    }
     match shared.heartbeat.age() {
         None => return Err("the scheduler has not started".into()),
         Some(age) if age > STALE_HEARTBEAT => {
@@ -163,10 +172,12 @@ async fn healthz(State(shared): State<Shared>) -> Response {
 /// answer follows the dispatcher's own hold.
 fn degraded(shared: &Shared) -> String {
     let blocked = shared.metrics.blocked();
-    if blocked.is_empty() {
-        return "ok\n".into();
+    let mut text = String::from(if blocked.is_empty() { "ok\n" } else { "degraded\n" });
+    // Several instances share a PostgreSQL database: say which one this is.
+    if shared.store.postgres().is_some() {
+        text.push_str(&shared.role.borrow().describe());
+        text.push('\n');
     }
-    let mut text = String::from("degraded\n");
     for (channel, b) in blocked {
         text.push_str(&format!(
             "channel \"{}\" blocked since {}: {} deliveries keep failing (other orgs' events pass); last error: {}\n",

@@ -1,7 +1,8 @@
-//! The only module that speaks SQL. One `Store` over a SQLite pool; migrations applied at open;
-//! runtime-checked queries (`query`/`query_as` with `FromRow`), each a small method.
+//! The only module that speaks SQL. [`Store`] is what the rest of linkwatch uses; behind it one
+//! [`Backend`] per database: SQLite (a file, the default) or PostgreSQL (several instances, one
+//! leader). Migrations are per backend and applied at open; queries are runtime-checked
+//! (`query`/`query_as` with `FromRow`), each a small method.
 
-use std::path::Path;
 use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -9,29 +10,50 @@ use std::time::Duration;
 use anyhow::Context as _;
 use chrono::{DateTime, SecondsFormat, Utc};
 use sqlx::FromRow;
-use sqlx::sqlite::SqliteConnection;
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
 
-use crate::config::OrgId;
+use crate::config::{Database, OrgId};
 
+mod backend;
 mod checks;
 mod lock;
 mod outbox;
+pub mod postgres;
 mod quiet;
+mod sqlite;
 
+pub(crate) use backend::Backend;
+pub use backend::{FailureRow, QuietRow};
 pub use checks::{Applied, Check, CheckRecord, Decision, RemindersSent, event_id};
 pub use lock::{LockError, WriterLock};
-pub use outbox::{Delivery, Pending};
+pub use outbox::{Claimed, Delivery, Pending};
+pub use postgres::{Fence, Fenced, LeaseHolder, Postgres, Term};
 pub use quiet::{QUIET_WINDOW, Unmatched};
 
 #[derive(Clone, Debug)]
 pub struct Store {
-    pool: SqlitePool,
+    db: Db,
     /// This database's random identity (`meta.instance`), part of every event id.
     instance: Arc<str>,
     /// Quiet checks noted in memory until the next group commit.
     quiet: quiet::SharedQuietLog,
 }
+
+#[derive(Clone, Debug)]
+enum Db {
+    Sqlite(sqlite::Sqlite),
+    Postgres(postgres::Postgres),
+}
+
+/// Calls the same [`Backend`] method on whichever database this is.
+macro_rules! on_db {
+    ($store:expr, $db:ident => $call:expr) => {
+        match &$store.db {
+            $crate::store::Db::Sqlite($db) => $call,
+            $crate::store::Db::Postgres($db) => $call,
+        }
+    };
+}
+use on_db;
 
 /// ISO-8601 UTC with milliseconds and a `Z`: sorts as text, readable by SQLite's date functions.
 pub fn ts(t: DateTime<Utc>) -> String {
@@ -41,6 +63,17 @@ pub fn ts(t: DateTime<Utc>) -> String {
 fn parse_ts(s: Option<String>) -> Option<DateTime<Utc>> {
     s.and_then(|s| DateTime::parse_from_rfc3339(&s).ok())
         .map(|t| t.with_timezone(&Utc))
+}
+
+/// The most characters of an error kept in `last_error`: enough to read, never a whole body.
+const ERROR_CHARS: usize = 1000;
+
+/// An error as stored: at most [`ERROR_CHARS`] characters.
+fn cap(text: &str) -> String {
+    match text.char_indices().nth(ERROR_CHARS) {
+        Some((at, _)) => format!("{}…", &text[..at]),
+        None => text.to_owned(),
+    }
 }
 
 #[derive(Debug, Clone, FromRow, serde::Serialize)]
@@ -75,51 +108,45 @@ pub struct StoredEvent {
 }
 
 impl Store {
-    /// Opens (creating file and parent directory if missing) and migrates the database.
-    pub async fn open(path: &Path) -> anyhow::Result<Store> {
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).with_context(|| format!("cannot create directory {}", dir.display()))?;
-        }
-        let options = SqliteConnectOptions::new()
-            .filename(path)
-            .create_if_missing(true)
-            // WAL: people reading with the sqlite3 shell never block the daemon, nor it them.
-            .journal_mode(SqliteJournalMode::Wal)
-            .synchronous(SqliteSynchronous::Normal)
-            .busy_timeout(Duration::from_secs(10))
-            .foreign_keys(true);
-        let pool = SqlitePoolOptions::new()
-            .max_connections(4)
-            .connect_with(options)
-            .await
-            .with_context(|| format!("cannot open database {}", path.display()))?;
-        sqlx::migrate!()
-            .run(&pool)
-            .await
-            .with_context(|| format!("cannot migrate database {}", path.display()))?;
-        let instance: String = sqlx::query_scalar("SELECT value FROM meta WHERE key = 'instance'")
-            .fetch_one(&pool)
-            .await
-            .with_context(|| format!("cannot read the identity of database {}", path.display()))?;
-        Ok(Store {
-            pool,
-            instance: instance.into(),
+    /// Opens and migrates the database: a SQLite file (created with its directory if missing)
+    /// or a PostgreSQL database.
+    pub async fn open(database: &Database) -> anyhow::Result<Store> {
+        let db = match database {
+            Database::Sqlite(path) => Db::Sqlite(sqlite::Sqlite::open(path).await?),
+            Database::Postgres(target) => Db::Postgres(postgres::Postgres::open(target).await?),
+        };
+        let store = Store {
+            db,
+            instance: "".into(),
             quiet: Default::default(),
+        };
+        let instance = on_db!(store, db => db.instance().await)
+            .with_context(|| format!("cannot read the identity of database {database}"))?;
+        Ok(Store {
+            instance: instance.into(),
+            ..store
         })
     }
 
+    /// The PostgreSQL side, for leadership; `None` on SQLite (one process, the file lock).
+    pub fn postgres(&self) -> Option<&postgres::Postgres> {
+        match &self.db {
+            Db::Postgres(pg) => Some(pg),
+            Db::Sqlite(_) => None,
+        }
+    }
+
+    /// Whether this instance may send now: on PostgreSQL only while it leads by its own clock
+    /// (checked before each send, so that a deposed leader stops at once); on SQLite always
+    /// (the file lock).
+    pub fn may_send(&self) -> bool {
+        self.postgres().is_none_or(|pg| pg.fence().current().is_ok())
+    }
+
     /// A real write, for health checks: fails when the database cannot take writes (read-only
-    /// file system, disk full, locked for longer than the busy timeout).
+    /// file system, disk full, locked for longer than the busy timeout, server gone).
     pub async fn probe_write(&self) -> anyhow::Result<()> {
-        let write = self.write(async |conn| {
-            sqlx::query(
-                "INSERT INTO meta (key, value) VALUES ('health_probe', ?1) ON CONFLICT (key) DO UPDATE SET value = ?1",
-            )
-            .bind(ts(Utc::now()))
-            .execute(conn)
-            .await?;
-            Ok(())
-        });
+        let write = async { on_db!(self, db => db.probe_write().await) };
         // A health check must answer quickly; a write that waits this long is a problem too.
         match tokio::time::timeout(Duration::from_secs(2), write).await {
             Ok(result) => result,
@@ -130,102 +157,35 @@ impl Store {
     /// Deletes failed-check rows, and sent or failed deliveries, older than `before`; status
     /// changes and events stay. Returns (failed checks, deliveries) deleted.
     pub async fn prune(&self, before: DateTime<Utc>) -> anyhow::Result<(u64, u64)> {
-        let before = ts(before);
-        let failures = sqlx::query("DELETE FROM check_failures WHERE checked_at < ?")
-            .bind(&before)
-            .execute(&self.pool)
-            .await?
-            .rows_affected();
-        let deliveries = sqlx::query(
-            "DELETE FROM outbox WHERE (state = 'sent' AND sent_at < ?1) OR (state = 'failed' AND created_at < ?1)",
-        )
-        .bind(&before)
-        .execute(&self.pool)
-        .await?
-        .rows_affected();
-        Ok((failures, deliveries))
+        on_db!(self, db => db.prune(before).await)
     }
 
     /// The gauges `/metrics` reads from the database.
     pub async fn gauges(&self) -> anyhow::Result<crate::metrics::DbGauges> {
-        let statuses = sqlx::query_as("SELECT org_id, org_name, status FROM current_status ORDER BY org_id")
-            .fetch_all(&self.pool)
-            .await?;
-        let outbox_depth = sqlx::query_as(
-            "SELECT channel, count(*) FROM outbox WHERE state = 'pending' GROUP BY channel ORDER BY channel",
-        )
-        .fetch_all(&self.pool)
-        .await?;
-        let oldest: Option<String> = sqlx::query_scalar("SELECT min(created_at) FROM outbox WHERE state = 'pending'")
-            .fetch_one(&self.pool)
-            .await?;
-        Ok(crate::metrics::DbGauges {
-            statuses,
-            outbox_depth,
-            oldest_pending_s: parse_ts(oldest).map(|t| (Utc::now() - t).num_milliseconds() as f64 / 1000.0),
-        })
-    }
-
-    /// Runs `f` on a connection of its own. When `f` fails, the connection is closed instead of
-    /// going back to the pool: after SQLITE_FULL or an I/O error SQLite may leave a transaction
-    /// half open on it, and the next user of that connection would write into a transaction that
-    /// never commits (and believe it had).
-    async fn write<T>(&self, f: impl AsyncFnOnce(&mut SqliteConnection) -> anyhow::Result<T>) -> anyhow::Result<T> {
-        let mut conn = self.pool.acquire().await?;
-        let result = f(&mut conn).await;
-        if result.is_err() {
-            let _ = conn.close().await;
-        }
-        result
+        on_db!(self, db => db.gauges().await)
     }
 
     pub async fn close(&self) {
-        self.pool.close().await;
+        on_db!(self, db => db.close().await)
     }
 
     /// Status changes, oldest first. `org` matches an id or a name.
     pub async fn history(&self, org: Option<&str>, since: Option<DateTime<Utc>>) -> anyhow::Result<Vec<StatusChange>> {
-        Ok(sqlx::query_as::<_, StatusChange>(
-            "SELECT org_id, org_name, from_status, to_status, changed_at, previous_lasted_s
-             FROM status_changes
-             WHERE (?1 IS NULL OR org_id = ?1 OR org_name = ?1) AND (?2 IS NULL OR changed_at >= ?2)
-             ORDER BY changed_at, org_id",
-        )
-        .bind(org)
-        .bind(since.map(ts))
-        .fetch_all(&self.pool)
-        .await?)
+        on_db!(self, db => db.history(org, since).await)
     }
 
     pub async fn current(&self) -> anyhow::Result<Vec<CurrentStatus>> {
-        Ok(sqlx::query_as::<_, CurrentStatus>(
-            "SELECT org_id, org_name, status, since, last_checked_at, consecutive_failures, last_error
-             FROM current_status ORDER BY org_name",
-        )
-        .fetch_all(&self.pool)
-        .await?)
+        on_db!(self, db => db.current().await)
     }
 
     /// Events, oldest first, optionally for one org (id).
     pub async fn events(&self, org: Option<&OrgId>) -> anyhow::Result<Vec<StoredEvent>> {
-        Ok(sqlx::query_as::<_, StoredEvent>(
-            "SELECT e.id, e.org_id, o.org_name, e.kind, e.created_at, e.payload
-             FROM events AS e LEFT JOIN org_state AS o USING (org_id)
-             WHERE ?1 IS NULL OR e.org_id = ?1 ORDER BY e.seq",
-        )
-        .bind(org.map(OrgId::as_str))
-        .fetch_all(&self.pool)
-        .await?)
+        on_db!(self, db => db.events(org).await)
     }
 
     /// Failed-check rows for one org, oldest first: (class, http_status, error_code, detail).
-    pub async fn failures(&self, org: &OrgId) -> anyhow::Result<Vec<(String, Option<i64>, Option<String>, String)>> {
-        Ok(sqlx::query_as(
-            "SELECT class, http_status, error_code, detail FROM check_failures WHERE org_id = ? ORDER BY id",
-        )
-        .bind(org.as_str())
-        .fetch_all(&self.pool)
-        .await?)
+    pub async fn failures(&self, org: &OrgId) -> anyhow::Result<Vec<FailureRow>> {
+        on_db!(self, db => db.failures(org).await)
     }
 }
 

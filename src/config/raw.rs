@@ -21,6 +21,9 @@ pub fn parse(text: &str) -> Result<Config, (String, toml::de::Error)> {
 #[serde(deny_unknown_fields)]
 pub struct Config {
     pub database: Option<Spanned<String>>,
+    pub database_password_file: Option<Spanned<String>>,
+    pub database_password_env: Option<Spanned<String>>,
+    pub leader_lease: Option<Spanned<HumanDuration>>,
     pub retention: Option<Spanned<HumanDuration>>,
     pub shutdown_timeout: Option<HumanDuration>,
     pub http: Option<Http>,

@@ -53,7 +53,10 @@ fn the_example_file_parses() {
     assert_eq!(kinds, ["console", "slack", "email", "webhook"]);
     assert_eq!(config.routes.len(), 3);
     assert_eq!(config.routes[1].remind_every, Some(Duration::from_secs(4 * 3600)));
-    assert_eq!(config.database, Path::new("/var/lib/linkwatch/linkwatch.db"));
+    assert_eq!(
+        config.database.sqlite_path(),
+        Some(Path::new("/var/lib/linkwatch/linkwatch.db"))
+    );
 }
 
 #[test]
@@ -84,7 +87,7 @@ fn defaults() {
     assert_eq!(c.poll.concurrency, 8);
     assert_eq!(c.poll.failures_before_alert, 3);
     assert_eq!(c.poll.confirm_checks, 1);
-    assert_eq!(c.database, Path::new(DEFAULT_DATABASE));
+    assert_eq!(c.database.sqlite_path(), Some(Path::new(DEFAULT_DATABASE)));
     assert_eq!(c.retention, Duration::from_secs(90 * 86_400));
     assert_eq!(c.shutdown_timeout, Duration::from_secs(10));
     assert_eq!(c.http_listen, None);

@@ -26,6 +26,9 @@ use crate::store::{Delivery, Pending, Store};
 /// until the ones before them leave.
 const SCAN: i64 = 1000;
 
+/// How soon to look again at rows another instance has claimed.
+const CLAIMED_ELSEWHERE: Duration = Duration::from_secs(5);
+
 /// What a channel's worker keeps in memory between steps.
 #[derive(Debug, Default)]
 pub(super) struct Memory {
@@ -42,6 +45,8 @@ pub(super) struct Memory {
     /// which delays only that row).
     not_before: Option<Instant>,
     last_send: Option<Instant>,
+    /// The claim under which the rows being sent were taken; their outcomes are written under it.
+    claim: String,
 }
 
 /// What the worker should do after a step.
@@ -58,12 +63,14 @@ pub(super) enum Next {
 #[derive(Debug)]
 enum Outcome {
     Sent {
+        claim: String,
         ids: Vec<i64>,
         events: Vec<String>,
         note: Option<String>,
         at: DateTime<Utc>,
     },
     Failed {
+        claim: String,
         ids: Vec<i64>,
         error: String,
         retry_at: Option<DateTime<Utc>>,
@@ -73,8 +80,15 @@ enum Outcome {
 impl Outcome {
     async fn write(&self, store: &Store) -> anyhow::Result<()> {
         match self {
-            Outcome::Sent { ids, note, at, .. } => store.mark_sent(ids, *at, note.as_deref()).await,
-            Outcome::Failed { ids, error, retry_at } => store.mark_attempt_failed(ids, error, *retry_at).await,
+            Outcome::Sent {
+                claim, ids, note, at, ..
+            } => store.mark_sent(ids, claim, *at, note.as_deref()).await,
+            Outcome::Failed {
+                claim,
+                ids,
+                error,
+                retry_at,
+            } => store.mark_attempt_failed(ids, claim, error, *retry_at).await,
         }
     }
 }
@@ -122,10 +136,20 @@ pub(super) async fn step(cx: &Ctx<'_>, stop: &CancellationToken) -> anyhow::Resu
     }
     let mut attempted = 0;
     while let Some(range) = queue.pop_front() {
-        if stop.is_cancelled() {
+        // A deposed leader sends nothing more, even what it chose a moment ago.
+        if stop.is_cancelled() || !cx.store.may_send() {
             break;
         }
         pace(&mut mem, cx.settings.pace(&cx.outlet.channel)).await;
+        let group: Vec<i64> = due[range.clone()].iter().map(|d| d.outbox_id).collect();
+        let claimed = cx.store.claim(&group, cx.outlet.send_takes).await?;
+        if claimed.ids.len() < group.len() {
+            // Another instance (the leader before this one) claimed some of these rows for a
+            // send that may still be under way: they wait until its claim expires.
+            tracing::info!(channel = %cx.outlet.name, "deliveries claimed by another instance; waiting for its claim to expire");
+            return Ok(Next::Idle(Instant::now().checked_add(CLAIMED_ELSEWHERE)));
+        }
+        mem.claim = claimed.token;
         let result = cx.outlet.channel.send(&messages[range.clone()]).await;
         mem.last_send = Some(Instant::now());
         attempted += range.len();
@@ -198,6 +222,7 @@ fn sent(cx: &Ctx<'_>, mem: &mut Memory, rows: &[Delivery], note: Sent) {
     cx.metrics.delivery(name, "sent", rows.len() as u64);
     end(cx, mem, rows);
     mem.unrecorded.push_back(Outcome::Sent {
+        claim: mem.claim.clone(),
         ids: ids(rows),
         events: rows.iter().map(|d| d.event.id.clone()).collect(),
         note,
@@ -212,6 +237,7 @@ fn failed(cx: &Ctx<'_>, mem: &mut Memory, rows: &[Delivery], error: &str, why: &
     cx.metrics.delivery(name, "failed", rows.len() as u64);
     end(cx, mem, rows);
     mem.unrecorded.push_back(Outcome::Failed {
+        claim: mem.claim.clone(),
         ids: ids(rows),
         error: error.to_owned(),
         retry_at: None,
@@ -270,6 +296,7 @@ fn retry(
         mem.schedule.first_failed.entry(d.outbox_id).or_insert(mono);
     }
     mem.unrecorded.push_back(Outcome::Failed {
+        claim: mem.claim.clone(),
         ids: keep.iter().map(|d| d.outbox_id).collect(),
         error: error.to_owned(),
         retry_at: at,

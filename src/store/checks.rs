@@ -1,12 +1,10 @@
 //! The check side of the store: a check's result, the state it leads to, its events and their
-//! outbox rows, decided and written in one immediate transaction.
+//! outbox rows, decided and written in one transaction that holds the org's row.
 
 use chrono::{DateTime, Utc};
 use sha2::{Digest, Sha256};
-use sqlx::sqlite::SqliteConnection;
-use sqlx::{Connection, Row};
 
-use super::{Store, parse_ts, ts};
+use super::{Backend as _, Store, on_db};
 use crate::config::OrgId;
 use crate::detect::{Event, OrgState};
 use crate::outcome::CheckOutcome;
@@ -92,33 +90,8 @@ impl Store {
             return Ok(Applied::Quiet);
         }
         let instance = self.instance.clone();
-        let decision = self
-            .write(async |conn| {
-                // IMMEDIATE takes the write lock before the read, so the state cannot change between
-                // reading it and writing what follows from it.
-                let mut tx = conn.begin_with("BEGIN IMMEDIATE").await?;
-                let (state, last_checked) = load_state(&mut tx, check.org_id).await?;
-                if let Some(last) = last_checked
-                    && superseded(check, last)
-                {
-                    return Ok(Applied::Superseded);
-                }
-                let sent = reminders_sent(&mut tx, check.org_id).await?;
-                let decision = decide(&state, &sent);
-                let record = CheckRecord {
-                    org_id: check.org_id,
-                    org_name: check.org_name,
-                    at: check.at,
-                    outcome: check.outcome,
-                    state: &decision.state,
-                    events: &decision.events,
-                    reminded: &decision.reminded,
-                };
-                write_record(&mut tx, &instance, &record).await?;
-                tx.commit().await?;
-                Ok(Applied::Recorded(decision))
-            })
-            .await?;
+        let superseded = |last| superseded(check, last);
+        let decision = on_db!(self, db => db.apply(&instance, check, superseded, decide).await)?;
         if let Applied::Recorded(d) = &decision {
             self.quiet
                 .written(check.org_id, check.org_name, quiet_status(check.outcome, &d.state));
@@ -129,22 +102,14 @@ impl Store {
     /// Writes a check whose consequences are already decided, in one transaction (the benchmark
     /// harness and tests seed the database with it).
     pub async fn record_check(&self, rec: &CheckRecord<'_>) -> anyhow::Result<()> {
-        let instance = self.instance.clone();
-        self.write(async |conn| {
-            let mut tx = conn.begin_with("BEGIN IMMEDIATE").await?;
-            write_record(&mut tx, &instance, rec).await?;
-            tx.commit().await?;
-            Ok(())
-        })
-        .await?;
+        on_db!(self, db => db.record_check(&self.instance, rec).await)?;
         self.quiet
             .written(rec.org_id, rec.org_name, quiet_status(rec.outcome, rec.state));
         Ok(())
     }
 
     pub async fn load_state(&self, org: &OrgId) -> anyhow::Result<OrgState> {
-        let mut conn = self.pool.acquire().await?;
-        Ok(load_state(&mut conn, org).await?.0)
+        on_db!(self, db => db.load_state(org).await)
     }
 
     /// The common case in one statement: a check that saw the status already confirmed, with no
@@ -160,28 +125,11 @@ impl Store {
         status: &str,
         at: DateTime<Utc>,
     ) -> anyhow::Result<bool> {
-        let at = ts(at);
-        let updated = self
-            .write(async |conn| {
-                Ok(sqlx::query(
-                    "UPDATE org_state SET org_name = ?2, last_checked_at = ?4, last_success_at = ?4,
-                         last_error = NULL, checks = checks + 1
-                     WHERE org_id = ?1 AND status = ?3 AND candidate_status IS NULL
-                       AND consecutive_failures = 0 AND failing_alerted = 0",
-                )
-                .bind(org.as_str())
-                .bind(org_name)
-                .bind(status)
-                .bind(&at)
-                .execute(conn)
-                .await?
-                .rows_affected())
-            })
-            .await?;
-        if updated == 1 {
+        let updated = on_db!(self, db => db.record_if_quiet(org, org_name, status, at).await)?;
+        if updated {
             self.quiet.written(org, org_name, Some(status));
         }
-        Ok(updated == 1)
+        Ok(updated)
     }
 }
 
@@ -219,179 +167,6 @@ pub fn event_id(instance: &str, org: &OrgId, number: i64, event: &Event) -> Stri
         .finalize();
     let hex: String = digest[..16].iter().map(|b| format!("{b:02x}")).collect();
     format!("evt_{hex}")
-}
-
-/// The org's state, and when it was last checked (`None` for an org never checked).
-async fn load_state(conn: &mut SqliteConnection, org: &OrgId) -> anyhow::Result<(OrgState, Option<DateTime<Utc>>)> {
-    let row = sqlx::query(
-        "SELECT status, status_since, previous_status, broken_since, candidate_status, candidate_count,
-                candidate_since, consecutive_failures, failing_since, failing_alerted, last_checked_at
-         FROM org_state WHERE org_id = ?",
-    )
-    .bind(org.as_str())
-    .fetch_optional(conn)
-    .await?;
-    let Some(r) = row else {
-        return Ok((OrgState::default(), None));
-    };
-    let state = OrgState {
-        status: r.try_get("status")?,
-        status_since: parse_ts(r.try_get("status_since")?),
-        previous_status: r.try_get("previous_status")?,
-        broken_since: parse_ts(r.try_get("broken_since")?),
-        candidate: r.try_get("candidate_status")?,
-        candidate_count: r.try_get::<i64, _>("candidate_count")?.try_into().unwrap_or(0),
-        candidate_since: parse_ts(r.try_get("candidate_since")?),
-        consecutive_failures: r
-            .try_get::<i64, _>("consecutive_failures")?
-            .try_into()
-            .unwrap_or(u32::MAX),
-        failing_since: parse_ts(r.try_get("failing_since")?),
-        failing_alerted: r.try_get("failing_alerted")?,
-    };
-    Ok((state, parse_ts(r.try_get("last_checked_at")?)))
-}
-
-async fn reminders_sent(conn: &mut SqliteConnection, org: &OrgId) -> anyhow::Result<Vec<(String, DateTime<Utc>)>> {
-    let rows: Vec<(String, String)> = sqlx::query_as("SELECT route, last_sent_at FROM reminders WHERE org_id = ?")
-        .bind(org.as_str())
-        .fetch_all(conn)
-        .await?;
-    Ok(rows
-        .into_iter()
-        .filter_map(|(route, at)| parse_ts(Some(at)).map(|t| (route, t)))
-        .collect())
-}
-
-/// Writes `rec` inside the caller's transaction.
-async fn write_record(conn: &mut SqliteConnection, instance: &str, rec: &CheckRecord<'_>) -> anyhow::Result<()> {
-    let at = ts(rec.at);
-    let s = rec.state;
-    let (success_at, last_error) = match rec.outcome {
-        Ok(_) => (Some(at.clone()), None),
-        Err(f) => (None, Some(f.explain())),
-    };
-    // The org's event count moves with its events, so the n-th event of an org is numbered n
-    // whether it is detected for the first time or again after a power cut.
-    let event_count: i64 = sqlx::query_scalar(
-        "INSERT INTO org_state (org_id, org_name, status, status_since, candidate_status,
-             candidate_count, candidate_since, consecutive_failures, failing_since,
-             failing_alerted, first_checked_at, last_checked_at, last_success_at, last_error, checks,
-             previous_status, broken_since, event_count)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?11, ?12, ?13, 1, ?14, ?15, ?16)
-         ON CONFLICT (org_id) DO UPDATE SET
-             org_name = ?2, status = ?3, status_since = ?4, previous_status = ?14, candidate_status = ?5,
-             candidate_count = ?6, candidate_since = ?7, consecutive_failures = ?8,
-             failing_since = ?9, failing_alerted = ?10, last_checked_at = ?11,
-             last_success_at = coalesce(?12, last_success_at), last_error = ?13,
-             checks = checks + 1, broken_since = ?15, event_count = event_count + ?16
-         RETURNING event_count",
-    )
-    .bind(rec.org_id.as_str())
-    .bind(rec.org_name)
-    .bind(&s.status)
-    .bind(s.status_since.map(ts))
-    .bind(&s.candidate)
-    .bind(i64::from(s.candidate_count))
-    .bind(s.candidate_since.map(ts))
-    .bind(i64::from(s.consecutive_failures))
-    .bind(s.failing_since.map(ts))
-    .bind(s.failing_alerted)
-    .bind(&at)
-    .bind(success_at)
-    .bind(last_error)
-    .bind(&s.previous_status)
-    .bind(s.broken_since.map(ts))
-    .bind(rec.events.len() as i64)
-    .fetch_one(&mut *conn)
-    .await?;
-
-    for route in rec.reminded {
-        sqlx::query(
-            "INSERT INTO reminders (org_id, route, last_sent_at) VALUES (?1, ?2, ?3)
-             ON CONFLICT (org_id, route) DO UPDATE SET last_sent_at = ?3",
-        )
-        .bind(rec.org_id.as_str())
-        .bind(route)
-        .bind(&at)
-        .execute(&mut *conn)
-        .await?;
-    }
-
-    if let Err(f) = rec.outcome {
-        sqlx::query(
-            "INSERT INTO check_failures (org_id, checked_at, class, http_status, error_code, detail)
-             VALUES (?, ?, ?, ?, ?, ?)",
-        )
-        .bind(rec.org_id.as_str())
-        .bind(&at)
-        .bind(f.class.as_str())
-        .bind(f.http_status.map(i64::from))
-        .bind(&f.error_code)
-        .bind(&f.detail)
-        .execute(&mut *conn)
-        .await?;
-    }
-
-    let first_number = event_count - rec.events.len() as i64 + 1;
-    for (number, (event, channels)) in (first_number..).zip(rec.events) {
-        match event {
-            Event::FirstSeen { status } => {
-                insert_transition(conn, rec.org_id, None, status, &at, None).await?;
-            }
-            Event::StatusChanged {
-                from,
-                to,
-                changed_at,
-                from_lasted_s,
-            } => {
-                insert_transition(conn, rec.org_id, Some(from), to, &ts(*changed_at), Some(*from_lasted_s)).await?;
-            }
-            Event::CheckFailing { .. } | Event::CheckRecovered { .. } | Event::Reminder { .. } => {}
-        }
-        let seq: i64 = sqlx::query_scalar(
-            "INSERT INTO events (id, org_id, kind, created_at, payload) VALUES (?, ?, ?, ?, ?) RETURNING seq",
-        )
-        .bind(event_id(instance, rec.org_id, number, event))
-        .bind(rec.org_id.as_str())
-        .bind(event.kind())
-        .bind(&at)
-        .bind(serde_json::to_string(event)?)
-        .fetch_one(&mut *conn)
-        .await?;
-        for channel in channels {
-            sqlx::query("INSERT INTO outbox (event_seq, channel, next_attempt_at, created_at) VALUES (?, ?, ?, ?)")
-                .bind(seq)
-                .bind(channel)
-                .bind(&at)
-                .bind(&at)
-                .execute(&mut *conn)
-                .await?;
-        }
-    }
-    Ok(())
-}
-
-async fn insert_transition(
-    conn: &mut SqliteConnection,
-    org: &OrgId,
-    from: Option<&String>,
-    to: &str,
-    at: &str,
-    lasted: Option<i64>,
-) -> anyhow::Result<()> {
-    sqlx::query(
-        "INSERT INTO transitions (org_id, from_status, to_status, changed_at, previous_lasted_s)
-         VALUES (?, ?, ?, ?, ?)",
-    )
-    .bind(org.as_str())
-    .bind(from)
-    .bind(to)
-    .bind(at)
-    .bind(lasted)
-    .execute(conn)
-    .await?;
-    Ok(())
 }
 
 #[cfg(test)]
@@ -436,7 +211,7 @@ mod tests {
             .filename(&path)
             .create_if_missing(true);
         let pool = sqlx::SqlitePool::connect_with(options).await.unwrap();
-        let mut previous = sqlx::migrate!();
+        let mut previous = sqlx::migrate!("migrations/sqlite");
         previous.migrations = std::borrow::Cow::Owned(previous.migrations[..3].to_vec());
         previous.run(&pool).await.unwrap();
         sqlx::raw_sql(
@@ -457,12 +232,20 @@ mod tests {
         .unwrap();
         pool.close().await;
 
-        let store = Store::open(&path).await.unwrap();
+        let store = Store::open(&crate::config::Database::Sqlite(path.clone()))
+            .await
+            .unwrap();
         let org = OrgId::parse("5f0c00000000000000000a01").unwrap();
         let state = store.load_state(&org).await.unwrap();
-        assert_eq!(state.broken_since.map(ts).as_deref(), Some("2026-11-01T00:00:00.000Z"));
+        assert_eq!(
+            state.broken_since.map(crate::store::ts).as_deref(),
+            Some("2026-11-01T00:00:00.000Z")
+        );
+        let crate::store::Db::Sqlite(db) = &store.db else {
+            unreachable!()
+        };
         let count: i64 = sqlx::query_scalar("SELECT event_count FROM org_state")
-            .fetch_one(&store.pool)
+            .fetch_one(db.pool())
             .await
             .unwrap();
         assert_eq!(count, 2, "the next event of alpha is its third");
@@ -475,7 +258,9 @@ mod tests {
     #[tokio::test]
     async fn an_answer_that_waited_is_superseded_but_a_clock_step_is_not() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(&dir.path().join("linkwatch.db")).await.unwrap();
+        let store = Store::open(&crate::config::Database::Sqlite(dir.path().join("linkwatch.db")))
+            .await
+            .unwrap();
         let org = OrgId::parse("5f0c00000000000000000a01").unwrap();
         let t0: DateTime<Utc> = "2026-11-29T08:00:00Z".parse().unwrap();
         let record = |at: DateTime<Utc>, answered: tokio::time::Instant, status: &'static str| {

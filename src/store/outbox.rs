@@ -1,13 +1,15 @@
-//! The outbox side of the store: what is pending, and what became of each attempt. (Which
-//! channels are blocked is the dispatcher's to say: the hold counts from a failure it saw.)
+//! The outbox side of the store: what is pending, who sends it, and what became of each attempt.
+//! (Which channels are blocked is the dispatcher's to say: the hold counts from a failure it saw.)
+
+use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use sqlx::{Connection, FromRow};
+use sqlx::FromRow;
 
-use super::{Store, StoredEvent, parse_ts, ts};
+use super::{Backend as _, Store, StoredEvent, on_db};
 
-/// The most characters of an error kept in `last_error`: enough to read, never a whole body.
-const ERROR_CHARS: usize = 1000;
+/// Added to a send's timeout for a claim's hold.
+const CLAIM_MARGIN: Duration = Duration::from_secs(30);
 
 /// A pending outbox row, without its event: what the dispatcher needs to choose what goes next.
 #[derive(Debug, Clone, FromRow)]
@@ -31,107 +33,63 @@ pub struct Delivery {
     pub event: StoredEvent,
 }
 
+/// Rows claimed for one send: only the holder of `token` records their outcome.
+#[derive(Debug, Clone)]
+pub struct Claimed {
+    pub token: String,
+    pub ids: Vec<i64>,
+}
+
 impl Store {
     /// The oldest `limit` pending rows of `channel`, in event order.
     pub async fn pending(&self, channel: &str, limit: i64) -> anyhow::Result<Vec<Pending>> {
-        Ok(sqlx::query_as::<_, Pending>(
-            "SELECT x.id AS outbox_id, e.org_id, x.attempts, x.next_attempt_at, x.created_at, x.last_error
-             FROM outbox AS x
-             JOIN events AS e ON e.seq = x.event_seq
-             WHERE x.channel = ? AND x.state = 'pending'
-             ORDER BY x.event_seq LIMIT ?",
-        )
-        .bind(channel)
-        .bind(limit)
-        .fetch_all(&self.pool)
-        .await?)
+        on_db!(self, db => db.pending(channel, limit).await)
     }
 
     /// These pending outbox rows with their events, in event order.
     pub async fn deliveries(&self, outbox_ids: &[i64]) -> anyhow::Result<Vec<Delivery>> {
-        Ok(sqlx::query_as::<_, Delivery>(
-            "SELECT x.id AS outbox_id, x.attempts, x.next_attempt_at, e.id, e.org_id, o.org_name, e.kind,
-                    e.created_at, e.payload
-             FROM outbox AS x
-             JOIN events AS e ON e.seq = x.event_seq
-             LEFT JOIN org_state AS o ON o.org_id = e.org_id
-             WHERE x.id IN (SELECT value FROM json_each(?)) AND x.state = 'pending'
-             ORDER BY x.event_seq",
-        )
-        .bind(serde_json::to_string(outbox_ids)?)
-        .fetch_all(&self.pool)
-        .await?)
+        on_db!(self, db => db.deliveries(outbox_ids).await)
+    }
+
+    /// Claims these pending rows for one send that takes at most `send_timeout`, and returns the
+    /// ones this instance got. On PostgreSQL another instance's unexpired claim keeps a row out;
+    /// on SQLite one process sends (the file lock) and every row is this one's.
+    pub async fn claim(&self, outbox_ids: &[i64], send_timeout: Duration) -> anyhow::Result<Claimed> {
+        let token = format!("{:032x}", rand::random::<u128>());
+        // Longer than the send, plus a margin for the time between claiming and sending: an
+        // instance that stopped leading in the middle of a send has finished or given up before
+        // another takes the row.
+        let hold = send_timeout.saturating_add(CLAIM_MARGIN);
+        let ids = on_db!(self, db => db.claim(outbox_ids, &token, hold).await)?;
+        Ok(Claimed { token, ids })
     }
 
     /// When the oldest pending row of `channel` falls due, if there is one.
     pub async fn next_due(&self, channel: &str) -> anyhow::Result<Option<DateTime<Utc>>> {
-        let next: Option<String> = sqlx::query_scalar(
-            "SELECT next_attempt_at FROM outbox WHERE channel = ? AND state = 'pending' ORDER BY event_seq LIMIT 1",
-        )
-        .bind(channel)
-        .fetch_optional(&self.pool)
-        .await?;
-        Ok(parse_ts(next))
+        on_db!(self, db => db.next_due(channel).await)
     }
 
     /// Records deliveries the receiver accepted. `note` says what did not go as asked (a mail
-    /// recipient refused) and lands in `last_error`. Rows already final are left alone, so that
-    /// writing the same outcome twice changes nothing.
-    pub async fn mark_sent(&self, outbox_ids: &[i64], now: DateTime<Utc>, note: Option<&str>) -> anyhow::Result<()> {
-        let note = note.map(cap);
-        self.write(async |conn| {
-            let mut tx = conn.begin().await?;
-            for id in outbox_ids {
-                sqlx::query(
-                    "UPDATE outbox SET state = 'sent', attempts = attempts + 1, sent_at = ?, last_error = ?
-                     WHERE id = ? AND state = 'pending'",
-                )
-                .bind(ts(now))
-                .bind(&note)
-                .bind(id)
-                .execute(&mut *tx)
-                .await?;
-            }
-            tx.commit().await?;
-            Ok(())
-        })
-        .await
+    /// recipient refused) and lands in `last_error`. Rows already final, or claimed since by
+    /// another instance, are left alone, so that writing the same outcome twice changes nothing.
+    pub async fn mark_sent(
+        &self,
+        outbox_ids: &[i64],
+        token: &str,
+        now: DateTime<Utc>,
+        note: Option<&str>,
+    ) -> anyhow::Result<()> {
+        on_db!(self, db => db.mark_sent(outbox_ids, token, now, note).await)
     }
 
     /// Records a failed attempt: retried at `retry_at`, or given up when `retry_at` is `None`.
     pub async fn mark_attempt_failed(
         &self,
         outbox_ids: &[i64],
+        token: &str,
         error: &str,
         retry_at: Option<DateTime<Utc>>,
     ) -> anyhow::Result<()> {
-        let error = cap(error);
-        self.write(async |conn| {
-            let mut tx = conn.begin().await?;
-            for id in outbox_ids {
-                sqlx::query(
-                    "UPDATE outbox SET attempts = attempts + 1, last_error = ?1,
-                         state = CASE WHEN ?2 IS NULL THEN 'failed' ELSE 'pending' END,
-                         next_attempt_at = coalesce(?2, next_attempt_at)
-                     WHERE id = ?3 AND state = 'pending'",
-                )
-                .bind(&error)
-                .bind(retry_at.map(ts))
-                .bind(id)
-                .execute(&mut *tx)
-                .await?;
-            }
-            tx.commit().await?;
-            Ok(())
-        })
-        .await
-    }
-}
-
-/// An error as stored: at most [`ERROR_CHARS`] characters.
-fn cap(text: &str) -> String {
-    match text.char_indices().nth(ERROR_CHARS) {
-        Some((at, _)) => format!("{}…", &text[..at]),
-        None => text.to_owned(),
+        on_db!(self, db => db.mark_attempt_failed(outbox_ids, token, error, retry_at).await)
     }
 }

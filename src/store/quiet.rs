@@ -23,7 +23,8 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use tokio::time::Instant;
 
-use super::{Store, ts};
+use super::backend::QuietRow;
+use super::{Backend as _, Store, on_db, ts};
 use crate::config::OrgId;
 
 /// How long a quiet check may wait in memory before it is written: the most that
@@ -120,6 +121,14 @@ impl QuietLog {
 }
 
 impl Store {
+    /// Forgets which orgs are known quiet (and drops unwritten notes): another instance may have
+    /// written since this process last did.
+    pub fn forget_quiet(&self) {
+        let mut inner = self.quiet.lock();
+        inner.known.clear();
+        inner.pending.clear();
+    }
+
     /// Notes a quiet check in memory when `org` is known to be quiet with `status` (and its name
     /// is unchanged); returns `false` otherwise, and the caller takes the immediate path.
     pub fn record_quiet_later(
@@ -170,35 +179,16 @@ impl Store {
         if batch.is_empty() {
             return Ok(Vec::new());
         }
-        let mut json = String::with_capacity(batch.len() * 110);
-        json.push('[');
-        for (i, (org, status, note)) in batch.iter().enumerate() {
-            if i > 0 {
-                json.push(',');
-            }
-            let status = serde_json::to_string(status)?;
-            let (t, n) = (ts(note.at), note.checks);
-            let _ = write!(json, r#"{{"o":"{org}","s":{status},"t":"{t}","n":{n}}}"#);
-        }
-        json.push(']');
-        let written = self
-            .write(async |conn| {
-                let rows: Vec<String> = sqlx::query_scalar(
-                    "UPDATE org_state SET last_checked_at = q.t, last_success_at = q.t, last_error = NULL,
-                         checks = checks + q.n
-                     FROM (SELECT value ->> 'o' AS o, value ->> 's' AS s, value ->> 't' AS t, value ->> 'n' AS n
-                           FROM json_each(?1)) AS q
-                     WHERE org_state.org_id = q.o AND org_state.status = q.s
-                       AND org_state.candidate_status IS NULL AND org_state.consecutive_failures = 0
-                       AND org_state.failing_alerted = 0 AND org_state.last_checked_at < q.t
-                     RETURNING org_state.org_id",
-                )
-                .bind(&json)
-                .fetch_all(&mut *conn)
-                .await?;
-                Ok(rows)
+        let rows: Vec<QuietRow> = batch
+            .iter()
+            .map(|(org, status, note)| QuietRow {
+                org_id: org.clone(),
+                status: status.clone(),
+                at: note.at,
+                checks: note.checks,
             })
-            .await;
+            .collect();
+        let written = on_db!(self, db => db.flush_quiet(&rows).await);
         let written = match written {
             Ok(rows) => rows,
             Err(e) => {
@@ -231,6 +221,23 @@ impl Store {
         }
         Ok(unmatched)
     }
+}
+
+/// The group commit's rows as one JSON array, `[{"o": org, "s": status, "t": time, "n": checks}]`,
+/// for a backend to unpack in SQL (one parameter, whatever the batch's size).
+pub(super) fn batch_json(rows: &[QuietRow]) -> anyhow::Result<String> {
+    let mut json = String::with_capacity(rows.len() * 110);
+    json.push('[');
+    for (i, row) in rows.iter().enumerate() {
+        if i > 0 {
+            json.push(',');
+        }
+        let status = serde_json::to_string(&row.status)?;
+        let (org, t, n) = (&row.org_id, ts(row.at), row.checks);
+        let _ = write!(json, r#"{{"o":"{org}","s":{status},"t":"{t}","n":{n}}}"#);
+    }
+    json.push(']');
+    Ok(json)
 }
 
 /// Shared by every clone of a `Store`.

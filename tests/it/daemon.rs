@@ -54,7 +54,9 @@ async fn a_hung_org_does_not_stall_the_others() {
     // Shutdown waits for alpha's check to time out; it is recorded as a failure, not lost.
     daemon.stop(Duration::from_secs(20)).await;
     // run() closed its store; read the file as a user would.
-    let store = linkwatch::store::Store::open(&t.db_path).await.unwrap();
+    let store = linkwatch::store::Store::open(&linkwatch::config::Database::Sqlite(t.db_path.clone()))
+        .await
+        .unwrap();
     let current = store.current().await.unwrap();
     let alpha = current.iter().find(|c| c.org_id == ORG_A).unwrap();
     assert!(

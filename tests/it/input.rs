@@ -46,7 +46,9 @@ async fn a_huge_retry_after_from_cloud_manager_is_clamped_and_checks_go_on() {
     }
     daemon.stop(Duration::from_secs(10)).await;
 
-    let store = linkwatch::store::Store::open(&t.db_path).await.unwrap();
+    let store = linkwatch::store::Store::open(&linkwatch::config::Database::Sqlite(t.db_path.clone()))
+        .await
+        .unwrap();
     for org in &limited {
         let rows = store
             .failures(&linkwatch::config::OrgId::parse(org).unwrap())

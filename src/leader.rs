@@ -1,0 +1,218 @@
+//! Who checks and sends. On SQLite that is this process, once it holds the file lock
+//! ([`crate::store::WriterLock`]). On PostgreSQL several instances share one database and the
+//! one holding the lease leads: [`spawn`] takes the lease when it is free, renews it every third
+//! of its length on the database's clock, and gives it up locally as soon as it was not renewed
+//! in time (even when the database cannot be reached to say so), because by then another
+//! instance may hold it. Every write of the leader is fenced by the epoch (see
+//! `store/postgres/fence.rs`); [`Role`] is what the daemon, `/healthz` and `/metrics` follow.
+
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::store::{Postgres, Term};
+
+/// What this instance does now.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Role {
+    /// The epoch of this instance's lease while it leads (always 0 on SQLite).
+    pub epoch: Option<i64>,
+    /// Who leads, as last read from the database, while this instance follows.
+    pub leader: Option<String>,
+}
+
+impl Role {
+    pub fn leads(&self) -> bool {
+        self.epoch.is_some()
+    }
+
+    /// For `/healthz` and logs.
+    pub fn describe(&self) -> String {
+        match (self.epoch, &self.leader) {
+            (Some(epoch), _) => format!("leading (epoch {epoch})"),
+            (None, Some(leader)) => format!("following ({leader} leads)"),
+            (None, None) => "following (no instance leads yet)".into(),
+        }
+    }
+}
+
+/// This instance's leadership: its id, and its role as it changes.
+#[derive(Debug, Clone)]
+pub struct Leadership {
+    pub holder: String,
+    pub role: watch::Receiver<Role>,
+}
+
+impl Leadership {
+    /// One process on a SQLite file: it leads for as long as it runs.
+    pub fn sole() -> Leadership {
+        Leadership {
+            holder: holder_id(),
+            role: watch::channel(Role {
+                epoch: Some(0),
+                leader: None,
+            })
+            .1,
+        }
+    }
+}
+
+/// This instance's id in the lease: host, process and a random part (a restarted process on the
+/// same host is a new holder).
+pub fn holder_id() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .unwrap_or_else(|_| "unknown-host".into());
+    format!("{host}:{}:{:04x}", std::process::id(), rand::random::<u16>())
+}
+
+/// The lease's timing: held for `ttl`, renewed every third of it, and given up locally a fifth
+/// of it before it runs out, so that clock rates and the renewal's own round trip never let
+/// this instance act on a lease the database already considers expired.
+#[derive(Debug, Clone, Copy)]
+pub struct LeaseTiming {
+    pub ttl: Duration,
+}
+
+impl LeaseTiming {
+    fn renew_every(self) -> Duration {
+        self.ttl / 3
+    }
+    fn margin(self) -> Duration {
+        self.ttl / 5
+    }
+}
+
+/// Runs the lease for this instance until `stop`, then gives it up (so that another instance
+/// takes over at once) once `released` is cancelled by the caller, after its last sends.
+pub fn spawn(pg: Postgres, timing: LeaseTiming, stop: CancellationToken) -> (Leadership, tokio::task::JoinHandle<()>) {
+    let holder = holder_id();
+    let (tx, rx) = watch::channel(Role::default());
+    let task = tokio::spawn(run(pg, holder.clone(), timing, tx, stop));
+    (Leadership { holder, role: rx }, task)
+}
+
+async fn run(pg: Postgres, holder: String, timing: LeaseTiming, role: watch::Sender<Role>, stop: CancellationToken) {
+    let mut fenced = pg.fence().watch();
+    // The epoch this instance leads with, and until when (monotonic) it may act without renewal.
+    let mut term: Option<Term> = None;
+    let mut failing = false;
+    loop {
+        let started = Instant::now();
+        let valid_until = started + timing.ttl.saturating_sub(timing.margin());
+        // A renewal that hangs must not outlive the lease it renews.
+        let attempt = tokio::time::timeout(timing.renew_every(), async {
+            match &term {
+                Some(t) => pg
+                    .renew_lease(&holder, t.epoch, timing.ttl)
+                    .await
+                    .map(|ok| ok.then_some(t.epoch)),
+                None => pg.acquire_lease(&holder, timing.ttl).await,
+            }
+        })
+        .await
+        .unwrap_or_else(|_| Err(anyhow::anyhow!("no answer within {:?}", timing.renew_every())));
+        match attempt {
+            Ok(Some(epoch)) => {
+                failing = false;
+                if term.is_none() {
+                    tracing::info!(epoch, holder = %holder, "leading: this instance now checks and sends");
+                }
+                let t = Term {
+                    holder: holder.clone(),
+                    epoch,
+                    valid_until,
+                };
+                pg.fence().lead(t.clone());
+                term = Some(t);
+                role.send_if_modified(|r| {
+                    replace(
+                        r,
+                        Role {
+                            epoch: Some(epoch),
+                            leader: None,
+                        },
+                    )
+                });
+            }
+            Ok(None) => {
+                failing = false;
+                if let Some(t) = term.take() {
+                    pg.fence().depose();
+                    tracing::warn!(
+                        epoch = t.epoch,
+                        "leadership lost: the lease expired or another instance took it; following"
+                    );
+                }
+                let leader = match pg.lease_holder().await {
+                    Ok(Some(h)) => Some(format!("{} (epoch {})", h.holder, h.epoch)),
+                    _ => None,
+                };
+                let next = Role { epoch: None, leader };
+                if *role.borrow() != next {
+                    tracing::info!("{}", next.describe());
+                }
+                role.send_if_modified(|r| replace(r, next));
+            }
+            Err(e) => {
+                if !failing {
+                    tracing::warn!("cannot reach the lease in the database: {e:#}");
+                }
+                failing = true;
+            }
+        }
+        // Wait for the next renewal, or until the lease runs out locally, or until a write
+        // finds itself fenced.
+        let wake = match &term {
+            Some(t) => (started + timing.renew_every()).min(t.valid_until),
+            None => started + timing.renew_every(),
+        };
+        tokio::select! {
+            _ = stop.cancelled() => break,
+            _ = tokio::time::sleep_until(wake) => {}
+            _ = fenced.changed() => {}
+        }
+        let expired = term.as_ref().is_some_and(|t| Instant::now() >= t.valid_until);
+        let deposed = term.is_some() && fenced.borrow_and_update().is_none();
+        if expired || deposed {
+            let t = term.take().expect("checked above");
+            pg.fence().depose();
+            let why = if expired {
+                "the lease could not be renewed in time"
+            } else {
+                "a write found the lease taken by another instance"
+            };
+            tracing::warn!(
+                epoch = t.epoch,
+                "leadership lost: {why}; this instance stops checking and sending"
+            );
+            role.send_if_modified(|r| replace(r, Role::default()));
+        }
+    }
+    role.send_if_modified(|r| replace(r, Role::default()));
+    if let Some(t) = term {
+        pg.fence().depose();
+        match pg.release_lease(&holder, t.epoch).await {
+            Ok(()) => tracing::info!(
+                epoch = t.epoch,
+                "leadership released: another instance can take over now"
+            ),
+            Err(e) => tracing::warn!("cannot release the lease ({e:#}); another instance takes over when it expires"),
+        }
+    }
+}
+
+/// The role once the first attempt at the lease has been answered (or `patience` passed).
+pub async fn settled(mut role: watch::Receiver<Role>, patience: Duration) -> Role {
+    let answered = async {
+        let _ = role.wait_for(|r| r.leads() || r.leader.is_some()).await;
+    };
+    let _ = tokio::time::timeout(patience, answered).await;
+    role.borrow().clone()
+}
+
+fn replace(r: &mut Role, next: Role) -> bool {
+    std::mem::replace(r, next.clone()) != next
+}

@@ -1,0 +1,639 @@
+//! The PostgreSQL backend: several linkwatch instances on one database, one of them leading.
+//! Timestamps are `timestamptz` (bound as `DateTime<Utc>`, read back as linkwatch's text form
+//! through `linkwatch_ts()`), payloads `jsonb`.
+//!
+//! Every write of the check path is fenced ([`Fence`]): it runs in a transaction that first
+//! locks the lease row `FOR SHARE` as long as this instance holds it with its epoch. Delivery
+//! outcomes are guarded by the claim instead: a row is marked only under the claim token that
+//! sent it, so that a deposed leader can still record what a receiver accepted (which keeps
+//! the new leader from sending it again) but never touches a row someone else claimed since.
+
+mod fence;
+
+use std::time::Duration;
+
+use anyhow::Context as _;
+use chrono::{DateTime, Utc};
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use sqlx::{Postgres as Pg, Row, Transaction};
+
+pub use fence::{Fence, Fenced, Term};
+
+use super::backend::{Backend, FailureRow, QuietRow};
+use super::{
+    Applied, Check, CheckRecord, CurrentStatus, Decision, Delivery, Pending, RemindersSent, StatusChange, StoredEvent,
+    cap, event_id,
+};
+use crate::config::{OrgId, PgTarget};
+use crate::detect::{Event, OrgState};
+use crate::metrics::DbGauges;
+
+/// The lease's name: one leader per database.
+const LEASE: &str = "linkwatch";
+
+#[derive(Debug, Clone)]
+pub struct Postgres {
+    pool: PgPool,
+    fence: std::sync::Arc<Fence>,
+}
+
+/// Who holds the lease, as the database says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LeaseHolder {
+    pub holder: String,
+    pub epoch: i64,
+    /// Whether the lease is still running (by the database's clock).
+    pub live: bool,
+}
+
+fn secs(d: Duration) -> f64 {
+    d.as_secs_f64()
+}
+
+impl Postgres {
+    /// Connects and migrates. The connections carry `application_name` (the URL's, or
+    /// `linkwatch`) so that operators and tests find them in `pg_stat_activity`, and a
+    /// statement timeout so that a stuck server cannot hold a check for ever.
+    pub async fn open(target: &PgTarget) -> anyhow::Result<Postgres> {
+        let mut options: PgConnectOptions = target
+            .url()
+            .as_str()
+            .parse()
+            .with_context(|| format!("cannot read the PostgreSQL URL {}", target.url()))?;
+        if let Some(password) = &target.password {
+            options = options.password(password.expose());
+        }
+        if !target.url().query_pairs().any(|(k, _)| k == "application_name") {
+            options = options.application_name("linkwatch");
+        }
+        options = options.options([("statement_timeout", "15s"), ("lock_timeout", "10s")]);
+        let pool = PgPoolOptions::new()
+            .max_connections(5)
+            .acquire_timeout(Duration::from_secs(10))
+            // A connection the server dropped (restart, pg_terminate_backend) is found here, not
+            // by the check that would use it.
+            .test_before_acquire(true)
+            .connect_with(options)
+            .await
+            .with_context(|| format!("cannot connect to {}", target.url()))?;
+        // sqlx holds an advisory lock while migrating: two instances starting together migrate once.
+        sqlx::migrate!("migrations/postgres")
+            .run(&pool)
+            .await
+            .with_context(|| format!("cannot migrate database {}", target.url()))?;
+        Ok(Postgres {
+            pool,
+            fence: Default::default(),
+        })
+    }
+
+    pub fn fence(&self) -> &Fence {
+        &self.fence
+    }
+
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    /// Takes the lease for `holder` when it is free, expired or already `holder`'s, for `ttl`
+    /// by the database's clock. Each acquisition is a new term: the epoch goes up. Returns the
+    /// epoch, or `None` when another instance holds a running lease.
+    pub async fn acquire_lease(&self, holder: &str, ttl: Duration) -> anyhow::Result<Option<i64>> {
+        Ok(sqlx::query_scalar(
+            "INSERT INTO leader_lease (name, holder, epoch, expires_at)
+             VALUES ($1, $2, 1, now() + make_interval(secs => $3))
+             ON CONFLICT (name) DO UPDATE SET holder = $2, epoch = leader_lease.epoch + 1,
+                 expires_at = now() + make_interval(secs => $3)
+             WHERE leader_lease.holder = $2 OR leader_lease.expires_at <= now()
+             RETURNING epoch",
+        )
+        .bind(LEASE)
+        .bind(holder)
+        .bind(secs(ttl))
+        .fetch_optional(&self.pool)
+        .await?)
+    }
+
+    /// Extends the lease of `holder` in `epoch` by `ttl`; `false` when it is no longer theirs
+    /// (expired, or taken by another instance).
+    pub async fn renew_lease(&self, holder: &str, epoch: i64, ttl: Duration) -> anyhow::Result<bool> {
+        let renewed = sqlx::query(
+            "UPDATE leader_lease SET expires_at = now() + make_interval(secs => $4)
+             WHERE name = $1 AND holder = $2 AND epoch = $3 AND expires_at > now()",
+        )
+        .bind(LEASE)
+        .bind(holder)
+        .bind(epoch)
+        .bind(secs(ttl))
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        Ok(renewed == 1)
+    }
+
+    /// Ends the lease of `holder` in `epoch` now, so that another instance takes over at once
+    /// (a clean shutdown). The row stays: epochs only go up.
+    pub async fn release_lease(&self, holder: &str, epoch: i64) -> anyhow::Result<()> {
+        sqlx::query("UPDATE leader_lease SET expires_at = now() WHERE name = $1 AND holder = $2 AND epoch = $3")
+            .bind(LEASE)
+            .bind(holder)
+            .bind(epoch)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    pub async fn lease_holder(&self) -> anyhow::Result<Option<LeaseHolder>> {
+        let row: Option<(String, i64, bool)> =
+            sqlx::query_as("SELECT holder, epoch, expires_at > now() FROM leader_lease WHERE name = $1")
+                .bind(LEASE)
+                .fetch_optional(&self.pool)
+                .await?;
+        Ok(row.map(|(holder, epoch, live)| LeaseHolder { holder, epoch, live }))
+    }
+
+    /// A transaction that holds the lease row `FOR SHARE` while this instance leads with its
+    /// epoch: a takeover's `UPDATE` of the row waits until it ends, and when the lease is no
+    /// longer ours, nothing is written and the fence is told.
+    async fn begin_fenced(&self) -> anyhow::Result<(Transaction<'static, Pg>, Term)> {
+        let term = self.fence.current()?;
+        let mut tx = self.pool.begin().await?;
+        let held: Option<i32> = sqlx::query_scalar(
+            "SELECT 1 FROM leader_lease
+             WHERE name = $1 AND holder = $2 AND epoch = $3 AND expires_at > now() FOR SHARE",
+        )
+        .bind(LEASE)
+        .bind(&term.holder)
+        .bind(term.epoch)
+        .fetch_optional(&mut *tx)
+        .await?;
+        if held.is_none() {
+            self.fence.depose();
+            return Err(Fenced {
+                why: "another instance took the lease, or it expired",
+            }
+            .into());
+        }
+        Ok((tx, term))
+    }
+}
+
+impl Backend for Postgres {
+    async fn instance(&self) -> anyhow::Result<String> {
+        Ok(sqlx::query_scalar("SELECT value FROM meta WHERE key = 'instance'")
+            .fetch_one(&self.pool)
+            .await?)
+    }
+
+    async fn apply(
+        &self,
+        instance: &str,
+        check: &Check<'_>,
+        superseded: impl FnOnce(DateTime<Utc>) -> bool,
+        decide: impl FnOnce(&OrgState, &RemindersSent) -> Decision,
+    ) -> anyhow::Result<Applied> {
+        let (mut tx, _) = self.begin_fenced().await?;
+        // FOR UPDATE: the row cannot change between reading it and writing what follows from it.
+        let (state, last_checked) = load_state(&mut tx, check.org_id, true).await?;
+        if last_checked.is_some_and(superseded) {
+            return Ok(Applied::Superseded);
+        }
+        let sent = reminders_sent(&mut tx, check.org_id).await?;
+        let decision = decide(&state, &sent);
+        let record = CheckRecord {
+            org_id: check.org_id,
+            org_name: check.org_name,
+            at: check.at,
+            outcome: check.outcome,
+            state: &decision.state,
+            events: &decision.events,
+            reminded: &decision.reminded,
+        };
+        write_record(&mut tx, instance, &record).await?;
+        tx.commit().await?;
+        Ok(Applied::Recorded(decision))
+    }
+
+    async fn record_if_quiet(&self, org: &OrgId, name: &str, status: &str, at: DateTime<Utc>) -> anyhow::Result<bool> {
+        let (mut tx, _) = self.begin_fenced().await?;
+        let updated = sqlx::query(
+            "UPDATE org_state SET org_name = $2, last_checked_at = $4, last_success_at = $4,
+                 last_error = NULL, checks = checks + 1
+             WHERE org_id = $1 AND status = $3 AND candidate_status IS NULL
+               AND consecutive_failures = 0 AND NOT failing_alerted",
+        )
+        .bind(org.as_str())
+        .bind(name)
+        .bind(status)
+        .bind(at)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        tx.commit().await?;
+        Ok(updated == 1)
+    }
+
+    async fn record_check(&self, instance: &str, rec: &CheckRecord<'_>) -> anyhow::Result<()> {
+        let (mut tx, _) = self.begin_fenced().await?;
+        write_record(&mut tx, instance, rec).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn load_state(&self, org: &OrgId) -> anyhow::Result<OrgState> {
+        let mut conn = self.pool.acquire().await?;
+        Ok(load_state(&mut conn, org, false).await?.0)
+    }
+
+    async fn flush_quiet(&self, rows: &[QuietRow]) -> anyhow::Result<Vec<String>> {
+        let json = super::quiet::batch_json(rows)?;
+        let (mut tx, _) = self.begin_fenced().await?;
+        let written = sqlx::query_scalar(
+            "UPDATE org_state AS os SET last_checked_at = q.t, last_success_at = q.t, last_error = NULL,
+                 checks = os.checks + q.n
+             FROM jsonb_to_recordset($1::jsonb) AS q(o text, s text, t timestamptz, n bigint)
+             WHERE os.org_id = q.o AND os.status = q.s
+               AND os.candidate_status IS NULL AND os.consecutive_failures = 0
+               AND NOT os.failing_alerted AND os.last_checked_at < q.t
+             RETURNING os.org_id",
+        )
+        .bind(&json)
+        .fetch_all(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(written)
+    }
+
+    async fn pending(&self, channel: &str, limit: i64) -> anyhow::Result<Vec<Pending>> {
+        Ok(sqlx::query_as::<_, Pending>(
+            "SELECT x.id AS outbox_id, e.org_id, x.attempts::bigint AS attempts,
+                    linkwatch_ts(x.next_attempt_at) AS next_attempt_at,
+                    linkwatch_ts(x.created_at) AS created_at, x.last_error
+             FROM outbox AS x
+             JOIN events AS e ON e.seq = x.event_seq
+             WHERE x.channel = $1 AND x.state = 'pending'
+             ORDER BY x.event_seq LIMIT $2",
+        )
+        .bind(channel)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    async fn deliveries(&self, outbox_ids: &[i64]) -> anyhow::Result<Vec<Delivery>> {
+        Ok(sqlx::query_as::<_, Delivery>(
+            "SELECT x.id AS outbox_id, x.attempts::bigint AS attempts,
+                    linkwatch_ts(x.next_attempt_at) AS next_attempt_at, e.id, e.org_id, o.org_name,
+                    e.kind, linkwatch_ts(e.created_at) AS created_at, e.payload::text AS payload
+             FROM outbox AS x
+             JOIN events AS e ON e.seq = x.event_seq
+             LEFT JOIN org_state AS o ON o.org_id = e.org_id
+             WHERE x.id = ANY($1) AND x.state = 'pending'
+             ORDER BY x.event_seq",
+        )
+        .bind(outbox_ids)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    async fn claim(&self, outbox_ids: &[i64], token: &str, hold: Duration) -> anyhow::Result<Vec<i64>> {
+        let (mut tx, term) = self.begin_fenced().await?;
+        // SKIP LOCKED: a row another instance is claiming right now is simply not ours. This
+        // instance's own earlier claims (same holder and epoch) do not keep it out.
+        let claimed = sqlx::query_scalar(
+            "UPDATE outbox SET claim_token = $2, claimed_by = $3,
+                 claim_expires_at = now() + make_interval(secs => $4)
+             WHERE id IN (SELECT id FROM outbox
+                          WHERE id = ANY($1) AND state = 'pending'
+                            AND (claim_expires_at IS NULL OR claim_expires_at <= now() OR claimed_by = $3)
+                          FOR UPDATE SKIP LOCKED)
+             RETURNING id",
+        )
+        .bind(outbox_ids)
+        .bind(token)
+        .bind(format!("{} (epoch {})", term.holder, term.epoch))
+        .bind(secs(hold))
+        .fetch_all(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(claimed)
+    }
+
+    async fn next_due(&self, channel: &str) -> anyhow::Result<Option<DateTime<Utc>>> {
+        Ok(sqlx::query_scalar(
+            "SELECT next_attempt_at FROM outbox WHERE channel = $1 AND state = 'pending' ORDER BY event_seq LIMIT 1",
+        )
+        .bind(channel)
+        .fetch_optional(&self.pool)
+        .await?)
+    }
+
+    async fn mark_sent(
+        &self,
+        outbox_ids: &[i64],
+        token: &str,
+        now: DateTime<Utc>,
+        note: Option<&str>,
+    ) -> anyhow::Result<()> {
+        sqlx::query(
+            "UPDATE outbox SET state = 'sent', attempts = attempts + 1, sent_at = $1, last_error = $2,
+                 claim_expires_at = NULL
+             WHERE id = ANY($3) AND state = 'pending' AND claim_token = $4",
+        )
+        .bind(now)
+        .bind(note.map(cap))
+        .bind(outbox_ids)
+        .bind(token)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn mark_attempt_failed(
+        &self,
+        outbox_ids: &[i64],
+        token: &str,
+        error: &str,
+        retry_at: Option<DateTime<Utc>>,
+    ) -> anyhow::Result<()> {
+        sqlx::query(
+            "UPDATE outbox SET attempts = attempts + 1, last_error = $1,
+                 state = CASE WHEN $2::timestamptz IS NULL THEN 'failed' ELSE 'pending' END,
+                 next_attempt_at = coalesce($2, next_attempt_at), claim_expires_at = NULL
+             WHERE id = ANY($3) AND state = 'pending' AND claim_token = $4",
+        )
+        .bind(cap(error))
+        .bind(retry_at)
+        .bind(outbox_ids)
+        .bind(token)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn probe_write(&self) -> anyhow::Result<()> {
+        sqlx::query(
+            "INSERT INTO meta (key, value) VALUES ('health_probe', linkwatch_ts(now()))
+             ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+        )
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn prune(&self, before: DateTime<Utc>) -> anyhow::Result<(u64, u64)> {
+        let failures = sqlx::query("DELETE FROM check_failures WHERE checked_at < $1")
+            .bind(before)
+            .execute(&self.pool)
+            .await?
+            .rows_affected();
+        let deliveries = sqlx::query(
+            "DELETE FROM outbox WHERE (state = 'sent' AND sent_at < $1) OR (state = 'failed' AND created_at < $1)",
+        )
+        .bind(before)
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        Ok((failures, deliveries))
+    }
+
+    async fn gauges(&self) -> anyhow::Result<DbGauges> {
+        let statuses = sqlx::query_as("SELECT org_id, org_name, status FROM current_status ORDER BY org_id")
+            .fetch_all(&self.pool)
+            .await?;
+        let outbox_depth = sqlx::query_as(
+            "SELECT channel, count(*) FROM outbox WHERE state = 'pending' GROUP BY channel ORDER BY channel",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        let oldest: Option<DateTime<Utc>> =
+            sqlx::query_scalar("SELECT min(created_at) FROM outbox WHERE state = 'pending'")
+                .fetch_one(&self.pool)
+                .await?;
+        Ok(DbGauges {
+            statuses,
+            outbox_depth,
+            oldest_pending_s: oldest.map(|t| (Utc::now() - t).num_milliseconds() as f64 / 1000.0),
+        })
+    }
+
+    async fn history(&self, org: Option<&str>, since: Option<DateTime<Utc>>) -> anyhow::Result<Vec<StatusChange>> {
+        Ok(sqlx::query_as::<_, StatusChange>(
+            "SELECT org_id, org_name, from_status, to_status, linkwatch_ts(changed_at) AS changed_at,
+                    previous_lasted_s
+             FROM status_changes
+             WHERE ($1::text IS NULL OR org_id = $1 OR org_name = $1)
+               AND ($2::timestamptz IS NULL OR changed_at >= $2)
+             ORDER BY status_changes.changed_at, org_id",
+        )
+        .bind(org)
+        .bind(since)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    async fn current(&self) -> anyhow::Result<Vec<CurrentStatus>> {
+        Ok(sqlx::query_as::<_, CurrentStatus>(
+            "SELECT org_id, org_name, status, linkwatch_ts(since) AS since,
+                    linkwatch_ts(last_checked_at) AS last_checked_at,
+                    consecutive_failures::bigint AS consecutive_failures, last_error
+             FROM current_status ORDER BY org_name",
+        )
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    async fn events(&self, org: Option<&OrgId>) -> anyhow::Result<Vec<StoredEvent>> {
+        Ok(sqlx::query_as::<_, StoredEvent>(
+            "SELECT e.id, e.org_id, o.org_name, e.kind, linkwatch_ts(e.created_at) AS created_at,
+                    e.payload::text AS payload
+             FROM events AS e LEFT JOIN org_state AS o USING (org_id)
+             WHERE $1::text IS NULL OR e.org_id = $1 ORDER BY e.seq",
+        )
+        .bind(org.map(OrgId::as_str))
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    async fn failures(&self, org: &OrgId) -> anyhow::Result<Vec<FailureRow>> {
+        Ok(sqlx::query_as(
+            "SELECT class, http_status::bigint, error_code, detail FROM check_failures WHERE org_id = $1 ORDER BY id",
+        )
+        .bind(org.as_str())
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    async fn close(&self) {
+        self.pool.close().await;
+    }
+}
+
+/// The org's state, and when it was last checked (`None` for an org never checked); with
+/// `lock`, the row stays locked until the transaction ends.
+async fn load_state(
+    conn: &mut sqlx::PgConnection,
+    org: &OrgId,
+    lock: bool,
+) -> anyhow::Result<(OrgState, Option<DateTime<Utc>>)> {
+    macro_rules! select {
+        () => {
+            "SELECT status, status_since, previous_status, broken_since, candidate_status, candidate_count,
+                    candidate_since, consecutive_failures, failing_since, failing_alerted, last_checked_at
+             FROM org_state WHERE org_id = $1"
+        };
+    }
+    let sql = if lock {
+        concat!(select!(), " FOR UPDATE")
+    } else {
+        select!()
+    };
+    let row = sqlx::query(sql).bind(org.as_str()).fetch_optional(conn).await?;
+    let Some(r) = row else {
+        return Ok((OrgState::default(), None));
+    };
+    let state = OrgState {
+        status: r.try_get("status")?,
+        status_since: r.try_get("status_since")?,
+        previous_status: r.try_get("previous_status")?,
+        broken_since: r.try_get("broken_since")?,
+        candidate: r.try_get("candidate_status")?,
+        candidate_count: r.try_get::<i32, _>("candidate_count")?.try_into().unwrap_or(0),
+        candidate_since: r.try_get("candidate_since")?,
+        consecutive_failures: r
+            .try_get::<i32, _>("consecutive_failures")?
+            .try_into()
+            .unwrap_or(u32::MAX),
+        failing_since: r.try_get("failing_since")?,
+        failing_alerted: r.try_get("failing_alerted")?,
+    };
+    Ok((state, r.try_get("last_checked_at")?))
+}
+
+async fn reminders_sent(conn: &mut sqlx::PgConnection, org: &OrgId) -> anyhow::Result<Vec<(String, DateTime<Utc>)>> {
+    Ok(
+        sqlx::query_as("SELECT route, last_sent_at FROM reminders WHERE org_id = $1")
+            .bind(org.as_str())
+            .fetch_all(conn)
+            .await?,
+    )
+}
+
+/// Writes `rec` inside the caller's transaction.
+async fn write_record(conn: &mut sqlx::PgConnection, instance: &str, rec: &CheckRecord<'_>) -> anyhow::Result<()> {
+    let at = rec.at;
+    let s = rec.state;
+    let (success_at, last_error) = match rec.outcome {
+        Ok(_) => (Some(at), None),
+        Err(f) => (None, Some(f.explain())),
+    };
+    // The org's event count moves with its events, so the n-th event of an org is numbered n
+    // whether it is detected for the first time or again after a lost commit.
+    let event_count: i64 = sqlx::query_scalar(
+        "INSERT INTO org_state AS os (org_id, org_name, status, status_since, candidate_status,
+             candidate_count, candidate_since, consecutive_failures, failing_since,
+             failing_alerted, first_checked_at, last_checked_at, last_success_at, last_error, checks,
+             previous_status, broken_since, event_count)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $11, $12, $13, 1, $14, $15, $16)
+         ON CONFLICT (org_id) DO UPDATE SET
+             org_name = $2, status = $3, status_since = $4, previous_status = $14, candidate_status = $5,
+             candidate_count = $6, candidate_since = $7, consecutive_failures = $8,
+             failing_since = $9, failing_alerted = $10, last_checked_at = $11,
+             last_success_at = coalesce($12, os.last_success_at), last_error = $13,
+             checks = os.checks + 1, broken_since = $15, event_count = os.event_count + $16
+         RETURNING event_count",
+    )
+    .bind(rec.org_id.as_str())
+    .bind(rec.org_name)
+    .bind(&s.status)
+    .bind(s.status_since)
+    .bind(&s.candidate)
+    .bind(i32::try_from(s.candidate_count).unwrap_or(i32::MAX))
+    .bind(s.candidate_since)
+    .bind(i32::try_from(s.consecutive_failures).unwrap_or(i32::MAX))
+    .bind(s.failing_since)
+    .bind(s.failing_alerted)
+    .bind(at)
+    .bind(success_at)
+    .bind(last_error)
+    .bind(&s.previous_status)
+    .bind(s.broken_since)
+    .bind(rec.events.len() as i64)
+    .fetch_one(&mut *conn)
+    .await?;
+
+    for route in rec.reminded {
+        sqlx::query(
+            "INSERT INTO reminders (org_id, route, last_sent_at) VALUES ($1, $2, $3)
+             ON CONFLICT (org_id, route) DO UPDATE SET last_sent_at = $3",
+        )
+        .bind(rec.org_id.as_str())
+        .bind(route)
+        .bind(at)
+        .execute(&mut *conn)
+        .await?;
+    }
+
+    if let Err(f) = rec.outcome {
+        sqlx::query(
+            "INSERT INTO check_failures (org_id, checked_at, class, http_status, error_code, detail)
+             VALUES ($1, $2, $3, $4, $5, $6)",
+        )
+        .bind(rec.org_id.as_str())
+        .bind(at)
+        .bind(f.class.as_str())
+        .bind(f.http_status.map(i32::from))
+        .bind(&f.error_code)
+        .bind(&f.detail)
+        .execute(&mut *conn)
+        .await?;
+    }
+
+    let first_number = event_count - rec.events.len() as i64 + 1;
+    for (number, (event, channels)) in (first_number..).zip(rec.events) {
+        let transition = match event {
+            Event::FirstSeen { status } => Some((None, status, at, None)),
+            Event::StatusChanged {
+                from,
+                to,
+                changed_at,
+                from_lasted_s,
+            } => Some((Some(from), to, *changed_at, Some(*from_lasted_s))),
+            Event::CheckFailing { .. } | Event::CheckRecovered { .. } | Event::Reminder { .. } => None,
+        };
+        if let Some((from, to, changed_at, lasted)) = transition {
+            sqlx::query(
+                "INSERT INTO transitions (org_id, from_status, to_status, changed_at, previous_lasted_s)
+                 VALUES ($1, $2, $3, $4, $5)",
+            )
+            .bind(rec.org_id.as_str())
+            .bind(from)
+            .bind(to)
+            .bind(changed_at)
+            .bind(lasted)
+            .execute(&mut *conn)
+            .await?;
+        }
+        let seq: i64 = sqlx::query_scalar(
+            "INSERT INTO events (id, org_id, kind, created_at, payload) VALUES ($1, $2, $3, $4, $5::jsonb)
+             RETURNING seq",
+        )
+        .bind(event_id(instance, rec.org_id, number, event))
+        .bind(rec.org_id.as_str())
+        .bind(event.kind())
+        .bind(at)
+        .bind(serde_json::to_string(event)?)
+        .fetch_one(&mut *conn)
+        .await?;
+        sqlx::query(
+            "INSERT INTO outbox (event_seq, channel, next_attempt_at, created_at)
+             SELECT $1, channel, $2, $2 FROM unnest($3::text[]) AS channel",
+        )
+        .bind(seq)
+        .bind(at)
+        .bind(channels)
+        .execute(&mut *conn)
+        .await?;
+    }
+    Ok(())
+}
