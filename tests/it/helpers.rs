@@ -29,6 +29,8 @@ pub struct Setup {
     pub top: String,
     /// Where the database goes; by default a temporary directory.
     pub database: Option<PathBuf>,
+    /// A PostgreSQL URL instead of a file (see `pg::database`).
+    pub database_url: Option<String>,
     /// Orgs beyond alpha and beta, with ids from [`extra_org`].
     pub extra_orgs: usize,
     /// `[[channel]]` and `[[route]]` tables; by default one console channel.
@@ -46,6 +48,7 @@ impl Default for Setup {
             timeout: "2s",
             top: String::new(),
             database: None,
+            database_url: None,
             extra_orgs: 0,
             channels: "[[channel]]\nname = \"console\"\nkind = \"console\"\n".into(),
             sim_options: simulator::Options::default(),
@@ -145,7 +148,10 @@ name = "beta"
 
 {channels}
 "#,
-        db = db_path.display(),
+        db = setup
+            .database_url
+            .clone()
+            .unwrap_or_else(|| db_path.display().to_string()),
         base = sim.base_url(),
         credential = setup.credential,
         poll = setup.poll,

@@ -13,6 +13,7 @@ mod faults;
 mod input;
 mod notify;
 mod oauth;
+mod pg;
 mod readme;
 mod receiver;
 mod refusals;

@@ -1,0 +1,157 @@
+//! PostgreSQL: a database of its own per test, on the server `LINKWATCH_TEST_POSTGRES` names
+//! (default `postgres://postgres@127.0.0.1:5432/test`). Without a server the tests say they were
+//! skipped and pass, unless `LINKWATCH_REQUIRE_POSTGRES=1` (CI sets it: there they must run).
+
+use std::time::Duration;
+
+use linkwatch::store::{Store, Term};
+use sqlx::Connection as _;
+
+use crate::helpers::*;
+
+const DEFAULT_ADMIN_URL: &str = "postgres://postgres@127.0.0.1:5432/test";
+
+/// A fresh database, dropped when this is dropped.
+pub struct PgDb {
+    pub url: String,
+    admin: String,
+    name: String,
+}
+
+impl Drop for PgDb {
+    fn drop(&mut self) {
+        let (admin, name) = (self.admin.clone(), self.name.clone());
+        // Drop runs outside async: a thread with a runtime of its own.
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async {
+                if let Ok(mut c) = sqlx::PgConnection::connect(&admin).await {
+                    let _ = sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+                        "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
+                    )))
+                    .execute(&mut c)
+                    .await;
+                }
+            });
+        })
+        .join();
+    }
+}
+
+/// A new, empty database, or `None` (with a note on stderr) when no PostgreSQL server answers.
+pub async fn database() -> Option<PgDb> {
+    let admin = std::env::var("LINKWATCH_TEST_POSTGRES").unwrap_or_else(|_| DEFAULT_ADMIN_URL.into());
+    let connect = tokio::time::timeout(Duration::from_secs(5), sqlx::PgConnection::connect(&admin));
+    let mut conn = match connect.await {
+        Ok(Ok(c)) => c,
+        Ok(Err(e)) => return skipped(&admin, &e.to_string()),
+        Err(_) => return skipped(&admin, "no answer within 5s"),
+    };
+    let name = format!("linkwatch_test_{:016x}", rand::random::<u64>());
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+        .execute(&mut conn)
+        .await
+        .expect("CREATE DATABASE (the test role needs CREATEDB)");
+    let mut url = reqwest::Url::parse(&admin).expect("LINKWATCH_TEST_POSTGRES is a URL");
+    url.set_path(&name);
+    Some(PgDb {
+        url: url.to_string(),
+        admin,
+        name,
+    })
+}
+
+fn skipped(admin: &str, why: &str) -> Option<PgDb> {
+    if std::env::var_os("LINKWATCH_REQUIRE_POSTGRES").is_some() {
+        panic!("LINKWATCH_REQUIRE_POSTGRES is set but PostgreSQL at {admin} is not reachable: {why}");
+    }
+    eprintln!(
+        "SKIPPED (PostgreSQL): cannot connect to {admin} ({why}); set LINKWATCH_TEST_POSTGRES=postgres://user@host:port/db to run the PostgreSQL tests"
+    );
+    None
+}
+
+/// Makes `store`'s process the leader for a while, as the lease loop of `linkwatch run` would.
+pub async fn lead(store: &Store) -> i64 {
+    let pg = store.postgres().expect("a PostgreSQL store");
+    let holder = "test-leader";
+    let epoch = pg
+        .acquire_lease(holder, Duration::from_secs(600))
+        .await
+        .unwrap()
+        .expect("the lease is free");
+    pg.fence().lead(Term {
+        holder: holder.into(),
+        epoch,
+        valid_until: tokio::time::Instant::now() + Duration::from_secs(600),
+    });
+    epoch
+}
+
+/// The same journey as on SQLite: first sight, a change confirmed, a failure, views and history
+/// read back in linkwatch's time format.
+#[tokio::test]
+async fn checks_events_and_views_on_postgres() {
+    let Some(db) = database().await else { return };
+    let t = spawn_app_with(Setup {
+        database_url: Some(db.url.clone()),
+        ..Setup::default()
+    })
+    .await;
+    lead(&t.app.store).await;
+    t.check(ORG_A).await;
+    t.check(ORG_B).await;
+    assert_eq!(t.event_kinds(ORG_A).await, ["first_seen"]);
+    t.sim.set(ORG_A, linkwatch::simulator::Behavior::status("SYNCED"));
+    for _ in 0..3 {
+        t.check(ORG_A).await;
+    }
+    assert_eq!(t.event_kinds(ORG_A).await, ["first_seen", "status_changed"]);
+    let history = t.app.store.history(Some("alpha"), None).await.unwrap();
+    let changes: Vec<(Option<&str>, &str)> = history
+        .iter()
+        .map(|c| (c.from_status.as_deref(), c.to_status.as_str()))
+        .collect();
+    assert_eq!(changes, [(None, "NOT_SYNCED"), (Some("NOT_SYNCED"), "SYNCED")]);
+    assert!(history[1].changed_at.ends_with('Z'), "{}", history[1].changed_at);
+    let current = t.app.store.current().await.unwrap();
+    assert_eq!(current.len(), 2);
+    assert_eq!(current[0].org_name, "alpha");
+    assert_eq!(current[0].status.as_deref(), Some("SYNCED"));
+
+    // A quiet check goes through the group commit.
+    let before = t.app.store.current().await.unwrap()[0].last_checked_at.clone();
+    t.check(ORG_A).await;
+    linkwatch::daemon::flush_quiet(&t.app).await.unwrap();
+    let after = t.app.store.current().await.unwrap()[0].last_checked_at.clone();
+    assert!(after > before, "{after} > {before}");
+
+    // Delivered through the outbox (console channel).
+    assert!(t.dispatch().await >= 3);
+    assert!(t.console_lines().iter().any(|l| l.contains("SYNCED")));
+    t.app.store.close().await;
+}
+
+/// A store that does not hold the lease writes nothing: the check fails as fenced and the
+/// database is unchanged.
+#[tokio::test]
+async fn writes_without_the_lease_are_refused() {
+    let Some(db) = database().await else { return };
+    let t = spawn_app_with(Setup {
+        database_url: Some(db.url.clone()),
+        ..Setup::default()
+    })
+    .await;
+    let err = linkwatch::daemon::check_org(&t.app, org(&t.app, ORG_A))
+        .await
+        .expect_err("a check without the lease is not recorded");
+    assert!(
+        err.chain().any(|e| e.to_string().contains("no longer leads")),
+        "{err:#}"
+    );
+    assert!(t.app.store.current().await.unwrap().is_empty());
+    t.app.store.close().await;
+}
