@@ -385,7 +385,7 @@ async fn once_leading(app: &Arc<App>) -> anyhow::Result<ExitCode> {
         results.push(joined.context("a check task failed")?);
     }
     results.sort_by_key(|(i, _)| *i);
-    daemon::flush_quiet(&app).await?;
+    daemon::flush_quiet(app).await?;
     // Checking beside a running daemon is safe (each check is one transaction that reads the
     // state it writes over), but sending is for one process at a time: two senders could send a
     // row twice. The lock is taken only now, so that a daemon starting meanwhile is not kept out.

@@ -43,12 +43,9 @@ impl Database {
             if url.host_str().is_none_or(str::is_empty) && !url.query_pairs().any(|(k, _)| k == "host") {
                 return Err("names no host (write postgres://user@host:5432/database)".into());
             }
-            let password = match url.password() {
-                Some(p) => Some(Secret::new(
-                    percent_encoding::percent_decode_str(p).decode_utf8_lossy().into_owned(),
-                )),
-                None => None,
-            };
+            let password = url
+                .password()
+                .map(|p| Secret::new(percent_encoding::percent_decode_str(p).decode_utf8_lossy().into_owned()));
             let _ = url.set_password(None);
             return Ok(Database::Postgres(PgTarget { url, password }));
         }

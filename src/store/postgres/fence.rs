@@ -54,8 +54,7 @@ impl Fence {
     pub fn lead(&self, term: Term) {
         let epoch = term.epoch;
         *self.lock() = Some(term);
-        self.changed
-            .send_if_modified(|e| std::mem::replace(e, Some(epoch)) != Some(epoch));
+        self.changed.send_if_modified(|e| e.replace(epoch) != Some(epoch));
     }
 
     /// This instance no longer leads.
