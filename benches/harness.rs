@@ -44,6 +44,8 @@ struct Args {
     quick: bool,
     perf: Option<PathBuf>,
     daemon: PathBuf,
+    /// An admin URL of a PostgreSQL server: each size runs on a fresh database there.
+    postgres: Option<String>,
 }
 
 fn size(spec: &str) -> (usize, Option<Duration>) {
@@ -67,6 +69,7 @@ fn args() -> Args {
         quick: false,
         perf: None,
         daemon: PathBuf::from(env!("CARGO_BIN_EXE_linkwatch")),
+        postgres: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -84,6 +87,7 @@ fn args() -> Args {
             "--quick" => a.quick = true,
             "--perf" => a.perf = Some(PathBuf::from(value())),
             "--daemon" => a.daemon = PathBuf::from(value()),
+            "--postgres" => a.postgres = Some(value()),
             "--bench" => {} // cargo bench passes this
             other => panic!("unknown argument {other}"),
         }
@@ -173,6 +177,91 @@ fn peak_rss_mb(pid: u32) -> f64 {
         .map_or(0.0, |kb| kb / 1024.0)
 }
 
+/// The database a size runs on: a SQLite file, or a fresh PostgreSQL database.
+enum Db {
+    Sqlite(PathBuf),
+    Postgres { url: String, pool: sqlx::PgPool },
+}
+
+impl Db {
+    async fn new(a: &Args, dir: &Path) -> Db {
+        let Some(admin) = &a.postgres else {
+            return Db::Sqlite(dir.join("bench.db"));
+        };
+        let name = format!("linkwatch_bench_{:08x}", rand::random::<u32>());
+        let admin_pool = sqlx::PgPool::connect(admin).await.expect("--postgres: cannot connect");
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+            .execute(&admin_pool)
+            .await
+            .unwrap();
+        admin_pool.close().await;
+        let mut url = reqwest::Url::parse(admin).unwrap();
+        url.set_path(&name);
+        let pool = sqlx::PgPool::connect(url.as_str()).await.unwrap();
+        Db::Postgres {
+            url: url.to_string(),
+            pool,
+        }
+    }
+
+    fn config_value(&self) -> String {
+        match self {
+            Db::Sqlite(path) => path.display().to_string(),
+            Db::Postgres { url, .. } => url.clone(),
+        }
+    }
+
+    async fn outbox_pending(&self) -> i64 {
+        match self {
+            Db::Sqlite(path) => outbox_pending(path).await,
+            // Before the daemon's first migration there is no table yet.
+            Db::Postgres { pool, .. } => sqlx::query_scalar("SELECT count(*) FROM outbox WHERE state = 'pending'")
+                .fetch_one(pool)
+                .await
+                .unwrap_or(1),
+        }
+    }
+
+    /// Drops a PostgreSQL database made for the run.
+    async fn drop(self, a: &Args) {
+        if let (Db::Postgres { url, pool }, Some(admin)) = (self, &a.postgres) {
+            pool.close().await;
+            let name = url.rsplit('/').next().unwrap_or_default().to_owned();
+            if let Ok(admin) = sqlx::PgPool::connect(admin).await {
+                let drop = format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)");
+                let _ = sqlx::raw_sql(sqlx::AssertSqlSafe(drop)).execute(&admin).await;
+                admin.close().await;
+            }
+        }
+    }
+
+    async fn bytes(&self) -> i64 {
+        match self {
+            Db::Sqlite(path) => db_bytes(path).await,
+            Db::Postgres { pool, .. } => sqlx::query_scalar("SELECT pg_database_size(current_database())")
+                .fetch_one(pool)
+                .await
+                .unwrap(),
+        }
+    }
+}
+
+/// CPU time of every PostgreSQL server process (backends, WAL writer, checkpointer...), in ms:
+/// what the database costs, beside the daemon's own.
+fn postgres_cpu_ms() -> f64 {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return 0.0;
+    };
+    entries
+        .flatten()
+        .filter_map(|e| e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()))
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == "postgres")
+        })
+        .map(cpu_ms)
+        .sum()
+}
+
 async fn outbox_pending(path: &Path) -> i64 {
     let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}?mode=ro", path.display()))
         .await
@@ -210,6 +299,8 @@ struct Row {
     requests_per_check: f64,
     requests_per_check_short_nonce: f64,
     cpu_ms_per_check: f64,
+    /// The PostgreSQL server's CPU per check (NaN on SQLite).
+    db_cpu_ms_per_check: f64,
     cpu_pct: f64,
     peak_rss_mb: f64,
     bytes_per_org_day: f64,
@@ -242,14 +333,14 @@ async fn run_size(a: &Args, orgs: usize, nonce_lifetime: Duration, measure_chang
     let concurrency = ((orgs as f64 * a.latency.as_secs_f64() / a.interval.as_secs_f64()) * 4.0)
         .ceil()
         .max(8.0) as usize;
-    let db = dir.path().join("bench.db");
+    let db = Db::new(a, dir.path()).await;
     let mut toml = format!(
         "database = \"{}\"\n[cloud_manager]\nbase_url = \"{}\"\npublic_key = \"{PUBLIC}\"\nprivate_key = \"{PRIVATE}\"\n\
          [poll]\nevery = \"{}\"\ntimeout = \"10s\"\nconcurrency = {concurrency}\n\
          [[channel]]\nname = \"hook\"\nkind = \"webhook\"\nurl = \"http://127.0.0.1:{port}/webhook\"\n\
          [[channel]]\nname = \"mail\"\nkind = \"email\"\nsmtp_url = \"smtp://127.0.0.1:{smtp}\"\nfrom = \"lw@example.com\"\nto = [\"dba@example.com\"]\n\
          [[route]]\nchannels = [\"hook\"]\n[[route]]\nchannels = [\"mail\"]\nevents = [\"status_changed\"]\n",
-        db.display(),
+        db.config_value(),
         sim.base_url(),
         humantime::format_duration(a.interval)
     );
@@ -273,16 +364,17 @@ async fn run_size(a: &Args, orgs: usize, nonce_lifetime: Duration, measure_chang
     // pages once). Steady state is measured from the end of cycle 2, once the first_seen
     // deliveries are out (marking them sent writes too).
     tokio::time::sleep(a.interval * 2 + Duration::from_secs(2)).await;
-    while outbox_pending(&db).await > 0 {
+    while db.outbox_pending().await > 0 {
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     let (req0, checks0, cpu0, bytes0, t0) = (
         sim.requests(),
         sim.counters().authorized.load(std::sync::atomic::Ordering::SeqCst),
         cpu_ms(pid),
-        db_bytes(&db).await,
+        db.bytes().await,
         Instant::now(),
     );
+    let pg_cpu0 = postgres_cpu_ms();
     let per_org0: Vec<u64> = ids.iter().map(|id| sim.requests_for(id)).collect();
     let perf = a.perf.as_ref().map(|dir| {
         let out = dir.join(format!("perf-{orgs}-{}.data", humantime::format_duration(a.interval)));
@@ -305,7 +397,8 @@ async fn run_size(a: &Args, orgs: usize, nonce_lifetime: Duration, measure_chang
     let checks = sim.counters().authorized.load(std::sync::atomic::Ordering::SeqCst) - checks0;
     let requests = sim.requests() - req0;
     let cpu = cpu_ms(pid) - cpu0;
-    let bytes1 = db_bytes(&db).await;
+    let pg_cpu = postgres_cpu_ms() - pg_cpu0;
+    let bytes1 = db.bytes().await;
     // A check may start up to the scheduler's coalescing window (100 ms) after its slot, so an org
     // whose slot sits at the window's edge can have its last check land just past it. Counting
     // a second later still shows any org that really missed a slot (it would have one check
@@ -326,7 +419,7 @@ async fn run_size(a: &Args, orgs: usize, nonce_lifetime: Duration, measure_chang
             sim.set(id, Behavior::status("NOT_SYNCED"));
         }
         tokio::time::sleep(a.interval + Duration::from_secs(5)).await;
-        bytes_per_change = (db_bytes(&db).await - bytes1) as f64 / orgs as f64;
+        bytes_per_change = (db.bytes().await - bytes1) as f64 / orgs as f64;
         let mut lat: Vec<f64> = arrivals
             .lock()
             .unwrap()
@@ -347,6 +440,11 @@ async fn run_size(a: &Args, orgs: usize, nonce_lifetime: Duration, measure_chang
         .status();
     let _ = tokio::time::timeout(Duration::from_secs(20), child.wait()).await;
     sim.stop().await;
+    let db_cpu_ms_per_check = match db {
+        Db::Sqlite(_) => f64::NAN,
+        Db::Postgres { .. } => pg_cpu / checks.max(1) as f64,
+    };
+    db.drop(a).await;
     let days = elapsed / 86_400.0;
     Row {
         orgs,
@@ -356,6 +454,7 @@ async fn run_size(a: &Args, orgs: usize, nonce_lifetime: Duration, measure_chang
         requests_per_check: requests as f64 / checks.max(1) as f64,
         requests_per_check_short_nonce: f64::NAN,
         cpu_ms_per_check: cpu / checks.max(1) as f64,
+        db_cpu_ms_per_check,
         cpu_pct: cpu / (elapsed * 1000.0) * 100.0,
         peak_rss_mb: rss,
         bytes_per_org_day: (bytes1 - bytes0) as f64 / orgs as f64 / days,
@@ -639,12 +738,12 @@ async fn main() {
         None => "-".to_owned(),
     };
     println!(
-        "| orgs | interval | checks/s | missed | req/check | req/check (5 s nonce) | CPU ms/check | vs Python | vs curl | CPU % of a core | peak RSS MB | DB bytes/org/day (steady) | DB bytes/change | event→receiver p50 / p99 / max ms |"
+        "| orgs | interval | checks/s | missed | req/check | req/check (5 s nonce) | CPU ms/check | PostgreSQL CPU ms/check | vs Python | vs curl | CPU % of a core | peak RSS MB | DB bytes/org/day (steady) | DB bytes/change | event→receiver p50 / p99 / max ms |"
     );
-    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|");
+    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|");
     for r in &rows {
         println!(
-            "| {} | {} | {:.1} | {} | {:.3} | {:.3} | {:.3} | {} | {} | {:.2} | {:.1} | {:.0} | {:.0} | {:.1} / {:.1} / {:.1} |",
+            "| {} | {} | {:.1} | {} | {:.3} | {:.3} | {:.3} | {:.3} | {} | {} | {:.2} | {:.1} | {:.0} | {:.0} | {:.1} / {:.1} / {:.1} |",
             r.orgs,
             humantime::format_duration(r.interval),
             r.checks_per_s,
@@ -652,6 +751,7 @@ async fn main() {
             r.requests_per_check,
             r.requests_per_check_short_nonce,
             r.cpu_ms_per_check,
+            r.db_cpu_ms_per_check,
             ratio(python, r),
             ratio(curl, r),
             r.cpu_pct,

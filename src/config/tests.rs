@@ -452,3 +452,34 @@ fn durations_are_bounded() {
     assert_eq!((line, key.as_str()), (1, "retention"));
     assert!(message.contains("at most 10 years"), "{message}");
 }
+
+#[test]
+fn a_postgres_database_with_its_password_from_a_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let password = dir.path().join("db-password");
+    std::fs::write(&password, "s3cret-db\n").unwrap();
+    let text = format!(
+        "database = \"postgres://linkwatch@db.internal:5432/linkwatch\"\ndatabase_password_file = \"{}\"\nleader_lease = \"20s\"\n{MINIMAL}",
+        password.display()
+    );
+    let config = parse(&text).unwrap();
+    assert_eq!(config.leader_lease, Duration::from_secs(20));
+    let Database::Postgres(target) = &config.database else {
+        panic!("{:?}", config.database)
+    };
+    assert_eq!(target.password.as_ref().map(Secret::expose), Some("s3cret-db"));
+    assert!(!format!("{config:?}").contains("s3cret-db"));
+    assert_eq!(config.database.to_string(), "postgres://linkwatch@db.internal:5432/linkwatch");
+
+    let (line, _, key, message) = error(&format!(
+        "database = \"postgres://lw:inline@db/linkwatch\"\ndatabase_password_file = \"{}\"\n{MINIMAL}",
+        password.display()
+    ));
+    assert_eq!((line, key.as_str()), (2, "database_password"));
+    assert!(message.contains("one place"), "{message}");
+    let (line, _, key, _) = error(&format!("database = \"mysql://db/linkwatch\"\n{MINIMAL}"));
+    assert_eq!((line, key.as_str()), (1, "database"));
+    let (_, _, key, message) = error(&format!("leader_lease = \"1s\"\n{MINIMAL}"));
+    assert_eq!(key, "leader_lease");
+    assert!(message.contains("at least 3s"), "{message}");
+}
