@@ -82,6 +82,16 @@ pub enum Command {
         #[arg(long, default_value = "127.0.0.1:8080")]
         listen: std::net::SocketAddr,
     },
+    /// Copy a SQLite history (states, changes, events, deliveries) into PostgreSQL. Safe to run
+    /// again: what is there already is not copied twice. Stop every linkwatch first.
+    CopyHistory {
+        /// The SQLite file (a path or sqlite://PATH).
+        #[arg(long, value_parser = parse_database)]
+        from: Database,
+        /// The PostgreSQL database (postgres://user@host:5432/database).
+        #[arg(long, value_parser = parse_database)]
+        to: Database,
+    },
     /// Run the real daemon against a built-in simulated Cloud Manager and watch links change.
     Demo {
         /// How long to run.
@@ -227,6 +237,12 @@ pub async fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
                 None => cli.load_config()?.database,
             };
             history(&db, org.as_deref(), since.as_deref(), *json).await
+        }
+        Command::CopyHistory { from, to } => {
+            let copied = crate::copy::copy_history(from, to).await?;
+            println!("copied {from} into {to}");
+            print!("{copied}");
+            Ok(ExitCode::SUCCESS)
         }
         Command::Demo { duration, every } => {
             demo::run(*duration, *every, cli.config.as_deref(), shutdown_on_signals()).await?;

@@ -6,6 +6,7 @@ pub mod cli;
 pub mod client;
 pub mod clock;
 pub mod config;
+pub mod copy;
 pub mod daemon;
 pub mod demo;
 pub mod detect;

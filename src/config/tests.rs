@@ -71,6 +71,34 @@ fn the_compose_config_parses_and_matches_the_simulator() {
     assert_eq!(config.http_listen, Some("0.0.0.0:9187".parse().unwrap()));
 }
 
+/// The "ha" profile's config: the compose config on PostgreSQL, with the password the compose
+/// file gives both instances.
+#[test]
+fn the_compose_ha_config_parses_and_differs_only_in_its_database() {
+    // SAFETY: no other test reads this variable.
+    unsafe { std::env::set_var("LINKWATCH_DATABASE_PASSWORD", "linkwatch-demo") };
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("config");
+    let ha = Config::load(&dir.join("compose-ha.toml")).unwrap_or_else(|e| panic!("{e}"));
+    let single = Config::load(&dir.join("compose.toml")).unwrap_or_else(|e| panic!("{e}"));
+    let Database::Postgres(target) = &ha.database else {
+        panic!("{} is not PostgreSQL", ha.database)
+    };
+    assert_eq!(target.url().as_str(), "postgres://linkwatch@postgres:5432/linkwatch");
+    assert_eq!(target.password.as_ref().map(|p| p.expose()), Some("linkwatch-demo"));
+    assert_eq!(ha.leader_lease, Duration::from_secs(15));
+    let orgs = |c: &Config| -> Vec<(String, String, Schedule)> {
+        c.orgs
+            .iter()
+            .map(|o| (o.id.to_string(), o.name.clone(), o.schedule.clone()))
+            .collect()
+    };
+    assert_eq!(orgs(&ha), orgs(&single));
+    let channels = |c: &Config| -> Vec<String> { c.channels.iter().map(|ch| ch.name.clone()).collect() };
+    assert_eq!(channels(&ha), channels(&single));
+    assert_eq!(ha.http_listen, single.http_listen);
+    assert_eq!(ha.cloud_manager.base_url, single.cloud_manager.base_url);
+}
+
 #[test]
 fn defaults() {
     let c = parse(MINIMAL).unwrap();

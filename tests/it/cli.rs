@@ -285,3 +285,60 @@ async fn simulate_serves_the_demo_orgs_to_a_real_daemon() {
     assert!(stdout.contains("access list"), "{stdout}");
     sim.kill().await.unwrap();
 }
+
+/// The "ha" profile's config runs for real: `once` on PostgreSQL takes the lease, checks the
+/// demo orgs and records them.
+#[tokio::test]
+async fn the_compose_ha_config_runs_on_postgres() {
+    let Some(db) = crate::pg::database().await else { return };
+    let port = free_port();
+    let mut sim = linkwatch()
+        .args(["simulate", "--listen", &format!("127.0.0.1:{port}")])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(sim.stdout.take().unwrap()).lines();
+    tokio::time::timeout(Duration::from_secs(15), lines.next_line())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let ha = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/config/compose-ha.toml"))
+        .unwrap()
+        .replace("http://simulator:8080", &format!("http://127.0.0.1:{port}"))
+        .replace("postgres://linkwatch@postgres:5432/linkwatch", &db.url)
+        .replace("listen = \"0.0.0.0:9187\"", "listen = \"127.0.0.1:0\"");
+    let ha = ha.split("\n[[channel]]\nname = \"slack\"").next().unwrap().to_owned();
+    let config = dir.path().join("compose-ha.toml");
+    std::fs::write(&config, ha).unwrap();
+    let out = linkwatch()
+        .arg("once")
+        .arg("--config")
+        .arg(&config)
+        // The test server trusts local connections; the password is only passed along.
+        .env("LINKWATCH_DATABASE_PASSWORD", "unused")
+        .output()
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout
+            .lines()
+            .any(|l| l.starts_with("payments") && l.contains("NOT_SYNCED")),
+        "{stdout}"
+    );
+    let store =
+        linkwatch::store::Store::open(&linkwatch::config::Database::parse(&db.url, std::path::Path::new("")).unwrap())
+            .await
+            .unwrap();
+    assert_eq!(store.current().await.unwrap().len(), 4);
+    store.close().await;
+    sim.kill().await.unwrap();
+}

@@ -6,6 +6,7 @@ mod helpers;
 mod checks;
 mod cli;
 mod consistency;
+mod copy;
 mod daemon;
 mod delivery;
 mod digest;

@@ -1,0 +1,422 @@
+//! `linkwatch copy-history`: moves a SQLite history into PostgreSQL, so that a team switching
+//! backends keeps its states, changes, events and deliveries.
+//!
+//! The copy reads the SQLite file read-only in one transaction (a consistent snapshot) and
+//! writes PostgreSQL in one transaction: it lands whole or not at all. It goes around the
+//! `Store`'s fenced write path on purpose: no instance may lead while it runs (it refuses when
+//! one does), and it holds the lease table locked so that none starts leading until it commits.
+//!
+//! It is idempotent: events are matched by their unique id, transitions and failed checks by
+//! their natural keys (org, time, status or class), outbox rows by (event, channel), orgs and
+//! reminders by their keys (the newer state wins). The database identity (`meta.instance`) is
+//! carried over, so that event ids stay the same and receivers keep deduplicating.
+
+use std::fmt;
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use sqlx::postgres::PgConnectOptions;
+use sqlx::sqlite::{SqliteConnectOptions, SqlitePoolOptions};
+use sqlx::{Connection as _, PgConnection, SqliteConnection};
+
+use crate::config::{Database, PgTarget};
+use crate::store::{LockError, WriterLock};
+
+/// Rows read from SQLite and written to PostgreSQL per statement.
+const CHUNK: i64 = 2000;
+
+/// What one run copied: per table, the rows the source has and the rows written.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Copied {
+    /// The database identity, now the target's too.
+    pub instance: String,
+    /// Whether the target took the source's identity in this run (it had no history yet).
+    pub adopted_instance: bool,
+    pub tables: Vec<TableCount>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TableCount {
+    pub table: &'static str,
+    /// Rows in the source.
+    pub source: u64,
+    /// Rows inserted or updated in the target (the rest were there already).
+    pub written: u64,
+}
+
+impl Copied {
+    /// Rows written to `table` in this run.
+    pub fn written(&self, table: &str) -> u64 {
+        self.tables.iter().find(|t| t.table == table).map_or(0, |t| t.written)
+    }
+}
+
+impl fmt::Display for Copied {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(
+            f,
+            "database identity {}{}",
+            self.instance,
+            if self.adopted_instance {
+                " (taken over by the target: event ids stay the same)"
+            } else {
+                ""
+            }
+        )?;
+        writeln!(f, "{:<16} {:>10} {:>10} {:>10}", "TABLE", "SOURCE", "COPIED", "SKIPPED")?;
+        for t in &self.tables {
+            writeln!(
+                f,
+                "{:<16} {:>10} {:>10} {:>10}",
+                t.table,
+                t.source,
+                t.written,
+                t.source.saturating_sub(t.written)
+            )?;
+        }
+        Ok(())
+    }
+}
+
+/// One table's copy: how SQLite hands out a chunk of rows as a JSON array (after the rowid
+/// `?1`, at most `?2` rows; the largest rowid read comes first), and how PostgreSQL takes them
+/// (`$1`, that array as jsonb) without duplicating what it has already.
+struct Table {
+    name: &'static str,
+    read: &'static str,
+    write: &'static str,
+}
+
+/// `json_object` of each row, in rowid order: timestamps stay ISO-8601 text, which PostgreSQL
+/// reads into timestamptz; a payload is embedded as JSON.
+macro_rules! chunk {
+    ($table:literal, $object:literal) => {
+        concat!(
+            "SELECT max(r), json_group_array(json(o)) FROM (SELECT rowid AS r, json_object(",
+            $object,
+            ") AS o FROM ",
+            $table,
+            " WHERE rowid > ?1 ORDER BY rowid LIMIT ?2)"
+        )
+    };
+}
+
+/// In dependency order: an outbox row finds its event by the event's id.
+const TABLES: [Table; 6] = [
+    Table {
+        name: "org_state",
+        read: chunk!(
+            "org_state",
+            "'org_id', org_id, 'org_name', org_name, 'status', status, 'status_since', status_since,
+             'candidate_status', candidate_status, 'candidate_count', candidate_count,
+             'candidate_since', candidate_since, 'consecutive_failures', consecutive_failures,
+             'failing_since', failing_since, 'failing_alerted', failing_alerted,
+             'first_checked_at', first_checked_at, 'last_checked_at', last_checked_at,
+             'last_success_at', last_success_at, 'last_error', last_error, 'checks', checks,
+             'previous_status', previous_status, 'broken_since', broken_since, 'event_count', event_count"
+        ),
+        // The newer state wins: a second copy never takes an org back in time.
+        write: "INSERT INTO org_state AS os
+                SELECT * FROM jsonb_populate_recordset(NULL::org_state, $1::jsonb)
+                ON CONFLICT (org_id) DO UPDATE SET org_name = excluded.org_name, status = excluded.status,
+                    status_since = excluded.status_since, candidate_status = excluded.candidate_status,
+                    candidate_count = excluded.candidate_count, candidate_since = excluded.candidate_since,
+                    consecutive_failures = excluded.consecutive_failures, failing_since = excluded.failing_since,
+                    failing_alerted = excluded.failing_alerted, first_checked_at = excluded.first_checked_at,
+                    last_checked_at = excluded.last_checked_at, last_success_at = excluded.last_success_at,
+                    last_error = excluded.last_error, checks = excluded.checks,
+                    previous_status = excluded.previous_status, broken_since = excluded.broken_since,
+                    event_count = excluded.event_count
+                WHERE os.last_checked_at < excluded.last_checked_at",
+    },
+    Table {
+        name: "reminders",
+        read: chunk!(
+            "reminders",
+            "'org_id', org_id, 'route', route, 'last_sent_at', last_sent_at"
+        ),
+        write: "INSERT INTO reminders AS r
+                SELECT * FROM jsonb_populate_recordset(NULL::reminders, $1::jsonb)
+                ON CONFLICT (org_id, route) DO UPDATE SET last_sent_at = excluded.last_sent_at
+                WHERE r.last_sent_at < excluded.last_sent_at",
+    },
+    Table {
+        name: "transitions",
+        read: chunk!(
+            "transitions",
+            "'id', id, 'org_id', org_id, 'from_status', from_status, 'to_status', to_status,
+             'changed_at', changed_at, 'previous_lasted_s', previous_lasted_s"
+        ),
+        // Natural key: an org changes to one status at one instant once.
+        write: "INSERT INTO transitions (org_id, from_status, to_status, changed_at, previous_lasted_s)
+                SELECT q.org_id, q.from_status, q.to_status, q.changed_at, q.previous_lasted_s
+                FROM jsonb_populate_recordset(NULL::transitions, $1::jsonb) AS q
+                WHERE NOT EXISTS (SELECT 1 FROM transitions AS t
+                                  WHERE t.org_id = q.org_id AND t.changed_at = q.changed_at
+                                    AND t.to_status = q.to_status
+                                    AND t.from_status IS NOT DISTINCT FROM q.from_status)
+                ORDER BY q.id",
+    },
+    Table {
+        name: "check_failures",
+        read: chunk!(
+            "check_failures",
+            "'id', id, 'org_id', org_id, 'checked_at', checked_at, 'class', class,
+             'http_status', http_status, 'error_code', error_code, 'detail', detail"
+        ),
+        // Natural key: one check of an org at one instant fails once.
+        write: "INSERT INTO check_failures (org_id, checked_at, class, http_status, error_code, detail)
+                SELECT q.org_id, q.checked_at, q.class, q.http_status, q.error_code, q.detail
+                FROM jsonb_populate_recordset(NULL::check_failures, $1::jsonb) AS q
+                WHERE NOT EXISTS (SELECT 1 FROM check_failures AS f
+                                  WHERE f.org_id = q.org_id AND f.checked_at = q.checked_at
+                                    AND f.class = q.class)
+                ORDER BY q.id",
+    },
+    Table {
+        name: "events",
+        read: chunk!(
+            "events",
+            "'seq', seq, 'id', id, 'org_id', org_id, 'kind', kind, 'created_at', created_at,
+             'payload', json(payload)"
+        ),
+        // In the source's order, so that deliveries keep going out oldest first.
+        write: "INSERT INTO events (id, org_id, kind, created_at, payload)
+                SELECT q.id, q.org_id, q.kind, q.created_at, q.payload
+                FROM jsonb_populate_recordset(NULL::events, $1::jsonb) AS q
+                ORDER BY q.seq
+                ON CONFLICT (id) DO NOTHING",
+    },
+    Table {
+        name: "outbox",
+        read: chunk!(
+            "outbox",
+            "'id', id, 'event_id', (SELECT e.id FROM events AS e WHERE e.seq = outbox.event_seq),
+             'channel', channel, 'state', state, 'attempts', attempts, 'next_attempt_at', next_attempt_at,
+             'last_error', last_error, 'created_at', created_at, 'sent_at', sent_at"
+        ),
+        // Unclaimed: a claim belongs to an instance's send, and no instance runs now.
+        write: "INSERT INTO outbox (event_seq, channel, state, attempts, next_attempt_at, last_error,
+                                    created_at, sent_at)
+                SELECT e.seq, q.channel, q.state, q.attempts, q.next_attempt_at, q.last_error,
+                       q.created_at, q.sent_at
+                FROM jsonb_to_recordset($1::jsonb) AS q(id bigint, event_id text, channel text, state text,
+                     attempts integer, next_attempt_at timestamptz, last_error text,
+                     created_at timestamptz, sent_at timestamptz)
+                JOIN events AS e ON e.id = q.event_id
+                ORDER BY q.id
+                ON CONFLICT (event_seq, channel) DO NOTHING",
+    },
+];
+
+/// Copies the SQLite history at `from` into the PostgreSQL database `to`, or refuses (with
+/// what and why) when that could lose or mix up history.
+pub async fn copy_history(from: &Database, to: &Database) -> anyhow::Result<Copied> {
+    let Some(path) = from.sqlite_path() else {
+        anyhow::bail!("--from {from} is not a SQLite database: copy-history copies a SQLite file into PostgreSQL");
+    };
+    let Database::Postgres(target) = to else {
+        anyhow::bail!("--to {to} is not a PostgreSQL database (write postgres://user@host:5432/database)");
+    };
+    if !path.is_file() {
+        anyhow::bail!(
+            "there is no SQLite database at {}: nothing to copy (--from names the file `database` points to)",
+            path.display()
+        );
+    }
+    // A daemon on the file would go on writing (and sending) what the copy leaves behind; the
+    // lock also keeps one from starting on it while the copy reads.
+    let _source_lock = match WriterLock::acquire(path, "copy-history") {
+        Ok(lock) => Some(lock),
+        Err(LockError::Held { holder, .. }) => anyhow::bail!(
+            "{holder} is using {}: stop it first, or what it records after the copy stays behind \
+             and both databases would send the same deliveries",
+            path.display()
+        ),
+        // A read-only directory (a backup, say) cannot hold a lock file; nothing writes there either.
+        Err(LockError::Io(_)) => None,
+    };
+
+    let mut src = open_source(path).await?;
+    let instance = source_instance(&mut src, path).await?;
+    let mut dst = connect_target(target).await?;
+
+    let copied = copy_into(&mut src, &mut dst, path, target, instance).await;
+    let _ = src.close().await;
+    let _ = dst.close().await;
+    copied
+}
+
+async fn copy_into(
+    src: &mut SqliteConnection,
+    dst: &mut PgConnection,
+    path: &Path,
+    target: &PgTarget,
+    instance: String,
+) -> anyhow::Result<Copied> {
+    let url = target.url();
+    let mut tx = dst.begin().await?;
+    // Nobody takes or renews the lease until this commits: a daemon starting now waits, and
+    // then leads over the whole copy.
+    sqlx::raw_sql("SET LOCAL lock_timeout = '10s'; LOCK TABLE leader_lease IN EXCLUSIVE MODE")
+        .execute(&mut *tx)
+        .await
+        .with_context(|| format!("cannot lock the leader lease of {url} (is a linkwatch instance busy there?)"))?;
+    let lease: Option<(String, i64, String)> = sqlx::query_as(
+        "SELECT holder, epoch, linkwatch_ts(expires_at) FROM leader_lease WHERE expires_at > now() LIMIT 1",
+    )
+    .fetch_optional(&mut *tx)
+    .await?;
+    if let Some((holder, epoch, until)) = lease {
+        anyhow::bail!(
+            "linkwatch instance \"{holder}\" leads {url} (epoch {epoch}, lease until {until}): copying under a \
+             running daemon could race it (both would write states and events). Stop every instance on this \
+             database, then copy again"
+        );
+    }
+    // A follower would take the lease right after the copy, with the identity it read at start.
+    let others: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM pg_stat_activity
+         WHERE datname = current_database() AND application_name = 'linkwatch' AND pid <> pg_backend_pid()",
+    )
+    .fetch_one(&mut *tx)
+    .await?;
+    if others > 0 {
+        anyhow::bail!(
+            "{others} connection(s) of a linkwatch instance are open on {url} (a follower, or `linkwatch once`): \
+             stop every instance on this database, then copy again"
+        );
+    }
+
+    let target_instance: String = sqlx::query_scalar("SELECT value FROM meta WHERE key = 'instance'")
+        .fetch_one(&mut *tx)
+        .await?;
+    let adopted_instance = target_instance != instance;
+    if adopted_instance {
+        let (events, orgs): (i64, i64) =
+            sqlx::query_as("SELECT (SELECT count(*) FROM events), (SELECT count(*) FROM org_state)")
+                .fetch_one(&mut *tx)
+                .await?;
+        if events > 0 || orgs > 0 {
+            anyhow::bail!(
+                "{url} already holds a different history (database identity {target_instance}, {events} events, \
+                 {orgs} orgs) than {} (identity {instance}): copying would mix two histories whose event ids \
+                 differ. Copy into an empty database",
+                path.display()
+            );
+        }
+        sqlx::query("UPDATE meta SET value = $1 WHERE key = 'instance'")
+            .bind(&instance)
+            .execute(&mut *tx)
+            .await?;
+    }
+
+    // One read transaction: the tables agree with each other even if something reads meanwhile.
+    let mut snapshot = src.begin().await?;
+    let mut tables = Vec::new();
+    for table in &TABLES {
+        let (mut source, mut written, mut after) = (0u64, 0u64, 0i64);
+        loop {
+            let (last, rows): (Option<i64>, String) = sqlx::query_as(table.read)
+                .bind(after)
+                .bind(CHUNK)
+                .fetch_one(&mut *snapshot)
+                .await
+                .with_context(|| format!("cannot read {} from {}", table.name, path.display()))?;
+            let Some(last) = last else { break };
+            after = last;
+            source += serde_json::from_str::<Vec<serde::de::IgnoredAny>>(&rows)?.len() as u64;
+            written += sqlx::query(table.write)
+                .bind(&rows)
+                .execute(&mut *tx)
+                .await
+                .with_context(|| format!("cannot write {} into {url}", table.name))?
+                .rows_affected();
+        }
+        tables.push(TableCount {
+            table: table.name,
+            source,
+            written,
+        });
+    }
+    snapshot.rollback().await?;
+    tx.commit()
+        .await
+        .with_context(|| format!("cannot commit the copy into {url}"))?;
+    Ok(Copied {
+        instance,
+        adopted_instance,
+        tables,
+    })
+}
+
+/// The file, read-only, on one connection.
+async fn open_source(path: &Path) -> anyhow::Result<SqliteConnection> {
+    let options = SqliteConnectOptions::new()
+        .filename(path)
+        .read_only(true)
+        .busy_timeout(Duration::from_secs(10));
+    let pool = SqlitePoolOptions::new()
+        .max_connections(1)
+        .connect_with(options)
+        .await
+        .with_context(|| format!("cannot open {}", path.display()))?;
+    let conn = pool.acquire().await?.detach();
+    pool.close().await;
+    Ok(conn)
+}
+
+/// The source's identity, once its schema is the one this linkwatch writes.
+async fn source_instance(src: &mut SqliteConnection, path: &Path) -> anyhow::Result<String> {
+    let newest = sqlx::migrate!("migrations/sqlite")
+        .iter()
+        .map(|m| m.version)
+        .max()
+        .unwrap_or(0);
+    let version: Option<i64> = sqlx::query_scalar("SELECT max(version) FROM _sqlx_migrations WHERE success")
+        .fetch_one(&mut *src)
+        .await
+        .map_err(|e| anyhow::anyhow!("{} is not a linkwatch database ({e})", path.display()))?;
+    match version {
+        Some(v) if v == newest => {}
+        Some(v) if v > newest => anyhow::bail!(
+            "{} was written by a newer linkwatch (schema {v}; this one knows up to {newest}): copy it with that version",
+            path.display()
+        ),
+        v => anyhow::bail!(
+            "{} has schema version {} of {newest}: open it once with this linkwatch (`linkwatch history --database {}`) \
+             to bring it up to date, then copy",
+            path.display(),
+            v.unwrap_or(0),
+            path.display()
+        ),
+    }
+    sqlx::query_scalar("SELECT value FROM meta WHERE key = 'instance'")
+        .fetch_one(&mut *src)
+        .await
+        .with_context(|| format!("{} has no database identity", path.display()))
+}
+
+/// One connection to the target, migrated like a daemon's, named so that it is not taken for
+/// an instance.
+async fn connect_target(target: &PgTarget) -> anyhow::Result<PgConnection> {
+    let mut options: PgConnectOptions = target
+        .url()
+        .as_str()
+        .parse()
+        .with_context(|| format!("cannot read the PostgreSQL URL {}", target.url()))?;
+    if let Some(password) = &target.password {
+        options = options.password(password.expose());
+    }
+    options = options.application_name("linkwatch copy-history");
+    let mut conn = tokio::time::timeout(Duration::from_secs(15), PgConnection::connect_with(&options))
+        .await
+        .map_err(|_| anyhow::anyhow!("no answer from {} within 15s", target.url()))?
+        .with_context(|| format!("cannot connect to {}", target.url()))?;
+    sqlx::migrate!("migrations/postgres")
+        .run(&mut conn)
+        .await
+        .with_context(|| format!("cannot migrate database {}", target.url()))?;
+    Ok(conn)
+}
