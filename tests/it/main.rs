@@ -9,6 +9,7 @@ mod consistency;
 mod daemon;
 mod delivery;
 mod digest;
+mod failover;
 mod faults;
 mod input;
 mod notify;
