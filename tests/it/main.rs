@@ -10,6 +10,7 @@ mod copy;
 mod daemon;
 mod delivery;
 mod digest;
+mod failover;
 mod faults;
 mod input;
 mod notify;
