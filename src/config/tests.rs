@@ -497,7 +497,10 @@ fn a_postgres_database_with_its_password_from_a_file() {
     };
     assert_eq!(target.password.as_ref().map(Secret::expose), Some("s3cret-db"));
     assert!(!format!("{config:?}").contains("s3cret-db"));
-    assert_eq!(config.database.to_string(), "postgres://linkwatch@db.internal:5432/linkwatch");
+    assert_eq!(
+        config.database.to_string(),
+        "postgres://linkwatch@db.internal:5432/linkwatch"
+    );
 
     let (line, _, key, message) = error(&format!(
         "database = \"postgres://lw:inline@db/linkwatch\"\ndatabase_password_file = \"{}\"\n{MINIMAL}",

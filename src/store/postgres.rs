@@ -66,7 +66,14 @@ impl Postgres {
         if !target.url().query_pairs().any(|(k, _)| k == "application_name") {
             options = options.application_name("linkwatch");
         }
-        options = options.options([("statement_timeout", "15s"), ("lock_timeout", "10s")]);
+        // idle_in_transaction_session_timeout: a leader paused inside a transaction (SIGSTOP, a
+        // frozen VM) holds the lease row FOR SHARE; the server ends its session, so that the
+        // lease can be taken over instead of waiting for it to wake.
+        options = options.options([
+            ("statement_timeout", "15s"),
+            ("lock_timeout", "10s"),
+            ("idle_in_transaction_session_timeout", "5s"),
+        ]);
         let pool = PgPoolOptions::new()
             .max_connections(5)
             .acquire_timeout(Duration::from_secs(10))

@@ -155,3 +155,30 @@ async fn writes_without_the_lease_are_refused() {
     assert!(t.app.store.current().await.unwrap().is_empty());
     t.app.store.close().await;
 }
+
+/// A leader frozen inside a transaction (SIGSTOP, a paused VM) holds the lease row `FOR SHARE`:
+/// the server ends that idle transaction, so another instance takes the lease once it expires
+/// instead of waiting for the frozen one to wake.
+#[tokio::test]
+async fn a_leader_frozen_inside_a_transaction_does_not_keep_the_lease() {
+    let Some(db) = database().await else { return };
+    let config = linkwatch::config::Database::parse(&db.url, std::path::Path::new("")).unwrap();
+    let (a, b) = (Store::open(&config).await.unwrap(), Store::open(&config).await.unwrap());
+    let (pa, pb) = (a.postgres().unwrap(), b.postgres().unwrap());
+    let ttl = Duration::from_secs(3);
+    let epoch = pa.acquire_lease("a", ttl).await.unwrap().expect("a leads");
+    // What a fenced write does first, on a's own pool; then a freezes before it commits.
+    let mut frozen = pa.pool().begin().await.unwrap();
+    sqlx::query("SELECT 1 FROM leader_lease WHERE holder = 'a' AND epoch = $1 FOR SHARE")
+        .bind(epoch)
+        .fetch_one(&mut *frozen)
+        .await
+        .unwrap();
+    wait_until(Duration::from_secs(30), "b takes the lease", || async {
+        matches!(pb.acquire_lease("b", ttl).await, Ok(Some(_)))
+    })
+    .await;
+    drop(frozen);
+    a.close().await;
+    b.close().await;
+}
