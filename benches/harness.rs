@@ -246,18 +246,22 @@ impl Db {
     }
 }
 
-/// CPU time of every PostgreSQL server process (backends, WAL writer, checkpointer...), in ms:
-/// what the database costs, beside the daemon's own.
-fn postgres_cpu_ms() -> f64 {
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return 0.0;
+/// CPU time of the PostgreSQL server processes that work for this run, in ms: the backends
+/// connected to its database and the server's own background processes (WAL writer,
+/// checkpointer, autovacuum...), so that other databases' sessions on the same server are not
+/// counted. Backends that ended before the reading are missed (the daemon's pool keeps its 5).
+async fn postgres_cpu_ms(db: &Db) -> f64 {
+    let Db::Postgres { pool, .. } = db else {
+        return f64::NAN;
     };
-    entries
-        .flatten()
-        .filter_map(|e| e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()))
-        .filter(|pid| std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == "postgres"))
-        .map(cpu_ms)
-        .sum()
+    let pids: Vec<i32> = sqlx::query_scalar(
+        "SELECT pid FROM pg_stat_activity
+         WHERE (datname = current_database() AND pid <> pg_backend_pid()) OR backend_type <> 'client backend'",
+    )
+    .fetch_all(pool)
+    .await
+    .unwrap_or_default();
+    pids.into_iter().map(|pid| cpu_ms(pid as u32)).sum()
 }
 
 async fn outbox_pending(path: &Path) -> i64 {
@@ -372,7 +376,7 @@ async fn run_size(a: &Args, orgs: usize, nonce_lifetime: Duration, measure_chang
         db.bytes().await,
         Instant::now(),
     );
-    let pg_cpu0 = postgres_cpu_ms();
+    let pg_cpu0 = postgres_cpu_ms(&db).await;
     let per_org0: Vec<u64> = ids.iter().map(|id| sim.requests_for(id)).collect();
     let perf = a.perf.as_ref().map(|dir| {
         let out = dir.join(format!("perf-{orgs}-{}.data", humantime::format_duration(a.interval)));
@@ -395,7 +399,7 @@ async fn run_size(a: &Args, orgs: usize, nonce_lifetime: Duration, measure_chang
     let checks = sim.counters().authorized.load(std::sync::atomic::Ordering::SeqCst) - checks0;
     let requests = sim.requests() - req0;
     let cpu = cpu_ms(pid) - cpu0;
-    let pg_cpu = postgres_cpu_ms() - pg_cpu0;
+    let pg_cpu = postgres_cpu_ms(&db).await - pg_cpu0;
     let bytes1 = db.bytes().await;
     // A check may start up to the scheduler's coalescing window (100 ms) after its slot, so an org
     // whose slot sits at the window's edge can have its last check land just past it. Counting
