@@ -16,7 +16,6 @@ use std::path::Path;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use sqlx::postgres::PgConnectOptions;
 use sqlx::sqlite::{SqliteConnectOptions, SqlitePoolOptions};
 use sqlx::{Connection as _, PgConnection, SqliteConnection};
 
@@ -401,15 +400,7 @@ async fn source_instance(src: &mut SqliteConnection, path: &Path) -> anyhow::Res
 /// One connection to the target, migrated like a daemon's, named so that it is not taken for
 /// an instance.
 async fn connect_target(target: &PgTarget) -> anyhow::Result<PgConnection> {
-    let mut options: PgConnectOptions = target
-        .url()
-        .as_str()
-        .parse()
-        .with_context(|| format!("cannot read the PostgreSQL URL {}", target.url()))?;
-    if let Some(password) = &target.password {
-        options = options.password(password.expose());
-    }
-    options = options.application_name("linkwatch copy-history");
+    let options = crate::store::postgres::connect_options(target)?.application_name("linkwatch copy-history");
     let mut conn = tokio::time::timeout(Duration::from_secs(15), PgConnection::connect_with(&options))
         .await
         .map_err(|_| anyhow::anyhow!("no answer from {} within 15s", target.url()))?

@@ -50,19 +50,25 @@ fn secs(d: Duration) -> f64 {
     d.as_secs_f64()
 }
 
+/// How to reach `target`: its URL and its password (kept out of the URL).
+pub fn connect_options(target: &PgTarget) -> anyhow::Result<PgConnectOptions> {
+    let options: PgConnectOptions = target
+        .url()
+        .as_str()
+        .parse()
+        .with_context(|| format!("cannot read the PostgreSQL URL {}", target.url()))?;
+    Ok(match &target.password {
+        Some(password) => options.password(password.expose()),
+        None => options,
+    })
+}
+
 impl Postgres {
     /// Connects and migrates. The connections carry `application_name` (the URL's, or
     /// `linkwatch`) so that operators and tests find them in `pg_stat_activity`, and a
     /// statement timeout so that a stuck server cannot hold a check for ever.
     pub async fn open(target: &PgTarget) -> anyhow::Result<Postgres> {
-        let mut options: PgConnectOptions = target
-            .url()
-            .as_str()
-            .parse()
-            .with_context(|| format!("cannot read the PostgreSQL URL {}", target.url()))?;
-        if let Some(password) = &target.password {
-            options = options.password(password.expose());
-        }
+        let mut options = connect_options(target)?;
         if !target.url().query_pairs().any(|(k, _)| k == "application_name") {
             options = options.application_name("linkwatch");
         }
