@@ -195,7 +195,10 @@ const TABLES: [Table; 6] = [
              'channel', channel, 'state', state, 'attempts', attempts, 'next_attempt_at', next_attempt_at,
              'last_error', last_error, 'created_at', created_at, 'sent_at', sent_at"
         ),
-        // Unclaimed: a claim belongs to an instance's send, and no instance runs now.
+        // Unclaimed: a claim belongs to an instance's send, and no instance runs now. Only for
+        // events this copy adds ($2: the last event before it): the deliveries of events copied
+        // before went on in PostgreSQL, and retention may have deleted the sent ones, which
+        // must not come back as pending.
         write: "INSERT INTO outbox (event_seq, channel, state, attempts, next_attempt_at, last_error,
                                     created_at, sent_at)
                 SELECT e.seq, q.channel, q.state, q.attempts, q.next_attempt_at, q.last_error,
@@ -203,7 +206,7 @@ const TABLES: [Table; 6] = [
                 FROM jsonb_to_recordset($1::jsonb) AS q(id bigint, event_id text, channel text, state text,
                      attempts integer, next_attempt_at timestamptz, last_error text,
                      created_at timestamptz, sent_at timestamptz)
-                JOIN events AS e ON e.id = q.event_id
+                JOIN events AS e ON e.id = q.event_id AND e.seq > $2
                 ORDER BY q.id
                 ON CONFLICT (event_seq, channel) DO NOTHING",
     },
@@ -311,6 +314,9 @@ async fn copy_into(
             .await?;
     }
 
+    let last_event: i64 = sqlx::query_scalar("SELECT coalesce(max(seq), 0) FROM events")
+        .fetch_one(&mut *tx)
+        .await?;
     // One read transaction: the tables agree with each other even if something reads meanwhile.
     let mut snapshot = src.begin().await?;
     let mut tables = Vec::new();
@@ -326,8 +332,13 @@ async fn copy_into(
             let Some(last) = last else { break };
             after = last;
             source += serde_json::from_str::<Vec<serde::de::IgnoredAny>>(&rows)?.len() as u64;
-            written += sqlx::query(table.write)
-                .bind(&rows)
+            let write = sqlx::query(table.write).bind(&rows);
+            let write = if table.name == "outbox" {
+                write.bind(last_event)
+            } else {
+                write
+            };
+            written += write
                 .execute(&mut *tx)
                 .await
                 .with_context(|| format!("cannot write {} into {url}", table.name))?

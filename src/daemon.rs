@@ -101,6 +101,14 @@ impl App {
 /// something to send. A check that can change nothing is only noted, for the next group commit
 /// ([`flush_quiet`]).
 pub async fn check_org(app: &App, org: &Org) -> anyhow::Result<CheckReport> {
+    // A leader that lost its lease (found on waking from a pause, say) asks Cloud Manager
+    // nothing more: its answer could not be recorded.
+    if !app.store.may_send() {
+        return Err(crate::store::Fenced {
+            why: "its lease ran out before this check",
+        }
+        .into());
+    }
     let started = Instant::now();
     let (outcome, requests) = app.client.check_counted(&org.id, &org.credential).await;
     let took = started.elapsed();
@@ -476,7 +484,10 @@ fn org_ids(config: &Config) -> Arc<std::collections::HashSet<String>> {
 /// a reload never sends a delivered event again.
 fn rebuild(current: &App, loaded: anyhow::Result<Config>, console: ConsoleSink) -> anyhow::Result<App> {
     let config = loaded?;
-    if config.database != current.config.database {
+    if config.database != current.config.database && config.database.same_place(&current.config.database) {
+        tracing::warn!("the database password changed; new connections use it after the next restart");
+    }
+    if !config.database.same_place(&current.config.database) {
         anyhow::bail!(
             "the database moved from {} to {}; that needs a restart",
             current.config.database,
@@ -587,17 +598,23 @@ impl Generation {
     /// Stops scheduling, lets running checks finish, then the channel workers; all within the
     /// config's `shutdown_timeout`. On shutdown (`last`), what the last checks produced is sent
     /// if there is time; anything still pending goes out after the next start.
-    /// Stops everything now: checks, the group commit and sends in flight (a send cut off is
-    /// retried by whoever leads; its row stays claimed until the claim expires).
+    /// Stops at once after losing the lease: checks (whose writes would be refused anyway) and
+    /// the group commit are cut off, and no new send starts. A send already under way finishes
+    /// (its rows are claimed for longer than it can take, so no other instance sends them
+    /// meanwhile) and its outcome is written (outcomes are guarded by the claim, not the lease),
+    /// so that what a receiver accepted is not sent again by the next leader.
     async fn abandon(mut self, app: &App) {
         self.checks_stop.cancel();
         self.commits_stop.cancel();
         self.sends_stop.cancel();
         self.scheduler.abort();
         self.group_commit.abort();
-        self.workers.shutdown().await;
         let _ = self.scheduler.await;
         let _ = self.group_commit.await;
+        let drain = async { while self.workers.join_next().await.is_some() {} };
+        if tokio::time::timeout(app.config.shutdown_timeout, drain).await.is_err() {
+            self.workers.shutdown().await;
+        }
         app.dispatcher.report_unrecorded();
     }
 

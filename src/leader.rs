@@ -146,8 +146,10 @@ async fn run(pg: Postgres, holder: String, timing: LeaseTiming, role: watch::Sen
                         "leadership lost: the lease expired or another instance took it; following"
                     );
                 }
-                let leader = match pg.lease_holder().await {
-                    Ok(Some(h)) => Some(format!("{} (epoch {})", h.holder, h.epoch)),
+                // Bounded: a dead connection must not keep this loop from its next attempt.
+                let holder = tokio::time::timeout(timing.renew_every(), pg.lease_holder()).await;
+                let leader = match holder {
+                    Ok(Ok(Some(h))) => Some(format!("{} (epoch {})", h.holder, h.epoch)),
                     _ => None,
                 };
                 let next = Role { epoch: None, leader };

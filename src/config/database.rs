@@ -43,10 +43,33 @@ impl Database {
             if url.host_str().is_none_or(str::is_empty) && !url.query_pairs().any(|(k, _)| k == "host") {
                 return Err("names no host (write postgres://user@host:5432/database)".into());
             }
-            let password = url
+            let mut password = url
                 .password()
                 .map(|p| Secret::new(percent_encoding::percent_decode_str(p).decode_utf8_lossy().into_owned()));
             let _ = url.set_password(None);
+            // The URL is shown (logs, errors, `linkwatch check`): no secret may stay in it, and
+            // PostgreSQL URLs can carry one in the query too.
+            let mut kept = Vec::new();
+            for (key, value) in url.query_pairs() {
+                match &*key {
+                    "password" if password.is_some() => {
+                        return Err("has a password both before the @ and in ?password=; set it once".into());
+                    }
+                    "password" => password = Some(Secret::new(value.into_owned())),
+                    "sslpassword" => {
+                        return Err(
+                            "has ?sslpassword=, which would be shown in logs; use a client key without a passphrase"
+                                .into(),
+                        );
+                    }
+                    _ => kept.push((key.into_owned(), value.into_owned())),
+                }
+            }
+            if kept.is_empty() {
+                url.set_query(None);
+            } else {
+                url.query_pairs_mut().clear().extend_pairs(&kept);
+            }
             return Ok(Database::Postgres(PgTarget { url, password }));
         }
         let path = match lower.strip_prefix("sqlite://") {
@@ -80,8 +103,13 @@ impl Database {
         }
     }
 
-    pub fn is_postgres(&self) -> bool {
-        matches!(self, Database::Postgres(_))
+    /// The same file or the same server and database, whatever the password.
+    pub fn same_place(&self, other: &Database) -> bool {
+        match (self, other) {
+            (Database::Sqlite(a), Database::Sqlite(b)) => a == b,
+            (Database::Postgres(a), Database::Postgres(b)) => a.url == b.url,
+            _ => false,
+        }
     }
 
     /// The SQLite file, if it is one.
@@ -124,6 +152,12 @@ mod tests {
         let Database::Postgres(t) = &pg else { panic!() };
         assert_eq!(t.password.as_ref().map(Secret::expose), Some("s@cret"));
         assert!(pg.clone().with_password(Some(Secret::new("x"))).is_err());
+        let query = Database::parse("postgres://lw@db/x?sslmode=require&password=s3cret", base).unwrap();
+        assert_eq!(query.to_string(), "postgres://lw@db/x?sslmode=require");
+        let Database::Postgres(t) = &query else { panic!() };
+        assert_eq!(t.password.as_ref().map(Secret::expose), Some("s3cret"));
+        assert!(Database::parse("postgres://lw:a@db/x?password=b", base).is_err());
+        assert!(Database::parse("postgres://lw@db/x?sslpassword=b", base).is_err());
         assert!(Database::parse("mysql://h/db", base).unwrap_err().contains("mysql"));
         assert!(Database::parse("postgres:///db", base).is_err());
         assert!(

@@ -150,6 +150,11 @@ pub(super) async fn step(cx: &Ctx<'_>, stop: &CancellationToken) -> anyhow::Resu
             return Ok(Next::Idle(Instant::now().checked_add(CLAIMED_ELSEWHERE)));
         }
         mem.claim = claimed.token;
+        // Checked again now that the rows are claimed: a pause between the claim and the send
+        // (a frozen VM) may have outlasted the lease, and with it this instance's right to send.
+        if !cx.store.may_send() {
+            break;
+        }
         let result = cx.outlet.channel.send(&messages[range.clone()]).await;
         mem.last_send = Some(Instant::now());
         attempted += range.len();

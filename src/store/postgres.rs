@@ -34,6 +34,8 @@ const LEASE: &str = "linkwatch";
 #[derive(Debug, Clone)]
 pub struct Postgres {
     pool: PgPool,
+    /// The lease's own connection: its renewal never waits for a connection behind slow writes.
+    lease: PgPool,
     fence: std::sync::Arc<Fence>,
 }
 
@@ -86,9 +88,14 @@ impl Postgres {
             // A connection the server dropped (restart, pg_terminate_backend) is found here, not
             // by the check that would use it.
             .test_before_acquire(true)
-            .connect_with(options)
+            .connect_with(options.clone())
             .await
             .with_context(|| format!("cannot connect to {}", target.url()))?;
+        let lease = PgPoolOptions::new()
+            .max_connections(1)
+            .acquire_timeout(Duration::from_secs(5))
+            .test_before_acquire(true)
+            .connect_lazy_with(options);
         // sqlx holds an advisory lock while migrating: two instances starting together migrate once.
         sqlx::migrate!("migrations/postgres")
             .run(&pool)
@@ -96,6 +103,7 @@ impl Postgres {
             .with_context(|| format!("cannot migrate database {}", target.url()))?;
         Ok(Postgres {
             pool,
+            lease,
             fence: Default::default(),
         })
     }
@@ -123,7 +131,7 @@ impl Postgres {
         .bind(LEASE)
         .bind(holder)
         .bind(secs(ttl))
-        .fetch_optional(&self.pool)
+        .fetch_optional(&self.lease)
         .await?)
     }
 
@@ -138,7 +146,7 @@ impl Postgres {
         .bind(holder)
         .bind(epoch)
         .bind(secs(ttl))
-        .execute(&self.pool)
+        .execute(&self.lease)
         .await?
         .rows_affected();
         Ok(renewed == 1)
@@ -151,7 +159,7 @@ impl Postgres {
             .bind(LEASE)
             .bind(holder)
             .bind(epoch)
-            .execute(&self.pool)
+            .execute(&self.lease)
             .await?;
         Ok(())
     }
@@ -160,17 +168,25 @@ impl Postgres {
         let row: Option<(String, i64, bool)> =
             sqlx::query_as("SELECT holder, epoch, expires_at > now() FROM leader_lease WHERE name = $1")
                 .bind(LEASE)
-                .fetch_optional(&self.pool)
+                .fetch_optional(&self.lease)
                 .await?;
         Ok(row.map(|(holder, epoch, live)| LeaseHolder { holder, epoch, live }))
     }
 
-    /// A transaction that holds the lease row `FOR SHARE` while this instance leads with its
-    /// epoch: a takeover's `UPDATE` of the row waits until it ends, and when the lease is no
-    /// longer ours, nothing is written and the fence is told.
+    /// A transaction for a write of the leader, after checking on this process's own clock that
+    /// it still leads. Commit it with [`Postgres::commit_fenced`].
     async fn begin_fenced(&self) -> anyhow::Result<(Transaction<'static, Pg>, Term)> {
         let term = self.fence.current()?;
-        let mut tx = self.pool.begin().await?;
+        Ok((self.pool.begin().await?, term))
+    }
+
+    /// Commits `tx` if this instance still holds the lease with `term`'s epoch, by the database:
+    /// the lease row is locked `FOR SHARE` from that check to the commit, so a takeover's
+    /// `UPDATE` waits for the commit, and a takeover that came first makes the check fail and
+    /// nothing is written. The check comes last so that the lock is held for a moment only: a
+    /// slow statement before it (a lock held by someone querying the tables) must not hold up
+    /// the renewal of the lease.
+    async fn commit_fenced(&self, mut tx: Transaction<'static, Pg>, term: &Term) -> anyhow::Result<()> {
         let held: Option<i32> = sqlx::query_scalar(
             "SELECT 1 FROM leader_lease
              WHERE name = $1 AND holder = $2 AND epoch = $3 AND expires_at > now() FOR SHARE",
@@ -181,13 +197,15 @@ impl Postgres {
         .fetch_optional(&mut *tx)
         .await?;
         if held.is_none() {
-            self.fence.depose();
+            drop(tx);
+            self.fence.depose_term(term.epoch);
             return Err(Fenced {
                 why: "another instance took the lease, or it expired",
             }
             .into());
         }
-        Ok((tx, term))
+        tx.commit().await?;
+        Ok(())
     }
 }
 
@@ -205,7 +223,7 @@ impl Backend for Postgres {
         superseded: impl FnOnce(DateTime<Utc>) -> bool,
         decide: impl FnOnce(&OrgState, &RemindersSent) -> Decision,
     ) -> anyhow::Result<Applied> {
-        let (mut tx, _) = self.begin_fenced().await?;
+        let (mut tx, term) = self.begin_fenced().await?;
         // FOR UPDATE: the row cannot change between reading it and writing what follows from it.
         let (state, last_checked) = load_state(&mut tx, check.org_id, true).await?;
         if last_checked.is_some_and(superseded) {
@@ -223,12 +241,12 @@ impl Backend for Postgres {
             reminded: &decision.reminded,
         };
         write_record(&mut tx, instance, &record).await?;
-        tx.commit().await?;
+        self.commit_fenced(tx, &term).await?;
         Ok(Applied::Recorded(decision))
     }
 
     async fn record_if_quiet(&self, org: &OrgId, name: &str, status: &str, at: DateTime<Utc>) -> anyhow::Result<bool> {
-        let (mut tx, _) = self.begin_fenced().await?;
+        let (mut tx, term) = self.begin_fenced().await?;
         let updated = sqlx::query(
             "UPDATE org_state SET org_name = $2, last_checked_at = $4, last_success_at = $4,
                  last_error = NULL, checks = checks + 1
@@ -242,14 +260,14 @@ impl Backend for Postgres {
         .execute(&mut *tx)
         .await?
         .rows_affected();
-        tx.commit().await?;
+        self.commit_fenced(tx, &term).await?;
         Ok(updated == 1)
     }
 
     async fn record_check(&self, instance: &str, rec: &CheckRecord<'_>) -> anyhow::Result<()> {
-        let (mut tx, _) = self.begin_fenced().await?;
+        let (mut tx, term) = self.begin_fenced().await?;
         write_record(&mut tx, instance, rec).await?;
-        tx.commit().await?;
+        self.commit_fenced(tx, &term).await?;
         Ok(())
     }
 
@@ -260,7 +278,7 @@ impl Backend for Postgres {
 
     async fn flush_quiet(&self, rows: &[QuietRow]) -> anyhow::Result<Vec<String>> {
         let json = super::quiet::batch_json(rows)?;
-        let (mut tx, _) = self.begin_fenced().await?;
+        let (mut tx, term) = self.begin_fenced().await?;
         let written = sqlx::query_scalar(
             "UPDATE org_state AS os SET last_checked_at = q.t, last_success_at = q.t, last_error = NULL,
                  checks = os.checks + q.n
@@ -273,7 +291,7 @@ impl Backend for Postgres {
         .bind(&json)
         .fetch_all(&mut *tx)
         .await?;
-        tx.commit().await?;
+        self.commit_fenced(tx, &term).await?;
         Ok(written)
     }
 
@@ -328,7 +346,7 @@ impl Backend for Postgres {
         .bind(secs(hold))
         .fetch_all(&mut *tx)
         .await?;
-        tx.commit().await?;
+        self.commit_fenced(tx, &term).await?;
         Ok(claimed)
     }
 
@@ -479,6 +497,7 @@ impl Backend for Postgres {
 
     async fn close(&self) {
         self.pool.close().await;
+        self.lease.close().await;
     }
 }
 

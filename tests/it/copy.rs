@@ -218,7 +218,7 @@ async fn a_sqlite_history_moves_to_postgres_once_and_carries_on_there() {
         ..Setup::default()
     })
     .await;
-    pg::lead(&after.app.store).await;
+    let epoch = pg::lead(&after.app.store).await;
     after.sim.set(ORG_A, Behavior::status("SYNCED"));
     after.check(ORG_A).await;
     let now = after.events(None).await;
@@ -229,7 +229,28 @@ async fn a_sqlite_history_moves_to_postgres_once_and_carries_on_there() {
     assert_eq!(after.dispatch().await, 2, "the pending copied delivery and the new one");
     let lines = after.console_lines().join("\n");
     assert!(lines.contains("NOT_SYNCED"), "{lines}");
+
+    // Retention deletes the sent rows; copying again must not bring back as pending the
+    // delivery that was pending in the file and went out from PostgreSQL since.
+    after
+        .app
+        .store
+        .prune(chrono::Utc::now() + chrono::Duration::days(1))
+        .await
+        .unwrap();
+    let pg_store = after.app.store.postgres().unwrap();
+    pg_store.release_lease("test-leader", epoch).await.unwrap();
     after.app.store.close().await;
+    copy_history(&db(&t.db_path.display().to_string()), &db(&pg.url))
+        .await
+        .unwrap();
+    let pool = sqlx::PgPool::connect(&pg.url).await.unwrap();
+    let pending: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox WHERE state = 'pending'")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(pending, 0, "a delivered event came back as pending");
+    pool.close().await;
 }
 
 #[tokio::test]

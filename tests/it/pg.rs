@@ -182,3 +182,78 @@ async fn a_leader_frozen_inside_a_transaction_does_not_keep_the_lease() {
     a.close().await;
     b.close().await;
 }
+
+/// Someone holding a lock on a table the leader writes (an analyst's transaction in psql, a
+/// migration) makes a check wait; the leader must still renew its lease meanwhile, not lose it
+/// to its own waiting write.
+#[tokio::test]
+async fn a_write_waiting_on_a_lock_does_not_cost_the_leader_its_lease() {
+    let Some(db) = database().await else { return };
+    let t = spawn_app_with(Setup {
+        database_url: Some(db.url.clone()),
+        ..Setup::default()
+    })
+    .await;
+    let pg = t.app.store.postgres().unwrap().clone();
+    let stop = tokio_util::sync::CancellationToken::new();
+    let timing = linkwatch::leader::LeaseTiming {
+        ttl: Duration::from_secs(3),
+    };
+    let (leadership, lease) = linkwatch::leader::spawn(pg.clone(), timing, stop.clone());
+    let mut role = leadership.role.clone();
+    let epoch = role.wait_for(|r| r.leads()).await.unwrap().epoch;
+    t.check(ORG_A).await;
+
+    // An analyst's transaction holds alpha's row.
+    let mut analyst = sqlx::PgConnection::connect(&db.url).await.unwrap();
+    let mut held = analyst.begin().await.unwrap();
+    sqlx::query("SELECT * FROM org_state WHERE org_id = $1 FOR UPDATE")
+        .bind(ORG_A)
+        .fetch_one(&mut *held)
+        .await
+        .unwrap();
+    t.sim.set(ORG_A, linkwatch::simulator::Behavior::status("SYNCED"));
+    let app = t.app.clone();
+    let waiting = tokio::spawn(async move { linkwatch::daemon::check_org(&app, org(&app, ORG_A)).await });
+
+    // While the check waits, the lease is renewed (its expiry moves on, twice).
+    let watcher = sqlx::PgPool::connect(&db.url).await.unwrap();
+    let expiry = || async {
+        sqlx::query_scalar::<_, chrono::DateTime<chrono::Utc>>("SELECT expires_at FROM leader_lease")
+            .fetch_one(&watcher)
+            .await
+            .unwrap()
+    };
+    let first = expiry().await;
+    let seen = std::sync::Mutex::new(vec![first]);
+    wait_until(
+        Duration::from_secs(8),
+        "the lease renewed twice while a write waits",
+        || async {
+            let now = expiry().await;
+            let mut seen = seen.lock().unwrap();
+            if seen.last() != Some(&now) {
+                seen.push(now);
+            }
+            seen.len() >= 3
+        },
+    )
+    .await;
+    assert!(!waiting.is_finished(), "the check did not wait for the lock");
+    assert_eq!(
+        role.borrow().epoch,
+        epoch,
+        "the leader lost its lease to its own waiting write"
+    );
+
+    held.rollback().await.unwrap();
+    let report = waiting
+        .await
+        .unwrap()
+        .expect("the check is recorded once the lock is gone");
+    assert_eq!(report.events.len(), 1);
+    stop.cancel();
+    lease.await.unwrap();
+    watcher.close().await;
+    t.app.store.close().await;
+}

@@ -63,6 +63,17 @@ impl Fence {
         self.changed.send_if_modified(|e| e.take().is_some());
     }
 
+    /// This instance no longer leads in `epoch` (a write found it fenced); a newer term set
+    /// meanwhile stands.
+    pub fn depose_term(&self, epoch: i64) {
+        let mut term = self.lock();
+        if term.as_ref().is_some_and(|t| t.epoch == epoch) {
+            *term = None;
+            drop(term);
+            self.changed.send_if_modified(|e| e.take().is_some());
+        }
+    }
+
     /// The term to write under, if this instance still leads by its own clock.
     pub fn current(&self) -> Result<Term, Fenced> {
         let mut term = self.lock();
@@ -80,14 +91,6 @@ impl Fence {
                 why: "it does not hold the lease",
             }),
         }
-    }
-
-    /// Whether this instance leads for at least `needed` more (checked before a send that may
-    /// take that long).
-    pub fn leads_for(&self, needed: std::time::Duration) -> bool {
-        self.lock()
-            .as_ref()
-            .is_some_and(|t| Instant::now() + needed < t.valid_until)
     }
 
     /// The epoch while leading, `None` while following; changes as leadership does.
