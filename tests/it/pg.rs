@@ -257,3 +257,57 @@ async fn a_write_waiting_on_a_lock_does_not_cost_the_leader_its_lease() {
     watcher.close().await;
     t.app.store.close().await;
 }
+
+/// A leader deposed in the middle of a send (another instance took the lease) starts no new
+/// send, but lets the one under way finish and records it: the receiver has it, and the next
+/// leader must not send it again.
+#[tokio::test]
+async fn a_leader_deposed_during_a_send_records_what_the_receiver_accepted() {
+    let Some(db) = database().await else { return };
+    let receiver = crate::receiver::Receiver::start().await;
+    receiver.reply_when(
+        |_| true,
+        crate::receiver::Reply {
+            delay: Duration::from_secs(3),
+            ..crate::receiver::Reply::status(200, "ok")
+        },
+    );
+    let t = spawn_app_with(Setup {
+        database_url: Some(db.url.clone()),
+        top: "leader_lease = \"3s\"".into(),
+        channels: format!(
+            "[[channel]]\nname = \"hook\"\nkind = \"webhook\"\nurl = \"{}\"\n[[route]]\nchannels = [\"hook\"]\n",
+            receiver.url("/hook")
+        ),
+        ..Setup::default()
+    })
+    .await;
+    let running = t.run();
+    receiver.wait_for_requests(1, Duration::from_secs(20)).await;
+
+    // Another instance takes the lease while the receiver holds the first delivery.
+    let pool = sqlx::PgPool::connect(&db.url).await.unwrap();
+    sqlx::query("UPDATE leader_lease SET holder = 'other', epoch = epoch + 1, expires_at = now() + interval '1 hour'")
+        .execute(&pool)
+        .await
+        .unwrap();
+    let sent = || async {
+        sqlx::query_scalar::<_, i64>("SELECT count(*) FROM outbox WHERE state = 'sent'")
+            .fetch_one(&pool)
+            .await
+            .unwrap()
+    };
+    wait_until(
+        Duration::from_secs(20),
+        "the delivery under way recorded as sent",
+        || async { sent().await >= 1 },
+    )
+    .await;
+    assert_eq!(
+        receiver.received().len(),
+        sent().await as usize,
+        "a send started after deposition"
+    );
+    running.stop(Duration::from_secs(20)).await;
+    pool.close().await;
+}
