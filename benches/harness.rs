@@ -246,13 +246,12 @@ impl Db {
     }
 }
 
-/// CPU time of the PostgreSQL server processes that work for this run, in ms: the backends
-/// connected to its database and the server's own background processes (WAL writer,
-/// checkpointer, autovacuum...), so that other databases' sessions on the same server are not
-/// counted. Backends that ended before the reading are missed (the daemon's pool keeps its 5).
-async fn postgres_cpu_ms(db: &Db) -> f64 {
+/// The PostgreSQL server processes that work for this run: the backends connected to its
+/// database and the server's background processes (WAL writer, checkpointer, autovacuum...),
+/// so that other databases' sessions on the same server are not counted.
+async fn postgres_pids(db: &Db) -> Vec<u32> {
     let Db::Postgres { pool, .. } = db else {
-        return f64::NAN;
+        return Vec::new();
     };
     let pids: Vec<i32> = sqlx::query_scalar(
         "SELECT pid FROM pg_stat_activity
@@ -261,7 +260,21 @@ async fn postgres_cpu_ms(db: &Db) -> f64 {
     .fetch_all(pool)
     .await
     .unwrap_or_default();
-    pids.into_iter().map(|pid| cpu_ms(pid as u32)).sum()
+    pids.into_iter().map(|p| p as u32).collect()
+}
+
+/// CPU (ms) the server spent for this run between `before` (pids with their CPU then) and now:
+/// processes alive now, less what those that already ran had spent before. A process that ended
+/// in between (an autovacuum worker) is missed, so this is a lower bound.
+async fn postgres_cpu_since(db: &Db, before: &[(u32, f64)]) -> f64 {
+    postgres_pids(db)
+        .await
+        .into_iter()
+        .map(|pid| {
+            let then = before.iter().find(|(p, _)| *p == pid).map_or(0.0, |(_, c)| *c);
+            cpu_ms(pid) - then
+        })
+        .sum()
 }
 
 async fn outbox_pending(path: &Path) -> i64 {
@@ -376,7 +389,7 @@ async fn run_size(a: &Args, orgs: usize, nonce_lifetime: Duration, measure_chang
         db.bytes().await,
         Instant::now(),
     );
-    let pg_cpu0 = postgres_cpu_ms(&db).await;
+    let pg_cpu0: Vec<(u32, f64)> = postgres_pids(&db).await.into_iter().map(|p| (p, cpu_ms(p))).collect();
     let per_org0: Vec<u64> = ids.iter().map(|id| sim.requests_for(id)).collect();
     let perf = a.perf.as_ref().map(|dir| {
         let out = dir.join(format!("perf-{orgs}-{}.data", humantime::format_duration(a.interval)));
@@ -399,7 +412,7 @@ async fn run_size(a: &Args, orgs: usize, nonce_lifetime: Duration, measure_chang
     let checks = sim.counters().authorized.load(std::sync::atomic::Ordering::SeqCst) - checks0;
     let requests = sim.requests() - req0;
     let cpu = cpu_ms(pid) - cpu0;
-    let pg_cpu = postgres_cpu_ms(&db).await - pg_cpu0;
+    let pg_cpu = postgres_cpu_since(&db, &pg_cpu0).await;
     let bytes1 = db.bytes().await;
     // A check may start up to the scheduler's coalescing window (100 ms) after its slot, so an org
     // whose slot sits at the window's edge can have its last check land just past it. Counting
