@@ -279,16 +279,20 @@ impl Backend for Postgres {
     async fn flush_quiet(&self, rows: &[QuietRow]) -> anyhow::Result<Vec<String>> {
         let json = super::quiet::batch_json(rows)?;
         let (mut tx, term) = self.begin_fenced().await?;
+        // `org_id = ANY($2)` lets the primary key find the rows whatever the planner believes of
+        // the table: before the first ANALYZE it estimated the quiet conditions to match one row
+        // and joined every row of org_state against the batch, a third of a core at 10,000 orgs.
         let written = sqlx::query_scalar(
             "UPDATE org_state AS os SET last_checked_at = q.t, last_success_at = q.t, last_error = NULL,
                  checks = os.checks + q.n
              FROM jsonb_to_recordset($1::jsonb) AS q(o text, s text, t timestamptz, n bigint)
-             WHERE os.org_id = q.o AND os.status = q.s
+             WHERE os.org_id = ANY($2) AND os.org_id = q.o AND os.status = q.s
                AND os.candidate_status IS NULL AND os.consecutive_failures = 0
                AND NOT os.failing_alerted AND os.last_checked_at < q.t
              RETURNING os.org_id",
         )
         .bind(&json)
+        .bind(rows.iter().map(|r| r.org_id.as_str()).collect::<Vec<_>>())
         .fetch_all(&mut *tx)
         .await?;
         self.commit_fenced(tx, &term).await?;
