@@ -85,6 +85,8 @@ struct Table {
     name: &'static str,
     read: &'static str,
     write: &'static str,
+    /// `write` takes, as `$2`, the last event the target had before this copy.
+    after_last_event: bool,
 }
 
 /// `json_object` of each row, in rowid order: timestamps stay ISO-8601 text, which PostgreSQL
@@ -128,6 +130,7 @@ const TABLES: [Table; 6] = [
                     previous_status = excluded.previous_status, broken_since = excluded.broken_since,
                     event_count = excluded.event_count
                 WHERE os.last_checked_at < excluded.last_checked_at",
+        after_last_event: false,
     },
     Table {
         name: "reminders",
@@ -139,6 +142,7 @@ const TABLES: [Table; 6] = [
                 SELECT * FROM jsonb_populate_recordset(NULL::reminders, $1::jsonb)
                 ON CONFLICT (org_id, route) DO UPDATE SET last_sent_at = excluded.last_sent_at
                 WHERE r.last_sent_at < excluded.last_sent_at",
+        after_last_event: false,
     },
     Table {
         name: "transitions",
@@ -156,6 +160,7 @@ const TABLES: [Table; 6] = [
                                     AND t.to_status = q.to_status
                                     AND t.from_status IS NOT DISTINCT FROM q.from_status)
                 ORDER BY q.id",
+        after_last_event: false,
     },
     Table {
         name: "check_failures",
@@ -172,6 +177,7 @@ const TABLES: [Table; 6] = [
                                   WHERE f.org_id = q.org_id AND f.checked_at = q.checked_at
                                     AND f.class = q.class)
                 ORDER BY q.id",
+        after_last_event: false,
     },
     Table {
         name: "events",
@@ -186,6 +192,7 @@ const TABLES: [Table; 6] = [
                 FROM jsonb_populate_recordset(NULL::events, $1::jsonb) AS q
                 ORDER BY q.seq
                 ON CONFLICT (id) DO NOTHING",
+        after_last_event: false,
     },
     Table {
         name: "outbox",
@@ -209,6 +216,7 @@ const TABLES: [Table; 6] = [
                 JOIN events AS e ON e.id = q.event_id AND e.seq > $2
                 ORDER BY q.id
                 ON CONFLICT (event_seq, channel) DO NOTHING",
+        after_last_event: true,
     },
 ];
 
@@ -333,7 +341,7 @@ async fn copy_into(
             after = last;
             source += serde_json::from_str::<Vec<serde::de::IgnoredAny>>(&rows)?.len() as u64;
             let write = sqlx::query(table.write).bind(&rows);
-            let write = if table.name == "outbox" {
+            let write = if table.after_last_event {
                 write.bind(last_event)
             } else {
                 write

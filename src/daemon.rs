@@ -394,7 +394,7 @@ async fn serve(
     );
     systemd::ready();
     loop {
-        // Checks and sends run only while this instance leads; `running` is their epoch.
+        // Checks and sends run only while this instance leads, with the epoch they run under.
         let mut generation = start_if_leading(&app, &heartbeat, &role.borrow_and_update());
         let next = loop {
             let asked = async {
@@ -416,11 +416,10 @@ async fn serve(
                 }
                 Ok(()) = role.changed() => {
                     let now = role.borrow_and_update().clone();
-                    app.metrics.set_role(&now);
                     if generation.as_ref().map(|(_, epoch)| *epoch) != now.epoch {
                         if let Some((old, _)) = generation.take() {
                             // Deposed: another instance may be checking and sending already, so
-                            // this one stops at once instead of finishing what it started.
+                            // this one checks nothing more and starts no new send.
                             old.abandon(&app).await;
                         }
                         generation = start_if_leading(&app, &heartbeat, &now);
@@ -465,7 +464,6 @@ async fn serve(
     Ok(())
 }
 
-/// The ids of the orgs `config` watches.
 /// Starts checking and sending when `role` leads, with its epoch.
 fn start_if_leading(app: &Arc<App>, heartbeat: &Heartbeat, role: &leader::Role) -> Option<(Generation, i64)> {
     app.metrics.set_role(role);
@@ -475,6 +473,7 @@ fn start_if_leading(app: &Arc<App>, heartbeat: &Heartbeat, role: &leader::Role) 
     Some((Generation::start(app.clone(), heartbeat.clone()), epoch))
 }
 
+/// The ids of the orgs `config` watches.
 fn org_ids(config: &Config) -> Arc<std::collections::HashSet<String>> {
     Arc::new(config.orgs.iter().map(|o| o.id.as_str().to_owned()).collect())
 }

@@ -153,10 +153,10 @@ async fn run(pg: Postgres, holder: String, timing: LeaseTiming, role: watch::Sen
                     _ => None,
                 };
                 let next = Role { epoch: None, leader };
-                if *role.borrow() != next {
-                    tracing::info!("{}", next.describe());
+                let said = next.describe();
+                if role.send_if_modified(|r| replace(r, next)) {
+                    tracing::info!("{said}");
                 }
-                role.send_if_modified(|r| replace(r, next));
             }
             Err(e) => {
                 if !failing {

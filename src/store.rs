@@ -23,6 +23,7 @@ mod sqlite;
 
 pub(crate) use backend::Backend;
 pub use backend::{FailureRow, QuietRow};
+use checks::transition;
 pub use checks::{Applied, Check, CheckRecord, Decision, RemindersSent, event_id};
 pub use lock::{LockError, WriterLock};
 pub use outbox::{Claimed, Delivery, Pending};
@@ -140,7 +141,7 @@ impl Store {
     /// (checked before each send, so that a deposed leader stops at once); on SQLite always
     /// (the file lock).
     pub fn may_send(&self) -> bool {
-        self.postgres().is_none_or(|pg| pg.fence().current().is_ok())
+        self.postgres().is_none_or(|pg| pg.fence().leads())
     }
 
     /// A real write, for health checks: fails when the database cannot take writes (read-only

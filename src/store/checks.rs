@@ -71,6 +71,54 @@ pub struct CheckRecord<'a> {
     pub reminded: &'a [String],
 }
 
+impl<'a> Check<'a> {
+    /// This check with what `decision` says it caused, to write.
+    pub(super) fn record(&self, decision: &'a Decision) -> CheckRecord<'a> {
+        CheckRecord {
+            org_id: self.org_id,
+            org_name: self.org_name,
+            at: self.at,
+            outcome: self.outcome,
+            state: &decision.state,
+            events: &decision.events,
+            reminded: &decision.reminded,
+        }
+    }
+}
+
+/// A row of `transitions`: a confirmed status, the one before it and how long that lasted.
+pub(super) struct Transition<'e> {
+    pub from: Option<&'e str>,
+    pub to: &'e str,
+    pub changed_at: DateTime<Utc>,
+    pub previous_lasted_s: Option<i64>,
+}
+
+/// The transition `event` records, if it is one (the first status seen, or a change), written
+/// at `at`.
+pub(super) fn transition(event: &Event, at: DateTime<Utc>) -> Option<Transition<'_>> {
+    match event {
+        Event::FirstSeen { status } => Some(Transition {
+            from: None,
+            to: status,
+            changed_at: at,
+            previous_lasted_s: None,
+        }),
+        Event::StatusChanged {
+            from,
+            to,
+            changed_at,
+            from_lasted_s,
+        } => Some(Transition {
+            from: Some(from),
+            to,
+            changed_at: *changed_at,
+            previous_lasted_s: Some(*from_lasted_s),
+        }),
+        Event::CheckFailing { .. } | Event::CheckRecovered { .. } | Event::Reminder { .. } => None,
+    }
+}
+
 impl Store {
     /// Records `check`: reads the org's state, lets `decide` say what it means, and writes the new
     /// state, the events and their outbox rows, all in one immediate transaction. Two writers on

@@ -22,10 +22,10 @@ pub use fence::{Fence, Fenced, Term};
 use super::backend::{Backend, FailureRow, QuietRow};
 use super::{
     Applied, Check, CheckRecord, CurrentStatus, Decision, Delivery, Pending, RemindersSent, StatusChange, StoredEvent,
-    cap, event_id,
+    cap, event_id, transition,
 };
 use crate::config::{OrgId, PgTarget};
-use crate::detect::{Event, OrgState};
+use crate::detect::OrgState;
 use crate::metrics::DbGauges;
 
 /// The lease's name: one leader per database.
@@ -231,16 +231,7 @@ impl Backend for Postgres {
         }
         let sent = reminders_sent(&mut tx, check.org_id).await?;
         let decision = decide(&state, &sent);
-        let record = CheckRecord {
-            org_id: check.org_id,
-            org_name: check.org_name,
-            at: check.at,
-            outcome: check.outcome,
-            state: &decision.state,
-            events: &decision.events,
-            reminded: &decision.reminded,
-        };
-        write_record(&mut tx, instance, &record).await?;
+        write_record(&mut tx, instance, &check.record(&decision)).await?;
         self.commit_fenced(tx, &term).await?;
         Ok(Applied::Recorded(decision))
     }
@@ -627,26 +618,16 @@ async fn write_record(conn: &mut sqlx::PgConnection, instance: &str, rec: &Check
 
     let first_number = event_count - rec.events.len() as i64 + 1;
     for (number, (event, channels)) in (first_number..).zip(rec.events) {
-        let transition = match event {
-            Event::FirstSeen { status } => Some((None, status, at, None)),
-            Event::StatusChanged {
-                from,
-                to,
-                changed_at,
-                from_lasted_s,
-            } => Some((Some(from), to, *changed_at, Some(*from_lasted_s))),
-            Event::CheckFailing { .. } | Event::CheckRecovered { .. } | Event::Reminder { .. } => None,
-        };
-        if let Some((from, to, changed_at, lasted)) = transition {
+        if let Some(t) = transition(event, rec.at) {
             sqlx::query(
                 "INSERT INTO transitions (org_id, from_status, to_status, changed_at, previous_lasted_s)
                  VALUES ($1, $2, $3, $4, $5)",
             )
             .bind(rec.org_id.as_str())
-            .bind(from)
-            .bind(to)
-            .bind(changed_at)
-            .bind(lasted)
+            .bind(t.from)
+            .bind(t.to)
+            .bind(t.changed_at)
+            .bind(t.previous_lasted_s)
             .execute(&mut *conn)
             .await?;
         }

@@ -165,40 +165,42 @@ impl Store {
     /// whose stored state was no longer quiet with their status. On an error nothing is lost:
     /// the checks stay noted for the next flush.
     pub async fn flush_quiet(&self) -> anyhow::Result<Vec<Unmatched>> {
-        let batch: Vec<(OrgId, String, Note)> = {
+        // The rows to write, and beside each when its last answer came (for what is unmatched).
+        let (rows, answered): (Vec<QuietRow>, Vec<Instant>) = {
             let mut inner = self.quiet.lock();
             let pending = std::mem::take(&mut inner.pending);
             pending
                 .into_iter()
                 .filter_map(|(org, note)| {
                     let status = inner.known.get(&org)?.0.to_string();
-                    Some((org, status, note))
+                    let row = QuietRow {
+                        org_id: org,
+                        status,
+                        at: note.at,
+                        checks: note.checks,
+                    };
+                    Some((row, note.answered))
                 })
-                .collect()
+                .unzip()
         };
-        if batch.is_empty() {
+        if rows.is_empty() {
             return Ok(Vec::new());
         }
-        let rows: Vec<QuietRow> = batch
-            .iter()
-            .map(|(org, status, note)| QuietRow {
-                org_id: org.clone(),
-                status: status.clone(),
-                at: note.at,
-                checks: note.checks,
-            })
-            .collect();
-        let written = on_db!(self, db => db.flush_quiet(&rows).await);
-        let written = match written {
-            Ok(rows) => rows,
+        let written = match on_db!(self, db => db.flush_quiet(&rows).await) {
+            Ok(written) => written,
             Err(e) => {
                 // Put them back (a newer note of the same org wins) and try again next time.
                 let mut inner = self.quiet.lock();
-                for (org, _, note) in batch {
-                    match inner.pending.get_mut(&org) {
+                for (row, answered) in rows.into_iter().zip(answered) {
+                    let note = Note {
+                        at: row.at,
+                        answered,
+                        checks: row.checks,
+                    };
+                    match inner.pending.get_mut(&row.org_id) {
                         Some(pending) => pending.merge(note),
                         None => {
-                            inner.pending.insert(org, note);
+                            inner.pending.insert(row.org_id, note);
                         }
                     }
                 }
@@ -208,14 +210,14 @@ impl Store {
         let written: std::collections::HashSet<&str> = written.iter().map(String::as_str).collect();
         let mut unmatched = Vec::new();
         let mut inner = self.quiet.lock();
-        for (org, status, note) in batch {
-            if !written.contains(org.as_str()) {
-                inner.known.remove(&org);
+        for (row, answered) in rows.into_iter().zip(answered) {
+            if !written.contains(row.org_id.as_str()) {
+                inner.known.remove(&row.org_id);
                 unmatched.push(Unmatched {
-                    org_id: org,
-                    status,
-                    at: note.at,
-                    answered: note.answered,
+                    org_id: row.org_id,
+                    status: row.status,
+                    at: row.at,
+                    answered,
                 });
             }
         }

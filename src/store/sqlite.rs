@@ -15,10 +15,10 @@ use sqlx::{Connection, Row};
 use super::backend::{Backend, FailureRow, QuietRow};
 use super::{
     Applied, Check, CheckRecord, CurrentStatus, Decision, Delivery, Pending, RemindersSent, StatusChange, StoredEvent,
-    cap, event_id, parse_ts, ts,
+    cap, event_id, parse_ts, transition, ts,
 };
 use crate::config::OrgId;
-use crate::detect::{Event, OrgState};
+use crate::detect::OrgState;
 use crate::metrics::DbGauges;
 
 #[derive(Debug, Clone)]
@@ -95,16 +95,7 @@ impl Backend for Sqlite {
             }
             let sent = reminders_sent(&mut tx, check.org_id).await?;
             let decision = decide(&state, &sent);
-            let record = CheckRecord {
-                org_id: check.org_id,
-                org_name: check.org_name,
-                at: check.at,
-                outcome: check.outcome,
-                state: &decision.state,
-                events: &decision.events,
-                reminded: &decision.reminded,
-            };
-            write_record(&mut tx, instance, &record).await?;
+            write_record(&mut tx, instance, &check.record(&decision)).await?;
             tx.commit().await?;
             Ok(Applied::Recorded(decision))
         })
@@ -470,26 +461,16 @@ async fn write_record(conn: &mut SqliteConnection, instance: &str, rec: &CheckRe
 
     let first_number = event_count - rec.events.len() as i64 + 1;
     for (number, (event, channels)) in (first_number..).zip(rec.events) {
-        let transition = match event {
-            Event::FirstSeen { status } => Some((None, status, at.clone(), None)),
-            Event::StatusChanged {
-                from,
-                to,
-                changed_at,
-                from_lasted_s,
-            } => Some((Some(from), to, ts(*changed_at), Some(*from_lasted_s))),
-            Event::CheckFailing { .. } | Event::CheckRecovered { .. } | Event::Reminder { .. } => None,
-        };
-        if let Some((from, to, changed_at, lasted)) = transition {
+        if let Some(t) = transition(event, rec.at) {
             sqlx::query(
                 "INSERT INTO transitions (org_id, from_status, to_status, changed_at, previous_lasted_s)
                  VALUES (?, ?, ?, ?, ?)",
             )
             .bind(rec.org_id.as_str())
-            .bind(from)
-            .bind(to)
-            .bind(changed_at)
-            .bind(lasted)
+            .bind(t.from)
+            .bind(t.to)
+            .bind(ts(t.changed_at))
+            .bind(t.previous_lasted_s)
             .execute(&mut *conn)
             .await?;
         }

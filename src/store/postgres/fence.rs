@@ -59,38 +59,55 @@ impl Fence {
 
     /// This instance no longer leads.
     pub fn depose(&self) {
-        *self.lock() = None;
-        self.changed.send_if_modified(|e| e.take().is_some());
+        self.depose_if(|_| true);
     }
 
     /// This instance no longer leads in `epoch` (a write found it fenced); a newer term set
     /// meanwhile stands.
     pub fn depose_term(&self, epoch: i64) {
+        self.depose_if(|t| t.epoch == epoch);
+    }
+
+    /// Ends the current term if `ended` says so, and tells the watchers; whether it ended.
+    fn depose_if(&self, ended: impl FnOnce(&Term) -> bool) -> bool {
         let mut term = self.lock();
-        if term.as_ref().is_some_and(|t| t.epoch == epoch) {
-            *term = None;
-            drop(term);
-            self.changed.send_if_modified(|e| e.take().is_some());
+        if !term.as_ref().is_some_and(ended) {
+            return false;
         }
+        *term = None;
+        drop(term);
+        self.changed.send_if_modified(|e| e.take().is_some());
+        true
     }
 
     /// The term to write under, if this instance still leads by its own clock.
     pub fn current(&self) -> Result<Term, Fenced> {
-        let mut term = self.lock();
-        match &*term {
-            Some(t) if Instant::now() < t.valid_until => Ok(t.clone()),
-            Some(_) => {
-                *term = None;
-                drop(term);
-                self.changed.send_if_modified(|e| e.take().is_some());
-                Err(Fenced {
-                    why: "the lease was not renewed in time",
-                })
-            }
+        let now = Instant::now();
+        let mut seen = None;
+        let expired = self.depose_if(|t| {
+            seen = Some(t.clone());
+            now >= t.valid_until
+        });
+        match seen {
+            Some(t) if !expired => Ok(t),
+            Some(_) => Err(Fenced {
+                why: "the lease was not renewed in time",
+            }),
             None => Err(Fenced {
                 why: "it does not hold the lease",
             }),
         }
+    }
+
+    /// Whether this instance still leads by its own clock ([`Fence::current`] without the term).
+    pub fn leads(&self) -> bool {
+        let now = Instant::now();
+        let mut held = false;
+        let expired = self.depose_if(|t| {
+            held = true;
+            now >= t.valid_until
+        });
+        held && !expired
     }
 
     /// The epoch while leading, `None` while following; changes as leadership does.
