@@ -5,6 +5,7 @@
 //! Service accounts keep one OAuth token each until shortly before it expires. Every answer,
 //! including transport errors, becomes a [`CheckOutcome`]; this module never touches the database.
 
+pub mod atlas;
 mod classify;
 mod oauth;
 
@@ -18,6 +19,7 @@ use diqwest::{DigestAuthCredentials, DigestAuthSession, WithDigestAuth};
 use reqwest::{StatusCode, Url, header};
 
 pub(crate) use crate::retry::retry_after;
+pub use atlas::{MigrationOutcome, MigrationReading};
 pub use classify::classify;
 
 use crate::config::{self, Credential, OrgId};
@@ -138,6 +140,46 @@ impl Client {
     }
 
     async fn check_inner(&self, org: &OrgId, credential: &Credential, requests: &AtomicU64) -> CheckOutcome {
+        let url = self.status_url(org)?;
+        let answer = self
+            .fetch(url, "application/json", org.as_str(), credential, requests)
+            .await?;
+        classify(answer.status, answer.retry_after, &answer.body, answer.truncated)
+    }
+
+    /// Reads live migration `id` of Atlas project `group` (a client made with `[atlas]`
+    /// settings). Never fails: every problem is a [`Failure`] in the outcome.
+    pub async fn migration(&self, group: &str, id: &str, credential: &Credential) -> MigrationOutcome {
+        let url = self
+            .settings
+            .base_url
+            .join(&format!("groups/{group}/liveMigrations/{id}"))
+            .map_err(|e| {
+                Failure::new(
+                    FailureClass::Connection,
+                    None,
+                    None,
+                    format!("cannot build the live migration URL from atlas.base_url: {e}"),
+                )
+            })?;
+        let requests = AtomicU64::new(0);
+        let answer = self
+            .fetch(url, atlas::ACCEPT, id, credential, &requests)
+            .await?;
+        atlas::classify(answer.status, answer.retry_after, &answer.body, answer.truncated)
+    }
+
+    /// One authenticated GET of `url`, bounded by the check timeout: the HTTP status and the
+    /// body (at most `max_body_bytes`). `key` names what is asked about, for the OAuth cache's
+    /// memory of who refuses a token.
+    async fn fetch(
+        &self,
+        url: Url,
+        accept: &'static str,
+        key: &str,
+        credential: &Credential,
+        requests: &AtomicU64,
+    ) -> Result<Answer, Failure> {
         let Some(auth) = self.find_auth(credential) else {
             return Err(Failure::new(
                 FailureClass::Unauthorized,
@@ -146,18 +188,17 @@ impl Client {
                 format!("no session for {}", credential.label()),
             ));
         };
-        let url = self.status_url(org)?;
         let attempt = async {
             let response = match &*auth {
                 Auth::Digest(session) => self
-                    .request(url)
+                    .request(url, accept)
                     .send_digest_auth(Counted { session, requests })
                     .await
                     .map_err(digest_error)?,
                 Auth::OAuth(cache) => {
                     let token = cache.token(&self.http, &self.settings.token_url).await?;
                     let response = self
-                        .request(url.clone())
+                        .request(url.clone(), accept)
                         .bearer_auth(token.expose())
                         .send()
                         .await
@@ -169,13 +210,13 @@ impl Client {
                         // one (or with the one another check has just fetched), unless this org
                         // has refused the current token before.
                         let next = cache
-                            .unauthorized(org, &token, &self.http, &self.settings.token_url)
+                            .unauthorized(key, &token, &self.http, &self.settings.token_url)
                             .await?;
                         let oauth::AfterUnauthorized::Retry(token) = next else {
                             return Err(oauth::no_access());
                         };
                         let response = self
-                            .request(url)
+                            .request(url, accept)
                             .bearer_auth(token.expose())
                             .send()
                             .await
@@ -183,7 +224,7 @@ impl Client {
                         if response.status() == StatusCode::UNAUTHORIZED {
                             // Even the newest token is refused: the service account lacks access
                             // to this org, and renewing again would not change that.
-                            cache.refused_after_renewal(org, &token).await;
+                            cache.refused_after_renewal(key, &token).await;
                             return Err(oauth::no_access());
                         }
                         response
@@ -193,7 +234,7 @@ impl Client {
             self.read(response).await
         };
         match tokio::time::timeout(self.settings.timeout, attempt).await {
-            Ok(outcome) => outcome,
+            Ok(answer) => answer,
             Err(_) => Err(Failure::new(
                 FailureClass::Timeout,
                 None,
@@ -203,23 +244,32 @@ impl Client {
         }
     }
 
-    fn request(&self, url: Url) -> reqwest::RequestBuilder {
-        self.http.get(url).header(header::ACCEPT, "application/json")
+    fn request(&self, url: Url, accept: &'static str) -> reqwest::RequestBuilder {
+        self.http.get(url).header(header::ACCEPT, accept)
     }
 
-    async fn read(&self, mut response: reqwest::Response) -> CheckOutcome {
+    async fn read(&self, mut response: reqwest::Response) -> Result<Answer, Failure> {
         let status = response.status().as_u16();
         let retry_after = retry_after(response.headers());
         let (body, truncated) = read_capped(&mut response, self.settings.max_body_bytes)
             .await
             .map_err(transport_error)?;
-        classify(
+        Ok(Answer {
             status,
             retry_after,
-            &body,
-            truncated.then_some(self.settings.max_body_bytes),
-        )
+            body,
+            truncated: truncated.then_some(self.settings.max_body_bytes),
+        })
     }
+}
+
+/// An HTTP answer, before anyone says what it means.
+struct Answer {
+    status: u16,
+    retry_after: Option<Duration>,
+    body: Vec<u8>,
+    /// `Some(cap)` when the body was cut at `cap` bytes.
+    truncated: Option<usize>,
 }
 
 /// A Digest session that counts the requests diqwest sends with it: one per preemptive

@@ -5,6 +5,7 @@
 //! [`Config::from_raw`] checks what needs the whole file (duplicates, credentials, secret files)
 //! and resolves secrets. Every error carries file, line, column and key.
 
+mod atlas;
 mod database;
 mod notify;
 mod raw;
@@ -18,6 +19,7 @@ use std::time::Duration;
 use reqwest::Url;
 use toml::Spanned;
 
+pub use atlas::{Atlas, DEFAULT_ATLAS_URL, Migration};
 pub use database::{Database, PgTarget};
 pub use notify::{Channel, ChannelKind, Email, Route, WebhookSecret, decode_webhook_secret};
 pub use smtp::{SmtpTarget, TlsMode, parse_smtp_url};
@@ -49,6 +51,9 @@ pub struct Config {
     pub orgs: Vec<Org>,
     pub channels: Vec<Channel>,
     pub routes: Vec<Route>,
+    /// `[atlas]`; `None` when the file follows no live migration.
+    pub atlas: Option<Atlas>,
+    pub migrations: Vec<Migration>,
 }
 
 #[derive(Debug, Clone)]
@@ -293,6 +298,7 @@ impl Config {
 
         let channels = notify::channels(raw.channels, loc)?;
         let routes = notify::routes(raw.routes, &channels, &orgs, loc)?;
+        let (atlas, migrations) = atlas::atlas(raw.atlas, raw.migrations, &orgs, loc)?;
 
         Ok(Config {
             source: loc.file.to_owned(),
@@ -307,6 +313,8 @@ impl Config {
             orgs,
             channels,
             routes,
+            atlas,
+            migrations,
         })
     }
 }

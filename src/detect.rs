@@ -7,6 +7,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::outcome::{CheckOutcome, Failure};
 
+pub mod migration;
+
 /// What linkwatch remembers about one org between checks; lives in the `org_state` table.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct OrgState {
@@ -68,6 +70,62 @@ pub enum Event {
         since: DateTime<Utc>,
         elapsed_s: i64,
     },
+    // Atlas live migrations (see `migration.rs`). Each names its `[[migration]]`; the event
+    // belongs to the migration's source org, so routes by org and the per-org order hold.
+    /// A migration's status changed; `from` is `None` at the first check.
+    MigrationStatusChanged {
+        migration: String,
+        from: Option<String>,
+        to: String,
+        /// How long `from` lasted, in seconds.
+        from_lasted_s: Option<i64>,
+    },
+    /// Atlas says the migration can be cut over; the window to do so runs from now.
+    ReadyForCutover {
+        migration: String,
+        /// Estimated: when readiness was first seen plus the cutover window.
+        deadline: DateTime<Utc>,
+        lag_s: Option<i64>,
+    },
+    ReadyForCutoverLost {
+        migration: String,
+        lag_s: Option<i64>,
+    },
+    LagHigh {
+        migration: String,
+        lag_s: i64,
+        threshold_s: i64,
+    },
+    LagRecovered {
+        migration: String,
+        lag_s: i64,
+        threshold_s: i64,
+        high_for_s: i64,
+    },
+    /// A warning before the estimated end of the cutover window.
+    CutoverDeadline {
+        migration: String,
+        deadline: DateTime<Utc>,
+        left_s: i64,
+    },
+    /// The source org's link left `SYNCED` while the migration is `WORKING`.
+    LinkBrokenDuringMigration {
+        migration: String,
+        link_status: String,
+        broken_since: DateTime<Utc>,
+    },
+    MigrationCheckFailing {
+        migration: String,
+        failures: u32,
+        since: DateTime<Utc>,
+        #[serde(flatten)]
+        failure: Failure,
+    },
+    MigrationCheckRecovered {
+        migration: String,
+        failures: u32,
+        failed_for_s: i64,
+    },
 }
 
 /// The states worth a reminder.
@@ -88,6 +146,35 @@ impl Event {
             Event::CheckFailing { .. } => "check_failing",
             Event::CheckRecovered { .. } => "check_recovered",
             Event::Reminder { .. } => "reminder",
+            Event::MigrationStatusChanged { .. } => "migration_status_changed",
+            Event::ReadyForCutover { .. } => "ready_for_cutover",
+            Event::ReadyForCutoverLost { .. } => "ready_for_cutover_lost",
+            Event::LagHigh { .. } => "lag_high",
+            Event::LagRecovered { .. } => "lag_recovered",
+            Event::CutoverDeadline { .. } => "cutover_deadline",
+            Event::LinkBrokenDuringMigration { .. } => "link_broken_during_migration",
+            Event::MigrationCheckFailing { .. } => "migration_check_failing",
+            Event::MigrationCheckRecovered { .. } => "migration_check_recovered",
+        }
+    }
+
+    /// The `[[migration]]` this event is about, if it is about one.
+    pub fn migration(&self) -> Option<&str> {
+        match self {
+            Event::MigrationStatusChanged { migration, .. }
+            | Event::ReadyForCutover { migration, .. }
+            | Event::ReadyForCutoverLost { migration, .. }
+            | Event::LagHigh { migration, .. }
+            | Event::LagRecovered { migration, .. }
+            | Event::CutoverDeadline { migration, .. }
+            | Event::LinkBrokenDuringMigration { migration, .. }
+            | Event::MigrationCheckFailing { migration, .. }
+            | Event::MigrationCheckRecovered { migration, .. } => Some(migration),
+            Event::FirstSeen { .. }
+            | Event::StatusChanged { .. }
+            | Event::CheckFailing { .. }
+            | Event::CheckRecovered { .. }
+            | Event::Reminder { .. } => None,
         }
     }
 
@@ -97,7 +184,9 @@ impl Event {
             Event::FirstSeen { status } => Some(status),
             Event::StatusChanged { to, .. } => Some(to),
             Event::Reminder { status, .. } => status.as_deref(),
-            Event::CheckFailing { .. } | Event::CheckRecovered { .. } => None,
+            Event::MigrationStatusChanged { to, .. } => Some(to),
+            Event::LinkBrokenDuringMigration { link_status, .. } => Some(link_status),
+            _ => None,
         }
     }
 }

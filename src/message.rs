@@ -98,7 +98,124 @@ fn describe(name: &str, event: &Event) -> (String, Option<String>) {
             ),
             None,
         ),
+        event => describe_migration(name, event),
     }
+}
+
+/// The deadline caveat every message that gives one carries: the API shows neither the window's
+/// start nor an extension.
+const ESTIMATED: &str = "The deadline is estimated by linkwatch from when it first saw the migration ready;      an extension made in the Atlas UI is not visible to linkwatch.";
+
+/// What an Atlas live migration's event says. `org` is the source org's name.
+fn describe_migration(org: &str, event: &Event) -> (String, Option<String>) {
+    let m = event.migration().unwrap_or("?");
+    let who = format!("{m} (org {org})");
+    match event {
+        Event::MigrationStatusChanged { from, to, from_lasted_s, .. } => {
+            let was = match (from, from_lasted_s) {
+                (Some(f), Some(s)) => format!(" (was {f} for {})", human_secs(*s)),
+                (Some(f), None) => format!(" (was {f})"),
+                (None, _) => " (first check)".to_owned(),
+            };
+            let (title, advice) = match to.as_str() {
+                "FAILED" => (
+                    format!("URGENT: {who}: live migration FAILED{was}"),
+                    Some("Atlas stopped the live migration. Look at the migration in the Atlas UI, fix the cause                           (often the source oplog window), and start a new live migration."),
+                ),
+                "EXPIRED" => (
+                    format!("URGENT: {who}: live migration EXPIRED{was}"),
+                    Some("The cutover window ran out and Atlas stopped syncing: the migration must be started again."),
+                ),
+                "COMPLETE" => (format!("{who}: live migration COMPLETE{was}"), None),
+                _ => (format!("{who}: live migration is {to}{was}"), None),
+            };
+            (title, advice.map(str::to_owned))
+        }
+        Event::ReadyForCutover { deadline, lag_s, .. } => (
+            format!(
+                "{who}: ready for cutover{}; cut over before about {} (estimated)",
+                lag(*lag_s),
+                crate::store::ts(*deadline)
+            ),
+            Some(format!(
+                "Cut over in the Atlas UI (or the API) before the window closes, or the migration expires and                  starts over. {ESTIMATED}"
+            )),
+        ),
+        Event::ReadyForCutoverLost { lag_s, .. } => (
+            format!("{who}: no longer ready for cutover{}", lag(*lag_s)),
+            Some("Wait until Atlas reports it ready again before cutting over.".to_owned()),
+        ),
+        Event::LagHigh { lag_s, threshold_s, .. } => (
+            format!(
+                "{who}: replication lag is {} (above {} for {} checks)",
+                human_secs(*lag_s),
+                human_secs(*threshold_s),
+                crate::detect::migration::LAG_CHECKS
+            ),
+            Some(
+                "A lag that keeps rising toward the source's oplog window makes the sync fail: check the source's                  write load and oplog size."
+                    .to_owned(),
+            ),
+        ),
+        Event::LagRecovered { lag_s, high_for_s, .. } => (
+            format!(
+                "{who}: replication lag back to {} after {} high",
+                human_secs(*lag_s),
+                human_secs(*high_for_s)
+            ),
+            None,
+        ),
+        Event::CutoverDeadline { deadline, left_s, .. } => {
+            let title = if *left_s > 0 {
+                format!(
+                    "{who}: about {} left to cut over (estimated deadline {})",
+                    human_secs(*left_s),
+                    crate::store::ts(*deadline)
+                )
+            } else {
+                format!(
+                    "URGENT: {who}: the estimated cutover deadline {} has passed",
+                    crate::store::ts(*deadline)
+                )
+            };
+            (
+                title,
+                Some(format!(
+                    "Cut over now, or extend the window in the Atlas UI, or the migration expires. {ESTIMATED}"
+                )),
+            )
+        }
+        Event::LinkBrokenDuringMigration { link_status, .. } => (
+            format!("URGENT: {who}: the org's migration link is {link_status} while the live migration is WORKING"),
+            Some(
+                "The live migration cannot proceed while the link is broken. Check the link in Cloud Manager                  (its Refresh action), or create a new link token in Atlas."
+                    .to_owned(),
+            ),
+        ),
+        Event::MigrationCheckFailing { failures, failure, .. } => (
+            format!(
+                "{who}: live migration checks failing ({failures} in a row): {}",
+                failure.explain_atlas()
+            ),
+            Some("linkwatch cannot see this live migration until this is fixed.".to_owned()),
+        ),
+        Event::MigrationCheckRecovered { failures, failed_for_s, .. } => (
+            format!(
+                "{who}: live migration checks recovered after {} ({failures} failed checks)",
+                human_secs(*failed_for_s)
+            ),
+            None,
+        ),
+        Event::FirstSeen { .. }
+        | Event::StatusChanged { .. }
+        | Event::CheckFailing { .. }
+        | Event::CheckRecovered { .. }
+        | Event::Reminder { .. } => (format!("{org}: {}", event.kind()), None),
+    }
+}
+
+fn lag(lag_s: Option<i64>) -> String {
+    lag_s.map_or(String::new(), |s| format!(" (lag {})", human_secs(s)))
 }
 
 fn advice_for(from: Option<&str>, to: &str) -> Option<String> {

@@ -45,6 +45,9 @@ pub enum FailureClass {
     Connection,
     /// An answer we could not read: not JSON, no `status`, too large.
     Malformed,
+    /// The API refused the version linkwatch asked for (406 unknown, 410 retired): only a newer
+    /// linkwatch can fix it.
+    ApiVersion,
     /// Any other HTTP error (400, 402, ...).
     Http,
 }
@@ -61,6 +64,7 @@ impl FailureClass {
             FailureClass::Timeout => "timeout",
             FailureClass::Connection => "connection",
             FailureClass::Malformed => "malformed",
+            FailureClass::ApiVersion => "api_version",
             FailureClass::Http => "http",
         }
     }
@@ -102,8 +106,38 @@ impl Failure {
             FailureClass::Timeout => "Cloud Manager did not answer in time",
             FailureClass::Connection => "could not connect to Cloud Manager",
             FailureClass::Malformed => "Cloud Manager's answer could not be read",
+            FailureClass::ApiVersion => "Cloud Manager refused the API version linkwatch asks for",
             FailureClass::Http => "Cloud Manager refused the request",
         };
+        self.with_codes(what)
+    }
+
+    /// The failure of a live migration's check, in plain words, with its codes and detail.
+    pub fn explain_atlas(&self) -> String {
+        let what = match self.class {
+            FailureClass::Unauthorized => {
+                "Atlas rejected the credentials ([atlas]): wrong key, or the key is not a member of the project's organization"
+            }
+            FailureClass::Forbidden => {
+                "Atlas refused access: this host's IP address is not on the API key's access list, or the key lacks access to the project"
+            }
+            FailureClass::NotFound | FailureClass::NoLink => {
+                "Atlas does not know this live migration: check group_id and id (the migration may have been deleted)"
+            }
+            FailureClass::RateLimited => "Atlas is rate limiting this key",
+            FailureClass::ServerError => "Atlas had a server error",
+            FailureClass::Timeout => "Atlas did not answer in time",
+            FailureClass::Connection => "could not connect to Atlas",
+            FailureClass::Malformed => "Atlas's answer could not be read",
+            FailureClass::ApiVersion => {
+                "Atlas no longer serves the API version linkwatch asks for (application/vnd.atlas.2023-01-01+json): update linkwatch"
+            }
+            FailureClass::Http => "Atlas refused the request",
+        };
+        self.with_codes(what)
+    }
+
+    fn with_codes(&self, what: &str) -> String {
         let mut s = what.to_owned();
         match (self.http_status, &self.error_code) {
             (Some(code), Some(ec)) => s.push_str(&format!(" (HTTP {code} {ec})")),

@@ -69,7 +69,7 @@ fn malformed(code: u16, detail: String) -> Failure {
     Failure::new(FailureClass::Malformed, Some(code), None, detail)
 }
 
-fn error_answer(code: u16, retry_after: Option<Duration>, json: Option<&Value>, body: &[u8]) -> Failure {
+pub(super) fn error_answer(code: u16, retry_after: Option<Duration>, json: Option<&Value>, body: &[u8]) -> Failure {
     let field = |name: &str| {
         json.and_then(|j| j.get(name))
             .and_then(Value::as_str)
@@ -97,7 +97,7 @@ fn error_answer(code: u16, retry_after: Option<Duration>, json: Option<&Value>, 
 }
 
 /// The start of a body, on one line, for messages.
-fn excerpt(body: &[u8]) -> String {
+pub(super) fn excerpt(body: &[u8]) -> String {
     let text = String::from_utf8_lossy(body);
     let flat: String = text.split_whitespace().collect::<Vec<_>>().join(" ");
     if flat.is_empty() {

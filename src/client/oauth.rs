@@ -29,7 +29,6 @@ use tokio::sync::Mutex;
 use tokio::time::Instant;
 
 use super::{classify, read_capped, retry_after, transport_error};
-use crate::config::OrgId;
 use crate::outcome::{Failure, FailureClass};
 use crate::secret::Secret;
 
@@ -77,7 +76,7 @@ struct State {
     /// Orgs that refused a token handed to them fresh after a 401, and until when they are
     /// believed to lack access. Kept across token changes; bounded by the configured orgs, and
     /// lapsed entries are dropped whenever one is added.
-    denied: HashMap<OrgId, Instant>,
+    denied: HashMap<String, Instant>,
 }
 
 struct Cached {
@@ -155,7 +154,7 @@ impl TokenCache {
     /// renewal leaves the cached token in place for the orgs it works for.
     pub async fn unauthorized(
         &self,
-        org: &OrgId,
+        org: &str,
         rejected: &Secret,
         http: &reqwest::Client,
         token_url: &Url,
@@ -184,7 +183,7 @@ impl TokenCache {
     /// org lacks access, and for [`DENIAL_MEMORY`] its 401s renew no token, whichever is current.
     /// Believed only while `token` is still the current one: if another check has replaced it in
     /// the meantime, it may have been revoked, and the refusal says nothing about the org.
-    pub async fn refused_after_renewal(&self, org: &OrgId, token: &Secret) {
+    pub async fn refused_after_renewal(&self, org: &str, token: &Secret) {
         let mut state = self.state.lock().await;
         if state.token.as_ref().is_none_or(|cached| cached.secret != *token) {
             return;
@@ -193,7 +192,7 @@ impl TokenCache {
         state.denied.retain(|_, until| now < *until);
         if !state.denied.contains_key(org) {
             tracing::debug!(client_id = %self.client_id, %org, "org refuses a new token: no access");
-            state.denied.insert(org.clone(), later(now, DENIAL_MEMORY));
+            state.denied.insert(org.to_owned(), later(now, DENIAL_MEMORY));
         }
     }
 
@@ -365,7 +364,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_denial_is_believed_for_a_while_and_a_failed_renewal_keeps_the_token() {
-        let org = OrgId::parse("5f0c00000000000000000a01").unwrap();
+        let org = String::from("5f0c00000000000000000a01");
         let token = Secret::new("the-token".to_owned());
         let cache = TokenCache::new("id".into(), Secret::new("secret".to_owned()));
         let now = Instant::now();
@@ -394,8 +393,8 @@ mod tests {
     /// [`DENIAL_MEMORY`], not with another org's.
     #[tokio::test(start_paused = true)]
     async fn each_denial_outlives_token_changes_and_lapses_on_its_own() {
-        let a = OrgId::parse("5f0c00000000000000000a01").unwrap();
-        let b = OrgId::parse("5f0c00000000000000000b02").unwrap();
+        let a = String::from("5f0c00000000000000000a01");
+        let b = String::from("5f0c00000000000000000b02");
         let cache = TokenCache::new("id".into(), Secret::new("secret".to_owned()));
         let install = |state: &mut State, name: &str| {
             let now = Instant::now();

@@ -36,6 +36,9 @@ pub struct Config {
     pub channels: Vec<Channel>,
     #[serde(default, rename = "route")]
     pub routes: Vec<Route>,
+    pub atlas: Option<Atlas>,
+    #[serde(default, rename = "migration")]
+    pub migrations: Vec<Migration>,
 }
 
 #[derive(Deserialize)]
@@ -95,6 +98,37 @@ macro_rules! credential_fields {
 }
 credential_fields!(CloudManager);
 credential_fields!(Org);
+credential_fields!(Atlas);
+
+/// `[atlas]`: where and how live migrations are read.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Atlas {
+    pub base_url: Option<Spanned<String>>,
+    pub token_url: Option<Spanned<String>>,
+    pub every: Option<Spanned<HumanDuration>>,
+    pub cutover_window: Option<Spanned<HumanDuration>>,
+    pub deadline_warnings: Option<Spanned<Vec<Spanned<HumanDuration>>>>,
+    pub public_key: Option<Spanned<String>>,
+    pub private_key: Option<Spanned<Secret>>,
+    pub private_key_file: Option<Spanned<String>>,
+    pub private_key_env: Option<Spanned<String>>,
+    pub client_id: Option<Spanned<String>>,
+    pub client_secret: Option<Spanned<Secret>>,
+    pub client_secret_file: Option<Spanned<String>>,
+    pub client_secret_env: Option<Spanned<String>>,
+}
+
+/// `[[migration]]`: one Atlas live migration to follow.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Migration {
+    pub name: Spanned<String>,
+    pub org: Spanned<String>,
+    pub group_id: Spanned<String>,
+    pub id: Spanned<String>,
+    pub lag_alert: Option<Spanned<HumanDuration>>,
+}
 
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]

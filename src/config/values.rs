@@ -139,6 +139,15 @@ pub enum EventKind {
     CheckFailing,
     CheckRecovered,
     Reminder,
+    MigrationStatusChanged,
+    ReadyForCutover,
+    ReadyForCutoverLost,
+    LagHigh,
+    LagRecovered,
+    CutoverDeadline,
+    LinkBrokenDuringMigration,
+    MigrationCheckFailing,
+    MigrationCheckRecovered,
 }
 
 impl EventKind {
@@ -149,6 +158,15 @@ impl EventKind {
             EventKind::CheckFailing => "check_failing",
             EventKind::CheckRecovered => "check_recovered",
             EventKind::Reminder => "reminder",
+            EventKind::MigrationStatusChanged => "migration_status_changed",
+            EventKind::ReadyForCutover => "ready_for_cutover",
+            EventKind::ReadyForCutoverLost => "ready_for_cutover_lost",
+            EventKind::LagHigh => "lag_high",
+            EventKind::LagRecovered => "lag_recovered",
+            EventKind::CutoverDeadline => "cutover_deadline",
+            EventKind::LinkBrokenDuringMigration => "link_broken_during_migration",
+            EventKind::MigrationCheckFailing => "migration_check_failing",
+            EventKind::MigrationCheckRecovered => "migration_check_recovered",
         }
     }
 }

@@ -13,7 +13,9 @@ use chrono::{DateTime, Utc};
 
 use super::{Applied, Check, CheckRecord, CurrentStatus, Decision, Delivery, Pending, StatusChange, StoredEvent};
 use crate::config::OrgId;
+use super::{MigrationCheck, MigrationDecision, MigrationRow};
 use crate::detect::OrgState;
+use crate::detect::migration::{LinkView, MigrationState};
 use crate::metrics::DbGauges;
 use crate::store::RemindersSent;
 
@@ -48,6 +50,24 @@ pub(crate) trait Backend {
     /// The one-statement quiet path: updates the check time when the stored state is quiet
     /// with `status`; `false` when it is anything else.
     async fn record_if_quiet(&self, org: &OrgId, name: &str, status: &str, at: DateTime<Utc>) -> anyhow::Result<bool>;
+
+    /// A migration's check in one transaction: reads its state and its org's link, lets
+    /// `decide` say what it means, writes the state, the status change, a lag sample when
+    /// [`super::migrations::lag_sample_due`], the events and their outbox rows.
+    async fn apply_migration(
+        &self,
+        instance: &str,
+        check: &MigrationCheck<'_>,
+        decide: impl FnOnce(&MigrationState, &LinkView) -> MigrationDecision,
+    ) -> anyhow::Result<MigrationDecision>;
+
+    async fn migrations(&self) -> anyhow::Result<Vec<MigrationRow>>;
+
+    async fn migration_lag(
+        &self,
+        migration_id: &str,
+        since: DateTime<Utc>,
+    ) -> anyhow::Result<Vec<(DateTime<Utc>, Option<i64>)>>;
 
     /// Writes a check whose consequences are already decided.
     async fn record_check(&self, instance: &str, rec: &CheckRecord<'_>) -> anyhow::Result<()>;

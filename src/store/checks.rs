@@ -115,7 +115,8 @@ pub(super) fn transition(event: &Event, at: DateTime<Utc>) -> Option<Transition<
             changed_at: *changed_at,
             previous_lasted_s: Some(*from_lasted_s),
         }),
-        Event::CheckFailing { .. } | Event::CheckRecovered { .. } | Event::Reminder { .. } => None,
+        // Everything else, the migrations' events included (they have their own history).
+        _ => None,
     }
 }
 
@@ -200,12 +201,13 @@ fn quiet_status<'a>(outcome: &'a CheckOutcome, state: &OrgState) -> Option<&'a s
 /// already deduplicate by; and different across databases (`instance` is random per database).
 /// The kind and the status it reports are part of it, so that a *different* event taking the
 /// rolled-back one's number (the link synced, the commit was lost, now checks fail) is not
-/// dropped by receivers as a repeat.
-pub fn event_id(instance: &str, org: &OrgId, number: i64, event: &Event) -> String {
+/// dropped by receivers as a repeat. `subject` is the org's id for the link's events, and
+/// [`migration_subject`](super::migrations::migration_subject) for a migration's.
+pub fn event_id(instance: &str, subject: &str, number: i64, event: &Event) -> String {
     let digest = Sha256::new()
         .chain_update(instance)
         .chain_update(b"/")
-        .chain_update(org.as_str())
+        .chain_update(subject)
         .chain_update(b"/")
         .chain_update(number.to_string())
         .chain_update(b"/")
@@ -235,15 +237,15 @@ mod tests {
             failures: 3,
             failed_for_s: 60,
         };
-        let id = event_id("db1", &org, 7, &synced);
-        assert_eq!(id, event_id("db1", &org, 7, &synced));
+        let id = event_id("db1", org.as_str(), 7, &synced);
+        assert_eq!(id, event_id("db1", org.as_str(), 7, &synced));
         assert_eq!(id.len(), "evt_".len() + 32);
         for different in [
-            event_id("db1", &org, 8, &synced),
-            event_id("db2", &org, 7, &synced),
-            event_id("db1", &other, 7, &synced),
-            event_id("db1", &org, 7, &not_synced),
-            event_id("db1", &org, 7, &recovered),
+            event_id("db1", org.as_str(), 8, &synced),
+            event_id("db2", org.as_str(), 7, &synced),
+            event_id("db1", other.as_str(), 7, &synced),
+            event_id("db1", org.as_str(), 7, &not_synced),
+            event_id("db1", org.as_str(), 7, &recovered),
         ] {
             assert_ne!(id, different);
         }

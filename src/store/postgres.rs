@@ -9,6 +9,7 @@
 //! the new leader from sending it again) but never touches a row someone else claimed since.
 
 mod fence;
+mod migrations;
 
 use std::time::Duration;
 
@@ -21,9 +22,10 @@ pub use fence::{Fence, Fenced, Term};
 
 use super::backend::{Backend, FailureRow, QuietRow};
 use super::{
-    Applied, Check, CheckRecord, CurrentStatus, Decision, Delivery, Pending, RemindersSent, StatusChange, StoredEvent,
-    cap, event_id, transition,
+    Applied, Check, CheckRecord, CurrentStatus, Decision, Delivery, MigrationCheck, MigrationDecision, MigrationRow,
+    Pending, RemindersSent, StatusChange, StoredEvent, cap, event_id, transition,
 };
+use crate::detect::migration::{LinkView, MigrationState};
 use crate::config::{OrgId, PgTarget};
 use crate::detect::OrgState;
 use crate::metrics::DbGauges;
@@ -253,6 +255,45 @@ impl Backend for Postgres {
         .rows_affected();
         self.commit_fenced(tx, &term).await?;
         Ok(updated == 1)
+    }
+
+    async fn apply_migration(
+        &self,
+        instance: &str,
+        check: &MigrationCheck<'_>,
+        decide: impl FnOnce(&MigrationState, &LinkView) -> MigrationDecision,
+    ) -> anyhow::Result<MigrationDecision> {
+        let (mut tx, term) = self.begin_fenced().await?;
+        let decision = migrations::apply(&mut tx, instance, check, decide).await?;
+        self.commit_fenced(tx, &term).await?;
+        Ok(decision)
+    }
+
+    async fn migrations(&self) -> anyhow::Result<Vec<MigrationRow>> {
+        Ok(sqlx::query_as::<_, MigrationRow>(
+            "SELECT migration, migration_id, org_id, org_name, group_id, status, linkwatch_ts(since) AS since,
+                    ready_for_cutover, linkwatch_ts(ready_since) AS ready_since,
+                    linkwatch_ts(estimated_deadline) AS estimated_deadline, lag_s,
+                    linkwatch_ts(last_checked_at) AS last_checked_at,
+                    consecutive_failures::bigint AS consecutive_failures, last_error
+             FROM migration_status ORDER BY migration",
+        )
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    async fn migration_lag(
+        &self,
+        migration_id: &str,
+        since: DateTime<Utc>,
+    ) -> anyhow::Result<Vec<(DateTime<Utc>, Option<i64>)>> {
+        Ok(
+            sqlx::query_as("SELECT at, lag_s FROM migration_lag WHERE migration_id = $1 AND at >= $2 ORDER BY at")
+                .bind(migration_id)
+                .bind(since)
+                .fetch_all(&self.pool)
+                .await?,
+        )
     }
 
     async fn record_check(&self, instance: &str, rec: &CheckRecord<'_>) -> anyhow::Result<()> {
@@ -631,26 +672,40 @@ async fn write_record(conn: &mut sqlx::PgConnection, instance: &str, rec: &Check
             .execute(&mut *conn)
             .await?;
         }
-        let seq: i64 = sqlx::query_scalar(
-            "INSERT INTO events (id, org_id, kind, created_at, payload) VALUES ($1, $2, $3, $4, $5::jsonb)
-             RETURNING seq",
-        )
-        .bind(event_id(instance, rec.org_id, number, event))
-        .bind(rec.org_id.as_str())
-        .bind(event.kind())
-        .bind(at)
-        .bind(serde_json::to_string(event)?)
-        .fetch_one(&mut *conn)
-        .await?;
-        sqlx::query(
-            "INSERT INTO outbox (event_seq, channel, next_attempt_at, created_at)
-             SELECT $1, channel, $2, $2 FROM unnest($3::text[]) AS channel",
-        )
-        .bind(seq)
-        .bind(at)
-        .bind(channels)
-        .execute(&mut *conn)
-        .await?;
+        let id = event_id(instance, rec.org_id.as_str(), number, event);
+        insert_event(conn, &id, rec.org_id.as_str(), at, event, channels).await?;
     }
+    Ok(())
+}
+
+/// An event and one outbox row per channel, inside the caller's transaction.
+async fn insert_event(
+    conn: &mut sqlx::PgConnection,
+    id: &str,
+    org_id: &str,
+    at: DateTime<Utc>,
+    event: &crate::detect::Event,
+    channels: &[String],
+) -> anyhow::Result<()> {
+    let seq: i64 = sqlx::query_scalar(
+        "INSERT INTO events (id, org_id, kind, created_at, payload) VALUES ($1, $2, $3, $4, $5::jsonb)
+         RETURNING seq",
+    )
+    .bind(id)
+    .bind(org_id)
+    .bind(event.kind())
+    .bind(at)
+    .bind(serde_json::to_string(event)?)
+    .fetch_one(&mut *conn)
+    .await?;
+    sqlx::query(
+        "INSERT INTO outbox (event_seq, channel, next_attempt_at, created_at)
+         SELECT $1, channel, $2, $2 FROM unnest($3::text[]) AS channel",
+    )
+    .bind(seq)
+    .bind(at)
+    .bind(channels)
+    .execute(&mut *conn)
+    .await?;
     Ok(())
 }

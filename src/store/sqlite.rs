@@ -14,12 +14,15 @@ use sqlx::{Connection, Row};
 
 use super::backend::{Backend, FailureRow, QuietRow};
 use super::{
-    Applied, Check, CheckRecord, CurrentStatus, Decision, Delivery, Pending, RemindersSent, StatusChange, StoredEvent,
-    cap, event_id, parse_ts, transition, ts,
+    Applied, Check, CheckRecord, CurrentStatus, Decision, Delivery, MigrationCheck, MigrationDecision, MigrationRow,
+    Pending, RemindersSent, StatusChange, StoredEvent, cap, event_id, parse_ts, transition, ts,
 };
+use crate::detect::migration::{LinkView, MigrationState};
 use crate::config::OrgId;
 use crate::detect::OrgState;
 use crate::metrics::DbGauges;
+
+mod migrations;
 
 #[derive(Debug, Clone)]
 pub struct Sqlite {
@@ -122,6 +125,48 @@ impl Backend for Sqlite {
             })
             .await?;
         Ok(updated == 1)
+    }
+
+    async fn apply_migration(
+        &self,
+        instance: &str,
+        check: &MigrationCheck<'_>,
+        decide: impl FnOnce(&MigrationState, &LinkView) -> MigrationDecision,
+    ) -> anyhow::Result<MigrationDecision> {
+        self.write(async |conn| {
+            let mut tx = conn.begin_with("BEGIN IMMEDIATE").await?;
+            let decision = migrations::apply(&mut tx, instance, check, decide).await?;
+            tx.commit().await?;
+            Ok(decision)
+        })
+        .await
+    }
+
+    async fn migrations(&self) -> anyhow::Result<Vec<MigrationRow>> {
+        Ok(sqlx::query_as::<_, MigrationRow>(
+            "SELECT migration, migration_id, org_id, org_name, group_id, status, since, ready_for_cutover,
+                    ready_since, estimated_deadline, lag_s, last_checked_at, consecutive_failures, last_error
+             FROM migration_status ORDER BY migration",
+        )
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    async fn migration_lag(
+        &self,
+        migration_id: &str,
+        since: DateTime<Utc>,
+    ) -> anyhow::Result<Vec<(DateTime<Utc>, Option<i64>)>> {
+        let rows: Vec<(String, Option<i64>)> =
+            sqlx::query_as("SELECT at, lag_s FROM migration_lag WHERE migration_id = ? AND at >= ? ORDER BY at")
+                .bind(migration_id)
+                .bind(ts(since))
+                .fetch_all(&self.pool)
+                .await?;
+        Ok(rows
+            .into_iter()
+            .filter_map(|(at, lag)| parse_ts(Some(at)).map(|t| (t, lag)))
+            .collect())
     }
 
     async fn record_check(&self, instance: &str, rec: &CheckRecord<'_>) -> anyhow::Result<()> {
@@ -474,25 +519,38 @@ async fn write_record(conn: &mut SqliteConnection, instance: &str, rec: &CheckRe
             .execute(&mut *conn)
             .await?;
         }
-        let seq: i64 = sqlx::query_scalar(
-            "INSERT INTO events (id, org_id, kind, created_at, payload) VALUES (?, ?, ?, ?, ?) RETURNING seq",
-        )
-        .bind(event_id(instance, rec.org_id, number, event))
-        .bind(rec.org_id.as_str())
-        .bind(event.kind())
-        .bind(&at)
-        .bind(serde_json::to_string(event)?)
-        .fetch_one(&mut *conn)
-        .await?;
-        for channel in channels {
-            sqlx::query("INSERT INTO outbox (event_seq, channel, next_attempt_at, created_at) VALUES (?, ?, ?, ?)")
-                .bind(seq)
-                .bind(channel)
-                .bind(&at)
-                .bind(&at)
-                .execute(&mut *conn)
-                .await?;
-        }
+        let id = event_id(instance, rec.org_id.as_str(), number, event);
+        insert_event(conn, &id, rec.org_id.as_str(), &at, event, channels).await?;
+    }
+    Ok(())
+}
+
+/// An event and one outbox row per channel, inside the caller's transaction.
+async fn insert_event(
+    conn: &mut SqliteConnection,
+    id: &str,
+    org_id: &str,
+    at: &str,
+    event: &crate::detect::Event,
+    channels: &[String],
+) -> anyhow::Result<()> {
+    let seq: i64 =
+        sqlx::query_scalar("INSERT INTO events (id, org_id, kind, created_at, payload) VALUES (?, ?, ?, ?, ?) RETURNING seq")
+            .bind(id)
+            .bind(org_id)
+            .bind(event.kind())
+            .bind(at)
+            .bind(serde_json::to_string(event)?)
+            .fetch_one(&mut *conn)
+            .await?;
+    for channel in channels {
+        sqlx::query("INSERT INTO outbox (event_seq, channel, next_attempt_at, created_at) VALUES (?, ?, ?, ?)")
+            .bind(seq)
+            .bind(channel)
+            .bind(at)
+            .bind(at)
+            .execute(&mut *conn)
+            .await?;
     }
     Ok(())
 }

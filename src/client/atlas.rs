@@ -1,0 +1,150 @@
+//! Turning one Atlas answer about a live migration into a [`MigrationOutcome`]. Pure, like
+//! `classify.rs` for the link.
+
+use std::time::Duration;
+
+use serde_json::Value;
+
+use super::classify::{error_answer, excerpt};
+use crate::outcome::{Failure, FailureClass};
+
+/// The pinned API version for reading a live migration: Atlas answers an unknown version with
+/// 406 and a retired one with 410, which are failures of their own ([`FailureClass::ApiVersion`]).
+pub const ACCEPT: &str = "application/vnd.atlas.2023-01-01+json";
+
+/// What Atlas says about a live migration. Every field of its answer is optional.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MigrationReading {
+    /// `NEW`, `WORKING`, `FAILED`, `COMPLETE`, `EXPIRED` or any other word: a state, not an error.
+    pub status: String,
+    /// Absent means not ready.
+    pub ready_for_cutover: bool,
+    /// Replication lag; absent or null outside an active migration before cutover.
+    pub lag_s: Option<i64>,
+}
+
+pub type MigrationOutcome = Result<MigrationReading, Failure>;
+
+/// A status longer than this is garbage, as for the link.
+const MAX_STATUS_CHARS: usize = 100;
+
+/// `truncated` is `Some(cap)` when the body was cut at `cap` bytes.
+pub fn classify(
+    http_status: u16,
+    retry_after: Option<Duration>,
+    body: &[u8],
+    truncated: Option<usize>,
+) -> MigrationOutcome {
+    let malformed = |detail: String| Failure::new(FailureClass::Malformed, Some(http_status), None, detail);
+    if let Some(cap) = truncated {
+        return Err(malformed(format!(
+            "the answer is larger than {cap} bytes; it starts: {}",
+            excerpt(body)
+        )));
+    }
+    let json: Option<Value> = serde_json::from_slice(body).ok();
+    if !(200..300).contains(&http_status) {
+        let mut failure = error_answer(http_status, retry_after, json.as_ref(), body);
+        failure.class = match http_status {
+            // Atlas answers a missing project or migration alike; there is no link here.
+            404 => FailureClass::NotFound,
+            406 | 410 => FailureClass::ApiVersion,
+            _ => failure.class,
+        };
+        return Err(failure);
+    }
+    let Some(Value::Object(m)) = json else {
+        return Err(malformed(format!("the answer is not a JSON object: {}", excerpt(body))));
+    };
+    let status = match m.get("status") {
+        Some(Value::String(s)) if s.trim().chars().count() > MAX_STATUS_CHARS => {
+            return Err(malformed(format!(
+                "`status` is {} characters long: {}",
+                s.chars().count(),
+                excerpt(s.as_bytes())
+            )));
+        }
+        Some(Value::String(s)) if !s.trim().is_empty() => s.trim().to_owned(),
+        Some(other) => return Err(malformed(format!("`status` is not a status string: {other}"))),
+        None => return Err(malformed(format!("no `status` in the answer: {}", excerpt(body)))),
+    };
+    let ready_for_cutover = match m.get("readyForCutover") {
+        None | Some(Value::Null) => false,
+        Some(Value::Bool(b)) => *b,
+        Some(other) => return Err(malformed(format!("`readyForCutover` is not true or false: {other}"))),
+    };
+    let lag_s = match m.get("lagTimeSeconds") {
+        None | Some(Value::Null) => None,
+        Some(v) => match v.as_i64().or_else(|| v.as_f64().map(|f| f.round() as i64)) {
+            Some(n) if n >= 0 => Some(n),
+            _ => return Err(malformed(format!("`lagTimeSeconds` is not a number of seconds: {v}"))),
+        },
+    };
+    Ok(MigrationReading {
+        status,
+        ready_for_cutover,
+        lag_s,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ok(body: &str) -> MigrationReading {
+        classify(200, None, body.as_bytes(), None).unwrap()
+    }
+
+    fn class_of(code: u16, body: &str) -> FailureClass {
+        classify(code, None, body.as_bytes(), None).unwrap_err().class
+    }
+
+    #[test]
+    fn every_field_may_be_absent_or_null_but_status() {
+        assert_eq!(
+            ok(r#"{"_id":"6f1d00000000000000000001","status":"WORKING","readyForCutover":true,"lagTimeSeconds":42}"#),
+            MigrationReading {
+                status: "WORKING".into(),
+                ready_for_cutover: true,
+                lag_s: Some(42)
+            }
+        );
+        assert_eq!(
+            ok(r#"{"status":"NEW"}"#),
+            MigrationReading {
+                status: "NEW".into(),
+                ready_for_cutover: false,
+                lag_s: None
+            }
+        );
+        assert_eq!(ok(r#"{"status":"COMPLETE","readyForCutover":null,"lagTimeSeconds":null}"#).lag_s, None);
+        // An undocumented status is a state like any other.
+        assert_eq!(ok(r#"{"status":"PAUSED_BY_ATLAS"}"#).status, "PAUSED_BY_ATLAS");
+    }
+
+    #[test]
+    fn unreadable_answers_are_malformed() {
+        assert_eq!(class_of(200, "<html>proxy</html>"), FailureClass::Malformed);
+        assert_eq!(class_of(200, r#"{"readyForCutover":true}"#), FailureClass::Malformed);
+        assert_eq!(class_of(200, r#"{"status":7}"#), FailureClass::Malformed);
+        assert_eq!(class_of(200, r#"{"status":"WORKING","lagTimeSeconds":"soon"}"#), FailureClass::Malformed);
+        assert_eq!(class_of(200, r#"{"status":"WORKING","readyForCutover":"yes"}"#), FailureClass::Malformed);
+        assert!(classify(200, None, b"{}", Some(10)).is_err());
+    }
+
+    #[test]
+    fn refusals_are_classified_in_plain_words() {
+        let body = |code: u16, ec: &str| format!(r#"{{"detail":"d","error":{code},"errorCode":"{ec}","reason":"r"}}"#);
+        assert_eq!(class_of(401, &body(401, "")), FailureClass::Unauthorized);
+        assert_eq!(class_of(403, &body(403, "")), FailureClass::Forbidden);
+        assert_eq!(class_of(404, &body(404, "RESOURCE_NOT_FOUND")), FailureClass::NotFound);
+        assert_eq!(class_of(406, &body(406, "INVALID_VERSION")), FailureClass::ApiVersion);
+        assert_eq!(class_of(410, &body(410, "VERSION_RETIRED")), FailureClass::ApiVersion);
+        assert_eq!(class_of(503, "busy"), FailureClass::ServerError);
+        let f = classify(406, None, body(406, "INVALID_VERSION").as_bytes(), None).unwrap_err();
+        let text = f.explain_atlas();
+        assert!(text.contains("update linkwatch") && text.contains("HTTP 406"), "{text}");
+        let f = classify(404, None, body(404, "X").as_bytes(), None).unwrap_err();
+        assert!(f.explain_atlas().contains("group_id and id"), "{}", f.explain_atlas());
+    }
+}

@@ -1,0 +1,193 @@
+//! `[atlas]` and `[[migration]]`: the Atlas live migrations to follow after a link is `SYNCED`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use reqwest::Url;
+
+use super::{ConfigError, Credential, Locator, Org, OrgId, credential_from, default_token_url, parse_url, raw};
+use super::with_trailing_slash;
+
+pub const DEFAULT_ATLAS_URL: &str = "https://cloud.mongodb.com/api/atlas/v2";
+
+/// How Atlas is asked about live migrations.
+#[derive(Debug, Clone)]
+pub struct Atlas {
+    pub base_url: Url,
+    /// Where a service account gets tokens; defaults to `{origin}/api/oauth/token`.
+    pub token_url: Url,
+    pub credential: Arc<Credential>,
+    /// How often each migration is checked.
+    pub every: Duration,
+    /// How long Atlas waits for a cutover once a migration is ready (120 h unless extended in
+    /// the Atlas UI, which the API does not show).
+    pub cutover_window: Duration,
+    /// How much time left to the estimated deadline each warning is sent at, longest first.
+    pub deadline_warnings: Vec<Duration>,
+}
+
+/// One live migration: which org's link it follows, and where Atlas keeps it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Migration {
+    pub name: String,
+    /// The source org (its link is the one the migration pushes through).
+    pub org: OrgId,
+    /// The Atlas project (24 hex).
+    pub group_id: String,
+    /// The `liveMigrationId` that create returned (24 hex).
+    pub id: String,
+    /// Lag above this for 3 checks in a row is `lag_high`; `None`: no lag alerts.
+    pub lag_alert: Option<Duration>,
+}
+
+pub(super) fn atlas(
+    raw: Option<raw::Atlas>,
+    migrations: Vec<raw::Migration>,
+    orgs: &[Org],
+    loc: &Locator<'_>,
+) -> Result<(Option<Atlas>, Vec<Migration>), ConfigError> {
+    let Some(a) = raw else {
+        return match migrations.first() {
+            Some(m) => Err(loc.error(
+                m.name.span().start,
+                "migration[0]",
+                "[[migration]] needs an [atlas] table with the Atlas API key (public_key and \
+                 private_key) or service account (client_id and client_secret)"
+                    .into(),
+            )),
+            None => Ok((None, Vec::new())),
+        };
+    };
+    let base_url = match &a.base_url {
+        Some(u) => with_trailing_slash(parse_url(u, "atlas.base_url", loc)?),
+        None => with_trailing_slash(Url::parse(DEFAULT_ATLAS_URL).expect("the default Atlas URL is valid")),
+    };
+    let token_url = match &a.token_url {
+        Some(u) => parse_url(u, "atlas.token_url", loc)?,
+        None => default_token_url(&base_url),
+    };
+    let credential = credential_from(&a.credential(), "atlas", loc)?.ok_or_else(|| {
+        loc.error(
+            0,
+            "atlas",
+            "no credential: set public_key and private_key (or client_id and client_secret) in [atlas]".into(),
+        )
+    })?;
+    let every = match &a.every {
+        Some(e) if e.get_ref().0 < Duration::from_secs(10) => {
+            return Err(loc.error(e.span().start, "atlas.every", "must be at least 10s".into()));
+        }
+        Some(e) => e.get_ref().0,
+        None => Duration::from_secs(60),
+    };
+    let cutover_window = match &a.cutover_window {
+        Some(w) if w.get_ref().0 < Duration::from_secs(1) => {
+            return Err(loc.error(w.span().start, "atlas.cutover_window", "must be at least 1s".into()));
+        }
+        Some(w) => w.get_ref().0,
+        None => Duration::from_secs(120 * 3600),
+    };
+    let mut deadline_warnings = match &a.deadline_warnings {
+        None => [24, 6, 1].iter().map(|h| Duration::from_secs(h * 3600)).collect(),
+        Some(list) => {
+            let mut out = Vec::new();
+            for w in list.get_ref() {
+                if w.get_ref().0.is_zero() || w.get_ref().0 >= cutover_window {
+                    return Err(loc.error(
+                        w.span().start,
+                        "atlas.deadline_warnings",
+                        format!(
+                            "each warning must be more than 0s and less than cutover_window ({})",
+                            humantime::format_duration(cutover_window)
+                        ),
+                    ));
+                }
+                out.push(w.get_ref().0);
+            }
+            out
+        }
+    };
+    deadline_warnings.sort_by(|a, b| b.cmp(a));
+    deadline_warnings.dedup();
+
+    let mut out: Vec<Migration> = Vec::new();
+    for (i, m) in migrations.into_iter().enumerate() {
+        let key = format!("migration[{i}]");
+        let name = m.name.get_ref().trim().to_owned();
+        if name.is_empty() {
+            return Err(loc.error(m.name.span().start, &format!("{key}.name"), "must not be empty".into()));
+        }
+        if out.iter().any(|x| x.name == name) {
+            return Err(loc.error(
+                m.name.span().start,
+                &format!("{key}.name"),
+                format!("migration name \"{name}\" is used twice; names must be unique"),
+            ));
+        }
+        let wanted = m.org.get_ref().trim();
+        let org = orgs
+            .iter()
+            .find(|o| o.name == wanted || o.id.as_str() == wanted)
+            .ok_or_else(|| {
+                loc.error(
+                    m.org.span().start,
+                    &format!("{key}.org"),
+                    format!("no [[org]] has the name or id \"{wanted}\""),
+                )
+            })?;
+        let hex = |v: &toml::Spanned<String>, field: &str, what: &str| {
+            let s = v.get_ref().trim();
+            if s.len() == 24 && s.bytes().all(|b| b.is_ascii_hexdigit()) {
+                Ok(s.to_ascii_lowercase())
+            } else {
+                Err(loc.error(
+                    v.span().start,
+                    &format!("{key}.{field}"),
+                    format!("\"{s}\" is not {what}: expected 24 hex characters"),
+                ))
+            }
+        };
+        let group_id = hex(&m.group_id, "group_id", "an Atlas project id")?;
+        let id = hex(
+            &m.id,
+            "id",
+            "a live migration id (the `_id` that creating the migration returned)",
+        )?;
+        if let Some(dup) = out.iter().find(|x| x.id == id) {
+            return Err(loc.error(
+                m.id.span().start,
+                &format!("{key}.id"),
+                format!("live migration {id} is already followed as \"{}\"", dup.name),
+            ));
+        }
+        let lag_alert = match &m.lag_alert {
+            Some(l) if l.get_ref().0 < Duration::from_secs(1) => {
+                return Err(loc.error(
+                    l.span().start,
+                    &format!("{key}.lag_alert"),
+                    "must be at least 1s (the lag is never 0 in practice)".into(),
+                ));
+            }
+            Some(l) => Some(l.get_ref().0),
+            None => None,
+        };
+        out.push(Migration {
+            name,
+            org: org.id.clone(),
+            group_id,
+            id,
+            lag_alert,
+        });
+    }
+    Ok((
+        Some(Atlas {
+            base_url,
+            token_url,
+            credential: Arc::new(credential),
+            every,
+            cutover_window,
+            deadline_warnings,
+        }),
+        out,
+    ))
+}

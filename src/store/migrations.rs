@@ -1,0 +1,125 @@
+//! The Atlas live migrations' side of the store: a check read, decided and written in one
+//! transaction (the migration's row, its status change, a lag sample, its events and their
+//! outbox rows), and the reads behind the `migration_status` view and the lag chart.
+//!
+//! A migration's events belong to its source org (`events.org_id`), so routes by org and the
+//! per-org delivery order hold; they are numbered per migration (`migration_state.event_count`)
+//! and their ids are made from [`migration_subject`], never from the org's numbering.
+
+use chrono::{DateTime, Utc};
+use sqlx::FromRow;
+
+use super::{Backend as _, Store, on_db};
+use crate::client::MigrationOutcome;
+use crate::config::Migration;
+use crate::detect::Event;
+use crate::detect::migration::{LinkView, MigrationState};
+
+/// One check of a migration, before anyone knows what it means.
+#[derive(Debug, Clone, Copy)]
+pub struct MigrationCheck<'a> {
+    pub migration: &'a Migration,
+    pub at: DateTime<Utc>,
+    pub outcome: &'a MigrationOutcome,
+}
+
+/// What a migration's check caused, decided from the stored state and the org's link.
+#[derive(Debug, Clone, Default)]
+pub struct MigrationDecision {
+    pub state: MigrationState,
+    /// Each event with the channels it is routed to.
+    pub events: Vec<(Event, Vec<String>)>,
+    /// The estimated end of the cutover window, while one runs (stored for the view).
+    pub deadline: Option<DateTime<Utc>>,
+}
+
+/// A row of the `migration_status` view.
+#[derive(Debug, Clone, FromRow, serde::Serialize)]
+pub struct MigrationRow {
+    pub migration: String,
+    pub migration_id: String,
+    pub org_id: String,
+    pub org_name: Option<String>,
+    pub group_id: String,
+    pub status: Option<String>,
+    pub since: Option<String>,
+    pub ready_for_cutover: bool,
+    pub ready_since: Option<String>,
+    pub estimated_deadline: Option<String>,
+    pub lag_s: Option<i64>,
+    pub last_checked_at: String,
+    pub consecutive_failures: i64,
+    pub last_error: Option<String>,
+}
+
+/// What a migration's event ids are made from: never an org id (those are bare hex).
+pub fn migration_subject(migration_id: &str) -> String {
+    format!("migration/{migration_id}")
+}
+
+/// The lag series keeps a sample when the lag moves to another bucket: fine where a small lag
+/// matters (5 s steps under a minute), coarse where it does not (10 min steps above an hour),
+/// so a steady migration adds no rows and a chart still shows every trend.
+pub fn lag_bucket(lag_s: Option<i64>) -> Option<i64> {
+    let lag = lag_s?.max(0);
+    let step = match lag {
+        0..60 => 5,
+        60..600 => 30,
+        600..3600 => 120,
+        _ => 600,
+    };
+    Some(lag / step * step)
+}
+
+/// Whether a check that saw `lag_s` adds a sample after the `last` one (`None`: no sample yet).
+pub fn lag_sample_due(last: Option<Option<i64>>, lag_s: Option<i64>) -> bool {
+    match last {
+        None => lag_s.is_some(),
+        Some(last) => lag_bucket(last) != lag_bucket(lag_s),
+    }
+}
+
+impl Store {
+    /// Records a migration's check: reads its state and its org's link, lets `decide` say what
+    /// it means, and writes the new state, the status change, a lag sample when the lag moved,
+    /// the events and their outbox rows, in one transaction (fenced on PostgreSQL).
+    pub async fn apply_migration(
+        &self,
+        check: &MigrationCheck<'_>,
+        decide: impl FnOnce(&MigrationState, &LinkView) -> MigrationDecision,
+    ) -> anyhow::Result<MigrationDecision> {
+        let instance = self.instance.clone();
+        on_db!(self, db => db.apply_migration(&instance, check, decide).await)
+    }
+
+    /// Every followed migration, as the `migration_status` view shows it, by name.
+    pub async fn migrations(&self) -> anyhow::Result<Vec<MigrationRow>> {
+        on_db!(self, db => db.migrations().await)
+    }
+
+    /// A migration's lag samples since `since`, oldest first (`None`: not reported then).
+    pub async fn migration_lag(
+        &self,
+        migration_id: &str,
+        since: DateTime<Utc>,
+    ) -> anyhow::Result<Vec<(DateTime<Utc>, Option<i64>)>> {
+        on_db!(self, db => db.migration_lag(migration_id, since).await)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_steady_lag_adds_no_samples_and_a_moving_one_does() {
+        assert!(lag_sample_due(None, Some(40)));
+        assert!(!lag_sample_due(None, None));
+        assert!(!lag_sample_due(Some(Some(41)), Some(44)));
+        assert!(lag_sample_due(Some(Some(44)), Some(46)));
+        assert!(!lag_sample_due(Some(Some(4000)), Some(4500)));
+        assert!(lag_sample_due(Some(Some(4000)), Some(4300 + 600)));
+        assert!(lag_sample_due(Some(Some(30)), None));
+        assert!(!lag_sample_due(Some(None), None));
+    }
+}
