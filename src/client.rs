@@ -46,6 +46,15 @@ impl Settings {
             max_body_bytes: cm.max_body_bytes,
         }
     }
+
+    /// Atlas's address with Cloud Manager's connection limits and the poll's timeout.
+    pub fn for_atlas(atlas: &config::Atlas, cm: &config::CloudManager, poll: &config::Poll) -> Self {
+        Settings {
+            base_url: atlas.base_url.clone(),
+            token_url: atlas.token_url.clone(),
+            ..Settings::from_config(cm, poll)
+        }
+    }
 }
 
 enum Auth {
@@ -163,9 +172,7 @@ impl Client {
                 )
             })?;
         let requests = AtomicU64::new(0);
-        let answer = self
-            .fetch(url, atlas::ACCEPT, id, credential, &requests)
-            .await?;
+        let answer = self.fetch(url, atlas::ACCEPT, id, credential, &requests).await?;
         atlas::classify(answer.status, answer.retry_after, &answer.body, answer.truncated)
     }
 

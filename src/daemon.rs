@@ -33,8 +33,12 @@ pub struct App {
     pub clock: Clock,
     pub store: Store,
     pub client: Client,
+    /// The Atlas client, when the config follows live migrations.
+    pub atlas: Option<Client>,
     pub dispatcher: Dispatcher,
     pub metrics: Arc<Metrics>,
+    /// Wakes the migration loop at once (a source org's link left `SYNCED`).
+    pub migrations_nudge: Arc<tokio::sync::Notify>,
 }
 
 /// What one check saw and caused.
@@ -76,6 +80,16 @@ impl App {
             &config.credentials,
         )
         .context("cannot build the HTTP client")?;
+        let atlas = match &config.atlas {
+            Some(a) => Some(
+                Client::new(
+                    client::Settings::for_atlas(a, &config.cloud_manager, &config.poll),
+                    std::slice::from_ref(&a.credential),
+                )
+                .context("cannot build the Atlas HTTP client")?,
+            ),
+            None => None,
+        };
         let settings = Settings::with_clock(clock.clone());
         let dispatcher = Dispatcher::with_memories(&config, &console, metrics.clone(), settings, memories)?;
         Ok(App {
@@ -83,8 +97,10 @@ impl App {
             clock,
             store,
             client,
+            atlas,
             dispatcher,
             metrics,
+            migrations_nudge: Arc::default(),
         })
     }
 
@@ -191,6 +207,17 @@ async fn apply(app: &App, org: &Org, outcome: &CheckOutcome, answer: Answer) -> 
     }
     let channels: Vec<String> = decision.events.iter().flat_map(|(_, c)| c.iter().cloned()).collect();
     app.dispatcher.wake(&channels);
+    if decision.state.broken_since.is_some()
+        && decision
+            .events
+            .iter()
+            .any(|(e, _)| matches!(e, Event::StatusChanged { .. }))
+        && app.config.migrations.iter().any(|m| m.org == org.id)
+    {
+        // The link left SYNCED (or moved on while broken): the org's live migrations are
+        // checked now, so that a migration in flight is reported at once.
+        app.migrations_nudge.notify_one();
+    }
     Ok(decision.events.into_iter().map(|(e, _)| e).collect())
 }
 
@@ -525,6 +552,8 @@ struct Generation {
     scheduler: tokio::task::JoinHandle<()>,
     commits_stop: CancellationToken,
     group_commit: tokio::task::JoinHandle<()>,
+    /// The live migrations' loop; stopped with the checks.
+    migrations: tokio::task::JoinHandle<()>,
     sends_stop: CancellationToken,
     workers: JoinSet<()>,
 }
@@ -584,11 +613,17 @@ impl Generation {
         ));
         let commits_stop = CancellationToken::new();
         let group_commit = tokio::spawn(group_commit(app.clone(), commits_stop.clone()));
+        let migrations = tokio::spawn(crate::migrations::run(
+            app.clone(),
+            app.migrations_nudge.clone(),
+            checks_stop.clone(),
+        ));
         Generation {
             checks_stop,
             scheduler,
             commits_stop,
             group_commit,
+            migrations,
             sends_stop,
             workers,
         }
@@ -608,8 +643,10 @@ impl Generation {
         self.sends_stop.cancel();
         self.scheduler.abort();
         self.group_commit.abort();
+        self.migrations.abort();
         let _ = self.scheduler.await;
         let _ = self.group_commit.await;
+        let _ = self.migrations.await;
         let drain = async { while self.workers.join_next().await.is_some() {} };
         if tokio::time::timeout(app.config.shutdown_timeout, drain).await.is_err() {
             self.workers.shutdown().await;
@@ -621,6 +658,7 @@ impl Generation {
         let deadline = clock::later(tokio::time::Instant::now(), app.config.shutdown_timeout);
         self.checks_stop.cancel();
         let _ = self.scheduler.await;
+        let _ = self.migrations.await;
         // The last checks' quiet notes are written before this generation ends.
         self.commits_stop.cancel();
         let _ = self.group_commit.await;

@@ -14,6 +14,7 @@ pub mod dispatch;
 pub mod leader;
 pub mod message;
 pub mod metrics;
+pub mod migrations;
 pub mod monitoring;
 pub mod outcome;
 pub mod retry;

@@ -23,7 +23,7 @@ pub struct Message {
 pub fn render(stored: &StoredEvent) -> Message {
     let name = stored.org_name.clone().unwrap_or_else(|| stored.org_id.clone());
     let (title, advice) = match serde_json::from_str::<Event>(&stored.payload) {
-        Ok(event) => describe(&name, &event),
+        Ok(event) => describe(&name, stored.org_name.as_deref(), &event),
         Err(_) => (
             format!("{name}: {} (payload not readable by this version)", stored.kind),
             None,
@@ -41,7 +41,7 @@ pub fn render(stored: &StoredEvent) -> Message {
     }
 }
 
-fn describe(name: &str, event: &Event) -> (String, Option<String>) {
+fn describe(name: &str, org_name: Option<&str>, event: &Event) -> (String, Option<String>) {
     match event {
         Event::FirstSeen { status } => (
             format!("{name}: migration link is {status} (first check)"),
@@ -98,7 +98,7 @@ fn describe(name: &str, event: &Event) -> (String, Option<String>) {
             ),
             None,
         ),
-        event => describe_migration(name, event),
+        event => describe_migration(org_name, event),
     }
 }
 
@@ -106,10 +106,14 @@ fn describe(name: &str, event: &Event) -> (String, Option<String>) {
 /// start nor an extension.
 const ESTIMATED: &str = "The deadline is estimated by linkwatch from when it first saw the migration ready;      an extension made in the Atlas UI is not visible to linkwatch.";
 
-/// What an Atlas live migration's event says. `org` is the source org's name.
-fn describe_migration(org: &str, event: &Event) -> (String, Option<String>) {
+/// What an Atlas live migration's event says. `org` is the source org's name, once its link
+/// has been checked.
+fn describe_migration(org: Option<&str>, event: &Event) -> (String, Option<String>) {
     let m = event.migration().unwrap_or("?");
-    let who = format!("{m} (org {org})");
+    let who = match org {
+        Some(org) => format!("{m} (org {org})"),
+        None => m.to_owned(),
+    };
     match event {
         Event::MigrationStatusChanged { from, to, from_lasted_s, .. } => {
             let was = match (from, from_lasted_s) {
@@ -210,7 +214,7 @@ fn describe_migration(org: &str, event: &Event) -> (String, Option<String>) {
         | Event::StatusChanged { .. }
         | Event::CheckFailing { .. }
         | Event::CheckRecovered { .. }
-        | Event::Reminder { .. } => (format!("{org}: {}", event.kind()), None),
+        | Event::Reminder { .. } => (format!("{who}: {}", event.kind()), None),
     }
 }
 

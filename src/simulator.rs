@@ -62,6 +62,36 @@ impl Behavior {
 /// A timeline: from each offset (since the simulator started) on, the behavior that follows.
 pub type Script = Vec<(Duration, Behavior)>;
 
+/// What the simulated Atlas answers for one live migration.
+#[derive(Debug, Clone, PartialEq)]
+pub enum MigrationBehavior {
+    /// 200 with a `LiveMigrationResponse`; `lag_s: None` leaves `lagTimeSeconds` out.
+    State {
+        status: String,
+        ready: bool,
+        lag_s: Option<i64>,
+    },
+    /// An API error in Atlas's JSON shape.
+    Error {
+        http: u16,
+        error_code: Option<String>,
+        detail: String,
+    },
+}
+
+impl MigrationBehavior {
+    pub fn state(status: &str, ready: bool, lag_s: Option<i64>) -> Self {
+        MigrationBehavior::State {
+            status: status.to_owned(),
+            ready,
+            lag_s,
+        }
+    }
+}
+
+/// The version Atlas's live migration read answers to; any other gets 406.
+pub const ATLAS_ACCEPT: &str = "application/vnd.atlas.2023-01-01+json";
+
 #[derive(Debug, Clone)]
 pub struct Options {
     /// How long a nonce is accepted; after that the server answers 401 with `stale=true`.
@@ -98,6 +128,8 @@ struct World {
     /// Extra headers for the next answers (e.g. `Retry-After`), per org.
     headers: HashMap<String, Vec<(String, String)>>,
     per_org: HashMap<String, u64>,
+    /// Live migrations by id, each a timeline as for orgs.
+    migrations: HashMap<String, Vec<(Duration, MigrationBehavior)>>,
     nonces: digest::Nonces,
 }
 
@@ -114,6 +146,8 @@ pub struct Counters {
     pub authorized: AtomicU64,
     /// Requests to the OAuth token endpoint.
     pub token_requests: AtomicU64,
+    /// Authorized requests for live migrations.
+    pub migration_requests: AtomicU64,
 }
 
 struct Shared {
@@ -155,6 +189,10 @@ impl Simulator {
                 "/api/public/v1.0/orgs/{org_id}/liveExport/migrationLink/status",
                 get(status),
             )
+            .route(
+                "/api/atlas/v2/groups/{group_id}/liveMigrations/{migration_id}",
+                get(live_migration),
+            )
             .route("/api/oauth/token", post(oauth::token))
             .with_state(shared.clone());
         let stop = CancellationToken::new();
@@ -182,6 +220,30 @@ impl Simulator {
     /// The `base_url` to put in linkwatch's config.
     pub fn base_url(&self) -> String {
         format!("http://{}/api/public/v1.0", self.addr)
+    }
+
+    /// The `[atlas] base_url` to put in linkwatch's config (same server, same keys).
+    pub fn atlas_base_url(&self) -> String {
+        format!("http://{}/api/atlas/v2", self.addr)
+    }
+
+    /// From now on, live migration `id` answers with `behavior`.
+    pub fn set_migration(&self, id: &str, behavior: MigrationBehavior) {
+        let at = self.shared.started.elapsed();
+        let mut w = self.shared.world();
+        let script = w.migrations.entry(id.into()).or_default();
+        script.retain(|(t, _)| *t < at);
+        script.push((at, behavior));
+    }
+
+    /// Replaces live migration `id`'s timeline (offsets count from the simulator's start).
+    pub fn script_migration(&self, id: &str, script: Vec<(Duration, MigrationBehavior)>) {
+        self.shared.world().migrations.insert(id.into(), script);
+    }
+
+    /// Authorized requests for live migrations.
+    pub fn migration_requests(&self) -> u64 {
+        self.shared.counters.migration_requests.load(Ordering::SeqCst)
     }
 
     pub fn add_api_key(&self, public_key: &str, private_key: &str) {
@@ -302,30 +364,8 @@ async fn status(
     if !shared.options.latency.is_zero() {
         tokio::time::sleep(shared.options.latency).await;
     }
-    let auth = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("");
-    let path = uri.path_and_query().map_or(uri.path(), |p| p.as_str());
-    let verdict = if let Some(token) = auth.strip_prefix("Bearer ") {
-        let w = shared.world();
-        match w.tokens.get(token) {
-            _ if w.token_denied.contains(&org_id) => digest::Verdict::Rejected,
-            Some(None) => digest::Verdict::Ok,
-            Some(Some(exp)) if *exp > Instant::now() => digest::Verdict::Ok,
-            _ => digest::Verdict::Rejected,
-        }
-    } else {
-        let mut w = shared.world();
-        let World { api_keys, nonces, .. } = &mut *w;
-        digest::verify(auth, "GET", path, api_keys, nonces)
-    };
-    match verdict {
-        digest::Verdict::Ok => {}
-        digest::Verdict::Missing | digest::Verdict::Rejected => {
-            return unauthorized(&shared, false);
-        }
-        digest::Verdict::Stale => return unauthorized(&shared, true),
+    if let Err(refused) = authorize(&shared, &headers, &uri, &org_id) {
+        return refused;
     }
     shared.counters.authorized.fetch_add(1, Ordering::SeqCst);
 
@@ -380,4 +420,91 @@ async fn status(
         }
     }
     response
+}
+
+/// Checks the request's Digest answer or bearer token; `Err` is the 401 to send. `key` is what
+/// a service account may be denied (an org id).
+#[allow(clippy::result_large_err)]
+fn authorize(shared: &Shared, headers: &HeaderMap, uri: &axum::http::Uri, key: &str) -> Result<(), Response> {
+    let auth = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let path = uri.path_and_query().map_or(uri.path(), |p| p.as_str());
+    let verdict = if let Some(token) = auth.strip_prefix("Bearer ") {
+        let w = shared.world();
+        match w.tokens.get(token) {
+            _ if w.token_denied.contains(key) => digest::Verdict::Rejected,
+            Some(None) => digest::Verdict::Ok,
+            Some(Some(exp)) if *exp > Instant::now() => digest::Verdict::Ok,
+            _ => digest::Verdict::Rejected,
+        }
+    } else {
+        let mut w = shared.world();
+        let World { api_keys, nonces, .. } = &mut *w;
+        digest::verify(auth, "GET", path, api_keys, nonces)
+    };
+    match verdict {
+        digest::Verdict::Ok => {}
+        digest::Verdict::Missing | digest::Verdict::Rejected => {
+            return Err(unauthorized(shared, false));
+        }
+        digest::Verdict::Stale => return Err(unauthorized(shared, true)),
+    }
+    Ok(())
+}
+
+async fn live_migration(
+    State(shared): State<Arc<Shared>>,
+    Path((_group_id, migration_id)): Path<(String, String)>,
+    uri: axum::http::Uri,
+    headers: HeaderMap,
+) -> Response {
+    if !shared.options.latency.is_zero() {
+        tokio::time::sleep(shared.options.latency).await;
+    }
+    if let Err(refused) = authorize(&shared, &headers, &uri, &migration_id) {
+        return refused;
+    }
+    // Atlas's versioned API: an unknown version is refused before anything else is looked at.
+    let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()).unwrap_or("");
+    if accept != ATLAS_ACCEPT {
+        return api_error(
+            406,
+            Some("INVALID_VERSION_DATE"),
+            "Invalid accept header or version date.",
+        );
+    }
+    shared.counters.migration_requests.fetch_add(1, Ordering::SeqCst);
+    let behavior = {
+        let w = shared.world();
+        let at = shared.started.elapsed();
+        w.migrations
+            .get(&migration_id)
+            .and_then(|s| s.iter().rev().find(|(t, _)| *t <= at).map(|(_, b)| b.clone()))
+    };
+    match behavior {
+        None => api_error(
+            404,
+            Some("RESOURCE_NOT_FOUND"),
+            &format!("Cannot find resource live migration {migration_id}."),
+        ),
+        Some(MigrationBehavior::State { status, ready, lag_s }) => {
+            let mut body = serde_json::json!({
+                "_id": migration_id,
+                "status": status,
+                "readyForCutover": ready,
+                "migrationHosts": ["atlas-migration-host-0.mongodb.net"],
+            });
+            if let Some(lag) = lag_s {
+                body["lagTimeSeconds"] = lag.into();
+            }
+            json(StatusCode::OK, body)
+        }
+        Some(MigrationBehavior::Error {
+            http,
+            error_code,
+            detail,
+        }) => api_error(http, error_code.as_deref(), &detail),
+    }
 }

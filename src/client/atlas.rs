@@ -117,7 +117,10 @@ mod tests {
                 lag_s: None
             }
         );
-        assert_eq!(ok(r#"{"status":"COMPLETE","readyForCutover":null,"lagTimeSeconds":null}"#).lag_s, None);
+        assert_eq!(
+            ok(r#"{"status":"COMPLETE","readyForCutover":null,"lagTimeSeconds":null}"#).lag_s,
+            None
+        );
         // An undocumented status is a state like any other.
         assert_eq!(ok(r#"{"status":"PAUSED_BY_ATLAS"}"#).status, "PAUSED_BY_ATLAS");
     }
@@ -127,8 +130,14 @@ mod tests {
         assert_eq!(class_of(200, "<html>proxy</html>"), FailureClass::Malformed);
         assert_eq!(class_of(200, r#"{"readyForCutover":true}"#), FailureClass::Malformed);
         assert_eq!(class_of(200, r#"{"status":7}"#), FailureClass::Malformed);
-        assert_eq!(class_of(200, r#"{"status":"WORKING","lagTimeSeconds":"soon"}"#), FailureClass::Malformed);
-        assert_eq!(class_of(200, r#"{"status":"WORKING","readyForCutover":"yes"}"#), FailureClass::Malformed);
+        assert_eq!(
+            class_of(200, r#"{"status":"WORKING","lagTimeSeconds":"soon"}"#),
+            FailureClass::Malformed
+        );
+        assert_eq!(
+            class_of(200, r#"{"status":"WORKING","readyForCutover":"yes"}"#),
+            FailureClass::Malformed
+        );
         assert!(classify(200, None, b"{}", Some(10)).is_err());
     }
 

@@ -5,8 +5,8 @@ use std::time::Duration;
 
 use reqwest::Url;
 
-use super::{ConfigError, Credential, Locator, Org, OrgId, credential_from, default_token_url, parse_url, raw};
 use super::with_trailing_slash;
+use super::{ConfigError, Credential, Locator, Org, OrgId, credential_from, default_token_url, parse_url, raw};
 
 pub const DEFAULT_ATLAS_URL: &str = "https://cloud.mongodb.com/api/atlas/v2";
 

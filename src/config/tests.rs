@@ -514,3 +514,102 @@ fn a_postgres_database_with_its_password_from_a_file() {
     assert_eq!(key, "leader_lease");
     assert!(message.contains("at least 3s"), "{message}");
 }
+
+const ATLAS: &str = r#"
+[atlas]
+public_key = "atlas-pub"
+private_key = "atlas-secret"
+"#;
+
+fn migration(org: &str, group: &str, id: &str, extra: &str) -> String {
+    format!("\n[[migration]]\nname = \"rs0\"\norg = \"{org}\"\ngroup_id = \"{group}\"\nid = \"{id}\"\n{extra}\n")
+}
+
+const GROUP: &str = "6f0c00000000000000000c01";
+const MIGRATION: &str = "6F1D00000000000000000D01";
+
+#[test]
+fn migrations_are_read_with_their_org_by_name_or_id() {
+    let text = format!(
+        "{MINIMAL}{ATLAS}cutover_window = \"48h\"\ndeadline_warnings = [\"1h\", \"12h\"]\n{}",
+        migration("payments", GROUP, MIGRATION, "lag_alert = \"10m\"")
+    );
+    let config = parse(&text).unwrap();
+    let atlas = config.atlas.unwrap();
+    assert_eq!(atlas.base_url.as_str(), "https://cloud.mongodb.com/api/atlas/v2/");
+    assert_eq!(atlas.token_url.as_str(), "https://cloud.mongodb.com/api/oauth/token");
+    assert_eq!(atlas.every, Duration::from_secs(60));
+    assert_eq!(atlas.cutover_window, Duration::from_secs(48 * 3600));
+    assert_eq!(
+        atlas.deadline_warnings,
+        [Duration::from_secs(12 * 3600), Duration::from_secs(3600)]
+    );
+    assert!(!format!("{atlas:?}").contains("atlas-secret"));
+    let m = &config.migrations[0];
+    assert_eq!(m.org.as_str(), "5f0c1234567890abcdef1234");
+    assert_eq!(m.id, MIGRATION.to_ascii_lowercase());
+    assert_eq!(m.lag_alert, Some(Duration::from_secs(600)));
+    let by_id = parse(&format!(
+        "{MINIMAL}{ATLAS}{}",
+        migration("5f0c1234567890abcdef1234", GROUP, MIGRATION, "")
+    ))
+    .unwrap();
+    assert_eq!(by_id.migrations[0].org, m.org);
+    // The defaults: 120 h, warnings at 24 h, 6 h and 1 h.
+    let plain = parse(&format!("{MINIMAL}{ATLAS}")).unwrap().atlas.unwrap();
+    assert_eq!(plain.cutover_window, Duration::from_secs(120 * 3600));
+    assert_eq!(plain.deadline_warnings.len(), 3);
+}
+
+#[test]
+fn migration_mistakes_name_the_line_and_key() {
+    let (line, _, key, message) = error(&format!("{MINIMAL}{}", migration("payments", GROUP, MIGRATION, "")));
+    assert_eq!((line, key.as_str()), (11, "migration[0]"));
+    assert!(message.contains("needs an [atlas] table"), "{message}");
+
+    let (line, _, key, message) = error(&format!(
+        "{MINIMAL}{ATLAS}{}",
+        migration("billing", GROUP, MIGRATION, "")
+    ));
+    assert_eq!((line, key.as_str()), (16, "migration[0].org"));
+    assert!(
+        message.contains("no [[org]] has the name or id \"billing\""),
+        "{message}"
+    );
+
+    let (_, _, key, message) = error(&format!(
+        "{MINIMAL}{ATLAS}{}",
+        migration("payments", "abc", MIGRATION, "")
+    ));
+    assert_eq!(key, "migration[0].group_id");
+    assert!(message.contains("24 hex"), "{message}");
+
+    let (_, _, key, _) = error(&format!("{MINIMAL}{ATLAS}{}", migration("payments", GROUP, "6f1d", "")));
+    assert_eq!(key, "migration[0].id");
+
+    let twice = format!(
+        "{MINIMAL}{ATLAS}{}{}",
+        migration("payments", GROUP, MIGRATION, ""),
+        migration("payments", GROUP, MIGRATION, "").replace("rs0", "rs1")
+    );
+    let (_, _, key, message) = error(&twice);
+    assert_eq!(key, "migration[1].id");
+    assert!(message.contains("already followed as \"rs0\""), "{message}");
+
+    let (_, _, key, _) = error(&format!(
+        "{MINIMAL}{ATLAS}{}",
+        migration("payments", GROUP, MIGRATION, "lag_alert = \"0s\"")
+    ));
+    assert_eq!(key, "migration[0].lag_alert");
+
+    let (_, _, key, message) = error(&format!("{MINIMAL}{ATLAS}deadline_warnings = [\"200h\"]\n"));
+    assert_eq!(key, "atlas.deadline_warnings");
+    assert!(message.contains("less than cutover_window (5days)"), "{message}");
+
+    let (_, _, key, message) = error(&format!("{MINIMAL}\n[atlas]\nevery = \"1m\"\n"));
+    assert_eq!(key, "atlas");
+    assert!(message.contains("no credential"), "{message}");
+
+    let (_, _, key, _) = error(&format!("{MINIMAL}{ATLAS}every = \"1s\"\n"));
+    assert_eq!(key, "atlas.every");
+}

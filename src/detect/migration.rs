@@ -228,3 +228,215 @@ fn add(t: DateTime<Utc>, d: Duration) -> DateTime<Utc> {
         .and_then(|d| t.checked_add_signed(d))
         .unwrap_or(DateTime::<Utc>::MAX_UTC)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::client::MigrationReading;
+    use crate::outcome::{Failure, FailureClass};
+
+    const H: i64 = 3600;
+    const WARNINGS: [Duration; 3] = [
+        Duration::from_secs(24 * 3600),
+        Duration::from_secs(6 * 3600),
+        Duration::from_secs(3600),
+    ];
+
+    fn t(s: i64) -> DateTime<Utc> {
+        DateTime::from_timestamp(1_800_000_000 + s, 0).unwrap()
+    }
+
+    fn policy() -> MigrationPolicy<'static> {
+        MigrationPolicy {
+            failures_before_alert: 2,
+            lag_alert: Some(Duration::from_secs(600)),
+            cutover_window: Duration::from_secs(120 * 3600),
+            deadline_warnings: &WARNINGS,
+        }
+    }
+
+    fn ok(status: &str, ready: bool, lag: Option<i64>) -> MigrationOutcome {
+        Ok(MigrationReading {
+            status: status.into(),
+            ready_for_cutover: ready,
+            lag_s: lag,
+        })
+    }
+
+    fn fail() -> MigrationOutcome {
+        Err(Failure::new(FailureClass::NotFound, Some(404), None, "gone"))
+    }
+
+    /// Runs `steps` (seconds since the start, outcome, link) from an empty state and returns the
+    /// event kinds of each step.
+    fn run(steps: &[(i64, MigrationOutcome, LinkView)]) -> (MigrationState, Vec<Vec<&'static str>>) {
+        let mut state = MigrationState::default();
+        let mut kinds = Vec::new();
+        for (at, outcome, link) in steps {
+            let (next, events) = detect_migration("m", &state, outcome, link, t(*at), policy());
+            kinds.push(events.iter().map(Event::kind).collect());
+            state = next;
+        }
+        (state, kinds)
+    }
+
+    fn synced() -> LinkView {
+        LinkView {
+            status: Some("SYNCED".into()),
+            broken_since: None,
+        }
+    }
+
+    #[test]
+    fn the_path_to_cutover_with_each_deadline_warning_once() {
+        let link = synced;
+        let (state, kinds) = run(&[
+            (0, ok("NEW", false, None), link()),
+            (60, ok("WORKING", false, Some(900)), link()),
+            (120, ok("WORKING", true, Some(20)), link()),
+            // Ready at 120 s: the estimated deadline is 120 h later.
+            (96 * H + 60, ok("WORKING", true, Some(20)), link()),
+            (96 * H + 120, ok("WORKING", true, Some(20)), link()),
+            (96 * H + 180, ok("WORKING", true, Some(20)), link()),
+            (114 * H + 120, ok("WORKING", true, Some(20)), link()),
+            (119 * H + 120, ok("WORKING", true, Some(20)), link()),
+            (119 * H + 180, ok("WORKING", true, Some(20)), link()),
+            (119 * H + 600, ok("COMPLETE", false, None), link()),
+        ]);
+        assert_eq!(
+            kinds,
+            vec![
+                vec!["migration_status_changed"],
+                vec!["migration_status_changed"],
+                vec!["ready_for_cutover"],
+                vec![],                   // 24 h 1 min left
+                vec!["cutover_deadline"], // 24 h
+                vec![],
+                vec!["cutover_deadline"], // 6 h
+                vec!["cutover_deadline"], // 1 h
+                vec![],
+                vec!["migration_status_changed"],
+            ]
+        );
+        assert_eq!(state.ready_since, None, "a finished migration has no window");
+    }
+
+    #[test]
+    fn the_deadline_counts_from_the_first_readiness_and_after_an_outage_warns_once() {
+        let (_, kinds) = run(&[
+            (0, ok("WORKING", true, Some(20)), synced()),
+            (60, ok("WORKING", false, Some(700)), synced()),
+            (120, ok("WORKING", true, Some(20)), synced()),
+            // Linkwatch was down until 30 min before the deadline: one warning, not three.
+            (120 * H - 1800, ok("WORKING", true, Some(20)), synced()),
+        ]);
+        assert_eq!(
+            kinds,
+            vec![
+                vec!["migration_status_changed", "ready_for_cutover"],
+                vec!["ready_for_cutover_lost"],
+                vec!["ready_for_cutover"],
+                vec!["cutover_deadline"],
+            ]
+        );
+        let state = MigrationState {
+            status: Some(WORKING.into()),
+            ready: true,
+            ready_since: Some(t(0)),
+            ..MigrationState::default()
+        };
+        assert_eq!(state.deadline(policy().cutover_window), Some(t(120 * H)));
+        let (_, events) = detect_migration("m", &state, &ok("WORKING", true, None), &synced(), t(0), policy());
+        assert!(events.is_empty(), "{events:?}");
+    }
+
+    #[test]
+    fn lag_alerts_need_three_checks_and_recover_below_the_hysteresis() {
+        let w = |lag| ok("WORKING", false, Some(lag));
+        let (_, kinds) = run(&[
+            (0, w(700), synced()),
+            (60, w(700), synced()),
+            (120, w(500), synced()), // one below: the streak starts over
+            (180, w(700), synced()),
+            (240, w(700), synced()),
+            (300, w(700), synced()),
+            (360, w(590), synced()), // below the threshold, above 80 % of it: still high
+            (420, w(590), synced()),
+            (480, w(590), synced()),
+            (540, w(400), synced()),
+            (600, w(400), synced()),
+            (660, w(400), synced()),
+        ]);
+        let flat: Vec<&str> = kinds.into_iter().flatten().collect();
+        assert_eq!(flat, vec!["migration_status_changed", "lag_high", "lag_recovered"]);
+    }
+
+    #[test]
+    fn failures_alert_after_the_threshold_and_recover() {
+        let (state, kinds) = run(&[
+            (0, ok("WORKING", false, Some(30)), synced()),
+            (60, fail(), synced()),
+            (120, fail(), synced()),
+            (180, fail(), synced()),
+            (240, ok("WORKING", false, Some(30)), synced()),
+        ]);
+        assert_eq!(
+            kinds,
+            vec![
+                vec!["migration_status_changed"],
+                vec![],
+                vec!["migration_check_failing"],
+                vec![],
+                vec!["migration_check_recovered"],
+            ]
+        );
+        assert_eq!(state.consecutive_failures, 0);
+    }
+
+    #[test]
+    fn a_link_break_while_working_is_reported_once_per_break() {
+        let broken = |since| LinkView {
+            status: Some("NOT_SYNCED".into()),
+            broken_since: Some(t(since)),
+        };
+        let (_, kinds) = run(&[
+            (0, ok("WORKING", false, Some(30)), synced()),
+            (60, ok("WORKING", false, Some(30)), broken(50)),
+            (120, fail(), broken(50)),
+            (180, ok("WORKING", false, Some(30)), broken(50)),
+            (240, ok("WORKING", false, Some(30)), synced()),
+            (300, ok("WORKING", false, Some(30)), broken(290)),
+            (360, ok("COMPLETE", false, None), broken(290)),
+        ]);
+        let flat: Vec<&str> = kinds.into_iter().flatten().collect();
+        assert_eq!(
+            flat,
+            vec![
+                "migration_status_changed",
+                "link_broken_during_migration",
+                "link_broken_during_migration",
+                "migration_status_changed"
+            ]
+        );
+        // A link that was never SYNCED has not broken, and a migration not WORKING is not hurt.
+        let never = LinkView {
+            status: Some("NOT_SYNCED".into()),
+            broken_since: None,
+        };
+        let (_, kinds) = run(&[
+            (0, ok("WORKING", false, None), never),
+            (60, ok("NEW", false, None), broken(50)),
+        ]);
+        assert_eq!(
+            kinds,
+            vec![vec!["migration_status_changed"], vec!["migration_status_changed"]]
+        );
+    }
+
+    #[test]
+    fn unknown_statuses_are_states() {
+        let (state, kinds) = run(&[(0, ok("PAUSED_BY_ATLAS", false, None), synced())]);
+        assert_eq!(kinds, vec![vec!["migration_status_changed"]]);
+        assert_eq!(state.status.as_deref(), Some("PAUSED_BY_ATLAS"));
+    }
+}

@@ -12,8 +12,8 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 
 use super::{Applied, Check, CheckRecord, CurrentStatus, Decision, Delivery, Pending, StatusChange, StoredEvent};
-use crate::config::OrgId;
 use super::{MigrationCheck, MigrationDecision, MigrationRow};
+use crate::config::OrgId;
 use crate::detect::OrgState;
 use crate::detect::migration::{LinkView, MigrationState};
 use crate::metrics::DbGauges;

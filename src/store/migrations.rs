@@ -117,7 +117,7 @@ mod tests {
         assert!(!lag_sample_due(None, None));
         assert!(!lag_sample_due(Some(Some(41)), Some(44)));
         assert!(lag_sample_due(Some(Some(44)), Some(46)));
-        assert!(!lag_sample_due(Some(Some(4000)), Some(4500)));
+        assert!(!lag_sample_due(Some(Some(4000)), Some(4100)));
         assert!(lag_sample_due(Some(Some(4000)), Some(4300 + 600)));
         assert!(lag_sample_due(Some(Some(30)), None));
         assert!(!lag_sample_due(Some(None), None));

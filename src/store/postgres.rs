@@ -25,9 +25,9 @@ use super::{
     Applied, Check, CheckRecord, CurrentStatus, Decision, Delivery, MigrationCheck, MigrationDecision, MigrationRow,
     Pending, RemindersSent, StatusChange, StoredEvent, cap, event_id, transition,
 };
-use crate::detect::migration::{LinkView, MigrationState};
 use crate::config::{OrgId, PgTarget};
 use crate::detect::OrgState;
+use crate::detect::migration::{LinkView, MigrationState};
 use crate::metrics::DbGauges;
 
 /// The lease's name: one leader per database.

@@ -17,9 +17,9 @@ use super::{
     Applied, Check, CheckRecord, CurrentStatus, Decision, Delivery, MigrationCheck, MigrationDecision, MigrationRow,
     Pending, RemindersSent, StatusChange, StoredEvent, cap, event_id, parse_ts, transition, ts,
 };
-use crate::detect::migration::{LinkView, MigrationState};
 use crate::config::OrgId;
 use crate::detect::OrgState;
+use crate::detect::migration::{LinkView, MigrationState};
 use crate::metrics::DbGauges;
 
 mod migrations;
@@ -534,15 +534,16 @@ async fn insert_event(
     event: &crate::detect::Event,
     channels: &[String],
 ) -> anyhow::Result<()> {
-    let seq: i64 =
-        sqlx::query_scalar("INSERT INTO events (id, org_id, kind, created_at, payload) VALUES (?, ?, ?, ?, ?) RETURNING seq")
-            .bind(id)
-            .bind(org_id)
-            .bind(event.kind())
-            .bind(at)
-            .bind(serde_json::to_string(event)?)
-            .fetch_one(&mut *conn)
-            .await?;
+    let seq: i64 = sqlx::query_scalar(
+        "INSERT INTO events (id, org_id, kind, created_at, payload) VALUES (?, ?, ?, ?, ?) RETURNING seq",
+    )
+    .bind(id)
+    .bind(org_id)
+    .bind(event.kind())
+    .bind(at)
+    .bind(serde_json::to_string(event)?)
+    .fetch_one(&mut *conn)
+    .await?;
     for channel in channels {
         sqlx::query("INSERT INTO outbox (event_seq, channel, next_attempt_at, created_at) VALUES (?, ?, ?, ?)")
             .bind(seq)

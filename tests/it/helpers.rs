@@ -18,6 +18,11 @@ pub const ORG_A: &str = "5f0c00000000000000000a01";
 pub const ORG_B: &str = "5f0c00000000000000000b02";
 pub const PUBLIC_KEY: &str = "test-public";
 pub const PRIVATE_KEY: &str = "test-private-key-0123";
+/// The Atlas API key `[atlas]` uses in tests (the simulator knows it).
+pub const ATLAS_PUBLIC_KEY: &str = "atlas-public";
+pub const ATLAS_PRIVATE_KEY: &str = "atlas-private-key-4567";
+pub const GROUP: &str = "6f0c00000000000000000c01";
+pub const MIGRATION_A: &str = "6f1d00000000000000000d01";
 
 pub struct Setup {
     /// `[cloud_manager]` credential lines.
@@ -38,6 +43,9 @@ pub struct Setup {
     pub sim_options: simulator::Options,
     /// Dispatcher settings (retry policy, ...); the app's clock replaces theirs.
     pub delivery: Option<dispatch::Settings>,
+    /// `[atlas]` (the simulator's Atlas and [`ATLAS_PUBLIC_KEY`]) with these extra lines, and
+    /// after it these `[[migration]]` tables; `None`: no `[atlas]`.
+    pub atlas: Option<(String, String)>,
 }
 
 impl Default for Setup {
@@ -53,6 +61,7 @@ impl Default for Setup {
             channels: "[[channel]]\nname = \"console\"\nkind = \"console\"\n".into(),
             sim_options: simulator::Options::default(),
             delivery: None,
+            atlas: None,
         }
     }
 }
@@ -117,6 +126,7 @@ pub async fn spawn_app_with(setup: Setup) -> TestApp {
         .await
         .expect("simulator starts");
     sim.add_api_key(PUBLIC_KEY, PRIVATE_KEY);
+    sim.add_api_key(ATLAS_PUBLIC_KEY, ATLAS_PRIVATE_KEY);
     sim.set(ORG_A, Behavior::status("NOT_SYNCED"));
     sim.set(ORG_B, Behavior::status("SYNCED"));
     let dir = tempfile::tempdir().expect("temporary directory");
@@ -147,6 +157,7 @@ id = "{ORG_B}"
 name = "beta"
 
 {channels}
+{atlas}
 "#,
         db = setup
             .database_url
@@ -158,6 +169,10 @@ name = "beta"
         timeout = setup.timeout,
         channels = setup.channels,
         top = setup.top,
+        atlas = setup.atlas.as_ref().map_or(String::new(), |(lines, migrations)| format!(
+            "[atlas]\nbase_url = \"{}\"\npublic_key = \"{ATLAS_PUBLIC_KEY}\"\nprivate_key = \"{ATLAS_PRIVATE_KEY}\"\n{lines}\n\n{migrations}",
+            sim.atlas_base_url()
+        )),
     );
     std::fs::write(&config_path, toml).expect("config written");
     let extra: String = (0..setup.extra_orgs)
@@ -220,6 +235,20 @@ impl TestApp {
         daemon::check_org(&self.app, org(&self.app, id))
             .await
             .expect("check recorded")
+    }
+
+    /// Checks the `[[migration]]` named `name` once, as the migration loop would.
+    pub async fn check_migration(&self, name: &str) -> linkwatch::migrations::MigrationReport {
+        let m = self
+            .app
+            .config
+            .migrations
+            .iter()
+            .find(|m| m.name == name)
+            .expect("migration is configured");
+        linkwatch::migrations::check_migration(&self.app, m)
+            .await
+            .expect("migration check recorded")
     }
 
     /// Event kinds recorded for `id`, oldest first.

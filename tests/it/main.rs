@@ -13,6 +13,7 @@ mod digest;
 mod failover;
 mod faults;
 mod input;
+mod migrations;
 mod notify;
 mod oauth;
 mod pg;

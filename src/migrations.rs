@@ -1,0 +1,139 @@
+//! Following Atlas live migrations: `check_migration` is one step (ask Atlas, decide, record,
+//! wake the channels), `run` the loop that checks every `[[migration]]` every `[atlas] every`,
+//! and at once when a source org's link leaves `SYNCED` (the daemon nudges it), so that
+//! `link_broken_during_migration` follows the link's own event without waiting a period.
+//!
+//! Migrations are few (one per replica set being moved), so they are checked together on one
+//! timer, apart from the per-org scheduler, which is built for thousands of orgs.
+
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use crate::client::MigrationOutcome;
+use crate::config::{Atlas, Migration};
+use crate::daemon::App;
+use crate::detect::Event;
+use crate::detect::migration::{LinkView, MigrationPolicy, MigrationState, detect_migration};
+use crate::store::{MigrationCheck, MigrationDecision};
+
+/// What one check of a migration saw and caused.
+#[derive(Debug, Clone)]
+pub struct MigrationReport {
+    pub outcome: MigrationOutcome,
+    pub events: Vec<Event>,
+}
+
+/// Checks `migration` now and records what it means.
+pub async fn check_migration(app: &App, migration: &Migration) -> anyhow::Result<MigrationReport> {
+    if !app.store.may_send() {
+        return Err(crate::store::Fenced {
+            why: "its lease ran out before this check",
+        }
+        .into());
+    }
+    let (Some(atlas), Some(client)) = (app.config.atlas.as_ref(), app.atlas.as_ref()) else {
+        anyhow::bail!("no [atlas] in the config");
+    };
+    let outcome = client
+        .migration(&migration.group_id, &migration.id, &atlas.credential)
+        .await;
+    let check = MigrationCheck {
+        migration,
+        at: app.clock.now(),
+        outcome: &outcome,
+    };
+    let decision = app
+        .store
+        .apply_migration(&check, |state, link| decide(app, atlas, &check, state, link))
+        .await
+        .with_context(|| format!("cannot record the check of live migration {}", migration.name))?;
+    match &outcome {
+        Ok(r) => {
+            tracing::debug!(migration = %migration.name, status = %r.status, ready = r.ready_for_cutover, lag_s = ?r.lag_s, "checked")
+        }
+        Err(f) => tracing::warn!(
+            migration = %migration.name,
+            failures = decision.state.consecutive_failures,
+            "live migration check failed: {}",
+            f.explain_atlas()
+        ),
+    }
+    for (e, _) in &decision.events {
+        app.metrics.event(e.kind());
+        let detail = serde_json::to_string(e).unwrap_or_default();
+        tracing::info!(migration = %migration.name, org_id = %migration.org, event = e.kind(), "{detail}");
+    }
+    let channels: Vec<String> = decision.events.iter().flat_map(|(_, c)| c.iter().cloned()).collect();
+    app.dispatcher.wake(&channels);
+    Ok(MigrationReport {
+        outcome,
+        events: decision.events.into_iter().map(|(e, _)| e).collect(),
+    })
+}
+
+/// What `check` means given the stored state and the org's link; pure, it runs inside the
+/// store's transaction.
+fn decide(
+    app: &App,
+    atlas: &Atlas,
+    check: &MigrationCheck<'_>,
+    state: &MigrationState,
+    link: &LinkView,
+) -> MigrationDecision {
+    let m = check.migration;
+    let policy = MigrationPolicy {
+        failures_before_alert: app.config.poll.failures_before_alert,
+        lag_alert: m.lag_alert,
+        cutover_window: atlas.cutover_window,
+        deadline_warnings: &atlas.deadline_warnings,
+    };
+    let (next, events) = detect_migration(&m.name, state, check.outcome, link, check.at, policy);
+    let router = &app.dispatcher.router;
+    MigrationDecision {
+        deadline: next.deadline(atlas.cutover_window),
+        state: next,
+        events: events
+            .into_iter()
+            .map(|e| {
+                let channels = router.route(&m.org, &e);
+                (e, channels)
+            })
+            .collect(),
+    }
+}
+
+/// Checks every migration of the config at once.
+pub async fn check_all(app: &App) {
+    let checks = app.config.migrations.iter().map(|m| async move {
+        if let Err(e) = check_migration(app, m).await {
+            tracing::error!(migration = %m.name, "{e:#}");
+        }
+    });
+    futures_util::future::join_all(checks).await;
+}
+
+/// Checks every migration every `[atlas] every`, and when `nudge` is notified, until `stop`.
+pub async fn run(app: Arc<App>, nudge: Arc<Notify>, stop: CancellationToken) {
+    let Some(atlas) = app.config.atlas.as_ref() else {
+        return;
+    };
+    if app.config.migrations.is_empty() {
+        return;
+    }
+    let mut tick = tokio::time::interval(atlas.every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tick.tick() => {}
+            _ = nudge.notified() => {}
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = check_all(&app) => {}
+        }
+    }
+}
