@@ -310,6 +310,42 @@ fn check(config: &Config) -> anyhow::Result<ExitCode> {
             .collect();
         print_table(&["CHANNELS", "EVENTS", "TO", "ORGS", "REMIND"], &rows);
     }
+    if let Some(atlas) = &config.atlas {
+        println!(
+            "\natlas: {} every {}, {}; cutover window {} (warnings at {} left)",
+            atlas.base_url,
+            humantime::format_duration(atlas.every),
+            atlas.credential.label(),
+            humantime::format_duration(atlas.cutover_window),
+            atlas
+                .deadline_warnings
+                .iter()
+                .map(|w| humantime::format_duration(*w).to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        println!("migrations ({}):", config.migrations.len());
+        let rows: Vec<Vec<String>> = config
+            .migrations
+            .iter()
+            .map(|m| {
+                let org = config
+                    .orgs
+                    .iter()
+                    .find(|o| o.id == m.org)
+                    .map_or("?", |o| o.name.as_str());
+                vec![
+                    m.name.clone(),
+                    org.to_owned(),
+                    m.group_id.clone(),
+                    m.id.clone(),
+                    m.lag_alert
+                        .map_or("-".to_owned(), |d| humantime::format_duration(d).to_string()),
+                ]
+            })
+            .collect();
+        print_table(&["NAME", "ORG", "GROUP", "ID", "LAG ALERT"], &rows);
+    }
     if config.orgs.is_empty() {
         println!("\nnote: no [[org]] is configured; `linkwatch run` would have nothing to watch");
     }
@@ -402,6 +438,11 @@ async fn once_leading(app: &Arc<App>) -> anyhow::Result<ExitCode> {
     }
     results.sort_by_key(|(i, _)| *i);
     daemon::flush_quiet(app).await?;
+    // After the links, so that a link that broke is seen by its migrations' checks.
+    let mut migrations = Vec::new();
+    for m in &app.config.migrations {
+        migrations.push((m, crate::migrations::check_migration(app, m).await));
+    }
     // Checking beside a running daemon is safe (each check is one transaction that reads the
     // state it writes over), but sending is for one process at a time: two senders could send a
     // row twice. The lock is taken only now, so that a daemon starting meanwhile is not kept out.
@@ -455,6 +496,37 @@ async fn once_leading(app: &Arc<App>) -> anyhow::Result<ExitCode> {
         ]);
     }
     print_table(&["ORG", "ID", "STATUS", "EVENTS"], &rows);
+    if !migrations.is_empty() {
+        let mut rows = Vec::new();
+        for (m, result) in migrations {
+            let report = result?;
+            let (status, ready, lag) = match &report.outcome {
+                Ok(r) => (
+                    r.status.clone(),
+                    r.ready_for_cutover.to_string(),
+                    r.lag_s.map_or("-".to_owned(), crate::message::human_secs),
+                ),
+                Err(f) => {
+                    any_failed = true;
+                    (format!("FAILED: {}", f.explain_atlas()), "-".into(), "-".into())
+                }
+            };
+            let events: Vec<&str> = report.events.iter().map(|e| e.kind()).collect();
+            rows.push(vec![
+                m.name.clone(),
+                status,
+                ready,
+                lag,
+                if events.is_empty() {
+                    "-".into()
+                } else {
+                    events.join(",")
+                },
+            ]);
+        }
+        println!();
+        print_table(&["MIGRATION", "STATUS", "READY", "LAG", "EVENTS"], &rows);
+    }
     Ok(if any_failed {
         ExitCode::from(2)
     } else {

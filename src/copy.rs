@@ -104,7 +104,7 @@ macro_rules! chunk {
 }
 
 /// In dependency order: an outbox row finds its event by the event's id.
-const TABLES: [Table; 6] = [
+const TABLES: [Table; 9] = [
     Table {
         name: "org_state",
         read: chunk!(
@@ -177,6 +177,67 @@ const TABLES: [Table; 6] = [
                                   WHERE f.org_id = q.org_id AND f.checked_at = q.checked_at
                                     AND f.class = q.class)
                 ORDER BY q.id",
+        after_last_event: false,
+    },
+    Table {
+        name: "migration_state",
+        read: chunk!(
+            "migration_state",
+            "'migration_id', migration_id, 'name', name, 'org_id', org_id, 'group_id', group_id,
+             'status', status, 'status_since', status_since, 'ready_for_cutover', ready_for_cutover,
+             'ready_since', ready_since, 'deadline', deadline, 'lag_s', lag_s, 'lag_high', lag_high,
+             'lag_high_since', lag_high_since, 'lag_streak', lag_streak, 'warned_s', warned_s,
+             'link_break_reported', link_break_reported, 'consecutive_failures', consecutive_failures,
+             'failing_since', failing_since, 'failing_alerted', failing_alerted,
+             'first_checked_at', first_checked_at, 'last_checked_at', last_checked_at,
+             'last_success_at', last_success_at, 'last_error', last_error, 'checks', checks,
+             'event_count', event_count"
+        ),
+        // As for org_state: the newer state wins.
+        write: "INSERT INTO migration_state AS ms
+                SELECT * FROM jsonb_populate_recordset(NULL::migration_state, $1::jsonb)
+                ON CONFLICT (migration_id) DO UPDATE SET name = excluded.name, org_id = excluded.org_id,
+                    group_id = excluded.group_id, status = excluded.status,
+                    status_since = excluded.status_since, ready_for_cutover = excluded.ready_for_cutover,
+                    ready_since = excluded.ready_since, deadline = excluded.deadline, lag_s = excluded.lag_s,
+                    lag_high = excluded.lag_high, lag_high_since = excluded.lag_high_since,
+                    lag_streak = excluded.lag_streak, warned_s = excluded.warned_s,
+                    link_break_reported = excluded.link_break_reported,
+                    consecutive_failures = excluded.consecutive_failures,
+                    failing_since = excluded.failing_since, failing_alerted = excluded.failing_alerted,
+                    first_checked_at = excluded.first_checked_at, last_checked_at = excluded.last_checked_at,
+                    last_success_at = excluded.last_success_at, last_error = excluded.last_error,
+                    checks = excluded.checks, event_count = excluded.event_count
+                WHERE ms.last_checked_at < excluded.last_checked_at",
+        after_last_event: false,
+    },
+    Table {
+        name: "migration_transitions",
+        read: chunk!(
+            "migration_transitions",
+            "'id', id, 'migration_id', migration_id, 'from_status', from_status, 'to_status', to_status,
+             'changed_at', changed_at, 'previous_lasted_s', previous_lasted_s"
+        ),
+        // Natural key, as for transitions.
+        write: "INSERT INTO migration_transitions (migration_id, from_status, to_status, changed_at,
+                                                   previous_lasted_s)
+                SELECT q.migration_id, q.from_status, q.to_status, q.changed_at, q.previous_lasted_s
+                FROM jsonb_populate_recordset(NULL::migration_transitions, $1::jsonb) AS q
+                WHERE NOT EXISTS (SELECT 1 FROM migration_transitions AS t
+                                  WHERE t.migration_id = q.migration_id AND t.changed_at = q.changed_at
+                                    AND t.to_status = q.to_status)
+                ORDER BY q.id",
+        after_last_event: false,
+    },
+    Table {
+        name: "migration_lag",
+        read: chunk!(
+            "migration_lag",
+            "'migration_id', migration_id, 'at', at, 'lag_s', lag_s"
+        ),
+        write: "INSERT INTO migration_lag
+                SELECT * FROM jsonb_populate_recordset(NULL::migration_lag, $1::jsonb)
+                ON CONFLICT (migration_id, at) DO NOTHING",
         after_last_event: false,
     },
     Table {

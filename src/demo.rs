@@ -9,7 +9,7 @@ use anyhow::Context as _;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
-use crate::simulator::{self, Behavior, Simulator};
+use crate::simulator::{self, Behavior, MigrationBehavior, Simulator};
 use crate::store::Store;
 use crate::table::print_history;
 
@@ -31,7 +31,7 @@ fn timeline() -> Vec<DemoOrg> {
             vec![
                 (0.0, Behavior::status("NOT_SYNCED")),
                 (0.25, Behavior::status("SYNCED")),
-                (0.65, Behavior::status("NOT_SYNCED")),
+                (0.8, Behavior::status("NOT_SYNCED")),
             ],
         ),
         (
@@ -54,6 +54,42 @@ fn timeline() -> Vec<DemoOrg> {
         ("5f0c00000000000000000004", "legacy-crm", vec![(0.0, access_list)]),
     ]
 }
+
+/// A live migration of the demo: name, id, and what Atlas answers from which fraction of the
+/// run on. Both push from "payments".
+type DemoMigration = (&'static str, &'static str, Vec<(f64, MigrationBehavior)>);
+
+/// payments-rs0 goes the whole way (lag falling, ready for cutover, a deadline warning,
+/// COMPLETE); payments-rs1 is still syncing when the payments link falls back to NOT_SYNCED.
+fn migrations() -> Vec<DemoMigration> {
+    let working = |ready, lag| MigrationBehavior::state("WORKING", ready, Some(lag));
+    vec![
+        (
+            "payments-rs0",
+            "6f1d00000000000000000001",
+            vec![
+                (0.0, MigrationBehavior::state("NEW", false, None)),
+                (0.3, working(false, 900)),
+                (0.38, working(false, 400)),
+                (0.44, working(false, 60)),
+                (0.5, working(true, 12)),
+                (0.72, MigrationBehavior::state("COMPLETE", false, None)),
+            ],
+        ),
+        (
+            "payments-rs1",
+            "6f1d00000000000000000002",
+            vec![
+                (0.0, MigrationBehavior::state("NEW", false, None)),
+                (0.4, working(false, 300)),
+                (0.55, working(false, 120)),
+            ],
+        ),
+    ]
+}
+
+/// The demo's Atlas project.
+const DEMO_GROUP: &str = "6f0c00000000000000000001";
 
 /// The API key the simulator accepts when run on its own (`linkwatch simulate`). It guards
 /// nothing real: the simulator serves made-up orgs.
@@ -122,6 +158,17 @@ pub async fn run(
             script.iter().map(|(f, b)| (duration.mul_f64(*f), b.clone())).collect(),
         );
     }
+    let migrations = migrations();
+    for (_, id, script) in &migrations {
+        sim.script_migration(
+            id,
+            script.iter().map(|(f, b)| (duration.mul_f64(*f), b.clone())).collect(),
+        );
+    }
+    // Demo time is compressed: Atlas's 120-hour cutover window becomes a fraction of the run,
+    // so that a deadline warning comes before the migration completes.
+    let window = duration.mul_f64(0.3).max(Duration::from_secs(3));
+    let warning = window.mul_f64(2.0 / 3.0);
 
     let dir = std::env::temp_dir().join(format!("linkwatch-demo-{}", chrono::Utc::now().format("%Y%m%dT%H%M%S")));
     std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
@@ -139,16 +186,32 @@ every = "{every}"
 timeout = "5s"
 failures_before_alert = 2
 
+[atlas]
+base_url = "{atlas}"
+public_key = "{public_key}"
+private_key = "{private_key}"
+every = "{every}"
+cutover_window = "{window}"
+deadline_warnings = ["{warning}"]
+
 [[channel]]
 name = "console"
 kind = "console"
 "#,
         db = db.display(),
         base = sim.base_url(),
+        atlas = sim.atlas_base_url(),
         every = humantime::format_duration(every),
+        window = humantime::format_duration(window),
+        warning = humantime::format_duration(warning),
     );
     for (id, name, _) in &orgs {
         toml.push_str(&format!("\n[[org]]\nid = \"{id}\"\nname = \"{name}\"\n"));
+    }
+    for (name, id, _) in &migrations {
+        toml.push_str(&format!(
+            "\n[[migration]]\nname = \"{name}\"\norg = \"payments\"\ngroup_id = \"{DEMO_GROUP}\"\nid = \"{id}\"\n"
+        ));
     }
     let config_path = dir.join("demo.toml");
     let mut config = Config::parse(&toml, &config_path).context("the demo's own config is invalid")?;
@@ -181,6 +244,13 @@ kind = "console"
         humantime::format_duration(duration),
         db.display()
     );
+    println!(
+        "  and {} Atlas live migrations of payments ({}); demo time is compressed: the cutover \
+         window is {} instead of 120 h",
+        migrations.len(),
+        sim.atlas_base_url(),
+        humantime::format_duration(window)
+    );
     println!("  events as they happen (Ctrl-C stops early):\n");
 
     let stop = shutdown.child_token();
@@ -205,9 +275,33 @@ kind = "console"
 async fn summary(db: &Path) -> anyhow::Result<()> {
     let store = Store::open(&crate::config::Database::Sqlite(db.to_path_buf())).await?;
     let changes = store.history(None, None).await?;
+    let migrations = store.migrations().await?;
+    let mut lags = Vec::new();
+    for m in &migrations {
+        let series = store
+            .migration_lag(&m.migration_id, chrono::DateTime::UNIX_EPOCH)
+            .await?;
+        lags.push(
+            series
+                .iter()
+                .map(|(_, lag)| lag.map_or("-".to_owned(), |s| crate::message::human_secs(s)))
+                .collect::<Vec<_>>()
+                .join(" -> "),
+        );
+    }
     store.close().await;
     println!("\nstatus history (linkwatch history --database {}):\n", db.display());
     print_history(&changes);
+    println!("\nlive migrations (the migration_status view; lag as sampled):\n");
+    for (m, lag) in migrations.iter().zip(&lags) {
+        println!(
+            "  {:<14} {:<10} ready for cutover: {:<5} lag: {}",
+            m.migration,
+            m.status.as_deref().unwrap_or("-"),
+            m.ready_for_cutover,
+            lag
+        );
+    }
     println!(
         r#"
 The database is yours to query (it is kept until you delete it):
@@ -215,6 +309,7 @@ The database is yours to query (it is kept until you delete it):
   sqlite3 -header -column {db} 'SELECT * FROM current_status'
   sqlite3 -header -column {db} 'SELECT * FROM status_changes ORDER BY changed_at'
   sqlite3 -header -column {db} 'SELECT kind, org_id, created_at FROM events'
+  sqlite3 -header -column {db} 'SELECT * FROM migration_changes ORDER BY changed_at'
 
 More worked queries: README.md, "Query the history with SQL"."#,
         db = db.display()

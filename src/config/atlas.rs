@@ -74,8 +74,8 @@ pub(super) fn atlas(
         )
     })?;
     let every = match &a.every {
-        Some(e) if e.get_ref().0 < Duration::from_secs(10) => {
-            return Err(loc.error(e.span().start, "atlas.every", "must be at least 10s".into()));
+        Some(e) if e.get_ref().0 < Duration::from_secs(1) => {
+            return Err(loc.error(e.span().start, "atlas.every", "must be at least 1s".into()));
         }
         Some(e) => e.get_ref().0,
         None => Duration::from_secs(60),

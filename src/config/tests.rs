@@ -610,6 +610,6 @@ fn migration_mistakes_name_the_line_and_key() {
     assert_eq!(key, "atlas");
     assert!(message.contains("no credential"), "{message}");
 
-    let (_, _, key, _) = error(&format!("{MINIMAL}{ATLAS}every = \"1s\"\n"));
+    let (_, _, key, _) = error(&format!("{MINIMAL}{ATLAS}every = \"500ms\"\n"));
     assert_eq!(key, "atlas.every");
 }

@@ -342,3 +342,35 @@ async fn the_compose_ha_config_runs_on_postgres() {
     store.close().await;
     sim.kill().await.unwrap();
 }
+
+/// `linkwatch demo` shows the whole path in its run: the links, a live migration to COMPLETE
+/// through readiness and a (compressed) deadline warning, and a link break while another
+/// migration works.
+#[tokio::test]
+async fn the_demo_shows_the_migration_path() {
+    let home = tempfile::tempdir().unwrap();
+    let out = linkwatch()
+        .args(["demo", "--duration", "30s", "--every", "1s"])
+        .env("TMPDIR", home.path())
+        .output()
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for expected in [
+        "demo time is compressed",
+        "payments: migration link SYNCED",
+        "payments-rs0 (org payments): live migration is WORKING",
+        "payments-rs0 (org payments): ready for cutover",
+        "payments-rs0 (org payments): about",
+        "payments-rs0 (org payments): live migration COMPLETE",
+        "URGENT: payments-rs1 (org payments): the org's migration link is NOT_SYNCED",
+        "payments-rs0   COMPLETE",
+    ] {
+        assert!(stdout.contains(expected), "missing {expected:?} in:\n{stdout}");
+    }
+}

@@ -23,9 +23,21 @@ fn db(text: &str) -> Database {
 }
 
 /// A SQLite history with every table in use: first sights, a change, failed checks up to
-/// `check_failing`, delivered events and one still pending. The app's store is closed.
+/// `check_failing`, delivered events and one still pending, a live migration with its changes
+/// and lag samples. The app's store is closed.
 async fn sqlite_history() -> TestApp {
-    let t = spawn_app().await;
+    let t = spawn_app_with(Setup {
+        atlas: one_migration(),
+        ..Setup::default()
+    })
+    .await;
+    for (status, lag) in [("NEW", None), ("WORKING", Some(900)), ("WORKING", Some(30))] {
+        t.sim.set_migration(
+            MIGRATION_A,
+            linkwatch::simulator::MigrationBehavior::state(status, false, lag),
+        );
+        t.check_migration("payments-rs0").await;
+    }
     t.check(ORG_A).await;
     t.check(ORG_B).await;
     t.sim.set(ORG_A, Behavior::status("SYNCED"));
@@ -102,6 +114,9 @@ async fn row_counts(url: &str) -> Vec<i64> {
         "reminders",
         "transitions",
         "check_failures",
+        "migration_state",
+        "migration_transitions",
+        "migration_lag",
         "events",
         "outbox",
     ] {
@@ -125,6 +140,12 @@ async fn a_sqlite_history_moves_to_postgres_once_and_carries_on_there() {
     let history = sqlite.history(None, None).await.unwrap();
     let current = sqlite.current().await.unwrap();
     let events = sqlite.events(None).await.unwrap();
+    let migrations = sqlite.migrations().await.unwrap();
+    let lag = sqlite
+        .migration_lag(MIGRATION_A, chrono::DateTime::UNIX_EPOCH)
+        .await
+        .unwrap();
+    assert_eq!(lag.len(), 2);
     let failures = sqlite
         .failures(&linkwatch::config::OrgId::parse(ORG_B).unwrap())
         .await
@@ -143,6 +164,9 @@ async fn a_sqlite_history_moves_to_postgres_once_and_carries_on_there() {
     assert_eq!(copied.written("check_failures"), 3);
     assert_eq!(copied.written("outbox"), deliveries.len() as u64);
     assert_eq!(copied.written("org_state"), 2);
+    assert_eq!(copied.written("migration_state"), 1);
+    assert_eq!(copied.written("migration_transitions"), 2);
+    assert_eq!(copied.written("migration_lag"), 2);
 
     // Read back through the PostgreSQL store: the same history, states and event ids.
     let store = Store::open(&db(&pg.url)).await.unwrap();
@@ -165,6 +189,17 @@ async fn a_sqlite_history_moves_to_postgres_once_and_carries_on_there() {
     let sqlite_current: Vec<String> = current.iter().map(|c| serde_json::to_string(c).unwrap()).collect();
     assert_eq!(pg_current, sqlite_current);
     assert_eq!(comparable(&store.events(None).await.unwrap()), comparable(&events));
+    let json = |rows: &[linkwatch::store::MigrationRow]| -> Vec<String> {
+        rows.iter().map(|r| serde_json::to_string(r).unwrap()).collect()
+    };
+    assert_eq!(json(&store.migrations().await.unwrap()), json(&migrations));
+    assert_eq!(
+        store
+            .migration_lag(MIGRATION_A, chrono::DateTime::UNIX_EPOCH)
+            .await
+            .unwrap(),
+        lag
+    );
     assert_eq!(
         store
             .failures(&linkwatch::config::OrgId::parse(ORG_B).unwrap())
@@ -199,7 +234,16 @@ async fn a_sqlite_history_moves_to_postgres_once_and_carries_on_there() {
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
-    for table in ["org_state", "transitions", "check_failures", "events", "outbox"] {
+    for table in [
+        "org_state",
+        "transitions",
+        "check_failures",
+        "migration_state",
+        "migration_transitions",
+        "migration_lag",
+        "events",
+        "outbox",
+    ] {
         let line = stdout
             .lines()
             .find(|l| l.starts_with(table))
@@ -321,5 +365,5 @@ async fn copy_history_refuses_what_could_lose_or_mix_history() {
         "{err}"
     );
     // Nothing was written by the refused copies.
-    assert_eq!(row_counts(&pg.url).await, [1, 0, 1, 0, 1, 1]);
+    assert_eq!(row_counts(&pg.url).await, [1, 0, 1, 0, 0, 0, 0, 1, 1]);
 }

@@ -24,6 +24,17 @@ pub const ATLAS_PRIVATE_KEY: &str = "atlas-private-key-4567";
 pub const GROUP: &str = "6f0c00000000000000000c01";
 pub const MIGRATION_A: &str = "6f1d00000000000000000d01";
 
+/// `[atlas]` (no extra lines) and one `[[migration]]` ("payments-rs0", [`MIGRATION_A`] of org
+/// alpha, lag alerts above 10 minutes), for `Setup::atlas`.
+pub fn one_migration() -> Option<(String, String)> {
+    Some((
+        String::new(),
+        format!(
+            "[[migration]]\nname = \"payments-rs0\"\norg = \"alpha\"\ngroup_id = \"{GROUP}\"\nid = \"{MIGRATION_A}\"\nlag_alert = \"10m\"\n"
+        ),
+    ))
+}
+
 pub struct Setup {
     /// `[cloud_manager]` credential lines.
     pub credential: String,

@@ -10,16 +10,11 @@ use crate::helpers::*;
 
 const HOUR: i64 = 3600;
 
-/// One `[[migration]]` of org alpha (`ORG_A`), lag alerts above 10 minutes.
-fn migration_tables() -> String {
-    format!(
-        "[[migration]]\nname = \"payments-rs0\"\norg = \"alpha\"\ngroup_id = \"{GROUP}\"\nid = \"{MIGRATION_A}\"\nlag_alert = \"10m\"\n"
-    )
-}
-
+/// [`one_migration`] with these extra `[atlas]` lines.
 fn with_atlas(lines: &str) -> Setup {
+    let (_, tables) = one_migration().unwrap();
     Setup {
-        atlas: Some((lines.to_owned(), migration_tables())),
+        atlas: Some((lines.to_owned(), tables)),
         ..Setup::default()
     }
 }
@@ -304,4 +299,47 @@ async fn the_journey_on_postgres() {
         .await
         .unwrap();
     assert_eq!(lags.iter().map(|(_, l)| *l).collect::<Vec<_>>(), [Some(20), Some(700)]);
+}
+
+#[tokio::test]
+async fn once_and_check_show_the_migrations() {
+    let t = spawn_app_with(with_atlas("")).await;
+    t.sim.set_migration(MIGRATION_A, working(true, 75));
+    let run = |command: &'static str| {
+        let config = t.config_path.clone();
+        async move {
+            let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_linkwatch"))
+                .arg(command)
+                .arg("--config")
+                .arg(&config)
+                .env_remove("RUST_LOG")
+                .output()
+                .await
+                .unwrap();
+            (out.status.code(), String::from_utf8_lossy(&out.stdout).into_owned())
+        }
+    };
+    let (code, stdout) = run("check").await;
+    assert_eq!(code, Some(0), "{stdout}");
+    assert!(stdout.contains("cutover window 5days"), "{stdout}");
+    assert!(
+        stdout
+            .lines()
+            .any(|l| l.starts_with("payments-rs0") && l.contains("alpha") && l.contains(MIGRATION_A)),
+        "{stdout}"
+    );
+    let (code, stdout) = run("once").await;
+    assert_eq!(code, Some(0), "{stdout}");
+    let row = stdout
+        .lines()
+        .find(|l| l.starts_with("payments-rs0"))
+        .unwrap_or_else(|| panic!("{stdout}"));
+    for cell in [
+        "WORKING",
+        "true",
+        "1m 15s",
+        "migration_status_changed,ready_for_cutover",
+    ] {
+        assert!(row.contains(cell), "{cell} in {row}");
+    }
 }
