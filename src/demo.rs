@@ -284,7 +284,7 @@ async fn summary(db: &Path) -> anyhow::Result<()> {
         lags.push(
             series
                 .iter()
-                .map(|(_, lag)| lag.map_or("-".to_owned(), |s| crate::message::human_secs(s)))
+                .map(|(_, lag)| lag.map_or("-".to_owned(), crate::message::human_secs))
                 .collect::<Vec<_>>()
                 .join(" -> "),
         );
