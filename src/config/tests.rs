@@ -42,6 +42,7 @@ fn the_example_file_parses() {
         std::env::set_var("LINKWATCH_SLACK_URL", "https://hooks.slack.com/services/T0/B0/X");
         std::env::set_var("LINKWATCH_SMTP_PASSWORD", "smtp");
         std::env::set_var("LINKWATCH_WEBHOOK_SECRET", "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw");
+        std::env::set_var("LINKWATCH_ATLAS_KEY", "atlas-example-key");
     }
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/linkwatch.example.toml");
     let config = Config::load(&path).unwrap_or_else(|e| panic!("{e}"));
@@ -53,6 +54,8 @@ fn the_example_file_parses() {
     assert_eq!(kinds, ["console", "slack", "email", "webhook"]);
     assert_eq!(config.routes.len(), 3);
     assert_eq!(config.routes[1].remind_every, Some(Duration::from_secs(4 * 3600)));
+    assert_eq!(config.migrations.len(), 1);
+    assert_eq!(config.migrations[0].org, config.orgs[0].id);
     assert_eq!(
         config.database.sqlite_path(),
         Some(Path::new("/var/lib/linkwatch/linkwatch.db"))

@@ -59,6 +59,7 @@ async fn check_lists_the_example_config() {
         )
         .env("LINKWATCH_SMTP_PASSWORD", "smtp-password")
         .env("LINKWATCH_WEBHOOK_SECRET", "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw")
+        .env("LINKWATCH_ATLAS_KEY", "atlas-secret-from-env")
         .output()
         .await
         .unwrap();
@@ -66,10 +67,20 @@ async fn check_lists_the_example_config() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(stdout.contains("payments") && stdout.contains("every 30s"), "{stdout}");
     assert!(
+        stdout.contains("payments-rs0") && stdout.contains("api key atlas-public"),
+        "{stdout}"
+    );
+    assert!(
         stdout.contains("dba-mail") && stdout.contains("email") && stdout.contains("4h"),
         "{stdout}"
     );
-    for secret in ["secret-from-env", "SLACKSECRET", "smtp-password", "MfKQ9r8"] {
+    for secret in [
+        "secret-from-env",
+        "SLACKSECRET",
+        "smtp-password",
+        "MfKQ9r8",
+        "atlas-secret",
+    ] {
         assert!(!stdout.contains(secret), "{secret}");
     }
 }

@@ -53,8 +53,14 @@ fn sql_blocks(dialect: Dialect) -> Vec<String> {
         .collect()
 }
 
-/// A history every query finds something in: changes, a first SYNCED, failed checks.
+/// A history every query finds something in: changes, a first SYNCED, failed checks, a live
+/// migration ready for cutover.
 async fn fill(t: &TestApp) {
+    t.sim.set_migration(
+        MIGRATION_A,
+        linkwatch::simulator::MigrationBehavior::state("WORKING", true, Some(20)),
+    );
+    t.check_migration("payments-rs0").await;
     t.check(ORG_A).await;
     t.check(ORG_B).await;
     t.sim.set(ORG_A, Behavior::status("SYNCED"));
@@ -68,7 +74,11 @@ async fn fill(t: &TestApp) {
 
 #[tokio::test]
 async fn the_readme_queries_run_on_a_real_database() {
-    let t = spawn_app().await;
+    let t = spawn_app_with(Setup {
+        atlas: one_migration(),
+        ..Setup::default()
+    })
+    .await;
     fill(&t).await;
 
     let blocks = sql_blocks(Dialect::Sqlite);
@@ -137,6 +147,7 @@ async fn the_readme_queries_run_on_postgres_too() {
     );
     let Some(db) = pg::database().await else { return };
     let t = spawn_app_with(Setup {
+        atlas: one_migration(),
         database_url: Some(db.url.clone()),
         ..Setup::default()
     })
