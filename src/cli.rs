@@ -503,7 +503,7 @@ async fn once_leading(app: &Arc<App>) -> anyhow::Result<ExitCode> {
             let (status, ready, lag) = match &report.outcome {
                 Ok(r) => (
                     r.status.clone(),
-                    r.ready_for_cutover.to_string(),
+                    r.ready_for_cutover.map_or("-".to_owned(), |r| r.to_string()),
                     r.lag_s.map_or("-".to_owned(), crate::message::human_secs),
                 ),
                 Err(f) => {

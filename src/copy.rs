@@ -225,7 +225,8 @@ const TABLES: [Table; 9] = [
                 FROM jsonb_populate_recordset(NULL::migration_transitions, $1::jsonb) AS q
                 WHERE NOT EXISTS (SELECT 1 FROM migration_transitions AS t
                                   WHERE t.migration_id = q.migration_id AND t.changed_at = q.changed_at
-                                    AND t.to_status = q.to_status)
+                                    AND t.to_status = q.to_status
+                                    AND t.from_status IS NOT DISTINCT FROM q.from_status)
                 ORDER BY q.id",
         after_last_event: false,
     },

@@ -658,6 +658,8 @@ impl Generation {
         let deadline = clock::later(tokio::time::Instant::now(), app.config.shutdown_timeout);
         self.checks_stop.cancel();
         let _ = self.scheduler.await;
+        // The migration loop stops at once: a check cut off writes nothing (its transaction
+        // rolls back) and is simply repeated after the next start.
         let _ = self.migrations.await;
         // The last checks' quiet notes are written before this generation ends.
         self.commits_stop.cancel();

@@ -104,7 +104,7 @@ fn describe(name: &str, org_name: Option<&str>, event: &Event) -> (String, Optio
 
 /// The deadline caveat every message that gives one carries: the API shows neither the window's
 /// start nor an extension.
-const ESTIMATED: &str = "The deadline is estimated by linkwatch from when it first saw the migration ready;      an extension made in the Atlas UI is not visible to linkwatch.";
+const ESTIMATED: &str = "The deadline is estimated by linkwatch from when it first saw the migration ready; an extension made in the Atlas UI is not visible to linkwatch.";
 
 /// What an Atlas live migration's event says. `org` is the source org's name, once its link
 /// has been checked.
@@ -124,7 +124,7 @@ fn describe_migration(org: Option<&str>, event: &Event) -> (String, Option<Strin
             let (title, advice) = match to.as_str() {
                 "FAILED" => (
                     format!("URGENT: {who}: live migration FAILED{was}"),
-                    Some("Atlas stopped the live migration. Look at the migration in the Atlas UI, fix the cause                           (often the source oplog window), and start a new live migration."),
+                    Some("Atlas stopped the live migration. Look at the migration in the Atlas UI, fix the cause (often the source oplog window), and start a new live migration."),
                 ),
                 "EXPIRED" => (
                     format!("URGENT: {who}: live migration EXPIRED{was}"),
@@ -139,15 +139,18 @@ fn describe_migration(org: Option<&str>, event: &Event) -> (String, Option<Strin
             format!(
                 "{who}: ready for cutover{}; cut over before about {} (estimated)",
                 lag(*lag_s),
-                crate::store::ts(*deadline)
+                when(*deadline)
             ),
             Some(format!(
-                "Cut over in the Atlas UI (or the API) before the window closes, or the migration expires and                  starts over. {ESTIMATED}"
+                "Cut over in the Atlas UI (or the API) before the window closes, or the migration expires and starts over. {ESTIMATED}"
             )),
         ),
         Event::ReadyForCutoverLost { lag_s, .. } => (
             format!("{who}: no longer ready for cutover{}", lag(*lag_s)),
-            Some("Wait until Atlas reports it ready again before cutting over.".to_owned()),
+            Some(
+                "Wait until Atlas reports it ready again before cutting over (during a cutover this is expected)."
+                    .to_owned(),
+            ),
         ),
         Event::LagHigh { lag_s, threshold_s, .. } => (
             format!(
@@ -157,7 +160,7 @@ fn describe_migration(org: Option<&str>, event: &Event) -> (String, Option<Strin
                 crate::detect::migration::LAG_CHECKS
             ),
             Some(
-                "A lag that keeps rising toward the source's oplog window makes the sync fail: check the source's                  write load and oplog size."
+                "A lag that keeps rising toward the source's oplog window makes the sync fail: check the source's write load and oplog size."
                     .to_owned(),
             ),
         ),
@@ -174,25 +177,26 @@ fn describe_migration(org: Option<&str>, event: &Event) -> (String, Option<Strin
                 format!(
                     "{who}: about {} left to cut over (estimated deadline {})",
                     human_secs(*left_s),
-                    crate::store::ts(*deadline)
+                    when(*deadline)
                 )
             } else {
                 format!(
                     "URGENT: {who}: the estimated cutover deadline {} has passed",
-                    crate::store::ts(*deadline)
+                    when(*deadline)
                 )
             };
             (
                 title,
                 Some(format!(
-                    "Cut over now, or extend the window in the Atlas UI, or the migration expires. {ESTIMATED}"
+                    "Cut over now, or extend the window in the Atlas UI, or the migration expires (if the cutover \
+                     has started, nothing more is needed). {ESTIMATED}"
                 )),
             )
         }
         Event::LinkBrokenDuringMigration { link_status, .. } => (
             format!("URGENT: {who}: the org's migration link is {link_status} while the live migration is WORKING"),
             Some(
-                "The live migration cannot proceed while the link is broken. Check the link in Cloud Manager                  (its Refresh action), or create a new link token in Atlas."
+                "The live migration cannot proceed while the link is broken. Check the link in Cloud Manager (its Refresh action), or create a new link token in Atlas."
                     .to_owned(),
             ),
         ),
@@ -216,6 +220,11 @@ fn describe_migration(org: Option<&str>, event: &Event) -> (String, Option<Strin
         | Event::CheckRecovered { .. }
         | Event::Reminder { .. } => (format!("{who}: {}", event.kind()), None),
     }
+}
+
+/// A deadline as a person reads it: to the minute, in UTC (an estimate has no seconds to give).
+fn when(t: chrono::DateTime<chrono::Utc>) -> String {
+    t.format("%Y-%m-%d %H:%M UTC").to_string()
 }
 
 fn lag(lag_s: Option<i64>) -> String {
@@ -252,6 +261,97 @@ pub fn human_secs(secs: i64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn migration_messages_read_cleanly() {
+        let at = chrono::DateTime::from_timestamp(1_800_000_000, 0).unwrap();
+        let failure = crate::outcome::Failure::new(crate::outcome::FailureClass::NotFound, Some(404), None, "gone");
+        let m = || "rs0".to_owned();
+        let events = [
+            Event::MigrationStatusChanged {
+                migration: m(),
+                from: None,
+                to: "NEW".into(),
+                from_lasted_s: None,
+            },
+            Event::MigrationStatusChanged {
+                migration: m(),
+                from: Some("WORKING".into()),
+                to: "FAILED".into(),
+                from_lasted_s: Some(60),
+            },
+            Event::MigrationStatusChanged {
+                migration: m(),
+                from: Some("WORKING".into()),
+                to: "EXPIRED".into(),
+                from_lasted_s: Some(60),
+            },
+            Event::ReadyForCutover {
+                migration: m(),
+                deadline: at,
+                lag_s: Some(4),
+            },
+            Event::ReadyForCutoverLost {
+                migration: m(),
+                lag_s: None,
+            },
+            Event::LagHigh {
+                migration: m(),
+                lag_s: 700,
+                threshold_s: 600,
+            },
+            Event::LagRecovered {
+                migration: m(),
+                lag_s: 100,
+                threshold_s: 600,
+                high_for_s: 900,
+            },
+            Event::CutoverDeadline {
+                migration: m(),
+                deadline: at,
+                left_s: 3600,
+            },
+            Event::CutoverDeadline {
+                migration: m(),
+                deadline: at,
+                left_s: -5,
+            },
+            Event::LinkBrokenDuringMigration {
+                migration: m(),
+                link_status: "NOT_SYNCED".into(),
+                broken_since: at,
+            },
+            Event::MigrationCheckFailing {
+                migration: m(),
+                failures: 3,
+                since: at,
+                failure,
+            },
+            Event::MigrationCheckRecovered {
+                migration: m(),
+                failures: 3,
+                failed_for_s: 60,
+            },
+        ];
+        for event in &events {
+            let (title, advice) = describe("payments", Some("payments"), event);
+            for text in std::iter::once(&title).chain(advice.as_ref()) {
+                assert!(!text.contains("  ") && !text.contains('\n'), "{text:?}");
+            }
+            assert!(title.contains("rs0 (org payments)"), "{title}");
+        }
+        let (title, advice) = describe("payments", Some("payments"), &events[3]);
+        assert!(
+            title.ends_with("cut over before about 2027-01-15 08:00 UTC (estimated)"),
+            "{title}"
+        );
+        assert!(advice.unwrap().contains("not visible to linkwatch"));
+        assert!(
+            describe("p", None, &events[1])
+                .0
+                .starts_with("URGENT: rs0: live migration FAILED")
+        );
+    }
 
     #[test]
     fn durations_read_like_a_person_wrote_them() {

@@ -44,12 +44,20 @@ pub async fn check_migration(app: &App, migration: &Migration) -> anyhow::Result
         migration,
         at: app.clock.now(),
         outcome: &outcome,
+        answered: tokio::time::Instant::now(),
     };
-    let decision = app
+    let Some(decision) = app
         .store
         .apply_migration(&check, |state, link| decide(app, atlas, &check, state, link))
         .await
-        .with_context(|| format!("cannot record the check of live migration {}", migration.name))?;
+        .with_context(|| format!("cannot record the check of live migration {}", migration.name))?
+    else {
+        tracing::debug!(migration = %migration.name, "another writer recorded a newer check meanwhile; this one is dropped");
+        return Ok(MigrationReport {
+            outcome,
+            events: Vec::new(),
+        });
+    };
     match &outcome {
         Ok(r) => {
             tracing::debug!(migration = %migration.name, status = %r.status, ready = r.ready_for_cutover, lag_s = ?r.lag_s, "checked")

@@ -129,8 +129,14 @@ impl Failure {
             FailureClass::Timeout => "Atlas did not answer in time",
             FailureClass::Connection => "could not connect to Atlas",
             FailureClass::Malformed => "Atlas's answer could not be read",
+            // 410: the version was retired; 406: it was not recognised, which for a pinned
+            // version means something between (a proxy) changed the Accept header.
+            FailureClass::ApiVersion if self.http_status == Some(410) => {
+                "Atlas has retired the API version linkwatch asks for (application/vnd.atlas.2023-01-01+json): update linkwatch"
+            }
             FailureClass::ApiVersion => {
-                "Atlas no longer serves the API version linkwatch asks for (application/vnd.atlas.2023-01-01+json): update linkwatch"
+                "Atlas did not accept the API version linkwatch asks for (application/vnd.atlas.2023-01-01+json): \
+                 check that no proxy rewrites the Accept header, or update linkwatch"
             }
             FailureClass::Http => "Atlas refused the request",
         };

@@ -1,6 +1,6 @@
 -- Atlas live migrations: one row per followed migration, updated in place by every check (as
--- org_state), its status changes, and a compact lag series (a sample when the lag moves to
--- another bucket, not one per check).
+-- org_state), its status changes, and a compact lag series (a sample when the lag moves a
+-- step from the last sample, not one per check).
 
 CREATE TABLE migration_state (
     migration_id         TEXT PRIMARY KEY,   -- Atlas's liveMigrationId

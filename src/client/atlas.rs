@@ -17,8 +17,9 @@ pub const ACCEPT: &str = "application/vnd.atlas.2023-01-01+json";
 pub struct MigrationReading {
     /// `NEW`, `WORKING`, `FAILED`, `COMPLETE`, `EXPIRED` or any other word: a state, not an error.
     pub status: String,
-    /// Absent means not ready.
-    pub ready_for_cutover: bool,
+    /// `None` when the answer left it out: unknown, not "not ready" (every field of Atlas's
+    /// answer is optional, and one answer without it must not look like readiness lost).
+    pub ready_for_cutover: Option<bool>,
     /// Replication lag; absent or null outside an active migration before cutover.
     pub lag_s: Option<i64>,
 }
@@ -69,8 +70,8 @@ pub fn classify(
         None => return Err(malformed(format!("no `status` in the answer: {}", excerpt(body)))),
     };
     let ready_for_cutover = match m.get("readyForCutover") {
-        None | Some(Value::Null) => false,
-        Some(Value::Bool(b)) => *b,
+        None | Some(Value::Null) => None,
+        Some(Value::Bool(b)) => Some(*b),
         Some(other) => return Err(malformed(format!("`readyForCutover` is not true or false: {other}"))),
     };
     let lag_s = match m.get("lagTimeSeconds") {
@@ -105,7 +106,7 @@ mod tests {
             ok(r#"{"_id":"6f1d00000000000000000001","status":"WORKING","readyForCutover":true,"lagTimeSeconds":42}"#),
             MigrationReading {
                 status: "WORKING".into(),
-                ready_for_cutover: true,
+                ready_for_cutover: Some(true),
                 lag_s: Some(42)
             }
         );
@@ -113,7 +114,7 @@ mod tests {
             ok(r#"{"status":"NEW"}"#),
             MigrationReading {
                 status: "NEW".into(),
-                ready_for_cutover: false,
+                ready_for_cutover: None,
                 lag_s: None
             }
         );
@@ -152,7 +153,10 @@ mod tests {
         assert_eq!(class_of(503, "busy"), FailureClass::ServerError);
         let f = classify(406, None, body(406, "INVALID_VERSION").as_bytes(), None).unwrap_err();
         let text = f.explain_atlas();
-        assert!(text.contains("update linkwatch") && text.contains("HTTP 406"), "{text}");
+        assert!(text.contains("Accept header") && text.contains("HTTP 406"), "{text}");
+        let f = classify(410, None, body(410, "VERSION_RETIRED").as_bytes(), None).unwrap_err();
+        let text = f.explain_atlas();
+        assert!(text.contains("retired") && text.contains("update linkwatch"), "{text}");
         let f = classify(404, None, body(404, "X").as_bytes(), None).unwrap_err();
         assert!(f.explain_atlas().contains("group_id and id"), "{}", f.explain_atlas());
     }

@@ -72,7 +72,9 @@ pub struct Route {
     pub channels: Vec<String>,
     /// `None`: every kind.
     pub events: Option<Vec<EventKind>>,
-    /// `None`: any new status. Events without a status (failing, recovered) never match a `to`.
+    /// `None`: any new status. Events without a status (failing, recovered) never match a `to`;
+    /// `migration_status_changed` carries the migration's new status, and
+    /// `link_broken_during_migration` the link's.
     pub to: Option<Vec<String>>,
     /// `None`: every org.
     pub orgs: Option<Vec<OrgId>>,
@@ -259,9 +261,16 @@ pub(super) fn routes(
         }
         let to = r.to.as_ref().map(|t| t.get_ref().clone());
         if let (Some(t), Some(e)) = (&r.to, &events)
-            && !e
-                .iter()
-                .any(|k| matches!(k, EventKind::FirstSeen | EventKind::StatusChanged | EventKind::Reminder))
+            && !e.iter().any(|k| {
+                matches!(
+                    k,
+                    EventKind::FirstSeen
+                        | EventKind::StatusChanged
+                        | EventKind::Reminder
+                        | EventKind::MigrationStatusChanged
+                        | EventKind::LinkBrokenDuringMigration
+                )
+            })
         {
             return Err(loc.error(
                 t.span().start,

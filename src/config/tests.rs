@@ -616,3 +616,21 @@ fn migration_mistakes_name_the_line_and_key() {
     let (_, _, key, _) = error(&format!("{MINIMAL}{ATLAS}every = \"500ms\"\n"));
     assert_eq!(key, "atlas.every");
 }
+
+#[test]
+fn a_route_can_page_only_on_failed_or_expired_migrations() {
+    let text = format!(
+        "{MINIMAL}\n[[channel]]\nname = \"c\"\nkind = \"console\"\n\n[[route]]\nchannels = [\"c\"]\nevents = [\"migration_status_changed\"]\nto = [\"FAILED\", \"EXPIRED\"]\n"
+    );
+    let config = parse(&text).unwrap();
+    let router = crate::router::Router::new(&config);
+    let org = &config.orgs[0].id;
+    let changed = |to: &str| crate::detect::Event::MigrationStatusChanged {
+        migration: "rs0".into(),
+        from: Some("WORKING".into()),
+        to: to.into(),
+        from_lasted_s: Some(1),
+    };
+    assert_eq!(router.route(org, &changed("FAILED")), ["c"]);
+    assert!(router.route(org, &changed("COMPLETE")).is_empty());
+}

@@ -18,6 +18,13 @@ use crate::client::MigrationOutcome;
 /// The status of a migration that is under way (preparing, syncing, or cutting over).
 pub const WORKING: &str = "WORKING";
 
+/// The statuses after which a migration does nothing more (a new migration has a new id).
+pub const FINAL: [&str; 3] = ["COMPLETE", "FAILED", "EXPIRED"];
+
+fn is_final(status: &str) -> bool {
+    FINAL.contains(&status)
+}
+
 /// Lag above the threshold for this many checks in a row is `lag_high`; at or below
 /// [`RECOVER_RATIO`] of it for as many, `lag_recovered`.
 pub const LAG_CHECKS: u32 = 3;
@@ -126,9 +133,11 @@ pub fn detect_migration(
         });
         next.status = Some(reading.status.clone());
         next.status_since = Some(now);
-        if reading.status != WORKING {
+        if is_final(&reading.status) {
             // Readiness, lag and the window belong to a running migration; a finished or failed
-            // one has said all it will in its status change.
+            // one has said all it will in its status change. Any other status (an undocumented
+            // one, say) may be a passing state: the window keeps counting from the first
+            // readiness.
             next.ready_since = None;
             next.warned_s = None;
             next.lag_high = false;
@@ -138,15 +147,20 @@ pub fn detect_migration(
     }
     let working = reading.status == WORKING;
 
-    next.ready = reading.ready_for_cutover;
-    if working && reading.ready_for_cutover && !state.ready {
-        let since = *next.ready_since.get_or_insert(now);
+    // An answer without `readyForCutover` says nothing about it: the last known value stands.
+    let ready = reading.ready_for_cutover.unwrap_or(state.ready);
+    next.ready = ready;
+    if working && ready && next.ready_since.is_none() {
+        next.ready_since = Some(now);
+    }
+    if working && ready && !state.ready {
+        let since = next.ready_since.unwrap_or(now);
         events.push(Event::ReadyForCutover {
             migration: migration(),
             deadline: add(since, policy.cutover_window),
             lag_s: reading.lag_s,
         });
-    } else if working && state.ready && !reading.ready_for_cutover {
+    } else if working && state.ready && !ready {
         events.push(Event::ReadyForCutoverLost {
             migration: migration(),
             lag_s: reading.lag_s,
@@ -185,7 +199,9 @@ pub fn detect_migration(
         }
     }
 
-    if let Some(deadline) = next.deadline(policy.cutover_window) {
+    // Warnings only while a cutover is possible: "cut over now" to a migration that is not
+    // ready would be advice nobody can follow. One due meanwhile comes when it is ready again.
+    if let Some(deadline) = next.deadline(policy.cutover_window).filter(|_| ready) {
         let left_s = (deadline - now).num_seconds();
         // After a restart or a long outage several warnings may be due at once: send the most
         // urgent one only.
@@ -258,7 +274,7 @@ mod tests {
     fn ok(status: &str, ready: bool, lag: Option<i64>) -> MigrationOutcome {
         Ok(MigrationReading {
             status: status.into(),
-            ready_for_cutover: ready,
+            ready_for_cutover: Some(ready),
             lag_s: lag,
         })
     }
@@ -430,6 +446,56 @@ mod tests {
         assert_eq!(
             kinds,
             vec![vec!["migration_status_changed"], vec!["migration_status_changed"]]
+        );
+    }
+
+    #[test]
+    fn a_passing_status_keeps_the_window_and_an_absent_readiness_is_unknown() {
+        let absent = Ok(MigrationReading {
+            status: WORKING.into(),
+            ready_for_cutover: None,
+            lag_s: None,
+        });
+        let (state, kinds) = run(&[
+            (0, ok("WORKING", true, Some(20)), synced()),
+            (60, ok("PAUSED_BY_ATLAS", true, None), synced()),
+            (120, ok("WORKING", true, Some(20)), synced()),
+            (180, absent, synced()),
+            (96 * H, ok("WORKING", true, Some(20)), synced()),
+        ]);
+        assert_eq!(
+            kinds,
+            vec![
+                vec!["migration_status_changed", "ready_for_cutover"],
+                vec!["migration_status_changed"],
+                vec!["migration_status_changed"],
+                vec![],
+                vec!["cutover_deadline"],
+            ]
+        );
+        assert_eq!(
+            state.ready_since,
+            Some(t(0)),
+            "the window counts from the first readiness"
+        );
+    }
+
+    #[test]
+    fn no_deadline_warning_while_not_ready_and_the_due_one_when_ready_again() {
+        let (_, kinds) = run(&[
+            (0, ok("WORKING", true, Some(20)), synced()),
+            (100 * H, ok("WORKING", false, None), synced()),
+            (115 * H, ok("WORKING", false, None), synced()),
+            (116 * H, ok("WORKING", true, Some(20)), synced()),
+        ]);
+        assert_eq!(
+            kinds,
+            vec![
+                vec!["migration_status_changed", "ready_for_cutover"],
+                vec!["ready_for_cutover_lost"],
+                vec![],
+                vec!["ready_for_cutover", "cutover_deadline"],
+            ]
         );
     }
 

@@ -58,8 +58,9 @@ pub(crate) trait Backend {
         &self,
         instance: &str,
         check: &MigrationCheck<'_>,
+        superseded: impl FnOnce(DateTime<Utc>) -> bool,
         decide: impl FnOnce(&MigrationState, &LinkView) -> MigrationDecision,
-    ) -> anyhow::Result<MigrationDecision>;
+    ) -> anyhow::Result<Option<MigrationDecision>>;
 
     async fn migrations(&self) -> anyhow::Result<Vec<MigrationRow>>;
 

@@ -187,8 +187,15 @@ fn superseded(check: &Check<'_>, last: DateTime<Utc>) -> bool {
     if check.quiet_note {
         return last >= check.at;
     }
-    let waited = check.answered.elapsed().saturating_add(RACE_SLACK);
-    last > check.at && (last - check.at).to_std().is_ok_and(|behind| behind <= waited)
+    lost_race(check.at, check.answered, last)
+}
+
+/// Whether an answer stamped `at` (wall clock) that came at `answered` (monotonic) is older than
+/// the one recorded at `last` by no more than it has waited since: another writer recorded a
+/// newer answer meanwhile. Older by more, the wall clock stepped back, and it counts.
+pub(super) fn lost_race(at: DateTime<Utc>, answered: tokio::time::Instant, last: DateTime<Utc>) -> bool {
+    let waited = answered.elapsed().saturating_add(RACE_SLACK);
+    last > at && (last - at).to_std().is_ok_and(|behind| behind <= waited)
 }
 
 /// The status that keeps `state` quiet after a check with `outcome`, if it is quiet.

@@ -21,6 +21,10 @@ pub struct MigrationCheck<'a> {
     pub migration: &'a Migration,
     pub at: DateTime<Utc>,
     pub outcome: &'a MigrationOutcome,
+    /// When the answer came, on the monotonic clock: as for a link's check, an answer older than
+    /// the last one recorded by no more than it has waited since lost a race with another
+    /// writer (`linkwatch once` beside the daemon) and is dropped.
+    pub answered: tokio::time::Instant,
 }
 
 /// What a migration's check caused, decided from the stored state and the org's link.
@@ -57,39 +61,42 @@ pub fn migration_subject(migration_id: &str) -> String {
     format!("migration/{migration_id}")
 }
 
-/// The lag series keeps a sample when the lag moves to another bucket: fine where a small lag
-/// matters (5 s steps under a minute), coarse where it does not (10 min steps above an hour),
-/// so a steady migration adds no rows and a chart still shows every trend.
-pub fn lag_bucket(lag_s: Option<i64>) -> Option<i64> {
-    let lag = lag_s?.max(0);
-    let step = match lag {
-        0..60 => 5,
+/// How far the lag must move from the last sample to be worth another: fine where a small lag
+/// matters (5 s under a minute), coarse where it does not (10 minutes above an hour). Measured
+/// from the last sample's value, not by fixed buckets, so a lag that jitters around a bucket's
+/// edge (a ready migration sits at a few seconds for days) adds no rows.
+pub fn lag_step(lag_s: i64) -> i64 {
+    match lag_s {
+        ..60 => 5,
         60..600 => 30,
         600..3600 => 120,
         _ => 600,
-    };
-    Some(lag / step * step)
+    }
 }
 
-/// Whether a check that saw `lag_s` adds a sample after the `last` one (`None`: no sample yet).
+/// Whether a check that saw `lag_s` adds a sample after the `last` one (`None`: no sample yet;
+/// `Some(None)`: the last sample said no lag was reported).
 pub fn lag_sample_due(last: Option<Option<i64>>, lag_s: Option<i64>) -> bool {
-    match last {
-        None => lag_s.is_some(),
-        Some(last) => lag_bucket(last) != lag_bucket(lag_s),
+    match (last, lag_s) {
+        (None, lag) => lag.is_some(),
+        (Some(Some(last)), Some(lag)) => (lag - last).abs() >= lag_step(last),
+        (Some(last), lag) => last.is_some() != lag.is_some(),
     }
 }
 
 impl Store {
     /// Records a migration's check: reads its state and its org's link, lets `decide` say what
     /// it means, and writes the new state, the status change, a lag sample when the lag moved,
-    /// the events and their outbox rows, in one transaction (fenced on PostgreSQL).
+    /// the events and their outbox rows, in one transaction (fenced on PostgreSQL). `None`: a
+    /// newer answer was recorded meanwhile, and this one is dropped.
     pub async fn apply_migration(
         &self,
         check: &MigrationCheck<'_>,
         decide: impl FnOnce(&MigrationState, &LinkView) -> MigrationDecision,
-    ) -> anyhow::Result<MigrationDecision> {
+    ) -> anyhow::Result<Option<MigrationDecision>> {
         let instance = self.instance.clone();
-        on_db!(self, db => db.apply_migration(&instance, check, decide).await)
+        let superseded = |last| super::checks::lost_race(check.at, check.answered, last);
+        on_db!(self, db => db.apply_migration(&instance, check, superseded, decide).await)
     }
 
     /// Every followed migration, as the `migration_status` view shows it, by name.
@@ -116,10 +123,15 @@ mod tests {
         assert!(lag_sample_due(None, Some(40)));
         assert!(!lag_sample_due(None, None));
         assert!(!lag_sample_due(Some(Some(41)), Some(44)));
-        assert!(lag_sample_due(Some(Some(44)), Some(46)));
-        assert!(!lag_sample_due(Some(Some(4000)), Some(4100)));
-        assert!(lag_sample_due(Some(Some(4000)), Some(4300 + 600)));
+        // A lag jittering across a multiple of the step adds nothing.
+        assert!(!lag_sample_due(Some(Some(4)), Some(6)));
+        assert!(!lag_sample_due(Some(Some(4)), Some(8)));
+        assert!(lag_sample_due(Some(Some(4)), Some(9)));
+        assert!(lag_sample_due(Some(Some(44)), Some(39)));
+        assert!(!lag_sample_due(Some(Some(4000)), Some(4500)));
+        assert!(lag_sample_due(Some(Some(4000)), Some(4600)));
         assert!(lag_sample_due(Some(Some(30)), None));
+        assert!(lag_sample_due(Some(None), Some(30)));
         assert!(!lag_sample_due(Some(None), None));
     }
 }

@@ -261,10 +261,11 @@ impl Backend for Postgres {
         &self,
         instance: &str,
         check: &MigrationCheck<'_>,
+        superseded: impl FnOnce(DateTime<Utc>) -> bool,
         decide: impl FnOnce(&MigrationState, &LinkView) -> MigrationDecision,
-    ) -> anyhow::Result<MigrationDecision> {
+    ) -> anyhow::Result<Option<MigrationDecision>> {
         let (mut tx, term) = self.begin_fenced().await?;
-        let decision = migrations::apply(&mut tx, instance, check, decide).await?;
+        let decision = migrations::apply(&mut tx, instance, check, superseded, decide).await?;
         self.commit_fenced(tx, &term).await?;
         Ok(decision)
     }

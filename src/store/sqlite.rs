@@ -131,11 +131,12 @@ impl Backend for Sqlite {
         &self,
         instance: &str,
         check: &MigrationCheck<'_>,
+        superseded: impl FnOnce(DateTime<Utc>) -> bool,
         decide: impl FnOnce(&MigrationState, &LinkView) -> MigrationDecision,
-    ) -> anyhow::Result<MigrationDecision> {
+    ) -> anyhow::Result<Option<MigrationDecision>> {
         self.write(async |conn| {
             let mut tx = conn.begin_with("BEGIN IMMEDIATE").await?;
-            let decision = migrations::apply(&mut tx, instance, check, decide).await?;
+            let decision = migrations::apply(&mut tx, instance, check, superseded, decide).await?;
             tx.commit().await?;
             Ok(decision)
         })

@@ -343,3 +343,91 @@ async fn once_and_check_show_the_migrations() {
         assert!(row.contains(cell), "{cell} in {row}");
     }
 }
+
+/// On PostgreSQL a migration's check takes its turn on the org's row, as the link's checks do,
+/// so the org's events are numbered in the order they commit (deliveries go out in that order).
+#[tokio::test]
+async fn a_migration_check_waits_for_a_link_check_of_its_org_on_postgres() {
+    use sqlx::Connection as _;
+    let Some(db) = crate::pg::database().await else {
+        return;
+    };
+    let t = spawn_app_with(Setup {
+        database_url: Some(db.url.clone()),
+        ..with_atlas("")
+    })
+    .await;
+    crate::pg::lead(&t.app.store).await;
+    t.check(ORG_A).await;
+    t.sim.set_migration(MIGRATION_A, working(true, 20));
+    // Another writer (a link check of alpha) holds alpha's row.
+    let mut other = sqlx::PgConnection::connect(&db.url).await.unwrap();
+    let mut tx = other.begin().await.unwrap();
+    sqlx::query("SELECT 1 FROM org_state WHERE org_id = $1 FOR UPDATE")
+        .bind(ORG_A)
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    let app = t.app.clone();
+    let check = tokio::spawn(async move {
+        let m = &app.config.migrations[0];
+        linkwatch::migrations::check_migration(&app, m).await.unwrap()
+    });
+    let watcher = sqlx::PgPool::connect(&db.url).await.unwrap();
+    wait_until(
+        Duration::from_secs(20),
+        "the migration check to wait for alpha's row",
+        || async {
+            let waiting: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM pg_stat_activity
+             WHERE datname = current_database() AND wait_event_type = 'Lock' AND query LIKE '%org_state%'",
+            )
+            .fetch_one(&watcher)
+            .await
+            .unwrap();
+            waiting == 1
+        },
+    )
+    .await;
+    assert!(!check.is_finished());
+    tx.commit().await.unwrap();
+    let report = check.await.unwrap();
+    assert_eq!(
+        report.events.iter().map(|e| e.kind()).collect::<Vec<_>>(),
+        ["migration_status_changed", "ready_for_cutover"]
+    );
+    watcher.close().await;
+}
+
+/// `linkwatch once` beside the daemon: an answer that waited behind a newer one is dropped, so
+/// an older reading never undoes a newer one (no COMPLETE -> WORKING -> COMPLETE).
+#[tokio::test]
+async fn an_older_answer_recorded_late_is_dropped() {
+    let t = spawn_with_alpha(with_atlas("")).await;
+    t.sim
+        .set_migration(MIGRATION_A, MigrationBehavior::state("COMPLETE", false, None));
+    assert_eq!(kinds_of(&t, "payments-rs0").await, ["migration_status_changed"]);
+    let m = &t.app.config.migrations[0];
+    let outcome = Ok(linkwatch::client::MigrationReading {
+        status: "WORKING".into(),
+        ready_for_cutover: Some(true),
+        lag_s: Some(20),
+    });
+    let check = linkwatch::store::MigrationCheck {
+        migration: m,
+        at: t.app.clock.now() - chrono::Duration::seconds(40),
+        outcome: &outcome,
+        answered: tokio::time::Instant::now() - Duration::from_secs(45),
+    };
+    let applied = t
+        .app
+        .store
+        .apply_migration(&check, |_, _| linkwatch::store::MigrationDecision::default())
+        .await
+        .unwrap();
+    assert!(applied.is_none(), "the older answer was recorded: {applied:?}");
+    assert_eq!(
+        t.app.store.migrations().await.unwrap()[0].status.as_deref(),
+        Some("COMPLETE")
+    );
+}

@@ -1,5 +1,6 @@
 //! PostgreSQL: a live migration's check, inside the caller's fenced transaction.
 
+use chrono::{DateTime, Utc};
 use sqlx::{PgConnection, Row};
 
 use super::insert_event;
@@ -12,11 +13,15 @@ pub(super) async fn apply(
     conn: &mut PgConnection,
     instance: &str,
     check: &MigrationCheck<'_>,
+    superseded: impl FnOnce(DateTime<Utc>) -> bool,
     decide: impl FnOnce(&MigrationState, &LinkView) -> MigrationDecision,
-) -> anyhow::Result<MigrationDecision> {
+) -> anyhow::Result<Option<MigrationDecision>> {
     let m = check.migration;
-    let state = load(conn, &m.id).await?;
-    let link = sqlx::query("SELECT status, broken_since FROM org_state WHERE org_id = $1")
+    // The org's row first, FOR UPDATE: the link's checks and the org's other migrations write
+    // events of this org too, and taking their turns on one row keeps the org's events in the
+    // order they commit (event numbers come from a sequence when inserted, deliveries go out in
+    // that order). Always org before migration, so two writers never wait on each other.
+    let link = sqlx::query("SELECT status, broken_since FROM org_state WHERE org_id = $1 FOR UPDATE")
         .bind(m.org.as_str())
         .fetch_optional(&mut *conn)
         .await?
@@ -28,26 +33,30 @@ pub(super) async fn apply(
         })
         .transpose()?
         .unwrap_or_default();
+    let (state, last_checked) = load(conn, &m.id).await?;
+    if last_checked.is_some_and(superseded) {
+        return Ok(None);
+    }
     let decision = decide(&state, &link);
     write(conn, instance, check, &decision).await?;
-    Ok(decision)
+    Ok(Some(decision))
 }
 
-async fn load(conn: &mut PgConnection, id: &str) -> anyhow::Result<MigrationState> {
+async fn load(conn: &mut PgConnection, id: &str) -> anyhow::Result<(MigrationState, Option<DateTime<Utc>>)> {
     // FOR UPDATE: the row cannot change between reading it and writing what follows from it.
     let Some(r) = sqlx::query(
         "SELECT status, status_since, ready_for_cutover, ready_since, lag_s, lag_high, lag_high_since,
                 lag_streak, warned_s, link_break_reported, consecutive_failures, failing_since,
-                failing_alerted
+                failing_alerted, last_checked_at
          FROM migration_state WHERE migration_id = $1 FOR UPDATE",
     )
     .bind(id)
     .fetch_optional(&mut *conn)
     .await?
     else {
-        return Ok(MigrationState::default());
+        return Ok((MigrationState::default(), None));
     };
-    Ok(MigrationState {
+    let state = MigrationState {
         status: r.try_get("status")?,
         status_since: r.try_get("status_since")?,
         ready: r.try_get("ready_for_cutover")?,
@@ -64,7 +73,8 @@ async fn load(conn: &mut PgConnection, id: &str) -> anyhow::Result<MigrationStat
             .unwrap_or(u32::MAX),
         failing_since: r.try_get("failing_since")?,
         failing_alerted: r.try_get("failing_alerted")?,
-    })
+    };
+    Ok((state, r.try_get("last_checked_at")?))
 }
 
 async fn write(

@@ -1,5 +1,6 @@
 //! SQLite: a live migration's check, inside the caller's immediate transaction.
 
+use chrono::{DateTime, Utc};
 use sqlx::Row;
 use sqlx::sqlite::SqliteConnection;
 
@@ -13,10 +14,14 @@ pub(super) async fn apply(
     conn: &mut SqliteConnection,
     instance: &str,
     check: &MigrationCheck<'_>,
+    superseded: impl FnOnce(DateTime<Utc>) -> bool,
     decide: impl FnOnce(&MigrationState, &LinkView) -> MigrationDecision,
-) -> anyhow::Result<MigrationDecision> {
+) -> anyhow::Result<Option<MigrationDecision>> {
     let m = check.migration;
-    let state = load(conn, &m.id).await?;
+    let (state, last_checked) = load(conn, &m.id).await?;
+    if last_checked.is_some_and(superseded) {
+        return Ok(None);
+    }
     let link = sqlx::query("SELECT status, broken_since FROM org_state WHERE org_id = ?")
         .bind(m.org.as_str())
         .fetch_optional(&mut *conn)
@@ -31,23 +36,23 @@ pub(super) async fn apply(
         .unwrap_or_default();
     let decision = decide(&state, &link);
     write(conn, instance, check, &decision).await?;
-    Ok(decision)
+    Ok(Some(decision))
 }
 
-async fn load(conn: &mut SqliteConnection, id: &str) -> anyhow::Result<MigrationState> {
+async fn load(conn: &mut SqliteConnection, id: &str) -> anyhow::Result<(MigrationState, Option<DateTime<Utc>>)> {
     let Some(r) = sqlx::query(
         "SELECT status, status_since, ready_for_cutover, ready_since, lag_s, lag_high, lag_high_since,
                 lag_streak, warned_s, link_break_reported, consecutive_failures, failing_since,
-                failing_alerted
+                failing_alerted, last_checked_at
          FROM migration_state WHERE migration_id = ?",
     )
     .bind(id)
     .fetch_optional(&mut *conn)
     .await?
     else {
-        return Ok(MigrationState::default());
+        return Ok((MigrationState::default(), None));
     };
-    Ok(MigrationState {
+    let state = MigrationState {
         status: r.try_get("status")?,
         status_since: parse_ts(r.try_get("status_since")?),
         ready: r.try_get("ready_for_cutover")?,
@@ -64,7 +69,8 @@ async fn load(conn: &mut SqliteConnection, id: &str) -> anyhow::Result<Migration
             .unwrap_or(u32::MAX),
         failing_since: parse_ts(r.try_get("failing_since")?),
         failing_alerted: r.try_get("failing_alerted")?,
-    })
+    };
+    Ok((state, parse_ts(r.try_get("last_checked_at")?)))
 }
 
 async fn write(
