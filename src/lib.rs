@@ -24,3 +24,4 @@ pub mod simulator;
 pub mod store;
 pub mod systemd;
 pub mod table;
+pub mod web;

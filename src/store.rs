@@ -17,6 +17,7 @@ mod backend;
 mod checks;
 mod lock;
 mod outbox;
+mod page;
 pub mod postgres;
 mod quiet;
 mod sqlite;
@@ -27,6 +28,7 @@ use checks::transition;
 pub use checks::{Applied, Check, CheckRecord, Decision, RemindersSent, event_id};
 pub use lock::{LockError, WriterLock};
 pub use outbox::{Claimed, Delivery, Pending};
+pub use page::{ChannelDeliveries, FailedCheck, OrgRow};
 pub use postgres::{Fence, Fenced, LeaseHolder, Postgres, Term};
 pub use quiet::{QUIET_WINDOW, Unmatched};
 

@@ -24,7 +24,13 @@ pub(super) fn parse(h: &raw::Http, loc: &Locator<'_>) -> Result<(Option<SocketAd
             ),
         )
     })?;
-    let password = resolve_secret("http.password", None, h.password_file.as_ref(), h.password_env.as_ref(), loc)?;
+    let password = resolve_secret(
+        "http.password",
+        None,
+        h.password_file.as_ref(),
+        h.password_env.as_ref(),
+        loc,
+    )?;
     let auth = match (&h.username, password) {
         (None, None) => None,
         (Some(user), Some(password)) => {

@@ -525,7 +525,11 @@ fn http_basic_auth() {
     let c = parse(&with("")).unwrap();
     assert_eq!(c.http_auth, None);
 
-    let c = parse(&with(&format!("username = \"ops\"\npassword_file = \"{}\"", file.display()))).unwrap();
+    let c = parse(&with(&format!(
+        "username = \"ops\"\npassword_file = \"{}\"",
+        file.display()
+    )))
+    .unwrap();
     let auth = c.http_auth.expect("login configured");
     assert_eq!((auth.username.as_str(), auth.password.expose()), ("ops", "s3cret"));
     assert!(!format!("{auth:?}").contains("s3cret"));
@@ -545,7 +549,9 @@ fn http_basic_auth() {
     assert_eq!(key, "http.username");
     assert!(message.contains("no colon"), "{message}");
 
-    let (line, _, key, message) = error(&with("username = \"ops\"\npassword_env = \"LINKWATCH_TEST_UNSET_PAGE\""));
+    let (line, _, key, message) = error(&with(
+        "username = \"ops\"\npassword_env = \"LINKWATCH_TEST_UNSET_PAGE\"",
+    ));
     assert_eq!((line, key.as_str()), (4, "http.password_env"));
     assert!(message.contains("is not set"), "{message}");
 }

@@ -15,6 +15,7 @@ mod faults;
 mod input;
 mod notify;
 mod oauth;
+mod page;
 mod pg;
 mod readme;
 mod receiver;
