@@ -385,3 +385,40 @@ async fn a_browser_renders_the_status_page() {
     }
     daemon.stop(Duration::from_secs(15)).await;
 }
+
+#[tokio::test]
+async fn the_demo_prints_the_page_address_and_serves_it_while_it_runs() {
+    use tokio::io::{AsyncBufReadExt, BufReader};
+    let mut demo = tokio::process::Command::new(env!("CARGO_BIN_EXE_linkwatch"))
+        .args(["demo", "--duration", "60s", "--every", "1s"])
+        .env_remove("RUST_LOG")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(demo.stdout.take().unwrap()).lines();
+    let address = tokio::time::timeout(Duration::from_secs(20), async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            if let Some(rest) = line.trim().strip_prefix("status page: ") {
+                return rest.split_whitespace().next().unwrap().to_owned();
+            }
+        }
+        panic!("the demo ended without printing the page's address");
+    })
+    .await
+    .expect("the demo prints the page's address");
+    assert!(address.starts_with("http://127.0.0.1:"), "{address}");
+    // Keep reading stdout, so the demo never blocks on a full pipe.
+    let drain = tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+
+    wait_until(Duration::from_secs(20), "the demo's page shows its orgs", || async {
+        let Ok(r) = reqwest::get(&address).await else {
+            return false;
+        };
+        r.status() == 200 && r.text().await.is_ok_and(|body| body.contains("payments"))
+    })
+    .await;
+    demo.kill().await.unwrap();
+    drain.abort();
+}
