@@ -161,7 +161,7 @@ async fn metrics(State(shared): State<Shared>) -> Response {
             let orgs = shared.orgs.borrow().clone();
             gauges.statuses.retain(|(id, _, _)| orgs.contains(id));
             (
-                [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+                [(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)],
                 shared.metrics.render(&gauges),
             )
                 .into_response()
