@@ -43,7 +43,7 @@ pub struct Config {
     pub retention: Duration,
     /// How long shutdown (and reload) waits for running checks and sends.
     pub shutdown_timeout: Duration,
-    /// Where `/metrics` and `/healthz` are served; off when `None`.
+    /// Where the status page, `/metrics` and `/healthz` are served; off when `None`.
     pub http_listen: Option<std::net::SocketAddr>,
     /// The user and password the status page, its JSON API and `/metrics` require; open when
     /// `None`. `/healthz` never asks.

@@ -131,6 +131,12 @@ pub async fn serve(
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {addr} ([http] listen): {e}"))?;
     tracing::info!(%addr, login = login.is_some(), "serving the status page, /metrics and /healthz");
+    if !addr.ip().is_loopback() && login.is_none() {
+        tracing::warn!(
+            %addr,
+            "the status page and /metrics are open to whoever reaches {addr}: set [http] username and a password"
+        );
+    }
     let mut guarded = Router::new()
         .route("/metrics", get(metrics))
         .with_state(shared.clone())
