@@ -71,6 +71,13 @@ impl Timeline {
         ((t - self.from).num_milliseconds() as f64 / total * WIDTH).clamp(0.0, WIDTH)
     }
 
+    /// Where a span is drawn: (x, width), at least [`MIN_SPAN`] wide and inside the drawing, so
+    /// that a status of the last few minutes still shows at the right edge.
+    fn extent(&self, s: &Span) -> (f64, f64) {
+        let w = (self.x(s.end) - self.x(s.start)).max(MIN_SPAN);
+        (self.x(s.start).min(WIDTH - w), w)
+    }
+
     pub fn svg(&self) -> Markup {
         let days = (self.to - self.from).num_days();
         let ticks: Vec<DateTime<Utc>> = (0..=days).step_by(7).map(|d| self.to - Duration::days(d)).collect();
@@ -78,7 +85,7 @@ impl Timeline {
             svg class="timeline" xmlns="http://www.w3.org/2000/svg" viewBox=(format!("0 0 {WIDTH} 80"))
                 role="img" aria-label=(format!("link status over the last {days} days")) {
                 @for s in &self.spans {
-                    @let (x, w) = (self.x(s.start), (self.x(s.end) - self.x(s.start)).max(MIN_SPAN));
+                    @let (x, w) = self.extent(s);
                     rect class=(format!("span {}", class(s.status.as_deref())))
                         x=(fmt(x)) y="0" width=(fmt(w)) height=(BAR) fill=(color(s.status.as_deref())) {
                         title { (s.status.as_deref().unwrap_or("unknown")) ": " (day(s.start)) " to " (day(s.end)) }
@@ -163,6 +170,16 @@ mod tests {
         let svg = tl.svg().into_string();
         assert_eq!(svg.matches("<rect").count(), 2, "{svg}");
         assert!(svg.contains("SYNCED: 2026-11-11 00:00 UTC to 2026-11-30"), "{svg}");
+    }
+
+    #[test]
+    fn a_status_of_the_last_minutes_is_drawn_inside_the_chart() {
+        let now = t(30);
+        let tl = Timeline::new(t(1), now, [(now - Duration::seconds(5), "NOT_SYNCED".into())], []);
+        let last = tl.spans.last().unwrap();
+        assert_eq!(last.status.as_deref(), Some("NOT_SYNCED"));
+        let (x, w) = tl.extent(last);
+        assert!(w >= MIN_SPAN && x + w <= WIDTH, "drawn at {x} wide {w}");
     }
 
     #[test]
