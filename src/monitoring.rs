@@ -40,8 +40,9 @@ pub struct Shared {
     pub store: Store,
     pub metrics: Arc<Metrics>,
     pub heartbeat: Heartbeat,
-    /// The ids of the orgs in the current config: the database may hold others (removed from
-    /// the config, kept for their history), which get no gauges.
+    /// The orgs (and channels) of the current config: the database may hold other orgs
+    /// (removed from the config, kept for their history), which get no gauges and no place on
+    /// the status page.
     pub orgs: watch::Receiver<Arc<Configured>>,
     /// Whether this instance leads (checks and sends) or follows (PostgreSQL, another leads).
     pub role: watch::Receiver<Role>,
