@@ -10,25 +10,32 @@ use serde_json::Value;
 
 use crate::helpers::*;
 use crate::pg;
+use crate::receiver::{Receiver, Reply};
 
 /// An org whose checks fail, named like a script.
 const ORG_X: &str = "5f0c00000000000000000c03";
 const SCRIPT_NAME: &str = "<script>alert(1)</script>";
 
 /// The default orgs (alpha NOT_SYNCED, beta SYNCED), an org whose checks fail and whose name is
-/// a script, and a webhook channel to a port where nothing listens (its deliveries wait).
-fn setup(top: String, database_url: Option<String>) -> Setup {
+/// a script, a webhook channel to a port where nothing listens (its deliveries wait) and one to
+/// a receiver that answers 404 (its deliveries fail for good). Keep the receiver alive.
+async fn setup(top: String, database_url: Option<String>) -> (Setup, Receiver) {
     let dead = free_port();
-    Setup {
+    let gone = Receiver::start().await;
+    gone.reply_when(|_| true, Reply::status(404, "no_service"));
+    let setup = Setup {
         top,
         database_url,
         channels: format!(
             "[[org]]\nid = \"{ORG_X}\"\nname = \"{SCRIPT_NAME}\"\n\n\
              [[channel]]\nname = \"console\"\nkind = \"console\"\n\n\
-             [[channel]]\nname = \"hook\"\nkind = \"webhook\"\nurl = \"http://127.0.0.1:{dead}/hook\"\n"
+             [[channel]]\nname = \"hook\"\nkind = \"webhook\"\nurl = \"http://127.0.0.1:{dead}/hook\"\n\n\
+             [[channel]]\nname = \"gone\"\nkind = \"webhook\"\nurl = \"{}\"\n",
+            gone.url("/gone")
         ),
         ..Setup::default()
-    }
+    };
+    (setup, gone)
 }
 
 async fn get_json(url: &str) -> Value {
@@ -50,7 +57,8 @@ fn names(status: &Value) -> Vec<String> {
 /// whichever database `database_url` names (SQLite when `None`).
 async fn the_json_api_shows_what_needs_action_first(database_url: Option<String>) {
     let port = free_port();
-    let t = spawn_app_with(setup(http_listen(port), database_url)).await;
+    let (setup, _gone) = setup(http_listen(port), database_url).await;
+    let t = spawn_app_with(setup).await;
     t.sim.set(ORG_X, Behavior::error(500, "", "the server fell over"));
     let daemon = t.run();
     let base = format!("http://127.0.0.1:{port}");
@@ -58,7 +66,7 @@ async fn the_json_api_shows_what_needs_action_first(database_url: Option<String>
     let status_url = format!("{base}/api/v1/status");
     wait_until(
         Duration::from_secs(20),
-        "every org checked and the hook waiting",
+        "every org checked, the hook waiting and gone refusing",
         || async {
             let Ok(r) = reqwest::get(&status_url).await else {
                 return false;
@@ -75,7 +83,13 @@ async fn the_json_api_shows_what_needs_action_first(database_url: Option<String>
                     .as_array()
                     .unwrap()
                     .iter()
-                    .any(|c| c["last_error"].is_string())
+                    .any(|c| c["name"] == "hook" && c["last_error"].is_string())
+                // Both first_seen events refused for good.
+                && v["channels"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .any(|c| c["name"] == "gone" && c["failed"].as_i64() >= Some(2))
         },
     )
     .await;
@@ -97,7 +111,18 @@ async fn the_json_api_shows_what_needs_action_first(database_url: Option<String>
         .find(|c| c["name"] == "hook")
         .expect("the hook channel waits");
     assert!(hook["pending"].as_i64().unwrap() >= 2, "{hook}");
+    assert_eq!(hook["failed"], 0, "{hook}");
+    assert!(hook["oldest_pending_at"].as_str().unwrap().ends_with('Z'), "{hook}");
     assert_eq!(hook["configured"], true);
+    let gone = v["channels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "gone")
+        .unwrap();
+    // A later event (check_failing) may still be on its way.
+    assert!(gone["failed"].as_i64().unwrap() >= 2, "{gone}");
+    assert!(gone["last_error"].as_str().unwrap().contains("404"), "{gone}");
     assert!(
         !v["channels"].as_array().unwrap().iter().any(|c| c["name"] == "console"),
         "the console delivered everything: {v}"
@@ -130,6 +155,42 @@ async fn the_json_api_shows_what_needs_action_first(database_url: Option<String>
     let by_id = get_json(&format!("{base}/api/v1/orgs/{ORG_B}/changes")).await;
     assert_eq!(by_id["changes"].as_array().unwrap().len(), 2);
 
+    // The org pages read the changes and the failed checks, newest first.
+    wait_until(
+        Duration::from_secs(20),
+        "two failed checks of the failing org",
+        || async { get_json(&status_url).await["orgs"][0]["consecutive_failures"].as_i64() >= Some(2) },
+    )
+    .await;
+    let beta = reqwest::get(format!("{base}/org/beta"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        beta.contains("class=\"span synced\"") && beta.contains("class=\"span not-synced\""),
+        "{beta}"
+    );
+    let failing = reqwest::get(format!("{base}/org/{ORG_X}"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let rows = failing
+        .split("<table class=\"failures\">")
+        .nth(1)
+        .expect("a table of failed checks");
+    let times: Vec<&str> = rows
+        .split("<tr><td>")
+        .skip(1)
+        .map(|r| r.split('<').next().unwrap())
+        .collect();
+    assert!(times.len() >= 2, "{rows}");
+    assert!(times.windows(2).all(|w| w[0] > w[1]), "not newest first: {times:?}");
+    assert_eq!(rows.matches("the server fell over").count(), times.len(), "{rows}");
+
     daemon.stop(Duration::from_secs(15)).await;
 }
 
@@ -145,9 +206,10 @@ async fn the_json_api_on_postgres() {
 }
 
 /// The app with the page on a free port, running until all three orgs have been checked.
-async fn running_page(top_extra: &str) -> (TestApp, Running, String) {
+async fn running_page(top_extra: &str) -> (TestApp, Running, String, Receiver) {
     let port = free_port();
-    let t = spawn_app_with(setup(format!("{}\n{top_extra}", http_listen(port)), None)).await;
+    let (setup, gone) = setup(format!("{}\n{top_extra}", http_listen(port)), None).await;
+    let t = spawn_app_with(setup).await;
     t.sim.set(ORG_X, Behavior::error(500, "", "the server fell over"));
     let daemon = t.run();
     let db = t.app.store.clone();
@@ -155,12 +217,12 @@ async fn running_page(top_extra: &str) -> (TestApp, Running, String) {
         db.org_rows().await.map(|r| r.len() == 3).unwrap_or(false)
     })
     .await;
-    (t, daemon, format!("http://127.0.0.1:{port}"))
+    (t, daemon, format!("http://127.0.0.1:{port}"), gone)
 }
 
 #[tokio::test]
 async fn an_org_named_like_a_script_shows_as_text() {
-    let (_t, daemon, base) = running_page("").await;
+    let (_t, daemon, base, _gone) = running_page("").await;
     for url in [format!("{base}/"), format!("{base}/org/{ORG_X}")] {
         let response = reqwest::get(&url).await.unwrap();
         assert_eq!(response.status(), 200, "{url}");
@@ -184,7 +246,7 @@ async fn an_org_named_like_a_script_shows_as_text() {
 
 #[tokio::test]
 async fn the_org_page_draws_the_timeline_and_lists_changes_and_failures() {
-    let (t, daemon, base) = running_page("").await;
+    let (t, daemon, base, _gone) = running_page("").await;
     let page = reqwest::get(format!("{base}/org/alpha")).await.unwrap();
     assert_eq!(page.status(), 200);
     let body = page.text().await.unwrap();
@@ -207,7 +269,7 @@ async fn the_org_page_draws_the_timeline_and_lists_changes_and_failures() {
 
 #[tokio::test]
 async fn unknown_orgs_are_404_and_the_page_is_read_only() {
-    let (_t, daemon, base) = running_page("").await;
+    let (_t, daemon, base, _gone) = running_page("").await;
     let http = reqwest::Client::new();
     let page = http.get(format!("{base}/org/nobody")).send().await.unwrap();
     assert_eq!(page.status(), 404);
@@ -244,7 +306,7 @@ async fn a_login_guards_the_page_the_api_and_metrics_but_not_healthz() {
     let dir = tempfile::tempdir().unwrap();
     let password = dir.path().join("page-password");
     std::fs::write(&password, "correct horse\n").unwrap();
-    let (_t, daemon, base) = running_page(&format!(
+    let (_t, daemon, base, _gone) = running_page(&format!(
         "username = \"ops\"\npassword_file = \"{}\"",
         password.display()
     ))
@@ -338,7 +400,7 @@ async fn chromium(browser: &std::path::Path, args: &[String], url: &str) -> Stri
 #[tokio::test]
 async fn a_browser_renders_the_status_page() {
     let Some(browser) = browser() else { return };
-    let (_t, daemon, base) = running_page("").await;
+    let (_t, daemon, base, _gone) = running_page("").await;
 
     // What a person sees after rendering: the DOM as the browser built it.
     let dom = chromium(&browser, &["--dump-dom".into()], &format!("{base}/")).await;
