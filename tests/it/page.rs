@@ -207,17 +207,47 @@ async fn the_json_api_on_postgres() {
 
 /// The app with the page on a free port, running until all three orgs have been checked.
 async fn running_page(top_extra: &str) -> (TestApp, Running, String, Receiver) {
+    let (t, base, gone) = page_app(top_extra).await;
+    let daemon = run_page(&t).await;
+    (t, daemon, base, gone)
+}
+
+/// The app of [`running_page`], not running yet, and the page's address.
+async fn page_app(top_extra: &str) -> (TestApp, String, Receiver) {
     let port = free_port();
     let (setup, gone) = setup(format!("{}\n{top_extra}", http_listen(port)), None).await;
     let t = spawn_app_with(setup).await;
     t.sim.set(ORG_X, Behavior::error(500, "", "the server fell over"));
+    (t, format!("http://127.0.0.1:{port}"), gone)
+}
+
+/// Runs the daemon of `t` until all three orgs have been checked.
+async fn run_page(t: &TestApp) -> Running {
     let daemon = t.run();
     let db = t.app.store.clone();
     wait_until(Duration::from_secs(20), "every org checked", || async {
         db.org_rows().await.map(|r| r.len() == 3).unwrap_or(false)
     })
     .await;
-    (t, daemon, format!("http://127.0.0.1:{port}"), gone)
+    daemon
+}
+
+/// Beta's last 25 days, on the app's wall clock: NOT_SYNCED, two failed checks 20 days ago,
+/// SYNCED 12 days ago; the clock is back at now when it returns.
+async fn beta_history(t: &TestApp) {
+    let clock = &t.app.clock;
+    clock.step(chrono::Duration::days(-25));
+    t.sim.set(ORG_B, Behavior::status("NOT_SYNCED"));
+    t.check(ORG_B).await;
+    clock.step(chrono::Duration::days(5));
+    t.sim.set(ORG_B, Behavior::error(503, "", "maintenance"));
+    t.check(ORG_B).await;
+    clock.step(chrono::Duration::hours(6));
+    t.check(ORG_B).await;
+    clock.step(chrono::Duration::days(8) - chrono::Duration::hours(6));
+    t.sim.set(ORG_B, Behavior::status("SYNCED"));
+    t.check(ORG_B).await;
+    clock.step(chrono::Duration::days(12));
 }
 
 #[tokio::test]
@@ -400,7 +430,9 @@ async fn chromium(browser: &std::path::Path, args: &[String], url: &str) -> Stri
 #[tokio::test]
 async fn a_browser_renders_the_status_page() {
     let Some(browser) = browser() else { return };
-    let (_t, daemon, base, _gone) = running_page("").await;
+    let (t, base, _gone) = page_app("").await;
+    beta_history(&t).await;
+    let daemon = run_page(&t).await;
 
     // What a person sees after rendering: the DOM as the browser built it.
     let dom = chromium(&browser, &["--dump-dom".into()], &format!("{base}/")).await;
@@ -419,16 +451,21 @@ async fn a_browser_renders_the_status_page() {
         "not synced comes before synced"
     );
 
-    let org = chromium(&browser, &["--dump-dom".into()], &format!("{base}/org/alpha")).await;
+    // Beta's 30 days: not known, NOT_SYNCED for 13 days with two failed checks, SYNCED since.
+    let org = chromium(&browser, &["--dump-dom".into()], &format!("{base}/org/beta")).await;
     assert!(org.contains("<svg class=\"timeline\""), "no chart:\n{org}");
-    assert!(
-        org.contains("<rect class=\"span not-synced\""),
-        "no status span:\n{org}"
-    );
+    let spans: Vec<&str> = org
+        .split("<rect class=\"span ")
+        .skip(1)
+        .map(|r| r.split('"').next().unwrap())
+        .collect();
+    assert_eq!(spans, ["unknown", "not-synced", "synced"], "{org}");
+    assert_eq!(org.matches("<line class=\"failure\"").count(), 2, "{org}");
+    assert!(org.contains("maintenance"), "the failed checks are listed:\n{org}");
 
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/screenshots");
     std::fs::create_dir_all(&dir).unwrap();
-    for (page, file) in [("/", "status-page.png"), ("/org/alpha", "org-page.png")] {
+    for (page, file) in [("/", "status-page.png"), ("/org/beta", "org-page.png")] {
         let path = dir.join(file);
         let _ = std::fs::remove_file(&path);
         chromium(
