@@ -72,16 +72,8 @@ pub fn status_page(v: &StatusView) -> Markup {
 
 fn badge(org: &OrgView) -> Markup {
     html! {
-        span class=(format!("badge {}", serde_plain(org.state))) { (org.state.label()) }
+        span class=(format!("badge {}", org.state.as_str())) { (org.state.label()) }
     }
-}
-
-/// The state's JSON name, which is also its CSS class.
-fn serde_plain(state: super::OrgState) -> String {
-    serde_json::to_value(state)
-        .ok()
-        .and_then(|v| v.as_str().map(str::to_owned))
-        .unwrap_or_default()
 }
 
 fn orgs_section(orgs: &[OrgView], now: &str) -> Markup {

@@ -44,6 +44,18 @@ pub enum OrgState {
 }
 
 impl OrgState {
+    /// Its name in the JSON, which is also its CSS class.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OrgState::Failing => "failing",
+            OrgState::Broken => "broken",
+            OrgState::NotSynced => "not_synced",
+            OrgState::Unchecked => "unchecked",
+            OrgState::Synced => "synced",
+        }
+    }
+
+    /// What the badge says.
     pub fn label(self) -> &'static str {
         match self {
             OrgState::Failing => "check failing",
@@ -303,6 +315,13 @@ mod tests {
                 OrgState::Failing
             ]
         );
+        for s in &states {
+            assert_eq!(
+                serde_json::to_value(s).unwrap(),
+                s.as_str(),
+                "the JSON and the CSS class agree"
+            );
+        }
         states.sort();
         assert_eq!(
             states,
