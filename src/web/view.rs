@@ -7,8 +7,8 @@ use std::collections::HashMap;
 use chrono::{DateTime, Duration, Utc};
 use serde::Serialize;
 
-use super::Page;
 use super::timeline::Timeline;
+use super::{Configured, Page};
 use crate::config::OrgId;
 use crate::store::{self, OrgRow};
 
@@ -132,8 +132,18 @@ pub struct OrgDetail {
     pub timeline: Timeline,
 }
 
+/// Reads each section; a new section (Atlas migrations) is one more field and one more reader.
 pub async fn status(page: &Page) -> anyhow::Result<StatusView> {
     let configured = page.configured.borrow().clone();
+    Ok(StatusView {
+        generated_at: store::ts(page.clock.now()),
+        orgs: orgs(page, &configured).await?,
+        channels: channels(page, &configured).await?,
+    })
+}
+
+/// Every configured org, what needs action first.
+async fn orgs(page: &Page, configured: &Configured) -> anyhow::Result<Vec<OrgView>> {
     let mut rows: HashMap<String, OrgRow> = page
         .store
         .org_rows()
@@ -147,9 +157,13 @@ pub async fn status(page: &Page) -> anyhow::Result<StatusView> {
         .map(|(id, name)| org_view(id, name, rows.remove(id)))
         .collect();
     orgs.sort_by(|a, b| (a.state, &a.name, &a.id).cmp(&(b.state, &b.name, &b.id)));
+    Ok(orgs)
+}
 
+/// The channels with deliveries waiting or given up, and whether their dispatcher holds them.
+async fn channels(page: &Page, configured: &Configured) -> anyhow::Result<Vec<ChannelView>> {
     let blocked = page.metrics.blocked();
-    let channels = page
+    Ok(page
         .store
         .channel_deliveries()
         .await?
@@ -166,12 +180,7 @@ pub async fn status(page: &Page) -> anyhow::Result<StatusView> {
             oldest_pending_at: c.oldest_pending_at,
             last_error: c.last_error,
         })
-        .collect();
-    Ok(StatusView {
-        generated_at: store::ts(page.clock.now()),
-        orgs,
-        channels,
-    })
+        .collect())
 }
 
 pub async fn changes(page: &Page, id: &str, name: &str) -> anyhow::Result<ChangesView> {
