@@ -7,6 +7,7 @@
 
 mod atlas;
 mod database;
+mod http;
 mod notify;
 mod raw;
 mod smtp;
@@ -21,6 +22,7 @@ use toml::Spanned;
 
 pub use atlas::{Atlas, DEFAULT_ATLAS_URL, Migration};
 pub use database::{Database, PgTarget};
+pub use http::BasicAuth;
 pub use notify::{Channel, ChannelKind, Email, Route, WebhookSecret, decode_webhook_secret};
 pub use smtp::{SmtpTarget, TlsMode, parse_smtp_url};
 pub use values::{CronExpr, EventKind, HumanDuration, OrgId};
@@ -43,8 +45,11 @@ pub struct Config {
     pub retention: Duration,
     /// How long shutdown (and reload) waits for running checks and sends.
     pub shutdown_timeout: Duration,
-    /// Where `/metrics` and `/healthz` are served; off when `None`.
+    /// Where the status page, `/metrics` and `/healthz` are served; off when `None`.
     pub http_listen: Option<std::net::SocketAddr>,
+    /// The user and password the status page, its JSON API and `/metrics` require; open when
+    /// `None`. `/healthz` never asks.
+    pub http_auth: Option<BasicAuth>,
     pub cloud_manager: CloudManager,
     pub poll: Poll,
     pub credentials: Vec<Arc<Credential>>,
@@ -190,18 +195,9 @@ impl Config {
             Some(r) => r.get_ref().0,
             None => Duration::from_secs(90 * 86_400),
         };
-        let http_listen = match &raw.http {
-            None => None,
-            Some(h) => Some(h.listen.get_ref().parse().map_err(|_| {
-                loc.error(
-                    h.listen.span().start,
-                    "http.listen",
-                    format!(
-                        "\"{}\" is not an address:port such as 127.0.0.1:9187",
-                        h.listen.get_ref()
-                    ),
-                )
-            })?),
+        let (http_listen, http_auth) = match &raw.http {
+            None => (None, None),
+            Some(h) => http::parse(h, loc)?,
         };
 
         let cm = raw.cloud_manager;
@@ -307,6 +303,7 @@ impl Config {
             retention,
             shutdown_timeout: raw.shutdown_timeout.map_or(Duration::from_secs(10), |d| d.0),
             http_listen,
+            http_auth,
             cloud_manager,
             poll,
             credentials,

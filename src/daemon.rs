@@ -23,6 +23,7 @@ use crate::outcome::CheckOutcome;
 use crate::scheduler::{self, Heartbeat};
 use crate::store::{Applied, Check, Decision, QUIET_WINDOW, RemindersSent, Store, WriterLock};
 use crate::systemd;
+use crate::web;
 
 /// Everything a check needs, built from one config. A reload builds a new `App` around the same
 /// store and metrics.
@@ -401,7 +402,16 @@ async fn serve(
     );
     let services_stop = CancellationToken::new();
     let http_task = match app.config.http_listen {
-        Some(addr) => Some(monitoring::serve(addr, shared.clone(), services_stop.clone()).await?),
+        Some(addr) => {
+            let page = web::Page {
+                store: app.store.clone(),
+                clock: app.clock.clone(),
+                metrics: app.metrics.clone(),
+                configured: shared.orgs.clone(),
+            };
+            let login = app.config.http_auth.clone();
+            Some(monitoring::serve(addr, shared.clone(), page, login, services_stop.clone()).await?)
+        }
         None => None,
     };
     let watchdog = systemd::spawn_watchdog(shared, services_stop.clone());
@@ -500,9 +510,9 @@ fn start_if_leading(app: &Arc<App>, heartbeat: &Heartbeat, role: &leader::Role) 
     Some((Generation::start(app.clone(), heartbeat.clone()), epoch))
 }
 
-/// The ids of the orgs `config` watches.
-fn org_ids(config: &Config) -> Arc<std::collections::HashSet<String>> {
-    Arc::new(config.orgs.iter().map(|o| o.id.as_str().to_owned()).collect())
+/// The orgs and channels `config` watches.
+fn org_ids(config: &Config) -> Arc<web::Configured> {
+    web::Configured::of(config)
 }
 
 /// A new `App` for `loaded`, around the running one's store, metrics, clock and what its
@@ -520,8 +530,8 @@ fn rebuild(current: &App, loaded: anyhow::Result<Config>, console: ConsoleSink) 
             config.database
         );
     }
-    if config.http_listen != current.config.http_listen {
-        tracing::warn!("[http] listen changed; it takes effect at the next restart");
+    if config.http_listen != current.config.http_listen || config.http_auth != current.config.http_auth {
+        tracing::warn!("[http] changed; it takes effect at the next restart");
     }
     let gone: Vec<&str> = current
         .config

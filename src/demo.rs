@@ -173,8 +173,12 @@ pub async fn run(
     let dir = std::env::temp_dir().join(format!("linkwatch-demo-{}", chrono::Utc::now().format("%Y%m%dT%H%M%S")));
     std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let db = dir.join("linkwatch.db");
+    let page = page_address();
     let mut toml = format!(
         r#"database = "{db}"
+
+[http]
+listen = "{page}"
 
 [cloud_manager]
 base_url = "{base}"
@@ -251,6 +255,7 @@ kind = "console"
         sim.atlas_base_url(),
         humantime::format_duration(window)
     );
+    println!("  status page: http://{page}/ (JSON: http://{page}/api/v1/status) while the demo runs");
     println!("  events as they happen (Ctrl-C stops early):\n");
 
     let stop = shutdown.child_token();
@@ -271,6 +276,20 @@ kind = "console"
 
     summary(&db).await
 }
+
+/// The demo's status page: 127.0.0.1:9187 (the port the README and the example use), or a
+/// free port when something else has it. The port is released before the daemon binds it; if
+/// another program takes it in between, the daemon says so and stops.
+fn page_address() -> std::net::SocketAddr {
+    let preferred = std::net::SocketAddr::from(([127, 0, 0, 1], DEMO_PAGE_PORT));
+    std::net::TcpListener::bind(preferred)
+        .or_else(|_| std::net::TcpListener::bind(std::net::SocketAddr::from(([127, 0, 0, 1], 0))))
+        .and_then(|l| l.local_addr())
+        .unwrap_or(preferred)
+}
+
+/// Where the demo serves the status page when the port is free.
+const DEMO_PAGE_PORT: u16 = 9187;
 
 async fn summary(db: &Path) -> anyhow::Result<()> {
     let store = Store::open(&crate::config::Database::Sqlite(db.to_path_buf())).await?;

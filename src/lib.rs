@@ -25,3 +25,4 @@ pub mod simulator;
 pub mod store;
 pub mod systemd;
 pub mod table;
+pub mod web;

@@ -1,38 +1,124 @@
-//! Counters kept in the process and the Prometheus text exposition (format 0.0.4) of them plus
-//! the gauges read from the database at scrape time (status per org, outbox depth and age), so
-//! that the gauges are right after a restart and a reload without any bookkeeping.
+//! Counters kept in the process and the gauges read from the database at scrape time (status
+//! per org, outbox depth and age), so that the gauges are right after a restart and a reload
+//! without any bookkeeping. The `prometheus-client` crate keeps the counters and the histogram
+//! and renders everything as OpenMetrics text.
 
 use std::collections::{BTreeMap, HashMap};
-use std::fmt::Write as _;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::AtomicU64;
 use std::time::Duration;
+
+use prometheus_client::encoding::text::{encode_eof, encode_registry};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
 
 /// Upper bounds of the check latency histogram, in seconds.
 const BUCKETS: [f64; 11] = [0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0];
 
-#[derive(Debug, Default)]
+/// The content type of [`Metrics::render`]'s text.
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// A series' labels, by name.
+type Labels = Vec<(&'static str, String)>;
+
 pub struct Metrics {
-    /// org_id -> [(org_name, outcome, count)]; outcome is `ok` or a failure class. Keyed by the
-    /// id alone so that counting a check (on every check) looks up by `&str` and allocates
-    /// nothing once the org's entry exists; sorted only when rendered.
-    checks: Mutex<HashMap<String, Vec<OrgChecks>>>,
-    latency_buckets: [AtomicU64; BUCKETS.len()],
-    latency_count: AtomicU64,
-    latency_sum_us: AtomicU64,
-    requests: AtomicU64,
-    events: Mutex<BTreeMap<String, u64>>,
-    /// (channel, outcome) -> count; outcome is sent, retry or failed.
-    deliveries: Mutex<BTreeMap<(String, String), u64>>,
-    /// (task, name) -> count; task is `check` (name: the org) or `channel` (name: the channel).
-    panics: Mutex<BTreeMap<(String, String), u64>>,
-    /// channel -> failed attempts to record a delivery's outcome in the database.
-    record_failures: Mutex<BTreeMap<String, u64>>,
+    /// The counters and the histogram below, registered once.
+    registry: Registry,
+    checks: Family<Labels, Counter>,
+    /// org_id -> [(org_name, outcome, its counter in `checks`)]; outcome is `ok` or a failure
+    /// class. Counting a check (on every check) looks up by `&str` and increments a handle it
+    /// got once, so it allocates nothing once the org's entry exists.
+    check_counters: Mutex<HashMap<String, Vec<OrgChecks>>>,
+    latency: Histogram,
+    requests: Counter,
+    events: Family<Labels, Counter>,
+    /// By channel and outcome (sent, retry or failed).
+    deliveries: Family<Labels, Counter>,
+    /// By task (`check`, named by the org; `channel`, by the channel) and name.
+    panics: Family<Labels, Counter>,
+    /// Failed attempts to record a delivery's outcome in the database, by channel.
+    record_failures: Family<Labels, Counter>,
     /// Blocked channels, as their dispatcher last saw them (it alone knows the hold).
     blocked: Mutex<BTreeMap<String, Blocked>>,
-    /// Whether this instance leads (checks and sends), and the epoch of its lease; -1 while it
-    /// follows.
-    leader_epoch: std::sync::atomic::AtomicI64,
+    /// 1 while this instance leads (checks and sends), and the epoch of its lease (0 while it
+    /// follows, and on SQLite).
+    leader: Gauge,
+    leader_epoch: Gauge,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metrics").finish_non_exhaustive()
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let m = Metrics {
+            registry: Registry::default(),
+            checks: Family::default(),
+            check_counters: Mutex::default(),
+            latency: Histogram::new(BUCKETS),
+            requests: Counter::default(),
+            events: Family::default(),
+            deliveries: Family::default(),
+            panics: Family::default(),
+            record_failures: Family::default(),
+            blocked: Mutex::default(),
+            leader: Gauge::default(),
+            leader_epoch: Gauge::default(),
+        };
+        // As before any role is known: one process, leading (SQLite).
+        m.leader.set(1);
+        let mut registry = Registry::default();
+        // OpenMetrics names a counter's family without `_total` and its series with it; the
+        // crate adds the suffix, and a full stop to each help text.
+        registry.register(
+            "linkwatch_leader",
+            "1 while this instance leads (checks and sends), 0 while another does (PostgreSQL)",
+            m.leader.clone(),
+        );
+        registry.register(
+            "linkwatch_leader_epoch",
+            "The epoch (fencing token) of this instance's lease while it leads; 0 on SQLite",
+            m.leader_epoch.clone(),
+        );
+        registry.register(
+            "linkwatch_checks",
+            "Status checks, by org and outcome (ok or the failure class)",
+            m.checks.clone(),
+        );
+        registry.register(
+            "linkwatch_check_duration_seconds",
+            "How long one status check took, authentication included",
+            m.latency.clone(),
+        );
+        registry.register(
+            "linkwatch_cloud_manager_requests",
+            "HTTP requests sent to Cloud Manager (Digest challenges included)",
+            m.requests.clone(),
+        );
+        registry.register("linkwatch_events", "Events recorded, by kind", m.events.clone());
+        registry.register(
+            "linkwatch_deliveries",
+            "Delivery attempts, by channel and outcome (sent, retry, failed)",
+            m.deliveries.clone(),
+        );
+        registry.register(
+            "linkwatch_delivery_record_failures",
+            "Failed attempts to record a delivery's outcome; the delivery is not sent again meanwhile",
+            m.record_failures.clone(),
+        );
+        registry.register(
+            "linkwatch_task_panics",
+            "Panics caught and recovered, by task (check, channel) and its org or channel",
+            m.panics.clone(),
+        );
+        Metrics { registry, ..m }
+    }
 }
 
 /// A channel with deliveries that keep failing past the hold (see [`crate::retry::HOLD_ATTEMPTS`]):
@@ -49,8 +135,8 @@ pub struct Blocked {
     pub last_error: Option<String>,
 }
 
-/// (org_name, outcome, count) of one org's checks.
-type OrgChecks = (String, &'static str, u64);
+/// (org_name, outcome, counter) of one org's checks.
+type OrgChecks = (String, &'static str, Counter);
 
 /// What the database says at scrape time.
 #[derive(Debug, Default)]
@@ -97,253 +183,203 @@ impl Metrics {
 
     pub fn check(&self, org_id: &str, org_name: &str, outcome: &'static str, took: Duration, requests: u64) {
         {
-            let mut checks = lock(&self.checks);
-            let counts = match checks.get_mut(org_id) {
-                Some(counts) => counts,
-                None => checks.entry(org_id.to_owned()).or_default(),
+            let mut all = lock(&self.check_counters);
+            let counters = match all.get_mut(org_id) {
+                Some(counters) => counters,
+                None => all.entry(org_id.to_owned()).or_default(),
             };
-            match counts.iter_mut().find(|(n, o, _)| n == org_name && *o == outcome) {
-                Some((_, _, count)) => *count += 1,
-                None => counts.push((org_name.to_owned(), outcome, 1)),
+            match counters.iter().find(|(n, o, _)| n == org_name && *o == outcome) {
+                Some((_, _, counter)) => {
+                    counter.inc();
+                }
+                None => {
+                    let labels = vec![
+                        ("org_id", org_id.to_owned()),
+                        ("org_name", org_name.to_owned()),
+                        ("outcome", outcome.to_owned()),
+                    ];
+                    let counter = self.checks.get_or_create_owned(&labels);
+                    counter.inc();
+                    counters.push((org_name.to_owned(), outcome, counter));
+                }
             }
         }
-        let secs = took.as_secs_f64();
-        for (i, bound) in BUCKETS.iter().enumerate() {
-            if secs <= *bound {
-                self.latency_buckets[i].fetch_add(1, Ordering::Relaxed);
-            }
-        }
-        self.latency_count.fetch_add(1, Ordering::Relaxed);
-        self.latency_sum_us
-            .fetch_add(took.as_micros() as u64, Ordering::Relaxed);
-        self.requests.fetch_add(requests, Ordering::Relaxed);
+        self.latency.observe(took.as_secs_f64());
+        self.requests.inc_by(requests);
     }
 
     pub fn event(&self, kind: &str) {
-        *lock(&self.events).entry(kind.to_owned()).or_default() += 1;
+        self.events.get_or_create(&vec![("kind", kind.to_owned())]).inc();
     }
 
     pub fn delivery(&self, channel: &str, outcome: &str, n: u64) {
-        *lock(&self.deliveries)
-            .entry((channel.to_owned(), outcome.to_owned()))
-            .or_default() += n;
+        self.deliveries
+            .get_or_create(&vec![("channel", channel.to_owned()), ("outcome", outcome.to_owned())])
+            .inc_by(n);
     }
 
     /// A task that panicked and was recovered (a check of one org, a channel's worker).
     pub fn panicked(&self, task: &str, name: &str) {
-        *lock(&self.panics)
-            .entry((task.to_owned(), name.to_owned()))
-            .or_default() += 1;
+        self.panics
+            .get_or_create(&vec![("task", task.to_owned()), ("name", name.to_owned())])
+            .inc();
     }
 
     /// The database refused to record what became of a delivery (it is kept in memory and
     /// written later; it is not sent again).
     pub fn record_failed(&self, channel: &str) {
-        *lock(&self.record_failures).entry(channel.to_owned()).or_default() += 1;
+        self.record_failures
+            .get_or_create(&vec![("channel", channel.to_owned())])
+            .inc();
     }
 
     /// Requests sent to Cloud Manager so far.
     pub fn requests(&self) -> u64 {
-        self.requests.load(Ordering::Relaxed)
+        self.requests.get()
     }
 
     /// Follows this instance's leadership (see [`crate::leader`]).
     pub fn set_role(&self, role: &crate::leader::Role) {
-        self.leader_epoch.store(role.epoch.unwrap_or(-1), Ordering::Relaxed);
+        self.leader.set(i64::from(role.epoch.is_some()));
+        self.leader_epoch.set(role.epoch.unwrap_or(0).max(0));
     }
 
+    /// The OpenMetrics text of the counters and of `db`, read at scrape time.
     pub fn render(&self, db: &DbGauges) -> String {
-        let mut out = String::new();
-        let w = &mut out;
-        let epoch = self.leader_epoch.load(Ordering::Relaxed);
-        header(
-            w,
-            "linkwatch_leader",
-            "gauge",
-            "1 while this instance leads (checks and sends), 0 while another does (PostgreSQL).",
-        );
-        let _ = writeln!(w, "linkwatch_leader {}", u8::from(epoch >= 0));
-        header(
-            w,
-            "linkwatch_leader_epoch",
-            "gauge",
-            "The epoch (fencing token) of this instance's lease while it leads; 0 on SQLite.",
-        );
-        let _ = writeln!(w, "linkwatch_leader_epoch {}", epoch.max(0));
-        header(
-            w,
-            "linkwatch_checks_total",
-            "counter",
-            "Status checks, by org and outcome (ok or the failure class).",
-        );
-        let checks = lock(&self.checks);
-        let sorted: BTreeMap<(&str, &str, &str), u64> = checks
-            .iter()
-            .flat_map(|(id, counts)| {
-                counts
-                    .iter()
-                    .map(move |(name, outcome, n)| ((id.as_str(), name.as_str(), *outcome), *n))
-            })
-            .collect();
-        for ((id, name, outcome), n) in sorted {
-            let _ = writeln!(
-                w,
-                "linkwatch_checks_total{{org_id=\"{}\",org_name=\"{}\",outcome=\"{}\"}} {n}",
-                esc(id),
-                esc(name),
-                esc(outcome)
-            );
-        }
-        drop(checks);
-        header(
-            w,
-            "linkwatch_check_duration_seconds",
-            "histogram",
-            "How long one status check took, authentication included.",
-        );
-        for (i, bound) in BUCKETS.iter().enumerate() {
-            let _ = writeln!(
-                w,
-                "linkwatch_check_duration_seconds_bucket{{le=\"{bound}\"}} {}",
-                self.latency_buckets[i].load(Ordering::Relaxed)
-            );
-        }
-        let count = self.latency_count.load(Ordering::Relaxed);
-        let _ = writeln!(w, "linkwatch_check_duration_seconds_bucket{{le=\"+Inf\"}} {count}");
-        let _ = writeln!(
-            w,
-            "linkwatch_check_duration_seconds_sum {}",
-            self.latency_sum_us.load(Ordering::Relaxed) as f64 / 1e6
-        );
-        let _ = writeln!(w, "linkwatch_check_duration_seconds_count {count}");
-        header(
-            w,
-            "linkwatch_cloud_manager_requests_total",
-            "counter",
-            "HTTP requests sent to Cloud Manager (Digest challenges included).",
-        );
-        let _ = writeln!(w, "linkwatch_cloud_manager_requests_total {}", self.requests());
-        header(w, "linkwatch_events_total", "counter", "Events recorded, by kind.");
-        for (kind, n) in lock(&self.events).iter() {
-            let _ = writeln!(w, "linkwatch_events_total{{kind=\"{}\"}} {n}", esc(kind));
-        }
-        header(
-            w,
-            "linkwatch_deliveries_total",
-            "counter",
-            "Delivery attempts, by channel and outcome (sent, retry, failed).",
-        );
-        for ((channel, outcome), n) in lock(&self.deliveries).iter() {
-            let _ = writeln!(
-                w,
-                "linkwatch_deliveries_total{{channel=\"{}\",outcome=\"{}\"}} {n}",
-                esc(channel),
-                esc(outcome)
-            );
-        }
-        header(
-            w,
-            "linkwatch_delivery_record_failures_total",
-            "counter",
-            "Failed attempts to record a delivery's outcome; the delivery is not sent again meanwhile.",
-        );
-        for (channel, n) in lock(&self.record_failures).iter() {
-            let _ = writeln!(
-                w,
-                "linkwatch_delivery_record_failures_total{{channel=\"{}\"}} {n}",
-                esc(channel)
-            );
-        }
-        header(
-            w,
-            "linkwatch_task_panics_total",
-            "counter",
-            "Panics caught and recovered, by task (check, channel) and its org or channel.",
-        );
-        for ((task, name), n) in lock(&self.panics).iter() {
-            let _ = writeln!(
-                w,
-                "linkwatch_task_panics_total{{task=\"{}\",name=\"{}\"}} {n}",
-                esc(task),
-                esc(name)
-            );
-        }
-        header(
-            w,
-            "linkwatch_org_status",
-            "gauge",
-            "1 for each org's current confirmed status.",
-        );
+        let mut scrape = Registry::default();
+        let statuses = Family::<Labels, Gauge>::default();
         for (id, name, status) in &db.statuses {
             if let Some(status) = status {
-                let _ = writeln!(
-                    w,
-                    "linkwatch_org_status{{org_id=\"{}\",org_name=\"{}\",status=\"{}\"}} 1",
-                    esc(id),
-                    esc(name),
-                    esc(status)
-                );
+                statuses
+                    .get_or_create(&vec![
+                        ("org_id", id.clone()),
+                        ("org_name", name.clone()),
+                        ("status", status.clone()),
+                    ])
+                    .set(1);
             }
         }
-        header(
-            w,
-            "linkwatch_outbox_pending",
-            "gauge",
-            "Deliveries waiting to be sent, by channel.",
+        scrape.register(
+            "linkwatch_org_status",
+            "1 for each org's current confirmed status",
+            statuses,
         );
-        for (channel, n) in &db.outbox_depth {
-            let _ = writeln!(w, "linkwatch_outbox_pending{{channel=\"{}\"}} {n}", esc(channel));
-        }
-        header(
-            w,
-            "linkwatch_channel_blocked",
-            "gauge",
-            "1 when a delivery of the channel keeps failing past the hold (3 attempts or 5 minutes): its org's later events wait, other orgs' pass.",
-        );
+        let pending = Family::<Labels, Gauge>::default();
+        let blocked_now = Family::<Labels, Gauge>::default();
         let blocked = self.blocked();
-        for (channel, _) in &db.outbox_depth {
-            let blocked = blocked.iter().any(|(c, _)| c == channel);
-            let _ = writeln!(
-                w,
-                "linkwatch_channel_blocked{{channel=\"{}\"}} {}",
-                esc(channel),
-                u8::from(blocked)
-            );
+        for (channel, n) in &db.outbox_depth {
+            pending.get_or_create(&vec![("channel", channel.clone())]).set(*n);
+            let is_blocked = blocked.iter().any(|(c, _)| c == channel);
+            blocked_now
+                .get_or_create(&vec![("channel", channel.clone())])
+                .set(i64::from(is_blocked));
         }
-        header(
-            w,
-            "linkwatch_channel_blocked_seconds",
-            "gauge",
-            "Age of the channel's oldest blocked delivery.",
+        scrape.register(
+            "linkwatch_outbox_pending",
+            "Deliveries waiting to be sent, by channel",
+            pending,
         );
+        scrape.register(
+            "linkwatch_channel_blocked",
+            "1 when a delivery of the channel keeps failing past the hold (3 attempts or 5 minutes): its org's later events wait, other orgs' pass",
+            blocked_now,
+        );
+        let blocked_for = Family::<Labels, Gauge<f64, AtomicU64>>::default();
         for (channel, b) in &blocked {
-            let age = b.since_mono.elapsed().as_secs_f64();
-            let _ = writeln!(
-                w,
-                "linkwatch_channel_blocked_seconds{{channel=\"{}\"}} {age}",
-                esc(channel)
-            );
+            blocked_for
+                .get_or_create(&vec![("channel", channel.clone())])
+                .set(b.since_mono.elapsed().as_secs_f64());
         }
-        header(
-            w,
+        scrape.register(
+            "linkwatch_channel_blocked_seconds",
+            "Age of the channel's oldest blocked delivery",
+            blocked_for,
+        );
+        let oldest = Gauge::<f64, AtomicU64>::default();
+        oldest.set(db.oldest_pending_s.unwrap_or(0.0));
+        scrape.register(
             "linkwatch_outbox_oldest_pending_seconds",
-            "gauge",
-            "Age of the oldest pending delivery (0 when none).",
+            "Age of the oldest pending delivery (0 when none)",
+            oldest,
         );
-        let _ = writeln!(
-            w,
-            "linkwatch_outbox_oldest_pending_seconds {}",
-            db.oldest_pending_s.unwrap_or(0.0)
-        );
+
+        let mut out = String::new();
+        // Writing to a String cannot fail; the encoders return fmt::Result all the same.
+        let _ = encode_registry(&mut out, &self.registry);
+        let _ = encode_registry(&mut out, &scrape);
+        let _ = encode_eof(&mut out);
         out
     }
 }
 
-fn header(w: &mut String, name: &str, kind: &str, help: &str) {
-    let _ = writeln!(w, "# HELP {name} {help}\n# TYPE {name} {kind}");
-}
+#[cfg(test)]
+mod tests {
+    use std::alloc::{GlobalAlloc, Layout, System};
+    use std::cell::Cell;
 
-/// Label values escape backslash, quote and newline.
-fn esc(s: &str) -> String {
-    s.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+    use super::*;
+
+    /// Counts the allocations of the current thread, so tests running beside it do not count.
+    struct Counting;
+
+    thread_local! {
+        static ALLOCATIONS: Cell<u64> = const { Cell::new(0) };
+    }
+
+    // SAFETY: every call is passed on to the system allocator unchanged.
+    unsafe impl GlobalAlloc for Counting {
+        unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+            let _ = ALLOCATIONS.try_with(|n| n.set(n.get() + 1));
+            unsafe { System.alloc(layout) }
+        }
+        unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+            unsafe { System.dealloc(ptr, layout) }
+        }
+    }
+
+    #[global_allocator]
+    static GLOBAL: Counting = Counting;
+
+    fn allocations() -> u64 {
+        ALLOCATIONS.with(Cell::get)
+    }
+
+    #[test]
+    fn counting_a_check_allocates_nothing_once_the_org_is_known() {
+        let m = Metrics::default();
+        let took = Duration::from_millis(30);
+        m.check("5f0c00000000000000000a01", "alpha", "ok", took, 1);
+        m.check("5f0c00000000000000000a01", "alpha", "timeout", took, 1);
+        let before = allocations();
+        for _ in 0..1000 {
+            m.check("5f0c00000000000000000a01", "alpha", "ok", took, 1);
+            m.check("5f0c00000000000000000a01", "alpha", "timeout", took, 1);
+        }
+        assert_eq!(allocations() - before, 0, "allocations for 2,000 checks");
+
+        let text = m.render(&DbGauges::default());
+        assert!(
+            text.contains(
+                "linkwatch_checks_total{org_id=\"5f0c00000000000000000a01\",org_name=\"alpha\",outcome=\"ok\"} 1001"
+            ),
+            "{text}"
+        );
+        assert!(text.contains("linkwatch_check_duration_seconds_count 2002"), "{text}");
+        assert!(text.contains("linkwatch_cloud_manager_requests_total 2002"), "{text}");
+        assert!(text.ends_with("# EOF\n"), "{text}");
+    }
+
+    #[test]
+    fn label_values_are_escaped() {
+        let m = Metrics::default();
+        m.check(
+            "5f0c00000000000000000a01",
+            "a \"quoted\\\" name",
+            "ok",
+            Duration::ZERO,
+            1,
+        );
+        let text = m.render(&DbGauges::default());
+        assert!(text.contains(r#"org_name="a \"quoted\\\" name""#), "{text}");
+    }
 }

@@ -1,12 +1,12 @@
 //! The optional HTTP endpoint (`[http] listen`): `/metrics` for Prometheus and `/healthz` for
-//! load balancers, systemd and people.
+//! load balancers, systemd and people, beside the status page ([`crate::web`]). With a login
+//! configured, everything but `/healthz` asks for it.
 //!
 //! `/healthz` writes to the database to know that it can, but at most once every
 //! [`PROBE_EVERY`]: one probe runs at a time, and every request and the systemd watchdog share
 //! its result. A flood of health checks therefore costs one write, and never takes the
 //! connections the checks need.
 
-use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -20,10 +20,12 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use crate::config::BasicAuth;
 use crate::leader::Role;
 use crate::metrics::Metrics;
 use crate::scheduler::Heartbeat;
 use crate::store::Store;
+use crate::web::{self, Configured};
 
 /// The scheduler wakes at least every 5 s; three missed wake-ups mean it is stuck.
 const STALE_HEARTBEAT: Duration = Duration::from_secs(15);
@@ -38,9 +40,10 @@ pub struct Shared {
     pub store: Store,
     pub metrics: Arc<Metrics>,
     pub heartbeat: Heartbeat,
-    /// The ids of the orgs in the current config: the database may hold others (removed from
-    /// the config, kept for their history), which get no gauges.
-    pub orgs: watch::Receiver<Arc<HashSet<String>>>,
+    /// The orgs (and channels) of the current config: the database may hold other orgs
+    /// (removed from the config, kept for their history), which get no gauges and no place on
+    /// the status page.
+    pub orgs: watch::Receiver<Arc<Configured>>,
     /// Whether this instance leads (checks and sends) or follows (PostgreSQL, another leads).
     pub role: watch::Receiver<Role>,
     probe: Arc<Probe>,
@@ -51,7 +54,7 @@ impl Shared {
         store: Store,
         metrics: Arc<Metrics>,
         heartbeat: Heartbeat,
-        orgs: watch::Receiver<Arc<HashSet<String>>>,
+        orgs: watch::Receiver<Arc<Configured>>,
         role: watch::Receiver<Role>,
     ) -> Shared {
         Shared {
@@ -121,16 +124,36 @@ pub async fn health(shared: &Shared) -> Result<(), String> {
 pub async fn serve(
     addr: SocketAddr,
     shared: Shared,
+    page: web::Page,
+    login: Option<BasicAuth>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<tokio::task::JoinHandle<()>> {
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {addr} ([http] listen): {e}"))?;
-    tracing::info!(%addr, "serving /metrics and /healthz");
-    let app = Router::new()
+    tracing::info!(%addr, login = login.is_some(), "serving the status page, /metrics and /healthz");
+    if !addr.ip().is_loopback() && login.is_none() {
+        tracing::warn!(
+            %addr,
+            "the status page and /metrics are open to whoever reaches {addr}: set [http] username and a password"
+        );
+    }
+    let mut guarded = Router::new()
         .route("/metrics", get(metrics))
+        .with_state(shared.clone())
+        .merge(web::routes(page));
+    if let Some(login) = login {
+        guarded = guarded.layer(axum::middleware::from_fn_with_state(
+            Arc::new(login),
+            web::require_login,
+        ));
+    }
+    // Load balancers and systemd ask for /healthz without a login.
+    let app = Router::new()
         .route("/healthz", get(healthz))
-        .with_state(shared);
+        .with_state(shared)
+        .merge(guarded)
+        .fallback(web::not_found);
     Ok(tokio::spawn(async move {
         let serve = axum::serve(listener, app).with_graceful_shutdown(async move { shutdown.cancelled().await });
         if let Err(e) = serve.await {
@@ -145,7 +168,7 @@ async fn metrics(State(shared): State<Shared>) -> Response {
             let orgs = shared.orgs.borrow().clone();
             gauges.statuses.retain(|(id, _, _)| orgs.contains(id));
             (
-                [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+                [(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)],
                 shared.metrics.render(&gauges),
             )
                 .into_response()

@@ -18,6 +18,7 @@ mod checks;
 mod lock;
 mod migrations;
 mod outbox;
+mod page;
 pub mod postgres;
 mod quiet;
 mod sqlite;
@@ -29,6 +30,7 @@ pub use checks::{Applied, Check, CheckRecord, Decision, RemindersSent, event_id}
 pub use lock::{LockError, WriterLock};
 pub use migrations::{MigrationCheck, MigrationDecision, MigrationRow, lag_step, migration_subject};
 pub use outbox::{Claimed, Delivery, Pending};
+pub use page::{ChannelDeliveries, FailedCheck, OrgRow};
 pub use postgres::{Fence, Fenced, LeaseHolder, Postgres, Term};
 pub use quiet::{QUIET_WINDOW, Unmatched};
 

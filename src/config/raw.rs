@@ -45,6 +45,9 @@ pub struct Config {
 #[serde(deny_unknown_fields)]
 pub struct Http {
     pub listen: Spanned<String>,
+    pub username: Option<Spanned<String>>,
+    pub password_file: Option<Spanned<String>>,
+    pub password_env: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize, Default)]

@@ -634,3 +634,44 @@ fn a_route_can_page_only_on_failed_or_expired_migrations() {
     assert_eq!(router.route(org, &changed("FAILED")), ["c"]);
     assert!(router.route(org, &changed("COMPLETE")).is_empty());
 }
+
+#[test]
+fn http_basic_auth() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("page-password");
+    std::fs::write(&file, "s3cret\n").unwrap();
+    let with = |lines: &str| format!("[http]\nlisten = \"127.0.0.1:9187\"\n{lines}\n{MINIMAL}");
+
+    let c = parse(&with("")).unwrap();
+    assert_eq!(c.http_auth, None);
+
+    let c = parse(&with(&format!(
+        "username = \"ops\"\npassword_file = \"{}\"",
+        file.display()
+    )))
+    .unwrap();
+    let auth = c.http_auth.expect("login configured");
+    assert_eq!((auth.username.as_str(), auth.password.expose()), ("ops", "s3cret"));
+    assert!(!format!("{auth:?}").contains("s3cret"));
+
+    let (line, column, key, message) = error(&with("username = \"ops\""));
+    assert_eq!((line, column, key.as_str()), (3, 12, "http.username"));
+    assert!(message.contains("set a password too"), "{message}");
+
+    let (line, _, key, message) = error(&with(&format!("password_file = \"{}\"", file.display())));
+    assert_eq!((line, key.as_str()), (3, "http.username"));
+    assert!(message.contains("without a username"), "{message}");
+
+    let (_, _, key, message) = error(&with(&format!(
+        "username = \"a:b\"\npassword_file = \"{}\"",
+        file.display()
+    )));
+    assert_eq!(key, "http.username");
+    assert!(message.contains("no colon"), "{message}");
+
+    let (line, _, key, message) = error(&with(
+        "username = \"ops\"\npassword_env = \"LINKWATCH_TEST_UNSET_PAGE\"",
+    ));
+    assert_eq!((line, key.as_str()), (4, "http.password_env"));
+    assert!(message.contains("is not set"), "{message}");
+}

@@ -11,7 +11,10 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 
-use super::{Applied, Check, CheckRecord, CurrentStatus, Decision, Delivery, Pending, StatusChange, StoredEvent};
+use super::{
+    Applied, ChannelDeliveries, Check, CheckRecord, CurrentStatus, Decision, Delivery, FailedCheck, OrgRow, Pending,
+    StatusChange, StoredEvent,
+};
 use super::{MigrationCheck, MigrationDecision, MigrationRow};
 use crate::config::OrgId;
 use crate::detect::OrgState;
@@ -118,5 +121,8 @@ pub(crate) trait Backend {
     async fn current(&self) -> anyhow::Result<Vec<CurrentStatus>>;
     async fn events(&self, org: Option<&OrgId>) -> anyhow::Result<Vec<StoredEvent>>;
     async fn failures(&self, org: &OrgId) -> anyhow::Result<Vec<FailureRow>>;
+    async fn org_rows(&self) -> anyhow::Result<Vec<OrgRow>>;
+    async fn channel_deliveries(&self) -> anyhow::Result<Vec<ChannelDeliveries>>;
+    async fn failed_checks(&self, org: &OrgId, since: DateTime<Utc>, limit: i64) -> anyhow::Result<Vec<FailedCheck>>;
     async fn close(&self);
 }

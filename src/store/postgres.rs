@@ -22,8 +22,9 @@ pub use fence::{Fence, Fenced, Term};
 
 use super::backend::{Backend, FailureRow, QuietRow};
 use super::{
-    Applied, Check, CheckRecord, CurrentStatus, Decision, Delivery, MigrationCheck, MigrationDecision, MigrationRow,
-    Pending, RemindersSent, StatusChange, StoredEvent, cap, event_id, transition,
+    Applied, ChannelDeliveries, Check, CheckRecord, CurrentStatus, Decision, Delivery, FailedCheck, MigrationCheck,
+    MigrationDecision, MigrationRow, OrgRow, Pending, RemindersSent, StatusChange, StoredEvent, cap, event_id,
+    transition,
 };
 use crate::config::{OrgId, PgTarget};
 use crate::detect::OrgState;
@@ -528,6 +529,46 @@ impl Backend for Postgres {
             "SELECT class, http_status::bigint, error_code, detail FROM check_failures WHERE org_id = $1 ORDER BY id",
         )
         .bind(org.as_str())
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    async fn org_rows(&self) -> anyhow::Result<Vec<OrgRow>> {
+        Ok(sqlx::query_as::<_, OrgRow>(
+            "SELECT org_id, org_name, status, linkwatch_ts(status_since) AS since,
+                    linkwatch_ts(last_checked_at) AS last_checked_at,
+                    consecutive_failures::bigint AS consecutive_failures, last_error,
+                    linkwatch_ts(broken_since) AS broken_since
+             FROM org_state ORDER BY org_name, org_id",
+        )
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    async fn channel_deliveries(&self) -> anyhow::Result<Vec<ChannelDeliveries>> {
+        Ok(sqlx::query_as::<_, ChannelDeliveries>(
+            "SELECT channel, count(*) FILTER (WHERE state = 'pending') AS pending,
+                    count(*) FILTER (WHERE state = 'failed') AS failed,
+                    linkwatch_ts(min(created_at) FILTER (WHERE state = 'pending')) AS oldest_pending_at,
+                    (SELECT l.last_error FROM outbox AS l
+                     WHERE l.channel = o.channel AND l.state IN ('pending', 'failed') AND l.last_error IS NOT NULL
+                     ORDER BY l.id DESC LIMIT 1) AS last_error
+             FROM outbox AS o WHERE state IN ('pending', 'failed') GROUP BY channel ORDER BY channel",
+        )
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    async fn failed_checks(&self, org: &OrgId, since: DateTime<Utc>, limit: i64) -> anyhow::Result<Vec<FailedCheck>> {
+        Ok(sqlx::query_as::<_, FailedCheck>(
+            "SELECT linkwatch_ts(checked_at) AS checked_at, class, http_status::bigint AS http_status, error_code,
+                    detail
+             FROM check_failures
+             WHERE org_id = $1 AND checked_at >= $2 ORDER BY check_failures.checked_at DESC, id DESC LIMIT $3",
+        )
+        .bind(org.as_str())
+        .bind(since)
+        .bind(limit)
         .fetch_all(&self.pool)
         .await?)
     }

@@ -14,8 +14,9 @@ use sqlx::{Connection, Row};
 
 use super::backend::{Backend, FailureRow, QuietRow};
 use super::{
-    Applied, Check, CheckRecord, CurrentStatus, Decision, Delivery, MigrationCheck, MigrationDecision, MigrationRow,
-    Pending, RemindersSent, StatusChange, StoredEvent, cap, event_id, parse_ts, transition, ts,
+    Applied, ChannelDeliveries, Check, CheckRecord, CurrentStatus, Decision, Delivery, FailedCheck, MigrationCheck,
+    MigrationDecision, MigrationRow, OrgRow, Pending, RemindersSent, StatusChange, StoredEvent, cap, event_id,
+    parse_ts, transition, ts,
 };
 use crate::config::OrgId;
 use crate::detect::OrgState;
@@ -384,6 +385,41 @@ impl Backend for Sqlite {
             "SELECT class, http_status, error_code, detail FROM check_failures WHERE org_id = ? ORDER BY id",
         )
         .bind(org.as_str())
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    async fn org_rows(&self) -> anyhow::Result<Vec<OrgRow>> {
+        Ok(sqlx::query_as::<_, OrgRow>(
+            "SELECT org_id, org_name, status, status_since AS since, last_checked_at, consecutive_failures,
+                    last_error, broken_since
+             FROM org_state ORDER BY org_name, org_id",
+        )
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    async fn channel_deliveries(&self) -> anyhow::Result<Vec<ChannelDeliveries>> {
+        Ok(sqlx::query_as::<_, ChannelDeliveries>(
+            "SELECT channel, sum(state = 'pending') AS pending, sum(state = 'failed') AS failed,
+                    min(CASE WHEN state = 'pending' THEN created_at END) AS oldest_pending_at,
+                    (SELECT l.last_error FROM outbox AS l
+                     WHERE l.channel = o.channel AND l.state IN ('pending', 'failed') AND l.last_error IS NOT NULL
+                     ORDER BY l.id DESC LIMIT 1) AS last_error
+             FROM outbox AS o WHERE state IN ('pending', 'failed') GROUP BY channel ORDER BY channel",
+        )
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    async fn failed_checks(&self, org: &OrgId, since: DateTime<Utc>, limit: i64) -> anyhow::Result<Vec<FailedCheck>> {
+        Ok(sqlx::query_as::<_, FailedCheck>(
+            "SELECT checked_at, class, http_status, error_code, detail FROM check_failures
+             WHERE org_id = ?1 AND checked_at >= ?2 ORDER BY checked_at DESC, id DESC LIMIT ?3",
+        )
+        .bind(org.as_str())
+        .bind(ts(since))
+        .bind(limit)
         .fetch_all(&self.pool)
         .await?)
     }

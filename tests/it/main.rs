@@ -16,6 +16,7 @@ mod input;
 mod migrations;
 mod notify;
 mod oauth;
+mod page;
 mod pg;
 mod readme;
 mod receiver;

@@ -466,7 +466,7 @@ async fn a_flood_of_healthz_requests_shares_a_few_probes_and_checks_go_on() {
 }
 
 #[tokio::test]
-async fn metrics_show_only_the_orgs_of_the_current_config() {
+async fn metrics_and_the_status_page_show_only_the_orgs_of_the_current_config() {
     let (t, port) = spawn_app_with_http().await;
     t.sim.set(ORG_C, Behavior::status("SYNCED"));
     let without_gamma = std::fs::read_to_string(&t.config_path).unwrap();
@@ -485,6 +485,19 @@ async fn metrics_show_only_the_orgs_of_the_current_config() {
         |scrape: &prometheus_parse::Scrape, org: &str| sample(scrape, "linkwatch_org_status", &[("org_name", org)]);
     let before = scrape().await;
     assert_eq!(status(&before, "gamma"), Some(1.0));
+    let page_orgs = || async {
+        let url = format!("http://127.0.0.1:{port}/api/v1/status");
+        let v: serde_json::Value = reqwest::get(&url).await.unwrap().json().await.unwrap();
+        let mut names: Vec<String> = v["orgs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|o| o["name"].as_str().unwrap().to_owned())
+            .collect();
+        names.sort();
+        names
+    };
+    assert_eq!(page_orgs().await, ["alpha", "beta", "gamma"]);
 
     // gamma leaves the config; its history stays in the database, its gauge goes.
     std::fs::write(&t.config_path, &without_gamma).unwrap();
@@ -494,5 +507,10 @@ async fn metrics_show_only_the_orgs_of_the_current_config() {
     assert_eq!(status(&after, "gamma"), None, "a removed org still has a status gauge");
     assert_eq!(status(&after, "alpha"), Some(1.0));
     assert_eq!(status(&after, "beta"), Some(1.0));
+    assert_eq!(
+        page_orgs().await,
+        ["alpha", "beta"],
+        "the status page follows the reload too"
+    );
     assert!(daemon.stop().await.success());
 }

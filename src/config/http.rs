@@ -1,0 +1,67 @@
+//! `[http]`: where the status page, `/metrics` and `/healthz` are served, and the optional
+//! basic-auth login that guards all of them but `/healthz`.
+
+use std::net::SocketAddr;
+
+use super::{ConfigError, Locator, raw, resolve_secret};
+use crate::secret::Secret;
+
+/// The login the page, the JSON API and `/metrics` ask for.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BasicAuth {
+    pub username: String,
+    pub password: Secret,
+}
+
+pub(super) fn parse(h: &raw::Http, loc: &Locator<'_>) -> Result<(Option<SocketAddr>, Option<BasicAuth>), ConfigError> {
+    let listen = h.listen.get_ref().parse().map_err(|_| {
+        loc.error(
+            h.listen.span().start,
+            "http.listen",
+            format!(
+                "\"{}\" is not an address:port such as 127.0.0.1:9187",
+                h.listen.get_ref()
+            ),
+        )
+    })?;
+    let password = resolve_secret(
+        "http.password",
+        None,
+        h.password_file.as_ref(),
+        h.password_env.as_ref(),
+        loc,
+    )?;
+    let auth = match (&h.username, password) {
+        (None, None) => None,
+        (Some(user), Some(password)) => {
+            // Basic auth joins the two with a colon; a colon in the user name cannot be told apart.
+            if user.get_ref().is_empty() || user.get_ref().contains(':') {
+                return Err(loc.error(
+                    user.span().start,
+                    "http.username",
+                    "must be non-empty and contain no colon".into(),
+                ));
+            }
+            Some(BasicAuth {
+                username: user.get_ref().clone(),
+                password,
+            })
+        }
+        (Some(user), None) => {
+            return Err(loc.error(
+                user.span().start,
+                "http.username",
+                "set a password too (password_file or password_env), or no username".into(),
+            ));
+        }
+        (None, Some(_)) => {
+            let at = h
+                .password_file
+                .as_ref()
+                .or(h.password_env.as_ref())
+                .map_or(h.listen.span().start, |s| s.span().start);
+            return Err(loc.error(at, "http.username", "a password is set without a username".into()));
+        }
+    };
+    Ok((Some(listen), auth))
+}

@@ -1,0 +1,146 @@
+//! The status page and its JSON API, served beside `/metrics` and `/healthz` on `[http] listen`:
+//! `GET /` (every org and the channels that need a look), `GET /org/{id or name}` (a 30-day
+//! timeline drawn as SVG, the changes, recent failed checks), `GET /api/v1/status` and
+//! `GET /api/v1/orgs/{id or name}/changes`. Read-only: other methods get 405.
+//!
+//! Each request reads the database once into a view (`view.rs`), which the HTML (`html.rs`,
+//! maud: escaped by default) and the JSON are both made from, so the two always agree.
+
+mod auth;
+mod html;
+mod timeline;
+mod view;
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use tokio::sync::watch;
+
+pub use auth::require_login;
+pub use view::{ChangesView, ChannelView, OrgState, OrgView, StatusView};
+
+use crate::clock::Clock;
+use crate::config::Config;
+use crate::metrics::Metrics;
+use crate::store::Store;
+
+/// How often the page reloads itself, in seconds.
+const REFRESH_SECS: u32 = 30;
+
+/// What the current config watches: its orgs (id, name) and channels. It follows reloads.
+#[derive(Debug, Default)]
+pub struct Configured {
+    pub orgs: Vec<(String, String)>,
+    pub channels: Vec<String>,
+    ids: HashSet<String>,
+}
+
+impl Configured {
+    pub fn of(config: &Config) -> Arc<Configured> {
+        let orgs: Vec<(String, String)> = config
+            .orgs
+            .iter()
+            .map(|o| (o.id.as_str().to_owned(), o.name.clone()))
+            .collect();
+        Arc::new(Configured {
+            ids: orgs.iter().map(|(id, _)| id.clone()).collect(),
+            orgs,
+            channels: config.channels.iter().map(|c| c.name.clone()).collect(),
+        })
+    }
+
+    /// Whether the config watches the org with this id.
+    pub fn contains(&self, id: &str) -> bool {
+        self.ids.contains(id)
+    }
+
+    /// The configured org named by `key`, an id or a name: (id, name).
+    fn find(&self, key: &str) -> Option<&(String, String)> {
+        self.orgs
+            .iter()
+            .find(|(id, _)| id == key)
+            .or_else(|| self.orgs.iter().find(|(_, name)| name == key))
+    }
+}
+
+/// What the page's handlers read.
+#[derive(Clone)]
+pub struct Page {
+    pub store: Store,
+    pub clock: Clock,
+    /// For the channels the dispatchers found blocked.
+    pub metrics: Arc<Metrics>,
+    pub configured: watch::Receiver<Arc<Configured>>,
+}
+
+/// The page's routes; the caller adds the login and serves them.
+pub fn routes(page: Page) -> Router {
+    Router::new()
+        .route("/", get(status_page))
+        .route("/org/{org}", get(org_page))
+        .route("/api/v1/status", get(status_json))
+        .route("/api/v1/orgs/{org}/changes", get(changes_json))
+        .with_state(page)
+}
+
+/// The answer to a path nothing serves.
+pub async fn not_found() -> Response {
+    (
+        StatusCode::NOT_FOUND,
+        html::not_found("Nothing is served at this address."),
+    )
+        .into_response()
+}
+
+/// The database could not be read: 503, so a monitor of the page sees it too.
+fn unavailable(e: anyhow::Error) -> Response {
+    tracing::warn!("status page: cannot read the database: {e:#}");
+    (
+        StatusCode::SERVICE_UNAVAILABLE,
+        format!("cannot read the database: {e}\n"),
+    )
+        .into_response()
+}
+
+async fn status_page(State(page): State<Page>) -> Response {
+    match view::status(&page).await {
+        Ok(v) => html::status_page(&v).into_response(),
+        Err(e) => unavailable(e),
+    }
+}
+
+async fn status_json(State(page): State<Page>) -> Response {
+    match view::status(&page).await {
+        Ok(v) => axum::Json(v).into_response(),
+        Err(e) => unavailable(e),
+    }
+}
+
+async fn org_page(State(page): State<Page>, Path(key): Path<String>) -> Response {
+    let org = page.configured.borrow().find(&key).cloned();
+    let Some((id, name)) = org else {
+        let text = format!("No org with the id or name \"{key}\" is configured.");
+        return (StatusCode::NOT_FOUND, html::not_found(&text)).into_response();
+    };
+    match view::org(&page, &id, &name).await {
+        Ok(v) => html::org_page(&v).into_response(),
+        Err(e) => unavailable(e),
+    }
+}
+
+async fn changes_json(State(page): State<Page>, Path(key): Path<String>) -> Response {
+    let org = page.configured.borrow().find(&key).cloned();
+    let Some((id, name)) = org else {
+        let error = serde_json::json!({ "error": format!("no org with the id or name \"{key}\" is configured") });
+        return (StatusCode::NOT_FOUND, axum::Json(error)).into_response();
+    };
+    match view::changes(&page, &id, &name).await {
+        Ok(v) => axum::Json(v).into_response(),
+        Err(e) => unavailable(e),
+    }
+}

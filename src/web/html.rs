@@ -1,0 +1,257 @@
+//! The pages, as maud templates: compiled with the binary, every value escaped unless marked
+//! otherwise (nothing here is). One function per section; a page is a layout around sections.
+
+use chrono::Utc;
+use maud::{DOCTYPE, Markup, PreEscaped, html};
+
+use super::REFRESH_SECS;
+use super::timeline::class;
+use super::view::{ChannelView, OrgDetail, OrgView, StatusView, parse};
+
+/// Small and inline: no files to serve, no build step.
+const CSS: &str = "
+body{font-family:system-ui,sans-serif;margin:1.5rem;color:#222;max-width:1200px}
+h1{font-size:1.4rem;margin:0 0 .2rem}h2{font-size:1.1rem;margin-top:1.8rem}
+table{border-collapse:collapse;width:100%}th,td{text-align:left;padding:.35rem .6rem;border-bottom:1px solid #e0e0e0;vertical-align:top}
+th{font-weight:600;color:#555}.muted{color:#777;font-size:.9rem}.err{color:#b71c1c}
+.badge{display:inline-block;padding:.1rem .5rem;border-radius:.8rem;font-size:.8rem;font-weight:600;white-space:nowrap}
+.badge.failing{background:#c62828;color:#fff}.badge.broken{background:#ef6c00;color:#fff}
+.badge.not_synced{background:#f9a825;color:#222}.badge.unchecked{background:#cfd8dc;color:#222}
+.badge.synced{background:#2e7d32;color:#fff}
+.status.synced{color:#2e7d32}.status.not-synced{color:#8d6e00}.status.other{color:#6a1b9a}
+svg.timeline{width:100%;height:auto;max-height:140px}
+.legend span{display:inline-block;width:.8rem;height:.8rem;margin:0 .3rem 0 1rem;vertical-align:middle}
+";
+
+fn layout(title: &str, refresh: bool, generated_at: &str, body: Markup) -> Markup {
+    html! {
+        (DOCTYPE)
+        html lang="en" {
+            head {
+                meta charset="utf-8";
+                meta name="viewport" content="width=device-width, initial-scale=1";
+                @if refresh {
+                    meta http-equiv="refresh" content=(REFRESH_SECS);
+                }
+                title { (title) " · linkwatch" }
+                style { (PreEscaped(CSS)) }
+            }
+            body {
+                (body)
+                @if !generated_at.is_empty() {
+                    p class="muted" {
+                        "Generated " (generated_at) " by linkwatch"
+                        @if refresh { "; reloads every " (REFRESH_SECS) " s" }
+                        ". JSON: " a href="/api/v1/status" { "/api/v1/status" } "."
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// `GET /`: the orgs, then the channels. A section for Atlas migrations goes beside them.
+pub fn status_page(v: &StatusView) -> Markup {
+    let needs_action = v.orgs.iter().filter(|o| o.state < super::OrgState::Unchecked).count();
+    layout(
+        "Status",
+        true,
+        &v.generated_at,
+        html! {
+            h1 { "linkwatch status" }
+            p class="muted" {
+                (v.orgs.len()) " orgs; " (needs_action) " need attention"
+                @if !v.channels.is_empty() { "; " (v.channels.len()) " channels with undelivered notifications" }
+                "."
+            }
+            (orgs_section(&v.orgs, &v.generated_at))
+            (channels_section(&v.channels))
+        },
+    )
+}
+
+fn badge(org: &OrgView) -> Markup {
+    html! {
+        span class=(format!("badge {}", org.state.as_str())) { (org.state.label()) }
+    }
+}
+
+fn orgs_section(orgs: &[OrgView], now: &str) -> Markup {
+    html! {
+        h2 { "Migration links" }
+        table class="orgs" {
+            thead { tr { th { "org" } th { "state" } th { "link status" } th { "since" } th { "last check" } th { "problem" } } }
+            tbody {
+                @for o in orgs {
+                    tr class="org" {
+                        td {
+                            a href=(format!("/org/{}", o.id)) { (o.name) }
+                            br; span class="muted" { (o.id) }
+                        }
+                        td { (badge(o)) }
+                        td class=(format!("status {}", class(o.status.as_deref()))) {
+                            (o.status.as_deref().unwrap_or("–"))
+                        }
+                        td { (when(o.since.as_deref(), now)) }
+                        td { (when(o.last_checked_at.as_deref(), now)) }
+                        td {
+                            @if let Some(e) = &o.last_error {
+                                span class="err" { (o.consecutive_failures) " failed checks in a row: " (e) }
+                            } @else if let Some(b) = &o.broken_since {
+                                "left SYNCED " (when(Some(b), now))
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn channels_section(channels: &[ChannelView]) -> Markup {
+    html! {
+        h2 { "Notification channels" }
+        @if channels.is_empty() {
+            p class="muted" { "Every notification has been delivered." }
+        } @else {
+            table class="channels" {
+                thead { tr { th { "channel" } th { "pending" } th { "failed" } th { "oldest pending" } th { "last error" } } }
+                tbody {
+                    @for c in channels {
+                        tr class="channel" {
+                            td {
+                                (c.name)
+                                @if !c.configured { br; span class="muted" { "not in the config: waits for it to return" } }
+                                @if let Some(b) = &c.blocked_since { br; span class="err" { "blocked since " (b) } }
+                            }
+                            td { (c.pending) }
+                            td { (c.failed) }
+                            td { (c.oldest_pending_at.as_deref().unwrap_or("–")) }
+                            td class="err" { (c.last_error.as_deref().unwrap_or("")) }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// `GET /org/{id or name}`: the timeline, the changes, the failed checks.
+pub fn org_page(d: &OrgDetail) -> Markup {
+    let o = &d.org;
+    let now = d.generated_at.as_str();
+    layout(
+        &o.name,
+        true,
+        &d.generated_at,
+        html! {
+            p { a href="/" { "← all orgs" } }
+            h1 { (o.name) " " (badge(o)) }
+            p class="muted" {
+                (o.id) " · link status "
+                span class=(format!("status {}", class(o.status.as_deref()))) { (o.status.as_deref().unwrap_or("not known yet")) }
+                @if o.since.is_some() { " since " (when_inline(o.since.as_deref(), now)) }
+                " · last check " (when_inline(o.last_checked_at.as_deref(), now))
+            }
+            @if let Some(e) = &o.last_error { p class="err" { (o.consecutive_failures) " failed checks in a row: " (e) } }
+            h2 { "The last " (super::view::WINDOW_DAYS) " days" }
+            (d.timeline.svg())
+            p class="legend muted" {
+                span style="background:#2e7d32" {} "SYNCED"
+                span style="background:#f9a825" {} "NOT_SYNCED"
+                span style="background:#6a1b9a" {} "other status"
+                span style="background:#cfd8dc" {} "not known"
+                span style="background:#c62828;width:.2rem" {} "failed check"
+            }
+            h2 { "Changes" }
+            @if d.changes.is_empty() {
+                p class="muted" { "No status recorded yet." }
+            } @else {
+                table class="changes" {
+                    thead { tr { th { "when" } th { "from" } th { "to" } th { "the old status lasted" } } }
+                    tbody {
+                        @for c in d.changes.iter().rev() {
+                            tr {
+                                td { (c.at) }
+                                td { (c.from.as_deref().unwrap_or("(first seen)")) }
+                                td class=(format!("status {}", class(Some(&c.to)))) { (c.to) }
+                                td { (c.previous_lasted_s.map(span).unwrap_or_default()) }
+                            }
+                        }
+                    }
+                }
+            }
+            h2 { "Recent failed checks" }
+            @if d.failures.is_empty() {
+                p class="muted" { "None in the last " (super::view::WINDOW_DAYS) " days." }
+            } @else {
+                table class="failures" {
+                    thead { tr { th { "when" } th { "class" } th { "HTTP" } th { "error code" } th { "detail" } } }
+                    tbody {
+                        @for f in &d.failures {
+                            tr {
+                                td { (f.checked_at) }
+                                td { (f.class) }
+                                td { (f.http_status.map(|s| s.to_string()).unwrap_or_default()) }
+                                td { (f.error_code.as_deref().unwrap_or("")) }
+                                td { (f.detail) }
+                            }
+                        }
+                    }
+                }
+            }
+            p class="muted" { "JSON: " a href=(format!("/api/v1/orgs/{}/changes", o.id)) { "/api/v1/orgs/" (o.id) "/changes" } }
+        },
+    )
+}
+
+pub fn not_found(text: &str) -> Markup {
+    layout(
+        "Not found",
+        false,
+        "",
+        html! {
+            h1 { "Not found" }
+            p { (text) }
+            p { a href="/" { "The status page" } }
+        },
+    )
+}
+
+/// A time as stored, and how long ago it was from `now`.
+fn when(at: Option<&str>, now: &str) -> Markup {
+    let Some(at) = at else { return html! { "–" } };
+    let ago = parse(at).zip(parse(now)).map(|(t, n)| (n - t).num_seconds());
+    let shown = parse(at).map_or_else(
+        || at.to_owned(),
+        |t| t.with_timezone(&Utc).format("%Y-%m-%d %H:%M:%S UTC").to_string(),
+    );
+    html! {
+        span title=(at) { (shown) }
+        @if let Some(s) = ago.filter(|s| *s >= 0) { br; span class="muted" { (span(s)) " ago" } }
+    }
+}
+
+/// A time as stored and how long ago it was, on one line.
+fn when_inline(at: Option<&str>, now: &str) -> String {
+    let Some(at) = at else { return "–".into() };
+    match parse(at).zip(parse(now)) {
+        Some((t, n)) if n >= t => format!(
+            "{} ({} ago)",
+            t.format("%Y-%m-%d %H:%M:%S UTC"),
+            span((n - t).num_seconds())
+        ),
+        _ => at.to_owned(),
+    }
+}
+
+/// A duration in seconds, in its two largest units.
+fn span(secs: i64) -> String {
+    let (d, h, m, s) = (secs / 86_400, secs % 86_400 / 3600, secs % 3600 / 60, secs % 60);
+    match (d, h, m) {
+        (0, 0, 0) => format!("{s}s"),
+        (0, 0, _) => format!("{m}m {s}s"),
+        (0, _, _) => format!("{h}h {m}m"),
+        _ => format!("{d}d {h}h"),
+    }
+}

@@ -1,0 +1,523 @@
+//! The status page and its JSON API, over real HTTP against a running daemon: what needs action
+//! on top, channels with undelivered notifications, escaping, the login, 404 and 405, and the
+//! page as a headless browser renders it.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use linkwatch::simulator::Behavior;
+use serde_json::Value;
+
+use crate::helpers::*;
+use crate::pg;
+use crate::receiver::{Receiver, Reply};
+
+/// An org whose checks fail, named like a script.
+const ORG_X: &str = "5f0c00000000000000000c03";
+const SCRIPT_NAME: &str = "<script>alert(1)</script>";
+
+/// The default orgs (alpha NOT_SYNCED, beta SYNCED), an org whose checks fail and whose name is
+/// a script, a webhook channel to a port where nothing listens (its deliveries wait) and one to
+/// a receiver that answers 404 (its deliveries fail for good). Keep the receiver alive.
+async fn setup(top: String, database_url: Option<String>) -> (Setup, Receiver) {
+    let dead = free_port();
+    let gone = Receiver::start().await;
+    gone.reply_when(|_| true, Reply::status(404, "no_service"));
+    let setup = Setup {
+        top,
+        database_url,
+        channels: format!(
+            "[[org]]\nid = \"{ORG_X}\"\nname = \"{SCRIPT_NAME}\"\n\n\
+             [[channel]]\nname = \"console\"\nkind = \"console\"\n\n\
+             [[channel]]\nname = \"hook\"\nkind = \"webhook\"\nurl = \"http://127.0.0.1:{dead}/hook\"\n\n\
+             [[channel]]\nname = \"gone\"\nkind = \"webhook\"\nurl = \"{}\"\n",
+            gone.url("/gone")
+        ),
+        ..Setup::default()
+    };
+    (setup, gone)
+}
+
+async fn get_json(url: &str) -> Value {
+    let response = reqwest::get(url).await.unwrap();
+    assert_eq!(response.status(), 200, "{url}");
+    response.json().await.unwrap()
+}
+
+fn names(status: &Value) -> Vec<String> {
+    status["orgs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| o["name"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+/// Runs the daemon until the page shows the three orgs checked, then checks the JSON API, on
+/// whichever database `database_url` names (SQLite when `None`).
+async fn the_json_api_shows_what_needs_action_first(database_url: Option<String>) {
+    let port = free_port();
+    let (setup, _gone) = setup(http_listen(port), database_url).await;
+    let t = spawn_app_with(setup).await;
+    t.sim.set(ORG_X, Behavior::error(500, "", "the server fell over"));
+    let daemon = t.run();
+    let base = format!("http://127.0.0.1:{port}");
+
+    let status_url = format!("{base}/api/v1/status");
+    wait_until(
+        Duration::from_secs(20),
+        "every org checked, the hook waiting and gone refusing",
+        || async {
+            let Ok(r) = reqwest::get(&status_url).await else {
+                return false;
+            };
+            let Ok(v) = r.json::<Value>().await else { return false };
+            let states: Vec<&str> = v["orgs"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter_map(|o| o["state"].as_str())
+                .collect();
+            states == ["failing", "not_synced", "synced"]
+                && v["channels"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .any(|c| c["name"] == "hook" && c["last_error"].is_string())
+                // Both first_seen events refused for good.
+                && v["channels"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .any(|c| c["name"] == "gone" && c["failed"].as_i64() >= Some(2))
+        },
+    )
+    .await;
+    let v = get_json(&status_url).await;
+    assert_eq!(names(&v), [SCRIPT_NAME, "alpha", "beta"]);
+    let failing = &v["orgs"][0];
+    assert_eq!(failing["id"], ORG_X);
+    assert!(failing["consecutive_failures"].as_i64().unwrap() >= 1);
+    assert!(failing["last_error"].as_str().unwrap().contains("500"), "{failing}");
+    let alpha = &v["orgs"][1];
+    assert_eq!(alpha["status"], "NOT_SYNCED");
+    assert!(alpha["since"].as_str().unwrap().ends_with('Z'), "{alpha}");
+    assert!(alpha["last_checked_at"].as_str().unwrap().ends_with('Z'), "{alpha}");
+    assert_eq!(alpha["last_error"], Value::Null);
+    let hook = v["channels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "hook")
+        .expect("the hook channel waits");
+    assert!(hook["pending"].as_i64().unwrap() >= 2, "{hook}");
+    assert_eq!(hook["failed"], 0, "{hook}");
+    assert!(hook["oldest_pending_at"].as_str().unwrap().ends_with('Z'), "{hook}");
+    assert_eq!(hook["configured"], true);
+    let gone = v["channels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "gone")
+        .unwrap();
+    // A later event (check_failing) may still be on its way.
+    assert!(gone["failed"].as_i64().unwrap() >= 2, "{gone}");
+    assert!(gone["last_error"].as_str().unwrap().contains("404"), "{gone}");
+    assert!(
+        !v["channels"].as_array().unwrap().iter().any(|c| c["name"] == "console"),
+        "the console delivered everything: {v}"
+    );
+
+    // beta leaves SYNCED: a broken link, above alpha that never synced.
+    t.sim.set(ORG_B, Behavior::status("NOT_SYNCED"));
+    wait_until(Duration::from_secs(20), "beta broken", || async {
+        get_json(&status_url).await["orgs"][1]["state"] == "broken"
+    })
+    .await;
+    let v = get_json(&status_url).await;
+    assert_eq!(names(&v), [SCRIPT_NAME, "beta", "alpha"]);
+    assert!(v["orgs"][1]["broken_since"].is_string());
+
+    let changes = get_json(&format!("{base}/api/v1/orgs/beta/changes")).await;
+    assert_eq!(changes["org_id"], ORG_B);
+    let changes = changes["changes"].as_array().unwrap();
+    assert_eq!(changes.len(), 2, "{changes:?}");
+    assert_eq!(
+        (&changes[0]["from"], &changes[0]["to"]),
+        (&Value::Null, &Value::from("SYNCED"))
+    );
+    assert_eq!(
+        (&changes[1]["from"], &changes[1]["to"]),
+        (&Value::from("SYNCED"), &Value::from("NOT_SYNCED"))
+    );
+    assert!(changes[1]["at"].as_str().unwrap().ends_with('Z'));
+    assert!(changes[1]["previous_lasted_s"].is_i64());
+    let by_id = get_json(&format!("{base}/api/v1/orgs/{ORG_B}/changes")).await;
+    assert_eq!(by_id["changes"].as_array().unwrap().len(), 2);
+
+    // The org pages read the changes and the failed checks, newest first.
+    wait_until(
+        Duration::from_secs(20),
+        "two failed checks of the failing org",
+        || async { get_json(&status_url).await["orgs"][0]["consecutive_failures"].as_i64() >= Some(2) },
+    )
+    .await;
+    let beta = reqwest::get(format!("{base}/org/beta"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        beta.contains("class=\"span synced\"") && beta.contains("class=\"span not-synced\""),
+        "{beta}"
+    );
+    let failing = reqwest::get(format!("{base}/org/{ORG_X}"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let rows = failing
+        .split("<table class=\"failures\">")
+        .nth(1)
+        .expect("a table of failed checks");
+    let times: Vec<&str> = rows
+        .split("<tr><td>")
+        .skip(1)
+        .map(|r| r.split('<').next().unwrap())
+        .collect();
+    assert!(times.len() >= 2, "{rows}");
+    assert!(times.windows(2).all(|w| w[0] > w[1]), "not newest first: {times:?}");
+    assert_eq!(rows.matches("the server fell over").count(), times.len(), "{rows}");
+
+    daemon.stop(Duration::from_secs(15)).await;
+}
+
+#[tokio::test]
+async fn the_json_api_on_sqlite() {
+    the_json_api_shows_what_needs_action_first(None).await;
+}
+
+#[tokio::test]
+async fn the_json_api_on_postgres() {
+    let Some(db) = pg::database().await else { return };
+    the_json_api_shows_what_needs_action_first(Some(db.url.clone())).await;
+}
+
+/// The app with the page on a free port, running until all three orgs have been checked.
+async fn running_page(top_extra: &str) -> (TestApp, Running, String, Receiver) {
+    let (t, base, gone) = page_app(top_extra).await;
+    let daemon = run_page(&t).await;
+    (t, daemon, base, gone)
+}
+
+/// The app of [`running_page`], not running yet, and the page's address.
+async fn page_app(top_extra: &str) -> (TestApp, String, Receiver) {
+    let port = free_port();
+    let (setup, gone) = setup(format!("{}\n{top_extra}", http_listen(port)), None).await;
+    let t = spawn_app_with(setup).await;
+    t.sim.set(ORG_X, Behavior::error(500, "", "the server fell over"));
+    (t, format!("http://127.0.0.1:{port}"), gone)
+}
+
+/// Runs the daemon of `t` until all three orgs have been checked.
+async fn run_page(t: &TestApp) -> Running {
+    let daemon = t.run();
+    let db = t.app.store.clone();
+    wait_until(Duration::from_secs(20), "every org checked", || async {
+        db.org_rows().await.map(|r| r.len() == 3).unwrap_or(false)
+    })
+    .await;
+    daemon
+}
+
+/// Beta's last 25 days, on the app's wall clock: NOT_SYNCED, two failed checks 20 days ago,
+/// SYNCED 12 days ago; the clock is back at now when it returns.
+async fn beta_history(t: &TestApp) {
+    let clock = &t.app.clock;
+    clock.step(chrono::Duration::days(-25));
+    t.sim.set(ORG_B, Behavior::status("NOT_SYNCED"));
+    t.check(ORG_B).await;
+    clock.step(chrono::Duration::days(5));
+    t.sim.set(ORG_B, Behavior::error(503, "", "maintenance"));
+    t.check(ORG_B).await;
+    clock.step(chrono::Duration::hours(6));
+    t.check(ORG_B).await;
+    clock.step(chrono::Duration::days(8) - chrono::Duration::hours(6));
+    t.sim.set(ORG_B, Behavior::status("SYNCED"));
+    t.check(ORG_B).await;
+    clock.step(chrono::Duration::days(12));
+}
+
+#[tokio::test]
+async fn an_org_named_like_a_script_shows_as_text() {
+    let (_t, daemon, base, _gone) = running_page("").await;
+    for url in [format!("{base}/"), format!("{base}/org/{ORG_X}")] {
+        let response = reqwest::get(&url).await.unwrap();
+        assert_eq!(response.status(), 200, "{url}");
+        assert!(
+            response.headers()["content-type"]
+                .to_str()
+                .unwrap()
+                .starts_with("text/html"),
+            "{url}"
+        );
+        let body = response.text().await.unwrap();
+        assert!(body.contains("&lt;script&gt;alert(1)&lt;/script&gt;"), "{url}:\n{body}");
+        assert!(
+            !body.contains(SCRIPT_NAME),
+            "{url} carries the script as markup:\n{body}"
+        );
+        assert!(!body.contains("<script"), "{url}:\n{body}");
+    }
+    daemon.stop(Duration::from_secs(15)).await;
+}
+
+#[tokio::test]
+async fn the_org_page_draws_the_timeline_and_lists_changes_and_failures() {
+    let (t, daemon, base, _gone) = running_page("").await;
+    let page = reqwest::get(format!("{base}/org/alpha")).await.unwrap();
+    assert_eq!(page.status(), 200);
+    let body = page.text().await.unwrap();
+    assert!(body.contains("<svg class=\"timeline\""), "{body}");
+    assert!(body.contains("class=\"span not-synced\""), "{body}");
+    assert!(body.contains("(first seen)"), "{body}");
+    assert!(body.contains("http-equiv=\"refresh\""), "{body}");
+
+    let failing = reqwest::get(format!("{base}/org/{ORG_X}"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(failing.contains("the server fell over"), "{failing}");
+    assert!(failing.contains("<line class=\"failure\""), "{failing}");
+    drop(t);
+    daemon.stop(Duration::from_secs(15)).await;
+}
+
+#[tokio::test]
+async fn unknown_orgs_are_404_and_the_page_is_read_only() {
+    let (_t, daemon, base, _gone) = running_page("").await;
+    let http = reqwest::Client::new();
+    let page = http.get(format!("{base}/org/nobody")).send().await.unwrap();
+    assert_eq!(page.status(), 404);
+    assert!(
+        page.text()
+            .await
+            .unwrap()
+            .contains("No org with the id or name &quot;nobody&quot; is configured")
+    );
+    let api = http
+        .get(format!("{base}/api/v1/orgs/nobody/changes"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(api.status(), 404);
+    let error: Value = api.json().await.unwrap();
+    assert!(error["error"].as_str().unwrap().contains("nobody"));
+    assert_eq!(
+        http.get(format!("{base}/no/such/page")).send().await.unwrap().status(),
+        404
+    );
+
+    for url in ["/", "/api/v1/status", "/org/alpha", "/metrics"] {
+        let post = http.post(format!("{base}{url}")).send().await.unwrap();
+        assert_eq!(post.status(), 405, "POST {url}");
+        let delete = http.delete(format!("{base}{url}")).send().await.unwrap();
+        assert_eq!(delete.status(), 405, "DELETE {url}");
+    }
+    daemon.stop(Duration::from_secs(15)).await;
+}
+
+#[tokio::test]
+async fn a_login_guards_the_page_the_api_and_metrics_but_not_healthz() {
+    let dir = tempfile::tempdir().unwrap();
+    let password = dir.path().join("page-password");
+    std::fs::write(&password, "correct horse\n").unwrap();
+    let (_t, daemon, base, _gone) = running_page(&format!(
+        "username = \"ops\"\npassword_file = \"{}\"",
+        password.display()
+    ))
+    .await;
+    let http = reqwest::Client::new();
+    for url in [
+        "/",
+        "/org/alpha",
+        "/api/v1/status",
+        "/api/v1/orgs/alpha/changes",
+        "/metrics",
+    ] {
+        let url = format!("{base}{url}");
+        let none = http.get(&url).send().await.unwrap();
+        assert_eq!(none.status(), 401, "{url} without a login");
+        assert_eq!(
+            none.headers()["www-authenticate"].to_str().unwrap(),
+            "Basic realm=\"linkwatch\", charset=\"UTF-8\""
+        );
+        let wrong = http
+            .get(&url)
+            .basic_auth("ops", Some("correct hors"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(wrong.status(), 401, "{url} with a wrong password");
+        let other = http
+            .get(&url)
+            .basic_auth("admin", Some("correct horse"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(other.status(), 401, "{url} with a wrong user");
+        let right = http
+            .get(&url)
+            .basic_auth("ops", Some("correct horse"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(right.status(), 200, "{url} with the login");
+    }
+    let health = http.get(format!("{base}/healthz")).send().await.unwrap();
+    assert_eq!(health.status(), 200, "/healthz needs no login");
+    daemon.stop(Duration::from_secs(15)).await;
+}
+
+/// Debian's chromium, or `None` (with a note) when this machine has none and CI did not ask
+/// for it (`LINKWATCH_REQUIRE_BROWSER=1`).
+fn browser() -> Option<PathBuf> {
+    let found = [
+        "/usr/bin/chromium",
+        "/usr/bin/chromium-browser",
+        "/usr/bin/google-chrome",
+    ]
+    .iter()
+    .map(PathBuf::from)
+    .find(|p| p.exists());
+    if found.is_none() {
+        if std::env::var_os("LINKWATCH_REQUIRE_BROWSER").is_some_and(|v| v == "1") {
+            panic!("LINKWATCH_REQUIRE_BROWSER=1 but no chromium at /usr/bin/chromium (apt-get install chromium)");
+        }
+        eprintln!("SKIPPED (browser): no chromium at /usr/bin/chromium; apt-get install chromium to run this test");
+    }
+    found
+}
+
+/// Runs the headless browser on `url` with `args`, in a profile of its own, and returns stdout.
+async fn chromium(browser: &std::path::Path, args: &[String], url: &str) -> String {
+    let profile = tempfile::tempdir().unwrap();
+    let out = tokio::time::timeout(
+        Duration::from_secs(60),
+        tokio::process::Command::new(browser)
+            .args(["--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"])
+            .arg(format!("--user-data-dir={}", profile.path().display()))
+            .args(args)
+            .arg(url)
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .expect("chromium finishes within 60 s")
+    .expect("chromium starts");
+    assert!(
+        out.status.success(),
+        "chromium failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[tokio::test]
+async fn a_browser_renders_the_status_page() {
+    let Some(browser) = browser() else { return };
+    let (t, base, _gone) = page_app("").await;
+    beta_history(&t).await;
+    let daemon = run_page(&t).await;
+
+    // What a person sees after rendering: the DOM as the browser built it.
+    let dom = chromium(&browser, &["--dump-dom".into()], &format!("{base}/")).await;
+    for name in ["alpha", "beta", "&lt;script&gt;alert(1)&lt;/script&gt;"] {
+        assert!(dom.contains(name), "{name} missing from the rendered page:\n{dom}");
+    }
+    for badge in [
+        "class=\"badge failing\">check failing<",
+        "class=\"badge not_synced\">not synced<",
+        "class=\"badge synced\">synced<",
+    ] {
+        assert!(dom.contains(badge), "{badge} missing from the rendered page:\n{dom}");
+    }
+    assert!(
+        dom.find("alpha").unwrap() < dom.find("beta").unwrap(),
+        "not synced comes before synced"
+    );
+
+    // Beta's 30 days: not known, NOT_SYNCED for 13 days with two failed checks, SYNCED since.
+    let org = chromium(&browser, &["--dump-dom".into()], &format!("{base}/org/beta")).await;
+    assert!(org.contains("<svg class=\"timeline\""), "no chart:\n{org}");
+    let spans: Vec<&str> = org
+        .split("<rect class=\"span ")
+        .skip(1)
+        .map(|r| r.split('"').next().unwrap())
+        .collect();
+    assert_eq!(spans, ["unknown", "not-synced", "synced"], "{org}");
+    assert_eq!(org.matches("<line class=\"failure\"").count(), 2, "{org}");
+    assert!(org.contains("maintenance"), "the failed checks are listed:\n{org}");
+
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/screenshots");
+    std::fs::create_dir_all(&dir).unwrap();
+    for (page, file) in [("/", "status-page.png"), ("/org/beta", "org-page.png")] {
+        let path = dir.join(file);
+        let _ = std::fs::remove_file(&path);
+        chromium(
+            &browser,
+            &[
+                format!("--screenshot={}", path.display()),
+                "--window-size=1280,900".into(),
+                "--hide-scrollbars".into(),
+            ],
+            &format!("{base}{page}"),
+        )
+        .await;
+        let png = std::fs::read(&path).expect("the screenshot was written");
+        assert!(png.starts_with(b"\x89PNG"), "{} is not a PNG", path.display());
+        println!("screenshot of {page}: {}", path.display());
+    }
+    daemon.stop(Duration::from_secs(15)).await;
+}
+
+#[tokio::test]
+async fn the_demo_prints_the_page_address_and_serves_it_while_it_runs() {
+    use tokio::io::{AsyncBufReadExt, BufReader};
+    let mut demo = tokio::process::Command::new(env!("CARGO_BIN_EXE_linkwatch"))
+        .args(["demo", "--duration", "60s", "--every", "1s"])
+        .env_remove("RUST_LOG")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(demo.stdout.take().unwrap()).lines();
+    let address = tokio::time::timeout(Duration::from_secs(20), async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            if let Some(rest) = line.trim().strip_prefix("status page: ") {
+                return rest.split_whitespace().next().unwrap().to_owned();
+            }
+        }
+        panic!("the demo ended without printing the page's address");
+    })
+    .await
+    .expect("the demo prints the page's address");
+    assert!(address.starts_with("http://127.0.0.1:"), "{address}");
+    // Keep reading stdout, so the demo never blocks on a full pipe.
+    let drain = tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+
+    wait_until(Duration::from_secs(20), "the demo's page shows its orgs", || async {
+        let Ok(r) = reqwest::get(&address).await else {
+            return false;
+        };
+        r.status() == 200 && r.text().await.is_ok_and(|body| body.contains("payments"))
+    })
+    .await;
+    demo.kill().await.unwrap();
+    drain.abort();
+}
