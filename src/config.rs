@@ -8,6 +8,7 @@
 mod database;
 mod notify;
 mod raw;
+mod reports;
 mod smtp;
 mod values;
 
@@ -20,6 +21,7 @@ use toml::Spanned;
 
 pub use database::{Database, PgTarget};
 pub use notify::{Channel, ChannelKind, Email, Route, WebhookSecret, decode_webhook_secret};
+pub use reports::{Heartbeat, Report};
 pub use smtp::{SmtpTarget, TlsMode, parse_smtp_url};
 pub use values::{CronExpr, EventKind, HumanDuration, OrgId};
 
@@ -49,6 +51,10 @@ pub struct Config {
     pub orgs: Vec<Org>,
     pub channels: Vec<Channel>,
     pub routes: Vec<Route>,
+    /// Scheduled summaries (`[[report]]`), run by the leader.
+    pub reports: Vec<Report>,
+    /// A ping to an external monitor after each healthy interval (`[heartbeat]`).
+    pub heartbeat: Option<Heartbeat>,
 }
 
 #[derive(Debug, Clone)]
@@ -293,6 +299,8 @@ impl Config {
 
         let channels = notify::channels(raw.channels, loc)?;
         let routes = notify::routes(raw.routes, &channels, &orgs, loc)?;
+        let reports = reports::reports(raw.reports, &channels, loc)?;
+        let heartbeat = reports::heartbeat(raw.heartbeat, loc)?;
 
         Ok(Config {
             source: loc.file.to_owned(),
@@ -307,6 +315,8 @@ impl Config {
             orgs,
             channels,
             routes,
+            reports,
+            heartbeat,
         })
     }
 }
