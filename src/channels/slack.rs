@@ -36,7 +36,10 @@ impl Slack {
 
     pub async fn send(&self, messages: &[Message]) -> Result<Sent, SendError> {
         let body = match messages {
-            [one] => single(one),
+            [one] => match crate::report::Report::of(one) {
+                Some(r) => report(&r),
+                None => single(one),
+            },
             many => digest(many),
         };
         let response = self
@@ -109,6 +112,44 @@ pub fn single(m: &Message) -> Value {
         );
     }
     json!({"text": fit(&m.title, TEXT_CHARS), "blocks": blocks})
+}
+
+/// A scheduled report: a header, the SYNCED count, then the links not SYNCED and the failing
+/// checks as lists packed into sections. A very long list is cut with a line saying how many
+/// more there are, so the post stays within [`MAX_BLOCKS`].
+pub fn report(r: &crate::report::Report) -> Value {
+    let title = r.title();
+    let mut blocks = vec![json!({"type": "header", "text": {"type": "plain_text", "text": fit(&title, HEADER_CHARS)}})];
+    let mut intro = format!("*SYNCED:* {} of {}", r.synced, r.orgs);
+    if let Some(note) = r.late_note() {
+        intro = format!("{}\n{intro}", escape(&note));
+    }
+    blocks.push(json!({"type": "section", "text": {"type": "mrkdwn", "text": fit(&intro, SECTION_CHARS)}}));
+    // Room for two headings with their lists and the closing context, within MAX_BLOCKS.
+    let per_list = (MAX_BLOCKS - 4) / 2 - 1;
+    for (heading, lines) in [
+        ("*Not SYNCED* (longest first)", r.not_synced_lines()),
+        ("*Checks failing*", r.failing_lines()),
+    ] {
+        if lines.is_empty() {
+            continue;
+        }
+        let total = lines.len();
+        let lines = std::iter::once(format!("{heading}\n"))
+            .chain(lines.iter().map(|l| fit(&format!("• {}", escape(l)), LINE_CHARS) + "\n"));
+        let mut sections = sections(lines);
+        if sections.len() > per_list {
+            sections.truncate(per_list - 1);
+            // Each kept line ends in a newline; the heading is one of them.
+            let shown = sections.iter().map(|s| s.matches('\n').count()).sum::<usize>().saturating_sub(1);
+            sections.push(format!("… and {} more (`linkwatch check` lists them all)", total - shown));
+        }
+        for s in sections {
+            blocks.push(json!({"type": "section", "text": {"type": "mrkdwn", "text": s}}));
+        }
+    }
+    blocks.push(json!({"type": "context", "elements": [{"type": "mrkdwn", "text": format!("As of {} UTC", r.generated_at)}]}));
+    json!({"text": fit(&title, TEXT_CHARS), "blocks": blocks})
 }
 
 /// A digest of `messages`: a header, then the events' lines packed into sections. The caller
