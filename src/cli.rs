@@ -76,6 +76,12 @@ pub enum Command {
         #[arg(long)]
         channel: String,
     },
+    /// Send a report of every link (as `[[report]]` sends on schedule) to one channel now.
+    Report {
+        /// The channel's name.
+        #[arg(long)]
+        channel: String,
+    },
     /// Serve the demo's simulated Cloud Manager on its own (for docker compose and trials).
     Simulate {
         /// Address and port to listen on.
@@ -230,6 +236,7 @@ pub async fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Check => check(&cli.load_config()?),
         Command::NotifyTest { channel } => notify_test(&cli.load_config()?, channel).await,
+        Command::Report { channel } => report_now(&cli.load_config()?, channel).await,
         Command::Once => once(cli.load_config()?).await,
         Command::History { org, since, json } => {
             let db = match &cli.database {
@@ -347,6 +354,48 @@ async fn notify_test(config: &Config, name: &str) -> anyhow::Result<ExitCode> {
         }
         Err(e) => {
             eprintln!("linkwatch: {name}: the test message was not delivered: {e}");
+            Ok(ExitCode::FAILURE)
+        }
+    }
+}
+
+/// Sends a report made from the database now to the channel `name`, straight away (like
+/// `notify-test`: no outbox, no retry, no slot recorded); exit code 1 when it was not delivered.
+async fn report_now(config: &Config, name: &str) -> anyhow::Result<ExitCode> {
+    let dispatcher = Dispatcher::new(config, &ConsoleSink::Stdout, Default::default(), Default::default())?;
+    let Some(outlet) = dispatcher.outlet(name) else {
+        let known: Vec<&str> = config.channels.iter().map(|c| c.name.as_str()).collect();
+        anyhow::bail!("no channel is named \"{name}\" (channels: {})", known.join(", "));
+    };
+    let store = store::Store::open(&config.database).await?;
+    let rows = store.current().await;
+    store.close().await;
+    let now = chrono::Utc::now();
+    let slot = crate::report::Slot {
+        name: "linkwatch report",
+        at: now,
+        late: false,
+    };
+    let report = crate::report::Report::build(slot, &config.orgs, &rows?, config.poll.failures_before_alert, now);
+    let stored = store::StoredEvent {
+        id: format!("rpt_now_{:016x}", rand::random::<u64>()),
+        org_id: "report:now".into(),
+        org_name: None,
+        kind: crate::report::KIND.into(),
+        created_at: store::ts(now),
+        payload: serde_json::to_string(&report)?,
+    };
+    let message = report.message(&stored);
+    match outlet.channel.send(std::slice::from_ref(&message)).await {
+        Ok(note) => {
+            println!("sent the report to {name} ({}): {}", outlet.channel.kind(), report.title());
+            if let Some(note) = note {
+                println!("  but: {note}");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e) => {
+            eprintln!("linkwatch: {name}: the report was not delivered: {e}");
             Ok(ExitCode::FAILURE)
         }
     }

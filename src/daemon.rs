@@ -380,6 +380,7 @@ async fn serve(
     // current config through these.
     let (orgs, orgs_rx) = watch::channel(org_ids(&app.config));
     let (keep, keep_rx) = watch::channel(app.config.retention);
+    let (beat, beat_rx) = watch::channel(app.config.heartbeat.clone());
     let shared = monitoring::Shared::new(
         app.store.clone(),
         app.metrics.clone(),
@@ -392,7 +393,8 @@ async fn serve(
         Some(addr) => Some(monitoring::serve(addr, shared.clone(), services_stop.clone()).await?),
         None => None,
     };
-    let watchdog = systemd::spawn_watchdog(shared, services_stop.clone());
+    let watchdog = systemd::spawn_watchdog(shared.clone(), services_stop.clone());
+    let heartbeat_task = crate::heartbeat::spawn(shared, beat_rx, services_stop.clone());
     let housekeeping = tokio::spawn(retention(
         app.store.clone(),
         keep_rx,
@@ -466,13 +468,17 @@ async fn serve(
                 );
                 orgs.send_replace(org_ids(&new.config));
                 keep.send_replace(new.config.retention);
+                beat.send_replace(new.config.heartbeat.clone());
                 app = Arc::new(new);
                 systemd::ready();
             }
         }
     }
     services_stop.cancel();
-    for task in [Some(housekeeping), http_task, watchdog].into_iter().flatten() {
+    for task in [Some(housekeeping), Some(heartbeat_task), http_task, watchdog]
+        .into_iter()
+        .flatten()
+    {
         let _ = task.await;
     }
     tracing::info!("linkwatch stopped");

@@ -33,6 +33,8 @@ pub struct Metrics {
     /// Whether this instance leads (checks and sends), and the epoch of its lease; -1 while it
     /// follows.
     leader_epoch: std::sync::atomic::AtomicI64,
+    /// Heartbeat requests (`[heartbeat]`) that failed.
+    heartbeat_failures: std::sync::atomic::AtomicU64,
 }
 
 /// A channel with deliveries that keep failing past the hold (see [`crate::retry::HOLD_ATTEMPTS`]):
@@ -134,6 +136,12 @@ impl Metrics {
         *lock(&self.panics)
             .entry((task.to_owned(), name.to_owned()))
             .or_default() += 1;
+    }
+
+    /// A heartbeat request failed (no answer, or not 2xx).
+    pub fn heartbeat_failed(&self) {
+        self.heartbeat_failures
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// The database refused to record what became of a delivery (it is kept in memory and
@@ -254,6 +262,17 @@ impl Metrics {
                 esc(channel)
             );
         }
+        header(
+            w,
+            "linkwatch_heartbeat_failures_total",
+            "counter",
+            "Heartbeat requests to the external monitor that failed.",
+        );
+        let _ = writeln!(
+            w,
+            "linkwatch_heartbeat_failures_total {}",
+            self.heartbeat_failures.load(std::sync::atomic::Ordering::Relaxed)
+        );
         header(
             w,
             "linkwatch_task_panics_total",
