@@ -58,7 +58,10 @@ pub fn spawn(
                         tracing::warn!(monitor = %beat.shown, "heartbeat failed: {e}");
                     }
                 }
-                Err(reason) => tracing::warn!(monitor = %beat.shown, "no heartbeat: {reason}"),
+                Err(reason) => {
+                    shared.metrics.heartbeat_skipped();
+                    tracing::warn!(monitor = %beat.shown, "no heartbeat: {reason}");
+                }
             }
         }
     })

@@ -35,6 +35,8 @@ pub struct Metrics {
     leader_epoch: std::sync::atomic::AtomicI64,
     /// Heartbeat requests (`[heartbeat]`) that failed.
     heartbeat_failures: std::sync::atomic::AtomicU64,
+    /// Heartbeats not sent because linkwatch was not healthy.
+    heartbeat_skipped: std::sync::atomic::AtomicU64,
 }
 
 /// A channel with deliveries that keep failing past the hold (see [`crate::retry::HOLD_ATTEMPTS`]):
@@ -141,6 +143,12 @@ impl Metrics {
     /// A heartbeat request failed (no answer, or not 2xx).
     pub fn heartbeat_failed(&self) {
         self.heartbeat_failures
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// A heartbeat was not sent: linkwatch was not healthy.
+    pub fn heartbeat_skipped(&self) {
+        self.heartbeat_skipped
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     }
 
@@ -272,6 +280,17 @@ impl Metrics {
             w,
             "linkwatch_heartbeat_failures_total {}",
             self.heartbeat_failures.load(std::sync::atomic::Ordering::Relaxed)
+        );
+        header(
+            w,
+            "linkwatch_heartbeat_skipped_total",
+            "counter",
+            "Heartbeats not sent because linkwatch was not healthy (what the monitor alerts on).",
+        );
+        let _ = writeln!(
+            w,
+            "linkwatch_heartbeat_skipped_total {}",
+            self.heartbeat_skipped.load(std::sync::atomic::Ordering::Relaxed)
         );
         header(
             w,

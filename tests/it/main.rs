@@ -19,6 +19,8 @@ mod pg;
 mod readme;
 mod receiver;
 mod refusals;
+mod reports;
+mod heartbeat;
 mod service;
 mod smtp;
 mod time;
