@@ -388,7 +388,11 @@ async fn report_now(config: &Config, name: &str) -> anyhow::Result<ExitCode> {
     let message = report.message(&stored);
     match outlet.channel.send(std::slice::from_ref(&message)).await {
         Ok(note) => {
-            println!("sent the report to {name} ({}): {}", outlet.channel.kind(), report.title());
+            println!(
+                "sent the report to {name} ({}): {}",
+                outlet.channel.kind(),
+                report.title()
+            );
             if let Some(note) = note {
                 println!("  but: {note}");
             }

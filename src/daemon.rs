@@ -699,7 +699,9 @@ async fn retention(store: Store, keep: watch::Receiver<Duration>, clock: Clock, 
     let start = || async {
         crate::cron::CronTicker::start(&jobs)
             .await
-            .map_err(|e| tracing::error!("cannot start the cron scheduler for retention: {e}; it runs every 25h instead"))
+            .map_err(|e| {
+                tracing::error!("cannot start the cron scheduler for retention: {e}; it runs every 25h instead")
+            })
             .ok()
     };
     let mut ticker = start().await;

@@ -70,7 +70,13 @@ pub struct Slot<'a> {
 impl Report {
     /// The report of `orgs` from the store's current status `rows`, at `now`. Pure: rows of
     /// orgs no longer configured are left out, and an org with no row yet is "not checked yet".
-    pub fn build(slot: Slot<'_>, orgs: &[Org], rows: &[CurrentStatus], failures_before_alert: u32, now: DateTime<Utc>) -> Report {
+    pub fn build(
+        slot: Slot<'_>,
+        orgs: &[Org],
+        rows: &[CurrentStatus],
+        failures_before_alert: u32,
+        now: DateTime<Utc>,
+    ) -> Report {
         let mut synced = 0;
         let mut not_synced = Vec::new();
         let mut failing = Vec::new();
@@ -255,8 +261,20 @@ mod tests {
         let rows = [
             row(a, Some("SYNCED"), "2026-11-29T00:00:00.000Z", 0, None),
             row(b, Some("NOT_SYNCED"), "2026-11-29T07:00:00.000Z", 0, None),
-            row(c, Some("PENDING"), "2026-11-28T09:00:00.000Z", 4, Some("HTTP 401: unauthorized")),
-            row("5f0c1234567890abcdef9999", Some("NOT_SYNCED"), "2026-01-01T00:00:00.000Z", 0, None),
+            row(
+                c,
+                Some("PENDING"),
+                "2026-11-28T09:00:00.000Z",
+                4,
+                Some("HTTP 401: unauthorized"),
+            ),
+            row(
+                "5f0c1234567890abcdef9999",
+                Some("NOT_SYNCED"),
+                "2026-01-01T00:00:00.000Z",
+                0,
+                None,
+            ),
         ];
         let now = "2026-11-29T09:00:00Z".parse().unwrap();
         let slot = Slot {
@@ -268,13 +286,30 @@ mod tests {
         assert_eq!((r.orgs, r.synced), (4, 1));
         assert_eq!(
             r.not_synced_lines(),
-            ["gamma: PENDING for 1d", "beta: NOT_SYNCED for 2h", "delta: no successful check yet"]
+            [
+                "gamma: PENDING for 1d",
+                "beta: NOT_SYNCED for 2h",
+                "delta: no successful check yet"
+            ]
         );
-        assert_eq!(r.failing_lines(), ["gamma: 4 failed checks in a row: HTTP 401: unauthorized"]);
+        assert_eq!(
+            r.failing_lines(),
+            ["gamma: 4 failed checks in a row: HTTP 401: unauthorized"]
+        );
         assert_eq!(r.title(), "linkwatch report: 1 of 4 links SYNCED, checks failing for 1");
         assert!(r.late_note().is_none());
-        let late = Report::build(Slot { late: true, ..slot }, &orgs, &rows, 3, now + chrono::Duration::hours(3));
-        assert!(late.title().ends_with("(late: for 2026-11-29 09:00 UTC)"), "{}", late.title());
+        let late = Report::build(
+            Slot { late: true, ..slot },
+            &orgs,
+            &rows,
+            3,
+            now + chrono::Duration::hours(3),
+        );
+        assert!(
+            late.title().ends_with("(late: for 2026-11-29 09:00 UTC)"),
+            "{}",
+            late.title()
+        );
         assert!(late.text().contains("sent at 2026-11-29 12:00 UTC"));
     }
 }

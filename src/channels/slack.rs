@@ -135,20 +135,32 @@ pub fn report(r: &crate::report::Report) -> Value {
             continue;
         }
         let total = lines.len();
-        let lines = std::iter::once(format!("{heading}\n"))
-            .chain(lines.iter().map(|l| fit(&format!("• {}", escape(l)), LINE_CHARS) + "\n"));
+        let lines = std::iter::once(format!("{heading}\n")).chain(
+            lines
+                .iter()
+                .map(|l| fit(&format!("• {}", escape(l)), LINE_CHARS) + "\n"),
+        );
         let mut sections = sections(lines);
         if sections.len() > per_list {
             sections.truncate(per_list - 1);
             // Each kept line ends in a newline; the heading is one of them.
-            let shown = sections.iter().map(|s| s.matches('\n').count()).sum::<usize>().saturating_sub(1);
-            sections.push(format!("… and {} more (`linkwatch check` lists them all)", total - shown));
+            let shown = sections
+                .iter()
+                .map(|s| s.matches('\n').count())
+                .sum::<usize>()
+                .saturating_sub(1);
+            sections.push(format!(
+                "… and {} more (`linkwatch check` lists them all)",
+                total - shown
+            ));
         }
         for s in sections {
             blocks.push(json!({"type": "section", "text": {"type": "mrkdwn", "text": s}}));
         }
     }
-    blocks.push(json!({"type": "context", "elements": [{"type": "mrkdwn", "text": format!("As of {} UTC", r.generated_at)}]}));
+    blocks.push(
+        json!({"type": "context", "elements": [{"type": "mrkdwn", "text": format!("As of {} UTC", r.generated_at)}]}),
+    );
     json!({"text": fit(&title, TEXT_CHARS), "blocks": blocks})
 }
 

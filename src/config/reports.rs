@@ -29,7 +29,11 @@ pub struct Heartbeat {
     pub timeout: Duration,
 }
 
-pub(super) fn reports(raw: Vec<raw::Report>, channels: &[Channel], loc: &Locator<'_>) -> Result<Vec<Report>, ConfigError> {
+pub(super) fn reports(
+    raw: Vec<raw::Report>,
+    channels: &[Channel],
+    loc: &Locator<'_>,
+) -> Result<Vec<Report>, ConfigError> {
     let mut reports: Vec<Report> = Vec::new();
     for (i, r) in raw.into_iter().enumerate() {
         let table = format!("report[{i}]");
@@ -42,7 +46,10 @@ pub(super) fn reports(raw: Vec<raw::Report>, channels: &[Channel], loc: &Locator
         };
         if reports.iter().any(|x| x.name == name) {
             let (at, message) = match &r.name {
-                Some(n) => (n.span().start, format!("report name \"{name}\" is used twice; names must be unique")),
+                Some(n) => (
+                    n.span().start,
+                    format!("report name \"{name}\" is used twice; names must be unique"),
+                ),
                 None => (
                     r.cron.span().start,
                     format!("another report has the same cron \"{name}\"; give each a `name`"),
@@ -63,7 +70,11 @@ pub(super) fn reports(raw: Vec<raw::Report>, channels: &[Channel], loc: &Locator
                 return Err(loc.error(
                     c.span().start,
                     &format!("{table}.channels"),
-                    format!("no channel is named \"{}\" (channels: {})", c.get_ref(), known.join(", ")),
+                    format!(
+                        "no channel is named \"{}\" (channels: {})",
+                        c.get_ref(),
+                        known.join(", ")
+                    ),
                 ));
             }
         }
@@ -78,20 +89,32 @@ pub(super) fn reports(raw: Vec<raw::Report>, channels: &[Channel], loc: &Locator
     Ok(reports)
 }
 
-pub(super) fn heartbeat(raw: Option<Spanned<raw::Heartbeat>>, loc: &Locator<'_>) -> Result<Option<Heartbeat>, ConfigError> {
+pub(super) fn heartbeat(
+    raw: Option<Spanned<raw::Heartbeat>>,
+    loc: &Locator<'_>,
+) -> Result<Option<Heartbeat>, ConfigError> {
     let Some(raw) = raw else { return Ok(None) };
     let at = raw.span().start;
     let h = raw.into_inner();
-    let url = resolve_secret("heartbeat.url", h.url.as_ref(), h.url_file.as_ref(), h.url_env.as_ref(), loc)?
-        .ok_or_else(|| loc.error(at, "heartbeat.url", "is required (or url_file, url_env)".into()))?;
-    let url_at = [h.url.as_ref().map(|s| s.span()), h.url_file.as_ref().map(|s| s.span()), h.url_env.as_ref().map(|s| s.span())]
-        .into_iter()
-        .flatten()
-        .next()
-        .map_or(at, |s| s.start);
+    let url = resolve_secret(
+        "heartbeat.url",
+        h.url.as_ref(),
+        h.url_file.as_ref(),
+        h.url_env.as_ref(),
+        loc,
+    )?
+    .ok_or_else(|| loc.error(at, "heartbeat.url", "is required (or url_file, url_env)".into()))?;
+    let url_at = [
+        h.url.as_ref().map(|s| s.span()),
+        h.url_file.as_ref().map(|s| s.span()),
+        h.url_env.as_ref().map(|s| s.span()),
+    ]
+    .into_iter()
+    .flatten()
+    .next()
+    .map_or(at, |s| s.start);
     // The error never repeats the URL: its path is the credential.
-    let parsed = Url::parse(url.expose())
-        .map_err(|e| loc.error(url_at, "heartbeat.url", format!("not a URL: {e}")))?;
+    let parsed = Url::parse(url.expose()).map_err(|e| loc.error(url_at, "heartbeat.url", format!("not a URL: {e}")))?;
     if !matches!(parsed.scheme(), "http" | "https") {
         return Err(loc.error(url_at, "heartbeat.url", "must be an http:// or https:// URL".into()));
     }

@@ -58,7 +58,11 @@ pub fn due(cron: &CronExpr, now: DateTime<Utc>, last: Option<DateTime<Utc>>) -> 
 #[derive(Debug, Clone, PartialEq)]
 pub enum Outcome {
     /// This call recorded the slot and enqueued the report.
-    Enqueued { slot: DateTime<Utc>, late: bool, event_id: String },
+    Enqueued {
+        slot: DateTime<Utc>,
+        late: bool,
+        event_id: String,
+    },
     /// The slot was already recorded (a restart, another writer): nothing sent again.
     AlreadySent { slot: DateTime<Utc> },
     /// Nothing due: the latest slot is recorded, or too old to send late.
@@ -77,7 +81,15 @@ pub async fn run_due(host: &impl Host, report: &config::Report) -> anyhow::Resul
     let Some((slot, late)) = due(&report.cron, now, last) else {
         return Ok(Outcome::NotDue);
     };
-    let content = build(host, Slot { name: &report.name, at: slot, late }).await?;
+    let content = build(
+        host,
+        Slot {
+            name: &report.name,
+            at: slot,
+            late,
+        },
+    )
+    .await?;
     let payload = serde_json::to_string(&content)?;
     match store
         .enqueue_report(&report.name, slot, late, now, &payload, &report.channels)
@@ -163,7 +175,9 @@ async fn start_ticker(jobs: &[(String, usize)]) -> Option<(CronTicker, tokio::sy
         Ok(t) => Some(t),
         Err(e) => {
             // The guard still sends every report, within its period.
-            tracing::error!("cannot start the cron scheduler for reports: {e}; the guard sends them within {GUARD_EVERY:?}");
+            tracing::error!(
+                "cannot start the cron scheduler for reports: {e}; the guard sends them within {GUARD_EVERY:?}"
+            );
             None
         }
     }
@@ -223,12 +237,18 @@ mod tests {
         assert_eq!(due(&daily, at("2026-11-30T09:00:30Z"), Some(nine)), None);
         // Down at 09:00, back at 15:00: sent once, late, if the report ran before.
         let yesterday = at("2026-11-29T09:00:00Z");
-        assert_eq!(due(&daily, at("2026-11-30T15:00:00Z"), Some(yesterday)), Some((nine, true)));
+        assert_eq!(
+            due(&daily, at("2026-11-30T15:00:00Z"), Some(yesterday)),
+            Some((nine, true))
+        );
         assert_eq!(due(&daily, at("2026-11-30T15:00:00Z"), None), None);
         // Only the latest slot, never a backlog; and not past a day.
         let weekday = CronExpr::parse("0 0 9 * * Mon-Fri").unwrap();
         let long_ago = at("2026-11-01T09:00:00Z");
-        assert_eq!(due(&weekday, at("2026-11-30T09:30:00Z"), Some(long_ago)), Some((nine, true)));
+        assert_eq!(
+            due(&weekday, at("2026-11-30T09:30:00Z"), Some(long_ago)),
+            Some((nine, true))
+        );
         assert_eq!(due(&weekday, at("2026-12-05T12:00:00Z"), Some(long_ago)), None);
     }
 }

@@ -11,7 +11,9 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 
-use super::{ReportRun, Applied, Check, CheckRecord, CurrentStatus, Decision, Delivery, Pending, StatusChange, StoredEvent};
+use super::{
+    Applied, Check, CheckRecord, CurrentStatus, Decision, Delivery, Pending, ReportRun, StatusChange, StoredEvent,
+};
 use crate::config::OrgId;
 use crate::detect::OrgState;
 use crate::metrics::DbGauges;

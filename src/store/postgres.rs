@@ -20,9 +20,9 @@ use sqlx::{Postgres as Pg, Row, Transaction};
 pub use fence::{Fence, Fenced, Term};
 
 use super::backend::{Backend, FailureRow, QuietRow};
-use super::{ReportRun, 
-    Applied, Check, CheckRecord, CurrentStatus, Decision, Delivery, Pending, RemindersSent, StatusChange, StoredEvent,
-    cap, event_id, transition,
+use super::{
+    Applied, Check, CheckRecord, CurrentStatus, Decision, Delivery, Pending, RemindersSent, ReportRun, StatusChange,
+    StoredEvent, cap, event_id, transition,
 };
 use crate::config::{OrgId, PgTarget};
 use crate::detect::OrgState;
@@ -438,10 +438,12 @@ impl Backend for Postgres {
     }
 
     async fn last_report_slot(&self, report: &str) -> anyhow::Result<Option<DateTime<Utc>>> {
-        Ok(sqlx::query_scalar("SELECT max(slot) FROM report_runs WHERE report = $1")
-            .bind(report)
-            .fetch_one(&self.pool)
-            .await?)
+        Ok(
+            sqlx::query_scalar("SELECT max(slot) FROM report_runs WHERE report = $1")
+                .bind(report)
+                .fetch_one(&self.pool)
+                .await?,
+        )
     }
 
     async fn probe_write(&self) -> anyhow::Result<()> {

@@ -13,9 +13,9 @@ use sqlx::sqlite::{
 use sqlx::{Connection, Row};
 
 use super::backend::{Backend, FailureRow, QuietRow};
-use super::{ReportRun, 
-    Applied, Check, CheckRecord, CurrentStatus, Decision, Delivery, Pending, RemindersSent, StatusChange, StoredEvent,
-    cap, event_id, parse_ts, transition, ts,
+use super::{
+    Applied, Check, CheckRecord, CurrentStatus, Decision, Delivery, Pending, RemindersSent, ReportRun, StatusChange,
+    StoredEvent, cap, event_id, parse_ts, transition, ts,
 };
 use crate::config::OrgId;
 use crate::detect::OrgState;

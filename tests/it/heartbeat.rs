@@ -64,7 +64,10 @@ async fn pings_arrive_while_healthy_and_stop_while_the_database_refuses_writes()
         sqlx::query(sql).execute(&pool).await.unwrap();
     }
     let skipped = || metric(port, "linkwatch_heartbeat_skipped_total");
-    wait_until(Duration::from_secs(20), "a heartbeat skipped", || async { skipped().await >= 1.0 }).await;
+    wait_until(Duration::from_secs(20), "a heartbeat skipped", || async {
+        skipped().await >= 1.0
+    })
+    .await;
     let before = pings(&receiver);
     let first = skipped().await;
     wait_until(Duration::from_secs(20), "two more intervals unhealthy", || async {

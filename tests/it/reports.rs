@@ -47,7 +47,10 @@ async fn a_report_says_what_each_link_is_doing_on_slack_webhook_and_mail() {
     })
     .await;
     let failing = extra_org(0);
-    t.sim.set(&failing, Behavior::error(401, "", "You are not authorized for this resource."));
+    t.sim.set(
+        &failing,
+        Behavior::error(401, "", "You are not authorized for this resource."),
+    );
     t.check(ORG_A).await; // NOT_SYNCED
     t.check(ORG_B).await; // SYNCED
     t.check(&failing).await;
@@ -55,7 +58,10 @@ async fn a_report_says_what_each_link_is_doing_on_slack_webhook_and_mail() {
     // Five hours later by the wall clock, alpha is still NOT_SYNCED.
     t.app.clock.step(chrono::Duration::hours(5));
     // The events of the checks are not what this test reads: send them first.
-    deliver_until(&t, "the events sent", || async { t.app.store.gauges().await.unwrap().outbox_depth.is_empty() }).await;
+    deliver_until(&t, "the events sent", || async {
+        t.app.store.gauges().await.unwrap().outbox_depth.is_empty()
+    })
+    .await;
     let before = (slack.accepted().len(), webhook.accepted().len(), smtp.mails().len());
 
     let outcome = jobs::run_due(&*t.app, &t.app.config.reports[0]).await.unwrap();
@@ -92,7 +98,13 @@ async fn a_report_says_what_each_link_is_doing_on_slack_webhook_and_mail() {
     assert_eq!(r["late"], false);
 
     // Unfolded: a long Subject header continues on the next line.
-    let mail = smtp.mails().last().unwrap().data.replace("\r\n ", " ").replace("\n ", " ");
+    let mail = smtp
+        .mails()
+        .last()
+        .unwrap()
+        .data
+        .replace("\r\n ", " ")
+        .replace("\n ", " ");
     assert!(mail.contains(&format!("Subject: [linkwatch] {title}")), "{mail}");
     assert!(mail.contains("alpha: NOT_SYNCED for 5h"), "{mail}");
     assert!(mail.contains("org-0: 2 failed checks in a row"), "{mail}");
@@ -137,10 +149,11 @@ async fn a_cron_report_fires_on_the_wall_clock_once_per_slot() {
     let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}", t.db_path.display()))
         .await
         .unwrap();
-    let recorded: Vec<String> = sqlx::query_scalar("SELECT slot FROM report_runs WHERE report = 'every-second' ORDER BY slot")
-        .fetch_all(&pool)
-        .await
-        .unwrap();
+    let recorded: Vec<String> =
+        sqlx::query_scalar("SELECT slot FROM report_runs WHERE report = 'every-second' ORDER BY slot")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
     assert_eq!(recorded, slots);
     pool.close().await;
 }
@@ -216,7 +229,10 @@ async fn linkwatch_report_sends_one_now() {
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
-    assert!(stdout.contains("sent the report to hook (webhook): linkwatch report: 1 of 2 links SYNCED"), "{stdout}");
+    assert!(
+        stdout.contains("sent the report to hook (webhook): linkwatch report: 1 of 2 links SYNCED"),
+        "{stdout}"
+    );
     let body = receiver.accepted().last().unwrap().json();
     assert_eq!(body["report"]["not_synced"][0]["org_name"], "alpha");
 
