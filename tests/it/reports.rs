@@ -245,3 +245,54 @@ async fn linkwatch_report_sends_one_now() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("no channel is named \"nope\" (channels: hook)"));
 }
+
+/// On PostgreSQL: a slot is recorded once, a late one after a day down too, and only the leader
+/// enqueues (a write without the lease is refused).
+#[tokio::test]
+async fn on_postgres_a_slot_is_enqueued_once_and_only_by_the_leader() {
+    let Some(db) = crate::pg::database().await else { return };
+    let receiver = Receiver::start().await;
+    let t = spawn_app_with(Setup {
+        database_url: Some(db.url.clone()),
+        channels: format!(
+            "{}{}",
+            hook(&receiver.url("/hook")),
+            report("daily", "0 0 9 * * *", "\"hook\"")
+        ),
+        ..Setup::default()
+    })
+    .await;
+    let now = chrono::Utc::now();
+    let nine = now.date_naive().and_hms_opt(9, 0, 10).unwrap().and_utc();
+    t.app.clock.step(nine - now);
+    let daily = &t.app.config.reports[0];
+
+    let err = jobs::run_due(&*t.app, daily).await.expect_err("no lease, no report");
+    assert!(
+        err.chain().any(|e| e.to_string().contains("no longer leads")),
+        "{err:#}"
+    );
+
+    crate::pg::lead(&t.app.store).await;
+    let first = jobs::run_due(&*t.app, daily).await.unwrap();
+    let Outcome::Enqueued { slot, late: false, .. } = first else {
+        panic!("{first:?}")
+    };
+    assert_eq!(
+        jobs::run_due(&*t.app, daily).await.unwrap(),
+        Outcome::AlreadySent { slot }
+    );
+
+    t.app.clock.step(chrono::Duration::hours(27));
+    let late = jobs::run_due(&*t.app, daily).await.unwrap();
+    assert!(matches!(late, Outcome::Enqueued { late: true, .. }), "{late:?}");
+    assert_eq!(jobs::run_due(&*t.app, daily).await.unwrap(), Outcome::NotDue);
+
+    deliver_until(&t, "two reports", || async { reports(&receiver, "daily").len() == 2 }).await;
+    let sent = reports(&receiver, "daily");
+    assert_eq!(
+        (sent[0]["report"]["late"].as_bool(), sent[1]["report"]["late"].as_bool()),
+        (Some(false), Some(true))
+    );
+    t.app.store.close().await;
+}
