@@ -267,6 +267,51 @@ fn fit(text: &str, max: usize) -> String {
 mod tests {
     use super::*;
 
+    /// Two thousand links not SYNCED and as many failing, with long names: one post within
+    /// Slack's limits, saying how many lines it left out.
+    #[test]
+    fn a_report_of_many_links_stays_within_slacks_limits() {
+        use crate::report::{Failing, NotSynced, Report};
+        let name = |i: usize| format!("org-{i}-{}", "n".repeat(300));
+        let r = Report {
+            name: "daily".into(),
+            slot: "2026-11-30T09:00:00.000Z".into(),
+            generated_at: "2026-11-30T09:00:00.100Z".into(),
+            late: false,
+            orgs: 4_000,
+            synced: 0,
+            not_synced: (0..2_000)
+                .map(|i| NotSynced {
+                    org_id: format!("{i:024x}"),
+                    org_name: name(i),
+                    status: Some("NOT_SYNCED".into()),
+                    since: None,
+                    for_s: Some(3600),
+                })
+                .collect(),
+            failing: (0..2_000)
+                .map(|i| Failing {
+                    org_id: format!("{i:024x}"),
+                    org_name: name(i),
+                    failures: 3,
+                    reason: "<&>".repeat(2000),
+                })
+                .collect(),
+        };
+        let post = report(&r);
+        let blocks = post["blocks"].as_array().unwrap();
+        assert!(blocks.len() <= MAX_BLOCKS, "{} blocks", blocks.len());
+        for b in blocks {
+            if let Some(text) = b["text"]["text"].as_str() {
+                assert!(text.chars().count() <= SECTION_CHARS);
+            }
+        }
+        assert!(post["text"].as_str().unwrap().chars().count() <= TEXT_CHARS);
+        let all = post.to_string();
+        assert!(all.contains("more (`linkwatch check` lists them all)"), "{all}");
+        assert!(!all.contains("<&>"), "mrkdwn control characters are escaped");
+    }
+
     fn message(title: &str) -> Message {
         Message {
             title: title.into(),

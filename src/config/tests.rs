@@ -514,3 +514,49 @@ fn a_postgres_database_with_its_password_from_a_file() {
     assert_eq!(key, "leader_lease");
     assert!(message.contains("at least 3s"), "{message}");
 }
+
+#[test]
+fn reports_name_known_channels_and_a_valid_cron() {
+    let report = |body: &str| format!("{MINIMAL}{SLACK}\n[[report]]\n{body}\n");
+    let c = parse(&report("cron = \"0 0 9 * * Mon-Fri\"\nchannels = [\"ops\"]")).unwrap();
+    assert_eq!(c.reports[0].name, "0 0 9 * * Mon-Fri", "unnamed: its cron names it");
+    assert_eq!(c.reports[0].channels, ["ops"]);
+    let c = parse(&report("name = \"daily\"\ncron = \"0 0 9 * * *\"\nchannels = [\"ops\"]")).unwrap();
+    assert_eq!(c.reports[0].name, "daily");
+
+    let (line, column, key, message) = error(&report("cron = \"0 0 9 * * *\"\nchannels = [\"ops\", \"pager\"]"));
+    assert_eq!((line, column, key.as_str()), (17, 20, "report[0].channels"));
+    assert!(message.contains("no channel is named \"pager\" (channels: ops)"), "{message}");
+    let (_, _, key, message) = error(&report("cron = \"0 9 * * *\"\nchannels = [\"ops\"]"));
+    assert_eq!(key, "report[0].cron");
+    assert!(message.contains("has 5 fields"), "{message}");
+    let (_, _, key, message) = error(&report("cron = \"0 0 9 * * *\"\nchannels = []"));
+    assert_eq!((key.as_str(), message.as_str()), ("report[0].channels", "names no channel"));
+    let twice = format!(
+        "{}\n[[report]]\ncron = \"0 0 9 * * *\"\nchannels = [\"ops\"]\n",
+        report("cron = \"0 0 9 * * *\"\nchannels = [\"ops\"]")
+    );
+    let (_, _, key, message) = error(&twice);
+    assert_eq!(key, "report[1].name");
+    assert!(message.contains("give each a `name`"), "{message}");
+}
+
+#[test]
+fn a_heartbeat_url_is_checked_without_being_shown() {
+    let beat = |body: &str| format!("{MINIMAL}\n[heartbeat]\n{body}\n");
+    let c = parse(&beat("url = \"https://hc-ping.com/0d3c57a1-secret\"\nevery = \"5m\"")).unwrap();
+    let h = c.heartbeat.as_ref().unwrap();
+    assert_eq!((h.every, h.timeout), (Duration::from_secs(300), Duration::from_secs(10)));
+    assert_eq!(h.shown, "https://hc-ping.com");
+    assert!(!format!("{c:?}").contains("0d3c57a1-secret"));
+
+    let (_, _, key, message) = error(&beat("url = \"ftp://hc-ping.com/0d3c57a1-secret\""));
+    assert_eq!((key.as_str(), message.as_str()), ("heartbeat.url", "must be an http:// or https:// URL"));
+    let (_, _, key, message) = error(&beat("url = \"hc-ping.com/0d3c57a1-secret\""));
+    assert_eq!(key, "heartbeat.url");
+    assert!(!message.contains("0d3c57a1-secret"), "{message}");
+    let (line, _, key, _) = error(&beat("every = \"1m\""));
+    assert_eq!((line, key.as_str()), (10, "heartbeat.url"));
+    let (_, _, key, _) = error(&beat("url = \"https://hc-ping.com/x\"\nevery = \"10s\"\ntimeout = \"20s\""));
+    assert_eq!(key, "heartbeat.timeout");
+}
