@@ -317,6 +317,29 @@ fn check(config: &Config) -> anyhow::Result<ExitCode> {
             .collect();
         print_table(&["CHANNELS", "EVENTS", "TO", "ORGS", "REMIND"], &rows);
     }
+    if !config.reports.is_empty() {
+        println!("\nreports ({}):", config.reports.len());
+        let rows: Vec<Vec<String>> = config
+            .reports
+            .iter()
+            .map(|r| {
+                vec![
+                    r.name.clone(),
+                    format!("{} (UTC)", r.cron.as_str()),
+                    r.channels.join(","),
+                ]
+            })
+            .collect();
+        print_table(&["NAME", "CRON", "CHANNELS"], &rows);
+    }
+    if let Some(h) = &config.heartbeat {
+        // Only the origin: the rest of the URL is the monitor's credential.
+        println!(
+            "\nheartbeat: {}/… every {}",
+            h.shown,
+            humantime::format_duration(h.every)
+        );
+    }
     if config.orgs.is_empty() {
         println!("\nnote: no [[org]] is configured; `linkwatch run` would have nothing to watch");
     }

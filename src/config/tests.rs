@@ -42,6 +42,7 @@ fn the_example_file_parses() {
         std::env::set_var("LINKWATCH_SLACK_URL", "https://hooks.slack.com/services/T0/B0/X");
         std::env::set_var("LINKWATCH_SMTP_PASSWORD", "smtp");
         std::env::set_var("LINKWATCH_WEBHOOK_SECRET", "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw");
+        std::env::set_var("LINKWATCH_HEARTBEAT_URL", "https://hc-ping.com/0d3c57a1");
     }
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/linkwatch.example.toml");
     let config = Config::load(&path).unwrap_or_else(|e| panic!("{e}"));
@@ -53,6 +54,11 @@ fn the_example_file_parses() {
     assert_eq!(kinds, ["console", "slack", "email", "webhook"]);
     assert_eq!(config.routes.len(), 3);
     assert_eq!(config.routes[1].remind_every, Some(Duration::from_secs(4 * 3600)));
+    assert_eq!(config.reports[0].channels, ["ops", "dba-mail"]);
+    assert_eq!(
+        config.heartbeat.as_ref().map(|h| h.every),
+        Some(Duration::from_secs(60))
+    );
     assert_eq!(
         config.database.sqlite_path(),
         Some(Path::new("/var/lib/linkwatch/linkwatch.db"))
@@ -521,17 +527,26 @@ fn reports_name_known_channels_and_a_valid_cron() {
     let c = parse(&report("cron = \"0 0 9 * * Mon-Fri\"\nchannels = [\"ops\"]")).unwrap();
     assert_eq!(c.reports[0].name, "0 0 9 * * Mon-Fri", "unnamed: its cron names it");
     assert_eq!(c.reports[0].channels, ["ops"]);
-    let c = parse(&report("name = \"daily\"\ncron = \"0 0 9 * * *\"\nchannels = [\"ops\"]")).unwrap();
+    let c = parse(&report(
+        "name = \"daily\"\ncron = \"0 0 9 * * *\"\nchannels = [\"ops\"]",
+    ))
+    .unwrap();
     assert_eq!(c.reports[0].name, "daily");
 
     let (line, column, key, message) = error(&report("cron = \"0 0 9 * * *\"\nchannels = [\"ops\", \"pager\"]"));
     assert_eq!((line, column, key.as_str()), (17, 20, "report[0].channels"));
-    assert!(message.contains("no channel is named \"pager\" (channels: ops)"), "{message}");
+    assert!(
+        message.contains("no channel is named \"pager\" (channels: ops)"),
+        "{message}"
+    );
     let (_, _, key, message) = error(&report("cron = \"0 9 * * *\"\nchannels = [\"ops\"]"));
     assert_eq!(key, "report[0].cron");
     assert!(message.contains("has 5 fields"), "{message}");
     let (_, _, key, message) = error(&report("cron = \"0 0 9 * * *\"\nchannels = []"));
-    assert_eq!((key.as_str(), message.as_str()), ("report[0].channels", "names no channel"));
+    assert_eq!(
+        (key.as_str(), message.as_str()),
+        ("report[0].channels", "names no channel")
+    );
     let twice = format!(
         "{}\n[[report]]\ncron = \"0 0 9 * * *\"\nchannels = [\"ops\"]\n",
         report("cron = \"0 0 9 * * *\"\nchannels = [\"ops\"]")
@@ -546,17 +561,25 @@ fn a_heartbeat_url_is_checked_without_being_shown() {
     let beat = |body: &str| format!("{MINIMAL}\n[heartbeat]\n{body}\n");
     let c = parse(&beat("url = \"https://hc-ping.com/0d3c57a1-secret\"\nevery = \"5m\"")).unwrap();
     let h = c.heartbeat.as_ref().unwrap();
-    assert_eq!((h.every, h.timeout), (Duration::from_secs(300), Duration::from_secs(10)));
+    assert_eq!(
+        (h.every, h.timeout),
+        (Duration::from_secs(300), Duration::from_secs(10))
+    );
     assert_eq!(h.shown, "https://hc-ping.com");
     assert!(!format!("{c:?}").contains("0d3c57a1-secret"));
 
     let (_, _, key, message) = error(&beat("url = \"ftp://hc-ping.com/0d3c57a1-secret\""));
-    assert_eq!((key.as_str(), message.as_str()), ("heartbeat.url", "must be an http:// or https:// URL"));
+    assert_eq!(
+        (key.as_str(), message.as_str()),
+        ("heartbeat.url", "must be an http:// or https:// URL")
+    );
     let (_, _, key, message) = error(&beat("url = \"hc-ping.com/0d3c57a1-secret\""));
     assert_eq!(key, "heartbeat.url");
     assert!(!message.contains("0d3c57a1-secret"), "{message}");
     let (line, _, key, _) = error(&beat("every = \"1m\""));
     assert_eq!((line, key.as_str()), (10, "heartbeat.url"));
-    let (_, _, key, _) = error(&beat("url = \"https://hc-ping.com/x\"\nevery = \"10s\"\ntimeout = \"20s\""));
+    let (_, _, key, _) = error(&beat(
+        "url = \"https://hc-ping.com/x\"\nevery = \"10s\"\ntimeout = \"20s\"",
+    ));
     assert_eq!(key, "heartbeat.timeout");
 }
