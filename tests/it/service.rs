@@ -473,9 +473,14 @@ async fn metrics_show_only_the_orgs_of_the_current_config() {
     let with_gamma = format!("{without_gamma}\n[[org]]\nid = \"{ORG_C}\"\nname = \"gamma\"\n");
     std::fs::write(&t.config_path, &with_gamma).unwrap();
     let daemon = Daemon::start(&t.config_path, &[]);
-    daemon
-        .wait_stdout("gamma: migration link is SYNCED (first check)")
-        .await;
+    // Each org's first check comes at its own offset within the interval: all three recorded.
+    for first in [
+        "gamma: migration link is SYNCED (first check)",
+        "alpha: migration link is NOT_SYNCED (first check)",
+        "beta: migration link is SYNCED (first check)",
+    ] {
+        daemon.wait_stdout(first).await;
+    }
     let url = format!("http://127.0.0.1:{port}/metrics");
     let scrape = || async {
         let text = reqwest::get(&url).await.unwrap().text().await.unwrap();
