@@ -53,7 +53,10 @@ async fn sqlite_history() -> TestApp {
     let payload = serde_json::to_string(&report).unwrap();
     let now = t.app.clock.now();
     let channels = ["console".to_owned()];
-    let enqueued = t.app.store.enqueue_report("morning", slot, true, now, &payload, &channels);
+    let enqueued = t
+        .app
+        .store
+        .enqueue_report("morning", slot, true, now, &payload, &channels);
     assert!(enqueued.await.unwrap().is_some());
     t.app.store.close().await;
     t
@@ -263,7 +266,10 @@ async fn a_sqlite_history_moves_to_postgres_once_and_carries_on_there() {
     );
     let lines = after.console_lines().join("\n");
     assert!(lines.contains("NOT_SYNCED"), "{lines}");
-    assert!(lines.contains("linkwatch report: 1 of 2 links SYNCED, checks failing for 1 (late: for 2026-11-01 09:00 UTC)"), "{lines}");
+    assert!(
+        lines.contains("linkwatch report: 1 of 2 links SYNCED, checks failing for 1 (late: for 2026-11-01 09:00 UTC)"),
+        "{lines}"
+    );
 
     // Retention deletes the sent rows; copying again must not bring back as pending the
     // delivery that was pending in the file and went out from PostgreSQL since.

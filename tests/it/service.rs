@@ -501,3 +501,67 @@ async fn metrics_show_only_the_orgs_of_the_current_config() {
     assert_eq!(status(&after, "beta"), Some(1.0));
     assert!(daemon.stop().await.success());
 }
+
+/// A reload starts the jobs of a new `[[report]]`, and stops those of one removed.
+#[tokio::test]
+async fn a_reload_starts_and_stops_report_jobs() {
+    let rx = Receiver::start().await;
+    let t = spawn_app_with(Setup {
+        channels: format!(
+            "[[channel]]\nname = \"hook\"\nkind = \"webhook\"\nurl = \"{}\"\n",
+            rx.url("/hook")
+        ),
+        ..Setup::default()
+    })
+    .await;
+    let posts = |kind: &'static str| {
+        let rx = rx.clone();
+        move || rx.accepted().iter().filter(|r| r.json()["type"] == kind).count()
+    };
+    let (reports, changes, first) = (posts("report"), posts("status_changed"), posts("first_seen"));
+    let plain = std::fs::read_to_string(&t.config_path).unwrap();
+    let daemon = Daemon::start(&t.config_path, &[]);
+    wait_until(Duration::from_secs(20), "both orgs seen", || async { first() >= 2 }).await;
+
+    std::fs::write(
+        &t.config_path,
+        format!("{plain}\n[[report]]\nname = \"tick\"\ncron = \"*/1 * * * * *\"\nchannels = [\"hook\"]\n"),
+    )
+    .unwrap();
+    daemon.signal("-HUP");
+    wait_until(Duration::from_secs(20), "reports after the reload", || async {
+        reports() >= 2
+    })
+    .await;
+
+    std::fs::write(&t.config_path, &plain).unwrap();
+    daemon.signal("-HUP");
+    wait_until(Duration::from_secs(20), "the second reload", || async {
+        daemon
+            .stderr
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|l| l.contains("config reloaded"))
+            .count()
+            >= 2
+    })
+    .await;
+    let sent = reports();
+    // Two changes of alpha take at least two check intervals, in which a running job would
+    // have sent two reports; one already queued at the reload may still go out.
+    for status in ["SYNCED", "NOT_SYNCED"] {
+        let before = changes();
+        t.sim.set(ORG_A, Behavior::status(status));
+        wait_until(Duration::from_secs(20), "alpha's change delivered", || async {
+            changes() > before
+        })
+        .await;
+    }
+    assert!(
+        reports() <= sent + 1,
+        "{} reports after the report was removed",
+        reports() - sent
+    );
+    assert!(daemon.stop().await.success());
+}
