@@ -548,9 +548,10 @@ async fn a_reload_starts_and_stops_report_jobs() {
     })
     .await;
     let sent = reports();
-    // Two changes of alpha take at least two check intervals, in which a running job would
-    // have sent two reports; one already queued at the reload may still go out.
-    for status in ["SYNCED", "NOT_SYNCED"] {
+    // Four changes of alpha take at least three check intervals, in which a running job would
+    // have queued three reports (sent before the changes: a channel keeps event order); one
+    // already queued at the reload may still go out.
+    for status in ["SYNCED", "NOT_SYNCED", "SYNCED", "NOT_SYNCED"] {
         let before = changes();
         t.sim.set(ORG_A, Behavior::status(status));
         wait_until(Duration::from_secs(20), "alpha's change delivered", || async {
