@@ -132,13 +132,15 @@ impl Cli {
         Ok(config)
     }
 
-    /// The default log filter for this command, before -v/-q and RUST_LOG.
+    /// The default log filter for this command, before -v/-q and RUST_LOG. tokio-cron-scheduler
+    /// logs its start-up at info ("Uninited", "Job creator created"), which says nothing to a
+    /// user: only its warnings show unless asked for.
     pub fn log_filter(&self) -> &'static str {
         match (self.quiet, self.verbose, &self.command) {
             (true, _, _) => "error",
             (false, 0, Command::Demo { .. }) => "error",
-            (false, 0, _) => "info",
-            (false, 1, _) => "linkwatch=debug,info",
+            (false, 0, _) => "info,tokio_cron_scheduler=warn",
+            (false, 1, _) => "linkwatch=debug,tokio_cron_scheduler=warn,info",
             _ => "linkwatch=trace,debug",
         }
     }
