@@ -42,7 +42,10 @@ impl CronTicker {
         Ok((CronTicker { scheduler }, rx))
     }
 
-    /// Stops its loop (it ends within its next 500 ms sleep).
+    /// Stops its loop (it ends within its next 500 ms sleep). Its actor tasks stay behind, idle:
+    /// they hold senders of their own channels, so they never see them close. That is a few
+    /// idle tasks per ticker; tickers are made per leading generation (a start, a reload, a
+    /// takeover) and when a guard finds one stuck, so they stay few.
     pub async fn stop(mut self) {
         if let Err(e) = self.scheduler.shutdown().await {
             tracing::debug!("the cron ticker did not shut down cleanly: {e}");
