@@ -116,9 +116,33 @@ pub async fn build(host: &impl Host, slot: Slot<'_>) -> anyhow::Result<Report> {
     ))
 }
 
+/// How [`run_with`] runs; [`run`] takes the defaults.
+#[derive(Debug, Clone, Copy)]
+pub struct Settings {
+    /// How often the guard looks for due slots.
+    pub guard_every: Duration,
+    /// Whether to start tokio-cron-scheduler at all; off, the guard alone sends every report
+    /// (what happens when the scheduler's jobs stop firing, bug #113), which tests show.
+    pub ticker: bool,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            guard_every: GUARD_EVERY,
+            ticker: true,
+        }
+    }
+}
+
 /// Runs the reports of `host`'s config until `stop`: at start (a slot due now, or one missed
 /// while down), at each tick, and at each guard period.
 pub async fn run(host: Arc<impl Host>, stop: CancellationToken) {
+    run_with(host, stop, Settings::default()).await
+}
+
+/// [`run`] with its guard period and ticker chosen.
+pub async fn run_with(host: Arc<impl Host>, stop: CancellationToken, settings: Settings) {
     let reports = host.config().reports.clone();
     if reports.is_empty() {
         return;
@@ -132,9 +156,14 @@ pub async fn run(host: Arc<impl Host>, stop: CancellationToken) {
     for (i, report) in reports.iter().enumerate() {
         step(&*host, i, report, &mut seen).await;
     }
-    let mut ticker = start_ticker(&jobs).await;
+    let mut ticker = if settings.ticker {
+        start_ticker(&jobs).await
+    } else {
+        None
+    };
     let mut ticking_since = host.now();
-    let mut guard = tokio::time::interval_at(tokio::time::Instant::now() + GUARD_EVERY, GUARD_EVERY);
+    let every = settings.guard_every;
+    let mut guard = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
     guard.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
@@ -145,7 +174,7 @@ pub async fn run(host: Arc<impl Host>, stop: CancellationToken) {
                 }
             }
             _ = guard.tick() => {
-                let mut missed = ticker.is_none();
+                let mut missed = settings.ticker && ticker.is_none();
                 for (i, report) in reports.iter().enumerate() {
                     if let Some(Outcome::Enqueued { slot, late: false, .. }) = step(&*host, i, report, &mut seen).await
                         && slot > ticking_since
@@ -155,7 +184,7 @@ pub async fn run(host: Arc<impl Host>, stop: CancellationToken) {
                         missed = true;
                     }
                 }
-                if missed {
+                if missed && settings.ticker {
                     if let Some((old, _)) = ticker.take() {
                         old.stop().await;
                     }

@@ -158,6 +158,41 @@ async fn a_cron_report_fires_on_the_wall_clock_once_per_slot() {
     pool.close().await;
 }
 
+/// tokio-cron-scheduler's bug #113 stops repeated jobs for good: with no ticks at all, the
+/// guard alone sends every slot, once, though it looks ten times a slot.
+#[tokio::test]
+async fn without_cron_ticks_the_guard_sends_each_slot_once() {
+    let receiver = Receiver::start().await;
+    let t = spawn_app_with(Setup {
+        channels: format!(
+            "{}{}",
+            hook(&receiver.url("/hook")),
+            report("every-second", "*/1 * * * * *", "\"hook\"")
+        ),
+        ..Setup::default()
+    })
+    .await;
+    let stop = tokio_util::sync::CancellationToken::new();
+    let settings = jobs::Settings {
+        guard_every: Duration::from_millis(100),
+        ticker: false,
+    };
+    let task = tokio::spawn(jobs::run_with(t.app.clone(), stop.clone(), settings));
+    deliver_until(&t, "three reports", || async {
+        reports(&receiver, "every-second").len() >= 3
+    })
+    .await;
+    stop.cancel();
+    task.await.unwrap();
+    let mut slots: Vec<String> = reports(&receiver, "every-second")
+        .iter()
+        .map(|b| b["report"]["slot"].as_str().unwrap().to_owned())
+        .collect();
+    let n = slots.len();
+    slots.dedup();
+    assert_eq!(slots.len(), n, "a slot was sent twice: {slots:?}");
+}
+
 #[tokio::test]
 async fn a_restart_does_not_resend_a_slot_and_a_slot_missed_while_down_comes_once_late() {
     let receiver = Receiver::start().await;
