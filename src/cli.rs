@@ -76,6 +76,12 @@ pub enum Command {
         #[arg(long)]
         channel: String,
     },
+    /// Send a report of every link (as `[[report]]` sends on schedule) to one channel now.
+    Report {
+        /// The channel's name.
+        #[arg(long)]
+        channel: String,
+    },
     /// Serve the demo's simulated Cloud Manager on its own (for docker compose and trials).
     Simulate {
         /// Address and port to listen on.
@@ -126,13 +132,15 @@ impl Cli {
         Ok(config)
     }
 
-    /// The default log filter for this command, before -v/-q and RUST_LOG.
+    /// The default log filter for this command, before -v/-q and RUST_LOG. tokio-cron-scheduler
+    /// logs its start-up at info ("Uninited", "Job creator created"), which says nothing to a
+    /// user: only its warnings show unless asked for.
     pub fn log_filter(&self) -> &'static str {
         match (self.quiet, self.verbose, &self.command) {
             (true, _, _) => "error",
             (false, 0, Command::Demo { .. }) => "error",
-            (false, 0, _) => "info",
-            (false, 1, _) => "linkwatch=debug,info",
+            (false, 0, _) => "info,tokio_cron_scheduler=warn",
+            (false, 1, _) => "linkwatch=debug,tokio_cron_scheduler=warn,info",
             _ => "linkwatch=trace,debug",
         }
     }
@@ -230,6 +238,7 @@ pub async fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Check => check(&cli.load_config()?),
         Command::NotifyTest { channel } => notify_test(&cli.load_config()?, channel).await,
+        Command::Report { channel } => report_now(&cli.load_config()?, channel).await,
         Command::Once => once(cli.load_config()?).await,
         Command::History { org, since, json } => {
             let db = match &cli.database {
@@ -346,6 +355,29 @@ fn check(config: &Config) -> anyhow::Result<ExitCode> {
             .collect();
         print_table(&["NAME", "ORG", "GROUP", "ID", "LAG ALERT"], &rows);
     }
+    if !config.reports.is_empty() {
+        println!("\nreports ({}):", config.reports.len());
+        let rows: Vec<Vec<String>> = config
+            .reports
+            .iter()
+            .map(|r| {
+                vec![
+                    r.name.clone(),
+                    format!("{} (UTC)", r.cron.as_str()),
+                    r.channels.join(","),
+                ]
+            })
+            .collect();
+        print_table(&["NAME", "CRON", "CHANNELS"], &rows);
+    }
+    if let Some(h) = &config.heartbeat {
+        // Only the origin: the rest of the URL is the monitor's credential.
+        println!(
+            "\nheartbeat: {}/… every {}",
+            h.shown,
+            humantime::format_duration(h.every)
+        );
+    }
     if config.orgs.is_empty() {
         println!("\nnote: no [[org]] is configured; `linkwatch run` would have nothing to watch");
     }
@@ -383,6 +415,52 @@ async fn notify_test(config: &Config, name: &str) -> anyhow::Result<ExitCode> {
         }
         Err(e) => {
             eprintln!("linkwatch: {name}: the test message was not delivered: {e}");
+            Ok(ExitCode::FAILURE)
+        }
+    }
+}
+
+/// Sends a report made from the database now to the channel `name`, straight away (like
+/// `notify-test`: no outbox, no retry, no slot recorded); exit code 1 when it was not delivered.
+async fn report_now(config: &Config, name: &str) -> anyhow::Result<ExitCode> {
+    let dispatcher = Dispatcher::new(config, &ConsoleSink::Stdout, Default::default(), Default::default())?;
+    let Some(outlet) = dispatcher.outlet(name) else {
+        let known: Vec<&str> = config.channels.iter().map(|c| c.name.as_str()).collect();
+        anyhow::bail!("no channel is named \"{name}\" (channels: {})", known.join(", "));
+    };
+    let store = store::Store::open(&config.database).await?;
+    let rows = store.current().await;
+    store.close().await;
+    let now = chrono::Utc::now();
+    let slot = crate::report::Slot {
+        name: "linkwatch report",
+        at: now,
+        late: false,
+    };
+    let report = crate::report::Report::build(slot, &config.orgs, &rows?, config.poll.failures_before_alert, now);
+    let stored = store::StoredEvent {
+        id: format!("rpt_now_{:016x}", rand::random::<u64>()),
+        org_id: "report:now".into(),
+        org_name: None,
+        kind: crate::report::KIND.into(),
+        created_at: store::ts(now),
+        payload: serde_json::to_string(&report)?,
+    };
+    let message = report.message(&stored);
+    match outlet.channel.send(std::slice::from_ref(&message)).await {
+        Ok(note) => {
+            println!(
+                "sent the report to {name} ({}): {}",
+                outlet.channel.kind(),
+                report.title()
+            );
+            if let Some(note) = note {
+                println!("  but: {note}");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e) => {
+            eprintln!("linkwatch: {name}: the report was not delivered: {e}");
             Ok(ExitCode::FAILURE)
         }
     }

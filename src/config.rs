@@ -10,6 +10,7 @@ mod database;
 mod http;
 mod notify;
 mod raw;
+mod reports;
 mod smtp;
 mod values;
 
@@ -24,6 +25,7 @@ pub use atlas::{Atlas, DEFAULT_ATLAS_URL, Migration};
 pub use database::{Database, PgTarget};
 pub use http::BasicAuth;
 pub use notify::{Channel, ChannelKind, Email, Route, WebhookSecret, decode_webhook_secret};
+pub use reports::{Heartbeat, Report};
 pub use smtp::{SmtpTarget, TlsMode, parse_smtp_url};
 pub use values::{CronExpr, EventKind, HumanDuration, OrgId};
 
@@ -59,6 +61,10 @@ pub struct Config {
     /// `[atlas]`; `None` when the file follows no live migration.
     pub atlas: Option<Atlas>,
     pub migrations: Vec<Migration>,
+    /// Scheduled summaries (`[[report]]`), run by the leader.
+    pub reports: Vec<Report>,
+    /// A ping to an external monitor after each healthy interval (`[heartbeat]`).
+    pub heartbeat: Option<Heartbeat>,
 }
 
 #[derive(Debug, Clone)]
@@ -295,6 +301,8 @@ impl Config {
         let channels = notify::channels(raw.channels, loc)?;
         let routes = notify::routes(raw.routes, &channels, &orgs, loc)?;
         let (atlas, migrations) = atlas::atlas(raw.atlas, raw.migrations, &orgs, loc)?;
+        let reports = reports::reports(raw.reports, &channels, loc)?;
+        let heartbeat = reports::heartbeat(raw.heartbeat, loc)?;
 
         Ok(Config {
             source: loc.file.to_owned(),
@@ -312,6 +320,8 @@ impl Config {
             routes,
             atlas,
             migrations,
+            reports,
+            heartbeat,
         })
     }
 }

@@ -104,7 +104,7 @@ macro_rules! chunk {
 }
 
 /// In dependency order: an outbox row finds its event by the event's id.
-const TABLES: [Table; 9] = [
+const TABLES: [Table; 10] = [
     Table {
         name: "org_state",
         read: chunk!(
@@ -279,6 +279,21 @@ const TABLES: [Table; 9] = [
                 ORDER BY q.id
                 ON CONFLICT (event_seq, channel) DO NOTHING",
         after_last_event: true,
+    },
+    Table {
+        name: "report_runs",
+        read: chunk!(
+            "report_runs",
+            "'report', report, 'slot', slot, 'event_id', event_id,
+             'late', json(CASE WHEN late THEN 'true' ELSE 'false' END), 'created_at', created_at"
+        ),
+        // Natural key: a report's slot is sent once, in either database.
+        write: "INSERT INTO report_runs (report, slot, event_id, late, created_at)
+                SELECT q.report, q.slot, q.event_id, q.late, q.created_at
+                FROM jsonb_to_recordset($1::jsonb) AS q(report text, slot timestamptz, event_id text,
+                     late boolean, created_at timestamptz)
+                ON CONFLICT (report, slot) DO NOTHING",
+        after_last_event: false,
     },
 ];
 

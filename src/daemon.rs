@@ -113,6 +113,21 @@ impl App {
     }
 }
 
+impl crate::report::jobs::Host for App {
+    fn config(&self) -> &Config {
+        &self.config
+    }
+    fn store(&self) -> &Store {
+        &self.store
+    }
+    fn now(&self) -> chrono::DateTime<chrono::Utc> {
+        self.clock.now()
+    }
+    fn wake(&self, channels: &[String]) {
+        self.dispatcher.wake(channels);
+    }
+}
+
 /// Checks one org now: asks Cloud Manager, applies the answer (decides the events from the
 /// stored state and records everything, in one transaction), then wakes the channels that have
 /// something to send. A check that can change nothing is only noted, for the next group commit
@@ -393,6 +408,7 @@ async fn serve(
     // current config through these.
     let (orgs, orgs_rx) = watch::channel(org_ids(&app.config));
     let (keep, keep_rx) = watch::channel(app.config.retention);
+    let (beat, beat_rx) = watch::channel(app.config.heartbeat.clone());
     let shared = monitoring::Shared::new(
         app.store.clone(),
         app.metrics.clone(),
@@ -414,7 +430,8 @@ async fn serve(
         }
         None => None,
     };
-    let watchdog = systemd::spawn_watchdog(shared, services_stop.clone());
+    let watchdog = systemd::spawn_watchdog(shared.clone(), services_stop.clone());
+    let heartbeat_task = crate::heartbeat::spawn(shared, beat_rx, services_stop.clone());
     let housekeeping = tokio::spawn(retention(
         app.store.clone(),
         keep_rx,
@@ -488,13 +505,17 @@ async fn serve(
                 );
                 orgs.send_replace(org_ids(&new.config));
                 keep.send_replace(new.config.retention);
+                beat.send_replace(new.config.heartbeat.clone());
                 app = Arc::new(new);
                 systemd::ready();
             }
         }
     }
     services_stop.cancel();
-    for task in [Some(housekeeping), http_task, watchdog].into_iter().flatten() {
+    for task in [Some(housekeeping), Some(heartbeat_task), http_task, watchdog]
+        .into_iter()
+        .flatten()
+    {
         let _ = task.await;
     }
     tracing::info!("linkwatch stopped");
@@ -556,10 +577,12 @@ fn rebuild(current: &App, loaded: anyhow::Result<Config>, console: ConsoleSink) 
     )
 }
 
-/// The scheduler and channel workers of one config.
+/// The scheduler, report jobs and channel workers of one config.
 struct Generation {
     checks_stop: CancellationToken,
     scheduler: tokio::task::JoinHandle<()>,
+    reports_stop: CancellationToken,
+    reports: tokio::task::JoinHandle<()>,
     commits_stop: CancellationToken,
     group_commit: tokio::task::JoinHandle<()>,
     /// The live migrations' loop; stopped with the checks.
@@ -628,9 +651,14 @@ impl Generation {
             app.migrations_nudge.clone(),
             checks_stop.clone(),
         ));
+        // Reports run only while leading, like checks, and with this config's [[report]]s.
+        let reports_stop = CancellationToken::new();
+        let reports = tokio::spawn(crate::report::jobs::run(app.clone(), reports_stop.clone()));
         Generation {
             checks_stop,
             scheduler,
+            reports_stop,
+            reports,
             commits_stop,
             group_commit,
             migrations,
@@ -649,6 +677,9 @@ impl Generation {
     /// so that what a receiver accepted is not sent again by the next leader.
     async fn abandon(mut self, app: &App) {
         self.checks_stop.cancel();
+        self.reports_stop.cancel();
+        self.reports.abort();
+        let _ = self.reports.await;
         self.commits_stop.cancel();
         self.sends_stop.cancel();
         self.scheduler.abort();
@@ -667,10 +698,12 @@ impl Generation {
     async fn stop(mut self, app: &App, last: bool) {
         let deadline = clock::later(tokio::time::Instant::now(), app.config.shutdown_timeout);
         self.checks_stop.cancel();
+        self.reports_stop.cancel();
         let _ = self.scheduler.await;
         // The migration loop stops at once: a check cut off writes nothing (its transaction
         // rolls back) and is simply repeated after the next start.
         let _ = self.migrations.await;
+        let _ = self.reports.await;
         // The last checks' quiet notes are written before this generation ends.
         self.commits_stop.cancel();
         let _ = self.group_commit.await;
@@ -703,9 +736,25 @@ impl Generation {
     }
 }
 
-/// Prunes old failed checks and sent deliveries at start and then daily (by tokio's clock), older
-/// than the current config's retention (by the wall clock).
+/// When retention runs each day (UTC), besides at start.
+pub const RETENTION_CRON: &str = "0 0 4 * * *";
+
+/// Prunes old failed checks and sent deliveries at start and then daily at [`RETENTION_CRON`]
+/// (tokio-cron-scheduler), older than the current config's retention (by the wall clock). If
+/// the scheduler stops firing (its bug #113), a fallback on tokio's clock runs it 25 hours after
+/// the last run and starts the scheduler again.
 async fn retention(store: Store, keep: watch::Receiver<Duration>, clock: Clock, stop: CancellationToken) {
+    const FALLBACK: Duration = Duration::from_secs(25 * 3600);
+    let jobs = [(RETENTION_CRON.to_owned(), ())];
+    let start = || async {
+        crate::cron::CronTicker::start(&jobs)
+            .await
+            .map_err(|e| {
+                tracing::error!("cannot start the cron scheduler for retention: {e}; it runs every 25h instead")
+            })
+            .ok()
+    };
+    let mut ticker = start().await;
     loop {
         let keep = *keep.borrow();
         // A retention too long to subtract from now keeps everything.
@@ -723,9 +772,19 @@ async fn retention(store: Store, keep: watch::Receiver<Duration>, clock: Clock, 
             },
         }
         tokio::select! {
-            _ = stop.cancelled() => return,
-            _ = tokio::time::sleep(Duration::from_secs(86_400)) => {}
+            _ = stop.cancelled() => break,
+            () = crate::cron::next(&mut ticker) => {}
+            _ = tokio::time::sleep(FALLBACK) => {
+                tracing::warn!("the cron scheduler did not run retention for 25h; ran it and started the scheduler again");
+                if let Some((old, _)) = ticker.take() {
+                    old.stop().await;
+                }
+                ticker = start().await;
+            }
         }
+    }
+    if let Some((ticker, _)) = ticker {
+        ticker.stop().await;
     }
 }
 

@@ -21,6 +21,11 @@ pub struct Message {
 }
 
 pub fn render(stored: &StoredEvent) -> Message {
+    if stored.kind == crate::report::KIND
+        && let Ok(report) = serde_json::from_str::<crate::report::Report>(&stored.payload)
+    {
+        return report.message(stored);
+    }
     let name = stored.org_name.clone().unwrap_or_else(|| stored.org_id.clone());
     let (title, advice) = match serde_json::from_str::<Event>(&stored.payload) {
         Ok(event) => describe(&name, stored.org_name.as_deref(), &event),

@@ -47,6 +47,10 @@ pub struct Metrics {
     /// follows, and on SQLite).
     leader: Gauge,
     leader_epoch: Gauge,
+    /// Heartbeat requests (`[heartbeat]`) that failed.
+    heartbeat_failures: Counter,
+    /// Heartbeats not sent because linkwatch was not healthy.
+    heartbeat_skipped: Counter,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -70,6 +74,8 @@ impl Default for Metrics {
             blocked: Mutex::default(),
             leader: Gauge::default(),
             leader_epoch: Gauge::default(),
+            heartbeat_failures: Counter::default(),
+            heartbeat_skipped: Counter::default(),
         };
         // As before any role is known: one process, leading (SQLite).
         m.leader.set(1);
@@ -111,6 +117,16 @@ impl Default for Metrics {
             "linkwatch_delivery_record_failures",
             "Failed attempts to record a delivery's outcome; the delivery is not sent again meanwhile",
             m.record_failures.clone(),
+        );
+        registry.register(
+            "linkwatch_heartbeat_failures",
+            "Heartbeat requests to the external monitor that failed",
+            m.heartbeat_failures.clone(),
+        );
+        registry.register(
+            "linkwatch_heartbeat_skipped",
+            "Heartbeats not sent because linkwatch was not healthy (what the monitor alerts on)",
+            m.heartbeat_skipped.clone(),
         );
         registry.register(
             "linkwatch_task_panics",
@@ -223,6 +239,16 @@ impl Metrics {
         self.panics
             .get_or_create(&vec![("task", task.to_owned()), ("name", name.to_owned())])
             .inc();
+    }
+
+    /// A heartbeat request failed (no answer, or not 2xx).
+    pub fn heartbeat_failed(&self) {
+        self.heartbeat_failures.inc();
+    }
+
+    /// A heartbeat was not sent: linkwatch was not healthy.
+    pub fn heartbeat_skipped(&self) {
+        self.heartbeat_skipped.inc();
     }
 
     /// The database refused to record what became of a delivery (it is kept in memory and

@@ -102,6 +102,44 @@ pub struct CurrentStatus {
     pub last_error: Option<String>,
 }
 
+/// One slot of a scheduled report, as [`Store::enqueue_report`] writes it.
+#[derive(Debug)]
+pub struct ReportRun<'a> {
+    pub report: &'a str,
+    pub slot: DateTime<Utc>,
+    pub late: bool,
+    pub at: DateTime<Utc>,
+    pub event_id: &'a str,
+    pub payload: &'a str,
+    pub channels: &'a [String],
+}
+
+impl ReportRun<'_> {
+    /// The `events.org_id` of a report: reports belong to no org, and each report's slots are
+    /// delivered in order among themselves, apart from every org's events.
+    pub fn org_id(&self) -> String {
+        format!("{REPORT_ORG_PREFIX}{}", self.report)
+    }
+}
+
+/// What `events.org_id` starts with for a report's event.
+pub const REPORT_ORG_PREFIX: &str = "report:";
+
+/// A report slot's event id: the same for the same database, report and slot, so a receiver
+/// can drop a repeat (the one duplicate a crash between send and mark can cause).
+pub fn report_event_id(instance: &str, report: &str, slot: DateTime<Utc>) -> String {
+    use sha2::{Digest as _, Sha256};
+    let digest = Sha256::new()
+        .chain_update(instance)
+        .chain_update(b"/report/")
+        .chain_update(report)
+        .chain_update(b"/")
+        .chain_update(ts(slot))
+        .finalize();
+    let hex: String = digest[..16].iter().map(|b| format!("{b:02x}")).collect();
+    format!("rpt_{hex}")
+}
+
 #[derive(Debug, Clone, FromRow)]
 pub struct StoredEvent {
     pub id: String,
@@ -161,6 +199,37 @@ impl Store {
 
     /// Deletes failed-check rows, and sent or failed deliveries, older than `before`; status
     /// changes and events stay. Returns (failed checks, deliveries) deleted.
+    /// Records the slot of a scheduled report and enqueues its delivery to its channels, in one
+    /// transaction (fenced on PostgreSQL): `Some(event id)` when this call enqueued it, `None`
+    /// when the slot was already recorded (a restart, or another writer got there first).
+    pub async fn enqueue_report(
+        &self,
+        report: &str,
+        slot: DateTime<Utc>,
+        late: bool,
+        at: DateTime<Utc>,
+        payload: &str,
+        channels: &[String],
+    ) -> anyhow::Result<Option<String>> {
+        let event_id = report_event_id(&self.instance, report, slot);
+        let run = ReportRun {
+            report,
+            slot,
+            late,
+            at,
+            event_id: &event_id,
+            payload,
+            channels,
+        };
+        let enqueued = on_db!(self, db => db.enqueue_report(&run).await)?;
+        Ok(enqueued.then_some(event_id))
+    }
+
+    /// The latest slot recorded for `report`: none for a report that never ran.
+    pub async fn last_report_slot(&self, report: &str) -> anyhow::Result<Option<DateTime<Utc>>> {
+        on_db!(self, db => db.last_report_slot(report).await)
+    }
+
     pub async fn prune(&self, before: DateTime<Utc>) -> anyhow::Result<(u64, u64)> {
         on_db!(self, db => db.prune(before).await)
     }

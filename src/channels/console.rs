@@ -47,6 +47,9 @@ impl Console {
 }
 
 fn line(m: &Message) -> String {
+    if let Some(report) = crate::report::Report::of(m) {
+        return report.text().trim_end().to_owned();
+    }
     let at = m.at.get(..19).unwrap_or(&m.at);
     format!("{at}Z  {:<15} {}", m.kind, m.title)
 }

@@ -311,6 +311,11 @@ fn read_ca(path: &Path) -> anyhow::Result<Certificate> {
 
 /// Subject, plain text and HTML for one event or a digest of several.
 pub fn render(messages: &[Message]) -> (String, String, String) {
+    if let [one] = messages
+        && let Some(report) = crate::report::Report::of(one)
+    {
+        return render_report(&report);
+    }
     let subject = match messages {
         [one] => format!("[linkwatch] {}", one.title),
         many => {
@@ -350,6 +355,37 @@ pub fn render(messages: &[Message]) -> (String, String, String) {
     }
     text.push_str("-- \nlinkwatch\n");
     html.push_str("<p style=\"color:#888\">linkwatch</p>\n</body></html>\n");
+    (subject, text, html)
+}
+
+/// Subject, plain text and HTML of a scheduled report.
+pub fn render_report(r: &crate::report::Report) -> (String, String, String) {
+    let subject = format!("[linkwatch] {}", r.title());
+    let text = format!("{}\n-- \nlinkwatch\n", r.text());
+    let mut html = format!(
+        "<html><body style=\"font-family: sans-serif\">\n<p><strong>{}</strong></p>\n",
+        escape(&r.title())
+    );
+    if let Some(note) = r.late_note() {
+        html.push_str(&format!("<p><em>{}</em></p>\n", escape(&note)));
+    }
+    html.push_str(&format!("<p>SYNCED: {} of {}</p>\n", r.synced, r.orgs));
+    for (heading, lines) in [
+        ("Not SYNCED (longest first)", r.not_synced_lines()),
+        ("Checks failing", r.failing_lines()),
+    ] {
+        if !lines.is_empty() {
+            html.push_str(&format!("<p>{heading}:</p>\n<ul>\n"));
+            for l in lines {
+                html.push_str(&format!("<li>{}</li>\n", escape(&l)));
+            }
+            html.push_str("</ul>\n");
+        }
+    }
+    html.push_str(&format!(
+        "<p style=\"color:#888\">As of {} UTC. linkwatch</p>\n</body></html>\n",
+        escape(&r.generated_at)
+    ));
     (subject, text, html)
 }
 

@@ -112,7 +112,25 @@ impl Channel {
 
     /// How `messages` split into sends, as the number of messages in each, in order: Slack
     /// posts that stay within its limits, one request per event on a webhook, one mail.
+    /// A report always goes alone: it is a message of its own, never a line in a digest.
     pub fn groups(&self, messages: &[Message]) -> Vec<usize> {
+        let mut groups = Vec::new();
+        let mut start = 0;
+        for (i, m) in messages.iter().enumerate() {
+            if m.kind == crate::report::KIND {
+                groups.extend(self.event_groups(&messages[start..i]));
+                groups.push(1);
+                start = i + 1;
+            }
+        }
+        groups.extend(self.event_groups(&messages[start..]));
+        groups
+    }
+
+    fn event_groups(&self, messages: &[Message]) -> Vec<usize> {
+        if messages.is_empty() {
+            return Vec::new();
+        }
         match self {
             Channel::Slack(_) => slack::groups(messages),
             Channel::Webhook(_) => vec![1; messages.len()],

@@ -36,7 +36,10 @@ impl Slack {
 
     pub async fn send(&self, messages: &[Message]) -> Result<Sent, SendError> {
         let body = match messages {
-            [one] => single(one),
+            [one] => match crate::report::Report::of(one) {
+                Some(r) => report(&r),
+                None => single(one),
+            },
             many => digest(many),
         };
         let response = self
@@ -109,6 +112,56 @@ pub fn single(m: &Message) -> Value {
         );
     }
     json!({"text": fit(&m.title, TEXT_CHARS), "blocks": blocks})
+}
+
+/// A scheduled report: a header, the SYNCED count, then the links not SYNCED and the failing
+/// checks as lists packed into sections. A very long list is cut with a line saying how many
+/// more there are, so the post stays within [`MAX_BLOCKS`].
+pub fn report(r: &crate::report::Report) -> Value {
+    let title = r.title();
+    let mut blocks = vec![json!({"type": "header", "text": {"type": "plain_text", "text": fit(&title, HEADER_CHARS)}})];
+    let mut intro = format!("*SYNCED:* {} of {}", r.synced, r.orgs);
+    if let Some(note) = r.late_note() {
+        intro = format!("{}\n{intro}", escape(&note));
+    }
+    blocks.push(json!({"type": "section", "text": {"type": "mrkdwn", "text": fit(&intro, SECTION_CHARS)}}));
+    // Room for two headings with their lists and the closing context, within MAX_BLOCKS.
+    let per_list = (MAX_BLOCKS - 4) / 2 - 1;
+    for (heading, lines) in [
+        ("*Not SYNCED* (longest first)", r.not_synced_lines()),
+        ("*Checks failing*", r.failing_lines()),
+    ] {
+        if lines.is_empty() {
+            continue;
+        }
+        let total = lines.len();
+        let lines = std::iter::once(format!("{heading}\n")).chain(
+            lines
+                .iter()
+                .map(|l| fit(&format!("• {}", escape(l)), LINE_CHARS) + "\n"),
+        );
+        let mut sections = sections(lines);
+        if sections.len() > per_list {
+            sections.truncate(per_list - 1);
+            // Each kept line ends in a newline; the heading is one of them.
+            let shown = sections
+                .iter()
+                .map(|s| s.matches('\n').count())
+                .sum::<usize>()
+                .saturating_sub(1);
+            sections.push(format!(
+                "… and {} more (`linkwatch check` lists them all)",
+                total - shown
+            ));
+        }
+        for s in sections {
+            blocks.push(json!({"type": "section", "text": {"type": "mrkdwn", "text": s}}));
+        }
+    }
+    blocks.push(
+        json!({"type": "context", "elements": [{"type": "mrkdwn", "text": format!("As of {} UTC", r.generated_at)}]}),
+    );
+    json!({"text": fit(&title, TEXT_CHARS), "blocks": blocks})
 }
 
 /// A digest of `messages`: a header, then the events' lines packed into sections. The caller
@@ -213,6 +266,51 @@ fn fit(text: &str, max: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Two thousand links not SYNCED and as many failing, with long names: one post within
+    /// Slack's limits, saying how many lines it left out.
+    #[test]
+    fn a_report_of_many_links_stays_within_slacks_limits() {
+        use crate::report::{Failing, NotSynced, Report};
+        let name = |i: usize| format!("org-{i}-{}", "n".repeat(300));
+        let r = Report {
+            name: "daily".into(),
+            slot: "2026-11-30T09:00:00.000Z".into(),
+            generated_at: "2026-11-30T09:00:00.100Z".into(),
+            late: false,
+            orgs: 4_000,
+            synced: 0,
+            not_synced: (0..2_000)
+                .map(|i| NotSynced {
+                    org_id: format!("{i:024x}"),
+                    org_name: name(i),
+                    status: Some("NOT_SYNCED".into()),
+                    since: None,
+                    for_s: Some(3600),
+                })
+                .collect(),
+            failing: (0..2_000)
+                .map(|i| Failing {
+                    org_id: format!("{i:024x}"),
+                    org_name: name(i),
+                    failures: 3,
+                    reason: "<&>".repeat(2000),
+                })
+                .collect(),
+        };
+        let post = report(&r);
+        let blocks = post["blocks"].as_array().unwrap();
+        assert!(blocks.len() <= MAX_BLOCKS, "{} blocks", blocks.len());
+        for b in blocks {
+            if let Some(text) = b["text"]["text"].as_str() {
+                assert!(text.chars().count() <= SECTION_CHARS);
+            }
+        }
+        assert!(post["text"].as_str().unwrap().chars().count() <= TEXT_CHARS);
+        let all = post.to_string();
+        assert!(all.contains("more (`linkwatch check` lists them all)"), "{all}");
+        assert!(!all.contains("<&>"), "mrkdwn control characters are escaped");
+    }
 
     fn message(title: &str) -> Message {
         Message {

@@ -89,8 +89,19 @@ fn classify(a: &Answer) -> SendError {
     }
 }
 
-/// The event as receivers get it (schema version 1).
+/// The event as receivers get it (schema version 1); a report carries `report` (see
+/// `report::Report`) instead of `org` and `data`.
 pub fn body(m: &Message) -> Value {
+    if let Some(report) = crate::report::Report::of(m) {
+        return json!({
+            "version": SCHEMA_VERSION,
+            "id": m.event_id,
+            "type": m.kind,
+            "timestamp": m.at,
+            "report": report,
+            "summary": m.title,
+        });
+    }
     json!({
         "version": SCHEMA_VERSION,
         "id": m.event_id,

@@ -39,6 +39,27 @@ pub struct Config {
     pub atlas: Option<Atlas>,
     #[serde(default, rename = "migration")]
     pub migrations: Vec<Migration>,
+    #[serde(default, rename = "report")]
+    pub reports: Vec<Report>,
+    pub heartbeat: Option<Spanned<Heartbeat>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Report {
+    pub name: Option<Spanned<String>>,
+    pub cron: Spanned<CronExpr>,
+    pub channels: Spanned<Vec<Spanned<String>>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Heartbeat {
+    pub url: Option<Spanned<Secret>>,
+    pub url_file: Option<Spanned<String>>,
+    pub url_env: Option<Spanned<String>>,
+    pub every: Option<Spanned<HumanDuration>>,
+    pub timeout: Option<Spanned<HumanDuration>>,
 }
 
 #[derive(Deserialize)]

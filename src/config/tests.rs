@@ -43,6 +43,7 @@ fn the_example_file_parses() {
         std::env::set_var("LINKWATCH_SMTP_PASSWORD", "smtp");
         std::env::set_var("LINKWATCH_WEBHOOK_SECRET", "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw");
         std::env::set_var("LINKWATCH_ATLAS_KEY", "atlas-example-key");
+        std::env::set_var("LINKWATCH_HEARTBEAT_URL", "https://hc-ping.com/0d3c57a1");
     }
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/linkwatch.example.toml");
     let config = Config::load(&path).unwrap_or_else(|e| panic!("{e}"));
@@ -56,6 +57,11 @@ fn the_example_file_parses() {
     assert_eq!(config.routes[1].remind_every, Some(Duration::from_secs(4 * 3600)));
     assert_eq!(config.migrations.len(), 1);
     assert_eq!(config.migrations[0].org, config.orgs[0].id);
+    assert_eq!(config.reports[0].channels, ["ops", "dba-mail"]);
+    assert_eq!(
+        config.heartbeat.as_ref().map(|h| h.every),
+        Some(Duration::from_secs(60))
+    );
     assert_eq!(
         config.database.sqlite_path(),
         Some(Path::new("/var/lib/linkwatch/linkwatch.db"))
@@ -674,4 +680,67 @@ fn http_basic_auth() {
     ));
     assert_eq!((line, key.as_str()), (4, "http.password_env"));
     assert!(message.contains("is not set"), "{message}");
+}
+
+#[test]
+fn reports_name_known_channels_and_a_valid_cron() {
+    let report = |body: &str| format!("{MINIMAL}{SLACK}\n[[report]]\n{body}\n");
+    let c = parse(&report("cron = \"0 0 9 * * Mon-Fri\"\nchannels = [\"ops\"]")).unwrap();
+    assert_eq!(c.reports[0].name, "0 0 9 * * Mon-Fri", "unnamed: its cron names it");
+    assert_eq!(c.reports[0].channels, ["ops"]);
+    let c = parse(&report(
+        "name = \"daily\"\ncron = \"0 0 9 * * *\"\nchannels = [\"ops\"]",
+    ))
+    .unwrap();
+    assert_eq!(c.reports[0].name, "daily");
+
+    let (line, column, key, message) = error(&report("cron = \"0 0 9 * * *\"\nchannels = [\"ops\", \"pager\"]"));
+    assert_eq!((line, column, key.as_str()), (17, 20, "report[0].channels"));
+    assert!(
+        message.contains("no channel is named \"pager\" (channels: ops)"),
+        "{message}"
+    );
+    let (_, _, key, message) = error(&report("cron = \"0 9 * * *\"\nchannels = [\"ops\"]"));
+    assert_eq!(key, "report[0].cron");
+    assert!(message.contains("has 5 fields"), "{message}");
+    let (_, _, key, message) = error(&report("cron = \"0 0 9 * * *\"\nchannels = []"));
+    assert_eq!(
+        (key.as_str(), message.as_str()),
+        ("report[0].channels", "names no channel")
+    );
+    let twice = format!(
+        "{}\n[[report]]\ncron = \"0 0 9 * * *\"\nchannels = [\"ops\"]\n",
+        report("cron = \"0 0 9 * * *\"\nchannels = [\"ops\"]")
+    );
+    let (_, _, key, message) = error(&twice);
+    assert_eq!(key, "report[1].name");
+    assert!(message.contains("give each a `name`"), "{message}");
+}
+
+#[test]
+fn a_heartbeat_url_is_checked_without_being_shown() {
+    let beat = |body: &str| format!("{MINIMAL}\n[heartbeat]\n{body}\n");
+    let c = parse(&beat("url = \"https://hc-ping.com/0d3c57a1-secret\"\nevery = \"5m\"")).unwrap();
+    let h = c.heartbeat.as_ref().unwrap();
+    assert_eq!(
+        (h.every, h.timeout),
+        (Duration::from_secs(300), Duration::from_secs(10))
+    );
+    assert_eq!(h.shown, "https://hc-ping.com");
+    assert!(!format!("{c:?}").contains("0d3c57a1-secret"));
+
+    let (_, _, key, message) = error(&beat("url = \"ftp://hc-ping.com/0d3c57a1-secret\""));
+    assert_eq!(
+        (key.as_str(), message.as_str()),
+        ("heartbeat.url", "must be an http:// or https:// URL")
+    );
+    let (_, _, key, message) = error(&beat("url = \"hc-ping.com/0d3c57a1-secret\""));
+    assert_eq!(key, "heartbeat.url");
+    assert!(!message.contains("0d3c57a1-secret"), "{message}");
+    let (line, _, key, _) = error(&beat("every = \"1m\""));
+    assert_eq!((line, key.as_str()), (10, "heartbeat.url"));
+    let (_, _, key, _) = error(&beat(
+        "url = \"https://hc-ping.com/x\"\nevery = \"10s\"\ntimeout = \"20s\"",
+    ));
+    assert_eq!(key, "heartbeat.timeout");
 }

@@ -109,6 +109,12 @@ impl CronExpr {
         let whole = after.with_nanosecond(0).unwrap_or(after);
         self.cron.find_next_occurrence(&whole, false).ok()
     }
+
+    /// The latest time at or before `at` that matches, in UTC.
+    pub fn latest_at_or_before(&self, at: chrono::DateTime<chrono::Utc>) -> Option<chrono::DateTime<chrono::Utc>> {
+        let whole = at.with_nanosecond(0).unwrap_or(at);
+        self.cron.find_previous_occurrence(&whole, true).ok()
+    }
 }
 
 impl PartialEq for CronExpr {

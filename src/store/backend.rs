@@ -13,7 +13,7 @@ use chrono::{DateTime, Utc};
 
 use super::{
     Applied, ChannelDeliveries, Check, CheckRecord, CurrentStatus, Decision, Delivery, FailedCheck, OrgRow, Pending,
-    StatusChange, StoredEvent,
+    ReportRun, StatusChange, StoredEvent,
 };
 use super::{MigrationCheck, MigrationDecision, MigrationRow};
 use crate::config::OrgId;
@@ -113,6 +113,13 @@ pub(crate) trait Backend {
     ) -> anyhow::Result<()>;
 
     /// A real write that proves the database takes writes (not fenced: a follower is healthy).
+    /// Records `run`'s slot and enqueues its event and outbox rows, in one transaction; false
+    /// (and nothing written) when the slot is already recorded.
+    async fn enqueue_report(&self, run: &ReportRun<'_>) -> anyhow::Result<bool>;
+
+    /// The latest slot recorded for `report`, if any.
+    async fn last_report_slot(&self, report: &str) -> anyhow::Result<Option<DateTime<Utc>>>;
+
     async fn probe_write(&self) -> anyhow::Result<()>;
 
     async fn prune(&self, before: DateTime<Utc>) -> anyhow::Result<(u64, u64)>;

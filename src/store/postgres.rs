@@ -23,8 +23,8 @@ pub use fence::{Fence, Fenced, Term};
 use super::backend::{Backend, FailureRow, QuietRow};
 use super::{
     Applied, ChannelDeliveries, Check, CheckRecord, CurrentStatus, Decision, Delivery, FailedCheck, MigrationCheck,
-    MigrationDecision, MigrationRow, OrgRow, Pending, RemindersSent, StatusChange, StoredEvent, cap, event_id,
-    transition,
+    MigrationDecision, MigrationRow, OrgRow, Pending, RemindersSent, ReportRun, StatusChange, StoredEvent, cap,
+    event_id, transition,
 };
 use crate::config::{OrgId, PgTarget};
 use crate::detect::OrgState;
@@ -438,6 +438,55 @@ impl Backend for Postgres {
         .execute(&self.pool)
         .await?;
         Ok(())
+    }
+
+    async fn enqueue_report(&self, run: &ReportRun<'_>) -> anyhow::Result<bool> {
+        let (mut tx, term) = self.begin_fenced().await?;
+        let recorded = sqlx::query(
+            "INSERT INTO report_runs (report, slot, event_id, late, created_at) VALUES ($1, $2, $3, $4, $5)
+             ON CONFLICT (report, slot) DO NOTHING",
+        )
+        .bind(run.report)
+        .bind(run.slot)
+        .bind(run.event_id)
+        .bind(run.late)
+        .bind(run.at)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if recorded == 0 {
+            return Ok(false);
+        }
+        let seq: i64 = sqlx::query_scalar(
+            "INSERT INTO events (id, org_id, kind, created_at, payload) VALUES ($1, $2, 'report', $3, $4::jsonb)
+             RETURNING seq",
+        )
+        .bind(run.event_id)
+        .bind(run.org_id())
+        .bind(run.at)
+        .bind(run.payload)
+        .fetch_one(&mut *tx)
+        .await?;
+        sqlx::query(
+            "INSERT INTO outbox (event_seq, channel, next_attempt_at, created_at)
+             SELECT $1, channel, $2, $2 FROM unnest($3::text[]) AS channel",
+        )
+        .bind(seq)
+        .bind(run.at)
+        .bind(run.channels)
+        .execute(&mut *tx)
+        .await?;
+        self.commit_fenced(tx, &term).await?;
+        Ok(true)
+    }
+
+    async fn last_report_slot(&self, report: &str) -> anyhow::Result<Option<DateTime<Utc>>> {
+        Ok(
+            sqlx::query_scalar("SELECT max(slot) FROM report_runs WHERE report = $1")
+                .bind(report)
+                .fetch_one(&self.pool)
+                .await?,
+        )
     }
 
     async fn probe_write(&self) -> anyhow::Result<()> {

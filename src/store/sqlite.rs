@@ -15,8 +15,8 @@ use sqlx::{Connection, Row};
 use super::backend::{Backend, FailureRow, QuietRow};
 use super::{
     Applied, ChannelDeliveries, Check, CheckRecord, CurrentStatus, Decision, Delivery, FailedCheck, MigrationCheck,
-    MigrationDecision, MigrationRow, OrgRow, Pending, RemindersSent, StatusChange, StoredEvent, cap, event_id,
-    parse_ts, transition, ts,
+    MigrationDecision, MigrationRow, OrgRow, Pending, RemindersSent, ReportRun, StatusChange, StoredEvent, cap,
+    event_id, parse_ts, transition, ts,
 };
 use crate::config::OrgId;
 use crate::detect::OrgState;
@@ -296,6 +296,57 @@ impl Backend for Sqlite {
             Ok(())
         })
         .await
+    }
+
+    async fn enqueue_report(&self, run: &ReportRun<'_>) -> anyhow::Result<bool> {
+        self.write(async |conn| {
+            let mut tx = conn.begin_with("BEGIN IMMEDIATE").await?;
+            let at = ts(run.at);
+            let recorded = sqlx::query(
+                "INSERT INTO report_runs (report, slot, event_id, late, created_at) VALUES (?, ?, ?, ?, ?)
+                 ON CONFLICT (report, slot) DO NOTHING",
+            )
+            .bind(run.report)
+            .bind(ts(run.slot))
+            .bind(run.event_id)
+            .bind(run.late)
+            .bind(&at)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+            if recorded == 0 {
+                return Ok(false);
+            }
+            let seq: i64 = sqlx::query_scalar(
+                "INSERT INTO events (id, org_id, kind, created_at, payload) VALUES (?, ?, 'report', ?, ?) RETURNING seq",
+            )
+            .bind(run.event_id)
+            .bind(run.org_id())
+            .bind(&at)
+            .bind(run.payload)
+            .fetch_one(&mut *tx)
+            .await?;
+            for channel in run.channels {
+                sqlx::query("INSERT INTO outbox (event_seq, channel, next_attempt_at, created_at) VALUES (?, ?, ?, ?)")
+                    .bind(seq)
+                    .bind(channel)
+                    .bind(&at)
+                    .bind(&at)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            tx.commit().await?;
+            Ok(true)
+        })
+        .await
+    }
+
+    async fn last_report_slot(&self, report: &str) -> anyhow::Result<Option<DateTime<Utc>>> {
+        let slot: Option<String> = sqlx::query_scalar("SELECT max(slot) FROM report_runs WHERE report = ?")
+            .bind(report)
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(parse_ts(slot))
     }
 
     async fn probe_write(&self) -> anyhow::Result<()> {

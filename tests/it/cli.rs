@@ -60,6 +60,7 @@ async fn check_lists_the_example_config() {
         .env("LINKWATCH_SMTP_PASSWORD", "smtp-password")
         .env("LINKWATCH_WEBHOOK_SECRET", "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw")
         .env("LINKWATCH_ATLAS_KEY", "atlas-secret-from-env")
+        .env("LINKWATCH_HEARTBEAT_URL", "https://hc-ping.com/HEARTBEATUUID")
         .output()
         .await
         .unwrap();
@@ -74,12 +75,18 @@ async fn check_lists_the_example_config() {
         stdout.contains("dba-mail") && stdout.contains("email") && stdout.contains("4h"),
         "{stdout}"
     );
+    assert!(
+        stdout.contains("morning") && stdout.contains("0 0 9 * * Mon-Fri (UTC)"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("heartbeat: https://hc-ping.com/… every 1m"), "{stdout}");
     for secret in [
         "secret-from-env",
         "SLACKSECRET",
         "smtp-password",
         "MfKQ9r8",
         "atlas-secret",
+        "HEARTBEATUUID",
     ] {
         assert!(!stdout.contains(secret), "{secret}");
     }

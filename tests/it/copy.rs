@@ -50,8 +50,32 @@ async fn sqlite_history() -> TestApp {
     assert!(t.dispatch().await >= 4);
     t.sim.set(ORG_A, Behavior::status("NOT_SYNCED"));
     t.check(ORG_A).await;
+    // A report slot, sent late (a boolean both databases must agree on), still pending.
+    let slot = report_slot();
+    let report = linkwatch::report::jobs::build(
+        &*t.app,
+        linkwatch::report::Slot {
+            name: "morning",
+            at: slot,
+            late: true,
+        },
+    )
+    .await
+    .unwrap();
+    let payload = serde_json::to_string(&report).unwrap();
+    let now = t.app.clock.now();
+    let channels = ["console".to_owned()];
+    let enqueued = t
+        .app
+        .store
+        .enqueue_report("morning", slot, true, now, &payload, &channels);
+    assert!(enqueued.await.unwrap().is_some());
     t.app.store.close().await;
     t
+}
+
+fn report_slot() -> chrono::DateTime<chrono::Utc> {
+    "2026-11-01T09:00:00Z".parse().unwrap()
 }
 
 /// The `deliveries` view as text, in event order, from either backend.
@@ -119,6 +143,7 @@ async fn row_counts(url: &str) -> Vec<i64> {
         "migration_lag",
         "events",
         "outbox",
+        "report_runs",
     ] {
         let sql = format!("SELECT count(*) FROM {table}");
         counts.push(
@@ -167,6 +192,7 @@ async fn a_sqlite_history_moves_to_postgres_once_and_carries_on_there() {
     assert_eq!(copied.written("migration_state"), 1);
     assert_eq!(copied.written("migration_transitions"), 2);
     assert_eq!(copied.written("migration_lag"), 2);
+    assert_eq!(copied.written("report_runs"), 1);
 
     // Read back through the PostgreSQL store: the same history, states and event ids.
     let store = Store::open(&db(&pg.url)).await.unwrap();
@@ -207,6 +233,8 @@ async fn a_sqlite_history_moves_to_postgres_once_and_carries_on_there() {
             .unwrap(),
         failures
     );
+    // The report's slot is recorded there too: PostgreSQL will not send it again.
+    assert_eq!(store.last_report_slot("morning").await.unwrap(), Some(report_slot()));
     store.close().await;
     assert_eq!(deliveries_pg(&pg.url).await, deliveries);
     // The identity too, so that events detected again on PostgreSQL get the ids they had.
@@ -220,6 +248,11 @@ async fn a_sqlite_history_moves_to_postgres_once_and_carries_on_there() {
         sqlx::query_scalar(identity).fetch_one(&pg_pool).await.unwrap(),
     );
     assert_eq!((a.as_str(), copied.instance.as_str()), (b.as_str(), b.as_str()));
+    let late: bool = sqlx::query_scalar("SELECT late FROM report_runs")
+        .fetch_one(&pg_pool)
+        .await
+        .unwrap();
+    assert!(late, "the late slot stays late");
     sqlite_pool.close().await;
     pg_pool.close().await;
 
@@ -270,9 +303,17 @@ async fn a_sqlite_history_moves_to_postgres_once_and_carries_on_there() {
     let new = now.last().unwrap();
     assert_eq!(new.kind, "status_changed");
     assert!(events.iter().all(|e| e.id != new.id), "{} reused", new.id);
-    assert_eq!(after.dispatch().await, 2, "the pending copied delivery and the new one");
+    assert_eq!(
+        after.dispatch().await,
+        3,
+        "the pending copied delivery, the pending report and the new one"
+    );
     let lines = after.console_lines().join("\n");
     assert!(lines.contains("NOT_SYNCED"), "{lines}");
+    assert!(
+        lines.contains("linkwatch report: 1 of 2 links SYNCED, checks failing for 1 (late: for 2026-11-01 09:00 UTC)"),
+        "{lines}"
+    );
 
     // Retention deletes the sent rows; copying again must not bring back as pending the
     // delivery that was pending in the file and went out from PostgreSQL since.
@@ -365,5 +406,5 @@ async fn copy_history_refuses_what_could_lose_or_mix_history() {
         "{err}"
     );
     // Nothing was written by the refused copies.
-    assert_eq!(row_counts(&pg.url).await, [1, 0, 1, 0, 0, 0, 0, 1, 1]);
+    assert_eq!(row_counts(&pg.url).await, [1, 0, 1, 0, 0, 0, 0, 1, 1, 0]);
 }

@@ -70,6 +70,27 @@ async fn fill(t: &TestApp) {
     t.sim
         .set(ORG_B, Behavior::error(403, "IP_ADDRESS_NOT_ON_ACCESS_LIST", "no"));
     t.check(ORG_B).await;
+    // A report slot sent, for `report_runs`.
+    let now = t.app.clock.now();
+    let slot = linkwatch::report::Slot {
+        name: "morning",
+        at: now,
+        late: false,
+    };
+    let report = linkwatch::report::jobs::build(&*t.app, slot).await.unwrap();
+    t.app
+        .store
+        .enqueue_report(
+            "morning",
+            now,
+            false,
+            now,
+            &serde_json::to_string(&report).unwrap(),
+            &["console".into()],
+        )
+        .await
+        .unwrap()
+        .expect("a new slot");
 }
 
 #[tokio::test]

@@ -473,9 +473,14 @@ async fn metrics_and_the_status_page_show_only_the_orgs_of_the_current_config() 
     let with_gamma = format!("{without_gamma}\n[[org]]\nid = \"{ORG_C}\"\nname = \"gamma\"\n");
     std::fs::write(&t.config_path, &with_gamma).unwrap();
     let daemon = Daemon::start(&t.config_path, &[]);
-    daemon
-        .wait_stdout("gamma: migration link is SYNCED (first check)")
-        .await;
+    // Each org's first check comes at its own offset within the interval: all three recorded.
+    for first in [
+        "gamma: migration link is SYNCED (first check)",
+        "alpha: migration link is NOT_SYNCED (first check)",
+        "beta: migration link is SYNCED (first check)",
+    ] {
+        daemon.wait_stdout(first).await;
+    }
     let url = format!("http://127.0.0.1:{port}/metrics");
     let scrape = || async {
         let text = reqwest::get(&url).await.unwrap().text().await.unwrap();
@@ -511,6 +516,71 @@ async fn metrics_and_the_status_page_show_only_the_orgs_of_the_current_config() 
         page_orgs().await,
         ["alpha", "beta"],
         "the status page follows the reload too"
+    );
+    assert!(daemon.stop().await.success());
+}
+
+/// A reload starts the jobs of a new `[[report]]`, and stops those of one removed.
+#[tokio::test]
+async fn a_reload_starts_and_stops_report_jobs() {
+    let rx = Receiver::start().await;
+    let t = spawn_app_with(Setup {
+        channels: format!(
+            "[[channel]]\nname = \"hook\"\nkind = \"webhook\"\nurl = \"{}\"\n",
+            rx.url("/hook")
+        ),
+        ..Setup::default()
+    })
+    .await;
+    let posts = |kind: &'static str| {
+        let rx = rx.clone();
+        move || rx.accepted().iter().filter(|r| r.json()["type"] == kind).count()
+    };
+    let (reports, changes, first) = (posts("report"), posts("status_changed"), posts("first_seen"));
+    let plain = std::fs::read_to_string(&t.config_path).unwrap();
+    let daemon = Daemon::start(&t.config_path, &[]);
+    wait_until(Duration::from_secs(20), "both orgs seen", || async { first() >= 2 }).await;
+
+    std::fs::write(
+        &t.config_path,
+        format!("{plain}\n[[report]]\nname = \"tick\"\ncron = \"*/1 * * * * *\"\nchannels = [\"hook\"]\n"),
+    )
+    .unwrap();
+    daemon.signal("-HUP");
+    wait_until(Duration::from_secs(20), "reports after the reload", || async {
+        reports() >= 2
+    })
+    .await;
+
+    std::fs::write(&t.config_path, &plain).unwrap();
+    daemon.signal("-HUP");
+    wait_until(Duration::from_secs(20), "the second reload", || async {
+        daemon
+            .stderr
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|l| l.contains("config reloaded"))
+            .count()
+            >= 2
+    })
+    .await;
+    let sent = reports();
+    // Four changes of alpha take at least three check intervals, in which a running job would
+    // have queued three reports (sent before the changes: a channel keeps event order); one
+    // already queued at the reload may still go out.
+    for status in ["SYNCED", "NOT_SYNCED", "SYNCED", "NOT_SYNCED"] {
+        let before = changes();
+        t.sim.set(ORG_A, Behavior::status(status));
+        wait_until(Duration::from_secs(20), "alpha's change delivered", || async {
+            changes() > before
+        })
+        .await;
+    }
+    assert!(
+        reports() <= sent + 1,
+        "{} reports after the report was removed",
+        reports() - sent
     );
     assert!(daemon.stop().await.success());
 }

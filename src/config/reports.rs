@@ -1,0 +1,145 @@
+//! `[[report]]` (scheduled summaries) and `[heartbeat]` (a ping to an external monitor).
+
+use std::time::Duration;
+
+use reqwest::Url;
+use toml::Spanned;
+
+use super::{Channel, ConfigError, CronExpr, Locator, raw, resolve_secret};
+use crate::secret::Secret;
+
+/// A summary of every link, sent to `channels` at each slot of `cron` (UTC).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Report {
+    /// What the database records each slot under (`report_runs.report`); the cron text when the
+    /// file gives no name, so that reordering reports changes nothing.
+    pub name: String,
+    pub cron: CronExpr,
+    pub channels: Vec<String>,
+}
+
+/// A request to an external monitor after each healthy interval.
+#[derive(Debug, Clone)]
+pub struct Heartbeat {
+    /// The whole URL is a credential (Healthchecks' uuid, Uptime Kuma's push token).
+    pub url: Secret,
+    /// Scheme, host and port only: what logs and errors may show.
+    pub shown: String,
+    pub every: Duration,
+    pub timeout: Duration,
+}
+
+pub(super) fn reports(
+    raw: Vec<raw::Report>,
+    channels: &[Channel],
+    loc: &Locator<'_>,
+) -> Result<Vec<Report>, ConfigError> {
+    let mut reports: Vec<Report> = Vec::new();
+    for (i, r) in raw.into_iter().enumerate() {
+        let table = format!("report[{i}]");
+        let name = match &r.name {
+            Some(n) if n.get_ref().trim().is_empty() => {
+                return Err(loc.error(n.span().start, &format!("{table}.name"), "must not be empty".into()));
+            }
+            Some(n) => n.get_ref().trim().to_owned(),
+            None => r.cron.get_ref().as_str().to_owned(),
+        };
+        if reports.iter().any(|x| x.name == name) {
+            let (at, message) = match &r.name {
+                Some(n) => (
+                    n.span().start,
+                    format!("report name \"{name}\" is used twice; names must be unique"),
+                ),
+                None => (
+                    r.cron.span().start,
+                    format!("another report has the same cron \"{name}\"; give each a `name`"),
+                ),
+            };
+            return Err(loc.error(at, &format!("{table}.name"), message));
+        }
+        if r.channels.get_ref().is_empty() {
+            return Err(loc.error(
+                r.channels.span().start,
+                &format!("{table}.channels"),
+                "names no channel".into(),
+            ));
+        }
+        for c in r.channels.get_ref() {
+            if !channels.iter().any(|x| x.name == *c.get_ref()) {
+                let known: Vec<&str> = channels.iter().map(|x| x.name.as_str()).collect();
+                return Err(loc.error(
+                    c.span().start,
+                    &format!("{table}.channels"),
+                    format!(
+                        "no channel is named \"{}\" (channels: {})",
+                        c.get_ref(),
+                        known.join(", ")
+                    ),
+                ));
+            }
+        }
+        let mut names: Vec<String> = r.channels.get_ref().iter().map(|c| c.get_ref().clone()).collect();
+        names.dedup();
+        reports.push(Report {
+            name,
+            cron: r.cron.into_inner(),
+            channels: names,
+        });
+    }
+    Ok(reports)
+}
+
+pub(super) fn heartbeat(
+    raw: Option<Spanned<raw::Heartbeat>>,
+    loc: &Locator<'_>,
+) -> Result<Option<Heartbeat>, ConfigError> {
+    let Some(raw) = raw else { return Ok(None) };
+    let at = raw.span().start;
+    let h = raw.into_inner();
+    let url = resolve_secret(
+        "heartbeat.url",
+        h.url.as_ref(),
+        h.url_file.as_ref(),
+        h.url_env.as_ref(),
+        loc,
+    )?
+    .ok_or_else(|| loc.error(at, "heartbeat.url", "is required (or url_file, url_env)".into()))?;
+    let url_at = [
+        h.url.as_ref().map(|s| s.span()),
+        h.url_file.as_ref().map(|s| s.span()),
+        h.url_env.as_ref().map(|s| s.span()),
+    ]
+    .into_iter()
+    .flatten()
+    .next()
+    .map_or(at, |s| s.start);
+    // The error never repeats the URL: its path is the credential.
+    let parsed = Url::parse(url.expose()).map_err(|e| loc.error(url_at, "heartbeat.url", format!("not a URL: {e}")))?;
+    if !matches!(parsed.scheme(), "http" | "https") {
+        return Err(loc.error(url_at, "heartbeat.url", "must be an http:// or https:// URL".into()));
+    }
+    let every = match &h.every {
+        None => Duration::from_secs(60),
+        Some(e) if e.get_ref().0 < Duration::from_secs(1) => {
+            return Err(loc.error(e.span().start, "heartbeat.every", "must be at least 1s".into()));
+        }
+        Some(e) => e.get_ref().0,
+    };
+    let timeout = match &h.timeout {
+        None => Duration::from_secs(10).min(every),
+        Some(t) if t.get_ref().0.is_zero() || t.get_ref().0 > every => {
+            return Err(loc.error(
+                t.span().start,
+                "heartbeat.timeout",
+                "must be more than 0s and at most `every`".into(),
+            ));
+        }
+        Some(t) => t.get_ref().0,
+    };
+    Ok(Some(Heartbeat {
+        shown: parsed.origin().ascii_serialization(),
+        url,
+        every,
+        timeout,
+    }))
+}

@@ -1,0 +1,315 @@
+//! Scheduled reports: what one says ([`Report`], built from the store's current status of the
+//! configured orgs) and its plain-text rendering. Each channel renders it in its own form
+//! (`channels::slack::report`, `channels::email::render_report`, `channels::webhook::body`);
+//! `jobs.rs` decides when one is due and enqueues it.
+
+pub mod jobs;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::config::Org;
+use crate::message::{Message, human_secs};
+use crate::store::{CurrentStatus, StoredEvent, ts};
+
+/// Bumped when the report's JSON (the webhook's `report`) changes incompatibly.
+pub const SCHEMA_VERSION: u32 = 1;
+
+/// One report, as stored in its event's payload and as webhooks receive it (`report`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Report {
+    /// The `[[report]]` name (its cron text when unnamed).
+    pub name: String,
+    /// The cron slot this report stands for (ISO-8601 UTC); for `linkwatch report`, the time it ran.
+    pub slot: String,
+    /// When it was made; later than `slot` by more than a minute only when `late`.
+    pub generated_at: String,
+    /// Sent after its slot because linkwatch was not running then.
+    pub late: bool,
+    /// Configured orgs.
+    pub orgs: usize,
+    /// Of those, how many links are `SYNCED`.
+    pub synced: usize,
+    /// The others, longest first.
+    pub not_synced: Vec<NotSynced>,
+    /// Orgs whose checks are failing (as many in a row as `poll.failures_before_alert`), and why.
+    pub failing: Vec<Failing>,
+    // The lead adds "migrations ready for cutover, and time left" here after the Atlas work
+    // merges: a `migrations` list filled from the store beside `not_synced`.
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NotSynced {
+    pub org_id: String,
+    pub org_name: String,
+    /// `None` when no check of it has succeeded yet.
+    pub status: Option<String>,
+    /// Since when it has had this status.
+    pub since: Option<String>,
+    /// For how long, in seconds, at `generated_at`.
+    pub for_s: Option<i64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Failing {
+    pub org_id: String,
+    pub org_name: String,
+    pub failures: i64,
+    /// The last failure in plain words.
+    pub reason: String,
+}
+
+/// Where a report is due and what it covers, beside the store's rows.
+#[derive(Debug, Clone, Copy)]
+pub struct Slot<'a> {
+    pub name: &'a str,
+    pub at: DateTime<Utc>,
+    pub late: bool,
+}
+
+impl Report {
+    /// The report of `orgs` from the store's current status `rows`, at `now`. Pure: rows of
+    /// orgs no longer configured are left out, and an org with no row yet is "not checked yet".
+    pub fn build(
+        slot: Slot<'_>,
+        orgs: &[Org],
+        rows: &[CurrentStatus],
+        failures_before_alert: u32,
+        now: DateTime<Utc>,
+    ) -> Report {
+        let mut synced = 0;
+        let mut not_synced = Vec::new();
+        let mut failing = Vec::new();
+        for org in orgs {
+            let row = rows.iter().find(|r| r.org_id == org.id.as_str());
+            let status = row.and_then(|r| r.status.clone());
+            if status.as_deref() == Some("SYNCED") {
+                synced += 1;
+            } else {
+                let since = row.and_then(|r| r.since.clone());
+                let for_s = since
+                    .as_deref()
+                    .and_then(|s| DateTime::parse_from_rfc3339(s).ok())
+                    .map(|s| (now - s.with_timezone(&Utc)).num_seconds().max(0));
+                not_synced.push(NotSynced {
+                    org_id: org.id.as_str().to_owned(),
+                    org_name: org.name.clone(),
+                    status,
+                    since,
+                    for_s,
+                });
+            }
+            if let Some(r) = row
+                && r.consecutive_failures >= i64::from(failures_before_alert)
+            {
+                failing.push(Failing {
+                    org_id: org.id.as_str().to_owned(),
+                    org_name: org.name.clone(),
+                    failures: r.consecutive_failures,
+                    reason: r.last_error.clone().unwrap_or_else(|| "unknown".to_owned()),
+                });
+            }
+        }
+        // Longest first; never checked successfully (no time known) last, by name.
+        not_synced.sort_by(|a, b| b.for_s.cmp(&a.for_s).then_with(|| a.org_name.cmp(&b.org_name)));
+        failing.sort_by(|a, b| b.failures.cmp(&a.failures).then_with(|| a.org_name.cmp(&b.org_name)));
+        Report {
+            name: slot.name.to_owned(),
+            slot: ts(slot.at),
+            generated_at: ts(now),
+            late: slot.late,
+            orgs: orgs.len(),
+            synced,
+            not_synced,
+            failing,
+        }
+    }
+
+    /// One line that stands on its own (Slack's `text`, the mail's subject, the console).
+    pub fn title(&self) -> String {
+        let mut title = format!("linkwatch report: {} of {} links SYNCED", self.synced, self.orgs);
+        if !self.failing.is_empty() {
+            title.push_str(&format!(", checks failing for {}", self.failing.len()));
+        }
+        if self.late {
+            title.push_str(&format!(" (late: for {} UTC)", minute(&self.slot)));
+        }
+        title
+    }
+
+    /// Why it is late, in words.
+    pub fn late_note(&self) -> Option<String> {
+        self.late.then(|| {
+            format!(
+                "This is the report due at {} UTC, sent at {} UTC: linkwatch was not running at its time.",
+                minute(&self.slot),
+                minute(&self.generated_at)
+            )
+        })
+    }
+
+    /// The links that are not SYNCED, one line each, longest first.
+    pub fn not_synced_lines(&self) -> Vec<String> {
+        self.not_synced
+            .iter()
+            .map(|n| match (&n.status, n.for_s) {
+                (Some(s), Some(f)) => format!("{}: {s} for {}", n.org_name, human_secs(f)),
+                (Some(s), None) => format!("{}: {s}", n.org_name),
+                (None, _) => format!("{}: no successful check yet", n.org_name),
+            })
+            .collect()
+    }
+
+    /// The failing checks, one line each.
+    pub fn failing_lines(&self) -> Vec<String> {
+        self.failing
+            .iter()
+            .map(|f| format!("{}: {} failed checks in a row: {}", f.org_name, f.failures, f.reason))
+            .collect()
+    }
+
+    /// The whole report as plain text (email, console).
+    pub fn text(&self) -> String {
+        let mut text = format!("{}\n", self.title());
+        if let Some(note) = self.late_note() {
+            text.push_str(&format!("\n{note}\n"));
+        }
+        text.push_str(&format!("\nSYNCED: {} of {}\n", self.synced, self.orgs));
+        let section = |text: &mut String, heading: &str, lines: Vec<String>| {
+            if !lines.is_empty() {
+                text.push_str(&format!("\n{heading}:\n"));
+                for l in lines {
+                    text.push_str(&format!("  - {l}\n"));
+                }
+            }
+        };
+        section(&mut text, "Not SYNCED (longest first)", self.not_synced_lines());
+        section(&mut text, "Checks failing", self.failing_lines());
+        text.push_str(&format!("\nAs of {} UTC.\n", minute(&self.generated_at)));
+        text
+    }
+
+    /// The message the channels send for this report's event.
+    pub fn message(&self, stored: &StoredEvent) -> Message {
+        Message {
+            title: self.title(),
+            advice: self.late_note(),
+            org_name: self.name.clone(),
+            org_id: stored.org_id.clone(),
+            kind: stored.kind.clone(),
+            event_id: stored.id.clone(),
+            at: stored.created_at.clone(),
+            data: serde_json::to_value(self).unwrap_or(serde_json::Value::Null),
+        }
+    }
+
+    /// The report a [`Message`] of kind `report` carries; `None` for any other message.
+    pub fn of(m: &Message) -> Option<Report> {
+        (m.kind == KIND)
+            .then(|| serde_json::from_value(m.data.clone()).ok())
+            .flatten()
+    }
+}
+
+/// The event kind of a report in `events` and the outbox.
+pub const KIND: &str = "report";
+
+/// "2026-11-29 09:00" from an ISO time.
+fn minute(iso: &str) -> String {
+    iso.get(..16).unwrap_or(iso).replace('T', " ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{Credential, OrgId, Schedule};
+    use std::sync::Arc;
+
+    fn org(id: &str, name: &str) -> Org {
+        Org {
+            id: OrgId::parse(id).unwrap(),
+            name: name.into(),
+            schedule: Schedule::Every(std::time::Duration::from_secs(60)),
+            credential: Arc::new(Credential::ApiKey {
+                public_key: "p".into(),
+                private_key: crate::secret::Secret::new("k"),
+            }),
+        }
+    }
+
+    fn row(id: &str, status: Option<&str>, since: &str, failures: i64, error: Option<&str>) -> CurrentStatus {
+        CurrentStatus {
+            org_id: id.into(),
+            org_name: "stale name".into(),
+            status: status.map(Into::into),
+            since: Some(since.into()),
+            last_checked_at: since.into(),
+            consecutive_failures: failures,
+            last_error: error.map(Into::into),
+        }
+    }
+
+    #[test]
+    fn counts_synced_lists_the_rest_longest_first_and_the_failing_with_their_reason() {
+        let (a, b, c, d) = (
+            "5f0c1234567890abcdef0001",
+            "5f0c1234567890abcdef0002",
+            "5f0c1234567890abcdef0003",
+            "5f0c1234567890abcdef0004",
+        );
+        let orgs = [org(a, "alpha"), org(b, "beta"), org(c, "gamma"), org(d, "delta")];
+        let rows = [
+            row(a, Some("SYNCED"), "2026-11-29T00:00:00.000Z", 0, None),
+            row(b, Some("NOT_SYNCED"), "2026-11-29T07:00:00.000Z", 0, None),
+            row(
+                c,
+                Some("PENDING"),
+                "2026-11-28T09:00:00.000Z",
+                4,
+                Some("HTTP 401: unauthorized"),
+            ),
+            row(
+                "5f0c1234567890abcdef9999",
+                Some("NOT_SYNCED"),
+                "2026-01-01T00:00:00.000Z",
+                0,
+                None,
+            ),
+        ];
+        let now = "2026-11-29T09:00:00Z".parse().unwrap();
+        let slot = Slot {
+            name: "daily",
+            at: now,
+            late: false,
+        };
+        let r = Report::build(slot, &orgs, &rows, 3, now);
+        assert_eq!((r.orgs, r.synced), (4, 1));
+        assert_eq!(
+            r.not_synced_lines(),
+            [
+                "gamma: PENDING for 1d",
+                "beta: NOT_SYNCED for 2h",
+                "delta: no successful check yet"
+            ]
+        );
+        assert_eq!(
+            r.failing_lines(),
+            ["gamma: 4 failed checks in a row: HTTP 401: unauthorized"]
+        );
+        assert_eq!(r.title(), "linkwatch report: 1 of 4 links SYNCED, checks failing for 1");
+        assert!(r.late_note().is_none());
+        let late = Report::build(
+            Slot { late: true, ..slot },
+            &orgs,
+            &rows,
+            3,
+            now + chrono::Duration::hours(3),
+        );
+        assert!(
+            late.title().ends_with("(late: for 2026-11-29 09:00 UTC)"),
+            "{}",
+            late.title()
+        );
+        assert!(late.text().contains("sent at 2026-11-29 12:00 UTC"));
+    }
+}
