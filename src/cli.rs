@@ -430,6 +430,7 @@ async fn report_now(config: &Config, name: &str) -> anyhow::Result<ExitCode> {
     };
     let store = store::Store::open(&config.database).await?;
     let rows = store.current().await;
+    let migrations = store.migrations().await;
     store.close().await;
     let now = chrono::Utc::now();
     let slot = crate::report::Slot {
@@ -437,7 +438,14 @@ async fn report_now(config: &Config, name: &str) -> anyhow::Result<ExitCode> {
         at: now,
         late: false,
     };
-    let report = crate::report::Report::build(slot, &config.orgs, &rows?, config.poll.failures_before_alert, now);
+    let failures = config.poll.failures_before_alert;
+    let report = crate::report::Report::build(slot, &config.orgs, &rows?, failures, now).with_migrations(
+        &config.migrations,
+        &config.orgs,
+        &migrations?,
+        failures,
+        now,
+    );
     let stored = store::StoredEvent {
         id: format!("rpt_now_{:016x}", rand::random::<u64>()),
         org_id: "report:now".into(),

@@ -8,9 +8,9 @@ pub mod jobs;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use crate::config::Org;
+use crate::config::{Migration, Org};
 use crate::message::{Message, human_secs};
-use crate::store::{CurrentStatus, StoredEvent, ts};
+use crate::store::{CurrentStatus, MigrationRow, StoredEvent, ts};
 
 /// Bumped when the report's JSON (the webhook's `report`) changes incompatibly.
 pub const SCHEMA_VERSION: u32 = 1;
@@ -34,8 +34,28 @@ pub struct Report {
     pub not_synced: Vec<NotSynced>,
     /// Orgs whose checks are failing (as many in a row as `poll.failures_before_alert`), and why.
     pub failing: Vec<Failing>,
-    // The lead adds "migrations ready for cutover, and time left" here after the Atlas work
-    // merges: a `migrations` list filled from the store beside `not_synced`.
+    /// The configured live migrations that are not `COMPLETE`: ready for cutover first (least
+    /// time left first), then the rest by name. Absent in reports made before migrations were
+    /// followed.
+    #[serde(default)]
+    pub migrations: Vec<MigrationLine>,
+}
+
+/// One live migration in a report.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MigrationLine {
+    pub name: String,
+    pub org_name: String,
+    /// `None` when no check of it has succeeded yet.
+    pub status: Option<String>,
+    pub ready_for_cutover: bool,
+    /// Estimated (see the README): when readiness was first seen plus the cutover window.
+    pub estimated_deadline: Option<String>,
+    /// Seconds left to `estimated_deadline` at `generated_at` (negative once it has passed).
+    pub left_s: Option<i64>,
+    pub lag_s: Option<i64>,
+    /// Why its checks fail, when they do.
+    pub failing: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -122,7 +142,101 @@ impl Report {
             synced,
             not_synced,
             failing,
+            migrations: Vec::new(),
         }
+    }
+
+    /// This report with its live migrations section, from the `migration_status` rows. Pure,
+    /// like [`Report::build`]: only configured migrations, `COMPLETE` ones left out.
+    pub fn with_migrations(
+        mut self,
+        migrations: &[Migration],
+        orgs: &[Org],
+        rows: &[MigrationRow],
+        failures_before_alert: u32,
+        now: DateTime<Utc>,
+    ) -> Report {
+        let parse = |s: &str| DateTime::parse_from_rfc3339(s).ok().map(|t| t.with_timezone(&Utc));
+        let mut lines: Vec<MigrationLine> = migrations
+            .iter()
+            .filter_map(|m| {
+                let row = rows.iter().find(|r| r.migration_id == m.id);
+                let status = row.and_then(|r| r.status.clone());
+                if status.as_deref() == Some("COMPLETE") {
+                    return None;
+                }
+                let estimated_deadline = row.and_then(|r| r.estimated_deadline.clone());
+                Some(MigrationLine {
+                    name: m.name.clone(),
+                    org_name: orgs
+                        .iter()
+                        .find(|o| o.id == m.org)
+                        .map_or_else(|| m.org.to_string(), |o| o.name.clone()),
+                    status,
+                    ready_for_cutover: row.is_some_and(|r| r.ready_for_cutover),
+                    left_s: estimated_deadline
+                        .as_deref()
+                        .and_then(parse)
+                        .map(|d| (d - now).num_seconds()),
+                    estimated_deadline,
+                    lag_s: row.and_then(|r| r.lag_s),
+                    failing: row
+                        .filter(|r| r.consecutive_failures >= i64::from(failures_before_alert))
+                        .map(|r| r.last_error.clone().unwrap_or_else(|| "unknown".to_owned())),
+                })
+            })
+            .collect();
+        lines.sort_by(|a, b| {
+            b.ready_for_cutover
+                .cmp(&a.ready_for_cutover)
+                .then_with(|| a.left_s.unwrap_or(i64::MAX).cmp(&b.left_s.unwrap_or(i64::MAX)))
+                .then_with(|| a.name.cmp(&b.name))
+        });
+        self.migrations = lines;
+        self
+    }
+
+    /// The live migrations, one line each, ready for cutover first.
+    pub fn migration_lines(&self) -> Vec<String> {
+        self.migrations
+            .iter()
+            .map(|m| {
+                let mut line = format!("{} ({}): ", m.name, m.org_name);
+                match (&m.status, m.ready_for_cutover) {
+                    (Some(s), true) => line.push_str(&format!("{s}, READY for cutover")),
+                    (Some(s), false) => line.push_str(s),
+                    (None, _) => line.push_str("no successful check yet"),
+                }
+                if let (true, Some(left), Some(deadline)) =
+                    (m.ready_for_cutover, m.left_s, m.estimated_deadline.as_deref())
+                {
+                    if left > 0 {
+                        line.push_str(&format!(
+                            ", about {} left (estimated deadline {} UTC)",
+                            human_secs(left),
+                            minute(deadline)
+                        ));
+                    } else {
+                        line.push_str(&format!(", the estimated deadline {} UTC has passed", minute(deadline)));
+                    }
+                }
+                if let Some(lag) = m.lag_s {
+                    line.push_str(&format!(", lag {}", human_secs(lag)));
+                }
+                if let Some(why) = &m.failing {
+                    line.push_str(&format!("; checks failing: {why}"));
+                }
+                line
+            })
+            .collect()
+    }
+
+    /// What a report says about deadlines, when it lists a migration ready for cutover.
+    pub fn migrations_note(&self) -> Option<&'static str> {
+        self.migrations.iter().any(|m| m.ready_for_cutover).then_some(
+            "Deadlines are estimated from when linkwatch first saw a migration ready; an extension made in \
+             the Atlas UI is not visible to linkwatch.",
+        )
     }
 
     /// One line that stands on its own (Slack's `text`, the mail's subject, the console).
@@ -130,6 +244,10 @@ impl Report {
         let mut title = format!("linkwatch report: {} of {} links SYNCED", self.synced, self.orgs);
         if !self.failing.is_empty() {
             title.push_str(&format!(", checks failing for {}", self.failing.len()));
+        }
+        let ready = self.migrations.iter().filter(|m| m.ready_for_cutover).count();
+        if ready > 0 {
+            title.push_str(&format!(", {ready} migration(s) ready for cutover"));
         }
         if self.late {
             title.push_str(&format!(" (late: for {} UTC)", minute(&self.slot)));
@@ -185,6 +303,14 @@ impl Report {
         };
         section(&mut text, "Not SYNCED (longest first)", self.not_synced_lines());
         section(&mut text, "Checks failing", self.failing_lines());
+        section(
+            &mut text,
+            "Live migrations (ready for cutover first)",
+            self.migration_lines(),
+        );
+        if let Some(note) = self.migrations_note() {
+            text.push_str(&format!("  {note}\n"));
+        }
         text.push_str(&format!("\nAs of {} UTC.\n", minute(&self.generated_at)));
         text
     }
@@ -311,5 +437,87 @@ mod tests {
             late.title()
         );
         assert!(late.text().contains("sent at 2026-11-29 12:00 UTC"));
+    }
+
+    #[test]
+    fn migrations_ready_for_cutover_come_first_least_time_left_first_and_complete_ones_leave() {
+        let a = "5f0c1234567890abcdef0001";
+        let orgs = [org(a, "alpha")];
+        let now = DateTime::parse_from_rfc3339("2026-11-30T09:00:00Z")
+            .unwrap()
+            .with_timezone(&Utc);
+        let migration = |name: &str, id: &str| Migration {
+            name: name.into(),
+            org: OrgId::parse(a).unwrap(),
+            group_id: "6f0c00000000000000000c01".into(),
+            id: id.into(),
+            lag_alert: None,
+        };
+        let m = [
+            migration("rs-working", "6f1d00000000000000000001"),
+            migration("rs-ready-later", "6f1d00000000000000000002"),
+            migration("rs-ready-soon", "6f1d00000000000000000003"),
+            migration("rs-done", "6f1d00000000000000000004"),
+            migration("rs-unchecked", "6f1d00000000000000000005"),
+        ];
+        let row = |id: &str, status: &str, ready: bool, deadline: Option<&str>, failures: i64| MigrationRow {
+            migration: "stale".into(),
+            migration_id: id.into(),
+            org_id: a.into(),
+            org_name: Some("alpha".into()),
+            group_id: "6f0c00000000000000000c01".into(),
+            status: Some(status.into()),
+            since: None,
+            ready_for_cutover: ready,
+            ready_since: None,
+            estimated_deadline: deadline.map(Into::into),
+            lag_s: Some(30),
+            last_checked_at: "2026-11-30T08:59:00.000Z".into(),
+            consecutive_failures: failures,
+            last_error: (failures > 0).then(|| "Atlas rejected the credentials".into()),
+        };
+        let rows = [
+            row("6f1d00000000000000000001", "WORKING", false, None, 3),
+            row(
+                "6f1d00000000000000000002",
+                "WORKING",
+                true,
+                Some("2026-12-03T09:00:00.000Z"),
+                0,
+            ),
+            row(
+                "6f1d00000000000000000003",
+                "WORKING",
+                true,
+                Some("2026-11-30T10:00:00.000Z"),
+                0,
+            ),
+            row("6f1d00000000000000000004", "COMPLETE", false, None, 0),
+        ];
+        let slot = Slot {
+            name: "daily",
+            at: now,
+            late: false,
+        };
+        let r = Report::build(slot, &orgs, &[], 3, now).with_migrations(&m, &orgs, &rows, 3, now);
+        let names: Vec<&str> = r.migrations.iter().map(|m| m.name.as_str()).collect();
+        assert_eq!(names, ["rs-ready-soon", "rs-ready-later", "rs-unchecked", "rs-working"]);
+        let lines = r.migration_lines();
+        assert_eq!(
+            lines[0],
+            "rs-ready-soon (alpha): WORKING, READY for cutover, about 1h left (estimated deadline 2026-11-30 10:00 UTC), lag 30s"
+        );
+        assert_eq!(lines[2], "rs-unchecked (alpha): no successful check yet");
+        assert!(
+            lines[3].ends_with("; checks failing: Atlas rejected the credentials"),
+            "{}",
+            lines[3]
+        );
+        assert!(
+            r.title().ends_with(", 2 migration(s) ready for cutover"),
+            "{}",
+            r.title()
+        );
+        assert!(r.text().contains("not visible to linkwatch"));
     }
 }

@@ -125,11 +125,13 @@ pub fn report(r: &crate::report::Report) -> Value {
         intro = format!("{}\n{intro}", escape(&note));
     }
     blocks.push(json!({"type": "section", "text": {"type": "mrkdwn", "text": fit(&intro, SECTION_CHARS)}}));
-    // Room for two headings with their lists and the closing context, within MAX_BLOCKS.
-    let per_list = (MAX_BLOCKS - 4) / 2 - 1;
+    // Room for three headings with their lists, the deadline note and the closing context,
+    // within MAX_BLOCKS.
+    let per_list = (MAX_BLOCKS - 5) / 3 - 1;
     for (heading, lines) in [
         ("*Not SYNCED* (longest first)", r.not_synced_lines()),
         ("*Checks failing*", r.failing_lines()),
+        ("*Live migrations* (ready for cutover first)", r.migration_lines()),
     ] {
         if lines.is_empty() {
             continue;
@@ -157,6 +159,9 @@ pub fn report(r: &crate::report::Report) -> Value {
         for s in sections {
             blocks.push(json!({"type": "section", "text": {"type": "mrkdwn", "text": s}}));
         }
+    }
+    if let Some(note) = r.migrations_note() {
+        blocks.push(json!({"type": "context", "elements": [{"type": "mrkdwn", "text": escape(note)}]}));
     }
     blocks.push(
         json!({"type": "context", "elements": [{"type": "mrkdwn", "text": format!("As of {} UTC", r.generated_at)}]}),
@@ -267,11 +272,11 @@ fn fit(text: &str, max: usize) -> String {
 mod tests {
     use super::*;
 
-    /// Two thousand links not SYNCED and as many failing, with long names: one post within
-    /// Slack's limits, saying how many lines it left out.
+    /// Two thousand links not SYNCED, as many failing and as many live migrations, with long
+    /// names: one post within Slack's limits, saying how many lines it left out.
     #[test]
     fn a_report_of_many_links_stays_within_slacks_limits() {
-        use crate::report::{Failing, NotSynced, Report};
+        use crate::report::{Failing, MigrationLine, NotSynced, Report};
         let name = |i: usize| format!("org-{i}-{}", "n".repeat(300));
         let r = Report {
             name: "daily".into(),
@@ -297,6 +302,18 @@ mod tests {
                     reason: "<&>".repeat(2000),
                 })
                 .collect(),
+            migrations: (0..2_000)
+                .map(|i| MigrationLine {
+                    name: name(i),
+                    org_name: name(i),
+                    status: Some("WORKING".into()),
+                    ready_for_cutover: true,
+                    estimated_deadline: Some("2026-12-01T09:00:00.000Z".into()),
+                    left_s: Some(86_400),
+                    lag_s: Some(5),
+                    failing: None,
+                })
+                .collect(),
         };
         let post = report(&r);
         let blocks = post["blocks"].as_array().unwrap();
@@ -308,7 +325,12 @@ mod tests {
         }
         assert!(post["text"].as_str().unwrap().chars().count() <= TEXT_CHARS);
         let all = post.to_string();
-        assert!(all.contains("more (`linkwatch check` lists them all)"), "{all}");
+        assert_eq!(
+            all.matches("more (`linkwatch check` lists them all)").count(),
+            3,
+            "{all}"
+        );
+        assert!(all.contains("Live migrations"), "{all}");
         assert!(!all.contains("<&>"), "mrkdwn control characters are escaped");
     }
 

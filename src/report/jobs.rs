@@ -106,13 +106,16 @@ pub async fn run_due(host: &impl Host, report: &config::Report) -> anyhow::Resul
 /// The report for `slot`, from the store's current status of the configured orgs.
 pub async fn build(host: &impl Host, slot: Slot<'_>) -> anyhow::Result<Report> {
     let rows = host.store().current().await?;
+    let migrations = host.store().migrations().await?;
     let config = host.config();
-    Ok(Report::build(
-        slot,
+    let now = host.now();
+    let failures = config.poll.failures_before_alert;
+    Ok(Report::build(slot, &config.orgs, &rows, failures, now).with_migrations(
+        &config.migrations,
         &config.orgs,
-        &rows,
-        config.poll.failures_before_alert,
-        host.now(),
+        &migrations,
+        failures,
+        now,
     ))
 }
 

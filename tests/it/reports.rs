@@ -331,3 +331,87 @@ async fn on_postgres_a_slot_is_enqueued_once_and_only_by_the_leader() {
     );
     t.app.store.close().await;
 }
+
+/// A report lists the live migrations: the one ready for cutover with its estimated time left,
+/// and says that the deadline is an estimate.
+#[tokio::test]
+async fn a_report_says_which_migrations_are_ready_for_cutover_and_how_long_is_left() {
+    let slack = Receiver::start().await;
+    let webhook = Receiver::start().await;
+    let t = spawn_app_with(Setup {
+        atlas: one_migration(),
+        channels: format!(
+            "[[channel]]\nname = \"ops\"\nkind = \"slack\"\nwebhook_url = \"{}\"\n\n{}\n{}",
+            slack.url("/slack"),
+            hook(&webhook.url("/hook")),
+            report("daily", "*/1 * * * * *", "\"ops\", \"hook\""),
+        ),
+        ..Setup::default()
+    })
+    .await;
+    t.sim.set(ORG_A, Behavior::status("SYNCED"));
+    t.check(ORG_A).await;
+    t.check(ORG_B).await;
+    t.sim.set_migration(
+        MIGRATION_A,
+        linkwatch::simulator::MigrationBehavior::state("WORKING", true, Some(12)),
+    );
+    t.check_migration("payments-rs0").await;
+    t.app.clock.step(chrono::Duration::hours(2));
+    deliver_until(&t, "the events sent", || async {
+        t.app.store.gauges().await.unwrap().outbox_depth.is_empty()
+    })
+    .await;
+    let before = (slack.accepted().len(), webhook.accepted().len());
+    jobs::run_due(&*t.app, &t.app.config.reports[0]).await.unwrap();
+    deliver_until(&t, "the report on both channels", || async {
+        slack.accepted().len() > before.0 && webhook.accepted().len() > before.1
+    })
+    .await;
+
+    let post = slack.accepted().last().unwrap().json();
+    assert_eq!(
+        post["text"],
+        "linkwatch report: 2 of 2 links SYNCED, 1 migration(s) ready for cutover"
+    );
+    let blocks = post["blocks"].to_string();
+    assert!(
+        blocks.contains("payments-rs0 (alpha): WORKING, READY for cutover, about 4d 21h left (estimated deadline"),
+        "{blocks}"
+    );
+    assert!(blocks.contains("lag 12s"), "{blocks}");
+    assert!(blocks.contains("not visible to linkwatch"), "{blocks}");
+
+    let r = &webhook.accepted().last().unwrap().json()["report"];
+    let m = &r["migrations"][0];
+    assert_eq!(
+        (m["name"].as_str(), m["ready_for_cutover"].as_bool()),
+        (Some("payments-rs0"), Some(true))
+    );
+    let left = m["left_s"].as_i64().unwrap();
+    assert!((118 * 3600 - 60..=118 * 3600).contains(&left), "{left}");
+    assert!(m["estimated_deadline"].as_str().unwrap().ends_with('Z'));
+
+    // Once it is COMPLETE, it leaves the report.
+    t.sim.set_migration(
+        MIGRATION_A,
+        linkwatch::simulator::MigrationBehavior::state("COMPLETE", false, None),
+    );
+    t.check_migration("payments-rs0").await;
+    let rows = t.app.store.migrations().await.unwrap();
+    let current = t.app.store.current().await.unwrap();
+    let slot = linkwatch::report::Slot {
+        name: "daily",
+        at: t.app.clock.now(),
+        late: false,
+    };
+    let config = &t.app.config;
+    let again = linkwatch::report::Report::build(slot, &config.orgs, &current, 3, t.app.clock.now()).with_migrations(
+        &config.migrations,
+        &config.orgs,
+        &rows,
+        3,
+        t.app.clock.now(),
+    );
+    assert!(again.migrations.is_empty(), "{again:?}");
+}
