@@ -228,27 +228,7 @@ pub(super) fn routes(
     let mut routes = Vec::new();
     for (i, r) in raw.into_iter().enumerate() {
         let table = format!("route[{i}]");
-        if r.channels.get_ref().is_empty() {
-            return Err(loc.error(
-                r.channels.span().start,
-                &format!("{table}.channels"),
-                "names no channel".into(),
-            ));
-        }
-        for c in r.channels.get_ref() {
-            if !channels.iter().any(|x| x.name == *c.get_ref()) {
-                let known: Vec<&str> = channels.iter().map(|x| x.name.as_str()).collect();
-                return Err(loc.error(
-                    c.span().start,
-                    &format!("{table}.channels"),
-                    format!(
-                        "no channel is named \"{}\" (channels: {})",
-                        c.get_ref(),
-                        known.join(", ")
-                    ),
-                ));
-            }
-        }
+        check_channel_names(&r.channels, channels, &table, loc)?;
         let events = r.events.as_ref().map(|e| e.get_ref().clone());
         if let Some(e) = &r.events
             && e.get_ref().is_empty()
@@ -345,6 +325,38 @@ pub(super) fn routes(
         });
     }
     Ok(routes)
+}
+
+/// `list` (a route's or a report's `channels`) names at least one channel, and only channels
+/// that exist.
+pub(super) fn check_channel_names(
+    list: &Spanned<Vec<Spanned<String>>>,
+    channels: &[Channel],
+    table: &str,
+    loc: &Locator<'_>,
+) -> Result<(), ConfigError> {
+    if list.get_ref().is_empty() {
+        return Err(loc.error(
+            list.span().start,
+            &format!("{table}.channels"),
+            "names no channel".into(),
+        ));
+    }
+    for c in list.get_ref() {
+        if !channels.iter().any(|x| x.name == *c.get_ref()) {
+            let known: Vec<&str> = channels.iter().map(|x| x.name.as_str()).collect();
+            return Err(loc.error(
+                c.span().start,
+                &format!("{table}.channels"),
+                format!(
+                    "no channel is named \"{}\" (channels: {})",
+                    c.get_ref(),
+                    known.join(", ")
+                ),
+            ));
+        }
+    }
+    Ok(())
 }
 
 fn kind_name(kind: RawKind) -> &'static str {

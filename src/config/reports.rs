@@ -57,27 +57,7 @@ pub(super) fn reports(
             };
             return Err(loc.error(at, &format!("{table}.name"), message));
         }
-        if r.channels.get_ref().is_empty() {
-            return Err(loc.error(
-                r.channels.span().start,
-                &format!("{table}.channels"),
-                "names no channel".into(),
-            ));
-        }
-        for c in r.channels.get_ref() {
-            if !channels.iter().any(|x| x.name == *c.get_ref()) {
-                let known: Vec<&str> = channels.iter().map(|x| x.name.as_str()).collect();
-                return Err(loc.error(
-                    c.span().start,
-                    &format!("{table}.channels"),
-                    format!(
-                        "no channel is named \"{}\" (channels: {})",
-                        c.get_ref(),
-                        known.join(", ")
-                    ),
-                ));
-            }
-        }
+        super::notify::check_channel_names(&r.channels, channels, &table, loc)?;
         let mut names: Vec<String> = r.channels.get_ref().iter().map(|c| c.get_ref().clone()).collect();
         names.dedup();
         reports.push(Report {
