@@ -431,3 +431,25 @@ async fn an_older_answer_recorded_late_is_dropped() {
         Some("COMPLETE")
     );
 }
+
+#[tokio::test]
+async fn an_expired_migration_is_urgent_and_ends_its_window() {
+    let t = spawn_with_alpha(with_atlas("")).await;
+    t.sim.set_migration(MIGRATION_A, working(true, 20));
+    assert_eq!(
+        kinds_of(&t, "payments-rs0").await,
+        ["migration_status_changed", "ready_for_cutover"]
+    );
+    assert!(t.app.store.migrations().await.unwrap()[0].estimated_deadline.is_some());
+    t.app.clock.step(chrono::Duration::hours(121));
+    t.sim
+        .set_migration(MIGRATION_A, MigrationBehavior::state("EXPIRED", false, None));
+    assert_eq!(kinds_of(&t, "payments-rs0").await, ["migration_status_changed"]);
+    assert_eq!(t.app.store.migrations().await.unwrap()[0].estimated_deadline, None);
+    t.dispatch().await;
+    let text = t.console_lines().join("\n");
+    assert!(
+        text.contains("URGENT: payments-rs0 (org alpha): live migration EXPIRED (was WORKING for 5d 1h)"),
+        "{text}"
+    );
+}
