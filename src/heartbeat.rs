@@ -1,10 +1,12 @@
 //! `[heartbeat]`: a GET to an external monitor's URL (Healthchecks, Uptime Kuma push monitors,
 //! Cronitor all take a plain GET) after each healthy interval, so the monitor alerts when
 //! linkwatch stops, hangs or cannot write. Health is the rule `/healthz` and the systemd
-//! watchdog use ([`monitoring::health`]): on a leader the scheduler runs on time and the
-//! database takes writes; a follower (PostgreSQL) is healthy when the database takes writes, and
-//! pings too: the monitor watches "linkwatch is up", and a follower is ready to take over.
-//! Unhealthy, it does not ping: that silence is what the monitor alerts on. A failed request is
+//! watchdog use ([`monitoring::health`]): the scheduler runs on time and the database takes
+//! writes. Only the instance that leads pings (on PostgreSQL a follower stays silent): the
+//! monitor watches "linkwatch is checking", so a leader whose scheduler is stuck while its lease
+//! still renews is noticed, not covered by a healthy follower's pings. After a takeover the new
+//! leader pings within `every`. Unhealthy, it does not ping: that silence is what the monitor
+//! alerts on. A failed request is
 //! logged and counted (`linkwatch_heartbeat_failures_total`); it runs in a task of its own and
 //! never holds up a check. The URL is a credential: only its origin is ever shown.
 
@@ -32,15 +34,24 @@ pub fn spawn(
                 return;
             }
         };
+        // The next ping's time, kept across reloads that leave `every` as it was: a reload
+        // more often than `every` must not put the ping off for ever.
+        let mut next: Option<(tokio::time::Instant, Duration)> = None;
         loop {
             let current = config.borrow_and_update().clone();
             let Some(beat) = current else {
+                next = None;
                 tokio::select! {
                     _ = stop.cancelled() => return,
                     changed = config.changed() => if changed.is_err() { return },
                 }
                 continue;
             };
+            let at = match next {
+                Some((at, every)) if every == beat.every => at,
+                _ => crate::clock::later(tokio::time::Instant::now(), beat.every),
+            };
+            next = Some((at, beat.every));
             tokio::select! {
                 _ = stop.cancelled() => return,
                 changed = config.changed() => {
@@ -49,7 +60,12 @@ pub fn spawn(
                     }
                     continue;
                 }
-                _ = tokio::time::sleep(beat.every) => {}
+                _ = tokio::time::sleep_until(at) => {}
+            }
+            next = None;
+            if !shared.role.borrow().leads() {
+                tracing::debug!(monitor = %beat.shown, "no heartbeat: another instance leads");
+                continue;
             }
             match monitoring::health(&shared).await {
                 Ok(()) => {

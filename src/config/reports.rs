@@ -58,8 +58,14 @@ pub(super) fn reports(
             return Err(loc.error(at, &format!("{table}.name"), message));
         }
         super::notify::check_channel_names(&r.channels, channels, &table, loc)?;
-        let mut names: Vec<String> = r.channels.get_ref().iter().map(|c| c.get_ref().clone()).collect();
-        names.dedup();
+        // Each channel once, in the order written: a name given twice would be two outbox rows
+        // of one report for one channel, which the outbox's unique key refuses.
+        let mut names: Vec<String> = Vec::new();
+        for c in r.channels.get_ref() {
+            if !names.contains(c.get_ref()) {
+                names.push(c.get_ref().clone());
+            }
+        }
         reports.push(Report {
             name,
             cron: r.cron.into_inner(),

@@ -693,6 +693,11 @@ fn reports_name_known_channels_and_a_valid_cron() {
     ))
     .unwrap();
     assert_eq!(c.reports[0].name, "daily");
+    let c = parse(&format!(
+        "{MINIMAL}{SLACK}\n[[channel]]\nname = \"mail\"\nkind = \"console\"\n\n[[report]]\ncron = \"0 0 9 * * *\"\nchannels = [\"ops\", \"mail\", \"ops\"]\n"
+    ))
+    .unwrap();
+    assert_eq!(c.reports[0].channels, ["ops", "mail"], "each channel once");
 
     let (line, column, key, message) = error(&report("cron = \"0 0 9 * * *\"\nchannels = [\"ops\", \"pager\"]"));
     assert_eq!((line, column, key.as_str()), (17, 20, "report[0].channels"));

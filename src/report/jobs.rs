@@ -49,9 +49,13 @@ pub fn due(cron: &CronExpr, now: DateTime<Utc>, last: Option<DateTime<Utc>>) -> 
     if age <= ON_TIME {
         return Some((slot, false));
     }
-    // Late: only for a report that ran before (a new or renamed report starts at its next
-    // slot), and only the latest slot, never a backlog.
-    (last.is_some() && age <= LATE_LIMIT).then_some((slot, true))
+    // Late: only when the report ran at the slot just before this one, by this cron (a new,
+    // renamed, re-added or rescheduled report starts at its next slot, and a report down for
+    // several slots sends none of them), and only the latest slot, never a backlog.
+    let previous = slot
+        .checked_sub_signed(chrono::Duration::seconds(1))
+        .and_then(|before| cron.latest_at_or_before(before));
+    (last.is_some() && last == previous && age <= LATE_LIMIT).then_some((slot, true))
 }
 
 /// What [`run_due`] did.
@@ -274,13 +278,20 @@ mod tests {
             Some((nine, true))
         );
         assert_eq!(due(&daily, at("2026-11-30T15:00:00Z"), None), None);
-        // Only the latest slot, never a backlog; and not past a day.
+        // Only the latest slot, and only when the report ran at the slot before it (Friday's,
+        // for Monday's): never a backlog, never after several missed slots; not past a day.
         let weekday = CronExpr::parse("0 0 9 * * Mon-Fri").unwrap();
-        let long_ago = at("2026-11-01T09:00:00Z");
+        let friday = at("2026-11-27T09:00:00Z");
         assert_eq!(
-            due(&weekday, at("2026-11-30T09:30:00Z"), Some(long_ago)),
+            due(&weekday, at("2026-11-30T09:30:00Z"), Some(friday)),
             Some((nine, true))
         );
+        let long_ago = at("2026-11-01T09:00:00Z");
+        assert_eq!(due(&weekday, at("2026-11-30T09:30:00Z"), Some(long_ago)), None);
         assert_eq!(due(&weekday, at("2026-12-05T12:00:00Z"), Some(long_ago)), None);
+        // A report moved from 09:00 to 08:00 (or removed and added back) at noon: today's 08:00
+        // slot was never missed by a running linkwatch, and is not sent "late".
+        let eight = CronExpr::parse("0 0 8 * * *").unwrap();
+        assert_eq!(due(&eight, at("2026-11-30T12:00:00Z"), Some(yesterday)), None);
     }
 }

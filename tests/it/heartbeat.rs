@@ -126,3 +126,42 @@ async fn a_failed_ping_never_shows_the_url() {
     assert!(!error.contains(UUID), "{error}");
     assert!(!format!("{beat:?}").contains(UUID));
 }
+
+/// Config management that reloads more often than `every` must not keep the ping from coming.
+#[tokio::test]
+async fn reloads_more_often_than_every_do_not_put_the_ping_off() {
+    let receiver = Receiver::start().await;
+    let port = free_port();
+    let t = spawn_app_with(Setup {
+        top: heartbeat(&receiver, port).replace("every = \"1s\"", "every = \"2s\""),
+        ..Setup::default()
+    })
+    .await;
+    t.app.store.close().await;
+    let config = linkwatch::config::Config::load(&t.config_path).unwrap();
+    let path = t.config_path.clone();
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let options = linkwatch::daemon::Options {
+        console: linkwatch::channels::ConsoleSink::Memory(Default::default()),
+        reload: Some(rx),
+        loader: Some(Box::new(move || Ok(linkwatch::config::Config::load(&path)?))),
+    };
+    let daemon = tokio::spawn(linkwatch::daemon::run_with(config, shutdown.clone(), options));
+    let reloads = tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_millis(700));
+        loop {
+            tick.tick().await;
+            if tx.send(()).await.is_err() {
+                return;
+            }
+        }
+    });
+    wait_until(Duration::from_secs(20), "two pings despite the reloads", || async {
+        pings(&receiver) >= 2
+    })
+    .await;
+    reloads.abort();
+    shutdown.cancel();
+    daemon.await.unwrap().unwrap();
+}
