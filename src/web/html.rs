@@ -20,7 +20,7 @@ th{font-weight:600;color:#555}.muted{color:#777;font-size:.9rem}.err{color:#b71c
 .badge.synced{background:#2e7d32;color:#fff}
 .badge.failed{background:#c62828;color:#fff}.badge.ready{background:#1565c0;color:#fff}
 .badge.in_progress{background:#bbdefb;color:#222}.badge.complete{background:#2e7d32;color:#fff}
-svg.lag{width:100%;height:auto;max-height:170px}
+svg.lag{width:100%;height:auto}
 .status.synced{color:#2e7d32}.status.not-synced{color:#8d6e00}.status.other{color:#6a1b9a}
 svg.timeline{width:100%;height:auto;max-height:140px}
 .legend span{display:inline-block;width:.8rem;height:.8rem;margin:0 .3rem 0 1rem;vertical-align:middle}

@@ -385,7 +385,7 @@ async fn a_login_guards_the_page_the_api_and_metrics_but_not_healthz() {
 
 /// Debian's chromium, or `None` (with a note) when this machine has none and CI did not ask
 /// for it (`LINKWATCH_REQUIRE_BROWSER=1`).
-fn browser() -> Option<PathBuf> {
+pub fn browser() -> Option<PathBuf> {
     let found = [
         "/usr/bin/chromium",
         "/usr/bin/chromium-browser",
@@ -404,7 +404,7 @@ fn browser() -> Option<PathBuf> {
 }
 
 /// Runs the headless browser on `url` with `args`, in a profile of its own, and returns stdout.
-async fn chromium(browser: &std::path::Path, args: &[String], url: &str) -> String {
+pub async fn chromium(browser: &std::path::Path, args: &[String], url: &str) -> String {
     let profile = tempfile::tempdir().unwrap();
     let out = tokio::time::timeout(
         Duration::from_secs(60),
