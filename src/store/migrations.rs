@@ -1,6 +1,7 @@
 //! The Atlas live migrations' side of the store: a check read, decided and written in one
 //! transaction (the migration's row, its status change, a lag sample, its events and their
-//! outbox rows), and the reads behind the `migration_status` and `migration_changes` views and the lag chart.
+//! outbox rows), and the reads behind the `migration_status` and `migration_changes` views and
+//! the lag chart.
 //!
 //! A migration's events belong to its source org (`events.org_id`), so routes by org and the
 //! per-org delivery order hold; they are numbered per migration (`migration_state.event_count`)

@@ -511,12 +511,19 @@ async fn the_demo_prints_the_page_address_and_serves_it_while_it_runs() {
     // Keep reading stdout, so the demo never blocks on a full pipe.
     let drain = tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
 
-    wait_until(Duration::from_secs(20), "the demo's page shows its orgs", || async {
-        let Ok(r) = reqwest::get(&address).await else {
-            return false;
-        };
-        r.status() == 200 && r.text().await.is_ok_and(|body| body.contains("payments"))
-    })
+    wait_until(
+        Duration::from_secs(20),
+        "the demo's page shows its orgs and live migrations",
+        || async {
+            let Ok(r) = reqwest::get(&address).await else {
+                return false;
+            };
+            r.status() == 200
+                && r.text()
+                    .await
+                    .is_ok_and(|body| body.contains("payments") && body.contains("<h2>Live migrations</h2>"))
+        },
+    )
     .await;
     demo.kill().await.unwrap();
     drain.abort();
