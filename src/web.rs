@@ -1,13 +1,16 @@
 //! The status page and its JSON API, served beside `/metrics` and `/healthz` on `[http] listen`:
 //! `GET /` (every org and the channels that need a look), `GET /org/{id or name}` (a 30-day
 //! timeline drawn as SVG, the changes, recent failed checks), `GET /api/v1/status` and
-//! `GET /api/v1/orgs/{id or name}/changes`. Read-only: other methods get 405.
+//! `GET /api/v1/orgs/{id or name}/changes`, `GET /api/v1/migrations/{id or name}` (a live
+//! migration with its changes and lag series). Live migrations are listed on `/` and charted on
+//! their source org's page. Read-only: other methods get 405.
 //!
 //! Each request reads the database once into a view (`view.rs`), which the HTML (`html.rs`,
 //! maud: escaped by default) and the JSON are both made from, so the two always agree.
 
 mod auth;
 mod html;
+mod lag;
 mod timeline;
 mod view;
 
@@ -22,7 +25,7 @@ use axum::routing::get;
 use tokio::sync::watch;
 
 pub use auth::require_login;
-pub use view::{ChangesView, ChannelView, OrgState, OrgView, StatusView};
+pub use view::{ChangesView, ChannelView, MigrationStage, MigrationView, OrgState, OrgView, StatusView};
 
 use crate::clock::Clock;
 use crate::config::Config;
@@ -32,12 +35,25 @@ use crate::store::Store;
 /// How often the page reloads itself, in seconds.
 const REFRESH_SECS: u32 = 30;
 
-/// What the current config watches: its orgs (id, name) and channels. It follows reloads.
+/// What the current config watches: its orgs (id, name), live migrations and channels. It
+/// follows reloads.
 #[derive(Debug, Default)]
 pub struct Configured {
     pub orgs: Vec<(String, String)>,
+    pub migrations: Vec<ConfiguredMigration>,
     pub channels: Vec<String>,
     ids: HashSet<String>,
+}
+
+/// A `[[migration]]`, as the page needs it.
+#[derive(Debug, Clone)]
+pub struct ConfiguredMigration {
+    pub id: String,
+    pub name: String,
+    /// The source org's id.
+    pub org_id: String,
+    pub group_id: String,
+    pub lag_alert_s: Option<i64>,
 }
 
 impl Configured {
@@ -50,6 +66,17 @@ impl Configured {
         Arc::new(Configured {
             ids: orgs.iter().map(|(id, _)| id.clone()).collect(),
             orgs,
+            migrations: config
+                .migrations
+                .iter()
+                .map(|m| ConfiguredMigration {
+                    id: m.id.clone(),
+                    name: m.name.clone(),
+                    org_id: m.org.as_str().to_owned(),
+                    group_id: m.group_id.clone(),
+                    lag_alert_s: m.lag_alert.map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX)),
+                })
+                .collect(),
             channels: config.channels.iter().map(|c| c.name.clone()).collect(),
         })
     }
@@ -65,6 +92,14 @@ impl Configured {
             .iter()
             .find(|(id, _)| id == key)
             .or_else(|| self.orgs.iter().find(|(_, name)| name == key))
+    }
+
+    /// The configured migration named by `key`, its `liveMigrationId` or its name.
+    fn find_migration(&self, key: &str) -> Option<&ConfiguredMigration> {
+        self.migrations
+            .iter()
+            .find(|m| m.id == key)
+            .or_else(|| self.migrations.iter().find(|m| m.name == key))
     }
 }
 
@@ -85,6 +120,7 @@ pub fn routes(page: Page) -> Router {
         .route("/org/{org}", get(org_page))
         .route("/api/v1/status", get(status_json))
         .route("/api/v1/orgs/{org}/changes", get(changes_json))
+        .route("/api/v1/migrations/{migration}", get(migration_json))
         .with_state(page)
 }
 
@@ -140,6 +176,18 @@ async fn changes_json(State(page): State<Page>, Path(key): Path<String>) -> Resp
         return (StatusCode::NOT_FOUND, axum::Json(error)).into_response();
     };
     match view::changes(&page, &id, &name).await {
+        Ok(v) => axum::Json(v).into_response(),
+        Err(e) => unavailable(e),
+    }
+}
+
+async fn migration_json(State(page): State<Page>, Path(key): Path<String>) -> Response {
+    let migration = page.configured.borrow().find_migration(&key).cloned();
+    let Some(m) = migration else {
+        let error = serde_json::json!({ "error": format!("no migration with the id or name \"{key}\" is configured") });
+        return (StatusCode::NOT_FOUND, axum::Json(error)).into_response();
+    };
+    match view::migration(&page, &m).await {
         Ok(v) => axum::Json(v).into_response(),
         Err(e) => unavailable(e),
     }

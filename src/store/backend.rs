@@ -15,7 +15,7 @@ use super::{
     Applied, ChannelDeliveries, Check, CheckRecord, CurrentStatus, Decision, Delivery, FailedCheck, OrgRow, Pending,
     ReportRun, StatusChange, StoredEvent,
 };
-use super::{MigrationCheck, MigrationDecision, MigrationRow};
+use super::{MigrationChange, MigrationCheck, MigrationDecision, MigrationRow};
 use crate::config::OrgId;
 use crate::detect::OrgState;
 use crate::detect::migration::{LinkView, MigrationState};
@@ -67,6 +67,7 @@ pub(crate) trait Backend {
 
     async fn migrations(&self) -> anyhow::Result<Vec<MigrationRow>>;
 
+    async fn migration_changes(&self, migration_id: &str) -> anyhow::Result<Vec<MigrationChange>>;
     async fn migration_lag(
         &self,
         migration_id: &str,

@@ -1,6 +1,7 @@
 //! The Atlas live migrations' side of the store: a check read, decided and written in one
 //! transaction (the migration's row, its status change, a lag sample, its events and their
-//! outbox rows), and the reads behind the `migration_status` view and the lag chart.
+//! outbox rows), and the reads behind the `migration_status` and `migration_changes` views and
+//! the lag chart.
 //!
 //! A migration's events belong to its source org (`events.org_id`), so routes by org and the
 //! per-org delivery order hold; they are numbered per migration (`migration_state.event_count`)
@@ -56,6 +57,15 @@ pub struct MigrationRow {
     pub last_error: Option<String>,
 }
 
+/// A migration's status change, as the `migration_changes` view shows it.
+#[derive(Debug, Clone, FromRow)]
+pub struct MigrationChange {
+    pub from_status: Option<String>,
+    pub to_status: String,
+    pub changed_at: String,
+    pub previous_lasted_s: Option<i64>,
+}
+
 /// What a migration's event ids are made from: never an org id (those are bare hex).
 pub fn migration_subject(migration_id: &str) -> String {
     format!("migration/{migration_id}")
@@ -102,6 +112,11 @@ impl Store {
     /// Every followed migration, as the `migration_status` view shows it, by name.
     pub async fn migrations(&self) -> anyhow::Result<Vec<MigrationRow>> {
         on_db!(self, db => db.migrations().await)
+    }
+
+    /// A migration's status changes, oldest first.
+    pub async fn migration_changes(&self, migration_id: &str) -> anyhow::Result<Vec<MigrationChange>> {
+        on_db!(self, db => db.migration_changes(migration_id).await)
     }
 
     /// A migration's lag samples since `since`, oldest first (`None`: not reported then).

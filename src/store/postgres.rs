@@ -22,9 +22,9 @@ pub use fence::{Fence, Fenced, Term};
 
 use super::backend::{Backend, FailureRow, QuietRow};
 use super::{
-    Applied, ChannelDeliveries, Check, CheckRecord, CurrentStatus, Decision, Delivery, FailedCheck, MigrationCheck,
-    MigrationDecision, MigrationRow, OrgRow, Pending, RemindersSent, ReportRun, StatusChange, StoredEvent, cap,
-    event_id, transition,
+    Applied, ChannelDeliveries, Check, CheckRecord, CurrentStatus, Decision, Delivery, FailedCheck, MigrationChange,
+    MigrationCheck, MigrationDecision, MigrationRow, OrgRow, Pending, RemindersSent, ReportRun, StatusChange,
+    StoredEvent, cap, event_id, transition,
 };
 use crate::config::{OrgId, PgTarget};
 use crate::detect::OrgState;
@@ -280,6 +280,16 @@ impl Backend for Postgres {
                     consecutive_failures::bigint AS consecutive_failures, last_error
              FROM migration_status ORDER BY migration",
         )
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    async fn migration_changes(&self, migration_id: &str) -> anyhow::Result<Vec<MigrationChange>> {
+        Ok(sqlx::query_as::<_, MigrationChange>(
+            "SELECT from_status, to_status, linkwatch_ts(changed_at) AS changed_at, previous_lasted_s
+             FROM migration_changes WHERE migration_id = $1 ORDER BY migration_changes.changed_at",
+        )
+        .bind(migration_id)
         .fetch_all(&self.pool)
         .await?)
     }

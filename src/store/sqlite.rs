@@ -14,9 +14,9 @@ use sqlx::{Connection, Row};
 
 use super::backend::{Backend, FailureRow, QuietRow};
 use super::{
-    Applied, ChannelDeliveries, Check, CheckRecord, CurrentStatus, Decision, Delivery, FailedCheck, MigrationCheck,
-    MigrationDecision, MigrationRow, OrgRow, Pending, RemindersSent, ReportRun, StatusChange, StoredEvent, cap,
-    event_id, parse_ts, transition, ts,
+    Applied, ChannelDeliveries, Check, CheckRecord, CurrentStatus, Decision, Delivery, FailedCheck, MigrationChange,
+    MigrationCheck, MigrationDecision, MigrationRow, OrgRow, Pending, RemindersSent, ReportRun, StatusChange,
+    StoredEvent, cap, event_id, parse_ts, transition, ts,
 };
 use crate::config::OrgId;
 use crate::detect::OrgState;
@@ -150,6 +150,16 @@ impl Backend for Sqlite {
                     ready_since, estimated_deadline, lag_s, last_checked_at, consecutive_failures, last_error
              FROM migration_status ORDER BY migration",
         )
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    async fn migration_changes(&self, migration_id: &str) -> anyhow::Result<Vec<MigrationChange>> {
+        Ok(sqlx::query_as::<_, MigrationChange>(
+            "SELECT from_status, to_status, changed_at, previous_lasted_s
+             FROM migration_changes WHERE migration_id = ? ORDER BY changed_at",
+        )
+        .bind(migration_id)
         .fetch_all(&self.pool)
         .await?)
     }

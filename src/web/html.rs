@@ -6,7 +6,7 @@ use maud::{DOCTYPE, Markup, PreEscaped, html};
 
 use super::REFRESH_SECS;
 use super::timeline::class;
-use super::view::{ChannelView, OrgDetail, OrgView, StatusView, parse};
+use super::view::{ChannelView, MigrationDetail, MigrationStage, MigrationView, OrgDetail, OrgView, StatusView, parse};
 
 /// Small and inline: no files to serve, no build step.
 const CSS: &str = "
@@ -18,6 +18,9 @@ th{font-weight:600;color:#555}.muted{color:#777;font-size:.9rem}.err{color:#b71c
 .badge.failing{background:#c62828;color:#fff}.badge.broken{background:#ef6c00;color:#fff}
 .badge.not_synced{background:#f9a825;color:#222}.badge.unchecked{background:#cfd8dc;color:#222}
 .badge.synced{background:#2e7d32;color:#fff}
+.badge.failed{background:#c62828;color:#fff}.badge.ready{background:#1565c0;color:#fff}
+.badge.in_progress{background:#bbdefb;color:#222}.badge.complete{background:#2e7d32;color:#fff}
+svg.lag{width:100%;height:auto}
 .status.synced{color:#2e7d32}.status.not-synced{color:#8d6e00}.status.other{color:#6a1b9a}
 svg.timeline{width:100%;height:auto;max-height:140px}
 .legend span{display:inline-block;width:.8rem;height:.8rem;margin:0 .3rem 0 1rem;vertical-align:middle}
@@ -50,9 +53,10 @@ fn layout(title: &str, refresh: bool, generated_at: &str, body: Markup) -> Marku
     }
 }
 
-/// `GET /`: the orgs, then the channels. A section for Atlas migrations goes beside them.
+/// `GET /`: the orgs, the live migrations (when any is configured), then the channels.
 pub fn status_page(v: &StatusView) -> Markup {
-    let needs_action = v.orgs.iter().filter(|o| o.state < super::OrgState::Unchecked).count();
+    let needs_action = v.orgs.iter().filter(|o| o.state < super::OrgState::Unchecked).count()
+        + v.migrations.iter().filter(|m| m.stage <= MigrationStage::Ready).count();
     layout(
         "Status",
         true,
@@ -60,11 +64,14 @@ pub fn status_page(v: &StatusView) -> Markup {
         html! {
             h1 { "linkwatch status" }
             p class="muted" {
-                (v.orgs.len()) " orgs; " (needs_action) " need attention"
+                (v.orgs.len()) " orgs"
+                @if !v.migrations.is_empty() { ", " (v.migrations.len()) " live migrations" }
+                "; " (needs_action) " need attention"
                 @if !v.channels.is_empty() { "; " (v.channels.len()) " channels with undelivered notifications" }
                 "."
             }
             (orgs_section(&v.orgs, &v.generated_at))
+            @if !v.migrations.is_empty() { (migrations_section(&v.migrations, &v.generated_at)) }
             (channels_section(&v.channels))
         },
     )
@@ -104,6 +111,114 @@ fn orgs_section(orgs: &[OrgView], now: &str) -> Markup {
                     }
                 }
             }
+        }
+    }
+}
+
+fn migration_badge(m: &MigrationView) -> Markup {
+    html! {
+        span class=(format!("badge {}", m.stage.as_str())) { (m.stage.label()) }
+    }
+}
+
+/// The lag, marked when it is above the migration's `lag_alert`.
+fn lag(m: &MigrationView) -> Markup {
+    html! {
+        @match m.lag_s {
+            Some(s) if m.lag_high() => span class="err" title="above lag_alert" { (span(s)) " (above " (span(m.lag_alert_s.unwrap_or(0))) ")" },
+            Some(s) => (span(s)),
+            None => "–",
+        }
+    }
+}
+
+/// The time left to cut over, while a cutover window runs.
+fn time_left(m: &MigrationView) -> Markup {
+    html! {
+        @match (m.time_left_s, &m.estimated_deadline) {
+            (Some(left), Some(deadline)) if left >= 0 => {
+                span class=[(left < 24 * 3600).then_some("err")] { "about " (span(left)) }
+                br; span class="muted" { "estimated deadline " (at(deadline)) }
+            },
+            (Some(_), Some(deadline)) => span class="err" { "estimated deadline passed: " (at(deadline)) },
+            _ => "–",
+        }
+    }
+}
+
+fn migrations_section(migrations: &[MigrationView], now: &str) -> Markup {
+    html! {
+        h2 { "Live migrations" }
+        table class="migrations" {
+            thead { tr { th { "migration" } th { "state" } th { "Atlas status" } th { "lag" } th { "time left to cut over" } th { "last check" } th { "problem" } } }
+            tbody {
+                @for m in migrations {
+                    tr class="migration" {
+                        td {
+                            a href=(format!("/org/{}#migration-{}", m.org_id, m.id)) { (m.name) }
+                            br; span class="muted" { "from " (m.org_name) }
+                        }
+                        td { (migration_badge(m)) }
+                        td {
+                            (m.status.as_deref().unwrap_or("–"))
+                            @if m.since.is_some() { br; span class="muted" { "since " (when_inline(m.since.as_deref(), now)) } }
+                        }
+                        td { (lag(m)) }
+                        td { (time_left(m)) }
+                        td { (when(m.last_checked_at.as_deref(), now)) }
+                        td {
+                            @if let Some(e) = &m.last_error {
+                                span class="err" { (m.consecutive_failures) " failed checks in a row: " (e) }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// A migration on its source org's page: where it stands, its lag chart, its changes.
+fn migration_detail(d: &MigrationDetail, now: &str) -> Markup {
+    let m = &d.migration;
+    html! {
+        section class="migration" id=(format!("migration-{}", m.id)) {
+            h2 { "Live migration " (m.name) " " (migration_badge(m)) }
+            p class="muted" {
+                (m.id) " · project " (m.group_id) " · Atlas status " (m.status.as_deref().unwrap_or("not known yet"))
+                @if m.since.is_some() { " since " (when_inline(m.since.as_deref(), now)) }
+                " · lag " (lag(m))
+                " · last check " (when_inline(m.last_checked_at.as_deref(), now))
+            }
+            @if m.estimated_deadline.is_some() { p { "Time left to cut over: " (time_left(m)) } }
+            @if let Some(e) = &m.last_error { p class="err" { (m.consecutive_failures) " failed checks in a row: " (e) } }
+            h3 { "Replication lag, the last " (super::view::WINDOW_DAYS) " days" }
+            @if d.chart.steps.is_empty() {
+                p class="muted" { "No lag reported in the last " (super::view::WINDOW_DAYS) " days." }
+            } @else {
+                (d.chart.svg())
+                p class="legend muted" {
+                    span style="background:#1565c0;height:.2rem" {} "lag"
+                    @if m.lag_alert_s.is_some() { span style="background:#c62828;height:.1rem" {} "lag_alert" }
+                    span style="background:#eceff1" {} "no lag reported"
+                }
+            }
+            @if !d.changes.is_empty() {
+                table class="migration-changes" {
+                    thead { tr { th { "when" } th { "from" } th { "to" } th { "the old status lasted" } } }
+                    tbody {
+                        @for c in d.changes.iter().rev() {
+                            tr {
+                                td { (c.at) }
+                                td { (c.from.as_deref().unwrap_or("(first seen)")) }
+                                td { (c.to) }
+                                td { (c.previous_lasted_s.map(span).unwrap_or_default()) }
+                            }
+                        }
+                    }
+                }
+            }
+            p class="muted" { "JSON: " a href=(format!("/api/v1/migrations/{}", m.id)) { "/api/v1/migrations/" (m.id) } }
         }
     }
 }
@@ -163,7 +278,8 @@ pub fn org_page(d: &OrgDetail) -> Markup {
                 span style="background:#cfd8dc" {} "not known"
                 span style="background:#c62828;width:.2rem" {} "failed check"
             }
-            h2 { "Changes" }
+            @for m in &d.migrations { (migration_detail(m, now)) }
+            h2 { "Link status changes" }
             @if d.changes.is_empty() {
                 p class="muted" { "No status recorded yet." }
             } @else {
@@ -232,6 +348,11 @@ fn when(at: Option<&str>, now: &str) -> Markup {
     }
 }
 
+/// A time as stored, to the minute (estimates are no finer).
+fn at(text: &str) -> String {
+    parse(text).map_or_else(|| text.to_owned(), |t| t.format("%Y-%m-%d %H:%M UTC").to_string())
+}
+
 /// A time as stored and how long ago it was, on one line.
 fn when_inline(at: Option<&str>, now: &str) -> String {
     let Some(at) = at else { return "–".into() };
@@ -246,7 +367,7 @@ fn when_inline(at: Option<&str>, now: &str) -> String {
 }
 
 /// A duration in seconds, in its two largest units.
-fn span(secs: i64) -> String {
+pub(super) fn span(secs: i64) -> String {
     let (d, h, m, s) = (secs / 86_400, secs % 86_400 / 3600, secs % 3600 / 60, secs % 60);
     match (d, h, m) {
         (0, 0, 0) => format!("{s}s"),

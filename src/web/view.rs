@@ -1,16 +1,16 @@
 //! What the page shows, read from the store in one place: the HTML and the JSON are both made
-//! from these structs. One struct per section, so that a section (Atlas migrations, say) can be
-//! added beside `orgs` and `channels` without touching the others.
+//! from these structs. One struct per section: orgs, live migrations, channels.
 
 use std::collections::HashMap;
 
 use chrono::{DateTime, Duration, Utc};
 use serde::Serialize;
 
+use super::lag::LagChart;
 use super::timeline::Timeline;
-use super::{Configured, Page};
+use super::{Configured, ConfiguredMigration, Page};
 use crate::config::OrgId;
-use crate::store::{self, OrgRow};
+use crate::store::{self, MigrationRow, OrgRow};
 
 /// How far back an org's page looks.
 pub const WINDOW_DAYS: i64 = 30;
@@ -24,6 +24,9 @@ pub struct StatusView {
     pub generated_at: String,
     /// Every configured org, what needs action first (see [`OrgState`]), then by name.
     pub orgs: Vec<OrgView>,
+    /// Every configured live migration, what needs action first (see [`MigrationStage`]), then
+    /// the least time left to cut over, then by name.
+    pub migrations: Vec<MigrationView>,
     /// The channels with deliveries waiting or given up, by name.
     pub channels: Vec<ChannelView>,
 }
@@ -82,6 +85,85 @@ pub struct OrgView {
     pub broken_since: Option<String>,
 }
 
+/// Where a live migration stands, in the order the page sorts by: what needs action comes first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MigrationStage {
+    /// The last check of the migration failed (the reason is in `last_error`).
+    Failing,
+    /// Atlas says `FAILED` or `EXPIRED`: it must be started again.
+    Failed,
+    /// Ready for cutover: someone must cut over before the estimated deadline.
+    Ready,
+    /// Under way (`NEW`, `WORKING`, or another status Atlas uses), not ready for cutover.
+    InProgress,
+    /// No successful check yet.
+    Unchecked,
+    /// `COMPLETE`.
+    Complete,
+}
+
+impl MigrationStage {
+    /// Its name in the JSON, which is also its CSS class.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MigrationStage::Failing => "failing",
+            MigrationStage::Failed => "failed",
+            MigrationStage::Ready => "ready",
+            MigrationStage::InProgress => "in_progress",
+            MigrationStage::Unchecked => "unchecked",
+            MigrationStage::Complete => "complete",
+        }
+    }
+
+    /// What the badge says.
+    pub fn label(self) -> &'static str {
+        match self {
+            MigrationStage::Failing => "check failing",
+            MigrationStage::Failed => "failed",
+            MigrationStage::Ready => "ready for cutover",
+            MigrationStage::InProgress => "in progress",
+            MigrationStage::Unchecked => "not checked yet",
+            MigrationStage::Complete => "complete",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct MigrationView {
+    /// Atlas's `liveMigrationId`.
+    pub id: String,
+    pub name: String,
+    /// The source org.
+    pub org_id: String,
+    pub org_name: String,
+    pub group_id: String,
+    pub stage: MigrationStage,
+    /// What Atlas says (`NEW`, `WORKING`, `COMPLETE`, `FAILED`, `EXPIRED`, ...).
+    pub status: Option<String>,
+    pub since: Option<String>,
+    pub ready_for_cutover: bool,
+    /// When readiness was first seen: the estimated cutover window's start.
+    pub ready_since: Option<String>,
+    /// The estimated end of the cutover window, while one runs.
+    pub estimated_deadline: Option<String>,
+    /// Seconds from now to `estimated_deadline` (negative once it has passed).
+    pub time_left_s: Option<i64>,
+    pub lag_s: Option<i64>,
+    /// The migration's `lag_alert`, in seconds.
+    pub lag_alert_s: Option<i64>,
+    pub last_checked_at: Option<String>,
+    pub consecutive_failures: i64,
+    pub last_error: Option<String>,
+}
+
+impl MigrationView {
+    /// Whether the last lag is above the migration's `lag_alert`.
+    pub fn lag_high(&self) -> bool {
+        self.lag_s.zip(self.lag_alert_s).is_some_and(|(lag, alert)| lag > alert)
+    }
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct ChannelView {
     pub name: String,
@@ -130,15 +212,124 @@ pub struct OrgDetail {
     pub changes: Vec<ChangeView>,
     pub failures: Vec<FailureView>,
     pub timeline: Timeline,
+    /// The live migrations from this org, by name.
+    pub migrations: Vec<MigrationDetail>,
 }
 
-/// Reads each section; a new section (Atlas migrations) is one more field and one more reader.
+/// A live migration on its source org's page: where it stands, its changes and its lag chart.
+#[derive(Debug)]
+pub struct MigrationDetail {
+    pub migration: MigrationView,
+    pub changes: Vec<ChangeView>,
+    pub chart: LagChart,
+}
+
+/// `GET /api/v1/migrations/{id or name}`.
+#[derive(Debug, Serialize)]
+pub struct MigrationJson {
+    pub generated_at: String,
+    pub migration: MigrationView,
+    /// Every status Atlas reported, oldest first; the first has no `from`.
+    pub changes: Vec<ChangeView>,
+    /// The lag series of the last 30 days, oldest first, and the sample before them (where the
+    /// window starts). A sample is kept only when the lag moved a step; it holds until the next.
+    pub lag: Vec<LagSample>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct LagSample {
+    pub at: String,
+    /// `null`: Atlas reported no lag from then on (cutover, or the migration ended).
+    pub lag_s: Option<i64>,
+}
+
+/// Reads each section.
 pub async fn status(page: &Page) -> anyhow::Result<StatusView> {
     let configured = page.configured.borrow().clone();
+    let now = page.clock.now();
+    let mut migrations = migrations(page, &configured, now, |_| true).await?;
+    migrations.sort_by(|a, b| {
+        // The least time left first; none left to count comes last.
+        let left = |m: &MigrationView| (m.time_left_s.is_none(), m.time_left_s);
+        (a.stage, left(a), !a.lag_high(), &a.name).cmp(&(b.stage, left(b), !b.lag_high(), &b.name))
+    });
     Ok(StatusView {
-        generated_at: store::ts(page.clock.now()),
+        generated_at: store::ts(now),
         orgs: orgs(page, &configured).await?,
+        migrations,
         channels: channels(page, &configured).await?,
+    })
+}
+
+/// The configured live migrations that `keep` selects, in the config's order.
+async fn migrations(
+    page: &Page,
+    configured: &Configured,
+    now: DateTime<Utc>,
+    keep: impl Fn(&ConfiguredMigration) -> bool,
+) -> anyhow::Result<Vec<MigrationView>> {
+    let mut rows: HashMap<String, MigrationRow> = page
+        .store
+        .migrations()
+        .await?
+        .into_iter()
+        .map(|r| (r.migration_id.clone(), r))
+        .collect();
+    Ok(configured
+        .migrations
+        .iter()
+        .filter(|m| keep(m))
+        .map(|m| {
+            let org_name = configured.find(&m.org_id).map_or(m.org_id.as_str(), |(_, name)| name);
+            migration_view(m, org_name, rows.remove(&m.id), now)
+        })
+        .collect())
+}
+
+/// One migration's changes and lag samples: those of the window and the one before it.
+async fn migration_history(
+    page: &Page,
+    id: &str,
+    from: DateTime<Utc>,
+) -> anyhow::Result<(Vec<ChangeView>, Vec<(DateTime<Utc>, Option<i64>)>)> {
+    let changes = page
+        .store
+        .migration_changes(id)
+        .await?
+        .into_iter()
+        .map(|c| ChangeView {
+            at: c.changed_at,
+            from: c.from_status,
+            to: c.to_status,
+            previous_lasted_s: c.previous_lasted_s,
+        })
+        .collect();
+    // The series is compact (a sample per step the lag moved), so reading it whole is cheap.
+    let mut lag = page.store.migration_lag(id, DateTime::UNIX_EPOCH).await?;
+    let before = lag.iter().filter(|(at, _)| *at < from).count();
+    lag.drain(..before.saturating_sub(1));
+    Ok((changes, lag))
+}
+
+pub async fn migration(page: &Page, m: &ConfiguredMigration) -> anyhow::Result<MigrationJson> {
+    let configured = page.configured.borrow().clone();
+    let now = page.clock.now();
+    let view = migrations(page, &configured, now, |c| c.id == m.id)
+        .await?
+        .pop()
+        .ok_or_else(|| anyhow::anyhow!("migration {} left the config", m.name))?;
+    let (changes, lag) = migration_history(page, &m.id, now - Duration::days(WINDOW_DAYS)).await?;
+    Ok(MigrationJson {
+        generated_at: store::ts(now),
+        migration: view,
+        changes,
+        lag: lag
+            .into_iter()
+            .map(|(at, lag_s)| LagSample {
+                at: store::ts(at),
+                lag_s,
+            })
+            .collect(),
     })
 }
 
@@ -216,12 +407,24 @@ pub async fn org(page: &Page, id: &str, name: &str) -> anyhow::Result<OrgDetail>
         changes.iter().filter_map(|c| Some((parse(&c.at)?, c.to.clone()))),
         failures.iter().filter_map(|f| parse(&f.checked_at)),
     );
+    let configured = page.configured.borrow().clone();
+    let mut migration_details = Vec::new();
+    for m in migrations(page, &configured, now, |m| m.org_id == id).await? {
+        let (changes, lag) = migration_history(page, &m.id, from).await?;
+        migration_details.push(MigrationDetail {
+            chart: LagChart::new(from, now, &lag, m.lag_alert_s),
+            migration: m,
+            changes,
+        });
+    }
+    migration_details.sort_by(|a, b| a.migration.name.cmp(&b.migration.name));
     Ok(OrgDetail {
         generated_at: store::ts(now),
         org: org_view(id, name, row),
         changes,
         failures,
         timeline,
+        migrations: migration_details,
     })
 }
 
@@ -279,6 +482,61 @@ fn org_view(id: &str, name: &str, row: Option<OrgRow>) -> OrgView {
         last_error: r.last_error,
         broken_since: r.broken_since,
     }
+}
+
+/// The config names the migration; the database knows it once it has been checked.
+fn migration_view(
+    m: &ConfiguredMigration,
+    org_name: &str,
+    row: Option<MigrationRow>,
+    now: DateTime<Utc>,
+) -> MigrationView {
+    let mut v = MigrationView {
+        id: m.id.clone(),
+        name: m.name.clone(),
+        org_id: m.org_id.clone(),
+        org_name: org_name.to_owned(),
+        group_id: m.group_id.clone(),
+        stage: MigrationStage::Unchecked,
+        status: None,
+        since: None,
+        ready_for_cutover: false,
+        ready_since: None,
+        estimated_deadline: None,
+        time_left_s: None,
+        lag_s: None,
+        lag_alert_s: m.lag_alert_s,
+        last_checked_at: None,
+        consecutive_failures: 0,
+        last_error: None,
+    };
+    let Some(r) = row else { return v };
+    v.stage = if r.consecutive_failures > 0 {
+        MigrationStage::Failing
+    } else {
+        match r.status.as_deref() {
+            None => MigrationStage::Unchecked,
+            Some("COMPLETE") => MigrationStage::Complete,
+            Some("FAILED" | "EXPIRED") => MigrationStage::Failed,
+            Some(_) if r.ready_for_cutover => MigrationStage::Ready,
+            Some(_) => MigrationStage::InProgress,
+        }
+    };
+    v.time_left_s = r
+        .estimated_deadline
+        .as_deref()
+        .and_then(parse)
+        .map(|d| (d - now).num_seconds());
+    v.status = r.status;
+    v.since = r.since;
+    v.ready_for_cutover = r.ready_for_cutover;
+    v.ready_since = r.ready_since;
+    v.estimated_deadline = r.estimated_deadline;
+    v.lag_s = r.lag_s;
+    v.last_checked_at = Some(r.last_checked_at);
+    v.consecutive_failures = r.consecutive_failures;
+    v.last_error = r.last_error;
+    v
 }
 
 pub fn parse(text: &str) -> Option<DateTime<Utc>> {
@@ -343,5 +601,87 @@ mod tests {
                 OrgState::Synced
             ]
         );
+    }
+
+    fn migration_row(status: Option<&str>, ready: bool, failures: i64, deadline: Option<&str>) -> MigrationRow {
+        MigrationRow {
+            migration: "m".into(),
+            migration_id: "6f1d00000000000000000d01".into(),
+            org_id: "a".into(),
+            org_name: Some("a".into()),
+            group_id: "g".into(),
+            status: status.map(Into::into),
+            since: None,
+            ready_for_cutover: ready,
+            ready_since: None,
+            estimated_deadline: deadline.map(Into::into),
+            lag_s: Some(700),
+            last_checked_at: "2026-11-29T08:00:00.000Z".into(),
+            consecutive_failures: failures,
+            last_error: None,
+        }
+    }
+
+    #[test]
+    fn a_migrations_stage_and_time_left() {
+        let m = ConfiguredMigration {
+            id: "6f1d00000000000000000d01".into(),
+            name: "m".into(),
+            org_id: "a".into(),
+            group_id: "g".into(),
+            lag_alert_s: Some(600),
+        };
+        let now = parse("2026-11-29T08:00:00Z").unwrap();
+        let view = |r| migration_view(&m, "a", r, now);
+        let stage = |r| view(r).stage;
+        assert_eq!(stage(None), MigrationStage::Unchecked);
+        assert_eq!(
+            stage(Some(migration_row(None, false, 1, None))),
+            MigrationStage::Failing
+        );
+        assert_eq!(
+            stage(Some(migration_row(Some("WORKING"), true, 2, None))),
+            MigrationStage::Failing,
+            "a failing check hides a readiness that may be stale"
+        );
+        assert_eq!(
+            stage(Some(migration_row(Some("EXPIRED"), false, 0, None))),
+            MigrationStage::Failed
+        );
+        assert_eq!(
+            stage(Some(migration_row(Some("FAILED"), false, 0, None))),
+            MigrationStage::Failed
+        );
+        assert_eq!(
+            stage(Some(migration_row(Some("NEW"), false, 0, None))),
+            MigrationStage::InProgress
+        );
+        assert_eq!(
+            stage(Some(migration_row(Some("COMPLETE"), false, 0, None))),
+            MigrationStage::Complete
+        );
+        let ready = view(Some(migration_row(
+            Some("WORKING"),
+            true,
+            0,
+            Some("2026-11-30T09:30:00.000Z"),
+        )));
+        assert_eq!(ready.stage, MigrationStage::Ready);
+        assert_eq!(ready.time_left_s, Some(25 * 3600 + 1800));
+        assert!(ready.lag_high(), "700 s is above the 600 s lag_alert");
+        for s in [
+            MigrationStage::Failing,
+            MigrationStage::Failed,
+            MigrationStage::Ready,
+            MigrationStage::InProgress,
+            MigrationStage::Unchecked,
+            MigrationStage::Complete,
+        ] {
+            assert_eq!(
+                serde_json::to_value(s).unwrap(),
+                s.as_str(),
+                "the JSON and the CSS class agree"
+            );
+        }
     }
 }

@@ -18,6 +18,7 @@ mod migrations;
 mod notify;
 mod oauth;
 mod page;
+mod page_migrations;
 mod pg;
 mod readme;
 mod receiver;

@@ -385,7 +385,7 @@ async fn a_login_guards_the_page_the_api_and_metrics_but_not_healthz() {
 
 /// Debian's chromium, or `None` (with a note) when this machine has none and CI did not ask
 /// for it (`LINKWATCH_REQUIRE_BROWSER=1`).
-fn browser() -> Option<PathBuf> {
+pub fn browser() -> Option<PathBuf> {
     let found = [
         "/usr/bin/chromium",
         "/usr/bin/chromium-browser",
@@ -404,7 +404,7 @@ fn browser() -> Option<PathBuf> {
 }
 
 /// Runs the headless browser on `url` with `args`, in a profile of its own, and returns stdout.
-async fn chromium(browser: &std::path::Path, args: &[String], url: &str) -> String {
+pub async fn chromium(browser: &std::path::Path, args: &[String], url: &str) -> String {
     let profile = tempfile::tempdir().unwrap();
     let out = tokio::time::timeout(
         Duration::from_secs(60),
@@ -511,12 +511,19 @@ async fn the_demo_prints_the_page_address_and_serves_it_while_it_runs() {
     // Keep reading stdout, so the demo never blocks on a full pipe.
     let drain = tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
 
-    wait_until(Duration::from_secs(20), "the demo's page shows its orgs", || async {
-        let Ok(r) = reqwest::get(&address).await else {
-            return false;
-        };
-        r.status() == 200 && r.text().await.is_ok_and(|body| body.contains("payments"))
-    })
+    wait_until(
+        Duration::from_secs(20),
+        "the demo's page shows its orgs and live migrations",
+        || async {
+            let Ok(r) = reqwest::get(&address).await else {
+                return false;
+            };
+            r.status() == 200
+                && r.text()
+                    .await
+                    .is_ok_and(|body| body.contains("payments") && body.contains("<h2>Live migrations</h2>"))
+        },
+    )
     .await;
     demo.kill().await.unwrap();
     drain.abort();
