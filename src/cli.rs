@@ -428,6 +428,9 @@ async fn report_now(config: &Config, name: &str) -> anyhow::Result<ExitCode> {
         let known: Vec<&str> = config.channels.iter().map(|c| c.name.as_str()).collect();
         anyhow::bail!("no channel is named \"{name}\" (channels: {})", known.join(", "));
     };
+    // A report of a database that is not there would tell the channel that nothing is SYNCED
+    // (and opening it would create it).
+    require_database(&config.database)?;
     let store = store::Store::open(&config.database).await?;
     let rows = store.current().await;
     let migrations = store.migrations().await;
@@ -620,12 +623,18 @@ async fn once_leading(app: &Arc<App>) -> anyhow::Result<ExitCode> {
     })
 }
 
-async fn history(db: &Database, org: Option<&str>, since: Option<&str>, json: bool) -> anyhow::Result<ExitCode> {
+/// A SQLite database that is not there is a mistake for a command that only reads it.
+fn require_database(db: &Database) -> anyhow::Result<()> {
     if let Some(path) = db.sqlite_path()
         && !path.exists()
     {
         anyhow::bail!("no database at {} (has linkwatch run yet?)", path.display());
     }
+    Ok(())
+}
+
+async fn history(db: &Database, org: Option<&str>, since: Option<&str>, json: bool) -> anyhow::Result<ExitCode> {
+    require_database(db)?;
     let since = since
         .map(|s| store::since_from(s, chrono::Utc::now()))
         .transpose()

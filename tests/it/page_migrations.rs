@@ -306,3 +306,49 @@ async fn a_browser_renders_the_migrations_and_the_lag_chart() {
     }
     daemon.stop(Duration::from_secs(15)).await;
 }
+
+/// A migration named like markup shows as text on the page, its org's page and in the JSON.
+#[tokio::test]
+async fn a_migration_named_like_markup_shows_as_text() {
+    let port = free_port();
+    let t = spawn_app_with(Setup {
+        top: http_listen(port),
+        atlas: Some((
+            String::new(),
+            migration("<script>alert(1)</script>", "alpha", MIGRATION_A),
+        )),
+        ..Setup::default()
+    })
+    .await;
+    t.sim
+        .set_migration(MIGRATION_A, MigrationBehavior::state("WORKING", true, Some(20)));
+    t.check(ORG_A).await;
+    t.check_migration("<script>alert(1)</script>").await;
+    let running = t.run();
+    let base = format!("http://127.0.0.1:{port}");
+    wait_until(Duration::from_secs(20), "the page", || async {
+        reqwest::get(format!("{base}/healthz"))
+            .await
+            .is_ok_and(|r| r.status().is_success())
+    })
+    .await;
+    let page = reqwest::get(format!("{base}/")).await.unwrap().text().await.unwrap();
+    let org_page = reqwest::get(format!("{base}/org/alpha"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for html in [&page, &org_page] {
+        assert!(html.contains("&lt;script&gt;alert(1)&lt;/script&gt;"), "{html}");
+        assert!(!html.contains("<script>alert(1)"), "{html}");
+    }
+    let json: Value = reqwest::get(format!("{base}/api/v1/status"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(json["migrations"][0]["name"], "<script>alert(1)</script>");
+    running.stop(Duration::from_secs(15)).await;
+}
