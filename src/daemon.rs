@@ -415,6 +415,7 @@ async fn serve(
         heartbeat.clone(),
         orgs_rx,
         leadership.role.clone(),
+        app.clock.clone(),
     );
     let services_stop = CancellationToken::new();
     let http_task = match app.config.http_listen {

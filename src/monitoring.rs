@@ -46,6 +46,8 @@ pub struct Shared {
     pub orgs: watch::Receiver<Arc<Configured>>,
     /// Whether this instance leads (checks and sends) or follows (PostgreSQL, another leads).
     pub role: watch::Receiver<Role>,
+    /// The wall clock the time left to a migration's estimated deadline is counted on.
+    pub clock: crate::clock::Clock,
     probe: Arc<Probe>,
 }
 
@@ -56,6 +58,7 @@ impl Shared {
         heartbeat: Heartbeat,
         orgs: watch::Receiver<Arc<Configured>>,
         role: watch::Receiver<Role>,
+        clock: crate::clock::Clock,
     ) -> Shared {
         Shared {
             store,
@@ -63,6 +66,7 @@ impl Shared {
             heartbeat,
             orgs,
             role,
+            clock,
             probe: Arc::default(),
         }
     }
@@ -163,10 +167,21 @@ pub async fn serve(
 }
 
 async fn metrics(State(shared): State<Shared>) -> Response {
-    match shared.store.gauges().await {
-        Ok(mut gauges) => {
+    let read = async {
+        let gauges = shared.store.gauges().await?;
+        let migrations = shared.store.migrations().await?;
+        anyhow::Ok((gauges, migrations))
+    };
+    match read.await {
+        Ok((mut gauges, migrations)) => {
             let orgs = shared.orgs.borrow().clone();
             gauges.statuses.retain(|(id, _, _)| orgs.contains(id));
+            let now = shared.clock.now();
+            gauges.migrations = migrations
+                .into_iter()
+                .filter(|m| orgs.migrations.iter().any(|c| c.id == m.migration_id))
+                .map(|m| crate::metrics::MigrationGauge::of(m, now))
+                .collect();
             (
                 [(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)],
                 shared.metrics.render(&gauges),

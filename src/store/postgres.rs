@@ -559,6 +559,7 @@ impl Backend for Postgres {
             statuses,
             outbox_depth,
             oldest_pending_s: oldest.map(|t| (Utc::now() - t).num_milliseconds() as f64 / 1000.0),
+            migrations: Vec::new(),
         })
     }
 

@@ -422,6 +422,7 @@ impl Backend for Sqlite {
             statuses,
             outbox_depth,
             oldest_pending_s: parse_ts(oldest).map(|t| (Utc::now() - t).num_milliseconds() as f64 / 1000.0),
+            migrations: Vec::new(),
         })
     }
 

@@ -453,3 +453,49 @@ async fn an_expired_migration_is_urgent_and_ends_its_window() {
         "{text}"
     );
 }
+
+/// `/metrics` carries each configured migration's status, readiness, lag and estimated time
+/// left, for alerting where Atlas disables its own host alerts.
+#[tokio::test]
+async fn metrics_show_the_migrations() {
+    let port = free_port();
+    let t = spawn_with_alpha(Setup {
+        top: http_listen(port),
+        ..with_atlas("")
+    })
+    .await;
+    t.sim.set_migration(MIGRATION_A, working(true, 42));
+    t.check_migration("payments-rs0").await;
+    t.app.clock.step(chrono::Duration::hours(20));
+    let running = t.run();
+    let base = format!("http://127.0.0.1:{port}");
+    wait_until(Duration::from_secs(20), "the endpoint", || async {
+        reqwest::get(format!("{base}/healthz"))
+            .await
+            .is_ok_and(|r| r.status().is_success())
+    })
+    .await;
+    let text = reqwest::get(format!("{base}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    running.stop(Duration::from_secs(15)).await;
+    let scrape = prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_owned()))).unwrap();
+    let value = |name: &str| {
+        scrape
+            .samples
+            .iter()
+            .find(|s| s.metric == name && s.labels.get("migration") == Some("payments-rs0"))
+            .map(|s| match s.value {
+                prometheus_parse::Value::Gauge(v) | prometheus_parse::Value::Untyped(v) => v,
+                _ => f64::NAN,
+            })
+    };
+    assert_eq!(value("linkwatch_migration_status"), Some(1.0), "{text}");
+    assert_eq!(value("linkwatch_migration_ready_for_cutover"), Some(1.0));
+    assert_eq!(value("linkwatch_migration_lag_seconds"), Some(42.0));
+    let left = value("linkwatch_migration_cutover_left_seconds").unwrap();
+    assert!((99.0 * 3600.0..=100.0 * 3600.0).contains(&left), "{left}");
+}
