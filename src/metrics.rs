@@ -27,11 +27,10 @@ type Labels = Vec<(&'static str, String)>;
 pub struct Metrics {
     /// The counters and the histogram below, registered once.
     registry: Registry,
-    checks: Family<Labels, Counter>,
-    /// org_id -> [(org_name, outcome, its counter in `checks`)]; outcome is `ok` or a failure
-    /// class. Counting a check (on every check) looks up by `&str` and increments a handle it
-    /// got once, so it allocates nothing once the org's entry exists.
-    check_counters: Mutex<HashMap<String, Vec<OrgChecks>>>,
+    /// Checks by org and outcome, kept compact and given their labels only when `/metrics` is
+    /// rendered (a [`Collector`]): a `Family` would keep three owned label strings and a map
+    /// entry per series, which at 10,000 orgs was megabytes of the daemon's memory.
+    checks: std::sync::Arc<CheckCounts>,
     latency: Histogram,
     requests: Counter,
     events: Family<Labels, Counter>,
@@ -63,8 +62,7 @@ impl Default for Metrics {
     fn default() -> Self {
         let m = Metrics {
             registry: Registry::default(),
-            checks: Family::default(),
-            check_counters: Mutex::default(),
+            checks: std::sync::Arc::default(),
             latency: Histogram::new(BUCKETS),
             requests: Counter::default(),
             events: Family::default(),
@@ -92,11 +90,7 @@ impl Default for Metrics {
             "The epoch (fencing token) of this instance's lease while it leads; 0 on SQLite",
             m.leader_epoch.clone(),
         );
-        registry.register(
-            "linkwatch_checks",
-            "Status checks, by org and outcome (ok or the failure class)",
-            m.checks.clone(),
-        );
+        registry.register_collector(Box::new(m.checks.clone()));
         registry.register(
             "linkwatch_check_duration_seconds",
             "How long one status check took, authentication included",
@@ -151,8 +145,65 @@ pub struct Blocked {
     pub last_error: Option<String>,
 }
 
-/// (org_name, outcome, counter) of one org's checks.
-type OrgChecks = (String, &'static str, Counter);
+/// Checks by org id: the org's name (as of its last check) and a count per outcome (`ok` or a
+/// failure class). Counting looks up by `&str` and allocates nothing once the org and outcome
+/// have been seen.
+#[derive(Debug, Default)]
+struct CheckCounts(Mutex<HashMap<Box<str>, OrgCounts>>);
+
+#[derive(Debug)]
+struct OrgCounts {
+    name: Box<str>,
+    by_outcome: Vec<(&'static str, u64)>,
+}
+
+impl CheckCounts {
+    fn count(&self, org_id: &str, org_name: &str, outcome: &'static str) {
+        let mut all = lock(&self.0);
+        let org = match all.get_mut(org_id) {
+            Some(org) => org,
+            None => all.entry(org_id.into()).or_insert_with(|| OrgCounts {
+                name: org_name.into(),
+                by_outcome: Vec::new(),
+            }),
+        };
+        if *org.name != *org_name {
+            org.name = org_name.into();
+        }
+        match org.by_outcome.iter_mut().find(|(o, _)| *o == outcome) {
+            Some((_, n)) => *n += 1,
+            None => org.by_outcome.push((outcome, 1)),
+        }
+    }
+}
+
+impl prometheus_client::collector::Collector for CheckCounts {
+    fn encode(&self, mut encoder: prometheus_client::encoding::DescriptorEncoder) -> std::fmt::Result {
+        use prometheus_client::encoding::EncodeMetric as _;
+        use prometheus_client::metrics::TypedMetric as _;
+        use prometheus_client::metrics::counter::ConstCounter;
+        // Sorted, so that a scrape reads the same from one time to the next.
+        let rows: BTreeMap<(String, String, &'static str), u64> = lock(&self.0)
+            .iter()
+            .flat_map(|(id, org)| {
+                org.by_outcome
+                    .iter()
+                    .map(move |(outcome, n)| ((id.to_string(), org.name.to_string(), *outcome), *n))
+            })
+            .collect();
+        let mut metric = encoder.encode_descriptor(
+            "linkwatch_checks",
+            "Status checks, by org and outcome (ok or the failure class)",
+            None,
+            ConstCounter::<u64>::TYPE,
+        )?;
+        for ((id, name, outcome), n) in &rows {
+            let labels = [("org_id", id.as_str()), ("org_name", name.as_str()), ("outcome", *outcome)];
+            ConstCounter::new(*n).encode(metric.encode_family(&labels)?)?;
+        }
+        Ok(())
+    }
+}
 
 /// What the database says at scrape time.
 #[derive(Debug, Default)]
@@ -230,28 +281,7 @@ impl Metrics {
     }
 
     pub fn check(&self, org_id: &str, org_name: &str, outcome: &'static str, took: Duration, requests: u64) {
-        {
-            let mut all = lock(&self.check_counters);
-            let counters = match all.get_mut(org_id) {
-                Some(counters) => counters,
-                None => all.entry(org_id.to_owned()).or_default(),
-            };
-            match counters.iter().find(|(n, o, _)| n == org_name && *o == outcome) {
-                Some((_, _, counter)) => {
-                    counter.inc();
-                }
-                None => {
-                    let labels = vec![
-                        ("org_id", org_id.to_owned()),
-                        ("org_name", org_name.to_owned()),
-                        ("outcome", outcome.to_owned()),
-                    ];
-                    let counter = self.checks.get_or_create_owned(&labels);
-                    counter.inc();
-                    counters.push((org_name.to_owned(), outcome, counter));
-                }
-            }
-        }
+        self.checks.count(org_id, org_name, outcome);
         self.latency.observe(took.as_secs_f64());
         self.requests.inc_by(requests);
     }
