@@ -198,7 +198,11 @@ impl prometheus_client::collector::Collector for CheckCounts {
             ConstCounter::<u64>::TYPE,
         )?;
         for ((id, name, outcome), n) in &rows {
-            let labels = [("org_id", id.as_str()), ("org_name", name.as_str()), ("outcome", *outcome)];
+            let labels = [
+                ("org_id", id.as_str()),
+                ("org_name", name.as_str()),
+                ("outcome", *outcome),
+            ];
             ConstCounter::new(*n).encode(metric.encode_family(&labels)?)?;
         }
         Ok(())
