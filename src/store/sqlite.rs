@@ -386,23 +386,6 @@ impl Backend for Sqlite {
         .execute(&self.pool)
         .await?
         .rows_affected();
-        // Reports are summaries, not history: one past the retention whose deliveries are gone
-        // goes too, with its slot record (but each report's latest, which decides whether a
-        // missed slot is sent late).
-        sqlx::query(
-            "DELETE FROM events WHERE kind = 'report' AND created_at < ?1
-               AND NOT EXISTS (SELECT 1 FROM outbox AS x WHERE x.event_seq = events.seq)",
-        )
-        .bind(&before)
-        .execute(&self.pool)
-        .await?;
-        sqlx::query(
-            "DELETE FROM report_runs WHERE slot < ?1
-               AND slot < (SELECT max(r.slot) FROM report_runs AS r WHERE r.report = report_runs.report)",
-        )
-        .bind(&before)
-        .execute(&self.pool)
-        .await?;
         Ok((failures, deliveries))
     }
 
