@@ -236,11 +236,7 @@ pub struct MigrationGauge {
 
 impl MigrationGauge {
     pub fn of(row: crate::store::MigrationRow, now: chrono::DateTime<chrono::Utc>) -> MigrationGauge {
-        let left_s = row
-            .estimated_deadline
-            .as_deref()
-            .and_then(|d| chrono::DateTime::parse_from_rfc3339(d).ok())
-            .map(|d| (d.with_timezone(&chrono::Utc) - now).num_seconds());
+        let left_s = row.left_s(now);
         MigrationGauge {
             name: row.migration,
             org_id: row.org_id,

@@ -114,7 +114,7 @@ fn decide(
 }
 
 /// Checks every migration of the config at once.
-pub async fn check_all(app: &App) {
+async fn check_all(app: &App) {
     let checks = app.config.migrations.iter().map(|m| async move {
         if let Err(e) = check_migration(app, m).await {
             tracing::error!(migration = %m.name, "{e:#}");

@@ -156,7 +156,6 @@ impl Report {
         failures_before_alert: u32,
         now: DateTime<Utc>,
     ) -> Report {
-        let parse = |s: &str| DateTime::parse_from_rfc3339(s).ok().map(|t| t.with_timezone(&Utc));
         let mut lines: Vec<MigrationLine> = migrations
             .iter()
             .filter_map(|m| {
@@ -174,10 +173,7 @@ impl Report {
                         .map_or_else(|| m.org.to_string(), |o| o.name.clone()),
                     status,
                     ready_for_cutover: row.is_some_and(|r| r.ready_for_cutover),
-                    left_s: estimated_deadline
-                        .as_deref()
-                        .and_then(parse)
-                        .map(|d| (d - now).num_seconds()),
+                    left_s: row.and_then(|r| r.left_s(now)),
                     estimated_deadline,
                     lag_s: row.and_then(|r| r.lag_s),
                     failing: row

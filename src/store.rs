@@ -28,7 +28,7 @@ pub use backend::{FailureRow, QuietRow};
 use checks::transition;
 pub use checks::{Applied, Check, CheckRecord, Decision, RemindersSent, event_id};
 pub use lock::{LockError, WriterLock};
-pub use migrations::{MigrationChange, MigrationCheck, MigrationDecision, MigrationRow, lag_step, migration_subject};
+pub use migrations::{MigrationChange, MigrationCheck, MigrationDecision, MigrationRow, migration_subject};
 pub use outbox::{Claimed, Delivery, Pending};
 pub use page::{ChannelDeliveries, FailedCheck, OrgRow};
 pub use postgres::{Fence, Fenced, LeaseHolder, Postgres, Term};

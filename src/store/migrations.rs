@@ -66,6 +66,15 @@ pub struct MigrationChange {
     pub previous_lasted_s: Option<i64>,
 }
 
+impl MigrationRow {
+    /// Seconds from `now` to the estimated deadline, while a cutover window runs (negative once
+    /// it has passed).
+    pub fn left_s(&self, now: DateTime<Utc>) -> Option<i64> {
+        let deadline = DateTime::parse_from_rfc3339(self.estimated_deadline.as_deref()?).ok()?;
+        Some((deadline.with_timezone(&Utc) - now).num_seconds())
+    }
+}
+
 /// What a migration's event ids are made from: never an org id (those are bare hex).
 pub fn migration_subject(migration_id: &str) -> String {
     format!("migration/{migration_id}")

@@ -522,11 +522,7 @@ fn migration_view(
             Some(_) => MigrationStage::InProgress,
         }
     };
-    v.time_left_s = r
-        .estimated_deadline
-        .as_deref()
-        .and_then(parse)
-        .map(|d| (d - now).num_seconds());
+    v.time_left_s = r.left_s(now);
     v.status = r.status;
     v.since = r.since;
     v.ready_for_cutover = r.ready_for_cutover;

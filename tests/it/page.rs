@@ -404,6 +404,30 @@ pub fn browser() -> Option<PathBuf> {
 }
 
 /// Runs the headless browser on `url` with `args`, in a profile of its own, and returns stdout.
+/// Screenshots of `pages` (path, file name) under `target/screenshots/`, `height` pixels tall,
+/// each checked to be a PNG and its path printed (CI lists them).
+pub async fn screenshots(browser: &std::path::Path, base: &str, pages: &[(&str, &str)], height: u32) {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/screenshots");
+    std::fs::create_dir_all(&dir).unwrap();
+    for (page, file) in pages {
+        let path = dir.join(file);
+        let _ = std::fs::remove_file(&path);
+        chromium(
+            browser,
+            &[
+                format!("--screenshot={}", path.display()),
+                format!("--window-size=1280,{height}"),
+                "--hide-scrollbars".into(),
+            ],
+            &format!("{base}{page}"),
+        )
+        .await;
+        let png = std::fs::read(&path).expect("the screenshot was written");
+        assert!(png.starts_with(b"\x89PNG"), "{} is not a PNG", path.display());
+        println!("screenshot of {page}: {}", path.display());
+    }
+}
+
 pub async fn chromium(browser: &std::path::Path, args: &[String], url: &str) -> String {
     let profile = tempfile::tempdir().unwrap();
     let out = tokio::time::timeout(
@@ -463,25 +487,13 @@ async fn a_browser_renders_the_status_page() {
     assert_eq!(org.matches("<line class=\"failure\"").count(), 2, "{org}");
     assert!(org.contains("maintenance"), "the failed checks are listed:\n{org}");
 
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/screenshots");
-    std::fs::create_dir_all(&dir).unwrap();
-    for (page, file) in [("/", "status-page.png"), ("/org/beta", "org-page.png")] {
-        let path = dir.join(file);
-        let _ = std::fs::remove_file(&path);
-        chromium(
-            &browser,
-            &[
-                format!("--screenshot={}", path.display()),
-                "--window-size=1280,900".into(),
-                "--hide-scrollbars".into(),
-            ],
-            &format!("{base}{page}"),
-        )
-        .await;
-        let png = std::fs::read(&path).expect("the screenshot was written");
-        assert!(png.starts_with(b"\x89PNG"), "{} is not a PNG", path.display());
-        println!("screenshot of {page}: {}", path.display());
-    }
+    screenshots(
+        &browser,
+        &base,
+        &[("/", "status-page.png"), ("/org/beta", "org-page.png")],
+        900,
+    )
+    .await;
     daemon.stop(Duration::from_secs(15)).await;
 }
 

@@ -3,14 +3,13 @@
 //! against `lag_alert`, the lag chart on the source org's page, the JSON, and the page as a
 //! headless browser renders it.
 
-use std::path::PathBuf;
 use std::time::Duration;
 
 use linkwatch::simulator::{Behavior, MigrationBehavior};
 use serde_json::Value;
 
 use crate::helpers::*;
-use crate::page::{browser, chromium};
+use crate::page::{browser, chromium, screenshots};
 use crate::pg;
 
 const MIGRATION_B: &str = "6f1d00000000000000000d02";
@@ -282,28 +281,16 @@ async fn a_browser_renders_the_migrations_and_the_lag_chart() {
     assert!(org.contains("<svg class=\"lag\""), "no lag chart:\n{org}");
     assert!(org.contains("<path class=\"lag\" d=\"M"), "no lag line:\n{org}");
 
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/screenshots");
-    std::fs::create_dir_all(&dir).unwrap();
-    for (page, file) in [
-        ("/", "status-page-migrations.png"),
-        ("/org/alpha", "org-page-migrations.png"),
-    ] {
-        let path = dir.join(file);
-        let _ = std::fs::remove_file(&path);
-        chromium(
-            &browser,
-            &[
-                format!("--screenshot={}", path.display()),
-                "--window-size=1280,1400".into(),
-                "--hide-scrollbars".into(),
-            ],
-            &format!("{base}{page}"),
-        )
-        .await;
-        let png = std::fs::read(&path).expect("the screenshot was written");
-        assert!(png.starts_with(b"\x89PNG"), "{} is not a PNG", path.display());
-        println!("screenshot of {page}: {}", path.display());
-    }
+    screenshots(
+        &browser,
+        &base,
+        &[
+            ("/", "status-page-migrations.png"),
+            ("/org/alpha", "org-page-migrations.png"),
+        ],
+        1400,
+    )
+    .await;
     daemon.stop(Duration::from_secs(15)).await;
 }
 
