@@ -7,6 +7,7 @@
 
 pub mod atlas;
 mod classify;
+mod digest;
 mod oauth;
 
 use std::sync::Arc;
@@ -14,8 +15,6 @@ use std::time::Duration;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use diqwest::session::CachedContextGuard;
-use diqwest::{DigestAuthCredentials, DigestAuthSession, WithDigestAuth};
 use reqwest::{StatusCode, Url, header};
 
 pub(crate) use crate::retry::retry_after;
@@ -58,7 +57,7 @@ impl Settings {
 }
 
 enum Auth {
-    Digest(DigestAuthSession),
+    Digest(digest::Session),
     OAuth(oauth::TokenCache),
 }
 
@@ -107,7 +106,7 @@ impl Client {
             Credential::ApiKey {
                 public_key,
                 private_key,
-            } => Auth::Digest(DigestAuthSession::new(public_key.clone(), private_key.expose())),
+            } => Auth::Digest(digest::Session::new(public_key.clone(), private_key.clone())),
             Credential::ServiceAccount {
                 client_id,
                 client_secret,
@@ -197,9 +196,8 @@ impl Client {
         };
         let attempt = async {
             let response = match &*auth {
-                Auth::Digest(session) => self
-                    .request(url, accept)
-                    .send_digest_auth(Counted { session, requests })
+                Auth::Digest(session) => session
+                    .send(&url, || self.request(url.clone(), accept), requests)
                     .await
                     .map_err(digest_error)?,
                 Auth::OAuth(cache) => {
@@ -277,60 +275,6 @@ struct Answer {
     body: Vec<u8>,
     /// `Some(cap)` when the body was cut at `cap` bytes.
     truncated: Option<usize>,
-}
-
-/// A Digest session that counts the requests diqwest sends with it: one per preemptive
-/// authorization, one per unauthenticated request (no cached nonce, or a rejected one), one per
-/// answer to a fresh challenge.
-struct Counted<'a> {
-    session: &'a DigestAuthSession,
-    requests: &'a AtomicU64,
-}
-
-impl Counted<'_> {
-    fn count(&self) {
-        self.requests.fetch_add(1, Ordering::Relaxed);
-    }
-}
-
-impl DigestAuthCredentials for Counted<'_> {
-    fn username(&self) -> &str {
-        (&self.session).username()
-    }
-
-    fn password(&self) -> &str {
-        (&self.session).password()
-    }
-
-    fn cached_context<'h>(&self, host: &'h str) -> diqwest::error::Result<Option<CachedContextGuard<'_, 'h>>> {
-        let cached = DigestAuthCredentials::cached_context(&self.session, host)?;
-        if cached.is_none() {
-            self.count(); // no nonce yet: an unauthenticated request fetches the challenge
-        }
-        Ok(cached)
-    }
-
-    fn store_context(&self, host: &str, www_authenticate: &str) -> diqwest::error::Result<()> {
-        self.count(); // the answer to this challenge
-        DigestAuthCredentials::store_context(&self.session, host, www_authenticate)
-    }
-
-    fn clear_context(&self, host: &str) -> diqwest::error::Result<()> {
-        self.count(); // the reused nonce was refused: an unauthenticated request follows
-        DigestAuthCredentials::clear_context(&self.session, host)
-    }
-
-    fn calculate_authorization(
-        &self,
-        host: &str,
-        path: &str,
-        method: digest_auth::HttpMethod,
-        body: Option<&[u8]>,
-        response_headers: &header::HeaderMap,
-    ) -> diqwest::error::Result<digest_auth::AuthorizationHeader> {
-        self.count(); // a request with a reused nonce
-        DigestAuthCredentials::calculate_authorization(&self.session, host, path, method, body, response_headers)
-    }
 }
 
 /// Reads at most `cap` bytes; the flag says whether the body was longer.

@@ -3,7 +3,7 @@
 //! and error bodies. `linkwatch demo` runs the daemon against it; the tests use it for failure
 //! injection and request counting.
 
-mod digest;
+pub(crate) mod digest;
 mod oauth;
 
 use std::collections::HashMap;
