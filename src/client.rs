@@ -58,7 +58,7 @@ impl Settings {
 
 enum Auth {
     Digest(digest::Session),
-    OAuth(oauth::TokenCache),
+    OAuth(Box<oauth::TokenCache>),
 }
 
 pub struct Client {
@@ -110,7 +110,10 @@ impl Client {
             Credential::ServiceAccount {
                 client_id,
                 client_secret,
-            } => Auth::OAuth(oauth::TokenCache::new(client_id.clone(), client_secret.clone())),
+            } => Auth::OAuth(Box::new(oauth::TokenCache::new(
+                client_id.clone(),
+                client_secret.clone(),
+            ))),
         });
         self.auth.push((credential.clone(), auth.clone()));
         auth
