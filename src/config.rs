@@ -14,6 +14,7 @@ mod reports;
 mod smtp;
 mod values;
 
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -55,7 +56,8 @@ pub struct Config {
     pub cloud_manager: CloudManager,
     pub poll: Poll,
     pub credentials: Vec<Arc<Credential>>,
-    pub orgs: Vec<Org>,
+    /// Shared with the status page and `/metrics`, which follow reloads.
+    pub orgs: Arc<[Org]>,
     pub channels: Vec<Channel>,
     pub routes: Vec<Route>,
     /// `[atlas]`; `None` when the file follows no live migration.
@@ -255,10 +257,13 @@ impl Config {
         };
         let default_credential = default_credential.map(&mut share);
 
-        let mut orgs: Vec<Org> = Vec::new();
+        let mut orgs: Vec<Org> = Vec::with_capacity(raw.orgs.len());
+        // Where each id and name was first used: a file of 10,000 orgs is checked in one pass.
+        let mut ids: HashMap<OrgId, usize> = HashMap::with_capacity(raw.orgs.len());
+        let mut names: HashSet<String> = HashSet::with_capacity(raw.orgs.len());
         for (i, o) in raw.orgs.into_iter().enumerate() {
             let key = format!("org[{i}]");
-            if let Some(dup) = orgs.iter().find(|x| x.id == *o.id.get_ref()) {
+            if let Some(dup) = ids.get(o.id.get_ref()).map(|&at| &orgs[at]) {
                 return Err(loc.error(
                     o.id.span().start,
                     &format!("{key}.id"),
@@ -269,7 +274,7 @@ impl Config {
             if name.is_empty() {
                 return Err(loc.error(o.name.span().start, &format!("{key}.name"), "must not be empty".into()));
             }
-            if orgs.iter().any(|x| x.name == name) {
+            if !names.insert(name.clone()) {
                 return Err(loc.error(
                     o.name.span().start,
                     &format!("{key}.name"),
@@ -290,6 +295,7 @@ impl Config {
                     )
                 })?,
             };
+            ids.insert(o.id.get_ref().clone(), orgs.len());
             orgs.push(Org {
                 id: o.id.into_inner(),
                 name,
@@ -315,7 +321,7 @@ impl Config {
             cloud_manager,
             poll,
             credentials,
-            orgs,
+            orgs: orgs.into(),
             channels,
             routes,
             atlas,

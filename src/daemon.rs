@@ -157,7 +157,7 @@ pub async fn check_org(app: &App, org: &Org) -> anyhow::Result<CheckReport> {
             .record_quiet_later(&org.id, &org.name, status, answer.at, answer.answered)
     {
         tracing::trace!(org = %org.name, requests, "checked, nothing new");
-        app.metrics.check(org.id.as_str(), &org.name, "ok", took, requests);
+        app.metrics.check(&org.id, &org.name, "ok", took, requests);
         return Ok(CheckReport {
             outcome,
             events: Vec::new(),
@@ -168,7 +168,7 @@ pub async fn check_org(app: &App, org: &Org) -> anyhow::Result<CheckReport> {
         Ok(_) => "ok",
         Err(f) => f.class.as_str(),
     };
-    app.metrics.check(org.id.as_str(), &org.name, label, took, requests);
+    app.metrics.check(&org.id, &org.name, label, took, requests);
     Ok(CheckReport { outcome, events })
 }
 

@@ -14,7 +14,6 @@ mod lag;
 mod timeline;
 mod view;
 
-use std::collections::HashSet;
 use std::sync::Arc;
 
 use axum::Router;
@@ -28,21 +27,23 @@ pub use auth::require_login;
 pub use view::{ChangesView, ChannelView, MigrationStage, MigrationView, OrgState, OrgView, StatusView};
 
 use crate::clock::Clock;
-use crate::config::Config;
+use crate::config::{Config, Org};
 use crate::metrics::Metrics;
 use crate::store::Store;
 
 /// How often the page reloads itself, in seconds.
 const REFRESH_SECS: u32 = 30;
 
-/// What the current config watches: its orgs (id, name), live migrations and channels. It
-/// follows reloads.
+/// What the current config watches: its orgs, live migrations and channels. It follows
+/// reloads. The orgs are the config's own (shared, not copied: at 10,000 orgs a copy of ids
+/// and names was a megabyte and more).
 #[derive(Debug, Default)]
 pub struct Configured {
-    pub orgs: Vec<(String, String)>,
+    orgs: Arc<[Org]>,
+    /// Indices into `orgs`, sorted by id, for [`Configured::contains`].
+    by_id: Vec<u32>,
     pub migrations: Vec<ConfiguredMigration>,
     pub channels: Vec<String>,
-    ids: HashSet<String>,
 }
 
 /// A `[[migration]]`, as the page needs it.
@@ -58,14 +59,12 @@ pub struct ConfiguredMigration {
 
 impl Configured {
     pub fn of(config: &Config) -> Arc<Configured> {
-        let orgs: Vec<(String, String)> = config
-            .orgs
-            .iter()
-            .map(|o| (o.id.as_str().to_owned(), o.name.clone()))
-            .collect();
+        let orgs = config.orgs.clone();
+        let mut by_id: Vec<u32> = (0..orgs.len()).filter_map(|i| u32::try_from(i).ok()).collect();
+        by_id.sort_unstable_by(|&a, &b| orgs[a as usize].id.cmp(&orgs[b as usize].id));
         Arc::new(Configured {
-            ids: orgs.iter().map(|(id, _)| id.clone()).collect(),
             orgs,
+            by_id,
             migrations: config
                 .migrations
                 .iter()
@@ -81,17 +80,23 @@ impl Configured {
         })
     }
 
+    /// The configured orgs: (id, name).
+    pub fn orgs(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.orgs.iter().map(|o| (o.id.as_str(), o.name.as_str()))
+    }
+
     /// Whether the config watches the org with this id.
     pub fn contains(&self, id: &str) -> bool {
-        self.ids.contains(id)
+        self.by_id
+            .binary_search_by(|&i| self.orgs[i as usize].id.as_str().cmp(id))
+            .is_ok()
     }
 
     /// The configured org named by `key`, an id or a name: (id, name).
-    fn find(&self, key: &str) -> Option<&(String, String)> {
-        self.orgs
-            .iter()
-            .find(|(id, _)| id == key)
-            .or_else(|| self.orgs.iter().find(|(_, name)| name == key))
+    fn find(&self, key: &str) -> Option<(&str, &str)> {
+        self.orgs()
+            .find(|(id, _)| *id == key)
+            .or_else(|| self.orgs().find(|(_, name)| *name == key))
     }
 
     /// The configured migration named by `key`, its `liveMigrationId` or its name.
@@ -158,7 +163,11 @@ async fn status_json(State(page): State<Page>) -> Response {
 }
 
 async fn org_page(State(page): State<Page>, Path(key): Path<String>) -> Response {
-    let org = page.configured.borrow().find(&key).cloned();
+    let org = page
+        .configured
+        .borrow()
+        .find(&key)
+        .map(|(id, name)| (id.to_owned(), name.to_owned()));
     let Some((id, name)) = org else {
         let text = format!("No org with the id or name \"{key}\" is configured.");
         return (StatusCode::NOT_FOUND, html::not_found(&text)).into_response();
@@ -170,7 +179,11 @@ async fn org_page(State(page): State<Page>, Path(key): Path<String>) -> Response
 }
 
 async fn changes_json(State(page): State<Page>, Path(key): Path<String>) -> Response {
-    let org = page.configured.borrow().find(&key).cloned();
+    let org = page
+        .configured
+        .borrow()
+        .find(&key)
+        .map(|(id, name)| (id.to_owned(), name.to_owned()));
     let Some((id, name)) = org else {
         let error = serde_json::json!({ "error": format!("no org with the id or name \"{key}\" is configured") });
         return (StatusCode::NOT_FOUND, axum::Json(error)).into_response();

@@ -2,6 +2,7 @@
 //! errors with the span of the offending value.
 
 use std::fmt;
+use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::Timelike as _;
@@ -9,14 +10,15 @@ use chrono::Timelike as _;
 use serde::de::Error as _;
 use serde::{Deserialize, Deserializer};
 
-/// A Cloud Manager organization id: exactly 24 lowercase hex characters.
+/// A Cloud Manager organization id: exactly 24 lowercase hex characters. Shared, not copied:
+/// the scheduler, the group commit's memory and the metrics each keep the ids of every org.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct OrgId(String);
+pub struct OrgId(Arc<str>);
 
 impl OrgId {
     pub fn parse(s: &str) -> Result<OrgId, String> {
         if s.len() == 24 && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
-            Ok(OrgId(s.to_owned()))
+            Ok(OrgId(s.into()))
         } else {
             Err(format!(
                 "\"{s}\" is not an org id: expected exactly 24 lowercase hex characters \

@@ -343,8 +343,7 @@ async fn orgs(page: &Page, configured: &Configured) -> anyhow::Result<Vec<OrgVie
         .map(|r| (r.org_id.clone(), r))
         .collect();
     let mut orgs: Vec<OrgView> = configured
-        .orgs
-        .iter()
+        .orgs()
         .map(|(id, name)| org_view(id, name, rows.remove(id)))
         .collect();
     orgs.sort_by(|a, b| (a.state, &a.name, &a.id).cmp(&(b.state, &b.name, &b.id)));
