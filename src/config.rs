@@ -153,7 +153,10 @@ impl Config {
             path: path.to_owned(),
             source,
         })?;
-        Self::parse(&text, path)
+        let config = Self::parse(&text, path);
+        drop(text);
+        crate::memory::give_back_freed();
+        config
     }
 
     /// Validates `text` as if read from `path` (used in messages and to resolve relative paths).

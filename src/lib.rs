@@ -14,6 +14,7 @@ pub mod detect;
 pub mod dispatch;
 pub mod heartbeat;
 pub mod leader;
+pub mod memory;
 pub mod message;
 pub mod metrics;
 pub mod migrations;

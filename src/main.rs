@@ -5,6 +5,7 @@ use linkwatch::cli::{self, Cli};
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> ExitCode {
+    linkwatch::memory::one_arena();
     let cli = Cli::parse();
     cli::init_tracing(&cli);
     match cli::execute(cli).await {
