@@ -1,7 +1,7 @@
 //! The Cloud Manager client: how to ask for a link's status, and what the answer means.
 //!
-//! Digest credentials keep one `diqwest::DigestAuthSession` each, so an established nonce is
-//! reused and a check costs one request (three when the server declared the nonce stale).
+//! Digest credentials keep one [`digest::Session`] each, so an established nonce is reused and a
+//! check costs one request (three when the server declared the nonce stale).
 //! Service accounts keep one OAuth token each until shortly before it expires. Every answer,
 //! including transport errors, becomes a [`CheckOutcome`]; this module never touches the database.
 
