@@ -28,7 +28,7 @@ pub use http::BasicAuth;
 pub use notify::{Channel, ChannelKind, Email, Route, WebhookSecret, decode_webhook_secret};
 pub use reports::{Heartbeat, Report};
 pub use smtp::{SmtpTarget, TlsMode, parse_smtp_url};
-pub use values::{CronExpr, EventKind, HumanDuration, OrgId};
+pub use values::{CronExpr, EventKind, HumanDuration, OrgId, OrgIdHasher};
 
 use crate::secret::Secret;
 

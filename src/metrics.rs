@@ -15,7 +15,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
-use crate::config::OrgId;
+use crate::config::{OrgId, OrgIdHasher};
 
 /// Upper bounds of the check latency histogram, in seconds.
 const BUCKETS: [f64; 11] = [0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0];
@@ -149,10 +149,9 @@ pub struct Blocked {
 
 /// Checks by org id: the org's name (as of its last check) and a count per outcome (`ok` or a
 /// failure class). Counting allocates nothing once the org and outcome have been seen (the id
-/// is shared with the config), and hashes with foldhash: the ids come from the config file, not
-/// from a peer, so SipHash's defence against chosen keys buys nothing here.
+/// is shared with the config).
 #[derive(Debug, Default)]
-struct CheckCounts(Mutex<HashMap<OrgId, OrgCounts, foldhash::fast::RandomState>>);
+struct CheckCounts(Mutex<HashMap<OrgId, OrgCounts, OrgIdHasher>>);
 
 #[derive(Debug)]
 struct OrgCounts {

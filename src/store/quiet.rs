@@ -25,7 +25,7 @@ use tokio::time::Instant;
 
 use super::backend::QuietRow;
 use super::{Backend as _, Store, on_db, ts};
-use crate::config::OrgId;
+use crate::config::{OrgId, OrgIdHasher};
 
 /// How long a quiet check may wait in memory before it is written: the most that
 /// `current_status.last_checked_at` lags behind, and the most a crash loses of it.
@@ -39,17 +39,13 @@ struct Inner {
     /// Orgs whose stored state this process last left quiet: (status, org name).
     /// The status is shared among the orgs that have it and the name kept as a fingerprint: at
     /// 10,000 orgs two strings per org were a megabyte.
-    known: HashMap<OrgId, (Arc<str>, u64), Hasher>,
+    known: HashMap<OrgId, (Arc<str>, u64), OrgIdHasher>,
     /// The distinct statuses seen (a handful), shared by `known`.
     statuses: Vec<Arc<str>>,
     /// Quiet checks not yet written, per org: the last one's time (wall clock, and when its
     /// answer came on the monotonic clock) and how many checks.
-    pending: HashMap<OrgId, Note, Hasher>,
+    pending: HashMap<OrgId, Note, OrgIdHasher>,
 }
-
-/// Org ids come from the config file, not from a peer: foldhash instead of SipHash, which
-/// defends against chosen keys at a cost paid twice per quiet check.
-type Hasher = foldhash::fast::RandomState;
 
 #[derive(Debug, Clone, Copy)]
 struct Note {
