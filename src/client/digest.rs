@@ -82,12 +82,13 @@ impl Session {
                 self.forget(&kept);
             }
         }
-        request()
-            .send_digest_auth(Challenge {
-                session: self,
-                requests,
-            })
-            .await
+        // Boxed: a challenge is answered rarely, and its future would otherwise double the size
+        // of every check's.
+        Box::pin(request().send_digest_auth(Challenge {
+            session: self,
+            requests,
+        }))
+        .await
     }
 
     fn kept(&self, host: &str) -> Option<Arc<Kept>> {

@@ -27,7 +27,7 @@ use crate::store::RemindersSent;
 #[derive(Debug, Clone)]
 pub struct QuietRow {
     pub org_id: OrgId,
-    pub status: String,
+    pub status: std::sync::Arc<str>,
     pub at: DateTime<Utc>,
     pub checks: u32,
 }

@@ -11,6 +11,7 @@
 mod fence;
 mod migrations;
 
+use std::fmt::Write as _;
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -24,7 +25,7 @@ use super::backend::{Backend, FailureRow, QuietRow};
 use super::{
     Applied, ChannelDeliveries, Check, CheckRecord, CurrentStatus, Decision, Delivery, FailedCheck, MigrationChange,
     MigrationCheck, MigrationDecision, MigrationRow, OrgRow, Pending, RemindersSent, ReportRun, StatusChange,
-    StoredEvent, cap, event_id, transition,
+    StoredEvent, cap, event_id, transition, ts,
 };
 use crate::config::{OrgId, PgTarget};
 use crate::detect::OrgState;
@@ -321,7 +322,7 @@ impl Backend for Postgres {
     }
 
     async fn flush_quiet(&self, rows: &[QuietRow]) -> anyhow::Result<Vec<String>> {
-        let json = super::quiet::batch_json(rows)?;
+        let json = batch_json(rows)?;
         let (mut tx, term) = self.begin_fenced().await?;
         // `org_id = ANY($2)` lets the primary key find the rows whatever the planner believes of
         // the table: before the first ANALYZE it estimated the quiet conditions to match one row
@@ -810,4 +811,21 @@ async fn insert_event(
     .execute(&mut *conn)
     .await?;
     Ok(())
+}
+
+/// The group commit's rows as one JSON array, `[{"o": org, "s": status, "t": time, "n": checks}]`,
+/// for `jsonb_to_recordset` to unpack (one parameter, whatever the batch's size).
+fn batch_json(rows: &[QuietRow]) -> anyhow::Result<String> {
+    let mut json = String::with_capacity(rows.len() * 110);
+    json.push('[');
+    for (i, row) in rows.iter().enumerate() {
+        if i > 0 {
+            json.push(',');
+        }
+        let status = serde_json::to_string(&*row.status)?;
+        let (org, t, n) = (&row.org_id, ts(row.at), row.checks);
+        let _ = write!(json, r#"{{"o":"{org}","s":{status},"t":"{t}","n":{n}}}"#);
+    }
+    json.push(']');
+    Ok(json)
 }

@@ -16,7 +16,6 @@
 //! [`detect::is_quiet`]: crate::detect::is_quiet
 
 use std::collections::HashMap;
-use std::fmt::Write as _;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -24,7 +23,7 @@ use chrono::{DateTime, Utc};
 use tokio::time::Instant;
 
 use super::backend::QuietRow;
-use super::{Backend as _, Store, on_db, ts};
+use super::{Backend as _, Store, on_db};
 use crate::config::{OrgId, OrgIdHasher};
 
 /// How long a quiet check may wait in memory before it is written: the most that
@@ -172,7 +171,7 @@ impl Store {
             pending
                 .into_iter()
                 .filter_map(|(org, note)| {
-                    let status = inner.known.get(&org)?.0.to_string();
+                    let status = inner.known.get(&org)?.0.clone();
                     let row = QuietRow {
                         org_id: org,
                         status,
@@ -215,7 +214,7 @@ impl Store {
                 inner.known.remove(&row.org_id);
                 unmatched.push(Unmatched {
                     org_id: row.org_id,
-                    status: row.status,
+                    status: row.status.to_string(),
                     at: row.at,
                     answered,
                 });
@@ -223,23 +222,6 @@ impl Store {
         }
         Ok(unmatched)
     }
-}
-
-/// The group commit's rows as one JSON array, `[{"o": org, "s": status, "t": time, "n": checks}]`,
-/// for a backend to unpack in SQL (one parameter, whatever the batch's size).
-pub(super) fn batch_json(rows: &[QuietRow]) -> anyhow::Result<String> {
-    let mut json = String::with_capacity(rows.len() * 110);
-    json.push('[');
-    for (i, row) in rows.iter().enumerate() {
-        if i > 0 {
-            json.push(',');
-        }
-        let status = serde_json::to_string(&row.status)?;
-        let (org, t, n) = (&row.org_id, ts(row.at), row.checks);
-        let _ = write!(json, r#"{{"o":"{org}","s":{status},"t":"{t}","n":{n}}}"#);
-    }
-    json.push(']');
-    Ok(json)
 }
 
 /// Shared by every clone of a `Store`.

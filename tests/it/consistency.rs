@@ -287,6 +287,42 @@ async fn quiet_checks_are_written_together_by_the_group_commit() {
     assert!(after > first, "{after} after {first}");
 }
 
+/// A group commit larger than one statement (SQLite writes 64 rows per statement): every quiet
+/// check is counted, and an org changed by another writer in the middle of the batch still has
+/// its change recorded.
+#[tokio::test]
+async fn a_group_commit_of_many_orgs_writes_them_all() {
+    let t = spawn_app_with(Setup {
+        extra_orgs: 150,
+        ..Setup::default()
+    })
+    .await;
+    let other = app_on(&t).await;
+    let ids: Vec<String> = (0..150).map(extra_org).collect();
+    for id in &ids {
+        t.sim.set(id, Behavior::status("SYNCED"));
+        t.check(id).await; // first_seen: written at once
+    }
+    t.app.clock.step(chrono::Duration::seconds(5));
+    let changed = &ids[100];
+    t.sim.set(changed, Behavior::status("NOT_SYNCED"));
+    daemon::check_org(&other, org(&other, changed)).await.unwrap();
+    t.sim.set(changed, Behavior::status("SYNCED"));
+    for id in &ids {
+        t.check(id).await; // quiet to this process: noted
+    }
+    daemon::flush_quiet(&t.app).await.unwrap();
+    for id in ids.iter().filter(|id| *id != changed) {
+        assert_eq!(last_checked(&t, id).await.1, 2, "org {id}: both checks counted");
+    }
+    assert_eq!(
+        t.event_kinds(changed).await,
+        ["first_seen", "status_changed", "status_changed"],
+        "the change back to SYNCED under the batch is recorded"
+    );
+    other.store.close().await;
+}
+
 /// Another writer changes an org's state while this process has a quiet check of it noted: the
 /// flush finds the state changed and applies the check through the full path. Nothing is missed.
 #[tokio::test]
