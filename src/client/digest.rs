@@ -182,14 +182,17 @@ impl Md5Answer {
         h.update(b"GET:");
         h.update(path.as_bytes());
         let ha2 = hex(&h.finalize().into());
-        let nc = format!("{nc:08x}");
-        let cnonce = format!("{:032x}", rand::random::<u128>());
+        // On the stack: this runs for every request.
+        let nc: [u8; 8] = hex_of(&nc.to_be_bytes());
+        let nc = std::str::from_utf8(&nc).unwrap_or_default();
+        let cnonce: [u8; 32] = hex_of(&rand::random::<u128>().to_be_bytes());
+        let cnonce = std::str::from_utf8(&cnonce).unwrap_or_default();
         let mut h = Md5::new();
         h.update(self.ha1);
         h.update(b":");
         h.update(nonce.as_bytes());
         if self.qop_auth {
-            for part in [":", &nc, ":", &cnonce, ":auth"] {
+            for part in [":", nc, ":", cnonce, ":auth"] {
                 h.update(part.as_bytes());
             }
         }
@@ -202,7 +205,7 @@ impl Md5Answer {
         quote_into(&mut out, path);
         out.push('"');
         if self.qop_auth {
-            for part in [", qop=auth, nc=", &nc, ", cnonce=\"", &cnonce, "\""] {
+            for part in [", qop=auth, nc=", nc, ", cnonce=\"", cnonce, "\""] {
                 out.push_str(part);
             }
         }
@@ -215,6 +218,10 @@ impl Md5Answer {
 
 /// `s` as the inside of a quoted string (RFC 7230 quoted-pair for `"` and `\`).
 fn quote_into(out: &mut String, s: &str) {
+    if !s.contains(['"', '\\']) {
+        out.push_str(s);
+        return;
+    }
     for c in s.chars() {
         if matches!(c, '"' | '\\') {
             out.push('\\');
@@ -224,8 +231,14 @@ fn quote_into(out: &mut String, s: &str) {
 }
 
 fn hex(bytes: &[u8; 16]) -> [u8; 32] {
+    hex_of(bytes)
+}
+
+/// `bytes` in lower-case hex; `N` is twice their number.
+fn hex_of<const N: usize>(bytes: &[u8]) -> [u8; N] {
+    debug_assert_eq!(bytes.len() * 2, N);
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut out = [0; 32];
+    let mut out = [0; N];
     for (i, b) in bytes.iter().enumerate() {
         out[2 * i] = DIGITS[usize::from(b >> 4)];
         out[2 * i + 1] = DIGITS[usize::from(b & 0xf)];
