@@ -544,7 +544,6 @@ async fn reminders_sent(conn: &mut SqliteConnection, org: &OrgId) -> anyhow::Res
         .collect())
 }
 
-/// Writes `rec` inside the caller's transaction.
 /// Quiet checks written per statement by [`Backend::flush_quiet`]: 4 parameters each, far
 /// below SQLite's limit of 32,766, and few statements per window even at 10,000 orgs.
 const QUIET_CHUNK: usize = 64;
@@ -568,6 +567,7 @@ fn quiet_update_sql() -> &'static str {
     })
 }
 
+/// Writes `rec` inside the caller's transaction.
 async fn write_record(conn: &mut SqliteConnection, instance: &str, rec: &CheckRecord<'_>) -> anyhow::Result<()> {
     let at = ts(rec.at);
     let s = rec.state;
