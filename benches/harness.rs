@@ -414,7 +414,7 @@ async fn run_size(a: &Args, orgs: usize, nonce_lifetime: Duration, measure_chang
     let cpu = cpu_ms(pid) - cpu0;
     let pg_cpu = postgres_cpu_since(&db, &pg_cpu0).await;
     let bytes1 = db.bytes().await;
-    // A check may start up to the scheduler's coalescing window (100 ms) after its slot, so an org
+    // A check may start up to the scheduler's coalescing window (at most 250 ms) after its slot, so an org
     // whose slot sits at the window's edge can have its last check land just past it. Counting
     // a second later still shows any org that really missed a slot (it would have one check
     // fewer than there were cycles), without counting those edge cases as misses.

@@ -1,7 +1,7 @@
 //! Decides *when* each org is checked; knows nothing about HTTP or SQL.
 //!
 //! Every org has one next deadline in a min-heap; the loop sleeps until the earliest (plus
-//! [`COALESCE`], so that checks due close together start at one wake-up), starts the
+//! [`coalescing`], so that checks due close together start at one wake-up), starts the
 //! due checks (bounded by a semaphore, never two of one org at once) and computes each org's next
 //! slot. A late wake-up therefore costs one late check, never the schedule itself (the failure
 //! mode of tokio-cron-scheduler's issue #113, whose job runner we do not use; we use the same
@@ -43,9 +43,25 @@ const MAX_SLEEP: Duration = Duration::from_secs(5);
 /// the schedule does not drift. 10,000 orgs a minute fall due every 6 ms on average; a wake-up
 /// for each was a large part of a check's CPU, and their answers, arriving together too, share
 /// the runtime's wake-ups as well. Measured at 1,000 orgs / 10 s (BENCHMARKS.md): 0 ms -> 0.28,
-/// 20 ms -> 0.18, 50 ms -> 0.12, 100 ms -> 0.10 ms of CPU per check. A tenth of a second is
-/// nothing next to an interval of seconds or minutes, or a cron slot's second.
-pub const COALESCE: Duration = Duration::from_millis(100);
+/// 20 ms -> 0.18, 50 ms -> 0.12, 100 ms -> 0.10 ms of CPU per check; on a later machine 100 ms
+/// -> 0.077, 250 ms -> 0.068, 500 ms -> 0.062. A quarter of a second is nothing next to an
+/// interval of seconds or minutes, or a cron slot's second; [`coalescing`] keeps it to a tenth
+/// of the shortest interval.
+pub const COALESCE: Duration = Duration::from_millis(250);
+
+/// The coalescing window for `schedules`: [`COALESCE`], or a tenth of the shortest interval when
+/// that is less, so that no check starts later than a tenth of its interval after its slot.
+pub fn coalescing<'a>(schedules: impl IntoIterator<Item = &'a Schedule>) -> Duration {
+    schedules
+        .into_iter()
+        .filter_map(|s| match s {
+            Schedule::Every(d) => Some(*d / 10),
+            // Cron slots fall on whole seconds, the same second for every org that shares a
+            // line: they gather without help.
+            Schedule::Cron(_) => None,
+        })
+        .fold(COALESCE, Duration::min)
+}
 
 /// When the scheduler loop last ran, on the monotonic clock; `/healthz` and the systemd watchdog
 /// read it.
@@ -101,6 +117,7 @@ pub async fn run<F, Fut, P>(
         heartbeat,
         clock,
     } = settings;
+    let window = coalescing(schedules.iter().map(|(_, s)| s));
     let (mono, wall) = (Instant::now(), clock.now());
     let mut due: Vec<Option<Due>> = schedules
         .iter()
@@ -127,7 +144,7 @@ pub async fn run<F, Fut, P>(
         heartbeat.beat();
         let now = Instant::now();
         let wake = match heap.peek() {
-            Some(Reverse((t, _))) => later(*t, COALESCE).min(later(now, MAX_SLEEP)),
+            Some(Reverse((t, _))) => later(*t, window).min(later(now, MAX_SLEEP)),
             None => later(now, MAX_SLEEP),
         };
         tokio::select! {
@@ -351,6 +368,17 @@ mod tests {
         );
     }
 
+    #[test]
+    fn the_coalescing_window_is_a_quarter_second_or_a_tenth_of_the_shortest_interval() {
+        let every = |s: u64| Schedule::Every(Duration::from_secs(s));
+        let cron = Schedule::Cron(Box::new(crate::config::CronExpr::parse("0 */5 * * * *").unwrap()));
+        assert_eq!(coalescing([&every(60), &every(10)]), Duration::from_millis(250));
+        assert_eq!(coalescing([&cron]), Duration::from_millis(250));
+        assert_eq!(coalescing([&every(60), &cron, &every(2)]), Duration::from_millis(200));
+        assert_eq!(coalescing([&every(1)]), Duration::from_millis(100));
+        assert_eq!(coalescing([]), COALESCE);
+    }
+
     #[tokio::test(start_paused = true)]
     async fn checks_due_close_together_start_together_never_early_and_keep_their_slots() {
         let clock = Clock::simulated(at("2026-11-29T08:00:00Z"));
@@ -379,14 +407,17 @@ mod tests {
         shutdown.cancel();
         running.await.unwrap();
 
-        // Every check of every org comes in its own slot: not before it, at most COALESCE after.
+        // Every check of every org comes in its own slot: not before it, at most a tenth of the
+        // interval after.
+        let window = coalescing([&Schedule::Every(every)]);
+        assert_eq!(window, Duration::from_millis(100));
         for (i, first) in firsts.iter().enumerate() {
             let checks = checks_of(&log, i);
             assert!(checks.len() >= 9, "org {i}: {} checks in 10 s", checks.len());
             for (k, (started, _)) in checks.iter().enumerate() {
                 let slot = *first + every * k as u32;
                 assert!(
-                    *started >= slot && *started <= slot + COALESCE,
+                    *started >= slot && *started <= slot + window,
                     "org {i}, check {k}: started {:?} after its slot",
                     started.checked_duration_since(slot)
                 );
