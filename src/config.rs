@@ -44,7 +44,8 @@ pub struct Config {
     pub database: Database,
     /// How long a PostgreSQL leader's lease lasts without renewal (renewed every third of it).
     pub leader_lease: Duration,
-    /// Failed-check rows and sent deliveries older than this are pruned daily.
+    /// Failed-check rows, finished deliveries and delivered reports older than this are pruned
+    /// daily.
     pub retention: Duration,
     /// How long shutdown (and reload) waits for running checks and sends.
     pub shutdown_timeout: Duration,

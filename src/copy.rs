@@ -252,6 +252,9 @@ const TABLES: [Table; 10] = [
         write: "INSERT INTO events (id, org_id, kind, created_at, payload)
                 SELECT q.id, q.org_id, q.kind, q.created_at, q.payload
                 FROM jsonb_populate_recordset(NULL::events, $1::jsonb) AS q
+                -- A report whose slot the target has recorded is there, or was delivered and
+                -- pruned: copied again, its delivery would go out a second time.
+                WHERE NOT EXISTS (SELECT 1 FROM report_runs AS r WHERE r.event_id = q.id)
                 ORDER BY q.seq
                 ON CONFLICT (id) DO NOTHING",
         after_last_event: false,

@@ -767,9 +767,13 @@ async fn retention(store: Store, keep: watch::Receiver<Duration>, clock: Clock, 
         match before.map(|before| store.prune(before)) {
             None => {}
             Some(prune) => match prune.await {
-                Ok((0, 0)) => {}
-                Ok((failures, deliveries)) => {
-                    tracing::info!(failures, deliveries, "pruned rows older than the retention")
+                Ok(pruned) if pruned == crate::store::Pruned::default() => {}
+                Ok(crate::store::Pruned {
+                    failures,
+                    deliveries,
+                    reports,
+                }) => {
+                    tracing::info!(failures, deliveries, reports, "pruned rows older than the retention")
                 }
                 Err(e) => tracing::warn!("retention: {e:#}"),
             },

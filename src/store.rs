@@ -24,7 +24,7 @@ mod quiet;
 mod sqlite;
 
 pub(crate) use backend::Backend;
-pub use backend::{FailureRow, QuietRow};
+pub use backend::{FailureRow, Pruned, QuietRow};
 use checks::transition;
 pub use checks::{Applied, Check, CheckRecord, Decision, RemindersSent, event_id};
 pub use lock::{LockError, WriterLock};
@@ -230,7 +230,9 @@ impl Store {
         on_db!(self, db => db.last_report_slot(report).await)
     }
 
-    pub async fn prune(&self, before: DateTime<Utc>) -> anyhow::Result<(u64, u64)> {
+    /// Deletes what retention lets go of, older than `before`: failed checks, finished
+    /// deliveries, and the events of scheduled reports that have no delivery left.
+    pub async fn prune(&self, before: DateTime<Utc>) -> anyhow::Result<Pruned> {
         on_db!(self, db => db.prune(before).await)
     }
 

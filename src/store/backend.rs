@@ -24,6 +24,17 @@ use crate::store::RemindersSent;
 
 /// A quiet check for the group commit: the org, the status it is quiet with, the last check's
 /// time and how many checks.
+/// What one pass of retention deleted.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Pruned {
+    pub failures: u64,
+    pub deliveries: u64,
+    /// Scheduled reports' events whose deliveries were all pruned: each holds a whole report,
+    /// so a frequent report would otherwise grow `events` by its size per slot, for ever. Their
+    /// `report_runs` rows stay, so a slot is never sent again.
+    pub reports: u64,
+}
+
 #[derive(Debug, Clone)]
 pub struct QuietRow {
     pub org_id: OrgId,
@@ -123,7 +134,7 @@ pub(crate) trait Backend {
 
     async fn probe_write(&self) -> anyhow::Result<()>;
 
-    async fn prune(&self, before: DateTime<Utc>) -> anyhow::Result<(u64, u64)>;
+    async fn prune(&self, before: DateTime<Utc>) -> anyhow::Result<Pruned>;
     async fn gauges(&self) -> anyhow::Result<DbGauges>;
     async fn history(&self, org: Option<&str>, since: Option<DateTime<Utc>>) -> anyhow::Result<Vec<StatusChange>>;
     async fn current(&self) -> anyhow::Result<Vec<CurrentStatus>>;

@@ -21,7 +21,7 @@ use sqlx::{Postgres as Pg, Row, Transaction};
 
 pub use fence::{Fence, Fenced, Term};
 
-use super::backend::{Backend, FailureRow, QuietRow};
+use super::backend::{Backend, FailureRow, Pruned, QuietRow};
 use super::{
     Applied, ChannelDeliveries, Check, CheckRecord, CurrentStatus, Decision, Delivery, FailedCheck, MigrationChange,
     MigrationCheck, MigrationDecision, MigrationRow, OrgRow, Pending, RemindersSent, ReportRun, StatusChange,
@@ -510,7 +510,7 @@ impl Backend for Postgres {
         Ok(())
     }
 
-    async fn prune(&self, before: DateTime<Utc>) -> anyhow::Result<(u64, u64)> {
+    async fn prune(&self, before: DateTime<Utc>) -> anyhow::Result<Pruned> {
         let failures = sqlx::query("DELETE FROM check_failures WHERE checked_at < $1")
             .bind(before)
             .execute(&self.pool)
@@ -523,7 +523,20 @@ impl Backend for Postgres {
         .execute(&self.pool)
         .await?
         .rows_affected();
-        Ok((failures, deliveries))
+        // After the deliveries: a report still being delivered (or retried) keeps its event.
+        let reports = sqlx::query(
+            "DELETE FROM events AS e WHERE e.kind = 'report' AND e.created_at < $1
+                 AND NOT EXISTS (SELECT 1 FROM outbox AS x WHERE x.event_seq = e.seq)",
+        )
+        .bind(before)
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        Ok(Pruned {
+            failures,
+            deliveries,
+            reports,
+        })
     }
 
     async fn gauges(&self) -> anyhow::Result<DbGauges> {

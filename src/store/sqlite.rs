@@ -12,7 +12,7 @@ use sqlx::sqlite::{
 };
 use sqlx::{Connection, Row};
 
-use super::backend::{Backend, FailureRow, QuietRow};
+use super::backend::{Backend, FailureRow, Pruned, QuietRow};
 use super::{
     Applied, ChannelDeliveries, Check, CheckRecord, CurrentStatus, Decision, Delivery, FailedCheck, MigrationChange,
     MigrationCheck, MigrationDecision, MigrationRow, OrgRow, Pending, RemindersSent, ReportRun, StatusChange,
@@ -383,7 +383,7 @@ impl Backend for Sqlite {
         .await
     }
 
-    async fn prune(&self, before: DateTime<Utc>) -> anyhow::Result<(u64, u64)> {
+    async fn prune(&self, before: DateTime<Utc>) -> anyhow::Result<Pruned> {
         let before = ts(before);
         let failures = sqlx::query("DELETE FROM check_failures WHERE checked_at < ?")
             .bind(&before)
@@ -397,7 +397,20 @@ impl Backend for Sqlite {
         .execute(&self.pool)
         .await?
         .rows_affected();
-        Ok((failures, deliveries))
+        // After the deliveries: a report still being delivered (or retried) keeps its event.
+        let reports = sqlx::query(
+            "DELETE FROM events WHERE kind = 'report' AND created_at < ?
+                 AND NOT EXISTS (SELECT 1 FROM outbox AS x WHERE x.event_seq = events.seq)",
+        )
+        .bind(&before)
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        Ok(Pruned {
+            failures,
+            deliveries,
+            reports,
+        })
     }
 
     async fn gauges(&self) -> anyhow::Result<DbGauges> {

@@ -316,8 +316,8 @@ async fn retention_prunes_failures_and_sent_deliveries_but_keeps_history() {
     t.check(ORG_A).await;
     t.dispatch().await;
     let later = chrono::Utc::now() + chrono::Duration::seconds(1);
-    let (failures, deliveries) = t.app.store.prune(later).await.unwrap();
-    assert_eq!((failures, deliveries), (1, 1));
+    let pruned = t.app.store.prune(later).await.unwrap();
+    assert_eq!((pruned.failures, pruned.deliveries, pruned.reports), (1, 1, 0));
     let a = linkwatch::config::OrgId::parse(ORG_A).unwrap();
     assert!(t.app.store.failures(&a).await.unwrap().is_empty());
     assert_eq!(
@@ -331,7 +331,7 @@ async fn retention_prunes_failures_and_sent_deliveries_but_keeps_history() {
     t.check(ORG_A).await;
     assert_eq!(
         t.app.store.prune(later + chrono::Duration::seconds(5)).await.unwrap(),
-        (0, 0)
+        linkwatch::store::Pruned::default()
     );
 }
 

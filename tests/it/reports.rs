@@ -434,3 +434,73 @@ async fn a_report_says_which_migrations_are_ready_for_cutover_and_how_long_is_le
     );
     assert!(again.migrations.is_empty(), "{again:?}");
 }
+
+/// Retention lets a delivered report's event go (each holds a whole report, so a frequent
+/// report would otherwise grow the history for ever), keeps one still being delivered, and
+/// never lets a slot be sent again.
+#[tokio::test]
+async fn retention_prunes_delivered_reports_and_their_slots_are_not_sent_again() {
+    prunes_delivered_reports(None).await;
+}
+
+#[tokio::test]
+async fn on_postgres_retention_prunes_delivered_reports_too() {
+    let Some(db) = crate::pg::database().await else { return };
+    prunes_delivered_reports(Some(db.url.clone())).await;
+}
+
+async fn prunes_delivered_reports(database_url: Option<String>) {
+    let on_postgres = database_url.is_some();
+    let receiver = Receiver::start().await;
+    let t = spawn_app_with(Setup {
+        database_url,
+        channels: format!(
+            "{}{}",
+            hook(&receiver.url("/hook")),
+            report("daily", "0 0 9 * * *", "\"hook\"")
+        ),
+        ..Setup::default()
+    })
+    .await;
+    if on_postgres {
+        crate::pg::lead(&t.app.store).await;
+    }
+    let report_events = || async { t.events(None).await.into_iter().filter(|e| e.kind == "report").count() };
+    let now = chrono::Utc::now();
+    let nine = now.date_naive().and_hms_opt(9, 0, 10).unwrap().and_utc();
+    t.app.clock.step(nine - now);
+    let daily = &t.app.config.reports[0];
+    let first = jobs::run_due(&*t.app, daily).await.unwrap();
+    assert!(matches!(first, Outcome::Enqueued { .. }), "{first:?}");
+    deliver_until(&t, "the first report", || async {
+        reports(&receiver, "daily").len() == 1
+    })
+    .await;
+    // The next day's slot is enqueued and not delivered yet.
+    t.app.clock.step(chrono::Duration::hours(24));
+    let Outcome::Enqueued { slot, .. } = jobs::run_due(&*t.app, daily).await.unwrap() else {
+        panic!("the next day's slot is due")
+    };
+    assert_eq!(report_events().await, 2);
+
+    let later = t.app.clock.now() + chrono::Duration::days(1);
+    let pruned = t.app.store.prune(later).await.unwrap();
+    assert_eq!((pruned.deliveries, pruned.reports), (1, 1), "{pruned:?}");
+    assert_eq!(report_events().await, 1, "the report still to deliver is kept");
+    assert_eq!(
+        jobs::run_due(&*t.app, daily).await.unwrap(),
+        Outcome::AlreadySent { slot },
+        "the slot is still recorded"
+    );
+
+    deliver_until(&t, "the second report", || async {
+        reports(&receiver, "daily").len() == 2
+    })
+    .await;
+    assert_eq!(t.app.store.prune(later).await.unwrap().reports, 1);
+    assert_eq!(report_events().await, 0);
+    // Nothing comes back: no slot is sent again.
+    t.dispatch().await;
+    assert_eq!(reports(&receiver, "daily").len(), 2);
+    t.app.store.close().await;
+}
