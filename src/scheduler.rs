@@ -46,11 +46,13 @@ const MAX_SLEEP: Duration = Duration::from_secs(5);
 /// 20 ms -> 0.18, 50 ms -> 0.12, 100 ms -> 0.10 ms of CPU per check; on a later machine 100 ms
 /// -> 0.077, 250 ms -> 0.068, 500 ms -> 0.062. A quarter of a second is nothing next to an
 /// interval of seconds or minutes, or a cron slot's second; [`coalescing`] keeps it to a tenth
-/// of the shortest interval.
+/// of the shortest `every`.
 pub const COALESCE: Duration = Duration::from_millis(250);
 
-/// The coalescing window for `schedules`: [`COALESCE`], or a tenth of the shortest interval when
-/// that is less, so that no check starts later than a tenth of its interval after its slot.
+/// The coalescing window for `schedules`: [`COALESCE`], or a tenth of the shortest `every` when
+/// that is less, so that no interval check starts later than a tenth of its interval after its
+/// slot. Cron lines do not lower it: their slots are whole seconds, so even `* * * * * *` waits
+/// at most a quarter of its second.
 pub fn coalescing<'a>(schedules: impl IntoIterator<Item = &'a Schedule>) -> Duration {
     schedules
         .into_iter()

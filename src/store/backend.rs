@@ -22,8 +22,6 @@ use crate::detect::migration::{LinkView, MigrationState};
 use crate::metrics::DbGauges;
 use crate::store::RemindersSent;
 
-/// A quiet check for the group commit: the org, the status it is quiet with, the last check's
-/// time and how many checks.
 /// What one pass of retention deleted.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Pruned {
@@ -35,6 +33,8 @@ pub struct Pruned {
     pub reports: u64,
 }
 
+/// A quiet check for the group commit: the org, the status it is quiet with, the last check's
+/// time and how many checks.
 #[derive(Debug, Clone)]
 pub struct QuietRow {
     pub org_id: OrgId,

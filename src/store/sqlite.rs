@@ -399,7 +399,9 @@ impl Backend for Sqlite {
         .rows_affected();
         // After the deliveries: a report still being delivered (or retried) keeps its event.
         let reports = sqlx::query(
-            "DELETE FROM events WHERE kind = 'report' AND created_at < ?
+            // The org_id range ('report:' .. 'report;') reads `events_by_org`, not every event.
+            "DELETE FROM events WHERE org_id >= 'report:' AND org_id < 'report;' AND kind = 'report'
+                 AND created_at < ?
                  AND NOT EXISTS (SELECT 1 FROM outbox AS x WHERE x.event_seq = events.seq)",
         )
         .bind(&before)

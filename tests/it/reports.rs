@@ -482,6 +482,10 @@ async fn prunes_delivered_reports(database_url: Option<String>) {
         panic!("the next day's slot is due")
     };
     assert_eq!(report_events().await, 2);
+    // Younger than the retention: kept.
+    let earlier = t.app.clock.now() - chrono::Duration::days(2);
+    assert_eq!(t.app.store.prune(earlier).await.unwrap().reports, 0);
+    assert_eq!(report_events().await, 2);
 
     let later = t.app.clock.now() + chrono::Duration::days(1);
     let pruned = t.app.store.prune(later).await.unwrap();
@@ -499,7 +503,11 @@ async fn prunes_delivered_reports(database_url: Option<String>) {
     .await;
     assert_eq!(t.app.store.prune(later).await.unwrap().reports, 1);
     assert_eq!(report_events().await, 0);
-    // Nothing comes back: no slot is sent again.
+    // Nothing comes back: no slot is sent again, though its event is gone.
+    assert_eq!(
+        jobs::run_due(&*t.app, daily).await.unwrap(),
+        Outcome::AlreadySent { slot }
+    );
     t.dispatch().await;
     assert_eq!(reports(&receiver, "daily").len(), 2);
     t.app.store.close().await;
