@@ -125,6 +125,10 @@ impl ReportRun<'_> {
 /// What `events.org_id` starts with for a report's event.
 pub const REPORT_ORG_PREFIX: &str = "report:";
 
+/// The first `org_id` past every report's (the prefix's `:` stepped to `;`): with the prefix, a
+/// range that the `(org_id, created_at)` index answers, for retention's delete of reports.
+pub(super) const REPORT_ORG_END: &str = "report;";
+
 /// A report slot's event id: the same for the same database, report and slot, so a receiver
 /// can drop a repeat (the one duplicate a crash between send and mark can cause).
 pub fn report_event_id(instance: &str, report: &str, slot: DateTime<Utc>) -> String {

@@ -24,8 +24,8 @@ pub use fence::{Fence, Fenced, Term};
 use super::backend::{Backend, FailureRow, Pruned, QuietRow};
 use super::{
     Applied, ChannelDeliveries, Check, CheckRecord, CurrentStatus, Decision, Delivery, FailedCheck, MigrationChange,
-    MigrationCheck, MigrationDecision, MigrationRow, OrgRow, Pending, RemindersSent, ReportRun, StatusChange,
-    StoredEvent, cap, event_id, transition, ts,
+    MigrationCheck, MigrationDecision, MigrationRow, OrgRow, Pending, REPORT_ORG_END, REPORT_ORG_PREFIX, RemindersSent,
+    ReportRun, StatusChange, StoredEvent, cap, event_id, transition, ts,
 };
 use crate::config::{OrgId, PgTarget};
 use crate::detect::OrgState;
@@ -525,12 +525,14 @@ impl Backend for Postgres {
         .rows_affected();
         // After the deliveries: a report still being delivered (or retried) keeps its event.
         let reports = sqlx::query(
-            // The org_id range ('report:' .. 'report;') reads the index on (org_id, created_at).
-            "DELETE FROM events AS e WHERE e.org_id >= 'report:' AND e.org_id < 'report;'
+            // The org_id range reads the index on (org_id, created_at), not every event.
+            "DELETE FROM events AS e WHERE e.org_id >= $2 AND e.org_id < $3
                  AND e.kind = 'report' AND e.created_at < $1
                  AND NOT EXISTS (SELECT 1 FROM outbox AS x WHERE x.event_seq = e.seq)",
         )
         .bind(before)
+        .bind(REPORT_ORG_PREFIX)
+        .bind(REPORT_ORG_END)
         .execute(&self.pool)
         .await?
         .rows_affected();

@@ -15,8 +15,8 @@ use sqlx::{Connection, Row};
 use super::backend::{Backend, FailureRow, Pruned, QuietRow};
 use super::{
     Applied, ChannelDeliveries, Check, CheckRecord, CurrentStatus, Decision, Delivery, FailedCheck, MigrationChange,
-    MigrationCheck, MigrationDecision, MigrationRow, OrgRow, Pending, RemindersSent, ReportRun, StatusChange,
-    StoredEvent, cap, event_id, parse_ts, transition, ts,
+    MigrationCheck, MigrationDecision, MigrationRow, OrgRow, Pending, REPORT_ORG_END, REPORT_ORG_PREFIX, RemindersSent,
+    ReportRun, StatusChange, StoredEvent, cap, event_id, parse_ts, transition, ts,
 };
 use crate::config::OrgId;
 use crate::detect::OrgState;
@@ -399,12 +399,14 @@ impl Backend for Sqlite {
         .rows_affected();
         // After the deliveries: a report still being delivered (or retried) keeps its event.
         let reports = sqlx::query(
-            // The org_id range ('report:' .. 'report;') reads `events_by_org`, not every event.
-            "DELETE FROM events WHERE org_id >= 'report:' AND org_id < 'report;' AND kind = 'report'
-                 AND created_at < ?
+            // The org_id range reads `events_by_org`, not every event.
+            "DELETE FROM events WHERE org_id >= ?2 AND org_id < ?3 AND kind = 'report'
+                 AND created_at < ?1
                  AND NOT EXISTS (SELECT 1 FROM outbox AS x WHERE x.event_seq = events.seq)",
         )
         .bind(&before)
+        .bind(REPORT_ORG_PREFIX)
+        .bind(REPORT_ORG_END)
         .execute(&self.pool)
         .await?
         .rows_affected();
