@@ -405,7 +405,10 @@ async fn notify_test(config: &Config, name: &str) -> anyhow::Result<ExitCode> {
         at: store::ts(now),
         data: serde_json::json!({"test": true}),
     };
-    match outlet.channel.send(std::slice::from_ref(&message)).await {
+    match outlet
+        .send_by(std::slice::from_ref(&message), outlet.send_deadline())
+        .await
+    {
         Ok(note) => {
             println!("sent a test message to {name} ({})", outlet.channel.kind());
             if let Some(note) = note {
@@ -458,7 +461,10 @@ async fn report_now(config: &Config, name: &str) -> anyhow::Result<ExitCode> {
         payload: serde_json::to_string(&report)?,
     };
     let message = report.message(&stored);
-    match outlet.channel.send(std::slice::from_ref(&message)).await {
+    match outlet
+        .send_by(std::slice::from_ref(&message), outlet.send_deadline())
+        .await
+    {
         Ok(note) => {
             println!(
                 "sent the report to {name} ({}): {}",

@@ -419,7 +419,8 @@ async fn copy_into(
                 .with_context(|| format!("cannot read {} from {}", table.name, path.display()))?;
             let Some(last) = last else { break };
             after = last;
-            source += serde_json::from_str::<Vec<serde::de::IgnoredAny>>(&rows)?.len() as u64;
+            let (count, rows) = gated(&rows)?;
+            source += count;
             let write = sqlx::query(table.write).bind(&rows);
             let write = if table.after_last_event {
                 write.bind(last_event)
@@ -466,6 +467,27 @@ async fn open_source(path: &Path) -> anyhow::Result<SqliteConnection> {
 }
 
 /// The source's identity, once its schema is the one this linkwatch writes.
+/// A chunk's rows with every string through the gate for outside text, uncut (a copy keeps all
+/// it can), and how many rows it has. A SQLite history may hold a NUL that a receiver or Cloud
+/// Manager sent before the gate existed; PostgreSQL refuses it in `text` and `jsonb`, and one
+/// such row rolled the whole copy back.
+fn gated(rows: &str) -> anyhow::Result<(u64, String)> {
+    fn clean(value: &mut serde_json::Value) {
+        match value {
+            serde_json::Value::String(s) if s.chars().any(|c| c.is_control() && c != '\n' && c != '\t') => {
+                *s = crate::outside::text(s, usize::MAX);
+            }
+            serde_json::Value::Array(a) => a.iter_mut().for_each(clean),
+            serde_json::Value::Object(o) => o.values_mut().for_each(clean),
+            _ => {}
+        }
+    }
+    let mut value: serde_json::Value = serde_json::from_str(rows)?;
+    let count = value.as_array().map_or(0, Vec::len) as u64;
+    clean(&mut value);
+    Ok((count, value.to_string()))
+}
+
 async fn source_instance(src: &mut SqliteConnection, path: &Path) -> anyhow::Result<String> {
     let newest = sqlx::migrate!("migrations/sqlite")
         .iter()

@@ -165,12 +165,14 @@ pub async fn check_org(app: &App, org: &Org) -> anyhow::Result<CheckReport> {
     }
     // Boxed: the full path's future (sqlx's transaction) is five times the size of the rest,
     // and unboxed it made every check's task that size, moved and copied whole on each spawn.
-    let events = Box::pin(apply(app, org, &outcome, answer)).await?;
     let label = match &outcome {
         Ok(_) => "ok",
         Err(f) => f.class.as_str(),
     };
+    // Counted before it is written: a check whose record the database refuses still happened,
+    // and /metrics must not look as if the checks had stopped.
     app.metrics.check(&org.id, &org.name, label, took, requests);
+    let events = Box::pin(apply(app, org, &outcome, answer)).await?;
     Ok(CheckReport { outcome, events })
 }
 

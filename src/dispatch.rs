@@ -22,9 +22,12 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::AbortOnDropHandle;
 
-use crate::channels::{Channel, ConsoleSink};
+use tokio::time::Instant;
+
+use crate::channels::{Channel, ConsoleSink, SendError, Sent};
 use crate::clock::Clock;
 use crate::config::Config;
+use crate::message::Message;
 use crate::metrics::{Blocked, Metrics};
 use crate::retry::RetryPolicy;
 use crate::router::Router;
@@ -56,7 +59,26 @@ pub struct Outlet {
     memories: Memories,
 }
 
+/// Added to a send's own bound before the dispatcher abandons it: the channel's bound (an SMTP
+/// transaction's, a request's) ends it first and names the step that did not answer; this one is
+/// the guarantee, whatever the transport does.
+const SEND_GRACE: Duration = Duration::from_secs(1);
+
 impl Outlet {
+    /// Sends `messages` on this channel, abandoned at `deadline` if it has not ended by then: a
+    /// send past its bound is a failed attempt (retried like any other), never a wait. Every
+    /// caller (the dispatcher, `notify-test`, `report --channel`) sends through here.
+    pub async fn send_by(&self, messages: &[Message], deadline: Instant) -> Result<Sent, SendError> {
+        bounded(self.channel.send(messages), deadline, self.send_takes).await
+    }
+
+    /// The latest a send started now may end: its bound and a moment's grace.
+    pub fn send_deadline(&self) -> Instant {
+        let now = Instant::now();
+        now.checked_add(self.send_takes.saturating_add(SEND_GRACE))
+            .unwrap_or(now)
+    }
+
     /// Tells the metrics and `/healthz` whether this channel is blocked now.
     fn publish_blocked(&self, blocked: Option<Blocked>, metrics: &Metrics) {
         self.memories.publish_blocked(&self.name, blocked, metrics);
@@ -288,6 +310,25 @@ impl Dispatcher {
     }
 }
 
+/// `send`, abandoned at `deadline`: then a failed attempt that says how long it was given.
+async fn bounded(
+    send: impl Future<Output = Result<Sent, SendError>>,
+    deadline: Instant,
+    bound: Duration,
+) -> Result<Sent, SendError> {
+    match tokio::time::timeout_at(deadline, send).await {
+        Ok(sent) => sent,
+        Err(_) => Err(SendError::Transient {
+            error: format!(
+                "no answer within {}; the send was abandoned",
+                humantime::format_duration(bound)
+            ),
+            retry_after: None,
+            rate_limited: false,
+        }),
+    }
+}
+
 /// Waits for the channels of [`Dispatcher::spawn_all_due`]: how many deliveries they attempted,
 /// or the first error.
 async fn join_all_due(channels: &mut JoinSet<anyhow::Result<usize>>) -> anyhow::Result<usize> {
@@ -406,4 +447,28 @@ async fn worker(
     // One more try to write what was decided. What still cannot be written stays in the
     // channel's memory: a reload's new worker goes on from it, and at exit the shutdown names it.
     step::flush(&cx).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_send_that_never_ends_is_abandoned_at_its_deadline_as_a_failed_attempt() {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let never = std::future::pending();
+        let sent = tokio::time::timeout(
+            Duration::from_secs(3600),
+            bounded(never, deadline, Duration::from_secs(9)),
+        )
+        .await
+        .expect("the send was abandoned at its deadline");
+        assert!(Instant::now() >= deadline);
+        match sent {
+            Err(SendError::Transient { error, .. }) => {
+                assert_eq!(error, "no answer within 9s; the send was abandoned");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
 }

@@ -20,6 +20,7 @@ pub mod metrics;
 pub mod migrations;
 pub mod monitoring;
 pub mod outcome;
+pub mod outside;
 pub mod report;
 pub mod retry;
 pub mod router;

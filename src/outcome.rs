@@ -159,18 +159,10 @@ impl Failure {
     }
 }
 
-/// `text` cut to at most [`DETAIL_MAX_CHARS`] characters, the cut on a character boundary and
-/// marked with "...".
+/// `text` through the gate for outside text ([`crate::outside::text`]): no NUL or control
+/// characters, at most [`DETAIL_MAX_CHARS`] characters, a cut marked with "…".
 pub fn cap(text: String) -> String {
-    const MARK: &str = "...";
-    match text.char_indices().nth(DETAIL_MAX_CHARS) {
-        None => text,
-        Some(_) => {
-            let keep = DETAIL_MAX_CHARS - MARK.len();
-            let end = text.char_indices().nth(keep).map_or(text.len(), |(i, _)| i);
-            format!("{}{MARK}", &text[..end])
-        }
-    }
+    crate::outside::text(&text, DETAIL_MAX_CHARS)
 }
 
 #[cfg(test)]
@@ -186,7 +178,7 @@ mod tests {
             "é".repeat(10_000),
         );
         assert_eq!(f.detail.chars().count(), DETAIL_MAX_CHARS);
-        assert!(f.detail.starts_with("éé") && f.detail.ends_with("..."));
+        assert!(f.detail.starts_with("éé") && f.detail.ends_with('…'));
         assert_eq!(f.error_code.unwrap().chars().count(), DETAIL_MAX_CHARS);
         let exact = "x".repeat(DETAIL_MAX_CHARS);
         assert_eq!(cap(exact.clone()), exact, "at the cap, nothing is cut");
@@ -194,5 +186,11 @@ mod tests {
         f.prefix_detail("token request failed: ");
         assert!(f.detail.starts_with("token request failed: yyy"));
         assert_eq!(f.detail.chars().count(), DETAIL_MAX_CHARS);
+        let f = Failure::new(FailureClass::ServerError, Some(500), Some("E\0X".into()), "a\0b");
+        assert_eq!(
+            (f.error_code.as_deref(), f.detail.as_str()),
+            (Some("EX"), "ab"),
+            "through the gate"
+        );
     }
 }

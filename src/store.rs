@@ -73,12 +73,11 @@ fn parse_ts(s: Option<String>) -> Option<DateTime<Utc>> {
 /// The most characters of an error kept in `last_error`: enough to read, never a whole body.
 const ERROR_CHARS: usize = 1000;
 
-/// An error as stored: at most [`ERROR_CHARS`] characters.
+/// An error as stored: through the gate for outside text, at most [`ERROR_CHARS`] characters.
+/// Errors are made from receivers' answers, so this is the last place a NUL could still be
+/// caught before PostgreSQL refuses the row (and with it the record of the attempt).
 fn cap(text: &str) -> String {
-    match text.char_indices().nth(ERROR_CHARS) {
-        Some((at, _)) => format!("{}…", &text[..at]),
-        None => text.to_owned(),
-    }
+    crate::outside::text(text, ERROR_CHARS)
 }
 
 #[derive(Debug, Clone, FromRow, serde::Serialize)]
@@ -286,4 +285,13 @@ pub fn since_from(text: &str, now: DateTime<Utc>) -> Result<DateTime<Utc>, Strin
     Err(format!(
         "--since \"{text}\" is neither a duration (7d, 12h) nor a date (2026-11-01) or UTC time (2026-11-01T08:00:00Z)"
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_stored_error_has_passed_the_gate() {
+        assert_eq!(super::cap("HTTP 500: a\0b\u{1b}[2J"), "HTTP 500: ab[2J");
+        assert_eq!(super::cap(&"x".repeat(5000)).chars().count(), super::ERROR_CHARS);
+    }
 }

@@ -18,9 +18,10 @@ use lettre::message::header::ContentType;
 use lettre::message::{Mailbox, MultiPart, SinglePart};
 use lettre::transport::smtp::authentication::Credentials;
 use lettre::transport::smtp::client::{Certificate, Tls, TlsParameters};
-use lettre::{AsyncSmtpTransport, AsyncTransport, Tokio1Executor};
+use lettre::transport::smtp::extension::ClientId;
 use sha2::{Digest as _, Sha256};
 
+use super::relay::{Failed, Relay};
 use super::{SendError, Sent};
 use crate::config::{self, TlsMode, parse_smtp_url};
 use crate::message::Message;
@@ -75,7 +76,7 @@ impl Progress {
 }
 
 pub struct Email {
-    transport: AsyncSmtpTransport<Tokio1Executor>,
+    relay: Relay,
     from: Mailbox,
     to: Vec<Mailbox>,
     done: Progress,
@@ -103,19 +104,20 @@ impl Email {
             TlsMode::Required => Tls::Required(tls),
             TlsMode::Wrapper => Tls::Wrapper(tls),
         };
-        let mut builder = AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(target.host)
-            .port(target.port)
-            .tls(tls)
-            .timeout(Some(timeout));
         let credentials = match (&settings.username, &settings.password) {
             (Some(u), Some(p)) => Some((u.clone(), p.expose().to_owned())),
             _ => target.credentials,
         };
-        if let Some((user, pass)) = credentials {
-            builder = builder.credentials(Credentials::new(user, pass));
-        }
+        let relay = Relay {
+            host: target.host,
+            port: target.port,
+            tls,
+            credentials: credentials.map(|(user, pass)| Credentials::new(user, pass)),
+            timeout,
+            hello: ClientId::default(),
+        };
         Ok(Email {
-            transport: builder.build(),
+            relay,
             from: Mailbox::from_str(&settings.from).context("from")?,
             to: settings
                 .to
@@ -169,17 +171,20 @@ impl Email {
             };
             let envelope = Envelope::new(Some(self.from.email.clone()), vec![to.email.clone()])
                 .map_err(|e| SendError::Permanent(format!("SMTP envelope for {rcpt}: {e}")))?;
-            match self.transport.send_raw(&envelope, bytes).await {
-                Ok(_) => self.remember(&these, &rcpt, None),
+            match self.relay.send(&envelope, bytes).await {
+                Ok(()) => self.remember(&these, &rcpt, None),
                 // 5xx: this server refuses this recipient (or this mail) for good.
-                Err(e) if e.is_permanent() => self.remember(&these, &rcpt, Some(e.to_string())),
-                // lettre refused to send it at all (e.g. 8-bit text to a 7-bit server).
-                Err(e) if e.is_client() => return Err(SendError::Permanent(format!("SMTP: {e}"))),
-                Err(e) => {
-                    // A 4xx concerns this recipient; anything else (connection, TLS, timeout)
-                    // the server.
-                    broken = !e.is_transient();
-                    error.get_or_insert_with(|| e.to_string());
+                Err(Failed::Refused(e)) => self.remember(&these, &rcpt, Some(e)),
+                Err(Failed::Client(e)) => return Err(SendError::Permanent(format!("SMTP: {e}"))),
+                // A 4xx concerns this recipient; anything else (connection, TLS, the login, no
+                // answer in time) the server, and the others would meet it too.
+                Err(Failed::Deferred(e)) => {
+                    error.get_or_insert(e);
+                    waiting.push(rcpt);
+                }
+                Err(Failed::Relay(e)) => {
+                    broken = true;
+                    error.get_or_insert(e);
                     waiting.push(rcpt);
                 }
             }

@@ -3,6 +3,7 @@
 
 pub mod console;
 pub mod email;
+mod relay;
 pub mod slack;
 pub mod webhook;
 
@@ -92,6 +93,10 @@ impl Channel {
     /// Sends `messages` (one, or several due at once) as one delivery: several become one
     /// digest on Slack and email, and separate requests on a webhook. Callers send one of
     /// [`groups`](Self::groups) at a time.
+    ///
+    /// Unbounded in time as a whole: the caller sets the bound (`dispatch::Outlet::send_by`).
+    /// What a receiver said is in the error only through the gate for outside text
+    /// ([`answer`] for HTTP, `relay` for SMTP).
     pub async fn send(&self, messages: &[Message]) -> Result<Sent, SendError> {
         match self {
             Channel::Console(c) => c.send(messages).map(|()| None),
@@ -214,13 +219,10 @@ async fn answer(response: reqwest::Result<reqwest::Response>) -> Result<(), Answ
             Ok(None) | Err(_) => break,
         }
     }
-    let body: String = String::from_utf8_lossy(&bytes)
-        .split_whitespace()
-        .collect::<Vec<_>>()
-        .join(" ")
-        .chars()
-        .take(BODY_CHARS)
-        .collect();
+    // Through the gate for outside text (a NUL in a proxy's page, escape codes), then
+    // whitespace collapsed and cut to what a message can hold.
+    let clean = crate::outside::bytes(&bytes, BODY_CAP);
+    let body = crate::outside::text(&clean.split_whitespace().collect::<Vec<_>>().join(" "), BODY_CHARS);
     Err(Answer::Status {
         code,
         body,

@@ -65,7 +65,10 @@ pub fn classify(
                 excerpt(s.as_bytes())
             )));
         }
-        Some(Value::String(s)) if !s.trim().is_empty() => s.trim().to_owned(),
+        // Through the gate, as the link's status: it is stored and sent on.
+        Some(Value::String(s)) if !crate::outside::text(s, MAX_STATUS_CHARS).trim().is_empty() => {
+            crate::outside::text(s, MAX_STATUS_CHARS).trim().to_owned()
+        }
         Some(other) => return Err(malformed(format!("`status` is not a status string: {other}"))),
         None => return Err(malformed(format!("no `status` in the answer: {}", excerpt(body)))),
     };

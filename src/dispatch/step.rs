@@ -38,6 +38,9 @@ pub(super) struct Memory {
     record_failures: u32,
     /// When to try the write again.
     record_at: Option<Instant>,
+    /// The first refused write of the current run of refusals, on both clocks: the channel is
+    /// said to be blocked while its outcomes cannot be written, since it sends nothing then.
+    record_failing_since: Option<(DateTime<Utc>, Instant)>,
     /// The unrecorded outcomes were reported as lost at exit (so it is said once).
     reported: bool,
     /// No send before this: a rate limit (429) and a receiver's `Retry-After` are about the
@@ -152,10 +155,16 @@ pub(super) async fn step(cx: &Ctx<'_>, stop: &CancellationToken) -> anyhow::Resu
         mem.claim = claimed.token;
         // Checked again now that the rows are claimed: a pause between the claim and the send
         // (a frozen VM) may have outlasted the lease, and with it this instance's right to send.
+        // The send must also end while the claim holds, or another instance may send the rows
+        // too: it is bounded by the time left on the claim (which a pause may have used up).
+        let Some(deadline) = send_until(cx.outlet.send_deadline(), claimed.until, Instant::now()) else {
+            tracing::warn!(channel = %cx.outlet.name, "the claim ran out before the send could start; claiming again");
+            break;
+        };
         if !cx.store.may_send() {
             break;
         }
-        let result = cx.outlet.channel.send(&messages[range.clone()]).await;
+        let result = cx.outlet.send_by(&messages[range.clone()], deadline).await;
         mem.last_send = Some(Instant::now());
         attempted += range.len();
         let rows = &due[range.clone()];
@@ -205,6 +214,13 @@ pub(super) async fn step(cx: &Ctx<'_>, stop: &CancellationToken) -> anyhow::Resu
         Some(at) if !mem.unrecorded.is_empty() => Next::Unrecorded(at),
         _ => Next::Sent(attempted),
     })
+}
+
+/// The latest a send may end: its own bound, and never past its claim (another instance may take
+/// the rows then). `None` when the claim has no time left: a pause since the claim used it up.
+fn send_until(own: Instant, claim_until: Instant, now: Instant) -> Option<Instant> {
+    let until = own.min(claim_until);
+    (until > now).then_some(until)
 }
 
 /// Waits until the channel's pacing allows the next send.
@@ -326,6 +342,23 @@ async fn record(cx: &Ctx<'_>, mem: &mut Memory) -> Option<Instant> {
                     .min(s.record_max_delay);
                 let at = Instant::now().checked_add(delay).unwrap_or_else(Instant::now);
                 mem.record_at = Some(at);
+                let since = *mem
+                    .record_failing_since
+                    .get_or_insert_with(|| (s.clock.now(), Instant::now()));
+                if i64::from(mem.record_failures) >= crate::retry::HOLD_ATTEMPTS {
+                    // Nothing is sent while an outcome is unrecorded: as blocked as a channel
+                    // whose receiver refuses, and said the same way.
+                    let blocked = Blocked {
+                        since: since.0,
+                        since_mono: since.1,
+                        deliveries: mem.unrecorded.len(),
+                        last_error: Some(crate::outside::text(
+                            &format!("cannot record what became of a delivery: {e:#}"),
+                            1000,
+                        )),
+                    };
+                    cx.outlet.publish_blocked(Some(blocked), cx.metrics);
+                }
                 tracing::warn!(
                     channel = %name,
                     failures = mem.record_failures,
@@ -338,6 +371,7 @@ async fn record(cx: &Ctx<'_>, mem: &mut Memory) -> Option<Instant> {
     if mem.record_failures > 0 {
         tracing::info!(channel = %name, failures = mem.record_failures, "delivery outcomes recorded after all");
         (mem.record_failures, mem.record_at, mem.reported) = (0, None, false);
+        mem.record_failing_since = None;
     }
     None
 }
@@ -402,4 +436,19 @@ fn publish_blocked(cx: &Ctx<'_>, rows: &[Pending], schedule: &Schedule, mono: In
         }
     });
     cx.outlet.publish_blocked(blocked, cx.metrics);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_send_ends_within_its_own_bound_and_within_its_claim() {
+        let now = Instant::now();
+        let s = Duration::from_secs;
+        assert_eq!(send_until(now + s(11), now + s(40), now), Some(now + s(11)));
+        // A pause after the claim left it less time than the send's own bound.
+        assert_eq!(send_until(now + s(11), now + s(5), now), Some(now + s(5)));
+        assert_eq!(send_until(now + s(11), now, now), None, "the claim ran out: no send");
+    }
 }

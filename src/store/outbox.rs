@@ -38,6 +38,10 @@ pub struct Delivery {
 pub struct Claimed {
     pub token: String,
     pub ids: Vec<i64>,
+    /// When the claim may run out, on the monotonic clock: counted from before it was asked
+    /// for, so never later than the database's expiry. A send must be over by then, or another
+    /// instance may take the rows and send them too.
+    pub until: tokio::time::Instant,
 }
 
 impl Store {
@@ -60,8 +64,13 @@ impl Store {
         // instance that stopped leading in the middle of a send has finished or given up before
         // another takes the row.
         let hold = send_timeout.saturating_add(CLAIM_MARGIN);
+        let asked = tokio::time::Instant::now();
         let ids = on_db!(self, db => db.claim(outbox_ids, &token, hold).await)?;
-        Ok(Claimed { token, ids })
+        Ok(Claimed {
+            token,
+            ids,
+            until: asked.checked_add(hold).unwrap_or(asked),
+        })
     }
 
     /// When the oldest pending row of `channel` falls due, if there is one.

@@ -57,13 +57,13 @@ pub async fn metric(t: &TestApp, series: &str) -> f64 {
 }
 
 /// The channel workers of a test app, running until `stop`.
-struct Workers {
+pub struct Workers {
     shutdown: CancellationToken,
     tasks: JoinSet<()>,
 }
 
 impl Workers {
-    fn start(t: &TestApp) -> Workers {
+    pub fn start(t: &TestApp) -> Workers {
         let shutdown = CancellationToken::new();
         let mut tasks = JoinSet::new();
         t.app
@@ -72,7 +72,7 @@ impl Workers {
         Workers { shutdown, tasks }
     }
 
-    async fn stop(self) {
+    pub async fn stop(self) {
         self.shutdown.cancel();
         tokio::time::timeout(Duration::from_secs(15), self.tasks.join_all())
             .await
@@ -122,6 +122,15 @@ async fn a_delivery_is_sent_once_while_the_database_refuses_to_record_it() {
         1,
         "a new event was sent while nothing could be recorded"
     );
+    // Not a silent stall: the channel says it is blocked, and why.
+    assert_eq!(metric(&t, r#"linkwatch_channel_blocked{channel="ops"}"#).await, 1.0);
+    let blocked = t.app.metrics.blocked();
+    let why = blocked
+        .iter()
+        .find(|(c, _)| c == "ops")
+        .and_then(|(_, b)| b.last_error.clone());
+    let why = why.unwrap_or_default();
+    assert!(why.contains("cannot record") && why.contains("disk is full"), "{why}");
 
     sql(&t, "DROP TRIGGER refuse").await;
     wait_until(Duration::from_secs(20), "both rows recorded as sent", || async {
@@ -133,6 +142,7 @@ async fn a_delivery_is_sent_once_while_the_database_refuses_to_record_it() {
     assert_eq!(posts_with(&rx, "alpha: migration link is NOT_SYNCED (first check)"), 1);
     assert_eq!(posts_with(&rx, "beta: migration link is SYNCED (first check)"), 1);
     assert_eq!(rx.received().len(), 2, "one post per event");
+    assert_eq!(metric(&t, r#"linkwatch_channel_blocked{channel="ops"}"#).await, 0.0);
 }
 
 #[tokio::test]

@@ -10,6 +10,7 @@ mod copy;
 mod daemon;
 mod delivery;
 mod digest;
+mod edge;
 mod failover;
 mod faults;
 mod heartbeat;

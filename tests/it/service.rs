@@ -584,3 +584,33 @@ async fn a_reload_starts_and_stops_report_jobs() {
     );
     assert!(daemon.stop().await.success());
 }
+
+/// An SMTP server that never greets held the channel's send, and with it the channel's memory,
+/// so that even a reload with a corrected `smtp_url` waited behind it until a restart.
+#[tokio::test]
+async fn a_reload_with_a_corrected_smtp_url_delivers_what_a_silent_server_held() {
+    let (silent, _) = crate::edge::silent_server().await;
+    let t = spawn_app_with(Setup {
+        channels: crate::edge::mail_to(silent, ""),
+        ..Setup::default()
+    })
+    .await;
+    let daemon = Daemon::start(&t.config_path, &[]);
+    let line = daemon.wait_stderr("delivery failed; will retry").await;
+    assert!(line.contains("no answer from the SMTP server"), "{line}");
+
+    let smtp = crate::smtp::SmtpServer::start(false);
+    let config = std::fs::read_to_string(&t.config_path).unwrap();
+    let fixed = config.replace(&format!("127.0.0.1:{silent}"), &smtp.addr.to_string());
+    assert_ne!(config, fixed);
+    std::fs::write(&t.config_path, fixed).unwrap();
+    daemon.signal("-HUP");
+    daemon.wait_stderr("config reloaded").await;
+    let mails = smtp.wait_for_mails(1, Duration::from_secs(30)).await;
+    assert!(
+        mails[0].data.contains("alpha") || mails[0].data.contains("beta"),
+        "{:?}",
+        mails[0].data
+    );
+    assert!(daemon.stop().await.success());
+}
