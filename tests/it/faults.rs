@@ -164,7 +164,11 @@ async fn a_reader_holding_a_transaction_does_not_stop_checks() {
 async fn a_full_disk_makes_healthz_red_without_a_crash_and_recovers() {
     let dir = tempfile::tempdir().unwrap();
     let Some(mount) = crate::service::Mount::tmpfs(&dir.path().join("fs"), "2m") else {
-        eprintln!("skipped: cannot mount a tmpfs here (not root?)");
+        crate::skip::skip(
+            "LINKWATCH_REQUIRE_TMPFS",
+            "a tmpfs to fill",
+            "cannot mount one here (not root?)",
+        );
         return;
     };
     let port = free_port();
@@ -305,4 +309,70 @@ async fn kill_9_during_load_loses_no_committed_event() {
         rx.accepted().len()
     );
     pool.close().await;
+}
+
+/// What the full-disk tests show as root, shown on every machine: a trigger refuses every write
+/// of the check path the way a full disk does. A check that would change something is repeated
+/// at its next slot until it can be recorded (once); a quiet one is kept in memory meanwhile.
+#[tokio::test]
+async fn a_check_whose_write_is_refused_is_repeated_and_a_quiet_one_kept_until_the_database_takes_it() {
+    let t = spawn_app().await;
+    let daemon = t.run();
+    wait_until(Duration::from_secs(10), "both orgs seen", || async {
+        !t.event_kinds(ORG_A).await.is_empty() && !t.event_kinds(ORG_B).await.is_empty()
+    })
+    .await;
+    let last_checked = || async {
+        let current = t.app.store.current().await.unwrap();
+        let beta = current.iter().find(|c| c.org_id == ORG_B).unwrap();
+        beta.last_checked_at.clone()
+    };
+    for table in ["org_state", "events"] {
+        for op in ["INSERT", "UPDATE"] {
+            crate::delivery::sql(
+                &t,
+                &format!(
+                    "CREATE TRIGGER refuse_{op}_{table} BEFORE {op} ON {table}
+                     BEGIN SELECT RAISE(FAIL, 'database or disk is full'); END"
+                ),
+            )
+            .await;
+        }
+    }
+    let quiet_before = last_checked().await;
+    t.sim.set(ORG_A, Behavior::status("SYNCED"));
+    let asked = t.sim.requests_for(ORG_A);
+    wait_until(Duration::from_secs(20), "alpha asked again at three slots", || async {
+        t.sim.requests_for(ORG_A) >= asked + 3
+    })
+    .await;
+    assert_eq!(
+        t.event_kinds(ORG_A).await,
+        ["first_seen"],
+        "nothing recorded while refused"
+    );
+    assert_eq!(last_checked().await, quiet_before, "the quiet checks wait in memory");
+    assert!(!daemon.is_finished(), "the daemon keeps running");
+
+    for table in ["org_state", "events"] {
+        for op in ["INSERT", "UPDATE"] {
+            crate::delivery::sql(&t, &format!("DROP TRIGGER refuse_{op}_{table}")).await;
+        }
+    }
+    wait_until(
+        Duration::from_secs(20),
+        "the change recorded once it could be",
+        || async { t.event_kinds(ORG_A).await == ["first_seen", "status_changed"] },
+    )
+    .await;
+    wait_until(Duration::from_secs(20), "the quiet checks written", || async {
+        last_checked().await > quiet_before
+    })
+    .await;
+    assert_eq!(
+        t.event_kinds(ORG_A).await,
+        ["first_seen", "status_changed"],
+        "recorded once"
+    );
+    daemon.stop(Duration::from_secs(15)).await;
 }

@@ -26,5 +26,6 @@ mod receiver;
 mod refusals;
 mod reports;
 mod service;
+mod skip;
 mod smtp;
 mod time;

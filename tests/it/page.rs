@@ -395,10 +395,11 @@ pub fn browser() -> Option<PathBuf> {
     .map(PathBuf::from)
     .find(|p| p.exists());
     if found.is_none() {
-        if std::env::var_os("LINKWATCH_REQUIRE_BROWSER").is_some_and(|v| v == "1") {
-            panic!("LINKWATCH_REQUIRE_BROWSER=1 but no chromium at /usr/bin/chromium (apt-get install chromium)");
-        }
-        eprintln!("SKIPPED (browser): no chromium at /usr/bin/chromium; apt-get install chromium to run this test");
+        crate::skip::skip(
+            "LINKWATCH_REQUIRE_BROWSER",
+            "a browser",
+            "no chromium at /usr/bin/chromium; apt-get install chromium to run this test",
+        );
     }
     found
 }

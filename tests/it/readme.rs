@@ -153,6 +153,12 @@ async fn the_readme_queries_run_on_a_real_database() {
             );
             assert!(!out.stdout.is_empty(), "sqlite3 shell printed nothing for\n{sql}");
         }
+    } else {
+        crate::skip::skip(
+            "LINKWATCH_REQUIRE_SHELLS",
+            "the sqlite3 shell",
+            "the README's SQL was run through sqlx only; apt-get install sqlite3 to run it as pasted",
+        );
     }
 }
 
@@ -218,5 +224,11 @@ async fn the_readme_queries_run_on_postgres_too() {
             assert!(out.status.success() && stderr.is_empty(), "psql: {stderr}\n{sql}");
             assert!(!out.stdout.is_empty(), "psql printed nothing for\n{sql}");
         }
+    } else {
+        crate::skip::skip(
+            "LINKWATCH_REQUIRE_SHELLS",
+            "psql",
+            "the README's SQL was run through sqlx only; apt-get install postgresql-client to run it as pasted",
+        );
     }
 }

@@ -371,8 +371,11 @@ impl Drop for Mount {
 async fn a_full_disk_fails_the_health_probe_and_loses_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let Some(mount) = Mount::tmpfs(&dir.path().join("fs"), "2m") else {
-        // Without root there is no file system to fill; the lock test above covers the probe.
-        eprintln!("skipped: cannot mount a tmpfs here (not root?)");
+        crate::skip::skip(
+            "LINKWATCH_REQUIRE_TMPFS",
+            "a tmpfs to fill",
+            "cannot mount one here (not root?)",
+        );
         return;
     };
     let t = spawn_app_with(Setup {
