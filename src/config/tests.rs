@@ -467,7 +467,28 @@ mod properties {
                 "[cloud_manager]\nbase_url = {}\npublic_key = \"p\"\nprivate_key = \"k\"\n[poll]\nevery = {}\nconcurrency = {n}\n[[org]]\nid = {}\nname = \"x\"\n",
                 q(&url), q(&every), q(&id)
             );
-            let _ = parse(&text);
+            // Accepted, it says what the file says; refused, it names the value that is wrong,
+            // where it is, and nothing else.
+            match parse(&text) {
+                Ok(c) => {
+                    prop_assert_eq!(c.orgs[0].id.as_str(), id.as_str());
+                    prop_assert_eq!(i64::try_from(c.poll.concurrency).ok(), Some(n));
+                    prop_assert_eq!(c.cloud_manager.base_url.as_str().trim_end_matches('/'), url.trim_end_matches('/'));
+                }
+                Err(ConfigError::Invalid { file, line, key, message, .. }) => {
+                    prop_assert_eq!(file, Path::new("/etc/linkwatch/test.toml"));
+                    let at = match key.as_str() {
+                        "cloud_manager.base_url" => 2,
+                        "poll.every" => 6,
+                        "poll.concurrency" => 7,
+                        "org[0].id" => 9,
+                        other => return Err(TestCaseError::fail(format!("{other}: {message}"))),
+                    };
+                    prop_assert_eq!(line, at, "{}: {}", key, message);
+                    prop_assert!(!message.is_empty());
+                }
+                Err(e) => return Err(TestCaseError::fail(format!("not a located error: {e}"))),
+            }
         }
     }
 }

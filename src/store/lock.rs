@@ -120,18 +120,38 @@ mod tests {
     }
 
     /// A daemon starting while `linkwatch once` delivers waits for it instead of failing.
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn a_patient_lock_waits_for_a_holder_that_finishes() {
         let dir = tempfile::tempdir().unwrap();
         let db = dir.path().join("linkwatch.db");
         let once = WriterLock::acquire(&db, "once").unwrap();
+        // While `once` holds it, patience that runs out is a refusal naming the holder.
+        let started = tokio::time::Instant::now();
+        match WriterLock::acquire_patiently(&db, "run", Duration::from_secs(1)).await {
+            Err(LockError::Held { holder, .. }) => assert!(holder.contains("linkwatch once"), "{holder}"),
+            other => panic!("took a held lock: {other:?}"),
+        }
+        assert!(
+            started.elapsed() >= Duration::from_secs(1),
+            "it did not wait out its patience"
+        );
+        // With more patience it gets the lock once the holder lets go, and not before.
+        let released = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = released.clone();
         let release = tokio::spawn(async move {
-            tokio::time::sleep(Duration::from_millis(300)).await;
+            tokio::time::sleep(Duration::from_secs(3)).await;
+            flag.store(true, std::sync::atomic::Ordering::SeqCst);
             drop(once);
         });
-        WriterLock::acquire_patiently(&db, "run", Duration::from_secs(10))
+        let started = tokio::time::Instant::now();
+        let _run = WriterLock::acquire_patiently(&db, "run", Duration::from_secs(10))
             .await
             .expect("the lock once `once` is done");
+        assert!(
+            released.load(std::sync::atomic::Ordering::SeqCst),
+            "taken while still held"
+        );
+        assert!(started.elapsed() >= Duration::from_secs(3));
         release.await.unwrap();
     }
 }
