@@ -324,3 +324,49 @@ async fn copy_history_carries_a_sqlite_history_that_holds_a_nul_into_postgres() 
     assert_eq!(details, vec![("badgateway".to_owned(),); 3]);
     assert_eq!(last_error.as_deref(), Some("xy"));
 }
+
+/// A dead receiver during a live run (it accepts and never answers, for longer than the test
+/// lasts): while its first send is still outstanding, the other channel gets every event and
+/// the checks go on at their interval.
+#[tokio::test]
+async fn a_dead_channel_delays_neither_the_other_channel_nor_the_checks() {
+    let (dead, accepted) = silent_server().await;
+    let rx = Receiver::start().await;
+    let t = spawn_app_with(Setup {
+        channels: format!(
+            "[[channel]]\nname = \"dead\"\nkind = \"webhook\"\nurl = \"http://127.0.0.1:{dead}/hook\"\ntimeout = \"1h\"\n{}",
+            slack("ops", &rx.url("/hook"))
+        ),
+        top: "shutdown_timeout = \"1s\"".into(),
+        ..Setup::default()
+    })
+    .await;
+    let running = t.run();
+    wait_until(Duration::from_secs(20), "the dead receiver holding a send", || async {
+        accepted.load(Ordering::SeqCst) >= 1
+    })
+    .await;
+    let asked = t.sim.requests_for(ORG_B);
+    for status in ["SYNCED", "NOT_SYNCED", "SYNCED"] {
+        t.sim.set(ORG_A, Behavior::status(status));
+        let want = posts_about_alpha(&rx) + 1;
+        wait_until(Duration::from_secs(20), "the change on the live channel", || async {
+            posts_about_alpha(&rx) >= want
+        })
+        .await;
+    }
+    wait_until(Duration::from_secs(20), "beta checked at three more slots", || async {
+        t.sim.requests_for(ORG_B) >= asked + 3
+    })
+    .await;
+    // All of that while the dead channel's first send had not ended.
+    let dead_rows: Vec<_> = deliveries(&t).await.into_iter().filter(|r| r.2 == "dead").collect();
+    assert!(!dead_rows.is_empty());
+    assert!(dead_rows.iter().all(|r| r.3 == "pending" && r.4 == 0), "{dead_rows:?}");
+    // And the stop is bounded by shutdown_timeout, not by the send.
+    running.stop(Duration::from_secs(15)).await;
+}
+
+fn posts_about_alpha(rx: &Receiver) -> usize {
+    rx.accepted().iter().filter(|r| r.body.contains("alpha")).count()
+}

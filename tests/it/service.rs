@@ -617,3 +617,53 @@ async fn a_reload_with_a_corrected_smtp_url_delivers_what_a_silent_server_held()
     );
     assert!(daemon.stop().await.success());
 }
+
+/// A reload that removes a channel keeps its pending deliveries: nothing is sent to it while it
+/// is gone, and they go out once a channel of that name returns.
+#[tokio::test]
+async fn a_reload_that_removes_a_channel_keeps_its_deliveries_until_it_returns() {
+    let rx = Receiver::start().await;
+    rx.reply_when(|_| true, Reply::status(500, "down for now"));
+    let ops = crate::notify::slack("ops", &rx.url("/hook"));
+    let console = "[[channel]]\nname = \"console\"\nkind = \"console\"\n";
+    let t = spawn_app_with(Setup {
+        channels: format!("{console}{ops}"),
+        ..Setup::default()
+    })
+    .await;
+    let with_ops = std::fs::read_to_string(&t.config_path).unwrap();
+    let daemon = Daemon::start(&t.config_path, &[]);
+    daemon
+        .wait_stdout("alpha: migration link is NOT_SYNCED (first check)")
+        .await;
+    daemon.wait_stdout("beta: migration link is SYNCED (first check)").await;
+    rx.wait_for_requests(1, Duration::from_secs(20)).await;
+
+    std::fs::write(&t.config_path, with_ops.replace(&ops, "")).unwrap();
+    daemon.signal("-HUP");
+    daemon.wait_stderr("config reloaded").await;
+    rx.clear_rules();
+    let posts = rx.received().len();
+    // The daemon goes on without it: a new change reaches the console.
+    t.sim.set(ORG_A, Behavior::status("SYNCED"));
+    daemon.wait_stdout("alpha: migration link SYNCED (was NOT_SYNCED").await;
+    let pending = || async {
+        crate::notify::deliveries(&t)
+            .await
+            .into_iter()
+            .filter(|r| r.2 == "ops" && r.3 == "pending")
+            .count()
+    };
+    assert_eq!(pending().await, 2, "both first sights still wait for ops");
+    assert_eq!(rx.received().len(), posts, "a removed channel was sent to");
+
+    std::fs::write(&t.config_path, &with_ops).unwrap();
+    daemon.signal("-HUP");
+    wait_until(Duration::from_secs(30), "ops back, its deliveries sent", || async {
+        pending().await == 0
+    })
+    .await;
+    let bodies: String = rx.accepted().iter().map(|r| r.body.clone()).collect();
+    assert!(bodies.contains("alpha") && bodies.contains("beta"), "{bodies}");
+    assert!(daemon.stop().await.success());
+}
