@@ -104,6 +104,9 @@ pub struct Settings {
     /// per second per webhook, and warns that apps which keep sending after a 429 may be
     /// disabled.
     pub slack_interval: Duration,
+    /// How many pending rows of a channel one step reads to choose what goes next (besides the
+    /// rows of orgs known to be waiting for a retry, which it skips once the hold is over).
+    pub scan: i64,
 }
 
 impl Default for Settings {
@@ -116,6 +119,7 @@ impl Default for Settings {
             record_max_delay: Duration::from_secs(30),
             restart_pause: Duration::from_secs(1),
             slack_interval: Duration::from_secs(1),
+            scan: 1000,
         }
     }
 }

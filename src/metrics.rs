@@ -133,17 +133,18 @@ impl Default for Metrics {
     }
 }
 
-/// A channel with deliveries that keep failing past the hold (see [`crate::retry::HOLD_ATTEMPTS`]):
-/// their orgs' later deliveries wait behind them, other orgs' pass.
+/// A channel with deliveries that keep failing past its hold for the incident (see
+/// [`crate::retry::HOLD_ATTEMPTS`]): their orgs' later deliveries wait behind them, other orgs'
+/// pass.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Blocked {
-    /// The first failure of the oldest of them seen by this process, on the wall clock (to show)
+    /// The first failure of the incident, as this process saw it, on the wall clock (to show)
     /// and on the monotonic clock (for its age).
     pub since: chrono::DateTime<chrono::Utc>,
     pub since_mono: tokio::time::Instant,
-    /// How many deliveries of the channel are past the hold.
+    /// How many deliveries of the channel are failing (waiting for a retry).
     pub deliveries: usize,
-    /// The last error of the oldest.
+    /// The latest failure's error.
     pub last_error: Option<String>,
 }
 

@@ -1,19 +1,21 @@
 //! The one retry policy every channel uses: exponential backoff with full jitter in the upper
 //! half, never sooner than the receiver's `Retry-After`, given up after a maximum age; and the
-//! hold: how long a delivery that keeps failing may hold back the rest of its channel.
+//! hold: how long failing deliveries may hold back the rest of their channel, once per incident
+//! (see `dispatch::select`).
 
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use reqwest::header;
 
-/// A delivery that has failed this many times stops holding back other orgs' deliveries on its
-/// channel (its own org's later deliveries still wait for it).
+/// Once a channel has made this many failed attempts in an incident (however many orgs fail),
+/// its failing deliveries stop holding back other orgs' deliveries (each org's later deliveries
+/// still wait for its failing one).
 pub const HOLD_ATTEMPTS: i64 = 3;
 
-/// ... or once this long has passed since its first failed attempt, whichever comes first. With
-/// the default backoff three attempts take about 6 to 12 seconds; the time bound matters when a
-/// receiver asks for long waits (`Retry-After`).
+/// ... or once this long has passed since the incident's first failed attempt, whichever comes
+/// first. With the default backoff three attempts take about 6 to 12 seconds; the time bound
+/// matters when a receiver asks for long waits (`Retry-After`).
 pub const HOLD_TIME: Duration = Duration::from_secs(5 * 60);
 
 #[derive(Debug, Clone, Copy)]

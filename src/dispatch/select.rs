@@ -1,12 +1,22 @@
 //! Which pending rows of a channel go out next: the pure rule, with its tests.
 //!
-//! Rows go out in event order. A row waiting for its retry holds back its own org's later rows
-//! always (per-org order), and every later row of the channel while it is within the hold: a
-//! short outage keeps the global order, and the failed batch is retried together. Past the hold
-//! (`HOLD_ATTEMPTS` failed attempts, or `HOLD_TIME` since its first failure here) it stops
-//! holding back other orgs, and is sent alone whenever it is due, so that a message the
+//! Rows go out in event order, and each org's always: a row waiting for its retry holds back
+//! its own org's later rows. Holding back the *other* orgs is the channel's budget, one per
+//! incident. An incident starts with the first failed attempt while no row of the channel was
+//! failing, and ends when no failing row is left (each delivered, or given up); a failure of
+//! another org within it starts nothing new. While the incident has made fewer than
+//! `HOLD_ATTEMPTS` failed attempts and is younger than `HOLD_TIME`, a failing row waiting for
+//! its retry holds back every later row of the channel: a short outage keeps the global order,
+//! and the failed batch is retried together. Once the budget is spent, however many orgs fail,
+//! each failing row holds back only its own org: the due rows of orgs with nothing failing go
+//! first, together, and each failing row goes alone when it is due, so that a message the
 //! receiver keeps refusing never takes others down with it (nor does its `Retry-After`, which
-//! then delays only that row). Rows past the hold are what makes a channel "blocked".
+//! then delays only that row). A channel whose budget is spent while rows still fail is
+//! "blocked".
+//!
+//! The step reads a bounded number of pending rows. Once the budget is spent it leaves out the
+//! orgs known to be waiting ([`Schedule::left_out`]), so that no number of them hides a due
+//! row of another org.
 
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
@@ -17,20 +27,171 @@ use tokio::time::Instant;
 use crate::retry::{HOLD_ATTEMPTS, HOLD_TIME, RetryPolicy};
 use crate::store::Pending;
 
-/// What this process knows about rows beyond the database.
+/// What this process knows about the channel's rows beyond the database.
 #[derive(Debug, Default)]
 pub struct Schedule {
-    /// Retries this process scheduled, on the monotonic clock: outbox id -> due.
-    pub retry_at: HashMap<i64, Instant>,
-    /// When this process first saw each row failed.
-    pub first_failed: HashMap<i64, Instant>,
+    /// The rows waiting for a retry, by outbox id.
+    failing: HashMap<i64, Failing>,
+    /// The channel's incident, while any row is failing.
+    incident: Option<Incident>,
+}
+
+#[derive(Debug)]
+struct Failing {
+    org: String,
+    /// When it may be tried again, on the monotonic clock.
+    due: Instant,
+}
+
+#[derive(Debug)]
+struct Incident {
+    /// Its first failure, as this process saw it.
+    started: Instant,
+    /// The channel's failed attempts in it. A row failed before this process saw it brings
+    /// its own count: the channel spent those attempts on it.
+    attempts: i64,
+    /// The latest failure's error (for a row learned from the database, its stored one).
+    last_error: Option<String>,
+}
+
+impl Incident {
+    fn new(started: Instant) -> Incident {
+        Incident {
+            started,
+            attempts: 0,
+            last_error: None,
+        }
+    }
+}
+
+/// A channel whose hold is spent while rows still fail.
+#[derive(Debug, PartialEq)]
+pub struct Blocked<'a> {
+    /// The incident's start.
+    pub since: Instant,
+    /// How many rows fail.
+    pub rows: usize,
+    pub last_error: Option<&'a str>,
 }
 
 impl Schedule {
-    /// Forgets a row that is no longer pending.
+    /// One failed attempt of the channel, on `rows` (outbox id and org), each retried at `due`.
+    pub fn failed<'a>(
+        &mut self,
+        rows: impl IntoIterator<Item = (i64, &'a str)>,
+        error: &str,
+        due: Instant,
+        mono: Instant,
+    ) {
+        let incident = self.incident.get_or_insert_with(|| Incident::new(mono));
+        incident.attempts = incident.attempts.saturating_add(1);
+        incident.last_error = Some(error.to_owned());
+        for (id, org) in rows {
+            self.failing.insert(
+                id,
+                Failing {
+                    org: org.to_owned(),
+                    due,
+                },
+            );
+        }
+    }
+
+    /// Takes in the failing rows of `rows` that this process does not know (failed by an
+    /// earlier process, or by another instance): each is due at its stored retry time (see
+    /// [`stored_due`]), and an incident that was not running starts now. Says whether one of
+    /// them is still waiting (once the hold is spent, the read leaves its org out).
+    pub fn learn(&mut self, rows: &[Pending], now: DateTime<Utc>, mono: Instant, policy: &RetryPolicy) -> bool {
+        let mut waits = false;
+        for row in rows.iter().filter(|r| r.attempts > 0) {
+            if self.failing.contains_key(&row.outbox_id) {
+                continue;
+            }
+            let due = stored_due(row, now, mono, policy).unwrap_or(mono);
+            waits |= due > mono;
+            self.failing.insert(
+                row.outbox_id,
+                Failing {
+                    org: row.org_id.clone(),
+                    due,
+                },
+            );
+            let incident = self.incident.get_or_insert_with(|| Incident::new(mono));
+            incident.attempts = incident.attempts.max(row.attempts);
+            if incident.last_error.is_none() {
+                incident.last_error.clone_from(&row.last_error);
+            }
+        }
+        waits
+    }
+
+    /// Forgets a row that is no longer pending; the incident ends with its last failing row.
     pub fn forget(&mut self, id: i64) {
-        self.retry_at.remove(&id);
-        self.first_failed.remove(&id);
+        self.failing.remove(&id);
+        self.end_incident_when_over();
+    }
+
+    /// Forgets the failing rows for which `keep(id, org)` is false (rows that left the outbox
+    /// without this process).
+    pub fn retain(&mut self, mut keep: impl FnMut(i64, &str) -> bool) {
+        self.failing.retain(|id, f| keep(*id, &f.org));
+        self.end_incident_when_over();
+    }
+
+    fn end_incident_when_over(&mut self) {
+        if self.failing.is_empty() {
+            self.incident = None;
+        }
+    }
+
+    /// Whether the channel's hold is over for this incident: its failing rows hold back only
+    /// their own orgs.
+    pub fn spent(&self, mono: Instant) -> bool {
+        self.spent_within(mono, HOLD_TIME)
+    }
+
+    fn spent_within(&self, mono: Instant, hold: Duration) -> bool {
+        self.incident
+            .as_ref()
+            .is_some_and(|i| i.attempts >= HOLD_ATTEMPTS || i.started.checked_add(hold).is_none_or(|end| end <= mono))
+    }
+
+    /// When the hold ends by time, during an incident.
+    fn hold_ends(&self, hold: Duration) -> Option<Instant> {
+        self.incident.as_ref().and_then(|i| i.started.checked_add(hold))
+    }
+
+    /// What the step's read leaves out: once the hold is spent, the orgs with a failing row not
+    /// yet due (sorted); within the hold, nothing, since a waiting row holds back every row after
+    /// it and must be seen to do so.
+    pub fn left_out(&self, mono: Instant) -> Vec<String> {
+        if !self.spent(mono) {
+            return Vec::new();
+        }
+        let mut orgs: Vec<String> = self
+            .failing
+            .values()
+            .filter(|f| f.due > mono)
+            .map(|f| f.org.clone())
+            .collect();
+        orgs.sort_unstable();
+        orgs.dedup();
+        orgs
+    }
+
+    /// The earliest retry still ahead.
+    fn next_due(&self, mono: Instant) -> Option<Instant> {
+        self.failing.values().map(|f| f.due).filter(|d| *d > mono).min()
+    }
+
+    /// Whether the channel is blocked: its hold spent while rows still fail.
+    pub fn blocked(&self, mono: Instant) -> Option<Blocked<'_>> {
+        let incident = self.incident.as_ref().filter(|_| self.spent(mono))?;
+        (!self.failing.is_empty()).then_some(Blocked {
+            since: incident.started,
+            rows: self.failing.len(),
+            last_error: incident.last_error.as_deref(),
+        })
     }
 }
 
@@ -38,10 +199,24 @@ impl Schedule {
 #[derive(Debug, PartialEq)]
 pub struct Choice {
     pub ids: Vec<i64>,
-    /// The earliest a row now held back may go (its retry, or the end of its hold).
+    /// The earliest a row now held back may go (its retry, or the end of the hold).
     pub wake_at: Option<Instant>,
-    /// The one row chosen is past the hold, sent alone.
+    /// The one row chosen is failing past the hold, sent alone.
     pub alone: bool,
+}
+
+/// When a failing row is due by its stored (wall-clock) retry time: `None` when due now. One
+/// further ahead than any wait the policy makes was written before the clock stepped back: due
+/// now.
+fn stored_due(row: &Pending, now: DateTime<Utc>, mono: Instant, policy: &RetryPolicy) -> Option<Instant> {
+    let next = DateTime::parse_from_rfc3339(&row.next_attempt_at)
+        .ok()?
+        .with_timezone(&Utc);
+    let ahead = (next - now).to_std().ok().filter(|d| !d.is_zero())?;
+    if ahead > policy.longest_wait() {
+        return None;
+    }
+    Some(mono.checked_add(ahead).unwrap_or(mono))
 }
 
 /// When `row` may be tried: `None` when it is due now.
@@ -56,43 +231,18 @@ fn due_at(
         // Never tried: next_attempt_at is its creation time, whatever the clock says now.
         return None;
     }
-    if let Some(at) = schedule.retry_at.get(&row.outbox_id) {
-        return (*at > mono).then_some(*at);
+    match schedule.failing.get(&row.outbox_id) {
+        Some(f) => (f.due > mono).then_some(f.due),
+        None => stored_due(row, now, mono, policy),
     }
-    // Scheduled by an earlier process: only the wall-clock time is known. One further ahead
-    // than any wait the policy makes was written before the clock stepped back: due now.
-    let next = DateTime::parse_from_rfc3339(&row.next_attempt_at)
-        .ok()?
-        .with_timezone(&Utc);
-    let ahead = (next - now).to_std().ok().filter(|d| !d.is_zero())?;
-    if ahead > policy.longest_wait() {
-        return None;
-    }
-    Some(mono.checked_add(ahead).unwrap_or(mono))
-}
-
-/// Until when a row that failed (and is within the hold) holds back the rest of its channel;
-/// `None` when it is past the hold.
-fn holding(row: &Pending, schedule: &Schedule, mono: Instant, hold: Duration) -> Option<Instant> {
-    if row.attempts >= HOLD_ATTEMPTS {
-        return None;
-    }
-    let first = schedule.first_failed.get(&row.outbox_id).copied().unwrap_or(mono);
-    first.checked_add(hold).filter(|end| *end > mono)
-}
-
-/// The rows of `rows` that failed and are past the hold: each holds back only its own org.
-pub fn past_hold<'a>(rows: &'a [Pending], schedule: &'a Schedule, mono: Instant) -> impl Iterator<Item = &'a Pending> {
-    rows.iter()
-        .filter(move |r| r.attempts > 0 && holding(r, schedule, mono, HOLD_TIME).is_none())
 }
 
 /// Chooses at most `limit` rows of `rows` (pending, in event order) to send together now.
 pub fn choose(rows: &[Pending], schedule: &Schedule, now: DateTime<Utc>, policy: &RetryPolicy, limit: usize) -> Choice {
-    choose_with_hold(rows, schedule, now, Instant::now(), policy, limit, HOLD_TIME)
+    choose_within(rows, schedule, now, Instant::now(), policy, limit, HOLD_TIME)
 }
 
-fn choose_with_hold(
+fn choose_within(
     rows: &[Pending],
     schedule: &Schedule,
     now: DateTime<Utc>,
@@ -101,24 +251,37 @@ fn choose_with_hold(
     limit: usize,
     hold: Duration,
 ) -> Choice {
+    let spent = schedule.spent_within(mono, hold);
     let mut ids = Vec::new();
-    let mut alone = false;
+    let mut lone = None;
     let mut waiting_orgs: HashSet<&str> = HashSet::new();
     let mut wake_at: Option<Instant> = None;
     let mut wake = |at: Instant| wake_at = Some(wake_at.map_or(at, |w| w.min(at)));
+    if let Some(at) = schedule.next_due(mono).filter(|_| spent) {
+        // The rows of the orgs the step left out are not in `rows`.
+        wake(at);
+    }
     for row in rows {
         if waiting_orgs.contains(row.org_id.as_str()) {
             continue;
         }
-        let held = holding(row, schedule, mono, hold);
         match due_at(row, schedule, now, mono, policy) {
-            None if row.attempts > 0 && held.is_none() => {
-                // Past the hold: alone, so that whatever makes it fail fails nothing else.
-                if ids.is_empty() {
-                    ids.push(row.outbox_id);
-                    alone = true;
+            Some(at) => {
+                waiting_orgs.insert(&row.org_id);
+                wake(at);
+                if !spent {
+                    // Within the channel's hold: everything after it waits too.
+                    if let Some(end) = schedule.hold_ends(hold) {
+                        wake(end);
+                    }
+                    break;
                 }
-                break;
+            }
+            None if spent && row.attempts > 0 => {
+                // Past the hold: alone, so that whatever makes it fail fails nothing else, and
+                // after the orgs with nothing failing, so that none of them waits for it.
+                waiting_orgs.insert(&row.org_id);
+                lone.get_or_insert(row.outbox_id);
             }
             None => {
                 ids.push(row.outbox_id);
@@ -126,23 +289,27 @@ fn choose_with_hold(
                     break;
                 }
             }
-            Some(at) => {
-                waiting_orgs.insert(&row.org_id);
-                wake(at);
-                if let Some(end) = held {
-                    // Within the hold: everything after it waits too.
-                    wake(end);
-                    break;
-                }
-            }
         }
     }
-    Choice { ids, wake_at, alone }
+    match lone {
+        Some(id) if ids.is_empty() => Choice {
+            ids: vec![id],
+            wake_at,
+            alone: true,
+        },
+        _ => Choice {
+            ids,
+            wake_at,
+            alone: false,
+        },
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const SECOND: Duration = Duration::from_secs(1);
 
     fn row(id: i64, org: &str, attempts: i64, next: DateTime<Utc>) -> Pending {
         Pending {
@@ -155,20 +322,17 @@ mod tests {
         }
     }
 
-    fn pick(rows: &[Pending], schedule: &Schedule, now: DateTime<Utc>) -> Vec<i64> {
-        choice(rows, schedule, now).ids
+    /// One failed attempt of the channel on row `id` of `org` at `mono`, retried `after` it.
+    fn fail(s: &mut Schedule, id: i64, org: &str, mono: Instant, after: Duration) {
+        s.failed([(id, org)], "HTTP 500", mono + after, mono);
     }
 
-    fn choice(rows: &[Pending], schedule: &Schedule, now: DateTime<Utc>) -> Choice {
-        choose_with_hold(
-            rows,
-            schedule,
-            now,
-            Instant::now(),
-            &RetryPolicy::default(),
-            100,
-            HOLD_TIME,
-        )
+    fn pick(rows: &[Pending], schedule: &Schedule, now: DateTime<Utc>) -> Vec<i64> {
+        choice(rows, schedule, now, Instant::now()).ids
+    }
+
+    fn choice(rows: &[Pending], schedule: &Schedule, now: DateTime<Utc>, mono: Instant) -> Choice {
+        choose_within(rows, schedule, now, mono, &RetryPolicy::default(), 100, HOLD_TIME)
     }
 
     #[test]
@@ -180,60 +344,141 @@ mod tests {
 
     #[test]
     fn a_retry_within_the_hold_holds_back_everything_after_it() {
-        let now = Utc::now();
+        let (now, mono) = (Utc::now(), Instant::now());
         let mut s = Schedule::default();
-        s.retry_at.insert(1, Instant::now() + Duration::from_secs(5));
-        s.first_failed.insert(1, Instant::now());
+        fail(&mut s, 1, "a", mono, 5 * SECOND);
         let rows = [row(0, "c", 0, now), row(1, "a", 1, now), row(2, "b", 0, now)];
-        let choice = choose(&rows, &s, now, &RetryPolicy::default(), 100);
-        assert_eq!((choice.ids, choice.alone), (vec![0], false));
-        assert!(choice.wake_at.is_some());
+        let held = choice(&rows, &s, now, mono);
+        assert_eq!(
+            held,
+            Choice {
+                ids: vec![0],
+                wake_at: Some(mono + 5 * SECOND),
+                alone: false
+            }
+        );
         // Within the hold it is not blocking: it holds everything, as an outage does.
-        assert_eq!(past_hold(&rows, &s, Instant::now()).count(), 0);
+        assert_eq!(s.blocked(mono), None);
+        assert_eq!(
+            s.left_out(mono),
+            Vec::<String>::new(),
+            "nothing is left out of the read"
+        );
+        // Due again: retried together with what it held back.
+        let due = choice(&rows, &s, now, mono + 5 * SECOND);
+        assert_eq!((due.ids, due.alone), (vec![0, 1, 2], false));
     }
 
     #[test]
-    fn past_the_hold_it_holds_back_only_its_org_and_goes_alone() {
-        let now = Utc::now();
+    fn past_the_hold_a_failing_row_holds_back_only_its_org_and_goes_alone() {
+        let (now, mono) = (Utc::now(), Instant::now());
         let mut s = Schedule::default();
-        s.retry_at.insert(1, Instant::now() + Duration::from_secs(5));
+        for _ in 0..HOLD_ATTEMPTS {
+            fail(&mut s, 1, "a", mono, 5 * SECOND);
+        }
         let rows = [
             row(1, "a", 3, now),
             row(2, "b", 0, now),
             row(3, "a", 0, now),
             row(4, "c", 0, now),
         ];
-        let others = choice(&rows, &s, now);
+        let others = choice(&rows, &s, now, mono);
         assert_eq!((others.ids, others.alone), (vec![2, 4], false));
+        assert_eq!(others.wake_at, Some(mono + 5 * SECOND));
+        assert_eq!(s.left_out(mono), ["a"], "left out of the read");
+        let blocked = s.blocked(mono).expect("blocked");
         assert_eq!(
-            past_hold(&rows, &s, Instant::now())
-                .map(|r| r.outbox_id)
-                .collect::<Vec<_>>(),
-            [1]
+            (blocked.since, blocked.rows, blocked.last_error),
+            (mono, 1, Some("HTTP 500"))
         );
-        // Due again: alone (so that a Retry-After it gets delays only it).
-        s.retry_at.insert(1, Instant::now());
-        let lone = choice(&rows, &s, now);
+        // Due again: alone (so that a Retry-After it gets delays only it), and only once no
+        // org with nothing failing has a due row, whatever their order.
+        let later = mono + 5 * SECOND;
+        assert_eq!(s.left_out(later), Vec::<String>::new());
+        let lone = choice(&[row(1, "a", 3, now), row(3, "a", 0, now)], &s, now, later);
         assert_eq!((lone.ids, lone.alone), (vec![1], true));
-        let rows = [row(2, "b", 0, now), row(1, "a", 3, now), row(3, "c", 0, now)];
-        let before = choice(&rows, &s, now);
-        assert_eq!((before.ids, before.alone), (vec![2], false));
+        let first = choice(&rows, &s, now, later);
+        assert_eq!((first.ids, first.alone), (vec![2, 4], false));
     }
 
     #[test]
-    fn the_hold_also_ends_with_time() {
-        let now = Utc::now();
-        let mono = Instant::now();
+    fn the_hold_is_the_channels_budget_not_each_orgs() {
+        let (now, mono) = (Utc::now(), Instant::now());
         let mut s = Schedule::default();
-        s.retry_at.insert(1, mono + Duration::from_secs(60));
-        s.first_failed.insert(1, mono);
-        let rows = [row(1, "a", 1, now), row(2, "b", 0, now)];
+        for _ in 0..HOLD_ATTEMPTS {
+            fail(&mut s, 1, "a", mono, 5 * SECOND);
+        }
+        // Another org fails for the first time in the same incident: it holds back only itself.
+        fail(&mut s, 2, "b", mono, 5 * SECOND);
+        let rows = [row(1, "a", 3, now), row(2, "b", 1, now), row(3, "c", 0, now)];
+        assert_eq!(choice(&rows, &s, now, mono).ids, [3]);
+        assert_eq!(s.left_out(mono), ["a", "b"]);
+        assert_eq!(s.blocked(mono).map(|b| (b.since, b.rows)), Some((mono, 2)));
+    }
+
+    #[test]
+    fn the_hold_also_ends_with_time_counted_from_the_incidents_first_failure() {
+        let (now, mono) = (Utc::now(), Instant::now());
         let policy = RetryPolicy::default();
-        let held = choose_with_hold(&rows, &s, now, mono, &policy, 100, Duration::from_secs(300));
-        assert_eq!(held.ids, Vec::<i64>::new());
-        assert_eq!(held.wake_at, Some(mono + Duration::from_secs(60)));
-        let past = choose_with_hold(&rows, &s, now, mono, &policy, 100, Duration::ZERO);
-        assert_eq!(past.ids, [2]);
+        let mut s = Schedule::default();
+        fail(&mut s, 1, "a", mono, 60 * SECOND);
+        let rows = [row(1, "a", 1, now), row(2, "b", 0, now), row(3, "c", 0, now)];
+        let hold = 300 * SECOND;
+        let held = choose_within(&rows, &s, now, mono, &policy, 100, hold);
+        assert_eq!((held.ids, held.wake_at), (vec![], Some(mono + 60 * SECOND)));
+        // A new failure within the incident does not start the hold again.
+        let later = mono + 200 * SECOND;
+        fail(&mut s, 2, "b", later, 200 * SECOND);
+        let rows = [row(1, "a", 1, now), row(2, "b", 1, now), row(3, "c", 0, now)];
+        // a's retry is due and goes; b's waits, and holds back c until the hold ends.
+        let held = choose_within(&rows, &s, now, later + 60 * SECOND, &policy, 100, hold);
+        assert_eq!((held.ids, held.wake_at), (vec![1], Some(mono + hold)));
+        let past = choose_within(&rows, &s, now, mono + hold, &policy, 100, hold);
+        assert_eq!(past.ids, [3]);
+        assert!(s.spent(mono + HOLD_TIME));
+    }
+
+    #[test]
+    fn an_incident_ends_when_no_row_fails_and_the_next_one_has_its_own_hold() {
+        let (now, mono) = (Utc::now(), Instant::now());
+        let mut s = Schedule::default();
+        for _ in 0..HOLD_ATTEMPTS {
+            fail(&mut s, 1, "a", mono, 5 * SECOND);
+        }
+        fail(&mut s, 2, "b", mono, 5 * SECOND);
+        s.forget(1);
+        assert!(s.spent(mono), "b still fails: the same incident");
+        s.retain(|id, _| id != 2);
+        assert!(
+            !s.spent(mono) && s.blocked(mono).is_none(),
+            "nothing fails: the incident is over"
+        );
+        let later = mono + 10 * SECOND;
+        fail(&mut s, 3, "c", later, 5 * SECOND);
+        let rows = [row(3, "c", 1, now), row(4, "d", 0, now)];
+        assert_eq!(choice(&rows, &s, now, later).ids, Vec::<i64>::new(), "a new hold");
+    }
+
+    #[test]
+    fn rows_failed_before_this_process_bring_their_attempts_and_retry_times() {
+        // Whole seconds, as stored times are written to the millisecond.
+        let (now, mono): (DateTime<Utc>, _) = ("2026-11-29T08:00:00Z".parse().unwrap(), Instant::now());
+        let policy = RetryPolicy::default();
+        let later = now + chrono::Duration::seconds(30);
+        let mut s = Schedule::default();
+        let rows = [row(1, "a", 1, later), row(2, "b", 0, now)];
+        assert!(s.learn(&rows, now, mono, &policy), "a waits");
+        assert!(!s.spent(mono), "one attempt so far: the hold begins now");
+        assert_eq!(choice(&rows, &s, now, mono).ids, Vec::<i64>::new());
+        assert!(!s.learn(&rows, now, mono, &policy), "known already");
+        let mut s = Schedule::default();
+        let rows = [row(1, "a", 3, later), row(2, "b", 2, now), row(3, "c", 0, now)];
+        assert!(s.learn(&rows, now, mono, &policy));
+        assert!(s.spent(mono), "three attempts were made on a: the hold is over");
+        assert_eq!(s.left_out(mono), ["a"]);
+        let c = choice(&rows, &s, now, mono);
+        assert_eq!((c.ids, c.wake_at), (vec![3], Some(mono + 30 * SECOND)));
+        assert_eq!(s.blocked(mono).map(|b| b.rows), Some(2));
     }
 
     #[test]
@@ -246,9 +491,13 @@ mod tests {
         // Further ahead than any wait the policy makes: the clock stepped back since.
         let stepped = now + chrono::Duration::hours(2);
         assert_eq!(pick(&[row(1, "a", 1, stepped)], &s, now), [1]);
+        let mut learned = Schedule::default();
+        let waits = learned.learn(&[row(1, "a", 3, stepped)], now, Instant::now(), &RetryPolicy::default());
+        assert!(!waits, "learned as due now");
+        assert_eq!(pick(&[row(1, "a", 3, later)], &learned, now), [1]);
         // This process's own schedule wins over the stored time.
         let mut mine = Schedule::default();
-        mine.retry_at.insert(1, Instant::now());
+        fail(&mut mine, 1, "a", Instant::now(), Duration::ZERO);
         assert_eq!(pick(&[row(1, "a", 1, later)], &mine, now), [1]);
     }
 
@@ -256,7 +505,7 @@ mod tests {
     fn at_most_limit_rows() {
         let now = Utc::now();
         let rows: Vec<Pending> = (0..10).map(|i| row(i, "a", 0, now)).collect();
-        let c = choose_with_hold(
+        let c = choose_within(
             &rows,
             &Schedule::default(),
             now,

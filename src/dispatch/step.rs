@@ -22,10 +22,6 @@ use crate::message::{self, Message};
 use crate::metrics::{Blocked, Metrics};
 use crate::store::{Delivery, Pending, Store};
 
-/// How many pending rows of a channel are looked at to choose what goes next. Rows beyond wait
-/// until the ones before them leave.
-const SCAN: i64 = 1000;
-
 /// How soon to look again at rows another instance has claimed.
 const CLAIMED_ELSEWHERE: Duration = Duration::from_secs(5);
 
@@ -114,17 +110,8 @@ pub(super) async fn step(cx: &Ctx<'_>, stop: &CancellationToken) -> anyhow::Resu
     if let Some(t) = mem.not_before.filter(|t| *t > mono) {
         return Ok(Next::Idle(Some(t)));
     }
-    let rows = cx.store.pending(&cx.outlet.name, SCAN).await?;
-    if rows.len() < SCAN as usize {
-        let live: HashSet<i64> = rows.iter().map(|r| r.outbox_id).collect();
-        mem.schedule.retry_at.retain(|id, _| live.contains(id));
-        mem.schedule.first_failed.retain(|id, _| live.contains(id));
-    }
-    for r in rows.iter().filter(|r| r.attempts > 0) {
-        // Failed before this process saw it: its hold counts from now.
-        mem.schedule.first_failed.entry(r.outbox_id).or_insert(mono);
-    }
-    publish_blocked(cx, &rows, &mem.schedule, mono);
+    let rows = scan(cx, &mut mem.schedule, mono).await?;
+    publish_blocked(cx, &mem.schedule, mono);
     let limit = usize::try_from(cx.outlet.channel.max_batch()).unwrap_or(1);
     let choice = select::choose(&rows, &mem.schedule, cx.settings.clock.now(), &cx.settings.retry, limit);
     if choice.ids.is_empty() {
@@ -223,6 +210,32 @@ fn send_until(own: Instant, claim_until: Instant, now: Instant) -> Option<Instan
     (until > now).then_some(until)
 }
 
+/// Reads the pending rows to choose from: the oldest `scan` of the channel, without the orgs
+/// known to be waiting for a retry once the channel's hold is spent (they hold back only their
+/// own rows), so that however many orgs wait, a due row of another org is read. Failing rows
+/// this process did not know are taken into the schedule; when that leaves more orgs out and
+/// the read was full (as after a restart amid many failing orgs), it reads again. Each read
+/// leaves out at least one more org than the one before, so this ends.
+async fn scan(cx: &Ctx<'_>, schedule: &mut Schedule, mono: Instant) -> anyhow::Result<Vec<Pending>> {
+    let limit = cx.settings.scan;
+    let full = usize::try_from(limit).unwrap_or(usize::MAX);
+    loop {
+        let skip = schedule.left_out(mono);
+        let rows = cx.store.pending(&cx.outlet.name, limit, &skip).await?;
+        if rows.len() < full {
+            // Every pending row but the skipped orgs' was read: a failing row of another org
+            // that is not among them has left the outbox without this process.
+            let live: HashSet<i64> = rows.iter().map(|r| r.outbox_id).collect();
+            let skipped: HashSet<&str> = skip.iter().map(String::as_str).collect();
+            schedule.retain(|id, org| live.contains(&id) || skipped.contains(org));
+        }
+        let waits = schedule.learn(&rows, cx.settings.clock.now(), mono, &cx.settings.retry);
+        if rows.len() < full || !waits || !schedule.spent(mono) {
+            return Ok(rows);
+        }
+    }
+}
+
 /// Waits until the channel's pacing allows the next send.
 async fn pace(mem: &mut Memory, interval: Duration) {
     if let Some(at) = mem.last_send.and_then(|l| l.checked_add(interval)) {
@@ -312,10 +325,8 @@ fn retry(
     tracing::warn!(channel = %name, deliveries = keep.len(), %error, "delivery failed; will retry in {delay:?}");
     cx.metrics.delivery(name, "retry", keep.len() as u64);
     let due = mono.checked_add(delay).unwrap_or(mono);
-    for d in &keep {
-        mem.schedule.retry_at.insert(d.outbox_id, due);
-        mem.schedule.first_failed.entry(d.outbox_id).or_insert(mono);
-    }
+    let failing = keep.iter().map(|d| (d.outbox_id, d.event.org_id.as_str()));
+    mem.schedule.failed(failing, error, due, mono);
     mem.unrecorded.push_back(Outcome::Failed {
         claim: mem.claim.clone(),
         ids: keep.iter().map(|d| d.outbox_id).collect(),
@@ -414,25 +425,19 @@ pub(super) fn report_unrecorded(channel: &str, mem: &mut Memory) {
     }
 }
 
-/// Tells the metrics and `/healthz` whether the channel is blocked: which of its rows are past
-/// the hold, by the same rule and clock as [`select::choose`], with since when (their first
-/// failure seen by this process) and the oldest one's last error.
-fn publish_blocked(cx: &Ctx<'_>, rows: &[Pending], schedule: &Schedule, mono: Instant) {
-    let past: Vec<&Pending> = select::past_hold(rows, schedule, mono).collect();
-    let blocked = past.first().map(|oldest| {
-        let first = past
-            .iter()
-            .filter_map(|r| schedule.first_failed.get(&r.outbox_id))
-            .min()
-            .copied()
-            .unwrap_or(mono);
-        let ago = chrono::Duration::from_std(mono.saturating_duration_since(first)).unwrap_or_default();
+/// Tells the metrics and `/healthz` whether the channel is blocked: its hold spent for this
+/// incident while rows still fail, by the same rule and clock as [`select::choose`], with since
+/// when (the incident's first failure seen by this process), how many rows fail, and the latest
+/// error.
+fn publish_blocked(cx: &Ctx<'_>, schedule: &Schedule, mono: Instant) {
+    let blocked = schedule.blocked(mono).map(|b| {
+        let ago = chrono::Duration::from_std(mono.saturating_duration_since(b.since)).unwrap_or_default();
         let now = cx.settings.clock.now();
         Blocked {
             since: now.checked_sub_signed(ago).unwrap_or(now),
-            since_mono: first,
-            deliveries: past.len(),
-            last_error: oldest.last_error.clone(),
+            since_mono: b.since,
+            deliveries: b.rows,
+            last_error: b.last_error.map(str::to_owned),
         }
     });
     cx.outlet.publish_blocked(blocked, cx.metrics);

@@ -94,8 +94,9 @@ pub(crate) trait Backend {
     /// is still quiet with its status and its stored check is older. Returns the org ids written.
     async fn flush_quiet(&self, rows: &[QuietRow]) -> anyhow::Result<Vec<String>>;
 
-    /// The oldest `limit` pending rows of `channel`, in event order.
-    async fn pending(&self, channel: &str, limit: i64) -> anyhow::Result<Vec<Pending>>;
+    /// The oldest `limit` pending rows of `channel`, in event order, without the rows of the
+    /// orgs in `skip` (bound as one parameter).
+    async fn pending(&self, channel: &str, limit: i64, skip: &[String]) -> anyhow::Result<Vec<Pending>>;
 
     /// These pending outbox rows with their events, in event order.
     async fn deliveries(&self, outbox_ids: &[i64]) -> anyhow::Result<Vec<Delivery>>;

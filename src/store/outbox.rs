@@ -45,9 +45,11 @@ pub struct Claimed {
 }
 
 impl Store {
-    /// The oldest `limit` pending rows of `channel`, in event order.
-    pub async fn pending(&self, channel: &str, limit: i64) -> anyhow::Result<Vec<Pending>> {
-        on_db!(self, db => db.pending(channel, limit).await)
+    /// The oldest `limit` pending rows of `channel`, in event order, leaving out every row of
+    /// the orgs in `skip` (the dispatcher's orgs waiting for a retry: however many they are, the
+    /// rows of the other orgs are read). `skip` is bound as one parameter, whatever its length.
+    pub async fn pending(&self, channel: &str, limit: i64, skip: &[String]) -> anyhow::Result<Vec<Pending>> {
+        on_db!(self, db => db.pending(channel, limit, skip).await)
     }
 
     /// These pending outbox rows with their events, in event order.

@@ -344,7 +344,12 @@ impl Backend for Postgres {
         Ok(written)
     }
 
-    async fn pending(&self, channel: &str, limit: i64) -> anyhow::Result<Vec<Pending>> {
+    async fn pending(&self, channel: &str, limit: i64, skip: &[String]) -> anyhow::Result<Vec<Pending>> {
+        // An anti-join on the skipped orgs (one array parameter), prepared afresh each time so
+        // that PostgreSQL plans it for the array at hand and hashes it: a cached statement may
+        // switch to a generic plan after five runs, which guesses ten skipped orgs and compares
+        // every row with each of them (measured: 0.1 s instead of 4 ms for 1,500 skipped orgs
+        // among 20,000 pending rows).
         Ok(sqlx::query_as::<_, Pending>(
             "SELECT x.id AS outbox_id, e.org_id, x.attempts::bigint AS attempts,
                     linkwatch_ts(x.next_attempt_at) AS next_attempt_at,
@@ -352,10 +357,13 @@ impl Backend for Postgres {
              FROM outbox AS x
              JOIN events AS e ON e.seq = x.event_seq
              WHERE x.channel = $1 AND x.state = 'pending'
+               AND NOT EXISTS (SELECT FROM unnest($3::text[]) AS w(org_id) WHERE w.org_id = e.org_id)
              ORDER BY x.event_seq LIMIT $2",
         )
         .bind(channel)
         .bind(limit)
+        .bind(skip)
+        .persistent(false)
         .fetch_all(&self.pool)
         .await?)
     }

@@ -227,15 +227,18 @@ impl Backend for Sqlite {
         .await
     }
 
-    async fn pending(&self, channel: &str, limit: i64) -> anyhow::Result<Vec<Pending>> {
+    async fn pending(&self, channel: &str, limit: i64, skip: &[String]) -> anyhow::Result<Vec<Pending>> {
+        // The skipped orgs come as one JSON array: SQLite builds the set once per statement.
         Ok(sqlx::query_as::<_, Pending>(
             "SELECT x.id AS outbox_id, e.org_id, x.attempts, x.next_attempt_at, x.created_at, x.last_error
              FROM outbox AS x
              JOIN events AS e ON e.seq = x.event_seq
              WHERE x.channel = ? AND x.state = 'pending'
+               AND e.org_id NOT IN (SELECT value FROM json_each(?))
              ORDER BY x.event_seq LIMIT ?",
         )
         .bind(channel)
+        .bind(serde_json::to_string(skip)?)
         .bind(limit)
         .fetch_all(&self.pool)
         .await?)

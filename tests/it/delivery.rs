@@ -1,6 +1,7 @@
 //! Delivery under faults: a database that refuses to record, a receiver that refuses one event
-//! forever, a wall clock stepped back, a channel worker that panics, `once` with several events,
-//! and retention of failed deliveries.
+//! (or the events of 39 orgs) forever, more waiting orgs than a step reads, a wall clock stepped
+//! back, a channel worker that panics, `once` with several events, and retention of failed
+//! deliveries.
 
 use std::time::Duration;
 
@@ -790,4 +791,207 @@ async fn a_removed_channels_unrecorded_delivery_is_named_at_shutdown() {
             .any(|l| l.contains("never recorded") && l.contains("ops") && l.contains(&event)),
         "alpha's delivery ({event}) is not named at shutdown:\n{logs}"
     );
+}
+
+/// A webhook channel named "hook" to `url`, for `Setup::channels`.
+fn hook(url: &str) -> String {
+    format!("[[channel]]\nname = \"hook\"\nkind = \"webhook\"\nurl = \"{url}\"\n")
+}
+
+/// The `n` orgs a receiver refuses in the tests of the channel's hold: alpha and the first
+/// `n - 1` extra orgs (beta is the one it accepts). Their events are written, alpha's first.
+async fn refused_orgs(t: &TestApp, n: usize) -> Vec<String> {
+    let orgs: Vec<String> = std::iter::once(ORG_A.to_owned())
+        .chain((0..n - 1).map(extra_org))
+        .collect();
+    for org in &orgs {
+        t.sim.set(org, Behavior::status("NOT_SYNCED"));
+        t.check(org).await;
+    }
+    orgs
+}
+
+/// How many posts were refused with 500 before the first accepted post that mentions `text`.
+fn refused_before(requests: &[crate::receiver::Received], text: &str) -> usize {
+    requests
+        .iter()
+        .take_while(|r| !(r.status < 300 && r.body.contains(text)))
+        .filter(|r| r.status == 500)
+        .count()
+}
+
+const HOOK_BLOCKED: &str = r#"linkwatch_channel_blocked{channel="hook"}"#;
+
+#[tokio::test]
+async fn a_receiver_refusing_39_orgs_holds_a_40th_for_one_hold_only() {
+    use linkwatch::retry::HOLD_ATTEMPTS;
+    let rx = Receiver::start().await;
+    // A bug on the receiver's side: it answers 500 to the events of every org but beta.
+    rx.reply_when(|b| !b.contains(ORG_B), Reply::status(500, "rollup_error"));
+    let t = spawn_app_with(Setup {
+        extra_orgs: 38,
+        channels: hook(&rx.url("/hook")),
+        delivery: Some(fast()),
+        ..Setup::default()
+    })
+    .await;
+    let refused = refused_orgs(&t, 39).await;
+    // beta's event comes last, behind the 39 refused ones.
+    t.check(ORG_B).await;
+    let workers = Workers::start(&t);
+    wait_until(Duration::from_secs(60), "beta's event", || async {
+        posts_with(&rx, ORG_B) == 1
+    })
+    .await;
+    // The channel held the others back for one hold (its first refused event tried three
+    // times); after that each refused org held back only itself: its event was tried once, and
+    // beta's went.
+    let hold = usize::try_from(HOLD_ATTEMPTS).unwrap();
+    let most = hold + (refused.len() - 1);
+    let before = refused_before(&rx.received(), ORG_B);
+    assert!(
+        before <= most,
+        "beta's event waited behind {before} refused posts, more than one hold ({hold} attempts of the first refused org) and one try of each other one ({most} in all)"
+    );
+
+    // The 39 are still retried, and the channel says it is blocked.
+    wait_until(Duration::from_secs(30), "every refused org retried", || async {
+        let got = rx.received();
+        refused
+            .iter()
+            .all(|o| got.iter().filter(|r| r.body.contains(o.as_str())).count() >= 2)
+    })
+    .await;
+    assert_eq!(metric(&t, HOOK_BLOCKED).await, 1.0);
+
+    // A second event of every org: beta's goes at once (after at most the send under way), not
+    // behind the retries of the others.
+    for org in &refused {
+        t.sim.set(org, Behavior::status("SYNCED"));
+        t.check(org).await;
+    }
+    t.sim.set(ORG_B, Behavior::status("NOT_SYNCED"));
+    t.check(ORG_B).await;
+    assert_eq!(t.event_kinds(ORG_B).await, ["first_seen", "status_changed"]);
+    let from = rx.received().len();
+    wait_until(Duration::from_secs(20), "beta's change", || async {
+        posts_with(&rx, ORG_B) == 2
+    })
+    .await;
+    let between = refused_before(&rx.received()[from..], ORG_B);
+    assert!(between <= 1, "beta's change waited behind {between} refused posts");
+
+    // The receiver is fixed: every event arrives once, each org's in order, and the channel is
+    // no longer blocked.
+    rx.clear_rules();
+    wait_until(Duration::from_secs(30), "every event delivered", || async {
+        rx.accepted().len() >= 2 * (refused.len() + 1)
+    })
+    .await;
+    wait_until(Duration::from_secs(10), "the channel unblocked", || async {
+        metric(&t, HOOK_BLOCKED).await == 0.0
+    })
+    .await;
+    workers.stop().await;
+    let accepted = rx.accepted();
+    assert_eq!(accepted.len(), 2 * (refused.len() + 1), "an event was sent twice");
+    for org in refused.iter().map(String::as_str).chain([ORG_B]) {
+        let kinds: Vec<String> = accepted
+            .iter()
+            .filter(|r| r.body.contains(org))
+            .map(|r| r.json()["type"].as_str().unwrap().to_owned())
+            .collect();
+        assert_eq!(kinds, ["first_seen", "status_changed"], "org {org}");
+    }
+}
+
+/// More orgs waiting for their retry than one step of the channel reads (`scan` 4, 6 orgs),
+/// and then a fresh event of another org: it is found and sent, and so is the next one after a
+/// restart, when this process knows nothing yet of the orgs that wait.
+async fn a_fresh_event_is_found_behind_more_waiting_orgs_than_a_step_reads(database_url: Option<String>) {
+    let rx = Receiver::start().await;
+    rx.reply_when(|b| !b.contains(ORG_B), Reply::status(500, "rollup_error"));
+    let mut settings = fast();
+    settings.scan = 4;
+    // Stored retry times up to an hour ahead count (see below).
+    settings.retry.max_retry_after = Duration::from_secs(3600);
+    let t = spawn_app_with(Setup {
+        extra_orgs: 5,
+        database_url: database_url.clone(),
+        channels: hook(&rx.url("/hook")),
+        delivery: Some(settings),
+        ..Setup::default()
+    })
+    .await;
+    if database_url.is_some() {
+        crate::pg::lead(&t.app.store).await;
+    }
+    let refused = refused_orgs(&t, 6).await;
+    let workers = Workers::start(&t);
+    wait_until(Duration::from_secs(20), "the channel blocked", || async {
+        metric(&t, HOOK_BLOCKED).await == 1.0
+    })
+    .await;
+    t.check(ORG_B).await;
+    wait_until(Duration::from_secs(20), "beta's event", || async {
+        posts_with(&rx, ORG_B) == 1
+    })
+    .await;
+    // Every refused org was tried (none is forgotten beyond the scan).
+    wait_until(Duration::from_secs(20), "every refused org tried", || async {
+        let got = rx.received();
+        refused.iter().all(|o| got.iter().any(|r| r.body.contains(o.as_str())))
+    })
+    .await;
+    workers.stop().await;
+
+    // A restart, with every refused org's retry half an hour ahead and a new event of beta:
+    // the first read finds only waiting orgs, and the next one, at once, finds beta's.
+    t.sim.set(ORG_B, Behavior::status("NOT_SYNCED"));
+    t.check(ORG_B).await;
+    let later = "UPDATE outbox SET next_attempt_at = {in_30_minutes} WHERE attempts > 0 AND state = 'pending'";
+    match &database_url {
+        None => {
+            sql(
+                &t,
+                &later.replace(
+                    "{in_30_minutes}",
+                    "strftime('%Y-%m-%dT%H:%M:%fZ', 'now', '+30 minutes')",
+                ),
+            )
+            .await
+        }
+        Some(url) => {
+            let pool = sqlx::PgPool::connect(url).await.unwrap();
+            sqlx::query(sqlx::AssertSqlSafe(
+                later.replace("{in_30_minutes}", "now() + interval '30 minutes'"),
+            ))
+            .execute(&pool)
+            .await
+            .unwrap();
+            pool.close().await;
+        }
+    }
+    let t = t.restart().await;
+    if database_url.is_some() {
+        crate::pg::lead(&t.app.store).await;
+    }
+    let workers = Workers::start(&t);
+    wait_until(Duration::from_secs(20), "beta's change after the restart", || async {
+        posts_with(&rx, ORG_B) == 2
+    })
+    .await;
+    workers.stop().await;
+    assert_eq!(rx.accepted().len(), 2, "only beta's events were accepted");
+}
+
+#[tokio::test]
+async fn a_fresh_event_is_found_behind_more_waiting_orgs_than_a_step_reads_sqlite() {
+    a_fresh_event_is_found_behind_more_waiting_orgs_than_a_step_reads(None).await;
+}
+
+#[tokio::test]
+async fn a_fresh_event_is_found_behind_more_waiting_orgs_than_a_step_reads_postgres() {
+    let Some(db) = crate::pg::database().await else { return };
+    a_fresh_event_is_found_behind_more_waiting_orgs_than_a_step_reads(Some(db.url.clone())).await;
 }
