@@ -332,7 +332,7 @@ async fn unknown_orgs_are_404_and_the_page_is_read_only() {
 }
 
 #[tokio::test]
-async fn a_login_guards_the_page_the_api_and_metrics_but_not_healthz() {
+async fn a_login_guards_the_page_the_api_metrics_and_healthz_details_but_not_healthz() {
     let dir = tempfile::tempdir().unwrap();
     let password = dir.path().join("page-password");
     std::fs::write(&password, "correct horse\n").unwrap();
@@ -348,6 +348,7 @@ async fn a_login_guards_the_page_the_api_and_metrics_but_not_healthz() {
         "/api/v1/status",
         "/api/v1/orgs/alpha/changes",
         "/metrics",
+        "/healthz?verbose",
     ] {
         let url = format!("{base}{url}");
         let none = http.get(&url).send().await.unwrap();
@@ -380,6 +381,7 @@ async fn a_login_guards_the_page_the_api_and_metrics_but_not_healthz() {
     }
     let health = http.get(format!("{base}/healthz")).send().await.unwrap();
     assert_eq!(health.status(), 200, "/healthz needs no login");
+    assert_eq!(health.text().await.unwrap(), "ok\n");
     daemon.stop(Duration::from_secs(15)).await;
 }
 
@@ -539,4 +541,100 @@ async fn the_demo_prints_the_page_address_and_serves_it_while_it_runs() {
     .await;
     demo.kill().await.unwrap();
     drain.abort();
+}
+
+/// A `[http]` login (user `ops`, password `correct horse`) for [`running_page`], its password
+/// in a file of `dir`.
+fn login_lines(dir: &std::path::Path) -> String {
+    let password = dir.join("page-password");
+    std::fs::write(&password, "correct horse\n").unwrap();
+    format!("username = \"ops\"\npassword_file = \"{}\"", password.display())
+}
+
+/// `/healthz` is open (load balancers and systemd ask it without a login), so it says ok,
+/// degraded or failing and nothing more: a blocked channel's last error (a receiver's body,
+/// which may quote anything: here a marker and a mail address) and the leader's host:pid stay
+/// behind the login, on the status page and in `/healthz?verbose`.
+#[tokio::test]
+async fn healthz_without_the_login_says_only_ok_degraded_or_failing() {
+    let Some(pg) = pg::database().await else { return };
+    const MARKER: &str = "MARKER-4f1c ops-oncall@example.com";
+    let rx = Receiver::start().await;
+    let poison = "alpha: migration link is NOT_SYNCED (first check)";
+    rx.reply_when(move |b| b.contains(poison), Reply::status(500, MARKER));
+    let dir = tempfile::tempdir().unwrap();
+    let top = |port: u16| format!("{}\n{}", http_listen(port), login_lines(dir.path()));
+    let http = reqwest::Client::new();
+    let get = |url: String, login: bool| {
+        let r = http.get(url);
+        let r = if login {
+            r.basic_auth("ops", Some("correct horse"))
+        } else {
+            r
+        };
+        async move {
+            match r.send().await {
+                Ok(r) => (r.status().as_u16(), r.text().await.unwrap_or_default()),
+                // Not listening yet.
+                Err(_) => (0, String::new()),
+            }
+        }
+    };
+
+    // The leader: its channel "ops" blocked by a receiver that refuses alpha's event.
+    let leader_port = free_port();
+    let leader = spawn_app_with(Setup {
+        top: top(leader_port),
+        database_url: Some(pg.url.clone()),
+        channels: crate::notify::slack("ops", &rx.url("/hook")),
+        delivery: Some(crate::delivery::fast()),
+        ..Setup::default()
+    })
+    .await;
+    let leading = leader.run();
+    let lbase = format!("http://127.0.0.1:{leader_port}");
+    wait_until(Duration::from_secs(30), "the channel reported blocked", || async {
+        get(format!("{lbase}/metrics"), true)
+            .await
+            .1
+            .contains("linkwatch_channel_blocked{channel=\"ops\"} 1")
+    })
+    .await;
+    // A follower on the same database, which names the leader.
+    let follower_port = free_port();
+    let follower = spawn_app_with(Setup {
+        top: top(follower_port),
+        database_url: Some(pg.url.clone()),
+        ..Setup::default()
+    })
+    .await;
+    let following = follower.run();
+    let fbase = format!("http://127.0.0.1:{follower_port}");
+    let holder = format!(":{}:", std::process::id());
+    wait_until(Duration::from_secs(30), "the follower names the leader", || async {
+        let (code, text) = get(format!("{fbase}/healthz?verbose"), true).await;
+        code == 200 && text.contains("following (") && text.contains(&holder)
+    })
+    .await;
+
+    // Without the login: the word only.
+    assert_eq!(get(format!("{lbase}/healthz"), false).await, (200, "degraded\n".into()));
+    assert_eq!(get(format!("{fbase}/healthz"), false).await, (200, "ok\n".into()));
+    // The details ask for the login.
+    assert_eq!(get(format!("{lbase}/healthz?verbose"), false).await.0, 401);
+    // With it: the channel, since when, the reason, and who leads.
+    let (code, verbose) = get(format!("{lbase}/healthz?verbose"), true).await;
+    assert_eq!(code, 200);
+    assert!(
+        verbose.starts_with("degraded\nleading (epoch ")
+            && verbose.contains("channel \"ops\" blocked since ")
+            && verbose.contains(MARKER),
+        "{verbose}"
+    );
+    let (code, page) = get(format!("{lbase}/"), true).await;
+    assert_eq!(code, 200);
+    assert!(page.contains("blocked since") && page.contains(MARKER), "{page}");
+
+    following.stop(Duration::from_secs(15)).await;
+    leading.stop(Duration::from_secs(15)).await;
 }
