@@ -149,12 +149,17 @@ pub async fn serve(
         .merge(web::routes(page));
     // Load balancers and systemd ask for /healthz without a login; its details ask for it.
     let mut health = Router::new().route("/healthz", get(healthz)).with_state(shared);
-    if let Some(login) = login.map(Arc::new) {
+    if let Some(login) = login.map(|l| Arc::new(web::Login::new(l))) {
         guarded = guarded.layer(axum::middleware::from_fn_with_state(login.clone(), web::require_login));
         health = health.layer(axum::middleware::from_fn_with_state(login, require_login_for_details));
     }
-    let app = health.merge(guarded).fallback(web::not_found);
+    let app = health
+        .merge(guarded)
+        .fallback(web::not_found)
+        .layer(axum::middleware::map_response(web::harden));
     Ok(tokio::spawn(async move {
+        // The peer's address, for the log of refused logins.
+        let app = app.into_make_service_with_connect_info::<SocketAddr>();
         let serve = axum::serve(listener, app).with_graceful_shutdown(async move { shutdown.cancelled().await });
         if let Err(e) = serve.await {
             tracing::error!("HTTP endpoint stopped: {e}");
@@ -200,7 +205,7 @@ fn verbose(uri: &Uri) -> bool {
 
 /// The login in front of `/healthz?verbose` only: the word stays open to load balancers.
 async fn require_login_for_details(
-    login: State<Arc<BasicAuth>>,
+    login: State<Arc<web::Login>>,
     request: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> Response {
