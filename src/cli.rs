@@ -500,7 +500,7 @@ async fn once(config: Config) -> anyhow::Result<ExitCode> {
                 let _ = task.await;
                 app.store.close().await;
                 anyhow::bail!(
-                    "{}; `linkwatch once` checks only as the leader. Use `linkwatch history`, or the leader's /healthz",
+                    "{}; `linkwatch once` checks only as the leader. Use `linkwatch history`, or the leader's /healthz?verbose",
                     role.describe()
                 );
             }

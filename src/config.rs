@@ -51,8 +51,8 @@ pub struct Config {
     pub shutdown_timeout: Duration,
     /// Where the status page, `/metrics` and `/healthz` are served; off when `None`.
     pub http_listen: Option<std::net::SocketAddr>,
-    /// The user and password the status page, its JSON API and `/metrics` require; open when
-    /// `None`. `/healthz` never asks.
+    /// The user and password the status page, its JSON API, `/metrics` and the details of
+    /// `/healthz` (`?verbose`) require; open when `None`. `/healthz` itself never asks.
     pub http_auth: Option<BasicAuth>,
     pub cloud_manager: CloudManager,
     pub poll: Poll,

@@ -4,7 +4,9 @@
 //! The copy reads the SQLite file read-only in one transaction (a consistent snapshot) and
 //! writes PostgreSQL in one transaction: it lands whole or not at all. It goes around the
 //! `Store`'s fenced write path on purpose: no instance may lead while it runs (it refuses when
-//! one does), and it holds the lease table locked so that none starts leading until it commits.
+//! one does, or when an instance that asks for the lease is there: `lease_instances`), and it
+//! holds the lease table locked so that none starts leading until it commits. On the SQLite
+//! side it refuses unless it holds the file's lock: a lock it cannot take proves nothing.
 //!
 //! It is idempotent: events are matched by their unique id, transitions and failed checks by
 //! their natural keys (org, time, status or class), outbox rows by (event, channel), orgs and
@@ -316,16 +318,23 @@ pub async fn copy_history(from: &Database, to: &Database) -> anyhow::Result<Copi
         );
     }
     // A daemon on the file would go on writing (and sending) what the copy leaves behind; the
-    // lock also keeps one from starting on it while the copy reads.
+    // lock also keeps one from starting on it while the copy reads. Only a lock taken proves
+    // that none runs: a lock file that cannot be opened (another user's, a read-only
+    // directory, NFS) says nothing about a daemon that opened it, so that is a refusal too.
     let _source_lock = match WriterLock::acquire(path, "copy-history") {
-        Ok(lock) => Some(lock),
+        Ok(lock) => lock,
         Err(LockError::Held { holder, .. }) => anyhow::bail!(
             "{holder} is using {}: stop it first, or what it records after the copy stays behind \
              and both databases would send the same deliveries",
             path.display()
         ),
-        // A read-only directory (a backup, say) cannot hold a lock file; nothing writes there either.
-        Err(LockError::Io(_)) => None,
+        Err(LockError::Io(e)) => anyhow::bail!(
+            "cannot tell whether a daemon uses {}: {e:#}; copy-history refuses, since a daemon it cannot \
+             see would go on sending what the copy carries over. Stop linkwatch and copy as the user it \
+             runs as, or copy the database file (with its -wal file) to a directory you can write and \
+             copy from there",
+            path.display()
+        ),
     };
 
     let mut src = open_source(path).await?;
@@ -366,16 +375,25 @@ async fn copy_into(
         );
     }
     // A follower would take the lease right after the copy, with the identity it read at start.
-    let others: i64 = sqlx::query_scalar(
-        "SELECT count(*) FROM pg_stat_activity
-         WHERE datname = current_database() AND application_name = 'linkwatch' AND pid <> pg_backend_pid()",
+    // Followers are found by what they say at every attempt at the lease, not by the name of
+    // their connections, which the URL may change.
+    let present: Vec<(String, String)> = sqlx::query_as(
+        "SELECT holder, linkwatch_ts(seen_until) FROM lease_instances WHERE seen_until > now() ORDER BY holder",
     )
-    .fetch_one(&mut *tx)
+    .fetch_all(&mut *tx)
     .await?;
-    if others > 0 {
+    if !present.is_empty() {
+        let named: Vec<String> = present
+            .iter()
+            .map(|(holder, until)| {
+                format!("\"{holder}\" (asked for the lease; there until {until} unless it asks again)")
+            })
+            .collect();
         anyhow::bail!(
-            "{others} connection(s) of a linkwatch instance are open on {url} (a follower, or `linkwatch once`): \
-             stop every instance on this database, then copy again"
+            "linkwatch instance(s) that do not lead use {url}: {}. A follower (or `linkwatch once`) would take \
+             the lease right after the copy, with the database identity it read before. Stop every instance \
+             on this database, then copy again",
+            named.join(", ")
         );
     }
 

@@ -194,15 +194,26 @@ async fn run(pg: Postgres, holder: String, timing: LeaseTiming, role: watch::Sen
         }
     }
     role.send_if_modified(|r| replace(r, Role::default()));
-    if let Some(t) = term {
-        pg.fence().depose();
-        match pg.release_lease(&holder, t.epoch).await {
-            Ok(()) => tracing::info!(
-                epoch = t.epoch,
-                "leadership released: another instance can take over now"
-            ),
-            Err(e) => tracing::warn!("cannot release the lease ({e:#}); another instance takes over when it expires"),
+    match term {
+        Some(t) => {
+            pg.fence().depose();
+            match pg.release_lease(&holder, t.epoch).await {
+                Ok(()) => tracing::info!(
+                    epoch = t.epoch,
+                    "leadership released: another instance can take over now"
+                ),
+                Err(e) => {
+                    tracing::warn!("cannot release the lease ({e:#}); another instance takes over when it expires")
+                }
+            }
         }
+        // A follower says it leaves too, so that `copy-history` need not wait for its word
+        // to run out; bounded, since a stop must not wait on a database that does not answer.
+        None => match tokio::time::timeout(timing.renew_every(), pg.withdraw(&holder)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!("cannot tell the database that this instance stops ({e:#})"),
+            Err(_) => tracing::warn!("cannot tell the database that this instance stops: no answer"),
+        },
     }
 }
 

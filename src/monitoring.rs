@@ -1,6 +1,7 @@
 //! The optional HTTP endpoint (`[http] listen`): `/metrics` for Prometheus and `/healthz` for
 //! load balancers, systemd and people, beside the status page ([`crate::web`]). With a login
-//! configured, everything but `/healthz` asks for it.
+//! configured, everything but `/healthz` asks for it; `/healthz` says only ok, degraded or
+//! failing, and its details (`?verbose`) ask for the login too.
 //!
 //! `/healthz` writes to the database to know that it can, but at most once every
 //! [`PROBE_EVERY`]: one probe runs at a time, and every request and the systemd watchdog share
@@ -13,7 +14,7 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::extract::State;
-use axum::http::{StatusCode, header};
+use axum::http::{StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use tokio::sync::watch;
@@ -146,19 +147,19 @@ pub async fn serve(
         .route("/metrics", get(metrics))
         .with_state(shared.clone())
         .merge(web::routes(page));
-    if let Some(login) = login {
-        guarded = guarded.layer(axum::middleware::from_fn_with_state(
-            Arc::new(login),
-            web::require_login,
-        ));
+    // Load balancers and systemd ask for /healthz without a login; its details ask for it.
+    let mut health = Router::new().route("/healthz", get(healthz)).with_state(shared);
+    if let Some(login) = login.map(|l| Arc::new(web::Login::new(l))) {
+        guarded = guarded.layer(axum::middleware::from_fn_with_state(login.clone(), web::require_login));
+        health = health.layer(axum::middleware::from_fn_with_state(login, require_login_for_details));
     }
-    // Load balancers and systemd ask for /healthz without a login.
-    let app = Router::new()
-        .route("/healthz", get(healthz))
-        .with_state(shared)
+    let app = health
         .merge(guarded)
-        .fallback(web::not_found);
+        .fallback(web::not_found)
+        .layer(axum::middleware::map_response(web::harden));
     Ok(tokio::spawn(async move {
+        // The peer's address, for the log of refused logins.
+        let app = app.into_make_service_with_connect_info::<SocketAddr>();
         let serve = axum::serve(listener, app).with_graceful_shutdown(async move { shutdown.cancelled().await });
         if let Err(e) = serve.await {
             tracing::error!("HTTP endpoint stopped: {e}");
@@ -196,21 +197,59 @@ async fn metrics(State(shared): State<Shared>) -> Response {
     }
 }
 
-async fn healthz(State(shared): State<Shared>) -> Response {
-    match health(&shared).await {
-        Ok(()) => (StatusCode::OK, degraded(&shared)).into_response(),
-        Err(reason) => (StatusCode::SERVICE_UNAVAILABLE, format!("{reason}\n")).into_response(),
+/// `/healthz?verbose` (or `?verbose=...`) asks for the details.
+fn verbose(uri: &Uri) -> bool {
+    uri.query()
+        .is_some_and(|q| q.split('&').any(|p| p == "verbose" || p.starts_with("verbose=")))
+}
+
+/// The login in front of `/healthz?verbose` only: the word stays open to load balancers.
+async fn require_login_for_details(
+    login: State<Arc<web::Login>>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    if verbose(request.uri()) {
+        web::require_login(login, request, next).await
+    } else {
+        next.run(request).await
     }
 }
 
-/// "ok", or "degraded" with the channels whose deliveries keep failing. A blocked channel is not
-/// a reason for 503: the watchdog and orchestrators would restart the daemon, which does not
-/// fix a receiver and would pause every check; the process is healthy and says what is wrong.
-/// Read from what the dispatchers last saw, not the database: a request costs no query, and the
-/// answer follows the dispatcher's own hold.
-fn degraded(shared: &Shared) -> String {
+/// "ok" or "degraded" (200), or "failing" (503), and nothing more: `/healthz` is open, and the
+/// details quote what came from outside (a receiver's answer, a mail address in an SMTP reply,
+/// a database error) and name the leader's host and pid. With `?verbose`, behind the login,
+/// the details follow the word.
+async fn healthz(State(shared): State<Shared>, uri: Uri) -> Response {
+    let health = health(&shared).await;
     let blocked = shared.metrics.blocked();
-    let mut text = String::from(if blocked.is_empty() { "ok\n" } else { "degraded\n" });
+    let word = match (&health, blocked.is_empty()) {
+        (Err(_), _) => "failing",
+        (Ok(()), true) => "ok",
+        (Ok(()), false) => "degraded",
+    };
+    let code = if health.is_ok() {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    let mut text = format!("{word}\n");
+    if verbose(&uri) {
+        details(&shared, health.err(), &blocked, &mut text);
+    }
+    (code, text).into_response()
+}
+
+/// Why it is failing, which instance this is, and the blocked channels. A blocked channel is
+/// not a reason for 503: the watchdog and orchestrators would restart the daemon, which does
+/// not fix a receiver and would pause every check; the process is healthy and says what is
+/// wrong. Read from what the dispatchers last saw, not the database: a request costs no query,
+/// and the answer follows the dispatcher's own hold.
+fn details(shared: &Shared, failing: Option<String>, blocked: &[(String, crate::metrics::Blocked)], text: &mut String) {
+    if let Some(reason) = failing {
+        text.push_str(&reason);
+        text.push('\n');
+    }
     // Several instances share a PostgreSQL database: say which one this is.
     if shared.store.postgres().is_some() {
         text.push_str(&shared.role.borrow().describe());
@@ -225,5 +264,4 @@ fn degraded(shared: &Shared) -> String {
             b.last_error.as_deref().unwrap_or("none recorded")
         ));
     }
-    text
 }

@@ -1,5 +1,5 @@
 //! `[http]`: where the status page, `/metrics` and `/healthz` are served, and the optional
-//! basic-auth login that guards all of them but `/healthz`.
+//! basic-auth login that guards all of them but `/healthz` (its details, `?verbose`, too).
 
 use std::net::SocketAddr;
 

@@ -21,6 +21,8 @@ pub struct WriterLock {
 pub enum LockError {
     #[error("{holder} is already using {database}; stop it first, or give this one a database of its own")]
     Held { database: String, holder: String },
+    /// The lock could not be tried (the lock file cannot be opened or locked): whether another
+    /// process holds it is not known, and callers that need to know must refuse.
     #[error(transparent)]
     Io(#[from] anyhow::Error),
 }
@@ -117,6 +119,23 @@ mod tests {
         );
         drop(first);
         WriterLock::acquire(&db, "run").expect("free again once released");
+    }
+
+    /// A lock file that cannot be opened (here a directory, which root cannot open as a file
+    /// either) is not "free": it is an error that names the file and why.
+    #[test]
+    fn a_lock_file_that_cannot_be_opened_is_an_error_naming_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("linkwatch.db");
+        std::fs::create_dir(lock_path(&db)).unwrap();
+        match WriterLock::acquire(&db, "copy-history") {
+            Err(LockError::Io(e)) => {
+                let said = format!("{e:#}");
+                let expected = format!("cannot open the lock file {}: Is a directory", lock_path(&db).display());
+                assert!(said.starts_with(&expected), "{said}");
+            }
+            other => panic!("{other:?}"),
+        }
     }
 
     /// A daemon starting while `linkwatch once` delivers waits for it instead of failing.

@@ -123,9 +123,18 @@ impl Postgres {
     /// Takes the lease for `holder` when it is free, expired or already `holder`'s, for `ttl`
     /// by the database's clock. Each acquisition is a new term: the epoch goes up. Returns the
     /// epoch, or `None` when another instance holds a running lease.
+    ///
+    /// Every attempt also says that `holder` is there for `ttl` (`lease_instances`), so that
+    /// `copy-history` finds followers too; rows of instances gone for a day are deleted.
     pub async fn acquire_lease(&self, holder: &str, ttl: Duration) -> anyhow::Result<Option<i64>> {
         Ok(sqlx::query_scalar(
-            "INSERT INTO leader_lease (name, holder, epoch, expires_at)
+            "WITH seen AS (
+                 INSERT INTO lease_instances (holder, seen_until) VALUES ($2, now() + make_interval(secs => $3))
+                 ON CONFLICT (holder) DO UPDATE SET seen_until = excluded.seen_until
+             ), gone AS (
+                 DELETE FROM lease_instances WHERE seen_until < now() - interval '1 day' AND holder <> $2
+             )
+             INSERT INTO leader_lease (name, holder, epoch, expires_at)
              VALUES ($1, $2, 1, now() + make_interval(secs => $3))
              ON CONFLICT (name) DO UPDATE SET holder = $2, epoch = leader_lease.epoch + 1,
                  expires_at = now() + make_interval(secs => $3)
@@ -140,10 +149,15 @@ impl Postgres {
     }
 
     /// Extends the lease of `holder` in `epoch` by `ttl`; `false` when it is no longer theirs
-    /// (expired, or taken by another instance).
+    /// (expired, or taken by another instance). Says that `holder` is there, as
+    /// [`Postgres::acquire_lease`] does.
     pub async fn renew_lease(&self, holder: &str, epoch: i64, ttl: Duration) -> anyhow::Result<bool> {
         let renewed = sqlx::query(
-            "UPDATE leader_lease SET expires_at = now() + make_interval(secs => $4)
+            "WITH seen AS (
+                 INSERT INTO lease_instances (holder, seen_until) VALUES ($2, now() + make_interval(secs => $4))
+                 ON CONFLICT (holder) DO UPDATE SET seen_until = excluded.seen_until
+             )
+             UPDATE leader_lease SET expires_at = now() + make_interval(secs => $4)
              WHERE name = $1 AND holder = $2 AND epoch = $3 AND expires_at > now()",
         )
         .bind(LEASE)
@@ -157,12 +171,25 @@ impl Postgres {
     }
 
     /// Ends the lease of `holder` in `epoch` now, so that another instance takes over at once
-    /// (a clean shutdown). The row stays: epochs only go up.
+    /// (a clean shutdown), and says that `holder` is gone. The lease row stays: epochs only go up.
     pub async fn release_lease(&self, holder: &str, epoch: i64) -> anyhow::Result<()> {
-        sqlx::query("UPDATE leader_lease SET expires_at = now() WHERE name = $1 AND holder = $2 AND epoch = $3")
-            .bind(LEASE)
+        sqlx::query(
+            "WITH gone AS (DELETE FROM lease_instances WHERE holder = $2)
+             UPDATE leader_lease SET expires_at = now() WHERE name = $1 AND holder = $2 AND epoch = $3",
+        )
+        .bind(LEASE)
+        .bind(holder)
+        .bind(epoch)
+        .execute(&self.lease)
+        .await?;
+        Ok(())
+    }
+
+    /// Says that `holder`, which does not lead, is gone (a follower's clean shutdown), so that
+    /// `copy-history` need not wait for its word to run out.
+    pub async fn withdraw(&self, holder: &str) -> anyhow::Result<()> {
+        sqlx::query("DELETE FROM lease_instances WHERE holder = $1")
             .bind(holder)
-            .bind(epoch)
             .execute(&self.lease)
             .await?;
         Ok(())

@@ -381,13 +381,6 @@ async fn copy_history_refuses_what_could_lose_or_mix_history() {
         "{err}"
     );
 
-    // An instance is connected to the target without leading.
-    let Some(pg) = pg::database().await else { return };
-    let follower = Store::open(&db(&pg.url)).await.unwrap();
-    let err = copy_history(&from, &db(&pg.url)).await.unwrap_err().to_string();
-    assert!(err.contains("connection(s) of a linkwatch instance"), "{err}");
-    follower.close().await;
-
     // The target has a history of its own.
     let Some(pg) = pg::database().await else { return };
     let other = spawn_app_with(Setup {
@@ -407,4 +400,102 @@ async fn copy_history_refuses_what_could_lose_or_mix_history() {
     );
     // Nothing was written by the refused copies.
     assert_eq!(row_counts(&pg.url).await, [1, 0, 1, 0, 0, 0, 0, 1, 1, 0]);
+}
+
+/// The lock file of the SQLite source cannot be opened (here it is a directory, which no user,
+/// root included, can open as a file; a read-only directory or a file of another user does the
+/// same to a non-root user): copy-history cannot tell whether a daemon uses the file, so it
+/// refuses, naming the lock file and why, and writes nothing.
+#[tokio::test]
+async fn copy_history_refuses_when_it_cannot_tell_whether_a_daemon_runs() {
+    let Some(pg) = pg::database().await else { return };
+    let t = sqlite_history().await;
+    let lock = std::path::PathBuf::from(format!("{}.lock", t.db_path.display()));
+    std::fs::create_dir(&lock).unwrap();
+    let out = linkwatch()
+        .args(["copy-history", "--from"])
+        .arg(&t.db_path)
+        .args(["--to", &pg.url])
+        .output()
+        .await
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{stderr}{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let expected = format!(
+        "cannot tell whether a daemon uses {}: cannot open the lock file {}: Is a directory",
+        t.db_path.display(),
+        lock.display()
+    );
+    assert!(stderr.contains(&expected), "{stderr}");
+    assert!(stderr.contains("copy-history refuses"), "{stderr}");
+    // Nothing reached the target: it was not even migrated.
+    let pool = sqlx::PgPool::connect(&pg.url).await.unwrap();
+    let tables: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM information_schema.tables WHERE table_schema = 'public'")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!(tables, 0, "the refused copy touched the target");
+    pool.close().await;
+
+    // Once the lock file can be opened, the same copy goes through.
+    std::fs::remove_dir(&lock).unwrap();
+    copy_history(&db(&t.db_path.display().to_string()), &db(&pg.url))
+        .await
+        .expect("the copy, once the lock can be taken");
+}
+
+/// A follower is found by the lease, not by its connections' `application_name`: an instance
+/// named otherwise that asked for the lease while another led is still there when the leader
+/// has stopped (it would take the lease right after the copy, with the database identity it
+/// read before), so copy-history refuses and names it; once it has stopped too, the copy goes.
+#[tokio::test]
+async fn copy_history_finds_a_follower_whatever_its_application_name() {
+    let Some(pg) = pg::database().await else { return };
+    let t = sqlite_history().await;
+    let from = db(&t.db_path.display().to_string());
+    let named = |name: &str| db(&format!("{}?application_name={name}", pg.url));
+
+    let a = Store::open(&named("payments-watcher-a")).await.unwrap();
+    let ttl = std::time::Duration::from_secs(600);
+    let pa = a.postgres().unwrap();
+    let epoch = pa.acquire_lease("host-a:1:0001", ttl).await.unwrap().expect("a leads");
+    // b runs the lease loop of `linkwatch run`, and follows.
+    let b = Store::open(&named("payments-watcher-b")).await.unwrap();
+    let stop_b = tokio_util::sync::CancellationToken::new();
+    let (leadership, b_task) = linkwatch::leader::spawn(
+        b.postgres().unwrap().clone(),
+        linkwatch::leader::LeaseTiming { ttl },
+        stop_b.clone(),
+    );
+    let role = linkwatch::leader::settled(leadership.role, std::time::Duration::from_secs(15)).await;
+    assert!(!role.leads() && role.leader.is_some(), "b follows: {role:?}");
+
+    // While a leads, the lease says so.
+    let err = copy_history(&from, &db(&pg.url)).await.unwrap_err().to_string();
+    assert!(err.contains("\"host-a:1:0001\" leads"), "{err}");
+
+    // a stops cleanly; b has not taken the lease yet (it asks every 200 s here).
+    pa.release_lease("host-a:1:0001", epoch).await.unwrap();
+    a.close().await;
+    let err = copy_history(&from, &db(&pg.url)).await.unwrap_err().to_string();
+    assert!(
+        err.contains(&format!("\"{}\"", leadership.holder)) && err.contains("Stop every instance on this database"),
+        "{err}"
+    );
+    assert_eq!(row_counts(&pg.url).await, [0; 10], "the refused copy wrote");
+
+    // b stops cleanly too: nothing runs, and the copy goes through.
+    stop_b.cancel();
+    b_task.await.unwrap();
+    b.close().await;
+    let copied = copy_history(&from, &db(&pg.url))
+        .await
+        .expect("the copy once b has stopped");
+    assert!(copied.written("events") > 0);
 }

@@ -249,9 +249,15 @@ async fn a_receiver_refusing_one_event_stalls_nothing_else() {
     );
     let health = reqwest::get(format!("{base}/healthz")).await.unwrap();
     assert_eq!(health.status().as_u16(), 200, "a blocked channel is degraded, not down");
-    let text = health.text().await.unwrap();
+    assert_eq!(health.text().await.unwrap(), "degraded\n");
+    let text = reqwest::get(format!("{base}/healthz?verbose"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
     assert!(
-        text.contains("degraded") && text.contains("ops") && text.contains("HTTP 500"),
+        text.starts_with("degraded\n") && text.contains("channel \"ops\"") && text.contains("HTTP 500"),
         "{text}"
     );
 

@@ -1,6 +1,6 @@
 //! Failover: two real `linkwatch run` processes on one fresh PostgreSQL database, against the
 //! in-process simulator and webhook receiver. Instance `a` starts first and leads; `b` follows.
-//! Each has its own `[http] listen` (to read `/healthz` and `/metrics`) and its own
+//! Each has its own `[http] listen` (to read `/healthz?verbose` and `/metrics`) and its own
 //! `application_name` (to find its connections), and a lease of 3 s (renewed every second).
 //!
 //! Every write to the data tables is recorded by a trigger with the writer's `application_name`,
@@ -112,9 +112,9 @@ impl Instance {
         r.text().await.ok()
     }
 
-    /// The second line of `/healthz`: "leading (epoch N)" or "following (...)".
+    /// The second line of `/healthz?verbose`: "leading (epoch N)" or "following (...)".
     async fn role(&self) -> Option<String> {
-        let text = self.get("/healthz").await?;
+        let text = self.get("/healthz?verbose").await?;
         text.lines().nth(1).map(str::to_owned)
     }
 

@@ -332,7 +332,7 @@ async fn unknown_orgs_are_404_and_the_page_is_read_only() {
 }
 
 #[tokio::test]
-async fn a_login_guards_the_page_the_api_and_metrics_but_not_healthz() {
+async fn a_login_guards_the_page_the_api_metrics_and_healthz_details_but_not_healthz() {
     let dir = tempfile::tempdir().unwrap();
     let password = dir.path().join("page-password");
     std::fs::write(&password, "correct horse\n").unwrap();
@@ -348,6 +348,7 @@ async fn a_login_guards_the_page_the_api_and_metrics_but_not_healthz() {
         "/api/v1/status",
         "/api/v1/orgs/alpha/changes",
         "/metrics",
+        "/healthz?verbose",
     ] {
         let url = format!("{base}{url}");
         let none = http.get(&url).send().await.unwrap();
@@ -380,6 +381,7 @@ async fn a_login_guards_the_page_the_api_and_metrics_but_not_healthz() {
     }
     let health = http.get(format!("{base}/healthz")).send().await.unwrap();
     assert_eq!(health.status(), 200, "/healthz needs no login");
+    assert_eq!(health.text().await.unwrap(), "ok\n");
     daemon.stop(Duration::from_secs(15)).await;
 }
 
@@ -429,12 +431,16 @@ pub async fn screenshots(browser: &std::path::Path, base: &str, pages: &[(&str, 
     }
 }
 
+/// Fails when the page broke its own Content-Security-Policy: the browser then drops what was
+/// blocked (the styles, say) and renders the rest, so the DOM alone would not show it; the
+/// console does (`--enable-logging=stderr`).
 pub async fn chromium(browser: &std::path::Path, args: &[String], url: &str) -> String {
     let profile = tempfile::tempdir().unwrap();
     let out = tokio::time::timeout(
         Duration::from_secs(60),
         tokio::process::Command::new(browser)
             .args(["--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"])
+            .args(["--enable-logging=stderr", "--v=0"])
             .arg(format!("--user-data-dir={}", profile.path().display()))
             .args(args)
             .arg(url)
@@ -444,10 +450,16 @@ pub async fn chromium(browser: &std::path::Path, args: &[String], url: &str) -> 
     .await
     .expect("chromium finishes within 60 s")
     .expect("chromium starts");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "chromium failed: {stderr}");
+    let blocked: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.contains("Content Security Policy"))
+        .collect();
     assert!(
-        out.status.success(),
-        "chromium failed: {}",
-        String::from_utf8_lossy(&out.stderr)
+        blocked.is_empty(),
+        "{url} breaks its Content-Security-Policy:\n{}",
+        blocked.join("\n")
     );
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
@@ -540,4 +552,253 @@ async fn the_demo_prints_the_page_address_and_serves_it_while_it_runs() {
     .await;
     demo.kill().await.unwrap();
     drain.abort();
+}
+
+/// A `[http]` login (user `ops`, password `correct horse`) for [`running_page`], its password
+/// in a file of `dir`.
+fn login_lines(dir: &std::path::Path) -> String {
+    let password = dir.join("page-password");
+    std::fs::write(&password, "correct horse\n").unwrap();
+    format!("username = \"ops\"\npassword_file = \"{}\"", password.display())
+}
+
+/// `/healthz` is open (load balancers and systemd ask it without a login), so it says ok,
+/// degraded or failing and nothing more: a blocked channel's last error (a receiver's body,
+/// which may quote anything: here a marker and a mail address) and the leader's host:pid stay
+/// behind the login, on the status page and in `/healthz?verbose`.
+#[tokio::test]
+async fn healthz_without_the_login_says_only_ok_degraded_or_failing() {
+    let Some(pg) = pg::database().await else { return };
+    const MARKER: &str = "MARKER-4f1c ops-oncall@example.com";
+    let rx = Receiver::start().await;
+    let poison = "alpha: migration link is NOT_SYNCED (first check)";
+    rx.reply_when(move |b| b.contains(poison), Reply::status(500, MARKER));
+    let dir = tempfile::tempdir().unwrap();
+    let top = |port: u16| format!("{}\n{}", http_listen(port), login_lines(dir.path()));
+    let http = reqwest::Client::new();
+    let get = |url: String, login: bool| {
+        let r = http.get(url);
+        let r = if login {
+            r.basic_auth("ops", Some("correct horse"))
+        } else {
+            r
+        };
+        async move {
+            match r.send().await {
+                Ok(r) => (r.status().as_u16(), r.text().await.unwrap_or_default()),
+                // Not listening yet.
+                Err(_) => (0, String::new()),
+            }
+        }
+    };
+
+    // The leader: its channel "ops" blocked by a receiver that refuses alpha's event.
+    let leader_port = free_port();
+    let leader = spawn_app_with(Setup {
+        top: top(leader_port),
+        database_url: Some(pg.url.clone()),
+        channels: crate::notify::slack("ops", &rx.url("/hook")),
+        delivery: Some(crate::delivery::fast()),
+        ..Setup::default()
+    })
+    .await;
+    let leading = leader.run();
+    let lbase = format!("http://127.0.0.1:{leader_port}");
+    wait_until(Duration::from_secs(30), "the channel reported blocked", || async {
+        get(format!("{lbase}/metrics"), true)
+            .await
+            .1
+            .contains("linkwatch_channel_blocked{channel=\"ops\"} 1")
+    })
+    .await;
+    // A follower on the same database, which names the leader.
+    let follower_port = free_port();
+    let follower = spawn_app_with(Setup {
+        top: top(follower_port),
+        database_url: Some(pg.url.clone()),
+        ..Setup::default()
+    })
+    .await;
+    let following = follower.run();
+    let fbase = format!("http://127.0.0.1:{follower_port}");
+    let holder = format!(":{}:", std::process::id());
+    wait_until(Duration::from_secs(30), "the follower names the leader", || async {
+        let (code, text) = get(format!("{fbase}/healthz?verbose"), true).await;
+        code == 200 && text.contains("following (") && text.contains(&holder)
+    })
+    .await;
+
+    // Without the login: the word only.
+    assert_eq!(get(format!("{lbase}/healthz"), false).await, (200, "degraded\n".into()));
+    assert_eq!(get(format!("{fbase}/healthz"), false).await, (200, "ok\n".into()));
+    // The details ask for the login.
+    assert_eq!(get(format!("{lbase}/healthz?verbose"), false).await.0, 401);
+    // With it: the channel, since when, the reason, and who leads.
+    let (code, verbose) = get(format!("{lbase}/healthz?verbose"), true).await;
+    assert_eq!(code, 200);
+    assert!(
+        verbose.starts_with("degraded\nleading (epoch ")
+            && verbose.contains("channel \"ops\" blocked since ")
+            && verbose.contains(MARKER),
+        "{verbose}"
+    );
+    let (code, page) = get(format!("{lbase}/"), true).await;
+    assert_eq!(code, 200);
+    assert!(page.contains("blocked since") && page.contains(MARKER), "{page}");
+
+    following.stop(Duration::from_secs(15)).await;
+    leading.stop(Duration::from_secs(15)).await;
+}
+
+/// The hardening headers on every answer: the page, an org page, the JSON API, `/metrics`,
+/// `/healthz`, a 404, a 401 and a 405. The Content-Security-Policy allows nothing but the
+/// page's one style block, by its hash: the page has no style attributes, scripts or images.
+#[tokio::test]
+async fn every_answer_carries_the_hardening_headers() {
+    use base64::Engine as _;
+    use sha2::Digest as _;
+    let dir = tempfile::tempdir().unwrap();
+    let (_t, daemon, base, _gone) = running_page(&login_lines(dir.path())).await;
+    let http = reqwest::Client::new();
+    let cases: [(&str, &str, bool, u16); 9] = [
+        ("GET", "/", true, 200),
+        ("GET", "/org/beta", true, 200),
+        ("GET", "/api/v1/status", true, 200),
+        ("GET", "/metrics", true, 200),
+        ("GET", "/healthz", false, 200),
+        ("GET", "/no/such/page", true, 404),
+        ("GET", "/org/nobody", true, 404),
+        ("GET", "/api/v1/status", false, 401),
+        ("POST", "/", true, 405),
+    ];
+    for (method, path, login, status) in cases {
+        let request = http.request(method.parse().unwrap(), format!("{base}{path}"));
+        let request = if login {
+            request.basic_auth("ops", Some("correct horse"))
+        } else {
+            request
+        };
+        let r = request.send().await.unwrap();
+        let what = format!("{method} {path}");
+        assert_eq!(r.status().as_u16(), status, "{what}");
+        let header = |name: &str| {
+            r.headers()
+                .get(name)
+                .map(|v| v.to_str().unwrap().to_owned())
+                .unwrap_or_else(|| panic!("{what}: no {name}"))
+        };
+        assert_eq!(header("x-content-type-options"), "nosniff", "{what}");
+        assert_eq!(header("referrer-policy"), "no-referrer", "{what}");
+        assert_eq!(header("x-frame-options"), "DENY", "{what}");
+        assert_eq!(header("cache-control"), "no-store", "{what}");
+        let csp = header("content-security-policy");
+        let directives: Vec<&str> = csp.split(';').map(str::trim).collect();
+        assert_eq!(directives[0], "default-src 'none'", "{what}: {csp}");
+        assert!(directives.contains(&"frame-ancestors 'none'"), "{what}: {csp}");
+        assert!(!csp.contains("unsafe"), "{what}: {csp}");
+        let html = r
+            .headers()
+            .get("content-type")
+            .is_some_and(|v| v.to_str().unwrap().starts_with("text/html"));
+        let body = r.text().await.unwrap();
+        if html {
+            // The one style block is allowed by its hash; nothing else on the page needs more.
+            let style = body
+                .split_once("<style>")
+                .and_then(|(_, rest)| rest.split_once("</style>"))
+                .map(|(style, _)| style)
+                .unwrap_or_else(|| panic!("{what}: no style block"));
+            let hash = base64::engine::general_purpose::STANDARD.encode(sha2::Sha256::digest(style.as_bytes()));
+            assert!(
+                directives.contains(&format!("style-src 'sha256-{hash}'").as_str()),
+                "{what}: {csp}"
+            );
+            for needs_more in [" style=", "<script", "<img", "<form", "<iframe", "<link"] {
+                assert!(
+                    !body.contains(needs_more),
+                    "{what} has {needs_more}, which the CSP blocks"
+                );
+            }
+        }
+    }
+    daemon.stop(Duration::from_secs(15)).await;
+}
+
+/// A wrong login is logged as a warning with the remote address and the user name given, never
+/// the password; a request without a login (a browser's first) is not. Wrong logins in a burst
+/// make one line (the rate limit's count of the lines left out is unit-tested in `web::auth`).
+#[tokio::test]
+async fn a_wrong_login_is_logged_once_with_its_address_and_user_but_not_its_password() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let t = spawn_app_with(Setup {
+        top: format!("{}\n{}", http_listen(port), login_lines(dir.path())),
+        ..Setup::default()
+    })
+    .await;
+    let log = dir.path().join("daemon.log");
+    let mut daemon = tokio::process::Command::new(env!("CARGO_BIN_EXE_linkwatch"))
+        .arg("run")
+        .arg("--config")
+        .arg(&t.config_path)
+        .env("RUST_LOG", "info")
+        .env("NO_COLOR", "1")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let base = format!("http://127.0.0.1:{port}");
+    let http = reqwest::Client::new();
+    wait_until(Duration::from_secs(20), "the endpoint", || async {
+        http.get(format!("{base}/healthz")).send().await.is_ok()
+    })
+    .await;
+    let started = std::time::Instant::now();
+    assert_eq!(http.get(format!("{base}/")).send().await.unwrap().status(), 401);
+    for (user, password) in [
+        ("mallory", "hunter2-first"),
+        ("mallory", "hunter2-second"),
+        ("ops", "hunter2-third"),
+    ] {
+        let r = http
+            .get(format!("{base}/api/v1/status"))
+            .basic_auth(user, Some(password))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 401);
+    }
+    let burst = started.elapsed();
+    let right = http.get(format!("{base}/")).basic_auth("ops", Some("correct horse"));
+    assert_eq!(right.send().await.unwrap().status(), 200);
+    wait_until(Duration::from_secs(10), "the wrong login logged", || async {
+        std::fs::read_to_string(&log).unwrap_or_default().contains("mallory")
+    })
+    .await;
+    let pid = daemon.id().unwrap().to_string();
+    assert!(
+        std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    tokio::time::timeout(Duration::from_secs(20), daemon.wait())
+        .await
+        .expect("the daemon stops on SIGTERM")
+        .unwrap();
+
+    let text = std::fs::read_to_string(&log).unwrap();
+    let lines: Vec<&str> = text.lines().filter(|l| l.contains("login")).collect();
+    let refused: Vec<&&str> = lines.iter().filter(|l| l.contains("WARN")).collect();
+    if burst < Duration::from_secs(10) {
+        assert_eq!(refused.len(), 1, "one line for the burst:\n{text}");
+    }
+    let line = refused[0];
+    assert!(
+        line.contains("127.0.0.1:") && line.contains("\"mallory\""),
+        "the address and the user name given: {line}"
+    );
+    assert!(!text.contains("hunter2"), "a password reached the log:\n{text}");
 }
