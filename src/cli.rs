@@ -536,7 +536,7 @@ async fn once_leading(app: &Arc<App>) -> anyhow::Result<ExitCode> {
     // After the links, so that a link that broke is seen by its migrations' checks.
     let mut migrations = Vec::new();
     for m in &app.config.migrations {
-        migrations.push((m, crate::migrations::check_migration(app, m).await));
+        migrations.push((m, crate::migrations::check_migration(&**app, m).await));
     }
     // Checking beside a running daemon is safe (each check is one transaction that reads the
     // state it writes over), but sending is for one process at a time: two senders could send a

@@ -128,6 +128,30 @@ impl crate::report::jobs::Host for App {
     }
 }
 
+impl crate::migrations::Host for App {
+    fn config(&self) -> &Config {
+        &self.config
+    }
+    fn store(&self) -> &Store {
+        &self.store
+    }
+    fn atlas(&self) -> Option<&Client> {
+        self.atlas.as_ref()
+    }
+    fn router(&self) -> &crate::router::Router {
+        &self.dispatcher.router
+    }
+    fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+    fn now(&self) -> chrono::DateTime<chrono::Utc> {
+        self.clock.now()
+    }
+    fn wake(&self, channels: &[String]) {
+        self.dispatcher.wake(channels);
+    }
+}
+
 /// Checks one org now: asks Cloud Manager, applies the answer (decides the events from the
 /// stored state and records everything, in one transaction), then wakes the channels that have
 /// something to send. A check that can change nothing is only noted, for the next group commit
@@ -529,7 +553,7 @@ async fn serve(
 
 /// Starts checking and sending when `role` leads, with its epoch.
 fn start_if_leading(app: &Arc<App>, heartbeat: &Heartbeat, role: &leader::Role) -> Option<(Generation, i64)> {
-    app.metrics.set_role(role);
+    app.metrics.set_role(role.epoch);
     let epoch = role.epoch?;
     // What this process remembers of quiet orgs may be stale: another instance led meanwhile.
     app.store.forget_quiet();

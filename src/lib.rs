@@ -30,4 +30,5 @@ pub mod simulator;
 pub mod store;
 pub mod systemd;
 pub mod table;
+pub mod text;
 pub mod web;

@@ -3,22 +3,7 @@
 
 use crate::detect::Event;
 use crate::store::StoredEvent;
-
-#[derive(Debug, Clone, PartialEq)]
-pub struct Message {
-    /// One line that stands on its own (Slack's `text`, an email subject, a console line).
-    pub title: String,
-    /// What to do about it, when there is something to do.
-    pub advice: Option<String>,
-    pub org_name: String,
-    pub org_id: String,
-    pub kind: String,
-    pub event_id: String,
-    /// ISO-8601 UTC.
-    pub at: String,
-    /// The event's own fields (from, to, failure, ...), for machine-readable channels.
-    pub data: serde_json::Value,
-}
+pub use crate::text::{Message, human_secs};
 
 pub fn render(stored: &StoredEvent) -> Message {
     if stored.kind == crate::report::KIND
@@ -245,21 +230,6 @@ fn advice_for(from: Option<&str>, to: &str) -> Option<String> {
                 .to_owned(),
         ),
         _ => None,
-    }
-}
-
-/// "3m 20s", "2h 5m", "4d 1h": two units at most; a person wants the size, not the seconds.
-pub fn human_secs(secs: i64) -> String {
-    let s = secs.max(0);
-    let (d, h, m, sec) = (s / 86_400, s / 3600 % 24, s / 60 % 60, s % 60);
-    match (d, h, m) {
-        (0, 0, 0) => format!("{sec}s"),
-        (0, 0, _) if sec == 0 => format!("{m}m"),
-        (0, 0, _) => format!("{m}m {sec}s"),
-        (0, _, 0) => format!("{h}h"),
-        (0, _, _) => format!("{h}h {m}m"),
-        (_, 0, _) => format!("{d}d"),
-        _ => format!("{d}d {h}h"),
     }
 }
 

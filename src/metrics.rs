@@ -16,6 +16,7 @@ use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
 use crate::config::{OrgId, OrgIdHasher};
+use crate::store::DbGauges;
 
 /// Upper bounds of the check latency histogram, in seconds.
 const BUCKETS: [f64; 11] = [0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0];
@@ -212,45 +213,6 @@ impl prometheus_client::collector::Collector for CheckCounts {
     }
 }
 
-/// What the database says at scrape time.
-#[derive(Debug, Default)]
-pub struct DbGauges {
-    /// (org_id, org_name, status)
-    pub statuses: Vec<(String, String, Option<String>)>,
-    /// channel -> pending rows
-    pub outbox_depth: Vec<(String, i64)>,
-    /// Age of the oldest pending delivery, in seconds.
-    pub oldest_pending_s: Option<f64>,
-    /// The configured live migrations (filled by `/metrics`, not by the store).
-    pub migrations: Vec<MigrationGauge>,
-}
-
-/// A live migration's gauges.
-#[derive(Debug, Clone, Default)]
-pub struct MigrationGauge {
-    pub name: String,
-    pub org_id: String,
-    pub status: Option<String>,
-    pub ready_for_cutover: bool,
-    pub lag_s: Option<i64>,
-    /// Seconds left to the estimated deadline, while a cutover window runs.
-    pub left_s: Option<i64>,
-}
-
-impl MigrationGauge {
-    pub fn of(row: crate::store::MigrationRow, now: chrono::DateTime<chrono::Utc>) -> MigrationGauge {
-        let left_s = row.left_s(now);
-        MigrationGauge {
-            name: row.migration,
-            org_id: row.org_id,
-            status: row.status,
-            ready_for_cutover: row.ready_for_cutover,
-            lag_s: row.lag_s,
-            left_s,
-        }
-    }
-}
-
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
@@ -329,10 +291,11 @@ impl Metrics {
         self.requests.get()
     }
 
-    /// Follows this instance's leadership (see [`crate::leader`]).
-    pub fn set_role(&self, role: &crate::leader::Role) {
-        self.leader.set(i64::from(role.epoch.is_some()));
-        self.leader_epoch.set(role.epoch.unwrap_or(0).max(0));
+    /// Follows this instance's leadership: the epoch of its lease while it leads, `None` while
+    /// another instance does.
+    pub fn set_role(&self, epoch: Option<i64>) {
+        self.leader.set(i64::from(epoch.is_some()));
+        self.leader_epoch.set(epoch.unwrap_or(0).max(0));
     }
 
     /// The OpenMetrics text of the counters and of `db`, read at scrape time.

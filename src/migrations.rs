@@ -12,12 +12,29 @@ use anyhow::Context as _;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use crate::client::MigrationOutcome;
-use crate::config::{Atlas, Migration};
-use crate::daemon::App;
+use crate::client::{Client, MigrationOutcome};
+use crate::config::{Atlas, Config, Migration};
 use crate::detect::Event;
 use crate::detect::migration::{LinkView, MigrationPolicy, MigrationState, detect_migration};
-use crate::store::{MigrationCheck, MigrationDecision};
+use crate::metrics::Metrics;
+use crate::router::Router;
+use crate::store::{MigrationCheck, MigrationDecision, Store};
+
+/// What checking a live migration needs from the process around it: the daemon's `App`, or a
+/// test's. A trait rather than the `App` itself, so that this step does not depend on the
+/// daemon that wires it (as `report::jobs::Host`).
+pub trait Host: Send + Sync + 'static {
+    fn config(&self) -> &Config;
+    fn store(&self) -> &Store;
+    /// The Atlas client, when the config has `[atlas]`.
+    fn atlas(&self) -> Option<&Client>;
+    fn router(&self) -> &Router;
+    fn metrics(&self) -> &Metrics;
+    /// The wall clock (injectable) that times the checks.
+    fn now(&self) -> chrono::DateTime<chrono::Utc>;
+    /// Tells these channels' workers that something is due.
+    fn wake(&self, channels: &[String]);
+}
 
 /// What one check of a migration saw and caused.
 #[derive(Debug, Clone)]
@@ -27,14 +44,14 @@ pub struct MigrationReport {
 }
 
 /// Checks `migration` now and records what it means.
-pub async fn check_migration(app: &App, migration: &Migration) -> anyhow::Result<MigrationReport> {
-    if !app.store.may_send() {
+pub async fn check_migration<H: Host + ?Sized>(app: &H, migration: &Migration) -> anyhow::Result<MigrationReport> {
+    if !app.store().may_send() {
         return Err(crate::store::Fenced {
             why: "its lease ran out before this check",
         }
         .into());
     }
-    let (Some(atlas), Some(client)) = (app.config.atlas.as_ref(), app.atlas.as_ref()) else {
+    let (Some(atlas), Some(client)) = (app.config().atlas.as_ref(), app.atlas()) else {
         anyhow::bail!("no [atlas] in the config");
     };
     let outcome = client
@@ -42,12 +59,12 @@ pub async fn check_migration(app: &App, migration: &Migration) -> anyhow::Result
         .await;
     let check = MigrationCheck {
         migration,
-        at: app.clock.now(),
+        at: app.now(),
         outcome: &outcome,
         answered: tokio::time::Instant::now(),
     };
     let Some(decision) = app
-        .store
+        .store()
         .apply_migration(&check, |state, link| decide(app, atlas, &check, state, link))
         .await
         .with_context(|| format!("cannot record the check of live migration {}", migration.name))?
@@ -70,12 +87,12 @@ pub async fn check_migration(app: &App, migration: &Migration) -> anyhow::Result
         ),
     }
     for (e, _) in &decision.events {
-        app.metrics.event(e.kind());
+        app.metrics().event(e.kind());
         let detail = serde_json::to_string(e).unwrap_or_default();
         tracing::info!(migration = %migration.name, org_id = %migration.org, event = e.kind(), "{detail}");
     }
     let channels: Vec<String> = decision.events.iter().flat_map(|(_, c)| c.iter().cloned()).collect();
-    app.dispatcher.wake(&channels);
+    app.wake(&channels);
     Ok(MigrationReport {
         outcome,
         events: decision.events.into_iter().map(|(e, _)| e).collect(),
@@ -84,8 +101,8 @@ pub async fn check_migration(app: &App, migration: &Migration) -> anyhow::Result
 
 /// What `check` means given the stored state and the org's link; pure, it runs inside the
 /// store's transaction.
-fn decide(
-    app: &App,
+fn decide<H: Host + ?Sized>(
+    app: &H,
     atlas: &Atlas,
     check: &MigrationCheck<'_>,
     state: &MigrationState,
@@ -93,13 +110,13 @@ fn decide(
 ) -> MigrationDecision {
     let m = check.migration;
     let policy = MigrationPolicy {
-        failures_before_alert: app.config.poll.failures_before_alert,
+        failures_before_alert: app.config().poll.failures_before_alert,
         lag_alert: m.lag_alert,
         cutover_window: atlas.cutover_window,
         deadline_warnings: &atlas.deadline_warnings,
     };
     let (next, events) = detect_migration(&m.name, state, check.outcome, link, check.at, policy);
-    let router = &app.dispatcher.router;
+    let router = app.router();
     MigrationDecision {
         deadline: next.deadline(atlas.cutover_window),
         state: next,
@@ -114,8 +131,8 @@ fn decide(
 }
 
 /// Checks every migration of the config at once.
-async fn check_all(app: &App) {
-    let checks = app.config.migrations.iter().map(|m| async move {
+async fn check_all<H: Host>(app: &H) {
+    let checks = app.config().migrations.iter().map(|m| async move {
         if let Err(e) = check_migration(app, m).await {
             tracing::error!(migration = %m.name, "{e:#}");
         }
@@ -124,11 +141,11 @@ async fn check_all(app: &App) {
 }
 
 /// Checks every migration every `[atlas] every`, and when `nudge` is notified, until `stop`.
-pub async fn run(app: Arc<App>, nudge: Arc<Notify>, stop: CancellationToken) {
-    let Some(atlas) = app.config.atlas.as_ref() else {
+pub async fn run<H: Host>(app: Arc<H>, nudge: Arc<Notify>, stop: CancellationToken) {
+    let Some(atlas) = app.config().atlas.as_ref() else {
         return;
     };
-    if app.config.migrations.is_empty() {
+    if app.config().migrations.is_empty() {
         return;
     }
     let mut tick = tokio::time::interval(atlas.every);
@@ -141,7 +158,7 @@ pub async fn run(app: Arc<App>, nudge: Arc<Notify>, stop: CancellationToken) {
         }
         tokio::select! {
             _ = stop.cancelled() => return,
-            _ = check_all(&app) => {}
+            _ = check_all(&*app) => {}
         }
     }
 }

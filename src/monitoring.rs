@@ -181,7 +181,7 @@ async fn metrics(State(shared): State<Shared>) -> Response {
             gauges.migrations = migrations
                 .into_iter()
                 .filter(|m| orgs.migrations.iter().any(|c| c.id == m.migration_id))
-                .map(|m| crate::metrics::MigrationGauge::of(m, now))
+                .map(|m| crate::store::MigrationGauge::of(m, now))
                 .collect();
             (
                 [(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)],

@@ -15,6 +15,22 @@ pub const DETAIL_MAX_CHARS: usize = 300;
 /// there is none.
 pub type CheckOutcome = Result<String, Failure>;
 
+/// What Atlas says about a live migration. Every field of its answer is optional. Here, with
+/// the link's outcome, so that the pure decisions and the store read it without the client.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MigrationReading {
+    /// `NEW`, `WORKING`, `FAILED`, `COMPLETE`, `EXPIRED` or any other word: a state, not an error.
+    pub status: String,
+    /// `None` when the answer left it out: unknown, not "not ready" (every field of Atlas's
+    /// answer is optional, and one answer without it must not look like readiness lost).
+    pub ready_for_cutover: Option<bool>,
+    /// Replication lag; absent or null outside an active migration before cutover.
+    pub lag_s: Option<i64>,
+}
+
+/// A live migration's reading, or why there is none.
+pub type MigrationOutcome = Result<MigrationReading, Failure>;
+
 /// Why a check produced no status.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Failure {

@@ -9,8 +9,8 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::config::{Migration, Org};
-use crate::message::{Message, human_secs};
 use crate::store::{CurrentStatus, MigrationRow, StoredEvent, ts};
+use crate::text::{Message, human_secs};
 
 /// Bumped when the report's JSON (the webhook's `report`) changes incompatibly.
 pub const SCHEMA_VERSION: u32 = 1;

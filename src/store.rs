@@ -15,6 +15,7 @@ use crate::config::{Database, OrgId};
 
 mod backend;
 mod checks;
+mod gauges;
 mod lock;
 mod migrations;
 mod outbox;
@@ -27,6 +28,7 @@ pub(crate) use backend::Backend;
 pub use backend::{FailureRow, Pruned, QuietRow};
 use checks::transition;
 pub use checks::{Applied, Check, CheckRecord, Decision, RemindersSent, event_id};
+pub use gauges::{DbGauges, MigrationGauge};
 pub use lock::{LockError, WriterLock};
 pub use migrations::{MigrationChange, MigrationCheck, MigrationDecision, MigrationRow, migration_subject};
 pub use outbox::{Claimed, Delivery, Pending};
@@ -240,7 +242,7 @@ impl Store {
     }
 
     /// The gauges `/metrics` reads from the database.
-    pub async fn gauges(&self) -> anyhow::Result<crate::metrics::DbGauges> {
+    pub async fn gauges(&self) -> anyhow::Result<DbGauges> {
         on_db!(self, db => db.gauges().await)
     }
 

@@ -9,6 +9,7 @@
 //! maud: escaped by default) and the JSON are both made from, so the two always agree.
 
 mod auth;
+mod format;
 mod html;
 mod lag;
 mod timeline;

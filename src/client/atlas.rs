@@ -12,19 +12,7 @@ use crate::outcome::{Failure, FailureClass};
 /// 406 and a retired one with 410, which are failures of their own ([`FailureClass::ApiVersion`]).
 pub const ACCEPT: &str = "application/vnd.atlas.2023-01-01+json";
 
-/// What Atlas says about a live migration. Every field of its answer is optional.
-#[derive(Debug, Clone, PartialEq)]
-pub struct MigrationReading {
-    /// `NEW`, `WORKING`, `FAILED`, `COMPLETE`, `EXPIRED` or any other word: a state, not an error.
-    pub status: String,
-    /// `None` when the answer left it out: unknown, not "not ready" (every field of Atlas's
-    /// answer is optional, and one answer without it must not look like readiness lost).
-    pub ready_for_cutover: Option<bool>,
-    /// Replication lag; absent or null outside an active migration before cutover.
-    pub lag_s: Option<i64>,
-}
-
-pub type MigrationOutcome = Result<MigrationReading, Failure>;
+pub use crate::outcome::{MigrationOutcome, MigrationReading};
 
 /// A status longer than this is garbage, as for the link.
 const MAX_STATUS_CHARS: usize = 100;

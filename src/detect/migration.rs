@@ -13,7 +13,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 
 use super::{Event, seconds_since};
-use crate::client::MigrationOutcome;
+use crate::outcome::MigrationOutcome;
 
 /// The status of a migration that is under way (preparing, syncing, or cutting over).
 pub const WORKING: &str = "WORKING";
@@ -248,7 +248,7 @@ fn add(t: DateTime<Utc>, d: Duration) -> DateTime<Utc> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::client::MigrationReading;
+    use crate::outcome::MigrationReading;
     use crate::outcome::{Failure, FailureClass};
 
     const H: i64 = 3600;

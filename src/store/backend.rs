@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 
+use super::DbGauges;
 use super::{
     Applied, ChannelDeliveries, Check, CheckRecord, CurrentStatus, Decision, Delivery, FailedCheck, OrgRow, Pending,
     ReportRun, StatusChange, StoredEvent,
@@ -19,7 +20,6 @@ use super::{MigrationChange, MigrationCheck, MigrationDecision, MigrationRow};
 use crate::config::OrgId;
 use crate::detect::OrgState;
 use crate::detect::migration::{LinkView, MigrationState};
-use crate::metrics::DbGauges;
 use crate::store::RemindersSent;
 
 /// What one pass of retention deleted.

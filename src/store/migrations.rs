@@ -11,10 +11,10 @@ use chrono::{DateTime, Utc};
 use sqlx::FromRow;
 
 use super::{Backend as _, Store, on_db};
-use crate::client::MigrationOutcome;
 use crate::config::Migration;
 use crate::detect::Event;
 use crate::detect::migration::{LinkView, MigrationState};
+use crate::outcome::MigrationOutcome;
 
 /// One check of a migration, before anyone knows what it means.
 #[derive(Debug, Clone, Copy)]

@@ -21,6 +21,7 @@ use sqlx::{Postgres as Pg, Row, Transaction};
 
 pub use fence::{Fence, Fenced, Term};
 
+use super::DbGauges;
 use super::backend::{Backend, FailureRow, Pruned, QuietRow};
 use super::{
     Applied, ChannelDeliveries, Check, CheckRecord, CurrentStatus, Decision, Delivery, FailedCheck, MigrationChange,
@@ -30,7 +31,6 @@ use super::{
 use crate::config::{OrgId, PgTarget};
 use crate::detect::OrgState;
 use crate::detect::migration::{LinkView, MigrationState};
-use crate::metrics::DbGauges;
 
 /// The lease's name: one leader per database.
 const LEASE: &str = "linkwatch";

@@ -12,6 +12,7 @@ use sqlx::sqlite::{
 };
 use sqlx::{Connection, Row};
 
+use super::DbGauges;
 use super::backend::{Backend, FailureRow, Pruned, QuietRow};
 use super::{
     Applied, ChannelDeliveries, Check, CheckRecord, CurrentStatus, Decision, Delivery, FailedCheck, MigrationChange,
@@ -21,7 +22,6 @@ use super::{
 use crate::config::OrgId;
 use crate::detect::OrgState;
 use crate::detect::migration::{LinkView, MigrationState};
-use crate::metrics::DbGauges;
 
 mod migrations;
 

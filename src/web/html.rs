@@ -7,6 +7,7 @@ use maud::{DOCTYPE, Markup, PreEscaped, html};
 use sha2::{Digest as _, Sha256};
 
 use super::REFRESH_SECS;
+use super::format::span;
 use super::timeline::class;
 use super::view::{ChannelView, MigrationDetail, MigrationStage, MigrationView, OrgDetail, OrgView, StatusView, parse};
 
@@ -380,16 +381,5 @@ fn when_inline(at: Option<&str>, now: &str) -> String {
             span((n - t).num_seconds())
         ),
         _ => at.to_owned(),
-    }
-}
-
-/// A duration in seconds, in its two largest units.
-pub(super) fn span(secs: i64) -> String {
-    let (d, h, m, s) = (secs / 86_400, secs % 86_400 / 3600, secs % 3600 / 60, secs % 60);
-    match (d, h, m) {
-        (0, 0, 0) => format!("{s}s"),
-        (0, 0, _) => format!("{m}m {s}s"),
-        (0, _, _) => format!("{h}h {m}m"),
-        _ => format!("{d}d {h}h"),
     }
 }

@@ -5,7 +5,7 @@
 use chrono::{DateTime, Duration, Utc};
 use maud::{Markup, html};
 
-use super::html::span as format_span;
+use super::format::span as format_span;
 
 /// The drawing's size and the plot's height, in SVG units (it scales to the page's width).
 const WIDTH: f64 = 1000.0;

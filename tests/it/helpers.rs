@@ -257,7 +257,7 @@ impl TestApp {
             .iter()
             .find(|m| m.name == name)
             .expect("migration is configured");
-        linkwatch::migrations::check_migration(&self.app, m)
+        linkwatch::migrations::check_migration(&*self.app, m)
             .await
             .expect("migration check recorded")
     }

@@ -371,7 +371,7 @@ async fn a_migration_check_waits_for_a_link_check_of_its_org_on_postgres() {
     let app = t.app.clone();
     let check = tokio::spawn(async move {
         let m = &app.config.migrations[0];
-        linkwatch::migrations::check_migration(&app, m).await.unwrap()
+        linkwatch::migrations::check_migration(&*app, m).await.unwrap()
     });
     let watcher = sqlx::PgPool::connect(&db.url).await.unwrap();
     wait_until(

@@ -1,0 +1,34 @@
+//! The words every notification is made of: a [`Message`] and how long things lasted. A leaf,
+//! so that both what an event says (`message`) and a report (`report`) can use it without
+//! needing each other.
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Message {
+    /// One line that stands on its own (Slack's `text`, an email subject, a console line).
+    pub title: String,
+    /// What to do about it, when there is something to do.
+    pub advice: Option<String>,
+    pub org_name: String,
+    pub org_id: String,
+    pub kind: String,
+    pub event_id: String,
+    /// ISO-8601 UTC.
+    pub at: String,
+    /// The event's own fields (from, to, failure, ...), for machine-readable channels.
+    pub data: serde_json::Value,
+}
+
+/// "3m 20s", "2h 5m", "4d 1h": two units at most; a person wants the size, not the seconds.
+pub fn human_secs(secs: i64) -> String {
+    let s = secs.max(0);
+    let (d, h, m, sec) = (s / 86_400, s / 3600 % 24, s / 60 % 60, s % 60);
+    match (d, h, m) {
+        (0, 0, 0) => format!("{sec}s"),
+        (0, 0, _) if sec == 0 => format!("{m}m"),
+        (0, 0, _) => format!("{m}m {sec}s"),
+        (0, _, 0) => format!("{h}h"),
+        (0, _, _) => format!("{h}h {m}m"),
+        (_, 0, _) => format!("{d}d"),
+        _ => format!("{d}d {h}h"),
+    }
+}
