@@ -1,7 +1,7 @@
-//! Delivery under faults: a database that refuses to record, a receiver that refuses one event
-//! (or the events of 39 orgs) forever, more waiting orgs than a step reads, a wall clock stepped
-//! back, a channel worker that panics, `once` with several events, and retention of failed
-//! deliveries.
+//! Delivery under faults: a database that refuses to record (SQLite and PostgreSQL), a receiver
+//! that refuses one event (or the events of 39 orgs) forever, a `Retry-After` within the hold and
+//! past it, more waiting orgs than a step reads, a wall clock stepped back, a channel worker that
+//! panics, `once` with several events, and retention of failed deliveries.
 
 use std::time::Duration;
 
@@ -92,17 +92,65 @@ pub fn posts_with(rx: &Receiver, text: &str) -> usize {
 
 const RECORD_FAILURES: &str = r#"linkwatch_delivery_record_failures_total{channel="ops"}"#;
 
-#[tokio::test]
-async fn a_delivery_is_sent_once_while_the_database_refuses_to_record_it() {
+/// The same refusal on PostgreSQL, where a claim is an update of the outbox too: only the writes
+/// of an outcome (each counts an attempt) are refused, so that the claim of a new row passes and
+/// only the dispatcher's own rule keeps that row from being sent while an outcome is unrecorded.
+const REFUSE_WRITES_PG: &str = "CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS $$
+     BEGIN RAISE EXCEPTION 'could not extend file: No space left on device' USING ERRCODE = 'disk_full'; END $$;
+     CREATE TRIGGER refuse BEFORE UPDATE ON outbox FOR EACH ROW
+     WHEN (NEW.attempts IS DISTINCT FROM OLD.attempts) EXECUTE FUNCTION refuse()";
+
+/// Runs `statements` on a PostgreSQL database through a connection of the test's own.
+async fn pg_sql(url: &str, statements: &str) {
+    let mut conn = <sqlx::PgConnection as sqlx::Connection>::connect(url).await.unwrap();
+    sqlx::raw_sql(sqlx::AssertSqlSafe(statements.to_owned()))
+        .execute(&mut conn)
+        .await
+        .unwrap();
+}
+
+/// The state of every outbox row, in event order, on the app's database (SQLite, or PostgreSQL
+/// at `pg`).
+async fn outbox_states(t: &TestApp, pg: Option<&str>) -> Vec<String> {
+    const STATES: &str = "SELECT state FROM outbox ORDER BY event_seq";
+    match pg {
+        None => deliveries(t).await.into_iter().map(|d| d.3).collect(),
+        Some(url) => {
+            let pool = sqlx::PgPool::connect(url).await.unwrap();
+            let states = sqlx::query_scalar(STATES).fetch_all(&pool).await.unwrap();
+            pool.close().await;
+            states
+        }
+    }
+}
+
+/// A Slack channel delivers alpha's first event while the database refuses to record it (on
+/// SQLite, or on PostgreSQL at `pg`): it is not posted again, beta's new event waits, and once
+/// the database takes writes again both are recorded, each posted once.
+async fn a_delivery_is_sent_once_while_unrecorded(pg: Option<&str>) {
     let rx = Receiver::start().await;
     let t = spawn_app_with(Setup {
+        database_url: pg.map(str::to_owned),
         channels: slack("ops", &rx.url("/hook")),
         delivery: Some(fast()),
         ..Setup::default()
     })
     .await;
+    if pg.is_some() {
+        crate::pg::lead(&t.app.store).await;
+    }
     t.check(ORG_A).await;
-    sql(&t, REFUSE_WRITES).await;
+    // What the refusal says, for the channel's reason below.
+    let full = match pg {
+        None => {
+            sql(&t, REFUSE_WRITES).await;
+            "disk is full"
+        }
+        Some(url) => {
+            pg_sql(url, REFUSE_WRITES_PG).await;
+            "No space left on device"
+        }
+    };
     let workers = Workers::start(&t);
     wait_until(Duration::from_secs(20), "the post, then refused records", || async {
         rx.received().len() > 1 || metric(&t, RECORD_FAILURES).await >= 3.0
@@ -123,6 +171,7 @@ async fn a_delivery_is_sent_once_while_the_database_refuses_to_record_it() {
         1,
         "a new event was sent while nothing could be recorded"
     );
+    assert_eq!(outbox_states(&t, pg).await, ["pending", "pending"]);
     // Not a silent stall: the channel says it is blocked, and why.
     assert_eq!(metric(&t, r#"linkwatch_channel_blocked{channel="ops"}"#).await, 1.0);
     let blocked = t.app.metrics.blocked();
@@ -131,12 +180,14 @@ async fn a_delivery_is_sent_once_while_the_database_refuses_to_record_it() {
         .find(|(c, _)| c == "ops")
         .and_then(|(_, b)| b.last_error.clone());
     let why = why.unwrap_or_default();
-    assert!(why.contains("cannot record") && why.contains("disk is full"), "{why}");
+    assert!(why.contains("cannot record") && why.contains(full), "{why}");
 
-    sql(&t, "DROP TRIGGER refuse").await;
+    match pg {
+        None => sql(&t, "DROP TRIGGER refuse").await,
+        Some(url) => pg_sql(url, "DROP TRIGGER refuse ON outbox").await,
+    }
     wait_until(Duration::from_secs(20), "both rows recorded as sent", || async {
-        let d = deliveries(&t).await;
-        d.len() == 2 && d.iter().all(|r| r.3 == "sent")
+        outbox_states(&t, pg).await == ["sent", "sent"]
     })
     .await;
     workers.stop().await;
@@ -144,6 +195,18 @@ async fn a_delivery_is_sent_once_while_the_database_refuses_to_record_it() {
     assert_eq!(posts_with(&rx, "beta: migration link is SYNCED (first check)"), 1);
     assert_eq!(rx.received().len(), 2, "one post per event");
     assert_eq!(metric(&t, r#"linkwatch_channel_blocked{channel="ops"}"#).await, 0.0);
+    t.app.store.close().await;
+}
+
+#[tokio::test]
+async fn a_delivery_is_sent_once_while_the_database_refuses_to_record_it() {
+    a_delivery_is_sent_once_while_unrecorded(None).await;
+}
+
+#[tokio::test]
+async fn on_postgres_a_delivery_is_sent_once_while_the_database_refuses_to_record_it() {
+    let Some(db) = crate::pg::database().await else { return };
+    a_delivery_is_sent_once_while_unrecorded(Some(&db.url)).await;
 }
 
 #[tokio::test]
@@ -552,20 +615,104 @@ async fn a_send_still_running_at_the_reload_deadline_is_not_sent_again() {
 #[tokio::test]
 async fn a_retry_after_on_a_row_past_the_hold_delays_only_that_row() {
     let rx = Receiver::start().await;
-    let refusal = Reply {
-        retry_after: Some(3600),
+    // Past the hold after three failed attempts (quick ones, without Retry-After): alpha now
+    // goes alone.
+    let (t, workers) = alpha_past_the_hold(&rx, Reply::status(500, "rollup_error"), |_| {}).await;
+    // Alpha's next post is answered 503 with Retry-After, and then everything is accepted. The
+    // answer is queued before the rule is cleared, so that no post of alpha meets neither.
+    rx.reply([Reply {
+        retry_after: Some(RETRY_AFTER.as_secs()),
         ..Reply::status(503, "overloaded")
-    };
-    // Every wait the backoff makes is shorter than the Retry-After honoured (clamped to 300 ms),
-    // so alpha's retry falls due exactly when a channel pause would end.
-    let (t, workers) =
-        alpha_past_the_hold(&rx, refusal, |s| s.retry.max_retry_after = Duration::from_millis(300)).await;
+    }]);
+    rx.clear_rules();
+    wait_until(Duration::from_secs(20), "the 503", || async {
+        posts_with_status(&rx, "alpha:", 503) == 1
+    })
+    .await;
     t.check(ORG_B).await;
-    wait_until(Duration::from_secs(20), "beta's event", || async {
-        bodies(&rx).contains("beta: migration link is SYNCED (first check)")
+    wait_until(Duration::from_secs(20), "beta's event and alpha's retry", || async {
+        posts_with(&rx, "beta: migration link is SYNCED (first check)") == 1 && posts_with(&rx, "alpha:") == 1
     })
     .await;
     workers.stop().await;
+    let got = rx.received();
+    let answered = got.iter().position(|r| r.status == 503).unwrap();
+    let retried = got[answered + 1..]
+        .iter()
+        .find(|r| r.body.contains("alpha:"))
+        .expect("alpha posted again");
+    let beta = got.iter().find(|r| r.body.contains("beta:")).unwrap();
+    let (answered, retried, beta) = (got[answered].at, retried.at, beta.at);
+    // Alpha's row waited for its Retry-After, though its backoff is 20 ms ...
+    assert!(
+        retried - answered >= RETRY_AFTER,
+        "alpha posted again {:?} after a 503 with Retry-After: {}",
+        retried - answered,
+        RETRY_AFTER.as_secs()
+    );
+    // ... and beta's event went meanwhile: the channel was not paused.
+    assert!(
+        beta < answered + RETRY_AFTER,
+        "beta's event waited {:?} after alpha's 503, for alpha's Retry-After",
+        beta - answered
+    );
+    assert_eq!(rx.accepted().len(), 2, "one accepted post per event");
+}
+
+/// The `Retry-After` a receiver asks for in the tests of a channel's pause: short, for a short
+/// test, but far longer than the retries' backoff (20 to 400 ms), so that only honouring it
+/// explains a wait this long.
+const RETRY_AFTER: Duration = Duration::from_secs(3);
+
+#[tokio::test]
+async fn a_503_with_retry_after_within_the_hold_pauses_the_whole_channel() {
+    let rx = Receiver::start().await;
+    // Alpha's first event is refused twice, then answered 503 with Retry-After on its third
+    // attempt: the last of the channel's hold, so without the pause the hold would be spent
+    // by that answer, and beta's event would go at once. (Earlier in the hold, alpha's
+    // waiting row holds back beta's anyway.)
+    rx.reply([
+        Reply::status(500, "rollup_error"),
+        Reply::status(500, "rollup_error"),
+        Reply {
+            retry_after: Some(RETRY_AFTER.as_secs()),
+            ..Reply::status(503, "overloaded")
+        },
+    ]);
+    let t = spawn_app_with(Setup {
+        channels: slack("ops", &rx.url("/hook")),
+        delivery: Some(fast()),
+        ..Setup::default()
+    })
+    .await;
+    t.check(ORG_A).await;
+    let workers = Workers::start(&t);
+    wait_until(Duration::from_secs(20), "the 503", || async {
+        posts_with_status(&rx, "alpha:", 503) == 1
+    })
+    .await;
+    // Beta's event, written while the channel is paused.
+    t.check(ORG_B).await;
+    wait_until(Duration::from_secs(20), "both events delivered", || async {
+        rx.accepted().len() == 2
+    })
+    .await;
+    workers.stop().await;
+    let got = rx.received();
+    let answered = got.iter().find(|r| r.status == 503).unwrap().at;
+    let beta = got
+        .iter()
+        .find(|r| r.body.contains("beta: migration link is SYNCED (first check)"))
+        .expect("beta's event posted");
+    assert!(
+        beta.at - answered >= RETRY_AFTER,
+        "beta's event was posted {:?} after a 503 with Retry-After: {}",
+        beta.at - answered,
+        RETRY_AFTER.as_secs()
+    );
+    assert_eq!(posts_with(&rx, "alpha: migration link is NOT_SYNCED (first check)"), 1);
+    assert_eq!(posts_with(&rx, "beta: migration link is SYNCED (first check)"), 1);
+    assert_eq!(got.len(), 5, "three refusals and two accepted posts: {got:?}");
 }
 
 /// A Slack channel whose receiver answers every post about alpha with `refusal`, with quick
@@ -663,12 +810,13 @@ async fn a_429_on_a_row_past_the_hold_still_pauses_the_channel() {
     // Past the hold after three failed attempts: alpha now goes alone.
     let (t, workers) = alpha_past_the_hold(&rx, Reply::status(500, "rollup_error"), |_| {}).await;
     // Slack rate-limits the webhook: its next post is answered 429 with Retry-After, and then
-    // everything is accepted.
-    rx.clear_rules();
+    // everything is accepted. (Queued before the rule is cleared, so that no post of alpha meets
+    // neither.)
     rx.reply([Reply {
         retry_after: Some(2),
         ..Reply::status(429, "rate_limited")
     }]);
+    rx.clear_rules();
     wait_until(Duration::from_secs(20), "the 429", || async {
         rx.received().iter().any(|r| r.status == 429)
     })

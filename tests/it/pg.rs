@@ -379,3 +379,78 @@ async fn a_leader_that_still_believes_it_leads_is_refused_by_the_database() {
     pool.close().await;
     t.app.store.close().await;
 }
+
+/// The database-side fence with the channel workers running: a delivery the receiver asked to
+/// retry later falls due after another instance took the lease over, while this instance's own
+/// clock still says it leads. The worker's claim is refused, so the retry is not sent, and the
+/// refused claim leaves nothing behind: the next leader sends the row at once, and once.
+#[tokio::test]
+async fn a_retry_due_after_a_takeover_is_left_to_the_next_leader() {
+    use crate::delivery::{Workers, fast};
+    use crate::receiver::{Receiver, Reply};
+    // Long enough for the takeover below to land before the retry falls due.
+    const RETRY_AFTER: Duration = Duration::from_secs(4);
+    let Some(db) = database().await else { return };
+    let rx = Receiver::start().await;
+    rx.reply([Reply {
+        retry_after: Some(RETRY_AFTER.as_secs()),
+        ..Reply::status(503, "overloaded")
+    }]);
+    let t = spawn_app_with(Setup {
+        database_url: Some(db.url.clone()),
+        channels: crate::notify::slack("ops", &rx.url("/hook")),
+        delivery: Some(fast()),
+        ..Setup::default()
+    })
+    .await;
+    let epoch = lead(&t.app.store).await;
+    t.check(ORG_A).await;
+    let workers = Workers::start(&t);
+    rx.wait_for_requests(1, Duration::from_secs(20)).await;
+
+    // Another instance takes the lease over, as after a partition: this one is not told.
+    let pool = sqlx::PgPool::connect(&db.url).await.unwrap();
+    sqlx::query(
+        "UPDATE leader_lease SET holder = 'other', epoch = epoch + 1, expires_at = now() + interval '10 minutes'
+         WHERE epoch = $1",
+    )
+    .bind(epoch)
+    .execute(&pool)
+    .await
+    .unwrap();
+    assert!(
+        std::time::Instant::now() < rx.received()[0].at + RETRY_AFTER,
+        "the takeover came after the retry was due: nothing was tested"
+    );
+    assert!(t.app.store.may_send(), "by its own clock it still leads");
+    wait_until(
+        Duration::from_secs(20),
+        "the retry's claim refused (or the retry sent)",
+        || async { !t.app.store.may_send() || rx.received().len() > 1 },
+    )
+    .await;
+    workers.stop().await;
+    assert_eq!(rx.received().len(), 1, "a deposed leader sent the retry");
+
+    // The other instance gives the lease up, and a new process takes it: the retry goes, once.
+    sqlx::query("UPDATE leader_lease SET expires_at = now() - interval '1 second'")
+        .execute(&pool)
+        .await
+        .unwrap();
+    let t = t.restart().await;
+    lead(&t.app.store).await;
+    let workers = Workers::start(&t);
+    wait_until(Duration::from_secs(20), "the retry sent by the next leader", || async {
+        !rx.accepted().is_empty()
+    })
+    .await;
+    workers.stop().await;
+    assert_eq!(rx.received().len(), 2, "one refused post and one accepted");
+    let (state, attempts): (String, i32) = sqlx::query_as("SELECT state, attempts FROM outbox")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!((state.as_str(), attempts), ("sent", 2));
+    pool.close().await;
+    t.app.store.close().await;
+}
