@@ -36,16 +36,30 @@ pub fn lock_path(database: &Path) -> PathBuf {
 impl WriterLock {
     /// [`WriterLock::acquire`], waiting up to `patience` for a holder that is about to finish:
     /// `linkwatch once` holds the lock only while it delivers (at most its `shutdown_timeout`),
-    /// and a daemon restarting meanwhile should not fail for that.
+    /// and a daemon restarting meanwhile should not fail for that. A `run` holding it is refused
+    /// at once: it will not finish by itself.
     pub async fn acquire_patiently(
         database: &Path,
         command: &str,
         patience: Duration,
     ) -> Result<WriterLock, LockError> {
         let deadline = crate::clock::later(tokio::time::Instant::now(), patience);
+        let mut said = false;
         loop {
             match WriterLock::acquire(database, command) {
-                Err(LockError::Held { .. }) if tokio::time::Instant::now() < deadline => {
+                // A daemon does not finish by itself: refuse at once rather than wait in silence.
+                // Anything else (`once` delivering) is about to let go: wait, and say for whom.
+                Err(LockError::Held { holder, .. })
+                    if !holder.starts_with("linkwatch run") && tokio::time::Instant::now() < deadline =>
+                {
+                    if !said {
+                        tracing::info!(
+                            "{holder} is using {}; waiting up to {} for it to finish",
+                            database.display(),
+                            humantime::format_duration(patience)
+                        );
+                        said = true;
+                    }
                     tokio::time::sleep(Duration::from_millis(200)).await;
                 }
                 result => return result,
@@ -139,6 +153,19 @@ mod tests {
     }
 
     /// A daemon starting while `linkwatch once` delivers waits for it instead of failing.
+    #[tokio::test(start_paused = true)]
+    async fn a_daemon_holding_it_is_refused_at_once_however_patient() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("linkwatch.db");
+        let _run = WriterLock::acquire(&db, "run").unwrap();
+        let started = tokio::time::Instant::now();
+        match WriterLock::acquire_patiently(&db, "run", Duration::from_secs(3600)).await {
+            Err(LockError::Held { holder, .. }) => assert!(holder.starts_with("linkwatch run (pid"), "{holder}"),
+            other => panic!("took a held lock: {other:?}"),
+        }
+        assert_eq!(started.elapsed(), Duration::ZERO, "it waited for a daemon");
+    }
+
     #[tokio::test(start_paused = true)]
     async fn a_patient_lock_waits_for_a_holder_that_finishes() {
         let dir = tempfile::tempdir().unwrap();

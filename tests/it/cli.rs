@@ -393,3 +393,63 @@ async fn the_demo_shows_the_migration_path() {
         assert!(stdout.contains(expected), "missing {expected:?} in:\n{stdout}");
     }
 }
+
+#[tokio::test]
+async fn a_missing_config_file_says_why_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("nowhere.toml");
+    let out = linkwatch()
+        .arg("check")
+        .arg("--config")
+        .arg(&path)
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(&format!("cannot read config file {}", path.display())),
+        "{stderr}"
+    );
+    assert_eq!(stderr.matches("No such file or directory").count(), 1, "{stderr}");
+}
+
+/// A `run` waiting for the lock says for whom, while a `once` holds it, and starts once it is
+/// free.
+#[tokio::test]
+async fn a_run_waits_for_a_once_and_says_so() {
+    let t = spawn_app_with(Setup {
+        top: "shutdown_timeout = \"1h\"".into(),
+        ..Setup::default()
+    })
+    .await;
+    let once = linkwatch::store::WriterLock::acquire(&t.db_path, "once").unwrap();
+    let mut run = linkwatch()
+        .arg("run")
+        .arg("--config")
+        .arg(&t.config_path)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(run.stderr.take().unwrap()).lines();
+    let mut next = async || lines.next_line().await.unwrap().unwrap_or_default();
+    let waiting = tokio::time::timeout(Duration::from_secs(20), async {
+        loop {
+            let line = next().await;
+            if line.contains("waiting up to") {
+                return line;
+            }
+        }
+    })
+    .await
+    .expect("it says that it waits");
+    assert!(waiting.contains("linkwatch once (pid"), "{waiting}");
+    drop(once);
+    tokio::time::timeout(Duration::from_secs(20), async {
+        while !next().await.contains("linkwatch running") {}
+    })
+    .await
+    .expect("it starts once the lock is free");
+    run.kill().await.unwrap();
+}
