@@ -414,6 +414,10 @@ async fn worker(
     while !shutdown.is_cancelled() {
         let next = match step::step(&cx, &shutdown).await {
             Ok(next) => next,
+            Err(e) if e.chain().any(|c| c.is::<crate::store::Fenced>()) => {
+                tracing::info!(channel = %outlet.name, "not sending: {e:#}");
+                Next::Idle(tokio::time::Instant::now().checked_add(READ_RETRY))
+            }
             Err(e) => {
                 tracing::error!(channel = %outlet.name, "cannot read the outbox: {e:#}");
                 Next::Idle(tokio::time::Instant::now().checked_add(READ_RETRY))

@@ -107,6 +107,11 @@ pub(super) async fn step(cx: &Ctx<'_>, stop: &CancellationToken) -> anyhow::Resu
         return Ok(Next::Unrecorded(at));
     }
     let mono = Instant::now();
+    if !cx.store.may_send() {
+        // Deposed (on PostgreSQL): nothing to send until this instance leads again; look again
+        // later rather than at once (the daemon stops this worker meanwhile).
+        return Ok(Next::Idle(mono.checked_add(CLAIMED_ELSEWHERE)));
+    }
     if let Some(t) = mem.not_before.filter(|t| *t > mono) {
         return Ok(Next::Idle(Some(t)));
     }
