@@ -153,11 +153,21 @@ pub fn init_tracing(cli: &Cli) {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(cli.log_filter()));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(colour(
+            std::io::IsTerminal::is_terminal(&std::io::stderr()),
+            std::env::var_os("NO_COLOR"),
+        ))
         .with_writer(std::io::stderr);
     match cli.log_format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
     }
+}
+
+/// Whether log lines carry colour: only to a terminal, and not when `NO_COLOR` is set to
+/// anything (no-color.org). A file, a pipe or the journal gets plain text.
+fn colour(terminal: bool, no_color: Option<std::ffi::OsString>) -> bool {
+    terminal && no_color.is_none_or(|v| v.is_empty())
 }
 
 /// A message on the returned channel for every SIGHUP (`systemctl reload`).
@@ -661,4 +671,15 @@ async fn history(db: &Database, org: Option<&str>, since: Option<&str>, json: bo
     }
     print_history(&changes);
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn colour_only_to_a_terminal_and_never_with_no_color() {
+        assert!(super::colour(true, None));
+        assert!(!super::colour(false, None), "a file, a pipe, the journal");
+        assert!(!super::colour(true, Some("1".into())));
+        assert!(super::colour(true, Some("".into())), "an empty NO_COLOR is not set");
+    }
 }

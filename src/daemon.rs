@@ -246,8 +246,9 @@ async fn apply(app: &App, org: &Org, outcome: &CheckOutcome, answer: Answer) -> 
     }
     for (e, _) in &decision.events {
         app.metrics.event(e.kind());
-        let detail = serde_json::to_string(e).unwrap_or_default();
-        tracing::info!(org = %org.name, org_id = %org.id, event = e.kind(), "{detail}");
+        // The line the console channel prints, with the structured fields beside it.
+        let summary = crate::message::summary(&org.name, e);
+        tracing::info!(org = %org.name, org_id = %org.id, event = e.kind(), "{summary}");
     }
     let channels: Vec<String> = decision.events.iter().flat_map(|(_, c)| c.iter().cloned()).collect();
     app.dispatcher.wake(&channels);

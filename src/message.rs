@@ -31,6 +31,12 @@ pub fn render(stored: &StoredEvent) -> Message {
     }
 }
 
+/// The one line a person reads about `event` of org `name` (the console channel's line, and the
+/// daemon's log line for the event).
+pub fn summary(name: &str, event: &Event) -> String {
+    describe(name, Some(name), event).0
+}
+
 fn describe(name: &str, org_name: Option<&str>, event: &Event) -> (String, Option<String>) {
     match event {
         Event::FirstSeen { status } => (

@@ -88,8 +88,9 @@ pub async fn check_migration<H: Host + ?Sized>(app: &H, migration: &Migration) -
     }
     for (e, _) in &decision.events {
         app.metrics().event(e.kind());
-        let detail = serde_json::to_string(e).unwrap_or_default();
-        tracing::info!(migration = %migration.name, org_id = %migration.org, event = e.kind(), "{detail}");
+        let org = app.config().orgs.iter().find(|o| o.id == migration.org);
+        let summary = crate::message::summary(org.map_or(migration.org.as_str(), |o| o.name.as_str()), e);
+        tracing::info!(migration = %migration.name, org_id = %migration.org, event = e.kind(), "{summary}");
     }
     let channels: Vec<String> = decision.events.iter().flat_map(|(_, c)| c.iter().cloned()).collect();
     app.wake(&channels);

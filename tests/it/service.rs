@@ -677,3 +677,25 @@ async fn a_reload_that_removes_a_channel_keeps_its_deliveries_until_it_returns()
     assert!(bodies.contains("alpha") && bodies.contains("beta"), "{bodies}");
     assert!(daemon.stop().await.success());
 }
+
+/// Logs written to a pipe (a file, the journal) carry no colour codes, and an event is logged as
+/// the line a person reads, with its fields beside it, not as raw JSON.
+#[tokio::test]
+async fn logs_to_a_pipe_are_plain_and_events_read_as_sentences() {
+    let t = spawn_app().await;
+    let daemon = Daemon::start(&t.config_path, &[]);
+    let line = daemon
+        .wait_stderr("alpha: migration link is NOT_SYNCED (first check)")
+        .await;
+    assert!(
+        line.contains("event=\"first_seen\"") || line.contains("event=first_seen"),
+        "{line}"
+    );
+    assert!(!line.contains("{\"kind\""), "{line}");
+    let all = daemon.stderr.lock().unwrap().join("\n");
+    assert!(
+        !all.contains('\u{1b}'),
+        "escape codes in a log written to a pipe:\n{all}"
+    );
+    assert!(daemon.stop().await.success());
+}
