@@ -139,8 +139,10 @@ impl Cli {
         match (self.quiet, self.verbose, &self.command) {
             (true, _, _) => "error",
             (false, 0, Command::Demo { .. }) => "error",
-            (false, 0, _) => "info,tokio_cron_scheduler=warn",
-            (false, 1, _) => "linkwatch=debug,tokio_cron_scheduler=warn,info",
+            // PostgreSQL's notices ("relation _sqlx_migrations already exists, skipping" at
+            // every start) are the server talking to itself.
+            (false, 0, _) => "info,tokio_cron_scheduler=warn,sqlx::postgres::notice=warn",
+            (false, 1, _) => "linkwatch=debug,tokio_cron_scheduler=warn,sqlx::postgres::notice=warn,info",
             _ => "linkwatch=trace,debug",
         }
     }
@@ -427,7 +429,7 @@ async fn notify_test(config: &Config, name: &str) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Err(e) => {
-            eprintln!("linkwatch: {name}: the test message was not delivered: {e}");
+            eprintln!("linkwatch: {name}: the test message was not delivered: {}", e.reason());
             Ok(ExitCode::FAILURE)
         }
     }
@@ -487,7 +489,7 @@ async fn report_now(config: &Config, name: &str) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Err(e) => {
-            eprintln!("linkwatch: {name}: the report was not delivered: {e}");
+            eprintln!("linkwatch: {name}: the report was not delivered: {}", e.reason());
             Ok(ExitCode::FAILURE)
         }
     }

@@ -35,6 +35,16 @@ pub enum SendError {
     Closed(String),
 }
 
+impl SendError {
+    /// What went wrong, without what the dispatcher would do about it: for callers that do not
+    /// retry (`notify-test`).
+    pub fn reason(&self) -> &str {
+        match self {
+            SendError::Transient { error, .. } | SendError::Permanent(error) | SendError::Closed(error) => error,
+        }
+    }
+}
+
 impl std::fmt::Display for SendError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
@@ -196,10 +206,21 @@ async fn answer(response: reqwest::Result<reqwest::Response>) -> Result<(), Answ
             } else {
                 "could not connect"
             };
-            let cause = std::error::Error::source(&e)
-                .map(|s| format!(": {s}"))
+            // Where, by host and port only (a Slack URL's path is its secret), and the deepest
+            // cause ("Connection refused"), not the wrappers above it ("client error (Connect)").
+            let place = e
+                .url()
+                .and_then(|u| Some(format!(" to {}:{}", u.host_str()?, u.port_or_known_default()?)))
                 .unwrap_or_default();
-            return Err(Answer::None(format!("{kind}{cause}")));
+            let mut cause = std::error::Error::source(&e);
+            while let Some(deeper) = cause.and_then(std::error::Error::source) {
+                cause = Some(deeper);
+            }
+            let cause = cause.map(|c| format!(": {c}")).unwrap_or_default();
+            return Err(Answer::None(crate::outside::text(
+                &format!("{kind}{place}{cause}"),
+                BODY_CHARS,
+            )));
         }
     };
     if response.status().is_success() {

@@ -370,3 +370,25 @@ async fn a_dead_channel_delays_neither_the_other_channel_nor_the_checks() {
 fn posts_about_alpha(rx: &Receiver) -> usize {
     rx.accepted().iter().filter(|r| r.body.contains("alpha")).count()
 }
+
+#[tokio::test]
+async fn notify_test_against_a_dead_receiver_names_where_and_why() {
+    let port = free_port();
+    let t = spawn_app_with(Setup {
+        channels: slack("ops", &format!("http://127.0.0.1:{port}/services/T0/B0/SECRETPART")),
+        ..Setup::default()
+    })
+    .await;
+    let out = notify_test(&t, "ops").await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains(&format!("could not connect to 127.0.0.1:{port}: Connection refused")),
+        "{stderr}"
+    );
+    assert!(
+        !stderr.contains("will retry") && !stderr.contains("client error"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("SECRETPART"), "{stderr}");
+}

@@ -454,3 +454,25 @@ async fn a_retry_due_after_a_takeover_is_left_to_the_next_leader() {
     pool.close().await;
     t.app.store.close().await;
 }
+
+/// Every PostgreSQL command used to log sqlx's notice that its own table already exists.
+#[tokio::test]
+async fn a_postgres_command_does_not_log_the_servers_notices() {
+    let Some(db) = database().await else { return };
+    let t = spawn_app_with(Setup {
+        database_url: Some(db.url.clone()),
+        ..Setup::default()
+    })
+    .await;
+    t.app.store.close().await;
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_linkwatch"))
+        .args(["history", "--config"])
+        .arg(&t.config_path)
+        .env_remove("RUST_LOG")
+        .output()
+        .await
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(!stderr.contains("_sqlx_migrations"), "{stderr}");
+}
