@@ -69,6 +69,40 @@ pub fn connect_options(target: &PgTarget) -> anyhow::Result<PgConnectOptions> {
     })
 }
 
+/// How long the first connection may take before the server is reported unreachable.
+const FIRST_CONNECT: Duration = Duration::from_secs(10);
+
+/// One connection first, so that a server that is not there, or refuses, is named with its host
+/// and port and its own words once (the pool would wait its whole acquire timeout in silence,
+/// then say only "pool timed out", and repeats a server's message with its source line).
+async fn reach(target: &PgTarget, options: &sqlx::postgres::PgConnectOptions) -> anyhow::Result<()> {
+    use sqlx::Connection as _;
+    let url = target.url();
+    let place = format!(
+        "PostgreSQL at {}:{}",
+        url.host_str().unwrap_or("localhost"),
+        url.port().unwrap_or(5432)
+    );
+    match tokio::time::timeout(FIRST_CONNECT, sqlx::PgConnection::connect_with(options)).await {
+        Ok(Ok(conn)) => {
+            let _ = conn.close().await;
+            Ok(())
+        }
+        Ok(Err(sqlx::Error::Database(e))) => {
+            anyhow::bail!("{place} refused: {}", crate::outside::text(e.message(), 500))
+        }
+        Ok(Err(sqlx::Error::Io(e))) => anyhow::bail!("cannot connect to {place}: {e}"),
+        Ok(Err(e)) => anyhow::bail!(
+            "cannot connect to {place}: {}",
+            crate::outside::text(&e.to_string(), 500)
+        ),
+        Err(_) => anyhow::bail!(
+            "cannot connect to {place}: no answer within {}",
+            humantime::format_duration(FIRST_CONNECT)
+        ),
+    }
+}
+
 impl Postgres {
     /// Connects and migrates. The connections carry `application_name` (the URL's, or
     /// `linkwatch`) so that operators and tests find them in `pg_stat_activity`, and a
@@ -86,6 +120,7 @@ impl Postgres {
             ("lock_timeout", "10s"),
             ("idle_in_transaction_session_timeout", "5s"),
         ]);
+        reach(target, &options).await?;
         let pool = PgPoolOptions::new()
             .max_connections(5)
             .acquire_timeout(Duration::from_secs(10))

@@ -476,3 +476,50 @@ async fn a_postgres_command_does_not_log_the_servers_notices() {
     assert!(out.status.success(), "{stderr}");
     assert!(!stderr.contains("_sqlx_migrations"), "{stderr}");
 }
+
+/// A database that is not there, or a server that is not there, is said once, with where.
+#[tokio::test]
+async fn an_unreachable_database_is_named_with_host_port_and_the_servers_words_once() {
+    let t = spawn_app().await;
+    let history = |url: String| {
+        let text = std::fs::read_to_string(&t.config_path).unwrap();
+        let path = t.config_path.with_file_name("pg.toml");
+        let db = t.db_path.display().to_string();
+        std::fs::write(
+            &path,
+            text.replace(&format!("database = \"{db}\""), &format!("database = \"{url}\"")),
+        )
+        .unwrap();
+        async move {
+            let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_linkwatch"))
+                .args(["history", "--config"])
+                .arg(&path)
+                .env_remove("RUST_LOG")
+                .output();
+            let out = tokio::time::timeout(Duration::from_secs(30), out)
+                .await
+                .unwrap()
+                .unwrap();
+            assert_eq!(out.status.code(), Some(1));
+            String::from_utf8_lossy(&out.stderr).into_owned()
+        }
+    };
+    let port = free_port();
+    let stderr = history(format!("postgres://postgres@127.0.0.1:{port}/test")).await;
+    assert!(
+        stderr.contains(&format!(
+            "cannot connect to PostgreSQL at 127.0.0.1:{port}: Connection refused"
+        )),
+        "{stderr}"
+    );
+    if database().await.is_none() {
+        return;
+    }
+    let stderr = history("postgres://postgres@127.0.0.1:5432/linkwatch_no_such_db".into()).await;
+    assert!(
+        stderr.contains("PostgreSQL at 127.0.0.1:5432 refused: database \"linkwatch_no_such_db\" does not exist"),
+        "{stderr}"
+    );
+    assert_eq!(stderr.matches("does not exist").count(), 1, "{stderr}");
+    assert!(!stderr.contains("at line"), "{stderr}");
+}
