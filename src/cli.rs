@@ -659,12 +659,33 @@ async fn history(db: &Database, org: Option<&str>, since: Option<&str>, json: bo
         .map_err(anyhow::Error::msg)?;
     let store = Store::open(db).await?;
     let changes = store.history(org, since).await?;
+    let known = if changes.is_empty() && org.is_some() {
+        store.current().await?
+    } else {
+        Vec::new()
+    };
     store.close().await;
     if json {
         println!("{}", serde_json::to_string_pretty(&changes)?);
         return Ok(ExitCode::SUCCESS);
     }
     if changes.is_empty() {
+        if let Some(org) = org
+            && !known.iter().any(|c| c.org_name == org || c.org_id == org)
+        {
+            // A typo must not read as "nothing happened".
+            let names: Vec<&str> = known.iter().map(|c| c.org_name.as_str()).collect();
+            eprintln!(
+                "linkwatch: no org named or with the id \"{org}\" in {} (orgs: {})",
+                db,
+                if names.is_empty() {
+                    "none yet".to_owned()
+                } else {
+                    names.join(", ")
+                }
+            );
+            return Ok(ExitCode::FAILURE);
+        }
         println!(
             "no status changes recorded{}",
             org.map(|o| format!(" for {o}")).unwrap_or_default()

@@ -453,3 +453,26 @@ async fn a_run_waits_for_a_once_and_says_so() {
     .expect("it starts once the lock is free");
     run.kill().await.unwrap();
 }
+
+#[tokio::test]
+async fn history_of_an_org_nobody_knows_says_so() {
+    let t = spawn_app().await;
+    t.check(ORG_A).await;
+    t.app.store.close().await;
+    let history = |org: &'static str| {
+        linkwatch()
+            .args(["history", "--org", org, "--config"])
+            .arg(&t.config_path)
+            .output()
+    };
+    let out = history("alhpa").await.unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("no org named or with the id \"alhpa\"") && stderr.contains("(orgs: alpha)"),
+        "{stderr}"
+    );
+    // A known org with nothing recorded yet is not an error.
+    let out = history("alpha").await.unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}
