@@ -580,6 +580,8 @@ async fn once_leading(app: &Arc<App>) -> anyhow::Result<ExitCode> {
 
     let mut any_failed = false;
     let mut rows = Vec::new();
+    // The reasons go below the table: one long reason padded every row to its width.
+    let mut reasons = Vec::new();
     for (i, result) in results {
         let org = &app.config.orgs[i];
         let report = result?;
@@ -587,7 +589,8 @@ async fn once_leading(app: &Arc<App>) -> anyhow::Result<ExitCode> {
             Ok(status) => status.clone(),
             Err(f) => {
                 any_failed = true;
-                format!("FAILED: {}", f.explain())
+                reasons.push(format!("  {}: {}", org.name, f.explain()));
+                format!("FAILED ({})", f.class.as_str())
             }
         };
         let events: Vec<&str> = report.events.iter().map(|e| e.kind()).collect();
@@ -603,6 +606,7 @@ async fn once_leading(app: &Arc<App>) -> anyhow::Result<ExitCode> {
         ]);
     }
     print_table(&["ORG", "ID", "STATUS", "EVENTS"], &rows);
+    print_reasons(&mut reasons);
     if !migrations.is_empty() {
         let mut rows = Vec::new();
         for (m, result) in migrations {
@@ -615,7 +619,8 @@ async fn once_leading(app: &Arc<App>) -> anyhow::Result<ExitCode> {
                 ),
                 Err(f) => {
                     any_failed = true;
-                    (format!("FAILED: {}", f.explain_atlas()), "-".into(), "-".into())
+                    reasons.push(format!("  {}: {}", m.name, f.explain_atlas()));
+                    (format!("FAILED ({})", f.class.as_str()), "-".into(), "-".into())
                 }
             };
             let events: Vec<&str> = report.events.iter().map(|e| e.kind()).collect();
@@ -633,6 +638,7 @@ async fn once_leading(app: &Arc<App>) -> anyhow::Result<ExitCode> {
         }
         println!();
         print_table(&["MIGRATION", "STATUS", "READY", "LAG", "EVENTS"], &rows);
+        print_reasons(&mut reasons);
     }
     Ok(if any_failed {
         ExitCode::from(2)
@@ -694,6 +700,14 @@ async fn history(db: &Database, org: Option<&str>, since: Option<&str>, json: bo
     }
     print_history(&changes);
     Ok(ExitCode::SUCCESS)
+}
+
+/// The reasons of the failures in the table above, one per line, then forgotten.
+fn print_reasons(reasons: &mut Vec<String>) {
+    if !reasons.is_empty() {
+        println!("\nwhy:\n{}", reasons.join("\n"));
+        reasons.clear();
+    }
 }
 
 #[cfg(test)]

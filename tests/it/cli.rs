@@ -146,7 +146,21 @@ async fn once_prints_a_table_and_history_reads_it_back() {
         .await
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&out.stdout).contains("FAILED: Cloud Manager had a server error (HTTP 503)"));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    // The table stays narrow: the reason goes below it, not into every row's width.
+    let row = stdout.lines().find(|l| l.starts_with("alpha")).unwrap();
+    assert!(row.contains("FAILED (server_error)"), "{stdout}");
+    let width = stdout
+        .lines()
+        .take_while(|l| !l.is_empty())
+        .map(str::len)
+        .max()
+        .unwrap();
+    assert!(width < 100, "a row {width} wide:\n{stdout}");
+    assert!(
+        stdout.contains("why:\n  alpha: Cloud Manager had a server error (HTTP 503)"),
+        "{stdout}"
+    );
 }
 
 #[tokio::test]
