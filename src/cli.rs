@@ -448,7 +448,7 @@ async fn report_now(config: &Config, name: &str) -> anyhow::Result<ExitCode> {
     require_database(&config.database)?;
     let store = store::Store::open(&config.database).await?;
     let rows = store.current().await;
-    let migrations = store.migrations().await;
+    let migrations = store.live_migrations().await;
     store.close().await;
     let now = chrono::Utc::now();
     let slot = crate::report::Slot {
@@ -457,7 +457,7 @@ async fn report_now(config: &Config, name: &str) -> anyhow::Result<ExitCode> {
         late: false,
     };
     let failures = config.poll.failures_before_alert;
-    let report = crate::report::Report::build(slot, &config.orgs, &rows?, failures, now).with_migrations(
+    let report = crate::report::Report::build(slot, &config.orgs, &rows?, failures, now).with_live_migrations(
         &config.migrations,
         &config.orgs,
         &migrations?,
@@ -548,7 +548,7 @@ async fn once_leading(app: &Arc<App>) -> anyhow::Result<ExitCode> {
     // After the links, so that a link that broke is seen by its migrations' checks.
     let mut migrations = Vec::new();
     for m in &app.config.migrations {
-        migrations.push((m, crate::migrations::check_migration(&**app, m).await));
+        migrations.push((m, crate::live_migration::check_live_migration(&**app, m).await));
     }
     // Checking beside a running daemon is safe (each check is one transaction that reads the
     // state it writes over), but sending is for one process at a time: two senders could send a

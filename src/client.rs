@@ -18,7 +18,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use reqwest::{StatusCode, Url, header};
 
 pub(crate) use crate::retry::retry_after;
-pub use atlas::{MigrationOutcome, MigrationReading};
+pub use atlas::{LiveMigrationOutcome, LiveMigrationReading};
 pub use classify::classify;
 
 use crate::config::{self, Credential, OrgId};
@@ -26,7 +26,7 @@ use crate::outcome::{CheckOutcome, Failure, FailureClass};
 
 /// Connection settings, taken from the config so that tests can point them at 127.0.0.1.
 #[derive(Debug, Clone)]
-pub struct Settings {
+pub struct ClientSettings {
     pub base_url: Url,
     pub token_url: Url,
     pub connect_timeout: Duration,
@@ -35,9 +35,9 @@ pub struct Settings {
     pub max_body_bytes: usize,
 }
 
-impl Settings {
+impl ClientSettings {
     pub fn from_config(cm: &config::CloudManager, poll: &config::Poll) -> Self {
-        Settings {
+        ClientSettings {
             base_url: cm.base_url.clone(),
             token_url: cm.token_url.clone(),
             connect_timeout: cm.connect_timeout,
@@ -48,10 +48,10 @@ impl Settings {
 
     /// Atlas's address with Cloud Manager's connection limits and the poll's timeout.
     pub fn for_atlas(atlas: &config::Atlas, cm: &config::CloudManager, poll: &config::Poll) -> Self {
-        Settings {
+        ClientSettings {
             base_url: atlas.base_url.clone(),
             token_url: atlas.token_url.clone(),
-            ..Settings::from_config(cm, poll)
+            ..ClientSettings::from_config(cm, poll)
         }
     }
 }
@@ -63,7 +63,7 @@ enum Auth {
 
 pub struct Client {
     http: reqwest::Client,
-    settings: Settings,
+    settings: ClientSettings,
     /// One authentication state per distinct credential (a handful), looked up by equality.
     auth: Vec<(Arc<Credential>, Arc<Auth>)>,
 }
@@ -77,7 +77,7 @@ impl std::fmt::Debug for Client {
 }
 
 impl Client {
-    pub fn new(settings: Settings, credentials: &[Arc<Credential>]) -> anyhow::Result<Client> {
+    pub fn new(settings: ClientSettings, credentials: &[Arc<Credential>]) -> anyhow::Result<Client> {
         let http = reqwest::Client::builder()
             .user_agent(concat!("linkwatch/", env!("CARGO_PKG_VERSION")))
             .connect_timeout(settings.connect_timeout)
@@ -157,7 +157,7 @@ impl Client {
 
     /// Reads live migration `id` of Atlas project `group` (a client made with `[atlas]`
     /// settings). Never fails: every problem is a [`Failure`] in the outcome.
-    pub async fn migration(&self, group: &str, id: &str, credential: &Credential) -> MigrationOutcome {
+    pub async fn live_migration(&self, group: &str, id: &str, credential: &Credential) -> LiveMigrationOutcome {
         let url = self
             .settings
             .base_url

@@ -22,11 +22,11 @@ use std::time::Duration;
 use reqwest::Url;
 use toml::Spanned;
 
-pub use atlas::{Atlas, DEFAULT_ATLAS_URL, Migration};
+pub use atlas::{Atlas, DEFAULT_ATLAS_URL, LiveMigration};
 pub use database::{Database, PgTarget};
 pub use http::BasicAuth;
 pub use notify::{Channel, ChannelKind, Email, Route, WebhookSecret, decode_webhook_secret};
-pub use reports::{Heartbeat, Report};
+pub use reports::{Heartbeat, ReportConfig};
 pub use smtp::{SmtpTarget, TlsMode, parse_smtp_url};
 pub use values::{CronExpr, EventKind, HumanDuration, OrgId, OrgIdHasher};
 
@@ -63,9 +63,9 @@ pub struct Config {
     pub routes: Vec<Route>,
     /// `[atlas]`; `None` when the file follows no live migration.
     pub atlas: Option<Atlas>,
-    pub migrations: Vec<Migration>,
+    pub migrations: Vec<LiveMigration>,
     /// Scheduled summaries (`[[report]]`), run by the leader.
-    pub reports: Vec<Report>,
+    pub reports: Vec<ReportConfig>,
     /// A ping to an external monitor after each healthy interval (`[heartbeat]`).
     pub heartbeat: Option<Heartbeat>,
 }

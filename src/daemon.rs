@@ -15,7 +15,7 @@ use crate::client::{self, Client};
 use crate::clock::{self, Clock};
 use crate::config::{Config, Org};
 use crate::detect::{self, Event, OrgState, Policy};
-use crate::dispatch::{Dispatcher, Memories, Settings};
+use crate::dispatch::{DeliverySettings, Dispatcher, Memories};
 use crate::leader::{self, Leadership};
 use crate::metrics::Metrics;
 use crate::monitoring;
@@ -39,7 +39,7 @@ pub struct App {
     pub dispatcher: Dispatcher,
     pub metrics: Arc<Metrics>,
     /// Wakes the migration loop at once (a source org's link left `SYNCED`).
-    pub migrations_nudge: Arc<tokio::sync::Notify>,
+    pub live_migration_nudge: Arc<tokio::sync::Notify>,
 }
 
 /// What one check saw and caused.
@@ -77,21 +77,21 @@ impl App {
         memories: Memories,
     ) -> anyhow::Result<App> {
         let client = Client::new(
-            client::Settings::from_config(&config.cloud_manager, &config.poll),
+            client::ClientSettings::from_config(&config.cloud_manager, &config.poll),
             &config.credentials,
         )
         .context("cannot build the HTTP client")?;
         let atlas = match &config.atlas {
             Some(a) => Some(
                 Client::new(
-                    client::Settings::for_atlas(a, &config.cloud_manager, &config.poll),
+                    client::ClientSettings::for_atlas(a, &config.cloud_manager, &config.poll),
                     std::slice::from_ref(&a.credential),
                 )
                 .context("cannot build the Atlas HTTP client")?,
             ),
             None => None,
         };
-        let settings = Settings::with_clock(clock.clone());
+        let settings = DeliverySettings::with_clock(clock.clone());
         let dispatcher = Dispatcher::with_memories(&config, &console, metrics.clone(), settings, memories)?;
         Ok(App {
             config,
@@ -101,7 +101,7 @@ impl App {
             atlas,
             dispatcher,
             metrics,
-            migrations_nudge: Arc::default(),
+            live_migration_nudge: Arc::default(),
         })
     }
 
@@ -128,7 +128,7 @@ impl crate::report::jobs::Host for App {
     }
 }
 
-impl crate::migrations::Host for App {
+impl crate::live_migration::Host for App {
     fn config(&self) -> &Config {
         &self.config
     }
@@ -261,7 +261,7 @@ async fn apply(app: &App, org: &Org, outcome: &CheckOutcome, answer: Answer) -> 
     {
         // The link left SYNCED (or moved on while broken): the org's live migrations are
         // checked now, so that a migration in flight is reported at once.
-        app.migrations_nudge.notify_one();
+        app.live_migration_nudge.notify_one();
     }
     Ok(decision.events.into_iter().map(|(e, _)| e).collect())
 }
@@ -661,7 +661,7 @@ impl Generation {
                 }
             }
         };
-        let settings = scheduler::Settings {
+        let settings = scheduler::SchedulerSettings {
             concurrency: app.config.poll.concurrency,
             grace: app.config.shutdown_timeout,
             heartbeat,
@@ -676,9 +676,9 @@ impl Generation {
         ));
         let commits_stop = CancellationToken::new();
         let group_commit = tokio::spawn(group_commit(app.clone(), commits_stop.clone()));
-        let migrations = tokio::spawn(crate::migrations::run(
+        let migrations = tokio::spawn(crate::live_migration::run(
             app.clone(),
-            app.migrations_nudge.clone(),
+            app.live_migration_nudge.clone(),
             checks_stop.clone(),
         ));
         // Reports run only while leading, like checks, and with this config's [[report]]s.

@@ -9,7 +9,7 @@ use anyhow::Context as _;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
-use crate::simulator::{self, Behavior, MigrationBehavior, Simulator};
+use crate::simulator::{self, Behavior, LiveMigrationBehavior, Simulator};
 use crate::store::Store;
 use crate::table::print_history;
 
@@ -57,30 +57,30 @@ fn timeline() -> Vec<DemoOrg> {
 
 /// A live migration of the demo: name, id, and what Atlas answers from which fraction of the
 /// run on. Both push from "payments".
-type DemoMigration = (&'static str, &'static str, Vec<(f64, MigrationBehavior)>);
+type DemoLiveMigration = (&'static str, &'static str, Vec<(f64, LiveMigrationBehavior)>);
 
 /// payments-rs0 goes the whole way (lag falling, ready for cutover, a deadline warning,
 /// COMPLETE); payments-rs1 is still syncing when the payments link falls back to NOT_SYNCED.
-fn migrations() -> Vec<DemoMigration> {
-    let working = |ready, lag| MigrationBehavior::state("WORKING", ready, Some(lag));
+fn live_migrations() -> Vec<DemoLiveMigration> {
+    let working = |ready, lag| LiveMigrationBehavior::state("WORKING", ready, Some(lag));
     vec![
         (
             "payments-rs0",
             "6f1d00000000000000000001",
             vec![
-                (0.0, MigrationBehavior::state("NEW", false, None)),
+                (0.0, LiveMigrationBehavior::state("NEW", false, None)),
                 (0.3, working(false, 900)),
                 (0.38, working(false, 400)),
                 (0.44, working(false, 60)),
                 (0.5, working(true, 12)),
-                (0.72, MigrationBehavior::state("COMPLETE", false, None)),
+                (0.72, LiveMigrationBehavior::state("COMPLETE", false, None)),
             ],
         ),
         (
             "payments-rs1",
             "6f1d00000000000000000002",
             vec![
-                (0.0, MigrationBehavior::state("NEW", false, None)),
+                (0.0, LiveMigrationBehavior::state("NEW", false, None)),
                 (0.4, working(false, 300)),
                 (0.55, working(false, 120)),
             ],
@@ -158,9 +158,9 @@ pub async fn run(
             script.iter().map(|(f, b)| (duration.mul_f64(*f), b.clone())).collect(),
         );
     }
-    let migrations = migrations();
+    let migrations = live_migrations();
     for (_, id, script) in &migrations {
-        sim.script_migration(
+        sim.script_live_migration(
             id,
             script.iter().map(|(f, b)| (duration.mul_f64(*f), b.clone())).collect(),
         );
@@ -294,11 +294,11 @@ const DEMO_PAGE_PORT: u16 = 9187;
 async fn summary(db: &Path) -> anyhow::Result<()> {
     let store = Store::open(&crate::config::Database::Sqlite(db.to_path_buf())).await?;
     let changes = store.history(None, None).await?;
-    let migrations = store.migrations().await?;
+    let migrations = store.live_migrations().await?;
     let mut lags = Vec::new();
     for m in &migrations {
         let series = store
-            .migration_lag(&m.migration_id, chrono::DateTime::UNIX_EPOCH)
+            .live_migration_lag(&m.migration_id, chrono::DateTime::UNIX_EPOCH)
             .await?;
         lags.push(
             series

@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::outcome::{CheckOutcome, Failure};
 
-pub mod migration;
+pub mod live_migration;
 
 /// What linkwatch remembers about one org between checks; lives in the `org_state` table.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -70,7 +70,7 @@ pub enum Event {
         since: DateTime<Utc>,
         elapsed_s: i64,
     },
-    // Atlas live migrations (see `migration.rs`). Each names its `[[migration]]`; the event
+    // Atlas live migrations (see `live_migration.rs`). Each names its `[[migration]]`; the event
     // belongs to the migration's source org, so routes by org and the per-org order hold.
     /// A migration's status changed; `from` is `None` at the first check.
     MigrationStatusChanged {
@@ -159,7 +159,7 @@ impl Event {
     }
 
     /// The `[[migration]]` this event is about, if it is about one.
-    pub fn migration(&self) -> Option<&str> {
+    pub fn live_migration(&self) -> Option<&str> {
         match self {
             Event::MigrationStatusChanged { migration, .. }
             | Event::ReadyForCutover { migration, .. }

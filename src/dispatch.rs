@@ -88,7 +88,7 @@ impl Outlet {
 /// How the dispatcher behaves, beyond the config: injected so that tests can use short delays
 /// and a clock they can step.
 #[derive(Debug, Clone)]
-pub struct Settings {
+pub struct DeliverySettings {
     /// The longest a connection to a receiver may take to open.
     pub connect_timeout: Duration,
     pub retry: RetryPolicy,
@@ -109,9 +109,9 @@ pub struct Settings {
     pub scan: i64,
 }
 
-impl Default for Settings {
+impl Default for DeliverySettings {
     fn default() -> Self {
-        Settings {
+        DeliverySettings {
             connect_timeout: Duration::from_secs(5),
             retry: RetryPolicy::default(),
             clock: Clock::system(),
@@ -124,7 +124,7 @@ impl Default for Settings {
     }
 }
 
-impl Settings {
+impl DeliverySettings {
     /// The least time between two sends on `channel`.
     pub fn pace(&self, channel: &Channel) -> Duration {
         match channel {
@@ -134,10 +134,10 @@ impl Settings {
     }
 
     /// The default settings around `clock` (the app's).
-    pub fn with_clock(clock: Clock) -> Settings {
-        Settings {
+    pub fn with_clock(clock: Clock) -> DeliverySettings {
+        DeliverySettings {
             clock,
-            ..Settings::default()
+            ..DeliverySettings::default()
         }
     }
 }
@@ -146,7 +146,7 @@ impl Settings {
 pub struct Dispatcher {
     outlets: Vec<Arc<Outlet>>,
     pub router: Router,
-    settings: Settings,
+    settings: DeliverySettings,
     metrics: Arc<Metrics>,
     memories: Memories,
 }
@@ -157,7 +157,7 @@ impl Dispatcher {
         config: &Config,
         console: &ConsoleSink,
         metrics: Arc<Metrics>,
-        settings: Settings,
+        settings: DeliverySettings,
     ) -> anyhow::Result<Dispatcher> {
         Dispatcher::with_memories(config, console, metrics, settings, Memories::default())
     }
@@ -168,7 +168,7 @@ impl Dispatcher {
         config: &Config,
         console: &ConsoleSink,
         metrics: Arc<Metrics>,
-        settings: Settings,
+        settings: DeliverySettings,
         memories: Memories,
     ) -> anyhow::Result<Dispatcher> {
         let http = reqwest::Client::builder()
@@ -358,7 +358,7 @@ async fn join_all_due(channels: &mut JoinSet<anyhow::Result<usize>>) -> anyhow::
 async fn supervise(
     store: Store,
     outlet: Arc<Outlet>,
-    settings: Settings,
+    settings: DeliverySettings,
     metrics: Arc<Metrics>,
     shutdown: CancellationToken,
 ) {
@@ -401,7 +401,7 @@ async fn supervise(
 async fn worker(
     store: Store,
     outlet: Arc<Outlet>,
-    settings: Settings,
+    settings: DeliverySettings,
     metrics: Arc<Metrics>,
     shutdown: CancellationToken,
 ) {

@@ -94,7 +94,7 @@ fn describe(name: &str, org_name: Option<&str>, event: &Event) -> (String, Optio
             ),
             None,
         ),
-        event => describe_migration(org_name, event),
+        event => describe_live_migration(org_name, event),
     }
 }
 
@@ -104,8 +104,8 @@ const ESTIMATED: &str = "The deadline is estimated by linkwatch from when it fir
 
 /// What an Atlas live migration's event says. `org` is the source org's name, once its link
 /// has been checked.
-fn describe_migration(org: Option<&str>, event: &Event) -> (String, Option<String>) {
-    let m = event.migration().unwrap_or("?");
+fn describe_live_migration(org: Option<&str>, event: &Event) -> (String, Option<String>) {
+    let m = event.live_migration().unwrap_or("?");
     let who = match org {
         Some(org) => format!("{m} (org {org})"),
         None => m.to_owned(),
@@ -153,7 +153,7 @@ fn describe_migration(org: Option<&str>, event: &Event) -> (String, Option<Strin
                 "{who}: replication lag is {} (above {} for {} checks)",
                 human_secs(*lag_s),
                 human_secs(*threshold_s),
-                crate::detect::migration::LAG_CHECKS
+                crate::detect::live_migration::LAG_CHECKS
             ),
             Some(
                 "A lag that keeps rising toward the source's oplog window makes the sync fail: check the source's write load and oplog size."

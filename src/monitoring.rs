@@ -170,7 +170,7 @@ pub async fn serve(
 async fn metrics(State(shared): State<Shared>) -> Response {
     let read = async {
         let gauges = shared.store.gauges().await?;
-        let migrations = shared.store.migrations().await?;
+        let migrations = shared.store.live_migrations().await?;
         anyhow::Ok((gauges, migrations))
     };
     match read.await {
@@ -181,7 +181,7 @@ async fn metrics(State(shared): State<Shared>) -> Response {
             gauges.migrations = migrations
                 .into_iter()
                 .filter(|m| orgs.migrations.iter().any(|c| c.id == m.migration_id))
-                .map(|m| crate::store::MigrationGauge::of(m, now))
+                .map(|m| crate::store::LiveMigrationGauge::of(m, now))
                 .collect();
             (
                 [(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)],

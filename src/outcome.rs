@@ -18,7 +18,7 @@ pub type CheckOutcome = Result<String, Failure>;
 /// What Atlas says about a live migration. Every field of its answer is optional. Here, with
 /// the link's outcome, so that the pure decisions and the store read it without the client.
 #[derive(Debug, Clone, PartialEq)]
-pub struct MigrationReading {
+pub struct LiveMigrationReading {
     /// `NEW`, `WORKING`, `FAILED`, `COMPLETE`, `EXPIRED` or any other word: a state, not an error.
     pub status: String,
     /// `None` when the answer left it out: unknown, not "not ready" (every field of Atlas's
@@ -29,7 +29,7 @@ pub struct MigrationReading {
 }
 
 /// A live migration's reading, or why there is none.
-pub type MigrationOutcome = Result<MigrationReading, Failure>;
+pub type LiveMigrationOutcome = Result<LiveMigrationReading, Failure>;
 
 /// Why a check produced no status.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

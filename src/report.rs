@@ -8,8 +8,8 @@ pub mod jobs;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use crate::config::{Migration, Org};
-use crate::store::{CurrentStatus, MigrationRow, StoredEvent, ts};
+use crate::config::{LiveMigration, Org};
+use crate::store::{CurrentStatus, LiveMigrationRow, StoredEvent, ts};
 use crate::text::{Message, human_secs};
 
 /// Bumped when the report's JSON (the webhook's `report`) changes incompatibly.
@@ -38,12 +38,12 @@ pub struct Report {
     /// time left first), then the rest by name. Absent in reports made before migrations were
     /// followed.
     #[serde(default)]
-    pub migrations: Vec<MigrationLine>,
+    pub migrations: Vec<LiveMigrationLine>,
 }
 
 /// One live migration in a report.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct MigrationLine {
+pub struct LiveMigrationLine {
     pub name: String,
     pub org_name: String,
     /// `None` when no check of it has succeeded yet.
@@ -148,15 +148,15 @@ impl Report {
 
     /// This report with its live migrations section, from the `migration_status` rows. Pure,
     /// like [`Report::build`]: only configured migrations, `COMPLETE` ones left out.
-    pub fn with_migrations(
+    pub fn with_live_migrations(
         mut self,
-        migrations: &[Migration],
+        migrations: &[LiveMigration],
         orgs: &[Org],
-        rows: &[MigrationRow],
+        rows: &[LiveMigrationRow],
         failures_before_alert: u32,
         now: DateTime<Utc>,
     ) -> Report {
-        let mut lines: Vec<MigrationLine> = migrations
+        let mut lines: Vec<LiveMigrationLine> = migrations
             .iter()
             .filter_map(|m| {
                 let row = rows.iter().find(|r| r.migration_id == m.id);
@@ -165,7 +165,7 @@ impl Report {
                     return None;
                 }
                 let estimated_deadline = row.and_then(|r| r.estimated_deadline.clone());
-                Some(MigrationLine {
+                Some(LiveMigrationLine {
                     name: m.name.clone(),
                     org_name: orgs
                         .iter()
@@ -193,7 +193,7 @@ impl Report {
     }
 
     /// The live migrations, one line each, ready for cutover first.
-    pub fn migration_lines(&self) -> Vec<String> {
+    pub fn live_migration_lines(&self) -> Vec<String> {
         self.migrations
             .iter()
             .map(|m| {
@@ -228,7 +228,7 @@ impl Report {
     }
 
     /// What a report says about deadlines, when it lists a migration ready for cutover.
-    pub fn migrations_note(&self) -> Option<&'static str> {
+    pub fn live_migrations_note(&self) -> Option<&'static str> {
         self.migrations.iter().any(|m| m.ready_for_cutover).then_some(
             "Deadlines are estimated from when linkwatch first saw a migration ready; an extension made in \
              the Atlas UI is not visible to linkwatch.",
@@ -302,9 +302,9 @@ impl Report {
         section(
             &mut text,
             "Live migrations (ready for cutover first)",
-            self.migration_lines(),
+            self.live_migration_lines(),
         );
-        if let Some(note) = self.migrations_note() {
+        if let Some(note) = self.live_migrations_note() {
             text.push_str(&format!("  {note}\n"));
         }
         text.push_str(&format!("\nAs of {} UTC.\n", minute(&self.generated_at)));
@@ -442,7 +442,7 @@ mod tests {
         let now = DateTime::parse_from_rfc3339("2026-11-30T09:00:00Z")
             .unwrap()
             .with_timezone(&Utc);
-        let migration = |name: &str, id: &str| Migration {
+        let migration = |name: &str, id: &str| LiveMigration {
             name: name.into(),
             org: OrgId::parse(a).unwrap(),
             group_id: "6f0c00000000000000000c01".into(),
@@ -456,7 +456,7 @@ mod tests {
             migration("rs-done", "6f1d00000000000000000004"),
             migration("rs-unchecked", "6f1d00000000000000000005"),
         ];
-        let row = |id: &str, status: &str, ready: bool, deadline: Option<&str>, failures: i64| MigrationRow {
+        let row = |id: &str, status: &str, ready: bool, deadline: Option<&str>, failures: i64| LiveMigrationRow {
             migration: "stale".into(),
             migration_id: id.into(),
             org_id: a.into(),
@@ -495,10 +495,10 @@ mod tests {
             at: now,
             late: false,
         };
-        let r = Report::build(slot, &orgs, &[], 3, now).with_migrations(&m, &orgs, &rows, 3, now);
+        let r = Report::build(slot, &orgs, &[], 3, now).with_live_migrations(&m, &orgs, &rows, 3, now);
         let names: Vec<&str> = r.migrations.iter().map(|m| m.name.as_str()).collect();
         assert_eq!(names, ["rs-ready-soon", "rs-ready-later", "rs-unchecked", "rs-working"]);
-        let lines = r.migration_lines();
+        let lines = r.live_migration_lines();
         assert_eq!(
             lines[0],
             "rs-ready-soon (alpha): WORKING, READY for cutover, about 1h left (estimated deadline 2026-11-30 10:00 UTC), lag 30s"

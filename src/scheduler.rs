@@ -88,7 +88,7 @@ pub type NotBefore = Option<Duration>;
 
 /// How the loop runs, beyond what it runs.
 #[derive(Debug, Clone)]
-pub struct Settings {
+pub struct SchedulerSettings {
     /// At most this many checks at once.
     pub concurrency: usize,
     /// How long to wait at shutdown for the checks already running.
@@ -104,7 +104,7 @@ pub struct Settings {
 /// unfinished check has committed nothing).
 pub async fn run<F, Fut, P>(
     schedules: Vec<(OrgId, Schedule)>,
-    settings: Settings,
+    settings: SchedulerSettings,
     check: F,
     on_panic: P,
     shutdown: CancellationToken,
@@ -113,7 +113,7 @@ pub async fn run<F, Fut, P>(
     Fut: Future<Output = NotBefore> + Send + 'static,
     P: Fn(usize, &str),
 {
-    let Settings {
+    let SchedulerSettings {
         concurrency,
         grace,
         heartbeat,
@@ -260,8 +260,8 @@ mod tests {
         s.parse().unwrap()
     }
 
-    fn settings(clock: &Clock) -> Settings {
-        Settings {
+    fn settings(clock: &Clock) -> SchedulerSettings {
+        SchedulerSettings {
             concurrency: 4,
             grace: Duration::from_secs(10),
             heartbeat: Heartbeat::default(),
@@ -349,7 +349,7 @@ mod tests {
                 }
             }
         };
-        let settings = Settings {
+        let settings = SchedulerSettings {
             concurrency: 2,
             ..settings(&Clock::simulated(at("2026-11-29T08:00:00Z")))
         };
@@ -394,7 +394,7 @@ mod tests {
             .collect();
         let log: Log = Arc::default();
         let shutdown = CancellationToken::new();
-        let settings = Settings {
+        let settings = SchedulerSettings {
             concurrency: 200,
             ..settings(&clock)
         };

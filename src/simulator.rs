@@ -64,7 +64,7 @@ pub type Script = Vec<(Duration, Behavior)>;
 
 /// What the simulated Atlas answers for one live migration.
 #[derive(Debug, Clone, PartialEq)]
-pub enum MigrationBehavior {
+pub enum LiveMigrationBehavior {
     /// 200 with a `LiveMigrationResponse`; `lag_s: None` leaves `lagTimeSeconds` out.
     State {
         status: String,
@@ -79,9 +79,9 @@ pub enum MigrationBehavior {
     },
 }
 
-impl MigrationBehavior {
+impl LiveMigrationBehavior {
     pub fn state(status: &str, ready: bool, lag_s: Option<i64>) -> Self {
-        MigrationBehavior::State {
+        LiveMigrationBehavior::State {
             status: status.to_owned(),
             ready,
             lag_s,
@@ -129,7 +129,7 @@ struct World {
     headers: HashMap<String, Vec<(String, String)>>,
     per_org: HashMap<String, u64>,
     /// Live migrations by id, each a timeline as for orgs.
-    migrations: HashMap<String, Vec<(Duration, MigrationBehavior)>>,
+    migrations: HashMap<String, Vec<(Duration, LiveMigrationBehavior)>>,
     nonces: digest::Nonces,
 }
 
@@ -147,7 +147,7 @@ pub struct Counters {
     /// Requests to the OAuth token endpoint.
     pub token_requests: AtomicU64,
     /// Authorized requests for live migrations.
-    pub migration_requests: AtomicU64,
+    pub live_migration_requests: AtomicU64,
 }
 
 struct Shared {
@@ -228,7 +228,7 @@ impl Simulator {
     }
 
     /// From now on, live migration `id` answers with `behavior`.
-    pub fn set_migration(&self, id: &str, behavior: MigrationBehavior) {
+    pub fn set_live_migration(&self, id: &str, behavior: LiveMigrationBehavior) {
         let at = self.shared.started.elapsed();
         let mut w = self.shared.world();
         let script = w.migrations.entry(id.into()).or_default();
@@ -237,13 +237,13 @@ impl Simulator {
     }
 
     /// Replaces live migration `id`'s timeline (offsets count from the simulator's start).
-    pub fn script_migration(&self, id: &str, script: Vec<(Duration, MigrationBehavior)>) {
+    pub fn script_live_migration(&self, id: &str, script: Vec<(Duration, LiveMigrationBehavior)>) {
         self.shared.world().migrations.insert(id.into(), script);
     }
 
     /// Authorized requests for live migrations.
-    pub fn migration_requests(&self) -> u64 {
-        self.shared.counters.migration_requests.load(Ordering::SeqCst)
+    pub fn live_migration_requests(&self) -> u64 {
+        self.shared.counters.live_migration_requests.load(Ordering::SeqCst)
     }
 
     pub fn add_api_key(&self, public_key: &str, private_key: &str) {
@@ -475,7 +475,7 @@ async fn live_migration(
             "Invalid accept header or version date.",
         );
     }
-    shared.counters.migration_requests.fetch_add(1, Ordering::SeqCst);
+    shared.counters.live_migration_requests.fetch_add(1, Ordering::SeqCst);
     let behavior = {
         let w = shared.world();
         let at = shared.started.elapsed();
@@ -489,7 +489,7 @@ async fn live_migration(
             Some("RESOURCE_NOT_FOUND"),
             &format!("Cannot find resource live migration {migration_id}."),
         ),
-        Some(MigrationBehavior::State { status, ready, lag_s }) => {
+        Some(LiveMigrationBehavior::State { status, ready, lag_s }) => {
             let mut body = serde_json::json!({
                 "_id": migration_id,
                 "status": status,
@@ -501,7 +501,7 @@ async fn live_migration(
             }
             json(StatusCode::OK, body)
         }
-        Some(MigrationBehavior::Error {
+        Some(LiveMigrationBehavior::Error {
             http,
             error_code,
             detail,

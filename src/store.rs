@@ -1,6 +1,6 @@
 //! The only module that speaks SQL. [`Store`] is what the rest of linkwatch uses; behind it one
 //! [`Backend`] per database: SQLite (a file, the default) or PostgreSQL (several instances, one
-//! leader). Migrations are per backend and applied at open; queries are runtime-checked
+//! leader). Schema migrations are per backend and applied at open; queries are runtime-checked
 //! (`query`/`query_as` with `FromRow`), each a small method.
 
 use std::str::FromStr;
@@ -16,8 +16,8 @@ use crate::config::{Database, OrgId};
 mod backend;
 mod checks;
 mod gauges;
+mod live_migration;
 mod lock;
-mod migrations;
 mod outbox;
 mod page;
 pub mod postgres;
@@ -28,9 +28,11 @@ pub(crate) use backend::Backend;
 pub use backend::{FailureRow, Pruned, QuietRow};
 use checks::transition;
 pub use checks::{Applied, Check, CheckRecord, Decision, RemindersSent, event_id};
-pub use gauges::{DbGauges, MigrationGauge};
+pub use gauges::{DbGauges, LiveMigrationGauge};
+pub use live_migration::{
+    LiveMigrationChange, LiveMigrationCheck, LiveMigrationDecision, LiveMigrationRow, live_migration_subject,
+};
 pub use lock::{LockError, WriterLock};
-pub use migrations::{MigrationChange, MigrationCheck, MigrationDecision, MigrationRow, migration_subject};
 pub use outbox::{Claimed, Delivery, Pending};
 pub use page::{ChannelDeliveries, FailedCheck, OrgRow};
 pub use postgres::{Fence, Fenced, LeaseHolder, Postgres, Term};

@@ -25,7 +25,7 @@ use axum::routing::get;
 use tokio::sync::watch;
 
 pub use auth::{Login, require_login};
-pub use view::{ChangesView, ChannelView, MigrationStage, MigrationView, OrgState, OrgView, StatusView};
+pub use view::{ChangesView, ChannelView, LiveMigrationStage, LiveMigrationView, OrgStanding, OrgView, StatusView};
 
 use crate::clock::Clock;
 use crate::config::{Config, Org};
@@ -43,13 +43,13 @@ pub struct Configured {
     orgs: Arc<[Org]>,
     /// Indices into `orgs`, sorted by id, for [`Configured::contains`].
     by_id: Vec<u32>,
-    pub migrations: Vec<ConfiguredMigration>,
+    pub migrations: Vec<ConfiguredLiveMigration>,
     pub channels: Vec<String>,
 }
 
 /// A `[[migration]]`, as the page needs it.
 #[derive(Debug, Clone)]
-pub struct ConfiguredMigration {
+pub struct ConfiguredLiveMigration {
     pub id: String,
     pub name: String,
     /// The source org's id.
@@ -69,7 +69,7 @@ impl Configured {
             migrations: config
                 .migrations
                 .iter()
-                .map(|m| ConfiguredMigration {
+                .map(|m| ConfiguredLiveMigration {
                     id: m.id.clone(),
                     name: m.name.clone(),
                     org_id: m.org.as_str().to_owned(),
@@ -101,7 +101,7 @@ impl Configured {
     }
 
     /// The configured migration named by `key`, its `liveMigrationId` or its name.
-    fn find_migration(&self, key: &str) -> Option<&ConfiguredMigration> {
+    fn find_live_migration(&self, key: &str) -> Option<&ConfiguredLiveMigration> {
         self.migrations
             .iter()
             .find(|m| m.id == key)
@@ -126,7 +126,7 @@ pub fn routes(page: Page) -> Router {
         .route("/org/{org}", get(org_page))
         .route("/api/v1/status", get(status_json))
         .route("/api/v1/orgs/{org}/changes", get(changes_json))
-        .route("/api/v1/migrations/{migration}", get(migration_json))
+        .route("/api/v1/migrations/{migration}", get(live_migration_json))
         .with_state(page)
 }
 
@@ -215,13 +215,13 @@ async fn changes_json(State(page): State<Page>, Path(key): Path<String>) -> Resp
     }
 }
 
-async fn migration_json(State(page): State<Page>, Path(key): Path<String>) -> Response {
-    let migration = page.configured.borrow().find_migration(&key).cloned();
+async fn live_migration_json(State(page): State<Page>, Path(key): Path<String>) -> Response {
+    let migration = page.configured.borrow().find_live_migration(&key).cloned();
     let Some(m) = migration else {
         let error = serde_json::json!({ "error": format!("no migration with the id or name \"{key}\" is configured") });
         return (StatusCode::NOT_FOUND, axum::Json(error)).into_response();
     };
-    match view::migration(&page, &m).await {
+    match view::live_migration(&page, &m).await {
         Ok(v) => axum::Json(v).into_response(),
         Err(e) => unavailable(e),
     }

@@ -378,7 +378,7 @@ pub fn render_report(r: &crate::report::Report) -> (String, String, String) {
     for (heading, lines) in [
         ("Not SYNCED (longest first)", r.not_synced_lines()),
         ("Checks failing", r.failing_lines()),
-        ("Live migrations (ready for cutover first)", r.migration_lines()),
+        ("Live migrations (ready for cutover first)", r.live_migration_lines()),
     ] {
         if !lines.is_empty() {
             html.push_str(&format!("<p>{heading}:</p>\n<ul>\n"));
@@ -388,7 +388,7 @@ pub fn render_report(r: &crate::report::Report) -> (String, String, String) {
             html.push_str("</ul>\n");
         }
     }
-    if let Some(note) = r.migrations_note() {
+    if let Some(note) = r.live_migrations_note() {
         html.push_str(&format!("<p><em>{}</em></p>\n", escape(note)));
     }
     html.push_str(&format!(

@@ -131,7 +131,7 @@ pub fn report(r: &crate::report::Report) -> Value {
     for (heading, lines) in [
         ("*Not SYNCED* (longest first)", r.not_synced_lines()),
         ("*Checks failing*", r.failing_lines()),
-        ("*Live migrations* (ready for cutover first)", r.migration_lines()),
+        ("*Live migrations* (ready for cutover first)", r.live_migration_lines()),
     ] {
         if lines.is_empty() {
             continue;
@@ -160,7 +160,7 @@ pub fn report(r: &crate::report::Report) -> Value {
             blocks.push(json!({"type": "section", "text": {"type": "mrkdwn", "text": s}}));
         }
     }
-    if let Some(note) = r.migrations_note() {
+    if let Some(note) = r.live_migrations_note() {
         blocks.push(json!({"type": "context", "elements": [{"type": "mrkdwn", "text": escape(note)}]}));
     }
     blocks.push(
@@ -276,7 +276,7 @@ mod tests {
     /// names: one post within Slack's limits, saying how many lines it left out.
     #[test]
     fn a_report_of_many_links_stays_within_slacks_limits() {
-        use crate::report::{Failing, MigrationLine, NotSynced, Report};
+        use crate::report::{Failing, LiveMigrationLine, NotSynced, Report};
         let name = |i: usize| format!("org-{i}-{}", "n".repeat(300));
         let r = Report {
             name: "daily".into(),
@@ -303,7 +303,7 @@ mod tests {
                 })
                 .collect(),
             migrations: (0..2_000)
-                .map(|i| MigrationLine {
+                .map(|i| LiveMigrationLine {
                     name: name(i),
                     org_name: name(i),
                     status: Some("WORKING".into()),

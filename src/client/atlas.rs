@@ -1,4 +1,4 @@
-//! Turning one Atlas answer about a live migration into a [`MigrationOutcome`]. Pure, like
+//! Turning one Atlas answer about a live migration into a [`LiveMigrationOutcome`]. Pure, like
 //! `classify.rs` for the link.
 
 use std::time::Duration;
@@ -12,7 +12,7 @@ use crate::outcome::{Failure, FailureClass};
 /// 406 and a retired one with 410, which are failures of their own ([`FailureClass::ApiVersion`]).
 pub const ACCEPT: &str = "application/vnd.atlas.2023-01-01+json";
 
-pub use crate::outcome::{MigrationOutcome, MigrationReading};
+pub use crate::outcome::{LiveMigrationOutcome, LiveMigrationReading};
 
 /// A status longer than this is garbage, as for the link.
 const MAX_STATUS_CHARS: usize = 100;
@@ -23,7 +23,7 @@ pub fn classify(
     retry_after: Option<Duration>,
     body: &[u8],
     truncated: Option<usize>,
-) -> MigrationOutcome {
+) -> LiveMigrationOutcome {
     let malformed = |detail: String| Failure::new(FailureClass::Malformed, Some(http_status), None, detail);
     if let Some(cap) = truncated {
         return Err(malformed(format!(
@@ -72,7 +72,7 @@ pub fn classify(
             _ => return Err(malformed(format!("`lagTimeSeconds` is not a number of seconds: {v}"))),
         },
     };
-    Ok(MigrationReading {
+    Ok(LiveMigrationReading {
         status,
         ready_for_cutover,
         lag_s,
@@ -83,7 +83,7 @@ pub fn classify(
 mod tests {
     use super::*;
 
-    fn ok(body: &str) -> MigrationReading {
+    fn ok(body: &str) -> LiveMigrationReading {
         classify(200, None, body.as_bytes(), None).unwrap()
     }
 
@@ -95,7 +95,7 @@ mod tests {
     fn every_field_may_be_absent_or_null_but_status() {
         assert_eq!(
             ok(r#"{"_id":"6f1d00000000000000000001","status":"WORKING","readyForCutover":true,"lagTimeSeconds":42}"#),
-            MigrationReading {
+            LiveMigrationReading {
                 status: "WORKING".into(),
                 ready_for_cutover: Some(true),
                 lag_s: Some(42)
@@ -103,7 +103,7 @@ mod tests {
         );
         assert_eq!(
             ok(r#"{"status":"NEW"}"#),
-            MigrationReading {
+            LiveMigrationReading {
                 status: "NEW".into(),
                 ready_for_cutover: None,
                 lag_s: None

@@ -28,7 +28,7 @@ pub struct Atlas {
 
 /// One live migration: which org's link it follows, and where Atlas keeps it.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Migration {
+pub struct LiveMigration {
     pub name: String,
     /// The source org (its link is the one the migration pushes through).
     pub org: OrgId,
@@ -42,10 +42,10 @@ pub struct Migration {
 
 pub(super) fn atlas(
     raw: Option<raw::Atlas>,
-    migrations: Vec<raw::Migration>,
+    migrations: Vec<raw::LiveMigration>,
     orgs: &[Org],
     loc: &Locator<'_>,
-) -> Result<(Option<Atlas>, Vec<Migration>), ConfigError> {
+) -> Result<(Option<Atlas>, Vec<LiveMigration>), ConfigError> {
     let Some(a) = raw else {
         return match migrations.first() {
             Some(m) => Err(loc.error(
@@ -110,7 +110,7 @@ pub(super) fn atlas(
     deadline_warnings.sort_by(|a, b| b.cmp(a));
     deadline_warnings.dedup();
 
-    let mut out: Vec<Migration> = Vec::new();
+    let mut out: Vec<LiveMigration> = Vec::new();
     for (i, m) in migrations.into_iter().enumerate() {
         let key = format!("migration[{i}]");
         let name = m.name.get_ref().trim().to_owned();
@@ -171,7 +171,7 @@ pub(super) fn atlas(
             Some(l) => Some(l.get_ref().0),
             None => None,
         };
-        out.push(Migration {
+        out.push(LiveMigration {
             name,
             org: org.id.clone(),
             group_id,

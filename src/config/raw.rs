@@ -38,15 +38,15 @@ pub struct Config {
     pub routes: Vec<Route>,
     pub atlas: Option<Atlas>,
     #[serde(default, rename = "migration")]
-    pub migrations: Vec<Migration>,
+    pub migrations: Vec<LiveMigration>,
     #[serde(default, rename = "report")]
-    pub reports: Vec<Report>,
+    pub reports: Vec<RawReport>,
     pub heartbeat: Option<Spanned<Heartbeat>>,
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct Report {
+pub struct RawReport {
     pub name: Option<Spanned<String>>,
     pub cron: Spanned<CronExpr>,
     pub channels: Spanned<Vec<Spanned<String>>>,
@@ -146,7 +146,7 @@ pub struct Atlas {
 /// `[[migration]]`: one Atlas live migration to follow.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct Migration {
+pub struct LiveMigration {
     pub name: Spanned<String>,
     pub org: Spanned<String>,
     pub group_id: Spanned<String>,

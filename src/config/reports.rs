@@ -10,7 +10,7 @@ use crate::secret::Secret;
 
 /// A summary of every link, sent to `channels` at each slot of `cron` (UTC).
 #[derive(Debug, Clone, PartialEq)]
-pub struct Report {
+pub struct ReportConfig {
     /// What the database records each slot under (`report_runs.report`); the cron text when the
     /// file gives no name, so that reordering reports changes nothing.
     pub name: String,
@@ -30,11 +30,11 @@ pub struct Heartbeat {
 }
 
 pub(super) fn reports(
-    raw: Vec<raw::Report>,
+    raw: Vec<raw::RawReport>,
     channels: &[Channel],
     loc: &Locator<'_>,
-) -> Result<Vec<Report>, ConfigError> {
-    let mut reports: Vec<Report> = Vec::new();
+) -> Result<Vec<ReportConfig>, ConfigError> {
+    let mut reports: Vec<ReportConfig> = Vec::new();
     for (i, r) in raw.into_iter().enumerate() {
         let table = format!("report[{i}]");
         let name = match &r.name {
@@ -66,7 +66,7 @@ pub(super) fn reports(
                 names.push(c.get_ref().clone());
             }
         }
-        reports.push(Report {
+        reports.push(ReportConfig {
             name,
             cron: r.cron.into_inner(),
             channels: names,

@@ -16,7 +16,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::select::{self, Schedule};
-use super::{Outlet, Settings};
+use super::{DeliverySettings, Outlet};
 use crate::channels::{SendError, Sent};
 use crate::message::{self, Message};
 use crate::metrics::{Blocked, Metrics};
@@ -96,7 +96,7 @@ impl Outcome {
 pub(super) struct Ctx<'a> {
     pub store: &'a Store,
     pub outlet: &'a Outlet,
-    pub settings: &'a Settings,
+    pub settings: &'a DeliverySettings,
     pub metrics: &'a Metrics,
 }
 

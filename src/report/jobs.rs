@@ -74,7 +74,7 @@ pub enum Outcome {
 }
 
 /// Enqueues `report`'s latest slot if it is due and not yet recorded.
-pub async fn run_due(host: &impl Host, report: &config::Report) -> anyhow::Result<Outcome> {
+pub async fn run_due(host: &impl Host, report: &config::ReportConfig) -> anyhow::Result<Outcome> {
     let now = host.now();
     let store = host.store();
     // Only an old slot needs the record to decide; the unique key settles the rest.
@@ -110,22 +110,24 @@ pub async fn run_due(host: &impl Host, report: &config::Report) -> anyhow::Resul
 /// The report for `slot`, from the store's current status of the configured orgs.
 pub async fn build(host: &impl Host, slot: Slot<'_>) -> anyhow::Result<Report> {
     let rows = host.store().current().await?;
-    let migrations = host.store().migrations().await?;
+    let migrations = host.store().live_migrations().await?;
     let config = host.config();
     let now = host.now();
     let failures = config.poll.failures_before_alert;
-    Ok(Report::build(slot, &config.orgs, &rows, failures, now).with_migrations(
-        &config.migrations,
-        &config.orgs,
-        &migrations,
-        failures,
-        now,
-    ))
+    Ok(
+        Report::build(slot, &config.orgs, &rows, failures, now).with_live_migrations(
+            &config.migrations,
+            &config.orgs,
+            &migrations,
+            failures,
+            now,
+        ),
+    )
 }
 
 /// How [`run_with`] runs; [`run`] takes the defaults.
 #[derive(Debug, Clone, Copy)]
-pub struct Settings {
+pub struct ReportJobSettings {
     /// How often the guard looks for due slots.
     pub guard_every: Duration,
     /// Whether to start tokio-cron-scheduler at all; off, the guard alone sends every report
@@ -133,9 +135,9 @@ pub struct Settings {
     pub ticker: bool,
 }
 
-impl Default for Settings {
+impl Default for ReportJobSettings {
     fn default() -> Self {
-        Settings {
+        ReportJobSettings {
             guard_every: GUARD_EVERY,
             ticker: true,
         }
@@ -145,11 +147,11 @@ impl Default for Settings {
 /// Runs the reports of `host`'s config until `stop`: at start (a slot due now, or one missed
 /// while down), at each tick, and at each guard period.
 pub async fn run(host: Arc<impl Host>, stop: CancellationToken) {
-    run_with(host, stop, Settings::default()).await
+    run_with(host, stop, ReportJobSettings::default()).await
 }
 
 /// [`run`] with its guard period and ticker chosen.
-pub async fn run_with(host: Arc<impl Host>, stop: CancellationToken, settings: Settings) {
+pub async fn run_with(host: Arc<impl Host>, stop: CancellationToken, settings: ReportJobSettings) {
     let reports = host.config().reports.clone();
     if reports.is_empty() {
         return;
@@ -224,7 +226,7 @@ async fn start_ticker(jobs: &[(String, usize)]) -> Option<(CronTicker, tokio::sy
 async fn step(
     host: &impl Host,
     i: usize,
-    report: &config::Report,
+    report: &config::ReportConfig,
     seen: &mut HashMap<usize, DateTime<Utc>>,
 ) -> Option<Outcome> {
     let latest = report.cron.latest_at_or_before(host.now());

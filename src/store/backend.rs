@@ -16,10 +16,10 @@ use super::{
     Applied, ChannelDeliveries, Check, CheckRecord, CurrentStatus, Decision, Delivery, FailedCheck, OrgRow, Pending,
     ReportRun, StatusChange, StoredEvent,
 };
-use super::{MigrationChange, MigrationCheck, MigrationDecision, MigrationRow};
+use super::{LiveMigrationChange, LiveMigrationCheck, LiveMigrationDecision, LiveMigrationRow};
 use crate::config::OrgId;
 use crate::detect::OrgState;
-use crate::detect::migration::{LinkView, MigrationState};
+use crate::detect::live_migration::{LinkView, LiveMigrationState};
 use crate::store::RemindersSent;
 
 /// What one pass of retention deleted.
@@ -67,19 +67,19 @@ pub(crate) trait Backend {
 
     /// A migration's check in one transaction: reads its state and its org's link, lets
     /// `decide` say what it means, writes the state, the status change, a lag sample when
-    /// [`super::migrations::lag_sample_due`], the events and their outbox rows.
-    async fn apply_migration(
+    /// [`super::live_migration::lag_sample_due`], the events and their outbox rows.
+    async fn apply_live_migration(
         &self,
         instance: &str,
-        check: &MigrationCheck<'_>,
+        check: &LiveMigrationCheck<'_>,
         superseded: impl FnOnce(DateTime<Utc>) -> bool,
-        decide: impl FnOnce(&MigrationState, &LinkView) -> MigrationDecision,
-    ) -> anyhow::Result<Option<MigrationDecision>>;
+        decide: impl FnOnce(&LiveMigrationState, &LinkView) -> LiveMigrationDecision,
+    ) -> anyhow::Result<Option<LiveMigrationDecision>>;
 
-    async fn migrations(&self) -> anyhow::Result<Vec<MigrationRow>>;
+    async fn live_migrations(&self) -> anyhow::Result<Vec<LiveMigrationRow>>;
 
-    async fn migration_changes(&self, migration_id: &str) -> anyhow::Result<Vec<MigrationChange>>;
-    async fn migration_lag(
+    async fn live_migration_changes(&self, migration_id: &str) -> anyhow::Result<Vec<LiveMigrationChange>>;
+    async fn live_migration_lag(
         &self,
         migration_id: &str,
         since: DateTime<Utc>,

@@ -209,7 +209,7 @@ fn quiet_status<'a>(outcome: &'a CheckOutcome, state: &OrgState) -> Option<&'a s
 /// The kind and the status it reports are part of it, so that a *different* event taking the
 /// rolled-back one's number (the link synced, the commit was lost, now checks fail) is not
 /// dropped by receivers as a repeat. `subject` is the org's id for the link's events, and
-/// [`migration_subject`](super::migrations::migration_subject) for a migration's.
+/// [`live_migration_subject`](super::live_migration::live_migration_subject) for a migration's.
 pub fn event_id(instance: &str, subject: &str, number: i64, event: &Event) -> String {
     let digest = Sha256::new()
         .chain_update(instance)

@@ -11,12 +11,12 @@ pub struct DbGauges {
     /// Age of the oldest pending delivery, in seconds.
     pub oldest_pending_s: Option<f64>,
     /// The configured live migrations (filled by `/metrics`, not by the store).
-    pub migrations: Vec<MigrationGauge>,
+    pub migrations: Vec<LiveMigrationGauge>,
 }
 
 /// A live migration's gauges.
 #[derive(Debug, Clone, Default)]
-pub struct MigrationGauge {
+pub struct LiveMigrationGauge {
     pub name: String,
     pub org_id: String,
     pub status: Option<String>,
@@ -26,10 +26,10 @@ pub struct MigrationGauge {
     pub left_s: Option<i64>,
 }
 
-impl MigrationGauge {
-    pub fn of(row: super::MigrationRow, now: chrono::DateTime<chrono::Utc>) -> MigrationGauge {
+impl LiveMigrationGauge {
+    pub fn of(row: super::LiveMigrationRow, now: chrono::DateTime<chrono::Utc>) -> LiveMigrationGauge {
         let left_s = row.left_s(now);
-        MigrationGauge {
+        LiveMigrationGauge {
             name: row.migration,
             org_id: row.org_id,
             status: row.status,

@@ -9,7 +9,7 @@
 //! the new leader from sending it again) but never touches a row someone else claimed since.
 
 mod fence;
-mod migrations;
+mod live_migration;
 
 use std::fmt::Write as _;
 use std::time::Duration;
@@ -24,13 +24,13 @@ pub use fence::{Fence, Fenced, Term};
 use super::DbGauges;
 use super::backend::{Backend, FailureRow, Pruned, QuietRow};
 use super::{
-    Applied, ChannelDeliveries, Check, CheckRecord, CurrentStatus, Decision, Delivery, FailedCheck, MigrationChange,
-    MigrationCheck, MigrationDecision, MigrationRow, OrgRow, Pending, REPORT_ORG_END, REPORT_ORG_PREFIX, RemindersSent,
-    ReportRun, StatusChange, StoredEvent, cap, event_id, transition, ts,
+    Applied, ChannelDeliveries, Check, CheckRecord, CurrentStatus, Decision, Delivery, FailedCheck,
+    LiveMigrationChange, LiveMigrationCheck, LiveMigrationDecision, LiveMigrationRow, OrgRow, Pending, REPORT_ORG_END,
+    REPORT_ORG_PREFIX, RemindersSent, ReportRun, StatusChange, StoredEvent, cap, event_id, transition, ts,
 };
 use crate::config::{OrgId, PgTarget};
 use crate::detect::OrgState;
-use crate::detect::migration::{LinkView, MigrationState};
+use crate::detect::live_migration::{LinkView, LiveMigrationState};
 
 /// The lease's name: one leader per database.
 const LEASE: &str = "linkwatch";
@@ -321,21 +321,21 @@ impl Backend for Postgres {
         Ok(updated == 1)
     }
 
-    async fn apply_migration(
+    async fn apply_live_migration(
         &self,
         instance: &str,
-        check: &MigrationCheck<'_>,
+        check: &LiveMigrationCheck<'_>,
         superseded: impl FnOnce(DateTime<Utc>) -> bool,
-        decide: impl FnOnce(&MigrationState, &LinkView) -> MigrationDecision,
-    ) -> anyhow::Result<Option<MigrationDecision>> {
+        decide: impl FnOnce(&LiveMigrationState, &LinkView) -> LiveMigrationDecision,
+    ) -> anyhow::Result<Option<LiveMigrationDecision>> {
         let (mut tx, term) = self.begin_fenced().await?;
-        let decision = migrations::apply(&mut tx, instance, check, superseded, decide).await?;
+        let decision = live_migration::apply(&mut tx, instance, check, superseded, decide).await?;
         self.commit_fenced(tx, &term).await?;
         Ok(decision)
     }
 
-    async fn migrations(&self) -> anyhow::Result<Vec<MigrationRow>> {
-        Ok(sqlx::query_as::<_, MigrationRow>(
+    async fn live_migrations(&self) -> anyhow::Result<Vec<LiveMigrationRow>> {
+        Ok(sqlx::query_as::<_, LiveMigrationRow>(
             "SELECT migration, migration_id, org_id, org_name, group_id, status, linkwatch_ts(since) AS since,
                     ready_for_cutover, linkwatch_ts(ready_since) AS ready_since,
                     linkwatch_ts(estimated_deadline) AS estimated_deadline, lag_s,
@@ -347,8 +347,8 @@ impl Backend for Postgres {
         .await?)
     }
 
-    async fn migration_changes(&self, migration_id: &str) -> anyhow::Result<Vec<MigrationChange>> {
-        Ok(sqlx::query_as::<_, MigrationChange>(
+    async fn live_migration_changes(&self, migration_id: &str) -> anyhow::Result<Vec<LiveMigrationChange>> {
+        Ok(sqlx::query_as::<_, LiveMigrationChange>(
             "SELECT from_status, to_status, linkwatch_ts(changed_at) AS changed_at, previous_lasted_s
              FROM migration_changes WHERE migration_id = $1 ORDER BY migration_changes.changed_at",
         )
@@ -357,7 +357,7 @@ impl Backend for Postgres {
         .await?)
     }
 
-    async fn migration_lag(
+    async fn live_migration_lag(
         &self,
         migration_id: &str,
         since: DateTime<Utc>,

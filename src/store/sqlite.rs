@@ -15,15 +15,15 @@ use sqlx::{Connection, Row};
 use super::DbGauges;
 use super::backend::{Backend, FailureRow, Pruned, QuietRow};
 use super::{
-    Applied, ChannelDeliveries, Check, CheckRecord, CurrentStatus, Decision, Delivery, FailedCheck, MigrationChange,
-    MigrationCheck, MigrationDecision, MigrationRow, OrgRow, Pending, REPORT_ORG_END, REPORT_ORG_PREFIX, RemindersSent,
-    ReportRun, StatusChange, StoredEvent, cap, event_id, parse_ts, transition, ts,
+    Applied, ChannelDeliveries, Check, CheckRecord, CurrentStatus, Decision, Delivery, FailedCheck,
+    LiveMigrationChange, LiveMigrationCheck, LiveMigrationDecision, LiveMigrationRow, OrgRow, Pending, REPORT_ORG_END,
+    REPORT_ORG_PREFIX, RemindersSent, ReportRun, StatusChange, StoredEvent, cap, event_id, parse_ts, transition, ts,
 };
 use crate::config::OrgId;
 use crate::detect::OrgState;
-use crate::detect::migration::{LinkView, MigrationState};
+use crate::detect::live_migration::{LinkView, LiveMigrationState};
 
-mod migrations;
+mod live_migration;
 
 #[derive(Debug, Clone)]
 pub struct Sqlite {
@@ -128,24 +128,24 @@ impl Backend for Sqlite {
         Ok(updated == 1)
     }
 
-    async fn apply_migration(
+    async fn apply_live_migration(
         &self,
         instance: &str,
-        check: &MigrationCheck<'_>,
+        check: &LiveMigrationCheck<'_>,
         superseded: impl FnOnce(DateTime<Utc>) -> bool,
-        decide: impl FnOnce(&MigrationState, &LinkView) -> MigrationDecision,
-    ) -> anyhow::Result<Option<MigrationDecision>> {
+        decide: impl FnOnce(&LiveMigrationState, &LinkView) -> LiveMigrationDecision,
+    ) -> anyhow::Result<Option<LiveMigrationDecision>> {
         self.write(async |conn| {
             let mut tx = conn.begin_with("BEGIN IMMEDIATE").await?;
-            let decision = migrations::apply(&mut tx, instance, check, superseded, decide).await?;
+            let decision = live_migration::apply(&mut tx, instance, check, superseded, decide).await?;
             tx.commit().await?;
             Ok(decision)
         })
         .await
     }
 
-    async fn migrations(&self) -> anyhow::Result<Vec<MigrationRow>> {
-        Ok(sqlx::query_as::<_, MigrationRow>(
+    async fn live_migrations(&self) -> anyhow::Result<Vec<LiveMigrationRow>> {
+        Ok(sqlx::query_as::<_, LiveMigrationRow>(
             "SELECT migration, migration_id, org_id, org_name, group_id, status, since, ready_for_cutover,
                     ready_since, estimated_deadline, lag_s, last_checked_at, consecutive_failures, last_error
              FROM migration_status ORDER BY migration",
@@ -154,8 +154,8 @@ impl Backend for Sqlite {
         .await?)
     }
 
-    async fn migration_changes(&self, migration_id: &str) -> anyhow::Result<Vec<MigrationChange>> {
-        Ok(sqlx::query_as::<_, MigrationChange>(
+    async fn live_migration_changes(&self, migration_id: &str) -> anyhow::Result<Vec<LiveMigrationChange>> {
+        Ok(sqlx::query_as::<_, LiveMigrationChange>(
             "SELECT from_status, to_status, changed_at, previous_lasted_s
              FROM migration_changes WHERE migration_id = ? ORDER BY changed_at",
         )
@@ -164,7 +164,7 @@ impl Backend for Sqlite {
         .await?)
     }
 
-    async fn migration_lag(
+    async fn live_migration_lag(
         &self,
         migration_id: &str,
         since: DateTime<Utc>,

@@ -9,7 +9,9 @@ use sha2::{Digest as _, Sha256};
 use super::REFRESH_SECS;
 use super::format::span;
 use super::timeline::class;
-use super::view::{ChannelView, MigrationDetail, MigrationStage, MigrationView, OrgDetail, OrgView, StatusView, parse};
+use super::view::{
+    ChannelView, LiveMigrationDetail, LiveMigrationStage, LiveMigrationView, OrgDetail, OrgView, StatusView, parse,
+};
 
 /// Small and inline: no files to serve, no build step.
 const CSS: &str = "
@@ -73,8 +75,15 @@ fn layout(title: &str, refresh: bool, generated_at: &str, body: Markup) -> Marku
 
 /// `GET /`: the orgs, the live migrations (when any is configured), then the channels.
 pub fn status_page(v: &StatusView) -> Markup {
-    let needs_action = v.orgs.iter().filter(|o| o.state < super::OrgState::Unchecked).count()
-        + v.migrations.iter().filter(|m| m.stage <= MigrationStage::Ready).count();
+    let needs_action = v
+        .orgs
+        .iter()
+        .filter(|o| o.state < super::OrgStanding::Unchecked)
+        .count()
+        + v.migrations
+            .iter()
+            .filter(|m| m.stage <= LiveMigrationStage::Ready)
+            .count();
     layout(
         "Status",
         true,
@@ -89,7 +98,7 @@ pub fn status_page(v: &StatusView) -> Markup {
                 "."
             }
             (orgs_section(&v.orgs, &v.generated_at))
-            @if !v.migrations.is_empty() { (migrations_section(&v.migrations, &v.generated_at)) }
+            @if !v.migrations.is_empty() { (live_migrations_section(&v.migrations, &v.generated_at)) }
             (channels_section(&v.channels))
         },
     )
@@ -133,14 +142,14 @@ fn orgs_section(orgs: &[OrgView], now: &str) -> Markup {
     }
 }
 
-fn migration_badge(m: &MigrationView) -> Markup {
+fn live_migration_badge(m: &LiveMigrationView) -> Markup {
     html! {
         span class=(format!("badge {}", m.stage.as_str())) { (m.stage.label()) }
     }
 }
 
 /// The lag, marked when it is above the migration's `lag_alert`.
-fn lag(m: &MigrationView) -> Markup {
+fn lag(m: &LiveMigrationView) -> Markup {
     html! {
         @match m.lag_s {
             Some(s) if m.lag_high() => span class="err" title="above lag_alert" { (span(s)) " (above " (span(m.lag_alert_s.unwrap_or(0))) ")" },
@@ -151,7 +160,7 @@ fn lag(m: &MigrationView) -> Markup {
 }
 
 /// The time left to cut over, while a cutover window runs.
-fn time_left(m: &MigrationView) -> Markup {
+fn time_left(m: &LiveMigrationView) -> Markup {
     html! {
         @match (m.time_left_s, &m.estimated_deadline) {
             (Some(left), Some(deadline)) if left >= 0 => {
@@ -164,7 +173,7 @@ fn time_left(m: &MigrationView) -> Markup {
     }
 }
 
-fn migrations_section(migrations: &[MigrationView], now: &str) -> Markup {
+fn live_migrations_section(migrations: &[LiveMigrationView], now: &str) -> Markup {
     html! {
         h2 { "Live migrations" }
         table class="migrations" {
@@ -176,7 +185,7 @@ fn migrations_section(migrations: &[MigrationView], now: &str) -> Markup {
                             a href=(format!("/org/{}#migration-{}", m.org_id, m.id)) { (m.name) }
                             br; span class="muted" { "from " (m.org_name) }
                         }
-                        td { (migration_badge(m)) }
+                        td { (live_migration_badge(m)) }
                         td {
                             (m.status.as_deref().unwrap_or("–"))
                             @if m.since.is_some() { br; span class="muted" { "since " (when_inline(m.since.as_deref(), now)) } }
@@ -197,11 +206,11 @@ fn migrations_section(migrations: &[MigrationView], now: &str) -> Markup {
 }
 
 /// A migration on its source org's page: where it stands, its lag chart, its changes.
-fn migration_detail(d: &MigrationDetail, now: &str) -> Markup {
+fn live_migration_detail(d: &LiveMigrationDetail, now: &str) -> Markup {
     let m = &d.migration;
     html! {
         section class="migration" id=(format!("migration-{}", m.id)) {
-            h2 { "Live migration " (m.name) " " (migration_badge(m)) }
+            h2 { "Live migration " (m.name) " " (live_migration_badge(m)) }
             p class="muted" {
                 (m.id) " · project " (m.group_id) " · Atlas status " (m.status.as_deref().unwrap_or("not known yet"))
                 @if m.since.is_some() { " since " (when_inline(m.since.as_deref(), now)) }
@@ -296,7 +305,7 @@ pub fn org_page(d: &OrgDetail) -> Markup {
                 span class="key-unknown" {} "not known"
                 span class="key-failure" {} "failed check"
             }
-            @for m in &d.migrations { (migration_detail(m, now)) }
+            @for m in &d.migrations { (live_migration_detail(m, now)) }
             h2 { "Link status changes" }
             @if d.changes.is_empty() {
                 p class="muted" { "No status recorded yet." }

@@ -8,9 +8,9 @@ use serde::Serialize;
 
 use super::lag::LagChart;
 use super::timeline::Timeline;
-use super::{Configured, ConfiguredMigration, Page};
+use super::{Configured, ConfiguredLiveMigration, Page};
 use crate::config::OrgId;
-use crate::store::{self, MigrationRow, OrgRow};
+use crate::store::{self, LiveMigrationRow, OrgRow};
 
 /// How far back an org's page looks.
 pub const WINDOW_DAYS: i64 = 30;
@@ -22,11 +22,11 @@ const FAILURES_SHOWN: i64 = 50;
 #[derive(Debug, Serialize)]
 pub struct StatusView {
     pub generated_at: String,
-    /// Every configured org, what needs action first (see [`OrgState`]), then by name.
+    /// Every configured org, what needs action first (see [`OrgStanding`]), then by name.
     pub orgs: Vec<OrgView>,
-    /// Every configured live migration, what needs action first (see [`MigrationStage`]), then
+    /// Every configured live migration, what needs action first (see [`LiveMigrationStage`]), then
     /// the least time left to cut over, then by name.
-    pub migrations: Vec<MigrationView>,
+    pub migrations: Vec<LiveMigrationView>,
     /// The channels with deliveries waiting or given up, by name.
     pub channels: Vec<ChannelView>,
 }
@@ -34,7 +34,7 @@ pub struct StatusView {
 /// Where an org stands, in the order the page sorts by: what needs action comes first.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "snake_case")]
-pub enum OrgState {
+pub enum OrgStanding {
     /// The last check failed (the reason is in `last_error`).
     Failing,
     /// The link was SYNCED and left it.
@@ -46,26 +46,26 @@ pub enum OrgState {
     Synced,
 }
 
-impl OrgState {
+impl OrgStanding {
     /// Its name in the JSON, which is also its CSS class.
     pub fn as_str(self) -> &'static str {
         match self {
-            OrgState::Failing => "failing",
-            OrgState::Broken => "broken",
-            OrgState::NotSynced => "not_synced",
-            OrgState::Unchecked => "unchecked",
-            OrgState::Synced => "synced",
+            OrgStanding::Failing => "failing",
+            OrgStanding::Broken => "broken",
+            OrgStanding::NotSynced => "not_synced",
+            OrgStanding::Unchecked => "unchecked",
+            OrgStanding::Synced => "synced",
         }
     }
 
     /// What the badge says.
     pub fn label(self) -> &'static str {
         match self {
-            OrgState::Failing => "check failing",
-            OrgState::Broken => "broken",
-            OrgState::NotSynced => "not synced",
-            OrgState::Unchecked => "not checked yet",
-            OrgState::Synced => "synced",
+            OrgStanding::Failing => "check failing",
+            OrgStanding::Broken => "broken",
+            OrgStanding::NotSynced => "not synced",
+            OrgStanding::Unchecked => "not checked yet",
+            OrgStanding::Synced => "synced",
         }
     }
 }
@@ -74,7 +74,7 @@ impl OrgState {
 pub struct OrgView {
     pub id: String,
     pub name: String,
-    pub state: OrgState,
+    pub state: OrgStanding,
     /// The confirmed link status (`SYNCED`, `NOT_SYNCED` or whatever Cloud Manager says).
     pub status: Option<String>,
     pub since: Option<String>,
@@ -88,7 +88,7 @@ pub struct OrgView {
 /// Where a live migration stands, in the order the page sorts by: what needs action comes first.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "snake_case")]
-pub enum MigrationStage {
+pub enum LiveMigrationStage {
     /// The last check of the migration failed (the reason is in `last_error`).
     Failing,
     /// Atlas says `FAILED` or `EXPIRED`: it must be started again.
@@ -103,34 +103,34 @@ pub enum MigrationStage {
     Complete,
 }
 
-impl MigrationStage {
+impl LiveMigrationStage {
     /// Its name in the JSON, which is also its CSS class.
     pub fn as_str(self) -> &'static str {
         match self {
-            MigrationStage::Failing => "failing",
-            MigrationStage::Failed => "failed",
-            MigrationStage::Ready => "ready",
-            MigrationStage::InProgress => "in_progress",
-            MigrationStage::Unchecked => "unchecked",
-            MigrationStage::Complete => "complete",
+            LiveMigrationStage::Failing => "failing",
+            LiveMigrationStage::Failed => "failed",
+            LiveMigrationStage::Ready => "ready",
+            LiveMigrationStage::InProgress => "in_progress",
+            LiveMigrationStage::Unchecked => "unchecked",
+            LiveMigrationStage::Complete => "complete",
         }
     }
 
     /// What the badge says.
     pub fn label(self) -> &'static str {
         match self {
-            MigrationStage::Failing => "check failing",
-            MigrationStage::Failed => "failed",
-            MigrationStage::Ready => "ready for cutover",
-            MigrationStage::InProgress => "in progress",
-            MigrationStage::Unchecked => "not checked yet",
-            MigrationStage::Complete => "complete",
+            LiveMigrationStage::Failing => "check failing",
+            LiveMigrationStage::Failed => "failed",
+            LiveMigrationStage::Ready => "ready for cutover",
+            LiveMigrationStage::InProgress => "in progress",
+            LiveMigrationStage::Unchecked => "not checked yet",
+            LiveMigrationStage::Complete => "complete",
         }
     }
 }
 
 #[derive(Debug, Clone, Serialize)]
-pub struct MigrationView {
+pub struct LiveMigrationView {
     /// Atlas's `liveMigrationId`.
     pub id: String,
     pub name: String,
@@ -138,7 +138,7 @@ pub struct MigrationView {
     pub org_id: String,
     pub org_name: String,
     pub group_id: String,
-    pub stage: MigrationStage,
+    pub stage: LiveMigrationStage,
     /// What Atlas says (`NEW`, `WORKING`, `COMPLETE`, `FAILED`, `EXPIRED`, ...).
     pub status: Option<String>,
     pub since: Option<String>,
@@ -157,7 +157,7 @@ pub struct MigrationView {
     pub last_error: Option<String>,
 }
 
-impl MigrationView {
+impl LiveMigrationView {
     /// Whether the last lag is above the migration's `lag_alert`.
     pub fn lag_high(&self) -> bool {
         self.lag_s.zip(self.lag_alert_s).is_some_and(|(lag, alert)| lag > alert)
@@ -213,22 +213,22 @@ pub struct OrgDetail {
     pub failures: Vec<FailureView>,
     pub timeline: Timeline,
     /// The live migrations from this org, by name.
-    pub migrations: Vec<MigrationDetail>,
+    pub migrations: Vec<LiveMigrationDetail>,
 }
 
 /// A live migration on its source org's page: where it stands, its changes and its lag chart.
 #[derive(Debug)]
-pub struct MigrationDetail {
-    pub migration: MigrationView,
+pub struct LiveMigrationDetail {
+    pub migration: LiveMigrationView,
     pub changes: Vec<ChangeView>,
     pub chart: LagChart,
 }
 
 /// `GET /api/v1/migrations/{id or name}`.
 #[derive(Debug, Serialize)]
-pub struct MigrationJson {
+pub struct LiveMigrationJson {
     pub generated_at: String,
-    pub migration: MigrationView,
+    pub migration: LiveMigrationView,
     /// Every status Atlas reported, oldest first; the first has no `from`.
     pub changes: Vec<ChangeView>,
     /// The lag series of the last 30 days, oldest first, and the sample before them (where the
@@ -247,10 +247,10 @@ pub struct LagSample {
 pub async fn status(page: &Page) -> anyhow::Result<StatusView> {
     let configured = page.configured.borrow().clone();
     let now = page.clock.now();
-    let mut migrations = migrations(page, &configured, now, |_| true).await?;
+    let mut migrations = live_migrations(page, &configured, now, |_| true).await?;
     migrations.sort_by(|a, b| {
         // The least time left first; none left to count comes last.
-        let left = |m: &MigrationView| (m.time_left_s.is_none(), m.time_left_s);
+        let left = |m: &LiveMigrationView| (m.time_left_s.is_none(), m.time_left_s);
         (a.stage, left(a), !a.lag_high(), &a.name).cmp(&(b.stage, left(b), !b.lag_high(), &b.name))
     });
     Ok(StatusView {
@@ -262,15 +262,15 @@ pub async fn status(page: &Page) -> anyhow::Result<StatusView> {
 }
 
 /// The configured live migrations that `keep` selects, in the config's order.
-async fn migrations(
+async fn live_migrations(
     page: &Page,
     configured: &Configured,
     now: DateTime<Utc>,
-    keep: impl Fn(&ConfiguredMigration) -> bool,
-) -> anyhow::Result<Vec<MigrationView>> {
-    let mut rows: HashMap<String, MigrationRow> = page
+    keep: impl Fn(&ConfiguredLiveMigration) -> bool,
+) -> anyhow::Result<Vec<LiveMigrationView>> {
+    let mut rows: HashMap<String, LiveMigrationRow> = page
         .store
-        .migrations()
+        .live_migrations()
         .await?
         .into_iter()
         .map(|r| (r.migration_id.clone(), r))
@@ -281,20 +281,20 @@ async fn migrations(
         .filter(|m| keep(m))
         .map(|m| {
             let org_name = configured.find(&m.org_id).map_or(m.org_id.as_str(), |(_, name)| name);
-            migration_view(m, org_name, rows.remove(&m.id), now)
+            live_migration_view(m, org_name, rows.remove(&m.id), now)
         })
         .collect())
 }
 
 /// One migration's changes and lag samples: those of the window and the one before it.
-async fn migration_history(
+async fn live_migration_history(
     page: &Page,
     id: &str,
     from: DateTime<Utc>,
 ) -> anyhow::Result<(Vec<ChangeView>, Vec<(DateTime<Utc>, Option<i64>)>)> {
     let changes = page
         .store
-        .migration_changes(id)
+        .live_migration_changes(id)
         .await?
         .into_iter()
         .map(|c| ChangeView {
@@ -305,21 +305,21 @@ async fn migration_history(
         })
         .collect();
     // The series is compact (a sample per step the lag moved), so reading it whole is cheap.
-    let mut lag = page.store.migration_lag(id, DateTime::UNIX_EPOCH).await?;
+    let mut lag = page.store.live_migration_lag(id, DateTime::UNIX_EPOCH).await?;
     let before = lag.iter().filter(|(at, _)| *at < from).count();
     lag.drain(..before.saturating_sub(1));
     Ok((changes, lag))
 }
 
-pub async fn migration(page: &Page, m: &ConfiguredMigration) -> anyhow::Result<MigrationJson> {
+pub async fn live_migration(page: &Page, m: &ConfiguredLiveMigration) -> anyhow::Result<LiveMigrationJson> {
     let configured = page.configured.borrow().clone();
     let now = page.clock.now();
-    let view = migrations(page, &configured, now, |c| c.id == m.id)
+    let view = live_migrations(page, &configured, now, |c| c.id == m.id)
         .await?
         .pop()
         .ok_or_else(|| anyhow::anyhow!("migration {} left the config", m.name))?;
-    let (changes, lag) = migration_history(page, &m.id, now - Duration::days(WINDOW_DAYS)).await?;
-    Ok(MigrationJson {
+    let (changes, lag) = live_migration_history(page, &m.id, now - Duration::days(WINDOW_DAYS)).await?;
+    Ok(LiveMigrationJson {
         generated_at: store::ts(now),
         migration: view,
         changes,
@@ -408,9 +408,9 @@ pub async fn org(page: &Page, id: &str, name: &str) -> anyhow::Result<OrgDetail>
     );
     let configured = page.configured.borrow().clone();
     let mut migration_details = Vec::new();
-    for m in migrations(page, &configured, now, |m| m.org_id == id).await? {
-        let (changes, lag) = migration_history(page, &m.id, from).await?;
-        migration_details.push(MigrationDetail {
+    for m in live_migrations(page, &configured, now, |m| m.org_id == id).await? {
+        let (changes, lag) = live_migration_history(page, &m.id, from).await?;
+        migration_details.push(LiveMigrationDetail {
             chart: LagChart::new(from, now, &lag, m.lag_alert_s),
             migration: m,
             changes,
@@ -450,7 +450,7 @@ fn org_view(id: &str, name: &str, row: Option<OrgRow>) -> OrgView {
         return OrgView {
             id: id.to_owned(),
             name: name.to_owned(),
-            state: OrgState::Unchecked,
+            state: OrgStanding::Unchecked,
             status: None,
             since: None,
             last_checked_at: None,
@@ -460,13 +460,13 @@ fn org_view(id: &str, name: &str, row: Option<OrgRow>) -> OrgView {
         };
     };
     let state = if r.consecutive_failures > 0 {
-        OrgState::Failing
+        OrgStanding::Failing
     } else {
         match r.status.as_deref() {
-            None => OrgState::Unchecked,
-            Some("SYNCED") => OrgState::Synced,
-            Some(_) if r.broken_since.is_some() => OrgState::Broken,
-            Some(_) => OrgState::NotSynced,
+            None => OrgStanding::Unchecked,
+            Some("SYNCED") => OrgStanding::Synced,
+            Some(_) if r.broken_since.is_some() => OrgStanding::Broken,
+            Some(_) => OrgStanding::NotSynced,
         }
     };
     OrgView {
@@ -484,19 +484,19 @@ fn org_view(id: &str, name: &str, row: Option<OrgRow>) -> OrgView {
 }
 
 /// The config names the migration; the database knows it once it has been checked.
-fn migration_view(
-    m: &ConfiguredMigration,
+fn live_migration_view(
+    m: &ConfiguredLiveMigration,
     org_name: &str,
-    row: Option<MigrationRow>,
+    row: Option<LiveMigrationRow>,
     now: DateTime<Utc>,
-) -> MigrationView {
-    let mut v = MigrationView {
+) -> LiveMigrationView {
+    let mut v = LiveMigrationView {
         id: m.id.clone(),
         name: m.name.clone(),
         org_id: m.org_id.clone(),
         org_name: org_name.to_owned(),
         group_id: m.group_id.clone(),
-        stage: MigrationStage::Unchecked,
+        stage: LiveMigrationStage::Unchecked,
         status: None,
         since: None,
         ready_for_cutover: false,
@@ -511,14 +511,14 @@ fn migration_view(
     };
     let Some(r) = row else { return v };
     v.stage = if r.consecutive_failures > 0 {
-        MigrationStage::Failing
+        LiveMigrationStage::Failing
     } else {
         match r.status.as_deref() {
-            None => MigrationStage::Unchecked,
-            Some("COMPLETE") => MigrationStage::Complete,
-            Some("FAILED" | "EXPIRED") => MigrationStage::Failed,
-            Some(_) if r.ready_for_cutover => MigrationStage::Ready,
-            Some(_) => MigrationStage::InProgress,
+            None => LiveMigrationStage::Unchecked,
+            Some("COMPLETE") => LiveMigrationStage::Complete,
+            Some("FAILED" | "EXPIRED") => LiveMigrationStage::Failed,
+            Some(_) if r.ready_for_cutover => LiveMigrationStage::Ready,
+            Some(_) => LiveMigrationStage::InProgress,
         }
     };
     v.time_left_s = r.left_s(now);
@@ -569,12 +569,12 @@ mod tests {
         assert_eq!(
             states,
             [
-                OrgState::Synced,
-                OrgState::Unchecked,
-                OrgState::NotSynced,
-                OrgState::Broken,
-                OrgState::Failing,
-                OrgState::Failing
+                OrgStanding::Synced,
+                OrgStanding::Unchecked,
+                OrgStanding::NotSynced,
+                OrgStanding::Broken,
+                OrgStanding::Failing,
+                OrgStanding::Failing
             ]
         );
         for s in &states {
@@ -588,18 +588,23 @@ mod tests {
         assert_eq!(
             states,
             [
-                OrgState::Failing,
-                OrgState::Failing,
-                OrgState::Broken,
-                OrgState::NotSynced,
-                OrgState::Unchecked,
-                OrgState::Synced
+                OrgStanding::Failing,
+                OrgStanding::Failing,
+                OrgStanding::Broken,
+                OrgStanding::NotSynced,
+                OrgStanding::Unchecked,
+                OrgStanding::Synced
             ]
         );
     }
 
-    fn migration_row(status: Option<&str>, ready: bool, failures: i64, deadline: Option<&str>) -> MigrationRow {
-        MigrationRow {
+    fn live_migration_row(
+        status: Option<&str>,
+        ready: bool,
+        failures: i64,
+        deadline: Option<&str>,
+    ) -> LiveMigrationRow {
+        LiveMigrationRow {
             migration: "m".into(),
             migration_id: "6f1d00000000000000000d01".into(),
             org_id: "a".into(),
@@ -619,7 +624,7 @@ mod tests {
 
     #[test]
     fn a_migrations_stage_and_time_left() {
-        let m = ConfiguredMigration {
+        let m = ConfiguredLiveMigration {
             id: "6f1d00000000000000000d01".into(),
             name: "m".into(),
             org_id: "a".into(),
@@ -627,50 +632,50 @@ mod tests {
             lag_alert_s: Some(600),
         };
         let now = parse("2026-11-29T08:00:00Z").unwrap();
-        let view = |r| migration_view(&m, "a", r, now);
+        let view = |r| live_migration_view(&m, "a", r, now);
         let stage = |r| view(r).stage;
-        assert_eq!(stage(None), MigrationStage::Unchecked);
+        assert_eq!(stage(None), LiveMigrationStage::Unchecked);
         assert_eq!(
-            stage(Some(migration_row(None, false, 1, None))),
-            MigrationStage::Failing
+            stage(Some(live_migration_row(None, false, 1, None))),
+            LiveMigrationStage::Failing
         );
         assert_eq!(
-            stage(Some(migration_row(Some("WORKING"), true, 2, None))),
-            MigrationStage::Failing,
+            stage(Some(live_migration_row(Some("WORKING"), true, 2, None))),
+            LiveMigrationStage::Failing,
             "a failing check hides a readiness that may be stale"
         );
         assert_eq!(
-            stage(Some(migration_row(Some("EXPIRED"), false, 0, None))),
-            MigrationStage::Failed
+            stage(Some(live_migration_row(Some("EXPIRED"), false, 0, None))),
+            LiveMigrationStage::Failed
         );
         assert_eq!(
-            stage(Some(migration_row(Some("FAILED"), false, 0, None))),
-            MigrationStage::Failed
+            stage(Some(live_migration_row(Some("FAILED"), false, 0, None))),
+            LiveMigrationStage::Failed
         );
         assert_eq!(
-            stage(Some(migration_row(Some("NEW"), false, 0, None))),
-            MigrationStage::InProgress
+            stage(Some(live_migration_row(Some("NEW"), false, 0, None))),
+            LiveMigrationStage::InProgress
         );
         assert_eq!(
-            stage(Some(migration_row(Some("COMPLETE"), false, 0, None))),
-            MigrationStage::Complete
+            stage(Some(live_migration_row(Some("COMPLETE"), false, 0, None))),
+            LiveMigrationStage::Complete
         );
-        let ready = view(Some(migration_row(
+        let ready = view(Some(live_migration_row(
             Some("WORKING"),
             true,
             0,
             Some("2026-11-30T09:30:00.000Z"),
         )));
-        assert_eq!(ready.stage, MigrationStage::Ready);
+        assert_eq!(ready.stage, LiveMigrationStage::Ready);
         assert_eq!(ready.time_left_s, Some(25 * 3600 + 1800));
         assert!(ready.lag_high(), "700 s is above the 600 s lag_alert");
         for s in [
-            MigrationStage::Failing,
-            MigrationStage::Failed,
-            MigrationStage::Ready,
-            MigrationStage::InProgress,
-            MigrationStage::Unchecked,
-            MigrationStage::Complete,
+            LiveMigrationStage::Failing,
+            LiveMigrationStage::Failed,
+            LiveMigrationStage::Ready,
+            LiveMigrationStage::InProgress,
+            LiveMigrationStage::Unchecked,
+            LiveMigrationStage::Complete,
         ] {
             assert_eq!(
                 serde_json::to_value(s).unwrap(),

@@ -27,16 +27,16 @@ fn db(text: &str) -> Database {
 /// and lag samples. The app's store is closed.
 async fn sqlite_history() -> TestApp {
     let t = spawn_app_with(Setup {
-        atlas: one_migration(),
+        atlas: one_live_migration(),
         ..Setup::default()
     })
     .await;
     for (status, lag) in [("NEW", None), ("WORKING", Some(900)), ("WORKING", Some(30))] {
-        t.sim.set_migration(
+        t.sim.set_live_migration(
             MIGRATION_A,
-            linkwatch::simulator::MigrationBehavior::state(status, false, lag),
+            linkwatch::simulator::LiveMigrationBehavior::state(status, false, lag),
         );
-        t.check_migration("payments-rs0").await;
+        t.check_live_migration("payments-rs0").await;
     }
     t.check(ORG_A).await;
     t.check(ORG_B).await;
@@ -165,9 +165,9 @@ async fn a_sqlite_history_moves_to_postgres_once_and_carries_on_there() {
     let history = sqlite.history(None, None).await.unwrap();
     let current = sqlite.current().await.unwrap();
     let events = sqlite.events(None).await.unwrap();
-    let migrations = sqlite.migrations().await.unwrap();
+    let migrations = sqlite.live_migrations().await.unwrap();
     let lag = sqlite
-        .migration_lag(MIGRATION_A, chrono::DateTime::UNIX_EPOCH)
+        .live_migration_lag(MIGRATION_A, chrono::DateTime::UNIX_EPOCH)
         .await
         .unwrap();
     assert_eq!(lag.len(), 2);
@@ -215,13 +215,13 @@ async fn a_sqlite_history_moves_to_postgres_once_and_carries_on_there() {
     let sqlite_current: Vec<String> = current.iter().map(|c| serde_json::to_string(c).unwrap()).collect();
     assert_eq!(pg_current, sqlite_current);
     assert_eq!(comparable(&store.events(None).await.unwrap()), comparable(&events));
-    let json = |rows: &[linkwatch::store::MigrationRow]| -> Vec<String> {
+    let json = |rows: &[linkwatch::store::LiveMigrationRow]| -> Vec<String> {
         rows.iter().map(|r| serde_json::to_string(r).unwrap()).collect()
     };
-    assert_eq!(json(&store.migrations().await.unwrap()), json(&migrations));
+    assert_eq!(json(&store.live_migrations().await.unwrap()), json(&migrations));
     assert_eq!(
         store
-            .migration_lag(MIGRATION_A, chrono::DateTime::UNIX_EPOCH)
+            .live_migration_lag(MIGRATION_A, chrono::DateTime::UNIX_EPOCH)
             .await
             .unwrap(),
         lag

@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use linkwatch::dispatch::Settings;
+use linkwatch::dispatch::DeliverySettings;
 use linkwatch::retry::RetryPolicy;
 use linkwatch::simulator::Behavior;
 use tokio::task::JoinSet;
@@ -16,8 +16,8 @@ use crate::notify::{deliveries, slack};
 use crate::receiver::{Receiver, Reply};
 
 /// Short delays, so that tests of retries run in seconds.
-pub fn fast() -> Settings {
-    Settings {
+pub fn fast() -> DeliverySettings {
+    DeliverySettings {
         retry: RetryPolicy {
             first_delay: Duration::from_millis(100),
             max_delay: Duration::from_millis(400),
@@ -28,7 +28,7 @@ pub fn fast() -> Settings {
         record_max_delay: Duration::from_millis(200),
         restart_pause: Duration::from_millis(50),
         slack_interval: Duration::from_millis(50),
-        ..Settings::default()
+        ..DeliverySettings::default()
     }
 }
 
@@ -718,7 +718,11 @@ async fn a_503_with_retry_after_within_the_hold_pauses_the_whole_channel() {
 /// A Slack channel whose receiver answers every post about alpha with `refusal`, with quick
 /// retries (20 ms, then `tune`), its workers running until alpha's event is past the hold
 /// (refused four times: it now goes alone).
-async fn alpha_past_the_hold(rx: &Receiver, refusal: Reply, tune: impl FnOnce(&mut Settings)) -> (TestApp, Workers) {
+async fn alpha_past_the_hold(
+    rx: &Receiver,
+    refusal: Reply,
+    tune: impl FnOnce(&mut DeliverySettings),
+) -> (TestApp, Workers) {
     let status = refusal.status;
     rx.reply_when(|b| b.contains("alpha:"), refusal);
     let mut settings = fast();

@@ -26,7 +26,7 @@ pub const MIGRATION_A: &str = "6f1d00000000000000000d01";
 
 /// `[atlas]` (no extra lines) and one `[[migration]]` ("payments-rs0", [`MIGRATION_A`] of org
 /// alpha, lag alerts above 10 minutes), for `Setup::atlas`.
-pub fn one_migration() -> Option<(String, String)> {
+pub fn one_live_migration() -> Option<(String, String)> {
     Some((
         String::new(),
         format!(
@@ -53,7 +53,7 @@ pub struct Setup {
     pub channels: String,
     pub sim_options: simulator::Options,
     /// Dispatcher settings (retry policy, ...); the app's clock replaces theirs.
-    pub delivery: Option<dispatch::Settings>,
+    pub delivery: Option<dispatch::DeliverySettings>,
     /// `[atlas]` (the simulator's Atlas and [`ATLAS_PUBLIC_KEY`]) with these extra lines, and
     /// after it these `[[migration]]` tables; `None`: no `[atlas]`.
     pub atlas: Option<(String, String)>,
@@ -83,7 +83,7 @@ pub struct TestApp {
     pub console: Arc<Mutex<Vec<String>>>,
     pub config_path: PathBuf,
     pub db_path: PathBuf,
-    delivery: Option<dispatch::Settings>,
+    delivery: Option<dispatch::DeliverySettings>,
     // Held, never read: the directory is deleted when the TestApp is dropped.
     _dir: tempfile::TempDir,
 }
@@ -213,7 +213,7 @@ name = "beta"
 async fn build(
     config_path: &std::path::Path,
     console: &Arc<Mutex<Vec<String>>>,
-    delivery: Option<&dispatch::Settings>,
+    delivery: Option<&dispatch::DeliverySettings>,
     clock: Clock,
 ) -> Arc<App> {
     let config = Config::load(config_path).unwrap_or_else(|e| panic!("test config invalid: {e}"));
@@ -221,7 +221,7 @@ async fn build(
     let store = Store::open(&config.database).await.expect("database opens");
     let mut app = App::with_store(config, store, Default::default(), sink.clone(), clock.clone()).expect("app starts");
     if let Some(settings) = delivery {
-        let settings = dispatch::Settings {
+        let settings = dispatch::DeliverySettings {
             clock,
             ..settings.clone()
         };
@@ -249,7 +249,7 @@ impl TestApp {
     }
 
     /// Checks the `[[migration]]` named `name` once, as the migration loop would.
-    pub async fn check_migration(&self, name: &str) -> linkwatch::migrations::MigrationReport {
+    pub async fn check_live_migration(&self, name: &str) -> linkwatch::live_migration::LiveMigrationReport {
         let m = self
             .app
             .config
@@ -257,7 +257,7 @@ impl TestApp {
             .iter()
             .find(|m| m.name == name)
             .expect("migration is configured");
-        linkwatch::migrations::check_migration(&*self.app, m)
+        linkwatch::live_migration::check_live_migration(&*self.app, m)
             .await
             .expect("migration check recorded")
     }

@@ -56,11 +56,11 @@ fn sql_blocks(dialect: Dialect) -> Vec<String> {
 /// A history every query finds something in: changes, a first SYNCED, failed checks, a live
 /// migration ready for cutover.
 async fn fill(t: &TestApp) {
-    t.sim.set_migration(
+    t.sim.set_live_migration(
         MIGRATION_A,
-        linkwatch::simulator::MigrationBehavior::state("WORKING", true, Some(20)),
+        linkwatch::simulator::LiveMigrationBehavior::state("WORKING", true, Some(20)),
     );
-    t.check_migration("payments-rs0").await;
+    t.check_live_migration("payments-rs0").await;
     t.check(ORG_A).await;
     t.check(ORG_B).await;
     t.sim.set(ORG_A, Behavior::status("SYNCED"));
@@ -96,7 +96,7 @@ async fn fill(t: &TestApp) {
 #[tokio::test]
 async fn the_readme_queries_run_on_a_real_database() {
     let t = spawn_app_with(Setup {
-        atlas: one_migration(),
+        atlas: one_live_migration(),
         ..Setup::default()
     })
     .await;
@@ -174,7 +174,7 @@ async fn the_readme_queries_run_on_postgres_too() {
     );
     let Some(db) = pg::database().await else { return };
     let t = spawn_app_with(Setup {
-        atlas: one_migration(),
+        atlas: one_live_migration(),
         database_url: Some(db.url.clone()),
         ..Setup::default()
     })

@@ -173,7 +173,7 @@ async fn without_cron_ticks_the_guard_sends_each_slot_once() {
     })
     .await;
     let stop = tokio_util::sync::CancellationToken::new();
-    let settings = jobs::Settings {
+    let settings = jobs::ReportJobSettings {
         guard_every: Duration::from_millis(100),
         ticker: false,
     };
@@ -359,7 +359,7 @@ async fn a_report_says_which_migrations_are_ready_for_cutover_and_how_long_is_le
     let slack = Receiver::start().await;
     let webhook = Receiver::start().await;
     let t = spawn_app_with(Setup {
-        atlas: one_migration(),
+        atlas: one_live_migration(),
         channels: format!(
             "[[channel]]\nname = \"ops\"\nkind = \"slack\"\nwebhook_url = \"{}\"\n\n{}\n{}",
             slack.url("/slack"),
@@ -372,11 +372,11 @@ async fn a_report_says_which_migrations_are_ready_for_cutover_and_how_long_is_le
     t.sim.set(ORG_A, Behavior::status("SYNCED"));
     t.check(ORG_A).await;
     t.check(ORG_B).await;
-    t.sim.set_migration(
+    t.sim.set_live_migration(
         MIGRATION_A,
-        linkwatch::simulator::MigrationBehavior::state("WORKING", true, Some(12)),
+        linkwatch::simulator::LiveMigrationBehavior::state("WORKING", true, Some(12)),
     );
-    t.check_migration("payments-rs0").await;
+    t.check_live_migration("payments-rs0").await;
     t.app.clock.step(chrono::Duration::hours(2));
     deliver_until(&t, "the events sent", || async {
         t.app.store.gauges().await.unwrap().outbox_depth.is_empty()
@@ -413,12 +413,12 @@ async fn a_report_says_which_migrations_are_ready_for_cutover_and_how_long_is_le
     assert!(m["estimated_deadline"].as_str().unwrap().ends_with('Z'));
 
     // Once it is COMPLETE, it leaves the report.
-    t.sim.set_migration(
+    t.sim.set_live_migration(
         MIGRATION_A,
-        linkwatch::simulator::MigrationBehavior::state("COMPLETE", false, None),
+        linkwatch::simulator::LiveMigrationBehavior::state("COMPLETE", false, None),
     );
-    t.check_migration("payments-rs0").await;
-    let rows = t.app.store.migrations().await.unwrap();
+    t.check_live_migration("payments-rs0").await;
+    let rows = t.app.store.live_migrations().await.unwrap();
     let current = t.app.store.current().await.unwrap();
     let slot = linkwatch::report::Slot {
         name: "daily",
@@ -426,13 +426,8 @@ async fn a_report_says_which_migrations_are_ready_for_cutover_and_how_long_is_le
         late: false,
     };
     let config = &t.app.config;
-    let again = linkwatch::report::Report::build(slot, &config.orgs, &current, 3, t.app.clock.now()).with_migrations(
-        &config.migrations,
-        &config.orgs,
-        &rows,
-        3,
-        t.app.clock.now(),
-    );
+    let again = linkwatch::report::Report::build(slot, &config.orgs, &current, 3, t.app.clock.now())
+        .with_live_migrations(&config.migrations, &config.orgs, &rows, 3, t.app.clock.now());
     assert!(again.migrations.is_empty(), "{again:?}");
 }
 

@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use linkwatch::simulator::{Behavior, MigrationBehavior};
+use linkwatch::simulator::{Behavior, LiveMigrationBehavior};
 use serde_json::Value;
 
 use crate::helpers::*;
@@ -68,14 +68,14 @@ async fn running(database_url: Option<String>) -> (TestApp, Running, String) {
     ] {
         clock.step(chrono::Duration::hours(hours));
         t.sim
-            .set_migration(MIGRATION_A, MigrationBehavior::state("WORKING", ready, Some(lag)));
-        t.check_migration("payments-rs0").await;
+            .set_live_migration(MIGRATION_A, LiveMigrationBehavior::state("WORKING", ready, Some(lag)));
+        t.check_live_migration("payments-rs0").await;
     }
     clock.step(chrono::Duration::hours(100));
     t.sim
-        .set_migration(MIGRATION_B, MigrationBehavior::state("WORKING", false, Some(900)));
+        .set_live_migration(MIGRATION_B, LiveMigrationBehavior::state("WORKING", false, Some(900)));
     t.sim
-        .set_migration(MIGRATION_D, MigrationBehavior::state("COMPLETE", false, None));
+        .set_live_migration(MIGRATION_D, LiveMigrationBehavior::state("COMPLETE", false, None));
     if let Some(epoch) = lease {
         let pg = t.app.store.postgres().unwrap();
         pg.release_lease("test-leader", epoch).await.unwrap();
@@ -235,7 +235,7 @@ async fn migrations_on_the_page(database_url: Option<String>) {
 
     // orders-rs1 fails in Atlas: it moves up, above the one that is only waiting for cutover.
     t.sim
-        .set_migration(MIGRATION_B, MigrationBehavior::state("FAILED", false, None));
+        .set_live_migration(MIGRATION_B, LiveMigrationBehavior::state("FAILED", false, None));
     wait_until(Duration::from_secs(20), "orders-rs1 failed", || async {
         get_json(&status_url).await["migrations"][1]["name"] == "orders-rs1"
     })
@@ -308,9 +308,9 @@ async fn a_migration_named_like_markup_shows_as_text() {
     })
     .await;
     t.sim
-        .set_migration(MIGRATION_A, MigrationBehavior::state("WORKING", true, Some(20)));
+        .set_live_migration(MIGRATION_A, LiveMigrationBehavior::state("WORKING", true, Some(20)));
     t.check(ORG_A).await;
-    t.check_migration("<script>alert(1)</script>").await;
+    t.check_live_migration("<script>alert(1)</script>").await;
     let running = t.run();
     let base = format!("http://127.0.0.1:{port}");
     wait_until(Duration::from_secs(20), "the page", || async {

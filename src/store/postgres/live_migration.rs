@@ -5,17 +5,17 @@ use sqlx::{PgConnection, Row};
 
 use super::insert_event;
 use crate::detect::Event;
-use crate::detect::migration::{LinkView, MigrationState};
-use crate::store::migrations::lag_sample_due;
-use crate::store::{MigrationCheck, MigrationDecision, event_id, migration_subject};
+use crate::detect::live_migration::{LinkView, LiveMigrationState};
+use crate::store::live_migration::lag_sample_due;
+use crate::store::{LiveMigrationCheck, LiveMigrationDecision, event_id, live_migration_subject};
 
 pub(super) async fn apply(
     conn: &mut PgConnection,
     instance: &str,
-    check: &MigrationCheck<'_>,
+    check: &LiveMigrationCheck<'_>,
     superseded: impl FnOnce(DateTime<Utc>) -> bool,
-    decide: impl FnOnce(&MigrationState, &LinkView) -> MigrationDecision,
-) -> anyhow::Result<Option<MigrationDecision>> {
+    decide: impl FnOnce(&LiveMigrationState, &LinkView) -> LiveMigrationDecision,
+) -> anyhow::Result<Option<LiveMigrationDecision>> {
     let m = check.migration;
     // The org's row first, FOR UPDATE: the link's checks and the org's other migrations write
     // events of this org too, and taking their turns on one row keeps the org's events in the
@@ -42,7 +42,7 @@ pub(super) async fn apply(
     Ok(Some(decision))
 }
 
-async fn load(conn: &mut PgConnection, id: &str) -> anyhow::Result<(MigrationState, Option<DateTime<Utc>>)> {
+async fn load(conn: &mut PgConnection, id: &str) -> anyhow::Result<(LiveMigrationState, Option<DateTime<Utc>>)> {
     // FOR UPDATE: the row cannot change between reading it and writing what follows from it.
     let Some(r) = sqlx::query(
         "SELECT status, status_since, ready_for_cutover, ready_since, lag_s, lag_high, lag_high_since,
@@ -54,9 +54,9 @@ async fn load(conn: &mut PgConnection, id: &str) -> anyhow::Result<(MigrationSta
     .fetch_optional(&mut *conn)
     .await?
     else {
-        return Ok((MigrationState::default(), None));
+        return Ok((LiveMigrationState::default(), None));
     };
-    let state = MigrationState {
+    let state = LiveMigrationState {
         status: r.try_get("status")?,
         status_since: r.try_get("status_since")?,
         ready: r.try_get("ready_for_cutover")?,
@@ -80,8 +80,8 @@ async fn load(conn: &mut PgConnection, id: &str) -> anyhow::Result<(MigrationSta
 async fn write(
     conn: &mut PgConnection,
     instance: &str,
-    check: &MigrationCheck<'_>,
-    decision: &MigrationDecision,
+    check: &LiveMigrationCheck<'_>,
+    decision: &LiveMigrationDecision,
 ) -> anyhow::Result<()> {
     let m = check.migration;
     let at = check.at;
@@ -149,7 +149,7 @@ async fn write(
         }
     }
 
-    let subject = migration_subject(&m.id);
+    let subject = live_migration_subject(&m.id);
     let first_number = event_count - decision.events.len() as i64 + 1;
     for (number, (event, channels)) in (first_number..).zip(&decision.events) {
         if let Event::MigrationStatusChanged {

@@ -4,28 +4,28 @@
 
 use std::time::Duration;
 
-use linkwatch::simulator::{Behavior, MigrationBehavior};
+use linkwatch::simulator::{Behavior, LiveMigrationBehavior};
 
 use crate::helpers::*;
 
 const HOUR: i64 = 3600;
 
-/// [`one_migration`] with these extra `[atlas]` lines.
+/// [`one_live_migration`] with these extra `[atlas]` lines.
 fn with_atlas(lines: &str) -> Setup {
-    let (_, tables) = one_migration().unwrap();
+    let (_, tables) = one_live_migration().unwrap();
     Setup {
         atlas: Some((lines.to_owned(), tables)),
         ..Setup::default()
     }
 }
 
-fn working(ready: bool, lag: i64) -> MigrationBehavior {
-    MigrationBehavior::state("WORKING", ready, Some(lag))
+fn working(ready: bool, lag: i64) -> LiveMigrationBehavior {
+    LiveMigrationBehavior::state("WORKING", ready, Some(lag))
 }
 
 /// Checks the migration once; the kinds of the events it caused.
 async fn kinds_of(t: &TestApp, name: &str) -> Vec<String> {
-    t.check_migration(name)
+    t.check_live_migration(name)
         .await
         .events
         .iter()
@@ -45,11 +45,11 @@ async fn spawn_with_alpha(setup: Setup) -> TestApp {
 async fn the_path_to_cutover_is_told_with_estimated_deadlines() {
     let t = spawn_with_alpha(with_atlas("")).await;
     t.sim
-        .set_migration(MIGRATION_A, MigrationBehavior::state("NEW", false, None));
+        .set_live_migration(MIGRATION_A, LiveMigrationBehavior::state("NEW", false, None));
     assert_eq!(kinds_of(&t, "payments-rs0").await, ["migration_status_changed"]);
-    t.sim.set_migration(MIGRATION_A, working(false, 900));
+    t.sim.set_live_migration(MIGRATION_A, working(false, 900));
     assert_eq!(kinds_of(&t, "payments-rs0").await, ["migration_status_changed"]);
-    t.sim.set_migration(MIGRATION_A, working(true, 20));
+    t.sim.set_live_migration(MIGRATION_A, working(true, 20));
     assert_eq!(kinds_of(&t, "payments-rs0").await, ["ready_for_cutover"]);
     let ready_at = t.app.clock.now();
 
@@ -65,7 +65,7 @@ async fn the_path_to_cutover_is_told_with_estimated_deadlines() {
     step(5 * HOUR);
     assert_eq!(kinds_of(&t, "payments-rs0").await, ["cutover_deadline"]);
     t.sim
-        .set_migration(MIGRATION_A, MigrationBehavior::state("COMPLETE", false, None));
+        .set_live_migration(MIGRATION_A, LiveMigrationBehavior::state("COMPLETE", false, None));
     assert_eq!(kinds_of(&t, "payments-rs0").await, ["migration_status_changed"]);
 
     // What people read: the console channel got every message, in order, with the caveat.
@@ -97,7 +97,7 @@ async fn the_path_to_cutover_is_told_with_estimated_deadlines() {
     );
 
     // The views: one row per status change, the row's current state.
-    let rows = t.app.store.migrations().await.unwrap();
+    let rows = t.app.store.live_migrations().await.unwrap();
     assert_eq!(rows.len(), 1);
     assert_eq!(rows[0].status.as_deref(), Some("COMPLETE"));
     assert_eq!(rows[0].org_name.as_deref(), Some("alpha"));
@@ -133,11 +133,11 @@ async fn readiness_lost_lag_alerts_and_a_failed_migration_are_told() {
         (false, 300),
         (false, 200),
     ] {
-        t.sim.set_migration(MIGRATION_A, working(ready, lag));
+        t.sim.set_live_migration(MIGRATION_A, working(ready, lag));
         all.extend(kinds_of(&t, "payments-rs0").await);
     }
     t.sim
-        .set_migration(MIGRATION_A, MigrationBehavior::state("FAILED", false, None));
+        .set_live_migration(MIGRATION_A, LiveMigrationBehavior::state("FAILED", false, None));
     all.extend(kinds_of(&t, "payments-rs0").await);
     assert_eq!(
         all,
@@ -165,7 +165,7 @@ async fn readiness_lost_lag_alerts_and_a_failed_migration_are_told() {
     let lags = t
         .app
         .store
-        .migration_lag(MIGRATION_A, chrono::DateTime::UNIX_EPOCH)
+        .live_migration_lag(MIGRATION_A, chrono::DateTime::UNIX_EPOCH)
         .await
         .unwrap();
     let values: Vec<Option<i64>> = lags.iter().map(|(_, l)| *l).collect();
@@ -183,33 +183,33 @@ async fn refusals_are_classified_failures_in_plain_words_and_recover() {
         assert!(kinds_of(&t, "payments-rs0").await.is_empty());
     }
     assert_eq!(kinds_of(&t, "payments-rs0").await, ["migration_check_failing"]);
-    let row = &t.app.store.migrations().await.unwrap()[0];
+    let row = &t.app.store.live_migrations().await.unwrap()[0];
     assert!(
         row.last_error.as_deref().unwrap().contains("check group_id and id"),
         "{row:?}"
     );
-    t.sim.set_migration(
+    t.sim.set_live_migration(
         MIGRATION_A,
-        MigrationBehavior::Error {
+        LiveMigrationBehavior::Error {
             http: 410,
             error_code: Some("VERSION_RETIRED".into()),
             detail: "This version is retired.".into(),
         },
     );
-    let report = t.check_migration("payments-rs0").await;
+    let report = t.check_live_migration("payments-rs0").await;
     let failure = report.outcome.unwrap_err();
     assert!(
         failure.explain_atlas().contains("update linkwatch"),
         "{}",
         failure.explain_atlas()
     );
-    t.sim.set_migration(MIGRATION_A, working(false, 40));
+    t.sim.set_live_migration(MIGRATION_A, working(false, 40));
     assert_eq!(
         kinds_of(&t, "payments-rs0").await,
         ["migration_check_recovered", "migration_status_changed"]
     );
     assert!(
-        t.sim.migration_requests() >= 5,
+        t.sim.live_migration_requests() >= 5,
         "every check reached Atlas with its Accept header"
     );
 }
@@ -217,7 +217,7 @@ async fn refusals_are_classified_failures_in_plain_words_and_recover() {
 #[tokio::test]
 async fn a_restart_repeats_nothing() {
     let t = spawn_app_with(with_atlas("")).await;
-    t.sim.set_migration(MIGRATION_A, working(true, 20));
+    t.sim.set_live_migration(MIGRATION_A, working(true, 20));
     assert_eq!(
         kinds_of(&t, "payments-rs0").await,
         ["migration_status_changed", "ready_for_cutover"]
@@ -234,7 +234,7 @@ async fn a_link_break_during_a_migration_is_urgent_and_told_at_once() {
     // leaves SYNCED, can check it within the test's patience.
     let t = spawn_app_with(with_atlas("every = \"10m\"")).await;
     t.sim.set(ORG_A, Behavior::status("SYNCED"));
-    t.sim.set_migration(MIGRATION_A, working(false, 30));
+    t.sim.set_live_migration(MIGRATION_A, working(false, 30));
     let running = t.run();
     wait_until(Duration::from_secs(20), "the first checks", || async {
         let kinds = t.event_kinds(ORG_A).await;
@@ -276,18 +276,18 @@ async fn the_journey_on_postgres() {
     crate::pg::lead(&t.app.store).await;
     t.sim.set(ORG_A, Behavior::status("SYNCED"));
     t.check(ORG_A).await;
-    t.sim.set_migration(MIGRATION_A, working(true, 20));
+    t.sim.set_live_migration(MIGRATION_A, working(true, 20));
     assert_eq!(
         kinds_of(&t, "payments-rs0").await,
         ["migration_status_changed", "ready_for_cutover"]
     );
     t.sim.set(ORG_A, Behavior::status("NOT_SYNCED"));
     t.check(ORG_A).await;
-    t.sim.set_migration(MIGRATION_A, working(true, 700));
+    t.sim.set_live_migration(MIGRATION_A, working(true, 700));
     assert_eq!(kinds_of(&t, "payments-rs0").await, ["link_broken_during_migration"]);
     t.app.clock.step(chrono::Duration::hours(119));
     assert_eq!(kinds_of(&t, "payments-rs0").await, ["cutover_deadline"]);
-    let row = &t.app.store.migrations().await.unwrap()[0];
+    let row = &t.app.store.live_migrations().await.unwrap()[0];
     assert_eq!(row.org_name.as_deref(), Some("alpha"));
     assert_eq!(row.lag_s, Some(700));
     assert!(row.ready_for_cutover);
@@ -295,7 +295,7 @@ async fn the_journey_on_postgres() {
     let lags = t
         .app
         .store
-        .migration_lag(MIGRATION_A, chrono::DateTime::UNIX_EPOCH)
+        .live_migration_lag(MIGRATION_A, chrono::DateTime::UNIX_EPOCH)
         .await
         .unwrap();
     assert_eq!(lags.iter().map(|(_, l)| *l).collect::<Vec<_>>(), [Some(20), Some(700)]);
@@ -304,7 +304,7 @@ async fn the_journey_on_postgres() {
 #[tokio::test]
 async fn once_and_check_show_the_migrations() {
     let t = spawn_app_with(with_atlas("")).await;
-    t.sim.set_migration(MIGRATION_A, working(true, 75));
+    t.sim.set_live_migration(MIGRATION_A, working(true, 75));
     let run = |command: &'static str| {
         let config = t.config_path.clone();
         async move {
@@ -359,7 +359,7 @@ async fn a_migration_check_waits_for_a_link_check_of_its_org_on_postgres() {
     .await;
     crate::pg::lead(&t.app.store).await;
     t.check(ORG_A).await;
-    t.sim.set_migration(MIGRATION_A, working(true, 20));
+    t.sim.set_live_migration(MIGRATION_A, working(true, 20));
     // Another writer (a link check of alpha) holds alpha's row.
     let mut other = sqlx::PgConnection::connect(&db.url).await.unwrap();
     let mut tx = other.begin().await.unwrap();
@@ -371,7 +371,7 @@ async fn a_migration_check_waits_for_a_link_check_of_its_org_on_postgres() {
     let app = t.app.clone();
     let check = tokio::spawn(async move {
         let m = &app.config.migrations[0];
-        linkwatch::migrations::check_migration(&*app, m).await.unwrap()
+        linkwatch::live_migration::check_live_migration(&*app, m).await.unwrap()
     });
     let watcher = sqlx::PgPool::connect(&db.url).await.unwrap();
     wait_until(
@@ -405,15 +405,15 @@ async fn a_migration_check_waits_for_a_link_check_of_its_org_on_postgres() {
 async fn an_older_answer_recorded_late_is_dropped() {
     let t = spawn_with_alpha(with_atlas("")).await;
     t.sim
-        .set_migration(MIGRATION_A, MigrationBehavior::state("COMPLETE", false, None));
+        .set_live_migration(MIGRATION_A, LiveMigrationBehavior::state("COMPLETE", false, None));
     assert_eq!(kinds_of(&t, "payments-rs0").await, ["migration_status_changed"]);
     let m = &t.app.config.migrations[0];
-    let outcome = Ok(linkwatch::client::MigrationReading {
+    let outcome = Ok(linkwatch::client::LiveMigrationReading {
         status: "WORKING".into(),
         ready_for_cutover: Some(true),
         lag_s: Some(20),
     });
-    let check = linkwatch::store::MigrationCheck {
+    let check = linkwatch::store::LiveMigrationCheck {
         migration: m,
         at: t.app.clock.now() - chrono::Duration::seconds(40),
         outcome: &outcome,
@@ -422,12 +422,12 @@ async fn an_older_answer_recorded_late_is_dropped() {
     let applied = t
         .app
         .store
-        .apply_migration(&check, |_, _| linkwatch::store::MigrationDecision::default())
+        .apply_live_migration(&check, |_, _| linkwatch::store::LiveMigrationDecision::default())
         .await
         .unwrap();
     assert!(applied.is_none(), "the older answer was recorded: {applied:?}");
     assert_eq!(
-        t.app.store.migrations().await.unwrap()[0].status.as_deref(),
+        t.app.store.live_migrations().await.unwrap()[0].status.as_deref(),
         Some("COMPLETE")
     );
 }
@@ -435,17 +435,21 @@ async fn an_older_answer_recorded_late_is_dropped() {
 #[tokio::test]
 async fn an_expired_migration_is_urgent_and_ends_its_window() {
     let t = spawn_with_alpha(with_atlas("")).await;
-    t.sim.set_migration(MIGRATION_A, working(true, 20));
+    t.sim.set_live_migration(MIGRATION_A, working(true, 20));
     assert_eq!(
         kinds_of(&t, "payments-rs0").await,
         ["migration_status_changed", "ready_for_cutover"]
     );
-    assert!(t.app.store.migrations().await.unwrap()[0].estimated_deadline.is_some());
+    assert!(
+        t.app.store.live_migrations().await.unwrap()[0]
+            .estimated_deadline
+            .is_some()
+    );
     t.app.clock.step(chrono::Duration::hours(121));
     t.sim
-        .set_migration(MIGRATION_A, MigrationBehavior::state("EXPIRED", false, None));
+        .set_live_migration(MIGRATION_A, LiveMigrationBehavior::state("EXPIRED", false, None));
     assert_eq!(kinds_of(&t, "payments-rs0").await, ["migration_status_changed"]);
-    assert_eq!(t.app.store.migrations().await.unwrap()[0].estimated_deadline, None);
+    assert_eq!(t.app.store.live_migrations().await.unwrap()[0].estimated_deadline, None);
     t.dispatch().await;
     let text = t.console_lines().join("\n");
     assert!(
@@ -464,8 +468,8 @@ async fn metrics_show_the_migrations() {
         ..with_atlas("")
     })
     .await;
-    t.sim.set_migration(MIGRATION_A, working(true, 42));
-    t.check_migration("payments-rs0").await;
+    t.sim.set_live_migration(MIGRATION_A, working(true, 42));
+    t.check_live_migration("payments-rs0").await;
     t.app.clock.step(chrono::Duration::hours(20));
     let running = t.run();
     let base = format!("http://127.0.0.1:{port}");

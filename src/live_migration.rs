@@ -1,9 +1,9 @@
-//! Following Atlas live migrations: `check_migration` is one step (ask Atlas, decide, record,
+//! Following Atlas live migrations: `check_live_migration` is one step (ask Atlas, decide, record,
 //! wake the channels), `run` the loop that checks every `[[migration]]` every `[atlas] every`,
 //! and at once when a source org's link leaves `SYNCED` (the daemon nudges it), so that
 //! `link_broken_during_migration` follows the link's own event without waiting a period.
 //!
-//! Migrations are few (one per replica set being moved), so they are checked together on one
+//! Live migrations are few (one per replica set being moved), so they are checked together on one
 //! timer, apart from the per-org scheduler, which is built for thousands of orgs.
 
 use std::sync::Arc;
@@ -12,13 +12,13 @@ use anyhow::Context as _;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use crate::client::{Client, MigrationOutcome};
-use crate::config::{Atlas, Config, Migration};
+use crate::client::{Client, LiveMigrationOutcome};
+use crate::config::{Atlas, Config, LiveMigration};
 use crate::detect::Event;
-use crate::detect::migration::{LinkView, MigrationPolicy, MigrationState, detect_migration};
+use crate::detect::live_migration::{LinkView, LiveMigrationPolicy, LiveMigrationState, detect_live_migration};
 use crate::metrics::Metrics;
 use crate::router::Router;
-use crate::store::{MigrationCheck, MigrationDecision, Store};
+use crate::store::{LiveMigrationCheck, LiveMigrationDecision, Store};
 
 /// What checking a live migration needs from the process around it: the daemon's `App`, or a
 /// test's. A trait rather than the `App` itself, so that this step does not depend on the
@@ -38,13 +38,16 @@ pub trait Host: Send + Sync + 'static {
 
 /// What one check of a migration saw and caused.
 #[derive(Debug, Clone)]
-pub struct MigrationReport {
-    pub outcome: MigrationOutcome,
+pub struct LiveMigrationReport {
+    pub outcome: LiveMigrationOutcome,
     pub events: Vec<Event>,
 }
 
 /// Checks `migration` now and records what it means.
-pub async fn check_migration<H: Host + ?Sized>(app: &H, migration: &Migration) -> anyhow::Result<MigrationReport> {
+pub async fn check_live_migration<H: Host + ?Sized>(
+    app: &H,
+    migration: &LiveMigration,
+) -> anyhow::Result<LiveMigrationReport> {
     if !app.store().may_send() {
         return Err(crate::store::Fenced {
             why: "its lease ran out before this check",
@@ -55,9 +58,9 @@ pub async fn check_migration<H: Host + ?Sized>(app: &H, migration: &Migration) -
         anyhow::bail!("no [atlas] in the config");
     };
     let outcome = client
-        .migration(&migration.group_id, &migration.id, &atlas.credential)
+        .live_migration(&migration.group_id, &migration.id, &atlas.credential)
         .await;
-    let check = MigrationCheck {
+    let check = LiveMigrationCheck {
         migration,
         at: app.now(),
         outcome: &outcome,
@@ -65,12 +68,12 @@ pub async fn check_migration<H: Host + ?Sized>(app: &H, migration: &Migration) -
     };
     let Some(decision) = app
         .store()
-        .apply_migration(&check, |state, link| decide(app, atlas, &check, state, link))
+        .apply_live_migration(&check, |state, link| decide(app, atlas, &check, state, link))
         .await
         .with_context(|| format!("cannot record the check of live migration {}", migration.name))?
     else {
         tracing::debug!(migration = %migration.name, "another writer recorded a newer check meanwhile; this one is dropped");
-        return Ok(MigrationReport {
+        return Ok(LiveMigrationReport {
             outcome,
             events: Vec::new(),
         });
@@ -94,7 +97,7 @@ pub async fn check_migration<H: Host + ?Sized>(app: &H, migration: &Migration) -
     }
     let channels: Vec<String> = decision.events.iter().flat_map(|(_, c)| c.iter().cloned()).collect();
     app.wake(&channels);
-    Ok(MigrationReport {
+    Ok(LiveMigrationReport {
         outcome,
         events: decision.events.into_iter().map(|(e, _)| e).collect(),
     })
@@ -105,20 +108,20 @@ pub async fn check_migration<H: Host + ?Sized>(app: &H, migration: &Migration) -
 fn decide<H: Host + ?Sized>(
     app: &H,
     atlas: &Atlas,
-    check: &MigrationCheck<'_>,
-    state: &MigrationState,
+    check: &LiveMigrationCheck<'_>,
+    state: &LiveMigrationState,
     link: &LinkView,
-) -> MigrationDecision {
+) -> LiveMigrationDecision {
     let m = check.migration;
-    let policy = MigrationPolicy {
+    let policy = LiveMigrationPolicy {
         failures_before_alert: app.config().poll.failures_before_alert,
         lag_alert: m.lag_alert,
         cutover_window: atlas.cutover_window,
         deadline_warnings: &atlas.deadline_warnings,
     };
-    let (next, events) = detect_migration(&m.name, state, check.outcome, link, check.at, policy);
+    let (next, events) = detect_live_migration(&m.name, state, check.outcome, link, check.at, policy);
     let router = app.router();
-    MigrationDecision {
+    LiveMigrationDecision {
         deadline: next.deadline(atlas.cutover_window),
         state: next,
         events: events
@@ -134,7 +137,7 @@ fn decide<H: Host + ?Sized>(
 /// Checks every migration of the config at once.
 async fn check_all<H: Host>(app: &H) {
     let checks = app.config().migrations.iter().map(|m| async move {
-        if let Err(e) = check_migration(app, m).await {
+        if let Err(e) = check_live_migration(app, m).await {
             tracing::error!(migration = %m.name, "{e:#}");
         }
     });

@@ -6,17 +6,17 @@ use sqlx::sqlite::SqliteConnection;
 
 use super::{insert_event, parse_ts, ts};
 use crate::detect::Event;
-use crate::detect::migration::{LinkView, MigrationState};
-use crate::store::migrations::lag_sample_due;
-use crate::store::{MigrationCheck, MigrationDecision, event_id, migration_subject};
+use crate::detect::live_migration::{LinkView, LiveMigrationState};
+use crate::store::live_migration::lag_sample_due;
+use crate::store::{LiveMigrationCheck, LiveMigrationDecision, event_id, live_migration_subject};
 
 pub(super) async fn apply(
     conn: &mut SqliteConnection,
     instance: &str,
-    check: &MigrationCheck<'_>,
+    check: &LiveMigrationCheck<'_>,
     superseded: impl FnOnce(DateTime<Utc>) -> bool,
-    decide: impl FnOnce(&MigrationState, &LinkView) -> MigrationDecision,
-) -> anyhow::Result<Option<MigrationDecision>> {
+    decide: impl FnOnce(&LiveMigrationState, &LinkView) -> LiveMigrationDecision,
+) -> anyhow::Result<Option<LiveMigrationDecision>> {
     let m = check.migration;
     let (state, last_checked) = load(conn, &m.id).await?;
     if last_checked.is_some_and(superseded) {
@@ -39,7 +39,7 @@ pub(super) async fn apply(
     Ok(Some(decision))
 }
 
-async fn load(conn: &mut SqliteConnection, id: &str) -> anyhow::Result<(MigrationState, Option<DateTime<Utc>>)> {
+async fn load(conn: &mut SqliteConnection, id: &str) -> anyhow::Result<(LiveMigrationState, Option<DateTime<Utc>>)> {
     let Some(r) = sqlx::query(
         "SELECT status, status_since, ready_for_cutover, ready_since, lag_s, lag_high, lag_high_since,
                 lag_streak, warned_s, link_break_reported, consecutive_failures, failing_since,
@@ -50,9 +50,9 @@ async fn load(conn: &mut SqliteConnection, id: &str) -> anyhow::Result<(Migratio
     .fetch_optional(&mut *conn)
     .await?
     else {
-        return Ok((MigrationState::default(), None));
+        return Ok((LiveMigrationState::default(), None));
     };
-    let state = MigrationState {
+    let state = LiveMigrationState {
         status: r.try_get("status")?,
         status_since: parse_ts(r.try_get("status_since")?),
         ready: r.try_get("ready_for_cutover")?,
@@ -76,8 +76,8 @@ async fn load(conn: &mut SqliteConnection, id: &str) -> anyhow::Result<(Migratio
 async fn write(
     conn: &mut SqliteConnection,
     instance: &str,
-    check: &MigrationCheck<'_>,
-    decision: &MigrationDecision,
+    check: &LiveMigrationCheck<'_>,
+    decision: &LiveMigrationDecision,
 ) -> anyhow::Result<()> {
     let m = check.migration;
     let at = ts(check.at);
@@ -143,7 +143,7 @@ async fn write(
         }
     }
 
-    let subject = migration_subject(&m.id);
+    let subject = live_migration_subject(&m.id);
     let first_number = event_count - decision.events.len() as i64 + 1;
     for (number, (event, channels)) in (first_number..).zip(&decision.events) {
         if let Event::MigrationStatusChanged {

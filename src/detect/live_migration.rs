@@ -13,7 +13,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 
 use super::{Event, seconds_since};
-use crate::outcome::MigrationOutcome;
+use crate::outcome::LiveMigrationOutcome;
 
 /// The status of a migration that is under way (preparing, syncing, or cutting over).
 pub const WORKING: &str = "WORKING";
@@ -34,7 +34,7 @@ pub const RECOVER_RATIO: f64 = 0.8;
 
 /// What linkwatch remembers about one migration between checks (`migration_state`).
 #[derive(Debug, Clone, Default, PartialEq)]
-pub struct MigrationState {
+pub struct LiveMigrationState {
     /// The last status seen; `None` until the first successful check.
     pub status: Option<String>,
     pub status_since: Option<DateTime<Utc>>,
@@ -57,7 +57,7 @@ pub struct MigrationState {
     pub failing_alerted: bool,
 }
 
-impl MigrationState {
+impl LiveMigrationState {
     /// The estimated end of the cutover window, while one runs.
     pub fn deadline(&self, window: Duration) -> Option<DateTime<Utc>> {
         let since = self.ready_since.filter(|_| self.status.as_deref() == Some(WORKING))?;
@@ -74,7 +74,7 @@ pub struct LinkView {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub struct MigrationPolicy<'a> {
+pub struct LiveMigrationPolicy<'a> {
     pub failures_before_alert: u32,
     pub lag_alert: Option<Duration>,
     pub cutover_window: Duration,
@@ -82,14 +82,14 @@ pub struct MigrationPolicy<'a> {
     pub deadline_warnings: &'a [Duration],
 }
 
-pub fn detect_migration(
+pub fn detect_live_migration(
     name: &str,
-    state: &MigrationState,
-    outcome: &MigrationOutcome,
+    state: &LiveMigrationState,
+    outcome: &LiveMigrationOutcome,
     link: &LinkView,
     now: DateTime<Utc>,
-    policy: MigrationPolicy<'_>,
-) -> (MigrationState, Vec<Event>) {
+    policy: LiveMigrationPolicy<'_>,
+) -> (LiveMigrationState, Vec<Event>) {
     let mut next = state.clone();
     let mut events = Vec::new();
     let migration = || name.to_owned();
@@ -226,7 +226,7 @@ pub fn detect_migration(
 }
 
 /// `link_broken_during_migration`, once per break of the link, while the migration works.
-fn link_broken(name: &str, next: &mut MigrationState, link: &LinkView, events: &mut Vec<Event>) {
+fn link_broken(name: &str, next: &mut LiveMigrationState, link: &LinkView, events: &mut Vec<Event>) {
     let broken = link.status.as_deref().is_some_and(|s| s != "SYNCED") && link.broken_since.is_some();
     if next.status.as_deref() == Some(WORKING) && broken && next.link_break_reported != link.broken_since {
         next.link_break_reported = link.broken_since;
@@ -248,7 +248,7 @@ fn add(t: DateTime<Utc>, d: Duration) -> DateTime<Utc> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::outcome::MigrationReading;
+    use crate::outcome::LiveMigrationReading;
     use crate::outcome::{Failure, FailureClass};
 
     const H: i64 = 3600;
@@ -262,8 +262,8 @@ mod tests {
         DateTime::from_timestamp(1_800_000_000 + s, 0).unwrap()
     }
 
-    fn policy() -> MigrationPolicy<'static> {
-        MigrationPolicy {
+    fn policy() -> LiveMigrationPolicy<'static> {
+        LiveMigrationPolicy {
             failures_before_alert: 2,
             lag_alert: Some(Duration::from_secs(600)),
             cutover_window: Duration::from_secs(120 * 3600),
@@ -271,25 +271,25 @@ mod tests {
         }
     }
 
-    fn ok(status: &str, ready: bool, lag: Option<i64>) -> MigrationOutcome {
-        Ok(MigrationReading {
+    fn ok(status: &str, ready: bool, lag: Option<i64>) -> LiveMigrationOutcome {
+        Ok(LiveMigrationReading {
             status: status.into(),
             ready_for_cutover: Some(ready),
             lag_s: lag,
         })
     }
 
-    fn fail() -> MigrationOutcome {
+    fn fail() -> LiveMigrationOutcome {
         Err(Failure::new(FailureClass::NotFound, Some(404), None, "gone"))
     }
 
     /// Runs `steps` (seconds since the start, outcome, link) from an empty state and returns the
     /// event kinds of each step.
-    fn run(steps: &[(i64, MigrationOutcome, LinkView)]) -> (MigrationState, Vec<Vec<&'static str>>) {
-        let mut state = MigrationState::default();
+    fn run(steps: &[(i64, LiveMigrationOutcome, LinkView)]) -> (LiveMigrationState, Vec<Vec<&'static str>>) {
+        let mut state = LiveMigrationState::default();
         let mut kinds = Vec::new();
         for (at, outcome, link) in steps {
-            let (next, events) = detect_migration("m", &state, outcome, link, t(*at), policy());
+            let (next, events) = detect_live_migration("m", &state, outcome, link, t(*at), policy());
             kinds.push(events.iter().map(Event::kind).collect());
             state = next;
         }
@@ -355,14 +355,14 @@ mod tests {
                 vec!["cutover_deadline"],
             ]
         );
-        let state = MigrationState {
+        let state = LiveMigrationState {
             status: Some(WORKING.into()),
             ready: true,
             ready_since: Some(t(0)),
-            ..MigrationState::default()
+            ..LiveMigrationState::default()
         };
         assert_eq!(state.deadline(policy().cutover_window), Some(t(120 * H)));
-        let (_, events) = detect_migration("m", &state, &ok("WORKING", true, None), &synced(), t(0), policy());
+        let (_, events) = detect_live_migration("m", &state, &ok("WORKING", true, None), &synced(), t(0), policy());
         assert!(events.is_empty(), "{events:?}");
     }
 
@@ -451,7 +451,7 @@ mod tests {
 
     #[test]
     fn a_passing_status_keeps_the_window_and_an_absent_readiness_is_unknown() {
-        let absent = Ok(MigrationReading {
+        let absent = Ok(LiveMigrationReading {
             status: WORKING.into(),
             ready_for_cutover: None,
             lag_s: None,

@@ -5,23 +5,23 @@
 //!
 //! A migration's events belong to its source org (`events.org_id`), so routes by org and the
 //! per-org delivery order hold; they are numbered per migration (`migration_state.event_count`)
-//! and their ids are made from [`migration_subject`], never from the org's numbering.
+//! and their ids are made from [`live_migration_subject`], never from the org's numbering.
 
 use chrono::{DateTime, Utc};
 use sqlx::FromRow;
 
 use super::{Backend as _, Store, on_db};
-use crate::config::Migration;
+use crate::config::LiveMigration;
 use crate::detect::Event;
-use crate::detect::migration::{LinkView, MigrationState};
-use crate::outcome::MigrationOutcome;
+use crate::detect::live_migration::{LinkView, LiveMigrationState};
+use crate::outcome::LiveMigrationOutcome;
 
 /// One check of a migration, before anyone knows what it means.
 #[derive(Debug, Clone, Copy)]
-pub struct MigrationCheck<'a> {
-    pub migration: &'a Migration,
+pub struct LiveMigrationCheck<'a> {
+    pub migration: &'a LiveMigration,
     pub at: DateTime<Utc>,
-    pub outcome: &'a MigrationOutcome,
+    pub outcome: &'a LiveMigrationOutcome,
     /// When the answer came, on the monotonic clock: as for a link's check, an answer older than
     /// the last one recorded by no more than it has waited since lost a race with another
     /// writer (`linkwatch once` beside the daemon) and is dropped.
@@ -30,8 +30,8 @@ pub struct MigrationCheck<'a> {
 
 /// What a migration's check caused, decided from the stored state and the org's link.
 #[derive(Debug, Clone, Default)]
-pub struct MigrationDecision {
-    pub state: MigrationState,
+pub struct LiveMigrationDecision {
+    pub state: LiveMigrationState,
     /// Each event with the channels it is routed to.
     pub events: Vec<(Event, Vec<String>)>,
     /// The estimated end of the cutover window, while one runs (stored for the view).
@@ -40,7 +40,7 @@ pub struct MigrationDecision {
 
 /// A row of the `migration_status` view.
 #[derive(Debug, Clone, FromRow, serde::Serialize)]
-pub struct MigrationRow {
+pub struct LiveMigrationRow {
     pub migration: String,
     pub migration_id: String,
     pub org_id: String,
@@ -59,14 +59,14 @@ pub struct MigrationRow {
 
 /// A migration's status change, as the `migration_changes` view shows it.
 #[derive(Debug, Clone, FromRow)]
-pub struct MigrationChange {
+pub struct LiveMigrationChange {
     pub from_status: Option<String>,
     pub to_status: String,
     pub changed_at: String,
     pub previous_lasted_s: Option<i64>,
 }
 
-impl MigrationRow {
+impl LiveMigrationRow {
     /// Seconds from `now` to the estimated deadline, while a cutover window runs (negative once
     /// it has passed).
     pub fn left_s(&self, now: DateTime<Utc>) -> Option<i64> {
@@ -76,7 +76,7 @@ impl MigrationRow {
 }
 
 /// What a migration's event ids are made from: never an org id (those are bare hex).
-pub fn migration_subject(migration_id: &str) -> String {
+pub fn live_migration_subject(migration_id: &str) -> String {
     format!("migration/{migration_id}")
 }
 
@@ -108,33 +108,33 @@ impl Store {
     /// it means, and writes the new state, the status change, a lag sample when the lag moved,
     /// the events and their outbox rows, in one transaction (fenced on PostgreSQL). `None`: a
     /// newer answer was recorded meanwhile, and this one is dropped.
-    pub async fn apply_migration(
+    pub async fn apply_live_migration(
         &self,
-        check: &MigrationCheck<'_>,
-        decide: impl FnOnce(&MigrationState, &LinkView) -> MigrationDecision,
-    ) -> anyhow::Result<Option<MigrationDecision>> {
+        check: &LiveMigrationCheck<'_>,
+        decide: impl FnOnce(&LiveMigrationState, &LinkView) -> LiveMigrationDecision,
+    ) -> anyhow::Result<Option<LiveMigrationDecision>> {
         let instance = self.instance.clone();
         let superseded = |last| super::checks::lost_race(check.at, check.answered, last);
-        on_db!(self, db => db.apply_migration(&instance, check, superseded, decide).await)
+        on_db!(self, db => db.apply_live_migration(&instance, check, superseded, decide).await)
     }
 
     /// Every followed migration, as the `migration_status` view shows it, by name.
-    pub async fn migrations(&self) -> anyhow::Result<Vec<MigrationRow>> {
-        on_db!(self, db => db.migrations().await)
+    pub async fn live_migrations(&self) -> anyhow::Result<Vec<LiveMigrationRow>> {
+        on_db!(self, db => db.live_migrations().await)
     }
 
     /// A migration's status changes, oldest first.
-    pub async fn migration_changes(&self, migration_id: &str) -> anyhow::Result<Vec<MigrationChange>> {
-        on_db!(self, db => db.migration_changes(migration_id).await)
+    pub async fn live_migration_changes(&self, migration_id: &str) -> anyhow::Result<Vec<LiveMigrationChange>> {
+        on_db!(self, db => db.live_migration_changes(migration_id).await)
     }
 
     /// A migration's lag samples since `since`, oldest first (`None`: not reported then).
-    pub async fn migration_lag(
+    pub async fn live_migration_lag(
         &self,
         migration_id: &str,
         since: DateTime<Utc>,
     ) -> anyhow::Result<Vec<(DateTime<Utc>, Option<i64>)>> {
-        on_db!(self, db => db.migration_lag(migration_id, since).await)
+        on_db!(self, db => db.live_migration_lag(migration_id, since).await)
     }
 }
 
