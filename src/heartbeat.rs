@@ -106,6 +106,7 @@ fn describe(e: reqwest::Error, timeout: Duration) -> String {
         let cause = std::error::Error::source(&e)
             .map(|s| format!(": {s}"))
             .unwrap_or_default();
-        format!("could not connect{cause}")
+        // Through the gate: the cause may quote what the monitor's side said.
+        crate::outside::text(&format!("could not connect{cause}"), 300)
     }
 }

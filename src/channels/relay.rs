@@ -102,8 +102,10 @@ impl Relay {
             .map_err(within("while sending the mail"))?;
         match sent {
             Ok(_) => {
-                // Accepted: the goodbye is a courtesy, bounded apart and never a failure.
-                let _ = tokio::time::timeout(QUIT_WAIT, conn.quit()).await;
+                // Accepted: the goodbye is a courtesy, never a failure, and within the
+                // transaction's deadline (the dispatcher's bound counts on it): a relay that
+                // does not answer it must not turn a delivered mail into one sent again.
+                let _ = tokio::time::timeout_at(deadline.min(Instant::now() + QUIT_WAIT), conn.quit()).await;
                 Ok(())
             }
             Err(e) if e.is_permanent() => Err(Failed::Refused(reply(&e))),

@@ -81,6 +81,11 @@ pub struct Route {
     pub remind_every: Option<Duration>,
 }
 
+/// The longest one send may take: no receiver needs longer to accept a message, and a send
+/// still running holds its channel (a reload's new worker waits for it, so that nothing it
+/// delivers is sent again).
+const MAX_SEND: Duration = Duration::from_secs(300);
+
 pub(super) fn channels(raw: Vec<raw::Channel>, loc: &Locator<'_>) -> Result<Vec<Channel>, ConfigError> {
     let mut channels: Vec<Channel> = Vec::new();
     for (i, c) in raw.into_iter().enumerate() {
@@ -210,11 +215,18 @@ pub(super) fn channels(raw: Vec<raw::Channel>, loc: &Locator<'_>) -> Result<Vec<
                 ChannelKind::Webhook { url, secret }
             }
         };
-        channels.push(Channel {
-            name,
-            kind,
-            timeout: c.timeout.map_or(Duration::from_secs(10), |t| t.0),
-        });
+        let timeout = match &c.timeout {
+            None => Duration::from_secs(10),
+            Some(t) if t.get_ref().0.is_zero() || t.get_ref().0 > MAX_SEND => {
+                return Err(loc.error(
+                    t.span().start,
+                    &format!("{table}.timeout"),
+                    "must be more than 0s and at most 5m".into(),
+                ));
+            }
+            Some(t) => t.get_ref().0,
+        };
+        channels.push(Channel { name, kind, timeout });
     }
     Ok(channels)
 }

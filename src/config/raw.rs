@@ -191,8 +191,8 @@ pub struct Org {
 pub struct Channel {
     pub name: Spanned<String>,
     pub kind: Spanned<ChannelKind>,
-    /// Per send; default 10s.
-    pub timeout: Option<HumanDuration>,
+    /// Per send; default 10s, at most 5m.
+    pub timeout: Option<Spanned<HumanDuration>>,
     // slack
     pub webhook_url: Option<Spanned<Secret>>,
     pub webhook_url_file: Option<Spanned<String>>,

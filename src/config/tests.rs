@@ -770,3 +770,13 @@ fn a_heartbeat_url_is_checked_without_being_shown() {
     ));
     assert_eq!(key, "heartbeat.timeout");
 }
+
+#[test]
+fn a_channel_send_is_bounded_to_five_minutes() {
+    let text = format!("{MINIMAL}{SLACK}timeout = \"6m\"\n");
+    let (_, _, key, message) = error(&text);
+    assert_eq!(key, "channel[0].timeout");
+    assert!(message.contains("at most 5m"), "{message}");
+    let c = parse(&format!("{MINIMAL}{SLACK}timeout = \"5m\"\n")).unwrap();
+    assert_eq!(c.channels[0].timeout, std::time::Duration::from_secs(300));
+}

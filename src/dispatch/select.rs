@@ -99,16 +99,16 @@ impl Schedule {
 
     /// Takes in the failing rows of `rows` that this process does not know (failed by an
     /// earlier process, or by another instance): each is due at its stored retry time (see
-    /// [`stored_due`]), and an incident that was not running starts now. Says whether one of
-    /// them is still waiting (once the hold is spent, the read leaves its org out).
+    /// [`stored_due`]), and an incident that was not running starts now. Says whether it took
+    /// any in (once the hold is spent, the read leaves their orgs out).
     pub fn learn(&mut self, rows: &[Pending], now: DateTime<Utc>, mono: Instant, policy: &RetryPolicy) -> bool {
-        let mut waits = false;
+        let mut learnt = false;
         for row in rows.iter().filter(|r| r.attempts > 0) {
             if self.failing.contains_key(&row.outbox_id) {
                 continue;
             }
             let due = stored_due(row, now, mono, policy).unwrap_or(mono);
-            waits |= due > mono;
+            learnt = true;
             self.failing.insert(
                 row.outbox_id,
                 Failing {
@@ -122,7 +122,7 @@ impl Schedule {
                 incident.last_error.clone_from(&row.last_error);
             }
         }
-        waits
+        learnt
     }
 
     /// Forgets a row that is no longer pending; the incident ends with its last failing row.
@@ -161,22 +161,31 @@ impl Schedule {
         self.incident.as_ref().and_then(|i| i.started.checked_add(hold))
     }
 
-    /// What the step's read leaves out: once the hold is spent, the orgs with a failing row not
-    /// yet due (sorted); within the hold, nothing, since a waiting row holds back every row after
-    /// it and must be seen to do so.
+    /// What the step's read leaves out: once the hold is spent, every org with a failing row,
+    /// due or not (sorted; their due rows are read by id, [`Schedule::due_failing`]), so that
+    /// however many orgs fail, the read reaches the rows of the others; within the hold,
+    /// nothing, since a waiting row holds back every row after it and must be seen to do so.
     pub fn left_out(&self, mono: Instant) -> Vec<String> {
         if !self.spent(mono) {
             return Vec::new();
         }
-        let mut orgs: Vec<String> = self
-            .failing
-            .values()
-            .filter(|f| f.due > mono)
-            .map(|f| f.org.clone())
-            .collect();
+        let mut orgs: Vec<String> = self.failing.values().map(|f| f.org.clone()).collect();
         orgs.sort_unstable();
         orgs.dedup();
         orgs
+    }
+
+    /// The failing rows due by `mono`, earliest due first, at most `n`: past the hold, what the
+    /// step reads by id beside the rows of the orgs with nothing failing.
+    pub fn due_failing(&self, mono: Instant, n: usize) -> Vec<i64> {
+        let mut due: Vec<(Instant, i64)> = self
+            .failing
+            .iter()
+            .filter(|(_, f)| f.due <= mono)
+            .map(|(id, f)| (f.due, *id))
+            .collect();
+        due.sort_unstable();
+        due.into_iter().take(n).map(|(_, id)| id).collect()
     }
 
     /// The earliest retry still ahead.
@@ -394,7 +403,10 @@ mod tests {
         // Due again: alone (so that a Retry-After it gets delays only it), and only once no
         // org with nothing failing has a due row, whatever their order.
         let later = mono + 5 * SECOND;
-        assert_eq!(s.left_out(later), Vec::<String>::new());
+        // Still left out of the read, and read by id now that it is due.
+        assert_eq!(s.left_out(later), ["a"]);
+        assert_eq!(s.due_failing(later, 16), [1]);
+        assert_eq!(s.due_failing(mono, 16), Vec::<i64>::new(), "not before it is due");
         let lone = choice(&[row(1, "a", 3, now), row(3, "a", 0, now)], &s, now, later);
         assert_eq!((lone.ids, lone.alone), (vec![1], true));
         let first = choice(&rows, &s, now, later);
@@ -475,7 +487,9 @@ mod tests {
         let rows = [row(1, "a", 3, later), row(2, "b", 2, now), row(3, "c", 0, now)];
         assert!(s.learn(&rows, now, mono, &policy));
         assert!(s.spent(mono), "three attempts were made on a: the hold is over");
-        assert_eq!(s.left_out(mono), ["a"]);
+        // Every failing org is left out of the read; b's row, due, is read by id.
+        assert_eq!(s.left_out(mono), ["a", "b"]);
+        assert_eq!(s.due_failing(mono, 16), [2]);
         let c = choice(&rows, &s, now, mono);
         assert_eq!((c.ids, c.wake_at), (vec![3], Some(mono + 30 * SECOND)));
         assert_eq!(s.blocked(mono).map(|b| b.rows), Some(2));
@@ -492,8 +506,9 @@ mod tests {
         let stepped = now + chrono::Duration::hours(2);
         assert_eq!(pick(&[row(1, "a", 1, stepped)], &s, now), [1]);
         let mut learned = Schedule::default();
-        let waits = learned.learn(&[row(1, "a", 3, stepped)], now, Instant::now(), &RetryPolicy::default());
-        assert!(!waits, "learned as due now");
+        let mono = Instant::now();
+        assert!(learned.learn(&[row(1, "a", 3, stepped)], now, mono, &RetryPolicy::default()));
+        assert_eq!(learned.due_failing(mono, 16), [1], "learned as due now");
         assert_eq!(pick(&[row(1, "a", 3, later)], &learned, now), [1]);
         // This process's own schedule wins over the stored time.
         let mut mine = Schedule::default();

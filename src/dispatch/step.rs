@@ -234,11 +234,47 @@ async fn scan(cx: &Ctx<'_>, schedule: &mut Schedule, mono: Instant) -> anyhow::R
             let skipped: HashSet<&str> = skip.iter().map(String::as_str).collect();
             schedule.retain(|id, org| live.contains(&id) || skipped.contains(org));
         }
-        let waits = schedule.learn(&rows, cx.settings.clock.now(), mono, &cx.settings.retry);
-        if rows.len() < full || !waits || !schedule.spent(mono) {
-            return Ok(rows);
+        let learnt = schedule.learn(&rows, cx.settings.clock.now(), mono, &cx.settings.retry);
+        if rows.len() < full || !learnt || !schedule.spent(mono) {
+            return with_due_failing(cx, schedule, rows, mono).await;
         }
     }
+}
+
+/// How many failing rows that fell due one step reads by id: each goes alone, after the rows of
+/// the orgs with nothing failing, so a few are enough.
+const DUE_FAILING: usize = 16;
+
+/// `rows` (which leave out every failing org once the hold is spent) with the failing rows that
+/// are due, read by id, in event order; a failing row no longer pending (sent by another
+/// instance, or given up) is forgotten.
+async fn with_due_failing(
+    cx: &Ctx<'_>,
+    schedule: &mut Schedule,
+    mut rows: Vec<Pending>,
+    mono: Instant,
+) -> anyhow::Result<Vec<Pending>> {
+    if !schedule.spent(mono) {
+        return Ok(rows);
+    }
+    let read: HashSet<i64> = rows.iter().map(|r| r.outbox_id).collect();
+    let due: Vec<i64> = schedule
+        .due_failing(mono, DUE_FAILING)
+        .into_iter()
+        .filter(|id| !read.contains(id))
+        .collect();
+    if due.is_empty() {
+        return Ok(rows);
+    }
+    let failing = cx.store.pending_of(&due).await?;
+    let still: HashSet<i64> = failing.iter().map(|r| r.outbox_id).collect();
+    due.iter()
+        .filter(|id| !still.contains(id))
+        .for_each(|id| schedule.forget(*id));
+    rows.extend(failing);
+    // Outbox rows are written in event order, so their ids are in event order too.
+    rows.sort_unstable_by_key(|r| r.outbox_id);
+    Ok(rows)
 }
 
 /// Waits until the channel's pacing allows the next send.

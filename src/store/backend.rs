@@ -98,6 +98,9 @@ pub(crate) trait Backend {
     /// orgs in `skip` (bound as one parameter).
     async fn pending(&self, channel: &str, limit: i64, skip: &[String]) -> anyhow::Result<Vec<Pending>>;
 
+    /// Those of these outbox rows that are still pending, in event order.
+    async fn pending_of(&self, outbox_ids: &[i64]) -> anyhow::Result<Vec<Pending>>;
+
     /// These pending outbox rows with their events, in event order.
     async fn deliveries(&self, outbox_ids: &[i64]) -> anyhow::Result<Vec<Delivery>>;
 

@@ -52,6 +52,12 @@ impl Store {
         on_db!(self, db => db.pending(channel, limit, skip).await)
     }
 
+    /// Those of these outbox rows that are still pending, in event order: the dispatcher's
+    /// failing rows that fall due, which its read of `pending` leaves out with their orgs.
+    pub async fn pending_of(&self, outbox_ids: &[i64]) -> anyhow::Result<Vec<Pending>> {
+        on_db!(self, db => db.pending_of(outbox_ids).await)
+    }
+
     /// These pending outbox rows with their events, in event order.
     pub async fn deliveries(&self, outbox_ids: &[i64]) -> anyhow::Result<Vec<Delivery>> {
         on_db!(self, db => db.deliveries(outbox_ids).await)

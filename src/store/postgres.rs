@@ -430,6 +430,21 @@ impl Backend for Postgres {
         .await?)
     }
 
+    async fn pending_of(&self, outbox_ids: &[i64]) -> anyhow::Result<Vec<Pending>> {
+        Ok(sqlx::query_as::<_, Pending>(
+            "SELECT x.id AS outbox_id, e.org_id, x.attempts::bigint AS attempts,
+                    linkwatch_ts(x.next_attempt_at) AS next_attempt_at,
+                    linkwatch_ts(x.created_at) AS created_at, x.last_error
+             FROM outbox AS x
+             JOIN events AS e ON e.seq = x.event_seq
+             WHERE x.id = ANY($1) AND x.state = 'pending'
+             ORDER BY x.event_seq",
+        )
+        .bind(outbox_ids)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
     async fn deliveries(&self, outbox_ids: &[i64]) -> anyhow::Result<Vec<Delivery>> {
         Ok(sqlx::query_as::<_, Delivery>(
             "SELECT x.id AS outbox_id, x.attempts::bigint AS attempts,

@@ -244,6 +244,19 @@ impl Backend for Sqlite {
         .await?)
     }
 
+    async fn pending_of(&self, outbox_ids: &[i64]) -> anyhow::Result<Vec<Pending>> {
+        Ok(sqlx::query_as::<_, Pending>(
+            "SELECT x.id AS outbox_id, e.org_id, x.attempts, x.next_attempt_at, x.created_at, x.last_error
+             FROM outbox AS x
+             JOIN events AS e ON e.seq = x.event_seq
+             WHERE x.id IN (SELECT value FROM json_each(?)) AND x.state = 'pending'
+             ORDER BY x.event_seq",
+        )
+        .bind(serde_json::to_string(outbox_ids)?)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
     /// One process sends (the file lock): every row is this one's to send.
     async fn claim(&self, outbox_ids: &[i64], _token: &str, _hold: Duration) -> anyhow::Result<Vec<i64>> {
         Ok(outbox_ids.to_vec())

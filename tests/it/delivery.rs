@@ -1141,6 +1141,47 @@ async fn a_fresh_event_is_found_behind_more_waiting_orgs_than_a_step_reads(datab
     .await;
     workers.stop().await;
     assert_eq!(rx.accepted().len(), 2, "only beta's events were accepted");
+
+    // Again, but every refused org's retry is due already: they are more than one read, and
+    // each goes alone, yet beta's new event does not wait behind them.
+    t.sim.set(ORG_B, Behavior::status("SYNCED"));
+    t.check(ORG_B).await;
+    let earlier = "UPDATE outbox SET next_attempt_at = {a_minute_ago} WHERE attempts > 0 AND state = 'pending'";
+    match &database_url {
+        None => {
+            sql(
+                &t,
+                &earlier.replace("{a_minute_ago}", "strftime('%Y-%m-%dT%H:%M:%fZ', 'now', '-1 minute')"),
+            )
+            .await
+        }
+        Some(url) => {
+            let pool = sqlx::PgPool::connect(url).await.unwrap();
+            sqlx::query(sqlx::AssertSqlSafe(
+                earlier.replace("{a_minute_ago}", "now() - interval '1 minute'"),
+            ))
+            .execute(&pool)
+            .await
+            .unwrap();
+            pool.close().await;
+        }
+    }
+    let t = t.restart().await;
+    if database_url.is_some() {
+        crate::pg::lead(&t.app.store).await;
+    }
+    let before = rx.received().len();
+    let workers = Workers::start(&t);
+    wait_until(
+        Duration::from_secs(20),
+        "beta's change after the second restart",
+        || async { posts_with(&rx, ORG_B) == 3 },
+    )
+    .await;
+    workers.stop().await;
+    let got = rx.received();
+    let ahead = got[before..].iter().take_while(|r| !r.body.contains(ORG_B)).count();
+    assert!(ahead <= 1, "beta's event waited behind {ahead} refused posts");
 }
 
 #[tokio::test]

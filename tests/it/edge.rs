@@ -334,7 +334,7 @@ async fn a_dead_channel_delays_neither_the_other_channel_nor_the_checks() {
     let rx = Receiver::start().await;
     let t = spawn_app_with(Setup {
         channels: format!(
-            "[[channel]]\nname = \"dead\"\nkind = \"webhook\"\nurl = \"http://127.0.0.1:{dead}/hook\"\ntimeout = \"1h\"\n{}",
+            "[[channel]]\nname = \"dead\"\nkind = \"webhook\"\nurl = \"http://127.0.0.1:{dead}/hook\"\ntimeout = \"5m\"\n{}",
             slack("ops", &rx.url("/hook"))
         ),
         top: "shutdown_timeout = \"1s\"".into(),
@@ -391,4 +391,117 @@ async fn notify_test_against_a_dead_receiver_names_where_and_why() {
         "{stderr}"
     );
     assert!(!stderr.contains("SECRETPART"), "{stderr}");
+}
+
+/// A relay that accepts the mail and then never answers QUIT: the mail was delivered, and it is
+/// not sent again (the goodbye waited outside the send's bound, so the dispatcher abandoned an
+/// accepted mail and sent it again and again).
+async fn relay_silent_after_the_mail() -> (u16, Arc<AtomicUsize>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let count = accepted.clone();
+    tokio::spawn(async move {
+        while let Ok((socket, _)) = listener.accept().await {
+            let count = count.clone();
+            tokio::spawn(async move {
+                let (read, mut write) = socket.into_split();
+                let mut lines = BufReader::new(read).lines();
+                write.write_all(b"220 relay.test ESMTP\r\n").await.unwrap();
+                let mut in_data = false;
+                while let Ok(Some(line)) = lines.next_line().await {
+                    if in_data {
+                        if line == "." {
+                            in_data = false;
+                            count.fetch_add(1, Ordering::SeqCst);
+                            write.write_all(b"250 2.0.0 queued\r\n").await.unwrap();
+                        }
+                        continue;
+                    }
+                    let verb = line.split([' ', ':']).next().unwrap_or("").to_ascii_uppercase();
+                    let answer: &[u8] = match verb.as_str() {
+                        "EHLO" => b"250 relay.test\r\n",
+                        "DATA" => {
+                            in_data = true;
+                            b"354 go ahead\r\n"
+                        }
+                        // Never answered: the connection stays open and silent.
+                        "QUIT" => continue,
+                        _ => b"250 ok\r\n",
+                    };
+                    write.write_all(answer).await.unwrap();
+                }
+            });
+        }
+    });
+    (port, accepted)
+}
+
+#[tokio::test]
+async fn a_relay_silent_after_accepting_the_mail_gets_it_once() {
+    let (port, accepted) = relay_silent_after_the_mail().await;
+    let rx = Receiver::start().await;
+    let t = spawn_app_with(Setup {
+        channels: format!("{}{}", mail_to(port, ""), slack("ops", &rx.url("/hook"))),
+        delivery: Some(fast()),
+        ..Setup::default()
+    })
+    .await;
+    let workers = Workers::start(&t);
+    t.check(ORG_A).await;
+    wait_until(Duration::from_secs(20), "the mail recorded as sent", || async {
+        deliveries(&t).await.iter().any(|r| r.2 == "mail" && r.3 == "sent")
+    })
+    .await;
+    // A second event: the channel goes on, and the first mail is not among what it sends.
+    t.check(ORG_B).await;
+    wait_until(Duration::from_secs(20), "the second mail recorded as sent", || async {
+        deliveries(&t)
+            .await
+            .iter()
+            .filter(|r| r.2 == "mail" && r.3 == "sent")
+            .count()
+            == 2
+    })
+    .await;
+    workers.stop().await;
+    assert_eq!(accepted.load(Ordering::SeqCst), 2, "one mail per event");
+}
+
+/// The dispatcher's own bound, whatever the channel's: a send through `Outlet::send_by` is
+/// abandoned at the deadline it is given, as a failed attempt.
+#[tokio::test]
+async fn a_send_is_abandoned_at_the_deadline_its_caller_sets() {
+    let (port, _) = silent_server().await;
+    let t = spawn_app_with(Setup {
+        channels: format!(
+            "[[channel]]\nname = \"slow\"\nkind = \"webhook\"\nurl = \"http://127.0.0.1:{port}/hook\"\ntimeout = \"5m\"\n"
+        ),
+        ..Setup::default()
+    })
+    .await;
+    let outlet = t.app.dispatcher.outlet("slow").unwrap();
+    let message = linkwatch::text::Message {
+        title: "test".into(),
+        advice: None,
+        org_name: "alpha".into(),
+        org_id: ORG_A.into(),
+        kind: "test".into(),
+        event_id: "evt_test".into(),
+        at: "2026-12-04T00:00:00.000Z".into(),
+        data: serde_json::Value::Null,
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_millis(300);
+    let sent = tokio::time::timeout(
+        Duration::from_secs(30),
+        outlet.send_by(std::slice::from_ref(&message), deadline),
+    )
+    .await
+    .expect("abandoned at its deadline, not at the channel's 5m");
+    match sent {
+        Err(linkwatch::channels::SendError::Transient { error, .. }) => {
+            assert!(error.contains("the send was abandoned"), "{error}")
+        }
+        other => panic!("{other:?}"),
+    }
 }
