@@ -505,3 +505,26 @@ async fn a_send_is_abandoned_at_the_deadline_its_caller_sets() {
         other => panic!("{other:?}"),
     }
 }
+
+#[tokio::test]
+async fn report_to_a_silent_smtp_server_ends_within_the_timeout_and_says_why() {
+    let (port, _) = silent_server().await;
+    let t = spawn_app_with(Setup {
+        channels: mail_to(port, ""),
+        ..Setup::default()
+    })
+    .await;
+    t.check(ORG_A).await;
+    let run = tokio::process::Command::new(env!("CARGO_BIN_EXE_linkwatch"))
+        .args(["report", "--channel", "mail", "--config"])
+        .arg(&t.config_path)
+        .kill_on_drop(true)
+        .output();
+    let out = tokio::time::timeout(Duration::from_secs(30), run)
+        .await
+        .expect("report --channel ended")
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("no answer from the SMTP server"), "{stderr}");
+}

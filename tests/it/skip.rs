@@ -5,7 +5,11 @@
 
 /// Whether `var` says its dependency is required: set, and neither empty nor `0`.
 pub fn required(var: &str) -> bool {
-    std::env::var(var).is_ok_and(|v| !v.is_empty() && v != "0")
+    requires(std::env::var(var).ok().as_deref())
+}
+
+fn requires(value: Option<&str>) -> bool {
+    value.is_some_and(|v| !v.is_empty() && v != "0")
 }
 
 /// Skips the calling test with a note (`what` is missing, `how` to get it), or fails it when
@@ -19,13 +23,8 @@ pub fn skip(var: &str, what: &str, how: &str) {
 
 #[test]
 fn zero_and_empty_mean_not_required() {
-    // SAFETY (of the test): set_var is unsafe in edition 2024 because other threads may read the
-    // environment; this variable is read by this test alone.
-    unsafe { std::env::set_var("LINKWATCH_REQUIRE_SELFTEST", "0") };
-    assert!(!required("LINKWATCH_REQUIRE_SELFTEST"));
-    unsafe { std::env::set_var("LINKWATCH_REQUIRE_SELFTEST", "") };
-    assert!(!required("LINKWATCH_REQUIRE_SELFTEST"));
-    unsafe { std::env::set_var("LINKWATCH_REQUIRE_SELFTEST", "1") };
-    assert!(required("LINKWATCH_REQUIRE_SELFTEST"));
-    assert!(!required("LINKWATCH_REQUIRE_NOT_SET_ANYWHERE"));
+    assert!(!requires(Some("0")));
+    assert!(!requires(Some("")));
+    assert!(!requires(None));
+    assert!(requires(Some("1")));
 }
