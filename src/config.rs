@@ -173,143 +173,33 @@ impl Config {
     }
 
     fn from_raw(raw: raw::Config, loc: &Locator<'_>) -> Result<Config, ConfigError> {
-        let database = match &raw.database {
-            Some(p) => {
-                Database::parse(p.get_ref(), loc.base_dir()).map_err(|m| loc.error(p.span().start, "database", m))?
-            }
-            None => Database::Sqlite(PathBuf::from(DEFAULT_DATABASE)),
-        };
-        let password = resolve_secret(
-            "database_password",
-            None,
-            raw.database_password_file.as_ref(),
-            raw.database_password_env.as_ref(),
+        let database = database(&raw, loc)?;
+        let leader_lease = at_least(
+            raw.leader_lease.as_ref(),
+            Duration::from_secs(3),
+            "3s",
+            Duration::from_secs(15),
+            "leader_lease",
             loc,
         )?;
-        let at = raw
-            .database_password_file
-            .as_ref()
-            .or(raw.database_password_env.as_ref())
-            .map_or(0, |s| s.span().start);
-        let database = database
-            .with_password(password)
-            .map_err(|m| loc.error(at, "database_password", m))?;
-        let leader_lease = match &raw.leader_lease {
-            Some(l) if l.get_ref().0 < Duration::from_secs(3) => {
-                return Err(loc.error(l.span().start, "leader_lease", "must be at least 3s".into()));
-            }
-            Some(l) => l.get_ref().0,
-            None => Duration::from_secs(15),
-        };
-
-        let retention = match &raw.retention {
-            Some(r) if r.get_ref().0 < Duration::from_secs(86_400) => {
-                return Err(loc.error(r.span().start, "retention", "must be at least 1d".into()));
-            }
-            Some(r) => r.get_ref().0,
-            None => Duration::from_secs(90 * 86_400),
-        };
+        let retention = at_least(
+            raw.retention.as_ref(),
+            Duration::from_secs(86_400),
+            "1d",
+            Duration::from_secs(90 * 86_400),
+            "retention",
+            loc,
+        )?;
         let (http_listen, http_auth) = match &raw.http {
             None => (None, None),
             Some(h) => http::parse(h, loc)?,
         };
-
-        let cm = raw.cloud_manager;
-        let base_url = match &cm.base_url {
-            Some(u) => parse_base_url(u, loc)?,
-            None => with_trailing_slash(Url::parse(DEFAULT_BASE_URL).expect("the default base URL is valid")),
-        };
-        let token_url = match &cm.token_url {
-            Some(u) => parse_url(u, "cloud_manager.token_url", loc)?,
-            None => default_token_url(&base_url),
-        };
-        let cloud_manager = CloudManager {
-            base_url,
-            token_url,
-            connect_timeout: timeout(
-                cm.connect_timeout.as_ref(),
-                Duration::from_secs(5),
-                "cloud_manager.connect_timeout",
-                loc,
-            )?,
-            max_body_bytes: cm.max_body_bytes.unwrap_or(64 * 1024),
-        };
-        let default_credential = credential_from(&cm.credential(), "cloud_manager", loc)?;
-
-        let poll_raw = raw.poll.unwrap_or_default();
-        let default_schedule = schedule_from(poll_raw.every.as_ref(), poll_raw.cron.as_ref(), "poll", loc)?
-            .unwrap_or(Schedule::Every(Duration::from_secs(60)));
-        let poll = Poll {
-            schedule: default_schedule.clone(),
-            timeout: timeout(poll_raw.timeout.as_ref(), Duration::from_secs(15), "poll.timeout", loc)?,
-            concurrency: positive(poll_raw.concurrency.as_ref(), 8, "poll.concurrency", loc)? as usize,
-            failures_before_alert: positive(
-                poll_raw.failures_before_alert.as_ref(),
-                3,
-                "poll.failures_before_alert",
-                loc,
-            )?,
-            confirm_checks: positive(poll_raw.confirm_checks.as_ref(), 1, "poll.confirm_checks", loc)?,
-        };
-
-        let mut credentials: Vec<Arc<Credential>> = Vec::new();
-        let mut share = |c: Credential| -> Arc<Credential> {
-            if let Some(existing) = credentials.iter().find(|e| ***e == c) {
-                return existing.clone();
-            }
-            let c = Arc::new(c);
-            credentials.push(c.clone());
-            c
-        };
-        let default_credential = default_credential.map(&mut share);
-
-        let mut orgs: Vec<Org> = Vec::with_capacity(raw.orgs.len());
-        // Where each id and name was first used: a file of 10,000 orgs is checked in one pass.
-        let mut ids: HashMap<OrgId, usize> = HashMap::with_capacity(raw.orgs.len());
-        let mut names: HashSet<String> = HashSet::with_capacity(raw.orgs.len());
-        for (i, o) in raw.orgs.into_iter().enumerate() {
-            let key = format!("org[{i}]");
-            if let Some(dup) = ids.get(o.id.get_ref()).map(|&at| &orgs[at]) {
-                return Err(loc.error(
-                    o.id.span().start,
-                    &format!("{key}.id"),
-                    format!("org id {} is already used by org \"{}\"", dup.id, dup.name),
-                ));
-            }
-            let name = o.name.get_ref().trim().to_owned();
-            if name.is_empty() {
-                return Err(loc.error(o.name.span().start, &format!("{key}.name"), "must not be empty".into()));
-            }
-            if !names.insert(name.clone()) {
-                return Err(loc.error(
-                    o.name.span().start,
-                    &format!("{key}.name"),
-                    format!("org name \"{name}\" is used twice; names must be unique"),
-                ));
-            }
-            let schedule = schedule_from(o.every.as_ref(), o.cron.as_ref(), &key, loc)?
-                .unwrap_or_else(|| default_schedule.clone());
-            let credential = match credential_from(&o.credential(), &key, loc)? {
-                Some(c) => share(c),
-                None => default_credential.clone().ok_or_else(|| {
-                    loc.error(
-                        o.id.span().start,
-                        &key,
-                        "no credential: set public_key and private_key (or client_id and \
-                         client_secret) in [cloud_manager] or in this [[org]]"
-                            .into(),
-                    )
-                })?,
-            };
-            ids.insert(o.id.get_ref().clone(), orgs.len());
-            orgs.push(Org {
-                id: o.id.into_inner(),
-                name,
-                schedule,
-                credential,
-            });
-        }
-
+        let cloud_manager = cloud_manager(&raw.cloud_manager, loc)?;
+        let mut credentials = Credentials::default();
+        let default_credential =
+            credential_from(&raw.cloud_manager.credential(), "cloud_manager", loc)?.map(|c| credentials.share(c));
+        let poll = poll(raw.poll.unwrap_or_default(), loc)?;
+        let orgs = orgs(raw.orgs, &poll.schedule, default_credential, &mut credentials, loc)?;
         let channels = notify::channels(raw.channels, loc)?;
         let routes = notify::routes(raw.routes, &channels, &orgs, loc)?;
         let (atlas, migrations) = atlas::atlas(raw.atlas, raw.migrations, &orgs, loc)?;
@@ -326,7 +216,7 @@ impl Config {
             http_auth,
             cloud_manager,
             poll,
-            credentials,
+            credentials: credentials.0,
             orgs: orgs.into(),
             channels,
             routes,
@@ -336,6 +226,162 @@ impl Config {
             heartbeat,
         })
     }
+}
+
+/// `database` (default: the SQLite file), with its password resolved.
+fn database(raw: &raw::Config, loc: &Locator<'_>) -> Result<Database, ConfigError> {
+    let database = match &raw.database {
+        Some(p) => {
+            Database::parse(p.get_ref(), loc.base_dir()).map_err(|m| loc.error(p.span().start, "database", m))?
+        }
+        None => Database::Sqlite(PathBuf::from(DEFAULT_DATABASE)),
+    };
+    let password = resolve_secret(
+        "database_password",
+        None,
+        raw.database_password_file.as_ref(),
+        raw.database_password_env.as_ref(),
+        loc,
+    )?;
+    let at = raw
+        .database_password_file
+        .as_ref()
+        .or(raw.database_password_env.as_ref())
+        .map_or(0, |s| s.span().start);
+    database
+        .with_password(password)
+        .map_err(|m| loc.error(at, "database_password", m))
+}
+
+/// A duration of at least `min` (written `min_text` in the message), or `default`.
+fn at_least(
+    value: Option<&Spanned<HumanDuration>>,
+    min: Duration,
+    min_text: &str,
+    default: Duration,
+    key: &str,
+    loc: &Locator<'_>,
+) -> Result<Duration, ConfigError> {
+    match value {
+        Some(v) if v.get_ref().0 < min => Err(loc.error(v.span().start, key, format!("must be at least {min_text}"))),
+        Some(v) => Ok(v.get_ref().0),
+        None => Ok(default),
+    }
+}
+
+/// `[cloud_manager]` but its credential.
+fn cloud_manager(cm: &raw::CloudManager, loc: &Locator<'_>) -> Result<CloudManager, ConfigError> {
+    let base_url = match &cm.base_url {
+        Some(u) => parse_base_url(u, loc)?,
+        None => with_trailing_slash(Url::parse(DEFAULT_BASE_URL).expect("the default base URL is valid")),
+    };
+    let token_url = match &cm.token_url {
+        Some(u) => parse_url(u, "cloud_manager.token_url", loc)?,
+        None => default_token_url(&base_url),
+    };
+    Ok(CloudManager {
+        base_url,
+        token_url,
+        connect_timeout: timeout(
+            cm.connect_timeout.as_ref(),
+            Duration::from_secs(5),
+            "cloud_manager.connect_timeout",
+            loc,
+        )?,
+        max_body_bytes: cm.max_body_bytes.unwrap_or(64 * 1024),
+    })
+}
+
+/// `[poll]`, with its defaults.
+fn poll(poll: raw::Poll, loc: &Locator<'_>) -> Result<Poll, ConfigError> {
+    let schedule = schedule_from(poll.every.as_ref(), poll.cron.as_ref(), "poll", loc)?
+        .unwrap_or(Schedule::Every(Duration::from_secs(60)));
+    Ok(Poll {
+        schedule,
+        timeout: timeout(poll.timeout.as_ref(), Duration::from_secs(15), "poll.timeout", loc)?,
+        concurrency: positive(poll.concurrency.as_ref(), 8, "poll.concurrency", loc)? as usize,
+        failures_before_alert: positive(
+            poll.failures_before_alert.as_ref(),
+            3,
+            "poll.failures_before_alert",
+            loc,
+        )?,
+        confirm_checks: positive(poll.confirm_checks.as_ref(), 1, "poll.confirm_checks", loc)?,
+    })
+}
+
+/// The distinct credentials of the file: orgs with the same key share one (and so one Digest
+/// session or one token).
+#[derive(Default)]
+struct Credentials(Vec<Arc<Credential>>);
+
+impl Credentials {
+    fn share(&mut self, c: Credential) -> Arc<Credential> {
+        if let Some(existing) = self.0.iter().find(|e| ***e == c) {
+            return existing.clone();
+        }
+        let c = Arc::new(c);
+        self.0.push(c.clone());
+        c
+    }
+}
+
+/// The `[[org]]` tables: unique ids and names (checked in one pass, for files of 10,000 orgs),
+/// each with its schedule and credential (its own, or `[cloud_manager]`'s).
+fn orgs(
+    raw: Vec<raw::Org>,
+    default_schedule: &Schedule,
+    default_credential: Option<Arc<Credential>>,
+    credentials: &mut Credentials,
+    loc: &Locator<'_>,
+) -> Result<Vec<Org>, ConfigError> {
+    let mut orgs: Vec<Org> = Vec::with_capacity(raw.len());
+    // Where each id was first used, and every name.
+    let mut ids: HashMap<OrgId, usize> = HashMap::with_capacity(raw.len());
+    let mut names: HashSet<String> = HashSet::with_capacity(raw.len());
+    for (i, o) in raw.into_iter().enumerate() {
+        let key = format!("org[{i}]");
+        if let Some(dup) = ids.get(o.id.get_ref()).map(|&at| &orgs[at]) {
+            return Err(loc.error(
+                o.id.span().start,
+                &format!("{key}.id"),
+                format!("org id {} is already used by org \"{}\"", dup.id, dup.name),
+            ));
+        }
+        let name = o.name.get_ref().trim().to_owned();
+        if name.is_empty() {
+            return Err(loc.error(o.name.span().start, &format!("{key}.name"), "must not be empty".into()));
+        }
+        if !names.insert(name.clone()) {
+            return Err(loc.error(
+                o.name.span().start,
+                &format!("{key}.name"),
+                format!("org name \"{name}\" is used twice; names must be unique"),
+            ));
+        }
+        let schedule =
+            schedule_from(o.every.as_ref(), o.cron.as_ref(), &key, loc)?.unwrap_or_else(|| default_schedule.clone());
+        let credential = match credential_from(&o.credential(), &key, loc)? {
+            Some(c) => credentials.share(c),
+            None => default_credential.clone().ok_or_else(|| {
+                loc.error(
+                    o.id.span().start,
+                    &key,
+                    "no credential: set public_key and private_key (or client_id and \
+                     client_secret) in [cloud_manager] or in this [[org]]"
+                        .into(),
+                )
+            })?,
+        };
+        ids.insert(o.id.get_ref().clone(), orgs.len());
+        orgs.push(Org {
+            id: o.id.into_inner(),
+            name,
+            schedule,
+            credential,
+        });
+    }
+    Ok(orgs)
 }
 
 /// Turns byte offsets into file:line:column errors.
