@@ -5,8 +5,8 @@ use std::time::Duration;
 
 use reqwest::Url;
 
-use super::with_trailing_slash;
 use super::{ConfigError, Credential, Locator, Org, OrgId, credential_from, default_token_url, parse_url, raw};
+use super::{at_least, with_trailing_slash};
 
 pub const DEFAULT_ATLAS_URL: &str = "https://cloud.mongodb.com/api/atlas/v2";
 
@@ -58,6 +58,17 @@ pub(super) fn atlas(
             None => Ok((None, Vec::new())),
         };
     };
+    let atlas = atlas_table(&a, loc)?;
+    let mut out: Vec<LiveMigration> = Vec::with_capacity(migrations.len());
+    for (i, m) in migrations.into_iter().enumerate() {
+        let migration = live_migration(&format!("migration[{i}]"), m, orgs, &out, loc)?;
+        out.push(migration);
+    }
+    Ok((Some(atlas), out))
+}
+
+/// `[atlas]`: where, with which key, how often, and the cutover window with its warnings.
+fn atlas_table(a: &raw::Atlas, loc: &Locator<'_>) -> Result<Atlas, ConfigError> {
     let base_url = match &a.base_url {
         Some(u) => with_trailing_slash(parse_url(u, "atlas.base_url", loc)?),
         None => with_trailing_slash(Url::parse(DEFAULT_ATLAS_URL).expect("the default Atlas URL is valid")),
@@ -73,21 +84,41 @@ pub(super) fn atlas(
             "no credential: set public_key and private_key (or client_id and client_secret) in [atlas]".into(),
         )
     })?;
-    let every = match &a.every {
-        Some(e) if e.get_ref().0 < Duration::from_secs(1) => {
-            return Err(loc.error(e.span().start, "atlas.every", "must be at least 1s".into()));
-        }
-        Some(e) => e.get_ref().0,
-        None => Duration::from_secs(60),
-    };
-    let cutover_window = match &a.cutover_window {
-        Some(w) if w.get_ref().0 < Duration::from_secs(1) => {
-            return Err(loc.error(w.span().start, "atlas.cutover_window", "must be at least 1s".into()));
-        }
-        Some(w) => w.get_ref().0,
-        None => Duration::from_secs(120 * 3600),
-    };
-    let mut deadline_warnings = match &a.deadline_warnings {
+    let second = Duration::from_secs(1);
+    let every = at_least(
+        a.every.as_ref(),
+        second,
+        "1s",
+        Duration::from_secs(60),
+        "atlas.every",
+        loc,
+    )?;
+    let cutover_window = at_least(
+        a.cutover_window.as_ref(),
+        second,
+        "1s",
+        Duration::from_secs(120 * 3600),
+        "atlas.cutover_window",
+        loc,
+    )?;
+    Ok(Atlas {
+        base_url,
+        token_url,
+        credential: Arc::new(credential),
+        every,
+        deadline_warnings: deadline_warnings(a, cutover_window, loc)?,
+        cutover_window,
+    })
+}
+
+/// The warnings before a cutover deadline, longest first (default 24 h, 6 h, 1 h), each within
+/// the window.
+fn deadline_warnings(
+    a: &raw::Atlas,
+    cutover_window: Duration,
+    loc: &Locator<'_>,
+) -> Result<Vec<Duration>, ConfigError> {
+    let mut warnings = match &a.deadline_warnings {
         None => [24, 6, 1].iter().map(|h| Duration::from_secs(h * 3600)).collect(),
         Some(list) => {
             let mut out = Vec::new();
@@ -107,87 +138,83 @@ pub(super) fn atlas(
             out
         }
     };
-    deadline_warnings.sort_by(|a, b| b.cmp(a));
-    deadline_warnings.dedup();
+    warnings.sort_by(|a, b| b.cmp(a));
+    warnings.dedup();
+    Ok(warnings)
+}
 
-    let mut out: Vec<LiveMigration> = Vec::new();
-    for (i, m) in migrations.into_iter().enumerate() {
-        let key = format!("migration[{i}]");
-        let name = m.name.get_ref().trim().to_owned();
-        if name.is_empty() {
-            return Err(loc.error(m.name.span().start, &format!("{key}.name"), "must not be empty".into()));
-        }
-        if out.iter().any(|x| x.name == name) {
-            return Err(loc.error(
-                m.name.span().start,
-                &format!("{key}.name"),
-                format!("migration name \"{name}\" is used twice; names must be unique"),
-            ));
-        }
-        let wanted = m.org.get_ref().trim();
-        let org = orgs
-            .iter()
-            .find(|o| o.name == wanted || o.id.as_str() == wanted)
-            .ok_or_else(|| {
-                loc.error(
-                    m.org.span().start,
-                    &format!("{key}.org"),
-                    format!("no [[org]] has the name or id \"{wanted}\""),
-                )
-            })?;
-        let hex = |v: &toml::Spanned<String>, field: &str, what: &str| {
-            let s = v.get_ref().trim();
-            if s.len() == 24 && s.bytes().all(|b| b.is_ascii_hexdigit()) {
-                Ok(s.to_ascii_lowercase())
-            } else {
-                Err(loc.error(
-                    v.span().start,
-                    &format!("{key}.{field}"),
-                    format!("\"{s}\" is not {what}: expected 24 hex characters"),
-                ))
-            }
-        };
-        let group_id = hex(&m.group_id, "group_id", "an Atlas project id")?;
-        let id = hex(
-            &m.id,
-            "id",
-            "a live migration id (the `_id` that creating the migration returned)",
-        )?;
-        if let Some(dup) = out.iter().find(|x| x.id == id) {
-            return Err(loc.error(
-                m.id.span().start,
-                &format!("{key}.id"),
-                format!("live migration {id} is already followed as \"{}\"", dup.name),
-            ));
-        }
-        let lag_alert = match &m.lag_alert {
-            Some(l) if l.get_ref().0 < Duration::from_secs(1) => {
-                return Err(loc.error(
-                    l.span().start,
-                    &format!("{key}.lag_alert"),
-                    "must be at least 1s (the lag is never 0 in practice)".into(),
-                ));
-            }
-            Some(l) => Some(l.get_ref().0),
-            None => None,
-        };
-        out.push(LiveMigration {
-            name,
-            org: org.id.clone(),
-            group_id,
-            id,
-            lag_alert,
-        });
+/// One `[[migration]]` (`key` is where it is), given the ones before it (`earlier`): a unique
+/// name and id, a configured source org, 24-hex ids.
+fn live_migration(
+    key: &str,
+    m: raw::LiveMigration,
+    orgs: &[Org],
+    earlier: &[LiveMigration],
+    loc: &Locator<'_>,
+) -> Result<LiveMigration, ConfigError> {
+    let name = m.name.get_ref().trim().to_owned();
+    if name.is_empty() {
+        return Err(loc.error(m.name.span().start, &format!("{key}.name"), "must not be empty".into()));
     }
-    Ok((
-        Some(Atlas {
-            base_url,
-            token_url,
-            credential: Arc::new(credential),
-            every,
-            cutover_window,
-            deadline_warnings,
-        }),
-        out,
-    ))
+    if earlier.iter().any(|x| x.name == name) {
+        return Err(loc.error(
+            m.name.span().start,
+            &format!("{key}.name"),
+            format!("migration name \"{name}\" is used twice; names must be unique"),
+        ));
+    }
+    let wanted = m.org.get_ref().trim();
+    let org = orgs
+        .iter()
+        .find(|o| o.name == wanted || o.id.as_str() == wanted)
+        .ok_or_else(|| {
+            loc.error(
+                m.org.span().start,
+                &format!("{key}.org"),
+                format!("no [[org]] has the name or id \"{wanted}\""),
+            )
+        })?;
+    let hex = |v: &toml::Spanned<String>, field: &str, what: &str| {
+        let s = v.get_ref().trim();
+        if s.len() == 24 && s.bytes().all(|b| b.is_ascii_hexdigit()) {
+            Ok(s.to_ascii_lowercase())
+        } else {
+            Err(loc.error(
+                v.span().start,
+                &format!("{key}.{field}"),
+                format!("\"{s}\" is not {what}: expected 24 hex characters"),
+            ))
+        }
+    };
+    let group_id = hex(&m.group_id, "group_id", "an Atlas project id")?;
+    let id = hex(
+        &m.id,
+        "id",
+        "a live migration id (the `_id` that creating the migration returned)",
+    )?;
+    if let Some(dup) = earlier.iter().find(|x| x.id == id) {
+        return Err(loc.error(
+            m.id.span().start,
+            &format!("{key}.id"),
+            format!("live migration {id} is already followed as \"{}\"", dup.name),
+        ));
+    }
+    let lag_alert = match &m.lag_alert {
+        Some(l) if l.get_ref().0 < Duration::from_secs(1) => {
+            return Err(loc.error(
+                l.span().start,
+                &format!("{key}.lag_alert"),
+                "must be at least 1s (the lag is never 0 in practice)".into(),
+            ));
+        }
+        Some(l) => Some(l.get_ref().0),
+        None => None,
+    };
+    Ok(LiveMigration {
+        name,
+        org: org.id.clone(),
+        group_id,
+        id,
+        lag_alert,
+    })
 }
