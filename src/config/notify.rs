@@ -107,113 +107,11 @@ pub(super) fn channels(raw: Vec<raw::Channel>, loc: &Locator<'_>) -> Result<Vec<
         }
         let kind = *c.kind.get_ref();
         reject_foreign_keys(&c, kind, &table, loc)?;
-        let required = |value: Option<String>, key: &str| {
-            value.ok_or_else(|| {
-                loc.error(
-                    c.kind.span().start,
-                    &format!("{table}.{key}"),
-                    format!("a {} channel needs `{key}`", kind_name(kind)),
-                )
-            })
-        };
         let kind = match kind {
             RawKind::Console => ChannelKind::Console,
-            RawKind::Slack => {
-                let key = format!("{table}.webhook_url");
-                let url = resolve_secret(
-                    &key,
-                    c.webhook_url.as_ref(),
-                    c.webhook_url_file.as_ref(),
-                    c.webhook_url_env.as_ref(),
-                    loc,
-                )?
-                .ok_or_else(|| {
-                    loc.error(
-                        c.kind.span().start,
-                        &key,
-                        "a slack channel needs `webhook_url` (or _file / _env)".into(),
-                    )
-                })?;
-                check_http_url(url.expose())
-                    .and_then(|u| check_https(&u))
-                    .map_err(|m| {
-                        let at = c.webhook_url.as_ref().map_or(c.kind.span().start, |s| s.span().start);
-                        loc.error(at, &key, m)
-                    })?;
-                ChannelKind::Slack { webhook_url: url }
-            }
-            RawKind::Email => {
-                let smtp_url = c.smtp_url.clone().map(|s| s.into_inner());
-                let smtp_url = required(smtp_url.map(|s| s.expose().to_owned()), "smtp_url")?;
-                let at = c.smtp_url.as_ref().map_or(0, |s| s.span().start);
-                let target =
-                    super::parse_smtp_url(&smtp_url).map_err(|m| loc.error(at, &format!("{table}.smtp_url"), m))?;
-                let password = resolve_secret(
-                    &format!("{table}.password"),
-                    c.password.as_ref(),
-                    c.password_file.as_ref(),
-                    c.password_env.as_ref(),
-                    loc,
-                )?;
-                if password.is_some() != c.username.is_some() {
-                    return Err(loc.error(
-                        c.kind.span().start,
-                        &format!("{table}.username"),
-                        "set both `username` and a password, or neither".into(),
-                    ));
-                }
-                if (c.username.is_some() || target.credentials.is_some())
-                    && matches!(target.tls, TlsMode::None | TlsMode::Opportunistic)
-                    && !is_loopback(&target.host)
-                {
-                    // Opportunistic STARTTLS counts as none: whoever strips the STARTTLS offer
-                    // from the server's greeting reads the password.
-                    return Err(loc.error(
-                        at,
-                        &format!("{table}.smtp_url"),
-                        "a login (username and password) would cross the network unencrypted: use \
-                         smtp://host:587?tls=required (STARTTLS) or smtps://host:465 (TLS), or no login"
-                            .into(),
-                    ));
-                }
-                let from = required(c.from.as_ref().map(|f| f.get_ref().clone()), "from")?;
-                check_mailbox(&from).map_err(|m| loc.error(span_of(&c.from), &format!("{table}.from"), m))?;
-                let to = required_list(c.to.as_ref(), &table, "to", c.kind.span().start, loc)?;
-                for addr in &to {
-                    check_mailbox(addr).map_err(|m| loc.error(span_of(&c.to), &format!("{table}.to"), m))?;
-                }
-                ChannelKind::Email(Email {
-                    smtp_url: Secret::new(smtp_url),
-                    username: c.username.as_ref().map(|u| u.get_ref().clone()),
-                    password,
-                    ca_file: c.ca_file.as_ref().map(|p| resolve_path(loc.base_dir(), p.get_ref())),
-                    from,
-                    to,
-                })
-            }
-            RawKind::Webhook => {
-                let url_text = required(c.url.as_ref().map(|u| u.get_ref().clone()), "url")?;
-                let url =
-                    check_http_url(&url_text).map_err(|m| loc.error(span_of(&c.url), &format!("{table}.url"), m))?;
-                let key = format!("{table}.secret");
-                let secret = resolve_secret(
-                    &key,
-                    c.secret.as_ref(),
-                    c.secret_file.as_ref(),
-                    c.secret_env.as_ref(),
-                    loc,
-                )?
-                .map(|s| decode_webhook_secret(s.expose()))
-                .transpose()
-                .map_err(|m| {
-                    loc.error(
-                        c.secret.as_ref().map_or(c.kind.span().start, |s| s.span().start),
-                        &key,
-                        m,
-                    )
-                })?;
-                ChannelKind::Webhook { url, secret }
-            }
+            RawKind::Slack => slack(&c, &table, loc)?,
+            RawKind::Email => email(&c, &table, loc)?,
+            RawKind::Webhook => webhook(&c, &table, loc)?,
         };
         let timeout = match &c.timeout {
             None => Duration::from_secs(10),
@@ -229,6 +127,123 @@ pub(super) fn channels(raw: Vec<raw::Channel>, loc: &Locator<'_>) -> Result<Vec<
         channels.push(Channel { name, kind, timeout });
     }
     Ok(channels)
+}
+
+/// `value` of `key`, which a channel of `c`'s kind must have.
+fn required<T>(
+    value: Option<T>,
+    c: &raw::Channel,
+    table: &str,
+    key: &str,
+    loc: &Locator<'_>,
+) -> Result<T, ConfigError> {
+    value.ok_or_else(|| {
+        loc.error(
+            c.kind.span().start,
+            &format!("{table}.{key}"),
+            format!("a {} channel needs `{key}`", kind_name(*c.kind.get_ref())),
+        )
+    })
+}
+
+/// A Slack channel: its webhook URL, a secret, over https.
+fn slack(c: &raw::Channel, table: &str, loc: &Locator<'_>) -> Result<ChannelKind, ConfigError> {
+    let key = format!("{table}.webhook_url");
+    let url = resolve_secret(
+        &key,
+        c.webhook_url.as_ref(),
+        c.webhook_url_file.as_ref(),
+        c.webhook_url_env.as_ref(),
+        loc,
+    )?
+    .ok_or_else(|| {
+        loc.error(
+            c.kind.span().start,
+            &key,
+            "a slack channel needs `webhook_url` (or _file / _env)".into(),
+        )
+    })?;
+    check_http_url(url.expose())
+        .and_then(|u| check_https(&u))
+        .map_err(|m| {
+            let at = c.webhook_url.as_ref().map_or(c.kind.span().start, |s| s.span().start);
+            loc.error(at, &key, m)
+        })?;
+    Ok(ChannelKind::Slack { webhook_url: url })
+}
+
+/// An email channel: the relay (a login only over TLS, but to loopback), sender and recipients.
+fn email(c: &raw::Channel, table: &str, loc: &Locator<'_>) -> Result<ChannelKind, ConfigError> {
+    let smtp_url = c.smtp_url.as_ref().map(|s| s.get_ref().expose().to_owned());
+    let smtp_url = required(smtp_url, c, table, "smtp_url", loc)?;
+    let at = c.smtp_url.as_ref().map_or(0, |s| s.span().start);
+    let target = super::parse_smtp_url(&smtp_url).map_err(|m| loc.error(at, &format!("{table}.smtp_url"), m))?;
+    let password = resolve_secret(
+        &format!("{table}.password"),
+        c.password.as_ref(),
+        c.password_file.as_ref(),
+        c.password_env.as_ref(),
+        loc,
+    )?;
+    if password.is_some() != c.username.is_some() {
+        return Err(loc.error(
+            c.kind.span().start,
+            &format!("{table}.username"),
+            "set both `username` and a password, or neither".into(),
+        ));
+    }
+    if (c.username.is_some() || target.credentials.is_some())
+        && matches!(target.tls, TlsMode::None | TlsMode::Opportunistic)
+        && !is_loopback(&target.host)
+    {
+        // Opportunistic STARTTLS counts as none: whoever strips the STARTTLS offer from the
+        // server's greeting reads the password.
+        return Err(loc.error(
+            at,
+            &format!("{table}.smtp_url"),
+            "a login (username and password) would cross the network unencrypted: use \
+             smtp://host:587?tls=required (STARTTLS) or smtps://host:465 (TLS), or no login"
+                .into(),
+        ));
+    }
+    let from = required(c.from.as_ref().map(|f| f.get_ref().clone()), c, table, "from", loc)?;
+    check_mailbox(&from).map_err(|m| loc.error(span_of(&c.from), &format!("{table}.from"), m))?;
+    let to = required_list(c.to.as_ref(), table, "to", c.kind.span().start, loc)?;
+    for addr in &to {
+        check_mailbox(addr).map_err(|m| loc.error(span_of(&c.to), &format!("{table}.to"), m))?;
+    }
+    Ok(ChannelKind::Email(Email {
+        smtp_url: Secret::new(smtp_url),
+        username: c.username.as_ref().map(|u| u.get_ref().clone()),
+        password,
+        ca_file: c.ca_file.as_ref().map(|p| resolve_path(loc.base_dir(), p.get_ref())),
+        from,
+        to,
+    }))
+}
+
+/// A webhook channel: its URL and the optional signing secret.
+fn webhook(c: &raw::Channel, table: &str, loc: &Locator<'_>) -> Result<ChannelKind, ConfigError> {
+    let url_text = required(c.url.as_ref().map(|u| u.get_ref().clone()), c, table, "url", loc)?;
+    let url = check_http_url(&url_text).map_err(|m| loc.error(span_of(&c.url), &format!("{table}.url"), m))?;
+    let key = format!("{table}.secret");
+    let secret = resolve_secret(
+        &key,
+        c.secret.as_ref(),
+        c.secret_file.as_ref(),
+        c.secret_env.as_ref(),
+        loc,
+    )?
+    .map(|s| decode_webhook_secret(s.expose()))
+    .transpose()
+    .map_err(|m| {
+        loc.error(
+            c.secret.as_ref().map_or(c.kind.span().start, |s| s.span().start),
+            &key,
+            m,
+        )
+    })?;
+    Ok(ChannelKind::Webhook { url, secret })
 }
 
 pub(super) fn routes(
