@@ -92,30 +92,55 @@ pub fn detect_live_migration(
 ) -> (LiveMigrationState, Vec<Event>) {
     let mut next = state.clone();
     let mut events = Vec::new();
-    let migration = || name.to_owned();
-    let reading = match outcome {
-        Err(failure) => {
-            next.consecutive_failures = state.consecutive_failures.saturating_add(1);
-            let since = *next.failing_since.get_or_insert(now);
-            if next.consecutive_failures >= policy.failures_before_alert && !state.failing_alerted {
-                next.failing_alerted = true;
-                events.push(Event::MigrationCheckFailing {
-                    migration: migration(),
-                    failures: next.consecutive_failures,
-                    since,
-                    failure: failure.clone(),
-                });
-            }
-            // What is known of the migration still meets the link's news.
-            link_broken(name, &mut next, link, &mut events);
-            return (next, events);
+    match outcome {
+        Err(failure) => failed(name, state, &mut next, failure, now, &policy, &mut events),
+        Ok(reading) => {
+            recovered(name, state, &mut next, now, &mut events);
+            status(name, state, &mut next, reading, now, &mut events);
+            readiness(name, state, &mut next, reading, now, &policy, &mut events);
+            lag(name, &mut next, reading, now, &policy, &mut events);
+            deadline_warning(name, &mut next, now, &policy, &mut events);
         }
-        Ok(reading) => reading,
-    };
+    }
+    // What is known of the migration (even when this check failed) meets the link's news.
+    link_broken(name, &mut next, link, &mut events);
+    (next, events)
+}
 
+/// A failed check: counted, and `check_failing` once the policy's number is reached.
+fn failed(
+    name: &str,
+    state: &LiveMigrationState,
+    next: &mut LiveMigrationState,
+    failure: &crate::outcome::Failure,
+    now: DateTime<Utc>,
+    policy: &LiveMigrationPolicy<'_>,
+    events: &mut Vec<Event>,
+) {
+    next.consecutive_failures = state.consecutive_failures.saturating_add(1);
+    let since = *next.failing_since.get_or_insert(now);
+    if next.consecutive_failures >= policy.failures_before_alert && !state.failing_alerted {
+        next.failing_alerted = true;
+        events.push(Event::MigrationCheckFailing {
+            migration: name.to_owned(),
+            failures: next.consecutive_failures,
+            since,
+            failure: failure.clone(),
+        });
+    }
+}
+
+/// A check that answered after an alert of failing ones: `check_recovered`; the count restarts.
+fn recovered(
+    name: &str,
+    state: &LiveMigrationState,
+    next: &mut LiveMigrationState,
+    now: DateTime<Utc>,
+    events: &mut Vec<Event>,
+) {
     if state.failing_alerted {
         events.push(Event::MigrationCheckRecovered {
-            migration: migration(),
+            migration: name.to_owned(),
             failures: state.consecutive_failures,
             failed_for_s: seconds_since(state.failing_since, now),
         });
@@ -123,30 +148,52 @@ pub fn detect_live_migration(
     next.consecutive_failures = 0;
     next.failing_since = None;
     next.failing_alerted = false;
+}
 
-    if state.status.as_deref() != Some(reading.status.as_str()) {
-        events.push(Event::MigrationStatusChanged {
-            migration: migration(),
-            from: state.status.clone(),
-            to: reading.status.clone(),
-            from_lasted_s: state.status.as_ref().map(|_| seconds_since(state.status_since, now)),
-        });
-        next.status = Some(reading.status.clone());
-        next.status_since = Some(now);
-        if is_final(&reading.status) {
-            // Readiness, lag and the window belong to a running migration; a finished or failed
-            // one has said all it will in its status change. Any other status (an undocumented
-            // one, say) may be a passing state: the window keeps counting from the first
-            // readiness.
-            next.ready_since = None;
-            next.warned_s = None;
-            next.lag_high = false;
-            next.lag_high_since = None;
-            next.lag_streak = 0;
-        }
+/// A new status: `status_changed`; a final one ends what belongs to a running migration.
+fn status(
+    name: &str,
+    state: &LiveMigrationState,
+    next: &mut LiveMigrationState,
+    reading: &crate::outcome::LiveMigrationReading,
+    now: DateTime<Utc>,
+    events: &mut Vec<Event>,
+) {
+    if state.status.as_deref() == Some(reading.status.as_str()) {
+        return;
     }
-    let working = reading.status == WORKING;
+    events.push(Event::MigrationStatusChanged {
+        migration: name.to_owned(),
+        from: state.status.clone(),
+        to: reading.status.clone(),
+        from_lasted_s: state.status.as_ref().map(|_| seconds_since(state.status_since, now)),
+    });
+    next.status = Some(reading.status.clone());
+    next.status_since = Some(now);
+    if is_final(&reading.status) {
+        // Readiness, lag and the window belong to a running migration; a finished or failed
+        // one has said all it will in its status change. Any other status (an undocumented
+        // one, say) may be a passing state: the window keeps counting from the first
+        // readiness.
+        next.ready_since = None;
+        next.warned_s = None;
+        next.lag_high = false;
+        next.lag_high_since = None;
+        next.lag_streak = 0;
+    }
+}
 
+/// Ready for cutover, or no longer: the window counts from the first readiness.
+fn readiness(
+    name: &str,
+    state: &LiveMigrationState,
+    next: &mut LiveMigrationState,
+    reading: &crate::outcome::LiveMigrationReading,
+    now: DateTime<Utc>,
+    policy: &LiveMigrationPolicy<'_>,
+    events: &mut Vec<Event>,
+) {
+    let working = reading.status == WORKING;
     // An answer without `readyForCutover` says nothing about it: the last known value stands.
     let ready = reading.ready_for_cutover.unwrap_or(state.ready);
     next.ready = ready;
@@ -156,73 +203,94 @@ pub fn detect_live_migration(
     if working && ready && !state.ready {
         let since = next.ready_since.unwrap_or(now);
         events.push(Event::ReadyForCutover {
-            migration: migration(),
+            migration: name.to_owned(),
             deadline: add(since, policy.cutover_window),
             lag_s: reading.lag_s,
         });
     } else if working && state.ready && !ready {
         events.push(Event::ReadyForCutoverLost {
-            migration: migration(),
+            migration: name.to_owned(),
             lag_s: reading.lag_s,
         });
     }
+}
 
+/// The lag against `lag_alert`, with hysteresis: high after [`LAG_CHECKS`] checks above it,
+/// recovered after as many at or below [`RECOVER_RATIO`] of it.
+fn lag(
+    name: &str,
+    next: &mut LiveMigrationState,
+    reading: &crate::outcome::LiveMigrationReading,
+    now: DateTime<Utc>,
+    policy: &LiveMigrationPolicy<'_>,
+    events: &mut Vec<Event>,
+) {
     next.lag_s = reading.lag_s;
-    if let (Some(threshold), Some(lag), true) = (policy.lag_alert, reading.lag_s, working) {
-        let threshold_s = threshold.as_secs() as i64;
-        let beyond = if next.lag_high {
-            (lag as f64) <= threshold_s as f64 * RECOVER_RATIO
-        } else {
-            lag > threshold_s
-        };
-        next.lag_streak = if beyond { next.lag_streak + 1 } else { 0 };
-        if next.lag_streak >= LAG_CHECKS {
-            next.lag_streak = 0;
-            if next.lag_high {
-                events.push(Event::LagRecovered {
-                    migration: migration(),
-                    lag_s: lag,
-                    threshold_s,
-                    high_for_s: seconds_since(next.lag_high_since, now),
-                });
-                next.lag_high = false;
-                next.lag_high_since = None;
-            } else {
-                events.push(Event::LagHigh {
-                    migration: migration(),
-                    lag_s: lag,
-                    threshold_s,
-                });
-                next.lag_high = true;
-                next.lag_high_since = Some(now);
-            }
-        }
+    let working = reading.status == WORKING;
+    let (Some(threshold), Some(lag), true) = (policy.lag_alert, reading.lag_s, working) else {
+        return;
+    };
+    let threshold_s = threshold.as_secs() as i64;
+    let beyond = if next.lag_high {
+        (lag as f64) <= threshold_s as f64 * RECOVER_RATIO
+    } else {
+        lag > threshold_s
+    };
+    next.lag_streak = if beyond { next.lag_streak + 1 } else { 0 };
+    if next.lag_streak < LAG_CHECKS {
+        return;
     }
-
-    // Warnings only while a cutover is possible: "cut over now" to a migration that is not
-    // ready would be advice nobody can follow. One due meanwhile comes when it is ready again.
-    if let Some(deadline) = next.deadline(policy.cutover_window).filter(|_| ready) {
-        let left_s = (deadline - now).num_seconds();
-        // After a restart or a long outage several warnings may be due at once: send the most
-        // urgent one only.
-        let due = policy
-            .deadline_warnings
-            .iter()
-            .map(|w| w.as_secs() as i64)
-            .filter(|w| left_s <= *w && next.warned_s.is_none_or(|sent| *w < sent))
-            .min();
-        if let Some(warning_s) = due {
-            next.warned_s = Some(warning_s);
-            events.push(Event::CutoverDeadline {
-                migration: migration(),
-                deadline,
-                left_s,
-            });
-        }
+    next.lag_streak = 0;
+    if next.lag_high {
+        events.push(Event::LagRecovered {
+            migration: name.to_owned(),
+            lag_s: lag,
+            threshold_s,
+            high_for_s: seconds_since(next.lag_high_since, now),
+        });
+        next.lag_high = false;
+        next.lag_high_since = None;
+    } else {
+        events.push(Event::LagHigh {
+            migration: name.to_owned(),
+            lag_s: lag,
+            threshold_s,
+        });
+        next.lag_high = true;
+        next.lag_high_since = Some(now);
     }
+}
 
-    link_broken(name, &mut next, link, &mut events);
-    (next, events)
+/// The most urgent warning due before the estimated cutover deadline, while a cutover is
+/// possible: "cut over now" to a migration that is not ready would be advice nobody can follow
+/// (one due meanwhile comes when it is ready again).
+fn deadline_warning(
+    name: &str,
+    next: &mut LiveMigrationState,
+    now: DateTime<Utc>,
+    policy: &LiveMigrationPolicy<'_>,
+    events: &mut Vec<Event>,
+) {
+    let Some(deadline) = next.deadline(policy.cutover_window).filter(|_| next.ready) else {
+        return;
+    };
+    let left_s = (deadline - now).num_seconds();
+    // After a restart or a long outage several warnings may be due at once: send the most
+    // urgent one only.
+    let due = policy
+        .deadline_warnings
+        .iter()
+        .map(|w| w.as_secs() as i64)
+        .filter(|w| left_s <= *w && next.warned_s.is_none_or(|sent| *w < sent))
+        .min();
+    if let Some(warning_s) = due {
+        next.warned_s = Some(warning_s);
+        events.push(Event::CutoverDeadline {
+            migration: name.to_owned(),
+            deadline,
+            left_s,
+        });
+    }
 }
 
 /// `link_broken_during_migration`, once per break of the link, while the migration works.
