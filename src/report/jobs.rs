@@ -20,8 +20,9 @@ use crate::store::Store;
 
 /// A slot is on time while it is at most this old.
 pub const ON_TIME: Duration = Duration::from_secs(60);
-/// A slot missed while linkwatch was down is sent late, once, if it is at most this old and the
-/// report had run before; older slots (and a new report's past slots) are skipped.
+/// The latest slot missed while linkwatch was down is sent late, once, if it is at most this old
+/// and the report had run before by the same schedule; older slots (and a new report's past
+/// slots) are skipped.
 pub const LATE_LIMIT: Duration = Duration::from_secs(24 * 3600);
 /// How often the guard looks for due slots, whatever the ticker does.
 pub const GUARD_EVERY: Duration = Duration::from_secs(30);
@@ -49,13 +50,12 @@ pub fn due(cron: &CronExpr, now: DateTime<Utc>, last: Option<DateTime<Utc>>) -> 
     if age <= ON_TIME {
         return Some((slot, false));
     }
-    // Late: only when the report ran at the slot just before this one, by this cron (a new,
-    // renamed, re-added or rescheduled report starts at its next slot, and a report down for
-    // several slots sends none of them), and only the latest slot, never a backlog.
-    let previous = slot
-        .checked_sub_signed(chrono::Duration::seconds(1))
-        .and_then(|before| cron.latest_at_or_before(before));
-    (last.is_some() && last == previous && age <= LATE_LIMIT).then_some((slot, true))
+    // Late: the latest slot only, never a backlog, within a day, and only for a report that ran
+    // before by this cron (its last run is a slot of it): down for one slot or several, it
+    // sends the latest once; a new or renamed report, or one given another schedule, starts at
+    // its next slot.
+    let ran_by_this_cron = last.is_some_and(|l| cron.latest_at_or_before(l) == Some(l));
+    (ran_by_this_cron && age <= LATE_LIMIT).then_some((slot, true))
 }
 
 /// What [`run_due`] did.
@@ -280,19 +280,38 @@ mod tests {
             Some((nine, true))
         );
         assert_eq!(due(&daily, at("2026-11-30T15:00:00Z"), None), None);
-        // Only the latest slot, and only when the report ran at the slot before it (Friday's,
-        // for Monday's): never a backlog, never after several missed slots; not past a day.
+        // Only the latest slot, never a backlog, and not past a day; after one missed slot or
+        // several alike (an hourly report down for two hours sends the latest hour, once).
         let weekday = CronExpr::parse("0 0 9 * * Mon-Fri").unwrap();
         let friday = at("2026-11-27T09:00:00Z");
         assert_eq!(
             due(&weekday, at("2026-11-30T09:30:00Z"), Some(friday)),
             Some((nine, true))
         );
-        let long_ago = at("2026-11-01T09:00:00Z");
-        assert_eq!(due(&weekday, at("2026-11-30T09:30:00Z"), Some(long_ago)), None);
-        assert_eq!(due(&weekday, at("2026-12-05T12:00:00Z"), Some(long_ago)), None);
-        // A report moved from 09:00 to 08:00 (or removed and added back) at noon: today's 08:00
-        // slot was never missed by a running linkwatch, and is not sent "late".
+        let hourly = CronExpr::parse("0 0 * * * *").unwrap();
+        assert_eq!(
+            due(&hourly, at("2026-11-30T12:30:00Z"), Some(at("2026-11-30T10:00:00Z"))),
+            Some((at("2026-11-30T12:00:00Z"), true))
+        );
+        assert_eq!(
+            due(&hourly, at("2026-11-30T12:30:00Z"), Some(at("2026-11-30T12:00:00Z"))),
+            None,
+            "sent once"
+        );
+        let long_ago = at("2026-11-02T09:00:00Z");
+        assert_eq!(
+            due(&weekday, at("2026-11-30T09:30:00Z"), Some(long_ago)),
+            Some((nine, true)),
+            "the slot is recent, whenever the report last ran"
+        );
+        assert_eq!(
+            due(&weekday, at("2026-12-05T12:00:00Z"), Some(long_ago)),
+            None,
+            "over a day late"
+        );
+        // A report moved from 09:00 to 08:00 at noon: its last run is no slot of the new
+        // schedule, so today's 08:00 slot was never missed by a running linkwatch and is not
+        // sent "late".
         let eight = CronExpr::parse("0 0 8 * * *").unwrap();
         assert_eq!(due(&eight, at("2026-11-30T12:00:00Z"), Some(yesterday)), None);
     }
