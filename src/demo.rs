@@ -55,6 +55,47 @@ fn timeline() -> Vec<DemoOrg> {
     ]
 }
 
+/// One org's script in words: "NOT_SYNCED, SYNCED at 2m 30s, NOT_SYNCED at 8m".
+fn story(script: &[(f64, Behavior)], cycle: Duration) -> String {
+    let said = |b: &Behavior| match b {
+        Behavior::Status(s) => s.clone(),
+        Behavior::Error { http, error_code, .. } => {
+            format!("HTTP {http} {}", error_code.as_deref().unwrap_or_default())
+                .trim_end()
+                .to_owned()
+        }
+        Behavior::Raw { http, .. } => format!("HTTP {http} (not JSON)"),
+        Behavior::Hang => "no answer".to_owned(),
+    };
+    let parts: Vec<String> = script
+        .iter()
+        .map(|(at, b)| match *at {
+            0.0 => said(b),
+            at => format!("{} at {}", said(b), humantime::format_duration(cycle.mul_f64(at))),
+        })
+        .collect();
+    match parts.as_slice() {
+        [only] => format!("always {only}"),
+        _ => parts.join(", "),
+    }
+}
+
+/// A config for the simulator at `base_url`, to paste into a file and run `linkwatch once` or
+/// `linkwatch run` with.
+fn snippet(base_url: &str, orgs: &[DemoOrg]) -> String {
+    let mut out = format!(
+        "# A config for this simulator: save it as sim.toml and run `linkwatch once --config sim.toml`.\n\
+         database = \"sim.db\"\n\n[cloud_manager]\nbase_url = \"{base_url}\"\n\
+         public_key = \"{SIMULATE_PUBLIC_KEY}\"\nprivate_key = \"{SIMULATE_PRIVATE_KEY}\"\n\n\
+         [poll]\nevery = \"10s\"\n"
+    );
+    for (id, name, _) in orgs {
+        out.push_str(&format!("\n[[org]]\nid = \"{id}\"\nname = \"{name}\"\n"));
+    }
+    out.push_str("\n[[channel]]\nname = \"console\"\nkind = \"console\"\n# (end of the config)");
+    out
+}
+
 /// A live migration of the demo: name, id, and what Atlas answers from which fraction of the
 /// run on. Both push from "payments".
 type DemoLiveMigration = (&'static str, &'static str, Vec<(f64, LiveMigrationBehavior)>);
@@ -122,9 +163,15 @@ pub async fn simulate(listen: std::net::SocketAddr, shutdown: CancellationToken)
         simulator::REALM
     );
     println!("  API key: public_key = \"{SIMULATE_PUBLIC_KEY}\", private_key = \"{SIMULATE_PRIVATE_KEY}\"");
-    for (id, name, _) in &orgs {
-        println!("  org {id}  {name}");
+    // What happens when, so that a trial knows what to wait for.
+    println!(
+        "  what each org answers (the story repeats every {}):",
+        humantime::format_duration(cycle)
+    );
+    for (id, name, script) in &orgs {
+        println!("    {name:<11} {id}  {}", story(script, cycle));
     }
+    println!("\n{}", snippet(&sim.base_url(), &orgs));
     let mut round = 1u32;
     loop {
         tokio::select! {

@@ -490,3 +490,57 @@ async fn history_of_an_org_nobody_knows_says_so() {
     let out = history("alpha").await.unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 }
+
+/// `simulate` says what each org will answer, and prints a config that works as pasted.
+#[tokio::test]
+async fn simulate_prints_its_story_and_a_config_that_works_as_pasted() {
+    let port = free_port();
+    let mut sim = linkwatch()
+        .args(["simulate", "--listen", &format!("127.0.0.1:{port}")])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(sim.stdout.take().unwrap()).lines();
+    let mut printed = Vec::new();
+    tokio::time::timeout(Duration::from_secs(15), async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            let end = line.contains("(end of the config)");
+            printed.push(line);
+            if end {
+                break;
+            }
+        }
+    })
+    .await
+    .expect("simulate prints a config");
+    let text = printed.join("\n");
+    assert!(
+        text.contains("legacy-crm") && text.contains("always HTTP 403 IP_ADDRESS_NOT_ON_ACCESS_LIST"),
+        "{text}"
+    );
+    assert!(text.contains("SYNCED at 2m 30s"), "{text}");
+    let config: String = printed
+        .iter()
+        .skip_while(|l| !l.starts_with("# A config"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("sim.toml"), config).unwrap();
+    let out = linkwatch()
+        .args(["once", "--config", "sim.toml"])
+        .current_dir(dir.path())
+        .output()
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    // legacy-crm is refused by design: exit 2, and the others answered.
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("payments") && stdout.contains("NOT_SYNCED"), "{stdout}");
+    assert!(stdout.contains("FAILED (forbidden)"), "{stdout}");
+    sim.kill().await.unwrap();
+}
