@@ -1,9 +1,9 @@
-//! The daemon: wires config, client, store, scheduler and dispatcher together. `check_org` is
-//! one step (what the scheduler, `linkwatch once` and the tests call); `run` is the loop, with
-//! reload (a new config, same database) and a bounded shutdown.
+//! The daemon: wires config, client, store, scheduler and dispatcher together around one
+//! [`Checker`]; `run` is the loop, with reload (a new config, same database) and a bounded
+//! shutdown; [`once`] is one pass of it for `linkwatch once`.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::Context as _;
 use tokio::sync::{mpsc, watch};
@@ -11,42 +11,37 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::channels::ConsoleSink;
+use crate::check::{self, Checker};
 use crate::client::{self, Client};
 use crate::clock::{self, Clock};
-use crate::config::{Config, Org};
-use crate::detect::{self, Event, OrgState, Policy};
+use crate::config::Config;
 use crate::dispatch::{DeliverySettings, Dispatcher, Memories};
-use crate::leader::{self, Leadership};
+use crate::leader::{self, Leadership, Lease};
 use crate::metrics::Metrics;
 use crate::monitoring;
-use crate::outcome::CheckOutcome;
 use crate::scheduler::{self, Heartbeat};
-use crate::store::{Applied, Check, Decision, QUIET_WINDOW, RemindersSent, Store, WriterLock};
+use crate::store::{Store, WriterLock};
 use crate::systemd;
 use crate::web;
 
-/// Everything a check needs, built from one config. A reload builds a new `App` around the same
-/// store and metrics.
+mod once;
+
+pub use once::{Delivered, OncePass, once};
+
+/// Everything built from one config, around one store, metrics and clock. A reload builds a new
+/// `App` around the same store and metrics.
 #[derive(Debug)]
 pub struct App {
     pub config: Config,
     /// The wall clock for what is recorded; injectable so tests can step it.
     pub clock: Clock,
     pub store: Store,
-    pub client: Client,
+    pub metrics: Arc<Metrics>,
+    /// One check of an org, and the group commit: what the scheduler and `once` call.
+    pub checker: Arc<Checker>,
     /// The Atlas client, when the config follows live migrations.
     pub atlas: Option<Client>,
-    pub dispatcher: Dispatcher,
-    pub metrics: Arc<Metrics>,
-    /// Wakes the migration loop at once (a source org's link left `SYNCED`).
-    pub live_migration_nudge: Arc<tokio::sync::Notify>,
-}
-
-/// What one check saw and caused.
-#[derive(Debug, Clone)]
-pub struct CheckReport {
-    pub outcome: CheckOutcome,
-    pub events: Vec<Event>,
+    pub dispatcher: Arc<Dispatcher>,
 }
 
 impl App {
@@ -64,23 +59,47 @@ impl App {
         console: ConsoleSink,
         clock: Clock,
     ) -> anyhow::Result<App> {
-        App::following(config, store, metrics, console, clock, Memories::default())
+        let delivery = DeliverySettings::with_clock(clock);
+        App::with_delivery(config, store, metrics, console, delivery)
     }
 
-    /// [`App::with_store`] whose channels go on from `memories` (the running app's, at a reload).
+    /// [`App::with_store`] whose dispatcher has these settings (a test's short retry delays);
+    /// the app's clock is theirs.
+    pub fn with_delivery(
+        config: Config,
+        store: Store,
+        metrics: Arc<Metrics>,
+        console: ConsoleSink,
+        delivery: DeliverySettings,
+    ) -> anyhow::Result<App> {
+        App::following(config, store, metrics, console, delivery, Memories::default())
+    }
+
+    /// [`App::with_delivery`] whose channels go on from `memories` (the running app's, at a
+    /// reload).
     fn following(
         config: Config,
         store: Store,
         metrics: Arc<Metrics>,
         console: ConsoleSink,
-        clock: Clock,
+        delivery: DeliverySettings,
         memories: Memories,
     ) -> anyhow::Result<App> {
-        let client = Client::new(
-            client::ClientSettings::from_config(&config.cloud_manager, &config.poll),
-            &config.credentials,
-        )
-        .context("cannot build the HTTP client")?;
+        let clock = delivery.clock.clone();
+        let dispatcher = Arc::new(Dispatcher::with_memories(
+            &config,
+            &console,
+            metrics.clone(),
+            delivery,
+            memories,
+        )?);
+        let checker = Checker::new(
+            &config,
+            store.clone(),
+            metrics.clone(),
+            clock.clone(),
+            dispatcher.clone(),
+        )?;
         let atlas = match &config.atlas {
             Some(a) => Some(
                 Client::new(
@@ -91,25 +110,15 @@ impl App {
             ),
             None => None,
         };
-        let settings = DeliverySettings::with_clock(clock.clone());
-        let dispatcher = Dispatcher::with_memories(&config, &console, metrics.clone(), settings, memories)?;
         Ok(App {
             config,
             clock,
             store,
-            client,
+            metrics,
+            checker: Arc::new(checker),
             atlas,
             dispatcher,
-            metrics,
-            live_migration_nudge: Arc::default(),
         })
-    }
-
-    fn policy(&self) -> Policy {
-        Policy {
-            failures_before_alert: self.config.poll.failures_before_alert,
-            confirm_checks: self.config.poll.confirm_checks,
-        }
     }
 }
 
@@ -139,7 +148,7 @@ impl crate::live_migration::Host for App {
         self.atlas.as_ref()
     }
     fn router(&self) -> &crate::router::Router {
-        &self.dispatcher.router
+        &self.checker.routes
     }
     fn metrics(&self) -> &Metrics {
         &self.metrics
@@ -149,190 +158,6 @@ impl crate::live_migration::Host for App {
     }
     fn wake(&self, channels: &[String]) {
         self.dispatcher.wake(channels);
-    }
-}
-
-/// Checks one org now: asks Cloud Manager, applies the answer (decides the events from the
-/// stored state and records everything, in one transaction), then wakes the channels that have
-/// something to send. A check that can change nothing is only noted, for the next group commit
-/// ([`flush_quiet`]).
-pub async fn check_org(app: &App, org: &Org) -> anyhow::Result<CheckReport> {
-    // A leader that lost its lease (found on waking from a pause, say) asks Cloud Manager
-    // nothing more: its answer could not be recorded.
-    if !app.store.may_send() {
-        return Err(crate::store::Fenced {
-            why: "its lease ran out before this check",
-        }
-        .into());
-    }
-    let started = Instant::now();
-    let (outcome, requests) = app.client.check_counted(&org.id, &org.credential).await;
-    let took = started.elapsed();
-    let answer = Answer {
-        at: app.clock.now(),
-        answered: tokio::time::Instant::now(),
-        quiet_path: !app.dispatcher.router.has_reminders(),
-        quiet_note: false,
-    };
-    if let Ok(status) = &outcome
-        && answer.quiet_path
-        && app
-            .store
-            .record_quiet_later(&org.id, &org.name, status, answer.at, answer.answered)
-    {
-        tracing::trace!(org = %org.name, requests, "checked, nothing new");
-        app.metrics.check(&org.id, &org.name, "ok", took, requests);
-        return Ok(CheckReport {
-            outcome,
-            events: Vec::new(),
-        });
-    }
-    // Boxed: the full path's future (sqlx's transaction) is five times the size of the rest,
-    // and unboxed it made every check's task that size, moved and copied whole on each spawn.
-    let label = match &outcome {
-        Ok(_) => "ok",
-        Err(f) => f.class.as_str(),
-    };
-    // Counted before it is written: a check whose record the database refuses still happened,
-    // and /metrics must not look as if the checks had stopped.
-    app.metrics.check(&org.id, &org.name, label, took, requests);
-    let events = Box::pin(apply(app, org, &outcome, answer)).await?;
-    Ok(CheckReport { outcome, events })
-}
-
-/// When an answer came, and how it may be recorded (see [`Check`]).
-#[derive(Debug, Clone, Copy)]
-struct Answer {
-    at: chrono::DateTime<chrono::Utc>,
-    answered: tokio::time::Instant,
-    quiet_path: bool,
-    quiet_note: bool,
-}
-
-/// Records `outcome` through the full path (or the one-statement quiet one), logs and counts
-/// its events and wakes their channels.
-async fn apply(app: &App, org: &Org, outcome: &CheckOutcome, answer: Answer) -> anyhow::Result<Vec<Event>> {
-    let check = Check {
-        org_id: &org.id,
-        org_name: &org.name,
-        at: answer.at,
-        outcome,
-        quiet_path: answer.quiet_path,
-        answered: answer.answered,
-        quiet_note: answer.quiet_note,
-    };
-    let applied = app
-        .store
-        .apply(&check, |state, sent| decide(app, org, &check, state, sent))
-        .await
-        .with_context(|| format!("cannot record the check of org {}", org.name))?;
-    let decision = match applied {
-        Applied::Recorded(decision) => decision,
-        Applied::Quiet => {
-            tracing::trace!(org = %org.name, "checked, nothing new");
-            return Ok(Vec::new());
-        }
-        Applied::Superseded => {
-            tracing::debug!(org = %org.name, "another writer recorded a newer check meanwhile; this one is dropped");
-            return Ok(Vec::new());
-        }
-    };
-    match outcome {
-        Ok(status) => tracing::debug!(org = %org.name, %status, "checked"),
-        Err(f) => {
-            let failures = decision.state.consecutive_failures;
-            tracing::warn!(org = %org.name, failures, "check failed: {}", f.explain());
-        }
-    }
-    for (e, _) in &decision.events {
-        app.metrics.event(e.kind());
-        // The line the console channel prints, with the structured fields beside it.
-        let summary = crate::message::summary(&org.name, e);
-        tracing::info!(org = %org.name, org_id = %org.id, event = e.kind(), "{summary}");
-    }
-    let channels: Vec<String> = decision.events.iter().flat_map(|(_, c)| c.iter().cloned()).collect();
-    app.dispatcher.wake(&channels);
-    if decision.state.broken_since.is_some()
-        && decision
-            .events
-            .iter()
-            .any(|(e, _)| matches!(e, Event::StatusChanged { .. }))
-        && app.config.migrations.iter().any(|m| m.org == org.id)
-    {
-        // The link left SYNCED (or moved on while broken): the org's live migrations are
-        // checked now, so that a migration in flight is reported at once.
-        app.live_migration_nudge.notify_one();
-    }
-    Ok(decision.events.into_iter().map(|(e, _)| e).collect())
-}
-
-/// The group commit: writes the quiet checks noted since the last call in one statement, and
-/// applies through the full path the few whose stored state changed meanwhile (another writer on
-/// the same database), so that nothing they mean is lost, only delayed by one window.
-pub async fn flush_quiet(app: &App) -> anyhow::Result<()> {
-    for unmatched in app.store.flush_quiet().await? {
-        let Some(org) = app.config.orgs.iter().find(|o| o.id == unmatched.org_id) else {
-            continue; // removed from the config by a reload meanwhile
-        };
-        let outcome: CheckOutcome = Ok(unmatched.status);
-        let answer = Answer {
-            at: unmatched.at,
-            answered: unmatched.answered,
-            quiet_path: false,
-            quiet_note: true,
-        };
-        apply(app, org, &outcome, answer).await?;
-    }
-    Ok(())
-}
-
-/// Runs [`flush_quiet`] every [`QUIET_WINDOW`] until `stop`, then once more.
-async fn group_commit(app: Arc<App>, stop: CancellationToken) {
-    let mut tick = tokio::time::interval(QUIET_WINDOW);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        let stopping = tokio::select! {
-            _ = stop.cancelled() => true,
-            _ = tick.tick() => false,
-        };
-        if let Err(e) = flush_quiet(&app).await {
-            // The checks stay noted; the next tick tries again. /healthz shows a database that
-            // refuses writes through its own probe.
-            tracing::warn!("cannot record quiet checks yet: {e:#}");
-        }
-        if stopping {
-            return;
-        }
-    }
-}
-
-/// What `check` means given the stored `state`: the new state, the events routed to their
-/// channels, and the reminders due (each to the route that asked for it). Pure: it runs inside
-/// the store's transaction.
-fn decide(app: &App, org: &Org, check: &Check<'_>, state: &OrgState, sent: &RemindersSent) -> Decision {
-    let router = &app.dispatcher.router;
-    let (next, events) = detect::detect(state, check.outcome, check.at, app.policy());
-    let mut events: Vec<(Event, Vec<String>)> = events
-        .into_iter()
-        .map(|e| {
-            let channels = router.route(&org.id, &e);
-            (e, channels)
-        })
-        .collect();
-    let mut reminded = Vec::new();
-    if router.has_reminders() {
-        let rules = router.reminder_rules(&org.id, sent);
-        let plain: Vec<_> = rules.iter().map(|(_, r, _)| r.clone()).collect();
-        for (i, reminder) in detect::due_reminders(&next, &plain, check.at) {
-            let (key, _, channels) = &rules[i];
-            reminded.push(key.clone());
-            events.push((reminder, channels.clone()));
-        }
-    }
-    Decision {
-        state: next,
-        events,
-        reminded,
     }
 }
 
@@ -360,12 +185,14 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
 
 /// [`run`] with a `App` the caller built (tests choose the console sink); no reload.
 pub async fn run_app(app: Arc<App>, shutdown: CancellationToken) -> anyhow::Result<()> {
-    let _lock = lock_sqlite(&app.config).await?;
+    let _lock = WriterLock::to_send(&app.config.database, "run", lock_patience(&app.config)).await?;
     lead_and_serve(app, shutdown, None, None).await
 }
 
 pub async fn run_with(config: Config, shutdown: CancellationToken, mut options: Options) -> anyhow::Result<()> {
-    let _lock = lock_sqlite(&config).await?;
+    // One daemon per SQLite file: the file lock, held until the daemon returns. (On PostgreSQL
+    // several run; the lease decides which one leads.)
+    let _lock = WriterLock::to_send(&config.database, "run", lock_patience(&config)).await?;
     let store = Store::open(&config.database).await?;
     let app = Arc::new(App::with_store(
         config,
@@ -378,17 +205,6 @@ pub async fn run_with(config: Config, shutdown: CancellationToken, mut options: 
     lead_and_serve(app, shutdown, reload, Some(options.console)).await
 }
 
-/// One daemon per SQLite file: the file lock, held until the daemon returns. (On PostgreSQL
-/// several run; the lease decides which one leads.)
-async fn lock_sqlite(config: &Config) -> anyhow::Result<Option<WriterLock>> {
-    match config.database.sqlite_path() {
-        Some(path) => Ok(Some(
-            WriterLock::acquire_patiently(path, "run", lock_patience(config)).await?,
-        )),
-        None => Ok(None),
-    }
-}
-
 /// Serves `app` while this instance leads: always on SQLite, while it holds the lease on
 /// PostgreSQL. The lease is given up only after the last sends, so that the next leader does
 /// not send what this one is still sending.
@@ -399,22 +215,9 @@ async fn lead_and_serve(
     console: Option<ConsoleSink>,
 ) -> anyhow::Result<()> {
     let store = app.store.clone();
-    let lease_stop = CancellationToken::new();
-    let (leadership, lease) = match store.postgres() {
-        Some(pg) => {
-            let timing = leader::LeaseTiming {
-                ttl: app.config.leader_lease,
-            };
-            let (leadership, task) = leader::spawn(pg.clone(), timing, lease_stop.clone());
-            (leadership, Some(task))
-        }
-        None => (Leadership::sole(), None),
-    };
-    let result = serve(app, shutdown, reload, console, leadership).await;
-    lease_stop.cancel();
-    if let Some(task) = lease {
-        let _ = task.await;
-    }
+    let lease = Lease::start(&store, app.config.leader_lease);
+    let result = serve(app, shutdown, reload, console, lease.leadership.clone()).await;
+    lease.release().await;
     store.close().await;
     result
 }
@@ -602,7 +405,7 @@ fn rebuild(current: &App, loaded: anyhow::Result<Config>, console: ConsoleSink) 
         current.store.clone(),
         current.metrics.clone(),
         console,
-        current.clock.clone(),
+        DeliverySettings::with_clock(current.clock.clone()),
         current.dispatcher.memories(),
     )
 }
@@ -635,31 +438,15 @@ impl Generation {
             .map(|o| (o.id.clone(), o.schedule.clone()))
             .collect();
         let check = {
-            let app = app.clone();
+            let checker = app.checker.clone();
             move |i: usize| {
-                let app = app.clone();
-                async move {
-                    let org = app.config.orgs.get(i)?;
-                    match check_org(&app, org).await {
-                        Ok(report) => report.outcome.err().and_then(|f| f.retry_after),
-                        Err(e) => {
-                            tracing::error!(org = %org.name, "{e:#}");
-                            None
-                        }
-                    }
-                }
+                let checker = checker.clone();
+                async move { checker.scheduled(i).await }
             }
         };
-        // A check that panicked is logged and counted here, where the org has a name; the
-        // scheduler has already freed the org for its next slot.
         let on_panic = {
-            let app = app.clone();
-            move |i: usize, message: &str| {
-                if let Some(org) = app.config.orgs.get(i) {
-                    tracing::error!(org = %org.name, org_id = %org.id, "the check panicked: {message}; the org stays on its schedule");
-                    app.metrics.panicked("check", &org.name);
-                }
-            }
+            let checker = app.checker.clone();
+            move |i: usize, message: &str| checker.panicked(i, message)
         };
         let settings = scheduler::SchedulerSettings {
             concurrency: app.config.poll.concurrency,
@@ -675,10 +462,10 @@ impl Generation {
             checks_stop.clone(),
         ));
         let commits_stop = CancellationToken::new();
-        let group_commit = tokio::spawn(group_commit(app.clone(), commits_stop.clone()));
+        let group_commit = tokio::spawn(check::group_commit(app.checker.clone(), commits_stop.clone()));
         let migrations = tokio::spawn(crate::live_migration::run(
             app.clone(),
-            app.live_migration_nudge.clone(),
+            app.checker.live_migration_nudge().notified(),
             checks_stop.clone(),
         ));
         // Reports run only while leading, like checks, and with this config's [[report]]s.

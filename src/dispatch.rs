@@ -30,7 +30,6 @@ use crate::config::Config;
 use crate::message::Message;
 use crate::metrics::{Blocked, Metrics};
 use crate::retry::RetryPolicy;
-use crate::router::Router;
 use crate::store::Store;
 use step::{Ctx, Memory, Next};
 
@@ -145,7 +144,6 @@ impl DeliverySettings {
 #[derive(Debug)]
 pub struct Dispatcher {
     outlets: Vec<Arc<Outlet>>,
-    pub router: Router,
     settings: DeliverySettings,
     metrics: Arc<Metrics>,
     memories: Memories,
@@ -201,7 +199,6 @@ impl Dispatcher {
         memories.configure(config.channels.iter().map(|c| c.name.clone()).collect(), &metrics);
         Ok(Dispatcher {
             outlets,
-            router: Router::new(config),
             settings,
             metrics,
             memories,

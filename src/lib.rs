@@ -2,6 +2,7 @@
 //! in SQLite and notifies when a link's status changes. See ARCHITECTURE.md for the map.
 
 pub mod channels;
+pub mod check;
 pub mod cli;
 pub mod client;
 pub mod clock;

@@ -251,7 +251,7 @@ fn details(shared: &Shared, failing: Option<String>, blocked: &[(String, crate::
         text.push('\n');
     }
     // Several instances share a PostgreSQL database: say which one this is.
-    if shared.store.postgres().is_some() {
+    if shared.store.needs_lease() {
         text.push_str(&shared.role.borrow().describe());
         text.push('\n');
     }

@@ -127,7 +127,7 @@ async fn checks_events_and_views_on_postgres() {
     // A quiet check goes through the group commit.
     let before = t.app.store.current().await.unwrap()[0].last_checked_at.clone();
     t.check(ORG_A).await;
-    linkwatch::daemon::flush_quiet(&t.app).await.unwrap();
+    t.app.checker.flush_quiet().await.unwrap();
     let after = t.app.store.current().await.unwrap()[0].last_checked_at.clone();
     assert!(after > before, "{after} > {before}");
 
@@ -147,7 +147,10 @@ async fn writes_without_the_lease_are_refused() {
         ..Setup::default()
     })
     .await;
-    let err = linkwatch::daemon::check_org(&t.app, org(&t.app, ORG_A))
+    let err = t
+        .app
+        .checker
+        .check_org(org(&t.app, ORG_A))
         .await
         .expect_err("a check without the lease is not recorded");
     assert!(
@@ -216,7 +219,7 @@ async fn a_write_waiting_on_a_lock_does_not_cost_the_leader_its_lease() {
         .unwrap();
     t.sim.set(ORG_A, linkwatch::simulator::Behavior::status("SYNCED"));
     let app = t.app.clone();
-    let waiting = tokio::spawn(async move { linkwatch::daemon::check_org(&app, org(&app, ORG_A)).await });
+    let waiting = tokio::spawn(async move { app.checker.check_org(org(&app, ORG_A)).await });
 
     // While the check waits, the lease is renewed (its expiry moves on, twice).
     let watcher = sqlx::PgPool::connect(&db.url).await.unwrap();
@@ -363,7 +366,10 @@ async fn a_leader_that_still_believes_it_leads_is_refused_by_the_database() {
     };
     t.app.store.postgres().unwrap().fence().lead(term);
     t.sim.set(ORG_B, linkwatch::simulator::Behavior::status("NOT_SYNCED"));
-    let err = linkwatch::daemon::check_org(&t.app, org(&t.app, ORG_B))
+    let err = t
+        .app
+        .checker
+        .check_org(org(&t.app, ORG_B))
         .await
         .expect_err("the database refuses the deposed leader's write");
     assert!(
