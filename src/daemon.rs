@@ -265,7 +265,7 @@ async fn serve(
     };
     let watchdog = systemd::spawn_watchdog(shared.clone(), services_stop.clone());
     let heartbeat_task = crate::heartbeat::spawn(shared, beat_rx, services_stop.clone());
-    let housekeeping = tokio::spawn(retention(
+    let housekeeping = tokio::spawn(crate::retention::run(
         app.store.clone(),
         keep_rx,
         app.clock.clone(),
@@ -550,62 +550,6 @@ impl Generation {
             // The workers are gone, so this cannot send a row twice.
             app.dispatcher.final_delivery(&app.store, deadline).await;
         }
-    }
-}
-
-/// When retention runs each day (UTC), besides at start.
-pub const RETENTION_CRON: &str = "0 0 4 * * *";
-
-/// Prunes old failed checks and sent deliveries at start and then daily at [`RETENTION_CRON`]
-/// (tokio-cron-scheduler), older than the current config's retention (by the wall clock). If
-/// the scheduler stops firing (its bug #113), a fallback on tokio's clock runs it 25 hours after
-/// the last run and starts the scheduler again.
-async fn retention(store: Store, keep: watch::Receiver<Duration>, clock: Clock, stop: CancellationToken) {
-    const FALLBACK: Duration = Duration::from_secs(25 * 3600);
-    let jobs = [(RETENTION_CRON.to_owned(), ())];
-    let start = || async {
-        crate::cron::CronTicker::start(&jobs)
-            .await
-            .map_err(|e| {
-                tracing::error!("cannot start the cron scheduler for retention: {e}; it runs every 25h instead")
-            })
-            .ok()
-    };
-    let mut ticker = start().await;
-    loop {
-        let keep = *keep.borrow();
-        // A retention too long to subtract from now keeps everything.
-        let before = chrono::Duration::from_std(keep)
-            .ok()
-            .and_then(|keep| clock.now().checked_sub_signed(keep));
-        match before.map(|before| store.prune(before)) {
-            None => {}
-            Some(prune) => match prune.await {
-                Ok(pruned) if pruned == crate::store::Pruned::default() => {}
-                Ok(crate::store::Pruned {
-                    failures,
-                    deliveries,
-                    reports,
-                }) => {
-                    tracing::info!(failures, deliveries, reports, "pruned rows older than the retention")
-                }
-                Err(e) => tracing::warn!("retention: {e:#}"),
-            },
-        }
-        tokio::select! {
-            _ = stop.cancelled() => break,
-            () = crate::cron::next(&mut ticker) => {}
-            _ = tokio::time::sleep(FALLBACK) => {
-                tracing::warn!("the cron scheduler did not run retention for 25h; ran it and started the scheduler again");
-                if let Some((old, _)) = ticker.take() {
-                    old.stop().await;
-                }
-                ticker = start().await;
-            }
-        }
-    }
-    if let Some((ticker, _)) = ticker {
-        ticker.stop().await;
     }
 }
 

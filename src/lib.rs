@@ -23,6 +23,7 @@ pub mod monitoring;
 pub mod outcome;
 pub mod outside;
 pub mod report;
+pub mod retention;
 pub mod retry;
 pub mod router;
 pub mod scheduler;
