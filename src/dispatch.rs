@@ -299,15 +299,30 @@ impl Dispatcher {
     /// Starts one worker per channel; they stop when `shutdown` is cancelled, after finishing
     /// the send they are in.
     pub fn spawn(&self, store: Store, shutdown: CancellationToken, tasks: &mut JoinSet<()>) {
-        for o in &self.outlets {
-            tasks.spawn(supervise(
-                store.clone(),
-                o.clone(),
-                self.settings.clone(),
-                self.metrics.clone(),
-                shutdown.clone(),
-            ));
+        for worker in self.workers(&store, &shutdown) {
+            tasks.spawn(worker);
         }
+    }
+
+    /// One worker per channel, for the caller to run; they stop when `shutdown` is cancelled,
+    /// after finishing the send they are in.
+    pub fn workers(
+        &self,
+        store: &Store,
+        shutdown: &CancellationToken,
+    ) -> Vec<impl Future<Output = ()> + Send + 'static + use<>> {
+        self.outlets
+            .iter()
+            .map(|o| {
+                supervise(
+                    store.clone(),
+                    o.clone(),
+                    self.settings.clone(),
+                    self.metrics.clone(),
+                    shutdown.clone(),
+                )
+            })
+            .collect()
     }
 }
 

@@ -5,6 +5,7 @@
 
 use std::time::Duration;
 
+use linkwatch::simulator::Behavior;
 use linkwatch::store::{Store, Term};
 use sqlx::Connection as _;
 
@@ -314,6 +315,55 @@ async fn a_leader_deposed_during_a_send_records_what_the_receiver_accepted() {
     running.stop(Duration::from_secs(20)).await;
     assert_eq!(receiver.received().len(), 1, "a send started after deposition");
     assert_eq!(sent().await, 1);
+    pool.close().await;
+}
+
+/// A deposed leader cuts its running checks off at once rather than waiting for them: a check
+/// hanging on Cloud Manager (for as long as `poll.timeout`, which the stop would wait for) keeps
+/// it neither from following nor from leading again when the lease comes back.
+#[tokio::test]
+async fn a_deposed_leader_cuts_off_a_hanging_check_and_leads_again_when_the_lease_comes_back() {
+    let Some(db) = database().await else { return };
+    let t = spawn_app_with(Setup {
+        database_url: Some(db.url.clone()),
+        timeout: "1h",
+        top: "leader_lease = \"3s\"\nshutdown_timeout = \"1h\"".into(),
+        ..Setup::default()
+    })
+    .await;
+    t.sim.set(ORG_A, Behavior::Hang);
+    let running = t.run();
+    wait_until(Duration::from_secs(20), "alpha's check hanging", || async {
+        t.sim.requests_for(ORG_A) >= 1
+    })
+    .await;
+    let pool = sqlx::PgPool::connect(&db.url).await.unwrap();
+    let take = "UPDATE leader_lease SET holder = 'other', epoch = epoch + 1, expires_at = now() + interval '1 hour'";
+    sqlx::query(take).execute(&pool).await.unwrap();
+    wait_until(Duration::from_secs(20), "the leader deposed", || async {
+        !t.app.store.may_send()
+    })
+    .await;
+
+    // The other instance lets the lease run out: this one takes it back and checks again.
+    sqlx::query("UPDATE leader_lease SET expires_at = now() - interval '1 second'")
+        .execute(&pool)
+        .await
+        .unwrap();
+    let before = t.sim.requests_for(ORG_B);
+    wait_until(
+        Duration::from_secs(20),
+        "beta checked again under the new lease",
+        || async { t.sim.requests_for(ORG_B) >= before + 2 },
+    )
+    .await;
+    // Deposed again, with alpha hanging again: the stop has no generation left to wait for.
+    sqlx::query(take).execute(&pool).await.unwrap();
+    wait_until(Duration::from_secs(20), "the leader deposed again", || async {
+        !t.app.store.may_send()
+    })
+    .await;
+    running.stop(Duration::from_secs(20)).await;
     pool.close().await;
 }
 
