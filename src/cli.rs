@@ -2,19 +2,18 @@
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Context as _;
 use clap::{Parser, Subcommand, ValueEnum};
 use tokio_util::sync::CancellationToken;
 
 use crate::channels::ConsoleSink;
-use crate::config::{self, Config, Database};
-use crate::daemon::{self, App};
+use crate::check::CheckReport;
+use crate::config::{self, Config, Database, LiveMigration, Org};
+use crate::daemon::{self, Delivered};
 use crate::dispatch::Dispatcher;
-use crate::leader;
-use crate::store::{self, LockError, Store, WriterLock};
+use crate::live_migration::LiveMigrationReport;
+use crate::store::{self, Store};
 use crate::table::{print_history, print_table};
 use crate::{demo, message};
 
@@ -228,20 +227,7 @@ async fn wait_for_signal() {
 pub async fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
     match &cli.command {
         Command::Run => {
-            let config = cli.load_config()?;
-            let (path, database) = (cli.config_path(), cli.database.clone());
-            let options = daemon::Options {
-                reload: Some(reload_on_sighup()),
-                loader: Some(Box::new(move || {
-                    let mut config = Config::load(&path)?;
-                    if let Some(db) = &database {
-                        config.database = db.clone();
-                    }
-                    Ok(config)
-                })),
-                ..daemon::Options::default()
-            };
-            daemon::run_with(config, shutdown_on_signals(), options).await?;
+            run(&cli).await?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Simulate { listen } => {
@@ -272,6 +258,26 @@ pub async fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
     }
 }
 
+/// `linkwatch run`: the daemon until SIGINT or SIGTERM, reading the config again on SIGHUP.
+async fn run(cli: &Cli) -> anyhow::Result<()> {
+    let config = cli.load_config()?;
+    let (path, database) = (cli.config_path(), cli.database.clone());
+    let options = daemon::Options {
+        reload: Some(reload_on_sighup()),
+        loader: Some(Box::new(move || {
+            let mut config = Config::load(&path)?;
+            if let Some(db) = &database {
+                config.database = db.clone();
+            }
+            Ok(config)
+        })),
+        ..daemon::Options::default()
+    };
+    daemon::run_with(config, shutdown_on_signals(), options).await
+}
+
+/// `linkwatch check`: builds what `run` would build first, without the database (opening it
+/// would create it), and shows what the config watches.
 fn check(config: &Config) -> anyhow::Result<ExitCode> {
     // Building the channels reads CA files and parses SMTP URLs: what `run` would do first.
     Dispatcher::new(config, &ConsoleSink::Stdout, Default::default(), Default::default())?;
@@ -285,6 +291,26 @@ fn check(config: &Config) -> anyhow::Result<ExitCode> {
         config.poll.failures_before_alert,
         config.poll.confirm_checks
     );
+    print_orgs(config);
+    print_channels(config);
+    print_routes(config);
+    print_atlas(config);
+    print_reports(config);
+    if let Some(h) = &config.heartbeat {
+        // Only the origin: the rest of the URL is the monitor's credential.
+        println!(
+            "\nheartbeat: {}/… every {}",
+            h.shown,
+            humantime::format_duration(h.every)
+        );
+    }
+    if config.orgs.is_empty() {
+        println!("\nnote: no [[org]] is configured; `linkwatch run` would have nothing to watch");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn print_orgs(config: &Config) {
     println!("\norgs ({}):", config.orgs.len());
     let rows: Vec<Vec<String>> = config
         .orgs
@@ -299,6 +325,9 @@ fn check(config: &Config) -> anyhow::Result<ExitCode> {
         })
         .collect();
     print_table(&["NAME", "ID", "SCHEDULE", "CREDENTIAL"], &rows);
+}
+
+fn print_channels(config: &Config) {
     println!("\nchannels ({}):", config.channels.len());
     let rows: Vec<Vec<String>> = config
         .channels
@@ -306,94 +335,94 @@ fn check(config: &Config) -> anyhow::Result<ExitCode> {
         .map(|c| vec![c.name.clone(), c.kind.as_str().to_owned()])
         .collect();
     print_table(&["NAME", "KIND"], &rows);
+}
+
+fn print_routes(config: &Config) {
     if config.routes.is_empty() {
         println!("\nroutes: none; every event goes to every channel");
-    } else {
-        println!("\nroutes ({}):", config.routes.len());
-        let rows: Vec<Vec<String>> = config
-            .routes
-            .iter()
-            .map(|r| {
-                let list = |v: Option<Vec<String>>| v.map_or("any".to_owned(), |v| v.join(","));
-                vec![
-                    r.channels.join(","),
-                    list(
-                        r.events
-                            .as_ref()
-                            .map(|e| e.iter().map(|k| k.as_str().to_owned()).collect()),
-                    ),
-                    list(r.to.clone()),
-                    list(r.orgs.as_ref().map(|o| o.iter().map(|i| i.to_string()).collect())),
-                    r.remind_every
-                        .map_or("-".to_owned(), |d| humantime::format_duration(d).to_string()),
-                ]
-            })
-            .collect();
-        print_table(&["CHANNELS", "EVENTS", "TO", "ORGS", "REMIND"], &rows);
+        return;
     }
-    if let Some(atlas) = &config.atlas {
-        println!(
-            "\natlas: {} every {}, {}; cutover window {} (warnings at {} left)",
-            atlas.base_url,
-            humantime::format_duration(atlas.every),
-            atlas.credential.label(),
-            humantime::format_duration(atlas.cutover_window),
-            atlas
-                .deadline_warnings
+    println!("\nroutes ({}):", config.routes.len());
+    let rows: Vec<Vec<String>> = config
+        .routes
+        .iter()
+        .map(|r| {
+            let list = |v: Option<Vec<String>>| v.map_or("any".to_owned(), |v| v.join(","));
+            vec![
+                r.channels.join(","),
+                list(
+                    r.events
+                        .as_ref()
+                        .map(|e| e.iter().map(|k| k.as_str().to_owned()).collect()),
+                ),
+                list(r.to.clone()),
+                list(r.orgs.as_ref().map(|o| o.iter().map(|i| i.to_string()).collect())),
+                r.remind_every
+                    .map_or("-".to_owned(), |d| humantime::format_duration(d).to_string()),
+            ]
+        })
+        .collect();
+    print_table(&["CHANNELS", "EVENTS", "TO", "ORGS", "REMIND"], &rows);
+}
+
+/// `[atlas]` and the live migrations it follows, if any.
+fn print_atlas(config: &Config) {
+    let Some(atlas) = &config.atlas else {
+        return;
+    };
+    println!(
+        "\natlas: {} every {}, {}; cutover window {} (warnings at {} left)",
+        atlas.base_url,
+        humantime::format_duration(atlas.every),
+        atlas.credential.label(),
+        humantime::format_duration(atlas.cutover_window),
+        atlas
+            .deadline_warnings
+            .iter()
+            .map(|w| humantime::format_duration(*w).to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    println!("migrations ({}):", config.migrations.len());
+    let rows: Vec<Vec<String>> = config
+        .migrations
+        .iter()
+        .map(|m| {
+            let org = config
+                .orgs
                 .iter()
-                .map(|w| humantime::format_duration(*w).to_string())
-                .collect::<Vec<_>>()
-                .join(", ")
-        );
-        println!("migrations ({}):", config.migrations.len());
-        let rows: Vec<Vec<String>> = config
-            .migrations
-            .iter()
-            .map(|m| {
-                let org = config
-                    .orgs
-                    .iter()
-                    .find(|o| o.id == m.org)
-                    .map_or("?", |o| o.name.as_str());
-                vec![
-                    m.name.clone(),
-                    org.to_owned(),
-                    m.group_id.clone(),
-                    m.id.clone(),
-                    m.lag_alert
-                        .map_or("-".to_owned(), |d| humantime::format_duration(d).to_string()),
-                ]
-            })
-            .collect();
-        print_table(&["NAME", "ORG", "GROUP", "ID", "LAG ALERT"], &rows);
+                .find(|o| o.id == m.org)
+                .map_or("?", |o| o.name.as_str());
+            vec![
+                m.name.clone(),
+                org.to_owned(),
+                m.group_id.clone(),
+                m.id.clone(),
+                m.lag_alert
+                    .map_or("-".to_owned(), |d| humantime::format_duration(d).to_string()),
+            ]
+        })
+        .collect();
+    print_table(&["NAME", "ORG", "GROUP", "ID", "LAG ALERT"], &rows);
+}
+
+fn print_reports(config: &Config) {
+    if config.reports.is_empty() {
+        return;
     }
-    if !config.reports.is_empty() {
-        println!("\nreports ({}):", config.reports.len());
-        let rows: Vec<Vec<String>> = config
-            .reports
-            .iter()
-            .map(|r| {
-                vec![
-                    r.name.clone(),
-                    format!("{} (UTC)", r.cron.as_str()),
-                    r.channels.join(","),
-                ]
-            })
-            .collect();
-        print_table(&["NAME", "CRON", "CHANNELS"], &rows);
-    }
-    if let Some(h) = &config.heartbeat {
-        // Only the origin: the rest of the URL is the monitor's credential.
-        println!(
-            "\nheartbeat: {}/… every {}",
-            h.shown,
-            humantime::format_duration(h.every)
-        );
-    }
-    if config.orgs.is_empty() {
-        println!("\nnote: no [[org]] is configured; `linkwatch run` would have nothing to watch");
-    }
-    Ok(ExitCode::SUCCESS)
+    println!("\nreports ({}):", config.reports.len());
+    let rows: Vec<Vec<String>> = config
+        .reports
+        .iter()
+        .map(|r| {
+            vec![
+                r.name.clone(),
+                format!("{} (UTC)", r.cron.as_str()),
+                r.channels.join(","),
+            ]
+        })
+        .collect();
+    print_table(&["NAME", "CRON", "CHANNELS"], &rows);
 }
 
 async fn notify_test(config: &Config, name: &str) -> anyhow::Result<ExitCode> {
@@ -443,27 +472,8 @@ async fn report_now(config: &Config, name: &str) -> anyhow::Result<ExitCode> {
         let known: Vec<&str> = config.channels.iter().map(|c| c.name.as_str()).collect();
         anyhow::bail!("no channel is named \"{name}\" (channels: {})", known.join(", "));
     };
-    // A report of a database that is not there would tell the channel that nothing is SYNCED
-    // (and opening it would create it).
-    require_database(&config.database)?;
-    let store = store::Store::open(&config.database).await?;
-    let rows = store.current().await;
-    let migrations = store.live_migrations().await;
-    store.close().await;
     let now = chrono::Utc::now();
-    let slot = crate::report::Slot {
-        name: "linkwatch report",
-        at: now,
-        late: false,
-    };
-    let failures = config.poll.failures_before_alert;
-    let report = crate::report::Report::build(slot, &config.orgs, &rows?, failures, now).with_live_migrations(
-        &config.migrations,
-        &config.orgs,
-        &migrations?,
-        failures,
-        now,
-    );
+    let report = current_report(config, now).await?;
     let stored = store::StoredEvent {
         id: format!("rpt_now_{:016x}", rand::random::<u64>()),
         org_id: "report:now".into(),
@@ -495,95 +505,60 @@ async fn report_now(config: &Config, name: &str) -> anyhow::Result<ExitCode> {
     }
 }
 
-/// Exit code 0 when every org answered, 2 when some check failed (for scripts).
-async fn once(config: Config) -> anyhow::Result<ExitCode> {
-    let app = Arc::new(App::new(config, ConsoleSink::Stdout).await?);
-    // On PostgreSQL every write needs the lease: `once` leads for its run, or says who does.
-    let lease = match app.store.postgres() {
-        Some(pg) => {
-            let stop = CancellationToken::new();
-            let timing = leader::LeaseTiming {
-                ttl: app.config.leader_lease,
-            };
-            let (leadership, task) = leader::spawn(pg.clone(), timing, stop.clone());
-            let role = leader::settled(leadership.role, Duration::from_secs(15)).await;
-            if !role.leads() {
-                stop.cancel();
-                let _ = task.await;
-                app.store.close().await;
-                anyhow::bail!(
-                    "{}; `linkwatch once` checks only as the leader. Use `linkwatch history`, or the leader's /healthz?verbose",
-                    role.describe()
-                );
-            }
-            Some((stop, task))
-        }
-        None => None,
+/// A report of every link as the database has it now.
+async fn current_report(config: &Config, now: chrono::DateTime<chrono::Utc>) -> anyhow::Result<crate::report::Report> {
+    // A report of a database that is not there would tell the channel that nothing is SYNCED
+    // (and opening it would create it).
+    require_database(&config.database)?;
+    let store = store::Store::open(&config.database).await?;
+    let rows = store.current().await;
+    let migrations = store.live_migrations().await;
+    store.close().await;
+    let slot = crate::report::Slot {
+        name: "linkwatch report",
+        at: now,
+        late: false,
     };
-    let result = once_leading(&app).await;
-    if let Some((stop, task)) = lease {
-        stop.cancel();
-        let _ = task.await;
-    }
-    app.store.close().await;
-    result
+    let failures = config.poll.failures_before_alert;
+    Ok(
+        crate::report::Report::build(slot, &config.orgs, &rows?, failures, now).with_live_migrations(
+            &config.migrations,
+            &config.orgs,
+            &migrations?,
+            failures,
+            now,
+        ),
+    )
 }
 
-async fn once_leading(app: &Arc<App>) -> anyhow::Result<ExitCode> {
-    let permits = Arc::new(tokio::sync::Semaphore::new(app.config.poll.concurrency));
-    let mut tasks = tokio::task::JoinSet::new();
-    for i in 0..app.config.orgs.len() {
-        let (app, permits) = (app.clone(), permits.clone());
-        tasks.spawn(async move {
-            let _permit = permits.acquire_owned().await;
-            (i, daemon::check_org(&app, &app.config.orgs[i]).await)
-        });
-    }
-    let mut results = Vec::new();
-    while let Some(joined) = tasks.join_next().await {
-        results.push(joined.context("a check task failed")?);
-    }
-    results.sort_by_key(|(i, _)| *i);
-    daemon::flush_quiet(app).await?;
-    // After the links, so that a link that broke is seen by its migrations' checks.
-    let mut migrations = Vec::new();
-    for m in &app.config.migrations {
-        migrations.push((m, crate::live_migration::check_live_migration(&**app, m).await));
-    }
-    // Checking beside a running daemon is safe (each check is one transaction that reads the
-    // state it writes over), but sending is for one process at a time: two senders could send a
-    // row twice. The lock is taken only now, so that a daemon starting meanwhile is not kept out.
-    // (On PostgreSQL this process holds the lease already.)
-    let sending = match app.config.database.sqlite_path() {
-        Some(path) => WriterLock::acquire(path, "once").map(Some),
-        None => Ok(None),
-    };
-    match sending {
-        Ok(_sending) => {
-            // Bounded like a daemon's last delivery, so that a slow receiver cannot keep a daemon
-            // that starts meanwhile waiting for the lock.
-            let deliver = app.dispatcher.dispatch_all_due(&app.store);
-            match tokio::time::timeout(app.config.shutdown_timeout, deliver).await {
-                Ok(delivered) => {
-                    delivered?;
-                }
-                Err(_) => eprintln!(
-                    "linkwatch: not everything was delivered within shutdown_timeout; the rest goes out with the next run"
-                ),
-            }
+/// Exit code 0 when every org answered, 2 when some check failed (for scripts).
+async fn once(config: Config) -> anyhow::Result<ExitCode> {
+    let pass = daemon::once(config, ConsoleSink::Stdout).await?;
+    match &pass.delivered {
+        Delivered::Due => {}
+        Delivered::CutOff => eprintln!(
+            "linkwatch: not everything was delivered within shutdown_timeout; the rest goes out with the next run"
+        ),
+        Delivered::HeldBy(holder) => {
+            eprintln!("linkwatch: {holder} holds the database; the events are delivered by it, or by the next run")
         }
-        Err(LockError::Held { holder, .. }) => {
-            eprintln!("linkwatch: {holder} holds the database; the events are delivered by it, or by the next run");
-        }
-        Err(e) => return Err(e.into()),
     }
+    // The reasons go below each table: one long reason padded every row to its width.
+    let mut reasons = Vec::new();
+    let orgs_failed = print_checks(pass.checks, &mut reasons)?;
+    let migrations_failed = print_live_migrations(pass.live_migrations, &mut reasons)?;
+    Ok(if orgs_failed || migrations_failed {
+        ExitCode::from(2)
+    } else {
+        ExitCode::SUCCESS
+    })
+}
 
+/// The table of `once`'s checks, and below it why some failed; true when some did.
+fn print_checks(checks: Vec<(Org, anyhow::Result<CheckReport>)>, reasons: &mut Vec<String>) -> anyhow::Result<bool> {
     let mut any_failed = false;
     let mut rows = Vec::new();
-    // The reasons go below the table: one long reason padded every row to its width.
-    let mut reasons = Vec::new();
-    for (i, result) in results {
-        let org = &app.config.orgs[i];
+    for (org, result) in checks {
         let report = result?;
         let outcome = match &report.outcome {
             Ok(status) => status.clone(),
@@ -598,60 +573,60 @@ async fn once_leading(app: &Arc<App>) -> anyhow::Result<ExitCode> {
             org.name.clone(),
             org.id.to_string(),
             outcome,
-            if events.is_empty() {
-                "-".into()
-            } else {
-                events.join(",")
-            },
+            events_cell(&events),
         ]);
     }
     print_table(&["ORG", "ID", "STATUS", "EVENTS"], &rows);
-    print_reasons(&mut reasons);
-    if !migrations.is_empty() {
-        let mut rows = Vec::new();
-        for (m, result) in migrations {
-            let report = result?;
-            let (status, ready, lag) = match &report.outcome {
-                Ok(r) => (
-                    r.status.clone(),
-                    r.ready_for_cutover.map_or("-".to_owned(), |r| r.to_string()),
-                    r.lag_s.map_or("-".to_owned(), crate::message::human_secs),
-                ),
-                Err(f) => {
-                    any_failed = true;
-                    reasons.push(format!("  {}: {}", m.name, f.explain_atlas()));
-                    (format!("FAILED ({})", f.class.as_str()), "-".into(), "-".into())
-                }
-            };
-            let events: Vec<&str> = report.events.iter().map(|e| e.kind()).collect();
-            rows.push(vec![
-                m.name.clone(),
-                status,
-                ready,
-                lag,
-                if events.is_empty() {
-                    "-".into()
-                } else {
-                    events.join(",")
-                },
-            ]);
-        }
-        println!();
-        print_table(&["MIGRATION", "STATUS", "READY", "LAG", "EVENTS"], &rows);
-        print_reasons(&mut reasons);
+    print_reasons(reasons);
+    Ok(any_failed)
+}
+
+/// The table of `once`'s live migrations (none without `[[migration]]`), and below it why some
+/// checks failed; true when some did.
+fn print_live_migrations(
+    checks: Vec<(LiveMigration, anyhow::Result<LiveMigrationReport>)>,
+    reasons: &mut Vec<String>,
+) -> anyhow::Result<bool> {
+    if checks.is_empty() {
+        return Ok(false);
     }
-    Ok(if any_failed {
-        ExitCode::from(2)
+    let mut any_failed = false;
+    let mut rows = Vec::new();
+    for (m, result) in checks {
+        let report = result?;
+        let (status, ready, lag) = match &report.outcome {
+            Ok(r) => (
+                r.status.clone(),
+                r.ready_for_cutover.map_or("-".to_owned(), |r| r.to_string()),
+                r.lag_s.map_or("-".to_owned(), crate::message::human_secs),
+            ),
+            Err(f) => {
+                any_failed = true;
+                reasons.push(format!("  {}: {}", m.name, f.explain_atlas()));
+                (format!("FAILED ({})", f.class.as_str()), "-".into(), "-".into())
+            }
+        };
+        let events: Vec<&str> = report.events.iter().map(|e| e.kind()).collect();
+        rows.push(vec![m.name.clone(), status, ready, lag, events_cell(&events)]);
+    }
+    println!();
+    print_table(&["MIGRATION", "STATUS", "READY", "LAG", "EVENTS"], &rows);
+    print_reasons(reasons);
+    Ok(any_failed)
+}
+
+/// The events of one check, for a table's cell.
+fn events_cell(events: &[&str]) -> String {
+    if events.is_empty() {
+        "-".into()
     } else {
-        ExitCode::SUCCESS
-    })
+        events.join(",")
+    }
 }
 
 /// A SQLite database that is not there is a mistake for a command that only reads it.
 fn require_database(db: &Database) -> anyhow::Result<()> {
-    if let Some(path) = db.sqlite_path()
-        && !path.exists()
-    {
+    if let Some(path) = db.missing_file() {
         anyhow::bail!("no database at {} (has linkwatch run yet?)", path.display());
     }
     Ok(())

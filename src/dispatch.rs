@@ -30,7 +30,6 @@ use crate::config::Config;
 use crate::message::Message;
 use crate::metrics::{Blocked, Metrics};
 use crate::retry::RetryPolicy;
-use crate::router::Router;
 use crate::store::Store;
 use step::{Ctx, Memory, Next};
 
@@ -145,7 +144,6 @@ impl DeliverySettings {
 #[derive(Debug)]
 pub struct Dispatcher {
     outlets: Vec<Arc<Outlet>>,
-    pub router: Router,
     settings: DeliverySettings,
     metrics: Arc<Metrics>,
     memories: Memories,
@@ -201,7 +199,6 @@ impl Dispatcher {
         memories.configure(config.channels.iter().map(|c| c.name.clone()).collect(), &metrics);
         Ok(Dispatcher {
             outlets,
-            router: Router::new(config),
             settings,
             metrics,
             memories,
@@ -302,15 +299,30 @@ impl Dispatcher {
     /// Starts one worker per channel; they stop when `shutdown` is cancelled, after finishing
     /// the send they are in.
     pub fn spawn(&self, store: Store, shutdown: CancellationToken, tasks: &mut JoinSet<()>) {
-        for o in &self.outlets {
-            tasks.spawn(supervise(
-                store.clone(),
-                o.clone(),
-                self.settings.clone(),
-                self.metrics.clone(),
-                shutdown.clone(),
-            ));
+        for worker in self.workers(&store, &shutdown) {
+            tasks.spawn(worker);
         }
+    }
+
+    /// One worker per channel, for the caller to run; they stop when `shutdown` is cancelled,
+    /// after finishing the send they are in.
+    pub fn workers(
+        &self,
+        store: &Store,
+        shutdown: &CancellationToken,
+    ) -> Vec<impl Future<Output = ()> + Send + 'static + use<>> {
+        self.outlets
+            .iter()
+            .map(|o| {
+                supervise(
+                    store.clone(),
+                    o.clone(),
+                    self.settings.clone(),
+                    self.metrics.clone(),
+                    shutdown.clone(),
+                )
+            })
+            .collect()
     }
 }
 

@@ -20,67 +20,61 @@ use crate::monitoring::{self, Shared};
 
 /// Pings while healthy, following the current config's `[heartbeat]` (a reload may add, change
 /// or remove it), until `stop`.
-pub fn spawn(
-    shared: Shared,
-    mut config: watch::Receiver<Option<Heartbeat>>,
-    stop: CancellationToken,
-) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
-        // Redirects are followed: a monitor may move its ping endpoint, and a GET stays a GET.
-        let http = match reqwest::Client::builder().build() {
-            Ok(http) => http,
-            Err(e) => {
-                tracing::error!("heartbeat: cannot build an HTTP client: {e}");
-                return;
-            }
-        };
-        // The next ping's time, kept across reloads that leave `every` as it was: a reload
-        // more often than `every` must not put the ping off for ever.
-        let mut next: Option<(tokio::time::Instant, Duration)> = None;
-        loop {
-            let current = config.borrow_and_update().clone();
-            let Some(beat) = current else {
-                next = None;
-                tokio::select! {
-                    _ = stop.cancelled() => return,
-                    changed = config.changed() => if changed.is_err() { return },
-                }
-                continue;
-            };
-            let at = match next {
-                Some((at, every)) if every == beat.every => at,
-                _ => crate::clock::later(tokio::time::Instant::now(), beat.every),
-            };
-            next = Some((at, beat.every));
+pub async fn run(shared: Shared, mut config: watch::Receiver<Option<Heartbeat>>, stop: CancellationToken) {
+    // Redirects are followed: a monitor may move its ping endpoint, and a GET stays a GET.
+    let http = match reqwest::Client::builder().build() {
+        Ok(http) => http,
+        Err(e) => {
+            tracing::error!("heartbeat: cannot build an HTTP client: {e}");
+            return;
+        }
+    };
+    // The next ping's time, kept across reloads that leave `every` as it was: a reload
+    // more often than `every` must not put the ping off for ever.
+    let mut next: Option<(tokio::time::Instant, Duration)> = None;
+    loop {
+        let current = config.borrow_and_update().clone();
+        let Some(beat) = current else {
+            next = None;
             tokio::select! {
                 _ = stop.cancelled() => return,
-                changed = config.changed() => {
-                    if changed.is_err() {
-                        return;
-                    }
-                    continue;
-                }
-                _ = tokio::time::sleep_until(at) => {}
+                changed = config.changed() => if changed.is_err() { return },
             }
-            next = None;
-            if !shared.role.borrow().leads() {
-                tracing::debug!(monitor = %beat.shown, "no heartbeat: another instance leads");
+            continue;
+        };
+        let at = match next {
+            Some((at, every)) if every == beat.every => at,
+            _ => crate::clock::later(tokio::time::Instant::now(), beat.every),
+        };
+        next = Some((at, beat.every));
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            changed = config.changed() => {
+                if changed.is_err() {
+                    return;
+                }
                 continue;
             }
-            match monitoring::health(&shared).await {
-                Ok(()) => {
-                    if let Err(e) = ping(&http, &beat).await {
-                        shared.metrics.heartbeat_failed();
-                        tracing::warn!(monitor = %beat.shown, "heartbeat failed: {e}");
-                    }
-                }
-                Err(reason) => {
-                    shared.metrics.heartbeat_skipped();
-                    tracing::warn!(monitor = %beat.shown, "no heartbeat: {reason}");
+            _ = tokio::time::sleep_until(at) => {}
+        }
+        next = None;
+        if !shared.role.borrow().leads() {
+            tracing::debug!(monitor = %beat.shown, "no heartbeat: another instance leads");
+            continue;
+        }
+        match monitoring::health(&shared).await {
+            Ok(()) => {
+                if let Err(e) = ping(&http, &beat).await {
+                    shared.metrics.heartbeat_failed();
+                    tracing::warn!(monitor = %beat.shown, "heartbeat failed: {e}");
                 }
             }
+            Err(reason) => {
+                shared.metrics.heartbeat_skipped();
+                tracing::warn!(monitor = %beat.shown, "no heartbeat: {reason}");
+            }
         }
-    })
+    }
 }
 
 /// One GET, bounded by the heartbeat's timeout; errors never carry the URL.

@@ -12,7 +12,7 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::store::{Postgres, Term};
+use crate::store::{Postgres, Store, Term};
 
 /// What this instance does now.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -55,6 +55,39 @@ impl Leadership {
                 leader: None,
             })
             .1,
+        }
+    }
+}
+
+/// This instance's part in leading, from its start to its release: on PostgreSQL the lease's
+/// task; on SQLite nothing runs (the file lock keeps other processes out, so this one leads for
+/// as long as it runs).
+#[derive(Debug)]
+pub struct Lease {
+    pub leadership: Leadership,
+    stop: CancellationToken,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Lease {
+    /// Asks for the lease of `store`'s database, held for `ttl` at a time, when it needs one.
+    pub fn start(store: &Store, ttl: Duration) -> Lease {
+        let stop = CancellationToken::new();
+        let (leadership, task) = match store.postgres() {
+            Some(pg) => {
+                let (leadership, task) = spawn(pg.clone(), LeaseTiming { ttl }, stop.clone());
+                (leadership, Some(task))
+            }
+            None => (Leadership::sole(), None),
+        };
+        Lease { leadership, stop, task }
+    }
+
+    /// Gives the lease up (so that another instance takes over at once) and waits until it has.
+    pub async fn release(self) {
+        self.stop.cancel();
+        if let Some(task) = self.task {
+            let _ = task.await;
         }
     }
 }

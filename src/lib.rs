@@ -2,6 +2,7 @@
 //! in SQLite and notifies when a link's status changes. See ARCHITECTURE.md for the map.
 
 pub mod channels;
+pub mod check;
 pub mod cli;
 pub mod client;
 pub mod clock;
@@ -22,6 +23,7 @@ pub mod monitoring;
 pub mod outcome;
 pub mod outside;
 pub mod report;
+pub mod retention;
 pub mod retry;
 pub mod router;
 pub mod scheduler;

@@ -1,6 +1,6 @@
 //! Following Atlas live migrations: `check_live_migration` is one step (ask Atlas, decide, record,
 //! wake the channels), `run` the loop that checks every `[[migration]]` every `[atlas] every`,
-//! and at once when a source org's link leaves `SYNCED` (the daemon nudges it), so that
+//! and at once when a source org's link leaves `SYNCED` (its check nudges it), so that
 //! `link_broken_during_migration` follows the link's own event without waiting a period.
 //!
 //! Live migrations are few (one per replica set being moved), so they are checked together on one
@@ -134,14 +134,10 @@ fn decide<H: Host + ?Sized>(
     }
 }
 
-/// Checks every migration of the config at once.
-async fn check_all<H: Host>(app: &H) {
-    let checks = app.config().migrations.iter().map(|m| async move {
-        if let Err(e) = check_live_migration(app, m).await {
-            tracing::error!(migration = %m.name, "{e:#}");
-        }
-    });
-    futures_util::future::join_all(checks).await;
+/// Checks every migration of the config at once; the results in the config's order.
+pub async fn check_all<H: Host + ?Sized>(app: &H) -> Vec<anyhow::Result<LiveMigrationReport>> {
+    let checks = app.config().migrations.iter().map(|m| check_live_migration(app, m));
+    futures_util::future::join_all(checks).await
 }
 
 /// Checks every migration every `[atlas] every`, and when `nudge` is notified, until `stop`.
@@ -160,9 +156,14 @@ pub async fn run<H: Host>(app: Arc<H>, nudge: Arc<Notify>, stop: CancellationTok
             _ = tick.tick() => {}
             _ = nudge.notified() => {}
         }
-        tokio::select! {
+        let results = tokio::select! {
             _ = stop.cancelled() => return,
-            _ = check_all(&*app) => {}
+            results = check_all(&*app) => results,
+        };
+        for (m, result) in app.config().migrations.iter().zip(results) {
+            if let Err(e) = result {
+                tracing::error!(migration = %m.name, "{e:#}");
+            }
         }
     }
 }

@@ -124,15 +124,15 @@ pub async fn health(shared: &Shared) -> Result<(), String> {
     shared.probe.takes_writes(&shared.store).await
 }
 
-/// Binds `addr` and serves until `shutdown`. Binding happens before this returns, so a busy port
-/// is reported at start.
+/// Binds `addr`, and returns what serves it until `shutdown`. Binding happens before this
+/// returns, so a busy port is reported at start.
 pub async fn serve(
     addr: SocketAddr,
     shared: Shared,
     page: web::Page,
     login: Option<BasicAuth>,
     shutdown: CancellationToken,
-) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+) -> anyhow::Result<impl Future<Output = ()> + Send + 'static> {
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {addr} ([http] listen): {e}"))?;
@@ -157,14 +157,14 @@ pub async fn serve(
         .merge(guarded)
         .fallback(web::not_found)
         .layer(axum::middleware::map_response(web::harden));
-    Ok(tokio::spawn(async move {
+    Ok(async move {
         // The peer's address, for the log of refused logins.
         let app = app.into_make_service_with_connect_info::<SocketAddr>();
         let serve = axum::serve(listener, app).with_graceful_shutdown(async move { shutdown.cancelled().await });
         if let Err(e) = serve.await {
             tracing::error!("HTTP endpoint stopped: {e}");
         }
-    }))
+    })
 }
 
 async fn metrics(State(shared): State<Shared>) -> Response {
@@ -251,7 +251,7 @@ fn details(shared: &Shared, failing: Option<String>, blocked: &[(String, crate::
         text.push('\n');
     }
     // Several instances share a PostgreSQL database: say which one this is.
-    if shared.store.postgres().is_some() {
+    if shared.store.needs_lease() {
         text.push_str(&shared.role.borrow().describe());
         text.push('\n');
     }

@@ -22,6 +22,7 @@ mod outbox;
 mod page;
 pub mod postgres;
 mod quiet;
+mod roles;
 mod sqlite;
 
 pub(crate) use backend::Backend;

@@ -29,10 +29,11 @@ pub fn stopping() {
 
 /// With `WatchdogSec=`, pings systemd at half the interval while the service is healthy (the
 /// scheduler runs and the database takes writes), so that a stuck daemon is restarted.
-pub fn spawn_watchdog(shared: Shared, shutdown: CancellationToken) -> Option<tokio::task::JoinHandle<()>> {
+/// `None` when the service has no watchdog.
+pub fn watchdog(shared: Shared, shutdown: CancellationToken) -> Option<impl Future<Output = ()> + Send + 'static> {
     std::env::var_os("NOTIFY_SOCKET")?;
     let interval = sd_notify::watchdog_enabled()? / 2;
-    Some(tokio::spawn(async move {
+    Some(async move {
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => return,
@@ -43,5 +44,5 @@ pub fn spawn_watchdog(shared: Shared, shutdown: CancellationToken) -> Option<tok
                 Err(reason) => tracing::warn!("not pinging the systemd watchdog: {reason}"),
             }
         }
-    }))
+    })
 }

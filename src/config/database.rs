@@ -112,6 +112,12 @@ impl Database {
         }
     }
 
+    /// The SQLite file when it is one that is not there: a command that only reads must not
+    /// create it by opening it. (A PostgreSQL database that is missing says so when connected to.)
+    pub fn missing_file(&self) -> Option<&Path> {
+        self.sqlite_path().filter(|path| !path.exists())
+    }
+
     /// The SQLite file, if it is one.
     pub fn sqlite_path(&self) -> Option<&Path> {
         match self {

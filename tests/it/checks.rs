@@ -336,6 +336,30 @@ async fn retention_prunes_failures_and_sent_deliveries_but_keeps_history() {
 }
 
 #[tokio::test]
+async fn retention_lets_go_of_what_is_older_than_it_by_the_wall_clock_and_a_retention_past_the_calendar_keeps_all() {
+    use linkwatch::retention::run_once;
+    use linkwatch::store::Pruned;
+    let t = spawn_app().await;
+    t.sim.set(ORG_A, Behavior::error(503, "", "down"));
+    t.check(ORG_A).await;
+    let (now, day) = (t.app.clock.now(), std::time::Duration::from_secs(24 * 3600));
+    assert_eq!(
+        run_once(&t.app.store, day, now).await.unwrap(),
+        Pruned::default(),
+        "a day old at most: kept"
+    );
+    let two_days_on = now + chrono::Duration::days(2);
+    assert_eq!(
+        run_once(&t.app.store, std::time::Duration::MAX, two_days_on)
+            .await
+            .unwrap(),
+        Pruned::default(),
+        "a retention that reaches before the calendar starts keeps everything"
+    );
+    assert_eq!(run_once(&t.app.store, day, two_days_on).await.unwrap().failures, 1);
+}
+
+#[tokio::test]
 async fn a_megabyte_of_error_detail_is_stored_and_reported_short() {
     let mut setup = Setup::default();
     // Room for the whole body, so that only the cap on failure details keeps it out.

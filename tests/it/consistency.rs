@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use linkwatch::channels::ConsoleSink;
 use linkwatch::config::Config;
-use linkwatch::daemon::{self, App};
+use linkwatch::daemon::App;
 use linkwatch::simulator::Behavior;
 use tokio::io::{AsyncBufReadExt, BufReader};
 
@@ -37,7 +37,7 @@ async fn two_writers_checking_one_org_record_each_change_once() {
             ORG_A,
             Behavior::status(if n % 2 == 0 { "SYNCED" } else { "NOT_SYNCED" }),
         );
-        let (a, b) = tokio::join!(daemon::check_org(&t.app, alpha), daemon::check_org(&other, alpha));
+        let (a, b) = tokio::join!(t.app.checker.check_org(alpha), other.checker.check_org(alpha));
         a.unwrap();
         b.unwrap();
     }
@@ -281,7 +281,7 @@ async fn quiet_checks_are_written_together_by_the_group_commit() {
         (first.clone(), 1),
         "noted, not yet written"
     );
-    daemon::flush_quiet(&t.app).await.unwrap();
+    t.app.checker.flush_quiet().await.unwrap();
     let (after, checks) = last_checked(&t, ORG_B).await;
     assert_eq!(checks, 3, "both quiet checks counted");
     assert!(after > first, "{after} after {first}");
@@ -306,12 +306,12 @@ async fn a_group_commit_of_many_orgs_writes_them_all() {
     t.app.clock.step(chrono::Duration::seconds(5));
     let changed = &ids[100];
     t.sim.set(changed, Behavior::status("NOT_SYNCED"));
-    daemon::check_org(&other, org(&other, changed)).await.unwrap();
+    other.checker.check_org(org(&other, changed)).await.unwrap();
     t.sim.set(changed, Behavior::status("SYNCED"));
     for id in &ids {
         t.check(id).await; // quiet to this process: noted
     }
-    daemon::flush_quiet(&t.app).await.unwrap();
+    t.app.checker.flush_quiet().await.unwrap();
     for id in ids.iter().filter(|id| *id != changed) {
         assert_eq!(last_checked(&t, id).await.1, 2, "org {id}: both checks counted");
     }
@@ -332,10 +332,10 @@ async fn a_change_under_a_noted_quiet_check_is_applied_at_the_group_commit() {
     let beta = org(&other, ORG_B);
     t.check(ORG_B).await; // SYNCED, first_seen; this process now knows beta is quiet
     t.sim.set(ORG_B, Behavior::status("NOT_SYNCED"));
-    daemon::check_org(&other, beta).await.unwrap(); // the other writer: SYNCED -> NOT_SYNCED
+    other.checker.check_org(beta).await.unwrap(); // the other writer: SYNCED -> NOT_SYNCED
     t.sim.set(ORG_B, Behavior::status("SYNCED"));
     t.check(ORG_B).await; // SYNCED again: looks quiet to this process, noted
-    daemon::flush_quiet(&t.app).await.unwrap();
+    t.app.checker.flush_quiet().await.unwrap();
     assert_eq!(
         t.event_kinds(ORG_B).await,
         ["first_seen", "status_changed", "status_changed"],
@@ -357,8 +357,8 @@ async fn a_stale_quiet_note_does_not_undo_a_newer_change() {
     t.check(ORG_A).await; // NOT_SYNCED, first_seen
     t.check(ORG_A).await; // quiet: noted in memory only
     t.sim.set(ORG_A, Behavior::status("SYNCED"));
-    daemon::check_org(&other, alpha).await.unwrap(); // `linkwatch once` sees the link sync
-    daemon::flush_quiet(&t.app).await.unwrap();
+    other.checker.check_org(alpha).await.unwrap(); // `linkwatch once` sees the link sync
+    t.app.checker.flush_quiet().await.unwrap();
     assert_eq!(t.event_kinds(ORG_A).await, ["first_seen", "status_changed"]);
     let current = t.app.store.current().await.unwrap();
     let alpha_now = current.iter().find(|c| c.org_id == ORG_A).unwrap();

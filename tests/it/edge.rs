@@ -260,9 +260,7 @@ async fn a_check_whose_record_is_refused_is_still_counted() {
         "CREATE TRIGGER refuse BEFORE INSERT ON events BEGIN SELECT RAISE(FAIL, 'database or disk is full'); END",
     )
     .await;
-    let err = linkwatch::daemon::check_org(&t.app, org(&t.app, ORG_A))
-        .await
-        .unwrap_err();
+    let err = t.app.checker.check_org(org(&t.app, ORG_A)).await.unwrap_err();
     assert!(format!("{err:#}").contains("disk is full"), "{err:#}");
     let series = format!(r#"linkwatch_checks_total{{org_id="{ORG_A}",org_name="alpha",outcome="ok"}}"#);
     assert_eq!(

@@ -7,9 +7,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use linkwatch::channels::ConsoleSink;
+use linkwatch::check::CheckReport;
 use linkwatch::clock::Clock;
 use linkwatch::config::Config;
-use linkwatch::daemon::{self, App, CheckReport};
+use linkwatch::daemon::{self, App};
 use linkwatch::dispatch;
 use linkwatch::simulator::{self, Behavior, Simulator};
 use linkwatch::store::{Store, StoredEvent};
@@ -219,16 +220,17 @@ async fn build(
     let config = Config::load(config_path).unwrap_or_else(|e| panic!("test config invalid: {e}"));
     let sink = ConsoleSink::Memory(console.clone());
     let store = Store::open(&config.database).await.expect("database opens");
-    let mut app = App::with_store(config, store, Default::default(), sink.clone(), clock.clone()).expect("app starts");
-    if let Some(settings) = delivery {
-        let settings = dispatch::DeliverySettings {
-            clock,
-            ..settings.clone()
-        };
-        app.dispatcher =
-            dispatch::Dispatcher::new(&app.config, &sink, app.metrics.clone(), settings).expect("dispatcher starts");
-    }
-    Arc::new(app)
+    let app = match delivery {
+        Some(settings) => {
+            let settings = dispatch::DeliverySettings {
+                clock,
+                ..settings.clone()
+            };
+            App::with_delivery(config, store, Default::default(), sink, settings)
+        }
+        None => App::with_store(config, store, Default::default(), sink, clock),
+    };
+    Arc::new(app.expect("app starts"))
 }
 
 /// The org with id `id` in `app`'s config.
@@ -243,7 +245,9 @@ pub fn org<'a>(app: &'a App, id: &str) -> &'a linkwatch::config::Org {
 impl TestApp {
     /// Checks org `id` once, as the scheduler would.
     pub async fn check(&self, id: &str) -> CheckReport {
-        daemon::check_org(&self.app, org(&self.app, id))
+        self.app
+            .checker
+            .check_org(org(&self.app, id))
             .await
             .expect("check recorded")
     }
@@ -292,6 +296,7 @@ impl TestApp {
     pub async fn check_counted(&self, id: &str) -> (linkwatch::outcome::CheckOutcome, u64) {
         let org = linkwatch::config::OrgId::parse(id).unwrap();
         self.app
+            .checker
             .client
             .check_counted(&org, &self.app.config.credentials[0])
             .await

@@ -49,7 +49,11 @@ async fn concurrent_checks(t: &TestApp, n: usize) -> Vec<linkwatch::outcome::Che
         let app = t.app.clone();
         checks.spawn(async move {
             let org = linkwatch::config::OrgId::parse(ORG_A).unwrap();
-            app.client.check_counted(&org, &app.config.credentials[0]).await.0
+            app.checker
+                .client
+                .check_counted(&org, &app.config.credentials[0])
+                .await
+                .0
         });
     }
     checks.join_all().await

@@ -5,6 +5,7 @@
 
 use std::time::Duration;
 
+use linkwatch::simulator::Behavior;
 use linkwatch::store::{Store, Term};
 use sqlx::Connection as _;
 
@@ -127,7 +128,7 @@ async fn checks_events_and_views_on_postgres() {
     // A quiet check goes through the group commit.
     let before = t.app.store.current().await.unwrap()[0].last_checked_at.clone();
     t.check(ORG_A).await;
-    linkwatch::daemon::flush_quiet(&t.app).await.unwrap();
+    t.app.checker.flush_quiet().await.unwrap();
     let after = t.app.store.current().await.unwrap()[0].last_checked_at.clone();
     assert!(after > before, "{after} > {before}");
 
@@ -147,7 +148,10 @@ async fn writes_without_the_lease_are_refused() {
         ..Setup::default()
     })
     .await;
-    let err = linkwatch::daemon::check_org(&t.app, org(&t.app, ORG_A))
+    let err = t
+        .app
+        .checker
+        .check_org(org(&t.app, ORG_A))
         .await
         .expect_err("a check without the lease is not recorded");
     assert!(
@@ -216,7 +220,7 @@ async fn a_write_waiting_on_a_lock_does_not_cost_the_leader_its_lease() {
         .unwrap();
     t.sim.set(ORG_A, linkwatch::simulator::Behavior::status("SYNCED"));
     let app = t.app.clone();
-    let waiting = tokio::spawn(async move { linkwatch::daemon::check_org(&app, org(&app, ORG_A)).await });
+    let waiting = tokio::spawn(async move { app.checker.check_org(org(&app, ORG_A)).await });
 
     // While the check waits, the lease is renewed (its expiry moves on, twice).
     let watcher = sqlx::PgPool::connect(&db.url).await.unwrap();
@@ -314,6 +318,55 @@ async fn a_leader_deposed_during_a_send_records_what_the_receiver_accepted() {
     pool.close().await;
 }
 
+/// A deposed leader cuts its running checks off at once rather than waiting for them: a check
+/// hanging on Cloud Manager (for as long as `poll.timeout`, which the stop would wait for) keeps
+/// it neither from following nor from leading again when the lease comes back.
+#[tokio::test]
+async fn a_deposed_leader_cuts_off_a_hanging_check_and_leads_again_when_the_lease_comes_back() {
+    let Some(db) = database().await else { return };
+    let t = spawn_app_with(Setup {
+        database_url: Some(db.url.clone()),
+        timeout: "1h",
+        top: "leader_lease = \"3s\"\nshutdown_timeout = \"1h\"".into(),
+        ..Setup::default()
+    })
+    .await;
+    t.sim.set(ORG_A, Behavior::Hang);
+    let running = t.run();
+    wait_until(Duration::from_secs(20), "alpha's check hanging", || async {
+        t.sim.requests_for(ORG_A) >= 1
+    })
+    .await;
+    let pool = sqlx::PgPool::connect(&db.url).await.unwrap();
+    let take = "UPDATE leader_lease SET holder = 'other', epoch = epoch + 1, expires_at = now() + interval '1 hour'";
+    sqlx::query(take).execute(&pool).await.unwrap();
+    wait_until(Duration::from_secs(20), "the leader deposed", || async {
+        !t.app.store.may_send()
+    })
+    .await;
+
+    // The other instance lets the lease run out: this one takes it back and checks again.
+    sqlx::query("UPDATE leader_lease SET expires_at = now() - interval '1 second'")
+        .execute(&pool)
+        .await
+        .unwrap();
+    let before = t.sim.requests_for(ORG_B);
+    wait_until(
+        Duration::from_secs(20),
+        "beta checked again under the new lease",
+        || async { t.sim.requests_for(ORG_B) >= before + 2 },
+    )
+    .await;
+    // Deposed again, with alpha hanging again: the stop has no generation left to wait for.
+    sqlx::query(take).execute(&pool).await.unwrap();
+    wait_until(Duration::from_secs(20), "the leader deposed again", || async {
+        !t.app.store.may_send()
+    })
+    .await;
+    running.stop(Duration::from_secs(20)).await;
+    pool.close().await;
+}
+
 /// The database-side fence, on its own: this instance still believes it leads (its own clock
 /// says the term is good for minutes), but the database has moved on: another holder took the
 /// lease. Its claim of a pending delivery and its write of a check must both be refused by the
@@ -363,7 +416,10 @@ async fn a_leader_that_still_believes_it_leads_is_refused_by_the_database() {
     };
     t.app.store.postgres().unwrap().fence().lead(term);
     t.sim.set(ORG_B, linkwatch::simulator::Behavior::status("NOT_SYNCED"));
-    let err = linkwatch::daemon::check_org(&t.app, org(&t.app, ORG_B))
+    let err = t
+        .app
+        .checker
+        .check_org(org(&t.app, ORG_B))
         .await
         .expect_err("the database refuses the deposed leader's write");
     assert!(

@@ -402,7 +402,7 @@ async fn a_full_disk_fails_the_health_probe_and_loses_nothing() {
     let mut write_failed = false;
     for _ in 0..50 {
         let org = &t.app.config.orgs[0];
-        if linkwatch::daemon::check_org(&t.app, org).await.is_err() {
+        if t.app.checker.check_org(org).await.is_err() {
             write_failed = true;
             break;
         }
