@@ -1,7 +1,9 @@
-//! ARCHITECTURE.md and README.md name tests and files as their proof and their map: each name in
-//! backticks that looks like a path of this repository, or like a function of a test or source
-//! module (`edge::a_silent_smtp_server_...`, `store::checks::tests::...`, `report::jobs::due`),
-//! must exist, so that the documents cannot drift from the code unnoticed.
+//! ARCHITECTURE.md, README.md and the decision records (`docs/decisions/*.md`) name tests and files
+//! as their proof and their map: each name in backticks that looks like a path of this
+//! repository, or like a function of a test or source module (`edge::a_silent_smtp_server_...`,
+//! `store::checks::tests::...`, `report::jobs::due`), must exist, and ARCHITECTURE.md lists every
+//! record and links none that is missing, so that the documents cannot drift from the code
+//! unnoticed.
 
 use std::path::{Path, PathBuf};
 
@@ -39,7 +41,7 @@ fn module_file(base: &Path, path: &[&str]) -> Option<(PathBuf, usize)> {
 /// reference to this repository at all.
 fn missing(name: &str) -> Option<String> {
     let name = name.trim_end_matches("()").trim_end_matches(',');
-    let repo_dirs = ["src/", "tests/", "config/", "migrations/", "benches/", ".ci/"];
+    let repo_dirs = ["src/", "tests/", "config/", "migrations/", "benches/", ".ci/", "docs/"];
     if repo_dirs.iter().any(|d| name.starts_with(d)) {
         if name.contains(['{', '*', ' ', '<']) {
             return None;
@@ -89,15 +91,46 @@ fn missing(name: &str) -> Option<String> {
     (!defined).then(|| format!("{name}: no `fn {last}` where it points"))
 }
 
+/// The decision records, `docs/decisions/NNNN-title.md`, as paths from the repository's root.
+fn decision_records() -> Vec<String> {
+    let mut records: Vec<String> = std::fs::read_dir(root().join("docs/decisions"))
+        .unwrap()
+        .flatten()
+        .map(|e| format!("docs/decisions/{}", e.file_name().to_string_lossy()))
+        .filter(|p| p.ends_with(".md"))
+        .collect();
+    records.sort();
+    records
+}
+
 #[test]
 fn the_documents_name_only_tests_and_paths_that_exist() {
     let mut wrong = Vec::new();
-    for doc in ["ARCHITECTURE.md", "README.md"] {
-        let text = std::fs::read_to_string(root().join(doc)).unwrap();
+    let docs = ["ARCHITECTURE.md".to_owned(), "README.md".to_owned()];
+    for doc in docs.into_iter().chain(decision_records()) {
+        let text = std::fs::read_to_string(root().join(&doc)).unwrap();
         for name in quoted(&text) {
             if let Some(why) = missing(&name) {
                 wrong.push(format!("{doc}: {why}"));
             }
+        }
+    }
+    // Every record is listed in ARCHITECTURE.md, and every record it links exists.
+    let architecture = std::fs::read_to_string(root().join("ARCHITECTURE.md")).unwrap();
+    let linked: Vec<&str> = architecture
+        .split("](")
+        .skip(1)
+        .filter_map(|rest| rest.split(')').next())
+        .filter(|target| target.starts_with("docs/decisions/"))
+        .collect();
+    for target in &linked {
+        if !root().join(target).is_file() {
+            wrong.push(format!("ARCHITECTURE.md: no such record: {target}"));
+        }
+    }
+    for record in decision_records() {
+        if !linked.contains(&record.as_str()) {
+            wrong.push(format!("ARCHITECTURE.md: does not list {record}"));
         }
     }
     wrong.dedup();
