@@ -1,5 +1,6 @@
-//! linkwatch: watches Cloud Manager / Ops Manager -> Atlas migration links, keeps their history
-//! in SQLite and notifies when a link's status changes. See ARCHITECTURE.md for the map.
+//! linkwatch: watches Cloud Manager / Ops Manager -> Atlas migration links and Atlas live
+//! migrations, keeps their history in SQLite or PostgreSQL, and notifies Slack, email and
+//! webhooks when something changes. See ARCHITECTURE.md for the map.
 
 pub mod channels;
 pub mod check;
