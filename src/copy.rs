@@ -492,7 +492,7 @@ async fn open_source(path: &Path) -> anyhow::Result<SqliteConnection> {
 fn gated(rows: &str) -> anyhow::Result<(u64, String)> {
     fn clean(value: &mut serde_json::Value) {
         match value {
-            serde_json::Value::String(s) if s.chars().any(|c| c.is_control() && c != '\n' && c != '\t') => {
+            serde_json::Value::String(s) if !crate::outside::is_clean(s) => {
                 *s = crate::outside::text(s, usize::MAX);
             }
             serde_json::Value::Array(a) => a.iter_mut().for_each(clean),

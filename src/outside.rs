@@ -17,7 +17,7 @@ const CUT: &str = "…";
 /// `max_chars` characters, the last one "…" when it was cut.
 pub fn text(raw: &str, max_chars: usize) -> String {
     let mut out = String::with_capacity(raw.len().min(max_chars.saturating_mul(4)));
-    let kept = raw.chars().filter(|c| !c.is_control() || *c == '\n' || *c == '\t');
+    let kept = raw.chars().filter(|c| passes(*c));
     for (n, c) in kept.enumerate() {
         if n == max_chars {
             // One more would not fit: the last kept one gives way to the mark.
@@ -29,6 +29,17 @@ pub fn text(raw: &str, max_chars: usize) -> String {
         out.push(c);
     }
     out
+}
+
+/// Whether `c` passes the gate: anything but a control character, newline and tab excepted.
+fn passes(c: char) -> bool {
+    !c.is_control() || c == '\n' || c == '\t'
+}
+
+/// Whether every character of `raw` passes the gate (its length aside): for callers that clean
+/// only what needs it.
+pub fn is_clean(raw: &str) -> bool {
+    raw.chars().all(passes)
 }
 
 /// [`text`] of bytes that may not be UTF-8 (a body read as it came): invalid sequences become
