@@ -30,6 +30,10 @@ pub struct Cli {
     /// Use this database (a SQLite file, or a postgres:// URL) instead of the config's `database`.
     #[arg(long, global = true, env = "LINKWATCH_DATABASE", value_parser = parse_database)]
     pub database: Option<Database>,
+    /// Where `${CREDENTIALS_DIRECTORY}` in `*_file` keys points when systemd did not set it:
+    /// the folder `LoadCredential=` reads (e.g. /etc/linkwatch/credentials).
+    #[arg(long, global = true, value_name = "DIR")]
+    pub credentials_dir: Option<PathBuf>,
     /// More log detail (-v debug, -vv trace). RUST_LOG overrides.
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     pub verbose: u8,
@@ -124,7 +128,16 @@ impl Cli {
     }
 
     fn load_config(&self) -> anyhow::Result<Config> {
-        let mut config = Config::load(&self.config_path())?;
+        self.load_config_with(config::Secrets::Read)
+    }
+
+    /// The config, with its secrets read as `secrets` says.
+    fn load_config_with(&self, secrets: config::Secrets) -> anyhow::Result<Config> {
+        let options = config::LoadOptions {
+            secrets,
+            credentials_dir: self.credentials_dir.clone(),
+        };
+        let mut config = Config::load_with(&self.config_path(), &options)?;
         if let Some(db) = &self.database {
             config.database = db.clone();
         }
@@ -234,14 +247,15 @@ pub async fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
             demo::simulate(*listen, shutdown_on_signals()).await?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Check => check(&cli.load_config()?),
+        Command::Check => check(&cli.load_config_with(config::Secrets::NoteUnreadable)?),
         Command::NotifyTest { channel } => notify_test(&cli.load_config()?, channel).await,
         Command::Report { channel } => report_now(&cli.load_config()?, channel).await,
         Command::Once => once(cli.load_config()?).await,
         Command::History { org, since, json } => {
+            // Reading the history needs the database and no other secret.
             let db = match &cli.database {
                 Some(db) => db.clone(),
-                None => cli.load_config()?.database,
+                None => cli.load_config_with(config::Secrets::DatabaseOnly)?.database,
             };
             history(&db, org.as_deref(), since.as_deref(), *json).await
         }
@@ -262,10 +276,14 @@ pub async fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
 async fn run(cli: &Cli) -> anyhow::Result<()> {
     let config = cli.load_config()?;
     let (path, database) = (cli.config_path(), cli.database.clone());
+    let load = config::LoadOptions {
+        credentials_dir: cli.credentials_dir.clone(),
+        ..Default::default()
+    };
     let options = daemon::Options {
         reload: Some(reload_on_sighup()),
         loader: Some(Box::new(move || {
-            let mut config = Config::load(&path)?;
+            let mut config = Config::load_with(&path, &load)?;
             if let Some(db) = &database {
                 config.database = db.clone();
             }
@@ -306,6 +324,12 @@ fn check(config: &Config) -> anyhow::Result<ExitCode> {
     }
     if config.orgs.is_empty() {
         println!("\nnote: no [[org]] is configured; `linkwatch run` would have nothing to watch");
+    }
+    if !config.unread_secrets.is_empty() {
+        println!("\nsecrets not read here (the rest of the file is valid):");
+        for s in &config.unread_secrets {
+            println!("  {s}");
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -10,10 +10,12 @@ mod database;
 mod http;
 mod notify;
 mod raw;
+mod recover;
 mod reports;
 mod smtp;
 mod values;
 
+use std::cell::RefCell;
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -68,6 +70,9 @@ pub struct Config {
     pub reports: Vec<ReportConfig>,
     /// A ping to an external monitor after each healthy interval (`[heartbeat]`).
     pub heartbeat: Option<Heartbeat>,
+    /// Secrets left unread (`file:line: key: why`), by `Secrets::DatabaseOnly` or
+    /// `Secrets::NoteUnreadable`.
+    pub unread_secrets: Vec<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -147,16 +152,46 @@ pub enum ConfigError {
         key: String,
         message: String,
     },
+    /// Every mistake of the file, sorted by line, one per line.
+    #[error("{} mistakes in the config:\n{}", .0.len(), .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n"))]
+    Several(Vec<ConfigError>),
+}
+
+/// How `Config::load_with` treats secrets.
+#[derive(Debug, Clone, Default)]
+pub struct LoadOptions {
+    pub secrets: Secrets,
+    /// Where `${CREDENTIALS_DIRECTORY}` points when the environment does not say (a shell, not
+    /// systemd): `--credentials-dir`.
+    pub credentials_dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub enum Secrets {
+    /// Read every secret; one that cannot be read is an error (what `run` needs).
+    #[default]
+    Read,
+    /// Read none but the database password: for commands that only read the database. The
+    /// config's other secrets hold a placeholder and must not be used.
+    DatabaseOnly,
+    /// As `Read`, but a `${CREDENTIALS_DIRECTORY}` that is not set here is noted in
+    /// `Config::unread_secrets`, not an error (`check` from a shell).
+    NoteUnreadable,
 }
 
 impl Config {
     /// Reads and validates the file at `path`.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        Self::load_with(path, &LoadOptions::default())
+    }
+
+    /// Reads and validates the file at `path`, treating secrets as `options` say.
+    pub fn load_with(path: &Path, options: &LoadOptions) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|cause| ConfigError::Read {
             path: path.to_owned(),
             cause,
         })?;
-        let config = Self::parse(&text, path);
+        let config = Self::parse_with(&text, path, options);
         drop(text);
         crate::memory::give_back_freed();
         config
@@ -164,48 +199,94 @@ impl Config {
 
     /// Validates `text` as if read from `path` (used in messages and to resolve relative paths).
     pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
-        let locator = Locator { text, file: path };
-        let raw = raw::parse(text).map_err(|(key, err)| {
-            let offset = err.span().map(|s| s.start).unwrap_or(0);
-            locator.error(offset, &key, err.message().trim().to_owned())
-        })?;
-        Self::from_raw(raw, &locator)
+        Self::parse_with(text, path, &LoadOptions::default())
     }
 
+    fn parse_with(text: &str, path: &Path, options: &LoadOptions) -> Result<Config, ConfigError> {
+        let locator = Locator::new(text, path, options);
+        let (raw, problems) = recover::read::<raw::Config>(text);
+        for p in problems {
+            // "Missing `webhook_url`" would only repeat "did you mean `webhook_url`?".
+            if let Some(meant) = p
+                .message
+                .split("did you mean `")
+                .nth(1)
+                .and_then(|r| r.split('`').next())
+            {
+                let table = p.key.rsplit_once('.').map_or("", |(t, _)| t);
+                let key = if table.is_empty() {
+                    meant.to_owned()
+                } else {
+                    format!("{table}.{meant}")
+                };
+                locator.reported.borrow_mut().insert(key);
+            }
+            locator.report(locator.error(p.offset, &p.key, p.message));
+        }
+        match raw {
+            Some(raw) => Self::from_raw(raw, &locator),
+            None => Err(locator.failure()),
+        }
+    }
+
+    /// Checks what needs the whole file. Each part goes on past a mistake in another, so that
+    /// every mistake is reported at once.
     fn from_raw(raw: raw::Config, loc: &Locator<'_>) -> Result<Config, ConfigError> {
-        let database = database(&raw, loc)?;
-        let leader_lease = at_least(
+        let database = loc.keep(database(&raw, loc));
+        let leader_lease = loc.keep(at_least(
             raw.leader_lease.as_ref(),
             Duration::from_secs(3),
             "3s",
             Duration::from_secs(15),
             "leader_lease",
             loc,
-        )?;
-        let retention = at_least(
+        ));
+        let retention = loc.keep(at_least(
             raw.retention.as_ref(),
             Duration::from_secs(86_400),
             "1d",
             Duration::from_secs(90 * 86_400),
             "retention",
             loc,
-        )?;
-        let (http_listen, http_auth) = match &raw.http {
-            None => (None, None),
-            Some(h) => http::parse(h, loc)?,
+        ));
+        let http = match &raw.http {
+            None => Some((None, None)),
+            Some(h) => loc.keep(http::parse(h, loc)),
         };
-        let cloud_manager = cloud_manager(&raw.cloud_manager, loc)?;
+        let cloud_manager = loc.keep(cloud_manager(&raw.cloud_manager, loc));
         let mut credentials = Credentials::default();
-        let default_credential =
-            credential_from(&raw.cloud_manager.credential(), "cloud_manager", loc)?.map(|c| credentials.share(c));
-        let poll = poll(raw.poll.unwrap_or_default(), loc)?;
-        let orgs = orgs(raw.orgs, &poll.schedule, default_credential, &mut credentials, loc)?;
-        let channels = notify::channels(raw.channels, loc)?;
-        let routes = notify::routes(raw.routes, &channels, &orgs, loc)?;
-        let (atlas, migrations) = atlas::atlas(raw.atlas, raw.migrations, &orgs, loc)?;
-        let reports = reports::reports(raw.reports, &channels, loc)?;
-        let heartbeat = reports::heartbeat(raw.heartbeat, loc)?;
+        let default_credential = match credential_from(&raw.cloud_manager.credential(), "cloud_manager", loc) {
+            Ok(c) => Ok(c.map(|c| credentials.share(c))),
+            Err(e) => {
+                loc.report(e);
+                Err(())
+            }
+        };
+        let poll = loc.keep(poll(raw.poll.unwrap_or_default(), loc));
+        let default_schedule = poll
+            .as_ref()
+            .map_or(Schedule::Every(Duration::from_secs(60)), |p| p.schedule.clone());
+        let orgs = orgs(raw.orgs, &default_schedule, default_credential, &mut credentials, loc);
+        let channels = notify::channels(raw.channels, loc);
+        let routes = notify::routes(raw.routes, &channels, &orgs, loc);
+        let (atlas, migrations) = loc
+            .keep(atlas::atlas(raw.atlas, raw.migrations, &orgs, loc))
+            .unwrap_or_default();
+        let reports = reports::reports(raw.reports, &channels, loc);
+        let heartbeat = loc.keep(reports::heartbeat(raw.heartbeat, loc)).flatten();
 
+        let (
+            Some(database),
+            Some(leader_lease),
+            Some(retention),
+            Some((http_listen, http_auth)),
+            Some(cloud_manager),
+            Some(poll),
+        ) = (database, leader_lease, retention, http, cloud_manager, poll)
+        else {
+            return Err(loc.failure());
+        };
+        loc.finish()?;
         Ok(Config {
             source: loc.file.to_owned(),
             database,
@@ -224,6 +305,7 @@ impl Config {
             migrations,
             reports,
             heartbeat,
+            unread_secrets: loc.unread.take(),
         })
     }
 }
@@ -327,72 +409,179 @@ impl Credentials {
 }
 
 /// The `[[org]]` tables: unique ids and names (checked in one pass, for files of 10,000 orgs),
-/// each with its schedule and credential (its own, or `[cloud_manager]`'s).
+/// each with its schedule and credential (its own, or `[cloud_manager]`'s, `Err` when that one
+/// was already reported). An org with a mistake is reported and left out.
 fn orgs(
     raw: Vec<raw::Org>,
     default_schedule: &Schedule,
-    default_credential: Option<Arc<Credential>>,
+    default_credential: Result<Option<Arc<Credential>>, ()>,
     credentials: &mut Credentials,
     loc: &Locator<'_>,
-) -> Result<Vec<Org>, ConfigError> {
+) -> Vec<Org> {
     let mut orgs: Vec<Org> = Vec::with_capacity(raw.len());
     // Where each id was first used, and every name.
     let mut ids: HashMap<OrgId, usize> = HashMap::with_capacity(raw.len());
     let mut names: HashSet<String> = HashSet::with_capacity(raw.len());
     for (i, o) in raw.into_iter().enumerate() {
         let key = format!("org[{i}]");
-        if let Some(dup) = ids.get(o.id.get_ref()).map(|&at| &orgs[at]) {
-            return Err(loc.error(
-                o.id.span().start,
-                &format!("{key}.id"),
-                format!("org id {} is already used by org \"{}\"", dup.id, dup.name),
-            ));
-        }
         let name = o.name.get_ref().trim().to_owned();
-        if name.is_empty() {
-            return Err(loc.error(o.name.span().start, &format!("{key}.name"), "must not be empty".into()));
+        let checked = org(
+            o,
+            &key,
+            &ids,
+            &mut names,
+            &orgs,
+            default_schedule,
+            &default_credential,
+            credentials,
+            loc,
+        );
+        match checked {
+            Ok(Some(org)) => {
+                ids.insert(org.id.clone(), orgs.len());
+                orgs.push(org);
+            }
+            Ok(None) => loc.broken(&name),
+            Err(e) => {
+                loc.report(e);
+                loc.broken(&name);
+            }
         }
-        if !names.insert(name.clone()) {
-            return Err(loc.error(
-                o.name.span().start,
-                &format!("{key}.name"),
-                format!("org name \"{name}\" is used twice; names must be unique"),
-            ));
-        }
-        let schedule =
-            schedule_from(o.every.as_ref(), o.cron.as_ref(), &key, loc)?.unwrap_or_else(|| default_schedule.clone());
-        let credential = match credential_from(&o.credential(), &key, loc)? {
-            Some(c) => credentials.share(c),
-            None => default_credential.clone().ok_or_else(|| {
-                loc.error(
+    }
+    orgs
+}
+
+/// One `[[org]]`; `None` when its only fault is the shared credential, already reported.
+#[allow(clippy::too_many_arguments)]
+fn org(
+    o: raw::Org,
+    key: &str,
+    ids: &HashMap<OrgId, usize>,
+    names: &mut HashSet<String>,
+    orgs: &[Org],
+    default_schedule: &Schedule,
+    default_credential: &Result<Option<Arc<Credential>>, ()>,
+    credentials: &mut Credentials,
+    loc: &Locator<'_>,
+) -> Result<Option<Org>, ConfigError> {
+    if let Some(dup) = ids.get(o.id.get_ref()).map(|&at| &orgs[at]) {
+        return Err(loc.error(
+            o.id.span().start,
+            &format!("{key}.id"),
+            format!("org id {} is already used by org \"{}\"", dup.id, dup.name),
+        ));
+    }
+    let name = o.name.get_ref().trim().to_owned();
+    if name.is_empty() {
+        return Err(loc.error(o.name.span().start, &format!("{key}.name"), "must not be empty".into()));
+    }
+    if !names.insert(name.clone()) {
+        return Err(loc.error(
+            o.name.span().start,
+            &format!("{key}.name"),
+            format!("org name \"{name}\" is used twice; names must be unique"),
+        ));
+    }
+    let schedule =
+        schedule_from(o.every.as_ref(), o.cron.as_ref(), key, loc)?.unwrap_or_else(|| default_schedule.clone());
+    let credential = match credential_from(&o.credential(), key, loc)? {
+        Some(c) => credentials.share(c),
+        None => match default_credential {
+            Ok(Some(c)) => c.clone(),
+            Err(()) => return Ok(None),
+            Ok(None) => {
+                return Err(loc.error(
                     o.id.span().start,
-                    &key,
+                    key,
                     "no credential: set public_key and private_key (or client_id and \
                      client_secret) in [cloud_manager] or in this [[org]]"
                         .into(),
-                )
-            })?,
-        };
-        ids.insert(o.id.get_ref().clone(), orgs.len());
-        orgs.push(Org {
-            id: o.id.into_inner(),
-            name,
-            schedule,
-            credential,
-        });
-    }
-    Ok(orgs)
+                ));
+            }
+        },
+    };
+    Ok(Some(Org {
+        id: o.id.into_inner(),
+        name,
+        schedule,
+        credential,
+    }))
 }
 
-/// Turns byte offsets into file:line:column errors.
+/// Turns byte offsets into file:line:column errors, and gathers them: validation goes on past
+/// a mistake, so that one run shows every mistake of the file.
 struct Locator<'a> {
     text: &'a str,
     file: &'a Path,
+    options: &'a LoadOptions,
+    problems: RefCell<Vec<ConfigError>>,
+    /// Names of `[[org]]`s and `[[channel]]`s that were reported, and keys that a "did you
+    /// mean" named: a reference to one of them is not a second mistake.
+    reported: RefCell<HashSet<String>>,
+    unread: RefCell<Vec<String>>,
 }
 
-impl Locator<'_> {
+impl<'a> Locator<'a> {
+    fn new(text: &'a str, file: &'a Path, options: &'a LoadOptions) -> Self {
+        Locator {
+            text,
+            file,
+            options,
+            problems: RefCell::default(),
+            reported: RefCell::default(),
+            unread: RefCell::default(),
+        }
+    }
+
     fn base_dir(&self) -> &Path {
         self.file.parent().unwrap_or(Path::new("."))
+    }
+
+    fn report(&self, e: ConfigError) {
+        if let ConfigError::Invalid { key, .. } = &e
+            && self.was_reported(key)
+        {
+            return;
+        }
+        self.problems.borrow_mut().push(e);
+    }
+
+    /// The value, or `None` with its error reported.
+    fn keep<T>(&self, r: Result<T, ConfigError>) -> Option<T> {
+        r.map_err(|e| self.report(e)).ok()
+    }
+
+    /// Marks the org or channel `name` as already reported.
+    fn broken(&self, name: &str) {
+        self.reported.borrow_mut().insert(name.to_owned());
+    }
+
+    fn was_reported(&self, name: &str) -> bool {
+        self.reported.borrow().contains(name)
+    }
+
+    /// Every error reported, sorted by position; `Ok` when there is none.
+    fn finish(&self) -> Result<(), ConfigError> {
+        let mut problems = self.problems.take();
+        if problems.is_empty() {
+            return Ok(());
+        }
+        let at = |e: &ConfigError| match e {
+            ConfigError::Invalid { line, column, .. } => (*line, *column),
+            _ => (0, 0),
+        };
+        problems.sort_by_key(at);
+        problems.dedup_by(|a, b| a.to_string() == b.to_string());
+        Err(if problems.len() == 1 {
+            problems.remove(0)
+        } else {
+            ConfigError::Several(problems)
+        })
+    }
+
+    /// The reported errors; only called after one was reported.
+    fn failure(&self) -> ConfigError {
+        self.finish().expect_err("an error was reported")
     }
 
     fn error(&self, offset: usize, key: &str, message: String) -> ConfigError {
@@ -531,6 +720,11 @@ fn credential_from(
     }
 }
 
+/// What a secret that was not read holds: shaped as a URL so that the checks of a URL's form
+/// pass, and on a name that never resolves. A config holding it is only shown (`check`) or used
+/// for its database (`history`).
+pub(crate) const UNREAD: &str = "https://secret-not-read.invalid/";
+
 /// A secret may be written inline, read from a file (systemd `LoadCredential=`), or taken from an
 /// environment variable. Exactly one of the three may be set.
 fn resolve_secret(
@@ -548,9 +742,25 @@ fn resolve_secret(
     if let Some(s) = inline {
         return non_empty(s.get_ref().clone(), s.span().start, key, loc).map(Some);
     }
+    let needed = loc.options.secrets != Secrets::DatabaseOnly || key == "database_password";
+    if (file.is_some() || env.is_some()) && !needed {
+        return Ok(Some(Secret::new(UNREAD)));
+    }
     if let Some(f) = file {
         let key = format!("{key}_file");
-        let path = expand_credentials_dir(f.get_ref()).map_err(|m| loc.error(f.span().start, &key, m))?;
+        let path = match expand_credentials_dir(f.get_ref(), loc.options.credentials_dir.as_deref()) {
+            Ok(path) => path,
+            Err(m) if loc.options.secrets == Secrets::NoteUnreadable => {
+                let ConfigError::Invalid { file, line, .. } = loc.error(f.span().start, &key, String::new()) else {
+                    unreachable!("Locator::error makes Invalid")
+                };
+                loc.unread
+                    .borrow_mut()
+                    .push(format!("{}:{line}: {key}: {m}", file.display()));
+                return Ok(Some(Secret::new(UNREAD)));
+            }
+            Err(m) => return Err(loc.error(f.span().start, &key, m)),
+        };
         let text = std::fs::read_to_string(&path)
             .map_err(|e| loc.error(f.span().start, &key, format!("cannot read {}: {e}", path.display())))?;
         // Files written by `echo` or editors end in a newline that is not part of the secret.
@@ -584,18 +794,24 @@ fn non_empty(s: Secret, offset: usize, key: &str, loc: &Locator<'_>) -> Result<S
 }
 
 /// systemd's `LoadCredential=` puts secrets in `$CREDENTIALS_DIRECTORY`; let `_file` keys say so.
-fn expand_credentials_dir(path: &str) -> Result<PathBuf, String> {
+/// From a shell, `--credentials-dir` says where the files are.
+fn expand_credentials_dir(path: &str, given: Option<&Path>) -> Result<PathBuf, String> {
     const VAR: &str = "${CREDENTIALS_DIRECTORY}";
     if !path.contains(VAR) {
         return Ok(PathBuf::from(path));
     }
-    let dir = std::env::var("CREDENTIALS_DIRECTORY").map_err(|_| {
-        format!(
-            "{path} uses {VAR}, but CREDENTIALS_DIRECTORY is not set \
-                 (is this running under systemd with LoadCredential=?)"
-        )
-    })?;
-    Ok(PathBuf::from(path.replace(VAR, &dir)))
+    let dir = match (given, std::env::var_os("CREDENTIALS_DIRECTORY")) {
+        (Some(dir), _) => dir.to_owned(),
+        (None, Some(dir)) => PathBuf::from(dir),
+        (None, None) => {
+            return Err(format!(
+                "{path} uses {VAR}, which is not set here (systemd sets it for the service, \
+                 from LoadCredential=); to read these files from a shell, add \
+                 --credentials-dir DIR (e.g. /etc/linkwatch/credentials)"
+            ));
+        }
+    };
+    Ok(PathBuf::from(path.replace(VAR, &dir.to_string_lossy())))
 }
 
 fn resolve_path(base: &Path, p: &str) -> PathBuf {

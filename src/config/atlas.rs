@@ -61,8 +61,9 @@ pub(super) fn atlas(
     let atlas = atlas_table(&a, loc)?;
     let mut out: Vec<LiveMigration> = Vec::with_capacity(migrations.len());
     for (i, m) in migrations.into_iter().enumerate() {
-        let migration = live_migration(&format!("migration[{i}]"), m, orgs, &out, loc)?;
-        out.push(migration);
+        if let Some(migration) = loc.keep(live_migration(&format!("migration[{i}]"), m, orgs, &out, loc)) {
+            out.push(migration);
+        }
     }
     Ok((Some(atlas), out))
 }

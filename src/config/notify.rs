@@ -86,47 +86,59 @@ pub struct Route {
 /// delivers is sent again).
 const MAX_SEND: Duration = Duration::from_secs(300);
 
-pub(super) fn channels(raw: Vec<raw::Channel>, loc: &Locator<'_>) -> Result<Vec<Channel>, ConfigError> {
+/// The `[[channel]]` tables; one with a mistake is reported and left out.
+pub(super) fn channels(raw: Vec<raw::Channel>, loc: &Locator<'_>) -> Vec<Channel> {
     let mut channels: Vec<Channel> = Vec::new();
     for (i, c) in raw.into_iter().enumerate() {
-        let table = format!("channel[{i}]");
         let name = c.name.get_ref().trim().to_owned();
-        if name.is_empty() {
-            return Err(loc.error(
-                c.name.span().start,
-                &format!("{table}.name"),
-                "must not be empty".into(),
-            ));
-        }
-        if channels.iter().any(|x| x.name == name) {
-            return Err(loc.error(
-                c.name.span().start,
-                &format!("{table}.name"),
-                format!("channel name \"{name}\" is used twice; names must be unique"),
-            ));
-        }
-        let kind = *c.kind.get_ref();
-        reject_foreign_keys(&c, kind, &table, loc)?;
-        let kind = match kind {
-            RawKind::Console => ChannelKind::Console,
-            RawKind::Slack => slack(&c, &table, loc)?,
-            RawKind::Email => email(&c, &table, loc)?,
-            RawKind::Webhook => webhook(&c, &table, loc)?,
-        };
-        let timeout = match &c.timeout {
-            None => Duration::from_secs(10),
-            Some(t) if t.get_ref().0.is_zero() || t.get_ref().0 > MAX_SEND => {
-                return Err(loc.error(
-                    t.span().start,
-                    &format!("{table}.timeout"),
-                    "must be more than 0s and at most 5m".into(),
-                ));
+        match channel(&c, i, &channels, loc) {
+            Ok(channel) => channels.push(channel),
+            Err(e) => {
+                loc.report(e);
+                loc.broken(&name);
             }
-            Some(t) => t.get_ref().0,
-        };
-        channels.push(Channel { name, kind, timeout });
+        }
     }
-    Ok(channels)
+    channels
+}
+
+fn channel(c: &raw::Channel, i: usize, channels: &[Channel], loc: &Locator<'_>) -> Result<Channel, ConfigError> {
+    let table = format!("channel[{i}]");
+    let name = c.name.get_ref().trim().to_owned();
+    if name.is_empty() {
+        return Err(loc.error(
+            c.name.span().start,
+            &format!("{table}.name"),
+            "must not be empty".into(),
+        ));
+    }
+    if channels.iter().any(|x| x.name == name) {
+        return Err(loc.error(
+            c.name.span().start,
+            &format!("{table}.name"),
+            format!("channel name \"{name}\" is used twice; names must be unique"),
+        ));
+    }
+    let kind = *c.kind.get_ref();
+    reject_foreign_keys(c, kind, &table, loc)?;
+    let kind = match kind {
+        RawKind::Console => ChannelKind::Console,
+        RawKind::Slack => slack(c, &table, loc)?,
+        RawKind::Email => email(c, &table, loc)?,
+        RawKind::Webhook => webhook(c, &table, loc)?,
+    };
+    let timeout = match &c.timeout {
+        None => Duration::from_secs(10),
+        Some(t) if t.get_ref().0.is_zero() || t.get_ref().0 > MAX_SEND => {
+            return Err(loc.error(
+                t.span().start,
+                &format!("{table}.timeout"),
+                "must be more than 0s and at most 5m".into(),
+            ));
+        }
+        Some(t) => t.get_ref().0,
+    };
+    Ok(Channel { name, kind, timeout })
 }
 
 /// `value` of `key`, which a channel of `c`'s kind must have.
@@ -234,7 +246,14 @@ fn webhook(c: &raw::Channel, table: &str, loc: &Locator<'_>) -> Result<ChannelKi
         c.secret_env.as_ref(),
         loc,
     )?
-    .map(|s| decode_webhook_secret(s.expose()))
+    // An unread secret (`Secrets::DatabaseOnly`) is no webhook secret; its form is not checked.
+    .map(|s| {
+        decode_webhook_secret(if s.expose() == super::UNREAD {
+            "whsec_dW5yZWFk"
+        } else {
+            s.expose()
+        })
+    })
     .transpose()
     .map_err(|m| {
         loc.error(
@@ -246,112 +265,113 @@ fn webhook(c: &raw::Channel, table: &str, loc: &Locator<'_>) -> Result<ChannelKi
     Ok(ChannelKind::Webhook { url, secret })
 }
 
-pub(super) fn routes(
-    raw: Vec<raw::Route>,
-    channels: &[Channel],
-    orgs: &[Org],
-    loc: &Locator<'_>,
-) -> Result<Vec<Route>, ConfigError> {
-    let mut routes = Vec::new();
-    for (i, r) in raw.into_iter().enumerate() {
-        let table = format!("route[{i}]");
-        check_channel_names(&r.channels, channels, &table, loc)?;
-        let events = r.events.as_ref().map(|e| e.get_ref().clone());
-        if let Some(e) = &r.events
-            && e.get_ref().is_empty()
-        {
-            return Err(loc.error(
-                e.span().start,
-                &format!("{table}.events"),
-                "an empty list matches nothing; leave `events` out to match every kind".into(),
-            ));
-        }
-        let to = r.to.as_ref().map(|t| t.get_ref().clone());
-        if let (Some(t), Some(e)) = (&r.to, &events)
-            && !e.iter().any(|k| {
-                matches!(
-                    k,
-                    EventKind::FirstSeen
-                        | EventKind::StatusChanged
-                        | EventKind::Reminder
-                        | EventKind::MigrationStatusChanged
-                        | EventKind::LinkBrokenDuringMigration
-                )
-            })
-        {
-            return Err(loc.error(
-                t.span().start,
-                &format!("{table}.to"),
-                "this route can never match: `to` selects a new status, and none of its `events` carries one".into(),
-            ));
-        }
-        if let Some(t) = &r.to
-            && t.get_ref().is_empty()
-        {
-            return Err(loc.error(
-                t.span().start,
-                &format!("{table}.to"),
-                "an empty list matches nothing".into(),
-            ));
-        }
-        let orgs_filter = match &r.orgs {
-            None => None,
-            Some(list) => {
-                let mut ids = Vec::new();
-                for o in list.get_ref() {
-                    let found = orgs
-                        .iter()
-                        .find(|x| x.id.as_str() == o.get_ref() || x.name == *o.get_ref());
-                    match found {
-                        Some(org) => ids.push(org.id.clone()),
-                        None => {
-                            return Err(loc.error(
-                                o.span().start,
-                                &format!("{table}.orgs"),
-                                format!(
-                                    "no [[org]] has the id or name \"{}\"; this route could never match it",
-                                    o.get_ref()
-                                ),
-                            ));
-                        }
+/// The `[[route]]` tables; one with a mistake is reported and left out.
+pub(super) fn routes(raw: Vec<raw::Route>, channels: &[Channel], orgs: &[Org], loc: &Locator<'_>) -> Vec<Route> {
+    raw.into_iter()
+        .enumerate()
+        .filter_map(|(i, r)| loc.keep(route(r, i, channels, orgs, loc)))
+        .collect()
+}
+
+fn route(r: raw::Route, i: usize, channels: &[Channel], orgs: &[Org], loc: &Locator<'_>) -> Result<Route, ConfigError> {
+    let table = format!("route[{i}]");
+    check_channel_names(&r.channels, channels, &table, loc)?;
+    let events = r.events.as_ref().map(|e| e.get_ref().clone());
+    if let Some(e) = &r.events
+        && e.get_ref().is_empty()
+    {
+        return Err(loc.error(
+            e.span().start,
+            &format!("{table}.events"),
+            "an empty list matches nothing; leave `events` out to match every kind".into(),
+        ));
+    }
+    let to = r.to.as_ref().map(|t| t.get_ref().clone());
+    if let (Some(t), Some(e)) = (&r.to, &events)
+        && !e.iter().any(|k| {
+            matches!(
+                k,
+                EventKind::FirstSeen
+                    | EventKind::StatusChanged
+                    | EventKind::Reminder
+                    | EventKind::MigrationStatusChanged
+                    | EventKind::LinkBrokenDuringMigration
+            )
+        })
+    {
+        return Err(loc.error(
+            t.span().start,
+            &format!("{table}.to"),
+            "this route can never match: `to` selects a new status, and none of its `events` carries one".into(),
+        ));
+    }
+    if let Some(t) = &r.to
+        && t.get_ref().is_empty()
+    {
+        return Err(loc.error(
+            t.span().start,
+            &format!("{table}.to"),
+            "an empty list matches nothing".into(),
+        ));
+    }
+    let orgs_filter = match &r.orgs {
+        None => None,
+        Some(list) => {
+            let mut ids = Vec::new();
+            for o in list.get_ref() {
+                let found = orgs
+                    .iter()
+                    .find(|x| x.id.as_str() == o.get_ref() || x.name == *o.get_ref());
+                match found {
+                    Some(org) => ids.push(org.id.clone()),
+                    // Reported where the org is.
+                    None if loc.was_reported(o.get_ref()) => {}
+                    None => {
+                        return Err(loc.error(
+                            o.span().start,
+                            &format!("{table}.orgs"),
+                            format!(
+                                "no [[org]] has the id or name \"{}\"; this route could never match it",
+                                o.get_ref()
+                            ),
+                        ));
                     }
                 }
-                Some(ids)
             }
-        };
-        let remind_every = r.remind_every.as_ref().map(|d| d.get_ref().0);
-        if let (Some(d), Some(e)) = (&r.remind_every, &events)
-            && !e.iter().any(|k| {
-                matches!(
-                    k,
-                    EventKind::StatusChanged | EventKind::CheckFailing | EventKind::Reminder
-                )
-            })
-        {
-            return Err(loc.error(
-                d.span().start,
-                &format!("{table}.remind_every"),
-                "reminders are about a broken link (status_changed) or failing checks (check_failing); this route selects neither".into(),
-            ));
+            Some(ids)
         }
-        if let Some(d) = &r.remind_every
-            && d.get_ref().0 < Duration::from_secs(60)
-        {
-            return Err(loc.error(
-                d.span().start,
-                &format!("{table}.remind_every"),
-                "must be at least 1m".into(),
-            ));
-        }
-        routes.push(Route {
-            channels: r.channels.get_ref().iter().map(|c| c.get_ref().clone()).collect(),
-            events,
-            to,
-            orgs: orgs_filter,
-            remind_every,
-        });
+    };
+    let remind_every = r.remind_every.as_ref().map(|d| d.get_ref().0);
+    if let (Some(d), Some(e)) = (&r.remind_every, &events)
+        && !e.iter().any(|k| {
+            matches!(
+                k,
+                EventKind::StatusChanged | EventKind::CheckFailing | EventKind::Reminder
+            )
+        })
+    {
+        return Err(loc.error(
+            d.span().start,
+            &format!("{table}.remind_every"),
+            "reminders are about a broken link (status_changed) or failing checks (check_failing); this route selects neither".into(),
+        ));
     }
-    Ok(routes)
+    if let Some(d) = &r.remind_every
+        && d.get_ref().0 < Duration::from_secs(60)
+    {
+        return Err(loc.error(
+            d.span().start,
+            &format!("{table}.remind_every"),
+            "must be at least 1m".into(),
+        ));
+    }
+    Ok(Route {
+        channels: r.channels.get_ref().iter().map(|c| c.get_ref().clone()).collect(),
+        events,
+        to,
+        orgs: orgs_filter,
+        remind_every,
+    })
 }
 
 /// `list` (a route's or a report's `channels`) names at least one channel, and only channels
@@ -370,8 +390,12 @@ pub(super) fn check_channel_names(
         ));
     }
     for c in list.get_ref() {
-        if !channels.iter().any(|x| x.name == *c.get_ref()) {
-            let known: Vec<&str> = channels.iter().map(|x| x.name.as_str()).collect();
+        // A channel with a mistake of its own is reported where it is.
+        if !channels.iter().any(|x| x.name == *c.get_ref()) && !loc.was_reported(c.get_ref()) {
+            let mut known: Vec<&str> = channels.iter().map(|x| x.name.as_str()).collect();
+            if known.is_empty() {
+                known.push("none valid");
+            }
             return Err(loc.error(
                 c.span().start,
                 &format!("{table}.channels"),

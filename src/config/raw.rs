@@ -7,16 +7,6 @@ use toml::Spanned;
 use super::values::{CronExpr, EventKind, HumanDuration, OrgId};
 use crate::secret::Secret;
 
-/// Parses `text`; on error returns the dotted key path (e.g. `org[1].id`) and toml's error.
-pub fn parse(text: &str) -> Result<Config, (String, toml::de::Error)> {
-    let de = toml::Deserializer::parse(text).map_err(|e| (String::new(), e))?;
-    serde_path_to_error::deserialize(de).map_err(|e| {
-        // `Spanned` shows up in the path as a private field name; users never wrote it.
-        let key = e.path().to_string().replace(".$__serde_spanned_private_value", "");
-        (if key == "." { String::new() } else { key }, e.into_inner())
-    })
-}
-
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {

@@ -29,50 +29,59 @@ pub struct Heartbeat {
     pub timeout: Duration,
 }
 
-pub(super) fn reports(
-    raw: Vec<raw::RawReport>,
-    channels: &[Channel],
-    loc: &Locator<'_>,
-) -> Result<Vec<ReportConfig>, ConfigError> {
+/// The `[[report]]` tables; one with a mistake is reported and left out.
+pub(super) fn reports(raw: Vec<raw::RawReport>, channels: &[Channel], loc: &Locator<'_>) -> Vec<ReportConfig> {
     let mut reports: Vec<ReportConfig> = Vec::new();
     for (i, r) in raw.into_iter().enumerate() {
-        let table = format!("report[{i}]");
-        let name = match &r.name {
-            Some(n) if n.get_ref().trim().is_empty() => {
-                return Err(loc.error(n.span().start, &format!("{table}.name"), "must not be empty".into()));
-            }
-            Some(n) => n.get_ref().trim().to_owned(),
-            None => r.cron.get_ref().as_str().to_owned(),
-        };
-        if reports.iter().any(|x| x.name == name) {
-            let (at, message) = match &r.name {
-                Some(n) => (
-                    n.span().start,
-                    format!("report name \"{name}\" is used twice; names must be unique"),
-                ),
-                None => (
-                    r.cron.span().start,
-                    format!("another report has the same cron \"{name}\"; give each a `name`"),
-                ),
-            };
-            return Err(loc.error(at, &format!("{table}.name"), message));
+        if let Some(report) = loc.keep(report(r, i, &reports, channels, loc)) {
+            reports.push(report);
         }
-        super::notify::check_channel_names(&r.channels, channels, &table, loc)?;
-        // Each channel once, in the order written: a name given twice would be two outbox rows
-        // of one report for one channel, which the outbox's unique key refuses.
-        let mut names: Vec<String> = Vec::new();
-        for c in r.channels.get_ref() {
-            if !names.contains(c.get_ref()) {
-                names.push(c.get_ref().clone());
-            }
-        }
-        reports.push(ReportConfig {
-            name,
-            cron: r.cron.into_inner(),
-            channels: names,
-        });
     }
-    Ok(reports)
+    reports
+}
+
+fn report(
+    r: raw::RawReport,
+    i: usize,
+    reports: &[ReportConfig],
+    channels: &[Channel],
+    loc: &Locator<'_>,
+) -> Result<ReportConfig, ConfigError> {
+    let table = format!("report[{i}]");
+    let name = match &r.name {
+        Some(n) if n.get_ref().trim().is_empty() => {
+            return Err(loc.error(n.span().start, &format!("{table}.name"), "must not be empty".into()));
+        }
+        Some(n) => n.get_ref().trim().to_owned(),
+        None => r.cron.get_ref().as_str().to_owned(),
+    };
+    if reports.iter().any(|x| x.name == name) {
+        let (at, message) = match &r.name {
+            Some(n) => (
+                n.span().start,
+                format!("report name \"{name}\" is used twice; names must be unique"),
+            ),
+            None => (
+                r.cron.span().start,
+                format!("another report has the same cron \"{name}\"; give each a `name`"),
+            ),
+        };
+        return Err(loc.error(at, &format!("{table}.name"), message));
+    }
+    super::notify::check_channel_names(&r.channels, channels, &table, loc)?;
+    // Each channel once, in the order written: a name given twice would be two outbox rows
+    // of one report for one channel, which the outbox's unique key refuses.
+    let mut names: Vec<String> = Vec::new();
+    for c in r.channels.get_ref() {
+        if !names.contains(c.get_ref()) {
+            names.push(c.get_ref().clone());
+        }
+    }
+    Ok(ReportConfig {
+        name,
+        cron: r.cron.into_inner(),
+        channels: names,
+    })
 }
 
 pub(super) fn heartbeat(

@@ -14,6 +14,7 @@ mod docs;
 mod edge;
 mod failover;
 mod faults;
+mod first_hour;
 mod heartbeat;
 mod input;
 mod layers;
