@@ -58,7 +58,12 @@ pub enum Command {
     /// Run the daemon until SIGINT or SIGTERM.
     Run,
     /// Validate the configuration and show what would be watched.
-    Check,
+    Check {
+        /// Also ask Cloud Manager about every org (and Atlas about every live migration) once,
+        /// with their keys, storing nothing: exit 1 when any is refused.
+        #[arg(long)]
+        online: bool,
+    },
     /// Check every org once, record the results, send the events, print a table.
     Once,
     /// Show status changes from the database.
@@ -247,7 +252,12 @@ pub async fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
             demo::simulate(*listen, shutdown_on_signals()).await?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Check => check(&cli.load_config_with(config::Secrets::NoteUnreadable)?),
+        Command::Check { online: false } => check(&cli.load_config_with(config::Secrets::NoteUnreadable)?),
+        Command::Check { online: true } => {
+            let config = cli.load_config()?;
+            check(&config)?;
+            check_online(&config).await
+        }
         Command::NotifyTest { channel } => notify_test(&cli.load_config()?, channel).await,
         Command::Report { channel } => report_now(&cli.load_config()?, channel).await,
         Command::Once => once(cli.load_config()?).await,
@@ -553,6 +563,44 @@ async fn current_report(config: &Config, now: chrono::DateTime<chrono::Utc>) -> 
             now,
         ),
     )
+}
+
+/// `check --online`: every org and live migration asked once; exit 1 when any was refused.
+async fn check_online(config: &Config) -> anyhow::Result<ExitCode> {
+    let answers = crate::probe::ask_all(config).await?;
+    println!("\nasked online ({}):", answers.len());
+    let rows: Vec<Vec<String>> = answers
+        .iter()
+        .map(|a| {
+            vec![
+                a.what.to_owned(),
+                a.name.clone(),
+                a.credential.clone(),
+                match &a.outcome {
+                    Ok(status) => status.clone(),
+                    Err(f) => format!("FAILED ({})", f.class.as_str()),
+                },
+            ]
+        })
+        .collect();
+    print_table(&["", "NAME", "CREDENTIAL", "ANSWER"], &rows);
+    let why: Vec<String> = answers
+        .iter()
+        .filter_map(|a| a.explain().map(|e| format!("  {}: {e}", a.name)))
+        .collect();
+    if !why.is_empty() {
+        println!("why:");
+        for line in why {
+            println!("{line}");
+        }
+    }
+    let refused = answers.iter().filter(|a| a.refused()).count();
+    if refused > 0 {
+        eprintln!("linkwatch: {refused} of {} refused or did not answer", answers.len());
+        return Ok(ExitCode::FAILURE);
+    }
+    println!("every key and id works");
+    Ok(ExitCode::SUCCESS)
 }
 
 /// Exit code 0 when every org answered, 2 when some check failed (for scripts).

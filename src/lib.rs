@@ -23,6 +23,7 @@ pub mod metrics;
 pub mod monitoring;
 pub mod outcome;
 pub mod outside;
+pub mod probe;
 pub mod report;
 pub mod retention;
 pub mod retry;

@@ -176,3 +176,69 @@ async fn check_from_a_shell_reads_credentials_from_the_folder_it_is_given() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(!stdout.contains("not read"), "{stdout}");
 }
+
+/// `check --online` asks once per org with that org's key: the good key's org shows its status,
+/// the wrong key's org is refused and explained, and the exit code says so.
+#[tokio::test]
+async fn check_online_tells_a_working_key_from_a_wrong_one() {
+    let t = spawn_app().await;
+    t.sim.set(ORG_A, linkwatch::simulator::Behavior::status("SYNCED"));
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("linkwatch.toml");
+    let write = |beta_key: &str| {
+        std::fs::write(
+            &path,
+            format!(
+                "database = \"{db}\"\n[cloud_manager]\nbase_url = \"{base}\"\npublic_key = \"{PUBLIC_KEY}\"\n\
+                 private_key = \"{PRIVATE_KEY}\"\n\n[[org]]\nid = \"{ORG_A}\"\nname = \"alpha\"\n\n\
+                 [[org]]\nid = \"{ORG_B}\"\nname = \"beta\"\npublic_key = \"{PUBLIC_KEY}\"\nprivate_key = \"{beta_key}\"\n",
+                db = dir.path().join("never-made.db").display(),
+                base = t.sim.base_url(),
+            ),
+        )
+        .unwrap()
+    };
+    write("not-the-private-key");
+    let out = linkwatch()
+        .args(["check", "--online", "--config"])
+        .arg(&path)
+        .output()
+        .await
+        .unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert_eq!(out.status.code(), Some(1), "{stdout}\n{stderr}");
+    let row = |name: &str| {
+        stdout
+            .lines()
+            .find(|l| l.starts_with("org") && l.contains(&format!(" {name} ")))
+            .unwrap_or_else(|| panic!("no row for {name}: {stdout}"))
+            .to_owned()
+    };
+    assert!(row("alpha").contains("SYNCED"), "{stdout}");
+    assert!(row("beta").contains("FAILED (unauthorized)"), "{stdout}");
+    assert!(
+        stdout.contains("beta: Cloud Manager rejected the credentials"),
+        "the refusal is explained: {stdout}"
+    );
+    assert!(stderr.contains("1 of 2 refused"), "{stderr}");
+    // Nothing was stored: the database is not even made.
+    assert!(!dir.path().join("never-made.db").exists());
+
+    write(PRIVATE_KEY);
+    let out = linkwatch()
+        .args(["check", "--online", "--config"])
+        .arg(&path)
+        .output()
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("every key and id works"), "{stdout}");
+}

@@ -1,0 +1,81 @@
+//! `linkwatch check --online`: asks Cloud Manager about every org, and Atlas about every live
+//! migration, once, with the keys the config gives them, and stores nothing. It is how a wrong
+//! key or a wrong org id shows before the service starts.
+
+use futures_util::StreamExt;
+
+use crate::client::{Client, ClientSettings};
+use crate::config::Config;
+use crate::outcome::{Failure, FailureClass};
+
+/// What one org or live migration answered.
+#[derive(Debug)]
+pub struct Answer {
+    /// `org` or `migration`.
+    pub what: &'static str,
+    pub name: String,
+    /// The key's public half.
+    pub credential: String,
+    /// The status, or why there is none, in plain words.
+    pub outcome: Result<String, Failure>,
+}
+
+impl Answer {
+    /// A refusal or no answer at all: what a key or id test must not pass. An org without a
+    /// migration link did answer (the key and id are right; the link is not there yet).
+    pub fn refused(&self) -> bool {
+        matches!(&self.outcome, Err(f) if f.class != FailureClass::NoLink)
+    }
+
+    /// The reason in plain words, for a failure.
+    pub fn explain(&self) -> Option<String> {
+        let f = self.outcome.as_ref().err()?;
+        Some(match self.what {
+            "migration" => f.explain_atlas(),
+            _ => f.explain(),
+        })
+    }
+}
+
+/// Every org, then every live migration, asked once (as many at a time as `[poll] concurrency`).
+pub async fn ask_all(config: &Config) -> anyhow::Result<Vec<Answer>> {
+    let cm = Client::new(
+        ClientSettings::from_config(&config.cloud_manager, &config.poll),
+        &config.credentials,
+    )?;
+    let mut answers: Vec<Answer> = futures_util::stream::iter(config.orgs.iter())
+        .map(|org| {
+            let cm = &cm;
+            async move {
+                let (outcome, _) = cm.check_counted(&org.id, &org.credential).await;
+                Answer {
+                    what: "org",
+                    name: org.name.clone(),
+                    credential: org.credential.label(),
+                    outcome,
+                }
+            }
+        })
+        .buffered(config.poll.concurrency)
+        .collect()
+        .await;
+    if let Some(atlas) = &config.atlas {
+        let client = Client::new(
+            ClientSettings::for_atlas(atlas, &config.cloud_manager, &config.poll),
+            std::slice::from_ref(&atlas.credential),
+        )?;
+        for m in &config.migrations {
+            let outcome = client
+                .live_migration(&m.group_id, &m.id, &atlas.credential)
+                .await
+                .map(|r| r.status);
+            answers.push(Answer {
+                what: "migration",
+                name: m.name.clone(),
+                credential: atlas.credential.label(),
+                outcome,
+            });
+        }
+    }
+    Ok(answers)
+}
