@@ -335,10 +335,16 @@ impl Daemon {
         if let Some((generation, _)) = self.generation.take() {
             generation.end(&self.app, End::Reload).await;
         }
+        let changed = reload::changes(&self.app.config, &new.config);
         tracing::info!(
             orgs = new.config.orgs.len(),
             channels = new.config.channels.len(),
-            "config reloaded"
+            "config reloaded: {}",
+            if changed.is_empty() {
+                "nothing changed".to_owned()
+            } else {
+                changed.join("; ")
+            }
         );
         services.follow(&new.config);
         self.app = Arc::new(new);

@@ -19,7 +19,7 @@ pub struct ReportConfig {
 }
 
 /// A request to an external monitor after each healthy interval.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Heartbeat {
     /// The whole URL is a credential (Healthchecks' uuid, Uptime Kuma's push token).
     pub url: Secret,

@@ -48,9 +48,133 @@ pub(super) fn rebuild(current: &App, loaded: anyhow::Result<Config>, console: Co
     )
 }
 
+/// What a reload changes, in words for the log: orgs, schedules, channels, routes, live
+/// migrations, reports, the heartbeat and `[poll]`. Long lists are cut: 10,000 orgs make no line.
+pub(super) fn changes(old: &Config, new: &Config) -> Vec<String> {
+    let mut out = Vec::new();
+    let names = |orgs: &[crate::config::Org]| orgs.iter().map(|o| o.name.clone()).collect::<Vec<_>>();
+    let (old_orgs, new_orgs) = (names(&old.orgs), names(&new.orgs));
+    list(&mut out, "orgs added", added(&old_orgs, &new_orgs));
+    list(&mut out, "orgs removed", added(&new_orgs, &old_orgs));
+    let rescheduled: Vec<String> = new
+        .orgs
+        .iter()
+        .filter_map(|n| {
+            let o = old.orgs.iter().find(|o| o.id == n.id)?;
+            (o.schedule != n.schedule).then(|| format!("{} ({} -> {})", n.name, o.schedule, n.schedule))
+        })
+        .collect();
+    list(&mut out, "schedules changed", rescheduled);
+    let rekeyed: Vec<String> = new
+        .orgs
+        .iter()
+        .filter(|n| old.orgs.iter().any(|o| o.id == n.id && o.credential != n.credential))
+        .map(|n| n.name.clone())
+        .collect();
+    list(&mut out, "credentials changed", rekeyed);
+    let channel_names = |c: &Config| c.channels.iter().map(|c| c.name.clone()).collect::<Vec<_>>();
+    let (old_channels, new_channels) = (channel_names(old), channel_names(new));
+    list(&mut out, "channels added", added(&old_channels, &new_channels));
+    list(&mut out, "channels removed", added(&new_channels, &old_channels));
+    let changed: Vec<String> = new
+        .channels
+        .iter()
+        .filter(|n| {
+            old.channels
+                .iter()
+                .any(|o| o.name == n.name && (o.kind != n.kind || o.timeout != n.timeout))
+        })
+        .map(|n| n.name.clone())
+        .collect();
+    list(&mut out, "channels changed", changed);
+    if old.routes != new.routes {
+        out.push(format!("routes: {} -> {}", old.routes.len(), new.routes.len()));
+    }
+    let migration_names = |c: &Config| c.migrations.iter().map(|m| m.name.clone()).collect::<Vec<_>>();
+    let (old_m, new_m) = (migration_names(old), migration_names(new));
+    list(&mut out, "live migrations added", added(&old_m, &new_m));
+    list(&mut out, "live migrations removed", added(&new_m, &old_m));
+    let report_names = |c: &Config| c.reports.iter().map(|r| r.name.clone()).collect::<Vec<_>>();
+    let (old_r, new_r) = (report_names(old), report_names(new));
+    list(&mut out, "reports added", added(&old_r, &new_r));
+    list(&mut out, "reports removed", added(&new_r, &old_r));
+    match (&old.heartbeat, &new.heartbeat) {
+        (None, Some(_)) => out.push("heartbeat on".into()),
+        (Some(_), None) => out.push("heartbeat off".into()),
+        (Some(o), Some(n)) if o != n => out.push("heartbeat changed".into()),
+        _ => {}
+    }
+    let (op, np) = (&old.poll, &new.poll);
+    if op.schedule != np.schedule {
+        out.push(format!("[poll] {} -> {}", op.schedule, np.schedule));
+    }
+    if (op.timeout, op.concurrency, op.failures_before_alert, op.confirm_checks)
+        != (np.timeout, np.concurrency, np.failures_before_alert, np.confirm_checks)
+    {
+        out.push("[poll] limits changed".into());
+    }
+    out
+}
+
+/// The names of `new` that `old` lacks.
+fn added(old: &[String], new: &[String]) -> Vec<String> {
+    let old: std::collections::HashSet<&String> = old.iter().collect();
+    new.iter().filter(|n| !old.contains(n)).cloned().collect()
+}
+
+/// `what: a, b, c` (at most 10 names, then how many more) when `names` is not empty.
+fn list(out: &mut Vec<String>, what: &str, names: Vec<String>) {
+    const SHOWN: usize = 10;
+    if names.is_empty() {
+        return;
+    }
+    let mut line = format!("{what}: {}", names[..names.len().min(SHOWN)].join(", "));
+    if names.len() > SHOWN {
+        line.push_str(&format!(" and {} more", names.len() - SHOWN));
+    }
+    out.push(line);
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn parse(text: &str) -> Config {
+        Config::parse(text, std::path::Path::new("linkwatch.toml")).unwrap()
+    }
+
+    #[test]
+    fn a_reload_says_what_it_changes() {
+        let base = "[cloud_manager]\npublic_key = \"pub\"\nprivate_key = \"key\"\n\n\
+                    [[org]]\nid = \"5f0c1234567890abcdef1234\"\nname = \"payments\"\n\n\
+                    [[org]]\nid = \"5f0c1234567890abcdef1235\"\nname = \"billing\"\n";
+        let old = parse(&format!("{base}\n[[channel]]\nname = \"ops\"\nkind = \"console\"\n"));
+        let new = parse(&format!(
+            "{}\n[[org]]\nid = \"5f0c1234567890abcdef1236\"\nname = \"search\"\n\n\
+             [[channel]]\nname = \"ops\"\nkind = \"console\"\ntimeout = \"20s\"\n\
+             [[channel]]\nname = \"team\"\nkind = \"console\"\n",
+            base.replace("name = \"billing\"\n", "name = \"billing\"\nevery = \"5m\"\n")
+        ));
+        assert_eq!(
+            changes(&old, &new),
+            vec![
+                "orgs added: search",
+                "schedules changed: billing (every 1m -> every 5m)",
+                "channels added: team",
+                "channels changed: ops",
+            ]
+        );
+        assert!(changes(&new, &new).is_empty());
+        let many = (0..25)
+            .map(|i| format!("[[org]]\nid = \"5f0c1234567890abcdef{i:04}\"\nname = \"org-{i}\"\n"))
+            .collect::<String>();
+        let grown = parse(&format!("{base}\n{many}"));
+        let line = &changes(&parse(base), &grown)[0];
+        assert!(
+            line.starts_with("orgs added: org-0, org-1,") && line.ends_with(" and 15 more"),
+            "{line}"
+        );
+    }
 
     #[tokio::test]
     async fn a_reload_keeps_the_wall_clock_of_the_running_app() {
