@@ -43,6 +43,9 @@ pub const DEFAULT_BASE_URL: &str = "https://cloud.mongodb.com/api/public/v1.0";
 pub struct Config {
     /// The file it came from, for messages.
     pub source: PathBuf,
+    /// What logs, `/metrics` and the page call this instance (`instance_name`, by default the
+    /// host's name).
+    pub instance_name: String,
     pub database: Database,
     /// How long a PostgreSQL leader's lease lasts without renewal (renewed every third of it).
     pub leader_lease: Duration,
@@ -232,6 +235,7 @@ impl Config {
     /// Checks what needs the whole file. Each part goes on past a mistake in another, so that
     /// every mistake is reported at once.
     fn from_raw(raw: raw::Config, loc: &Locator<'_>) -> Result<Config, ConfigError> {
+        let instance_name = loc.keep(instance_name(raw.instance_name.as_ref(), loc));
         let database = loc.keep(database(&raw, loc));
         let leader_lease = loc.keep(at_least(
             raw.leader_lease.as_ref(),
@@ -276,19 +280,29 @@ impl Config {
         let heartbeat = loc.keep(reports::heartbeat(raw.heartbeat, loc)).flatten();
 
         let (
+            Some(instance_name),
             Some(database),
             Some(leader_lease),
             Some(retention),
             Some((http_listen, http_auth)),
             Some(cloud_manager),
             Some(poll),
-        ) = (database, leader_lease, retention, http, cloud_manager, poll)
+        ) = (
+            instance_name,
+            database,
+            leader_lease,
+            retention,
+            http,
+            cloud_manager,
+            poll,
+        )
         else {
             return Err(loc.failure());
         };
         loc.finish()?;
         Ok(Config {
             source: loc.file.to_owned(),
+            instance_name,
             database,
             leader_lease,
             retention,
@@ -308,6 +322,33 @@ impl Config {
             unread_secrets: loc.unread.take(),
         })
     }
+}
+
+/// `instance_name`: letters, digits, `-`, `_` and `.` (it goes into logs, a label and the lease's
+/// holder), or the host's name.
+fn instance_name(value: Option<&Spanned<String>>, loc: &Locator<'_>) -> Result<String, ConfigError> {
+    let Some(v) = value else {
+        return Ok(host_name());
+    };
+    let name = v.get_ref().trim();
+    let allowed = |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.');
+    if name.is_empty() || name.chars().count() > 64 || !name.chars().all(allowed) {
+        return Err(loc.error(
+            v.span().start,
+            "instance_name",
+            "must be 1 to 64 letters, digits, '-', '_' or '.'".into(),
+        ));
+    }
+    Ok(name.to_owned())
+}
+
+/// The host's name, as the kernel has it.
+pub fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "unknown-host".into())
 }
 
 /// `database` (default: the SQLite file), with its password resolved.

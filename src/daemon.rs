@@ -222,7 +222,7 @@ async fn lead_and_serve(
     console: ConsoleSink,
 ) -> anyhow::Result<()> {
     let store = app.store.clone();
-    let lease = Lease::start(&store, app.config.leader_lease);
+    let lease = Lease::start(&store, app.config.leader_lease, &app.config.instance_name);
     let result = serve(app, shutdown, reload, console, &lease.leadership).await;
     lease.release().await;
     store.close().await;
@@ -244,6 +244,7 @@ async fn serve(
     leadership: &Leadership,
 ) -> anyhow::Result<()> {
     let heartbeat = Heartbeat::default();
+    app.metrics.set_instance(&app.config.instance_name);
     let services = Services::start(&app, leadership, &heartbeat).await?;
     tracing::info!(
         orgs = app.config.orgs.len(),

@@ -47,9 +47,9 @@ pub struct Leadership {
 
 impl Leadership {
     /// One process on a SQLite file: it leads for as long as it runs.
-    pub fn sole() -> Leadership {
+    pub fn sole(name: &str) -> Leadership {
         Leadership {
-            holder: holder_id(),
+            holder: holder_id(name),
             role: watch::channel(Role {
                 epoch: Some(0),
                 leader: None,
@@ -70,15 +70,16 @@ pub struct Lease {
 }
 
 impl Lease {
-    /// Asks for the lease of `store`'s database, held for `ttl` at a time, when it needs one.
-    pub fn start(store: &Store, ttl: Duration) -> Lease {
+    /// Asks for the lease of `store`'s database, held for `ttl` at a time, when it needs one, as
+    /// the instance called `name` (`instance_name`).
+    pub fn start(store: &Store, ttl: Duration, name: &str) -> Lease {
         let stop = CancellationToken::new();
         let (leadership, task) = match store.postgres() {
             Some(pg) => {
-                let (leadership, task) = spawn(pg.clone(), LeaseTiming { ttl }, stop.clone());
+                let (leadership, task) = spawn(pg.clone(), LeaseTiming { ttl }, stop.clone(), name);
                 (leadership, Some(task))
             }
-            None => (Leadership::sole(), None),
+            None => (Leadership::sole(name), None),
         };
         Lease { leadership, stop, task }
     }
@@ -92,13 +93,10 @@ impl Lease {
     }
 }
 
-/// This instance's id in the lease: host, process and a random part (a restarted process on the
-/// same host is a new holder).
-pub fn holder_id() -> String {
-    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|h| h.trim().to_owned())
-        .unwrap_or_else(|_| "unknown-host".into());
-    format!("{host}:{}:{:04x}", std::process::id(), rand::random::<u16>())
+/// This instance's id in the lease: its name (`instance_name`, by default the host's), process
+/// and a random part (a restarted process on the same host is a new holder).
+pub fn holder_id(name: &str) -> String {
+    format!("{name}:{}:{:04x}", std::process::id(), rand::random::<u16>())
 }
 
 /// The lease's timing: held for `ttl`, renewed every third of it, and given up locally a fifth
@@ -120,8 +118,13 @@ impl LeaseTiming {
 
 /// Runs the lease for this instance until `stop`, then gives it up (so that another instance
 /// takes over at once) once `released` is cancelled by the caller, after its last sends.
-pub fn spawn(pg: Postgres, timing: LeaseTiming, stop: CancellationToken) -> (Leadership, tokio::task::JoinHandle<()>) {
-    let holder = holder_id();
+pub fn spawn(
+    pg: Postgres,
+    timing: LeaseTiming,
+    stop: CancellationToken,
+    name: &str,
+) -> (Leadership, tokio::task::JoinHandle<()>) {
+    let holder = holder_id(name);
     let (tx, rx) = watch::channel(Role::default());
     let task = tokio::spawn(run(pg, holder.clone(), timing, tx, stop));
     (Leadership { holder, role: rx }, task)

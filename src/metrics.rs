@@ -49,6 +49,8 @@ pub struct Metrics {
     /// follows, and on SQLite).
     leader: Gauge,
     leader_epoch: Gauge,
+    /// 1, labelled with this instance's name (`instance_name`), to tell instances apart.
+    instance: Family<Labels, Gauge>,
     /// Heartbeat requests (`[heartbeat]`) that failed.
     heartbeat_failures: Counter,
     /// Heartbeats not sent because linkwatch was not healthy.
@@ -75,6 +77,7 @@ impl Default for Metrics {
             blocked: Mutex::default(),
             leader: Gauge::default(),
             leader_epoch: Gauge::default(),
+            instance: Family::default(),
             heartbeat_failures: Counter::default(),
             heartbeat_skipped: Counter::default(),
         };
@@ -92,6 +95,11 @@ impl Default for Metrics {
             "linkwatch_leader_epoch",
             "The epoch (fencing token) of this instance's lease while it leads; 0 on SQLite",
             m.leader_epoch.clone(),
+        );
+        registry.register(
+            "linkwatch_instance_info",
+            "1, labelled with this instance's name (instance_name, by default the host's)",
+            m.instance.clone(),
         );
         registry.register_collector(Box::new(m.checks.clone()));
         registry.register(
@@ -289,6 +297,12 @@ impl Metrics {
     /// Requests sent to Cloud Manager so far.
     pub fn requests(&self) -> u64 {
         self.requests.get()
+    }
+
+    /// Names this instance in `linkwatch_instance_info`.
+    pub fn set_instance(&self, name: &str) {
+        self.instance.clear();
+        self.instance.get_or_create(&vec![("instance", name.to_owned())]).set(1);
     }
 
     /// Follows this instance's leadership: the epoch of its lease while it leads, `None` while

@@ -45,6 +45,8 @@ pub struct Configured {
     by_id: Vec<u32>,
     pub migrations: Vec<ConfiguredLiveMigration>,
     pub channels: Vec<String>,
+    /// This instance's name (`instance_name`).
+    pub instance: String,
 }
 
 /// A `[[migration]]`, as the page needs it.
@@ -78,6 +80,7 @@ impl Configured {
                 })
                 .collect(),
             channels: config.channels.iter().map(|c| c.name.clone()).collect(),
+            instance: config.instance_name.clone(),
         })
     }
 

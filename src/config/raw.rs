@@ -10,6 +10,7 @@ use crate::secret::Secret;
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
+    pub instance_name: Option<Spanned<String>>,
     pub database: Option<Spanned<String>>,
     pub database_password_file: Option<Spanned<String>>,
     pub database_password_env: Option<Spanned<String>>,

@@ -791,3 +791,15 @@ fn a_channel_send_is_bounded_to_five_minutes() {
     let c = parse(&format!("{MINIMAL}{SLACK}timeout = \"5m\"\n")).unwrap();
     assert_eq!(c.channels[0].timeout, std::time::Duration::from_secs(300));
 }
+
+#[test]
+fn an_instance_name_is_a_plain_word() {
+    assert_eq!(parse(MINIMAL).unwrap().instance_name, host_name());
+    let named = parse(&format!("instance_name = \"watcher-east.1\"\n{MINIMAL}")).unwrap();
+    assert_eq!(named.instance_name, "watcher-east.1");
+    for bad in ["", "two words", "a\\u001b[31m", &"x".repeat(65)] {
+        let (line, _, key, message) = error(&format!("instance_name = \"{bad}\"\n{MINIMAL}"));
+        assert_eq!((line, key.as_str()), (1, "instance_name"), "{bad}");
+        assert!(message.contains("letters, digits"), "{message}");
+    }
+}

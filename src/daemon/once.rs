@@ -37,7 +37,7 @@ pub enum Delivered {
 /// the lease: the pass leads for its run, or refuses and says who leads.
 pub async fn once(config: Config, console: ConsoleSink) -> anyhow::Result<OncePass> {
     let app = Arc::new(App::new(config, console).await?);
-    let lease = Lease::start(&app.store, app.config.leader_lease);
+    let lease = Lease::start(&app.store, app.config.leader_lease, &app.config.instance_name);
     let role = leader::settled(lease.leadership.role.clone(), Duration::from_secs(15)).await;
     let result = if role.leads() {
         pass(&app).await

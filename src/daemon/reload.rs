@@ -11,7 +11,7 @@ use super::App;
 /// channels remember (outcomes not yet written, retry times, mail recipients' progress), so that
 /// a reload never sends a delivered event again.
 pub(super) fn rebuild(current: &App, loaded: anyhow::Result<Config>, console: ConsoleSink) -> anyhow::Result<App> {
-    let config = loaded?;
+    let mut config = loaded?;
     if config.database != current.config.database && config.database.same_place(&current.config.database) {
         tracing::warn!("the database password changed; new connections use it after the next restart");
     }
@@ -21,6 +21,11 @@ pub(super) fn rebuild(current: &App, loaded: anyhow::Result<Config>, console: Co
             current.config.database,
             config.database
         );
+    }
+    if config.instance_name != current.config.instance_name {
+        tracing::warn!("instance_name changed; it takes effect at the next restart");
+        // The lease, the logs and `/metrics` go on with the name they started with.
+        config.instance_name = current.config.instance_name.clone();
     }
     if config.http_listen != current.config.http_listen || config.http_auth != current.config.http_auth {
         tracing::warn!("[http] changed; it takes effect at the next restart");

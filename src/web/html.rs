@@ -95,7 +95,7 @@ pub fn status_page(v: &StatusView) -> Markup {
                 @if !v.migrations.is_empty() { ", " (v.migrations.len()) " live migrations" }
                 "; " (needs_action) " need attention"
                 @if !v.channels.is_empty() { "; " (v.channels.len()) " channels with undelivered notifications" }
-                "."
+                ". Served by " (v.instance) "."
             }
             (orgs_section(&v.orgs, &v.generated_at))
             @if !v.migrations.is_empty() { (live_migrations_section(&v.migrations, &v.generated_at)) }

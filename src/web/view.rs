@@ -22,6 +22,8 @@ const FAILURES_SHOWN: i64 = 50;
 #[derive(Debug, Serialize)]
 pub struct StatusView {
     pub generated_at: String,
+    /// The instance that served it (`instance_name`).
+    pub instance: String,
     /// Every configured org, what needs action first (see [`OrgStanding`]), then by name.
     pub orgs: Vec<OrgView>,
     /// Every configured live migration, what needs action first (see [`LiveMigrationStage`]), then
@@ -255,6 +257,7 @@ pub async fn status(page: &Page) -> anyhow::Result<StatusView> {
     });
     Ok(StatusView {
         generated_at: store::ts(now),
+        instance: configured.instance.clone(),
         orgs: orgs(page, &configured).await?,
         migrations,
         channels: channels(page, &configured).await?,

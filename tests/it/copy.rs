@@ -472,6 +472,7 @@ async fn copy_history_finds_a_follower_whatever_its_application_name() {
         b.postgres().unwrap().clone(),
         linkwatch::leader::LeaseTiming { ttl },
         stop_b.clone(),
+        "watcher-b",
     );
     let role = linkwatch::leader::settled(leadership.role, std::time::Duration::from_secs(15)).await;
     assert!(!role.leads() && role.leader.is_some(), "b follows: {role:?}");

@@ -205,7 +205,7 @@ async fn a_write_waiting_on_a_lock_does_not_cost_the_leader_its_lease() {
     let timing = linkwatch::leader::LeaseTiming {
         ttl: Duration::from_secs(3),
     };
-    let (leadership, lease) = linkwatch::leader::spawn(pg.clone(), timing, stop.clone());
+    let (leadership, lease) = linkwatch::leader::spawn(pg.clone(), timing, stop.clone(), "pg-test");
     let mut role = leadership.role.clone();
     let epoch = role.wait_for(|r| r.leads()).await.unwrap().epoch;
     t.check(ORG_A).await;

@@ -701,3 +701,45 @@ async fn logs_to_a_pipe_are_plain_and_events_read_as_sentences() {
     );
     assert!(daemon.stop().await.success());
 }
+
+/// `instance_name` names the instance in its logs, in `/metrics`, on the page and in the JSON.
+#[tokio::test]
+async fn an_instance_is_called_by_its_name_in_logs_metrics_and_the_page() {
+    let port = free_port();
+    let t = spawn_app_with(Setup {
+        top: format!("instance_name = \"watcher-east\"\n{}", http_listen(port)),
+        ..Setup::default()
+    })
+    .await;
+    let daemon = Daemon::start(&t.config_path, &[]);
+    let running = daemon.wait_stderr("linkwatch running").await;
+    assert!(running.contains("instance=watcher-east:"), "{running}");
+    daemon
+        .wait_stdout("alpha: migration link is NOT_SYNCED (first check)")
+        .await;
+    let metrics = reqwest::get(format!("http://127.0.0.1:{port}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("linkwatch_instance_info{instance=\"watcher-east\"} 1"),
+        "{metrics}"
+    );
+    let json: serde_json::Value = reqwest::get(format!("http://127.0.0.1:{port}/api/v1/status"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(json["instance"], "watcher-east");
+    let page = reqwest::get(format!("http://127.0.0.1:{port}/"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(page.contains("Served by watcher-east."), "{page}");
+    assert!(daemon.stop().await.success());
+}
