@@ -135,7 +135,8 @@ async fn the_rules_and_the_dashboard_use_only_exported_series() {
 
 #[test]
 fn the_dashboard_is_json_with_a_query_in_every_target() {
-    let dashboard: serde_json::Value = serde_json::from_str(&read("deploy/grafana/linkwatch.json")).expect("valid JSON");
+    let dashboard: serde_json::Value =
+        serde_json::from_str(&read("deploy/grafana/linkwatch.json")).expect("valid JSON");
     let panels = dashboard["panels"].as_array().expect("panels");
     let queries: Vec<&str> = panels
         .iter()
@@ -146,7 +147,10 @@ fn the_dashboard_is_json_with_a_query_in_every_target() {
     assert!(queries.iter().all(|q| !q.trim().is_empty()), "{queries:?}");
     // Each query is for the selected job, so one Grafana shows several deployments apart.
     for q in &queries {
-        assert!(q.contains("job=~\"$job\""), "a query that ignores the job variable: {q}");
+        assert!(
+            q.contains("job=~\"$job\""),
+            "a query that ignores the job variable: {q}"
+        );
     }
 }
 
