@@ -21,6 +21,7 @@ mod layers;
 mod live_migration;
 mod notify;
 mod oauth;
+mod ops;
 mod page;
 mod page_live_migration;
 mod pg;
