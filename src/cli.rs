@@ -479,6 +479,7 @@ async fn notify_test(config: &Config, name: &str) -> anyhow::Result<ExitCode> {
         event_id: format!("evt_test_{:016x}", rand::random::<u64>()),
         at: store::ts(now),
         data: serde_json::json!({"test": true}),
+        links: Vec::new(),
     };
     match outlet
         .send_by(std::slice::from_ref(&message), outlet.send_deadline())

@@ -59,6 +59,8 @@ pub struct Config {
     /// The user and password the status page, its JSON API, `/metrics` and the details of
     /// `/healthz` (`?verbose`) require; open when `None`. `/healthz` itself never asks.
     pub http_auth: Option<BasicAuth>,
+    /// Where people reach the status page (`[http] public_url`), for links in messages.
+    pub http_public_url: Option<Url>,
     pub cloud_manager: CloudManager,
     pub poll: Poll,
     pub credentials: Vec<Arc<Credential>>,
@@ -254,8 +256,10 @@ impl Config {
             loc,
         ));
         let http = match &raw.http {
-            None => Some((None, None)),
-            Some(h) => loc.keep(http::parse(h, loc)),
+            None => Some((None, None, None)),
+            Some(h) => loc
+                .keep(http::parse(h, loc))
+                .map(|h| (Some(h.listen), h.auth, h.public_url)),
         };
         let cloud_manager = loc.keep(cloud_manager(&raw.cloud_manager, loc));
         let mut credentials = Credentials::default();
@@ -284,7 +288,7 @@ impl Config {
             Some(database),
             Some(leader_lease),
             Some(retention),
-            Some((http_listen, http_auth)),
+            Some((http_listen, http_auth, http_public_url)),
             Some(cloud_manager),
             Some(poll),
         ) = (
@@ -309,6 +313,7 @@ impl Config {
             shutdown_timeout: raw.shutdown_timeout.map_or(Duration::from_secs(10), |d| d.0),
             http_listen,
             http_auth,
+            http_public_url,
             cloud_manager,
             poll,
             credentials: credentials.0,

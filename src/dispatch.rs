@@ -56,6 +56,8 @@ pub struct Outlet {
     memory: Arc<Mutex<Memory>>,
     /// Where whether the channel is blocked is said (see [`Memories::publish_blocked`]).
     memories: Memories,
+    /// Where the links of its messages point.
+    pub links: Arc<crate::message::Links>,
 }
 
 /// Added to a send's own bound before the dispatcher abandons it: the channel's bound (an SMTP
@@ -177,6 +179,7 @@ impl Dispatcher {
             .redirect(reqwest::redirect::Policy::none())
             .build()?;
         let mut outlets = Vec::new();
+        let links = Arc::new(crate::message::Links::of(config));
         for c in &config.channels {
             let kept = memories.of(&c.name);
             let mut channel = Channel::from_config(c, &http, console)?;
@@ -192,6 +195,7 @@ impl Dispatcher {
                 wake: Notify::new(),
                 memory: kept.memory,
                 memories: memories.clone(),
+                links: links.clone(),
             }));
         }
         // A channel removed from the config is no longer reported blocked, even by a worker of

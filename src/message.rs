@@ -1,21 +1,100 @@
 //! What an event says to a person: one renderer shared by every channel, so Slack, email and the
 //! console never disagree about what happened or what to do.
 
+use std::collections::HashMap;
+
+use reqwest::Url;
+
+use crate::config::Config;
 use crate::detect::Event;
 use crate::store::StoredEvent;
-pub use crate::text::{Message, human_secs};
+pub use crate::text::{Link, Message, human_secs};
 
-pub fn render(stored: &StoredEvent) -> Message {
+/// Where the links in messages point: the web consoles behind the configured APIs, and the
+/// status page when `[http] public_url` says where people reach it.
+#[derive(Debug, Clone, Default)]
+pub struct Links {
+    /// Cloud Manager's (or Ops Manager's) web console: the API's origin.
+    cloud_manager: Option<Url>,
+    /// Atlas's web console.
+    atlas: Option<Url>,
+    page: Option<Url>,
+    /// Each `[[migration]]`'s Atlas project, by the migration's name.
+    projects: HashMap<String, String>,
+}
+
+impl Links {
+    pub fn of(config: &Config) -> Links {
+        let origin = |u: &Url| Url::parse(&u.origin().ascii_serialization()).ok();
+        Links {
+            cloud_manager: origin(&config.cloud_manager.base_url),
+            atlas: config.atlas.as_ref().and_then(|a| origin(&a.base_url)),
+            page: config.http_public_url.clone(),
+            projects: config
+                .migrations
+                .iter()
+                .map(|m| (m.name.clone(), m.group_id.clone()))
+                .collect(),
+        }
+    }
+
+    /// The links of an event of org `org_id` (and live migration `migration`, if it is one).
+    fn for_event(&self, org_id: &str, migration: Option<&str>) -> Vec<Link> {
+        let mut links = Vec::new();
+        let join = |base: &Url, path: &str| base.join(path).ok().map(String::from);
+        let project = migration.and_then(|m| self.projects.get(m));
+        if let (Some(atlas), Some(group)) = (&self.atlas, project)
+            && let Some(url) = join(atlas, &format!("v2/{group}#/clusters"))
+        {
+            links.push(Link {
+                label: "Atlas project",
+                url,
+            });
+        }
+        if let Some(url) = self
+            .cloud_manager
+            .as_ref()
+            .and_then(|b| join(b, &format!("v2#/org/{org_id}/projects")))
+        {
+            links.push(Link {
+                label: "Cloud Manager org",
+                url,
+            });
+        }
+        if let Some(url) = self.page.as_ref().and_then(|b| join(b, &format!("org/{org_id}"))) {
+            links.push(Link {
+                label: "status page",
+                url,
+            });
+        }
+        links
+    }
+}
+
+pub fn render(stored: &StoredEvent, links: &Links) -> Message {
     if stored.kind == crate::report::KIND
         && let Ok(report) = serde_json::from_str::<crate::report::Report>(&stored.payload)
     {
-        return report.message(stored);
+        let mut message = report.message(stored);
+        message.links = links
+            .page
+            .iter()
+            .map(|p| Link {
+                label: "status page",
+                url: p.to_string(),
+            })
+            .collect();
+        return message;
     }
     let name = stored.org_name.clone().unwrap_or_else(|| stored.org_id.clone());
-    let (title, advice) = match serde_json::from_str::<Event>(&stored.payload) {
-        Ok(event) => describe(&name, stored.org_name.as_deref(), &event),
+    let (title, advice, migration) = match serde_json::from_str::<Event>(&stored.payload) {
+        Ok(event) => {
+            let (title, advice) = describe(&name, stored.org_name.as_deref(), &event);
+            (title, advice, event.live_migration().map(str::to_owned))
+        }
         Err(_) => (
             format!("{name}: {} (payload not readable by this version)", stored.kind),
+            None,
             None,
         ),
     };
@@ -28,6 +107,7 @@ pub fn render(stored: &StoredEvent) -> Message {
         event_id: stored.id.clone(),
         at: stored.created_at.clone(),
         data: serde_json::from_str(&stored.payload).unwrap_or(serde_json::Value::Null),
+        links: links.for_event(&stored.org_id, migration.as_deref()),
     }
 }
 
@@ -244,6 +324,43 @@ mod tests {
     use super::*;
 
     #[test]
+    fn links_point_at_the_consoles_and_the_page_under_its_path() {
+        let config = Config::parse(
+            "[http]\nlisten = \"127.0.0.1:9187\"\npublic_url = \"https://ops.example.com/lw\"\n\
+             [cloud_manager]\nbase_url = \"https://opsmanager.example.com:8443/api/public/v1.0\"\n\
+             public_key = \"p\"\nprivate_key = \"k\"\n[[org]]\nid = \"5f0c1234567890abcdef1234\"\nname = \"payments\"\n\
+             [atlas]\npublic_key = \"p\"\nprivate_key = \"k\"\n[[migration]]\nname = \"rs0\"\norg = \"payments\"\n\
+             group_id = \"6f0c00000000000000000c01\"\nid = \"6f1d00000000000000000d01\"\n",
+            std::path::Path::new("linkwatch.toml"),
+        )
+        .unwrap();
+        let links = Links::of(&config);
+        let urls: Vec<(&str, String)> = links
+            .for_event("5f0c1234567890abcdef1234", Some("rs0"))
+            .into_iter()
+            .map(|l| (l.label, l.url))
+            .collect();
+        assert_eq!(
+            urls,
+            vec![
+                (
+                    "Atlas project",
+                    "https://cloud.mongodb.com/v2/6f0c00000000000000000c01#/clusters".to_owned()
+                ),
+                (
+                    "Cloud Manager org",
+                    "https://opsmanager.example.com:8443/v2#/org/5f0c1234567890abcdef1234/projects".to_owned()
+                ),
+                (
+                    "status page",
+                    "https://ops.example.com/lw/org/5f0c1234567890abcdef1234".to_owned()
+                ),
+            ]
+        );
+        assert!(Links::default().for_event("5f0c1234567890abcdef1234", None).is_empty());
+    }
+
+    #[test]
     fn migration_messages_read_cleanly() {
         let at = chrono::DateTime::from_timestamp(1_800_000_000, 0).unwrap();
         let failure = crate::outcome::Failure::new(crate::outcome::FailureClass::NotFound, Some(404), None, "gone");
@@ -357,20 +474,26 @@ mod tests {
 
     #[test]
     fn synced_and_broken_links_say_what_to_do() {
-        let m = render(&stored(&Event::StatusChanged {
-            from: "NOT_SYNCED".into(),
-            to: "SYNCED".into(),
-            changed_at: chrono::Utc::now(),
-            from_lasted_s: 200,
-        }));
+        let m = render(
+            &stored(&Event::StatusChanged {
+                from: "NOT_SYNCED".into(),
+                to: "SYNCED".into(),
+                changed_at: chrono::Utc::now(),
+                from_lasted_s: 200,
+            }),
+            &Links::default(),
+        );
         assert_eq!(m.title, "payments: migration link SYNCED (was NOT_SYNCED for 3m 20s)");
         assert!(m.advice.unwrap().contains("ready for live migration"));
-        let m = render(&stored(&Event::StatusChanged {
-            from: "SYNCED".into(),
-            to: "NOT_SYNCED".into(),
-            changed_at: chrono::Utc::now(),
-            from_lasted_s: 7500,
-        }));
+        let m = render(
+            &stored(&Event::StatusChanged {
+                from: "SYNCED".into(),
+                to: "NOT_SYNCED".into(),
+                changed_at: chrono::Utc::now(),
+                from_lasted_s: 7500,
+            }),
+            &Links::default(),
+        );
         assert_eq!(
             m.title,
             "payments: migration link fell back to NOT_SYNCED after 2h 5m SYNCED"

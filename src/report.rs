@@ -322,6 +322,7 @@ impl Report {
             event_id: stored.id.clone(),
             at: stored.created_at.clone(),
             data: serde_json::to_value(self).unwrap_or(serde_json::Value::Null),
+            links: Vec::new(),
         }
     }
 

@@ -16,6 +16,33 @@ pub struct Message {
     pub at: String,
     /// The event's own fields (from, to, failure, ...), for machine-readable channels.
     pub data: serde_json::Value,
+    /// Where a person acts on it: the org in Cloud Manager, the migration in Atlas, the org's
+    /// status page.
+    pub links: Vec<Link>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Link {
+    pub label: &'static str,
+    pub url: String,
+}
+
+impl Message {
+    /// When it happened, written once: `2026-12-04 22:34:58 UTC`.
+    pub fn when(&self) -> String {
+        shown_time(&self.at)
+    }
+}
+
+/// A stored time (RFC 3339, UTC) as a person reads it: to the second, with its zone named once.
+pub fn shown_time(at: &str) -> String {
+    match chrono::DateTime::parse_from_rfc3339(at) {
+        Ok(t) => t
+            .with_timezone(&chrono::Utc)
+            .format("%Y-%m-%d %H:%M:%S UTC")
+            .to_string(),
+        Err(_) => at.to_owned(),
+    }
 }
 
 /// "3m 20s", "2h 5m", "4d 1h": two units at most; a person wants the size, not the seconds.

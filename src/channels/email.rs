@@ -336,31 +336,95 @@ pub fn render(messages: &[Message]) -> (String, String, String) {
         }
     };
     let mut text = String::new();
-    let mut html = String::from("<html><body style=\"font-family: sans-serif\">\n");
+    let mut html = String::from("<html><body style=\"font-family:system-ui,sans-serif;color:#222\">\n");
     for m in messages {
-        text.push_str(&format!(
-            "{}\n  org: {} ({})\n  time: {} UTC\n",
-            m.title, m.org_name, m.org_id, m.at
-        ));
+        text.push_str(&format!("{}\n  org: {} ({})\n", m.title, m.org_name, m.org_id));
+        if let Some((from, to)) = change(m) {
+            text.push_str(&format!("  status: {from} -> {to}\n"));
+        }
+        text.push_str(&format!("  time: {}\n", m.when()));
         if let Some(a) = &m.advice {
             text.push_str(&format!("  {a}\n"));
         }
-        text.push('\n');
-        html.push_str(&format!(
-            "<p><strong>{}</strong><br>org: {} (<code>{}</code>)<br>time: {} UTC",
-            escape(&m.title),
-            escape(&m.org_name),
-            escape(&m.org_id),
-            escape(&m.at)
-        ));
-        if let Some(a) = &m.advice {
-            html.push_str(&format!("<br><em>{}</em>", escape(a)));
+        for l in &m.links {
+            text.push_str(&format!("  {}: {}\n", l.label, l.url));
         }
-        html.push_str("</p>\n");
+        text.push('\n');
+        html.push_str(&card(m));
     }
     text.push_str("-- \nlinkwatch\n");
-    html.push_str("<p style=\"color:#888\">linkwatch</p>\n</body></html>\n");
+    html.push_str("<p style=\"color:#777;font-size:.9em\">linkwatch</p>\n</body></html>\n");
     (subject, text, html)
+}
+
+/// The status an event moved from and to, when it is a change.
+fn change(m: &Message) -> Option<(&str, &str)> {
+    Some((m.data.get("from")?.as_str()?, m.data.get("to")?.as_str()?))
+}
+
+/// The status page's colours: green for SYNCED and recoveries, orange for a link that left
+/// SYNCED, red for failing checks and failed migrations, amber for the rest.
+fn colour(m: &Message) -> (&'static str, &'static str) {
+    const GREEN: (&str, &str) = ("#2e7d32", "#fff");
+    const RED: (&str, &str) = ("#c62828", "#fff");
+    const ORANGE: (&str, &str) = ("#ef6c00", "#fff");
+    const AMBER: (&str, &str) = ("#f9a825", "#222");
+    let to = m
+        .data
+        .get("to")
+        .and_then(|v| v.as_str())
+        .or_else(|| m.data.get("status").and_then(|v| v.as_str()));
+    match (m.kind.as_str(), change(m), to) {
+        ("check_failing", _, _) => RED,
+        ("check_recovered", _, _) => GREEN,
+        (_, _, Some("FAILED" | "EXPIRED")) => RED,
+        (_, _, Some("SYNCED" | "COMPLETE")) => GREEN,
+        (_, Some(("SYNCED", _)), _) => ORANGE,
+        _ => AMBER,
+    }
+}
+
+/// One event as a short table under a band of its status's colour.
+fn card(m: &Message) -> String {
+    let (background, foreground) = colour(m);
+    let row = |k: &str, v: String| {
+        format!(
+            "<tr><td style=\"padding:4px 12px;color:#555;vertical-align:top\">{k}</td>\
+             <td style=\"padding:4px 12px\">{v}</td></tr>\n"
+        )
+    };
+    let mut h = format!(
+        "<table style=\"border-collapse:collapse;margin:0 0 18px;border:1px solid #e0e0e0;min-width:24em\">\n\
+         <tr><td colspan=\"2\" style=\"padding:8px 12px;background:{background};color:{foreground};font-weight:600\">{}</td></tr>\n",
+        escape(&m.title)
+    );
+    h.push_str(&row(
+        "Org",
+        format!("{} <code>{}</code>", escape(&m.org_name), escape(&m.org_id)),
+    ));
+    if let Some((from, to)) = change(m) {
+        h.push_str(&row(
+            "Status",
+            format!("{} &rarr; <strong>{}</strong>", escape(from), escape(to)),
+        ));
+        if let Some(s) = m.data.get("from_lasted_s").and_then(|v| v.as_i64()) {
+            h.push_str(&row(&format!("{} lasted", escape(from)), crate::text::human_secs(s)));
+        }
+    }
+    h.push_str(&row("When", escape(&m.when())));
+    if let Some(a) = &m.advice {
+        h.push_str(&row("What to do", escape(a)));
+    }
+    if !m.links.is_empty() {
+        let links: Vec<String> = m
+            .links
+            .iter()
+            .map(|l| format!("<a href=\"{}\">{}</a>", escape(&l.url), l.label))
+            .collect();
+        h.push_str(&row("Open", links.join(" &middot; ")));
+    }
+    h.push_str("</table>\n");
+    h
 }
 
 /// Subject, plain text and HTML of a scheduled report.

@@ -86,7 +86,7 @@ pub fn single(m: &Message) -> Value {
     let field = |text: String| json!({"type": "mrkdwn", "text": fit(&text, FIELD_CHARS)});
     let mut fields = vec![
         field(format!("*Org*\n{} (`{}`)", escape(&m.org_name), escape(&m.org_id))),
-        field(format!("*When (UTC)*\n{}", m.at)),
+        field(format!("*When*\n{}", m.when())),
     ];
     if let (Some(from), Some(to)) = (
         m.data.get("from").and_then(Value::as_str),
@@ -110,6 +110,15 @@ pub fn single(m: &Message) -> Value {
         blocks.push(
             json!({"type": "context", "elements": [{"type": "mrkdwn", "text": fit(&escape(advice), SECTION_CHARS)}]}),
         );
+    }
+    if !m.links.is_empty() {
+        // `<url|label>`: the URL is the config's or an id, never outside text; `|` and `>` end it.
+        let links: Vec<String> = m
+            .links
+            .iter()
+            .map(|l| format!("<{}|{}>", l.url.replace(['|', '>'], ""), l.label))
+            .collect();
+        blocks.push(json!({"type": "context", "elements": [{"type": "mrkdwn", "text": fit(&links.join(" · "), SECTION_CHARS)}]}));
     }
     json!({"text": fit(&m.title, TEXT_CHARS), "blocks": blocks})
 }
@@ -344,6 +353,7 @@ mod tests {
             event_id: "evt_1".into(),
             at: "2026-11-29T08:00:00.000Z".into(),
             data: json!({"from": "x".repeat(3000), "to": "SYNCED", "from_lasted_s": 5}),
+            links: Vec::new(),
         }
     }
 

@@ -3,7 +3,9 @@
 
 use std::net::SocketAddr;
 
-use super::{ConfigError, Locator, raw, resolve_secret};
+use reqwest::Url;
+
+use super::{ConfigError, Locator, parse_url, raw, resolve_secret, with_trailing_slash};
 use crate::secret::Secret;
 
 /// The login the page, the JSON API and `/metrics` ask for.
@@ -13,7 +15,19 @@ pub struct BasicAuth {
     pub password: Secret,
 }
 
-pub(super) fn parse(h: &raw::Http, loc: &Locator<'_>) -> Result<(Option<SocketAddr>, Option<BasicAuth>), ConfigError> {
+/// `[http]`: where it listens, its login, and the address people reach the page at.
+pub(super) struct Http {
+    pub listen: SocketAddr,
+    pub auth: Option<BasicAuth>,
+    pub public_url: Option<Url>,
+}
+
+pub(super) fn parse(h: &raw::Http, loc: &Locator<'_>) -> Result<Http, ConfigError> {
+    // Messages link to the page there; behind a proxy it may hold a path (`/linkwatch/`).
+    let public_url = match &h.public_url {
+        Some(u) => Some(with_trailing_slash(parse_url(u, "http.public_url", loc)?)),
+        None => None,
+    };
     let listen = h.listen.get_ref().parse().map_err(|_| {
         loc.error(
             h.listen.span().start,
@@ -63,5 +77,9 @@ pub(super) fn parse(h: &raw::Http, loc: &Locator<'_>) -> Result<(Option<SocketAd
             return Err(loc.error(at, "http.username", "a password is set without a username".into()));
         }
     };
-    Ok((Some(listen), auth))
+    Ok(Http {
+        listen,
+        auth,
+        public_url,
+    })
 }

@@ -57,6 +57,7 @@ pub struct Heartbeat {
 #[serde(deny_unknown_fields)]
 pub struct Http {
     pub listen: Spanned<String>,
+    pub public_url: Option<Spanned<String>>,
     pub username: Option<Spanned<String>>,
     pub password_file: Option<Spanned<String>>,
     pub password_env: Option<Spanned<String>>,

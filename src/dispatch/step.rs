@@ -123,7 +123,10 @@ pub(super) async fn step(cx: &Ctx<'_>, stop: &CancellationToken) -> anyhow::Resu
         return Ok(Next::Idle(choice.wake_at));
     }
     let due = cx.store.deliveries(&choice.ids).await?;
-    let messages: Vec<Message> = due.iter().map(|d| message::render(&d.event)).collect();
+    let messages: Vec<Message> = due
+        .iter()
+        .map(|d| message::render(&d.event, &cx.outlet.links))
+        .collect();
     let mut queue: VecDeque<Range<usize>> = VecDeque::new();
     for size in cx.outlet.channel.groups(&messages) {
         let start = queue.back().map_or(0, |r| r.end);

@@ -488,6 +488,7 @@ async fn a_send_is_abandoned_at_the_deadline_its_caller_sets() {
         event_id: "evt_test".into(),
         at: "2026-12-04T00:00:00.000Z".into(),
         data: serde_json::Value::Null,
+        links: Vec::new(),
     };
     let deadline = tokio::time::Instant::now() + Duration::from_millis(300);
     let sent = tokio::time::timeout(

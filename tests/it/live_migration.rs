@@ -84,7 +84,7 @@ async fn the_path_to_cutover_is_told_with_estimated_deadlines() {
     assert!(text.contains("live migration COMPLETE (was WORKING"), "{text}");
     let events = t.events(Some(ORG_A)).await;
     let ready = events.iter().find(|e| e.kind == "ready_for_cutover").unwrap();
-    let message = linkwatch::message::render(ready);
+    let message = linkwatch::message::render(ready, &Default::default());
     assert!(
         message.advice.as_deref().unwrap().contains("not visible to linkwatch"),
         "{message:?}"

@@ -545,3 +545,92 @@ async fn the_slack_url_never_reaches_the_database_or_errors() {
         "the webhook URL leaked into the database"
     );
 }
+
+/// What `[http] public_url` (behind a proxy, under a sub-path) and the Cloud Manager origin give
+/// a message: the way to the org, and one time format.
+fn with_public_page(channels: String) -> Setup {
+    Setup {
+        top: format!(
+            "{}\npublic_url = \"https://ops.example.com/linkwatch\"",
+            http_listen(free_port())
+        ),
+        channels,
+        ..Setup::default()
+    }
+}
+
+fn is_shown_time(s: &str) -> bool {
+    // 2026-12-04 22:34:58 UTC
+    let b = s.as_bytes();
+    s.len() == 23
+        && s.ends_with(" UTC")
+        && b[4] == b'-'
+        && b[10] == b' '
+        && b[13] == b':'
+        && s[..19].chars().filter(char::is_ascii_digit).count() == 14
+}
+
+#[tokio::test]
+async fn slack_links_to_the_org_in_cloud_manager_and_on_the_page() {
+    let rx = Receiver::start().await;
+    let t = spawn_app_with(with_public_page(slack("ops", &rx.url("/services/T000/B000/XXXX")))).await;
+    t.check(ORG_A).await;
+    t.dispatch().await;
+    let blocks = rx.received()[0].json()["blocks"].to_string();
+    let origin = t.sim.base_url();
+    let origin = &origin[..origin.find("/api/").expect("the simulator's API path")];
+    assert!(
+        blocks.contains(&format!("<{origin}/v2#/org/{ORG_A}/projects|Cloud Manager org>")),
+        "{blocks}"
+    );
+    assert!(
+        blocks.contains(&format!("<https://ops.example.com/linkwatch/org/{ORG_A}|status page>")),
+        "{blocks}"
+    );
+    let when = blocks
+        .split("*When*\\n")
+        .nth(1)
+        .and_then(|r| r.split('"').next())
+        .expect("a When field");
+    assert!(is_shown_time(when), "{when}");
+}
+
+#[tokio::test]
+async fn email_has_the_status_colour_a_short_table_and_the_links() {
+    let smtp = SmtpServer::start(false);
+    let t = spawn_app_with(with_public_page(email("dba-mail", &smtp, false))).await;
+    t.check(ORG_B).await;
+    t.dispatch().await;
+    let mails = smtp.wait_for_mails(1, Duration::from_secs(10)).await;
+    let parsed = mailparse::parse_mail(mails[0].data.as_bytes()).unwrap();
+    let part = |mime: &str| {
+        parsed
+            .subparts
+            .iter()
+            .find(|p| p.ctype.mimetype == mime)
+            .unwrap_or_else(|| panic!("no {mime} part"))
+            .get_body()
+            .unwrap()
+    };
+    let (text, html) = (part("text/plain"), part("text/html"));
+    // beta is SYNCED: the page's green band, then the table's rows.
+    assert!(html.contains("background:#2e7d32"), "{html}");
+    for row in [">Org<", ">When<", ">What to do<", ">Open<"] {
+        assert!(html.contains(row), "{row} missing: {html}");
+    }
+    assert!(
+        html.contains(&format!(
+            "<a href=\"https://ops.example.com/linkwatch/org/{ORG_B}\">status page</a>"
+        )),
+        "{html}"
+    );
+    assert!(
+        text.contains(&format!("status page: https://ops.example.com/linkwatch/org/{ORG_B}")),
+        "{text}"
+    );
+    let time = text
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("time: "))
+        .expect("a time line");
+    assert!(is_shown_time(time), "{time}");
+}
