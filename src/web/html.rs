@@ -10,8 +10,10 @@ use super::REFRESH_SECS;
 use super::format::span;
 use super::timeline::class;
 use super::view::{
-    ChannelView, LiveMigrationDetail, LiveMigrationStage, LiveMigrationView, OrgDetail, OrgView, StatusView, parse,
+    ChannelView, FailureView, LiveMigrationDetail, LiveMigrationStage, LiveMigrationView, OrgDetail, OrgView,
+    StatusView, parse,
 };
+use crate::text::shown_time;
 
 /// Small and inline: no files to serve, no build step.
 const CSS: &str = "
@@ -236,7 +238,7 @@ fn live_migration_detail(d: &LiveMigrationDetail, now: &str) -> Markup {
                     tbody {
                         @for c in d.changes.iter().rev() {
                             tr {
-                                td { (c.at) }
+                                td { (shown_time(&c.at)) }
                                 td { (c.from.as_deref().unwrap_or("(first seen)")) }
                                 td { (c.to) }
                                 td { (c.previous_lasted_s.map(span).unwrap_or_default()) }
@@ -278,6 +280,26 @@ fn channels_section(channels: &[ChannelView]) -> Markup {
     }
 }
 
+/// Runs of one failure (class, HTTP status, error code and detail alike) in `failures`, newest
+/// first as given: each run's newest failure, the time of its oldest, and how many. Fifty 503s
+/// in a row are one row.
+fn runs(failures: &[FailureView]) -> Vec<(&FailureView, &str, usize)> {
+    let same = |a: &FailureView, b: &FailureView| {
+        (&a.class, a.http_status, &a.error_code, &a.detail) == (&b.class, b.http_status, &b.error_code, &b.detail)
+    };
+    let mut out: Vec<(&FailureView, &str, usize)> = Vec::new();
+    for f in failures {
+        match out.last_mut() {
+            Some((newest, oldest, n)) if same(newest, f) => {
+                *oldest = &f.checked_at;
+                *n += 1;
+            }
+            _ => out.push((f, &f.checked_at, 1)),
+        }
+    }
+    out
+}
+
 /// `GET /org/{id or name}`: the timeline, the changes, the failed checks.
 pub fn org_page(d: &OrgDetail) -> Markup {
     let o = &d.org;
@@ -315,7 +337,7 @@ pub fn org_page(d: &OrgDetail) -> Markup {
                     tbody {
                         @for c in d.changes.iter().rev() {
                             tr {
-                                td { (c.at) }
+                                td { (shown_time(&c.at)) }
                                 td { (c.from.as_deref().unwrap_or("(first seen)")) }
                                 td class=(format!("status {}", class(Some(&c.to)))) { (c.to) }
                                 td { (c.previous_lasted_s.map(span).unwrap_or_default()) }
@@ -329,11 +351,15 @@ pub fn org_page(d: &OrgDetail) -> Markup {
                 p class="muted" { "None in the last " (super::view::WINDOW_DAYS) " days." }
             } @else {
                 table class="failures" {
-                    thead { tr { th { "when" } th { "class" } th { "HTTP" } th { "error code" } th { "detail" } } }
+                    thead { tr { th { "when" } th { "checks" } th { "class" } th { "HTTP" } th { "error code" } th { "detail" } } }
                     tbody {
-                        @for f in &d.failures {
+                        @for (f, oldest, n) in runs(&d.failures) {
                             tr {
-                                td { (f.checked_at) }
+                                td {
+                                    @if n > 1 { (shown_time(oldest)) " to " }
+                                    (shown_time(&f.checked_at))
+                                }
+                                td { "× " (n) }
                                 td { (f.class) }
                                 td { (f.http_status.map(|s| s.to_string()).unwrap_or_default()) }
                                 td { (f.error_code.as_deref().unwrap_or("")) }

@@ -802,3 +802,31 @@ async fn a_wrong_login_is_logged_once_with_its_address_and_user_but_not_its_pass
     );
     assert!(!text.contains("hunter2"), "a password reached the log:\n{text}");
 }
+
+/// Two identical failures in a row are one row that says how many, and every time on the org's
+/// page is written one way.
+#[tokio::test]
+async fn the_org_page_groups_identical_failures_and_writes_each_time_one_way() {
+    let (t, base, _gone) = page_app("").await;
+    beta_history(&t).await;
+    let daemon = run_page(&t).await;
+    let body = reqwest::get(format!("{base}/org/beta"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let failures = &body[body.find("table class=\"failures\"").expect("a failures table")..];
+    let failures = &failures[..failures.find("</table>").unwrap()];
+    assert_eq!(failures.matches("maintenance").count(), 1, "{failures}");
+    assert!(failures.contains("<td>× 2</td>"), "{failures}");
+    assert!(failures.contains(" UTC to "), "the run's span: {failures}");
+    let changes = &body[body.find("table class=\"changes\"").expect("a changes table")..];
+    let changes = &changes[..changes.find("</table>").unwrap()];
+    for table in [failures, changes] {
+        assert!(!table.contains("Z</td>") && !table.contains("Z to "), "{table}");
+        assert!(table.contains(" UTC</td>"), "{table}");
+    }
+    drop(t);
+    daemon.stop(Duration::from_secs(15)).await;
+}
