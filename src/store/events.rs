@@ -4,7 +4,7 @@
 
 use sqlx::FromRow;
 
-use super::sql::{Conn, List, Sql, Ts, on_conn, read};
+use super::sql::{Conn, List, Sql, Ts, on_conn, rows};
 use super::{Store, StoreError};
 use crate::config::OrgId;
 
@@ -78,11 +78,6 @@ const EVENTS: Sql = Sql::each(
 impl Store {
     /// Events, oldest first, optionally for one org (id).
     pub async fn events(&self, org: Option<&OrgId>) -> Result<Vec<StoredEvent>, StoreError> {
-        read!(self, |pool, D| Ok(EVENTS
-            .query_as::<D, StoredEvent>()
-            .bind(org.map(OrgId::as_str))
-            .fetch_all(pool)
-            .await?))
-        .await
+        rows!(self, EVENTS, StoredEvent, org.map(OrgId::as_str)).await
     }
 }

@@ -4,7 +4,7 @@
 use chrono::{DateTime, Utc};
 use sqlx::FromRow;
 
-use super::sql::{Sql, opt, read};
+use super::sql::{Sql, opt, rows};
 use super::{Store, StoreError};
 use crate::config::OrgId;
 
@@ -65,30 +65,15 @@ impl Store {
         org: Option<&str>,
         since: Option<DateTime<Utc>>,
     ) -> Result<Vec<StatusChange>, StoreError> {
-        read!(self, |pool, D| Ok(HISTORY
-            .query_as::<D, StatusChange>()
-            .bind(org)
-            .bind(opt(since))
-            .fetch_all(pool)
-            .await?))
-        .await
+        rows!(self, HISTORY, StatusChange, org, opt(since)).await
     }
 
     pub async fn current(&self) -> Result<Vec<CurrentStatus>, StoreError> {
-        read!(self, |pool, D| Ok(CURRENT
-            .query_as::<D, CurrentStatus>()
-            .fetch_all(pool)
-            .await?))
-        .await
+        rows!(self, CURRENT, CurrentStatus).await
     }
 
     /// Failed-check rows for one org, oldest first: (class, http_status, error_code, detail).
     pub async fn failures(&self, org: &OrgId) -> Result<Vec<FailureRow>, StoreError> {
-        read!(self, |pool, D| Ok(FAILURES
-            .query_as::<D, FailureRow>()
-            .bind(org.as_str())
-            .fetch_all(pool)
-            .await?))
-        .await
+        rows!(self, FAILURES, FailureRow, org.as_str()).await
     }
 }

@@ -11,7 +11,7 @@ use chrono::{DateTime, Utc};
 use sqlx::FromRow;
 
 use super::events::insert_event;
-use super::sql::{Conn, End, Sql, Ts, Write, count, on_conn, opt, read, time, uncount};
+use super::sql::{Conn, End, Sql, Ts, Write, count, on_conn, opt, rows, time, uncount};
 use super::{Store, StoreError, event_id};
 use crate::config::LiveMigration;
 use crate::detect::Event;
@@ -147,21 +147,12 @@ impl Store {
 
     /// Every followed migration, as the `migration_status` view shows it, by name.
     pub async fn live_migrations(&self) -> Result<Vec<LiveMigrationRow>, StoreError> {
-        read!(self, |pool, D| Ok(ROWS
-            .query_as::<D, LiveMigrationRow>()
-            .fetch_all(pool)
-            .await?))
-        .await
+        rows!(self, ROWS, LiveMigrationRow).await
     }
 
     /// A migration's status changes, oldest first.
     pub async fn live_migration_changes(&self, migration_id: &str) -> Result<Vec<LiveMigrationChange>, StoreError> {
-        read!(self, |pool, D| Ok(CHANGES
-            .query_as::<D, LiveMigrationChange>()
-            .bind(migration_id)
-            .fetch_all(pool)
-            .await?))
-        .await
+        rows!(self, CHANGES, LiveMigrationChange, migration_id).await
     }
 
     /// A migration's lag samples since `since`, oldest first (`None`: not reported then).
@@ -170,13 +161,7 @@ impl Store {
         migration_id: &str,
         since: DateTime<Utc>,
     ) -> Result<Vec<(DateTime<Utc>, Option<i64>)>, StoreError> {
-        let rows: Vec<(Ts, Option<i64>)> = read!(self, |pool, D| Ok(LAG
-            .query_as::<D, (Ts, Option<i64>)>()
-            .bind(migration_id)
-            .bind(Ts(since))
-            .fetch_all(pool)
-            .await?))
-        .await?;
+        let rows: Vec<(Ts, Option<i64>)> = rows!(self, LAG, (Ts, Option<i64>), migration_id, Ts(since)).await?;
         Ok(rows.into_iter().map(|(at, lag)| (at.0, lag)).collect())
     }
 }

@@ -7,7 +7,7 @@ use chrono::{DateTime, Utc};
 use sqlx::FromRow;
 
 use super::lease::secs;
-use super::sql::{Conn, Dialect, End, List, Sql, Ts, Write, on_conn, opt, read, time};
+use super::sql::{Conn, Dialect, End, List, Sql, Ts, Write, on_conn, opt, read, rows, time};
 use super::{Store, StoreError, StoredEvent, cap};
 
 /// Added to a send's timeout for a claim's hold.
@@ -186,22 +186,12 @@ impl Store {
     /// Those of these outbox rows that are still pending, in event order: the dispatcher's
     /// failing rows that fall due, which its read of `pending` leaves out with their orgs.
     pub async fn pending_of(&self, outbox_ids: &[i64]) -> Result<Vec<Pending>, StoreError> {
-        read!(self, |pool, D| Ok(PENDING_OF
-            .query_as::<D, Pending>()
-            .bind(List(outbox_ids))
-            .fetch_all(pool)
-            .await?))
-        .await
+        rows!(self, PENDING_OF, Pending, List(outbox_ids)).await
     }
 
     /// These pending outbox rows with their events, in event order.
     pub async fn deliveries(&self, outbox_ids: &[i64]) -> Result<Vec<Delivery>, StoreError> {
-        read!(self, |pool, D| Ok(DELIVERIES
-            .query_as::<D, Delivery>()
-            .bind(List(outbox_ids))
-            .fetch_all(pool)
-            .await?))
-        .await
+        rows!(self, DELIVERIES, Delivery, List(outbox_ids)).await
     }
 
     /// Claims these pending rows for one send that takes at most `send_timeout`, and returns the

@@ -5,7 +5,7 @@
 use chrono::{DateTime, Utc};
 use sqlx::FromRow;
 
-use super::sql::{Sql, Ts, read};
+use super::sql::{Sql, Ts, rows};
 use super::{Store, StoreError};
 use crate::config::OrgId;
 
@@ -84,20 +84,12 @@ const FAILED_CHECKS: Sql = Sql::each(
 impl Store {
     /// Every org in the database, by name.
     pub async fn org_rows(&self) -> Result<Vec<OrgRow>, StoreError> {
-        read!(self, |pool, D| Ok(ORG_ROWS
-            .query_as::<D, OrgRow>()
-            .fetch_all(pool)
-            .await?))
-        .await
+        rows!(self, ORG_ROWS, OrgRow).await
     }
 
     /// The channels that have pending or failed deliveries, by name.
     pub async fn channel_deliveries(&self) -> Result<Vec<ChannelDeliveries>, StoreError> {
-        read!(self, |pool, D| Ok(CHANNEL_DELIVERIES
-            .query_as::<D, ChannelDeliveries>()
-            .fetch_all(pool)
-            .await?))
-        .await
+        rows!(self, CHANNEL_DELIVERIES, ChannelDeliveries).await
     }
 
     /// The org's failed checks since `since`, newest first, at most `limit`.
@@ -107,13 +99,6 @@ impl Store {
         since: DateTime<Utc>,
         limit: i64,
     ) -> Result<Vec<FailedCheck>, StoreError> {
-        read!(self, |pool, D| Ok(FAILED_CHECKS
-            .query_as::<D, FailedCheck>()
-            .bind(org.as_str())
-            .bind(Ts(since))
-            .bind(limit)
-            .fetch_all(pool)
-            .await?))
-        .await
+        rows!(self, FAILED_CHECKS, FailedCheck, org.as_str(), Ts(since), limit).await
     }
 }

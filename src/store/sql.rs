@@ -267,6 +267,18 @@ macro_rules! read {
 }
 pub(super) use read;
 
+/// All rows of `$sql` as `$T`, with these parameters, read from `$store`'s pool (see [`read!`]).
+macro_rules! rows {
+    ($store:expr, $sql:expr, $T:ty $(, $bind:expr)* $(,)?) => {
+        $crate::store::sql::read!($store, |pool, D| Ok($sql
+            .query_as::<D, $T>()
+            $(.bind($bind))*
+            .fetch_all(pool)
+            .await?))
+    };
+}
+pub(super) use rows;
+
 /// How a write runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Write {
