@@ -128,9 +128,9 @@ impl Checker {
         // A leader that lost its lease (found on waking from a pause, say) asks Cloud Manager
         // nothing more: its answer could not be recorded.
         if !self.store.may_send() {
-            return Err(crate::store::Fenced {
+            return Err(crate::store::StoreError::Fenced(crate::store::Fenced {
                 why: "its lease ran out before this check",
-            }
+            })
             .into());
         }
         let started = Instant::now();

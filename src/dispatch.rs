@@ -430,7 +430,7 @@ async fn worker(
     while !shutdown.is_cancelled() {
         let next = match step::step(&cx, &shutdown).await {
             Ok(next) => next,
-            Err(e) if e.chain().any(|c| c.is::<crate::store::Fenced>()) => {
+            Err(e) if crate::store::is_fenced(&e) => {
                 tracing::info!(channel = %outlet.name, "not sending: {e:#}");
                 Next::Idle(tokio::time::Instant::now().checked_add(READ_RETRY))
             }

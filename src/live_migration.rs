@@ -49,9 +49,9 @@ pub async fn check_live_migration<H: Host + ?Sized>(
     migration: &LiveMigration,
 ) -> anyhow::Result<LiveMigrationReport> {
     if !app.store().may_send() {
-        return Err(crate::store::Fenced {
+        return Err(crate::store::StoreError::Fenced(crate::store::Fenced {
             why: "its lease ran out before this check",
-        }
+        })
         .into());
     }
     let (Some(atlas), Some(client)) = (app.config().atlas.as_ref(), app.atlas()) else {

@@ -26,7 +26,7 @@ pub async fn run_once(store: &Store, keep: Duration, now: DateTime<Utc>) -> anyh
         .ok()
         .and_then(|keep| now.checked_sub_signed(keep));
     match before {
-        Some(before) => store.prune(before).await,
+        Some(before) => Ok(store.prune(before).await?),
         None => Ok(Pruned::default()),
     }
 }

@@ -1,7 +1,8 @@
-//! The only module that speaks SQL. [`Store`] is what the rest of linkwatch uses; behind it one
-//! [`Backend`] per database: SQLite (a file, the default) or PostgreSQL (several instances, one
-//! leader). Schema migrations are per backend and applied at open; queries are runtime-checked
-//! (`query`/`query_as` with `FromRow`), each a small method.
+//! The only module that speaks SQL. [`Store`] is what the rest of linkwatch uses, over SQLite
+//! (a file, the default) or PostgreSQL (several instances, one leader). The SQL is arranged by
+//! what it keeps, one file per concern, each with both dialects side by side; [`sql`] is what
+//! lets one body of code run on either. Schema migrations are per backend and applied at open;
+//! queries are runtime-checked (`query`/`query_as` with `FromRow`), each a small method.
 
 use std::str::FromStr;
 use std::sync::Arc;
@@ -9,35 +10,46 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use chrono::{DateTime, SecondsFormat, Utc};
-use sqlx::FromRow;
 
-use crate::config::{Database, OrgId};
+use crate::config::Database;
 
-mod backend;
 mod checks;
+pub mod copy;
+mod error;
+mod events;
+mod fence;
 mod gauges;
+mod history;
+mod lease;
 mod live_migration;
 mod lock;
+mod open;
 mod outbox;
 mod page;
-pub mod postgres;
 mod quiet;
+mod reports;
+mod retention;
 mod roles;
-mod sqlite;
+mod sql;
 
-pub(crate) use backend::Backend;
-pub use backend::{FailureRow, Pruned, QuietRow};
-use checks::transition;
 pub use checks::{Applied, Check, CheckRecord, Decision, RemindersSent, event_id};
+pub use error::{StoreError, is_fenced};
+pub use events::StoredEvent;
+pub use fence::{Fence, Fenced, Term};
 pub use gauges::{DbGauges, LiveMigrationGauge};
+pub use history::{CurrentStatus, FailureRow, StatusChange};
+pub use lease::{LeaseHolder, Postgres};
 pub use live_migration::{
     LiveMigrationChange, LiveMigrationCheck, LiveMigrationDecision, LiveMigrationRow, live_migration_subject,
 };
 pub use lock::{LockError, WriterLock};
 pub use outbox::{Claimed, Delivery, Pending};
 pub use page::{ChannelDeliveries, FailedCheck, OrgRow};
-pub use postgres::{Fence, Fenced, LeaseHolder, Postgres, Term};
-pub use quiet::{QUIET_WINDOW, Unmatched};
+pub use quiet::{QUIET_WINDOW, QuietRow, Unmatched};
+pub use reports::{REPORT_ORG_PREFIX, ReportRun, report_event_id};
+pub use retention::Pruned;
+pub use sql::DEADLINE;
+use sql::{Db, Sql, Ts, Write, read};
 
 #[derive(Clone, Debug)]
 pub struct Store {
@@ -46,33 +58,13 @@ pub struct Store {
     instance: Arc<str>,
     /// Quiet checks noted in memory until the next group commit.
     quiet: quiet::SharedQuietLog,
+    /// How long any one call may wait for the database ([`DEADLINE`]).
+    deadline: Duration,
 }
-
-#[derive(Clone, Debug)]
-enum Db {
-    Sqlite(sqlite::Sqlite),
-    Postgres(postgres::Postgres),
-}
-
-/// Calls the same [`Backend`] method on whichever database this is.
-macro_rules! on_db {
-    ($store:expr, $db:ident => $call:expr) => {
-        match &$store.db {
-            $crate::store::Db::Sqlite($db) => $call,
-            $crate::store::Db::Postgres($db) => $call,
-        }
-    };
-}
-use on_db;
 
 /// ISO-8601 UTC with milliseconds and a `Z`: sorts as text, readable by SQLite's date functions.
 pub fn ts(t: DateTime<Utc>) -> String {
     t.to_rfc3339_opts(SecondsFormat::Millis, true)
-}
-
-fn parse_ts(s: Option<String>) -> Option<DateTime<Utc>> {
-    s.and_then(|s| DateTime::parse_from_rfc3339(&s).ok())
-        .map(|t| t.with_timezone(&Utc))
 }
 
 /// The most characters of an error kept in `last_error`: enough to read, never a whole body.
@@ -85,102 +77,47 @@ fn cap(text: &str) -> String {
     crate::outside::text(text, ERROR_CHARS)
 }
 
-#[derive(Debug, Clone, FromRow, serde::Serialize)]
-pub struct StatusChange {
-    pub org_id: String,
-    pub org_name: String,
-    pub from_status: Option<String>,
-    pub to_status: String,
-    pub changed_at: String,
-    pub previous_lasted_s: Option<i64>,
-}
+const INSTANCE: Sql = Sql::both("SELECT value FROM meta WHERE key = 'instance'");
 
-#[derive(Debug, Clone, FromRow, serde::Serialize)]
-pub struct CurrentStatus {
-    pub org_id: String,
-    pub org_name: String,
-    pub status: Option<String>,
-    pub since: Option<String>,
-    pub last_checked_at: String,
-    pub consecutive_failures: i64,
-    pub last_error: Option<String>,
-}
-
-/// One slot of a scheduled report, as [`Store::enqueue_report`] writes it.
-#[derive(Debug)]
-pub struct ReportRun<'a> {
-    pub report: &'a str,
-    pub slot: DateTime<Utc>,
-    pub late: bool,
-    pub at: DateTime<Utc>,
-    pub event_id: &'a str,
-    pub payload: &'a str,
-    pub channels: &'a [String],
-}
-
-impl ReportRun<'_> {
-    /// The `events.org_id` of a report: reports belong to no org, and each report's slots are
-    /// delivered in order among themselves, apart from every org's events.
-    pub fn org_id(&self) -> String {
-        format!("{REPORT_ORG_PREFIX}{}", self.report)
-    }
-}
-
-/// What `events.org_id` starts with for a report's event.
-pub const REPORT_ORG_PREFIX: &str = "report:";
-
-/// The first `org_id` past every report's (the prefix's `:` stepped to `;`): with the prefix, a
-/// range that the `(org_id, created_at)` index answers, for retention's delete of reports.
-pub(super) const REPORT_ORG_END: &str = "report;";
-
-/// A report slot's event id: the same for the same database, report and slot, so a receiver
-/// can drop a repeat (the one duplicate a crash between send and mark can cause).
-pub fn report_event_id(instance: &str, report: &str, slot: DateTime<Utc>) -> String {
-    use sha2::{Digest as _, Sha256};
-    let digest = Sha256::new()
-        .chain_update(instance)
-        .chain_update(b"/report/")
-        .chain_update(report)
-        .chain_update(b"/")
-        .chain_update(ts(slot))
-        .finalize();
-    let hex: String = digest[..16].iter().map(|b| format!("{b:02x}")).collect();
-    format!("rpt_{hex}")
-}
-
-#[derive(Debug, Clone, FromRow)]
-pub struct StoredEvent {
-    pub id: String,
-    pub org_id: String,
-    pub org_name: Option<String>,
-    pub kind: String,
-    pub created_at: String,
-    pub payload: String,
-}
+const PROBE: Sql = Sql::each(
+    "INSERT INTO meta (key, value) VALUES ('health_probe', $1) ON CONFLICT (key) DO UPDATE SET value = $1",
+    "INSERT INTO meta (key, value) VALUES ('health_probe', linkwatch_ts($1))
+     ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+);
 
 impl Store {
     /// Opens and migrates the database: a SQLite file (created with its directory if missing)
     /// or a PostgreSQL database.
     pub async fn open(database: &Database) -> anyhow::Result<Store> {
         let db = match database {
-            Database::Sqlite(path) => Db::Sqlite(sqlite::Sqlite::open(path).await?),
-            Database::Postgres(target) => Db::Postgres(postgres::Postgres::open(target).await?),
+            Database::Sqlite(path) => Db::Sqlite(open::sqlite(path).await?),
+            Database::Postgres(target) => Db::Postgres(open::postgres(target).await?),
         };
         let store = Store {
             db,
             instance: "".into(),
             quiet: Default::default(),
+            deadline: DEADLINE,
         };
-        let instance = on_db!(store, db => db.instance().await)
-            .with_context(|| format!("cannot read the identity of database {database}"))?;
+        let instance: String = read!(store, |pool, D| Ok(INSTANCE
+            .query_scalar::<D, String>()
+            .fetch_one(pool)
+            .await?))
+        .await
+        .with_context(|| format!("cannot read the identity of database {database}"))?;
         Ok(Store {
             instance: instance.into(),
             ..store
         })
     }
 
+    /// This store with another deadline for each call (tests shorten it).
+    pub fn with_deadline(self, deadline: Duration) -> Store {
+        Store { deadline, ..self }
+    }
+
     /// The PostgreSQL side, for leadership; `None` on SQLite (one process, the file lock).
-    pub fn postgres(&self) -> Option<&postgres::Postgres> {
+    pub fn postgres(&self) -> Option<&Postgres> {
         match &self.db {
             Db::Postgres(pg) => Some(pg),
             Db::Sqlite(_) => None,
@@ -195,81 +132,34 @@ impl Store {
     }
 
     /// A real write, for health checks: fails when the database cannot take writes (read-only
-    /// file system, disk full, locked for longer than the busy timeout, server gone).
+    /// file system, disk full, locked for longer than the busy timeout, server gone). Not
+    /// fenced: a follower is healthy.
     pub async fn probe_write(&self) -> anyhow::Result<()> {
-        let write = async { on_db!(self, db => db.probe_write().await) };
+        let now = Ts(Utc::now());
+        let write = self.write(Write::Unfenced, async |mut conn| {
+            sql::on_conn!(conn.re(), |c, D| PROBE
+                .query::<D>()
+                .bind(now)
+                .execute(c)
+                .await?
+                .rows_affected());
+            Ok(sql::End::Commit(()))
+        });
         // A health check must answer quickly; a write that waits this long is a problem too.
         match tokio::time::timeout(Duration::from_secs(2), write).await {
-            Ok(result) => result,
+            Ok(result) => Ok(result?),
             Err(_) => anyhow::bail!("a write did not complete within 2s (database locked?)"),
         }
     }
 
-    /// Deletes failed-check rows, and sent or failed deliveries, older than `before`; status
-    /// changes and events stay. Returns (failed checks, deliveries) deleted.
-    /// Records the slot of a scheduled report and enqueues its delivery to its channels, in one
-    /// transaction (fenced on PostgreSQL): `Some(event id)` when this call enqueued it, `None`
-    /// when the slot was already recorded (a restart, or another writer got there first).
-    pub async fn enqueue_report(
-        &self,
-        report: &str,
-        slot: DateTime<Utc>,
-        late: bool,
-        at: DateTime<Utc>,
-        payload: &str,
-        channels: &[String],
-    ) -> anyhow::Result<Option<String>> {
-        let event_id = report_event_id(&self.instance, report, slot);
-        let run = ReportRun {
-            report,
-            slot,
-            late,
-            at,
-            event_id: &event_id,
-            payload,
-            channels,
-        };
-        let enqueued = on_db!(self, db => db.enqueue_report(&run).await)?;
-        Ok(enqueued.then_some(event_id))
-    }
-
-    /// The latest slot recorded for `report`: none for a report that never ran.
-    pub async fn last_report_slot(&self, report: &str) -> anyhow::Result<Option<DateTime<Utc>>> {
-        on_db!(self, db => db.last_report_slot(report).await)
-    }
-
-    /// Deletes what retention lets go of, older than `before`: failed checks, finished
-    /// deliveries, and the events of scheduled reports that have no delivery left.
-    pub async fn prune(&self, before: DateTime<Utc>) -> anyhow::Result<Pruned> {
-        on_db!(self, db => db.prune(before).await)
-    }
-
-    /// The gauges `/metrics` reads from the database.
-    pub async fn gauges(&self) -> anyhow::Result<DbGauges> {
-        on_db!(self, db => db.gauges().await)
-    }
-
     pub async fn close(&self) {
-        on_db!(self, db => db.close().await)
-    }
-
-    /// Status changes, oldest first. `org` matches an id or a name.
-    pub async fn history(&self, org: Option<&str>, since: Option<DateTime<Utc>>) -> anyhow::Result<Vec<StatusChange>> {
-        on_db!(self, db => db.history(org, since).await)
-    }
-
-    pub async fn current(&self) -> anyhow::Result<Vec<CurrentStatus>> {
-        on_db!(self, db => db.current().await)
-    }
-
-    /// Events, oldest first, optionally for one org (id).
-    pub async fn events(&self, org: Option<&OrgId>) -> anyhow::Result<Vec<StoredEvent>> {
-        on_db!(self, db => db.events(org).await)
-    }
-
-    /// Failed-check rows for one org, oldest first: (class, http_status, error_code, detail).
-    pub async fn failures(&self, org: &OrgId) -> anyhow::Result<Vec<FailureRow>> {
-        on_db!(self, db => db.failures(org).await)
+        match &self.db {
+            Db::Sqlite(pool) => pool.close().await,
+            Db::Postgres(pg) => {
+                pg.pool.close().await;
+                pg.lease.close().await;
+            }
+        }
     }
 }
 

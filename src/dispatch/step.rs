@@ -77,7 +77,7 @@ enum Outcome {
 }
 
 impl Outcome {
-    async fn write(&self, store: &Store) -> anyhow::Result<()> {
+    async fn write(&self, store: &Store) -> Result<(), crate::store::StoreError> {
         match self {
             Outcome::Sent {
                 claim, ids, note, at, ..

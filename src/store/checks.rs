@@ -4,7 +4,9 @@
 use chrono::{DateTime, Utc};
 use sha2::{Digest, Sha256};
 
-use super::{Backend as _, Store, on_db};
+use super::events::insert_event;
+use super::sql::{Conn, End, Sql, Ts, Write, count, on_conn, opt, read, time, uncount};
+use super::{Store, StoreError};
 use crate::config::OrgId;
 use crate::detect::{Event, OrgState};
 use crate::outcome::CheckOutcome;
@@ -129,7 +131,7 @@ impl Store {
         &self,
         check: &Check<'_>,
         decide: impl FnOnce(&OrgState, &RemindersSent) -> Decision,
-    ) -> anyhow::Result<Applied> {
+    ) -> Result<Applied, StoreError> {
         if let Ok(status) = check.outcome
             && check.quiet_path
             && self
@@ -138,9 +140,22 @@ impl Store {
         {
             return Ok(Applied::Quiet);
         }
-        let instance = self.instance.clone();
-        let superseded = |last| superseded(check, last);
-        let decision = on_db!(self, db => db.apply(&instance, check, superseded, decide).await)?;
+        let instance = &*self.instance;
+        let decision = self
+            .write(Write::Transaction, async |mut conn| {
+                // The row is held from here to the commit (SQLite: the immediate transaction's
+                // lock; PostgreSQL: FOR UPDATE), so it cannot change between reading it and
+                // writing what follows from it.
+                let (state, last_checked) = load_state(conn.re(), check.org_id, true).await?;
+                if last_checked.is_some_and(|last| superseded(check, last)) {
+                    return Ok(End::Rollback(Applied::Superseded));
+                }
+                let sent = reminders_sent(conn.re(), check.org_id).await?;
+                let decision = decide(&state, &sent);
+                write_record(conn, instance, &check.record(&decision)).await?;
+                Ok(End::Commit(Applied::Recorded(decision)))
+            })
+            .await?;
         if let Applied::Recorded(d) = &decision {
             self.quiet
                 .written(check.org_id, check.org_name, quiet_status(check.outcome, &d.state));
@@ -150,15 +165,25 @@ impl Store {
 
     /// Writes a check whose consequences are already decided, in one transaction (the benchmark
     /// harness and tests seed the database with it).
-    pub async fn record_check(&self, rec: &CheckRecord<'_>) -> anyhow::Result<()> {
-        on_db!(self, db => db.record_check(&self.instance, rec).await)?;
+    pub async fn record_check(&self, rec: &CheckRecord<'_>) -> Result<(), StoreError> {
+        let instance = &*self.instance;
+        self.write(Write::Transaction, async |conn| {
+            write_record(conn, instance, rec).await?;
+            Ok(End::Commit(()))
+        })
+        .await?;
         self.quiet
             .written(rec.org_id, rec.org_name, quiet_status(rec.outcome, rec.state));
         Ok(())
     }
 
-    pub async fn load_state(&self, org: &OrgId) -> anyhow::Result<OrgState> {
-        on_db!(self, db => db.load_state(org).await)
+    pub async fn load_state(&self, org: &OrgId) -> Result<OrgState, StoreError> {
+        read!(self, |pool, D| {
+            let mut conn = pool.acquire().await?;
+            let conn: Conn<'_> = (&mut *conn).into();
+            Ok(load_state(conn, org, false).await?.0)
+        })
+        .await
     }
 
     /// The common case in one statement: a check that saw the status already confirmed, with no
@@ -173,13 +198,217 @@ impl Store {
         org_name: &str,
         status: &str,
         at: DateTime<Utc>,
-    ) -> anyhow::Result<bool> {
-        let updated = on_db!(self, db => db.record_if_quiet(org, org_name, status, at).await)?;
+    ) -> Result<bool, StoreError> {
+        let updated = self
+            .write(Write::Statement, async |conn| {
+                let updated = on_conn!(conn, |c, D| RECORD_IF_QUIET
+                    .query::<D>()
+                    .bind(org.as_str())
+                    .bind(org_name)
+                    .bind(status)
+                    .bind(Ts(at))
+                    .execute(c)
+                    .await?
+                    .rows_affected());
+                Ok(End::Commit(updated == 1))
+            })
+            .await?;
         if updated {
             self.quiet.written(org, org_name, Some(status));
         }
         Ok(updated)
     }
+}
+
+const RECORD_IF_QUIET: Sql = Sql::both(
+    "UPDATE org_state SET org_name = $2, last_checked_at = $4, last_success_at = $4,
+         last_error = NULL, checks = checks + 1
+     WHERE org_id = $1 AND status = $3 AND candidate_status IS NULL
+       AND consecutive_failures = 0 AND NOT failing_alerted",
+);
+
+/// An org's row as [`load_state`] reads it.
+#[derive(sqlx::FromRow)]
+struct StateRow {
+    status: Option<String>,
+    status_since: Option<Ts>,
+    previous_status: Option<String>,
+    broken_since: Option<Ts>,
+    candidate_status: Option<String>,
+    candidate_count: i64,
+    candidate_since: Option<Ts>,
+    consecutive_failures: i64,
+    failing_since: Option<Ts>,
+    failing_alerted: bool,
+    last_checked_at: Ts,
+}
+
+macro_rules! load_state_sql {
+    () => {
+        "SELECT status, status_since, previous_status, broken_since, candidate_status,
+                CAST(candidate_count AS bigint) AS candidate_count, candidate_since,
+                CAST(consecutive_failures AS bigint) AS consecutive_failures, failing_since, failing_alerted,
+                last_checked_at
+         FROM org_state WHERE org_id = $1"
+    };
+}
+const LOAD_STATE: Sql = Sql::both(load_state_sql!());
+/// SQLite holds the row by its immediate transaction; PostgreSQL by `FOR UPDATE`.
+const LOAD_STATE_LOCKED: Sql = Sql::each(load_state_sql!(), concat!(load_state_sql!(), " FOR UPDATE"));
+
+/// The org's state, and when it was last checked (`None` for an org never checked); with
+/// `lock`, the row stays held until the transaction ends.
+async fn load_state(conn: Conn<'_>, org: &OrgId, lock: bool) -> anyhow::Result<(OrgState, Option<DateTime<Utc>>)> {
+    let sql = if lock { LOAD_STATE_LOCKED } else { LOAD_STATE };
+    let row: Option<StateRow> = on_conn!(conn, |c, D| sql
+        .query_as::<D, StateRow>()
+        .bind(org.as_str())
+        .fetch_optional(c)
+        .await?);
+    let Some(r) = row else {
+        return Ok((OrgState::default(), None));
+    };
+    let state = OrgState {
+        status: r.status,
+        status_since: time(r.status_since),
+        previous_status: r.previous_status,
+        broken_since: time(r.broken_since),
+        candidate: r.candidate_status,
+        candidate_count: r.candidate_count.try_into().unwrap_or(0),
+        candidate_since: time(r.candidate_since),
+        consecutive_failures: uncount(r.consecutive_failures),
+        failing_since: time(r.failing_since),
+        failing_alerted: r.failing_alerted,
+    };
+    Ok((state, Some(r.last_checked_at.0)))
+}
+
+const REMINDERS_SENT: Sql = Sql::both("SELECT route, last_sent_at FROM reminders WHERE org_id = $1");
+
+async fn reminders_sent(conn: Conn<'_>, org: &OrgId) -> anyhow::Result<Vec<(String, DateTime<Utc>)>> {
+    let rows: Vec<(String, Ts)> = on_conn!(conn, |c, D| REMINDERS_SENT
+        .query_as::<D, (String, Ts)>()
+        .bind(org.as_str())
+        .fetch_all(c)
+        .await?);
+    Ok(rows.into_iter().map(|(route, at)| (route, at.0)).collect())
+}
+
+/// The org's row after a check: inserted, or updated in place. The org's event count moves
+/// with its events, so the n-th event of an org is numbered n whether it is detected for the
+/// first time or again after a lost commit.
+const WRITE_ORG: Sql = Sql::both(
+    "INSERT INTO org_state AS os (org_id, org_name, status, status_since, candidate_status,
+         candidate_count, candidate_since, consecutive_failures, failing_since,
+         failing_alerted, first_checked_at, last_checked_at, last_success_at, last_error, checks,
+         previous_status, broken_since, event_count)
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $11, $12, $13, 1, $14, $15, $16)
+     ON CONFLICT (org_id) DO UPDATE SET
+         org_name = $2, status = $3, status_since = $4, previous_status = $14, candidate_status = $5,
+         candidate_count = $6, candidate_since = $7, consecutive_failures = $8,
+         failing_since = $9, failing_alerted = $10, last_checked_at = $11,
+         last_success_at = coalesce($12, os.last_success_at), last_error = $13,
+         checks = os.checks + 1, broken_since = $15, event_count = os.event_count + $16
+     RETURNING event_count",
+);
+
+const WRITE_REMINDER: Sql = Sql::both(
+    "INSERT INTO reminders (org_id, route, last_sent_at) VALUES ($1, $2, $3)
+     ON CONFLICT (org_id, route) DO UPDATE SET last_sent_at = $3",
+);
+
+const WRITE_FAILURE: Sql = Sql::both(
+    "INSERT INTO check_failures (org_id, checked_at, class, http_status, error_code, detail)
+     VALUES ($1, $2, $3, $4, $5, $6)",
+);
+
+const WRITE_TRANSITION: Sql = Sql::both(
+    "INSERT INTO transitions (org_id, from_status, to_status, changed_at, previous_lasted_s)
+     VALUES ($1, $2, $3, $4, $5)",
+);
+
+/// Writes `rec` inside the caller's transaction.
+async fn write_record(mut conn: Conn<'_>, instance: &str, rec: &CheckRecord<'_>) -> anyhow::Result<()> {
+    let at = Ts(rec.at);
+    let s = rec.state;
+    let (success_at, last_error) = match rec.outcome {
+        Ok(_) => (Some(at), None),
+        Err(f) => (None, Some(f.explain())),
+    };
+    let event_count: i64 = on_conn!(conn.re(), |c, D| WRITE_ORG
+        .query_scalar::<D, i64>()
+        .bind(rec.org_id.as_str())
+        .bind(rec.org_name)
+        .bind(&s.status)
+        .bind(opt(s.status_since))
+        .bind(&s.candidate)
+        .bind(count(s.candidate_count))
+        .bind(opt(s.candidate_since))
+        .bind(count(s.consecutive_failures))
+        .bind(opt(s.failing_since))
+        .bind(s.failing_alerted)
+        .bind(at)
+        .bind(success_at)
+        .bind(&last_error)
+        .bind(&s.previous_status)
+        .bind(opt(s.broken_since))
+        .bind(rec.events.len() as i64)
+        .fetch_one(c)
+        .await?);
+
+    for route in rec.reminded {
+        on_conn!(conn.re(), |c, D| WRITE_REMINDER
+            .query::<D>()
+            .bind(rec.org_id.as_str())
+            .bind(route)
+            .bind(at)
+            .execute(c)
+            .await?
+            .rows_affected());
+    }
+
+    if let Err(f) = rec.outcome {
+        on_conn!(conn.re(), |c, D| WRITE_FAILURE
+            .query::<D>()
+            .bind(rec.org_id.as_str())
+            .bind(at)
+            .bind(f.class.as_str())
+            .bind(f.http_status.map(i64::from))
+            .bind(&f.error_code)
+            .bind(&f.detail)
+            .execute(c)
+            .await?
+            .rows_affected());
+    }
+
+    let first_number = event_count - rec.events.len() as i64 + 1;
+    for (number, (event, channels)) in (first_number..).zip(rec.events) {
+        if let Some(t) = transition(event, rec.at) {
+            on_conn!(conn.re(), |c, D| WRITE_TRANSITION
+                .query::<D>()
+                .bind(rec.org_id.as_str())
+                .bind(t.from)
+                .bind(t.to)
+                .bind(Ts(t.changed_at))
+                .bind(t.previous_lasted_s)
+                .execute(c)
+                .await?
+                .rows_affected());
+        }
+        let id = event_id(instance, rec.org_id.as_str(), number, event);
+        let payload = serde_json::to_string(event)?;
+        insert_event(
+            conn.re(),
+            &id,
+            rec.org_id.as_str(),
+            event.kind(),
+            at,
+            &payload,
+            channels,
+        )
+        .await?;
+    }
+    Ok(())
 }
 
 /// Whether `check` lost a race with the one recorded at `last` (see [`Check::answered`]).
@@ -298,11 +527,11 @@ mod tests {
             state.broken_since.map(crate::store::ts).as_deref(),
             Some("2026-11-01T00:00:00.000Z")
         );
-        let crate::store::Db::Sqlite(db) = &store.db else {
+        let crate::store::Db::Sqlite(pool) = &store.db else {
             unreachable!()
         };
         let count: i64 = sqlx::query_scalar("SELECT event_count FROM org_state")
-            .fetch_one(db.pool())
+            .fetch_one(pool)
             .await
             .unwrap();
         assert_eq!(count, 2, "the next event of alpha is its third");

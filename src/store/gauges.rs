@@ -1,6 +1,11 @@
 //! What the database says at scrape time, for `/metrics`: read by the store, rendered by
 //! `metrics`.
 
+use chrono::Utc;
+
+use super::sql::{Sql, Ts, read};
+use super::{Store, StoreError};
+
 /// What the database says at scrape time.
 #[derive(Debug, Default)]
 pub struct DbGauges {
@@ -37,5 +42,28 @@ impl LiveMigrationGauge {
             lag_s: row.lag_s,
             left_s,
         }
+    }
+}
+
+const STATUSES: Sql = Sql::both("SELECT org_id, org_name, status FROM current_status ORDER BY org_id");
+const OUTBOX_DEPTH: Sql =
+    Sql::both("SELECT channel, count(*) FROM outbox WHERE state = 'pending' GROUP BY channel ORDER BY channel");
+const OLDEST_PENDING: Sql = Sql::both("SELECT min(created_at) FROM outbox WHERE state = 'pending'");
+
+impl Store {
+    /// The gauges `/metrics` reads from the database.
+    pub async fn gauges(&self) -> Result<DbGauges, StoreError> {
+        read!(self, |pool, D| {
+            let statuses = STATUSES.query_as::<D, _>().fetch_all(pool).await?;
+            let outbox_depth = OUTBOX_DEPTH.query_as::<D, _>().fetch_all(pool).await?;
+            let oldest: Option<Ts> = OLDEST_PENDING.query_scalar::<D, _>().fetch_one(pool).await?;
+            Ok(DbGauges {
+                statuses,
+                outbox_depth,
+                oldest_pending_s: oldest.map(|t| (Utc::now() - t.0).num_milliseconds() as f64 / 1000.0),
+                migrations: Vec::new(),
+            })
+        })
+        .await
     }
 }

@@ -10,7 +10,9 @@
 use chrono::{DateTime, Utc};
 use sqlx::FromRow;
 
-use super::{Backend as _, Store, on_db};
+use super::events::insert_event;
+use super::sql::{Conn, End, Sql, Ts, Write, count, on_conn, opt, rows, time, uncount};
+use super::{Store, StoreError, event_id};
 use crate::config::LiveMigration;
 use crate::detect::Event;
 use crate::detect::live_migration::{LinkView, LiveMigrationState};
@@ -112,20 +114,45 @@ impl Store {
         &self,
         check: &LiveMigrationCheck<'_>,
         decide: impl FnOnce(&LiveMigrationState, &LinkView) -> LiveMigrationDecision,
-    ) -> anyhow::Result<Option<LiveMigrationDecision>> {
-        let instance = self.instance.clone();
-        let superseded = |last| super::checks::lost_race(check.at, check.answered, last);
-        on_db!(self, db => db.apply_live_migration(&instance, check, superseded, decide).await)
+    ) -> Result<Option<LiveMigrationDecision>, StoreError> {
+        let instance = &*self.instance;
+        self.write(Write::Transaction, async |mut conn| {
+            let m = check.migration;
+            // The org's row first, held (SQLite: the immediate transaction; PostgreSQL: FOR
+            // UPDATE): the link's checks and the org's other migrations write events of this org
+            // too, and taking their turns on one row keeps the org's events in the order they
+            // commit (event numbers come from a sequence when inserted, deliveries go out in that
+            // order). Always org before migration, so two writers never wait on each other.
+            let link: Option<(Option<String>, Option<Ts>)> = on_conn!(conn.re(), |c, D| LINK
+                .query_as::<D, _>()
+                .bind(m.org.as_str())
+                .fetch_optional(c)
+                .await?);
+            let link = link
+                .map(|(status, broken_since)| LinkView {
+                    status,
+                    broken_since: time(broken_since),
+                })
+                .unwrap_or_default();
+            let (state, last_checked) = load(conn.re(), &m.id).await?;
+            if last_checked.is_some_and(|last| super::checks::lost_race(check.at, check.answered, last)) {
+                return Ok(End::Rollback(None));
+            }
+            let decision = decide(&state, &link);
+            write(conn, instance, check, &decision).await?;
+            Ok(End::Commit(Some(decision)))
+        })
+        .await
     }
 
     /// Every followed migration, as the `migration_status` view shows it, by name.
-    pub async fn live_migrations(&self) -> anyhow::Result<Vec<LiveMigrationRow>> {
-        on_db!(self, db => db.live_migrations().await)
+    pub async fn live_migrations(&self) -> Result<Vec<LiveMigrationRow>, StoreError> {
+        rows!(self, ROWS, LiveMigrationRow).await
     }
 
     /// A migration's status changes, oldest first.
-    pub async fn live_migration_changes(&self, migration_id: &str) -> anyhow::Result<Vec<LiveMigrationChange>> {
-        on_db!(self, db => db.live_migration_changes(migration_id).await)
+    pub async fn live_migration_changes(&self, migration_id: &str) -> Result<Vec<LiveMigrationChange>, StoreError> {
+        rows!(self, CHANGES, LiveMigrationChange, migration_id).await
     }
 
     /// A migration's lag samples since `since`, oldest first (`None`: not reported then).
@@ -133,10 +160,208 @@ impl Store {
         &self,
         migration_id: &str,
         since: DateTime<Utc>,
-    ) -> anyhow::Result<Vec<(DateTime<Utc>, Option<i64>)>> {
-        on_db!(self, db => db.live_migration_lag(migration_id, since).await)
+    ) -> Result<Vec<(DateTime<Utc>, Option<i64>)>, StoreError> {
+        let rows: Vec<(Ts, Option<i64>)> = rows!(self, LAG, (Ts, Option<i64>), migration_id, Ts(since)).await?;
+        Ok(rows.into_iter().map(|(at, lag)| (at.0, lag)).collect())
     }
 }
+
+const LINK: Sql = Sql::each(
+    "SELECT status, broken_since FROM org_state WHERE org_id = $1",
+    "SELECT status, broken_since FROM org_state WHERE org_id = $1 FOR UPDATE",
+);
+
+macro_rules! load_sql {
+    () => {
+        "SELECT status, status_since, ready_for_cutover, ready_since, lag_s, lag_high, lag_high_since,
+                CAST(lag_streak AS bigint) AS lag_streak, warned_s, link_break_reported,
+                CAST(consecutive_failures AS bigint) AS consecutive_failures, failing_since,
+                failing_alerted, last_checked_at
+         FROM migration_state WHERE migration_id = $1"
+    };
+}
+/// SQLite holds the row by its immediate transaction; PostgreSQL by `FOR UPDATE`.
+const LOAD: Sql = Sql::each(load_sql!(), concat!(load_sql!(), " FOR UPDATE"));
+
+/// A migration's row as [`load`] reads it.
+#[derive(FromRow)]
+struct StateRow {
+    status: Option<String>,
+    status_since: Option<Ts>,
+    ready_for_cutover: bool,
+    ready_since: Option<Ts>,
+    lag_s: Option<i64>,
+    lag_high: bool,
+    lag_high_since: Option<Ts>,
+    lag_streak: i64,
+    warned_s: Option<i64>,
+    link_break_reported: Option<Ts>,
+    consecutive_failures: i64,
+    failing_since: Option<Ts>,
+    failing_alerted: bool,
+    last_checked_at: Ts,
+}
+
+async fn load(conn: Conn<'_>, id: &str) -> anyhow::Result<(LiveMigrationState, Option<DateTime<Utc>>)> {
+    let row: Option<StateRow> = on_conn!(conn, |c, D| LOAD
+        .query_as::<D, StateRow>()
+        .bind(id)
+        .fetch_optional(c)
+        .await?);
+    let Some(r) = row else {
+        return Ok((LiveMigrationState::default(), None));
+    };
+    let state = LiveMigrationState {
+        status: r.status,
+        status_since: time(r.status_since),
+        ready: r.ready_for_cutover,
+        ready_since: time(r.ready_since),
+        lag_s: r.lag_s,
+        lag_high: r.lag_high,
+        lag_high_since: time(r.lag_high_since),
+        lag_streak: r.lag_streak.try_into().unwrap_or(0),
+        warned_s: r.warned_s,
+        link_break_reported: time(r.link_break_reported),
+        consecutive_failures: uncount(r.consecutive_failures),
+        failing_since: time(r.failing_since),
+        failing_alerted: r.failing_alerted,
+    };
+    Ok((state, Some(r.last_checked_at.0)))
+}
+
+const WRITE_STATE: Sql = Sql::both(
+    "INSERT INTO migration_state AS ms (migration_id, name, org_id, group_id, status, status_since,
+         ready_for_cutover, ready_since, deadline, lag_s, lag_high, lag_high_since, lag_streak,
+         warned_s, link_break_reported, consecutive_failures, failing_since, failing_alerted,
+         first_checked_at, last_checked_at, last_success_at, last_error, checks, event_count)
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18,
+             $19, $19, $20, $21, 1, $22)
+     ON CONFLICT (migration_id) DO UPDATE SET
+         name = $2, org_id = $3, group_id = $4, status = $5, status_since = $6,
+         ready_for_cutover = $7, ready_since = $8, deadline = $9, lag_s = $10, lag_high = $11,
+         lag_high_since = $12, lag_streak = $13, warned_s = $14, link_break_reported = $15,
+         consecutive_failures = $16, failing_since = $17, failing_alerted = $18,
+         last_checked_at = $19, last_success_at = coalesce($20, ms.last_success_at),
+         last_error = $21, checks = ms.checks + 1, event_count = ms.event_count + $22
+     RETURNING event_count",
+);
+
+const LAST_LAG: Sql = Sql::both("SELECT lag_s FROM migration_lag WHERE migration_id = $1 ORDER BY at DESC LIMIT 1");
+
+const WRITE_LAG: Sql =
+    Sql::both("INSERT INTO migration_lag (migration_id, at, lag_s) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING");
+
+const WRITE_TRANSITION: Sql = Sql::both(
+    "INSERT INTO migration_transitions (migration_id, from_status, to_status, changed_at, previous_lasted_s)
+     VALUES ($1, $2, $3, $4, $5)",
+);
+
+async fn write(
+    mut conn: Conn<'_>,
+    instance: &str,
+    check: &LiveMigrationCheck<'_>,
+    decision: &LiveMigrationDecision,
+) -> anyhow::Result<()> {
+    let m = check.migration;
+    let at = Ts(check.at);
+    let s = &decision.state;
+    let (success_at, last_error) = match check.outcome {
+        Ok(_) => (Some(at), None),
+        Err(f) => (None, Some(f.explain_atlas())),
+    };
+    let event_count: i64 = on_conn!(conn.re(), |c, D| WRITE_STATE
+        .query_scalar::<D, i64>()
+        .bind(&m.id)
+        .bind(&m.name)
+        .bind(m.org.as_str())
+        .bind(&m.group_id)
+        .bind(&s.status)
+        .bind(opt(s.status_since))
+        .bind(s.ready)
+        .bind(opt(s.ready_since))
+        .bind(opt(decision.deadline))
+        .bind(s.lag_s)
+        .bind(s.lag_high)
+        .bind(opt(s.lag_high_since))
+        .bind(count(s.lag_streak))
+        .bind(s.warned_s)
+        .bind(opt(s.link_break_reported))
+        .bind(count(s.consecutive_failures))
+        .bind(opt(s.failing_since))
+        .bind(s.failing_alerted)
+        .bind(at)
+        .bind(success_at)
+        .bind(&last_error)
+        .bind(decision.events.len() as i64)
+        .fetch_one(c)
+        .await?);
+
+    if check.outcome.is_ok() {
+        let last: Option<Option<i64>> = on_conn!(conn.re(), |c, D| LAST_LAG
+            .query_scalar::<D, Option<i64>>()
+            .bind(&m.id)
+            .fetch_optional(c)
+            .await?);
+        if lag_sample_due(last, s.lag_s) {
+            on_conn!(conn.re(), |c, D| WRITE_LAG
+                .query::<D>()
+                .bind(&m.id)
+                .bind(at)
+                .bind(s.lag_s)
+                .execute(c)
+                .await?
+                .rows_affected());
+        }
+    }
+
+    let subject = live_migration_subject(&m.id);
+    let first_number = event_count - decision.events.len() as i64 + 1;
+    for (number, (event, channels)) in (first_number..).zip(&decision.events) {
+        if let Event::MigrationStatusChanged {
+            from,
+            to,
+            from_lasted_s,
+            ..
+        } = event
+        {
+            on_conn!(conn.re(), |c, D| WRITE_TRANSITION
+                .query::<D>()
+                .bind(&m.id)
+                .bind(from)
+                .bind(to)
+                .bind(at)
+                .bind(from_lasted_s)
+                .execute(c)
+                .await?
+                .rows_affected());
+        }
+        let id = event_id(instance, &subject, number, event);
+        let payload = serde_json::to_string(event)?;
+        insert_event(conn.re(), &id, m.org.as_str(), event.kind(), at, &payload, channels).await?;
+    }
+    Ok(())
+}
+
+const ROWS: Sql = Sql::each(
+    "SELECT migration, migration_id, org_id, org_name, group_id, status, since, ready_for_cutover,
+            ready_since, estimated_deadline, lag_s, last_checked_at, consecutive_failures, last_error
+     FROM migration_status ORDER BY migration",
+    "SELECT migration, migration_id, org_id, org_name, group_id, status, linkwatch_ts(since) AS since,
+            ready_for_cutover, linkwatch_ts(ready_since) AS ready_since,
+            linkwatch_ts(estimated_deadline) AS estimated_deadline, lag_s,
+            linkwatch_ts(last_checked_at) AS last_checked_at,
+            consecutive_failures::bigint AS consecutive_failures, last_error
+     FROM migration_status ORDER BY migration",
+);
+
+const CHANGES: Sql = Sql::each(
+    "SELECT from_status, to_status, changed_at, previous_lasted_s
+     FROM migration_changes WHERE migration_id = $1 ORDER BY changed_at",
+    "SELECT from_status, to_status, linkwatch_ts(changed_at) AS changed_at, previous_lasted_s
+     FROM migration_changes WHERE migration_id = $1 ORDER BY migration_changes.changed_at",
+);
+
+const LAG: Sql = Sql::both("SELECT at, lag_s FROM migration_lag WHERE migration_id = $1 AND at >= $2 ORDER BY at");
 
 #[cfg(test)]
 mod tests {

@@ -579,3 +579,83 @@ async fn an_unreachable_database_is_named_with_host_port_and_the_servers_words_o
     assert_eq!(stderr.matches("does not exist").count(), 1, "{stderr}");
     assert!(!stderr.contains("at line"), "{stderr}");
 }
+
+/// A TCP proxy in front of the test server that passes everything through until `silent` is
+/// set, then swallows what either side sends: a server that accepted the connection and never
+/// answers again (a hung host, a half-open connection behind a firewall).
+async fn silenceable_proxy(url: &str) -> (String, std::sync::Arc<std::sync::atomic::AtomicBool>) {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+    let mut url = reqwest::Url::parse(url).unwrap();
+    let upstream = format!("{}:{}", url.host_str().unwrap(), url.port().unwrap_or(5432));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    url.set_port(Some(listener.local_addr().unwrap().port())).unwrap();
+    let silent = Arc::new(AtomicBool::new(false));
+    let flag = silent.clone();
+    tokio::spawn(async move {
+        while let Ok((client, _)) = listener.accept().await {
+            let Ok(server) = tokio::net::TcpStream::connect(&upstream).await else {
+                continue;
+            };
+            let (client_read, client_write) = client.into_split();
+            let (server_read, server_write) = server.into_split();
+            for (mut from, mut to) in [(client_read, server_write), (server_read, client_write)]
+                .map(|(r, w)| (Box::new(r) as Box<dyn tokio::io::AsyncRead + Unpin + Send>, w))
+            {
+                let silent = flag.clone();
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; 16 * 1024];
+                    while let Ok(n @ 1..) = from.read(&mut buf).await {
+                        if !silent.load(Ordering::SeqCst) && to.write_all(&buf[..n]).await.is_err() {
+                            break;
+                        }
+                    }
+                });
+            }
+        }
+    });
+    (url.to_string(), silent)
+}
+
+/// A database that accepted the connection and then never answers does not stall a loop: each
+/// store call, a read and a fenced write alike, fails at the store's deadline with
+/// `StoreError::Timeout`.
+#[tokio::test]
+async fn a_database_that_stops_answering_fails_each_store_call_at_its_deadline() {
+    use linkwatch::store::StoreError;
+    let Some(db) = database().await else { return };
+    let (url, silent) = silenceable_proxy(&db.url).await;
+    let database = linkwatch::config::Database::parse(&url, std::path::Path::new("")).unwrap();
+    let deadline = Duration::from_millis(500);
+    let store = Store::open(&database).await.unwrap().with_deadline(deadline);
+    lead(&store).await;
+    assert!(
+        store.current().await.unwrap().is_empty(),
+        "the proxy passes answers through"
+    );
+
+    silent.store(true, std::sync::atomic::Ordering::SeqCst);
+    let org = linkwatch::config::OrgId::parse(ORG_A).unwrap();
+    let started = tokio::time::Instant::now();
+    let read = tokio::time::timeout(Duration::from_secs(10), store.current()).await;
+    let write = tokio::time::timeout(
+        Duration::from_secs(10),
+        store.record_if_quiet(&org, "alpha", "SYNCED", chrono::Utc::now()),
+    )
+    .await;
+    let took = started.elapsed();
+    assert!(
+        matches!(read, Ok(Err(StoreError::Timeout(d))) if d == deadline),
+        "a read past the deadline: {read:?}"
+    );
+    assert!(
+        matches!(write, Ok(Err(StoreError::Timeout(d))) if d == deadline),
+        "a write past the deadline: {write:?}"
+    );
+    assert!(
+        took < Duration::from_secs(4),
+        "two calls took {took:?} for a deadline of {deadline:?}"
+    );
+}

@@ -1,0 +1,83 @@
+//! Events and their outbox rows: written inside the transaction of what caused them (a check,
+//! a live migration's check, a report's slot), one outbox row per channel it is routed to; and
+//! read back, oldest first.
+
+use sqlx::FromRow;
+
+use super::sql::{Conn, List, Sql, Ts, on_conn, rows};
+use super::{Store, StoreError};
+use crate::config::OrgId;
+
+#[derive(Debug, Clone, FromRow)]
+pub struct StoredEvent {
+    pub id: String,
+    pub org_id: String,
+    pub org_name: Option<String>,
+    pub kind: String,
+    pub created_at: String,
+    pub payload: String,
+}
+
+const INSERT_EVENT: Sql = Sql::each(
+    "INSERT INTO events (id, org_id, kind, created_at, payload) VALUES ($1, $2, $3, $4, $5) RETURNING seq",
+    "INSERT INTO events (id, org_id, kind, created_at, payload) VALUES ($1, $2, $3, $4, $5::jsonb)
+     RETURNING seq",
+);
+
+/// One outbox row per channel; the channels are one parameter (SQLite: a JSON array).
+const INSERT_OUTBOX: Sql = Sql::each(
+    "INSERT INTO outbox (event_seq, channel, next_attempt_at, created_at)
+     SELECT $1, value, $2, $2 FROM json_each($3)",
+    "INSERT INTO outbox (event_seq, channel, next_attempt_at, created_at)
+     SELECT $1, channel, $2, $2 FROM unnest($3::text[]) AS channel",
+);
+
+/// An event (its payload already JSON) and one outbox row per channel, inside the caller's
+/// transaction.
+pub(super) async fn insert_event(
+    mut conn: Conn<'_>,
+    id: &str,
+    org_id: &str,
+    kind: &str,
+    at: Ts,
+    payload: &str,
+    channels: &[String],
+) -> anyhow::Result<()> {
+    let seq: i64 = on_conn!(conn.re(), |c, D| INSERT_EVENT
+        .query_scalar::<D, i64>()
+        .bind(id)
+        .bind(org_id)
+        .bind(kind)
+        .bind(at)
+        .bind(payload)
+        .fetch_one(c)
+        .await?);
+    if !channels.is_empty() {
+        on_conn!(conn, |c, D| INSERT_OUTBOX
+            .query::<D>()
+            .bind(seq)
+            .bind(at)
+            .bind(List(channels))
+            .execute(c)
+            .await?
+            .rows_affected());
+    }
+    Ok(())
+}
+
+const EVENTS: Sql = Sql::each(
+    "SELECT e.id, e.org_id, o.org_name, e.kind, e.created_at, e.payload
+     FROM events AS e LEFT JOIN org_state AS o USING (org_id)
+     WHERE $1 IS NULL OR e.org_id = $1 ORDER BY e.seq",
+    "SELECT e.id, e.org_id, o.org_name, e.kind, linkwatch_ts(e.created_at) AS created_at,
+            e.payload::text AS payload
+     FROM events AS e LEFT JOIN org_state AS o USING (org_id)
+     WHERE $1::text IS NULL OR e.org_id = $1 ORDER BY e.seq",
+);
+
+impl Store {
+    /// Events, oldest first, optionally for one org (id).
+    pub async fn events(&self, org: Option<&OrgId>) -> Result<Vec<StoredEvent>, StoreError> {
+        rows!(self, EVENTS, StoredEvent, org.map(OrgId::as_str)).await
+    }
+}
