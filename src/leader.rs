@@ -12,7 +12,7 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::store::{Postgres, Store, Term};
+use crate::store::{LeaseHolder, Postgres, Store, Term};
 
 /// What this instance does now.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -99,6 +99,22 @@ pub fn holder_id(name: &str) -> String {
     format!("{name}:{}:{:04x}", std::process::id(), rand::random::<u16>())
 }
 
+/// Why `me` leads now: nobody led that it saw, or the last leader it saw gave the lease up
+/// (`announced == Some(false)`: a clean stop withdraws the instance) or let it run out (still
+/// announced: it died, froze or lost the database).
+pub fn takeover(me: &str, last: Option<&LeaseHolder>, announced: Option<bool>) -> String {
+    match (last, announced) {
+        (None, _) => "no other instance led while this one watched".into(),
+        (Some(l), _) if l.holder == me => format!("its own lease (epoch {}) had run out", l.epoch),
+        (Some(l), Some(false)) => format!("{} (epoch {}) gave the lease up", l.holder, l.epoch),
+        (Some(l), Some(true)) => format!(
+            "the lease of {} (epoch {}) ran out: it stopped renewing it (it died, froze or lost the database)",
+            l.holder, l.epoch
+        ),
+        (Some(l), None) => format!("the lease of {} (epoch {}) ended", l.holder, l.epoch),
+    }
+}
+
 /// The lease's timing: held for `ttl`, renewed every third of it, and given up locally a fifth
 /// of it before it runs out, so that clock rates and the renewal's own round trip never let
 /// this instance act on a lease the database already considers expired.
@@ -135,6 +151,8 @@ async fn run(pg: Postgres, holder: String, timing: LeaseTiming, role: watch::Sen
     // The epoch this instance leads with, and until when (monotonic) it may act without renewal.
     let mut term: Option<Term> = None;
     let mut failing = false;
+    // The leader this instance last saw while it followed, to say why it takes over.
+    let mut last_leader: Option<LeaseHolder> = None;
     loop {
         let started = Instant::now();
         let valid_until = started + timing.ttl.saturating_sub(timing.margin());
@@ -154,7 +172,19 @@ async fn run(pg: Postgres, holder: String, timing: LeaseTiming, role: watch::Sen
             Ok(Some(epoch)) => {
                 failing = false;
                 if term.is_none() {
-                    tracing::info!(epoch, holder = %holder, "leading: this instance now checks and sends");
+                    // Whether the last leader is still announced tells a lease that ran out from
+                    // one given up (a clean stop withdraws the instance).
+                    let announced = match &last_leader {
+                        Some(l) if l.holder != holder => {
+                            tokio::time::timeout(timing.renew_every(), pg.announced(&l.holder))
+                                .await
+                                .ok()
+                                .and_then(Result::ok)
+                        }
+                        _ => None,
+                    };
+                    let why = takeover(&holder, last_leader.as_ref(), announced);
+                    tracing::info!(epoch, holder = %holder, "leading: this instance now checks and sends ({why})");
                 }
                 let t = Term {
                     holder: holder.clone(),
@@ -183,9 +213,13 @@ async fn run(pg: Postgres, holder: String, timing: LeaseTiming, role: watch::Sen
                     );
                 }
                 // Bounded: a dead connection must not keep this loop from its next attempt.
-                let holder = tokio::time::timeout(timing.renew_every(), pg.lease_holder()).await;
-                let leader = match holder {
-                    Ok(Ok(Some(h))) => Some(format!("{} (epoch {})", h.holder, h.epoch)),
+                let seen = tokio::time::timeout(timing.renew_every(), pg.lease_holder()).await;
+                let leader = match seen {
+                    Ok(Ok(Some(h))) => {
+                        let shown = format!("{} (epoch {})", h.holder, h.epoch);
+                        last_leader = Some(h);
+                        Some(shown)
+                    }
                     _ => None,
                 };
                 let next = Role { epoch: None, leader };
@@ -264,4 +298,22 @@ pub async fn settled(mut role: watch::Receiver<Role>, patience: Duration) -> Rol
 
 fn replace(r: &mut Role, next: Role) -> bool {
     std::mem::replace(r, next.clone()) != next
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_takeover_says_whether_the_last_leader_gave_up_or_ran_out() {
+        let a = LeaseHolder {
+            holder: "watcher-a:41:0a0a".into(),
+            epoch: 7,
+            live: true,
+        };
+        let me = "watcher-b:52:0b0b";
+        assert!(takeover(me, Some(&a), Some(false)).contains("watcher-a:41:0a0a (epoch 7) gave the lease up"));
+        assert!(takeover(me, Some(&a), Some(true)).contains("the lease of watcher-a:41:0a0a (epoch 7) ran out"));
+        assert!(takeover(me, None, None).contains("no other instance led"));
+    }
 }

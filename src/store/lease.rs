@@ -122,6 +122,17 @@ impl Postgres {
         Ok(())
     }
 
+    /// Whether `holder` still says it is there (`lease_instances`): a clean stop withdraws it, an
+    /// instance that died or froze stays until its word runs out.
+    pub async fn announced(&self, holder: &str) -> anyhow::Result<bool> {
+        Ok(
+            sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM lease_instances WHERE holder = $1)")
+                .bind(holder)
+                .fetch_one(&self.lease)
+                .await?,
+        )
+    }
+
     pub async fn lease_holder(&self) -> anyhow::Result<Option<LeaseHolder>> {
         let row: Option<(String, i64, bool)> =
             sqlx::query_as("SELECT holder, epoch, expires_at > now() FROM leader_lease WHERE name = $1")

@@ -65,7 +65,7 @@ fn layout(title: &str, refresh: bool, generated_at: &str, body: Markup) -> Marku
                 (body)
                 @if !generated_at.is_empty() {
                     p class="muted" {
-                        "Generated " (generated_at) " by linkwatch"
+                        "Generated " (shown_time(generated_at)) " by linkwatch"
                         @if refresh { "; reloads every " (REFRESH_SECS) " s" }
                         ". JSON: " a href="/api/v1/status" { "/api/v1/status" } "."
                     }

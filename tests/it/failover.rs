@@ -390,6 +390,13 @@ async fn kill_9_between_checks() {
     let killed = Instant::now();
     p.a.kill().await;
     p.b_takes_over(killed).await;
+    // b says why it leads: a's lease ran out (a died without giving it up).
+    let logs = p.b.logs();
+    let line = logs
+        .lines()
+        .find(|l| l.contains("leading: this instance now checks and sends"))
+        .unwrap_or_else(|| panic!("no takeover line:\n{logs}"));
+    assert!(line.contains("ran out: it stopped renewing it"), "{line}");
     p.flip("NOT_SYNCED").await;
     p.exactly_once(SOON).await;
     let writers = p.writers_since(chrono::DateTime::UNIX_EPOCH).await;
