@@ -121,6 +121,17 @@ impl Receiver {
         self.inner.lock().unwrap().received.clone()
     }
 
+    /// The requests from the `start`th on: a test polling thousands of posts reads each once.
+    pub fn received_from(&self, start: usize) -> Vec<Received> {
+        self.inner
+            .lock()
+            .unwrap()
+            .received
+            .get(start..)
+            .unwrap_or_default()
+            .to_vec()
+    }
+
     /// POST requests (deliveries) that were answered 2xx.
     pub fn accepted(&self) -> Vec<Received> {
         self.received()
