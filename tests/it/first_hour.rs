@@ -11,6 +11,17 @@ fn linkwatch() -> tokio::process::Command {
     c
 }
 
+/// `linkwatch ARGS --config CONFIG`, run to its end.
+async fn run(args: &[&str], config: &std::path::Path) -> std::process::Output {
+    linkwatch()
+        .args(args)
+        .arg("--config")
+        .arg(config)
+        .output()
+        .await
+        .unwrap()
+}
+
 const SEVERAL_MISTAKES: &str = r#"database = "linkwatch.db"
 
 [cloud_manager]
@@ -48,13 +59,7 @@ async fn check_prints_every_mistake_of_the_file_at_once_sorted_by_line() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("linkwatch.toml");
     std::fs::write(&path, SEVERAL_MISTAKES).unwrap();
-    let out = linkwatch()
-        .arg("check")
-        .arg("--config")
-        .arg(&path)
-        .output()
-        .await
-        .unwrap();
+    let out = run(&["check"], &path).await;
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     let file = path.display().to_string();
@@ -109,12 +114,7 @@ async fn history_reads_no_secret_but_the_databases() {
         "{text}\n[[channel]]\nname = \"team\"\nkind = \"slack\"\nwebhook_url_file = \"${{CREDENTIALS_DIRECTORY}}/slack\"\n"
     );
     std::fs::write(&t.config_path, text).unwrap();
-    let out = linkwatch()
-        .args(["history", "--config"])
-        .arg(&t.config_path)
-        .output()
-        .await
-        .unwrap();
+    let out = run(&["history"], &t.config_path).await;
     let (stdout, stderr) = (
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr),
@@ -122,12 +122,7 @@ async fn history_reads_no_secret_but_the_databases() {
     assert!(out.status.success(), "{stderr}");
     assert!(stdout.contains("alpha"), "{stdout}");
     // `run` still refuses what it cannot read.
-    let out = linkwatch()
-        .args(["once", "--config"])
-        .arg(&t.config_path)
-        .output()
-        .await
-        .unwrap();
+    let out = run(&["once"], &t.config_path).await;
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("LINKWATCH_TEST_NEVER_SET_3 is not set"), "{stderr}");
@@ -199,12 +194,7 @@ async fn check_online_tells_a_working_key_from_a_wrong_one() {
         .unwrap()
     };
     write("not-the-private-key");
-    let out = linkwatch()
-        .args(["check", "--online", "--config"])
-        .arg(&path)
-        .output()
-        .await
-        .unwrap();
+    let out = run(&["check", "--online"], &path).await;
     let (stdout, stderr) = (
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr),
@@ -228,12 +218,7 @@ async fn check_online_tells_a_working_key_from_a_wrong_one() {
     assert!(!dir.path().join("never-made.db").exists());
 
     write(PRIVATE_KEY);
-    let out = linkwatch()
-        .args(["check", "--online", "--config"])
-        .arg(&path)
-        .output()
-        .await
-        .unwrap();
+    let out = run(&["check", "--online"], &path).await;
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),
