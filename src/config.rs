@@ -209,7 +209,7 @@ impl Config {
 
     fn parse_with(text: &str, path: &Path, options: &LoadOptions) -> Result<Config, ConfigError> {
         let locator = Locator::new(text, path, options);
-        let (raw, problems) = recover::read::<raw::Config>(text);
+        let (raw, problems, dropped) = recover::read::<raw::Config>(text);
         for p in problems {
             // "Missing `webhook_url`" would only repeat "did you mean `webhook_url`?".
             if let Some(meant) = p
@@ -224,9 +224,13 @@ impl Config {
                 } else {
                     format!("{table}.{meant}")
                 };
-                locator.reported.borrow_mut().insert(key);
+                locator.reported.borrow_mut().insert(format!("key:{key}"));
             }
             locator.report(locator.error(p.offset, &p.key, p.message));
+        }
+        // A table taken out whole is reported; what refers to it by name or id is not wrong too.
+        for name in dropped {
+            locator.broken(&name);
         }
         match raw {
             Some(raw) => Self::from_raw(raw, &locator),
@@ -471,6 +475,7 @@ fn orgs(
     for (i, o) in raw.into_iter().enumerate() {
         let key = format!("org[{i}]");
         let name = o.name.get_ref().trim().to_owned();
+        let id = o.id.get_ref().as_str().to_owned();
         let checked = org(
             o,
             &key,
@@ -487,10 +492,14 @@ fn orgs(
                 ids.insert(org.id.clone(), orgs.len());
                 orgs.push(org);
             }
-            Ok(None) => loc.broken(&name),
+            Ok(None) => {
+                loc.broken(&name);
+                loc.broken(&id);
+            }
             Err(e) => {
                 loc.report(e);
                 loc.broken(&name);
+                loc.broken(&id);
             }
         }
     }
@@ -561,6 +570,8 @@ struct Locator<'a> {
     file: &'a Path,
     options: &'a LoadOptions,
     problems: RefCell<Vec<ConfigError>>,
+    /// The document as written, to name `[[org]]`s and the like by their place in it.
+    written: Option<Spanned<toml::de::DeTable<'a>>>,
     /// Names of `[[org]]`s and `[[channel]]`s that were reported, and keys that a "did you
     /// mean" named: a reference to one of them is not a second mistake.
     reported: RefCell<HashSet<String>>,
@@ -574,6 +585,7 @@ impl<'a> Locator<'a> {
             file,
             options,
             problems: RefCell::default(),
+            written: toml::de::DeTable::parse(text).ok(),
             reported: RefCell::default(),
             unread: RefCell::default(),
         }
@@ -584,12 +596,17 @@ impl<'a> Locator<'a> {
     }
 
     fn report(&self, e: ConfigError) {
-        if let ConfigError::Invalid { key, .. } = &e
-            && self.was_reported(key)
+        if let ConfigError::Invalid { key, message, .. } = &e
+            && (message.is_empty() || self.reported.borrow().contains(&format!("key:{key}")))
         {
             return;
         }
         self.problems.borrow_mut().push(e);
+    }
+
+    /// An error that says nothing new: what it would say was reported where the cause is.
+    fn already_reported(&self) -> ConfigError {
+        self.error(0, "", String::new())
     }
 
     /// The value, or `None` with its error reported.
@@ -597,13 +614,14 @@ impl<'a> Locator<'a> {
         r.map_err(|e| self.report(e)).ok()
     }
 
-    /// Marks the org or channel `name` as already reported.
+    /// Marks an `[[org]]` or `[[channel]]` (its name, or an org's id) as already reported: a
+    /// table that refers to it is not wrong too.
     fn broken(&self, name: &str) {
-        self.reported.borrow_mut().insert(name.to_owned());
+        self.reported.borrow_mut().insert(format!("table:{name}"));
     }
 
     fn was_reported(&self, name: &str) -> bool {
-        self.reported.borrow().contains(name)
+        self.reported.borrow().contains(&format!("table:{name}"))
     }
 
     /// Every error reported, sorted by position; `Ok` when there is none.
@@ -631,6 +649,17 @@ impl<'a> Locator<'a> {
     }
 
     fn error(&self, offset: usize, key: &str, message: String) -> ConfigError {
+        // `org[1]` as written, also when an earlier `[[org]]` was taken out for its mistakes.
+        let key = match (key.split_once('['), &self.written) {
+            (Some((table, rest)), Some(doc)) if !table.contains('.') => {
+                match (rest.split_once(']'), recover::index_at(doc, table, offset)) {
+                    (Some((_, tail)), Some(i)) => format!("{table}[{i}]{tail}"),
+                    _ => key.to_owned(),
+                }
+            }
+            _ => key.to_owned(),
+        };
+        let key = key.as_str();
         let mut offset = offset.min(self.text.len());
         while !self.text.is_char_boundary(offset) {
             offset -= 1;

@@ -169,6 +169,9 @@ fn live_migration(
         .iter()
         .find(|o| o.name == wanted || o.id.as_str() == wanted)
         .ok_or_else(|| {
+            if loc.was_reported(wanted) {
+                return loc.already_reported();
+            }
             loc.error(
                 m.org.span().start,
                 &format!("{key}.org"),

@@ -22,10 +22,11 @@ pub struct Problem {
 /// More mistakes than anyone reads in one go; the rest show once these are fixed.
 const MOST: usize = 50;
 
-/// Reads `text` into `T` and returns every mistake found. The value is what remains once the
+/// Reads `text` into `T` and returns every mistake found, and the `name` and `id` of each table
+/// taken out whole. The value is what remains once the
 /// entries with mistakes are taken out (so that later checks can find more); `None` after a
 /// syntax error, since the document it leaves is not worth reading further.
-pub fn read<T: DeserializeOwned>(text: &str) -> (Option<T>, Vec<Problem>) {
+pub fn read<T: DeserializeOwned>(text: &str) -> (Option<T>, Vec<Problem>, Vec<String>) {
     let (document, syntax) = DeTable::parse_recoverable(text);
     if !syntax.is_empty() {
         let problems = syntax
@@ -40,18 +41,19 @@ pub fn read<T: DeserializeOwned>(text: &str) -> (Option<T>, Vec<Problem>) {
                 }
             })
             .collect();
-        return (None, problems);
+        return (None, problems, Vec::new());
     }
     let written = document.clone();
     let mut document = document;
     let mut problems = Vec::new();
     // (table span, key) of every entry taken out, to know a "missing field" we caused.
     let mut taken: Vec<(Range<usize>, String)> = Vec::new();
+    let mut dropped: Vec<String> = Vec::new();
     loop {
         let span = document.span();
         let value = Spanned::new(span, DeValue::Table(document.get_ref().clone()));
         let error = match T::deserialize(ValueDeserializer::from(value)) {
-            Ok(v) => return (Some(v), sorted(problems)),
+            Ok(v) => return (Some(v), sorted(problems), dropped),
             Err(e) => e,
         };
         let at = error.span().unwrap_or(0..0);
@@ -66,12 +68,13 @@ pub fn read<T: DeserializeOwned>(text: &str) -> (Option<T>, Vec<Problem>) {
             });
         }
         let removed = if missing.is_some() {
+            dropped.extend(names_of(written.get_ref(), &at));
             remove_table(document.get_mut(), &at)
         } else {
             remove_entry(document.get_mut(), at.start, &mut taken)
         };
         if !removed || problems.len() >= MOST {
-            return (None, sorted(problems));
+            return (None, sorted(problems), dropped);
         }
     }
 }
@@ -186,6 +189,53 @@ fn remove_table(table: &mut DeTable<'_>, span: &Range<usize>) -> bool {
         }
         _ => false,
     })
+}
+
+/// The `name` and `id` strings of the table whose span is `span`, anywhere in `table`.
+fn names_of(table: &DeTable<'_>, span: &Range<usize>) -> Vec<String> {
+    let strings = |t: &DeTable<'_>| {
+        t.iter()
+            .filter(|(k, _)| matches!(k.get_ref().as_ref(), "name" | "id"))
+            .filter_map(|(_, v)| v.get_ref().as_str().map(|s| s.trim().to_owned()))
+            .collect::<Vec<_>>()
+    };
+    for (_, v) in table.iter() {
+        match v.get_ref() {
+            DeValue::Table(inner) if v.span() == *span => return strings(inner),
+            DeValue::Table(inner) => {
+                let found = names_of(inner, span);
+                if !found.is_empty() {
+                    return found;
+                }
+            }
+            DeValue::Array(items) => {
+                for item in items.iter() {
+                    if let DeValue::Table(inner) = item.get_ref() {
+                        if item.span() == *span {
+                            return strings(inner);
+                        }
+                        let found = names_of(inner, span);
+                        if !found.is_empty() {
+                            return found;
+                        }
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    Vec::new()
+}
+
+/// Which element of the top-level array of tables `array` (`org` for `[[org]]`) holds `offset`.
+pub fn index_at(document: &Spanned<DeTable<'_>>, array: &str, offset: usize) -> Option<usize> {
+    let (_, value) = document.get_ref().iter().find(|(k, _)| k.get_ref() == array)?;
+    let DeValue::Array(items) = value.get_ref() else {
+        return None;
+    };
+    items
+        .iter()
+        .position(|i| contains(&i.span(), offset) || holds(i.get_ref(), offset))
 }
 
 /// The dotted key of the innermost entry at `offset` in the document as written: `org[1].every`.
@@ -424,7 +474,7 @@ mod tests {
 
     #[test]
     fn a_clean_document_reads() {
-        let (doc, problems) = read::<Doc>("top = 1\n[[item]]\nid = 1\n");
+        let (doc, problems, _) = read::<Doc>("top = 1\n[[item]]\nid = 1\n");
         assert!(doc.is_some() && problems.is_empty(), "{problems:?}");
     }
 }

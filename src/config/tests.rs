@@ -803,3 +803,29 @@ fn an_instance_name_is_a_plain_word() {
         assert!(message.contains("letters, digits"), "{message}");
     }
 }
+
+/// A table taken out for its own mistake is reported once: what names it is not wrong too, and
+/// the tables after it keep the index they have in the file.
+#[test]
+fn a_broken_table_is_reported_once_and_the_rest_keep_their_place() {
+    let text = format!(
+        "{MINIMAL}\n[[org]]\nid = \"not-an-id\"\nname = \"billing\"\n\n\
+         [[org]]\nid = \"5f0c1234567890abcdef1236\"\nname = \"search\"\nevery = \"0s\"\n\n\
+         [[channel]]\nname = \"ops\"\nkind = \"console\"\n\n\
+         [[route]]\nchannels = [\"ops\"]\norgs = [\"billing\"]\n\n\
+         [atlas]\npublic_key = \"p\"\nprivate_key = \"k\"\n\n\
+         [[migration]]\nname = \"rs0\"\norg = \"billing\"\ngroup_id = \"6f0c00000000000000000c01\"\n\
+         id = \"6f1d00000000000000000d01\"\n"
+    );
+    let Err(ConfigError::Several(all)) = parse(&text) else {
+        panic!("two mistakes expected: {:?}", parse(&text).err());
+    };
+    let keys: Vec<String> = all
+        .iter()
+        .map(|e| match e {
+            ConfigError::Invalid { key, .. } => key.clone(),
+            other => other.to_string(),
+        })
+        .collect();
+    assert_eq!(keys, ["org[1].id", "org[2].every"], "{all:?}");
+}
