@@ -49,6 +49,9 @@ pub struct Heartbeat {
     pub url: Option<Spanned<Secret>>,
     pub url_file: Option<Spanned<String>>,
     pub url_env: Option<Spanned<String>>,
+    pub fail_url: Option<Spanned<Secret>>,
+    pub fail_url_file: Option<Spanned<String>>,
+    pub fail_url_env: Option<Spanned<String>>,
     pub every: Option<Spanned<HumanDuration>>,
     pub timeout: Option<Spanned<HumanDuration>>,
 }

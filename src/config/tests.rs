@@ -783,6 +783,38 @@ fn a_heartbeat_url_is_checked_without_being_shown() {
 }
 
 #[test]
+fn the_fail_url_is_the_url_plus_fail_unless_one_is_given() {
+    let beat = |body: &str| format!("{MINIMAL}\n[heartbeat]\n{body}\n");
+    let c = parse(&beat("url = \"https://hc-ping.com/0d3c57a1-secret/?rid=1\"")).unwrap();
+    let h = c.heartbeat.as_ref().unwrap();
+    assert_eq!(h.fail_url.expose(), "https://hc-ping.com/0d3c57a1-secret/fail?rid=1");
+    assert_eq!(h.fail_shown, "https://hc-ping.com");
+
+    let c = parse(&beat(
+        "url = \"https://push.example/api/push/s3cr3tpush?status=up\"\nfail_url = \"https://push.example/api/push/s3cr3tpush?status=down\"",
+    ))
+    .unwrap();
+    let h = c.heartbeat.as_ref().unwrap();
+    assert_eq!(
+        h.fail_url.expose(),
+        "https://push.example/api/push/s3cr3tpush?status=down"
+    );
+    assert!(!format!("{c:?}").contains("s3cr3tpush"));
+
+    let (line, _, key, message) = error(&beat(
+        "url = \"https://hc-ping.com/x\"\nfail_url = \"ftp://hc-ping.com/x\"",
+    ));
+    assert_eq!(
+        (line, key.as_str(), message.as_str()),
+        (12, "heartbeat.fail_url", "must be an http:// or https:// URL")
+    );
+    let (_, _, key, _) = error(&beat(
+        "url = \"https://hc-ping.com/x\"\nfail_url = \"https://a/\"\nfail_url_env = \"X\"",
+    ));
+    assert_eq!(key, "heartbeat.fail_url");
+}
+
+#[test]
 fn a_channel_send_is_bounded_to_five_minutes() {
     let text = format!("{MINIMAL}{SLACK}timeout = \"6m\"\n");
     let (_, _, key, message) = error(&text);
