@@ -8,7 +8,8 @@ use toml::Spanned;
 use super::{Channel, ConfigError, CronExpr, Locator, raw, resolve_secret};
 use crate::secret::Secret;
 
-/// A summary of every link, sent to `channels` at each slot of `cron` (UTC).
+/// A summary of every link, sent to `channels` at each slot of `cron`, in its `timezone` (UTC
+/// unless set), which also names the times the report shows.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ReportConfig {
     /// What the database records each slot under (`report_runs.report`); the cron text when the
@@ -85,7 +86,10 @@ fn report(
     }
     Ok(ReportConfig {
         name,
-        cron: r.cron.into_inner(),
+        cron: match r.timezone {
+            Some(zone) => r.cron.into_inner().in_zone(zone.into_inner()),
+            None => r.cron.into_inner(),
+        },
         channels: names,
     })
 }

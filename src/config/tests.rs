@@ -835,3 +835,32 @@ fn an_instance_name_is_a_plain_word() {
         assert!(message.contains("letters, digits"), "{message}");
     }
 }
+
+#[test]
+fn a_timezone_is_an_iana_name_and_poll_s_needs_its_cron() {
+    let report = |body: &str| format!("{MINIMAL}{SLACK}\n[[report]]\n{body}\nchannels = [\"ops\"]\n");
+    let c = parse(&report("cron = \"0 0 9 * * *\"\ntimezone = \"Europe/Berlin\"")).unwrap();
+    assert_eq!(c.reports[0].cron.zone_name(), "Europe/Berlin");
+    let c = parse(&report("cron = \"0 0 9 * * *\"")).unwrap();
+    assert_eq!(c.reports[0].cron.zone_name(), "UTC", "UTC unless set");
+
+    let (line, _, key, message) = error(&report("cron = \"0 0 9 * * *\"\ntimezone = \"Europe/Berln\""));
+    assert_eq!((line, key.as_str()), (17, "report[0].timezone"));
+    assert!(
+        message.contains("unknown time zone \"Europe/Berln\"; did you mean \"Europe/Berlin\"?"),
+        "{message}"
+    );
+    let (_, _, _, message) = error(&report("cron = \"0 0 9 * * *\"\ntimezone = \"europe/berlin\""));
+    assert!(message.contains("did you mean \"Europe/Berlin\"?"), "{message}");
+    let (_, _, _, message) = error(&report("cron = \"0 0 9 * * *\"\ntimezone = \"CEST+2\""));
+    assert!(message.contains("an IANA name such as"), "{message}");
+
+    let c = parse(&format!(
+        "{MINIMAL}\n[poll]\ncron = \"0 0 9 * * *\"\ntimezone = \"America/New_York\"\n"
+    ))
+    .unwrap();
+    assert_eq!(c.poll.schedule.to_string(), "cron \"0 0 9 * * *\" (America/New_York)");
+    let (line, column, key, message) = error(&format!("{MINIMAL}\n[poll]\ntimezone = \"Europe/Berlin\"\n"));
+    assert_eq!((line, column, key.as_str()), (11, 12, "poll.timezone"));
+    assert!(message.contains("applies to `cron` only"), "{message}");
+}
