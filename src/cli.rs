@@ -451,7 +451,7 @@ fn print_reports(config: &Config) {
         .map(|r| {
             vec![
                 r.name.clone(),
-                format!("{} (UTC)", r.cron.as_str()),
+                format!("{} ({})", r.cron.as_str(), r.cron.zone_name()),
                 r.channels.join(","),
             ]
         })
@@ -550,6 +550,7 @@ async fn current_report(config: &Config, now: chrono::DateTime<chrono::Utc>) -> 
     let migrations = store.live_migrations().await;
     store.close().await;
     let slot = crate::report::Slot {
+        zone: chrono_tz::Tz::UTC,
         name: "linkwatch report",
         at: now,
         late: false,

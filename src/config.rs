@@ -30,7 +30,7 @@ pub use http::BasicAuth;
 pub use notify::{Channel, ChannelKind, Email, Route, WebhookSecret, decode_webhook_secret};
 pub use reports::{Heartbeat, ReportConfig};
 pub use smtp::{SmtpTarget, TlsMode, parse_smtp_url};
-pub use values::{CronExpr, EventKind, HumanDuration, OrgId, OrgIdHasher};
+pub use values::{CronExpr, EventKind, HumanDuration, OrgId, OrgIdHasher, Zone};
 
 use crate::secret::Secret;
 
@@ -109,7 +109,7 @@ impl std::fmt::Display for Schedule {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Schedule::Every(d) => write!(f, "every {}", humantime::format_duration(*d)),
-            Schedule::Cron(c) => write!(f, "cron \"{}\" (UTC)", c.as_str()),
+            Schedule::Cron(c) => write!(f, "cron \"{}\" ({})", c.as_str(), c.zone_name()),
         }
     }
 }
@@ -426,8 +426,21 @@ fn cloud_manager(cm: &raw::CloudManager, loc: &Locator<'_>) -> Result<CloudManag
 
 /// `[poll]`, with its defaults.
 fn poll(poll: raw::Poll, loc: &Locator<'_>) -> Result<Poll, ConfigError> {
-    let schedule = schedule_from(poll.every.as_ref(), poll.cron.as_ref(), "poll", loc)?
+    let mut schedule = schedule_from(poll.every.as_ref(), poll.cron.as_ref(), "poll", loc)?
         .unwrap_or(Schedule::Every(Duration::from_secs(60)));
+    // `timezone` says where `cron`'s hours are; alone it would silently mean nothing.
+    if let Some(zone) = &poll.timezone {
+        match &mut schedule {
+            Schedule::Cron(c) => **c = (**c).clone().in_zone(*zone.get_ref()),
+            Schedule::Every(_) => {
+                return Err(loc.error(
+                    zone.span().start,
+                    "poll.timezone",
+                    "applies to `cron` only; set `cron` too, or remove `timezone`".into(),
+                ));
+            }
+        }
+    }
     Ok(Poll {
         schedule,
         timeout: timeout(poll.timeout.as_ref(), Duration::from_secs(15), "poll.timeout", loc)?,

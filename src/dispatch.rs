@@ -28,7 +28,7 @@ use crate::channels::{Channel, ConsoleSink, SendError, Sent};
 use crate::clock::Clock;
 use crate::config::Config;
 use crate::message::Message;
-use crate::metrics::{Blocked, Metrics};
+use crate::metrics::{Blocked, Metrics, Refused};
 use crate::retry::RetryPolicy;
 use crate::store::Store;
 use step::{Ctx, Memory, Next};
@@ -83,6 +83,12 @@ impl Outlet {
     /// Tells the metrics and `/healthz` whether this channel is blocked now.
     fn publish_blocked(&self, blocked: Option<Blocked>, metrics: &Metrics) {
         self.memories.publish_blocked(&self.name, blocked, metrics);
+    }
+
+    /// Tells the metrics, `/healthz` and the heartbeat whether this channel's latest delivery
+    /// was refused for good.
+    fn publish_refused(&self, refused: Option<Refused>, metrics: &Metrics) {
+        self.memories.publish_refused(&self.name, refused, metrics);
     }
 }
 

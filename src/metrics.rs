@@ -45,6 +45,8 @@ pub struct Metrics {
     record_failures: Family<Labels, Counter>,
     /// Blocked channels, as their dispatcher last saw them (it alone knows the hold).
     blocked: Mutex<BTreeMap<String, Blocked>>,
+    /// Channels whose latest delivery was refused for good, until one of theirs is sent.
+    refused: Mutex<BTreeMap<String, Refused>>,
     /// 1 while this instance leads (checks and sends), and the epoch of its lease (0 while it
     /// follows, and on SQLite).
     leader: Gauge,
@@ -53,8 +55,8 @@ pub struct Metrics {
     instance: Family<Labels, Gauge>,
     /// Heartbeat requests (`[heartbeat]`) that failed.
     heartbeat_failures: Counter,
-    /// Heartbeats not sent because linkwatch was not healthy.
-    heartbeat_skipped: Counter,
+    /// Heartbeats sent to the monitor's fail URL because linkwatch was not healthy.
+    heartbeat_unhealthy: Counter,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -75,11 +77,12 @@ impl Default for Metrics {
             panics: Family::default(),
             record_failures: Family::default(),
             blocked: Mutex::default(),
+            refused: Mutex::default(),
             leader: Gauge::default(),
             leader_epoch: Gauge::default(),
             instance: Family::default(),
             heartbeat_failures: Counter::default(),
-            heartbeat_skipped: Counter::default(),
+            heartbeat_unhealthy: Counter::default(),
         };
         // As before any role is known: one process, leading (SQLite).
         m.leader.set(1);
@@ -129,9 +132,9 @@ impl Default for Metrics {
             m.heartbeat_failures.clone(),
         );
         registry.register(
-            "linkwatch_heartbeat_skipped",
-            "Heartbeats not sent because linkwatch was not healthy (what the monitor alerts on)",
-            m.heartbeat_skipped.clone(),
+            "linkwatch_heartbeat_unhealthy",
+            "Heartbeats sent to the monitor's fail URL because linkwatch was not healthy",
+            m.heartbeat_unhealthy.clone(),
         );
         registry.register(
             "linkwatch_task_panics",
@@ -155,6 +158,14 @@ pub struct Blocked {
     pub deliveries: usize,
     /// The latest failure's error.
     pub last_error: Option<String>,
+}
+
+/// A channel whose latest delivery the receiver refused for good (a revoked webhook, a removed
+/// recipient): nobody is told what that delivery said, and nothing retries it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Refused {
+    pub at: chrono::DateTime<chrono::Utc>,
+    pub error: String,
 }
 
 /// Checks by org id: the org's name (as of its last check) and a count per outcome (`ok` or a
@@ -240,9 +251,32 @@ impl Metrics {
         }
     }
 
-    /// Keeps only the blocked channels `keep` names (a reload removed the others).
+    /// Keeps only the blocked (and refused) channels `keep` names (a reload removed the others).
     pub fn retain_blocked(&self, keep: impl Fn(&str) -> bool) {
         lock(&self.blocked).retain(|c, _| keep(c));
+        lock(&self.refused).retain(|c, _| keep(c));
+    }
+
+    /// Whether `channel`'s latest delivery was refused for good (`None`: it was sent), as its
+    /// dispatcher says after each outcome.
+    pub fn set_refused(&self, channel: &str, refused: Option<Refused>) {
+        let mut all = lock(&self.refused);
+        match refused {
+            Some(r) => {
+                all.insert(channel.to_owned(), r);
+            }
+            None => {
+                all.remove(channel);
+            }
+        }
+    }
+
+    /// The channels whose latest delivery was refused for good, by name.
+    pub fn refused(&self) -> Vec<(String, Refused)> {
+        lock(&self.refused)
+            .iter()
+            .map(|(c, r)| (c.clone(), r.clone()))
+            .collect()
     }
 
     /// The blocked channels, by name.
@@ -281,9 +315,9 @@ impl Metrics {
         self.heartbeat_failures.inc();
     }
 
-    /// A heartbeat was not sent: linkwatch was not healthy.
-    pub fn heartbeat_skipped(&self) {
-        self.heartbeat_skipped.inc();
+    /// A heartbeat went to the fail URL: linkwatch was not healthy.
+    pub fn heartbeat_unhealthy(&self) {
+        self.heartbeat_unhealthy.inc();
     }
 
     /// The database refused to record what became of a delivery (it is kept in memory and

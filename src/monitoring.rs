@@ -222,8 +222,8 @@ async fn require_login_for_details(
 /// the details follow the word.
 async fn healthz(State(shared): State<Shared>, uri: Uri) -> Response {
     let health = health(&shared).await;
-    let blocked = shared.metrics.blocked();
-    let word = match (&health, blocked.is_empty()) {
+    let channels = channel_trouble(&shared.metrics);
+    let word = match (&health, channels.is_empty()) {
         (Err(_), _) => "failing",
         (Ok(()), true) => "ok",
         (Ok(()), false) => "degraded",
@@ -235,17 +235,55 @@ async fn healthz(State(shared): State<Shared>, uri: Uri) -> Response {
     };
     let mut text = format!("{word}\n");
     if verbose(&uri) {
-        details(&shared, health.err(), &blocked, &mut text);
+        details(&shared, health.err(), &channels, &mut text);
     }
     (code, text).into_response()
 }
 
-/// Why it is failing, which instance this is, and the blocked channels. A blocked channel is
-/// not a reason for 503: the watchdog and orchestrators would restart the daemon, which does
-/// not fix a receiver and would pause every check; the process is healthy and says what is
-/// wrong. Read from what the dispatchers last saw, not the database: a request costs no query,
-/// and the answer follows the dispatcher's own hold.
-fn details(shared: &Shared, failing: Option<String>, blocked: &[(String, crate::metrics::Blocked)], text: &mut String) {
+/// What the external heartbeat reports ([`crate::heartbeat`]): [`health`], and beyond it every
+/// channel in trouble. `/healthz` calls those "degraded", not failing, because a restart would
+/// not fix a receiver; but nobody is being told anything, and an external monitor is there to
+/// say so. The reason is one line per cause.
+pub async fn heartbeat_health(shared: &Shared) -> Result<(), String> {
+    health(shared).await?;
+    let channels = channel_trouble(&shared.metrics);
+    if channels.is_empty() {
+        Ok(())
+    } else {
+        Err(channels.join("\n"))
+    }
+}
+
+/// The channels that cannot deliver now, one line each: blocked (deliveries that keep failing
+/// past the hold), or whose latest delivery the receiver refused for good. Read from what the
+/// dispatchers last saw, not the database: a request costs no query, and the answer follows
+/// the dispatcher's own hold.
+pub fn channel_trouble(metrics: &Metrics) -> Vec<String> {
+    let blocked = metrics.blocked().into_iter().map(|(channel, b)| {
+        format!(
+            "channel \"{}\" blocked since {}: {} deliveries keep failing (other orgs' events pass); last error: {}",
+            channel,
+            crate::store::ts(b.since),
+            b.deliveries,
+            b.last_error.as_deref().unwrap_or("none recorded")
+        )
+    });
+    let refused = metrics.refused().into_iter().map(|(channel, r)| {
+        format!(
+            "channel \"{}\": its latest delivery was refused for good at {} (not retried): {}",
+            channel,
+            crate::store::ts(r.at),
+            r.error
+        )
+    });
+    blocked.chain(refused).collect()
+}
+
+/// Why it is failing, which instance this is, and the channels in trouble. A channel in
+/// trouble is not a reason for 503: the watchdog and orchestrators would restart the daemon,
+/// which does not fix a receiver and would pause every check; the process is healthy and says
+/// what is wrong.
+fn details(shared: &Shared, failing: Option<String>, channels: &[String], text: &mut String) {
     if let Some(reason) = failing {
         text.push_str(&reason);
         text.push('\n');
@@ -255,13 +293,8 @@ fn details(shared: &Shared, failing: Option<String>, blocked: &[(String, crate::
         text.push_str(&shared.role.borrow().describe());
         text.push('\n');
     }
-    for (channel, b) in blocked {
-        text.push_str(&format!(
-            "channel \"{}\" blocked since {}: {} deliveries keep failing (other orgs' events pass); last error: {}\n",
-            channel,
-            crate::store::ts(b.since),
-            b.deliveries,
-            b.last_error.as_deref().unwrap_or("none recorded")
-        ));
+    for line in channels {
+        text.push_str(line);
+        text.push('\n');
     }
 }

@@ -6,6 +6,7 @@
 pub mod jobs;
 
 use chrono::{DateTime, Utc};
+use chrono_tz::Tz;
 use serde::{Deserialize, Serialize};
 
 use crate::config::{LiveMigration, Org};
@@ -20,6 +21,10 @@ pub const SCHEMA_VERSION: u32 = 1;
 pub struct Report {
     /// The `[[report]]` name (its cron text when unnamed).
     pub name: String,
+    /// The IANA time zone its times are shown in (`[[report]] timezone`); absent: UTC. The
+    /// times in the JSON stay ISO-8601 UTC.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timezone: Option<String>,
     /// The cron slot this report stands for (ISO-8601 UTC); for `linkwatch report`, the time it ran.
     pub slot: String,
     /// When it was made; later than `slot` by more than a minute only when `late`.
@@ -85,6 +90,8 @@ pub struct Slot<'a> {
     pub name: &'a str,
     pub at: DateTime<Utc>,
     pub late: bool,
+    /// Where the report's times are shown (the zone of its `cron`).
+    pub zone: Tz,
 }
 
 impl Report {
@@ -135,6 +142,7 @@ impl Report {
         failing.sort_by(|a, b| b.failures.cmp(&a.failures).then_with(|| a.org_name.cmp(&b.org_name)));
         Report {
             name: slot.name.to_owned(),
+            timezone: (slot.zone != Tz::UTC).then(|| slot.zone.name().to_owned()),
             slot: ts(slot.at),
             generated_at: ts(now),
             late: slot.late,
@@ -208,12 +216,12 @@ impl Report {
                 {
                     if left > 0 {
                         line.push_str(&format!(
-                            ", about {} left (estimated deadline {} UTC)",
+                            ", about {} left (estimated deadline {})",
                             human_secs(left),
-                            minute(deadline)
+                            self.shown(deadline)
                         ));
                     } else {
-                        line.push_str(&format!(", the estimated deadline {} UTC has passed", minute(deadline)));
+                        line.push_str(&format!(", the estimated deadline {} has passed", self.shown(deadline)));
                     }
                 }
                 if let Some(lag) = m.lag_s {
@@ -246,7 +254,7 @@ impl Report {
             title.push_str(&format!(", {ready} migration(s) ready for cutover"));
         }
         if self.late {
-            title.push_str(&format!(" (late: for {} UTC)", minute(&self.slot)));
+            title.push_str(&format!(" (late: for {})", self.shown(&self.slot)));
         }
         title
     }
@@ -255,9 +263,9 @@ impl Report {
     pub fn late_note(&self) -> Option<String> {
         self.late.then(|| {
             format!(
-                "This is the report due at {} UTC, sent at {} UTC: linkwatch was not running at its time.",
-                minute(&self.slot),
-                minute(&self.generated_at)
+                "This is the report due at {}, sent at {}: linkwatch was not running at its time.",
+                self.shown(&self.slot),
+                self.shown(&self.generated_at)
             )
         })
     }
@@ -307,7 +315,7 @@ impl Report {
         if let Some(note) = self.live_migrations_note() {
             text.push_str(&format!("  {note}\n"));
         }
-        text.push_str(&format!("\nAs of {} UTC.\n", minute(&self.generated_at)));
+        text.push_str(&format!("\nAs of {}.\n", self.shown(&self.generated_at)));
         text
     }
 
@@ -337,9 +345,22 @@ impl Report {
 /// The event kind of a report in `events` and the outbox.
 pub const KIND: &str = "report";
 
-/// "2026-11-29 09:00" from an ISO time.
-fn minute(iso: &str) -> String {
-    iso.get(..16).unwrap_or(iso).replace('T', " ")
+impl Report {
+    /// The zone its times are shown in: its `timezone`, UTC when absent (or unknown to this
+    /// build, for a report stored by another).
+    pub fn zone(&self) -> Tz {
+        self.timezone.as_deref().and_then(|z| z.parse().ok()).unwrap_or(Tz::UTC)
+    }
+
+    /// An ISO time of this report to the minute, in its zone and named by it: "2026-03-28
+    /// 09:00 CET", "2026-11-29 09:00 UTC". The zone's abbreviation says which side of a DST
+    /// change a time is on.
+    pub fn shown(&self, iso: &str) -> String {
+        match DateTime::parse_from_rfc3339(iso) {
+            Ok(t) => t.with_timezone(&self.zone()).format("%Y-%m-%d %H:%M %Z").to_string(),
+            Err(_) => iso.to_owned(),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -401,6 +422,7 @@ mod tests {
         ];
         let now = "2026-11-29T09:00:00Z".parse().unwrap();
         let slot = Slot {
+            zone: Tz::UTC,
             name: "daily",
             at: now,
             late: false,
@@ -492,6 +514,7 @@ mod tests {
             row("6f1d00000000000000000004", "COMPLETE", false, None, 0),
         ];
         let slot = Slot {
+            zone: Tz::UTC,
             name: "daily",
             at: now,
             late: false,
@@ -516,5 +539,33 @@ mod tests {
             r.title()
         );
         assert!(r.text().contains("not visible to linkwatch"));
+    }
+
+    #[test]
+    fn times_are_shown_in_the_report_s_zone_and_named() {
+        let zoned = |zone: Tz, late: bool| {
+            let slot = Slot {
+                zone,
+                name: "morning",
+                at: "2026-03-28T08:00:00Z".parse().unwrap(),
+                late,
+            };
+            Report::build(slot, &[], &[], 3, "2026-03-29T07:00:05Z".parse().unwrap())
+        };
+        let berlin = zoned(chrono_tz::Europe::Berlin, true);
+        assert_eq!(berlin.timezone.as_deref(), Some("Europe/Berlin"));
+        assert!(
+            berlin.title().ends_with("(late: for 2026-03-28 09:00 CET)"),
+            "{}",
+            berlin.title()
+        );
+        let text = berlin.text();
+        assert!(text.contains("sent at 2026-03-29 09:00 CEST"), "{text}");
+        assert!(text.contains("As of 2026-03-29 09:00 CEST."), "{text}");
+        // The JSON's times stay UTC; a report without a zone says nothing of one.
+        assert_eq!(berlin.slot, "2026-03-28T08:00:00.000Z");
+        let utc = zoned(Tz::UTC, false);
+        assert!(utc.text().contains("As of 2026-03-29 07:00 UTC."));
+        assert!(!serde_json::to_string(&utc).unwrap().contains("timezone"));
     }
 }

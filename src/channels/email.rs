@@ -456,8 +456,8 @@ pub fn render_report(r: &crate::report::Report) -> (String, String, String) {
         html.push_str(&format!("<p><em>{}</em></p>\n", escape(note)));
     }
     html.push_str(&format!(
-        "<p style=\"color:#888\">As of {} UTC. linkwatch</p>\n</body></html>\n",
-        escape(&r.generated_at)
+        "<p style=\"color:#888\">As of {}. linkwatch</p>\n</body></html>\n",
+        escape(&r.shown(&r.generated_at))
     ));
     (subject, text, html)
 }

@@ -173,7 +173,7 @@ pub fn report(r: &crate::report::Report) -> Value {
         blocks.push(json!({"type": "context", "elements": [{"type": "mrkdwn", "text": escape(note)}]}));
     }
     blocks.push(
-        json!({"type": "context", "elements": [{"type": "mrkdwn", "text": format!("As of {} UTC", r.generated_at)}]}),
+        json!({"type": "context", "elements": [{"type": "mrkdwn", "text": format!("As of {}", r.shown(&r.generated_at))}]}),
     );
     json!({"text": fit(&title, TEXT_CHARS), "blocks": blocks})
 }
@@ -289,6 +289,7 @@ mod tests {
         let name = |i: usize| format!("org-{i}-{}", "n".repeat(300));
         let r = Report {
             name: "daily".into(),
+            timezone: None,
             slot: "2026-11-30T09:00:00.000Z".into(),
             generated_at: "2026-11-30T09:00:00.100Z".into(),
             late: false,

@@ -4,7 +4,7 @@
 use serde::Deserialize;
 use toml::Spanned;
 
-use super::values::{CronExpr, EventKind, HumanDuration, OrgId};
+use super::values::{CronExpr, EventKind, HumanDuration, OrgId, Zone};
 use crate::secret::Secret;
 
 #[derive(Deserialize)]
@@ -40,6 +40,7 @@ pub struct Config {
 pub struct RawReport {
     pub name: Option<Spanned<String>>,
     pub cron: Spanned<CronExpr>,
+    pub timezone: Option<Spanned<Zone>>,
     pub channels: Spanned<Vec<Spanned<String>>>,
 }
 
@@ -49,6 +50,9 @@ pub struct Heartbeat {
     pub url: Option<Spanned<Secret>>,
     pub url_file: Option<Spanned<String>>,
     pub url_env: Option<Spanned<String>>,
+    pub fail_url: Option<Spanned<Secret>>,
+    pub fail_url_file: Option<Spanned<String>>,
+    pub fail_url_env: Option<Spanned<String>>,
     pub every: Option<Spanned<HumanDuration>>,
     pub timeout: Option<Spanned<HumanDuration>>,
 }
@@ -151,6 +155,7 @@ pub struct LiveMigration {
 pub struct Poll {
     pub every: Option<Spanned<HumanDuration>>,
     pub cron: Option<Spanned<CronExpr>>,
+    pub timezone: Option<Spanned<Zone>>,
     pub timeout: Option<Spanned<HumanDuration>>,
     pub concurrency: Option<Spanned<u32>>,
     pub failures_before_alert: Option<Spanned<u32>>,

@@ -8,7 +8,8 @@ use toml::Spanned;
 use super::{Channel, ConfigError, CronExpr, Locator, raw, resolve_secret};
 use crate::secret::Secret;
 
-/// A summary of every link, sent to `channels` at each slot of `cron` (UTC).
+/// A summary of every link, sent to `channels` at each slot of `cron`, in its `timezone` (UTC
+/// unless set), which also names the times the report shows.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ReportConfig {
     /// What the database records each slot under (`report_runs.report`); the cron text when the
@@ -18,13 +19,19 @@ pub struct ReportConfig {
     pub channels: Vec<String>,
 }
 
-/// A request to an external monitor after each healthy interval.
+/// A request to an external monitor each interval: to `url` while healthy, to `fail_url` (with
+/// the reason) while not.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Heartbeat {
     /// The whole URL is a credential (Healthchecks' uuid, Uptime Kuma's push token).
     pub url: Secret,
     /// Scheme, host and port only: what logs and errors may show.
     pub shown: String,
+    /// Where an unhealthy interval is reported: `fail_url` as configured, by default `url` with
+    /// `/fail` added to its path (Healthchecks' convention). A credential too.
+    pub fail_url: Secret,
+    /// The fail URL's scheme, host and port.
+    pub fail_shown: String,
     pub every: Duration,
     pub timeout: Duration,
 }
@@ -79,7 +86,10 @@ fn report(
     }
     Ok(ReportConfig {
         name,
-        cron: r.cron.into_inner(),
+        cron: match r.timezone {
+            Some(zone) => r.cron.into_inner().in_zone(zone.into_inner()),
+            None => r.cron.into_inner(),
+        },
         channels: names,
     })
 }
@@ -99,20 +109,42 @@ pub(super) fn heartbeat(
         loc,
     )?
     .ok_or_else(|| loc.error(at, "heartbeat.url", "is required (or url_file, url_env)".into()))?;
-    let url_at = [
-        h.url.as_ref().map(|s| s.span()),
-        h.url_file.as_ref().map(|s| s.span()),
-        h.url_env.as_ref().map(|s| s.span()),
-    ]
-    .into_iter()
-    .flatten()
-    .next()
-    .map_or(at, |s| s.start);
-    // The error never repeats the URL: its path is the credential.
-    let parsed = Url::parse(url.expose()).map_err(|e| loc.error(url_at, "heartbeat.url", format!("not a URL: {e}")))?;
-    if !matches!(parsed.scheme(), "http" | "https") {
-        return Err(loc.error(url_at, "heartbeat.url", "must be an http:// or https:// URL".into()));
-    }
+    let url_at = first_span(
+        [
+            &h.url.as_ref().map(|s| s.span()),
+            &h.url_file.as_ref().map(|s| s.span()),
+            &h.url_env.as_ref().map(|s| s.span()),
+        ],
+        at,
+    );
+    let parsed = http_url(&url, url_at, "heartbeat.url", loc)?;
+    let fail = resolve_secret(
+        "heartbeat.fail_url",
+        h.fail_url.as_ref(),
+        h.fail_url_file.as_ref(),
+        h.fail_url_env.as_ref(),
+        loc,
+    )?;
+    let (fail_url, fail_parsed) = match fail {
+        Some(fail) => {
+            let fail_at = first_span(
+                [
+                    &h.fail_url.as_ref().map(|s| s.span()),
+                    &h.fail_url_file.as_ref().map(|s| s.span()),
+                    &h.fail_url_env.as_ref().map(|s| s.span()),
+                ],
+                at,
+            );
+            let parsed = http_url(&fail, fail_at, "heartbeat.fail_url", loc)?;
+            (fail, parsed)
+        }
+        None => {
+            // `/fail` after the path, the query kept: https://hc-ping.com/<uuid>/fail.
+            let mut fail = parsed.clone();
+            fail.set_path(&format!("{}/fail", parsed.path().trim_end_matches('/')));
+            (Secret::new(fail.as_str()), fail)
+        }
+    };
     let every = match &h.every {
         None => Duration::from_secs(60),
         Some(e) if e.get_ref().0 < Duration::from_secs(1) => {
@@ -134,7 +166,24 @@ pub(super) fn heartbeat(
     Ok(Some(Heartbeat {
         shown: parsed.origin().ascii_serialization(),
         url,
+        fail_shown: fail_parsed.origin().ascii_serialization(),
+        fail_url,
         every,
         timeout,
     }))
+}
+
+/// Where the first of a secret's three keys that is set starts, or `at`.
+fn first_span(spans: [&Option<std::ops::Range<usize>>; 3], at: usize) -> usize {
+    spans.into_iter().flatten().next().map_or(at, |s| s.start)
+}
+
+/// `url` parsed, if it is http:// or https://. The error never repeats the URL: its path is the
+/// credential.
+fn http_url(url: &Secret, at: usize, key: &str, loc: &Locator<'_>) -> Result<Url, ConfigError> {
+    let parsed = Url::parse(url.expose()).map_err(|e| loc.error(at, key, format!("not a URL: {e}")))?;
+    if !matches!(parsed.scheme(), "http" | "https") {
+        return Err(loc.error(at, key, "must be an http:// or https:// URL".into()));
+    }
+    Ok(parsed)
 }

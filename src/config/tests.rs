@@ -783,6 +783,38 @@ fn a_heartbeat_url_is_checked_without_being_shown() {
 }
 
 #[test]
+fn the_fail_url_is_the_url_plus_fail_unless_one_is_given() {
+    let beat = |body: &str| format!("{MINIMAL}\n[heartbeat]\n{body}\n");
+    let c = parse(&beat("url = \"https://hc-ping.com/0d3c57a1-secret/?rid=1\"")).unwrap();
+    let h = c.heartbeat.as_ref().unwrap();
+    assert_eq!(h.fail_url.expose(), "https://hc-ping.com/0d3c57a1-secret/fail?rid=1");
+    assert_eq!(h.fail_shown, "https://hc-ping.com");
+
+    let c = parse(&beat(
+        "url = \"https://push.example/api/push/s3cr3tpush?status=up\"\nfail_url = \"https://push.example/api/push/s3cr3tpush?status=down\"",
+    ))
+    .unwrap();
+    let h = c.heartbeat.as_ref().unwrap();
+    assert_eq!(
+        h.fail_url.expose(),
+        "https://push.example/api/push/s3cr3tpush?status=down"
+    );
+    assert!(!format!("{c:?}").contains("s3cr3tpush"));
+
+    let (line, _, key, message) = error(&beat(
+        "url = \"https://hc-ping.com/x\"\nfail_url = \"ftp://hc-ping.com/x\"",
+    ));
+    assert_eq!(
+        (line, key.as_str(), message.as_str()),
+        (12, "heartbeat.fail_url", "must be an http:// or https:// URL")
+    );
+    let (_, _, key, _) = error(&beat(
+        "url = \"https://hc-ping.com/x\"\nfail_url = \"https://a/\"\nfail_url_env = \"X\"",
+    ));
+    assert_eq!(key, "heartbeat.fail_url");
+}
+
+#[test]
 fn a_channel_send_is_bounded_to_five_minutes() {
     let text = format!("{MINIMAL}{SLACK}timeout = \"6m\"\n");
     let (_, _, key, message) = error(&text);
@@ -828,4 +860,33 @@ fn a_broken_table_is_reported_once_and_the_rest_keep_their_place() {
         })
         .collect();
     assert_eq!(keys, ["org[1].id", "org[2].every"], "{all:?}");
+}
+
+#[test]
+fn a_timezone_is_an_iana_name_and_poll_s_needs_its_cron() {
+    let report = |body: &str| format!("{MINIMAL}{SLACK}\n[[report]]\n{body}\nchannels = [\"ops\"]\n");
+    let c = parse(&report("cron = \"0 0 9 * * *\"\ntimezone = \"Europe/Berlin\"")).unwrap();
+    assert_eq!(c.reports[0].cron.zone_name(), "Europe/Berlin");
+    let c = parse(&report("cron = \"0 0 9 * * *\"")).unwrap();
+    assert_eq!(c.reports[0].cron.zone_name(), "UTC", "UTC unless set");
+
+    let (line, _, key, message) = error(&report("cron = \"0 0 9 * * *\"\ntimezone = \"Europe/Berln\""));
+    assert_eq!((line, key.as_str()), (17, "report[0].timezone"));
+    assert!(
+        message.contains("unknown time zone \"Europe/Berln\"; did you mean \"Europe/Berlin\"?"),
+        "{message}"
+    );
+    let (_, _, _, message) = error(&report("cron = \"0 0 9 * * *\"\ntimezone = \"europe/berlin\""));
+    assert!(message.contains("did you mean \"Europe/Berlin\"?"), "{message}");
+    let (_, _, _, message) = error(&report("cron = \"0 0 9 * * *\"\ntimezone = \"CEST+2\""));
+    assert!(message.contains("an IANA name such as"), "{message}");
+
+    let c = parse(&format!(
+        "{MINIMAL}\n[poll]\ncron = \"0 0 9 * * *\"\ntimezone = \"America/New_York\"\n"
+    ))
+    .unwrap();
+    assert_eq!(c.poll.schedule.to_string(), "cron \"0 0 9 * * *\" (America/New_York)");
+    let (line, column, key, message) = error(&format!("{MINIMAL}\n[poll]\ntimezone = \"Europe/Berlin\"\n"));
+    assert_eq!((line, column, key.as_str()), (11, 12, "poll.timezone"));
+    assert!(message.contains("applies to `cron` only"), "{message}");
 }

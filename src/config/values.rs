@@ -78,11 +78,14 @@ impl<'de> Deserialize<'de> for HumanDuration {
     }
 }
 
-/// A cron expression with six fields, seconds first, evaluated in UTC.
+/// A cron expression with six fields, seconds first, evaluated in a time zone (UTC unless the
+/// section sets `timezone`). Its slots are found in that zone's local time, so a 09:00 slot in
+/// Europe/Berlin is 08:00 UTC in winter and 07:00 UTC in summer.
 #[derive(Clone)]
 pub struct CronExpr {
     text: String,
     cron: croner::Cron,
+    zone: chrono_tz::Tz,
 }
 
 impl CronExpr {
@@ -103,36 +106,92 @@ impl CronExpr {
         Ok(CronExpr {
             text: text.to_owned(),
             cron,
+            zone: chrono_tz::Tz::UTC,
         })
+    }
+
+    /// This expression, evaluated in `zone`.
+    pub fn in_zone(mut self, zone: Zone) -> CronExpr {
+        self.zone = zone.0;
+        self
     }
 
     pub fn as_str(&self) -> &str {
         &self.text
     }
 
+    /// The zone its slots are found in.
+    pub fn zone(&self) -> chrono_tz::Tz {
+        self.zone
+    }
+
+    /// "UTC", or the zone's IANA name: what messages show after the expression.
+    pub fn zone_name(&self) -> &'static str {
+        self.zone.name()
+    }
+
     /// The first time strictly after `after` that matches, in UTC.
     pub fn next_after(&self, after: chrono::DateTime<chrono::Utc>) -> Option<chrono::DateTime<chrono::Utc>> {
         // croner keeps the sub-second part of its input; slots are whole seconds.
-        let whole = after.with_nanosecond(0).unwrap_or(after);
-        self.cron.find_next_occurrence(&whole, false).ok()
+        let whole = after.with_nanosecond(0).unwrap_or(after).with_timezone(&self.zone);
+        self.cron
+            .find_next_occurrence(&whole, false)
+            .ok()
+            .map(|t| t.with_timezone(&chrono::Utc))
     }
 
     /// The latest time at or before `at` that matches, in UTC.
     pub fn latest_at_or_before(&self, at: chrono::DateTime<chrono::Utc>) -> Option<chrono::DateTime<chrono::Utc>> {
-        let whole = at.with_nanosecond(0).unwrap_or(at);
-        self.cron.find_previous_occurrence(&whole, true).ok()
+        let whole = at.with_nanosecond(0).unwrap_or(at).with_timezone(&self.zone);
+        self.cron
+            .find_previous_occurrence(&whole, true)
+            .ok()
+            .map(|t| t.with_timezone(&chrono::Utc))
     }
 }
 
 impl PartialEq for CronExpr {
     fn eq(&self, other: &Self) -> bool {
-        self.text == other.text
+        self.text == other.text && self.zone == other.zone
     }
 }
 
 impl fmt::Debug for CronExpr {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "CronExpr({:?})", self.text)
+        if self.zone == chrono_tz::Tz::UTC {
+            write!(f, "CronExpr({:?})", self.text)
+        } else {
+            write!(f, "CronExpr({:?} in {})", self.text, self.zone.name())
+        }
+    }
+}
+
+/// An IANA time zone name (`timezone = "Europe/Berlin"`); a name it does not know is refused
+/// with the nearest one it does.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Zone(pub chrono_tz::Tz);
+
+impl Zone {
+    pub fn parse(text: &str) -> Result<Zone, String> {
+        if let Ok(tz) = text.parse::<chrono_tz::Tz>() {
+            return Ok(Zone(tz));
+        }
+        let names: Vec<String> = chrono_tz::TZ_VARIANTS.iter().map(|t| t.name().to_owned()).collect();
+        let hint = names
+            .iter()
+            .find(|n| n.eq_ignore_ascii_case(text))
+            .cloned()
+            .or_else(|| super::recover::words::nearest(text, &names))
+            .map(|best| format!("; did you mean \"{best}\"?"))
+            .unwrap_or_else(|| " (an IANA name such as \"Europe/Berlin\" or \"America/New_York\")".into());
+        Err(format!("unknown time zone \"{text}\"{hint}"))
+    }
+}
+
+impl<'de> Deserialize<'de> for Zone {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        Zone::parse(s.trim()).map_err(D::Error::custom)
     }
 }
 

@@ -8,7 +8,7 @@ use tokio::sync::Mutex;
 
 use super::step::Memory;
 use crate::channels::email;
-use crate::metrics::{Blocked, Metrics};
+use crate::metrics::{Blocked, Metrics, Refused};
 
 /// What each channel remembers beyond the database, by channel name. It outlives a dispatcher:
 /// [`Dispatcher::with_memories`](super::Dispatcher::with_memories) takes over the previous one's, so that a reload forgets no
@@ -65,6 +65,14 @@ impl Memories {
         let all = self.lock();
         let blocked = blocked.filter(|_| all.configured.contains(channel));
         metrics.set_blocked(channel, blocked);
+    }
+
+    /// Says whether `channel`'s latest delivery was refused for good, on the same terms as
+    /// [`publish_blocked`](Self::publish_blocked).
+    pub(super) fn publish_refused(&self, channel: &str, refused: Option<Refused>, metrics: &Metrics) {
+        let all = self.lock();
+        let refused = refused.filter(|_| all.configured.contains(channel));
+        metrics.set_refused(channel, refused);
     }
 
     /// For how many events `channel` keeps which mail recipient has them.

@@ -19,7 +19,7 @@ use super::select::{self, Schedule};
 use super::{DeliverySettings, Outlet};
 use crate::channels::{SendError, Sent};
 use crate::message::{self, Message};
-use crate::metrics::{Blocked, Metrics};
+use crate::metrics::{Blocked, Metrics, Refused};
 use crate::store::{Delivery, Pending, Store};
 
 /// How soon to look again at rows another instance has claimed.
@@ -298,6 +298,7 @@ fn sent(cx: &Ctx<'_>, mem: &mut Memory, rows: &[Delivery], note: Sent) {
         None => tracing::debug!(channel = %name, deliveries = rows.len(), "delivered"),
     }
     cx.metrics.delivery(name, "sent", rows.len() as u64);
+    cx.outlet.publish_refused(None, cx.metrics);
     end(cx, mem, rows);
     mem.unrecorded.push_back(Outcome::Sent {
         claim: mem.claim.clone(),
@@ -313,6 +314,11 @@ fn failed(cx: &Ctx<'_>, mem: &mut Memory, rows: &[Delivery], error: &str, why: &
     let events: Vec<&str> = rows.iter().map(|d| d.event.id.as_str()).collect();
     tracing::error!(channel = %name, events = %events.join(","), %error, "{why}");
     cx.metrics.delivery(name, "failed", rows.len() as u64);
+    let refused = Refused {
+        at: cx.settings.clock.now(),
+        error: crate::outside::text(error, 1000),
+    };
+    cx.outlet.publish_refused(Some(refused), cx.metrics);
     end(cx, mem, rows);
     mem.unrecorded.push_back(Outcome::Failed {
         claim: mem.claim.clone(),

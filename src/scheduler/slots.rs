@@ -149,6 +149,20 @@ mod tests {
         Schedule::Cron(Box::new(CronExpr::parse(text).unwrap()))
     }
 
+    /// `[poll] cron` with `timezone`: the checks keep their local hour across a DST change.
+    #[test]
+    fn cron_slots_in_a_zone_keep_their_local_hour() {
+        let zone = crate::config::Zone::parse("Europe/Berlin").unwrap();
+        let nine = Schedule::Cron(Box::new(CronExpr::parse("0 0 9 * * *").unwrap().in_zone(zone)));
+        let first = first_due(&nine, &org(1), at("2026-03-28T00:00:00Z")).unwrap();
+        assert_eq!(first, at("2026-03-28T08:00:00Z"), "09:00 CET");
+        assert_eq!(
+            next_due(&nine, &org(1), first),
+            Some(at("2026-03-29T07:00:00Z")),
+            "09:00 CEST"
+        );
+    }
+
     #[test]
     fn interval_slots_are_stable_and_spread() {
         let every = Schedule::Every(Duration::from_secs(60));

@@ -76,7 +76,7 @@ async fn check_lists_the_example_config() {
         "{stdout}"
     );
     assert!(
-        stdout.contains("morning") && stdout.contains("0 0 9 * * Mon-Fri (UTC)"),
+        stdout.contains("morning") && stdout.contains("0 0 9 * * Mon-Fri (Europe/Berlin)"),
         "{stdout}"
     );
     assert!(stdout.contains("heartbeat: https://hc-ping.com/… every 1m"), "{stdout}");

@@ -55,6 +55,7 @@ async fn sqlite_history() -> TestApp {
     let report = linkwatch::report::jobs::build(
         &*t.app,
         linkwatch::report::Slot {
+            zone: chrono_tz::Tz::UTC,
             name: "morning",
             at: slot,
             late: true,

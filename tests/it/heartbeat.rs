@@ -1,12 +1,14 @@
-//! `[heartbeat]`: pings reach a local receiver while linkwatch is healthy, stop while the
-//! database refuses writes and resume after; a monitor answering 500 is counted and checks go on.
+//! `[heartbeat]`: pings reach a local receiver while linkwatch is healthy; while the database
+//! refuses writes or a channel cannot deliver, the fail URL hears why, and pings resume after;
+//! the first comes soon after start; a failed one is sent once more; a monitor answering 500 is
+//! counted and checks go on.
 
 use std::time::Duration;
 
 use linkwatch::simulator::Behavior;
 
 use crate::helpers::*;
-use crate::receiver::{Receiver, Reply};
+use crate::receiver::{Received, Receiver, Reply};
 
 /// The uuid in the ping URL is the credential.
 const UUID: &str = "0d3c57a1-5a7e-4b7e-9d6e-credential";
@@ -39,8 +41,27 @@ async fn metric(port: u16, name: &str) -> f64 {
         .map_or(0.0, |v| v.trim().parse().unwrap())
 }
 
+/// Requests to the fail URL (`{url}/fail`), in order.
+fn fails(receiver: &Receiver) -> Vec<Received> {
+    receiver
+        .received()
+        .into_iter()
+        .filter(|r| r.method == "POST" && r.path == format!("/ping/{UUID}/fail"))
+        .collect()
+}
+
+/// Success pings after the last fail.
+fn pings_after_fail(receiver: &Receiver) -> usize {
+    let all = receiver.received();
+    let last_fail = all.iter().rposition(|r| r.path.ends_with("/fail")).unwrap_or(0);
+    all[last_fail..]
+        .iter()
+        .filter(|r| r.method == "GET" && r.path == format!("/ping/{UUID}"))
+        .count()
+}
+
 #[tokio::test]
-async fn pings_arrive_while_healthy_and_stop_while_the_database_refuses_writes() {
+async fn the_database_refusing_writes_says_fail_with_the_reason_then_pings_resume() {
     let receiver = Receiver::start().await;
     let port = free_port();
     let t = spawn_app_with(Setup {
@@ -49,7 +70,8 @@ async fn pings_arrive_while_healthy_and_stop_while_the_database_refuses_writes()
     })
     .await;
     let daemon = t.run();
-    wait_until(Duration::from_secs(15), "two pings", || async { pings(&receiver) >= 2 }).await;
+    wait_until(Duration::from_secs(15), "a ping", || async { pings(&receiver) >= 1 }).await;
+    assert!(fails(&receiver).is_empty(), "{:?}", receiver.received());
 
     // The database refuses the health probe's write (as a full disk or a lock would).
     let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}", t.db_path.display()))
@@ -63,28 +85,118 @@ async fn pings_arrive_while_healthy_and_stop_while_the_database_refuses_writes()
     ] {
         sqlx::query(sql).execute(&pool).await.unwrap();
     }
-    let skipped = || metric(port, "linkwatch_heartbeat_skipped_total");
-    wait_until(Duration::from_secs(20), "a heartbeat skipped", || async {
-        skipped().await >= 1.0
+    wait_until(Duration::from_secs(20), "a fail with the reason", || async {
+        !fails(&receiver).is_empty()
     })
     .await;
-    let before = pings(&receiver);
-    let first = skipped().await;
-    wait_until(Duration::from_secs(20), "two more intervals unhealthy", || async {
-        skipped().await >= first + 2.0
-    })
-    .await;
-    assert_eq!(pings(&receiver), before, "pinged while the database refused writes");
+    let fail = &fails(&receiver)[0];
+    assert!(
+        fail.body.starts_with("the database does not take writes") && fail.body.contains("refused by the test"),
+        "{}",
+        fail.body
+    );
+    assert!(fail.header("content-type").starts_with("text/plain"), "{fail:?}");
+    assert!(metric(port, "linkwatch_heartbeat_unhealthy_total").await >= 1.0);
 
     for sql in ["DROP TRIGGER test_refuse_insert", "DROP TRIGGER test_refuse_update"] {
         sqlx::query(sql).execute(&pool).await.unwrap();
     }
-    wait_until(Duration::from_secs(20), "pings again once healthy", || async {
-        pings(&receiver) > before
+    wait_until(Duration::from_secs(20), "success pings again once healthy", || async {
+        pings_after_fail(&receiver) >= 2
     })
     .await;
     pool.close().await;
     daemon.stop(Duration::from_secs(15)).await;
+}
+
+/// A revoked Slack webhook: every check goes on and `/healthz` stays 200, but nobody is told
+/// anything, and the monitor hears it. The next delivery that goes through ends it.
+#[tokio::test]
+async fn a_revoked_slack_webhook_says_fail_until_a_delivery_goes_through() {
+    let receiver = Receiver::start().await;
+    let slack = Receiver::start().await;
+    slack.reply_when(|_| true, Reply::status(404, "no_service"));
+    let port = free_port();
+    let t = spawn_app_with(Setup {
+        top: heartbeat(&receiver, port),
+        channels: format!(
+            "[[channel]]\nname = \"ops\"\nkind = \"slack\"\nwebhook_url = \"{}\"\n",
+            slack.url("/services/T0/B0/revoked")
+        ),
+        ..Setup::default()
+    })
+    .await;
+    let daemon = t.run();
+    wait_until(Duration::from_secs(20), "a fail naming the channel", || async {
+        fails(&receiver).iter().any(|f| f.body.contains("channel \"ops\""))
+    })
+    .await;
+    let fail = fails(&receiver)
+        .into_iter()
+        .find(|f| f.body.contains("channel \"ops\""))
+        .unwrap();
+    assert!(
+        fail.body.contains("refused for good") && fail.body.contains("no_service"),
+        "{}",
+        fail.body
+    );
+    let health = reqwest::get(format!("http://127.0.0.1:{port}/healthz")).await.unwrap();
+    assert_eq!(health.text().await.unwrap(), "degraded\n", "the same rule as /healthz");
+
+    // The webhook is replaced on Slack's side; the next event goes through.
+    slack.clear_rules();
+    t.sim.set(ORG_A, Behavior::status("SYNCED"));
+    wait_until(Duration::from_secs(20), "success pings after the delivery", || async {
+        pings_after_fail(&receiver) >= 2
+    })
+    .await;
+    assert!(!slack.accepted().is_empty());
+    daemon.stop(Duration::from_secs(15)).await;
+}
+
+/// The monitor hears from linkwatch soon after it starts, not one `every` later.
+#[tokio::test]
+async fn the_first_ping_comes_soon_after_start() {
+    let receiver = Receiver::start().await;
+    let port = free_port();
+    let t = spawn_app_with(Setup {
+        top: heartbeat(&receiver, port).replace("every = \"1s\"", "every = \"1h\""),
+        ..Setup::default()
+    })
+    .await;
+    let daemon = t.run();
+    wait_until(
+        Duration::from_secs(15),
+        "the first ping, long before an hour",
+        || async { pings(&receiver) >= 1 },
+    )
+    .await;
+    daemon.stop(Duration::from_secs(15)).await;
+}
+
+/// A monitor that fails one request gets the same one again, soon, not an interval later.
+#[tokio::test]
+async fn a_failed_ping_is_sent_once_more_before_the_next_interval() {
+    let receiver = Receiver::start().await;
+    receiver.reply_when(|_| true, Reply::status(500, "down"));
+    let port = free_port();
+    let t = spawn_app_with(Setup {
+        top: heartbeat(&receiver, port).replace("every = \"1s\"", "every = \"1h\""),
+        ..Setup::default()
+    })
+    .await;
+    let daemon = t.run();
+    // every = 1h: the second request can only be the retry (after 10 s).
+    wait_until(Duration::from_secs(30), "the ping and its retry", || async {
+        pings(&receiver) >= 2
+    })
+    .await;
+    wait_until(Duration::from_secs(5), "both failures counted", || async {
+        metric(port, "linkwatch_heartbeat_failures_total").await >= 2.0
+    })
+    .await;
+    daemon.stop(Duration::from_secs(15)).await;
+    assert_eq!(pings(&receiver), 2, "retried once, not more");
 }
 
 #[tokio::test]
@@ -116,14 +228,21 @@ async fn a_failed_ping_never_shows_the_url() {
     let beat = linkwatch::config::Heartbeat {
         url: linkwatch::secret::Secret::new(format!("http://127.0.0.1:{closed}/ping/{UUID}")),
         shown: format!("http://127.0.0.1:{closed}"),
+        fail_url: linkwatch::secret::Secret::new(format!("http://127.0.0.1:{closed}/ping/{UUID}/fail")),
+        fail_shown: format!("http://127.0.0.1:{closed}"),
         every: Duration::from_secs(1),
         timeout: Duration::from_secs(1),
     };
-    let error = linkwatch::heartbeat::ping(&reqwest::Client::new(), &beat)
-        .await
-        .unwrap_err();
-    assert!(error.starts_with("could not connect"), "{error}");
-    assert!(!error.contains(UUID), "{error}");
+    for ping in [
+        linkwatch::heartbeat::Ping::Healthy,
+        linkwatch::heartbeat::Ping::Fail("a reason".into()),
+    ] {
+        let error = linkwatch::heartbeat::ping(&reqwest::Client::new(), &beat, &ping)
+            .await
+            .unwrap_err();
+        assert!(error.starts_with("could not connect"), "{error}");
+        assert!(!error.contains(UUID), "{error}");
+    }
     assert!(!format!("{beat:?}").contains(UUID));
 }
 

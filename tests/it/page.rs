@@ -385,7 +385,9 @@ async fn a_login_guards_the_page_the_api_metrics_and_healthz_details_but_not_hea
     }
     let health = http.get(format!("{base}/healthz")).send().await.unwrap();
     assert_eq!(health.status(), 200, "/healthz needs no login");
-    assert_eq!(health.text().await.unwrap(), "ok\n");
+    // One word: "degraded" once the "gone" channel's delivery has been refused for good.
+    let word = health.text().await.unwrap();
+    assert!(word == "ok\n" || word == "degraded\n", "{word}");
     daemon.stop(Duration::from_secs(15)).await;
 }
 

@@ -73,6 +73,7 @@ async fn fill(t: &TestApp) {
     // A report slot sent, for `report_runs`.
     let now = t.app.clock.now();
     let slot = linkwatch::report::Slot {
+        zone: chrono_tz::Tz::UTC,
         name: "morning",
         at: now,
         late: false,

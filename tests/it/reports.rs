@@ -1,6 +1,7 @@
 //! Scheduled reports (`[[report]]`) as Slack, webhook and mail receivers get them; the cron job
-//! firing once per slot on the real wall clock; a restart that does not send a slot again; a
-//! slot missed while down sent once, late; `linkwatch report --channel`.
+//! firing once per slot on the real wall clock; a report in a time zone across a DST change; a
+//! restart that does not send a slot again; a slot missed while down sent once, late (an hourly
+//! report down for two hours); `linkwatch report --channel`.
 
 use std::time::Duration;
 
@@ -246,6 +247,120 @@ async fn a_restart_does_not_resend_a_slot_and_a_slot_missed_while_down_comes_onc
     assert_ne!(daily[0]["report"]["slot"], late["report"]["slot"]);
 }
 
+/// The wall clock set to `at` (linkwatch's own clock: the injected one).
+fn set_clock(t: &TestApp, at: &str) {
+    let at: chrono::DateTime<chrono::Utc> = at.parse().unwrap();
+    t.app.clock.step(at - t.app.clock.now());
+}
+
+/// A 09:00 report in Europe/Berlin fires at 09:00 local on both sides of the change to summer
+/// time (2026-03-29): 08:00 UTC the day before, 07:00 UTC the day after, once each, on time,
+/// with its times named in that zone.
+#[tokio::test]
+async fn a_report_in_a_zone_fires_at_its_local_hour_across_a_dst_change() {
+    let receiver = Receiver::start().await;
+    let t = spawn_app_with(Setup {
+        channels: format!(
+            "{}{}timezone = \"Europe/Berlin\"\n{}",
+            hook(&receiver.url("/hook")),
+            report("morning", "0 0 9 * * *", "\"hook\""),
+            report("tick", "*/1 * * * * *", "\"hook\"")
+        ),
+        ..Setup::default()
+    })
+    .await;
+    set_clock(&t, "2026-03-28T07:59:55Z"); // 08:59:55 CET
+    let daemon = t.run();
+    wait_until(Duration::from_secs(30), "the 09:00 CET report", || async {
+        reports(&receiver, "morning").len() == 1
+    })
+    .await;
+    // The next morning, summer time: 09:00 CEST is 07:00 UTC.
+    set_clock(&t, "2026-03-29T06:59:55Z");
+    wait_until(Duration::from_secs(60), "the 09:00 CEST report", || async {
+        reports(&receiver, "morning").len() == 2
+    })
+    .await;
+    more_ticks(&receiver).await;
+    daemon.stop(Duration::from_secs(15)).await;
+    let morning = reports(&receiver, "morning");
+    assert_eq!(morning.len(), 2, "{morning:?}");
+    let slots: Vec<&str> = morning.iter().map(|m| m["report"]["slot"].as_str().unwrap()).collect();
+    assert_eq!(slots, ["2026-03-28T08:00:00.000Z", "2026-03-29T07:00:00.000Z"]);
+    for m in &morning {
+        assert_eq!(m["report"]["late"], false, "{m}");
+        assert_eq!(m["report"]["timezone"], "Europe/Berlin", "{m}");
+        // At its slot (the zone's own timer), not at the guard's next look.
+        let time = |k: &str| {
+            m["report"][k]
+                .as_str()
+                .unwrap()
+                .parse::<chrono::DateTime<chrono::Utc>>()
+                .unwrap()
+        };
+        let after = time("generated_at") - time("slot");
+        assert!(after < chrono::Duration::seconds(10), "{after} after its slot: {m}");
+    }
+    // The text channels name the zone's time.
+    let summer: linkwatch::report::Report = serde_json::from_value(morning[1]["report"].clone()).unwrap();
+    assert!(
+        summer.text().contains("As of 2026-03-29 09:00 CEST."),
+        "{}",
+        summer.text()
+    );
+}
+
+/// An hourly report down for two hours sends the latest hour once, late, though the hour before
+/// it was missed too.
+#[tokio::test]
+async fn an_hourly_report_down_for_two_hours_sends_one_late_report() {
+    let receiver = Receiver::start().await;
+    let mut t = spawn_app_with(Setup {
+        channels: format!(
+            "{}{}{}",
+            hook(&receiver.url("/hook")),
+            report("hourly", "0 0 * * * *", "\"hook\""),
+            report("tick", "*/1 * * * * *", "\"hook\"")
+        ),
+        ..Setup::default()
+    })
+    .await;
+    set_clock(&t, "2026-11-30T10:00:10Z");
+    let daemon = t.run();
+    wait_until(Duration::from_secs(20), "the 10:00 report", || async {
+        reports(&receiver, "hourly").len() == 1
+    })
+    .await;
+    more_ticks(&receiver).await;
+    daemon.stop(Duration::from_secs(15)).await;
+
+    // Down over 11:00 and 12:00, back at 12:30: one report, for 12:00, late.
+    t.app.clock.step(chrono::Duration::minutes(150));
+    t = t.restart().await;
+    let daemon = t.run();
+    wait_until(Duration::from_secs(20), "the 12:00 report", || async {
+        reports(&receiver, "hourly").len() == 2
+    })
+    .await;
+    more_ticks(&receiver).await;
+    daemon.stop(Duration::from_secs(15)).await;
+    let hourly = reports(&receiver, "hourly");
+    assert_eq!(hourly.len(), 2, "{hourly:?}");
+    let sent: Vec<(&str, bool)> = hourly
+        .iter()
+        .map(|h| {
+            (
+                h["report"]["slot"].as_str().unwrap(),
+                h["report"]["late"].as_bool().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        sent,
+        [("2026-11-30T10:00:00.000Z", false), ("2026-11-30T12:00:00.000Z", true)]
+    );
+}
+
 #[tokio::test]
 async fn linkwatch_report_sends_one_now() {
     let receiver = Receiver::start().await;
@@ -421,6 +536,7 @@ async fn a_report_says_which_migrations_are_ready_for_cutover_and_how_long_is_le
     let rows = t.app.store.live_migrations().await.unwrap();
     let current = t.app.store.current().await.unwrap();
     let slot = linkwatch::report::Slot {
+        zone: chrono_tz::Tz::UTC,
         name: "daily",
         at: t.app.clock.now(),
         late: false,
