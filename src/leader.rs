@@ -171,21 +171,7 @@ async fn run(pg: Postgres, holder: String, timing: LeaseTiming, role: watch::Sen
         match attempt {
             Ok(Some(epoch)) => {
                 failing = false;
-                if term.is_none() {
-                    // Whether the last leader is still announced tells a lease that ran out from
-                    // one given up (a clean stop withdraws the instance).
-                    let announced = match &last_leader {
-                        Some(l) if l.holder != holder => {
-                            tokio::time::timeout(timing.renew_every(), pg.announced(&l.holder))
-                                .await
-                                .ok()
-                                .and_then(Result::ok)
-                        }
-                        _ => None,
-                    };
-                    let why = takeover(&holder, last_leader.as_ref(), announced);
-                    tracing::info!(epoch, holder = %holder, "leading: this instance now checks and sends ({why})");
-                }
+                let starting = term.is_none();
                 let t = Term {
                     holder: holder.clone(),
                     epoch,
@@ -202,6 +188,23 @@ async fn run(pg: Postgres, holder: String, timing: LeaseTiming, role: watch::Sen
                         },
                     )
                 });
+                if starting {
+                    // After taking the lead, so that asking why delays nothing. Whether the last
+                    // leader is still announced tells a lease that ran out from one given up (a
+                    // clean stop withdraws the instance).
+                    let last = last_leader.take();
+                    let announced = match &last {
+                        Some(l) if l.holder != holder => {
+                            tokio::time::timeout(timing.renew_every(), pg.announced(&l.holder))
+                                .await
+                                .ok()
+                                .and_then(Result::ok)
+                        }
+                        _ => None,
+                    };
+                    let why = takeover(&holder, last.as_ref(), announced);
+                    tracing::info!(epoch, holder = %holder, "leading: this instance now checks and sends ({why})");
+                }
             }
             Ok(None) => {
                 failing = false;

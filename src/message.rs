@@ -25,10 +25,12 @@ pub struct Links {
 
 impl Links {
     pub fn of(config: &Config) -> Links {
-        let origin = |u: &Url| Url::parse(&u.origin().ascii_serialization()).ok();
         Links {
-            cloud_manager: origin(&config.cloud_manager.base_url),
-            atlas: config.atlas.as_ref().and_then(|a| origin(&a.base_url)),
+            cloud_manager: console(&config.cloud_manager.base_url, "api/public/v1.0/"),
+            atlas: config
+                .atlas
+                .as_ref()
+                .and_then(|a| console(&a.base_url, "api/atlas/v2/")),
             page: config.http_public_url.clone(),
             projects: config
                 .migrations
@@ -69,6 +71,20 @@ impl Links {
         }
         links
     }
+}
+
+/// The web console behind an API's `base_url`: the URL without the API's path (an Ops Manager
+/// behind a proxy keeps its own path prefix), or the origin when the path is another.
+fn console(base_url: &Url, api_path: &str) -> Option<Url> {
+    let mut url = base_url.clone();
+    url.set_query(None);
+    url.set_fragment(None);
+    let path = url.path().to_owned();
+    match path.strip_suffix(api_path) {
+        Some(prefix) => url.set_path(prefix),
+        None => url.set_path("/"),
+    }
+    Some(url)
 }
 
 pub fn render(stored: &StoredEvent, links: &Links) -> Message {
@@ -327,7 +343,7 @@ mod tests {
     fn links_point_at_the_consoles_and_the_page_under_its_path() {
         let config = Config::parse(
             "[http]\nlisten = \"127.0.0.1:9187\"\npublic_url = \"https://ops.example.com/lw\"\n\
-             [cloud_manager]\nbase_url = \"https://opsmanager.example.com:8443/api/public/v1.0\"\n\
+             [cloud_manager]\nbase_url = \"https://opsmanager.example.com:8443/om/api/public/v1.0\"\n\
              public_key = \"p\"\nprivate_key = \"k\"\n[[org]]\nid = \"5f0c1234567890abcdef1234\"\nname = \"payments\"\n\
              [atlas]\npublic_key = \"p\"\nprivate_key = \"k\"\n[[migration]]\nname = \"rs0\"\norg = \"payments\"\n\
              group_id = \"6f0c00000000000000000c01\"\nid = \"6f1d00000000000000000d01\"\n",
@@ -349,7 +365,7 @@ mod tests {
                 ),
                 (
                     "Cloud Manager org",
-                    "https://opsmanager.example.com:8443/v2#/org/5f0c1234567890abcdef1234/projects".to_owned()
+                    "https://opsmanager.example.com:8443/om/v2#/org/5f0c1234567890abcdef1234/projects".to_owned()
                 ),
                 (
                     "status page",

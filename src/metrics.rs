@@ -336,7 +336,8 @@ impl Metrics {
     /// Names this instance in `linkwatch_instance_info`.
     pub fn set_instance(&self, name: &str) {
         self.instance.clear();
-        self.instance.get_or_create(&vec![("instance", name.to_owned())]).set(1);
+        // `name`, not `instance`: Prometheus gives every series the target's `instance` label.
+        self.instance.get_or_create(&vec![("name", name.to_owned())]).set(1);
     }
 
     /// Follows this instance's leadership: the epoch of its lease while it leads, `None` while

@@ -22,9 +22,14 @@ pub struct Answer {
 
 impl Answer {
     /// A refusal or no answer at all: what a key or id test must not pass. An org without a
-    /// migration link did answer (the key and id are right; the link is not there yet).
+    /// migration link did answer, in Cloud Manager's own words (an `errorCode`): the key and id
+    /// are right, the link is not there yet. A bare 404 (a proxy's page, a `base_url` without
+    /// `/api/public/v1.0`) proves nothing.
     pub fn refused(&self) -> bool {
-        matches!(&self.outcome, Err(f) if f.class != FailureClass::NoLink)
+        match &self.outcome {
+            Ok(_) => false,
+            Err(f) => !(f.class == FailureClass::NoLink && f.error_code.is_some()),
+        }
     }
 
     /// The reason in plain words, for a failure.
@@ -78,4 +83,28 @@ pub async fn ask_all(config: &Config) -> anyhow::Result<Vec<Answer>> {
         }
     }
     Ok(answers)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn answer(outcome: Result<String, Failure>) -> Answer {
+        Answer {
+            what: "org",
+            name: "payments".into(),
+            credential: "api key p".into(),
+            outcome,
+        }
+    }
+
+    #[test]
+    fn only_cloud_managers_own_no_link_counts_as_an_answer() {
+        let no_link = |code: Option<&str>| Failure::new(FailureClass::NoLink, Some(404), code.map(Into::into), "");
+        assert!(!answer(Ok("SYNCED".into())).refused());
+        assert!(!answer(Err(no_link(Some("RESOURCE_NOT_FOUND")))).refused());
+        // A bare 404: a proxy's page, or a base_url without /api/public/v1.0.
+        assert!(answer(Err(no_link(None))).refused());
+        assert!(answer(Err(Failure::new(FailureClass::Unauthorized, Some(401), None, ""))).refused());
+    }
 }

@@ -112,11 +112,12 @@ pub fn single(m: &Message) -> Value {
         );
     }
     if !m.links.is_empty() {
-        // `<url|label>`: the URL is the config's or an id, never outside text; `|` and `>` end it.
+        // `<url|label>`: the URL is built from the config and ids; Slack wants `&`, `<` and `>`
+        // escaped in it, and `|` would end it (a URL parser leaves none unencoded in a path).
         let links: Vec<String> = m
             .links
             .iter()
-            .map(|l| format!("<{}|{}>", l.url.replace(['|', '>'], ""), l.label))
+            .map(|l| format!("<{}|{}>", escape(&l.url).replace('|', "%7C"), l.label))
             .collect();
         blocks.push(json!({"type": "context", "elements": [{"type": "mrkdwn", "text": fit(&links.join(" · "), SECTION_CHARS)}]}));
     }

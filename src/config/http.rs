@@ -25,7 +25,23 @@ pub(super) struct Http {
 pub(super) fn parse(h: &raw::Http, loc: &Locator<'_>) -> Result<Http, ConfigError> {
     // Messages link to the page there; behind a proxy it may hold a path (`/linkwatch/`).
     let public_url = match &h.public_url {
-        Some(u) => Some(with_trailing_slash(parse_url(u, "http.public_url", loc)?)),
+        Some(u) => {
+            let url = parse_url(u, "http.public_url", loc)?;
+            // It goes into every message: a password in it would go with them.
+            if !url.username().is_empty()
+                || url.password().is_some()
+                || url.query().is_some()
+                || url.fragment().is_some()
+            {
+                return Err(loc.error(
+                    u.span().start,
+                    "http.public_url",
+                    "must be a plain address (no user, password, query or fragment): it is sent in every message"
+                        .into(),
+                ));
+            }
+            Some(with_trailing_slash(url))
+        }
         None => None,
     };
     let listen = h.listen.get_ref().parse().map_err(|_| {

@@ -57,10 +57,26 @@ pub(super) fn rebuild(current: &App, loaded: anyhow::Result<Config>, console: Co
 /// migrations, reports, the heartbeat and `[poll]`. Long lists are cut: 10,000 orgs make no line.
 pub(super) fn changes(old: &Config, new: &Config) -> Vec<String> {
     let mut out = Vec::new();
-    let names = |orgs: &[crate::config::Org]| orgs.iter().map(|o| o.name.clone()).collect::<Vec<_>>();
-    let (old_orgs, new_orgs) = (names(&old.orgs), names(&new.orgs));
-    list(&mut out, "orgs added", added(&old_orgs, &new_orgs));
-    list(&mut out, "orgs removed", added(&new_orgs, &old_orgs));
+    // Orgs are told apart by id: a corrected id is an org removed and one added.
+    let ids = |orgs: &[crate::config::Org]| orgs.iter().map(|o| o.id.to_string()).collect::<Vec<_>>();
+    let (old_ids, new_ids) = (ids(&old.orgs), ids(&new.orgs));
+    let name_of = |orgs: &[crate::config::Org], id: &String| {
+        orgs.iter()
+            .find(|o| o.id.as_str() == id)
+            .map_or(id.clone(), |o| format!("{} ({id})", o.name))
+    };
+    let shown = |orgs: &[crate::config::Org], ids: Vec<String>| ids.iter().map(|i| name_of(orgs, i)).collect();
+    list(&mut out, "orgs added", shown(&new.orgs, added(&old_ids, &new_ids)));
+    list(&mut out, "orgs removed", shown(&old.orgs, added(&new_ids, &old_ids)));
+    let renamed: Vec<String> = new
+        .orgs
+        .iter()
+        .filter_map(|n| {
+            let o = old.orgs.iter().find(|o| o.id == n.id)?;
+            (o.name != n.name).then(|| format!("{} -> {}", o.name, n.name))
+        })
+        .collect();
+    list(&mut out, "orgs renamed", renamed);
     let rescheduled: Vec<String> = new
         .orgs
         .iter()
@@ -99,10 +115,24 @@ pub(super) fn changes(old: &Config, new: &Config) -> Vec<String> {
     let (old_m, new_m) = (migration_names(old), migration_names(new));
     list(&mut out, "live migrations added", added(&old_m, &new_m));
     list(&mut out, "live migrations removed", added(&new_m, &old_m));
+    let changed: Vec<String> = new
+        .migrations
+        .iter()
+        .filter(|n| old.migrations.iter().any(|o| o.name == n.name && o != *n))
+        .map(|n| n.name.clone())
+        .collect();
+    list(&mut out, "live migrations changed", changed);
     let report_names = |c: &Config| c.reports.iter().map(|r| r.name.clone()).collect::<Vec<_>>();
     let (old_r, new_r) = (report_names(old), report_names(new));
     list(&mut out, "reports added", added(&old_r, &new_r));
     list(&mut out, "reports removed", added(&new_r, &old_r));
+    let changed: Vec<String> = new
+        .reports
+        .iter()
+        .filter(|n| old.reports.iter().any(|o| o.name == n.name && o != *n))
+        .map(|n| n.name.clone())
+        .collect();
+    list(&mut out, "reports changed", changed);
     match (&old.heartbeat, &new.heartbeat) {
         (None, Some(_)) => out.push("heartbeat on".into()),
         (Some(_), None) => out.push("heartbeat off".into()),
@@ -118,6 +148,42 @@ pub(super) fn changes(old: &Config, new: &Config) -> Vec<String> {
     {
         out.push("[poll] limits changed".into());
     }
+    // The rest by section, so that no edit reads as "nothing changed".
+    let atlas = |c: &Config| {
+        c.atlas.as_ref().map(|a| {
+            (
+                a.base_url.clone(),
+                a.token_url.clone(),
+                a.credential.clone(),
+                a.every,
+                a.cutover_window,
+                a.deadline_warnings.clone(),
+            )
+        })
+    };
+    let cloud_manager = |c: &Config| {
+        let cm = &c.cloud_manager;
+        (
+            cm.base_url.clone(),
+            cm.token_url.clone(),
+            cm.connect_timeout,
+            cm.max_body_bytes,
+        )
+    };
+    let sections = [
+        ("[cloud_manager]", cloud_manager(old) != cloud_manager(new)),
+        ("[atlas]", atlas(old) != atlas(new)),
+        ("[http] public_url", old.http_public_url != new.http_public_url),
+        ("retention", old.retention != new.retention),
+        ("shutdown_timeout", old.shutdown_timeout != new.shutdown_timeout),
+        ("leader_lease", old.leader_lease != new.leader_lease),
+    ];
+    let other: Vec<String> = sections
+        .iter()
+        .filter(|(_, changed)| *changed)
+        .map(|(what, _)| (*what).to_owned())
+        .collect();
+    list(&mut out, "also changed", other);
     out
 }
 
@@ -163,7 +229,7 @@ mod tests {
         assert_eq!(
             changes(&old, &new),
             vec![
-                "orgs added: search",
+                "orgs added: search (5f0c1234567890abcdef1236)",
                 "schedules changed: billing (every 1m -> every 5m)",
                 "channels added: team",
                 "channels changed: ops",
@@ -176,8 +242,22 @@ mod tests {
         let grown = parse(&format!("{base}\n{many}"));
         let line = &changes(&parse(base), &grown)[0];
         assert!(
-            line.starts_with("orgs added: org-0, org-1,") && line.ends_with(" and 15 more"),
+            line.starts_with("orgs added: org-0 (") && line.ends_with(" and 15 more"),
             "{line}"
+        );
+        // A corrected id is an org removed and one added; a rename says so.
+        let fixed = parse(
+            &base
+                .replace("5f0c1234567890abcdef1235", "5f0c1234567890abcdef1239")
+                .replace("payments", "pay"),
+        );
+        assert_eq!(
+            changes(&parse(base), &fixed),
+            vec![
+                "orgs added: billing (5f0c1234567890abcdef1239)",
+                "orgs removed: billing (5f0c1234567890abcdef1235)",
+                "orgs renamed: payments -> pay",
+            ]
         );
     }
 

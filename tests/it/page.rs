@@ -193,7 +193,8 @@ async fn the_json_api_shows_what_needs_action_first(database_url: Option<String>
     assert!(count >= 2, "{rows}");
     let span = rows.split("<tr><td>").nth(1).unwrap().split('<').next().unwrap();
     let (oldest, newest) = span.split_once(" to ").expect("a span of times");
-    assert!(oldest < newest, "oldest first in the span: {span}");
+    // Checks a second apart can show the same second.
+    assert!(oldest <= newest, "oldest first in the span: {span}");
 
     daemon.stop(Duration::from_secs(15)).await;
 }
