@@ -583,8 +583,9 @@ struct Locator<'a> {
     file: &'a Path,
     options: &'a LoadOptions,
     problems: RefCell<Vec<ConfigError>>,
-    /// The document as written, to name `[[org]]`s and the like by their place in it.
-    written: Option<Spanned<toml::de::DeTable<'a>>>,
+    /// The document as written, to name `[[org]]`s and the like by their place in it; parsed at
+    /// the first error (a valid file never needs it).
+    written: std::cell::OnceCell<Option<Spanned<toml::de::DeTable<'a>>>>,
     /// Names of `[[org]]`s and `[[channel]]`s that were reported, and keys that a "did you
     /// mean" named: a reference to one of them is not a second mistake.
     reported: RefCell<HashSet<String>>,
@@ -598,7 +599,7 @@ impl<'a> Locator<'a> {
             file,
             options,
             problems: RefCell::default(),
-            written: toml::de::DeTable::parse(text).ok(),
+            written: std::cell::OnceCell::new(),
             reported: RefCell::default(),
             unread: RefCell::default(),
         }
@@ -663,7 +664,8 @@ impl<'a> Locator<'a> {
 
     fn error(&self, offset: usize, key: &str, message: String) -> ConfigError {
         // `org[1]` as written, also when an earlier `[[org]]` was taken out for its mistakes.
-        let key = match (key.split_once('['), &self.written) {
+        let written = self.written.get_or_init(|| toml::de::DeTable::parse(self.text).ok());
+        let key = match (key.split_once('['), written) {
             (Some((table, rest)), Some(doc)) if !table.contains('.') => {
                 match (rest.split_once(']'), recover::index_at(doc, table, offset)) {
                     (Some((_, tail)), Some(i)) => format!("{table}[{i}]{tail}"),
