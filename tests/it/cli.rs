@@ -4,15 +4,8 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::Command;
 
 use crate::helpers::*;
-
-fn linkwatch() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_linkwatch"));
-    c.env_remove("RUST_LOG").kill_on_drop(true);
-    c
-}
 
 #[tokio::test]
 async fn check_rejects_a_bad_config_with_its_location() {

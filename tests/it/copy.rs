@@ -12,12 +12,6 @@ use sqlx::Row as _;
 use crate::helpers::*;
 use crate::pg;
 
-fn linkwatch() -> tokio::process::Command {
-    let mut c = tokio::process::Command::new(env!("CARGO_BIN_EXE_linkwatch"));
-    c.env_remove("RUST_LOG").kill_on_drop(true);
-    c
-}
-
 fn db(text: &str) -> Database {
     Database::parse(text, Path::new("")).unwrap()
 }

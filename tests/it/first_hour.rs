@@ -3,14 +3,6 @@
 
 use crate::helpers::*;
 
-fn linkwatch() -> tokio::process::Command {
-    let mut c = tokio::process::Command::new(env!("CARGO_BIN_EXE_linkwatch"));
-    c.env_remove("RUST_LOG")
-        .env_remove("CREDENTIALS_DIRECTORY")
-        .kill_on_drop(true);
-    c
-}
-
 /// `linkwatch ARGS --config CONFIG`, run to its end.
 async fn run(args: &[&str], config: &std::path::Path) -> std::process::Output {
     linkwatch()

@@ -373,3 +373,13 @@ where
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
 }
+
+/// The binary as a user runs it: no `RUST_LOG` or systemd `CREDENTIALS_DIRECTORY` of the test's
+/// environment, killed if the test ends first.
+pub fn linkwatch() -> tokio::process::Command {
+    let mut c = tokio::process::Command::new(env!("CARGO_BIN_EXE_linkwatch"));
+    c.env_remove("RUST_LOG")
+        .env_remove("CREDENTIALS_DIRECTORY")
+        .kill_on_drop(true);
+    c
+}
