@@ -306,8 +306,13 @@ impl Daemon {
             "stopping: waiting up to {:?} for running checks and sends",
             self.app.config.shutdown_timeout
         );
-        if let Some((generation, _)) = self.generation.take() {
-            generation.end(&self.app, End::Shutdown).await;
+        if let Some((generation, epoch)) = self.generation.take() {
+            // The fence falls a database round trip before the role follows, and a stop may
+            // come in between (or win the race with the role's change): a leader that lost its
+            // lease stops as a deposed one, without waiting for its checks or sending.
+            let leads = self.app.store.may_send() && self.role.borrow().epoch == Some(epoch);
+            let how = if leads { End::Shutdown } else { End::Deposed };
+            generation.end(&self.app, how).await;
         }
     }
 

@@ -367,6 +367,29 @@ async fn a_deposed_leader_cuts_off_a_hanging_check_and_leads_again_when_the_leas
     pool.close().await;
 }
 
+/// A stop that comes just after this instance lost the lease, before the daemon has followed
+/// (the fence falls first, the role a database round trip later), is a deposed leader's stop:
+/// it does not wait `shutdown_timeout` for a check hanging on Cloud Manager, nor send.
+#[tokio::test]
+async fn a_stop_right_after_the_lease_is_lost_does_not_wait_for_a_hanging_check() {
+    let Some(db) = database().await else { return };
+    let t = spawn_app_with(Setup {
+        database_url: Some(db.url.clone()),
+        timeout: "1h",
+        top: "leader_lease = \"3s\"\nshutdown_timeout = \"1h\"".into(),
+        ..Setup::default()
+    })
+    .await;
+    t.sim.set(ORG_A, Behavior::Hang);
+    let running = t.run();
+    wait_until(Duration::from_secs(20), "alpha's check hanging", || async {
+        t.sim.requests_for(ORG_A) >= 1
+    })
+    .await;
+    t.app.store.postgres().expect("on PostgreSQL").fence().depose();
+    running.stop(Duration::from_secs(20)).await;
+}
+
 /// The database-side fence, on its own: this instance still believes it leads (its own clock
 /// says the term is good for minutes), but the database has moved on: another holder took the
 /// lease. Its claim of a pending delivery and its write of a check must both be refused by the
