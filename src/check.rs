@@ -18,7 +18,7 @@ use crate::metrics::Metrics;
 use crate::outcome::CheckOutcome;
 use crate::router::Router;
 use crate::scheduler::NotBefore;
-use crate::store::{Applied, Check, Decision, QUIET_WINDOW, RemindersSent, Store};
+use crate::store::{Applied, Check, Decision, QUIET_WINDOW, RemindersSent, Silenced, Store};
 
 /// Tells channels' workers that rows are due for them; the dispatcher is one. A trait, so that a
 /// check knows nothing of how channels send.
@@ -113,6 +113,16 @@ impl Checker {
                 notify: Arc::default(),
             },
         })
+    }
+
+    /// Tells the workers of `channels` that rows are due for them.
+    pub fn wake_channels(&self, channels: &[String]) {
+        self.wake.wake(channels);
+    }
+
+    /// The configured org with this id.
+    pub fn org(&self, id: &str) -> Option<&Org> {
+        self.orgs.iter().find(|o| o.id.as_str() == id)
     }
 
     /// What wakes the live migrations' loop.
@@ -245,8 +255,8 @@ impl Checker {
         };
         let applied = self
             .store
-            .apply(&check, |state, sent| {
-                decide(&self.routes, self.policy, &check, state, sent)
+            .apply(&check, |state, sent, silenced| {
+                decide(&self.routes, self.policy, &check, state, sent, silenced)
             })
             .await
             .with_context(|| format!("cannot record the check of org {}", org.name))?;
@@ -297,9 +307,17 @@ impl Checker {
 }
 
 /// What `check` means given the stored `state`: the new state, the events routed to their
-/// channels, and the reminders due (each to the route that asked for it). Pure: it runs inside
-/// the store's transaction.
-pub fn decide(routes: &Router, policy: Policy, check: &Check<'_>, state: &OrgState, sent: &RemindersSent) -> Decision {
+/// channels, and the reminders due (each to the route that asked for it; none while `silenced`,
+/// so that a long silence does not end in a burst of them). Pure: it runs inside the store's
+/// transaction.
+pub fn decide(
+    routes: &Router,
+    policy: Policy,
+    check: &Check<'_>,
+    state: &OrgState,
+    sent: &RemindersSent,
+    silenced: Silenced,
+) -> Decision {
     let (next, events) = detect::detect(state, check.outcome, check.at, policy);
     let mut events: Vec<(Event, Vec<String>)> = events
         .into_iter()
@@ -309,7 +327,7 @@ pub fn decide(routes: &Router, policy: Policy, check: &Check<'_>, state: &OrgSta
         })
         .collect();
     let mut reminded = Vec::new();
-    if routes.has_reminders() {
+    if routes.has_reminders() && !silenced {
         let rules = routes.reminder_rules(check.org_id, sent);
         let plain: Vec<_> = rules.iter().map(|(_, r, _)| r.clone()).collect();
         for (i, reminder) in detect::due_reminders(&next, &plain, check.at) {

@@ -17,6 +17,8 @@ use crate::store::{self, Store};
 use crate::table::{print_history, print_table};
 use crate::{demo, message};
 
+mod silence;
+
 #[derive(Debug, Parser)]
 #[command(
     name = "linkwatch",
@@ -89,6 +91,11 @@ pub enum Command {
         /// The channel's name.
         #[arg(long)]
         channel: String,
+    },
+    /// Keep an org or a live migration quiet for planned work (add, list, end).
+    Silence {
+        #[command(subcommand)]
+        action: silence::SilenceAction,
     },
     /// Serve the demo's simulated Cloud Manager on its own (for docker compose and trials).
     Simulate {
@@ -268,6 +275,10 @@ pub async fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
                 None => cli.load_config_with(config::Secrets::DatabaseOnly)?.database,
             };
             history(&db, org.as_deref(), since.as_deref(), *json).await
+        }
+        Command::Silence { action } => {
+            // Names come from the config; the database is the one secret it needs.
+            silence::execute(&cli.load_config_with(config::Secrets::DatabaseOnly)?, action).await
         }
         Command::CopyHistory { from, to } => {
             let copied = crate::copy::copy_history(from, to).await?;

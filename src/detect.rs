@@ -126,6 +126,24 @@ pub enum Event {
         failures: u32,
         failed_for_s: i64,
     },
+    /// A silence ended with the status elsewhere than where it began (`silence.rs`); one that
+    /// ends where it began says nothing.
+    SilenceEnded {
+        silence: i64,
+        /// The `[[migration]]` it silenced; `None`: the org's link (and its migrations).
+        migration: Option<String>,
+        reason: String,
+        by: String,
+        began_at: DateTime<Utc>,
+        /// The status when it began (`None`: not yet checked then).
+        from: Option<String>,
+        /// The status when it ended.
+        to: Option<String>,
+        /// The status changes while it held, oldest first.
+        changes: Vec<SilencedChange>,
+        /// Events recorded while it held and sent to no one.
+        held: i64,
+    },
 }
 
 /// The states worth a reminder.
@@ -155,6 +173,7 @@ impl Event {
             Event::LinkBrokenDuringMigration { .. } => "link_broken_during_migration",
             Event::MigrationCheckFailing { .. } => "migration_check_failing",
             Event::MigrationCheckRecovered { .. } => "migration_check_recovered",
+            Event::SilenceEnded { .. } => "silence_ended",
         }
     }
 
@@ -170,6 +189,7 @@ impl Event {
             | Event::LinkBrokenDuringMigration { migration, .. }
             | Event::MigrationCheckFailing { migration, .. }
             | Event::MigrationCheckRecovered { migration, .. } => Some(migration),
+            Event::SilenceEnded { migration, .. } => migration.as_deref(),
             Event::FirstSeen { .. }
             | Event::StatusChanged { .. }
             | Event::CheckFailing { .. }
@@ -186,9 +206,18 @@ impl Event {
             Event::Reminder { status, .. } => status.as_deref(),
             Event::MigrationStatusChanged { to, .. } => Some(to),
             Event::LinkBrokenDuringMigration { link_status, .. } => Some(link_status),
+            Event::SilenceEnded { to, .. } => to.as_deref(),
             _ => None,
         }
     }
+}
+
+/// A status change seen while a silence held.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SilencedChange {
+    pub from: Option<String>,
+    pub to: String,
+    pub at: DateTime<Utc>,
 }
 
 /// A route's request for reminders, as far as one org is concerned.

@@ -30,6 +30,7 @@ pub mod retry;
 pub mod router;
 pub mod scheduler;
 pub mod secret;
+pub mod silence;
 pub mod simulator;
 pub mod store;
 pub mod systemd;

@@ -190,8 +190,69 @@ fn describe(name: &str, org_name: Option<&str>, event: &Event) -> (String, Optio
             ),
             None,
         ),
+        Event::SilenceEnded { .. } => describe_silence_end(name, event),
         event => describe_live_migration(org_name, event),
     }
+}
+
+/// What a silence that ended elsewhere than it began says: from what, to what, and what
+/// happened in between.
+fn describe_silence_end(name: &str, event: &Event) -> (String, Option<String>) {
+    let Event::SilenceEnded {
+        silence,
+        migration,
+        reason,
+        by,
+        began_at,
+        from,
+        to,
+        changes,
+        held,
+    } = event
+    else {
+        return (format!("{name}: {}", event.kind()), None);
+    };
+    let what = match migration {
+        Some(m) => format!("{m} (org {name})"),
+        None => name.to_owned(),
+    };
+    let status = |s: &Option<String>| s.clone().unwrap_or_else(|| "not yet checked".to_owned());
+    let title = format!(
+        "{what}: silence {silence} ended: now {}, was {} when it began",
+        status(to),
+        status(from)
+    );
+    let mut said = format!(
+        "Silenced by {by} since {} ({reason}).",
+        crate::text::shown_at(*began_at)
+    );
+    if changes.is_empty() {
+        said.push_str(" No status change was seen in between.");
+    } else {
+        let steps: Vec<String> = changes
+            .iter()
+            .take(10)
+            .map(|c| {
+                format!(
+                    "{} → {} at {}",
+                    c.from.as_deref().unwrap_or("(first)"),
+                    c.to,
+                    crate::text::shown_at(c.at)
+                )
+            })
+            .collect();
+        said.push_str(&format!(" In between: {}", steps.join("; ")));
+        if changes.len() > steps.len() {
+            said.push_str(&format!(" and {} more", changes.len() - steps.len()));
+        }
+        said.push('.');
+    }
+    if *held > 0 {
+        said.push_str(&format!(
+            " {held} event(s) were recorded and not sent (see the deliveries view)."
+        ));
+    }
+    (title, Some(said))
 }
 
 /// The deadline caveat every message that gives one carries: the API shows neither the window's
@@ -310,7 +371,8 @@ fn describe_live_migration(org: Option<&str>, event: &Event) -> (String, Option<
         | Event::StatusChanged { .. }
         | Event::CheckFailing { .. }
         | Event::CheckRecovered { .. }
-        | Event::Reminder { .. } => (format!("{who}: {}", event.kind()), None),
+        | Event::Reminder { .. }
+        | Event::SilenceEnded { .. } => (format!("{who}: {}", event.kind()), None),
     }
 }
 

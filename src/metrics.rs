@@ -443,6 +443,25 @@ impl Metrics {
             "Seconds left to the estimated end of the cutover window (estimated: an extension in the Atlas UI is not visible)",
             left,
         );
+        let silenced = Family::<Labels, Gauge>::default();
+        for (s, org_name) in &db.silences {
+            silenced
+                .get_or_create(&vec![
+                    ("silence", s.id.to_string()),
+                    ("org_id", s.org_id.clone()),
+                    ("org_name", org_name.clone()),
+                    ("migration", s.migration.clone().unwrap_or_default()),
+                ])
+                .set(s.until().timestamp());
+        }
+        scrape.register(
+            "linkwatch_silence_ends_timestamp_seconds",
+            "For each silence holding events back now: when it ends (Unix time); its events are recorded, not sent",
+            silenced,
+        );
+        let active = Gauge::<i64>::default();
+        active.set(db.silences.len() as i64);
+        scrape.register("linkwatch_silences_active", "Silences holding events back now", active);
         let oldest = Gauge::<f64, AtomicU64>::default();
         oldest.set(db.oldest_pending_s.unwrap_or(0.0));
         scrape.register(

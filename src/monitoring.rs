@@ -171,12 +171,20 @@ async fn metrics(State(shared): State<Shared>) -> Response {
     let read = async {
         let gauges = shared.store.gauges().await?;
         let migrations = shared.store.live_migrations().await?;
-        anyhow::Ok((gauges, migrations))
+        let silences = shared.store.active_silences(shared.clock.now()).await?;
+        anyhow::Ok((gauges, migrations, silences))
     };
     match read.await {
-        Ok((mut gauges, migrations)) => {
+        Ok((mut gauges, migrations, silences)) => {
             let orgs = shared.orgs.borrow().clone();
             gauges.statuses.retain(|(id, _, _)| orgs.contains(id));
+            gauges.silences = silences
+                .into_iter()
+                .filter_map(|s| {
+                    let name = orgs.orgs().find(|(id, _)| *id == s.org_id)?.1.to_owned();
+                    Some((s, name))
+                })
+                .collect();
             let now = shared.clock.now();
             gauges.migrations = migrations
                 .into_iter()

@@ -30,9 +30,10 @@ mod quiet;
 mod reports;
 mod retention;
 mod roles;
+mod silences;
 mod sql;
 
-pub use checks::{Applied, Check, CheckRecord, Decision, RemindersSent, event_id};
+pub use checks::{Applied, Check, CheckRecord, Decision, RemindersSent, Silenced, event_id};
 pub use error::{StoreError, is_fenced};
 pub use events::StoredEvent;
 pub use fence::{Fence, Fenced, Term};
@@ -48,6 +49,7 @@ pub use page::{ChannelDeliveries, FailedCheck, OrgRow};
 pub use quiet::{QUIET_WINDOW, QuietRow, Unmatched};
 pub use reports::{REPORT_ORG_PREFIX, ReportRun, report_event_id};
 pub use retention::Pruned;
+pub use silences::{NewSilence, Silence, SilencedSpan};
 pub use sql::DEADLINE;
 use sql::{Db, Sql, Ts, Write, read};
 

@@ -45,6 +45,11 @@ pub fn shown_time(at: &str) -> String {
     }
 }
 
+/// A time as [`shown_time`] shows it.
+pub fn shown_at(at: chrono::DateTime<chrono::Utc>) -> String {
+    at.format("%Y-%m-%d %H:%M:%S UTC").to_string()
+}
+
 /// "3m 20s", "2h 5m", "4d 1h": two units at most; a person wants the size, not the seconds.
 pub fn human_secs(secs: i64) -> String {
     let s = secs.max(0);

@@ -48,6 +48,9 @@ impl Generation {
         let nudge = app.checker.live_migration_nudge().notified();
         g.checks
             .spawn(crate::live_migration::run(app.clone(), nudge, g.checks.token()));
+        // Only the leader says that a silence ended, and once.
+        g.checks
+            .spawn(crate::silence::run(app.checker.clone(), g.checks.token()));
         // Reports run only while leading, like checks, and with this config's [[report]]s.
         g.checks.spawn(crate::report::jobs::run(app.clone(), g.checks.token()));
         g

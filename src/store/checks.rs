@@ -4,7 +4,7 @@
 use chrono::{DateTime, Utc};
 use sha2::{Digest, Sha256};
 
-use super::events::insert_event;
+use super::events::{insert_event, silence_at};
 use super::sql::{Conn, End, Sql, Ts, Write, count, on_conn, opt, read, time, uncount};
 use super::{Store, StoreError};
 use crate::config::OrgId;
@@ -56,6 +56,9 @@ pub struct Decision {
     /// Routes (keys) whose reminder is among `events`: their clock restarts now.
     pub reminded: Vec<String>,
 }
+
+/// Whether a silence covers the org's link now: its events are held, and reminders pause.
+pub type Silenced = bool;
 
 /// When each route last reminded about one org, by route key.
 pub type RemindersSent = [(String, DateTime<Utc>)];
@@ -130,7 +133,7 @@ impl Store {
     pub async fn apply(
         &self,
         check: &Check<'_>,
-        decide: impl FnOnce(&OrgState, &RemindersSent) -> Decision,
+        decide: impl FnOnce(&OrgState, &RemindersSent, Silenced) -> Decision,
     ) -> Result<Applied, StoreError> {
         if let Ok(status) = check.outcome
             && check.quiet_path
@@ -151,7 +154,10 @@ impl Store {
                     return Ok(End::Rollback(Applied::Superseded));
                 }
                 let sent = reminders_sent(conn.re(), check.org_id).await?;
-                let decision = decide(&state, &sent);
+                let silenced = silence_at(conn.re(), check.org_id.as_str(), None, Ts(check.at))
+                    .await?
+                    .is_some();
+                let decision = decide(&state, &sent, silenced);
                 write_record(conn, instance, &check.record(&decision)).await?;
                 Ok(End::Commit(Applied::Recorded(decision)))
             })
@@ -402,6 +408,7 @@ async fn write_record(mut conn: Conn<'_>, instance: &str, rec: &CheckRecord<'_>)
             &id,
             rec.org_id.as_str(),
             event.kind(),
+            event.live_migration(),
             at,
             &payload,
             channels,
@@ -564,7 +571,7 @@ mod tests {
                     quiet_note: false,
                 };
                 let applied = store
-                    .apply(&check, |state, _| Decision {
+                    .apply(&check, |state, _, _| Decision {
                         state: OrgState {
                             status: Some(status.to_owned()),
                             ..state.clone()

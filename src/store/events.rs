@@ -33,12 +33,15 @@ const INSERT_OUTBOX: Sql = Sql::each(
 );
 
 /// An event (its payload already JSON) and one outbox row per channel, inside the caller's
-/// transaction.
+/// transaction; or, while a silence covers the org (or the event's `migration`), a held row per
+/// channel instead, which no worker sends.
+#[allow(clippy::too_many_arguments)]
 pub(super) async fn insert_event(
     mut conn: Conn<'_>,
     id: &str,
     org_id: &str,
     kind: &str,
+    migration: Option<&str>,
     at: Ts,
     payload: &str,
     channels: &[String],
@@ -52,16 +55,69 @@ pub(super) async fn insert_event(
         .bind(payload)
         .fetch_one(c)
         .await?);
-    if !channels.is_empty() {
-        on_conn!(conn, |c, D| INSERT_OUTBOX
-            .query::<D>()
-            .bind(seq)
-            .bind(at)
-            .bind(List(channels))
-            .execute(c)
-            .await?
-            .rows_affected());
+    if channels.is_empty() {
+        return Ok(());
     }
+    if let Some(silence) = silence_at(conn.re(), org_id, migration, at).await? {
+        return hold(conn, seq, silence, at, channels).await;
+    }
+    on_conn!(conn, |c, D| INSERT_OUTBOX
+        .query::<D>()
+        .bind(seq)
+        .bind(at)
+        .bind(List(channels))
+        .execute(c)
+        .await?
+        .rows_affected());
+    Ok(())
+}
+
+/// The silence that holds back an event of org `$1` (about migration `$2`, or the link) at `$3`.
+const AT: Sql = Sql::each(
+    "SELECT id FROM silences
+     WHERE org_id = $1 AND ends_at > $3 AND starts_at <= $3 AND (ended_at IS NULL OR ended_at > $3)
+       AND (migration IS NULL OR migration = $2)
+     ORDER BY id LIMIT 1",
+    "SELECT id FROM silences
+     WHERE org_id = $1 AND ends_at > $3 AND starts_at <= $3 AND (ended_at IS NULL OR ended_at > $3)
+       AND (migration IS NULL OR migration = $2::text)
+     ORDER BY id LIMIT 1",
+);
+
+const INSERT_HELD: Sql = Sql::each(
+    "INSERT INTO silenced_deliveries (event_seq, channel, silence_id, created_at)
+     SELECT $1, value, $2, $3 FROM json_each($4)",
+    "INSERT INTO silenced_deliveries (event_seq, channel, silence_id, created_at)
+     SELECT $1, channel, $2, $3 FROM unnest($4::text[]) AS channel",
+);
+
+/// The silence holding back an event of `org_id` (about `migration`, or the link) at `at`.
+pub(super) async fn silence_at(
+    conn: Conn<'_>,
+    org_id: &str,
+    migration: Option<&str>,
+    at: Ts,
+) -> anyhow::Result<Option<i64>> {
+    Ok(on_conn!(conn, |c, D| AT
+        .query_scalar::<D, i64>()
+        .bind(org_id)
+        .bind(migration)
+        .bind(at)
+        .fetch_optional(c)
+        .await?))
+}
+
+/// Where a held event would have gone, instead of outbox rows.
+async fn hold(conn: Conn<'_>, seq: i64, silence: i64, at: Ts, channels: &[String]) -> anyhow::Result<()> {
+    on_conn!(conn, |c, D| INSERT_HELD
+        .query::<D>()
+        .bind(seq)
+        .bind(silence)
+        .bind(at)
+        .bind(List(channels))
+        .execute(c)
+        .await?
+        .rows_affected());
     Ok(())
 }
 

@@ -17,6 +17,9 @@ pub struct DbGauges {
     pub oldest_pending_s: Option<f64>,
     /// The configured live migrations (filled by `/metrics`, not by the store).
     pub migrations: Vec<LiveMigrationGauge>,
+    /// The silences holding events back now, with the org's configured name (filled by
+    /// `/metrics`).
+    pub silences: Vec<(super::Silence, String)>,
 }
 
 /// A live migration's gauges.
@@ -62,6 +65,7 @@ impl Store {
                 outbox_depth,
                 oldest_pending_s: oldest.map(|t| (Utc::now() - t.0).num_milliseconds() as f64 / 1000.0),
                 migrations: Vec::new(),
+                silences: Vec::new(),
             })
         })
         .await

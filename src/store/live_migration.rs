@@ -337,7 +337,17 @@ async fn write(
         }
         let id = event_id(instance, &subject, number, event);
         let payload = serde_json::to_string(event)?;
-        insert_event(conn.re(), &id, m.org.as_str(), event.kind(), at, &payload, channels).await?;
+        insert_event(
+            conn.re(),
+            &id,
+            m.org.as_str(),
+            event.kind(),
+            event.live_migration(),
+            at,
+            &payload,
+            channels,
+        )
+        .await?;
     }
     Ok(())
 }

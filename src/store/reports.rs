@@ -96,7 +96,17 @@ impl Store {
                     return Ok(End::Rollback(false));
                 }
                 let org_id = run.org_id();
-                insert_event(conn, run.event_id, &org_id, "report", at, run.payload, run.channels).await?;
+                insert_event(
+                    conn,
+                    run.event_id,
+                    &org_id,
+                    "report",
+                    None,
+                    at,
+                    run.payload,
+                    run.channels,
+                )
+                .await?;
                 Ok(End::Commit(true))
             })
             .await?;

@@ -1,4 +1,4 @@
-//! What retention lets go of: failed checks, finished deliveries, and the events of scheduled
+//! What retention lets go of: failed checks, finished (and silenced) deliveries, and the events of scheduled
 //! reports that have no delivery left. Status changes and the links' events stay.
 
 use chrono::{DateTime, Utc};
@@ -22,6 +22,9 @@ const PRUNE_FAILURES: Sql = Sql::both("DELETE FROM check_failures WHERE checked_
 
 const PRUNE_DELIVERIES: Sql =
     Sql::both("DELETE FROM outbox WHERE (state = 'sent' AND sent_at < $1) OR (state = 'failed' AND created_at < $1)");
+
+/// Held deliveries are finished ones too: a silence sent them nowhere.
+const PRUNE_HELD: Sql = Sql::both("DELETE FROM silenced_deliveries WHERE created_at < $1");
 
 /// After the deliveries: a report still being delivered (or retried) keeps its event. The
 /// org_id range reads the index on (org_id, created_at), not every event.
@@ -47,7 +50,13 @@ impl Store {
                 .bind(before)
                 .execute(pool)
                 .await?
-                .rows_affected();
+                .rows_affected()
+                + PRUNE_HELD
+                    .query::<D>()
+                    .bind(before)
+                    .execute(pool)
+                    .await?
+                    .rows_affected();
             let reports = PRUNE_REPORTS
                 .query::<D>()
                 .bind(before)

@@ -11,7 +11,7 @@ use super::format::span;
 use super::timeline::class;
 use super::view::{
     ChannelView, FailureView, LiveMigrationDetail, LiveMigrationStage, LiveMigrationView, OrgDetail, OrgView,
-    StatusView, parse,
+    SilenceView, StatusView, parse,
 };
 use crate::text::shown_time;
 
@@ -97,8 +97,10 @@ pub fn status_page(v: &StatusView) -> Markup {
                 @if !v.migrations.is_empty() { ", " (v.migrations.len()) " live migrations" }
                 "; " (needs_action) " need attention"
                 @if !v.channels.is_empty() { "; " (v.channels.len()) " channels with undelivered notifications" }
+                @if !v.silences.is_empty() { "; " (v.silences.len()) " silenced" }
                 ". Served by " (v.instance) "."
             }
+            @if !v.silences.is_empty() { (silences_section(&v.silences)) }
             (orgs_section(&v.orgs, &v.generated_at))
             @if !v.migrations.is_empty() { (live_migrations_section(&v.migrations, &v.generated_at)) }
             (channels_section(&v.channels))
@@ -249,6 +251,31 @@ fn live_migration_detail(d: &LiveMigrationDetail, now: &str) -> Markup {
             }
             p class="muted" { "JSON: " a href=(format!("/api/v1/migrations/{}", m.id)) { "/api/v1/migrations/" (m.id) } }
         }
+    }
+}
+
+/// Silences first: a team that silenced an org for planned work sees that it did, and until when.
+fn silences_section(silences: &[SilenceView]) -> Markup {
+    html! {
+        h2 { "Silenced" }
+        table class="silences" {
+            thead { tr { th { "silence" } th { "org" } th { "until" } th { "by" } th { "reason" } } }
+            tbody {
+                @for s in silences {
+                    tr class="silence" {
+                        td { (s.id) }
+                        td {
+                            a href={ "org/" (s.org_id) } { (s.org_name) }
+                            @if let Some(m) = &s.migration { " (migration " (m) ")" }
+                        }
+                        td { (shown_time(&s.until)) }
+                        td { (s.by) }
+                        td { (s.reason) }
+                    }
+                }
+            }
+        }
+        p class="muted" { "Events of a silenced org are recorded and not sent; " code { "linkwatch silence end ID" } " ends one early." }
     }
 }
 

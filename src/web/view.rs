@@ -31,6 +31,22 @@ pub struct StatusView {
     pub migrations: Vec<LiveMigrationView>,
     /// The channels with deliveries waiting or given up, by name.
     pub channels: Vec<ChannelView>,
+    /// The silences holding events back now (`linkwatch silence add`), oldest first.
+    pub silences: Vec<SilenceView>,
+}
+
+/// A silence holding events back: recorded, not sent.
+#[derive(Debug, Clone, Serialize)]
+pub struct SilenceView {
+    pub id: i64,
+    pub org_id: String,
+    pub org_name: String,
+    /// The `[[migration]]` it silences; `None`: the org's link and its migrations.
+    pub migration: Option<String>,
+    pub since: String,
+    pub until: String,
+    pub by: String,
+    pub reason: String,
 }
 
 /// Where an org stands, in the order the page sorts by: what needs action comes first.
@@ -261,7 +277,31 @@ pub async fn status(page: &Page) -> anyhow::Result<StatusView> {
         orgs: orgs(page, &configured).await?,
         migrations,
         channels: channels(page, &configured).await?,
+        silences: silences(page, &configured, now).await?,
     })
+}
+
+/// The silences holding back events of configured orgs at `now`.
+async fn silences(page: &Page, configured: &Configured, now: DateTime<Utc>) -> anyhow::Result<Vec<SilenceView>> {
+    Ok(page
+        .store
+        .active_silences(now)
+        .await?
+        .into_iter()
+        .filter_map(|s| {
+            let (_, name) = configured.find(&s.org_id)?;
+            Some(SilenceView {
+                id: s.id,
+                org_id: s.org_id.clone(),
+                org_name: name.to_owned(),
+                migration: s.migration.clone(),
+                since: store::ts(s.starts_at),
+                until: store::ts(s.until()),
+                by: s.created_by,
+                reason: s.reason,
+            })
+        })
+        .collect())
 }
 
 /// The configured live migrations that `keep` selects, in the config's order.

@@ -30,6 +30,7 @@ mod receiver;
 mod refusals;
 mod reports;
 mod service;
+mod silence;
 mod skip;
 mod smtp;
 mod time;
