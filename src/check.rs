@@ -92,7 +92,7 @@ impl Checker {
     ) -> anyhow::Result<Checker> {
         let client = Client::new(
             client::ClientSettings::from_config(&config.cloud_manager, &config.poll),
-            &config.credentials,
+            &config.sessions(),
         )
         .context("cannot build the HTTP client")?;
         Ok(Checker {
@@ -144,7 +144,7 @@ impl Checker {
             .into());
         }
         let started = Instant::now();
-        let (outcome, requests) = self.client.check_counted(&org.id, &org.credential).await;
+        let (outcome, requests) = self.client.check_counted(&org.id, &org.endpoint, &org.credential).await;
         let took = started.elapsed();
         let answer = Answer {
             at: self.clock.now(),

@@ -419,7 +419,10 @@ fn print_atlas(config: &Config) {
         "\natlas: {} every {}, {}; cutover window {} (warnings at {} left)",
         atlas.base_url,
         humantime::format_duration(atlas.every),
-        atlas.credential.label(),
+        atlas
+            .credential
+            .as_ref()
+            .map_or_else(|| "no default key".to_owned(), |c| c.label()),
         humantime::format_duration(atlas.cutover_window),
         atlas
             .deadline_warnings

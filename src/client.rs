@@ -21,14 +21,12 @@ pub(crate) use crate::retry::retry_after;
 pub use atlas::{LiveMigrationOutcome, LiveMigrationReading};
 pub use classify::classify;
 
-use crate::config::{self, Credential, OrgId};
+use crate::config::{self, Credential, Endpoint, OrgId};
 use crate::outcome::{CheckOutcome, Failure, FailureClass};
 
 /// Connection settings, taken from the config so that tests can point them at 127.0.0.1.
 #[derive(Debug, Clone)]
 pub struct ClientSettings {
-    pub base_url: Url,
-    pub token_url: Url,
     pub connect_timeout: Duration,
     /// Bounds one whole check, including the Digest or OAuth exchange.
     pub timeout: Duration,
@@ -38,20 +36,9 @@ pub struct ClientSettings {
 impl ClientSettings {
     pub fn from_config(cm: &config::CloudManager, poll: &config::Poll) -> Self {
         ClientSettings {
-            base_url: cm.base_url.clone(),
-            token_url: cm.token_url.clone(),
             connect_timeout: cm.connect_timeout,
             timeout: poll.timeout,
             max_body_bytes: cm.max_body_bytes,
-        }
-    }
-
-    /// Atlas's address with Cloud Manager's connection limits and the poll's timeout.
-    pub fn for_atlas(atlas: &config::Atlas, cm: &config::CloudManager, poll: &config::Poll) -> Self {
-        ClientSettings {
-            base_url: atlas.base_url.clone(),
-            token_url: atlas.token_url.clone(),
-            ..ClientSettings::from_config(cm, poll)
         }
     }
 }
@@ -64,20 +51,31 @@ enum Auth {
 pub struct Client {
     http: reqwest::Client,
     settings: ClientSettings,
-    /// One authentication state per distinct credential (a handful), looked up by equality.
-    auth: Vec<(Arc<Credential>, Arc<Auth>)>,
+    /// One authentication state per distinct endpoint and credential (a handful), looked up by
+    /// equality: a Digest nonce or a token is never offered to another instance, nor another
+    /// key's.
+    auth: Vec<Session>,
+}
+
+/// An authentication state and what it belongs to.
+struct Session {
+    endpoint: Arc<Endpoint>,
+    credential: Arc<Credential>,
+    auth: Arc<Auth>,
 }
 
 impl std::fmt::Debug for Client {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let endpoints: Vec<&str> = self.auth.iter().map(|s| s.endpoint.label()).collect();
         f.debug_struct("Client")
-            .field("base_url", &self.settings.base_url.as_str())
+            .field("endpoints", &endpoints)
             .finish_non_exhaustive()
     }
 }
 
 impl Client {
-    pub fn new(settings: ClientSettings, credentials: &[Arc<Credential>]) -> anyhow::Result<Client> {
+    /// A client for these (endpoint, credential) pairs: each gets its own session.
+    pub fn new(settings: ClientSettings, sessions: &[config::Session]) -> anyhow::Result<Client> {
         let http = reqwest::Client::builder()
             .user_agent(concat!("linkwatch/", env!("CARGO_PKG_VERSION")))
             .connect_timeout(settings.connect_timeout)
@@ -92,15 +90,15 @@ impl Client {
             settings,
             auth: Vec::new(),
         };
-        for c in credentials {
-            client.auth_for(c);
+        for (endpoint, credential) in sessions {
+            client.auth_for(endpoint, credential);
         }
         Ok(client)
     }
 
-    fn auth_for(&mut self, credential: &Arc<Credential>) -> Arc<Auth> {
-        if let Some((_, a)) = self.auth.iter().find(|(c, _)| **c == **credential) {
-            return a.clone();
+    fn auth_for(&mut self, endpoint: &Arc<Endpoint>, credential: &Arc<Credential>) -> Arc<Auth> {
+        if let Some(a) = self.find_auth(endpoint, credential) {
+            return a;
         }
         let auth = Arc::new(match &**credential {
             Credential::ApiKey {
@@ -115,21 +113,25 @@ impl Client {
                 client_secret.clone(),
             ))),
         });
-        self.auth.push((credential.clone(), auth.clone()));
+        self.auth.push(Session {
+            endpoint: endpoint.clone(),
+            credential: credential.clone(),
+            auth: auth.clone(),
+        });
         auth
     }
 
-    fn find_auth(&self, credential: &Credential) -> Option<Arc<Auth>> {
+    fn find_auth(&self, endpoint: &Endpoint, credential: &Credential) -> Option<Arc<Auth>> {
         self.auth
             .iter()
-            .find(|(c, _)| **c == *credential)
-            .map(|(_, a)| a.clone())
+            .find(|s| *s.credential == *credential && *s.endpoint == *endpoint)
+            .map(|s| s.auth.clone())
     }
 
     /// Where `org`'s link status is read. Fails only for a base URL that cannot have paths (such
     /// as `mailto:`), which the config never lets through.
-    fn status_url(&self, org: &OrgId) -> Result<Url, Failure> {
-        status_url(&self.settings.base_url, org).map_err(|()| {
+    fn status_url(&self, endpoint: &Endpoint, org: &OrgId) -> Result<Url, Failure> {
+        status_url(&endpoint.base_url, org).map_err(|()| {
             Failure::new(
                 FailureClass::Connection,
                 None,
@@ -139,27 +141,43 @@ impl Client {
         })
     }
 
-    /// Asks for `org`'s link status with `credential`, and says how many HTTP requests that took.
-    /// Never fails: every problem is a [`Failure`] in the outcome.
-    pub async fn check_counted(&self, org: &OrgId, credential: &Credential) -> (CheckOutcome, u64) {
+    /// Asks `endpoint` for `org`'s link status with `credential`, and says how many HTTP
+    /// requests that took. Never fails: every problem is a [`Failure`] in the outcome.
+    pub async fn check_counted(
+        &self,
+        org: &OrgId,
+        endpoint: &Endpoint,
+        credential: &Credential,
+    ) -> (CheckOutcome, u64) {
         let requests = AtomicU64::new(0);
-        let outcome = self.check_inner(org, credential, &requests).await;
+        let outcome = self.check_inner(org, endpoint, credential, &requests).await;
         (outcome, requests.load(Ordering::Relaxed))
     }
 
-    async fn check_inner(&self, org: &OrgId, credential: &Credential, requests: &AtomicU64) -> CheckOutcome {
-        let url = self.status_url(org)?;
+    async fn check_inner(
+        &self,
+        org: &OrgId,
+        endpoint: &Endpoint,
+        credential: &Credential,
+        requests: &AtomicU64,
+    ) -> CheckOutcome {
+        let url = self.status_url(endpoint, org)?;
         let answer = self
-            .fetch(url, "application/json", org.as_str(), credential, requests)
+            .fetch(url, "application/json", org.as_str(), endpoint, credential, requests)
             .await?;
         classify(answer.status, answer.retry_after, &answer.body, answer.truncated)
     }
 
     /// Reads live migration `id` of Atlas project `group` (a client made with `[atlas]`
     /// settings). Never fails: every problem is a [`Failure`] in the outcome.
-    pub async fn live_migration(&self, group: &str, id: &str, credential: &Credential) -> LiveMigrationOutcome {
-        let url = self
-            .settings
+    pub async fn live_migration(
+        &self,
+        group: &str,
+        id: &str,
+        endpoint: &Endpoint,
+        credential: &Credential,
+    ) -> LiveMigrationOutcome {
+        let url = endpoint
             .base_url
             .join(&format!("groups/{group}/liveMigrations/{id}"))
             .map_err(|e| {
@@ -171,7 +189,9 @@ impl Client {
                 )
             })?;
         let requests = AtomicU64::new(0);
-        let answer = self.fetch(url, atlas::ACCEPT, id, credential, &requests).await?;
+        let answer = self
+            .fetch(url, atlas::ACCEPT, id, endpoint, credential, &requests)
+            .await?;
         atlas::classify(answer.status, answer.retry_after, &answer.body, answer.truncated)
     }
 
@@ -183,15 +203,16 @@ impl Client {
         url: Url,
         accept: &'static str,
         key: &str,
+        endpoint: &Endpoint,
         credential: &Credential,
         requests: &AtomicU64,
     ) -> Result<Answer, Failure> {
-        let Some(auth) = self.find_auth(credential) else {
+        let Some(auth) = self.find_auth(endpoint, credential) else {
             return Err(Failure::new(
                 FailureClass::Unauthorized,
                 None,
                 None,
-                format!("no session for {}", credential.label()),
+                format!("no session for {} at {}", credential.label(), endpoint.label()),
             ));
         };
         let attempt = async {
@@ -201,7 +222,7 @@ impl Client {
                     .await
                     .map_err(digest_error)?,
                 Auth::OAuth(cache) => {
-                    let token = cache.token(&self.http, &self.settings.token_url).await?;
+                    let token = cache.token(&self.http, &endpoint.token_url).await?;
                     let response = self
                         .request(url.clone(), accept)
                         .bearer_auth(token.expose())
@@ -214,9 +235,7 @@ impl Client {
                         // The token may have been revoked or expired early: one try with a fresh
                         // one (or with the one another check has just fetched), unless this org
                         // has refused the current token before.
-                        let next = cache
-                            .unauthorized(key, &token, &self.http, &self.settings.token_url)
-                            .await?;
+                        let next = cache.unauthorized(key, &token, &self.http, &endpoint.token_url).await?;
                         let oauth::AfterUnauthorized::Retry(token) = next else {
                             return Err(oauth::no_access());
                         };

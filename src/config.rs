@@ -8,6 +8,7 @@
 mod atlas;
 mod database;
 mod http;
+mod instances;
 mod notify;
 mod raw;
 mod recover;
@@ -27,6 +28,8 @@ use toml::Spanned;
 pub use atlas::{Atlas, DEFAULT_ATLAS_URL, LiveMigration};
 pub use database::{Database, PgTarget};
 pub use http::BasicAuth;
+use instances::Shared;
+pub use instances::{Api, Endpoint, Session};
 pub use notify::{Channel, ChannelKind, Email, Route, WebhookSecret, decode_webhook_secret};
 pub use reports::{Heartbeat, ReportConfig};
 pub use smtp::{SmtpTarget, TlsMode, parse_smtp_url};
@@ -139,6 +142,8 @@ pub struct Org {
     pub id: OrgId,
     pub name: String,
     pub schedule: Schedule,
+    /// The Cloud Manager or Ops Manager it is asked at (`[cloud_manager]`'s unless it says).
+    pub endpoint: Arc<Endpoint>,
     pub credential: Arc<Credential>,
 }
 
@@ -274,15 +279,40 @@ impl Config {
                 Err(())
             }
         };
+        let sets = instances::credential_sets(raw.credential_sets, &mut credentials, loc);
+        let mut endpoints = instances::Endpoints::default();
         let poll = loc.keep(poll(raw.poll.unwrap_or_default(), loc));
         let default_schedule = poll
             .as_ref()
             .map_or(Schedule::Every(Duration::from_secs(60)), |p| p.schedule.clone());
-        let orgs = orgs(raw.orgs, &default_schedule, default_credential, &mut credentials, loc);
+        // A mistaken [cloud_manager] base_url is reported; the orgs are still read against the
+        // default, for their own mistakes.
+        let default_endpoint = cloud_manager.as_ref().map_or_else(
+            || Endpoint {
+                base_url: with_trailing_slash(Url::parse(DEFAULT_BASE_URL).expect("the default base URL is valid")),
+                token_url: default_token_url(&Url::parse(DEFAULT_BASE_URL).expect("valid")),
+            },
+            |cm| Endpoint {
+                base_url: cm.base_url.clone(),
+                token_url: cm.token_url.clone(),
+            },
+        );
+        let defaults = instances::Defaults {
+            api: Api::CloudManager,
+            table: "cloud_manager",
+            endpoint: &default_endpoint,
+            credential: &default_credential,
+        };
+        let mut shared = Shared {
+            sets: &sets,
+            endpoints: &mut endpoints,
+            credentials: &mut credentials,
+        };
+        let orgs = orgs(raw.orgs, &default_schedule, &defaults, &mut shared, loc);
         let channels = notify::channels(raw.channels, loc);
         let routes = notify::routes(raw.routes, &channels, &orgs, loc);
         let (atlas, migrations) = loc
-            .keep(atlas::atlas(raw.atlas, raw.migrations, &orgs, loc))
+            .keep(atlas::atlas(raw.atlas, raw.migrations, &orgs, &mut shared, loc))
             .unwrap_or_default();
         let reports = reports::reports(raw.reports, &channels, loc);
         let heartbeat = loc.keep(reports::heartbeat(raw.heartbeat, loc)).flatten();
@@ -455,6 +485,30 @@ fn poll(poll: raw::Poll, loc: &Locator<'_>) -> Result<Poll, ConfigError> {
     })
 }
 
+impl Config {
+    /// The distinct (endpoint, credential) pairs of the orgs: one session each.
+    pub fn sessions(&self) -> Vec<Session> {
+        distinct(self.orgs.iter().map(|o| (&o.endpoint, &o.credential)))
+    }
+
+    /// The distinct (endpoint, credential) pairs of the live migrations.
+    pub fn atlas_sessions(&self) -> Vec<Session> {
+        distinct(self.migrations.iter().map(|m| (&m.endpoint, &m.credential)))
+    }
+}
+
+/// Pairs shared by `Arc` (the config shares equal ones), found by pointer: 10,000 orgs of a
+/// handful of instances cost one comparison each against that handful.
+fn distinct<'a>(pairs: impl Iterator<Item = (&'a Arc<Endpoint>, &'a Arc<Credential>)>) -> Vec<Session> {
+    let mut out: Vec<Session> = Vec::new();
+    for (e, c) in pairs {
+        if !out.iter().any(|(oe, oc)| Arc::ptr_eq(oe, e) && Arc::ptr_eq(oc, c)) {
+            out.push((e.clone(), c.clone()));
+        }
+    }
+    out
+}
+
 /// The distinct credentials of the file: orgs with the same key share one (and so one Digest
 /// session or one token).
 #[derive(Default)]
@@ -477,8 +531,8 @@ impl Credentials {
 fn orgs(
     raw: Vec<raw::Org>,
     default_schedule: &Schedule,
-    default_credential: Result<Option<Arc<Credential>>, ()>,
-    credentials: &mut Credentials,
+    defaults: &instances::Defaults<'_>,
+    shared: &mut Shared<'_>,
     loc: &Locator<'_>,
 ) -> Vec<Org> {
     let mut orgs: Vec<Org> = Vec::with_capacity(raw.len());
@@ -496,8 +550,8 @@ fn orgs(
             &mut names,
             &orgs,
             default_schedule,
-            &default_credential,
-            credentials,
+            defaults,
+            shared,
             loc,
         );
         match checked {
@@ -528,8 +582,8 @@ fn org(
     names: &mut HashSet<String>,
     orgs: &[Org],
     default_schedule: &Schedule,
-    default_credential: &Result<Option<Arc<Credential>>, ()>,
-    credentials: &mut Credentials,
+    defaults: &instances::Defaults<'_>,
+    shared: &mut Shared<'_>,
     loc: &Locator<'_>,
 ) -> Result<Option<Org>, ConfigError> {
     if let Some(dup) = ids.get(o.id.get_ref()).map(|&at| &orgs[at]) {
@@ -552,26 +606,20 @@ fn org(
     }
     let schedule =
         schedule_from(o.every.as_ref(), o.cron.as_ref(), key, loc)?.unwrap_or_else(|| default_schedule.clone());
-    let credential = match credential_from(&o.credential(), key, loc)? {
-        Some(c) => credentials.share(c),
-        None => match default_credential {
-            Ok(Some(c)) => c.clone(),
-            Err(()) => return Ok(None),
-            Ok(None) => {
-                return Err(loc.error(
-                    o.id.span().start,
-                    key,
-                    "no credential: set public_key and private_key (or client_id and \
-                     client_secret) in [cloud_manager] or in this [[org]]"
-                        .into(),
-                ));
-            }
-        },
+    let own = instances::Own {
+        base_url: o.base_url.as_ref(),
+        token_url: o.token_url.as_ref(),
+        credentials: o.credentials.as_ref(),
+        credential: credential_from(&o.credential(), key, loc)?,
+    };
+    let Some((endpoint, credential)) = shared.resolve(key, o.id.span().start, own, defaults, loc)? else {
+        return Ok(None);
     };
     Ok(Some(Org {
         id: o.id.into_inner(),
         name,
         schedule,
+        endpoint,
         credential,
     }))
 }
@@ -918,7 +966,7 @@ fn parse_url(u: &Spanned<String>, key: &str, loc: &Locator<'_>) -> Result<Url, C
 }
 
 fn parse_base_url(u: &Spanned<String>, loc: &Locator<'_>) -> Result<Url, ConfigError> {
-    Ok(with_trailing_slash(parse_url(u, "cloud_manager.base_url", loc)?))
+    instances::base_url(u, Api::CloudManager, "cloud_manager.base_url", loc)
 }
 
 /// Joining paths onto a base needs a trailing slash, and users write it both ways.

@@ -108,10 +108,10 @@ impl App {
             dispatcher.clone(),
         )?;
         let atlas = match &config.atlas {
-            Some(a) => Some(
+            Some(_) => Some(
                 Client::new(
-                    client::ClientSettings::for_atlas(a, &config.cloud_manager, &config.poll),
-                    std::slice::from_ref(&a.credential),
+                    client::ClientSettings::from_config(&config.cloud_manager, &config.poll),
+                    &config.atlas_sessions(),
                 )
                 .context("cannot build the Atlas HTTP client")?,
             ),

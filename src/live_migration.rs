@@ -58,7 +58,12 @@ pub async fn check_live_migration<H: Host + ?Sized>(
         anyhow::bail!("no [atlas] in the config");
     };
     let outcome = client
-        .live_migration(&migration.group_id, &migration.id, &atlas.credential)
+        .live_migration(
+            &migration.group_id,
+            &migration.id,
+            &migration.endpoint,
+            &migration.credential,
+        )
         .await;
     let check = LiveMigrationCheck {
         migration,

@@ -46,17 +46,17 @@ impl Answer {
 pub async fn ask_all(config: &Config) -> anyhow::Result<Vec<Answer>> {
     let cm = Client::new(
         ClientSettings::from_config(&config.cloud_manager, &config.poll),
-        &config.credentials,
+        &config.sessions(),
     )?;
     let mut answers: Vec<Answer> = futures_util::stream::iter(config.orgs.iter())
         .map(|org| {
             let cm = &cm;
             async move {
-                let (outcome, _) = cm.check_counted(&org.id, &org.credential).await;
+                let (outcome, _) = cm.check_counted(&org.id, &org.endpoint, &org.credential).await;
                 Answer {
                     what: "org",
                     name: org.name.clone(),
-                    credential: org.credential.label(),
+                    credential: format!("{} at {}", org.credential.label(), org.endpoint.label()),
                     outcome,
                 }
             }
@@ -64,20 +64,20 @@ pub async fn ask_all(config: &Config) -> anyhow::Result<Vec<Answer>> {
         .buffered(config.poll.concurrency)
         .collect()
         .await;
-    if let Some(atlas) = &config.atlas {
+    if config.atlas.is_some() {
         let client = Client::new(
-            ClientSettings::for_atlas(atlas, &config.cloud_manager, &config.poll),
-            std::slice::from_ref(&atlas.credential),
+            ClientSettings::from_config(&config.cloud_manager, &config.poll),
+            &config.atlas_sessions(),
         )?;
         for m in &config.migrations {
             let outcome = client
-                .live_migration(&m.group_id, &m.id, &atlas.credential)
+                .live_migration(&m.group_id, &m.id, &m.endpoint, &m.credential)
                 .await
                 .map(|r| r.status);
             answers.push(Answer {
                 what: "migration",
                 name: m.name.clone(),
-                credential: atlas.credential.label(),
+                credential: format!("{} at {}", m.credential.label(), m.endpoint.label()),
                 outcome,
             });
         }

@@ -374,11 +374,24 @@ mod tests {
             id: OrgId::parse(id).unwrap(),
             name: name.into(),
             schedule: Schedule::Every(std::time::Duration::from_secs(60)),
-            credential: Arc::new(Credential::ApiKey {
-                public_key: "p".into(),
-                private_key: crate::secret::Secret::new("k"),
-            }),
+            endpoint: endpoint(),
+            credential: credential(),
         }
+    }
+
+    fn endpoint() -> Arc<crate::config::Endpoint> {
+        let base_url = reqwest::Url::parse("https://cloud.mongodb.com/api/public/v1.0/").unwrap();
+        Arc::new(crate::config::Endpoint {
+            token_url: base_url.join("/api/oauth/token").unwrap(),
+            base_url,
+        })
+    }
+
+    fn credential() -> Arc<Credential> {
+        Arc::new(Credential::ApiKey {
+            public_key: "p".into(),
+            private_key: crate::secret::Secret::new("k"),
+        })
     }
 
     fn row(id: &str, status: Option<&str>, since: &str, failures: i64, error: Option<&str>) -> CurrentStatus {
@@ -471,6 +484,8 @@ mod tests {
             group_id: "6f0c00000000000000000c01".into(),
             id: id.into(),
             lag_alert: None,
+            endpoint: endpoint(),
+            credential: credential(),
         };
         let m = [
             migration("rs-working", "6f1d00000000000000000001"),

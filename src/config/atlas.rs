@@ -5,7 +5,8 @@ use std::time::Duration;
 
 use reqwest::Url;
 
-use super::{ConfigError, Credential, Locator, Org, OrgId, credential_from, default_token_url, parse_url, raw};
+use super::instances::{self, Api, Endpoint};
+use super::{ConfigError, Credential, Locator, Org, OrgId, Shared, credential_from, default_token_url, parse_url, raw};
 use super::{at_least, with_trailing_slash};
 
 pub const DEFAULT_ATLAS_URL: &str = "https://cloud.mongodb.com/api/atlas/v2";
@@ -16,7 +17,8 @@ pub struct Atlas {
     pub base_url: Url,
     /// Where a service account gets tokens; defaults to `{origin}/api/oauth/token`.
     pub token_url: Url,
-    pub credential: Arc<Credential>,
+    /// The key of migrations that set none (nor a `[[credentials]]` set).
+    pub credential: Option<Arc<Credential>>,
     /// How often each migration is checked.
     pub every: Duration,
     /// How long Atlas waits for a cutover once a migration is ready (120 h unless extended in
@@ -38,53 +40,67 @@ pub struct LiveMigration {
     pub id: String,
     /// Lag above this for 3 checks in a row is `lag_high`; `None`: no lag alerts.
     pub lag_alert: Option<Duration>,
+    /// The Atlas it is read at (`[atlas]`'s unless it says).
+    pub endpoint: Arc<Endpoint>,
+    /// The Atlas key of its target organization (`[atlas]`'s unless it says).
+    pub credential: Arc<Credential>,
 }
 
 pub(super) fn atlas(
     raw: Option<raw::Atlas>,
     migrations: Vec<raw::LiveMigration>,
     orgs: &[Org],
+    shared: &mut Shared<'_>,
     loc: &Locator<'_>,
 ) -> Result<(Option<Atlas>, Vec<LiveMigration>), ConfigError> {
-    let Some(a) = raw else {
-        return match migrations.first() {
-            Some(m) => Err(loc.error(
-                m.name.span().start,
-                "migration[0]",
-                "[[migration]] needs an [atlas] table with the Atlas API key (public_key and \
-                 private_key) or service account (client_id and client_secret)"
-                    .into(),
-            )),
-            None => Ok((None, Vec::new())),
-        };
+    // Without [atlas], migrations that carry their own key (or name a set) use its defaults.
+    let a = match raw {
+        Some(a) => a,
+        None if migrations.is_empty() => return Ok((None, Vec::new())),
+        None => raw::Atlas::default(),
     };
-    let atlas = atlas_table(&a, loc)?;
+    let (atlas, credential) = atlas_table(&a, loc)?;
+    let endpoint = Endpoint {
+        base_url: atlas.base_url.clone(),
+        token_url: atlas.token_url.clone(),
+    };
+    let defaults = instances::Defaults {
+        api: Api::Atlas,
+        table: "atlas",
+        endpoint: &endpoint,
+        credential: &credential,
+    };
     let mut out: Vec<LiveMigration> = Vec::with_capacity(migrations.len());
     for (i, m) in migrations.into_iter().enumerate() {
-        if let Some(migration) = loc.keep(live_migration(&format!("migration[{i}]"), m, orgs, &out, loc)) {
-            out.push(migration);
+        let key = format!("migration[{i}]");
+        match live_migration(&key, m, orgs, &out, &defaults, shared, loc) {
+            Ok(Some(migration)) => out.push(migration),
+            Ok(None) => {}
+            Err(e) => loc.report(e),
         }
     }
     Ok((Some(atlas), out))
 }
 
-/// `[atlas]`: where, with which key, how often, and the cutover window with its warnings.
-fn atlas_table(a: &raw::Atlas, loc: &Locator<'_>) -> Result<Atlas, ConfigError> {
+/// `[atlas]`: where, with which key (`Err`: a mistake in it, reported), how often, and the
+/// cutover window with its warnings.
+#[allow(clippy::type_complexity)]
+fn atlas_table(a: &raw::Atlas, loc: &Locator<'_>) -> Result<(Atlas, Result<Option<Arc<Credential>>, ()>), ConfigError> {
     let base_url = match &a.base_url {
-        Some(u) => with_trailing_slash(parse_url(u, "atlas.base_url", loc)?),
+        Some(u) => instances::base_url(u, Api::Atlas, "atlas.base_url", loc)?,
         None => with_trailing_slash(Url::parse(DEFAULT_ATLAS_URL).expect("the default Atlas URL is valid")),
     };
     let token_url = match &a.token_url {
         Some(u) => parse_url(u, "atlas.token_url", loc)?,
         None => default_token_url(&base_url),
     };
-    let credential = credential_from(&a.credential(), "atlas", loc)?.ok_or_else(|| {
-        loc.error(
-            0,
-            "atlas",
-            "no credential: set public_key and private_key (or client_id and client_secret) in [atlas]".into(),
-        )
-    })?;
+    let credential = match credential_from(&a.credential(), "atlas", loc) {
+        Ok(c) => Ok(c.map(Arc::new)),
+        Err(e) => {
+            loc.report(e);
+            Err(())
+        }
+    };
     let second = Duration::from_secs(1);
     let every = at_least(
         a.every.as_ref(),
@@ -102,14 +118,15 @@ fn atlas_table(a: &raw::Atlas, loc: &Locator<'_>) -> Result<Atlas, ConfigError> 
         "atlas.cutover_window",
         loc,
     )?;
-    Ok(Atlas {
+    let atlas = Atlas {
         base_url,
         token_url,
-        credential: Arc::new(credential),
+        credential: credential.clone().ok().flatten(),
         every,
         deadline_warnings: deadline_warnings(a, cutover_window, loc)?,
         cutover_window,
-    })
+    };
+    Ok((atlas, credential))
 }
 
 /// The warnings before a cutover deadline, longest first (default 24 h, 6 h, 1 h), each within
@@ -145,14 +162,17 @@ fn deadline_warnings(
 }
 
 /// One `[[migration]]` (`key` is where it is), given the ones before it (`earlier`): a unique
-/// name and id, a configured source org, 24-hex ids.
+/// name and id, a configured source org, 24-hex ids, where and with which key it is read.
+/// `None`: its only fault was reported already.
 fn live_migration(
     key: &str,
     m: raw::LiveMigration,
     orgs: &[Org],
     earlier: &[LiveMigration],
+    defaults: &instances::Defaults<'_>,
+    shared: &mut Shared<'_>,
     loc: &Locator<'_>,
-) -> Result<LiveMigration, ConfigError> {
+) -> Result<Option<LiveMigration>, ConfigError> {
     let name = m.name.get_ref().trim().to_owned();
     if name.is_empty() {
         return Err(loc.error(m.name.span().start, &format!("{key}.name"), "must not be empty".into()));
@@ -214,11 +234,22 @@ fn live_migration(
         Some(l) => Some(l.get_ref().0),
         None => None,
     };
-    Ok(LiveMigration {
+    let own = instances::Own {
+        base_url: m.base_url.as_ref(),
+        token_url: m.token_url.as_ref(),
+        credentials: m.credentials.as_ref(),
+        credential: credential_from(&m.credential(), key, loc)?,
+    };
+    let Some((endpoint, credential)) = shared.resolve(key, m.name.span().start, own, defaults, loc)? else {
+        return Ok(None);
+    };
+    Ok(Some(LiveMigration {
         name,
         org: org.id.clone(),
         group_id,
         id,
         lag_alert,
-    })
+        endpoint,
+        credential,
+    }))
 }

@@ -21,6 +21,8 @@ pub struct Config {
     #[serde(default)]
     pub cloud_manager: CloudManager,
     pub poll: Option<Poll>,
+    #[serde(default, rename = "credentials")]
+    pub credential_sets: Vec<CredentialSet>,
     #[serde(default, rename = "org")]
     pub orgs: Vec<Org>,
     #[serde(default, rename = "channel")]
@@ -119,9 +121,29 @@ macro_rules! credential_fields {
 credential_fields!(CloudManager);
 credential_fields!(Org);
 credential_fields!(Atlas);
+credential_fields!(CredentialSet);
+credential_fields!(LiveMigration);
+
+/// `[[credentials]]`: a key (and optionally the instance it belongs to) that orgs and
+/// migrations name with `credentials = "..."`, instead of repeating it.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CredentialSet {
+    pub name: Spanned<String>,
+    pub base_url: Option<Spanned<String>>,
+    pub token_url: Option<Spanned<String>>,
+    pub public_key: Option<Spanned<String>>,
+    pub private_key: Option<Spanned<Secret>>,
+    pub private_key_file: Option<Spanned<String>>,
+    pub private_key_env: Option<Spanned<String>>,
+    pub client_id: Option<Spanned<String>>,
+    pub client_secret: Option<Spanned<Secret>>,
+    pub client_secret_file: Option<Spanned<String>>,
+    pub client_secret_env: Option<Spanned<String>>,
+}
 
 /// `[atlas]`: where and how live migrations are read.
-#[derive(Deserialize)]
+#[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub struct Atlas {
     pub base_url: Option<Spanned<String>>,
@@ -148,6 +170,17 @@ pub struct LiveMigration {
     pub group_id: Spanned<String>,
     pub id: Spanned<String>,
     pub lag_alert: Option<Spanned<HumanDuration>>,
+    pub base_url: Option<Spanned<String>>,
+    pub token_url: Option<Spanned<String>>,
+    pub credentials: Option<Spanned<String>>,
+    pub public_key: Option<Spanned<String>>,
+    pub private_key: Option<Spanned<Secret>>,
+    pub private_key_file: Option<Spanned<String>>,
+    pub private_key_env: Option<Spanned<String>>,
+    pub client_id: Option<Spanned<String>>,
+    pub client_secret: Option<Spanned<Secret>>,
+    pub client_secret_file: Option<Spanned<String>>,
+    pub client_secret_env: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -169,6 +202,9 @@ pub struct Org {
     pub name: Spanned<String>,
     pub every: Option<Spanned<HumanDuration>>,
     pub cron: Option<Spanned<CronExpr>>,
+    pub base_url: Option<Spanned<String>>,
+    pub token_url: Option<Spanned<String>>,
+    pub credentials: Option<Spanned<String>>,
     // The credential keys, spelled out: serde's `flatten` would lose both
     // `deny_unknown_fields` and the spans.
     pub public_key: Option<Spanned<String>>,

@@ -605,8 +605,12 @@ fn migrations_are_read_with_their_org_by_name_or_id() {
 #[test]
 fn migration_mistakes_name_the_line_and_key() {
     let (line, _, key, message) = error(&format!("{MINIMAL}{}", migration("payments", GROUP, MIGRATION, "")));
+    // Without [atlas] a migration needs a key of its own (or a [[credentials]] set's).
     assert_eq!((line, key.as_str()), (11, "migration[0]"));
-    assert!(message.contains("needs an [atlas] table"), "{message}");
+    assert!(
+        message.contains("no credential") && message.contains("in [atlas]"),
+        "{message}"
+    );
 
     let (line, _, key, message) = error(&format!(
         "{MINIMAL}{ATLAS}{}",
@@ -647,8 +651,13 @@ fn migration_mistakes_name_the_line_and_key() {
     assert_eq!(key, "atlas.deadline_warnings");
     assert!(message.contains("less than cutover_window (5days)"), "{message}");
 
-    let (_, _, key, message) = error(&format!("{MINIMAL}\n[atlas]\nevery = \"1m\"\n"));
-    assert_eq!(key, "atlas");
+    // [atlas] without a key is fine while every migration brings its own; one that does not
+    // is named.
+    let (_, _, key, message) = error(&format!(
+        "{MINIMAL}\n[atlas]\nevery = \"1m\"\n{}",
+        migration("payments", GROUP, MIGRATION, "")
+    ));
+    assert_eq!(key, "migration[0]");
     assert!(message.contains("no credential"), "{message}");
 
     let (_, _, key, _) = error(&format!("{MINIMAL}{ATLAS}every = \"500ms\"\n"));

@@ -93,6 +93,15 @@ pub(super) fn changes(old: &Config, new: &Config) -> Vec<String> {
         .map(|n| n.name.clone())
         .collect();
     list(&mut out, "credentials changed", rekeyed);
+    let moved: Vec<String> = new
+        .orgs
+        .iter()
+        .filter_map(|n| {
+            let o = old.orgs.iter().find(|o| o.id == n.id)?;
+            (o.endpoint != n.endpoint).then(|| format!("{} ({} -> {})", n.name, o.endpoint.label(), n.endpoint.label()))
+        })
+        .collect();
+    list(&mut out, "instances changed", moved);
     let channel_names = |c: &Config| c.channels.iter().map(|c| c.name.clone()).collect::<Vec<_>>();
     let (old_channels, new_channels) = (channel_names(old), channel_names(new));
     list(&mut out, "channels added", added(&old_channels, &new_channels));

@@ -298,7 +298,7 @@ impl TestApp {
         self.app
             .checker
             .client
-            .check_counted(&org, &self.app.config.credentials[0])
+            .check_counted(&org, &self.app.config.orgs[0].endpoint, &self.app.config.credentials[0])
             .await
     }
 

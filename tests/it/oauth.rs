@@ -51,7 +51,7 @@ async fn concurrent_checks(t: &TestApp, n: usize) -> Vec<linkwatch::outcome::Che
             let org = linkwatch::config::OrgId::parse(ORG_A).unwrap();
             app.checker
                 .client
-                .check_counted(&org, &app.config.credentials[0])
+                .check_counted(&org, &app.config.orgs[0].endpoint, &app.config.credentials[0])
                 .await
                 .0
         });
