@@ -365,11 +365,12 @@ fn print_orgs(config: &Config) {
                 o.name.clone(),
                 o.id.to_string(),
                 o.schedule.to_string(),
+                o.endpoint.label().to_owned(),
                 o.credential.label(),
             ]
         })
         .collect();
-    print_table(&["NAME", "ID", "SCHEDULE", "CREDENTIAL"], &rows);
+    print_table(&["NAME", "ID", "SCHEDULE", "INSTANCE", "CREDENTIAL"], &rows);
 }
 
 fn print_channels(config: &Config) {
@@ -448,10 +449,15 @@ fn print_atlas(config: &Config) {
                 m.id.clone(),
                 m.lag_alert
                     .map_or("-".to_owned(), |d| humantime::format_duration(d).to_string()),
+                m.endpoint.label().to_owned(),
+                m.credential.label(),
             ]
         })
         .collect();
-    print_table(&["NAME", "ORG", "GROUP", "ID", "LAG ALERT"], &rows);
+    print_table(
+        &["NAME", "ORG", "GROUP", "ID", "LAG ALERT", "INSTANCE", "CREDENTIAL"],
+        &rows,
+    );
 }
 
 fn print_reports(config: &Config) {

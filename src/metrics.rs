@@ -351,20 +351,21 @@ impl Metrics {
     pub fn render(&self, db: &DbGauges) -> String {
         let mut scrape = Registry::default();
         let statuses = Family::<Labels, Gauge>::default();
-        for (id, name, status) in &db.statuses {
+        for (i, (id, name, status)) in db.statuses.iter().enumerate() {
             if let Some(status) = status {
                 statuses
                     .get_or_create(&vec![
                         ("org_id", id.clone()),
                         ("org_name", name.clone()),
                         ("status", status.clone()),
+                        ("instance_url", db.instances.get(i).cloned().unwrap_or_default()),
                     ])
                     .set(1);
             }
         }
         scrape.register(
             "linkwatch_org_status",
-            "1 for each org's current confirmed status",
+            "1 for each org's current confirmed status, with the Cloud/Ops Manager it is asked at (instance_url)",
             statuses,
         );
         let pending = Family::<Labels, Gauge>::default();

@@ -178,6 +178,11 @@ async fn metrics(State(shared): State<Shared>) -> Response {
         Ok((mut gauges, migrations, silences)) => {
             let orgs = shared.orgs.borrow().clone();
             gauges.statuses.retain(|(id, _, _)| orgs.contains(id));
+            gauges.instances = gauges
+                .statuses
+                .iter()
+                .map(|(id, _, _)| orgs.instance_of(id).unwrap_or_default().to_owned())
+                .collect();
             gauges.silences = silences
                 .into_iter()
                 .filter_map(|s| {

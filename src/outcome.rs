@@ -66,7 +66,14 @@ pub enum FailureClass {
     ApiVersion,
     /// Any other HTTP error (400, 402, ...).
     Http,
+    /// The OAuth token endpoint issued no token (a wrong `token_url` answers 404): not the
+    /// org's fault, whatever code it answered with.
+    Token,
 }
+
+/// What a token endpoint's failure means, for both APIs.
+const TOKEN: &str = "the OAuth token endpoint issued no token for the service account: check token_url \
+                     (by default the base URL's origin + /api/oauth/token)";
 
 impl FailureClass {
     pub fn as_str(self) -> &'static str {
@@ -82,6 +89,7 @@ impl FailureClass {
             FailureClass::Malformed => "malformed",
             FailureClass::ApiVersion => "api_version",
             FailureClass::Http => "http",
+            FailureClass::Token => "token",
         }
     }
 }
@@ -124,6 +132,7 @@ impl Failure {
             FailureClass::Malformed => "Cloud Manager's answer could not be read",
             FailureClass::ApiVersion => "Cloud Manager refused the API version linkwatch asks for",
             FailureClass::Http => "Cloud Manager refused the request",
+            FailureClass::Token => TOKEN,
         };
         self.with_codes(what)
     }
@@ -155,6 +164,7 @@ impl Failure {
                  check that no proxy rewrites the Accept header, or update linkwatch"
             }
             FailureClass::Http => "Atlas refused the request",
+            FailureClass::Token => TOKEN,
         };
         self.with_codes(what)
     }

@@ -96,6 +96,15 @@ impl Configured {
             .is_ok()
     }
 
+    /// The Cloud Manager or Ops Manager the org with this id is asked at (its base URL).
+    pub fn instance_of(&self, id: &str) -> Option<&str> {
+        let at = self
+            .by_id
+            .binary_search_by(|&i| self.orgs[i as usize].id.as_str().cmp(id))
+            .ok()?;
+        Some(self.orgs[self.by_id[at] as usize].endpoint.label())
+    }
+
     /// The configured org named by `key`, an id or a name: (id, name).
     fn find(&self, key: &str) -> Option<(&str, &str)> {
         self.orgs()

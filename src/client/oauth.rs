@@ -256,7 +256,7 @@ impl TokenCache {
     /// One token request: the token and how long it may be used, or why there is none.
     async fn request(&self, http: &reqwest::Client, token_url: &Url) -> Result<(Secret, Duration), Failure> {
         let refused = |mut f: Failure| {
-            f.prefix_detail("token request failed: ");
+            f.prefix_detail(&format!("token request to {token_url} failed: "));
             f
         };
         let mut response = http
@@ -278,9 +278,15 @@ impl TokenCache {
                 Err(f) => f,
                 Ok(_) => Failure::new(FailureClass::Malformed, Some(code), None, "unexpected token answer"),
             };
-            // 400 invalid_client is a credential problem, not a request problem.
-            if failure.error_code.as_deref() == Some("invalid_client") {
-                failure.class = FailureClass::Unauthorized;
+            // 400 invalid_client is a credential problem, not a request problem; a 429 or a 5xx
+            // is waited out as any; anything else (a 404 from a wrong token_url) is the token
+            // endpoint's, never read as the org having no link.
+            match failure.class {
+                _ if failure.error_code.as_deref() == Some("invalid_client") => {
+                    failure.class = FailureClass::Unauthorized;
+                }
+                FailureClass::Unauthorized | FailureClass::RateLimited | FailureClass::ServerError => {}
+                _ => failure.class = FailureClass::Token,
             }
             return Err(refused(failure));
         }

@@ -899,3 +899,123 @@ fn a_timezone_is_an_iana_name_and_poll_s_needs_its_cron() {
     assert_eq!((line, column, key.as_str()), (11, 12, "poll.timezone"));
     assert!(message.contains("applies to `cron` only"), "{message}");
 }
+
+/// Two customers in one file: an org with its own Ops Manager and key, orgs sharing a
+/// `[[credentials]]` set, the rest on `[cloud_manager]`; migrations with their own Atlas key.
+#[test]
+fn orgs_and_migrations_may_each_have_their_own_instance_and_key() {
+    let text = r#"
+[cloud_manager]
+public_key = "pub"
+private_key = "very-secret-key"
+
+[[credentials]]
+name = "acme"
+base_url = "https://om.acme.example/api/public/v1.0"
+public_key = "acme-pub"
+private_key = "acme-secret"
+
+[[credentials]]
+name = "acme-atlas"
+client_id = "mdb_sa_id_acme"
+client_secret = "acme-sa-secret"
+
+[[org]]
+id = "5f0c1234567890abcdef1234"
+name = "payments"
+
+[[org]]
+id = "5f0c1234567890abcdef0001"
+name = "acme-1"
+credentials = "acme"
+
+[[org]]
+id = "5f0c1234567890abcdef0002"
+name = "acme-2"
+credentials = "acme"
+
+[[org]]
+id = "5f0c1234567890abcdef0003"
+name = "globex"
+base_url = "https://om.globex.example:8443/api/public/v1.0/"
+public_key = "globex-pub"
+private_key = "globex-secret"
+
+[atlas]
+public_key = "atlas-pub"
+private_key = "atlas-secret"
+
+[[migration]]
+name = "payments-rs"
+org = "payments"
+group_id = "6f0c00000000000000000c01"
+id = "6f1d00000000000000000d01"
+
+[[migration]]
+name = "acme-rs"
+org = "acme-1"
+group_id = "6f0c00000000000000000c02"
+id = "6f1d00000000000000000d02"
+credentials = "acme-atlas"
+"#;
+    let c = parse(text).unwrap();
+    let by = |name: &str| c.orgs.iter().find(|o| o.name == name).unwrap();
+    assert_eq!(
+        by("payments").endpoint.label(),
+        "https://cloud.mongodb.com/api/public/v1.0"
+    );
+    assert_eq!(by("acme-1").endpoint.label(), "https://om.acme.example/api/public/v1.0");
+    assert_eq!(
+        by("acme-1").endpoint.token_url.as_str(),
+        "https://om.acme.example/api/oauth/token"
+    );
+    assert!(Arc::ptr_eq(&by("acme-1").endpoint, &by("acme-2").endpoint));
+    assert!(Arc::ptr_eq(&by("acme-1").credential, &by("acme-2").credential));
+    assert_eq!(by("acme-1").credential.label(), "api key acme-pub");
+    assert_eq!(
+        by("globex").endpoint.label(),
+        "https://om.globex.example:8443/api/public/v1.0"
+    );
+    assert_eq!(by("globex").credential.label(), "api key globex-pub");
+    // One session per distinct instance and key.
+    assert_eq!(c.sessions().len(), 3);
+    let m = |name: &str| c.migrations.iter().find(|m| m.name == name).unwrap();
+    assert_eq!(m("payments-rs").credential.label(), "api key atlas-pub");
+    assert_eq!(m("acme-rs").credential.label(), "service account mdb_sa_id_acme");
+    assert_eq!(m("acme-rs").endpoint.label(), "https://cloud.mongodb.com/api/atlas/v2");
+    assert_eq!(c.atlas_sessions().len(), 2);
+    assert!(!format!("{c:?}").contains("acme-secret"));
+    assert!(!format!("{c:?}").contains("acme-sa-secret"));
+}
+
+/// A base URL without its API's path would make every org read "no migration link": named at
+/// its line, wherever it is written.
+#[test]
+fn a_base_url_without_its_api_path_is_a_mistake_at_its_line() {
+    let (line, _, key, message) = error(&MINIMAL.replace(
+        "[cloud_manager]\n",
+        "[cloud_manager]\nbase_url = \"https://om.example.com:8080\"\n",
+    ));
+    assert_eq!((line, key.as_str()), (3, "cloud_manager.base_url"));
+    assert!(message.contains("ends in `/api/public/v1.0`"), "{message}");
+    assert!(message.contains("https://om.example.com/api/public/v1.0"), "{message}");
+
+    let (line, _, key, message) = error(&format!(
+        "{MINIMAL}base_url = \"https://om.example.com/api/atlas/v2\"\n"
+    ));
+    assert_eq!((line, key.as_str()), (9, "org[0].base_url"));
+    assert!(message.contains("ends in `/api/public/v1.0`"), "{message}");
+
+    let (_, _, key, message) = error(&format!(
+        "{MINIMAL}\n[atlas]\nbase_url = \"https://cloud.mongodb.com/api/public/v1.0\"\npublic_key = \"a\"\nprivate_key = \"b\"\n"
+    ));
+    assert_eq!(key, "atlas.base_url");
+    assert!(message.contains("ends in `/api/atlas/v2`"), "{message}");
+
+    let (_, _, key, message) = error(&format!("{MINIMAL}credentials = \"acme\"\n"));
+    assert_eq!(key, "org[0].credentials");
+    assert!(
+        message.contains("no [[credentials]] named \"acme\" (the file has none)"),
+        "{message}"
+    );
+}

@@ -11,6 +11,8 @@ use super::{Store, StoreError};
 pub struct DbGauges {
     /// (org_id, org_name, status)
     pub statuses: Vec<(String, String, Option<String>)>,
+    /// The instance (base URL) of each of `statuses`, in the same order (filled by `/metrics`).
+    pub instances: Vec<String>,
     /// channel -> pending rows
     pub outbox_depth: Vec<(String, i64)>,
     /// Age of the oldest pending delivery, in seconds.
@@ -62,6 +64,7 @@ impl Store {
             let oldest: Option<Ts> = OLDEST_PENDING.query_scalar::<D, _>().fetch_one(pool).await?;
             Ok(DbGauges {
                 statuses,
+                instances: Vec::new(),
                 outbox_depth,
                 oldest_pending_s: oldest.map(|t| (Utc::now() - t.0).num_milliseconds() as f64 / 1000.0),
                 migrations: Vec::new(),

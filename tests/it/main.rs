@@ -17,6 +17,7 @@ mod faults;
 mod first_hour;
 mod heartbeat;
 mod input;
+mod instances;
 mod layers;
 mod live_migration;
 mod notify;
