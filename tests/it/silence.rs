@@ -310,3 +310,63 @@ async fn reminders_pause_while_silenced_and_resume_after() {
     t.check(ORG_B).await;
     assert_eq!(reminders().await, 1, "no reminder after the silence");
 }
+
+/// `--migration` silences that live migration only: its events are held, the org's link
+/// events are not; its end speaks of the migration.
+#[tokio::test]
+async fn a_migration_silence_holds_only_that_migrations_events() {
+    use linkwatch::simulator::LiveMigrationBehavior;
+    let t = spawn_app_with(Setup {
+        atlas: one_live_migration(),
+        ..Setup::default()
+    })
+    .await;
+    t.sim
+        .set_live_migration(MIGRATION_A, LiveMigrationBehavior::state("WORKING", false, Some(5)));
+    t.check(ORG_A).await;
+    t.check_live_migration("payments-rs0").await;
+    let now = t.app.clock.now();
+    t.app
+        .store
+        .add_silence(&linkwatch::store::NewSilence {
+            org_id: ORG_A,
+            migration: Some("payments-rs0"),
+            starts_at: now,
+            ends_at: now + chrono::Duration::hours(1),
+            created_by: "alice",
+            reason: "cutover rehearsal",
+        })
+        .await
+        .unwrap();
+    t.sim
+        .set_live_migration(MIGRATION_A, LiveMigrationBehavior::state("FAILED", false, None));
+    t.check_live_migration("payments-rs0").await;
+    t.sim.set(ORG_A, Behavior::status("SYNCED"));
+    t.check(ORG_A).await;
+    let rows = deliveries_of(&t.db_path.display().to_string(), ORG_A).await;
+    let state = |kind: &str| {
+        rows.iter()
+            .filter(|(k, _, _)| k == kind)
+            .map(|(_, _, s)| s.clone())
+            .next_back()
+            .unwrap_or_default()
+    };
+    assert_eq!(state("migration_status_changed"), "silenced", "{rows:?}");
+    assert_ne!(state("status_changed"), "silenced", "{rows:?}");
+
+    t.app.clock.step(chrono::Duration::hours(2));
+    assert_eq!(linkwatch::silence::conclude_due(&t.app.checker).await.unwrap(), 1);
+    let events = t.events(Some(ORG_A)).await;
+    let ended = events
+        .iter()
+        .find(|e| e.kind == "silence_ended")
+        .expect("silence_ended");
+    let message = linkwatch::message::summary(
+        "alpha",
+        &serde_json::from_str::<linkwatch::detect::Event>(&ended.payload).unwrap(),
+    );
+    assert!(
+        message.starts_with("payments-rs0 (org alpha): silence 1 ended: now FAILED, was WORKING"),
+        "{message}"
+    );
+}
