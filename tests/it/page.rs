@@ -478,21 +478,46 @@ async fn a_browser_renders_the_status_page() {
     beta_history(&t).await;
     let daemon = run_page(&t).await;
 
-    // What a person sees after rendering: the DOM as the browser built it.
+    // What a person sees after rendering: the DOM as the browser built it. The default view
+    // lists what needs attention, the org whose checks fail (retrying until its third failure)
+    // first, and counts synced beta without listing it.
     let dom = chromium(&browser, &["--dump-dom".into()], &format!("{base}/")).await;
-    for name in ["alpha", "beta", "&lt;script&gt;alert(1)&lt;/script&gt;"] {
-        assert!(dom.contains(name), "{name} missing from the rendered page:\n{dom}");
-    }
-    for badge in [
-        "class=\"badge failing\">check failing<",
-        "class=\"badge not_synced\">not synced<",
-        "class=\"badge synced\">synced<",
-    ] {
-        assert!(dom.contains(badge), "{badge} missing from the rendered page:\n{dom}");
-    }
+    let rows = org_rows(&dom);
+    assert_eq!(rows.len(), 2, "{dom}");
     assert!(
-        dom.find("alpha").unwrap() < dom.find("beta").unwrap(),
-        "not synced comes before synced"
+        rows[0].contains("&lt;script&gt;alert(1)&lt;/script&gt;")
+            && (rows[0].contains("class=\"badge failing\">check failing<")
+                || rows[0].contains("class=\"badge retrying\">retrying<")),
+        "{}",
+        rows[0]
+    );
+    assert!(
+        rows[1].contains("alpha") && rows[1].contains("class=\"badge not_synced\">not synced<"),
+        "{}",
+        rows[1]
+    );
+    assert_eq!(counted(&dom, "synced"), 1, "beta is counted");
+    assert!(!dom.contains(">beta<"), "a synced org is not listed:\n{dom}");
+    assert!(dom.contains("<form class=\"filters\" method=\"get\">"), "{dom}");
+    // The form's answer, as the browser submits it: beta, NOT_SYNCED 13 of the 25 days known.
+    let synced = chromium(
+        &browser,
+        &["--dump-dom".into()],
+        &format!("{base}/?state=synced&name=&instance="),
+    )
+    .await;
+    let rows = org_rows(&synced);
+    assert_eq!(rows.len(), 1, "{synced}");
+    assert!(
+        rows[0].contains(">beta<") && rows[0].contains(">synced<"),
+        "{}",
+        rows[0]
+    );
+    assert!(
+        rows[0].contains("<span>100%</span> · <span>100%</span> · <span class=\"low\">4")
+            && (rows[0].contains("48.0%") || rows[0].contains("47.9%")),
+        "SYNCED the last day and week, 12 of the 25 days known: {}",
+        rows[0]
     );
 
     // Beta's 30 days: not known, NOT_SYNCED for 13 days with two failed checks, SYNCED since.
@@ -510,7 +535,11 @@ async fn a_browser_renders_the_status_page() {
     screenshots(
         &browser,
         &base,
-        &[("/", "status-page.png"), ("/org/beta", "org-page.png")],
+        &[
+            ("/", "status-page.png"),
+            ("/?state=all", "status-page-all.png"),
+            ("/org/beta", "org-page.png"),
+        ],
         900,
     )
     .await;
@@ -983,12 +1012,17 @@ async fn the_default_view_of_thousands_of_orgs_leads_with_what_needs_attention()
     println!("{} orgs checked in {:?}", extra + 2, started.elapsed());
     let server = serve_page(&t).await;
 
-    let started = std::time::Instant::now();
-    let (status, body) = get_text(&server.base).await;
-    let took = started.elapsed();
+    let mut times = Vec::new();
+    let (mut status, mut body) = (0, String::new());
+    for _ in 0..5 {
+        let started = std::time::Instant::now();
+        (status, body) = get_text(&server.base).await;
+        times.push(started.elapsed());
+    }
+    let took = *times.iter().min().unwrap();
     assert_eq!(status, 200);
     println!(
-        "the default view of {} orgs: {} bytes in {took:?}",
+        "the default view of {} orgs: {} bytes in {times:?}",
         extra + 2,
         body.len()
     );
@@ -1037,6 +1071,21 @@ async fn the_default_view_of_thousands_of_orgs_leads_with_what_needs_attention()
     // The JSON without filters lists every org, as it did before filters.
     let all = get_json(&format!("{}api/v1/status", server.base)).await;
     assert_eq!(all["orgs"].as_array().unwrap().len(), extra + 2);
+
+    // As a browser renders it, within its Content-Security-Policy.
+    let Some(browser) = browser() else { return };
+    let dom = chromium(&browser, &["--dump-dom".into()], &server.base).await;
+    let rows = org_rows(&dom);
+    assert_eq!(rows.len(), 100);
+    assert!(rows[0].contains("check failing"), "{}", rows[0]);
+    assert_eq!(counted(&dom, "synced"), extra + 2 - not_synced - 5);
+    screenshots(
+        &browser,
+        server.base.trim_end_matches('/'),
+        &[("/", "status-page-thousands.png")],
+        1400,
+    )
+    .await;
 }
 
 /// One failed check is "retrying", as long as fewer checks in a row failed than
