@@ -13,6 +13,7 @@ mod filter;
 mod format;
 mod html;
 mod lag;
+mod standing;
 mod timeline;
 mod view;
 
@@ -28,7 +29,8 @@ use tokio::sync::watch;
 
 pub use auth::{Login, require_login};
 use filter::{Filter, Shown};
-pub use view::{ChangesView, ChannelView, LiveMigrationStage, LiveMigrationView, OrgStanding, OrgView, StatusView};
+pub use standing::{LiveMigrationStage, OrgStanding};
+pub use view::{ChangesView, ChannelView, LiveMigrationView, OrgView, StatusView};
 
 use crate::clock::Clock;
 use crate::config::{Config, Org};

@@ -5,7 +5,7 @@
 
 use url::form_urlencoded;
 
-use super::view::OrgStanding;
+use super::standing::OrgStanding;
 
 /// Rows per page of orgs. At 10,000 orgs a page stays about a hundred kilobytes.
 pub const PAGE_ROWS: usize = 100;

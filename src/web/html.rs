@@ -9,10 +9,11 @@ use sha2::{Digest as _, Sha256};
 use super::REFRESH_SECS;
 use super::filter::{Filter, Shown};
 use super::format::span;
+use super::standing::OrgStanding;
 use super::timeline::class;
 use super::view::{
-    ChannelView, FailureView, LiveMigrationDetail, LiveMigrationView, OrgDetail, OrgStanding, OrgView, StatusView,
-    SyncedShare, parse,
+    ChannelView, FailureView, LiveMigrationDetail, LiveMigrationView, OrgDetail, OrgView, StatusView, SyncedShare,
+    parse,
 };
 use crate::text::shown_time;
 

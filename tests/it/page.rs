@@ -1051,7 +1051,7 @@ async fn the_default_view_of_thousands_of_orgs_leads_with_what_needs_attention()
         .expect("a link to the rest");
     assert_eq!(next, "?state=attention&page=2");
     let (_, page2) = get_text(&format!("{}{next}", server.base)).await;
-    assert_eq!(org_rows(&page2).len(), rest);
+    assert_eq!(org_rows(&page2).len(), rest.min(100));
 
     // A healthy org, by a part of its name in another case.
     let (_, found) = get_text(&format!("{}?state=all&name=ORG-2345", server.base)).await;
