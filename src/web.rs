@@ -315,3 +315,27 @@ async fn live_migration_json(State(page): State<Page>, Path(key): Path<String>) 
         Err(e) => unavailable(e),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A login or a token written into `base_url` reaches neither the instance the page shows
+    /// and filters on nor the console links.
+    #[test]
+    fn a_login_in_base_url_stays_off_the_page() {
+        let config = Config::parse(
+            "[cloud_manager]\nbase_url = \"https://ops:hunter2@cm.example.com/api/public/v1.0/?token=s3cret\"\n\
+             public_key = \"p\"\nprivate_key = \"k\"\n[[org]]\nid = \"5f0c1234567890abcdef1234\"\nname = \"payments\"\n",
+            std::path::Path::new("linkwatch.toml"),
+        )
+        .unwrap();
+        let c = Configured::of(&config);
+        assert_eq!(c.instances(), ["https://cm.example.com/api/public/v1.0/"]);
+        let console = c.links.cloud_manager_org("5f0c1234567890abcdef1234").unwrap();
+        assert_eq!(
+            console,
+            "https://cm.example.com/v2#/org/5f0c1234567890abcdef1234/projects"
+        );
+    }
+}
