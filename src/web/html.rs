@@ -207,6 +207,15 @@ fn shares(s: Option<&SyncedShare>) -> Markup {
     }
 }
 
+/// How many checks failed, before the reason: a retrying org has failed once.
+fn failed_in_a_row(n: i64) -> String {
+    if n == 1 {
+        "The last check failed: ".into()
+    } else {
+        format!("{n} failed checks in a row: ")
+    }
+}
+
 /// The longest error the list shows of each org: the org's page has all of it.
 const ERROR_SHOWN: usize = 200;
 
@@ -263,7 +272,7 @@ fn orgs_section(v: &StatusView, filter: &Filter, shown: Shown) -> Markup {
                             td { (shares(o.synced_share.as_ref())) }
                             td {
                                 @if let Some(e) = &o.last_error {
-                                    span class="err" { (o.consecutive_failures) " failed checks in a row: " (short(e)) }
+                                    span class="err" { (failed_in_a_row(o.consecutive_failures)) (short(e)) }
                                 } @else if let Some(b) = &o.broken_since {
                                     "left SYNCED " (when(Some(b), now))
                                 }
@@ -347,7 +356,7 @@ fn live_migrations_section(v: &StatusView, filter: &Filter) -> Markup {
                         td { (when(m.last_checked_at.as_deref(), now)) }
                         td {
                             @if let Some(e) = &m.last_error {
-                                span class="err" { (m.consecutive_failures) " failed checks in a row: " (e) }
+                                span class="err" { (failed_in_a_row(m.consecutive_failures)) (e) }
                             }
                         }
                     }
@@ -371,7 +380,7 @@ fn live_migration_detail(d: &LiveMigrationDetail, now: &str) -> Markup {
                 " · last check " (when_inline(m.last_checked_at.as_deref(), now))
             }
             @if m.estimated_deadline.is_some() { p { "Time left to cut over: " (time_left(m)) } }
-            @if let Some(e) = &m.last_error { p class="err" { (m.consecutive_failures) " failed checks in a row: " (e) } }
+            @if let Some(e) = &m.last_error { p class="err" { (failed_in_a_row(m.consecutive_failures)) (e) } }
             h3 { "Replication lag, the last " (super::view::WINDOW_DAYS) " days" }
             @if d.chart.steps.is_empty() {
                 p class="muted" { "No lag reported in the last " (super::view::WINDOW_DAYS) " days." }
@@ -477,7 +486,7 @@ pub fn org_page(d: &OrgDetail) -> Markup {
                 " · last check " (when_inline(o.last_checked_at.as_deref(), now))
                 " · SYNCED 24h · 7d · 30d: " (shares(o.synced_share.as_ref()))
             }
-            @if let Some(e) = &o.last_error { p class="err" { (o.consecutive_failures) " failed checks in a row: " (e) } }
+            @if let Some(e) = &o.last_error { p class="err" { (failed_in_a_row(o.consecutive_failures)) (e) } }
             h2 { "The last " (super::view::WINDOW_DAYS) " days" }
             (d.timeline.svg())
             p class="legend muted" {

@@ -97,8 +97,11 @@ impl OrgStanding {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum LiveMigrationStage {
-    /// The last check of the migration failed (the reason is in `last_error`).
+    /// As many checks of the migration in a row failed as `failures_before_alert` (the reason
+    /// is in `last_error`): notifications said so.
     Failing,
+    /// Its last check failed, fewer times in a row than `failures_before_alert`.
+    Retrying,
     /// Atlas says `FAILED` or `EXPIRED`: it must be started again.
     Failed,
     /// Ready for cutover: someone must cut over before the estimated deadline.
@@ -118,6 +121,7 @@ impl LiveMigrationStage {
     pub fn as_str(self) -> &'static str {
         match self {
             LiveMigrationStage::Failing => "failing",
+            LiveMigrationStage::Retrying => "retrying",
             LiveMigrationStage::Failed => "failed",
             LiveMigrationStage::Ready => "ready",
             LiveMigrationStage::InProgress => "in_progress",
@@ -131,6 +135,7 @@ impl LiveMigrationStage {
     pub fn label(self) -> &'static str {
         match self {
             LiveMigrationStage::Failing => "check failing",
+            LiveMigrationStage::Retrying => "retrying",
             LiveMigrationStage::Failed => "failed",
             LiveMigrationStage::Ready => "ready for cutover",
             LiveMigrationStage::InProgress => "in progress",

@@ -285,7 +285,8 @@ async fn live_migrations(
         .map(|m| {
             let org_name = configured.find(&m.org_id).map_or(m.org_id.as_str(), |(_, name)| name);
             let atlas_url = configured.links.atlas_project(&m.name);
-            live_migration_view(m, org_name, rows.remove(&m.id), now, atlas_url)
+            let failures_before_alert = configured.failures_before_alert;
+            live_migration_view(m, org_name, rows.remove(&m.id), now, atlas_url, failures_before_alert)
         })
         .collect())
 }
@@ -563,6 +564,7 @@ fn live_migration_view(
     row: Option<LiveMigrationRow>,
     now: DateTime<Utc>,
     atlas_url: Option<String>,
+    failures_before_alert: u32,
 ) -> LiveMigrationView {
     let silenced_until = silenced_until(&m.id);
     let mut v = LiveMigrationView {
@@ -590,10 +592,13 @@ fn live_migration_view(
         v.stage = LiveMigrationStage::Silenced;
     }
     let Some(r) = row else { return v };
+    // The threshold its notifications use, as for orgs: one failed check is not yet failing.
     v.stage = if v.silenced_until.is_some() {
         LiveMigrationStage::Silenced
-    } else if r.consecutive_failures > 0 {
+    } else if r.consecutive_failures >= i64::from(failures_before_alert.max(1)) {
         LiveMigrationStage::Failing
+    } else if r.consecutive_failures > 0 {
+        LiveMigrationStage::Retrying
     } else {
         match r.status.as_deref() {
             None => LiveMigrationStage::Unchecked,
@@ -658,12 +663,22 @@ mod tests {
             lag_alert_s: Some(600),
         };
         let now = parse("2026-11-29T08:00:00Z").unwrap();
-        let view = |r| live_migration_view(&m, "a", r, now, None);
+        // failures_before_alert = 2.
+        let view = |r| live_migration_view(&m, "a", r, now, None, 2);
         let stage = |r| view(r).stage;
         assert_eq!(stage(None), LiveMigrationStage::Unchecked);
         assert_eq!(
             stage(Some(live_migration_row(None, false, 1, None))),
+            LiveMigrationStage::Retrying
+        );
+        assert_eq!(
+            stage(Some(live_migration_row(None, false, 2, None))),
             LiveMigrationStage::Failing
+        );
+        assert_eq!(
+            stage(Some(live_migration_row(Some("WORKING"), true, 1, None))),
+            LiveMigrationStage::Retrying,
+            "a failed check hides a readiness that may be stale"
         );
         assert_eq!(
             stage(Some(live_migration_row(Some("WORKING"), true, 2, None))),
@@ -697,6 +712,7 @@ mod tests {
         assert!(ready.lag_high(), "700 s is above the 600 s lag_alert");
         for s in [
             LiveMigrationStage::Failing,
+            LiveMigrationStage::Retrying,
             LiveMigrationStage::Failed,
             LiveMigrationStage::Ready,
             LiveMigrationStage::InProgress,

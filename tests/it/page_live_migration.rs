@@ -89,9 +89,13 @@ async fn running(database_url: Option<String>) -> (TestApp, Running, String) {
             return false;
         };
         let Ok(v) = r.json::<Value>().await else { return false };
-        v["migrations"]
-            .as_array()
-            .is_some_and(|ms| ms.len() == 4 && ms.iter().all(|m| m["last_checked_at"].is_string()))
+        // ledger-rs2 retrying until its checks have failed failures_before_alert times.
+        v["migrations"].as_array().is_some_and(|ms| {
+            ms.len() == 4
+                && ms
+                    .iter()
+                    .all(|m| m["last_checked_at"].is_string() && m["stage"] != "retrying")
+        })
     })
     .await;
     (t, daemon, base)
