@@ -241,7 +241,10 @@ fn orgs_section(v: &StatusView, filter: &Filter, shown: Shown) -> Markup {
         }
         @if v.orgs.is_empty() {
             p class="muted" {
-                @if v.matched > 0 { "No orgs on page " (v.page) " of " (v.matched) "." }
+                @if v.matched > 0 {
+                    "No orgs on page " (v.page) ": " (v.matched) " match, on "
+                    a href=(filter.link(shown, 1)) { "the first page" } " and on."
+                }
                 @else if shown == Shown::Attention && filter.name.is_none() && filter.instance.is_none() {
                     "Nothing needs attention."
                 } @else { "No org matches." }

@@ -1162,6 +1162,13 @@ async fn unknown_filters_are_refused_with_a_reason() {
     let (status, body) = get_text(&format!("{}?{query}", server.base)).await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(org_rows(&body).len(), 2);
+    // A page past the last is no error: it says how many match and leads back.
+    let (status, body) = get_text(&format!("{}?state=all&page=9", server.base)).await;
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        body.contains("No orgs on page 9: 2 match, on <a href=\"?state=all\">the first page</a>"),
+        "{body}"
+    );
 }
 
 /// Behind a reverse proxy that serves the page under `/linkwatch/`, every link of the status
