@@ -40,24 +40,27 @@ impl Links {
         }
     }
 
+    /// The org's page in the Cloud Manager console.
+    pub fn cloud_manager_org(&self, org_id: &str) -> Option<String> {
+        join(self.cloud_manager.as_ref()?, &format!("v2#/org/{org_id}/projects"))
+    }
+
+    /// The Atlas project of the `[[migration]]` named `migration`, where its migration is shown.
+    pub fn atlas_project(&self, migration: &str) -> Option<String> {
+        let group = self.projects.get(migration)?;
+        join(self.atlas.as_ref()?, &format!("v2/{group}#/clusters"))
+    }
+
     /// The links of an event of org `org_id` (and live migration `migration`, if it is one).
     fn for_event(&self, org_id: &str, migration: Option<&str>) -> Vec<Link> {
         let mut links = Vec::new();
-        let join = |base: &Url, path: &str| base.join(path).ok().map(String::from);
-        let project = migration.and_then(|m| self.projects.get(m));
-        if let (Some(atlas), Some(group)) = (&self.atlas, project)
-            && let Some(url) = join(atlas, &format!("v2/{group}#/clusters"))
-        {
+        if let Some(url) = migration.and_then(|m| self.atlas_project(m)) {
             links.push(Link {
                 label: "Atlas project",
                 url,
             });
         }
-        if let Some(url) = self
-            .cloud_manager
-            .as_ref()
-            .and_then(|b| join(b, &format!("v2#/org/{org_id}/projects")))
-        {
+        if let Some(url) = self.cloud_manager_org(org_id) {
             links.push(Link {
                 label: "Cloud Manager org",
                 url,
@@ -73,10 +76,17 @@ impl Links {
     }
 }
 
+fn join(base: &Url, path: &str) -> Option<String> {
+    base.join(path).ok().map(String::from)
+}
+
 /// The web console behind an API's `base_url`: the URL without the API's path (an Ops Manager
 /// behind a proxy keeps its own path prefix), or the origin when the path is another.
 fn console(base_url: &Url, api_path: &str) -> Option<Url> {
     let mut url = base_url.clone();
+    // A login written into the URL must not travel in every message and onto the page.
+    let _ = url.set_username("");
+    let _ = url.set_password(None);
     url.set_query(None);
     url.set_fragment(None);
     let path = url.path().to_owned();

@@ -181,7 +181,7 @@ async fn metrics(State(shared): State<Shared>) -> Response {
             gauges.instances = gauges
                 .statuses
                 .iter()
-                .map(|(id, _, _)| orgs.instance_of(id).unwrap_or_default().to_owned())
+                .map(|(id, _, _)| orgs.instance_of_id(id).unwrap_or_default().to_owned())
                 .collect();
             gauges.silences = silences
                 .into_iter()

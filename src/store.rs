@@ -45,7 +45,7 @@ pub use live_migration::{
 };
 pub use lock::{LockError, WriterLock};
 pub use outbox::{Claimed, Delivery, Pending};
-pub use page::{ChannelDeliveries, FailedCheck, OrgRow};
+pub use page::{ChannelDeliveries, FailedCheck, OrgRow, SyncedTime};
 pub use quiet::{QUIET_WINDOW, QuietRow, Unmatched};
 pub use reports::{REPORT_ORG_PREFIX, ReportRun, report_event_id};
 pub use retention::Pruned;

@@ -9,26 +9,32 @@
 //! maud: escaped by default) and the JSON are both made from, so the two always agree.
 
 mod auth;
+mod filter;
 mod format;
 mod html;
 mod lag;
+mod standing;
 mod timeline;
 mod view;
 
 use std::sync::{Arc, LazyLock};
 
 use axum::Router;
-use axum::extract::{Path, State};
+use axum::extract::{Path, RawQuery, State};
+use axum::http::Uri;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use tokio::sync::watch;
 
 pub use auth::{Login, require_login};
-pub use view::{ChangesView, ChannelView, LiveMigrationStage, LiveMigrationView, OrgStanding, OrgView, StatusView};
+use filter::{Filter, Shown};
+pub use standing::{LiveMigrationStage, OrgStanding};
+pub use view::{ChangesView, ChannelView, LiveMigrationView, OrgView, StatusView};
 
 use crate::clock::Clock;
 use crate::config::{Config, Org};
+use crate::message::Links;
 use crate::metrics::Metrics;
 use crate::store::Store;
 
@@ -47,6 +53,13 @@ pub struct Configured {
     pub channels: Vec<String>,
     /// This instance's name (`instance_name`).
     pub instance: String,
+    /// The threshold notifications use: fewer failed checks in a row are "retrying".
+    pub failures_before_alert: u32,
+    /// Each distinct Cloud Manager / Ops Manager the orgs are checked at, as the page shows it
+    /// (see [`Configured::instance_of`]): a handful, found by pointer.
+    endpoints: Vec<(Arc<crate::config::Endpoint>, String)>,
+    /// The consoles' links, as messages give them.
+    pub links: Links,
 }
 
 /// A `[[migration]]`, as the page needs it.
@@ -81,7 +94,49 @@ impl Configured {
                 .collect(),
             channels: config.channels.iter().map(|c| c.name.clone()).collect(),
             instance: config.instance_name.clone(),
+            failures_before_alert: config.poll.failures_before_alert,
+            endpoints: config.sessions().into_iter().fold(Vec::new(), |mut all, (e, _)| {
+                if !all
+                    .iter()
+                    .any(|(x, _): &(Arc<crate::config::Endpoint>, String)| Arc::ptr_eq(x, &e))
+                {
+                    let shown = shown_url(&e.base_url);
+                    all.push((e, shown));
+                }
+                all
+            }),
+            links: Links::of(config),
         })
+    }
+
+    /// The Cloud Manager (or Ops Manager) instance `org` is checked at (its base URL, without
+    /// a login), which the page shows and filters on.
+    pub fn instance_of(&self, org: &Org) -> &str {
+        self.endpoints
+            .iter()
+            .find(|(e, _)| Arc::ptr_eq(e, &org.endpoint))
+            .map_or("", |(_, shown)| shown.as_str())
+    }
+
+    /// Every instance some org is checked at, sorted.
+    pub fn instances(&self) -> Vec<String> {
+        let mut all: Vec<String> = Vec::new();
+        for o in self.orgs.iter() {
+            let i = self.instance_of(o);
+            if !all.iter().any(|a| a == i) {
+                all.push(i.to_owned());
+            }
+        }
+        all.sort();
+        all
+    }
+
+    /// The configured org with this id.
+    fn org_by_id(&self, id: &str) -> Option<&Org> {
+        self.by_id
+            .binary_search_by(|&i| self.orgs[i as usize].id.as_str().cmp(id))
+            .ok()
+            .map(|at| &self.orgs[self.by_id[at] as usize])
     }
 
     /// The configured orgs: (id, name).
@@ -91,18 +146,16 @@ impl Configured {
 
     /// Whether the config watches the org with this id.
     pub fn contains(&self, id: &str) -> bool {
-        self.by_id
-            .binary_search_by(|&i| self.orgs[i as usize].id.as_str().cmp(id))
-            .is_ok()
+        self.org_by_id(id).is_some()
     }
 
-    /// The Cloud Manager or Ops Manager the org with this id is asked at (its base URL).
-    pub fn instance_of(&self, id: &str) -> Option<&str> {
+    /// The instance of the org with this id (see [`Configured::instance_of`]).
+    pub fn instance_of_id(&self, id: &str) -> Option<&str> {
         let at = self
             .by_id
             .binary_search_by(|&i| self.orgs[i as usize].id.as_str().cmp(id))
             .ok()?;
-        Some(self.orgs[self.by_id[at] as usize].endpoint.label())
+        Some(self.instance_of(&self.orgs[self.by_id[at] as usize]))
     }
 
     /// The configured org named by `key`, an id or a name: (id, name).
@@ -119,6 +172,18 @@ impl Configured {
             .find(|m| m.id == key)
             .or_else(|| self.migrations.iter().find(|m| m.name == key))
     }
+}
+
+/// A URL as the page shows it: without a login written into it, a query or a fragment.
+fn shown_url(url: &url::Url) -> String {
+    let mut url = url.clone();
+    let _ = url.set_username("");
+    let _ = url.set_password(None);
+    url.set_query(None);
+    url.set_fragment(None);
+    // As `check` and `/metrics` write it: the base URL as configured, without the slash added
+    // for joining paths.
+    url.as_str().trim_end_matches('/').to_owned()
 }
 
 /// What the page's handlers read.
@@ -162,13 +227,20 @@ pub async fn harden(mut response: Response) -> Response {
     response
 }
 
-/// The answer to a path nothing serves.
-pub async fn not_found() -> Response {
+/// The answer to a path nothing serves. Its link back climbs as many levels as the path has,
+/// so that it reaches the status page behind a proxy that serves it under a sub-path too.
+pub async fn not_found(uri: Uri) -> Response {
+    let depth = uri.path().trim_start_matches('/').matches('/').count();
     (
         StatusCode::NOT_FOUND,
-        html::not_found("Nothing is served at this address."),
+        html::not_found("Nothing is served at this address.", &up(depth)),
     )
         .into_response()
+}
+
+/// The relative path from a page `depth` levels below the top back to the status page.
+fn up(depth: usize) -> String {
+    if depth == 0 { "./".into() } else { "../".repeat(depth) }
 }
 
 /// The database could not be read: 503, so a monitor of the page sees it too.
@@ -181,15 +253,44 @@ fn unavailable(e: anyhow::Error) -> Response {
         .into_response()
 }
 
-async fn status_page(State(page): State<Page>) -> Response {
-    match view::status(&page).await {
-        Ok(v) => html::status_page(&v).into_response(),
+/// The filters of a request, or why they cannot be used: an unknown value, or an instance no
+/// org is checked at (listing none would look like all is well there).
+fn filters(page: &Page, query: Option<&str>) -> Result<Filter, String> {
+    let filter = Filter::parse(query.unwrap_or(""))?;
+    if let Some(instance) = &filter.instance {
+        let instances = page.configured.borrow().instances();
+        if !instances.contains(instance) {
+            return Err(format!(
+                "No org is checked at instance \"{instance}\"; the instances are: {}.",
+                instances.join(", ")
+            ));
+        }
+    }
+    Ok(filter)
+}
+
+/// `GET /`: without filters, what needs attention, one page at a time.
+async fn status_page(State(page): State<Page>, RawQuery(query): RawQuery) -> Response {
+    let filter = match filters(&page, query.as_deref()) {
+        Ok(f) => f,
+        Err(why) => return (StatusCode::BAD_REQUEST, html::bad_request(&why)).into_response(),
+    };
+    match view::status(&page, &filter, Shown::Attention, true).await {
+        Ok(v) => html::status_page(&v, &filter).into_response(),
         Err(e) => unavailable(e),
     }
 }
 
-async fn status_json(State(page): State<Page>) -> Response {
-    match view::status(&page).await {
+/// `GET /api/v1/status`: without filters every org, as before the filters came; paged only
+/// when asked for a page.
+async fn status_json(State(page): State<Page>, RawQuery(query): RawQuery) -> Response {
+    let filter = match filters(&page, query.as_deref()) {
+        Ok(f) => f,
+        Err(why) => {
+            return (StatusCode::BAD_REQUEST, axum::Json(serde_json::json!({ "error": why }))).into_response();
+        }
+    };
+    match view::status(&page, &filter, Shown::All, false).await {
         Ok(v) => axum::Json(v).into_response(),
         Err(e) => unavailable(e),
     }
@@ -203,7 +304,7 @@ async fn org_page(State(page): State<Page>, Path(key): Path<String>) -> Response
         .map(|(id, name)| (id.to_owned(), name.to_owned()));
     let Some((id, name)) = org else {
         let text = format!("No org with the id or name \"{key}\" is configured.");
-        return (StatusCode::NOT_FOUND, html::not_found(&text)).into_response();
+        return (StatusCode::NOT_FOUND, html::not_found(&text, "../")).into_response();
     };
     match view::org(&page, &id, &name).await {
         Ok(v) => html::org_page(&v).into_response(),
@@ -236,5 +337,29 @@ async fn live_migration_json(State(page): State<Page>, Path(key): Path<String>) 
     match view::live_migration(&page, &m).await {
         Ok(v) => axum::Json(v).into_response(),
         Err(e) => unavailable(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A login or a token written into `base_url` reaches neither the instance the page shows
+    /// and filters on nor the console links.
+    #[test]
+    fn a_login_in_base_url_stays_off_the_page() {
+        let config = Config::parse(
+            "[cloud_manager]\nbase_url = \"https://ops:hunter2@cm.example.com/api/public/v1.0/?token=s3cret\"\n\
+             public_key = \"p\"\nprivate_key = \"k\"\n[[org]]\nid = \"5f0c1234567890abcdef1234\"\nname = \"payments\"\n",
+            std::path::Path::new("linkwatch.toml"),
+        )
+        .unwrap();
+        let c = Configured::of(&config);
+        assert_eq!(c.instances(), ["https://cm.example.com/api/public/v1.0"]);
+        let console = c.links.cloud_manager_org("5f0c1234567890abcdef1234").unwrap();
+        assert_eq!(
+            console,
+            "https://cm.example.com/v2#/org/5f0c1234567890abcdef1234/projects"
+        );
     }
 }

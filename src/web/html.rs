@@ -7,11 +7,13 @@ use maud::{DOCTYPE, Markup, PreEscaped, html};
 use sha2::{Digest as _, Sha256};
 
 use super::REFRESH_SECS;
+use super::filter::{Filter, Shown};
 use super::format::span;
+use super::standing::OrgStanding;
 use super::timeline::class;
 use super::view::{
-    ChannelView, FailureView, LiveMigrationDetail, LiveMigrationStage, LiveMigrationView, OrgDetail, OrgView,
-    SilenceView, StatusView, parse,
+    ChannelView, FailureView, LiveMigrationDetail, LiveMigrationView, OrgDetail, OrgView, SilenceView, StatusView,
+    SyncedShare, parse,
 };
 use crate::text::shown_time;
 
@@ -24,7 +26,13 @@ th{font-weight:600;color:#555}.muted{color:#777;font-size:.9rem}.err{color:#b71c
 .badge{display:inline-block;padding:.1rem .5rem;border-radius:.8rem;font-size:.8rem;font-weight:600;white-space:nowrap}
 .badge.failing{background:#c62828;color:#fff}.badge.broken{background:#ef6c00;color:#fff}
 .badge.not_synced{background:#f9a825;color:#222}.badge.unchecked{background:#cfd8dc;color:#222}
-.badge.synced{background:#2e7d32;color:#fff}
+.badge.synced{background:#2e7d32;color:#fff}.badge.retrying{background:#ffcc80;color:#222}
+.badge.silenced{background:#9e9e9e;color:#fff}
+ul.summary{list-style:none;padding:0;display:flex;flex-wrap:wrap;gap:.4rem 1.2rem}
+ul.summary a{text-decoration:none;color:inherit}ul.summary .n{font-weight:600;margin-left:.3rem}
+form.filters{display:flex;flex-wrap:wrap;gap:.6rem;align-items:end;margin:1rem 0}
+form.filters label{display:flex;flex-direction:column;font-size:.85rem;color:#555}
+.share{white-space:nowrap;font-variant-numeric:tabular-nums}.share .low{color:#b71c1c}.share .part{color:#8d6e00}
 .badge.failed{background:#c62828;color:#fff}.badge.ready{background:#1565c0;color:#fff}
 .badge.in_progress{background:#bbdefb;color:#222}.badge.complete{background:#2e7d32;color:#fff}
 svg.lag{width:100%;height:auto}
@@ -40,15 +48,18 @@ svg.timeline{width:100%;height:auto;max-height:140px}
 /// The Content-Security-Policy of every answer: nothing may load, run or frame the page, and
 /// the one thing the pages need, the style block above, is allowed by its hash (no
 /// `'unsafe-inline'`: the pages have no style attributes, so an injected one would not apply).
+/// Forms may submit to this origin only: the filters are a `GET` form to the page itself.
 /// The charts are inline SVG drawn with presentation attributes, which need nothing more.
 pub(super) fn content_security_policy() -> String {
     let hash = base64::engine::general_purpose::STANDARD.encode(Sha256::digest(CSS.as_bytes()));
     format!(
-        "default-src 'none'; style-src 'sha256-{hash}'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'"
+        "default-src 'none'; style-src 'sha256-{hash}'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'"
     )
 }
 
-fn layout(title: &str, refresh: bool, generated_at: &str, body: Markup) -> Markup {
+/// A page; `root` is the relative path from it back to the status page (`""` on the status page
+/// itself, `"../"` one level down), so that every link also works under a proxy's sub-path.
+fn layout(title: &str, refresh: bool, generated_at: &str, root: &str, body: Markup) -> Markup {
     html! {
         (DOCTYPE)
         html lang="en" {
@@ -67,7 +78,7 @@ fn layout(title: &str, refresh: bool, generated_at: &str, body: Markup) -> Marku
                     p class="muted" {
                         "Generated " (shown_time(generated_at)) " by linkwatch"
                         @if refresh { "; reloads every " (REFRESH_SECS) " s" }
-                        ". JSON: " a href="/api/v1/status" { "/api/v1/status" } "."
+                        ". JSON: " a href=(format!("{root}api/v1/status")) { "api/v1/status" } "."
                     }
                 }
             }
@@ -75,37 +86,94 @@ fn layout(title: &str, refresh: bool, generated_at: &str, body: Markup) -> Marku
     }
 }
 
-/// `GET /`: the orgs, the live migrations (when any is configured), then the channels.
-pub fn status_page(v: &StatusView) -> Markup {
-    let needs_action = v
-        .orgs
-        .iter()
-        .filter(|o| o.state < super::OrgStanding::Unchecked)
-        .count()
-        + v.migrations
-            .iter()
-            .filter(|m| m.stage <= LiveMigrationStage::Ready)
-            .count();
+/// `GET /`: counts by state, the filters, the orgs they pick (by default those that need
+/// attention: healthy orgs are counted, not listed), the live migrations, then the channels.
+pub fn status_page(v: &StatusView, filter: &Filter) -> Markup {
+    let shown = filter.state.unwrap_or(Shown::Attention);
     layout(
         "Status",
         true,
         &v.generated_at,
+        "",
         html! {
             h1 { "linkwatch status" }
             p class="muted" {
-                (v.orgs.len()) " orgs"
-                @if !v.migrations.is_empty() { ", " (v.migrations.len()) " live migrations" }
-                "; " (needs_action) " need attention"
+                (v.summary.values().sum::<usize>()) " orgs"
+                @if v.migrations_not_shown + v.migrations.len() > 0 {
+                    ", " (v.migrations_not_shown + v.migrations.len()) " live migrations"
+                }
                 @if !v.channels.is_empty() { "; " (v.channels.len()) " channels with undelivered notifications" }
                 @if !v.silences.is_empty() { "; " (v.silences.len()) " silenced" }
                 ". Served by " (v.instance) "."
             }
+            (summary(v, filter))
             @if !v.silences.is_empty() { (silences_section(&v.silences)) }
-            (orgs_section(&v.orgs, &v.generated_at))
-            @if !v.migrations.is_empty() { (live_migrations_section(&v.migrations, &v.generated_at)) }
+            (filter_form(v, filter, shown))
+            (orgs_section(v, filter, shown))
+            @if !v.migrations.is_empty() || v.migrations_not_shown > 0 {
+                (live_migrations_section(v, filter))
+            }
             (channels_section(&v.channels))
         },
     )
+}
+
+/// Every state with its count, each a link to the orgs in it.
+fn summary(v: &StatusView, filter: &Filter) -> Markup {
+    html! {
+        ul class="summary" {
+            @for (state, n) in &v.summary {
+                // Silences are rare: the state is shown once some org has one.
+                @if *n > 0 || *state != OrgStanding::Silenced {
+                    li {
+                        a href=(filter.link(Shown::State(*state), 1)) {
+                            span class=(format!("badge {}", state.as_str())) { (state.label()) }
+                            span class="n" { (n) }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The filters as a plain `GET` form to the page itself: no script, and the result a link.
+fn filter_form(v: &StatusView, filter: &Filter, shown: Shown) -> Markup {
+    let states = [Shown::Attention, Shown::All]
+        .into_iter()
+        .chain(OrgStanding::ALL.into_iter().map(Shown::State));
+    html! {
+        form class="filters" method="get" {
+            label {
+                "state"
+                select name="state" {
+                    @for s in states {
+                        option value=(s.as_str()) selected[s == shown] {
+                            @match s {
+                                Shown::Attention => "needs attention",
+                                Shown::All => "all",
+                                Shown::State(state) => (state.label()),
+                            }
+                        }
+                    }
+                }
+            }
+            label {
+                "name or id contains"
+                input type="search" name="name" value=(filter.name.as_deref().unwrap_or(""));
+            }
+            label {
+                "Cloud Manager"
+                select name="instance" {
+                    option value="" { "any" }
+                    @for i in &v.instances {
+                        option value=(i) selected[filter.instance.as_deref() == Some(i.as_str())] { (i) }
+                    }
+                }
+            }
+            button type="submit" { "Show" }
+        }
+    }
 }
 
 fn badge(org: &OrgView) -> Markup {
@@ -114,32 +182,116 @@ fn badge(org: &OrgView) -> Markup {
     }
 }
 
-fn orgs_section(orgs: &[OrgView], now: &str) -> Markup {
+/// A share of a window, to a tenth of a percent, rounded down (100% means all of it).
+fn share(share: Option<f64>) -> Markup {
+    let Some(s) = share else { return html! { "–" } };
+    let tenths = (s * 1000.0).floor() / 10.0;
+    let class = if s >= 0.999 {
+        None
+    } else if s >= 0.9 {
+        Some("part")
+    } else {
+        Some("low")
+    };
     html! {
-        h2 { "Migration links" }
-        table class="orgs" {
-            thead { tr { th { "org" } th { "state" } th { "link status" } th { "since" } th { "last check" } th { "problem" } } }
-            tbody {
-                @for o in orgs {
-                    tr class="org" {
-                        td {
-                            a href=(format!("/org/{}", o.id)) { (o.name) }
-                            br; span class="muted" { (o.id) }
-                        }
-                        td { (badge(o)) }
-                        td class=(format!("status {}", class(o.status.as_deref()))) {
-                            (o.status.as_deref().unwrap_or("–"))
-                        }
-                        td { (when(o.since.as_deref(), now)) }
-                        td { (when(o.last_checked_at.as_deref(), now)) }
-                        td {
-                            @if let Some(e) = &o.last_error {
-                                span class="err" { (o.consecutive_failures) " failed checks in a row: " (e) }
-                            } @else if let Some(b) = &o.broken_since {
-                                "left SYNCED " (when(Some(b), now))
+        span class=[class] { (if s >= 1.0 { "100%".to_owned() } else { format!("{tenths:.1}%") }) }
+    }
+}
+
+fn shares(s: Option<&SyncedShare>) -> Markup {
+    html! {
+        span class="share" {
+            @match s {
+                Some(s) => { (share(s.day)) " · " (share(s.week)) " · " (share(s.month)) },
+                None => "–",
+            }
+        }
+    }
+}
+
+/// How many checks failed, before the reason: a retrying org has failed once.
+fn failed_in_a_row(n: i64) -> String {
+    if n == 1 {
+        "The last check failed: ".into()
+    } else {
+        format!("{n} failed checks in a row: ")
+    }
+}
+
+/// The longest error the list shows of each org: the org's page has all of it.
+const ERROR_SHOWN: usize = 200;
+
+fn short(text: &str) -> String {
+    match text.char_indices().nth(ERROR_SHOWN) {
+        Some((at, _)) => format!("{}…", &text[..at]),
+        None => text.to_owned(),
+    }
+}
+
+fn orgs_section(v: &StatusView, filter: &Filter, shown: Shown) -> Markup {
+    let now = v.generated_at.as_str();
+    let first = v.page_rows.map_or(0, |n| (v.page - 1) * n);
+    let more = v.matched.saturating_sub(first + v.orgs.len());
+    html! {
+        h2 {
+            @match shown {
+                Shown::Attention => "Needs attention",
+                Shown::All => "All orgs",
+                Shown::State(s) => { "Orgs: " (s.label()) },
+            }
+            @if filter.name.is_some() || filter.instance.is_some() { " (filtered)" }
+        }
+        @if v.orgs.is_empty() {
+            p class="muted" {
+                @if v.matched > 0 {
+                    "No orgs on page " (v.page) ": " (v.matched) " match, on "
+                    a href=(filter.link(shown, 1)) { "the first page" } " and on."
+                }
+                @else if shown == Shown::Attention && filter.name.is_none() && filter.instance.is_none() {
+                    "Nothing needs attention."
+                } @else { "No org matches." }
+            }
+        } @else {
+            table class="orgs" {
+                thead { tr {
+                    th { "org" } th { "state" } th { "link status" } th { "since" } th { "last check" }
+                    th { "SYNCED 24h · 7d · 30d" } th { "problem" }
+                } }
+                tbody {
+                    @for o in &v.orgs {
+                        tr class="org" {
+                            td {
+                                a href=(format!("org/{}", o.id)) { (o.name) }
+                                br; span class="muted" { (o.id) }
+                                @if let Some(url) = &o.console_url { " " a href=(url) { "Cloud Manager" } }
+                            }
+                            td {
+                                (badge(o))
+                                @if let Some(until) = &o.silenced_until { br; span class="muted" { "until " (at(until)) } }
+                            }
+                            td class=(format!("status {}", class(o.status.as_deref()))) {
+                                (o.status.as_deref().unwrap_or("–"))
+                            }
+                            td { (when(o.since.as_deref(), now)) }
+                            td { (when(o.last_checked_at.as_deref(), now)) }
+                            td { (shares(o.synced_share.as_ref())) }
+                            td {
+                                @if let Some(e) = &o.last_error {
+                                    span class="err" { (failed_in_a_row(o.consecutive_failures)) (short(e)) }
+                                } @else if let Some(b) = &o.broken_since {
+                                    "left SYNCED " (when(Some(b), now))
+                                }
                             }
                         }
                     }
+                }
+            }
+            p class="muted" {
+                "Orgs " (first + 1) "–" (first + v.orgs.len()) " of " (v.matched) "."
+                @if v.page > 1 { " " a href=(filter.link(shown, v.page - 1)) { "← previous page" } }
+                @if more > 0 {
+                    " And " (more) " more: " a href=(filter.link(shown, v.page + 1)) { "the next page" }
+                    ", or narrow the filters above."
                 }
             }
         }
@@ -177,17 +329,27 @@ fn time_left(m: &LiveMigrationView) -> Markup {
     }
 }
 
-fn live_migrations_section(migrations: &[LiveMigrationView], now: &str) -> Markup {
+fn live_migrations_section(v: &StatusView, filter: &Filter) -> Markup {
+    let (migrations, now) = (&v.migrations, v.generated_at.as_str());
     html! {
         h2 { "Live migrations" }
+        @if v.migrations_not_shown > 0 {
+            p class="muted" {
+                @if migrations.is_empty() { "None needs attention; " } @else { "Those that need attention; " }
+                (v.migrations_not_shown) " more in progress, complete or not checked yet: "
+                a href=(filter.link(Shown::All, 1)) { "all" } "."
+            }
+        }
+        @if !migrations.is_empty() {
         table class="migrations" {
             thead { tr { th { "migration" } th { "state" } th { "Atlas status" } th { "lag" } th { "time left to cut over" } th { "last check" } th { "problem" } } }
             tbody {
                 @for m in migrations {
                     tr class="migration" {
                         td {
-                            a href=(format!("/org/{}#migration-{}", m.org_id, m.id)) { (m.name) }
+                            a href=(format!("org/{}#migration-{}", m.org_id, m.id)) { (m.name) }
                             br; span class="muted" { "from " (m.org_name) }
+                            @if let Some(url) = &m.atlas_url { " " a href=(url) { "Atlas" } }
                         }
                         td { (live_migration_badge(m)) }
                         td {
@@ -199,13 +361,14 @@ fn live_migrations_section(migrations: &[LiveMigrationView], now: &str) -> Marku
                         td { (when(m.last_checked_at.as_deref(), now)) }
                         td {
                             @if let Some(e) = &m.last_error {
-                                span class="err" { (m.consecutive_failures) " failed checks in a row: " (e) }
+                                span class="err" { (failed_in_a_row(m.consecutive_failures)) (e) }
                             }
                         }
                     }
                 }
             }
         }
+    }
     }
 }
 
@@ -222,7 +385,7 @@ fn live_migration_detail(d: &LiveMigrationDetail, now: &str) -> Markup {
                 " · last check " (when_inline(m.last_checked_at.as_deref(), now))
             }
             @if m.estimated_deadline.is_some() { p { "Time left to cut over: " (time_left(m)) } }
-            @if let Some(e) = &m.last_error { p class="err" { (m.consecutive_failures) " failed checks in a row: " (e) } }
+            @if let Some(e) = &m.last_error { p class="err" { (failed_in_a_row(m.consecutive_failures)) (e) } }
             h3 { "Replication lag, the last " (super::view::WINDOW_DAYS) " days" }
             @if d.chart.steps.is_empty() {
                 p class="muted" { "No lag reported in the last " (super::view::WINDOW_DAYS) " days." }
@@ -249,7 +412,10 @@ fn live_migration_detail(d: &LiveMigrationDetail, now: &str) -> Markup {
                     }
                 }
             }
-            p class="muted" { "JSON: " a href=(format!("/api/v1/migrations/{}", m.id)) { "/api/v1/migrations/" (m.id) } }
+            p class="muted" {
+                @if let Some(url) = &m.atlas_url { a href=(url) { "Atlas project" } " · " }
+                "JSON: " a href=(format!("../api/v1/migrations/{}", m.id)) { "api/v1/migrations/" (m.id) }
+            }
         }
     }
 }
@@ -335,16 +501,22 @@ pub fn org_page(d: &OrgDetail) -> Markup {
         &o.name,
         true,
         &d.generated_at,
+        "../",
         html! {
-            p { a href="/" { "← all orgs" } }
+            p { a href="../" { "← all orgs" } }
             h1 { (o.name) " " (badge(o)) }
             p class="muted" {
-                (o.id) " · link status "
+                (o.id)
+                @if let Some(url) = &o.console_url { " · " a href=(url) { "Cloud Manager" } }
+                " · " (o.instance)
+                @if let Some(until) = &o.silenced_until { " · silenced until " (at(until)) }
+                " · link status "
                 span class=(format!("status {}", class(o.status.as_deref()))) { (o.status.as_deref().unwrap_or("not known yet")) }
                 @if o.since.is_some() { " since " (when_inline(o.since.as_deref(), now)) }
                 " · last check " (when_inline(o.last_checked_at.as_deref(), now))
+                " · SYNCED 24h · 7d · 30d: " (shares(o.synced_share.as_ref()))
             }
-            @if let Some(e) = &o.last_error { p class="err" { (o.consecutive_failures) " failed checks in a row: " (e) } }
+            @if let Some(e) = &o.last_error { p class="err" { (failed_in_a_row(o.consecutive_failures)) (e) } }
             h2 { "The last " (super::view::WINDOW_DAYS) " days" }
             (d.timeline.svg())
             p class="legend muted" {
@@ -396,20 +568,37 @@ pub fn org_page(d: &OrgDetail) -> Markup {
                     }
                 }
             }
-            p class="muted" { "JSON: " a href=(format!("/api/v1/orgs/{}/changes", o.id)) { "/api/v1/orgs/" (o.id) "/changes" } }
+            p class="muted" { "JSON: " a href=(format!("../api/v1/orgs/{}/changes", o.id)) { "api/v1/orgs/" (o.id) "/changes" } }
         },
     )
 }
 
-pub fn not_found(text: &str) -> Markup {
+/// A 404; `root` leads back to the status page from where it was asked.
+pub fn not_found(text: &str, root: &str) -> Markup {
     layout(
         "Not found",
         false,
         "",
+        root,
         html! {
             h1 { "Not found" }
             p { (text) }
-            p { a href="/" { "The status page" } }
+            p { a href=(root) { "The status page" } }
+        },
+    )
+}
+
+/// A 400 for filters the page cannot use, with why; the status page is one level up or here.
+pub fn bad_request(why: &str) -> Markup {
+    layout(
+        "Bad request",
+        false,
+        "",
+        "",
+        html! {
+            h1 { "Bad request" }
+            p { (why) }
+            p { a href="./" { "The status page without filters" } }
         },
     )
 }

@@ -1,16 +1,18 @@
 //! What the page shows, read from the store in one place: the HTML and the JSON are both made
 //! from these structs. One struct per section: orgs, live migrations, channels.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 use chrono::{DateTime, Duration, Utc};
 use serde::Serialize;
 
+use super::filter::{Filter, PAGE_ROWS, Shown};
 use super::lag::LagChart;
+use super::standing::{LiveMigrationStage, OrgStanding};
 use super::timeline::Timeline;
 use super::{Configured, ConfiguredLiveMigration, Page};
 use crate::config::OrgId;
-use crate::store::{self, LiveMigrationRow, OrgRow};
+use crate::store::{self, LiveMigrationRow, OrgRow, SyncedTime};
 
 /// How far back an org's page looks.
 pub const WINDOW_DAYS: i64 = 30;
@@ -24,11 +26,27 @@ pub struct StatusView {
     pub generated_at: String,
     /// The instance that served it (`instance_name`).
     pub instance: String,
-    /// Every configured org, what needs action first (see [`OrgStanding`]), then by name.
+    /// How many configured orgs are in each state, whatever the filters.
+    pub summary: BTreeMap<OrgStanding, usize>,
+    /// Which orgs `orgs` lists: `attention`, `all`, or a state.
+    pub shown: &'static str,
+    /// How many orgs pass the filters; `orgs` holds page `page` of them.
+    pub matched: usize,
+    pub page: usize,
+    /// Orgs per page; `None` when `orgs` holds every match (the JSON API without `page`).
+    pub page_rows: Option<usize>,
+    /// The Cloud Manager instances orgs are checked at, for the `instance` filter.
+    pub instances: Vec<String>,
+    /// The orgs that pass the filters, what needs action first (see [`OrgStanding`]), then by
+    /// name: without filters, every configured org on the API and those that need attention on
+    /// the page.
     pub orgs: Vec<OrgView>,
-    /// Every configured live migration, what needs action first (see [`LiveMigrationStage`]), then
-    /// the least time left to cut over, then by name.
+    /// The configured live migrations (on the page's default view only those that need action),
+    /// what needs action first (see [`LiveMigrationStage`]), then the least time left to cut
+    /// over, then by name.
     pub migrations: Vec<LiveMigrationView>,
+    /// The configured live migrations not listed in `migrations`.
+    pub migrations_not_shown: usize,
     /// The channels with deliveries waiting or given up, by name.
     pub channels: Vec<ChannelView>,
     /// The silences holding events back now (`linkwatch silence add`), oldest first.
@@ -49,50 +67,20 @@ pub struct SilenceView {
     pub reason: String,
 }
 
-/// Where an org stands, in the order the page sorts by: what needs action comes first.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum OrgStanding {
-    /// The last check failed (the reason is in `last_error`).
-    Failing,
-    /// The link was SYNCED and left it.
-    Broken,
-    /// The link has a status other than SYNCED and never was SYNCED since it left it.
-    NotSynced,
-    /// No successful check yet.
-    Unchecked,
-    Synced,
-}
-
-impl OrgStanding {
-    /// Its name in the JSON, which is also its CSS class.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            OrgStanding::Failing => "failing",
-            OrgStanding::Broken => "broken",
-            OrgStanding::NotSynced => "not_synced",
-            OrgStanding::Unchecked => "unchecked",
-            OrgStanding::Synced => "synced",
-        }
-    }
-
-    /// What the badge says.
-    pub fn label(self) -> &'static str {
-        match self {
-            OrgStanding::Failing => "check failing",
-            OrgStanding::Broken => "broken",
-            OrgStanding::NotSynced => "not synced",
-            OrgStanding::Unchecked => "not checked yet",
-            OrgStanding::Synced => "synced",
-        }
-    }
-}
-
 #[derive(Debug, Clone, Serialize)]
 pub struct OrgView {
     pub id: String,
     pub name: String,
     pub state: OrgStanding,
+    /// The Cloud Manager it is checked at (its API's base URL, without any login in it).
+    pub instance: String,
+    /// The org in the Cloud Manager console.
+    pub console_url: Option<String>,
+    /// Until when it is silenced. Silences are not stored yet: always `None` for now.
+    pub silenced_until: Option<String>,
+    /// How much of the last 24 hours, 7 days and 30 days the link was SYNCED, of the time its
+    /// status was known; read for the orgs listed only.
+    pub synced_share: Option<SyncedShare>,
     /// The confirmed link status (`SYNCED`, `NOT_SYNCED` or whatever Cloud Manager says).
     pub status: Option<String>,
     pub since: Option<String>,
@@ -103,46 +91,25 @@ pub struct OrgView {
     pub broken_since: Option<String>,
 }
 
-/// Where a live migration stands, in the order the page sorts by: what needs action comes first.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum LiveMigrationStage {
-    /// The last check of the migration failed (the reason is in `last_error`).
-    Failing,
-    /// Atlas says `FAILED` or `EXPIRED`: it must be started again.
-    Failed,
-    /// Ready for cutover: someone must cut over before the estimated deadline.
-    Ready,
-    /// Under way (`NEW`, `WORKING`, or another status Atlas uses), not ready for cutover.
-    InProgress,
-    /// No successful check yet.
-    Unchecked,
-    /// `COMPLETE`.
-    Complete,
+/// How much of a window a link was SYNCED: a share from 0 to 1 of the time its status was
+/// known in the window, `None` when it was not known at all.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct SyncedShare {
+    #[serde(rename = "24h")]
+    pub day: Option<f64>,
+    #[serde(rename = "7d")]
+    pub week: Option<f64>,
+    #[serde(rename = "30d")]
+    pub month: Option<f64>,
 }
 
-impl LiveMigrationStage {
-    /// Its name in the JSON, which is also its CSS class.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            LiveMigrationStage::Failing => "failing",
-            LiveMigrationStage::Failed => "failed",
-            LiveMigrationStage::Ready => "ready",
-            LiveMigrationStage::InProgress => "in_progress",
-            LiveMigrationStage::Unchecked => "unchecked",
-            LiveMigrationStage::Complete => "complete",
-        }
-    }
-
-    /// What the badge says.
-    pub fn label(self) -> &'static str {
-        match self {
-            LiveMigrationStage::Failing => "check failing",
-            LiveMigrationStage::Failed => "failed",
-            LiveMigrationStage::Ready => "ready for cutover",
-            LiveMigrationStage::InProgress => "in progress",
-            LiveMigrationStage::Unchecked => "not checked yet",
-            LiveMigrationStage::Complete => "complete",
+impl From<&SyncedTime> for SyncedShare {
+    fn from(t: &SyncedTime) -> SyncedShare {
+        let share = |synced: f64, known: f64| (known > 0.0).then(|| (synced / known).clamp(0.0, 1.0));
+        SyncedShare {
+            day: share(t.synced_0, t.known_0),
+            week: share(t.synced_1, t.known_1),
+            month: share(t.synced_2, t.known_2),
         }
     }
 }
@@ -157,6 +124,10 @@ pub struct LiveMigrationView {
     pub org_name: String,
     pub group_id: String,
     pub stage: LiveMigrationStage,
+    /// Its Atlas project in the Atlas console, where the migration is shown.
+    pub atlas_url: Option<String>,
+    /// Until when it is silenced. Silences are not stored yet: always `None` for now.
+    pub silenced_until: Option<String>,
     /// What Atlas says (`NEW`, `WORKING`, `COMPLETE`, `FAILED`, `EXPIRED`, ...).
     pub status: Option<String>,
     pub since: Option<String>,
@@ -179,6 +150,12 @@ impl LiveMigrationView {
     /// Whether the last lag is above the migration's `lag_alert`.
     pub fn lag_high(&self) -> bool {
         self.lag_s.zip(self.lag_alert_s).is_some_and(|(lag, alert)| lag > alert)
+    }
+
+    /// Whether the page's default view lists it: it failed, waits for a cutover before its
+    /// deadline, or lags behind its `lag_alert`.
+    pub fn needs_attention(&self) -> bool {
+        self.stage <= LiveMigrationStage::Ready || (self.lag_high() && self.stage != LiveMigrationStage::Silenced)
     }
 }
 
@@ -261,20 +238,77 @@ pub struct LagSample {
     pub lag_s: Option<i64>,
 }
 
-/// Reads each section.
-pub async fn status(page: &Page) -> anyhow::Result<StatusView> {
+/// The silences holding events back now, read once per answer: until when an org (or a live
+/// migration) is silenced is asked here.
+#[derive(Debug, Default)]
+struct Held(Vec<crate::store::Silence>);
+
+impl Held {
+    async fn read(page: &Page, now: DateTime<Utc>) -> anyhow::Result<Held> {
+        Ok(Held(page.store.active_silences(now).await?))
+    }
+
+    /// Until when the org's link is silenced (a silence of one of its migrations does not count).
+    fn org(&self, id: &str) -> Option<String> {
+        self.latest(|s| s.org_id == id && s.migration.is_none())
+    }
+
+    /// Until when a migration is silenced: by name, or with its whole source org.
+    fn migration(&self, org_id: &str, name: &str) -> Option<String> {
+        self.latest(|s| s.org_id == org_id && s.migration.as_deref().is_none_or(|m| m == name))
+    }
+
+    fn latest(&self, covers: impl Fn(&crate::store::Silence) -> bool) -> Option<String> {
+        self.0
+            .iter()
+            .filter(|s| covers(s))
+            .map(|s| s.until())
+            .max()
+            .map(store::ts)
+    }
+}
+
+/// Reads each section: every org's state for the summary, the orgs `filter` picks (`shown`
+/// when it names no state; one page of them when `paged` or it names a page), the live
+/// migrations and the channels.
+pub async fn status(page: &Page, filter: &Filter, shown: Shown, paged: bool) -> anyhow::Result<StatusView> {
     let configured = page.configured.borrow().clone();
     let now = page.clock.now();
-    let mut migrations = live_migrations(page, &configured, now, |_| true).await?;
+    let shown = filter.state.unwrap_or(shown);
+    let page_no = filter.page.unwrap_or(1);
+    let page_rows = (paged || filter.page.is_some()).then_some(PAGE_ROWS);
+    let held = Held::read(page, now).await?;
+    let mut migrations = live_migrations(page, &configured, &held, now, |_| true).await?;
     migrations.sort_by(|a, b| {
         // The least time left first; none left to count comes last.
         let left = |m: &LiveMigrationView| (m.time_left_s.is_none(), m.time_left_s);
         (a.stage, left(a), !a.lag_high(), &a.name).cmp(&(b.stage, left(b), !b.lag_high(), &b.name))
     });
+    let configured_migrations = migrations.len();
+    if shown == Shown::Attention {
+        migrations.retain(LiveMigrationView::needs_attention);
+    }
+    let listing = orgs(
+        page,
+        &configured,
+        &held,
+        filter,
+        shown,
+        page_rows.map(|n| (page_no, n)),
+        now,
+    )
+    .await?;
     Ok(StatusView {
         generated_at: store::ts(now),
         instance: configured.instance.clone(),
-        orgs: orgs(page, &configured).await?,
+        summary: listing.summary,
+        shown: shown.as_str(),
+        matched: listing.matched,
+        page: page_no,
+        page_rows,
+        instances: configured.instances(),
+        orgs: listing.orgs,
+        migrations_not_shown: configured_migrations - migrations.len(),
         migrations,
         channels: channels(page, &configured).await?,
         silences: silences(page, &configured, now).await?,
@@ -308,6 +342,7 @@ async fn silences(page: &Page, configured: &Configured, now: DateTime<Utc>) -> a
 async fn live_migrations(
     page: &Page,
     configured: &Configured,
+    held: &Held,
     now: DateTime<Utc>,
     keep: impl Fn(&ConfiguredLiveMigration) -> bool,
 ) -> anyhow::Result<Vec<LiveMigrationView>> {
@@ -324,7 +359,18 @@ async fn live_migrations(
         .filter(|m| keep(m))
         .map(|m| {
             let org_name = configured.find(&m.org_id).map_or(m.org_id.as_str(), |(_, name)| name);
-            live_migration_view(m, org_name, rows.remove(&m.id), now)
+            let atlas_url = configured.links.atlas_project(&m.name);
+            let failures_before_alert = configured.failures_before_alert;
+            let silenced_until = held.migration(&m.org_id, &m.name);
+            live_migration_view(
+                m,
+                org_name,
+                rows.remove(&m.id),
+                now,
+                atlas_url,
+                failures_before_alert,
+                silenced_until,
+            )
         })
         .collect())
 }
@@ -357,7 +403,8 @@ async fn live_migration_history(
 pub async fn live_migration(page: &Page, m: &ConfiguredLiveMigration) -> anyhow::Result<LiveMigrationJson> {
     let configured = page.configured.borrow().clone();
     let now = page.clock.now();
-    let view = live_migrations(page, &configured, now, |c| c.id == m.id)
+    let held = Held::read(page, now).await?;
+    let view = live_migrations(page, &configured, &held, now, |c| c.id == m.id)
         .await?
         .pop()
         .ok_or_else(|| anyhow::anyhow!("migration {} left the config", m.name))?;
@@ -376,8 +423,26 @@ pub async fn live_migration(page: &Page, m: &ConfiguredLiveMigration) -> anyhow:
     })
 }
 
-/// Every configured org, what needs action first.
-async fn orgs(page: &Page, configured: &Configured) -> anyhow::Result<Vec<OrgView>> {
+/// The orgs of a view: every org counted by state, and those that pass the filters.
+struct Listing {
+    summary: BTreeMap<OrgStanding, usize>,
+    matched: usize,
+    orgs: Vec<OrgView>,
+}
+
+/// Every configured org is classified and counted; only the orgs listed (`page`: its number
+/// and rows) become views and have their SYNCED time read, so 10,000 healthy orgs cost a
+/// count each.
+#[allow(clippy::too_many_arguments)]
+async fn orgs(
+    page: &Page,
+    configured: &Configured,
+    held: &Held,
+    filter: &Filter,
+    shown: Shown,
+    paging: Option<(usize, usize)>,
+    now: DateTime<Utc>,
+) -> anyhow::Result<Listing> {
     let mut rows: HashMap<String, OrgRow> = page
         .store
         .org_rows()
@@ -385,12 +450,62 @@ async fn orgs(page: &Page, configured: &Configured) -> anyhow::Result<Vec<OrgVie
         .into_iter()
         .map(|r| (r.org_id.clone(), r))
         .collect();
-    let mut orgs: Vec<OrgView> = configured
-        .orgs()
-        .map(|(id, name)| org_view(id, name, rows.remove(id)))
+    let mut summary: BTreeMap<OrgStanding, usize> = OrgStanding::ALL.iter().map(|&s| (s, 0)).collect();
+    let mut matched = Vec::new();
+    for org in configured.orgs.iter() {
+        let id = org.id.as_str();
+        let state = OrgStanding::of(rows.get(id), configured.failures_before_alert, held.org(id).is_some());
+        *summary.entry(state).or_default() += 1;
+        if shown.matches(state) && filter.picks(&org.name, id, configured.instance_of(org)) {
+            matched.push((state, org));
+        }
+    }
+    matched.sort_unstable_by(|(sa, a), (sb, b)| (sa, &a.name, a.id.as_str()).cmp(&(sb, &b.name, b.id.as_str())));
+    let count = matched.len();
+    if let Some((number, rows_per_page)) = paging {
+        let skip = number.saturating_sub(1).saturating_mul(rows_per_page);
+        matched = matched.into_iter().skip(skip).take(rows_per_page).collect();
+    }
+    let mut views: Vec<OrgView> = matched
+        .iter()
+        .map(|(_, o)| {
+            let silenced_until = held.org(o.id.as_str());
+            org_view(
+                configured,
+                o.id.as_str(),
+                &o.name,
+                rows.remove(o.id.as_str()),
+                silenced_until,
+            )
+        })
         .collect();
-    orgs.sort_by(|a, b| (a.state, &a.name, &a.id).cmp(&(b.state, &b.name, &b.id)));
-    Ok(orgs)
+    drop(rows);
+    synced_shares(page, &mut views, now).await?;
+    Ok(Listing {
+        summary,
+        matched: count,
+        orgs: views,
+    })
+}
+
+/// How much of the last day, week and month each of `views` was SYNCED.
+async fn synced_shares(page: &Page, views: &mut [OrgView], now: DateTime<Utc>) -> anyhow::Result<()> {
+    if views.is_empty() {
+        return Ok(());
+    }
+    let ids: Vec<String> = views.iter().map(|v| v.id.clone()).collect();
+    let starts = [Duration::days(1), Duration::days(7), Duration::days(WINDOW_DAYS)].map(|d| now - d);
+    let times: HashMap<String, SyncedTime> = page
+        .store
+        .synced_time(&ids, now, starts)
+        .await?
+        .into_iter()
+        .map(|t| (t.org_id.clone(), t))
+        .collect();
+    for v in views {
+        v.synced_share = times.get(&v.id).map(SyncedShare::from);
+    }
+    Ok(())
 }
 
 /// The channels with deliveries waiting or given up, and whether their dispatcher holds them.
@@ -425,6 +540,7 @@ pub async fn changes(page: &Page, id: &str, name: &str) -> anyhow::Result<Change
 }
 
 pub async fn org(page: &Page, id: &str, name: &str) -> anyhow::Result<OrgDetail> {
+    let configured = page.configured.borrow().clone();
     let now = page.clock.now();
     let from = now - Duration::days(WINDOW_DAYS);
     let row = page.store.org_rows().await?.into_iter().find(|r| r.org_id == id);
@@ -449,9 +565,9 @@ pub async fn org(page: &Page, id: &str, name: &str) -> anyhow::Result<OrgDetail>
         changes.iter().filter_map(|c| Some((parse(&c.at)?, c.to.clone()))),
         failures.iter().filter_map(|f| parse(&f.checked_at)),
     );
-    let configured = page.configured.borrow().clone();
     let mut migration_details = Vec::new();
-    for m in live_migrations(page, &configured, now, |m| m.org_id == id).await? {
+    let held = Held::read(page, now).await?;
+    for m in live_migrations(page, &configured, &held, now, |m| m.org_id == id).await? {
         let (changes, lag) = live_migration_history(page, &m.id, from).await?;
         migration_details.push(LiveMigrationDetail {
             chart: LagChart::new(from, now, &lag, m.lag_alert_s),
@@ -460,9 +576,12 @@ pub async fn org(page: &Page, id: &str, name: &str) -> anyhow::Result<OrgDetail>
         });
     }
     migration_details.sort_by(|a, b| a.migration.name.cmp(&b.migration.name));
+    let mut org = [org_view(&configured, id, name, row, held.org(id))];
+    synced_shares(page, &mut org, now).await?;
+    let [org] = org;
     Ok(OrgDetail {
         generated_at: store::ts(now),
-        org: org_view(id, name, row),
+        org,
         changes,
         failures,
         timeline,
@@ -488,12 +607,28 @@ async fn read_changes(page: &Page, id: &str) -> anyhow::Result<Vec<ChangeView>> 
 }
 
 /// The config names the org; the database knows it once it has been checked.
-fn org_view(id: &str, name: &str, row: Option<OrgRow>) -> OrgView {
+fn org_view(
+    configured: &Configured,
+    id: &str,
+    name: &str,
+    row: Option<OrgRow>,
+    silenced_until: Option<String>,
+) -> OrgView {
+    let state = OrgStanding::of(row.as_ref(), configured.failures_before_alert, silenced_until.is_some());
+    let instance = configured
+        .org_by_id(id)
+        .map_or("", |o| configured.instance_of(o))
+        .to_owned();
+    let console_url = configured.links.cloud_manager_org(id);
     let Some(r) = row else {
         return OrgView {
             id: id.to_owned(),
             name: name.to_owned(),
-            state: OrgStanding::Unchecked,
+            state,
+            instance,
+            console_url,
+            silenced_until,
+            synced_share: None,
             status: None,
             since: None,
             last_checked_at: None,
@@ -502,21 +637,15 @@ fn org_view(id: &str, name: &str, row: Option<OrgRow>) -> OrgView {
             broken_since: None,
         };
     };
-    let state = if r.consecutive_failures > 0 {
-        OrgStanding::Failing
-    } else {
-        match r.status.as_deref() {
-            None => OrgStanding::Unchecked,
-            Some("SYNCED") => OrgStanding::Synced,
-            Some(_) if r.broken_since.is_some() => OrgStanding::Broken,
-            Some(_) => OrgStanding::NotSynced,
-        }
-    };
     OrgView {
         id: id.to_owned(),
         // The config's name is the current one; the database keeps the name of the last check.
         name: name.to_owned(),
         state,
+        instance,
+        console_url,
+        silenced_until,
+        synced_share: None,
         status: r.status,
         since: r.since,
         last_checked_at: Some(r.last_checked_at),
@@ -532,6 +661,9 @@ fn live_migration_view(
     org_name: &str,
     row: Option<LiveMigrationRow>,
     now: DateTime<Utc>,
+    atlas_url: Option<String>,
+    failures_before_alert: u32,
+    silenced_until: Option<String>,
 ) -> LiveMigrationView {
     let mut v = LiveMigrationView {
         id: m.id.clone(),
@@ -540,6 +672,8 @@ fn live_migration_view(
         org_name: org_name.to_owned(),
         group_id: m.group_id.clone(),
         stage: LiveMigrationStage::Unchecked,
+        atlas_url,
+        silenced_until,
         status: None,
         since: None,
         ready_for_cutover: false,
@@ -552,9 +686,17 @@ fn live_migration_view(
         consecutive_failures: 0,
         last_error: None,
     };
+    if v.silenced_until.is_some() {
+        v.stage = LiveMigrationStage::Silenced;
+    }
     let Some(r) = row else { return v };
-    v.stage = if r.consecutive_failures > 0 {
+    // The threshold its notifications use, as for orgs: one failed check is not yet failing.
+    v.stage = if v.silenced_until.is_some() {
+        LiveMigrationStage::Silenced
+    } else if r.consecutive_failures >= i64::from(failures_before_alert.max(1)) {
         LiveMigrationStage::Failing
+    } else if r.consecutive_failures > 0 {
+        LiveMigrationStage::Retrying
     } else {
         match r.status.as_deref() {
             None => LiveMigrationStage::Unchecked,
@@ -584,62 +726,6 @@ pub fn parse(text: &str) -> Option<DateTime<Utc>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn row(status: Option<&str>, failures: i64, broken: bool) -> OrgRow {
-        OrgRow {
-            org_id: "a".into(),
-            org_name: "a".into(),
-            status: status.map(Into::into),
-            since: None,
-            last_checked_at: "2026-11-29T08:00:00.000Z".into(),
-            consecutive_failures: failures,
-            last_error: None,
-            broken_since: broken.then(|| "2026-11-28T08:00:00.000Z".into()),
-        }
-    }
-
-    #[test]
-    fn what_needs_action_sorts_first() {
-        let state = |r| org_view("a", "a", r).state;
-        let mut states = vec![
-            state(Some(row(Some("SYNCED"), 0, false))),
-            state(None),
-            state(Some(row(Some("NOT_SYNCED"), 0, false))),
-            state(Some(row(Some("NOT_SYNCED"), 0, true))),
-            state(Some(row(Some("SYNCED"), 2, false))),
-            state(Some(row(None, 1, false))),
-        ];
-        assert_eq!(
-            states,
-            [
-                OrgStanding::Synced,
-                OrgStanding::Unchecked,
-                OrgStanding::NotSynced,
-                OrgStanding::Broken,
-                OrgStanding::Failing,
-                OrgStanding::Failing
-            ]
-        );
-        for s in &states {
-            assert_eq!(
-                serde_json::to_value(s).unwrap(),
-                s.as_str(),
-                "the JSON and the CSS class agree"
-            );
-        }
-        states.sort();
-        assert_eq!(
-            states,
-            [
-                OrgStanding::Failing,
-                OrgStanding::Failing,
-                OrgStanding::Broken,
-                OrgStanding::NotSynced,
-                OrgStanding::Unchecked,
-                OrgStanding::Synced
-            ]
-        );
-    }
 
     fn live_migration_row(
         status: Option<&str>,
@@ -675,12 +761,22 @@ mod tests {
             lag_alert_s: Some(600),
         };
         let now = parse("2026-11-29T08:00:00Z").unwrap();
-        let view = |r| live_migration_view(&m, "a", r, now);
+        // failures_before_alert = 2.
+        let view = |r| live_migration_view(&m, "a", r, now, None, 2, None);
         let stage = |r| view(r).stage;
         assert_eq!(stage(None), LiveMigrationStage::Unchecked);
         assert_eq!(
             stage(Some(live_migration_row(None, false, 1, None))),
+            LiveMigrationStage::Retrying
+        );
+        assert_eq!(
+            stage(Some(live_migration_row(None, false, 2, None))),
             LiveMigrationStage::Failing
+        );
+        assert_eq!(
+            stage(Some(live_migration_row(Some("WORKING"), true, 1, None))),
+            LiveMigrationStage::Retrying,
+            "a failed check hides a readiness that may be stale"
         );
         assert_eq!(
             stage(Some(live_migration_row(Some("WORKING"), true, 2, None))),
@@ -714,6 +810,7 @@ mod tests {
         assert!(ready.lag_high(), "700 s is above the 600 s lag_alert");
         for s in [
             LiveMigrationStage::Failing,
+            LiveMigrationStage::Retrying,
             LiveMigrationStage::Failed,
             LiveMigrationStage::Ready,
             LiveMigrationStage::InProgress,

@@ -103,6 +103,18 @@ async fn two_customers_are_each_asked_at_their_own_instance_with_their_own_keys(
     .await;
     let line = gamma().await.unwrap();
     assert!(line.contains(&format!("instance_url=\"{globex_url}\"")), "{line}");
+    // The JSON API (and the page's instance filter) name each org's instance too.
+    let status: serde_json::Value =
+        reqwest::get(format!("http://127.0.0.1:{port}/api/v1/status?instance={globex_url}"))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+    let orgs = status["orgs"].as_array().unwrap();
+    assert_eq!(orgs.len(), 1, "{status}");
+    assert_eq!(orgs[0]["name"], "gamma");
+    assert_eq!(orgs[0]["instance"], globex_url.as_str());
     running.stop(std::time::Duration::from_secs(20)).await;
 }
 

@@ -90,6 +90,8 @@ async fn the_json_api_shows_what_needs_action_first(database_url: Option<String>
                     .unwrap()
                     .iter()
                     .any(|c| c["name"] == "gone" && c["failed"].as_i64() >= Some(2))
+                // "failing" comes with its event (at failures_before_alert): delivered too.
+                && !v["channels"].as_array().unwrap().iter().any(|c| c["name"] == "console")
         },
     )
     .await;
@@ -478,21 +480,46 @@ async fn a_browser_renders_the_status_page() {
     beta_history(&t).await;
     let daemon = run_page(&t).await;
 
-    // What a person sees after rendering: the DOM as the browser built it.
+    // What a person sees after rendering: the DOM as the browser built it. The default view
+    // lists what needs attention, the org whose checks fail (retrying until its third failure)
+    // first, and counts synced beta without listing it.
     let dom = chromium(&browser, &["--dump-dom".into()], &format!("{base}/")).await;
-    for name in ["alpha", "beta", "&lt;script&gt;alert(1)&lt;/script&gt;"] {
-        assert!(dom.contains(name), "{name} missing from the rendered page:\n{dom}");
-    }
-    for badge in [
-        "class=\"badge failing\">check failing<",
-        "class=\"badge not_synced\">not synced<",
-        "class=\"badge synced\">synced<",
-    ] {
-        assert!(dom.contains(badge), "{badge} missing from the rendered page:\n{dom}");
-    }
+    let rows = org_rows(&dom);
+    assert_eq!(rows.len(), 2, "{dom}");
     assert!(
-        dom.find("alpha").unwrap() < dom.find("beta").unwrap(),
-        "not synced comes before synced"
+        rows[0].contains("&lt;script&gt;alert(1)&lt;/script&gt;")
+            && (rows[0].contains("class=\"badge failing\">check failing<")
+                || rows[0].contains("class=\"badge retrying\">retrying<")),
+        "{}",
+        rows[0]
+    );
+    assert!(
+        rows[1].contains("alpha") && rows[1].contains("class=\"badge not_synced\">not synced<"),
+        "{}",
+        rows[1]
+    );
+    assert_eq!(counted(&dom, "synced"), 1, "beta is counted");
+    assert!(!dom.contains(">beta<"), "a synced org is not listed:\n{dom}");
+    assert!(dom.contains("<form class=\"filters\" method=\"get\">"), "{dom}");
+    // The form's answer, as the browser submits it: beta, NOT_SYNCED 13 of the 25 days known.
+    let synced = chromium(
+        &browser,
+        &["--dump-dom".into()],
+        &format!("{base}/?state=synced&name=&instance="),
+    )
+    .await;
+    let rows = org_rows(&synced);
+    assert_eq!(rows.len(), 1, "{synced}");
+    assert!(
+        rows[0].contains(">beta<") && rows[0].contains(">synced<"),
+        "{}",
+        rows[0]
+    );
+    assert!(
+        rows[0].contains("<span>100%</span> · <span>100%</span> · <span class=\"low\">4")
+            && (rows[0].contains("48.0%") || rows[0].contains("47.9%")),
+        "SYNCED the last day and week, 12 of the 25 days known: {}",
+        rows[0]
     );
 
     // Beta's 30 days: not known, NOT_SYNCED for 13 days with two failed checks, SYNCED since.
@@ -510,7 +537,11 @@ async fn a_browser_renders_the_status_page() {
     screenshots(
         &browser,
         &base,
-        &[("/", "status-page.png"), ("/org/beta", "org-page.png")],
+        &[
+            ("/", "status-page.png"),
+            ("/?state=all", "status-page-all.png"),
+            ("/org/beta", "org-page.png"),
+        ],
         900,
     )
     .await;
@@ -667,7 +698,7 @@ async fn every_answer_carries_the_hardening_headers() {
     let dir = tempfile::tempdir().unwrap();
     let (_t, daemon, base, _gone) = running_page(&login_lines(dir.path())).await;
     let http = reqwest::Client::new();
-    let cases: [(&str, &str, bool, u16); 9] = [
+    let cases: [(&str, &str, bool, u16); 10] = [
         ("GET", "/", true, 200),
         ("GET", "/org/beta", true, 200),
         ("GET", "/api/v1/status", true, 200),
@@ -675,6 +706,7 @@ async fn every_answer_carries_the_hardening_headers() {
         ("GET", "/healthz", false, 200),
         ("GET", "/no/such/page", true, 404),
         ("GET", "/org/nobody", true, 404),
+        ("GET", "/?state=green", true, 400),
         ("GET", "/api/v1/status", false, 401),
         ("POST", "/", true, 405),
     ];
@@ -702,6 +734,10 @@ async fn every_answer_carries_the_hardening_headers() {
         let directives: Vec<&str> = csp.split(';').map(str::trim).collect();
         assert_eq!(directives[0], "default-src 'none'", "{what}: {csp}");
         assert!(directives.contains(&"frame-ancestors 'none'"), "{what}: {csp}");
+        assert!(
+            directives.contains(&"form-action 'self'"),
+            "{what}: the filters' form submits to the page only: {csp}"
+        );
         assert!(!csp.contains("unsafe"), "{what}: {csp}");
         let html = r
             .headers()
@@ -720,7 +756,7 @@ async fn every_answer_carries_the_hardening_headers() {
                 directives.contains(&format!("style-src 'sha256-{hash}'").as_str()),
                 "{what}: {csp}"
             );
-            for needs_more in [" style=", "<script", "<img", "<form", "<iframe", "<link"] {
+            for needs_more in [" style=", "<script", "<img", "<iframe", "<link"] {
                 assert!(
                     !body.contains(needs_more),
                     "{what} has {needs_more}, which the CSP blocks"
@@ -836,4 +872,346 @@ async fn the_org_page_groups_identical_failures_and_writes_each_time_one_way() {
     }
     drop(t);
     daemon.stop(Duration::from_secs(15)).await;
+}
+
+/// The page's routes (as `linkwatch run` serves them) on a port of their own, without the
+/// daemon: the test decides every check. Stops when dropped.
+struct PageServer {
+    base: String,
+    task: tokio::task::JoinHandle<()>,
+    _configured: tokio::sync::watch::Sender<std::sync::Arc<linkwatch::web::Configured>>,
+}
+
+impl Drop for PageServer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// A reverse proxy that serves `upstream` (an address ending in `/`) under `/{prefix}/`, as
+/// nginx's `location /{prefix}/ { proxy_pass http://upstream/; }` does: the prefix is taken
+/// off the path, everything outside it is a 404 of the proxy's own.
+async fn proxy(upstream: String, prefix: &'static str) -> PageServer {
+    use axum::response::IntoResponse;
+    let forward = move |uri: axum::http::Uri| {
+        let upstream = upstream.clone();
+        async move {
+            let path = uri.path_and_query().map_or("/", |p| p.as_str());
+            let Some(rest) = path.strip_prefix(&format!("/{prefix}/")) else {
+                return (axum::http::StatusCode::NOT_FOUND, "not behind the proxy").into_response();
+            };
+            let r = reqwest::get(format!("{upstream}{rest}")).await.unwrap();
+            let status = axum::http::StatusCode::from_u16(r.status().as_u16()).unwrap();
+            (status, r.text().await.unwrap()).into_response()
+        }
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}/{prefix}/", listener.local_addr().unwrap());
+    let app = axum::Router::new().fallback(forward);
+    let task = tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let (_configured, _) = tokio::sync::watch::channel(Default::default());
+    PageServer {
+        base,
+        task,
+        _configured,
+    }
+}
+
+async fn serve_page(t: &TestApp) -> PageServer {
+    use linkwatch::web;
+    let (tx, rx) = tokio::sync::watch::channel(web::Configured::of(&t.app.config));
+    let page = web::Page {
+        store: t.app.store.clone(),
+        clock: t.app.clock.clone(),
+        metrics: t.app.metrics.clone(),
+        configured: rx,
+    };
+    let app = web::routes(page)
+        .fallback(web::not_found)
+        .layer(axum::middleware::map_response(web::harden));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}/", listener.local_addr().unwrap());
+    let task = tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    PageServer {
+        base,
+        task,
+        _configured: tx,
+    }
+}
+
+async fn get_text(url: &str) -> (u16, String) {
+    let r = reqwest::get(url).await.unwrap();
+    (r.status().as_u16(), r.text().await.unwrap())
+}
+
+/// The org rows of a page, each as its HTML.
+fn org_rows(body: &str) -> Vec<&str> {
+    body.split("<tr class=\"org\">")
+        .skip(1)
+        .map(|r| &r[..r.find("</tr>").unwrap()])
+        .collect()
+}
+
+/// How many orgs the summary counts in `state`.
+fn counted(body: &str, state: &str) -> usize {
+    let at = body
+        .find(&format!("<span class=\"badge {state}\">"))
+        .unwrap_or_else(|| panic!("no {state} in the summary"));
+    body[at..]
+        .split("<span class=\"n\">")
+        .nth(1)
+        .and_then(|r| r.split('<').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap()
+}
+
+/// Every `href` and form `action` of a page, as written (entities undone).
+fn links(body: &str) -> Vec<String> {
+    body.split(" href=\"")
+        .skip(1)
+        .chain(body.split(" action=\"").skip(1))
+        .map(|r| r[..r.find('"').unwrap()].replace("&amp;", "&"))
+        .collect()
+}
+
+/// Thousands of orgs: one in 20 not synced (and alpha), three failing, two retrying, the rest
+/// synced. The default view is under 200 KB: it counts every state, lists the first hundred of
+/// the orgs that need attention, failing first, with a link to the rest, and names no healthy
+/// org; the filters reach any of them.
+#[tokio::test]
+async fn the_default_view_of_thousands_of_orgs_leads_with_what_needs_attention() {
+    // LINKWATCH_PAGE_ORGS=10000 measures ten thousand (BENCHMARKS.md); the page lists the same
+    // hundred rows at either count, and 3,000 checks take a fifth of the time.
+    let extra: usize = std::env::var("LINKWATCH_PAGE_ORGS")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(3_000);
+    let t = spawn_app_with(Setup {
+        extra_orgs: extra,
+        poll: "concurrency = 32".into(),
+        ..Setup::default()
+    })
+    .await;
+    let failing = [1, 2, 3];
+    let retrying = [4, 5];
+    for n in 0..extra {
+        let behavior = if n % 20 == 0 {
+            Behavior::status("NOT_SYNCED")
+        } else if failing.contains(&n) || retrying.contains(&n) {
+            Behavior::error(500, "", "the server fell over")
+        } else {
+            Behavior::status("SYNCED")
+        };
+        t.sim.set(&extra_org(n), behavior);
+    }
+    let started = std::time::Instant::now();
+    let results = t.app.checker.check_all().await.unwrap();
+    assert!(results.iter().all(|r| r.is_ok()), "every check recorded");
+    for n in failing {
+        t.check(&extra_org(n)).await;
+        t.check(&extra_org(n)).await;
+    }
+    println!("{} orgs checked in {:?}", extra + 2, started.elapsed());
+    let server = serve_page(&t).await;
+
+    let mut times = Vec::new();
+    let (mut status, mut body) = (0, String::new());
+    for _ in 0..5 {
+        let started = std::time::Instant::now();
+        (status, body) = get_text(&server.base).await;
+        times.push(started.elapsed());
+    }
+    let took = *times.iter().min().unwrap();
+    assert_eq!(status, 200);
+    println!(
+        "the default view of {} orgs: {} bytes in {times:?}",
+        extra + 2,
+        body.len()
+    );
+    assert!(body.len() < 200_000, "{} bytes", body.len());
+    assert!(took < Duration::from_secs(5), "{took:?}");
+
+    let not_synced = extra.div_ceil(20) + 1;
+    assert_eq!(counted(&body, "failing"), 3);
+    assert_eq!(counted(&body, "retrying"), 2);
+    assert_eq!(counted(&body, "not_synced"), not_synced);
+    assert_eq!(counted(&body, "synced"), extra + 2 - not_synced - 5);
+    assert_eq!(counted(&body, "unchecked"), 0);
+
+    let rows = org_rows(&body);
+    assert_eq!(rows.len(), 100, "a page of the orgs that need attention");
+    assert!(rows[..3].iter().all(|r| r.contains("check failing")), "failing first");
+    assert!(rows[3..5].iter().all(|r| r.contains(">retrying<")), "then retrying");
+    assert!(rows[5..].iter().all(|r| r.contains(">not synced<")), "{}", rows[5]);
+    assert!(!rows.iter().any(|r| r.contains(">synced<")), "no healthy org is listed");
+    assert!(!body.contains("org-2345"), "a healthy org is counted, not listed");
+    let rest = 3 + 2 + not_synced - 100;
+    assert!(body.contains(&format!("And {rest} more")), "the cap says how many more");
+    let next = links(&body)
+        .into_iter()
+        .find(|l| l.contains("page=2"))
+        .expect("a link to the rest");
+    assert_eq!(next, "?state=attention&page=2");
+    let (_, page2) = get_text(&format!("{}{next}", server.base)).await;
+    assert_eq!(org_rows(&page2).len(), rest.min(100));
+
+    // A healthy org, by a part of its name in another case.
+    let (_, found) = get_text(&format!("{}?state=all&name=ORG-2345", server.base)).await;
+    let rows = org_rows(&found);
+    assert_eq!(rows.len(), 1, "{found}");
+    assert!(
+        rows[0].contains("org-2345") && rows[0].contains(">synced<"),
+        "{}",
+        rows[0]
+    );
+    // By its id, and in the JSON too.
+    let (_, by_id) = get_text(&format!("{}?state=synced&name={}", server.base, extra_org(2345))).await;
+    assert_eq!(org_rows(&by_id).len(), 1);
+    let json = get_json(&format!("{}api/v1/status?name=org-2345", server.base)).await;
+    assert_eq!(json["orgs"].as_array().unwrap().len(), 1, "{json}");
+    assert_eq!(json["summary"]["synced"], extra + 2 - not_synced - 5);
+    // The JSON without filters lists every org, as it did before filters.
+    let all = get_json(&format!("{}api/v1/status", server.base)).await;
+    assert_eq!(all["orgs"].as_array().unwrap().len(), extra + 2);
+
+    // As a browser renders it, within its Content-Security-Policy.
+    let Some(browser) = browser() else { return };
+    let dom = chromium(&browser, &["--dump-dom".into()], &server.base).await;
+    let rows = org_rows(&dom);
+    assert_eq!(rows.len(), 100);
+    assert!(rows[0].contains("check failing"), "{}", rows[0]);
+    assert_eq!(counted(&dom, "synced"), extra + 2 - not_synced - 5);
+    screenshots(
+        &browser,
+        server.base.trim_end_matches('/'),
+        &[("/", "status-page-thousands.png")],
+        1400,
+    )
+    .await;
+}
+
+/// One failed check is "retrying", as long as fewer checks in a row failed than
+/// `failures_before_alert` (3): no notification has said anything yet. The third makes it
+/// "failing". Listed either way, with how long its link was SYNCED lately.
+#[tokio::test]
+async fn one_failed_check_shows_retrying_and_the_alert_threshold_failing() {
+    let t = spawn_app().await;
+    t.check(ORG_A).await;
+    t.check(ORG_B).await;
+    t.sim.set(ORG_B, Behavior::error(503, "", "maintenance"));
+    t.check(ORG_B).await;
+    let server = serve_page(&t).await;
+    let (_, body) = get_text(&server.base).await;
+    let rows = org_rows(&body);
+    assert_eq!(rows.len(), 2, "{body}");
+    assert!(
+        rows[0].contains("beta") && rows[0].contains("class=\"badge retrying\">retrying<"),
+        "{}",
+        rows[0]
+    );
+    assert!(!rows.iter().any(|r| r.contains("failing")), "{body}");
+    assert!(
+        rows[0].contains("100%"),
+        "SYNCED all the time it was known: {}",
+        rows[0]
+    );
+    assert!(rows[1].contains("alpha") && rows[1].contains("0.0%"), "{}", rows[1]);
+    let json = get_json(&format!("{}api/v1/status?state=retrying", server.base)).await;
+    assert_eq!(json["orgs"][0]["name"], "beta");
+
+    t.check(ORG_B).await;
+    t.check(ORG_B).await;
+    let (_, body) = get_text(&server.base).await;
+    let rows = org_rows(&body);
+    assert!(
+        rows[0].contains("beta") && rows[0].contains("class=\"badge failing\">check failing<"),
+        "{}",
+        rows[0]
+    );
+    assert_eq!(counted(&body, "retrying"), 0);
+}
+
+/// A filter the page does not know is a 400 that says why, on the page and the API alike.
+#[tokio::test]
+async fn unknown_filters_are_refused_with_a_reason() {
+    let t = spawn_app().await;
+    let server = serve_page(&t).await;
+    for (query, reason) in [
+        ("state=green", "state &quot;green&quot; is not one the page knows"),
+        ("page=0", "page &quot;0&quot; is not a number from 1"),
+        ("colour=red", "&quot;colour&quot; is not a filter the page knows"),
+        ("instance=https://cm.example.com/", "No org is checked at instance"),
+    ] {
+        let (status, body) = get_text(&format!("{}?{query}", server.base)).await;
+        assert_eq!(status, 400, "{query}");
+        assert!(body.contains(reason), "{query}: {body}");
+        let r = reqwest::get(format!("{}api/v1/status?{query}", server.base))
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 400, "{query}");
+        let error: Value = r.json().await.unwrap();
+        assert!(error["error"].is_string(), "{error}");
+    }
+    // The one instance the orgs share is known, and an empty form filters nothing.
+    let instance = t.app.config.cloud_manager.base_url.to_string();
+    let query: String = url::form_urlencoded::Serializer::new(String::new())
+        .append_pair("state", "all")
+        .append_pair("name", "")
+        .append_pair("instance", &instance)
+        .finish();
+    let (status, body) = get_text(&format!("{}?{query}", server.base)).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(org_rows(&body).len(), 2);
+    // A page past the last is no error: it says how many match and leads back.
+    let (status, body) = get_text(&format!("{}?state=all&page=9", server.base)).await;
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        body.contains("No orgs on page 9: 2 match, on <a href=\"?state=all\">the first page</a>"),
+        "{body}"
+    );
+}
+
+/// Behind a reverse proxy that serves the page under `/linkwatch/`, every link of the status
+/// page, an org's page and a 404 leads to an answer under `/linkwatch/` (a link from the root
+/// would leave it), and the org's page links to it in the Cloud Manager console.
+#[tokio::test]
+async fn every_link_works_under_a_sub_path() {
+    let t = spawn_app().await;
+    t.check(ORG_A).await;
+    t.sim.set(ORG_B, Behavior::error(503, "", "maintenance"));
+    t.check(ORG_B).await;
+    let server = serve_page(&t).await;
+    let proxy = proxy(server.base.clone(), "linkwatch").await;
+    let root = url::Url::parse(&proxy.base).unwrap();
+    let mut followed = 0;
+    for page in ["", "org/alpha", "org/beta", "no/such/page"] {
+        let page_url = root.join(page).unwrap();
+        let (_, body) = get_text(page_url.as_str()).await;
+        let links = links(&body);
+        assert!(!links.is_empty(), "{page}: {body}");
+        for link in links {
+            let target = page_url.join(&link).unwrap();
+            if target.origin() != root.origin() {
+                assert!(
+                    link.contains("/v2#/org/"),
+                    "{page}: only the console is elsewhere: {link}"
+                );
+                continue;
+            }
+            assert!(
+                target.path().starts_with("/linkwatch/"),
+                "{page}: {link} leaves the sub-path for {target}"
+            );
+            let (status, _) = get_text(target.as_str()).await;
+            assert_eq!(status, 200, "{page}: {link} ({target})");
+            followed += 1;
+        }
+    }
+    assert!(followed >= 8, "{followed} links followed");
+    let (_, org) = get_text(root.join("org/alpha").unwrap().as_str()).await;
+    let console = format!(
+        "{}v2#/org/{ORG_A}/projects",
+        t.sim.base_url().trim_end_matches("api/public/v1.0")
+    );
+    assert!(org.contains(&format!("href=\"{console}\"")), "{console} in {org}");
 }

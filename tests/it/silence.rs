@@ -127,6 +127,14 @@ async fn a_silence_holds_events_and_its_end_says_once_where_the_link_went(databa
     assert_eq!(silences[0]["org_name"], "beta");
     assert_eq!(silences[0]["by"], "alice");
     assert_eq!(silences[0]["reason"], "planned cutover");
+    let beta = status["orgs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|o| o["name"] == "beta")
+        .expect("beta in the JSON");
+    assert_eq!(beta["state"], "silenced", "{beta}");
+    assert!(beta["silenced_until"].is_string(), "{beta}");
     let page = reqwest::get(format!("{base}/")).await.unwrap().text().await.unwrap();
     assert!(page.contains("Silenced") && page.contains("planned cutover"), "{page}");
 
