@@ -147,8 +147,14 @@ mod tests {
         assert!(text.contains("Accept header") && text.contains("HTTP 406"), "{text}");
         let f = classify(410, None, body(410, "VERSION_RETIRED").as_bytes(), None).unwrap_err();
         let text = f.explain_atlas();
-        assert!(text.contains("retired") && text.contains("update linkwatch"), "{text}");
-        let f = classify(404, None, body(404, "X").as_bytes(), None).unwrap_err();
+        assert!(text.contains("retired") && text.contains("api_version"), "{text}");
+        let f = classify(404, None, br#"{"error":404,"detail":"d"}"#, None).unwrap_err();
         assert!(f.explain_atlas().contains("group_id and id"), "{}", f.explain_atlas());
+        // A code linkwatch does not know is quoted, not guessed from the HTTP code.
+        let f = classify(404, None, body(404, "X").as_bytes(), None).unwrap_err();
+        assert_eq!(
+            f.explain_atlas(),
+            "Atlas refused the request with an error code linkwatch does not know (HTTP 404 X): d"
+        );
     }
 }

@@ -205,7 +205,7 @@ async fn refusals_are_classified_failures_in_plain_words_and_recover() {
     let report = t.check_live_migration("payments-rs0").await;
     let failure = report.outcome.unwrap_err();
     assert!(
-        failure.explain_atlas().contains("update linkwatch"),
+        failure.explain_atlas().contains("retired") && failure.explain_atlas().contains("api_version"),
         "{}",
         failure.explain_atlas()
     );
