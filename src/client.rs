@@ -22,7 +22,7 @@ pub use atlas::{LiveMigrationOutcome, LiveMigrationReading};
 pub use classify::classify;
 
 use crate::config::{self, Credential, OrgId};
-use crate::outcome::{CheckOutcome, Failure, FailureClass};
+use crate::outcome::{ApiDeprecation, CheckOutcome, Failure, FailureClass};
 
 /// Connection settings, taken from the config so that tests can point them at 127.0.0.1.
 #[derive(Debug, Clone)]
@@ -33,6 +33,8 @@ pub struct ClientSettings {
     /// Bounds one whole check, including the Digest or OAuth exchange.
     pub timeout: Duration,
     pub max_body_bytes: usize,
+    /// The Atlas resource version asked for (`[atlas] api_version`); `None` for Cloud Manager.
+    pub api_version: Option<String>,
 }
 
 impl ClientSettings {
@@ -43,6 +45,7 @@ impl ClientSettings {
             connect_timeout: cm.connect_timeout,
             timeout: poll.timeout,
             max_body_bytes: cm.max_body_bytes,
+            api_version: None,
         }
     }
 
@@ -51,6 +54,7 @@ impl ClientSettings {
         ClientSettings {
             base_url: atlas.base_url.clone(),
             token_url: atlas.token_url.clone(),
+            api_version: Some(atlas.api_version.clone()),
             ..ClientSettings::from_config(cm, poll)
         }
     }
@@ -64,6 +68,9 @@ enum Auth {
 pub struct Client {
     http: reqwest::Client,
     settings: ClientSettings,
+    /// The `Accept` of this client's reads: JSON for Cloud Manager, the pinned resource version
+    /// for Atlas.
+    accept: header::HeaderValue,
     /// One authentication state per distinct credential (a handful), looked up by equality.
     auth: Vec<(Arc<Credential>, Arc<Auth>)>,
 }
@@ -87,8 +94,14 @@ impl Client {
             // server closes it ("connection closed before message completed").
             .pool_idle_timeout(Duration::from_secs(20))
             .build()?;
+        let accept = match &settings.api_version {
+            None => header::HeaderValue::from_static("application/json"),
+            Some(version) => header::HeaderValue::from_str(&atlas::accept(version))
+                .map_err(|_| anyhow::anyhow!("the Atlas API version {version:?} cannot be sent in a header"))?,
+        };
         let mut client = Client {
             http,
+            accept,
             settings,
             auth: Vec::new(),
         };
@@ -149,17 +162,44 @@ impl Client {
 
     async fn check_inner(&self, org: &OrgId, credential: &Credential, requests: &AtomicU64) -> CheckOutcome {
         let url = self.status_url(org)?;
-        let answer = self
-            .fetch(url, "application/json", org.as_str(), credential, requests)
-            .await?;
+        let answer = self.fetch(url, org.as_str(), credential, requests).await?;
         classify(answer.status, answer.retry_after, &answer.body, answer.truncated)
     }
 
     /// Reads live migration `id` of Atlas project `group` (a client made with `[atlas]`
-    /// settings). Never fails: every problem is a [`Failure`] in the outcome.
-    pub async fn live_migration(&self, group: &str, id: &str, credential: &Credential) -> LiveMigrationOutcome {
-        let url = self
-            .settings
+    /// settings), and whether Atlas announced the retirement of the version asked for. Never
+    /// fails: every problem is a [`Failure`] in the outcome.
+    pub async fn live_migration(
+        &self,
+        group: &str,
+        id: &str,
+        credential: &Credential,
+    ) -> (LiveMigrationOutcome, Option<ApiDeprecation>) {
+        let url = match self.live_migration_url(group, id) {
+            Ok(url) => url,
+            Err(f) => return (Err(f), None),
+        };
+        let requests = AtomicU64::new(0);
+        let answer = match self.fetch(url, id, credential, &requests).await {
+            Ok(answer) => answer,
+            Err(f) => return (Err(f), None),
+        };
+        let deprecation = answer.retirement.map(|(deprecation, sunset)| {
+            atlas::deprecation(
+                self.settings.base_url.as_str(),
+                self.settings.api_version.as_deref().unwrap_or_default(),
+                deprecation,
+                sunset,
+            )
+        });
+        (
+            atlas::classify(answer.status, answer.retry_after, &answer.body, answer.truncated),
+            deprecation,
+        )
+    }
+
+    fn live_migration_url(&self, group: &str, id: &str) -> Result<Url, Failure> {
+        self.settings
             .base_url
             .join(&format!("groups/{group}/liveMigrations/{id}"))
             .map_err(|e| {
@@ -169,10 +209,7 @@ impl Client {
                     None,
                     format!("cannot build the live migration URL from atlas.base_url: {e}"),
                 )
-            })?;
-        let requests = AtomicU64::new(0);
-        let answer = self.fetch(url, atlas::ACCEPT, id, credential, &requests).await?;
-        atlas::classify(answer.status, answer.retry_after, &answer.body, answer.truncated)
+            })
     }
 
     /// One authenticated GET of `url`, bounded by the check timeout: the HTTP status and the
@@ -181,7 +218,6 @@ impl Client {
     async fn fetch(
         &self,
         url: Url,
-        accept: &'static str,
         key: &str,
         credential: &Credential,
         requests: &AtomicU64,
@@ -197,13 +233,13 @@ impl Client {
         let attempt = async {
             let response = match &*auth {
                 Auth::Digest(session) => session
-                    .send(&url, || self.request(url.clone(), accept), requests)
+                    .send(&url, || self.request(url.clone()), requests)
                     .await
                     .map_err(digest_error)?,
                 Auth::OAuth(cache) => {
                     let token = cache.token(&self.http, &self.settings.token_url).await?;
                     let response = self
-                        .request(url.clone(), accept)
+                        .request(url.clone())
                         .bearer_auth(token.expose())
                         .send()
                         .await
@@ -221,7 +257,7 @@ impl Client {
                             return Err(oauth::no_access());
                         };
                         let response = self
-                            .request(url, accept)
+                            .request(url)
                             .bearer_auth(token.expose())
                             .send()
                             .await
@@ -249,16 +285,15 @@ impl Client {
         }
     }
 
-    fn request(&self, url: Url, accept: &'static str) -> reqwest::RequestBuilder {
-        // `from_static`: no copy and no check of a constant, per request.
-        self.http
-            .get(url)
-            .header(header::ACCEPT, header::HeaderValue::from_static(accept))
+    fn request(&self, url: Url) -> reqwest::RequestBuilder {
+        // A `HeaderValue` made once: no check of the text per request.
+        self.http.get(url).header(header::ACCEPT, self.accept.clone())
     }
 
     async fn read(&self, mut response: reqwest::Response) -> Result<Answer, Failure> {
         let status = response.status().as_u16();
         let retry_after = retry_after(response.headers());
+        let retirement = atlas::retirement(response.headers());
         let (body, truncated) = read_capped(&mut response, self.settings.max_body_bytes)
             .await
             .map_err(transport_error)?;
@@ -267,6 +302,7 @@ impl Client {
             retry_after,
             body,
             truncated: truncated.then_some(self.settings.max_body_bytes),
+            retirement,
         })
     }
 }
@@ -292,6 +328,8 @@ struct Answer {
     body: Vec<u8>,
     /// `Some(cap)` when the body was cut at `cap` bytes.
     truncated: Option<usize>,
+    /// The `Deprecation` and `Sunset` headers, when either came.
+    retirement: Option<(Option<String>, Option<String>)>,
 }
 
 /// Reads at most `cap` bytes; the flag says whether the body was longer.

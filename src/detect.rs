@@ -79,6 +79,9 @@ pub enum Event {
         to: String,
         /// How long `from` lasted, in seconds.
         from_lasted_s: Option<i64>,
+        /// Atlas's `migrationHosts` at the change (none when not reported).
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        migration_hosts: Vec<String>,
     },
     /// Atlas says the migration can be cut over; the window to do so runs from now.
     ReadyForCutover {
@@ -126,6 +129,13 @@ pub enum Event {
         failures: u32,
         failed_for_s: i64,
     },
+    /// An API announced the retirement of the resource version linkwatch asks for (`Deprecation`
+    /// and `Sunset` headers); once per API instance and version. It belongs to the source org
+    /// of the migration whose check saw it first.
+    ApiDeprecated {
+        #[serde(flatten)]
+        deprecation: crate::outcome::ApiDeprecation,
+    },
 }
 
 /// The states worth a reminder.
@@ -155,6 +165,7 @@ impl Event {
             Event::LinkBrokenDuringMigration { .. } => "link_broken_during_migration",
             Event::MigrationCheckFailing { .. } => "migration_check_failing",
             Event::MigrationCheckRecovered { .. } => "migration_check_recovered",
+            Event::ApiDeprecated { .. } => "api_deprecated",
         }
     }
 
@@ -174,7 +185,8 @@ impl Event {
             | Event::StatusChanged { .. }
             | Event::CheckFailing { .. }
             | Event::CheckRecovered { .. }
-            | Event::Reminder { .. } => None,
+            | Event::Reminder { .. }
+            | Event::ApiDeprecated { .. } => None,
         }
     }
 

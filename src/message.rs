@@ -21,6 +21,9 @@ pub struct Links {
     page: Option<Url>,
     /// Each `[[migration]]`'s Atlas project, by the migration's name.
     projects: HashMap<String, String>,
+    /// Each configured org's name, by its id: a message names an org as the config does, also
+    /// before its first check has stored the name (a migration's first event may come first).
+    org_names: HashMap<String, String>,
 }
 
 impl Links {
@@ -36,6 +39,11 @@ impl Links {
                 .migrations
                 .iter()
                 .map(|m| (m.name.clone(), m.group_id.clone()))
+                .collect(),
+            org_names: config
+                .orgs
+                .iter()
+                .map(|o| (o.id.as_str().to_owned(), o.name.clone()))
                 .collect(),
         }
     }
@@ -102,10 +110,15 @@ pub fn render(stored: &StoredEvent, links: &Links) -> Message {
             .collect();
         return message;
     }
-    let name = stored.org_name.clone().unwrap_or_else(|| stored.org_id.clone());
+    let org_name = links
+        .org_names
+        .get(&stored.org_id)
+        .cloned()
+        .or_else(|| stored.org_name.clone());
+    let name = org_name.clone().unwrap_or_else(|| stored.org_id.clone());
     let (title, advice, migration) = match serde_json::from_str::<Event>(&stored.payload) {
         Ok(event) => {
-            let (title, advice) = describe(&name, stored.org_name.as_deref(), &event);
+            let (title, advice) = describe(&name, org_name.as_deref(), &event);
             (title, advice, event.live_migration().map(str::to_owned))
         }
         Err(_) => (
@@ -190,8 +203,30 @@ fn describe(name: &str, org_name: Option<&str>, event: &Event) -> (String, Optio
             ),
             None,
         ),
+        Event::ApiDeprecated { deprecation } => (
+            deprecation_title(deprecation),
+            Some(format!(
+                "Atlas removes a deprecated version at its sunset and then answers 410, and every live migration check fails. \
+                 Set [atlas] api_version to the current version of MongoDB's published v2 specification, or update linkwatch, \
+                 before {}.",
+                deprecation.sunset_at.map_or_else(|| "the sunset".to_owned(), when)
+            )),
+        ),
         event => describe_live_migration(org_name, event),
     }
+}
+
+/// One line on an API version announced for retirement (messages, logs, `check --online`).
+pub fn deprecation_title(d: &crate::outcome::ApiDeprecation) -> String {
+    let sunset = match (&d.sunset_at, &d.sunset) {
+        (Some(at), _) => format!("; sunset {}", at.format("%Y-%m-%d")),
+        (None, Some(raw)) => format!("; sunset {raw:?}"),
+        (None, None) => "; no sunset date given yet".to_owned(),
+    };
+    format!(
+        "Atlas API version {} (live migrations) is deprecated{sunset}",
+        d.version
+    )
 }
 
 /// The deadline caveat every message that gives one carries: the API shows neither the window's
@@ -207,12 +242,23 @@ fn describe_live_migration(org: Option<&str>, event: &Event) -> (String, Option<
         None => m.to_owned(),
     };
     match event {
-        Event::MigrationStatusChanged { from, to, from_lasted_s, .. } => {
-            let was = match (from, from_lasted_s) {
+        Event::MigrationStatusChanged {
+            from,
+            to,
+            from_lasted_s,
+            migration_hosts,
+            ..
+        } => {
+            let mut was = match (from, from_lasted_s) {
                 (Some(f), Some(s)) => format!(" (was {f} for {})", human_secs(*s)),
                 (Some(f), None) => format!(" (was {f})"),
                 (None, _) => " (first check)".to_owned(),
             };
+            match migration_hosts.as_slice() {
+                [] => {}
+                [one] => was.push_str(&format!(" on migration host {one}")),
+                many => was.push_str(&format!(" on migration hosts {}", many.join(", "))),
+            }
             let (title, advice) = match to.as_str() {
                 "FAILED" => (
                     format!("URGENT: {who}: live migration FAILED{was}"),
@@ -310,7 +356,8 @@ fn describe_live_migration(org: Option<&str>, event: &Event) -> (String, Option<
         | Event::StatusChanged { .. }
         | Event::CheckFailing { .. }
         | Event::CheckRecovered { .. }
-        | Event::Reminder { .. } => (format!("{who}: {}", event.kind()), None),
+        | Event::Reminder { .. }
+        | Event::ApiDeprecated { .. } => (format!("{who}: {}", event.kind()), None),
     }
 }
 
@@ -387,18 +434,21 @@ mod tests {
                 from: None,
                 to: "NEW".into(),
                 from_lasted_s: None,
+                migration_hosts: vec!["mh-1.example.net".into()],
             },
             Event::MigrationStatusChanged {
                 migration: m(),
                 from: Some("WORKING".into()),
                 to: "FAILED".into(),
                 from_lasted_s: Some(60),
+                migration_hosts: Vec::new(),
             },
             Event::MigrationStatusChanged {
                 migration: m(),
                 from: Some("WORKING".into()),
                 to: "EXPIRED".into(),
                 from_lasted_s: Some(60),
+                migration_hosts: Vec::new(),
             },
             Event::ReadyForCutover {
                 migration: m(),

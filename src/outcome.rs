@@ -28,6 +28,43 @@ pub struct LiveMigrationReading {
     pub ready_for_cutover: Option<bool>,
     /// Replication lag; absent or null outside an active migration before cutover.
     pub lag_s: Option<i64>,
+    /// The migration host(s) Atlas uses (`migrationHosts`); empty when not reported.
+    pub migration_hosts: Vec<String>,
+    /// Fields the answer had but not in the spec's type, each said in a few words: recorded as
+    /// unknown (`None`), logged, and never allowed to hide the status.
+    pub unreadable: Vec<String>,
+}
+
+impl LiveMigrationReading {
+    /// A reading of `status` alone, every other field unknown.
+    pub fn of_status(status: impl Into<String>) -> Self {
+        LiveMigrationReading {
+            status: status.into(),
+            ready_for_cutover: None,
+            lag_s: None,
+            migration_hosts: Vec::new(),
+            unreadable: Vec::new(),
+        }
+    }
+}
+
+/// An API's announcement that the resource version linkwatch asks for will be retired: the
+/// `Deprecation` and `Sunset` response headers (Atlas's "Versioned Atlas Administration API
+/// Overview"), whatever the answer's status.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ApiDeprecation {
+    /// Which API: `atlas`.
+    pub api: String,
+    /// The API instance (its base URL).
+    pub base_url: String,
+    /// The resource version asked for (`2023-01-01`).
+    pub version: String,
+    /// The `Deprecation` header as sent (a date, `@` and a Unix time, or `true`).
+    pub deprecation: Option<String>,
+    /// The `Sunset` header as sent (an HTTP date).
+    pub sunset: Option<String>,
+    /// The `Sunset` header read as a time, when it is one.
+    pub sunset_at: Option<chrono::DateTime<chrono::Utc>>,
 }
 
 /// A live migration's reading, or why there is none.
@@ -199,8 +236,9 @@ impl Failure {
         if !code.chars().any(|c| c.is_ascii_uppercase()) {
             return None;
         }
-        // A version refusal is explained by what linkwatch asked for, whatever its code.
-        if self.class == FailureClass::ApiVersion {
+        // A version refusal is explained by what linkwatch asked for, whatever its code, and so
+        // are the codes whose meaning depends on what was asked.
+        if self.class == FailureClass::ApiVersion || refusal::EXPLAINED_BY_WHAT_WAS_ASKED.contains(&code) {
             return None;
         }
         let what = match refusal::find(code) {

@@ -18,6 +18,9 @@ pub struct Answer {
     pub credential: String,
     /// The status, or why there is none, in plain words.
     pub outcome: Result<String, Failure>,
+    /// What else the answer said that a person should know: fields read as unknown, an API
+    /// version announced for retirement.
+    pub notes: Vec<String>,
 }
 
 impl Answer {
@@ -58,6 +61,7 @@ pub async fn ask_all(config: &Config) -> anyhow::Result<Vec<Answer>> {
                     name: org.name.clone(),
                     credential: org.credential.label(),
                     outcome,
+                    notes: Vec::new(),
                 }
             }
         })
@@ -70,15 +74,23 @@ pub async fn ask_all(config: &Config) -> anyhow::Result<Vec<Answer>> {
             std::slice::from_ref(&atlas.credential),
         )?;
         for m in &config.migrations {
-            let outcome = client
-                .live_migration(&m.group_id, &m.id, &atlas.credential)
-                .await
-                .map(|r| r.status);
+            let (outcome, deprecation) = client.live_migration(&m.group_id, &m.id, &atlas.credential).await;
+            let mut notes: Vec<String> = deprecation
+                .iter()
+                .map(|d| crate::message::deprecation_title(d))
+                .collect();
+            if let Ok(r) = &outcome {
+                if !r.migration_hosts.is_empty() {
+                    notes.push(format!("migration hosts: {}", r.migration_hosts.join(", ")));
+                }
+                notes.extend(r.unreadable.iter().map(|u| format!("taken as unknown: {u}")));
+            }
             answers.push(Answer {
                 what: "migration",
                 name: m.name.clone(),
                 credential: atlas.credential.label(),
-                outcome,
+                outcome: outcome.map(|r| r.status),
+                notes,
             });
         }
     }
@@ -95,6 +107,7 @@ mod tests {
             name: "payments".into(),
             credential: "api key p".into(),
             outcome,
+            notes: Vec::new(),
         }
     }
 

@@ -331,7 +331,7 @@ mod tests {
                     "No organization with ID 5f0c1234567890abcdef1234 exists.",
                     r#"["5f0c1234567890abcdef1234"]"#,
                 ),
-                vec!["no organization with id 5f0c1234567890abcdef1234 exists"],
+                vec!["the organization 5f0c1234567890abcdef1234 does not exist"],
                 vec![],
             ),
             (
@@ -343,6 +343,13 @@ mod tests {
                     r#"["x", 100, 1]"#,
                 ),
                 vec!["too many requests", "(HTTP 429 RATE_LIMITED)"],
+                vec![],
+            ),
+            // A code whose meaning depends on what was asked: the class says it, with the code.
+            (
+                404,
+                body(404, "RESOURCE_NOT_FOUND", "Cannot find resource.", "[]"),
+                vec!["has no migration link", "(HTTP 404 RESOURCE_NOT_FOUND)"],
                 vec![],
             ),
             // Unknown codes with parameters keep them, whatever their JSON type.

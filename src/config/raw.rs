@@ -125,6 +125,7 @@ credential_fields!(Atlas);
 #[serde(deny_unknown_fields)]
 pub struct Atlas {
     pub base_url: Option<Spanned<String>>,
+    pub api_version: Option<Spanned<String>>,
     pub token_url: Option<Spanned<String>>,
     pub every: Option<Spanned<HumanDuration>>,
     pub cutover_window: Option<Spanned<HumanDuration>>,

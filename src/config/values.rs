@@ -220,6 +220,7 @@ pub enum EventKind {
     LinkBrokenDuringMigration,
     MigrationCheckFailing,
     MigrationCheckRecovered,
+    ApiDeprecated,
 }
 
 impl EventKind {
@@ -239,6 +240,7 @@ impl EventKind {
             EventKind::LinkBrokenDuringMigration => "link_broken_during_migration",
             EventKind::MigrationCheckFailing => "migration_check_failing",
             EventKind::MigrationCheckRecovered => "migration_check_recovered",
+            EventKind::ApiDeprecated => "api_deprecated",
         }
     }
 }

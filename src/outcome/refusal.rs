@@ -62,7 +62,7 @@ pub const REFUSALS: &[Refusal] = &[
     },
     Refusal {
         code: "USER_CANNOT_ACCESS_ORG",
-        what: "the API key cannot access organization {0}",
+        what: "the API key cannot access the organization {0}",
         todo: "use a key of this organization, or invite the key to it with the Organization Owner role",
     },
     Refusal {
@@ -77,28 +77,23 @@ pub const REFUSALS: &[Refusal] = &[
     },
     Refusal {
         code: "ORG_NOT_FOUND",
-        what: "no organization with id {0} exists",
+        what: "the organization {0} does not exist",
         todo: "check the org's id in the config; an Atlas org id is not a Cloud Manager org id",
     },
     Refusal {
         code: "EXPECTED_NON_ATLAS_ORG",
-        what: "organization {0} is an Atlas organization, not a Cloud Manager one",
+        what: "the organization {0} is an Atlas organization, not a Cloud Manager one",
         todo: "configure the Cloud Manager org the link starts from",
     },
     Refusal {
         code: "GROUP_NOT_FOUND",
-        what: "no project with id {0} exists",
+        what: "the project {0} does not exist",
         todo: "check the migration's group_id",
     },
     Refusal {
         code: "INVALID_GROUP_ID",
         what: "the project id {0} is not valid",
         todo: "check the migration's group_id (24 hex digits)",
-    },
-    Refusal {
-        code: "RESOURCE_NOT_FOUND",
-        what: "the resource was not found",
-        todo: "check the ids in the config; it may have been deleted",
     },
     Refusal {
         code: "INVALID_PATH_PARAMETER",
@@ -116,6 +111,11 @@ pub const REFUSALS: &[Refusal] = &[
         todo: "nothing on this side; it is retried at the next check",
     },
 ];
+
+/// Documented codes whose meaning depends on what was asked: `RESOURCE_NOT_FOUND` from Cloud
+/// Manager's link status most likely means the org has no link, from Atlas that the migration
+/// is not there. The failure's class says it in context, with the code.
+pub const EXPLAINED_BY_WHAT_WAS_ASKED: &[&str] = &["RESOURCE_NOT_FOUND"];
 
 /// The documented meaning of `code`, if linkwatch knows it.
 pub fn find(code: &str) -> Option<&'static Refusal> {

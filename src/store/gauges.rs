@@ -17,6 +17,8 @@ pub struct DbGauges {
     pub oldest_pending_s: Option<f64>,
     /// The configured live migrations (filled by `/metrics`, not by the store).
     pub migrations: Vec<LiveMigrationGauge>,
+    /// The API versions announced for retirement.
+    pub api_deprecations: Vec<super::DeprecationRow>,
 }
 
 /// A live migration's gauges.
@@ -53,7 +55,7 @@ const OLDEST_PENDING: Sql = Sql::both("SELECT min(created_at) FROM outbox WHERE 
 impl Store {
     /// The gauges `/metrics` reads from the database.
     pub async fn gauges(&self) -> Result<DbGauges, StoreError> {
-        read!(self, |pool, D| {
+        let gauges = read!(self, |pool, D| {
             let statuses = STATUSES.query_as::<D, _>().fetch_all(pool).await?;
             let outbox_depth = OUTBOX_DEPTH.query_as::<D, _>().fetch_all(pool).await?;
             let oldest: Option<Ts> = OLDEST_PENDING.query_scalar::<D, _>().fetch_one(pool).await?;
@@ -62,8 +64,13 @@ impl Store {
                 outbox_depth,
                 oldest_pending_s: oldest.map(|t| (Utc::now() - t.0).num_milliseconds() as f64 / 1000.0),
                 migrations: Vec::new(),
+                api_deprecations: Vec::new(),
             })
         })
-        .await
+        .await?;
+        Ok(DbGauges {
+            api_deprecations: self.api_deprecations().await?,
+            ..gauges
+        })
     }
 }

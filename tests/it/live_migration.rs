@@ -415,9 +415,9 @@ async fn an_older_answer_recorded_late_is_dropped() {
     assert_eq!(kinds_of(&t, "payments-rs0").await, ["migration_status_changed"]);
     let m = &t.app.config.migrations[0];
     let outcome = Ok(linkwatch::client::LiveMigrationReading {
-        status: "WORKING".into(),
         ready_for_cutover: Some(true),
         lag_s: Some(20),
+        ..linkwatch::client::LiveMigrationReading::of_status("WORKING")
     });
     let check = linkwatch::store::LiveMigrationCheck {
         migration: m,
