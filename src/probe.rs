@@ -77,7 +77,7 @@ pub async fn ask_all(config: &Config) -> anyhow::Result<Vec<Answer>> {
             let (outcome, deprecation) = client.live_migration(&m.group_id, &m.id, &atlas.credential).await;
             let mut notes: Vec<String> = deprecation
                 .iter()
-                .map(|d| crate::message::deprecation_title(d))
+                .map(crate::message::deprecation_title)
                 .collect();
             if let Ok(r) = &outcome {
                 if !r.migration_hosts.is_empty() {
