@@ -223,10 +223,27 @@ pub fn deprecation_title(d: &crate::outcome::ApiDeprecation) -> String {
         (None, Some(raw)) => format!("; sunset {raw:?}"),
         (None, None) => "; no sunset date given yet".to_owned(),
     };
+    let since = d
+        .deprecation
+        .as_deref()
+        .and_then(deprecated_since)
+        .map_or(String::new(), |t| format!(" since {}", t.format("%Y-%m-%d")));
     format!(
-        "Atlas API version {} (live migrations) is deprecated{sunset}",
+        "Atlas API version {} (live migrations) is deprecated{since}{sunset}",
         d.version
     )
+}
+
+/// The date a `Deprecation` header gives: `@` and a Unix time (RFC 9745), or an HTTP date (its
+/// drafts); `true` and anything else give none.
+fn deprecated_since(raw: &str) -> Option<chrono::DateTime<chrono::Utc>> {
+    let raw = raw.trim();
+    match raw.strip_prefix('@') {
+        Some(secs) => chrono::DateTime::from_timestamp(secs.parse().ok()?, 0),
+        None => chrono::DateTime::parse_from_rfc2822(raw)
+            .ok()
+            .map(|t| t.with_timezone(&chrono::Utc)),
+    }
 }
 
 /// The deadline caveat every message that gives one carries: the API shows neither the window's
@@ -514,6 +531,33 @@ mod tests {
             describe("p", None, &events[1])
                 .0
                 .starts_with("URGENT: rs0: live migration FAILED")
+        );
+    }
+
+    #[test]
+    fn a_deprecation_says_since_when_and_until_when_as_far_as_atlas_said() {
+        let d = |deprecation: Option<&str>, sunset: Option<&str>| {
+            crate::client::atlas::deprecation(
+                "https://cloud.mongodb.com/api/atlas/v2/",
+                "2023-01-01",
+                deprecation.map(str::to_owned),
+                sunset.map(str::to_owned),
+            )
+        };
+        let title = |dep| deprecation_title(&dep);
+        let base = "Atlas API version 2023-01-01 (live migrations) is deprecated";
+        assert_eq!(
+            title(d(Some("@1767225600"), Some("Fri, 01 Jan 2027 00:00:00 GMT"))),
+            format!("{base} since 2026-01-01; sunset 2027-01-01")
+        );
+        assert_eq!(
+            title(d(Some("Thu, 01 Jan 2026 00:00:00 GMT"), None)),
+            format!("{base} since 2026-01-01; no sunset date given yet")
+        );
+        assert_eq!(title(d(Some("true"), Some("soon"))), format!("{base}; sunset \"soon\""));
+        assert_eq!(
+            title(d(Some("@99999999999999999999"), None)),
+            format!("{base}; no sunset date given yet")
         );
     }
 

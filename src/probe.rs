@@ -75,10 +75,7 @@ pub async fn ask_all(config: &Config) -> anyhow::Result<Vec<Answer>> {
         )?;
         for m in &config.migrations {
             let (outcome, deprecation) = client.live_migration(&m.group_id, &m.id, &atlas.credential).await;
-            let mut notes: Vec<String> = deprecation
-                .iter()
-                .map(crate::message::deprecation_title)
-                .collect();
+            let mut notes: Vec<String> = deprecation.iter().map(crate::message::deprecation_title).collect();
             if let Ok(r) = &outcome {
                 if !r.migration_hosts.is_empty() {
                     notes.push(format!("migration hosts: {}", r.migration_hosts.join(", ")));

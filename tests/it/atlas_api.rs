@@ -118,7 +118,8 @@ async fn a_deprecated_atlas_version_is_announced_once_per_version() {
         got,
         [(
             "api_deprecated".to_owned(),
-            "Atlas API version 2023-01-01 (live migrations) is deprecated; sunset 2027-01-01".to_owned(),
+            "Atlas API version 2023-01-01 (live migrations) is deprecated since 2026-01-01; sunset 2027-01-01"
+                .to_owned(),
             "alpha".to_owned()
         )]
     );
