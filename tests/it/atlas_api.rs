@@ -49,7 +49,12 @@ fn received(rx: &Receiver) -> Vec<(String, String, String)> {
 #[tokio::test]
 async fn a_failed_migration_with_ill_typed_fields_is_reported_failed() {
     let rx = Receiver::start().await;
-    let t = spawn_app_with(setup(&rx)).await;
+    let port = free_port();
+    let t = spawn_app_with(Setup {
+        top: http_listen(port),
+        ..setup(&rx)
+    })
+    .await;
     t.sim.set_live_migration(
         MIGRATION_A,
         LiveMigrationBehavior::Body(serde_json::json!({
@@ -85,6 +90,38 @@ async fn a_failed_migration_with_ill_typed_fields_is_reported_failed() {
         "URGENT: payments-rs0 (org alpha): live migration FAILED (first check) on migration host mh-1.example.net"
     );
     assert!(!summary.contains(ORG_A), "{summary}");
+
+    // The status page and its JSON, as a person opens them.
+    let running = t.run();
+    let base = format!("http://127.0.0.1:{port}");
+    wait_until(std::time::Duration::from_secs(20), "the status page", || async {
+        reqwest::get(format!("{base}/"))
+            .await
+            .is_ok_and(|r| r.status().is_success())
+    })
+    .await;
+    let front = reqwest::get(format!("{base}/")).await.unwrap().text().await.unwrap();
+    assert!(front.contains("via mh-1.example.net"), "{front}");
+    let org = reqwest::get(format!("{base}/org/alpha"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(org.contains("migration hosts mh-1.example.net"), "{org}");
+    let status: serde_json::Value = reqwest::get(format!("{base}/api/v1/status"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let m = &status["migrations"][0];
+    assert_eq!(
+        (m["status"].as_str(), m["migration_hosts"][0].as_str()),
+        (Some("FAILED"), Some("mh-1.example.net")),
+        "{m}"
+    );
+    running.stop(std::time::Duration::from_secs(15)).await;
 }
 
 /// `Deprecation` and `Sunset` on Atlas's answers: one `api_deprecated` that says which version
