@@ -616,6 +616,16 @@ async fn check_online(config: &Config) -> anyhow::Result<ExitCode> {
             println!("{line}");
         }
     }
+    let notes: Vec<String> = answers
+        .iter()
+        .flat_map(|a| a.notes.iter().map(move |n| format!("  {}: {n}", a.name)))
+        .collect();
+    if !notes.is_empty() {
+        println!("notes:");
+        for line in notes {
+            println!("{line}");
+        }
+    }
     let refused = answers.iter().filter(|a| a.refused()).count();
     if refused > 0 {
         eprintln!("linkwatch: {refused} of {} refused or did not answer", answers.len());

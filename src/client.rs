@@ -22,7 +22,7 @@ pub use atlas::{LiveMigrationOutcome, LiveMigrationReading};
 pub use classify::classify;
 
 use crate::config::{self, Credential, Endpoint, OrgId};
-use crate::outcome::{CheckOutcome, Failure, FailureClass};
+use crate::outcome::{ApiDeprecation, CheckOutcome, Failure, FailureClass};
 
 /// Connection settings, taken from the config so that tests can point them at 127.0.0.1.
 #[derive(Debug, Clone)]
@@ -31,6 +31,8 @@ pub struct ClientSettings {
     /// Bounds one whole check, including the Digest or OAuth exchange.
     pub timeout: Duration,
     pub max_body_bytes: usize,
+    /// The Atlas resource version asked for (`[atlas] api_version`); `None` for Cloud Manager.
+    pub api_version: Option<String>,
 }
 
 impl ClientSettings {
@@ -39,6 +41,15 @@ impl ClientSettings {
             connect_timeout: cm.connect_timeout,
             timeout: poll.timeout,
             max_body_bytes: cm.max_body_bytes,
+            api_version: None,
+        }
+    }
+
+    /// Cloud Manager's connection limits and the poll's timeout, asking for `[atlas]`'s version.
+    pub fn for_atlas(atlas: &config::Atlas, cm: &config::CloudManager, poll: &config::Poll) -> Self {
+        ClientSettings {
+            api_version: Some(atlas.api_version.clone()),
+            ..ClientSettings::from_config(cm, poll)
         }
     }
 }
@@ -51,6 +62,9 @@ enum Auth {
 pub struct Client {
     http: reqwest::Client,
     settings: ClientSettings,
+    /// The `Accept` of this client's reads: JSON for Cloud Manager, the pinned resource version
+    /// for Atlas.
+    accept: header::HeaderValue,
     /// One authentication state per distinct endpoint and credential (a handful), looked up by
     /// equality: a Digest nonce or a token is never offered to another instance, nor another
     /// key's.
@@ -85,8 +99,14 @@ impl Client {
             // server closes it ("connection closed before message completed").
             .pool_idle_timeout(Duration::from_secs(20))
             .build()?;
+        let accept = match &settings.api_version {
+            None => header::HeaderValue::from_static("application/json"),
+            Some(version) => header::HeaderValue::from_str(&atlas::accept(version))
+                .map_err(|_| anyhow::anyhow!("the Atlas API version {version:?} cannot be sent in a header"))?,
+        };
         let mut client = Client {
             http,
+            accept,
             settings,
             auth: Vec::new(),
         };
@@ -162,37 +182,41 @@ impl Client {
         requests: &AtomicU64,
     ) -> CheckOutcome {
         let url = self.status_url(endpoint, org)?;
-        let answer = self
-            .fetch(url, "application/json", org.as_str(), endpoint, credential, requests)
-            .await?;
+        let answer = self.fetch(url, org.as_str(), endpoint, credential, requests).await?;
         classify(answer.status, answer.retry_after, &answer.body, answer.truncated)
     }
 
-    /// Reads live migration `id` of Atlas project `group` (a client made with `[atlas]`
-    /// settings). Never fails: every problem is a [`Failure`] in the outcome.
+    /// Reads live migration `id` of Atlas project `group` at `endpoint` (a client made with
+    /// `[atlas]` settings), and whether Atlas announced the retirement of the version asked
+    /// for. Never fails: every problem is a [`Failure`] in the outcome.
     pub async fn live_migration(
         &self,
         group: &str,
         id: &str,
         endpoint: &Endpoint,
         credential: &Credential,
-    ) -> LiveMigrationOutcome {
-        let url = endpoint
-            .base_url
-            .join(&format!("groups/{group}/liveMigrations/{id}"))
-            .map_err(|e| {
-                Failure::new(
-                    FailureClass::Connection,
-                    None,
-                    None,
-                    format!("cannot build the live migration URL from atlas.base_url: {e}"),
-                )
-            })?;
+    ) -> (LiveMigrationOutcome, Option<ApiDeprecation>) {
+        let url = match live_migration_url(endpoint, group, id) {
+            Ok(url) => url,
+            Err(f) => return (Err(f), None),
+        };
         let requests = AtomicU64::new(0);
-        let answer = self
-            .fetch(url, atlas::ACCEPT, id, endpoint, credential, &requests)
-            .await?;
-        atlas::classify(answer.status, answer.retry_after, &answer.body, answer.truncated)
+        let answer = match self.fetch(url, id, endpoint, credential, &requests).await {
+            Ok(answer) => answer,
+            Err(f) => return (Err(f), None),
+        };
+        let deprecation = answer.retirement.map(|(deprecation, sunset)| {
+            atlas::deprecation(
+                endpoint.base_url.as_str(),
+                self.settings.api_version.as_deref().unwrap_or_default(),
+                deprecation,
+                sunset,
+            )
+        });
+        (
+            atlas::classify(answer.status, answer.retry_after, &answer.body, answer.truncated),
+            deprecation,
+        )
     }
 
     /// One authenticated GET of `url`, bounded by the check timeout: the HTTP status and the
@@ -201,7 +225,6 @@ impl Client {
     async fn fetch(
         &self,
         url: Url,
-        accept: &'static str,
         key: &str,
         endpoint: &Endpoint,
         credential: &Credential,
@@ -218,13 +241,13 @@ impl Client {
         let attempt = async {
             let response = match &*auth {
                 Auth::Digest(session) => session
-                    .send(&url, || self.request(url.clone(), accept), requests)
+                    .send(&url, || self.request(url.clone()), requests)
                     .await
                     .map_err(digest_error)?,
                 Auth::OAuth(cache) => {
                     let token = cache.token(&self.http, &endpoint.token_url).await?;
                     let response = self
-                        .request(url.clone(), accept)
+                        .request(url.clone())
                         .bearer_auth(token.expose())
                         .send()
                         .await
@@ -240,7 +263,7 @@ impl Client {
                             return Err(oauth::no_access());
                         };
                         let response = self
-                            .request(url, accept)
+                            .request(url)
                             .bearer_auth(token.expose())
                             .send()
                             .await
@@ -268,16 +291,15 @@ impl Client {
         }
     }
 
-    fn request(&self, url: Url, accept: &'static str) -> reqwest::RequestBuilder {
-        // `from_static`: no copy and no check of a constant, per request.
-        self.http
-            .get(url)
-            .header(header::ACCEPT, header::HeaderValue::from_static(accept))
+    fn request(&self, url: Url) -> reqwest::RequestBuilder {
+        // A `HeaderValue` made once: no check of the text per request.
+        self.http.get(url).header(header::ACCEPT, self.accept.clone())
     }
 
     async fn read(&self, mut response: reqwest::Response) -> Result<Answer, Failure> {
         let status = response.status().as_u16();
         let retry_after = retry_after(response.headers());
+        let retirement = atlas::retirement(response.headers());
         let (body, truncated) = read_capped(&mut response, self.settings.max_body_bytes)
             .await
             .map_err(transport_error)?;
@@ -286,6 +308,7 @@ impl Client {
             retry_after,
             body,
             truncated: truncated.then_some(self.settings.max_body_bytes),
+            retirement,
         })
     }
 }
@@ -311,6 +334,23 @@ struct Answer {
     body: Vec<u8>,
     /// `Some(cap)` when the body was cut at `cap` bytes.
     truncated: Option<usize>,
+    /// The `Deprecation` and `Sunset` headers, when either came.
+    retirement: Option<(Option<String>, Option<String>)>,
+}
+
+/// Where live migration `id` of project `group` is read at `endpoint`.
+fn live_migration_url(endpoint: &Endpoint, group: &str, id: &str) -> Result<Url, Failure> {
+    endpoint
+        .base_url
+        .join(&format!("groups/{group}/liveMigrations/{id}"))
+        .map_err(|e| {
+            Failure::new(
+                FailureClass::Connection,
+                None,
+                None,
+                format!("cannot build the live migration URL from the Atlas base_url: {e}"),
+            )
+        })
 }
 
 /// Reads at most `cap` bytes; the flag says whether the body was longer.

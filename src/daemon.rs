@@ -108,9 +108,9 @@ impl App {
             dispatcher.clone(),
         )?;
         let atlas = match &config.atlas {
-            Some(_) => Some(
+            Some(a) => Some(
                 Client::new(
-                    client::ClientSettings::from_config(&config.cloud_manager, &config.poll),
+                    client::ClientSettings::for_atlas(a, &config.cloud_manager, &config.poll),
                     &config.atlas_sessions(),
                 )
                 .context("cannot build the Atlas HTTP client")?,

@@ -79,6 +79,9 @@ pub enum Event {
         to: String,
         /// How long `from` lasted, in seconds.
         from_lasted_s: Option<i64>,
+        /// Atlas's `migrationHosts` at the change (none when not reported).
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        migration_hosts: Vec<String>,
     },
     /// Atlas says the migration can be cut over; the window to do so runs from now.
     ReadyForCutover {
@@ -144,6 +147,13 @@ pub enum Event {
         /// Events recorded while it held and sent to no one.
         held: i64,
     },
+    /// An API announced the retirement of the resource version linkwatch asks for (`Deprecation`
+    /// and `Sunset` headers); once per API instance and version. It belongs to the source org
+    /// of the migration whose check saw it first.
+    ApiDeprecated {
+        #[serde(flatten)]
+        deprecation: crate::outcome::ApiDeprecation,
+    },
 }
 
 /// The states worth a reminder.
@@ -174,6 +184,7 @@ impl Event {
             Event::MigrationCheckFailing { .. } => "migration_check_failing",
             Event::MigrationCheckRecovered { .. } => "migration_check_recovered",
             Event::SilenceEnded { .. } => "silence_ended",
+            Event::ApiDeprecated { .. } => "api_deprecated",
         }
     }
 
@@ -194,7 +205,8 @@ impl Event {
             | Event::StatusChanged { .. }
             | Event::CheckFailing { .. }
             | Event::CheckRecovered { .. }
-            | Event::Reminder { .. } => None,
+            | Event::Reminder { .. }
+            | Event::ApiDeprecated { .. } => None,
         }
     }
 

@@ -57,7 +57,7 @@ pub async fn check_live_migration<H: Host + ?Sized>(
     let (Some(atlas), Some(client)) = (app.config().atlas.as_ref(), app.atlas()) else {
         anyhow::bail!("no [atlas] in the config");
     };
-    let outcome = client
+    let (outcome, deprecation) = client
         .live_migration(
             &migration.group_id,
             &migration.id,
@@ -65,6 +65,13 @@ pub async fn check_live_migration<H: Host + ?Sized>(
             &migration.credential,
         )
         .await;
+    if let Some(deprecation) = deprecation {
+        // Told apart from the check: a failure to record it is logged, and the next answer
+        // carries the headers again.
+        if let Err(e) = announce_deprecation(app, migration, deprecation).await {
+            tracing::error!(migration = %migration.name, "cannot record Atlas's deprecation notice: {e:#}");
+        }
+    }
     let check = LiveMigrationCheck {
         migration,
         at: app.now(),
@@ -85,7 +92,10 @@ pub async fn check_live_migration<H: Host + ?Sized>(
     };
     match &outcome {
         Ok(r) => {
-            tracing::debug!(migration = %migration.name, status = %r.status, ready = r.ready_for_cutover, lag_s = ?r.lag_s, "checked")
+            tracing::debug!(migration = %migration.name, status = %r.status, ready = r.ready_for_cutover, lag_s = ?r.lag_s, "checked");
+            for what in &r.unreadable {
+                tracing::warn!(migration = %migration.name, "Atlas's answer has a field linkwatch cannot read, taken as unknown: {what}");
+            }
         }
         Err(f) => tracing::warn!(
             migration = %migration.name,
@@ -106,6 +116,32 @@ pub async fn check_live_migration<H: Host + ?Sized>(
         outcome,
         events: decision.events.into_iter().map(|(e, _)| e).collect(),
     })
+}
+
+/// Records that Atlas announced the retirement of the version asked for, and sends
+/// `api_deprecated` to the routes of the migration's source org, once per Atlas and version.
+async fn announce_deprecation<H: Host + ?Sized>(
+    app: &H,
+    migration: &LiveMigration,
+    deprecation: crate::outcome::ApiDeprecation,
+) -> anyhow::Result<()> {
+    let event = Event::ApiDeprecated {
+        deprecation: deprecation.clone(),
+    };
+    let channels = app.router().route(&migration.org, &event);
+    let payload = serde_json::to_string(&event)?;
+    let recorded = app
+        .store()
+        .record_api_deprecation(&deprecation, migration.org.as_str(), app.now(), &payload, &channels)
+        .await?;
+    if recorded.is_some() {
+        app.metrics().event(event.kind());
+        let org = app.config().orgs.iter().find(|o| o.id == migration.org);
+        let summary = crate::message::summary(org.map_or(migration.org.as_str(), |o| o.name.as_str()), &event);
+        tracing::warn!(migration = %migration.name, org_id = %migration.org, event = event.kind(), "{summary}");
+        app.wake(&channels);
+    }
+    Ok(())
 }
 
 /// What `check` means given the stored state and the org's link; pure, it runs inside the

@@ -21,6 +21,9 @@ pub struct Links {
     page: Option<Url>,
     /// Each `[[migration]]`'s Atlas project, by the migration's name.
     projects: HashMap<String, String>,
+    /// Each configured org's name, by its id: a message names an org as the config does, also
+    /// before its first check has stored the name (a migration's first event may come first).
+    org_names: HashMap<String, String>,
 }
 
 impl Links {
@@ -36,6 +39,11 @@ impl Links {
                 .migrations
                 .iter()
                 .map(|m| (m.name.clone(), m.group_id.clone()))
+                .collect(),
+            org_names: config
+                .orgs
+                .iter()
+                .map(|o| (o.id.as_str().to_owned(), o.name.clone()))
                 .collect(),
         }
     }
@@ -112,10 +120,15 @@ pub fn render(stored: &StoredEvent, links: &Links) -> Message {
             .collect();
         return message;
     }
-    let name = stored.org_name.clone().unwrap_or_else(|| stored.org_id.clone());
+    let org_name = links
+        .org_names
+        .get(&stored.org_id)
+        .cloned()
+        .or_else(|| stored.org_name.clone());
+    let name = org_name.clone().unwrap_or_else(|| stored.org_id.clone());
     let (title, advice, migration) = match serde_json::from_str::<Event>(&stored.payload) {
         Ok(event) => {
-            let (title, advice) = describe(&name, stored.org_name.as_deref(), &event);
+            let (title, advice) = describe(&name, org_name.as_deref(), &event);
             (title, advice, event.live_migration().map(str::to_owned))
         }
         Err(_) => (
@@ -201,6 +214,15 @@ fn describe(name: &str, org_name: Option<&str>, event: &Event) -> (String, Optio
             None,
         ),
         Event::SilenceEnded { .. } => describe_silence_end(name, event),
+        Event::ApiDeprecated { deprecation } => (
+            deprecation_title(deprecation),
+            Some(format!(
+                "Atlas removes a deprecated version at its sunset and then answers 410, and every live migration check fails. \
+                 Set [atlas] api_version to the current version of MongoDB's published v2 specification, or update linkwatch, \
+                 before {}.",
+                deprecation.sunset_at.map_or_else(|| "the sunset".to_owned(), when)
+            )),
+        ),
         event => describe_live_migration(org_name, event),
     }
 }
@@ -265,6 +287,36 @@ fn describe_silence_end(name: &str, event: &Event) -> (String, Option<String>) {
     (title, Some(said))
 }
 
+/// One line on an API version announced for retirement (messages, logs, `check --online`).
+pub fn deprecation_title(d: &crate::outcome::ApiDeprecation) -> String {
+    let sunset = match (&d.sunset_at, &d.sunset) {
+        (Some(at), _) => format!("; sunset {}", at.format("%Y-%m-%d")),
+        (None, Some(raw)) => format!("; sunset {raw:?}"),
+        (None, None) => "; no sunset date given yet".to_owned(),
+    };
+    let since = d
+        .deprecation
+        .as_deref()
+        .and_then(deprecated_since)
+        .map_or(String::new(), |t| format!(" since {}", t.format("%Y-%m-%d")));
+    format!(
+        "Atlas API version {} (live migrations) is deprecated{since}{sunset}",
+        d.version
+    )
+}
+
+/// The date a `Deprecation` header gives: `@` and a Unix time (RFC 9745), or an HTTP date (its
+/// drafts); `true` and anything else give none.
+fn deprecated_since(raw: &str) -> Option<chrono::DateTime<chrono::Utc>> {
+    let raw = raw.trim();
+    match raw.strip_prefix('@') {
+        Some(secs) => chrono::DateTime::from_timestamp(secs.parse().ok()?, 0),
+        None => chrono::DateTime::parse_from_rfc2822(raw)
+            .ok()
+            .map(|t| t.with_timezone(&chrono::Utc)),
+    }
+}
+
 /// The deadline caveat every message that gives one carries: the API shows neither the window's
 /// start nor an extension.
 const ESTIMATED: &str = "The deadline is estimated by linkwatch from when it first saw the migration ready; an extension made in the Atlas UI is not visible to linkwatch.";
@@ -278,12 +330,23 @@ fn describe_live_migration(org: Option<&str>, event: &Event) -> (String, Option<
         None => m.to_owned(),
     };
     match event {
-        Event::MigrationStatusChanged { from, to, from_lasted_s, .. } => {
-            let was = match (from, from_lasted_s) {
+        Event::MigrationStatusChanged {
+            from,
+            to,
+            from_lasted_s,
+            migration_hosts,
+            ..
+        } => {
+            let mut was = match (from, from_lasted_s) {
                 (Some(f), Some(s)) => format!(" (was {f} for {})", human_secs(*s)),
                 (Some(f), None) => format!(" (was {f})"),
                 (None, _) => " (first check)".to_owned(),
             };
+            match migration_hosts.as_slice() {
+                [] => {}
+                [one] => was.push_str(&format!(" on migration host {one}")),
+                many => was.push_str(&format!(" on migration hosts {}", many.join(", "))),
+            }
             let (title, advice) = match to.as_str() {
                 "FAILED" => (
                     format!("URGENT: {who}: live migration FAILED{was}"),
@@ -382,7 +445,8 @@ fn describe_live_migration(org: Option<&str>, event: &Event) -> (String, Option<
         | Event::CheckFailing { .. }
         | Event::CheckRecovered { .. }
         | Event::Reminder { .. }
-        | Event::SilenceEnded { .. } => (format!("{who}: {}", event.kind()), None),
+        | Event::SilenceEnded { .. }
+        | Event::ApiDeprecated { .. } => (format!("{who}: {}", event.kind()), None),
     }
 }
 
@@ -459,18 +523,21 @@ mod tests {
                 from: None,
                 to: "NEW".into(),
                 from_lasted_s: None,
+                migration_hosts: vec!["mh-1.example.net".into()],
             },
             Event::MigrationStatusChanged {
                 migration: m(),
                 from: Some("WORKING".into()),
                 to: "FAILED".into(),
                 from_lasted_s: Some(60),
+                migration_hosts: Vec::new(),
             },
             Event::MigrationStatusChanged {
                 migration: m(),
                 from: Some("WORKING".into()),
                 to: "EXPIRED".into(),
                 from_lasted_s: Some(60),
+                migration_hosts: Vec::new(),
             },
             Event::ReadyForCutover {
                 migration: m(),
@@ -536,6 +603,33 @@ mod tests {
             describe("p", None, &events[1])
                 .0
                 .starts_with("URGENT: rs0: live migration FAILED")
+        );
+    }
+
+    #[test]
+    fn a_deprecation_says_since_when_and_until_when_as_far_as_atlas_said() {
+        let d = |deprecation: Option<&str>, sunset: Option<&str>| {
+            crate::client::atlas::deprecation(
+                "https://cloud.mongodb.com/api/atlas/v2/",
+                "2023-01-01",
+                deprecation.map(str::to_owned),
+                sunset.map(str::to_owned),
+            )
+        };
+        let title = |dep| deprecation_title(&dep);
+        let base = "Atlas API version 2023-01-01 (live migrations) is deprecated";
+        assert_eq!(
+            title(d(Some("@1767225600"), Some("Fri, 01 Jan 2027 00:00:00 GMT"))),
+            format!("{base} since 2026-01-01; sunset 2027-01-01")
+        );
+        assert_eq!(
+            title(d(Some("Thu, 01 Jan 2026 00:00:00 GMT"), None)),
+            format!("{base} since 2026-01-01; no sunset date given yet")
+        );
+        assert_eq!(title(d(Some("true"), Some("soon"))), format!("{base}; sunset \"soon\""));
+        assert_eq!(
+            title(d(Some("@99999999999999999999"), None)),
+            format!("{base}; no sunset date given yet")
         );
     }
 

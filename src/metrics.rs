@@ -463,6 +463,37 @@ impl Metrics {
         let active = Gauge::<i64>::default();
         active.set(db.silences.len() as i64);
         scrape.register("linkwatch_silences_active", "Silences holding events back now", active);
+        let deprecated = Family::<Labels, Gauge>::default();
+        let sunset = Family::<Labels, Gauge>::default();
+        for d in &db.api_deprecations {
+            let label = d
+                .sunset_at
+                .map(|t| t.format("%Y-%m-%d").to_string())
+                .or_else(|| d.sunset.clone())
+                .unwrap_or_default();
+            deprecated
+                .get_or_create(&vec![
+                    ("api", d.api.clone()),
+                    ("version", d.version.clone()),
+                    ("sunset", label),
+                ])
+                .set(1);
+            if let Some(t) = d.sunset_at {
+                sunset
+                    .get_or_create(&vec![("api", d.api.clone()), ("version", d.version.clone())])
+                    .set(t.timestamp());
+            }
+        }
+        scrape.register(
+            "linkwatch_api_deprecated",
+            "1 for each API version linkwatch asks for that the API announced for retirement (Deprecation/Sunset headers), with its sunset date",
+            deprecated,
+        );
+        scrape.register(
+            "linkwatch_api_sunset_timestamp_seconds",
+            "When a deprecated API version is removed (its Sunset header), as a Unix time",
+            sunset,
+        );
         let oldest = Gauge::<f64, AtomicU64>::default();
         oldest.set(db.oldest_pending_s.unwrap_or(0.0));
         scrape.register(

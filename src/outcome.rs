@@ -5,6 +5,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+pub mod refusal;
+
 /// The most characters a failure's detail (and its error code) keeps. A server's `detail`, a
 /// proxy's error page or a transport error chain can be any length; capped here, where failures
 /// are made, everything downstream (the `failed_checks` rows, event payloads, Slack sections
@@ -26,6 +28,43 @@ pub struct LiveMigrationReading {
     pub ready_for_cutover: Option<bool>,
     /// Replication lag; absent or null outside an active migration before cutover.
     pub lag_s: Option<i64>,
+    /// The migration host(s) Atlas uses (`migrationHosts`); empty when not reported.
+    pub migration_hosts: Vec<String>,
+    /// Fields the answer had but not in the spec's type, each said in a few words: recorded as
+    /// unknown (`None`), logged, and never allowed to hide the status.
+    pub unreadable: Vec<String>,
+}
+
+impl LiveMigrationReading {
+    /// A reading of `status` alone, every other field unknown.
+    pub fn of_status(status: impl Into<String>) -> Self {
+        LiveMigrationReading {
+            status: status.into(),
+            ready_for_cutover: None,
+            lag_s: None,
+            migration_hosts: Vec::new(),
+            unreadable: Vec::new(),
+        }
+    }
+}
+
+/// An API's announcement that the resource version linkwatch asks for will be retired: the
+/// `Deprecation` and `Sunset` response headers (Atlas's "Versioned Atlas Administration API
+/// Overview"), whatever the answer's status.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ApiDeprecation {
+    /// Which API: `atlas`.
+    pub api: String,
+    /// The API instance (its base URL).
+    pub base_url: String,
+    /// The resource version asked for (`2023-01-01`).
+    pub version: String,
+    /// The `Deprecation` header as sent (a date, `@` and a Unix time, or `true`).
+    pub deprecation: Option<String>,
+    /// The `Sunset` header as sent (an HTTP date).
+    pub sunset: Option<String>,
+    /// The `Sunset` header read as a time, when it is one.
+    pub sunset_at: Option<chrono::DateTime<chrono::Utc>>,
 }
 
 /// A live migration's reading, or why there is none.
@@ -41,10 +80,18 @@ pub struct Failure {
     /// The server's `detail`, or the start of a body that was not JSON, or the transport error;
     /// at most [`DETAIL_MAX_CHARS`] characters (see [`Failure::new`]).
     pub detail: String,
+    /// The answer's `parameters` (for `ORG_REQUIRES_ACCESS_LIST`, the caller's IP address that
+    /// has to be added), each through the gate for outside text; at most [`MAX_PARAMETERS`].
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub parameters: Vec<String>,
     /// `Retry-After`, when the server sent one: the next check waits at least this long.
     #[serde(skip)]
     pub retry_after: Option<Duration>,
 }
+
+/// The most `parameters` a failure keeps, and the characters of each.
+pub const MAX_PARAMETERS: usize = 4;
+pub const PARAMETER_MAX_CHARS: usize = 64;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -107,8 +154,20 @@ impl Failure {
             http_status,
             error_code: error_code.map(cap),
             detail: cap(detail.into()),
+            parameters: Vec::new(),
             retry_after: None,
         }
+    }
+
+    /// This failure with the answer's `parameters`, each gated and cut.
+    pub fn with_parameters<'a>(mut self, parameters: impl IntoIterator<Item = &'a str>) -> Self {
+        self.parameters = parameters
+            .into_iter()
+            .map(|p| crate::outside::text(p, PARAMETER_MAX_CHARS))
+            .filter(|p| !p.trim().is_empty())
+            .take(MAX_PARAMETERS)
+            .collect();
+        self
     }
 
     /// Puts `prefix` before the detail, keeping the cap.
@@ -116,13 +175,20 @@ impl Failure {
         self.detail = cap(format!("{prefix}{}", self.detail));
     }
 
-    /// What the failure means, in plain words, for logs and messages.
+    /// What the failure means, in plain words, for logs and messages: by its `errorCode` first,
+    /// its HTTP code second.
     pub fn explain(&self) -> String {
+        if let Some(text) = self.explain_code("Cloud Manager") {
+            return text;
+        }
         let what = match self.class {
             FailureClass::Unauthorized => {
                 "Cloud Manager rejected the credentials: wrong key, or the key lacks the Organization Owner role"
             }
-            FailureClass::Forbidden => "this host's IP address is not on the API key's access list",
+            // Without an errorCode a 403 says little; an access list is the usual cause.
+            FailureClass::Forbidden => {
+                "Cloud Manager refused access, most often because this host's IP address is not on the API key's access list"
+            }
             FailureClass::NotFound => "Cloud Manager does not know this org (wrong id, or an Atlas org id)",
             FailureClass::NoLink => "the org has no migration link (was it removed?)",
             FailureClass::RateLimited => "Cloud Manager is rate limiting this key",
@@ -139,6 +205,9 @@ impl Failure {
 
     /// The failure of a live migration's check, in plain words, with its codes and detail.
     pub fn explain_atlas(&self) -> String {
+        if let Some(text) = self.explain_code("Atlas") {
+            return text;
+        }
         let what = match self.class {
             FailureClass::Unauthorized => {
                 "Atlas rejected the credentials ([atlas]): wrong key, or the key is not a member of the project's organization"
@@ -157,16 +226,46 @@ impl Failure {
             // 410: the version was retired; 406: it was not recognised, which for a pinned
             // version means something between (a proxy) changed the Accept header.
             FailureClass::ApiVersion if self.http_status == Some(410) => {
-                "Atlas has retired the API version linkwatch asks for (application/vnd.atlas.2023-01-01+json): update linkwatch"
+                "Atlas has retired the API version linkwatch asks for ([atlas] api_version): set a current one, or update linkwatch"
             }
             FailureClass::ApiVersion => {
-                "Atlas did not accept the API version linkwatch asks for (application/vnd.atlas.2023-01-01+json): \
-                 check that no proxy rewrites the Accept header, or update linkwatch"
+                "Atlas did not accept the API version linkwatch asks for ([atlas] api_version): \
+                 check the version and that no proxy rewrites the Accept header"
             }
             FailureClass::Http => "Atlas refused the request",
             FailureClass::Token => TOKEN,
         };
         self.with_codes(what)
+    }
+
+    /// The explanation of a refusal by its `errorCode`: the table's words for a documented code,
+    /// the code and detail as sent for another. `None` without a code, and for OAuth's own
+    /// lowercase `error` codes (RFC 6749: `invalid_client`, ...), which the class explains.
+    fn explain_code(&self, api: &str) -> Option<String> {
+        let code = self.error_code.as_deref()?;
+        if !code.chars().any(|c| c.is_ascii_uppercase()) {
+            return None;
+        }
+        // A version refusal is explained by what linkwatch asked for, whatever its code, and so
+        // are the codes whose meaning depends on what was asked.
+        if self.class == FailureClass::ApiVersion || refusal::EXPLAINED_BY_WHAT_WAS_ASKED.contains(&code) {
+            return None;
+        }
+        let what = match refusal::find(code) {
+            Some(r) => format!(
+                "{api} refused the request: {}; {}",
+                r.what_with(self.parameters.first().map(String::as_str)),
+                r.todo
+            ),
+            None if self.parameters.is_empty() => {
+                format!("{api} refused the request with an error code linkwatch does not know")
+            }
+            None => format!(
+                "{api} refused the request with an error code linkwatch does not know (parameters: {})",
+                self.parameters.join(", ")
+            ),
+        };
+        Some(self.with_codes(&what))
     }
 
     fn with_codes(&self, what: &str) -> String {

@@ -18,6 +18,9 @@ pub struct Answer {
     pub credential: String,
     /// The status, or why there is none, in plain words.
     pub outcome: Result<String, Failure>,
+    /// What else the answer said that a person should know: fields read as unknown, an API
+    /// version announced for retirement.
+    pub notes: Vec<String>,
 }
 
 impl Answer {
@@ -58,27 +61,35 @@ pub async fn ask_all(config: &Config) -> anyhow::Result<Vec<Answer>> {
                     name: org.name.clone(),
                     credential: format!("{} at {}", org.credential.label(), org.endpoint.label()),
                     outcome,
+                    notes: Vec::new(),
                 }
             }
         })
         .buffered(config.poll.concurrency)
         .collect()
         .await;
-    if config.atlas.is_some() {
+    if let Some(atlas) = &config.atlas {
         let client = Client::new(
-            ClientSettings::from_config(&config.cloud_manager, &config.poll),
+            ClientSettings::for_atlas(atlas, &config.cloud_manager, &config.poll),
             &config.atlas_sessions(),
         )?;
         for m in &config.migrations {
-            let outcome = client
+            let (outcome, deprecation) = client
                 .live_migration(&m.group_id, &m.id, &m.endpoint, &m.credential)
-                .await
-                .map(|r| r.status);
+                .await;
+            let mut notes: Vec<String> = deprecation.iter().map(crate::message::deprecation_title).collect();
+            if let Ok(r) = &outcome {
+                if !r.migration_hosts.is_empty() {
+                    notes.push(format!("migration hosts: {}", r.migration_hosts.join(", ")));
+                }
+                notes.extend(r.unreadable.iter().map(|u| format!("taken as unknown: {u}")));
+            }
             answers.push(Answer {
                 what: "migration",
                 name: m.name.clone(),
                 credential: format!("{} at {}", m.credential.label(), m.endpoint.label()),
-                outcome,
+                outcome: outcome.map(|r| r.status),
+                notes,
             });
         }
     }
@@ -95,6 +106,7 @@ mod tests {
             name: "payments".into(),
             credential: "api key p".into(),
             outcome,
+            notes: Vec::new(),
         }
     }
 

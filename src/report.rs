@@ -509,6 +509,7 @@ mod tests {
             last_checked_at: "2026-11-30T08:59:00.000Z".into(),
             consecutive_failures: failures,
             last_error: (failures > 0).then(|| "Atlas rejected the credentials".into()),
+            migration_hosts: Vec::new(),
         };
         let rows = [
             row("6f1d00000000000000000001", "WORKING", false, None, 3),

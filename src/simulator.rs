@@ -34,6 +34,8 @@ pub enum Behavior {
         http: u16,
         error_code: Option<String>,
         detail: String,
+        /// The answer's `parameters` (for `ORG_REQUIRES_ACCESS_LIST`, the caller's address).
+        parameters: Vec<String>,
     },
     /// Any body with any code and content type (HTML from a proxy, garbage, a huge body).
     Raw {
@@ -51,10 +53,16 @@ impl Behavior {
     }
 
     pub fn error(http: u16, error_code: &str, detail: &str) -> Self {
+        Behavior::refusal(http, error_code, detail, &[])
+    }
+
+    /// An API error with `parameters`, as Cloud Manager sends them.
+    pub fn refusal(http: u16, error_code: &str, detail: &str, parameters: &[&str]) -> Self {
         Behavior::Error {
             http,
             error_code: (!error_code.is_empty()).then(|| error_code.to_owned()),
             detail: detail.to_owned(),
+            parameters: parameters.iter().map(|p| (*p).to_owned()).collect(),
         }
     }
 }
@@ -77,6 +85,8 @@ pub enum LiveMigrationBehavior {
         error_code: Option<String>,
         detail: String,
     },
+    /// 200 with any JSON body: fields of other types than the spec's, say.
+    Body(serde_json::Value),
 }
 
 impl LiveMigrationBehavior {
@@ -89,8 +99,22 @@ impl LiveMigrationBehavior {
     }
 }
 
-/// The version Atlas's live migration read answers to; any other gets 406.
+/// The version Atlas's live migration read answers to at the start; any other gets 406.
 pub const ATLAS_ACCEPT: &str = "application/vnd.atlas.2023-01-01+json";
+
+/// Where a resource version of the simulated Atlas is in its life (Atlas's "Versioned Atlas
+/// Administration API Overview": stable, deprecated, sunset).
+#[derive(Debug, Clone, PartialEq)]
+pub enum AtlasVersion {
+    Stable,
+    /// Answered, with these `Deprecation` and `Sunset` headers (either may be left out).
+    Deprecated {
+        deprecation: Option<String>,
+        sunset: Option<String>,
+    },
+    /// Removed: 410.
+    Removed,
+}
 
 #[derive(Debug, Clone)]
 pub struct Options {
@@ -130,6 +154,8 @@ struct World {
     per_org: HashMap<String, u64>,
     /// Live migrations by id, each a timeline as for orgs.
     migrations: HashMap<String, Vec<(Duration, LiveMigrationBehavior)>>,
+    /// The resource versions of the live migration read; `2023-01-01` is stable unless set.
+    atlas_versions: HashMap<String, AtlasVersion>,
     nonces: digest::Nonces,
 }
 
@@ -242,6 +268,11 @@ impl Simulator {
     }
 
     /// Authorized requests for live migrations.
+    /// Where resource `version` (`2023-01-01`) of the live migration read is in its life.
+    pub fn set_atlas_version(&self, version: &str, life: AtlasVersion) {
+        self.shared.world().atlas_versions.insert(version.to_owned(), life);
+    }
+
     pub fn live_migration_requests(&self) -> u64 {
         self.shared.counters.live_migration_requests.load(Ordering::SeqCst)
     }
@@ -325,11 +356,15 @@ fn json(code: StatusCode, body: serde_json::Value) -> Response {
 
 /// Cloud Manager's error body: `{detail, error, errorCode, parameters, reason}`.
 fn api_error(code: u16, error_code: Option<&str>, detail: &str) -> Response {
+    api_error_with(code, error_code, detail, &[])
+}
+
+fn api_error_with(code: u16, error_code: Option<&str>, detail: &str, parameters: &[String]) -> Response {
     let status = StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     let mut body = serde_json::json!({
         "detail": detail,
         "error": code,
-        "parameters": [],
+        "parameters": parameters,
         "reason": status.canonical_reason().unwrap_or("Error"),
     });
     if let Some(ec) = error_code {
@@ -398,7 +433,8 @@ async fn status(
             http,
             error_code,
             detail,
-        }) => api_error(http, error_code.as_deref(), &detail),
+            parameters,
+        }) => api_error_with(http, error_code.as_deref(), &detail, &parameters),
         Some(Behavior::Raw {
             http,
             content_type,
@@ -468,19 +504,50 @@ async fn live_migration(
     }
     // Atlas's versioned API: an unknown version is refused before anything else is looked at.
     let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()).unwrap_or("");
-    if accept != ATLAS_ACCEPT {
-        return api_error(
-            406,
-            Some("INVALID_VERSION_DATE"),
-            "Invalid accept header or version date.",
-        );
+    let version = accept
+        .strip_prefix("application/vnd.atlas.")
+        .and_then(|v| v.strip_suffix("+json"))
+        .unwrap_or("");
+    let life = {
+        let w = shared.world();
+        match w.atlas_versions.get(version) {
+            Some(life) => Some(life.clone()),
+            None if accept == ATLAS_ACCEPT => Some(AtlasVersion::Stable),
+            None => None,
+        }
+    };
+    let retirement = match life {
+        None => {
+            return api_error(
+                406,
+                Some("INVALID_VERSION_DATE"),
+                "Invalid accept header or version date.",
+            );
+        }
+        Some(AtlasVersion::Removed) => {
+            return api_error(410, None, &format!("API version {version} has been removed."));
+        }
+        Some(AtlasVersion::Stable) => None,
+        Some(AtlasVersion::Deprecated { deprecation, sunset }) => Some((deprecation, sunset)),
+    };
+    let mut response = live_migration_answer(&shared, &migration_id);
+    if let Some((deprecation, sunset)) = retirement {
+        for (name, value) in [("deprecation", deprecation), ("sunset", sunset)] {
+            if let Some(v) = value.and_then(|v| HeaderValue::from_str(&v).ok()) {
+                response.headers_mut().insert(name, v);
+            }
+        }
     }
+    response
+}
+
+fn live_migration_answer(shared: &Shared, migration_id: &str) -> Response {
     shared.counters.live_migration_requests.fetch_add(1, Ordering::SeqCst);
     let behavior = {
         let w = shared.world();
         let at = shared.started.elapsed();
         w.migrations
-            .get(&migration_id)
+            .get(migration_id)
             .and_then(|s| s.iter().rev().find(|(t, _)| *t <= at).map(|(_, b)| b.clone()))
     };
     match behavior {
@@ -506,5 +573,6 @@ async fn live_migration(
             error_code,
             detail,
         }) => api_error(http, error_code.as_deref(), &detail),
+        Some(LiveMigrationBehavior::Body(body)) => json(StatusCode::OK, body),
     }
 }

@@ -15,6 +15,7 @@ use crate::config::Database;
 
 mod checks;
 pub mod copy;
+mod deprecations;
 mod error;
 mod events;
 mod fence;
@@ -34,6 +35,7 @@ mod silences;
 mod sql;
 
 pub use checks::{Applied, Check, CheckRecord, Decision, RemindersSent, Silenced, event_id};
+pub use deprecations::{DeprecationRow, deprecation_event_id};
 pub use error::{StoreError, is_fenced};
 pub use events::StoredEvent;
 pub use fence::{Fence, Fenced, Term};

@@ -6,11 +6,51 @@ use std::time::Duration;
 use serde_json::Value;
 
 use super::classify::{error_answer, excerpt};
-use crate::outcome::{Failure, FailureClass};
+use crate::outcome::{ApiDeprecation, Failure, FailureClass};
 
-/// The pinned API version for reading a live migration: Atlas answers an unknown version with
-/// 406 and a retired one with 410, which are failures of their own ([`FailureClass::ApiVersion`]).
-pub const ACCEPT: &str = "application/vnd.atlas.2023-01-01+json";
+/// The `Accept` that asks for resource `version` (`[atlas] api_version`): Atlas answers an
+/// unknown version with 406 and a retired one with 410, which are failures of their own
+/// ([`FailureClass::ApiVersion`]).
+pub fn accept(version: &str) -> String {
+    format!("application/vnd.atlas.{version}+json")
+}
+
+/// The most characters of a `Deprecation` or `Sunset` header kept.
+const MAX_HEADER_CHARS: usize = 100;
+
+/// The `Deprecation` and `Sunset` headers of an answer, through the gate, when either came.
+pub(crate) fn retirement(headers: &reqwest::header::HeaderMap) -> Option<(Option<String>, Option<String>)> {
+    let read = |name: &str| {
+        headers
+            .get(name)
+            .map(|v| crate::outside::bytes(v.as_bytes(), MAX_HEADER_CHARS))
+            .filter(|v| !v.trim().is_empty())
+    };
+    let (deprecation, sunset) = (read("deprecation"), read("sunset"));
+    (deprecation.is_some() || sunset.is_some()).then_some((deprecation, sunset))
+}
+
+/// What the headers say about `version` of the API at `base_url`. `Sunset` is an HTTP date
+/// (RFC 8594); one that is not is kept as sent, without a time.
+pub fn deprecation(
+    base_url: &str,
+    version: &str,
+    deprecation: Option<String>,
+    sunset: Option<String>,
+) -> ApiDeprecation {
+    let sunset_at = sunset
+        .as_deref()
+        .and_then(|s| chrono::DateTime::parse_from_rfc2822(s.trim()).ok())
+        .map(|t| t.with_timezone(&chrono::Utc));
+    ApiDeprecation {
+        api: "atlas".to_owned(),
+        base_url: base_url.to_owned(),
+        version: version.to_owned(),
+        deprecation,
+        sunset,
+        sunset_at,
+    }
+}
 
 pub use crate::outcome::{LiveMigrationOutcome, LiveMigrationReading};
 
@@ -60,24 +100,68 @@ pub fn classify(
         Some(other) => return Err(malformed(format!("`status` is not a status string: {other}"))),
         None => return Err(malformed(format!("no `status` in the answer: {}", excerpt(body)))),
     };
+    // Every other field is optional in the spec: one that is missing is unknown, and so is one
+    // of another type, said in `unreadable` and never allowed to hide the status (a FAILED
+    // migration with a garbled lag is still FAILED).
+    let mut unreadable = Vec::new();
     let ready_for_cutover = match m.get("readyForCutover") {
         None | Some(Value::Null) => None,
         Some(Value::Bool(b)) => Some(*b),
-        Some(other) => return Err(malformed(format!("`readyForCutover` is not true or false: {other}"))),
+        Some(other) => {
+            unreadable.push(format!(
+                "`readyForCutover` is not true or false: {}",
+                excerpt(other.to_string().as_bytes())
+            ));
+            None
+        }
     };
     let lag_s = match m.get("lagTimeSeconds") {
         None | Some(Value::Null) => None,
-        Some(v) => match v.as_i64().or_else(|| v.as_f64().map(|f| f.round() as i64)) {
+        Some(v) => match v.as_i64().or_else(|| {
+            v.as_f64()
+                .filter(|f| f.is_finite() && f.abs() < 9e15)
+                .map(|f| f.round() as i64)
+        }) {
             Some(n) if n >= 0 => Some(n),
-            _ => return Err(malformed(format!("`lagTimeSeconds` is not a number of seconds: {v}"))),
+            _ => {
+                unreadable.push(format!(
+                    "`lagTimeSeconds` is not a number of seconds: {}",
+                    excerpt(v.to_string().as_bytes())
+                ));
+                None
+            }
         },
+    };
+    let migration_hosts = match m.get("migrationHosts") {
+        None | Some(Value::Null) => Vec::new(),
+        Some(Value::Array(hosts)) if hosts.iter().all(Value::is_string) => hosts
+            .iter()
+            .filter_map(Value::as_str)
+            .map(|h| crate::outside::text(h, MAX_HOST_CHARS))
+            .filter(|h| !h.trim().is_empty())
+            .take(MAX_HOSTS)
+            .collect(),
+        Some(other) => {
+            unreadable.push(format!(
+                "`migrationHosts` is not a list of host names: {}",
+                excerpt(other.to_string().as_bytes())
+            ));
+            Vec::new()
+        }
     };
     Ok(LiveMigrationReading {
         status,
         ready_for_cutover,
         lag_s,
+        migration_hosts,
+        unreadable,
     })
 }
+
+/// At most this many migration hosts are kept, each at most this long: they are shown, not
+/// used.
+const MAX_HOSTS: usize = 8;
+const MAX_HOST_CHARS: usize = 255;
 
 #[cfg(test)]
 mod tests {
@@ -98,17 +182,12 @@ mod tests {
             LiveMigrationReading {
                 status: "WORKING".into(),
                 ready_for_cutover: Some(true),
-                lag_s: Some(42)
+                lag_s: Some(42),
+                migration_hosts: Vec::new(),
+                unreadable: Vec::new(),
             }
         );
-        assert_eq!(
-            ok(r#"{"status":"NEW"}"#),
-            LiveMigrationReading {
-                status: "NEW".into(),
-                ready_for_cutover: None,
-                lag_s: None
-            }
-        );
+        assert_eq!(ok(r#"{"status":"NEW"}"#), LiveMigrationReading::of_status("NEW"));
         assert_eq!(
             ok(r#"{"status":"COMPLETE","readyForCutover":null,"lagTimeSeconds":null}"#).lag_s,
             None
@@ -117,19 +196,31 @@ mod tests {
         assert_eq!(ok(r#"{"status":"PAUSED_BY_ATLAS"}"#).status, "PAUSED_BY_ATLAS");
     }
 
+    /// An ill-typed optional field is unknown, said in `unreadable`, and the status stands.
+    #[test]
+    fn an_ill_typed_field_is_unknown_and_never_hides_the_status() {
+        let r = ok(r#"{"status":"FAILED","readyForCutover":"yes","lagTimeSeconds":"soon","migrationHosts":"h1"}"#);
+        assert_eq!(r.status, "FAILED");
+        assert_eq!((r.ready_for_cutover, r.lag_s), (None, None));
+        assert!(r.migration_hosts.is_empty());
+        assert_eq!(r.unreadable.len(), 3, "{:?}", r.unreadable);
+        assert!(r.unreadable[1].contains("`lagTimeSeconds` is not a number of seconds: \"soon\""));
+        for lag in ["-5", "1e300", "[1]", "{}", "true"] {
+            let r = ok(&format!(r#"{{"status":"WORKING","lagTimeSeconds":{lag}}}"#));
+            assert_eq!((r.status.as_str(), r.lag_s), ("WORKING", None), "{lag}");
+        }
+        let r =
+            ok(r#"{"status":"WORKING","migrationHosts":["mh-1.example.net","mh-2.example.net"],"lagTimeSeconds":7.4}"#);
+        assert_eq!(r.migration_hosts, ["mh-1.example.net", "mh-2.example.net"]);
+        assert_eq!(r.lag_s, Some(7));
+        assert!(r.unreadable.is_empty());
+    }
+
     #[test]
     fn unreadable_answers_are_malformed() {
         assert_eq!(class_of(200, "<html>proxy</html>"), FailureClass::Malformed);
         assert_eq!(class_of(200, r#"{"readyForCutover":true}"#), FailureClass::Malformed);
         assert_eq!(class_of(200, r#"{"status":7}"#), FailureClass::Malformed);
-        assert_eq!(
-            class_of(200, r#"{"status":"WORKING","lagTimeSeconds":"soon"}"#),
-            FailureClass::Malformed
-        );
-        assert_eq!(
-            class_of(200, r#"{"status":"WORKING","readyForCutover":"yes"}"#),
-            FailureClass::Malformed
-        );
         assert!(classify(200, None, b"{}", Some(10)).is_err());
     }
 
@@ -147,8 +238,14 @@ mod tests {
         assert!(text.contains("Accept header") && text.contains("HTTP 406"), "{text}");
         let f = classify(410, None, body(410, "VERSION_RETIRED").as_bytes(), None).unwrap_err();
         let text = f.explain_atlas();
-        assert!(text.contains("retired") && text.contains("update linkwatch"), "{text}");
-        let f = classify(404, None, body(404, "X").as_bytes(), None).unwrap_err();
+        assert!(text.contains("retired") && text.contains("api_version"), "{text}");
+        let f = classify(404, None, br#"{"error":404,"detail":"d"}"#, None).unwrap_err();
         assert!(f.explain_atlas().contains("group_id and id"), "{}", f.explain_atlas());
+        // A code linkwatch does not know is quoted, not guessed from the HTTP code.
+        let f = classify(404, None, body(404, "X").as_bytes(), None).unwrap_err();
+        assert_eq!(
+            f.explain_atlas(),
+            "Atlas refused the request with an error code linkwatch does not know (HTTP 404 X): d"
+        );
     }
 }

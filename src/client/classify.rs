@@ -98,9 +98,21 @@ pub(super) fn error_answer(code: u16, retry_after: Option<Duration>, json: Optio
         (500..=599, _) => FailureClass::ServerError,
         _ => FailureClass::Http,
     };
+    // `parameters` is a list of strings in the documented shape; anything else is quoted as JSON.
+    let parameters: Vec<String> = match json.and_then(|j| j.get("parameters")) {
+        Some(Value::Array(items)) => items
+            .iter()
+            .take(crate::outcome::MAX_PARAMETERS)
+            .map(|v| match v {
+                Value::String(s) => s.clone(),
+                other => excerpt(other.to_string().as_bytes()),
+            })
+            .collect(),
+        _ => Vec::new(),
+    };
     Failure {
         retry_after,
-        ..Failure::new(class, Some(code), error_code, detail)
+        ..Failure::new(class, Some(code), error_code, detail).with_parameters(parameters.iter().map(String::as_str))
     }
 }
 
@@ -219,6 +231,162 @@ mod tests {
         .unwrap_err();
         assert_eq!(f.error_code, None);
         assert_eq!(f.detail, "nope");
+    }
+
+    /// Each refusal as a person reads it: by its errorCode first (with the parameters quoted
+    /// where they matter), its HTTP code second, and an unknown code as it was sent.
+    #[test]
+    fn refusals_are_explained_by_their_error_code_first() {
+        let body = |http: u16, code: &str, detail: &str, params: &str| {
+            format!(r#"{{"detail":"{detail}","error":{http},"errorCode":"{code}","parameters":{params},"reason":"r"}}"#)
+        };
+        // (HTTP code, body, words the explanation must have, words it must not have)
+        let cases: Vec<(u16, String, Vec<&str>, Vec<&str>)> = vec![
+            (
+                403,
+                body(
+                    403,
+                    "ORG_REQUIRES_ACCESS_LIST",
+                    "This organization requires access through an access list of ip ranges.",
+                    r#"["203.0.113.7"]"#,
+                ),
+                vec![
+                    "requires every API request",
+                    "address 203.0.113.7 is not on it",
+                    "add this host's address",
+                    "(HTTP 403 ORG_REQUIRES_ACCESS_LIST)",
+                    "access list of ip ranges",
+                ],
+                vec![],
+            ),
+            (
+                403,
+                body(
+                    403,
+                    "IP_ADDRESS_NOT_ON_ACCESS_LIST",
+                    "IP address 198.51.100.4 is not allowed to access this resource.",
+                    r#"["198.51.100.4"]"#,
+                ),
+                vec![
+                    "IP address 198.51.100.4 is not on the API key's access list",
+                    "(HTTP 403 IP_ADDRESS_NOT_ON_ACCESS_LIST)",
+                ],
+                vec![],
+            ),
+            (
+                403,
+                body(
+                    403,
+                    "FEATURE_UNSUPPORTED",
+                    "Feature not supported by current account level.",
+                    "[]",
+                ),
+                vec!["not supported for this organization", "(HTTP 403 FEATURE_UNSUPPORTED)"],
+                vec!["access list"],
+            ),
+            (
+                403,
+                body(403, "ACCESS_FORBIDDEN", "Access forbidden.", "[]"),
+                vec![
+                    "an error code linkwatch does not know",
+                    "(HTTP 403 ACCESS_FORBIDDEN): Access forbidden.",
+                ],
+                vec!["access list", "IP address"],
+            ),
+            (
+                402,
+                body(
+                    402,
+                    "ACCOUNT_SUSPENDED",
+                    "Group has an unpaid invoice that is more than 30 days old.",
+                    "[]",
+                ),
+                vec![
+                    "suspended",
+                    "invoice unpaid for more than 30 days",
+                    "Billing page",
+                    "(HTTP 402 ACCOUNT_SUSPENDED)",
+                ],
+                vec!["refused the request (HTTP"],
+            ),
+            (
+                401,
+                body(
+                    401,
+                    "USER_CANNOT_ACCESS_ORG",
+                    "User cannot access organization.",
+                    r#"["5f0c1234567890abcdef1234"]"#,
+                ),
+                vec![
+                    "cannot access the organization 5f0c1234567890abcdef1234",
+                    "Organization Owner role",
+                ],
+                vec!["wrong key"],
+            ),
+            (
+                404,
+                body(
+                    404,
+                    "ORG_NOT_FOUND",
+                    "No organization with ID 5f0c1234567890abcdef1234 exists.",
+                    r#"["5f0c1234567890abcdef1234"]"#,
+                ),
+                vec!["the organization 5f0c1234567890abcdef1234 does not exist"],
+                vec![],
+            ),
+            (
+                429,
+                body(
+                    429,
+                    "RATE_LIMITED",
+                    "Resource x is limited to 100 requests every 1 minutes.",
+                    r#"["x", 100, 1]"#,
+                ),
+                vec!["too many requests", "(HTTP 429 RATE_LIMITED)"],
+                vec![],
+            ),
+            // A code whose meaning depends on what was asked: the class says it, with the code.
+            (
+                404,
+                body(404, "RESOURCE_NOT_FOUND", "Cannot find resource.", "[]"),
+                vec!["has no migration link", "(HTTP 404 RESOURCE_NOT_FOUND)"],
+                vec![],
+            ),
+            // Unknown codes with parameters keep them, whatever their JSON type.
+            (
+                409,
+                body(409, "SOMETHING_NEW", "d", r#"["a", 7, {"k":1}]"#),
+                vec![
+                    "does not know (parameters: a, 7, {\"k\":1})",
+                    "(HTTP 409 SOMETHING_NEW): d",
+                ],
+                vec![],
+            ),
+            // No errorCode: the HTTP code explains, as before.
+            (
+                401,
+                r#"{"reason":"Unauthorized","error":401,"detail":"You are not authorized for this resource."}"#
+                    .to_owned(),
+                vec!["rejected the credentials", "(HTTP 401)"],
+                vec![],
+            ),
+            (
+                403,
+                "<html>Forbidden</html>".to_owned(),
+                vec!["access list", "(HTTP 403)"],
+                vec![],
+            ),
+        ];
+        for (http, body, has, lacks) in cases {
+            let f = classify(http, None, body.as_bytes(), None).unwrap_err();
+            let text = f.explain();
+            for words in has {
+                assert!(text.contains(words), "{body}\n  gives {text:?}\n  lacking {words:?}");
+            }
+            for words in lacks {
+                assert!(!text.contains(words), "{body}\n  gives {text:?}\n  with {words:?}");
+            }
+        }
     }
 
     #[test]

@@ -11,10 +11,23 @@ use super::{at_least, with_trailing_slash};
 
 pub const DEFAULT_ATLAS_URL: &str = "https://cloud.mongodb.com/api/atlas/v2";
 
+/// The resource version of the live-migration read (`getPushMigration`, "Return One Migration
+/// Job") that linkwatch asks for unless `[atlas] api_version` says otherwise. The published v2
+/// specification, as the Atlas CLI's generated `atlas api cloudMigrationService
+/// getPushMigration` reference prints it (v1.38 to v1.45: `--version` options "2023-01-01",
+/// default "2023-01-01"), and the spec in MongoDB's Go SDK (`atlas-sdk-go`,
+/// `openapi/atlas-api-transformed.yaml`) list no newer version of this read: the current one
+/// is still 2023-01-01. When Atlas announces its retirement (`Deprecation`/`Sunset` headers)
+/// linkwatch says so (`api_deprecated`), and the key lets a team move before an update.
+pub const DEFAULT_API_VERSION: &str = "2023-01-01";
+
 /// How Atlas is asked about live migrations.
 #[derive(Debug, Clone)]
 pub struct Atlas {
     pub base_url: Url,
+    /// The resource version asked for (`Accept: application/vnd.atlas.{api_version}+json`);
+    /// [`DEFAULT_API_VERSION`] unless set.
+    pub api_version: String,
     /// Where a service account gets tokens; defaults to `{origin}/api/oauth/token`.
     pub token_url: Url,
     /// The key of migrations that set none (nor a `[[credentials]]` set).
@@ -118,8 +131,27 @@ fn atlas_table(a: &raw::Atlas, loc: &Locator<'_>) -> Result<(Atlas, Result<Optio
         "atlas.cutover_window",
         loc,
     )?;
+    let api_version = match &a.api_version {
+        None => DEFAULT_API_VERSION.to_owned(),
+        Some(v) => {
+            let text = v.get_ref().trim();
+            // A version is a date; anything else would make a header Atlas answers with 406.
+            if chrono::NaiveDate::parse_from_str(text, "%Y-%m-%d").is_err() || text.len() != 10 {
+                return Err(loc.error(
+                    v.span().start,
+                    "atlas.api_version",
+                    format!(
+                        "an Atlas API version is a date such as \"{DEFAULT_API_VERSION}\", not {:?}",
+                        crate::outside::text(text, 40)
+                    ),
+                ));
+            }
+            text.to_owned()
+        }
+    };
     let atlas = Atlas {
         base_url,
+        api_version,
         token_url,
         credential: credential.clone().ok().flatten(),
         every,

@@ -147,6 +147,7 @@ pub struct CredentialSet {
 #[serde(deny_unknown_fields)]
 pub struct Atlas {
     pub base_url: Option<Spanned<String>>,
+    pub api_version: Option<Spanned<String>>,
     pub token_url: Option<Spanned<String>>,
     pub every: Option<Spanned<HumanDuration>>,
     pub cutover_window: Option<Spanned<HumanDuration>>,

@@ -580,6 +580,7 @@ fn migrations_are_read_with_their_org_by_name_or_id() {
     assert_eq!(atlas.base_url.as_str(), "https://cloud.mongodb.com/api/atlas/v2/");
     assert_eq!(atlas.token_url.as_str(), "https://cloud.mongodb.com/api/oauth/token");
     assert_eq!(atlas.every, Duration::from_secs(60));
+    assert_eq!(atlas.api_version, "2023-01-01");
     assert_eq!(atlas.cutover_window, Duration::from_secs(48 * 3600));
     assert_eq!(
         atlas.deadline_warnings,
@@ -596,6 +597,15 @@ fn migrations_are_read_with_their_org_by_name_or_id() {
     ))
     .unwrap();
     assert_eq!(by_id.migrations[0].org, m.org);
+    // `api_version` is a date, or the config says where it is wrong.
+    let pinned = parse(&format!("{MINIMAL}{ATLAS}api_version = \"2025-03-12\"\n")).unwrap();
+    assert_eq!(pinned.atlas.unwrap().api_version, "2025-03-12");
+    for bad in ["2025-13-01", "latest", "2025-3-1", "2023-01-01+json\\r\\nX: y"] {
+        let e = parse(&format!("{MINIMAL}{ATLAS}api_version = \"{bad}\"\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("atlas.api_version") && e.contains("is a date"), "{bad}: {e}");
+    }
     // The defaults: 120 h, warnings at 24 h, 6 h and 1 h.
     let plain = parse(&format!("{MINIMAL}{ATLAS}")).unwrap().atlas.unwrap();
     assert_eq!(plain.cutover_window, Duration::from_secs(120 * 3600));
@@ -677,6 +687,7 @@ fn a_route_can_page_only_on_failed_or_expired_migrations() {
         from: Some("WORKING".into()),
         to: to.into(),
         from_lasted_s: Some(1),
+        migration_hosts: Vec::new(),
     };
     assert_eq!(router.route(org, &changed("FAILED")), ["c"]);
     assert!(router.route(org, &changed("COMPLETE")).is_empty());

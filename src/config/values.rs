@@ -221,6 +221,7 @@ pub enum EventKind {
     MigrationCheckFailing,
     MigrationCheckRecovered,
     SilenceEnded,
+    ApiDeprecated,
 }
 
 impl EventKind {
@@ -241,6 +242,7 @@ impl EventKind {
             EventKind::MigrationCheckFailing => "migration_check_failing",
             EventKind::MigrationCheckRecovered => "migration_check_recovered",
             EventKind::SilenceEnded => "silence_ended",
+            EventKind::ApiDeprecated => "api_deprecated",
         }
     }
 }

@@ -167,6 +167,7 @@ fn status(
         from: state.status.clone(),
         to: reading.status.clone(),
         from_lasted_s: state.status.as_ref().map(|_| seconds_since(state.status_since, now)),
+        migration_hosts: reading.migration_hosts.clone(),
     });
     next.status = Some(reading.status.clone());
     next.status_since = Some(now);
@@ -341,9 +342,9 @@ mod tests {
 
     fn ok(status: &str, ready: bool, lag: Option<i64>) -> LiveMigrationOutcome {
         Ok(LiveMigrationReading {
-            status: status.into(),
             ready_for_cutover: Some(ready),
             lag_s: lag,
+            ..LiveMigrationReading::of_status(status)
         })
     }
 
@@ -519,11 +520,7 @@ mod tests {
 
     #[test]
     fn a_passing_status_keeps_the_window_and_an_absent_readiness_is_unknown() {
-        let absent = Ok(LiveMigrationReading {
-            status: WORKING.into(),
-            ready_for_cutover: None,
-            lag_s: None,
-        });
+        let absent = Ok(LiveMigrationReading::of_status(WORKING));
         let (state, kinds) = run(&[
             (0, ok("WORKING", true, Some(20)), synced()),
             (60, ok("PAUSED_BY_ATLAS", true, None), synced()),

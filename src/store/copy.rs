@@ -66,7 +66,7 @@ macro_rules! chunk {
 }
 
 /// In dependency order: an outbox row finds its event by the event's id.
-const TABLES: [Table; 10] = [
+const TABLES: [Table; 11] = [
     Table {
         name: "org_state",
         read: chunk!(
@@ -153,7 +153,7 @@ const TABLES: [Table; 10] = [
              'failing_since', failing_since, 'failing_alerted', failing_alerted,
              'first_checked_at', first_checked_at, 'last_checked_at', last_checked_at,
              'last_success_at', last_success_at, 'last_error', last_error, 'checks', checks,
-             'event_count', event_count"
+             'event_count', event_count, 'migration_hosts', migration_hosts"
         ),
         // As for org_state: the newer state wins.
         write: "INSERT INTO migration_state AS ms
@@ -169,7 +169,8 @@ const TABLES: [Table; 10] = [
                     failing_since = excluded.failing_since, failing_alerted = excluded.failing_alerted,
                     first_checked_at = excluded.first_checked_at, last_checked_at = excluded.last_checked_at,
                     last_success_at = excluded.last_success_at, last_error = excluded.last_error,
-                    checks = excluded.checks, event_count = excluded.event_count
+                    checks = excluded.checks, event_count = excluded.event_count,
+                    migration_hosts = excluded.migration_hosts
                 WHERE ms.last_checked_at < excluded.last_checked_at",
         after_last_event: false,
     },
@@ -258,6 +259,20 @@ const TABLES: [Table; 10] = [
                 FROM jsonb_to_recordset($1::jsonb) AS q(report text, slot timestamptz, event_id text,
                      late boolean, created_at timestamptz)
                 ON CONFLICT (report, slot) DO NOTHING",
+        after_last_event: false,
+    },
+    Table {
+        name: "api_deprecations",
+        read: chunk!(
+            "api_deprecations",
+            "'api', api, 'base_url', base_url, 'version', version, 'deprecation', deprecation,
+             'sunset', sunset, 'sunset_at', sunset_at, 'first_seen_at', first_seen_at,
+             'event_id', event_id"
+        ),
+        // Natural key: a version's retirement is announced once, in either database.
+        write: "INSERT INTO api_deprecations
+                SELECT * FROM jsonb_populate_recordset(NULL::api_deprecations, $1::jsonb)
+                ON CONFLICT (api, base_url, version) DO NOTHING",
         after_last_event: false,
     },
 ];

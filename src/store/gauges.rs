@@ -22,6 +22,8 @@ pub struct DbGauges {
     /// The silences holding events back now, with the org's configured name (filled by
     /// `/metrics`).
     pub silences: Vec<(super::Silence, String)>,
+    /// The API versions announced for retirement.
+    pub api_deprecations: Vec<super::DeprecationRow>,
 }
 
 /// A live migration's gauges.
@@ -58,7 +60,7 @@ const OLDEST_PENDING: Sql = Sql::both("SELECT min(created_at) FROM outbox WHERE 
 impl Store {
     /// The gauges `/metrics` reads from the database.
     pub async fn gauges(&self) -> Result<DbGauges, StoreError> {
-        read!(self, |pool, D| {
+        let gauges = read!(self, |pool, D| {
             let statuses = STATUSES.query_as::<D, _>().fetch_all(pool).await?;
             let outbox_depth = OUTBOX_DEPTH.query_as::<D, _>().fetch_all(pool).await?;
             let oldest: Option<Ts> = OLDEST_PENDING.query_scalar::<D, _>().fetch_one(pool).await?;
@@ -69,8 +71,13 @@ impl Store {
                 oldest_pending_s: oldest.map(|t| (Utc::now() - t.0).num_milliseconds() as f64 / 1000.0),
                 migrations: Vec::new(),
                 silences: Vec::new(),
+                api_deprecations: Vec::new(),
             })
         })
-        .await
+        .await?;
+        Ok(DbGauges {
+            api_deprecations: self.api_deprecations().await?,
+            ..gauges
+        })
     }
 }

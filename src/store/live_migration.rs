@@ -57,6 +57,20 @@ pub struct LiveMigrationRow {
     pub last_checked_at: String,
     pub consecutive_failures: i64,
     pub last_error: Option<String>,
+    /// Atlas's `migrationHosts` as last reported (stored as a JSON array).
+    #[sqlx(try_from = "HostsText")]
+    pub migration_hosts: Vec<String>,
+}
+
+/// The stored JSON array of migration hosts; `NULL` or anything unreadable is none.
+#[derive(Debug, Clone, sqlx::Type)]
+#[sqlx(transparent)]
+pub struct HostsText(Option<String>);
+
+impl From<HostsText> for Vec<String> {
+    fn from(text: HostsText) -> Vec<String> {
+        text.0.and_then(|t| serde_json::from_str(&t).ok()).unwrap_or_default()
+    }
 }
 
 /// A migration's status change, as the `migration_changes` view shows it.
@@ -233,16 +247,18 @@ const WRITE_STATE: Sql = Sql::both(
     "INSERT INTO migration_state AS ms (migration_id, name, org_id, group_id, status, status_since,
          ready_for_cutover, ready_since, deadline, lag_s, lag_high, lag_high_since, lag_streak,
          warned_s, link_break_reported, consecutive_failures, failing_since, failing_alerted,
-         first_checked_at, last_checked_at, last_success_at, last_error, checks, event_count)
+         first_checked_at, last_checked_at, last_success_at, last_error, checks, event_count,
+         migration_hosts)
      VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18,
-             $19, $19, $20, $21, 1, $22)
+             $19, $19, $20, $21, 1, $22, $23)
      ON CONFLICT (migration_id) DO UPDATE SET
          name = $2, org_id = $3, group_id = $4, status = $5, status_since = $6,
          ready_for_cutover = $7, ready_since = $8, deadline = $9, lag_s = $10, lag_high = $11,
          lag_high_since = $12, lag_streak = $13, warned_s = $14, link_break_reported = $15,
          consecutive_failures = $16, failing_since = $17, failing_alerted = $18,
          last_checked_at = $19, last_success_at = coalesce($20, ms.last_success_at),
-         last_error = $21, checks = ms.checks + 1, event_count = ms.event_count + $22
+         last_error = $21, checks = ms.checks + 1, event_count = ms.event_count + $22,
+         migration_hosts = coalesce($23, ms.migration_hosts)
      RETURNING event_count",
 );
 
@@ -269,6 +285,11 @@ async fn write(
         Ok(_) => (Some(at), None),
         Err(f) => (None, Some(f.explain_atlas())),
     };
+    // What the last answer said of the hosts; a failed check keeps what was known.
+    let hosts = match check.outcome {
+        Ok(r) => Some(serde_json::to_string(&r.migration_hosts)?),
+        Err(_) => None,
+    };
     let event_count: i64 = on_conn!(conn.re(), |c, D| WRITE_STATE
         .query_scalar::<D, i64>()
         .bind(&m.id)
@@ -293,6 +314,7 @@ async fn write(
         .bind(success_at)
         .bind(&last_error)
         .bind(decision.events.len() as i64)
+        .bind(&hosts)
         .fetch_one(c)
         .await?);
 
@@ -354,13 +376,14 @@ async fn write(
 
 const ROWS: Sql = Sql::each(
     "SELECT migration, migration_id, org_id, org_name, group_id, status, since, ready_for_cutover,
-            ready_since, estimated_deadline, lag_s, last_checked_at, consecutive_failures, last_error
+            ready_since, estimated_deadline, lag_s, last_checked_at, consecutive_failures, last_error,
+            migration_hosts
      FROM migration_status ORDER BY migration",
     "SELECT migration, migration_id, org_id, org_name, group_id, status, linkwatch_ts(since) AS since,
             ready_for_cutover, linkwatch_ts(ready_since) AS ready_since,
             linkwatch_ts(estimated_deadline) AS estimated_deadline, lag_s,
             linkwatch_ts(last_checked_at) AS last_checked_at,
-            consecutive_failures::bigint AS consecutive_failures, last_error
+            consecutive_failures::bigint AS consecutive_failures, last_error, migration_hosts
      FROM migration_status ORDER BY migration",
 );
 

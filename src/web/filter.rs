@@ -93,7 +93,8 @@ impl Filter {
                     })?);
                 }
                 "name" => f.name = Some(value.to_lowercase()),
-                "instance" => f.instance = Some(value.to_owned()),
+                // As the page writes it, without the trailing slash a pasted base URL may carry.
+                "instance" => f.instance = Some(value.trim_end_matches('/').to_owned()),
                 "page" => {
                     f.page = Some(
                         value
@@ -178,13 +179,13 @@ mod tests {
 
     #[test]
     fn a_link_keeps_the_filters_and_is_relative() {
-        let f = Filter::parse("name=a%26b&instance=https%3A%2F%2Fcm%2F").unwrap();
+        let f = Filter::parse("name=a%26b&instance=https%3A%2F%2Fcm").unwrap();
         assert_eq!(
             f.link(Shown::All, 2),
-            "?state=all&name=a%26b&instance=https%3A%2F%2Fcm%2F&page=2"
+            "?state=all&name=a%26b&instance=https%3A%2F%2Fcm&page=2"
         );
         assert_eq!(Filter::parse(&f.link(Shown::All, 2)[1..]).unwrap().name, f.name);
-        assert!(f.picks("A&B corp", "5f0c", "https://cm/"));
+        assert!(f.picks("A&B corp", "5f0c", "https://cm"));
         assert!(!f.picks("A&B corp", "5f0c", "https://other/"));
     }
 }

@@ -350,6 +350,9 @@ fn live_migrations_section(v: &StatusView, filter: &Filter) -> Markup {
                             a href=(format!("org/{}#migration-{}", m.org_id, m.id)) { (m.name) }
                             br; span class="muted" { "from " (m.org_name) }
                             @if let Some(url) = &m.atlas_url { " " a href=(url) { "Atlas" } }
+                            @if !m.migration_hosts.is_empty() {
+                                br; span class="muted hosts" { "via " (m.migration_hosts.join(", ")) }
+                            }
                         }
                         td { (live_migration_badge(m)) }
                         td {
@@ -383,6 +386,7 @@ fn live_migration_detail(d: &LiveMigrationDetail, now: &str) -> Markup {
                 @if m.since.is_some() { " since " (when_inline(m.since.as_deref(), now)) }
                 " · lag " (lag(m))
                 " · last check " (when_inline(m.last_checked_at.as_deref(), now))
+                @if !m.migration_hosts.is_empty() { " · migration hosts " (m.migration_hosts.join(", ")) }
             }
             @if m.estimated_deadline.is_some() { p { "Time left to cut over: " (time_left(m)) } }
             @if let Some(e) = &m.last_error { p class="err" { (failed_in_a_row(m.consecutive_failures)) (e) } }

@@ -144,6 +144,8 @@ pub struct LiveMigrationView {
     pub last_checked_at: Option<String>,
     pub consecutive_failures: i64,
     pub last_error: Option<String>,
+    /// Atlas's `migrationHosts`, as last reported.
+    pub migration_hosts: Vec<String>,
 }
 
 impl LiveMigrationView {
@@ -685,6 +687,7 @@ fn live_migration_view(
         last_checked_at: None,
         consecutive_failures: 0,
         last_error: None,
+        migration_hosts: Vec::new(),
     };
     if v.silenced_until.is_some() {
         v.stage = LiveMigrationStage::Silenced;
@@ -716,6 +719,7 @@ fn live_migration_view(
     v.last_checked_at = Some(r.last_checked_at);
     v.consecutive_failures = r.consecutive_failures;
     v.last_error = r.last_error;
+    v.migration_hosts = r.migration_hosts;
     v
 }
 
@@ -748,6 +752,7 @@ mod tests {
             last_checked_at: "2026-11-29T08:00:00.000Z".into(),
             consecutive_failures: failures,
             last_error: None,
+            migration_hosts: Vec::new(),
         }
     }
 

@@ -144,7 +144,7 @@ async fn every_failure_class_is_stored_and_reported_without_losing_the_status() 
             FailureClass::NotFound,
             Some(404),
             Some("ORG_NOT_FOUND"),
-            "does not know this org",
+            "the organization does not exist",
         ),
         (
             Behavior::error(404, "RESOURCE_NOT_FOUND", "Cannot find resource."),
@@ -162,21 +162,53 @@ async fn every_failure_class_is_stored_and_reported_without_losing_the_status() 
             FailureClass::RateLimited,
             Some(429),
             Some("RATE_LIMITED"),
-            "rate limiting",
+            "too many requests",
         ),
         (
             Behavior::error(503, "UNEXPECTED_ERROR", "Unexpected error."),
             FailureClass::ServerError,
             Some(503),
             Some("UNEXPECTED_ERROR"),
-            "server error",
+            "unexpected error",
         ),
         (
             Behavior::error(402, "ACCOUNT_SUSPENDED", "Unpaid invoice."),
             FailureClass::Http,
             Some(402),
             Some("ACCOUNT_SUSPENDED"),
-            "refused",
+            "the organization is suspended: it has an invoice unpaid for more than 30 days; pay the invoice",
+        ),
+        // The refusals in Cloud Manager's own words: the parameters quoted where they matter, a
+        // 403 that is no access list not called one, an unknown code quoted as it was sent.
+        (
+            Behavior::refusal(
+                403,
+                "ORG_REQUIRES_ACCESS_LIST",
+                "This organization requires access through an access list of ip ranges.",
+                &["203.0.113.7"],
+            ),
+            FailureClass::Forbidden,
+            Some(403),
+            Some("ORG_REQUIRES_ACCESS_LIST"),
+            "this host's address 203.0.113.7 is not on it; add this host's address to the key's API access list",
+        ),
+        (
+            Behavior::error(
+                403,
+                "FEATURE_UNSUPPORTED",
+                "Feature not supported by current account level.",
+            ),
+            FailureClass::Forbidden,
+            Some(403),
+            Some("FEATURE_UNSUPPORTED"),
+            "the feature is not supported for this organization",
+        ),
+        (
+            Behavior::error(403, "ACCESS_FORBIDDEN", "Access to this resource is forbidden."),
+            FailureClass::Forbidden,
+            Some(403),
+            Some("ACCESS_FORBIDDEN"),
+            "refused the request with an error code linkwatch does not know (HTTP 403 ACCESS_FORBIDDEN): Access to this resource is forbidden.",
         ),
         (
             Behavior::Raw {
@@ -256,6 +288,12 @@ async fn every_failure_class_is_stored_and_reported_without_losing_the_status() 
         assert_eq!(alpha.consecutive_failures, 3);
         let last_error = alpha.last_error.clone().unwrap();
         assert!(last_error.contains(words), "{behavior:?}: {last_error}");
+        if matches!(error_code, Some("FEATURE_UNSUPPORTED" | "ACCESS_FORBIDDEN")) {
+            assert!(
+                !last_error.contains("access list"),
+                "not guessed from the 403: {last_error}"
+            );
+        }
         t.sim.stop().await;
     }
 }

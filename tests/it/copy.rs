@@ -32,6 +32,15 @@ async fn sqlite_history() -> TestApp {
         );
         t.check_live_migration("payments-rs0").await;
     }
+    // Atlas announced its version's retirement: said once, in either database.
+    t.sim.set_atlas_version(
+        "2023-01-01",
+        linkwatch::simulator::AtlasVersion::Deprecated {
+            deprecation: None,
+            sunset: Some("Fri, 01 Jan 2027 00:00:00 GMT".into()),
+        },
+    );
+    t.check_live_migration("payments-rs0").await;
     t.check(ORG_A).await;
     t.check(ORG_B).await;
     t.sim.set(ORG_A, Behavior::status("SYNCED"));
@@ -139,6 +148,7 @@ async fn row_counts(url: &str) -> Vec<i64> {
         "events",
         "outbox",
         "report_runs",
+        "api_deprecations",
     ] {
         let sql = format!("SELECT count(*) FROM {table}");
         counts.push(
@@ -188,6 +198,7 @@ async fn a_sqlite_history_moves_to_postgres_once_and_carries_on_there() {
     assert_eq!(copied.written("migration_transitions"), 2);
     assert_eq!(copied.written("migration_lag"), 2);
     assert_eq!(copied.written("report_runs"), 1);
+    assert_eq!(copied.written("api_deprecations"), 1);
 
     // Read back through the PostgreSQL store: the same history, states and event ids.
     let store = Store::open(&db(&pg.url)).await.unwrap();
@@ -394,7 +405,7 @@ async fn copy_history_refuses_what_could_lose_or_mix_history() {
         "{err}"
     );
     // Nothing was written by the refused copies.
-    assert_eq!(row_counts(&pg.url).await, [1, 0, 1, 0, 0, 0, 0, 1, 1, 0]);
+    assert_eq!(row_counts(&pg.url).await, [1, 0, 1, 0, 0, 0, 0, 1, 1, 0, 0]);
 }
 
 /// The lock file of the SQLite source cannot be opened (here it is a directory, which no user,
@@ -484,7 +495,7 @@ async fn copy_history_finds_a_follower_whatever_its_application_name() {
         err.contains(&format!("\"{}\"", leadership.holder)) && err.contains("Stop every instance on this database"),
         "{err}"
     );
-    assert_eq!(row_counts(&pg.url).await, [0; 10], "the refused copy wrote");
+    assert_eq!(row_counts(&pg.url).await, [0; 11], "the refused copy wrote");
 
     // b stops cleanly too: nothing runs, and the copy goes through.
     stop_b.cancel();

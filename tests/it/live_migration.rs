@@ -205,7 +205,7 @@ async fn refusals_are_classified_failures_in_plain_words_and_recover() {
     let report = t.check_live_migration("payments-rs0").await;
     let failure = report.outcome.unwrap_err();
     assert!(
-        failure.explain_atlas().contains("update linkwatch"),
+        failure.explain_atlas().contains("retired") && failure.explain_atlas().contains("api_version"),
         "{}",
         failure.explain_atlas()
     );
@@ -415,9 +415,9 @@ async fn an_older_answer_recorded_late_is_dropped() {
     assert_eq!(kinds_of(&t, "payments-rs0").await, ["migration_status_changed"]);
     let m = &t.app.config.migrations[0];
     let outcome = Ok(linkwatch::client::LiveMigrationReading {
-        status: "WORKING".into(),
         ready_for_cutover: Some(true),
         lag_s: Some(20),
+        ..linkwatch::client::LiveMigrationReading::of_status("WORKING")
     });
     let check = linkwatch::store::LiveMigrationCheck {
         migration: m,

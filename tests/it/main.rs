@@ -3,6 +3,7 @@
 
 mod helpers;
 
+mod atlas_api;
 mod checks;
 mod cli;
 mod consistency;

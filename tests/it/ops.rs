@@ -76,6 +76,14 @@ async fn scrape() -> Vec<String> {
     t.check(ORG_A).await;
     t.sim
         .set_live_migration(MIGRATION_A, LiveMigrationBehavior::state("WORKING", true, Some(42)));
+    // Atlas announces the retirement of the version asked for: `linkwatch_api_deprecated`.
+    t.sim.set_atlas_version(
+        "2023-01-01",
+        linkwatch::simulator::AtlasVersion::Deprecated {
+            deprecation: None,
+            sunset: Some("Fri, 01 Jan 2027 00:00:00 GMT".into()),
+        },
+    );
     t.check_live_migration("payments-rs0").await;
 
     let metrics = &t.app.metrics;
