@@ -19,8 +19,11 @@ pub struct Links {
     /// Atlas's web console.
     atlas: Option<Url>,
     page: Option<Url>,
-    /// Each `[[migration]]`'s Atlas project, by the migration's name.
-    projects: HashMap<String, String>,
+    /// Each `[[migration]]`'s Atlas project and the console of its own Atlas, by its name.
+    projects: HashMap<String, (String, Option<Url>)>,
+    /// The console of each org asked at another instance than `[cloud_manager]`'s, by id
+    /// (only those: the rest share `cloud_manager`).
+    consoles: HashMap<String, Url>,
     /// Each configured org's name, by its id: a message names an org as the config does, also
     /// before its first check has stored the name (a migration's first event may come first).
     org_names: HashMap<String, String>,
@@ -38,7 +41,21 @@ impl Links {
             projects: config
                 .migrations
                 .iter()
-                .map(|m| (m.name.clone(), m.group_id.clone()))
+                .map(|m| {
+                    let atlas = console(&m.endpoint.base_url, "api/atlas/v2/");
+                    (m.name.clone(), (m.group_id.clone(), atlas))
+                })
+                .collect(),
+            consoles: config
+                .orgs
+                .iter()
+                .filter(|o| o.endpoint.base_url != config.cloud_manager.base_url)
+                .filter_map(|o| {
+                    Some((
+                        o.id.as_str().to_owned(),
+                        console(&o.endpoint.base_url, "api/public/v1.0/")?,
+                    ))
+                })
                 .collect(),
             org_names: config
                 .orgs
@@ -50,13 +67,14 @@ impl Links {
 
     /// The org's page in the Cloud Manager console.
     pub fn cloud_manager_org(&self, org_id: &str) -> Option<String> {
-        join(self.cloud_manager.as_ref()?, &format!("v2#/org/{org_id}/projects"))
+        let console = self.consoles.get(org_id).or(self.cloud_manager.as_ref())?;
+        join(console, &format!("v2#/org/{org_id}/projects"))
     }
 
     /// The Atlas project of the `[[migration]]` named `migration`, where its migration is shown.
     pub fn atlas_project(&self, migration: &str) -> Option<String> {
-        let group = self.projects.get(migration)?;
-        join(self.atlas.as_ref()?, &format!("v2/{group}#/clusters"))
+        let (group, own) = self.projects.get(migration)?;
+        join(own.as_ref().or(self.atlas.as_ref())?, &format!("v2/{group}#/clusters"))
     }
 
     /// The links of an event of org `org_id` (and live migration `migration`, if it is one).

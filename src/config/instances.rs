@@ -56,6 +56,15 @@ impl Api {
 /// read as having no migration link (each answer a 404), so it is a mistake here.
 pub(super) fn base_url(u: &Spanned<String>, api: Api, key: &str, loc: &Locator<'_>) -> Result<Url, ConfigError> {
     let url = super::with_trailing_slash(parse_url(u, key, loc)?);
+    // A login here would be shown wherever the instance is named (check, logs, the page); the
+    // key is the credential.
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err(loc.error(
+            u.span().start,
+            key,
+            "has a user or password in it; take it out (the API key or service account is the login)".into(),
+        ));
+    }
     if !url.path().ends_with(api.path()) {
         let trimmed = api.path().trim_end_matches('/');
         return Err(loc.error(
@@ -248,6 +257,21 @@ fn resolve(
         (Some(c), _) => shared.credentials.share(c),
         (None, Some(Ok(Some(c)))) => c.clone(),
         (None, Some(Err(()))) => return Ok(None),
+        // Another instance never gets the default key: it belongs to the default's instance,
+        // and a service account would post its secret to the other's token endpoint.
+        (None, Some(Ok(None)) | None) if base.is_some() => {
+            return Err(loc.error(
+                at,
+                key,
+                format!(
+                    "is asked at {} but names no key of its own: set public_key and private_key (or client_id \
+                     and client_secret) here or in its [[credentials]] set; [{}]'s key is for {}",
+                    endpoint.base_url.as_str().trim_end_matches('/'),
+                    defaults.table,
+                    defaults.endpoint.label()
+                ),
+            ));
+        }
         (None, Some(Ok(None)) | None) => match defaults.credential {
             Ok(Some(c)) => c.clone(),
             Err(()) => return Ok(None),

@@ -1030,3 +1030,32 @@ fn a_base_url_without_its_api_path_is_a_mistake_at_its_line() {
         "{message}"
     );
 }
+
+/// The default key belongs to the default instance: an org asked elsewhere must name its own,
+/// or a service account's secret would be posted to another customer's token endpoint.
+#[test]
+fn an_org_on_another_instance_never_borrows_the_default_key() {
+    let (line, _, key, message) = error(&format!(
+        "{MINIMAL}base_url = \"https://om.acme.example/api/public/v1.0\"\n"
+    ));
+    assert_eq!((line, key.as_str()), (7, "org[0]"));
+    assert!(
+        message.contains("is asked at https://om.acme.example/api/public/v1.0 but names no key"),
+        "{message}"
+    );
+    assert!(
+        message.contains("[cloud_manager]'s key is for https://cloud.mongodb.com/api/public/v1.0"),
+        "{message}"
+    );
+    let set = "\n[[credentials]]\nname = \"acme\"\nbase_url = \"https://om.acme.example/api/public/v1.0\"\n";
+    let (_, _, key, message) = error(&format!("{MINIMAL}credentials = \"acme\"\n{set}"));
+    assert_eq!(key, "org[0]");
+    assert!(message.contains("names no key of its own"), "{message}");
+    let (_, _, key, message) = error(&MINIMAL.replace(
+        "[cloud_manager]\n",
+        "[cloud_manager]\nbase_url = \"https://admin:pw@om.example/api/public/v1.0\"\n",
+    ));
+    assert_eq!(key, "cloud_manager.base_url");
+    assert!(message.contains("has a user or password in it"), "{message}");
+    assert!(!message.contains("pw@"), "{message}");
+}

@@ -115,6 +115,13 @@ async fn two_customers_are_each_asked_at_their_own_instance_with_their_own_keys(
     assert_eq!(orgs.len(), 1, "{status}");
     assert_eq!(orgs[0]["name"], "gamma");
     assert_eq!(orgs[0]["instance"], globex_url.as_str());
+    // Its deep link goes to its own Ops Manager's console, not the default one.
+    let origin = globex_url.trim_end_matches("/api/public/v1.0");
+    assert_eq!(
+        orgs[0]["console_url"],
+        format!("{origin}/v2#/org/{ORG_C}/projects").as_str(),
+        "{status}"
+    );
     running.stop(std::time::Duration::from_secs(20)).await;
 }
 
