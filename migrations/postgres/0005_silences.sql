@@ -7,6 +7,7 @@ CREATE TABLE silences (
     id              bigserial PRIMARY KEY,
     org_id          text NOT NULL,
     migration       text,
+    migration_id    text,
     starts_at       timestamptz NOT NULL,
     ends_at         timestamptz NOT NULL,
     ended_at        timestamptz,

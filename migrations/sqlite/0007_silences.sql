@@ -7,6 +7,7 @@ CREATE TABLE silences (
     id              INTEGER PRIMARY KEY,
     org_id          TEXT NOT NULL,
     migration       TEXT,              -- a [[migration]] name; NULL: the org and its migrations
+    migration_id    TEXT,              -- its liveMigrationId (a name may be reused by a new one)
     starts_at       TEXT NOT NULL,
     ends_at         TEXT NOT NULL,
     ended_at        TEXT,              -- ended early by `linkwatch silence end`

@@ -107,11 +107,22 @@ async fn add(
     let (org, migration) = target(config, org, migration)?;
     let ends_at = match (for_, until) {
         (Some(d), _) if d.is_zero() => anyhow::bail!("--for must be longer than 0s"),
-        (Some(d), _) => now + chrono::Duration::from_std(d).map_err(|_| anyhow::anyhow!("--for is too long"))?,
+        (Some(d), _) => chrono::Duration::from_std(d)
+            .ok()
+            .and_then(|d| now.checked_add_signed(d))
+            .ok_or_else(|| anyhow::anyhow!("--for is too long"))?,
         (None, Some(t)) if t <= now => anyhow::bail!("--until {} is in the past", shown_at(t)),
         (None, Some(t)) => t,
         (None, None) => anyhow::bail!("say how long: --for 2h or --until \"2026-12-05 18:00\""),
     };
+    // Planned work, not a way to switch linkwatch off: a year at most (and times stay in the
+    // range the database compares as text).
+    if ends_at - now > chrono::Duration::days(366) {
+        anyhow::bail!(
+            "a silence lasts at most a year (366d); this one would end {}",
+            shown_at(ends_at)
+        );
+    }
     if reason.trim().is_empty() {
         anyhow::bail!("--reason is empty: say why, for whoever reads the list and the message at its end");
     }
@@ -120,6 +131,7 @@ async fn add(
         .add_silence(&NewSilence {
             org_id: org.id.as_str(),
             migration: migration.map(|m| m.name.as_str()),
+            migration_id: migration.map(|m| m.id.as_str()),
             starts_at: now,
             ends_at,
             created_by: &by,

@@ -4,7 +4,7 @@
 use chrono::{DateTime, Utc};
 use sha2::{Digest, Sha256};
 
-use super::events::{insert_event, silence_at};
+use super::events::{Holdable, insert_event, silence_at};
 use super::sql::{Conn, End, Sql, Ts, Write, count, on_conn, opt, read, time, uncount};
 use super::{Store, StoreError};
 use crate::config::OrgId;
@@ -408,7 +408,7 @@ async fn write_record(mut conn: Conn<'_>, instance: &str, rec: &CheckRecord<'_>)
             &id,
             rec.org_id.as_str(),
             event.kind(),
-            event.live_migration(),
+            Holdable::ByOrg(event.live_migration()),
             at,
             &payload,
             channels,

@@ -4,7 +4,7 @@
 
 use chrono::{DateTime, Utc};
 
-use super::events::insert_event;
+use super::events::{Holdable, insert_event};
 use super::sql::{End, Sql, Ts, Write, on_conn, rows, time};
 use super::{Store, StoreError};
 use crate::outcome::ApiDeprecation;
@@ -78,7 +78,17 @@ impl Store {
                 if inserted == 0 {
                     return Ok(End::Rollback(false));
                 }
-                insert_event(conn, id, org_id, "api_deprecated", None, at, payload, channels).await?;
+                insert_event(
+                    conn,
+                    id,
+                    org_id,
+                    "api_deprecated",
+                    Holdable::Never,
+                    at,
+                    payload,
+                    channels,
+                )
+                .await?;
                 Ok(End::Commit(true))
             })
             .await?;

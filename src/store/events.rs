@@ -32,16 +32,27 @@ const INSERT_OUTBOX: Sql = Sql::each(
      SELECT $1, channel, $2, $2 FROM unnest($3::text[]) AS channel",
 );
 
+/// Which silences may hold an event back.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum Holdable<'a> {
+    /// One of its org's, or, for a live migration's event (`Some(name)`), one of that
+    /// migration's.
+    ByOrg(Option<&'a str>),
+    /// None: a scheduled report, or an API's notice, which no org's planned work is about (and
+    /// which is said once: held, it would be lost).
+    Never,
+}
+
 /// An event (its payload already JSON) and one outbox row per channel, inside the caller's
-/// transaction; or, while a silence covers the org (or the event's `migration`), a held row per
-/// channel instead, which no worker sends.
+/// transaction; or, while a silence covers it (see [`Holdable`]), a held row per channel
+/// instead, which no worker sends.
 #[allow(clippy::too_many_arguments)]
 pub(super) async fn insert_event(
     mut conn: Conn<'_>,
     id: &str,
     org_id: &str,
     kind: &str,
-    migration: Option<&str>,
+    holdable: Holdable<'_>,
     at: Ts,
     payload: &str,
     channels: &[String],
@@ -58,7 +69,9 @@ pub(super) async fn insert_event(
     if channels.is_empty() {
         return Ok(());
     }
-    if let Some(silence) = silence_at(conn.re(), org_id, migration, at).await? {
+    if let Holdable::ByOrg(migration) = holdable
+        && let Some(silence) = silence_at(conn.re(), org_id, migration, at).await?
+    {
         return hold(conn, seq, silence, at, channels).await;
     }
     on_conn!(conn, |c, D| INSERT_OUTBOX

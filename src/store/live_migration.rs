@@ -10,7 +10,7 @@
 use chrono::{DateTime, Utc};
 use sqlx::FromRow;
 
-use super::events::insert_event;
+use super::events::{Holdable, insert_event};
 use super::sql::{Conn, End, Sql, Ts, Write, count, on_conn, opt, rows, time, uncount};
 use super::{Store, StoreError, event_id};
 use crate::config::LiveMigration;
@@ -364,7 +364,7 @@ async fn write(
             &id,
             m.org.as_str(),
             event.kind(),
-            event.live_migration(),
+            Holdable::ByOrg(event.live_migration()),
             at,
             &payload,
             channels,

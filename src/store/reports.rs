@@ -3,7 +3,7 @@
 
 use chrono::{DateTime, Utc};
 
-use super::events::insert_event;
+use super::events::{Holdable, insert_event};
 use super::sql::{End, Sql, Ts, Write, on_conn, read, time};
 use super::{Store, StoreError, ts};
 
@@ -101,7 +101,7 @@ impl Store {
                     run.event_id,
                     &org_id,
                     "report",
-                    None,
+                    Holdable::Never,
                     at,
                     run.payload,
                     run.channels,

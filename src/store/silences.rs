@@ -7,7 +7,7 @@ use chrono::{DateTime, Utc};
 use sqlx::FromRow;
 
 use super::checks::event_id;
-use super::events::insert_event;
+use super::events::{Holdable, insert_event};
 use super::sql::{End, Sql, Ts, Write, on_conn, read, rows, time};
 use super::{Store, StoreError};
 use crate::detect::Event;
@@ -19,6 +19,7 @@ pub struct Silence {
     pub org_id: String,
     /// A `[[migration]]` name; `None`: the org and all its migrations.
     pub migration: Option<String>,
+    pub migration_id: Option<String>,
     pub starts_at: DateTime<Utc>,
     pub ends_at: DateTime<Utc>,
     /// Ended early by `linkwatch silence end`.
@@ -35,6 +36,7 @@ struct SilenceRow {
     id: i64,
     org_id: String,
     migration: Option<String>,
+    migration_id: Option<String>,
     starts_at: Ts,
     ends_at: Ts,
     ended_at: Option<Ts>,
@@ -50,6 +52,7 @@ impl From<SilenceRow> for Silence {
             id: r.id,
             org_id: r.org_id,
             migration: r.migration,
+            migration_id: r.migration_id,
             starts_at: r.starts_at.0,
             ends_at: r.ends_at.0,
             ended_at: time(r.ended_at),
@@ -96,6 +99,8 @@ impl Silence {
 pub struct NewSilence<'a> {
     pub org_id: &'a str,
     pub migration: Option<&'a str>,
+    /// The migration's `liveMigrationId`, which its status is read by.
+    pub migration_id: Option<&'a str>,
     pub starts_at: DateTime<Utc>,
     pub ends_at: DateTime<Utc>,
     pub created_by: &'a str,
@@ -114,39 +119,39 @@ pub struct SilencedSpan {
 }
 
 const INSERT: Sql = Sql::each(
-    "INSERT INTO silences (org_id, migration, starts_at, ends_at, created_by, reason, status_at_start)
-     VALUES ($1, $2, $3, $4, $5, $6,
-             CASE WHEN $2 IS NULL THEN (SELECT status FROM org_state WHERE org_id = $1)
-                  ELSE (SELECT status FROM migration_state WHERE name = $2) END)
+    "INSERT INTO silences (org_id, migration, migration_id, starts_at, ends_at, created_by, reason, status_at_start)
+     VALUES ($1, $2, $7, $3, $4, $5, $6,
+             CASE WHEN $7 IS NULL THEN (SELECT status FROM org_state WHERE org_id = $1)
+                  ELSE (SELECT status FROM migration_state WHERE migration_id = $7) END)
      RETURNING id",
-    "INSERT INTO silences (org_id, migration, starts_at, ends_at, created_by, reason, status_at_start)
-     VALUES ($1, $2, $3, $4, $5, $6,
-             CASE WHEN $2::text IS NULL THEN (SELECT status FROM org_state WHERE org_id = $1)
-                  ELSE (SELECT status FROM migration_state WHERE name = $2::text LIMIT 1) END)
+    "INSERT INTO silences (org_id, migration, migration_id, starts_at, ends_at, created_by, reason, status_at_start)
+     VALUES ($1, $2, $7, $3, $4, $5, $6,
+             CASE WHEN $7::text IS NULL THEN (SELECT status FROM org_state WHERE org_id = $1)
+                  ELSE (SELECT status FROM migration_state WHERE migration_id = $7::text) END)
      RETURNING id",
 );
 
 const BY_ID: Sql = Sql::both(
-    "SELECT id, org_id, migration, starts_at, ends_at, ended_at, created_by, reason, status_at_start, concluded_at
+    "SELECT id, org_id, migration, migration_id, starts_at, ends_at, ended_at, created_by, reason, status_at_start, concluded_at
      FROM silences WHERE id = $1",
 );
 
 /// Not yet over at `$1`, or over but not yet concluded: what `silence list` shows by default.
 const OPEN: Sql = Sql::both(
-    "SELECT id, org_id, migration, starts_at, ends_at, ended_at, created_by, reason, status_at_start, concluded_at
+    "SELECT id, org_id, migration, migration_id, starts_at, ends_at, ended_at, created_by, reason, status_at_start, concluded_at
      FROM silences WHERE concluded_at IS NULL OR (ended_at IS NULL AND ends_at > $1)
      ORDER BY id",
 );
 
 const ALL: Sql = Sql::both(
-    "SELECT id, org_id, migration, starts_at, ends_at, ended_at, created_by, reason, status_at_start, concluded_at
+    "SELECT id, org_id, migration, migration_id, starts_at, ends_at, ended_at, created_by, reason, status_at_start, concluded_at
      FROM silences ORDER BY id",
 );
 
 const END: Sql = Sql::both("UPDATE silences SET ended_at = $2 WHERE id = $1 AND ended_at IS NULL AND ends_at > $2");
 
 const DUE: Sql = Sql::both(
-    "SELECT id, org_id, migration, starts_at, ends_at, ended_at, created_by, reason, status_at_start, concluded_at
+    "SELECT id, org_id, migration, migration_id, starts_at, ends_at, ended_at, created_by, reason, status_at_start, concluded_at
      FROM silences WHERE concluded_at IS NULL AND (ends_at <= $1 OR ended_at <= $1) ORDER BY id",
 );
 
@@ -154,15 +159,14 @@ const DUE: Sql = Sql::both(
 type ChangeRow = (Option<String>, String, Ts);
 
 const ORG_STATUS: Sql = Sql::both("SELECT status FROM org_state WHERE org_id = $1");
-const MIGRATION_STATUS: Sql = Sql::both("SELECT status FROM migration_state WHERE name = $1");
+const MIGRATION_STATUS: Sql = Sql::both("SELECT status FROM migration_state WHERE migration_id = $1");
 const ORG_CHANGES: Sql = Sql::both(
     "SELECT from_status, to_status, changed_at FROM transitions
      WHERE org_id = $1 AND changed_at >= $2 AND changed_at < $3 ORDER BY changed_at, id",
 );
 const MIGRATION_CHANGES: Sql = Sql::both(
-    "SELECT t.from_status, t.to_status, t.changed_at FROM migration_transitions AS t
-     JOIN migration_state AS m USING (migration_id)
-     WHERE m.name = $1 AND t.changed_at >= $2 AND t.changed_at < $3 ORDER BY t.changed_at, t.id",
+    "SELECT from_status, to_status, changed_at FROM migration_transitions
+     WHERE migration_id = $1 AND changed_at >= $2 AND changed_at < $3 ORDER BY changed_at, id",
 );
 const HELD: Sql = Sql::both("SELECT count(DISTINCT event_seq) FROM silenced_deliveries WHERE silence_id = $1");
 const CONCLUDE: Sql = Sql::both("UPDATE silences SET concluded_at = $2 WHERE id = $1 AND concluded_at IS NULL");
@@ -179,6 +183,7 @@ impl Store {
                 .bind(Ts(s.ends_at))
                 .bind(s.created_by)
                 .bind(s.reason)
+                .bind(s.migration_id)
                 .fetch_one(c)
                 .await?);
             Ok(End::Commit(id))
@@ -238,7 +243,7 @@ impl Store {
     pub async fn silenced_span(&self, s: &Silence) -> Result<SilencedSpan, StoreError> {
         let (from, to) = (Ts(s.starts_at), Ts(s.until()));
         read!(self, |pool, D| {
-            let (status, changes): (Option<Option<String>>, Vec<ChangeRow>) = match &s.migration {
+            let (status, changes): (Option<Option<String>>, Vec<ChangeRow>) = match &s.migration_id {
                 None => (
                     ORG_STATUS
                         .query_scalar::<D, Option<String>>()
@@ -310,7 +315,7 @@ impl Store {
                     &event_id,
                     &s.org_id,
                     e.kind(),
-                    migration,
+                    Holdable::ByOrg(migration),
                     Ts(now),
                     &payload,
                     channels,

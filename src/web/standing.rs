@@ -68,7 +68,8 @@ impl OrgStanding {
     /// Whether the page's default view lists it. An unchecked org is only counted: after a
     /// start every org is, and a check that fails makes it retrying.
     pub fn needs_attention(self) -> bool {
-        self < OrgStanding::Unchecked
+        // A silenced org is listed too: the team should see what it muted, and until when.
+        self < OrgStanding::Unchecked || self == OrgStanding::Silenced
     }
 
     /// Where an org stands from its row, the threshold that notifications use, and whether it
@@ -209,7 +210,8 @@ mod tests {
                 OrgStanding::Failing,
                 OrgStanding::Retrying,
                 OrgStanding::Broken,
-                OrgStanding::NotSynced
+                OrgStanding::NotSynced,
+                OrgStanding::Silenced
             ]
         );
     }

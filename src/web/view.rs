@@ -76,7 +76,7 @@ pub struct OrgView {
     pub instance: String,
     /// The org in the Cloud Manager console.
     pub console_url: Option<String>,
-    /// Until when it is silenced. Silences are not stored yet: always `None` for now.
+    /// Until when a silence holds its events (`linkwatch silence`); `None` when none does.
     pub silenced_until: Option<String>,
     /// How much of the last 24 hours, 7 days and 30 days the link was SYNCED, of the time its
     /// status was known; read for the orgs listed only.
@@ -126,7 +126,7 @@ pub struct LiveMigrationView {
     pub stage: LiveMigrationStage,
     /// Its Atlas project in the Atlas console, where the migration is shown.
     pub atlas_url: Option<String>,
-    /// Until when it is silenced. Silences are not stored yet: always `None` for now.
+    /// Until when a silence holds its events (`linkwatch silence`); `None` when none does.
     pub silenced_until: Option<String>,
     /// What Atlas says (`NEW`, `WORKING`, `COMPLETE`, `FAILED`, `EXPIRED`, ...).
     pub status: Option<String>,

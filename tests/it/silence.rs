@@ -303,6 +303,7 @@ async fn reminders_pause_while_silenced_and_resume_after() {
         .add_silence(&linkwatch::store::NewSilence {
             org_id: ORG_B,
             migration: None,
+            migration_id: None,
             starts_at: now,
             ends_at: now + chrono::Duration::hours(3),
             created_by: "alice",
@@ -339,6 +340,7 @@ async fn a_migration_silence_holds_only_that_migrations_events() {
         .add_silence(&linkwatch::store::NewSilence {
             org_id: ORG_A,
             migration: Some("payments-rs0"),
+            migration_id: Some(MIGRATION_A),
             starts_at: now,
             ends_at: now + chrono::Duration::hours(1),
             created_by: "alice",
