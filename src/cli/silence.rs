@@ -28,7 +28,7 @@ pub enum SilenceAction {
         /// How long: "2h", "90m", "1d".
         #[arg(long = "for", value_parser = super::parse_duration, conflicts_with = "until", required_unless_present = "until")]
         for_: Option<Duration>,
-        /// Until then (UTC): "2026-12-05T18:00:00Z" or "2026-12-05 18:00".
+        /// Until then: "2026-12-05 18:00" (UTC), "2026-12-05 18:00 +01:00", or RFC 3339.
         #[arg(long, value_parser = parse_until)]
         until: Option<DateTime<Utc>>,
         /// Why, for whoever reads the list and the message at its end.
@@ -54,11 +54,19 @@ fn parse_until(s: &str) -> Result<DateTime<Utc>, String> {
     if let Ok(t) = DateTime::parse_from_rfc3339(s) {
         return Ok(t.with_timezone(&Utc));
     }
+    // With an offset, for a team that thinks in its own time: "2026-12-05 18:00 +01:00".
+    for f in ["%Y-%m-%d %H:%M %:z", "%Y-%m-%d %H:%M%:z", "%Y-%m-%d %H:%M:%S %:z"] {
+        if let Ok(t) = DateTime::parse_from_str(s, f) {
+            return Ok(t.with_timezone(&Utc));
+        }
+    }
     ["%Y-%m-%d %H:%M", "%Y-%m-%d %H:%M:%S", "%Y-%m-%dT%H:%M"]
         .iter()
         .find_map(|f| NaiveDateTime::parse_from_str(s, f).ok())
         .map(|t| t.and_utc())
-        .ok_or_else(|| format!("\"{s}\" is not a time (write e.g. \"2026-12-05 18:00\", read as UTC)"))
+        .ok_or_else(|| {
+            format!("\"{s}\" is not a time (write e.g. \"2026-12-05 18:00\" for UTC, or \"2026-12-05 18:00 +01:00\")")
+        })
 }
 
 pub async fn execute(config: &Config, action: &SilenceAction) -> anyhow::Result<ExitCode> {
@@ -279,4 +287,18 @@ fn who() -> String {
         .find_map(|k| std::env::var(k).ok().filter(|v| !v.is_empty()))
         .unwrap_or_else(|| "unknown".to_owned());
     format!("{user}@{}", crate::config::host_name())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn until_reads_utc_or_an_offset() {
+        let utc = parse_until("2026-12-05 18:00").unwrap();
+        assert_eq!(utc.to_rfc3339(), "2026-12-05T18:00:00+00:00");
+        assert_eq!(parse_until("2026-12-05 19:00 +01:00").unwrap(), utc);
+        assert_eq!(parse_until("2026-12-05T19:00:00+01:00").unwrap(), utc);
+        assert!(parse_until("tomorrow").unwrap_err().contains("+01:00"));
+    }
 }
