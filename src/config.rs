@@ -607,9 +607,9 @@ fn org(
     let schedule =
         schedule_from(o.every.as_ref(), o.cron.as_ref(), key, loc)?.unwrap_or_else(|| default_schedule.clone());
     let own = instances::Own {
-        base_url: o.base_url.as_ref(),
-        token_url: o.token_url.as_ref(),
-        credentials: o.credentials.as_ref(),
+        base_url: o.base_url.as_deref(),
+        token_url: o.token_url.as_deref(),
+        credentials: o.credentials.as_deref(),
         credential: credential_from(&o.credential(), key, loc)?,
     };
     let Some((endpoint, credential)) = shared.resolve(key, o.id.span().start, own, defaults, loc)? else {

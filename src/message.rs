@@ -24,8 +24,10 @@ pub struct Links {
     /// The console of each org asked at another instance than `[cloud_manager]`'s, by id
     /// (only those: the rest share `cloud_manager`).
     consoles: HashMap<String, Url>,
-    /// Each configured org's name, by its id: a message names an org as the config does, also
-    /// before its first check has stored the name (a migration's first event may come first).
+    /// The configured name of each org a `[[migration]]` moves, by its id: a migration's first
+    /// event may come before its org's first check has stored the name. Only those orgs: a map
+    /// of all 10,000 was a megabyte, and the others' events come from their checks, which store
+    /// the name first.
     org_names: HashMap<String, String>,
 }
 
@@ -60,6 +62,7 @@ impl Links {
             org_names: config
                 .orgs
                 .iter()
+                .filter(|o| config.migrations.iter().any(|m| m.org == o.id))
                 .map(|o| (o.id.as_str().to_owned(), o.name.clone()))
                 .collect(),
         }
