@@ -136,20 +136,7 @@ async fn a_deprecated_atlas_version_is_announced_once_per_version() {
     assert!(t.check_live_migration("payments-rs0").await.outcome.is_ok());
     // alpha is silenced for planned work: that holds alpha's events, not an API's notice,
     // which is said once and would otherwise be lost.
-    let now = t.app.clock.now();
-    t.app
-        .store
-        .add_silence(&linkwatch::store::NewSilence {
-            org_id: ORG_A,
-            migration: None,
-            migration_id: None,
-            starts_at: now,
-            ends_at: now + chrono::Duration::hours(1),
-            created_by: "alice",
-            reason: "cutover",
-        })
-        .await
-        .unwrap();
+    t.silence_for(ORG_A, None, 1, "cutover").await;
     t.sim.set_atlas_version(
         "2023-01-01",
         AtlasVersion::Deprecated {

@@ -292,6 +292,25 @@ impl TestApp {
         Running { shutdown, task }
     }
 
+    /// Silences org `org` (or only its live migration `migration`: (name, id)) for `hours` from
+    /// the app's clock, by "alice", as `linkwatch silence add` would; the silence's id.
+    pub async fn silence_for(&self, org: &str, migration: Option<(&str, &str)>, hours: i64, reason: &str) -> i64 {
+        let now = self.app.clock.now();
+        self.app
+            .store
+            .add_silence(&linkwatch::store::NewSilence {
+                org_id: org,
+                migration: migration.map(|(name, _)| name),
+                migration_id: migration.map(|(_, id)| id),
+                starts_at: now,
+                ends_at: now + chrono::Duration::hours(hours),
+                created_by: "alice",
+                reason,
+            })
+            .await
+            .expect("silence added")
+    }
+
     /// Checks org `id` once through the client only, with the requests it took.
     pub async fn check_counted(&self, id: &str) -> (linkwatch::outcome::CheckOutcome, u64) {
         let org = linkwatch::config::OrgId::parse(id).unwrap();

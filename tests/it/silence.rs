@@ -296,21 +296,7 @@ async fn reminders_pause_while_silenced_and_resume_after() {
     t.check(ORG_B).await; // SYNCED
     t.sim.set(ORG_B, Behavior::status("NOT_SYNCED"));
     t.check(ORG_B).await;
-    let now = t.app.clock.now();
-    let id = t
-        .app
-        .store
-        .add_silence(&linkwatch::store::NewSilence {
-            org_id: ORG_B,
-            migration: None,
-            migration_id: None,
-            starts_at: now,
-            ends_at: now + chrono::Duration::hours(3),
-            created_by: "alice",
-            reason: "planned work",
-        })
-        .await
-        .unwrap();
+    let id = t.silence_for(ORG_B, None, 3, "planned work").await;
     t.app.clock.step(chrono::Duration::hours(2));
     t.check(ORG_B).await;
     let reminders = || async { t.event_kinds(ORG_B).await.iter().filter(|k| *k == "reminder").count() };
@@ -334,20 +320,8 @@ async fn a_migration_silence_holds_only_that_migrations_events() {
         .set_live_migration(MIGRATION_A, LiveMigrationBehavior::state("WORKING", false, Some(5)));
     t.check(ORG_A).await;
     t.check_live_migration("payments-rs0").await;
-    let now = t.app.clock.now();
-    t.app
-        .store
-        .add_silence(&linkwatch::store::NewSilence {
-            org_id: ORG_A,
-            migration: Some("payments-rs0"),
-            migration_id: Some(MIGRATION_A),
-            starts_at: now,
-            ends_at: now + chrono::Duration::hours(1),
-            created_by: "alice",
-            reason: "cutover rehearsal",
-        })
-        .await
-        .unwrap();
+    t.silence_for(ORG_A, Some(("payments-rs0", MIGRATION_A)), 1, "cutover rehearsal")
+        .await;
     t.sim
         .set_live_migration(MIGRATION_A, LiveMigrationBehavior::state("FAILED", false, None));
     t.check_live_migration("payments-rs0").await;
