@@ -4,7 +4,7 @@
 use chrono::{DateTime, Utc};
 use sha2::{Digest, Sha256};
 
-use super::events::{Holdable, insert_event, silence_at};
+use super::events::{insert_org_event, silence_at};
 use super::sql::{Conn, End, Sql, Ts, Write, count, on_conn, opt, read, time, uncount};
 use super::{Store, StoreError};
 use crate::config::OrgId;
@@ -402,18 +402,7 @@ async fn write_record(mut conn: Conn<'_>, instance: &str, rec: &CheckRecord<'_>)
                 .rows_affected());
         }
         let id = event_id(instance, rec.org_id.as_str(), number, event);
-        let payload = serde_json::to_string(event)?;
-        insert_event(
-            conn.re(),
-            &id,
-            rec.org_id.as_str(),
-            event.kind(),
-            Holdable::ByOrg(event.live_migration()),
-            at,
-            &payload,
-            channels,
-        )
-        .await?;
+        insert_org_event(conn.re(), &id, rec.org_id.as_str(), event, at, channels).await?;
     }
     Ok(())
 }

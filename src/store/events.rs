@@ -7,6 +7,7 @@ use sqlx::FromRow;
 use super::sql::{Conn, List, Sql, Ts, on_conn, rows};
 use super::{Store, StoreError};
 use crate::config::OrgId;
+use crate::detect::Event;
 
 #[derive(Debug, Clone, FromRow)]
 pub struct StoredEvent {
@@ -132,6 +133,21 @@ async fn hold(conn: Conn<'_>, seq: i64, silence: i64, at: Ts, channels: &[String
         .await?
         .rows_affected());
     Ok(())
+}
+
+/// An org's event (a check's, a live migration's, the end of a silence): its kind, payload and
+/// the silences that may hold it follow from the event itself.
+pub(super) async fn insert_org_event(
+    conn: Conn<'_>,
+    id: &str,
+    org_id: &str,
+    event: &Event,
+    at: Ts,
+    channels: &[String],
+) -> anyhow::Result<()> {
+    let payload = serde_json::to_string(event)?;
+    let holdable = Holdable::ByOrg(event.live_migration());
+    insert_event(conn, id, org_id, event.kind(), holdable, at, &payload, channels).await
 }
 
 const EVENTS: Sql = Sql::each(

@@ -10,7 +10,7 @@
 use chrono::{DateTime, Utc};
 use sqlx::FromRow;
 
-use super::events::{Holdable, insert_event};
+use super::events::insert_org_event;
 use super::sql::{Conn, End, Sql, Ts, Write, count, on_conn, opt, rows, time, uncount};
 use super::{Store, StoreError, event_id};
 use crate::config::LiveMigration;
@@ -358,18 +358,7 @@ async fn write(
                 .rows_affected());
         }
         let id = event_id(instance, &subject, number, event);
-        let payload = serde_json::to_string(event)?;
-        insert_event(
-            conn.re(),
-            &id,
-            m.org.as_str(),
-            event.kind(),
-            Holdable::ByOrg(event.live_migration()),
-            at,
-            &payload,
-            channels,
-        )
-        .await?;
+        insert_org_event(conn.re(), &id, m.org.as_str(), event, at, channels).await?;
     }
     Ok(())
 }

@@ -7,7 +7,7 @@ use chrono::{DateTime, Utc};
 use sqlx::FromRow;
 
 use super::checks::event_id;
-use super::events::{Holdable, insert_event};
+use super::events::insert_org_event;
 use super::sql::{End, Sql, Ts, Write, on_conn, read, rows, time};
 use super::{Store, StoreError};
 use crate::detect::Event;
@@ -308,19 +308,7 @@ impl Store {
             }
             if let Some((e, channels)) = event {
                 let event_id = event_id(instance, &format!("silence/{id}"), 0, e);
-                let payload = serde_json::to_string(e)?;
-                let migration = s.migration.as_deref();
-                insert_event(
-                    conn,
-                    &event_id,
-                    &s.org_id,
-                    e.kind(),
-                    Holdable::ByOrg(migration),
-                    Ts(now),
-                    &payload,
-                    channels,
-                )
-                .await?;
+                insert_org_event(conn, &event_id, &s.org_id, e, Ts(now), channels).await?;
             }
             Ok(End::Commit(true))
         })
