@@ -270,11 +270,15 @@ pub async fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Once => once(cli.load_config()?).await,
         Command::History { org, since, json } => {
             // Reading the history needs the database and no other secret.
-            let db = match &cli.database {
-                Some(db) => db.clone(),
-                None => cli.load_config_with(config::Secrets::DatabaseOnly)?.database,
+            let (db, configured) = match &cli.database {
+                Some(db) => (db.clone(), Vec::new()),
+                None => {
+                    let config = cli.load_config_with(config::Secrets::DatabaseOnly)?;
+                    let orgs = config.orgs.iter().map(|o| (o.name.clone(), o.id.to_string())).collect();
+                    (config.database, orgs)
+                }
             };
-            history(&db, org.as_deref(), since.as_deref(), *json).await
+            history(&db, &configured, org.as_deref(), since.as_deref(), *json).await
         }
         Command::Silence { action } => {
             // Names come from the config; the database is the one secret it needs.
@@ -736,7 +740,15 @@ fn require_database(db: &Database) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn history(db: &Database, org: Option<&str>, since: Option<&str>, json: bool) -> anyhow::Result<ExitCode> {
+/// `configured`: the config's orgs (name, id), when a config was read: an org in it that has
+/// not been checked yet is known, not a typo.
+async fn history(
+    db: &Database,
+    configured: &[(String, String)],
+    org: Option<&str>,
+    since: Option<&str>,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
     require_database(db)?;
     let since = since
         .map(|s| store::since_from(s, chrono::Utc::now()))
@@ -744,25 +756,26 @@ async fn history(db: &Database, org: Option<&str>, since: Option<&str>, json: bo
         .map_err(anyhow::Error::msg)?;
     let store = Store::open(db).await?;
     let changes = store.history(org, since).await?;
-    let known = if changes.is_empty() && org.is_some() {
+    let recorded = if changes.is_empty() && org.is_some() {
         store.current().await?
     } else {
         Vec::new()
     };
     store.close().await;
-    if json {
-        println!("{}", serde_json::to_string_pretty(&changes)?);
-        return Ok(ExitCode::SUCCESS);
-    }
-    if changes.is_empty() {
-        if let Some(org) = org
-            && !known.iter().any(|c| c.org_name == org || c.org_id == org)
-        {
-            // A typo must not read as "nothing happened".
-            let names: Vec<&str> = known.iter().map(|c| c.org_name.as_str()).collect();
+    if changes.is_empty()
+        && let Some(org) = org
+    {
+        let in_database = recorded.iter().any(|c| c.org_name == org || c.org_id == org);
+        let in_config = configured.iter().any(|(name, id)| name == org || id == org);
+        if !in_database && !in_config {
+            // A typo must not read as "nothing happened", in a table or in JSON.
+            let mut names: Vec<&str> = recorded.iter().map(|c| c.org_name.as_str()).collect();
+            names.extend(configured.iter().map(|(name, _)| name.as_str()));
+            names.sort_unstable();
+            names.dedup();
             eprintln!(
-                "linkwatch: no org named or with the id \"{org}\" in {} (orgs: {})",
-                db,
+                "linkwatch: no org named or with the id \"{org}\" in {db}{} (orgs: {})",
+                if configured.is_empty() { "" } else { " or the config" },
                 if names.is_empty() {
                     "none yet".to_owned()
                 } else {
@@ -771,6 +784,12 @@ async fn history(db: &Database, org: Option<&str>, since: Option<&str>, json: bo
             );
             return Ok(ExitCode::FAILURE);
         }
+    }
+    if json {
+        println!("{}", serde_json::to_string_pretty(&changes)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    if changes.is_empty() {
         println!(
             "no status changes recorded{}",
             org.map(|o| format!(" for {o}")).unwrap_or_default()

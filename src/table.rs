@@ -1,6 +1,6 @@
 //! Plain-text tables for the commands that print them (`check`, `once`, `history`, `demo`).
 
-use crate::{message, store};
+use crate::{message, store, text};
 
 /// The status changes as a table, for `history` and the demo.
 pub fn print_history(changes: &[store::StatusChange]) {
@@ -8,7 +8,7 @@ pub fn print_history(changes: &[store::StatusChange]) {
         .iter()
         .map(|c| {
             vec![
-                c.changed_at.clone(),
+                text::shown_time(&c.changed_at),
                 c.org_name.clone(),
                 c.org_id.clone(),
                 c.from_status.clone().unwrap_or_else(|| "(first seen)".into()),
@@ -19,7 +19,7 @@ pub fn print_history(changes: &[store::StatusChange]) {
             ]
         })
         .collect();
-    print_table(&["CHANGED_AT (UTC)", "ORG", "ID", "FROM", "TO", "FROM LASTED"], &rows);
+    print_table(&["CHANGED AT", "ORG", "ID", "FROM", "TO", "FROM LASTED"], &rows);
 }
 
 pub fn print_table(header: &[&str], rows: &[Vec<String>]) {

@@ -36,17 +36,24 @@ fn error(text: &str) -> (usize, usize, String, String) {
 
 #[test]
 fn the_example_file_parses() {
-    // SAFETY: tests in this module that touch the environment use distinct variable names.
-    unsafe {
-        std::env::set_var("LINKWATCH_CM_KEY", "example-key");
-        std::env::set_var("LINKWATCH_SLACK_URL", "https://hooks.slack.com/services/T0/B0/X");
-        std::env::set_var("LINKWATCH_SMTP_PASSWORD", "smtp");
-        std::env::set_var("LINKWATCH_WEBHOOK_SECRET", "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw");
-        std::env::set_var("LINKWATCH_ATLAS_KEY", "atlas-example-key");
-        std::env::set_var("LINKWATCH_HEARTBEAT_URL", "https://hc-ping.com/0d3c57a1");
+    // Its secrets are files under ${CREDENTIALS_DIRECTORY}, as systemd's LoadCredential= makes them.
+    let credentials = tempfile::tempdir().unwrap();
+    for (name, value) in [
+        ("cm-key", "example-key"),
+        ("slack-url", "https://hooks.slack.com/services/T0/B0/X"),
+        ("smtp-password", "smtp"),
+        ("webhook-secret", "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"),
+        ("atlas-key", "atlas-example-key"),
+        ("heartbeat-url", "https://hc-ping.com/0d3c57a1"),
+    ] {
+        std::fs::write(credentials.path().join(name), value).unwrap();
     }
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/linkwatch.example.toml");
-    let config = Config::load(&path).unwrap_or_else(|e| panic!("{e}"));
+    let options = LoadOptions {
+        credentials_dir: Some(credentials.path().to_owned()),
+        ..LoadOptions::default()
+    };
+    let config = Config::load_with(&path, &options).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(config.orgs.len(), 2);
     assert_eq!(config.orgs[1].schedule, Schedule::Every(Duration::from_secs(30)));
     assert_eq!(config.orgs[0].schedule, Schedule::Every(Duration::from_secs(60)));

@@ -267,7 +267,7 @@ fn orgs_section(v: &StatusView, filter: &Filter, shown: Shown) -> Markup {
                             }
                             td {
                                 (badge(o))
-                                @if let Some(until) = &o.silenced_until { br; span class="muted" { "until " (at(until)) } }
+                                @if let Some(until) = &o.silenced_until { br; span class="muted" { "until " (shown_time(until)) } }
                             }
                             td class=(format!("status {}", class(o.status.as_deref()))) {
                                 (o.status.as_deref().unwrap_or("–"))
@@ -463,11 +463,11 @@ fn channels_section(channels: &[ChannelView]) -> Markup {
                             td {
                                 (c.name)
                                 @if !c.configured { br; span class="muted" { "not in the config: waits for it to return" } }
-                                @if let Some(b) = &c.blocked_since { br; span class="err" { "blocked since " (b) } }
+                                @if let Some(b) = &c.blocked_since { br; span class="err" { "blocked since " (shown_time(b)) } }
                             }
                             td { (c.pending) }
                             td { (c.failed) }
-                            td { (c.oldest_pending_at.as_deref().unwrap_or("–")) }
+                            td { (c.oldest_pending_at.as_deref().map_or_else(|| "–".to_owned(), shown_time)) }
                             td class="err" { (c.last_error.as_deref().unwrap_or("")) }
                         }
                     }
@@ -513,7 +513,7 @@ pub fn org_page(d: &OrgDetail) -> Markup {
                 (o.id)
                 @if let Some(url) = &o.console_url { " · " a href=(url) { "Cloud Manager" } }
                 " · " (o.instance)
-                @if let Some(until) = &o.silenced_until { " · silenced until " (at(until)) }
+                @if let Some(until) = &o.silenced_until { " · silenced until " (shown_time(until)) }
                 " · link status "
                 span class=(format!("status {}", class(o.status.as_deref()))) { (o.status.as_deref().unwrap_or("not known yet")) }
                 @if o.since.is_some() { " since " (when_inline(o.since.as_deref(), now)) }
@@ -556,13 +556,17 @@ pub fn org_page(d: &OrgDetail) -> Markup {
                 table class="failures" {
                     thead { tr { th { "when" } th { "checks" } th { "class" } th { "HTTP" } th { "error code" } th { "detail" } } }
                     tbody {
-                        @for (f, oldest, n) in runs(&d.failures) {
+                        @let runs = runs(&d.failures);
+                        @let last = runs.len() - 1;
+                        @for (i, (f, oldest, n)) in runs.into_iter().enumerate() {
+                            @let cut = d.failures_beyond && i == last;
                             tr {
                                 td {
-                                    @if n > 1 { (shown_time(oldest)) " to " }
+                                    @if cut { "before " }
+                                    @if n > 1 || cut { (shown_time(oldest)) " to " }
                                     (shown_time(&f.checked_at))
                                 }
-                                td { "× " (n) }
+                                td { "× " (n) @if cut { " or more" } }
                                 td { (f.class) }
                                 td { (f.http_status.map(|s| s.to_string()).unwrap_or_default()) }
                                 td { (f.error_code.as_deref().unwrap_or("")) }
@@ -570,6 +574,12 @@ pub fn org_page(d: &OrgDetail) -> Markup {
                             }
                         }
                     }
+                }
+            }
+            @if d.failures_beyond {
+                p class="muted" {
+                    "The latest " (super::view::FAILURES_SHOWN) " failed checks; all of them are in the database's "
+                    code { "failed_checks" } " view."
                 }
             }
             p class="muted" { "JSON: " a href=(format!("../api/v1/orgs/{}/changes", o.id)) { "api/v1/orgs/" (o.id) "/changes" } }

@@ -18,7 +18,7 @@ use crate::store::{self, LiveMigrationRow, OrgRow, SyncedTime};
 pub const WINDOW_DAYS: i64 = 30;
 
 /// The most failed checks an org's page lists.
-const FAILURES_SHOWN: i64 = 50;
+pub const FAILURES_SHOWN: i64 = 50;
 
 /// `GET /` and `GET /api/v1/status`.
 #[derive(Debug, Serialize)]
@@ -208,6 +208,9 @@ pub struct OrgDetail {
     pub org: OrgView,
     pub changes: Vec<ChangeView>,
     pub failures: Vec<FailureView>,
+    /// More failed checks in the window than `failures` holds: the oldest run shown may be
+    /// longer than it counts.
+    pub failures_beyond: bool,
     pub timeline: Timeline,
     /// The live migrations from this org, by name.
     pub migrations: Vec<LiveMigrationDetail>,
@@ -548,9 +551,10 @@ pub async fn org(page: &Page, id: &str, name: &str) -> anyhow::Result<OrgDetail>
     let row = page.store.org_rows().await?.into_iter().find(|r| r.org_id == id);
     let changes = read_changes(page, id).await?;
     let org_id = OrgId::parse(id).map_err(|e| anyhow::anyhow!("org id {id}: {e}"))?;
-    let failures: Vec<FailureView> = page
+    // One more than shown, to tell "exactly 50" from "50 of more".
+    let mut failures: Vec<FailureView> = page
         .store
-        .failed_checks(&org_id, from, FAILURES_SHOWN)
+        .failed_checks(&org_id, from, FAILURES_SHOWN + 1)
         .await?
         .into_iter()
         .map(|f| FailureView {
@@ -561,6 +565,8 @@ pub async fn org(page: &Page, id: &str, name: &str) -> anyhow::Result<OrgDetail>
             detail: f.detail,
         })
         .collect();
+    let failures_beyond = failures.len() > FAILURES_SHOWN as usize;
+    failures.truncate(FAILURES_SHOWN as usize);
     let timeline = Timeline::new(
         from,
         now,
@@ -586,6 +592,7 @@ pub async fn org(page: &Page, id: &str, name: &str) -> anyhow::Result<OrgDetail>
         org,
         changes,
         failures,
+        failures_beyond,
         timeline,
         migrations: migration_details,
     })

@@ -40,25 +40,56 @@ async fn check_rejects_a_bad_config_with_its_location() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("cannot read config file"));
 }
 
+/// The example as the package installs it, checked as the README's service steps do: from a
+/// shell, where systemd's `${CREDENTIALS_DIRECTORY}` is not set, every secret of it is listed as
+/// not read (exit 0, everything else validated); with `--credentials-dir` pointing at the files
+/// `LoadCredential=` reads, every secret is read, and none is printed.
 #[tokio::test]
 async fn check_lists_the_example_config() {
     let example = concat!(env!("CARGO_MANIFEST_DIR"), "/config/linkwatch.example.toml");
-    let out = linkwatch()
-        .args(["check", "--config", example])
-        .env("LINKWATCH_CM_KEY", "secret-from-env")
-        .env(
-            "LINKWATCH_SLACK_URL",
-            "https://hooks.slack.com/services/T0/B0/SLACKSECRET",
-        )
-        .env("LINKWATCH_SMTP_PASSWORD", "smtp-password")
-        .env("LINKWATCH_WEBHOOK_SECRET", "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw")
-        .env("LINKWATCH_ATLAS_KEY", "atlas-secret-from-env")
-        .env("LINKWATCH_HEARTBEAT_URL", "https://hc-ping.com/HEARTBEATUUID")
-        .output()
-        .await
-        .unwrap();
+    let check = |credentials: Option<&std::path::Path>| {
+        let mut c = linkwatch();
+        c.args(["check", "--config", example])
+            .env_remove("CREDENTIALS_DIRECTORY");
+        if let Some(dir) = credentials {
+            c.arg("--credentials-dir").arg(dir);
+        }
+        c.output()
+    };
+
+    let out = check(None).await.unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        stdout.contains("payments") && stdout.contains("secrets not read here"),
+        "{stdout}"
+    );
+    for key in [
+        "cloud_manager.private_key_file",
+        "webhook_url_file",
+        "password_file",
+        "secret_file",
+        "atlas.private_key_file",
+        "heartbeat.url_file",
+    ] {
+        assert!(stdout.contains(key), "{key} not listed as unread:\n{stdout}");
+    }
+
+    let dir = tempfile::tempdir().unwrap();
+    for (name, value) in [
+        ("cm-key", "secret-from-file"),
+        ("slack-url", "https://hooks.slack.com/services/T0/B0/SLACKSECRET"),
+        ("smtp-password", "smtp-password"),
+        ("webhook-secret", "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"),
+        ("atlas-key", "atlas-secret-from-file"),
+        ("heartbeat-url", "https://hc-ping.com/HEARTBEATUUID"),
+    ] {
+        std::fs::write(dir.path().join(name), format!("{value}\n")).unwrap();
+    }
+    let out = check(Some(dir.path())).await.unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(!stdout.contains("not read"), "{stdout}");
     assert!(stdout.contains("payments") && stdout.contains("every 30s"), "{stdout}");
     assert!(
         stdout.contains("payments-rs0") && stdout.contains("api key atlas-public"),
@@ -74,7 +105,7 @@ async fn check_lists_the_example_config() {
     );
     assert!(stdout.contains("heartbeat: https://hc-ping.com/… every 1m"), "{stdout}");
     for secret in [
-        "secret-from-env",
+        "secret-from-file",
         "SLACKSECRET",
         "smtp-password",
         "MfKQ9r8",
@@ -128,6 +159,10 @@ async fn once_prints_a_table_and_history_reads_it_back() {
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(stdout.contains("beta") && !stdout.contains("alpha"), "{stdout}");
+    // Each time written once, as messages and the page write it.
+    let row = stdout.lines().find(|l| l.contains("beta")).unwrap();
+    let when: Vec<&str> = row.split_whitespace().take(3).collect();
+    assert!(when[0].len() == 10 && when[1].len() == 8 && when[2] == "UTC", "{row}");
 
     // A failing org makes `once` exit 2 so scripts can tell.
     t.sim.set(ORG_A, linkwatch::simulator::Behavior::error(503, "", "down"));
@@ -466,22 +501,43 @@ async fn history_of_an_org_nobody_knows_says_so() {
     let t = spawn_app().await;
     t.check(ORG_A).await;
     t.app.store.close().await;
-    let history = |org: &'static str| {
-        linkwatch()
-            .args(["history", "--org", org, "--config"])
-            .arg(&t.config_path)
-            .output()
+    let history = |org: &'static str, json: bool| {
+        let mut c = linkwatch();
+        c.args(["history", "--org", org, "--config"]).arg(&t.config_path);
+        if json {
+            c.arg("--json");
+        }
+        c.output()
     };
-    let out = history("alhpa").await.unwrap();
+    for json in [false, true] {
+        let out = history("alhpa", json).await.unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "json {json}: {stderr}");
+        assert!(
+            stderr.contains("no org named or with the id \"alhpa\"") && stderr.contains("(orgs: alpha, beta)"),
+            "{stderr}"
+        );
+        assert!(out.stdout.is_empty(), "json {json}: nothing on standard output");
+    }
+    // Known orgs: alpha, checked once; beta, in the config and never checked, has nothing yet,
+    // which is not an error.
+    let out = history("alpha", false).await.unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = history("beta", false).await.unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("no status changes recorded for beta"), "{stdout}");
+
+    // Without a config, the database alone says which orgs there are.
+    let out = linkwatch()
+        .args(["history", "--org", "beta", "--database"])
+        .arg(&t.db_path)
+        .output()
+        .await
+        .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
-    assert!(
-        stderr.contains("no org named or with the id \"alhpa\"") && stderr.contains("(orgs: alpha)"),
-        "{stderr}"
-    );
-    // A known org with nothing recorded yet is not an error.
-    let out = history("alpha").await.unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stderr.contains("(orgs: alpha)"), "{stderr}");
 }
 
 /// `simulate` says what each org will answer, and prints a config that works as pasted.

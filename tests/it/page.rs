@@ -683,6 +683,16 @@ async fn healthz_without_the_login_says_only_ok_degraded_or_failing() {
     let (code, page) = get(format!("{lbase}/"), true).await;
     assert_eq!(code, 200);
     assert!(page.contains("blocked since") && page.contains(MARKER), "{page}");
+    // Its times written as everywhere else on the page ("2026-12-04 22:34:58 UTC").
+    let since = page
+        .split("blocked since ")
+        .nth(1)
+        .and_then(|r| r.split('<').next())
+        .unwrap();
+    assert!(
+        since.len() == 23 && since.ends_with(" UTC") && !since.contains('T'),
+        "{since}"
+    );
 
     following.stop(Duration::from_secs(15)).await;
     leading.stop(Duration::from_secs(15)).await;
@@ -872,6 +882,30 @@ async fn the_org_page_groups_identical_failures_and_writes_each_time_one_way() {
     }
     drop(t);
     daemon.stop(Duration::from_secs(15)).await;
+}
+
+/// More identical failures than the page lists: the oldest run it shows says that it goes
+/// further back, and the page says where all of them are, instead of a count that stops at 50.
+#[tokio::test]
+async fn a_run_of_failures_longer_than_the_page_lists_says_so() {
+    let t = spawn_app().await;
+    t.sim.set(ORG_B, Behavior::error(503, "", "maintenance"));
+    let page = serve_page(&t).await;
+    let org_page = || async { get_text(&format!("{}org/beta", page.base)).await.1 };
+    for n in 1..=51 {
+        t.app.clock.step(chrono::Duration::minutes(1));
+        t.check(ORG_B).await;
+        if n == 50 {
+            let body = org_page().await;
+            assert!(body.contains("<td>× 50</td>") && !body.contains("or more"), "{body}");
+        }
+    }
+    let body = org_page().await;
+    let failures = &body[body.find("table class=\"failures\"").expect("a failures table")..];
+    let failures = &failures[..failures.find("</table>").unwrap()];
+    assert!(failures.contains("<td>× 50 or more</td>"), "{failures}");
+    assert!(failures.contains("before "), "{failures}");
+    assert!(body.contains("The latest 50 failed checks"), "{body}");
 }
 
 /// The page's routes (as `linkwatch run` serves them) on a port of their own, without the
