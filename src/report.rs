@@ -204,35 +204,35 @@ impl Report {
     pub fn live_migration_lines(&self) -> Vec<String> {
         self.migrations
             .iter()
-            .map(|m| {
-                let mut line = format!("{} ({}): ", m.name, m.org_name);
-                match (&m.status, m.ready_for_cutover) {
-                    (Some(s), true) => line.push_str(&format!("{s}, READY for cutover")),
-                    (Some(s), false) => line.push_str(s),
-                    (None, _) => line.push_str("no successful check yet"),
-                }
-                if let (true, Some(left), Some(deadline)) =
-                    (m.ready_for_cutover, m.left_s, m.estimated_deadline.as_deref())
-                {
-                    if left > 0 {
-                        line.push_str(&format!(
-                            ", about {} left (estimated deadline {})",
-                            human_secs(left),
-                            self.shown(deadline)
-                        ));
-                    } else {
-                        line.push_str(&format!(", the estimated deadline {} has passed", self.shown(deadline)));
-                    }
-                }
-                if let Some(lag) = m.lag_s {
-                    line.push_str(&format!(", lag {}", human_secs(lag)));
-                }
-                if let Some(why) = &m.failing {
-                    line.push_str(&format!("; checks failing: {why}"));
-                }
-                line
-            })
+            .map(|m| format!("{} ({}): {}", m.name, m.org_name, self.where_it_stands(m)))
             .collect()
+    }
+
+    /// A live migration's status, readiness, time left, lag and failing checks, in words.
+    pub fn where_it_stands(&self, m: &LiveMigrationLine) -> String {
+        let mut line = match (&m.status, m.ready_for_cutover) {
+            (Some(s), true) => format!("{s}, READY for cutover"),
+            (Some(s), false) => s.clone(),
+            (None, _) => "no successful check yet".to_owned(),
+        };
+        if let (true, Some(left), Some(deadline)) = (m.ready_for_cutover, m.left_s, m.estimated_deadline.as_deref()) {
+            if left > 0 {
+                line.push_str(&format!(
+                    ", about {} left (estimated deadline {})",
+                    human_secs(left),
+                    self.shown(deadline)
+                ));
+            } else {
+                line.push_str(&format!(", the estimated deadline {} has passed", self.shown(deadline)));
+            }
+        }
+        if let Some(lag) = m.lag_s {
+            line.push_str(&format!(", lag {}", human_secs(lag)));
+        }
+        if let Some(why) = &m.failing {
+            line.push_str(&format!("; checks failing: {why}"));
+        }
+        line
     }
 
     /// What a report says about deadlines, when it lists a migration ready for cutover.

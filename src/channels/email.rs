@@ -12,6 +12,7 @@ use std::str::FromStr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::text::human_secs;
 use anyhow::Context as _;
 use lettre::address::Envelope;
 use lettre::message::header::ContentType;
@@ -336,7 +337,7 @@ pub fn render(messages: &[Message]) -> (String, String, String) {
         }
     };
     let mut text = String::new();
-    let mut html = String::from("<html><body style=\"font-family:system-ui,sans-serif;color:#222\">\n");
+    let mut html = String::from(BODY);
     for m in messages {
         text.push_str(&format!("{}\n  org: {} ({})\n", m.title, m.org_name, m.org_id));
         if let Some((from, to)) = change(m) {
@@ -365,10 +366,6 @@ fn change(m: &Message) -> Option<(&str, &str)> {
 /// The status page's colours: green for SYNCED and recoveries, orange for a link that left
 /// SYNCED, red for failing checks and failed migrations, amber for the rest.
 fn colour(m: &Message) -> (&'static str, &'static str) {
-    const GREEN: (&str, &str) = ("#2e7d32", "#fff");
-    const RED: (&str, &str) = ("#c62828", "#fff");
-    const ORANGE: (&str, &str) = ("#ef6c00", "#fff");
-    const AMBER: (&str, &str) = ("#f9a825", "#222");
     let to = m
         .data
         .get("to")
@@ -394,7 +391,7 @@ fn card(m: &Message) -> String {
         )
     };
     let mut h = format!(
-        "<table style=\"border-collapse:collapse;margin:0 0 18px;border:1px solid #e0e0e0;min-width:24em\">\n\
+        "<table style=\"{TABLE}\">\n\
          <tr><td colspan=\"2\" style=\"padding:8px 12px;background:{background};color:{foreground};font-weight:600\">{}</td></tr>\n",
         escape(&m.title)
     );
@@ -427,39 +424,144 @@ fn card(m: &Message) -> String {
     h
 }
 
-/// Subject, plain text and HTML of a scheduled report.
+/// Subject, plain text and HTML of a scheduled report: a band of the colour of the worst news in
+/// it (red: checks failing or a migration failed; amber: links not SYNCED; green: all well), then
+/// one short table per section, each status in its colour, as on the page.
 pub fn render_report(r: &crate::report::Report) -> (String, String, String) {
     let subject = format!("[linkwatch] {}", r.title());
     let text = format!("{}\n-- \nlinkwatch\n", r.text());
-    let mut html = format!(
-        "<html><body style=\"font-family: sans-serif\">\n<p><strong>{}</strong></p>\n",
+    let failed = |m: &crate::report::LiveMigrationLine| matches!(m.status.as_deref(), Some("FAILED" | "EXPIRED"));
+    let (background, foreground) = if !r.failing.is_empty() || r.migrations.iter().any(failed) {
+        RED
+    } else if !r.not_synced.is_empty() {
+        AMBER
+    } else {
+        GREEN
+    };
+    let mut html = String::from(BODY);
+    html.push_str(&format!(
+        "<table style=\"{TABLE}\">\n<tr><td colspan=\"2\" style=\"padding:8px 12px;background:{background};\
+         color:{foreground};font-weight:600\">{}</td></tr>\n",
         escape(&r.title())
-    );
+    ));
     if let Some(note) = r.late_note() {
-        html.push_str(&format!("<p><em>{}</em></p>\n", escape(&note)));
+        html.push_str(&cells(&[escape(&note)], None));
     }
-    html.push_str(&format!("<p>SYNCED: {} of {}</p>\n", r.synced, r.orgs));
-    for (heading, lines) in [
-        ("Not SYNCED (longest first)", r.not_synced_lines()),
-        ("Checks failing", r.failing_lines()),
-        ("Live migrations (ready for cutover first)", r.live_migration_lines()),
-    ] {
-        if !lines.is_empty() {
-            html.push_str(&format!("<p>{heading}:</p>\n<ul>\n"));
-            for l in lines {
-                html.push_str(&format!("<li>{}</li>\n", escape(&l)));
-            }
-            html.push_str("</ul>\n");
-        }
-    }
+    html.push_str(&cells(&["SYNCED".into(), format!("{} of {}", r.synced, r.orgs)], None));
+    html.push_str("</table>\n");
+
+    let status = |s: Option<&str>| s.unwrap_or("no successful check yet").to_owned();
+    let not_synced: Vec<_> = r
+        .not_synced
+        .iter()
+        .map(|n| {
+            let shown = [
+                escape(&n.org_name),
+                escape(&status(n.status.as_deref())),
+                n.for_s.map(human_secs).unwrap_or_default(),
+            ];
+            (shown, Some(AMBER.0))
+        })
+        .collect();
+    section(
+        &mut html,
+        "Not SYNCED (longest first)",
+        &["Org", "Status", "For"],
+        not_synced,
+    );
+    let failing: Vec<_> = r
+        .failing
+        .iter()
+        .map(|f| {
+            (
+                [escape(&f.org_name), f.failures.to_string(), escape(&f.reason)],
+                Some(RED.0),
+            )
+        })
+        .collect();
+    section(&mut html, "Checks failing", &["Org", "Failed in a row", "Why"], failing);
+    let migrations: Vec<_> = r
+        .migrations
+        .iter()
+        .map(|m| {
+            let colour = if failed(m) {
+                RED.0
+            } else if m.ready_for_cutover {
+                BLUE
+            } else {
+                AMBER.0
+            };
+            (
+                [escape(&m.name), escape(&m.org_name), escape(&r.where_it_stands(m))],
+                Some(colour),
+            )
+        })
+        .collect();
+    section(
+        &mut html,
+        "Live migrations (ready for cutover first)",
+        &["Migration", "Org", "Where it stands"],
+        migrations,
+    );
     if let Some(note) = r.live_migrations_note() {
-        html.push_str(&format!("<p><em>{}</em></p>\n", escape(note)));
+        html.push_str(&format!("<p style=\"color:#555\">{}</p>\n", escape(note)));
     }
     html.push_str(&format!(
-        "<p style=\"color:#888\">As of {}. linkwatch</p>\n</body></html>\n",
+        "<p style=\"color:#777;font-size:.9em\">As of {}. linkwatch</p>\n</body></html>\n",
         escape(&r.shown(&r.generated_at))
     ));
     (subject, text, html)
+}
+
+/// The page's colours (background, text) for the bands.
+const GREEN: (&str, &str) = ("#2e7d32", "#fff");
+const RED: (&str, &str) = ("#c62828", "#fff");
+const ORANGE: (&str, &str) = ("#ef6c00", "#fff");
+const AMBER: (&str, &str) = ("#f9a825", "#222");
+/// The page's "ready for cutover".
+const BLUE: &str = "#1565c0";
+const BODY: &str = "<html><body style=\"font-family:system-ui,sans-serif;color:#222\">\n";
+const TABLE: &str = "border-collapse:collapse;margin:0 0 18px;border:1px solid #e0e0e0;min-width:24em";
+
+/// One row of already escaped cells; `mark`, a colour for the left edge of the row.
+fn cells(values: &[String], mark: Option<&str>) -> String {
+    let mut row = String::from("<tr>");
+    for (i, v) in values.iter().enumerate() {
+        let edge = match (i, mark) {
+            (0, Some(c)) => format!("border-left:4px solid {c};"),
+            _ => String::new(),
+        };
+        row.push_str(&format!(
+            "<td style=\"{edge}padding:4px 12px;vertical-align:top\">{v}</td>"
+        ));
+    }
+    row.push_str("</tr>\n");
+    row
+}
+
+/// A report's section as a table under its heading; nothing when it has no rows.
+fn section<const N: usize>(
+    html: &mut String,
+    heading: &str,
+    header: &[&str; N],
+    rows: Vec<([String; N], Option<&str>)>,
+) {
+    if rows.is_empty() {
+        return;
+    }
+    html.push_str(&format!(
+        "<p style=\"font-weight:600;margin:12px 0 4px\">{heading}</p>\n<table style=\"{TABLE}\">\n<tr>"
+    ));
+    for h in header {
+        html.push_str(&format!(
+            "<th style=\"text-align:left;padding:4px 12px;color:#555\">{h}</th>"
+        ));
+    }
+    html.push_str("</tr>\n");
+    for (values, mark) in rows {
+        html.push_str(&cells(&values, mark));
+    }
+    html.push_str("</table>\n");
 }
 
 fn escape(s: &str) -> String {

@@ -633,4 +633,32 @@ async fn email_has_the_status_colour_a_short_table_and_the_links() {
         .find_map(|l| l.trim().strip_prefix("time: "))
         .expect("a time line");
     assert!(is_shown_time(time), "{time}");
+
+    // The link falling back from SYNCED: orange; then checks failing: red, as on the page.
+    let html_of = |data: &str| {
+        let parsed = mailparse::parse_mail(data.as_bytes()).unwrap();
+        let html = parsed.subparts.iter().find(|p| p.ctype.mimetype == "text/html");
+        html.expect("an HTML part").get_body().unwrap()
+    };
+    let sent = smtp.mails().len();
+    t.sim.set(ORG_B, Behavior::status("NOT_SYNCED"));
+    t.check(ORG_B).await;
+    t.dispatch().await;
+    let mails = smtp.wait_for_mails(sent + 1, Duration::from_secs(10)).await;
+    let html = html_of(&mails.last().unwrap().data);
+    assert!(
+        html.contains("background:#ef6c00") && html.contains("NOT_SYNCED"),
+        "{html}"
+    );
+    t.sim.set(ORG_B, Behavior::error(500, "", "the server fell over"));
+    for _ in 0..3 {
+        t.check(ORG_B).await;
+    }
+    t.dispatch().await;
+    let mails = smtp.wait_for_mails(sent + 2, Duration::from_secs(10)).await;
+    let html = html_of(&mails.last().unwrap().data);
+    assert!(
+        html.contains("background:#c62828") && !html.contains("background:#2e7d32"),
+        "{html}"
+    );
 }

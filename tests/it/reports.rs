@@ -109,6 +109,23 @@ async fn a_report_says_what_each_link_is_doing_on_slack_webhook_and_mail() {
     assert!(mail.contains(&format!("Subject: [linkwatch] {title}")), "{mail}");
     assert!(mail.contains("alpha: NOT_SYNCED for 5h"), "{mail}");
     assert!(mail.contains("org-0: 2 failed checks in a row"), "{mail}");
+    // Its HTML: a red band (checks are failing), then a short table per section.
+    let raw = smtp.mails().last().unwrap().data.clone();
+    let parsed = mailparse::parse_mail(raw.as_bytes()).unwrap();
+    let html = parsed.subparts.iter().find(|p| p.ctype.mimetype == "text/html");
+    let html = html.expect("an HTML part").get_body().unwrap();
+    assert!(
+        html.contains(&format!("background:#c62828;color:#fff;font-weight:600\">{title}<")),
+        "{html}"
+    );
+    for header in ["<th", ">Org<", ">Status<", ">Failed in a row<", ">Why<"] {
+        assert!(html.contains(header), "{header}: {html}");
+    }
+    assert!(
+        html.contains(">alpha</td>") && html.contains(">NOT_SYNCED</td>") && html.contains(">5h</td>"),
+        "{html}"
+    );
+    assert!(!html.contains("<ul>"), "tables, not lists: {html}");
 }
 
 /// Waits until the "tick" report has posted twice more: a running daemon has looked at every
