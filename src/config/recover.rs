@@ -292,7 +292,7 @@ pub mod words {
     use super::*;
 
     /// The keys of each kind of `[[channel]]`, for suggestions that fit the table.
-    const CHANNEL_KEYS: &[(&str, &[&str])] = &[
+    pub(super) const CHANNEL_KEYS: &[(&str, &[&str])] = &[
         ("console", &[]),
         ("slack", &["webhook_url", "webhook_url_file", "webhook_url_env"]),
         (
@@ -310,7 +310,7 @@ pub mod words {
         ),
         ("webhook", &["url", "secret", "secret_file", "secret_env"]),
     ];
-    const CHANNEL_COMMON: &[&str] = &["name", "kind", "timeout"];
+    pub(super) const CHANNEL_COMMON: &[&str] = &["name", "kind", "timeout"];
 
     /// Rewrites a serde message at `offset` of the document.
     pub fn explain(message: &str, document: &Spanned<DeTable<'_>>, offset: usize) -> String {
@@ -480,6 +480,49 @@ mod tests {
             problems("[[item]]\nevery = 1\n"),
             vec![("item[0]".to_owned(), "the key `id` is missing".to_owned())]
         );
+    }
+
+    #[test]
+    fn a_mistyped_channel_key_is_matched_only_against_the_keys_of_its_kind() {
+        let channel = |kind: &str, key: &str| {
+            let text = format!("[[channel]]\nname = \"ops\"\nkind = \"{kind}\"\n{key} = \"x\"\n");
+            read::<crate::config::raw::Config>(&text)
+                .1
+                .into_iter()
+                .map(|p| p.message)
+                .collect::<Vec<_>>()
+        };
+        // `password` is an email channel's key: in a Slack channel it is no suggestion.
+        assert_eq!(
+            channel("slack", "pasword"),
+            ["unknown key `pasword` (keys here: name, kind, timeout, webhook_url, webhook_url_file, webhook_url_env)"]
+        );
+        assert_eq!(
+            channel("email", "pasword"),
+            ["unknown key `pasword`; did you mean `password`?"]
+        );
+    }
+
+    /// The kinds' lists are written by hand beside `raw::Channel`: together they must name its
+    /// keys exactly, or a suggestion would offer a key that is refused, or miss one.
+    #[test]
+    fn the_channel_kinds_keys_are_the_keys_of_a_channel() {
+        let (_, problems, _) = read::<crate::config::raw::Channel>("name = \"x\"\nkind = \"slack\"\nzzzzzzzz = 1\n");
+        let message = &problems[0].message;
+        let listed = message
+            .split("(keys here: ")
+            .nth(1)
+            .expect(message)
+            .trim_end_matches(')');
+        let mut of_a_channel: Vec<&str> = listed.split(", ").collect();
+        let mut of_the_kinds: Vec<&str> = words::CHANNEL_COMMON
+            .iter()
+            .chain(words::CHANNEL_KEYS.iter().flat_map(|(_, keys)| keys.iter()))
+            .copied()
+            .collect();
+        of_a_channel.sort_unstable();
+        of_the_kinds.sort_unstable();
+        assert_eq!(of_a_channel, of_the_kinds);
     }
 
     #[test]
