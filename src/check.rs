@@ -26,12 +26,6 @@ pub trait Wake: Send + Sync + std::fmt::Debug {
     fn wake(&self, channels: &[String]);
 }
 
-impl Wake for crate::dispatch::Dispatcher {
-    fn wake(&self, channels: &[String]) {
-        crate::dispatch::Dispatcher::wake(self, channels);
-    }
-}
-
 /// What one check saw and caused.
 #[derive(Debug, Clone)]
 pub struct CheckReport {
@@ -205,7 +199,7 @@ impl Checker {
         match self.check_org(org).await {
             Ok(report) => report.outcome.err().and_then(|f| f.retry_after),
             Err(e) => {
-                tracing::error!(org = %org.name, "{e:#}");
+                crate::log_store_failure!(&e, org = %org.name, "{e:#}");
                 None
             }
         }
@@ -356,7 +350,7 @@ pub async fn group_commit(checker: Arc<Checker>, stop: CancellationToken) {
         if let Err(e) = checker.flush_quiet().await {
             // The checks stay noted; the next tick tries again. /healthz shows a database that
             // refuses writes through its own probe.
-            tracing::warn!("cannot record quiet checks yet: {e:#}");
+            crate::log_store_failure!(&e, "cannot record quiet checks yet: {e:#}");
         }
         if stopping {
             return;

@@ -13,7 +13,7 @@ use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::channels::ConsoleSink;
-use crate::check::Checker;
+use crate::check::{Checker, Wake};
 use crate::client::{self, Client};
 use crate::clock::Clock;
 use crate::config::Config;
@@ -23,6 +23,14 @@ use crate::metrics::Metrics;
 use crate::scheduler::Heartbeat;
 use crate::store::{Store, WriterLock};
 use crate::systemd;
+
+/// The daemon wires the two: a check wakes the channels through the dispatcher, and neither
+/// module knows the other.
+impl Wake for Dispatcher {
+    fn wake(&self, channels: &[String]) {
+        Dispatcher::wake(self, channels);
+    }
+}
 
 mod generation;
 mod once;

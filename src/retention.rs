@@ -45,7 +45,7 @@ pub async fn run(store: Store, keep: watch::Receiver<Duration>, clock: Clock, st
                 deliveries,
                 reports,
             }) => tracing::info!(failures, deliveries, reports, "pruned rows older than the retention"),
-            Err(e) => tracing::warn!("retention: {e:#}"),
+            Err(e) => crate::log_store_failure!(&e, "retention: {e:#}"),
         }
         tokio::select! {
             _ = stop.cancelled() => break,

@@ -83,7 +83,7 @@ pub async fn run(checker: Arc<Checker>, stop: CancellationToken) {
         if let Err(e) = conclude_due(&checker).await {
             // Fenced (another instance leads now) or the database is away: the next look, here
             // or on the new leader, concludes it.
-            tracing::warn!("cannot conclude the silences that ended: {e:#}");
+            crate::log_store_failure!(&e, "cannot conclude the silences that ended: {e:#}");
         }
     }
 }

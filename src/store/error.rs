@@ -63,3 +63,60 @@ pub fn is_fenced(e: &anyhow::Error) -> bool {
     e.chain()
         .any(|c| c.is::<Fenced>() || matches!(c.downcast_ref::<StoreError>(), Some(StoreError::Fenced(_))))
 }
+
+/// What a failed store call means to a loop that logs it and carries on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Failure {
+    /// This instance stepped down: nothing to fix here (the lease's loop says why, once).
+    Fenced,
+    /// Another writer held the database, or it answered too slowly: the next round tries again.
+    Busy,
+    /// Anything else: the database is broken or refuses.
+    Broken,
+}
+
+/// Which [`Failure`] `e` is.
+pub fn failure_of(e: &anyhow::Error) -> Failure {
+    if is_fenced(e) {
+        return Failure::Fenced;
+    }
+    let busy = e.chain().any(|c| {
+        busy(c)
+            || matches!(
+                c.downcast_ref::<StoreError>(),
+                Some(StoreError::Busy(_) | StoreError::Timeout(_))
+            )
+    });
+    if busy { Failure::Busy } else { Failure::Broken }
+}
+
+/// Logs a store failure of a loop that carries on at the level its [`Failure`] deserves: a
+/// fenced write at info (a failover must not fill the journal with one error per org), a busy
+/// or slow database as a warning, anything else as an error. The first argument is the
+/// `anyhow::Error`; the rest is what `tracing::error!` takes.
+#[macro_export]
+macro_rules! log_store_failure {
+    ($e:expr, $($arg:tt)+) => {
+        match $crate::store::failure_of($e) {
+            $crate::store::Failure::Fenced => tracing::info!($($arg)+),
+            $crate::store::Failure::Busy => tracing::warn!($($arg)+),
+            $crate::store::Failure::Broken => tracing::error!($($arg)+),
+        }
+    };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_failure_is_told_by_what_it_is_however_deep() {
+        let fenced = anyhow::Error::from(StoreError::Fenced(Fenced { why: "test" })).context("checking alpha");
+        assert_eq!(failure_of(&fenced), Failure::Fenced);
+        let slow = anyhow::Error::from(StoreError::Timeout(Duration::from_secs(30))).context("checking alpha");
+        assert_eq!(failure_of(&slow), Failure::Busy);
+        let busy = anyhow::Error::from(StoreError::Busy(anyhow::anyhow!("database is locked")));
+        assert_eq!(failure_of(&busy), Failure::Busy);
+        assert_eq!(failure_of(&anyhow::anyhow!("disk I/O error")), Failure::Broken);
+    }
+}

@@ -152,7 +152,7 @@ mod tests {
         }
     }
 
-    /// A daemon starting while `linkwatch once` delivers waits for it instead of failing.
+    /// A second daemon is refused at once: waiting would only end in the same refusal later.
     #[tokio::test(start_paused = true)]
     async fn a_daemon_holding_it_is_refused_at_once_however_patient() {
         let dir = tempfile::tempdir().unwrap();
@@ -166,6 +166,7 @@ mod tests {
         assert_eq!(started.elapsed(), Duration::ZERO, "it waited for a daemon");
     }
 
+    /// A daemon starting while `linkwatch once` delivers waits for it instead of failing.
     #[tokio::test(start_paused = true)]
     async fn a_patient_lock_waits_for_a_holder_that_finishes() {
         let dir = tempfile::tempdir().unwrap();

@@ -240,6 +240,48 @@ fn no_two_top_level_modules_import_each_other_even_around_a_circle() {
     );
 }
 
+/// The lines of `text` that reach the database or carry SQL: the driver named in code (not in
+/// a string, where `sqlx::postgres::notice` is a log target), or an SQL statement, except in the
+/// `sqlite3` commands a user is told to run.
+fn sql_in(text: &str) -> Vec<&str> {
+    const STATEMENTS: [&str; 6] = [
+        "SELECT ",
+        "INSERT INTO",
+        "UPDATE ",
+        "DELETE FROM",
+        "CREATE TABLE",
+        "ALTER TABLE",
+    ];
+    text.lines()
+        .filter(|line| {
+            let code: String = line.split('"').step_by(2).collect();
+            code.contains("sqlx") || (STATEMENTS.iter().any(|s| line.contains(s)) && !line.contains("sqlite3 "))
+        })
+        .collect()
+}
+
+/// ARCHITECTURE.md, invariant 12: the store is the only module that talks to the database.
+#[test]
+fn no_sql_and_no_database_driver_outside_the_store() {
+    let outside: Vec<String> = modules()
+        .iter()
+        .filter(|(module, _)| module[0] != "store")
+        .flat_map(|(module, text)| {
+            sql_in(text)
+                .into_iter()
+                .map(move |l| format!("{}: {}", module.join("/"), l.trim()))
+        })
+        .collect();
+    assert!(outside.is_empty(), "SQL outside src/store/:\n{}", outside.join("\n"));
+}
+
+#[test]
+fn the_reader_sees_sql_and_the_driver() {
+    let text = "use sqlx::Row;\nlet q = \"SELECT 1 FROM t\";\nlog(\"sqlx::postgres::notice=warn\");\n\
+                println!(\"sqlite3 db 'SELECT * FROM events'\");\nlet x = 1;\n";
+    assert_eq!(sql_in(text), ["use sqlx::Row;", "let q = \"SELECT 1 FROM t\";"]);
+}
+
 #[test]
 fn the_reader_sees_paths_in_every_form() {
     let text = "use crate::{a::B, c::{d, e::F}};\nfn x() { crate::g::h(); super::i::J; }\n";

@@ -367,6 +367,29 @@ async fn a_deposed_leader_cuts_off_a_hanging_check_and_leads_again_when_the_leas
     pool.close().await;
 }
 
+/// A leader that has lost its lease asks Cloud Manager nothing more, and says so at info level,
+/// not as an error: a failover must not fill the journal with an ERROR line per org.
+#[tokio::test]
+async fn a_check_after_the_lease_is_lost_is_not_an_error_in_the_log() {
+    let Some(db) = database().await else { return };
+    let (logs, _guard) = capture_logs();
+    let t = spawn_app_with(Setup {
+        database_url: Some(db.url.clone()),
+        ..Setup::default()
+    })
+    .await;
+    t.app.store.postgres().expect("on PostgreSQL").fence().depose();
+    t.app.checker.scheduled(0).await;
+    assert_eq!(t.sim.requests_for(ORG_A), 0, "a deposed leader asks nothing");
+    let logs = String::from_utf8(logs.lock().unwrap().clone()).unwrap();
+    let line = logs
+        .lines()
+        .find(|l| l.contains("no longer leads"))
+        .unwrap_or_else(|| panic!("{logs}"));
+    assert!(line.contains(" INFO ") && line.contains("org=alpha"), "{line}");
+    assert!(!logs.contains("ERROR"), "{logs}");
+}
+
 /// A stop that comes just after this instance lost the lease, before the daemon has followed
 /// (the fence falls first, the role a database round trip later), is a deposed leader's stop:
 /// it does not wait `shutdown_timeout` for a check hanging on Cloud Manager, nor send.
