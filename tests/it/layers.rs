@@ -1,7 +1,8 @@
 //! The layers stay one-way: this reads the `crate::` and `super::` paths of every file under
 //! `src/` (tests and comments aside) and fails on any circle of imports, between files and
-//! between the top-level modules, naming the files in it. A parent and its own children are one
-//! unit (a child may use what its parent holds), so their references do not count.
+//! between the top-level modules, naming the files in it, and on any import from a layer above
+//! (`LAYERS`). A parent and its own children are one unit (a child may use what its parent
+//! holds), so their references do not count.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
@@ -224,6 +225,68 @@ fn no_two_files_import_each_other_even_around_a_circle() {
 
 #[test]
 fn no_two_top_level_modules_import_each_other_even_around_a_circle() {
+    let found: Vec<String> = circles(&top_level_edges()).iter().map(|c| c.join(" <-> ")).collect();
+    assert!(
+        found.is_empty(),
+        "import circles between modules:\n{}",
+        found.join("\n")
+    );
+}
+
+/// The layers, bottom first, as ARCHITECTURE.md draws them: a module imports only from its own
+/// layer or those below (within a layer, the circle tests keep it one-way). A new top-level
+/// module must be placed here, so that where it stands is decided once, in review.
+const LAYERS: [(&str, &[&str]); 7] = [
+    (
+        "values",
+        &[
+            "clock",
+            "config",
+            "cron",
+            "memory",
+            "outcome",
+            "outside",
+            "retry",
+            "secret",
+            "simulator",
+            "text",
+        ],
+    ),
+    ("decisions", &["detect", "router"]),
+    ("store", &["store"]),
+    (
+        "the world outside",
+        &[
+            "channels",
+            "client",
+            "message",
+            "metrics",
+            "report",
+            "scheduler",
+            "table",
+        ],
+    ),
+    (
+        "steps",
+        &[
+            "check",
+            "copy",
+            "dispatch",
+            "leader",
+            "live_migration",
+            "probe",
+            "retention",
+            "silence",
+        ],
+    ),
+    (
+        "loops and wiring",
+        &["daemon", "heartbeat", "monitoring", "systemd", "web"],
+    ),
+    ("commands", &["cli", "demo"]),
+];
+
+fn top_level_edges() -> BTreeMap<String, BTreeSet<String>> {
     let mut top: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
     for (from, to) in file_edges(&modules()) {
         for t in to {
@@ -232,12 +295,28 @@ fn no_two_top_level_modules_import_each_other_even_around_a_circle() {
             }
         }
     }
-    let found: Vec<String> = circles(&top).iter().map(|c| c.join(" <-> ")).collect();
-    assert!(
-        found.is_empty(),
-        "import circles between modules:\n{}",
-        found.join("\n")
-    );
+    top
+}
+
+#[test]
+fn no_module_imports_from_a_layer_above_its_own() {
+    let layer = |m: &str| LAYERS.iter().position(|(_, modules)| modules.contains(&m));
+    let unplaced: BTreeSet<String> = modules()
+        .keys()
+        .map(|m| m[0].clone())
+        .filter(|m| layer(m).is_none())
+        .collect();
+    assert!(unplaced.is_empty(), "modules in no layer of LAYERS: {unplaced:?}");
+    let mut upward = Vec::new();
+    for (from, to) in top_level_edges() {
+        for t in to {
+            let (a, b) = (layer(&from).unwrap(), layer(&t).unwrap());
+            if b > a {
+                upward.push(format!("{from} ({}) imports {t} ({})", LAYERS[a].0, LAYERS[b].0));
+            }
+        }
+    }
+    assert!(upward.is_empty(), "imports up the layers:\n{}", upward.join("\n"));
 }
 
 /// The lines of `text` that reach the database or carry SQL: the driver named in code (not in
