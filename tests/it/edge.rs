@@ -391,6 +391,23 @@ async fn notify_test_against_a_dead_receiver_names_where_and_why() {
     assert!(!stderr.contains("SECRETPART"), "{stderr}");
 }
 
+/// The same for a mail relay that is not there: where, and why, once.
+#[tokio::test]
+async fn notify_test_against_a_dead_mail_relay_names_where_and_why() {
+    let port = free_port();
+    let t = spawn_app_with(Setup {
+        channels: mail_channel(port, &["dba@example.com"]),
+        ..Setup::default()
+    })
+    .await;
+    let out = notify_test(&t, "mail").await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains(&format!("127.0.0.1:{port}")), "{stderr}");
+    assert!(stderr.contains("Connection refused"), "{stderr}");
+    assert!(!stderr.contains("will retry"), "{stderr}");
+}
+
 /// A relay that accepts the mail and then never answers QUIT: the mail was delivered, and it is
 /// not sent again (the goodbye waited outside the send's bound, so the dispatcher abandoned an
 /// accepted mail and sent it again and again).
