@@ -245,122 +245,223 @@ impl Config {
 
     /// Checks what needs the whole file. Each part goes on past a mistake in another, so that
     /// every mistake is reported at once.
-    fn from_raw(raw: raw::Config, loc: &Locator<'_>) -> Result<Config, ConfigError> {
+    fn from_raw(mut raw: raw::Config, loc: &Locator<'_>) -> Result<Config, ConfigError> {
         let instance_name = loc.keep(instance_name(raw.instance_name.as_ref(), loc));
         let database = loc.keep(database(&raw, loc));
-        let leader_lease = loc.keep(at_least(
-            raw.leader_lease.as_ref(),
-            Duration::from_secs(3),
-            "3s",
-            Duration::from_secs(15),
-            "leader_lease",
-            loc,
-        ));
-        let retention = loc.keep(at_least(
-            raw.retention.as_ref(),
-            Duration::from_secs(86_400),
-            "1d",
-            Duration::from_secs(90 * 86_400),
-            "retention",
-            loc,
-        ));
-        let http = match &raw.http {
-            None => Some((None, None, None)),
-            Some(h) => loc
-                .keep(http::parse(h, loc))
-                .map(|h| (Some(h.listen), h.auth, h.public_url)),
-        };
+        let leader_lease = loc.keep(leader_lease(raw.leader_lease.as_ref(), loc));
+        let retention = loc.keep(retention(raw.retention.as_ref(), loc));
+        let http = http_settings(raw.http.as_ref(), loc);
         let cloud_manager = loc.keep(cloud_manager(&raw.cloud_manager, loc));
         let mut credentials = Credentials::default();
-        let default_credential = match credential_from(&raw.cloud_manager.credential(), "cloud_manager", loc) {
-            Ok(c) => Ok(c.map(|c| credentials.share(c))),
-            Err(e) => {
-                loc.report(e);
-                Err(())
-            }
-        };
-        let sets = instances::credential_sets(raw.credential_sets, &mut credentials, loc);
-        let mut endpoints = instances::Endpoints::default();
-        let poll = loc.keep(poll(raw.poll.unwrap_or_default(), loc));
-        let default_schedule = poll
-            .as_ref()
-            .map_or(Schedule::Every(Duration::from_secs(60)), |p| p.schedule.clone());
-        // A mistaken [cloud_manager] base_url is reported; the orgs are still read against the
-        // default, for their own mistakes.
-        let default_endpoint = cloud_manager.as_ref().map_or_else(
-            || Endpoint {
-                base_url: with_trailing_slash(Url::parse(DEFAULT_BASE_URL).expect("the default base URL is valid")),
-                token_url: default_token_url(&Url::parse(DEFAULT_BASE_URL).expect("valid")),
-            },
-            |cm| Endpoint {
-                base_url: cm.base_url.clone(),
-                token_url: cm.token_url.clone(),
-            },
+        let default_credential = default_credential(&raw.cloud_manager, &mut credentials, loc);
+        // What is read here is taken out of `raw`, which goes on to `tables` whole.
+        let sets = instances::credential_sets(std::mem::take(&mut raw.credential_sets), &mut credentials, loc);
+        let poll = loc.keep(poll(raw.poll.take().unwrap_or_default(), loc));
+        let shutdown_timeout = raw.shutdown_timeout.map_or(Duration::from_secs(10), |d| d.0);
+        let tables = tables(
+            raw,
+            poll.as_ref(),
+            cloud_manager.as_ref(),
+            &default_credential,
+            &sets,
+            &mut credentials,
+            loc,
         );
-        let defaults = instances::Defaults {
-            api: Api::CloudManager,
-            table: "cloud_manager",
-            endpoint: &default_endpoint,
-            credential: &default_credential,
-        };
-        let mut shared = Shared {
-            sets: &sets,
-            endpoints: &mut endpoints,
-            credentials: &mut credentials,
-        };
-        let orgs = orgs(raw.orgs, &default_schedule, &defaults, &mut shared, loc);
-        let channels = notify::channels(raw.channels, loc);
-        let routes = notify::routes(raw.routes, &channels, &orgs, loc);
-        let (atlas, migrations) = loc
-            .keep(atlas::atlas(raw.atlas, raw.migrations, &orgs, &mut shared, loc))
-            .unwrap_or_default();
-        let reports = reports::reports(raw.reports, &channels, loc);
-        let heartbeat = loc.keep(reports::heartbeat(raw.heartbeat, loc)).flatten();
-
-        let (
-            Some(instance_name),
-            Some(database),
-            Some(leader_lease),
-            Some(retention),
-            Some((http_listen, http_auth, http_public_url)),
-            Some(cloud_manager),
-            Some(poll),
-        ) = (
+        let settings = Settings {
             instance_name,
             database,
             leader_lease,
             retention,
+            shutdown_timeout,
             http,
             cloud_manager,
             poll,
-        )
-        else {
-            return Err(loc.failure());
         };
-        loc.finish()?;
-        Ok(Config {
-            source: loc.file.to_owned(),
-            instance_name,
-            database,
-            leader_lease,
-            retention,
-            shutdown_timeout: raw.shutdown_timeout.map_or(Duration::from_secs(10), |d| d.0),
-            http_listen,
-            http_auth,
-            http_public_url,
-            cloud_manager,
-            poll,
-            credentials: credentials.0,
-            orgs: orgs.into(),
-            channels,
-            routes,
-            atlas,
-            migrations,
-            reports,
-            heartbeat,
-            unread_secrets: loc.unread.take(),
-        })
+        assemble(settings, tables, credentials, loc)
     }
+}
+
+/// The settings of the top level, `[http]`, `[cloud_manager]` and `[poll]`; `None` where a
+/// mistake was reported.
+struct Settings {
+    instance_name: Option<String>,
+    database: Option<Database>,
+    leader_lease: Option<Duration>,
+    retention: Option<Duration>,
+    shutdown_timeout: Duration,
+    http: Option<HttpSettings>,
+    cloud_manager: Option<CloudManager>,
+    poll: Option<Poll>,
+}
+
+/// Where `[http]` listens, its login and its public address; all `None` without the table.
+type HttpSettings = (Option<std::net::SocketAddr>, Option<BasicAuth>, Option<Url>);
+
+/// The tables that name each other, each with its mistakes left out.
+struct Tables {
+    orgs: Vec<Org>,
+    channels: Vec<Channel>,
+    routes: Vec<Route>,
+    atlas: Option<Atlas>,
+    migrations: Vec<LiveMigration>,
+    reports: Vec<ReportConfig>,
+    heartbeat: Option<Heartbeat>,
+}
+
+/// The `Config`, when no part of the file had a mistake; else every mistake reported.
+fn assemble(
+    settings: Settings,
+    tables: Tables,
+    credentials: Credentials,
+    loc: &Locator<'_>,
+) -> Result<Config, ConfigError> {
+    let Settings {
+        instance_name: Some(instance_name),
+        database: Some(database),
+        leader_lease: Some(leader_lease),
+        retention: Some(retention),
+        shutdown_timeout,
+        http: Some((http_listen, http_auth, http_public_url)),
+        cloud_manager: Some(cloud_manager),
+        poll: Some(poll),
+    } = settings
+    else {
+        return Err(loc.failure());
+    };
+    loc.finish()?;
+    Ok(Config {
+        source: loc.file.to_owned(),
+        instance_name,
+        database,
+        leader_lease,
+        retention,
+        shutdown_timeout,
+        http_listen,
+        http_auth,
+        http_public_url,
+        cloud_manager,
+        poll,
+        credentials: credentials.0,
+        orgs: tables.orgs.into(),
+        channels: tables.channels,
+        routes: tables.routes,
+        atlas: tables.atlas,
+        migrations: tables.migrations,
+        reports: tables.reports,
+        heartbeat: tables.heartbeat,
+        unread_secrets: loc.unread.take(),
+    })
+}
+
+/// `[[org]]` (with the defaults of `[poll]` and `[cloud_manager]`), `[[channel]]`, `[[route]]`,
+/// `[atlas]` with `[[migration]]`, `[[report]]` and `[heartbeat]`, in that order: each checked
+/// against those before it.
+fn tables(
+    raw: raw::Config,
+    poll: Option<&Poll>,
+    cloud_manager: Option<&CloudManager>,
+    default_credential: &Result<Option<Arc<Credential>>, ()>,
+    sets: &[instances::CredentialSet],
+    credentials: &mut Credentials,
+    loc: &Locator<'_>,
+) -> Tables {
+    let mut endpoints = instances::Endpoints::default();
+    let default_schedule = poll.map_or(Schedule::Every(Duration::from_secs(60)), |p| p.schedule.clone());
+    let default_endpoint = default_endpoint(cloud_manager);
+    let defaults = instances::Defaults {
+        api: Api::CloudManager,
+        table: "cloud_manager",
+        endpoint: &default_endpoint,
+        credential: default_credential,
+    };
+    let mut shared = Shared {
+        sets,
+        endpoints: &mut endpoints,
+        credentials,
+    };
+    let orgs = orgs(raw.orgs, &default_schedule, &defaults, &mut shared, loc);
+    let channels = notify::channels(raw.channels, loc);
+    let routes = notify::routes(raw.routes, &channels, &orgs, loc);
+    let (atlas, migrations) = loc
+        .keep(atlas::atlas(raw.atlas, raw.migrations, &orgs, &mut shared, loc))
+        .unwrap_or_default();
+    let reports = reports::reports(raw.reports, &channels, loc);
+    let heartbeat = loc.keep(reports::heartbeat(raw.heartbeat, loc)).flatten();
+    Tables {
+        orgs,
+        channels,
+        routes,
+        atlas,
+        migrations,
+        reports,
+        heartbeat,
+    }
+}
+
+/// `leader_lease`: at least 3 s, by default 15 s.
+fn leader_lease(value: Option<&Spanned<HumanDuration>>, loc: &Locator<'_>) -> Result<Duration, ConfigError> {
+    at_least(
+        value,
+        Duration::from_secs(3),
+        "3s",
+        Duration::from_secs(15),
+        "leader_lease",
+        loc,
+    )
+}
+
+/// `retention`: at least a day, by default 90 days.
+fn retention(value: Option<&Spanned<HumanDuration>>, loc: &Locator<'_>) -> Result<Duration, ConfigError> {
+    at_least(
+        value,
+        Duration::from_secs(86_400),
+        "1d",
+        Duration::from_secs(90 * 86_400),
+        "retention",
+        loc,
+    )
+}
+
+/// `[http]`; `None` when it has a mistake, reported.
+fn http_settings(h: Option<&raw::Http>, loc: &Locator<'_>) -> Option<HttpSettings> {
+    match h {
+        None => Some((None, None, None)),
+        Some(h) => loc
+            .keep(http::parse(h, loc))
+            .map(|h| (Some(h.listen), h.auth, h.public_url)),
+    }
+}
+
+/// `[cloud_manager]`'s key, shared with the orgs that have the same one; `Err`: it has a
+/// mistake, reported.
+fn default_credential(
+    cm: &raw::CloudManager,
+    credentials: &mut Credentials,
+    loc: &Locator<'_>,
+) -> Result<Option<Arc<Credential>>, ()> {
+    match credential_from(&cm.credential(), "cloud_manager", loc) {
+        Ok(c) => Ok(c.map(|c| credentials.share(c))),
+        Err(e) => {
+            loc.report(e);
+            Err(())
+        }
+    }
+}
+
+/// Where orgs are asked unless they say: `[cloud_manager]`'s address and token URL.
+fn default_endpoint(cloud_manager: Option<&CloudManager>) -> Endpoint {
+    // A mistaken [cloud_manager] base_url is reported; the orgs are still read against the
+    // default, for their own mistakes.
+    cloud_manager.map_or_else(
+        || Endpoint {
+            base_url: with_trailing_slash(Url::parse(DEFAULT_BASE_URL).expect("the default base URL is valid")),
+            token_url: default_token_url(&Url::parse(DEFAULT_BASE_URL).expect("valid")),
+        },
+        |cm| Endpoint {
+            base_url: cm.base_url.clone(),
+            token_url: cm.token_url.clone(),
+        },
+    )
 }
 
 /// `instance_name`: letters, digits, `-`, `_` and `.` (it goes into logs, a label and the lease's
@@ -791,6 +892,8 @@ fn schedule_from(
     }
 }
 
+/// The key a table (`table`: `cloud_manager`, `org[1]`, ...) sets: an API key or a service
+/// account, `None` when it sets neither.
 fn credential_from(
     raw: &raw::CredentialFields,
     table: &str,
@@ -810,51 +913,72 @@ fn credential_from(
         raw.client_secret_env.as_ref(),
         loc,
     )?;
-    let at = |span: Option<&Spanned<String>>| span.map_or(0, |s| s.span().start);
     match (&raw.public_key, &raw.client_id) {
         (Some(_), Some(id)) => Err(loc.error(
             id.span().start,
             &format!("{table}.client_id"),
             "set either an API key (public_key) or a service account (client_id), not both".into(),
         )),
-        (Some(pk), None) => match (private_key, client_secret) {
-            (_, Some(_)) => Err(loc.error(
-                at(Some(pk)),
-                &format!("{table}.client_secret"),
-                "client_secret belongs to a service account (client_id), not to an API key".into(),
-            )),
-            (Some(private_key), None) => Ok(Some(Credential::ApiKey {
-                public_key: pk.get_ref().clone(),
-                private_key,
-            })),
-            (None, None) => Err(loc.error(
-                at(Some(pk)),
-                &format!("{table}.private_key"),
-                "public_key is set but private_key (or private_key_file / private_key_env) is missing".into(),
-            )),
-        },
-        (None, Some(id)) => match (private_key, client_secret) {
-            (Some(_), _) => Err(loc.error(
-                at(Some(id)),
-                &format!("{table}.private_key"),
-                "private_key belongs to an API key (public_key), not to a service account".into(),
-            )),
-            (None, Some(client_secret)) => Ok(Some(Credential::ServiceAccount {
-                client_id: id.get_ref().clone(),
-                client_secret,
-            })),
-            (None, None) => Err(loc.error(
-                at(Some(id)),
-                &format!("{table}.client_secret"),
-                "client_id is set but client_secret (or client_secret_file / client_secret_env) is missing".into(),
-            )),
-        },
+        (Some(pk), None) => api_key(pk, private_key, client_secret, table, loc).map(Some),
+        (None, Some(id)) => service_account(id, private_key, client_secret, table, loc).map(Some),
         (None, None) if private_key.is_some() || client_secret.is_some() => Err(loc.error(
             0,
             table,
             "a secret is set without its public half (public_key or client_id)".into(),
         )),
         (None, None) => Ok(None),
+    }
+}
+
+/// An API key: `public_key` with its `private_key`, and no `client_secret`.
+fn api_key(
+    pk: &Spanned<String>,
+    private_key: Option<Secret>,
+    client_secret: Option<Secret>,
+    table: &str,
+    loc: &Locator<'_>,
+) -> Result<Credential, ConfigError> {
+    match (private_key, client_secret) {
+        (_, Some(_)) => Err(loc.error(
+            pk.span().start,
+            &format!("{table}.client_secret"),
+            "client_secret belongs to a service account (client_id), not to an API key".into(),
+        )),
+        (Some(private_key), None) => Ok(Credential::ApiKey {
+            public_key: pk.get_ref().clone(),
+            private_key,
+        }),
+        (None, None) => Err(loc.error(
+            pk.span().start,
+            &format!("{table}.private_key"),
+            "public_key is set but private_key (or private_key_file / private_key_env) is missing".into(),
+        )),
+    }
+}
+
+/// A service account: `client_id` with its `client_secret`, and no `private_key`.
+fn service_account(
+    id: &Spanned<String>,
+    private_key: Option<Secret>,
+    client_secret: Option<Secret>,
+    table: &str,
+    loc: &Locator<'_>,
+) -> Result<Credential, ConfigError> {
+    match (private_key, client_secret) {
+        (Some(_), _) => Err(loc.error(
+            id.span().start,
+            &format!("{table}.private_key"),
+            "private_key belongs to an API key (public_key), not to a service account".into(),
+        )),
+        (None, Some(client_secret)) => Ok(Credential::ServiceAccount {
+            client_id: id.get_ref().clone(),
+            client_secret,
+        }),
+        (None, None) => Err(loc.error(
+            id.span().start,
+            &format!("{table}.client_secret"),
+            "client_id is set but client_secret (or client_secret_file / client_secret_env) is missing".into(),
+        )),
     }
 }
 

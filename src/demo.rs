@@ -195,41 +195,109 @@ pub async fn run(
     let sim = Simulator::start(([127, 0, 0, 1], 0).into(), simulator::Options::default())
         .await
         .context("cannot start the simulated Cloud Manager")?;
-    let public_key = "demo-public-key";
     let private_key = format!("{:032x}", rand::random::<u128>());
-    sim.add_api_key(public_key, &private_key);
+    sim.add_api_key(PUBLIC_KEY, &private_key);
     let orgs = timeline();
-    for (id, _, script) in &orgs {
+    let migrations = live_migrations();
+    play(&sim, &orgs, &migrations, duration);
+    // Demo time is compressed: Atlas's 120-hour cutover window becomes a fraction of the run,
+    // so that a deadline warning comes before the migration completes.
+    let window = duration.mul_f64(0.3).max(Duration::from_secs(3));
+
+    let dir = std::env::temp_dir().join(format!("linkwatch-demo-{}", chrono::Utc::now().format("%Y%m%dT%H%M%S")));
+    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let db = dir.join("linkwatch.db");
+    let demo = Demo {
+        sim: &sim,
+        private_key: &private_key,
+        orgs: &orgs,
+        migrations: &migrations,
+        duration,
+        every,
+        window,
+        db: &db,
+        page: page_address(),
+    };
+    let config = demo.config(&dir.join("demo.toml"), extra)?;
+    demo.introduce();
+    let result = run_daemon(config, duration, &shutdown).await;
+    sim.stop().await;
+    result?;
+
+    summary(&db).await
+}
+
+/// The demo's Cloud Manager and Atlas key: its public half (the private half is random).
+const PUBLIC_KEY: &str = "demo-public-key";
+
+/// Starts each org's and each live migration's script on the simulator, its fractions of the
+/// run turned into times.
+fn play(sim: &Simulator, orgs: &[DemoOrg], migrations: &[DemoLiveMigration], duration: Duration) {
+    for (id, _, script) in orgs {
         sim.script(
             id,
             script.iter().map(|(f, b)| (duration.mul_f64(*f), b.clone())).collect(),
         );
     }
-    let migrations = live_migrations();
-    for (_, id, script) in &migrations {
+    for (_, id, script) in migrations {
         sim.script_live_migration(
             id,
             script.iter().map(|(f, b)| (duration.mul_f64(*f), b.clone())).collect(),
         );
     }
-    // Demo time is compressed: Atlas's 120-hour cutover window becomes a fraction of the run,
-    // so that a deadline warning comes before the migration completes.
-    let window = duration.mul_f64(0.3).max(Duration::from_secs(3));
-    let warning = window.mul_f64(2.0 / 3.0);
+}
 
-    let dir = std::env::temp_dir().join(format!("linkwatch-demo-{}", chrono::Utc::now().format("%Y%m%dT%H%M%S")));
-    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    let db = dir.join("linkwatch.db");
-    let page = page_address();
-    let mut toml = format!(
-        r#"database = "{db}"
+/// One run of the demo: the simulator and its key, what it plays, how long and how often, and
+/// where the database and the status page are.
+struct Demo<'a> {
+    sim: &'a Simulator,
+    private_key: &'a str,
+    orgs: &'a [DemoOrg],
+    migrations: &'a [DemoLiveMigration],
+    duration: Duration,
+    every: Duration,
+    /// The compressed cutover window.
+    window: Duration,
+    db: &'a Path,
+    page: std::net::SocketAddr,
+}
+
+impl Demo<'_> {
+    /// The demo's config (written at `path`, for messages), with the channels and routes of
+    /// `extra` added.
+    fn config(&self, path: &Path, extra: Option<&Path>) -> anyhow::Result<Config> {
+        let mut config = Config::parse(&self.toml(), path).context("the demo's own config is invalid")?;
+        if let Some(extra) = extra {
+            let extra = Config::load(extra)?;
+            config.channels.extend(extra.channels);
+            if !extra.routes.is_empty() {
+                // Routes restrict where events go; the demo's console keeps seeing everything.
+                config.routes.extend(extra.routes);
+                config.routes.push(crate::config::Route {
+                    channels: vec!["console".into()],
+                    events: None,
+                    to: None,
+                    orgs: None,
+                    remind_every: None,
+                });
+            }
+        }
+        Ok(config)
+    }
+
+    /// The config file of the demo: the simulator as Cloud Manager and Atlas, each org and
+    /// live migration, and a console channel.
+    fn toml(&self) -> String {
+        let warning = self.window.mul_f64(2.0 / 3.0);
+        let mut toml = format!(
+            r#"database = "{db}"
 
 [http]
 listen = "{page}"
 
 [cloud_manager]
 base_url = "{base}"
-public_key = "{public_key}"
+public_key = "{PUBLIC_KEY}"
 private_key = "{private_key}"
 
 [poll]
@@ -239,7 +307,7 @@ failures_before_alert = 2
 
 [atlas]
 base_url = "{atlas}"
-public_key = "{public_key}"
+public_key = "{PUBLIC_KEY}"
 private_key = "{private_key}"
 every = "{every}"
 cutover_window = "{window}"
@@ -249,62 +317,56 @@ deadline_warnings = ["{warning}"]
 name = "console"
 kind = "console"
 "#,
-        db = db.display(),
-        base = sim.base_url(),
-        atlas = sim.atlas_base_url(),
-        every = humantime::format_duration(every),
-        window = humantime::format_duration(window),
-        warning = humantime::format_duration(warning),
-    );
-    for (id, name, _) in &orgs {
-        toml.push_str(&format!("\n[[org]]\nid = \"{id}\"\nname = \"{name}\"\n"));
-    }
-    for (name, id, _) in &migrations {
-        toml.push_str(&format!(
-            "\n[[migration]]\nname = \"{name}\"\norg = \"payments\"\ngroup_id = \"{DEMO_GROUP}\"\nid = \"{id}\"\n"
-        ));
-    }
-    let config_path = dir.join("demo.toml");
-    let mut config = Config::parse(&toml, &config_path).context("the demo's own config is invalid")?;
-    if let Some(extra) = extra {
-        let extra = Config::load(extra)?;
-        config.channels.extend(extra.channels);
-        if !extra.routes.is_empty() {
-            // Routes restrict where events go; the demo's console keeps seeing everything.
-            config.routes.extend(extra.routes);
-            config.routes.push(crate::config::Route {
-                channels: vec!["console".into()],
-                events: None,
-                to: None,
-                orgs: None,
-                remind_every: None,
-            });
+            db = self.db.display(),
+            page = self.page,
+            base = self.sim.base_url(),
+            private_key = self.private_key,
+            atlas = self.sim.atlas_base_url(),
+            every = humantime::format_duration(self.every),
+            window = humantime::format_duration(self.window),
+            warning = humantime::format_duration(warning),
+        );
+        for (id, name, _) in self.orgs {
+            toml.push_str(&format!("\n[[org]]\nid = \"{id}\"\nname = \"{name}\"\n"));
         }
+        for (name, id, _) in self.migrations {
+            toml.push_str(&format!(
+                "\n[[migration]]\nname = \"{name}\"\norg = \"payments\"\ngroup_id = \"{DEMO_GROUP}\"\nid = \"{id}\"\n"
+            ));
+        }
+        toml
     }
 
-    println!("linkwatch demo");
-    println!(
-        "  simulated Cloud Manager: {} (HTTP Digest, realm \"{}\")",
-        sim.base_url(),
-        simulator::REALM
-    );
-    println!(
-        "  watching {} orgs every {} for {}; database {}",
-        orgs.len(),
-        humantime::format_duration(every),
-        humantime::format_duration(duration),
-        db.display()
-    );
-    println!(
-        "  and {} Atlas live migrations of payments ({}); demo time is compressed: the cutover \
-         window is {} instead of 120 h",
-        migrations.len(),
-        sim.atlas_base_url(),
-        humantime::format_duration(window)
-    );
-    println!("  status page: http://{page}/ (JSON: http://{page}/api/v1/status) while the demo runs");
-    println!("  events as they happen (Ctrl-C stops early):\n");
+    /// What the demo watches and where to look, before its events.
+    fn introduce(&self) {
+        let page = self.page;
+        println!("linkwatch demo");
+        println!(
+            "  simulated Cloud Manager: {} (HTTP Digest, realm \"{}\")",
+            self.sim.base_url(),
+            simulator::REALM
+        );
+        println!(
+            "  watching {} orgs every {} for {}; database {}",
+            self.orgs.len(),
+            humantime::format_duration(self.every),
+            humantime::format_duration(self.duration),
+            self.db.display()
+        );
+        println!(
+            "  and {} Atlas live migrations of payments ({}); demo time is compressed: the cutover \
+             window is {} instead of 120 h",
+            self.migrations.len(),
+            self.sim.atlas_base_url(),
+            humantime::format_duration(self.window)
+        );
+        println!("  status page: http://{page}/ (JSON: http://{page}/api/v1/status) while the demo runs");
+        println!("  events as they happen (Ctrl-C stops early):\n");
+    }
+}
 
+/// The daemon on the demo's config until `duration` has passed or `shutdown` comes.
+async fn run_daemon(config: Config, duration: Duration, shutdown: &CancellationToken) -> anyhow::Result<()> {
     let stop = shutdown.child_token();
     let timer = {
         let stop = stop.clone();
@@ -318,10 +380,7 @@ kind = "console"
     let result = crate::daemon::run(config, stop.clone()).await;
     stop.cancel();
     let _ = timer.await;
-    sim.stop().await;
-    result?;
-
-    summary(&db).await
+    result
 }
 
 /// The demo's status page: 127.0.0.1:9187 (the port the README and the example use), or a

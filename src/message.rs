@@ -183,22 +183,7 @@ fn describe(name: &str, org_name: Option<&str>, event: &Event) -> (String, Optio
             format!("{name}: migration link is {status} (first check)"),
             advice_for(None, status),
         ),
-        Event::StatusChanged {
-            from,
-            to,
-            from_lasted_s,
-            ..
-        } => {
-            let lasted = human_secs(*from_lasted_s);
-            let title = if to == "SYNCED" {
-                format!("{name}: migration link SYNCED (was {from} for {lasted})")
-            } else if from == "SYNCED" {
-                format!("{name}: migration link fell back to {to} after {lasted} SYNCED")
-            } else {
-                format!("{name}: migration link is now {to} (was {from} for {lasted})")
-            };
-            (title, advice_for(Some(from), to))
-        }
+        Event::StatusChanged { .. } => describe_status_change(name, event),
         Event::CheckFailing { failures, failure, .. } => (
             format!(
                 "{name}: status checks failing ({failures} in a row): {}",
@@ -206,27 +191,7 @@ fn describe(name: &str, org_name: Option<&str>, event: &Event) -> (String, Optio
             ),
             Some("linkwatch cannot see this link's status until this is fixed.".to_owned()),
         ),
-        Event::Reminder {
-            condition,
-            status,
-            elapsed_s,
-            ..
-        } => {
-            let elapsed = human_secs(*elapsed_s);
-            match condition {
-                crate::detect::Condition::LinkBroken => (
-                    format!(
-                        "{name}: reminder: migration link still {} after {elapsed}",
-                        status.as_deref().unwrap_or("not SYNCED")
-                    ),
-                    advice_for(Some("SYNCED"), status.as_deref().unwrap_or("")),
-                ),
-                crate::detect::Condition::CheckFailing => (
-                    format!("{name}: reminder: status checks still failing after {elapsed}"),
-                    Some("linkwatch cannot see this link's status until this is fixed.".to_owned()),
-                ),
-            }
-        }
+        Event::Reminder { .. } => describe_reminder(name, event),
         Event::CheckRecovered { failures, failed_for_s } => (
             format!(
                 "{name}: status checks recovered after {} ({failures} failed checks)",
@@ -235,17 +200,71 @@ fn describe(name: &str, org_name: Option<&str>, event: &Event) -> (String, Optio
             None,
         ),
         Event::SilenceEnded { .. } => describe_silence_end(name, event),
-        Event::ApiDeprecated { deprecation } => (
-            deprecation_title(deprecation),
-            Some(format!(
-                "Atlas removes a deprecated version at its sunset and then answers 410, and every live migration check fails. \
-                 Set [atlas] api_version to the current version of MongoDB's published v2 specification, or update linkwatch, \
-                 before {}.",
-                deprecation.sunset_at.map_or_else(|| "the sunset".to_owned(), when)
-            )),
-        ),
+        Event::ApiDeprecated { deprecation } => describe_deprecation(deprecation),
         event => describe_live_migration(org_name, event),
     }
+}
+
+/// A change of the link's status: back to `SYNCED`, away from it, or between two others.
+fn describe_status_change(name: &str, event: &Event) -> (String, Option<String>) {
+    let Event::StatusChanged {
+        from,
+        to,
+        from_lasted_s,
+        ..
+    } = event
+    else {
+        return (format!("{name}: {}", event.kind()), None);
+    };
+    let lasted = human_secs(*from_lasted_s);
+    let title = if to == "SYNCED" {
+        format!("{name}: migration link SYNCED (was {from} for {lasted})")
+    } else if from == "SYNCED" {
+        format!("{name}: migration link fell back to {to} after {lasted} SYNCED")
+    } else {
+        format!("{name}: migration link is now {to} (was {from} for {lasted})")
+    };
+    (title, advice_for(Some(from), to))
+}
+
+/// A reminder that a link is still broken, or its checks still failing.
+fn describe_reminder(name: &str, event: &Event) -> (String, Option<String>) {
+    let Event::Reminder {
+        condition,
+        status,
+        elapsed_s,
+        ..
+    } = event
+    else {
+        return (format!("{name}: {}", event.kind()), None);
+    };
+    let elapsed = human_secs(*elapsed_s);
+    match condition {
+        crate::detect::Condition::LinkBroken => (
+            format!(
+                "{name}: reminder: migration link still {} after {elapsed}",
+                status.as_deref().unwrap_or("not SYNCED")
+            ),
+            advice_for(Some("SYNCED"), status.as_deref().unwrap_or("")),
+        ),
+        crate::detect::Condition::CheckFailing => (
+            format!("{name}: reminder: status checks still failing after {elapsed}"),
+            Some("linkwatch cannot see this link's status until this is fixed.".to_owned()),
+        ),
+    }
+}
+
+/// An Atlas API version announced for retirement, and what to do before its sunset.
+fn describe_deprecation(deprecation: &crate::outcome::ApiDeprecation) -> (String, Option<String>) {
+    (
+        deprecation_title(deprecation),
+        Some(format!(
+            "Atlas removes a deprecated version at its sunset and then answers 410, and every live migration check fails. \
+             Set [atlas] api_version to the current version of MongoDB's published v2 specification, or update linkwatch, \
+             before {}.",
+            deprecation.sunset_at.map_or_else(|| "the sunset".to_owned(), when)
+        )),
+    )
 }
 
 /// What a silence that ended elsewhere than it began says: from what, to what, and what
@@ -351,37 +370,75 @@ fn describe_live_migration(org: Option<&str>, event: &Event) -> (String, Option<
         None => m.to_owned(),
     };
     match event {
-        Event::MigrationStatusChanged {
-            from,
-            to,
-            from_lasted_s,
-            migration_hosts,
-            ..
-        } => {
-            let mut was = match (from, from_lasted_s) {
-                (Some(f), Some(s)) => format!(" (was {f} for {})", human_secs(*s)),
-                (Some(f), None) => format!(" (was {f})"),
-                (None, _) => " (first check)".to_owned(),
-            };
-            match migration_hosts.as_slice() {
-                [] => {}
-                [one] => was.push_str(&format!(" on migration host {one}")),
-                many => was.push_str(&format!(" on migration hosts {}", many.join(", "))),
-            }
-            let (title, advice) = match to.as_str() {
-                "FAILED" => (
-                    format!("URGENT: {who}: live migration FAILED{was}"),
-                    Some("Atlas stopped the live migration. Look at the migration in the Atlas UI, fix the cause (often the source oplog window), and start a new live migration."),
-                ),
-                "EXPIRED" => (
-                    format!("URGENT: {who}: live migration EXPIRED{was}"),
-                    Some("The cutover window ran out and Atlas stopped syncing: the migration must be started again."),
-                ),
-                "COMPLETE" => (format!("{who}: live migration COMPLETE{was}"), None),
-                _ => (format!("{who}: live migration is {to}{was}"), None),
-            };
-            (title, advice.map(str::to_owned))
+        Event::MigrationStatusChanged { .. } => describe_migration_status(&who, event),
+        Event::ReadyForCutover { .. } | Event::ReadyForCutoverLost { .. } | Event::CutoverDeadline { .. } => {
+            describe_cutover(&who, event)
         }
+        Event::LagHigh { .. } | Event::LagRecovered { .. } => describe_lag(&who, event),
+        Event::LinkBrokenDuringMigration { link_status, .. } => (
+            format!("URGENT: {who}: the org's migration link is {link_status} while the live migration is WORKING"),
+            Some(
+                "The live migration cannot proceed while the link is broken. Check the link in Cloud Manager (its Refresh action), or create a new link token in Atlas."
+                    .to_owned(),
+            ),
+        ),
+        Event::MigrationCheckFailing { .. } | Event::MigrationCheckRecovered { .. } => {
+            describe_migration_checks(&who, event)
+        }
+        Event::FirstSeen { .. }
+        | Event::StatusChanged { .. }
+        | Event::CheckFailing { .. }
+        | Event::CheckRecovered { .. }
+        | Event::Reminder { .. }
+        | Event::SilenceEnded { .. }
+        | Event::ApiDeprecated { .. } => (format!("{who}: {}", event.kind()), None),
+    }
+}
+
+/// A live migration's new status (`who` names it), from what and on which migration hosts;
+/// a failed or expired one is urgent and says what to do.
+fn describe_migration_status(who: &str, event: &Event) -> (String, Option<String>) {
+    let Event::MigrationStatusChanged {
+        from,
+        to,
+        from_lasted_s,
+        migration_hosts,
+        ..
+    } = event
+    else {
+        return (format!("{who}: {}", event.kind()), None);
+    };
+    let mut was = match (from, from_lasted_s) {
+        (Some(f), Some(s)) => format!(" (was {f} for {})", human_secs(*s)),
+        (Some(f), None) => format!(" (was {f})"),
+        (None, _) => " (first check)".to_owned(),
+    };
+    match migration_hosts.as_slice() {
+        [] => {}
+        [one] => was.push_str(&format!(" on migration host {one}")),
+        many => was.push_str(&format!(" on migration hosts {}", many.join(", "))),
+    }
+    let (title, advice) = match to.as_str() {
+        "FAILED" => (
+            format!("URGENT: {who}: live migration FAILED{was}"),
+            Some(
+                "Atlas stopped the live migration. Look at the migration in the Atlas UI, fix the cause (often the source oplog window), and start a new live migration.",
+            ),
+        ),
+        "EXPIRED" => (
+            format!("URGENT: {who}: live migration EXPIRED{was}"),
+            Some("The cutover window ran out and Atlas stopped syncing: the migration must be started again."),
+        ),
+        "COMPLETE" => (format!("{who}: live migration COMPLETE{was}"), None),
+        _ => (format!("{who}: live migration is {to}{was}"), None),
+    };
+    (title, advice.map(str::to_owned))
+}
+
+/// The cutover: ready for it (with the estimated deadline), no longer ready, and the warnings
+/// as the deadline comes near or passes.
+fn describe_cutover(who: &str, event: &Event) -> (String, Option<String>) {
+    match event {
         Event::ReadyForCutover { deadline, lag_s, .. } => (
             format!(
                 "{who}: ready for cutover{}; cut over before about {} (estimated)",
@@ -398,26 +455,6 @@ fn describe_live_migration(org: Option<&str>, event: &Event) -> (String, Option<
                 "Wait until Atlas reports it ready again before cutting over (during a cutover this is expected)."
                     .to_owned(),
             ),
-        ),
-        Event::LagHigh { lag_s, threshold_s, .. } => (
-            format!(
-                "{who}: replication lag is {} (above {} for {} checks)",
-                human_secs(*lag_s),
-                human_secs(*threshold_s),
-                crate::detect::live_migration::LAG_CHECKS
-            ),
-            Some(
-                "A lag that keeps rising toward the source's oplog window makes the sync fail: check the source's write load and oplog size."
-                    .to_owned(),
-            ),
-        ),
-        Event::LagRecovered { lag_s, high_for_s, .. } => (
-            format!(
-                "{who}: replication lag back to {} after {} high",
-                human_secs(*lag_s),
-                human_secs(*high_for_s)
-            ),
-            None,
         ),
         Event::CutoverDeadline { deadline, left_s, .. } => {
             let title = if *left_s > 0 {
@@ -440,13 +477,40 @@ fn describe_live_migration(org: Option<&str>, event: &Event) -> (String, Option<
                 )),
             )
         }
-        Event::LinkBrokenDuringMigration { link_status, .. } => (
-            format!("URGENT: {who}: the org's migration link is {link_status} while the live migration is WORKING"),
+        _ => (format!("{who}: {}", event.kind()), None),
+    }
+}
+
+/// Replication lag above the migration's `lag_alert`, and back below it.
+fn describe_lag(who: &str, event: &Event) -> (String, Option<String>) {
+    match event {
+        Event::LagHigh { lag_s, threshold_s, .. } => (
+            format!(
+                "{who}: replication lag is {} (above {} for {} checks)",
+                human_secs(*lag_s),
+                human_secs(*threshold_s),
+                crate::detect::live_migration::LAG_CHECKS
+            ),
             Some(
-                "The live migration cannot proceed while the link is broken. Check the link in Cloud Manager (its Refresh action), or create a new link token in Atlas."
+                "A lag that keeps rising toward the source's oplog window makes the sync fail: check the source's write load and oplog size."
                     .to_owned(),
             ),
         ),
+        Event::LagRecovered { lag_s, high_for_s, .. } => (
+            format!(
+                "{who}: replication lag back to {} after {} high",
+                human_secs(*lag_s),
+                human_secs(*high_for_s)
+            ),
+            None,
+        ),
+        _ => (format!("{who}: {}", event.kind()), None),
+    }
+}
+
+/// The checks of a live migration failing, and recovering.
+fn describe_migration_checks(who: &str, event: &Event) -> (String, Option<String>) {
+    match event {
         Event::MigrationCheckFailing { failures, failure, .. } => (
             format!(
                 "{who}: live migration checks failing ({failures} in a row): {}",
@@ -454,20 +518,16 @@ fn describe_live_migration(org: Option<&str>, event: &Event) -> (String, Option<
             ),
             Some("linkwatch cannot see this live migration until this is fixed.".to_owned()),
         ),
-        Event::MigrationCheckRecovered { failures, failed_for_s, .. } => (
+        Event::MigrationCheckRecovered {
+            failures, failed_for_s, ..
+        } => (
             format!(
                 "{who}: live migration checks recovered after {} ({failures} failed checks)",
                 human_secs(*failed_for_s)
             ),
             None,
         ),
-        Event::FirstSeen { .. }
-        | Event::StatusChanged { .. }
-        | Event::CheckFailing { .. }
-        | Event::CheckRecovered { .. }
-        | Event::Reminder { .. }
-        | Event::SilenceEnded { .. }
-        | Event::ApiDeprecated { .. } => (format!("{who}: {}", event.kind()), None),
+        _ => (format!("{who}: {}", event.kind()), None),
     }
 }
 

@@ -89,59 +89,81 @@ impl Default for Metrics {
         let mut registry = Registry::default();
         // OpenMetrics names a counter's family without `_total` and its series with it; the
         // crate adds the suffix, and a full stop to each help text.
-        registry.register(
-            "linkwatch_leader",
-            "1 while this instance leads (checks and sends), 0 while another does (PostgreSQL)",
-            m.leader.clone(),
-        );
-        registry.register(
-            "linkwatch_leader_epoch",
-            "The epoch (fencing token) of this instance's lease while it leads; 0 on SQLite",
-            m.leader_epoch.clone(),
-        );
-        registry.register(
-            "linkwatch_instance_info",
-            "1, labelled with this instance's name (instance_name, by default the host's)",
-            m.instance.clone(),
-        );
-        registry.register_collector(Box::new(m.checks.clone()));
-        registry.register(
-            "linkwatch_check_duration_seconds",
-            "How long one status check took, authentication included",
-            m.latency.clone(),
-        );
-        registry.register(
-            "linkwatch_cloud_manager_requests",
-            "HTTP requests sent to Cloud Manager (Digest challenges included)",
-            m.requests.clone(),
-        );
-        registry.register("linkwatch_events", "Events recorded, by kind", m.events.clone());
-        registry.register(
-            "linkwatch_deliveries",
-            "Delivery attempts, by channel and outcome (sent, retry, failed)",
-            m.deliveries.clone(),
-        );
-        registry.register(
-            "linkwatch_delivery_record_failures",
-            "Failed attempts to record a delivery's outcome; the delivery is not sent again meanwhile",
-            m.record_failures.clone(),
-        );
-        registry.register(
-            "linkwatch_heartbeat_failures",
-            "Heartbeat requests to the external monitor that failed",
-            m.heartbeat_failures.clone(),
-        );
-        registry.register(
-            "linkwatch_heartbeat_unhealthy",
-            "Heartbeats sent to the monitor's fail URL because linkwatch was not healthy",
-            m.heartbeat_unhealthy.clone(),
-        );
+        m.register_instance(&mut registry);
+        m.register_checks(&mut registry);
+        m.register_deliveries(&mut registry);
+        m.register_heartbeat(&mut registry);
         registry.register(
             "linkwatch_task_panics",
             "Panics caught and recovered, by task (check, channel) and its org or channel",
             m.panics.clone(),
         );
         Metrics { registry, ..m }
+    }
+}
+
+impl Metrics {
+    /// Which instance this is, and whether it leads.
+    fn register_instance(&self, registry: &mut Registry) {
+        registry.register(
+            "linkwatch_leader",
+            "1 while this instance leads (checks and sends), 0 while another does (PostgreSQL)",
+            self.leader.clone(),
+        );
+        registry.register(
+            "linkwatch_leader_epoch",
+            "The epoch (fencing token) of this instance's lease while it leads; 0 on SQLite",
+            self.leader_epoch.clone(),
+        );
+        registry.register(
+            "linkwatch_instance_info",
+            "1, labelled with this instance's name (instance_name, by default the host's)",
+            self.instance.clone(),
+        );
+    }
+
+    /// The status checks: their outcomes, how long they took, and the requests they sent.
+    fn register_checks(&self, registry: &mut Registry) {
+        registry.register_collector(Box::new(self.checks.clone()));
+        registry.register(
+            "linkwatch_check_duration_seconds",
+            "How long one status check took, authentication included",
+            self.latency.clone(),
+        );
+        registry.register(
+            "linkwatch_cloud_manager_requests",
+            "HTTP requests sent to Cloud Manager (Digest challenges included)",
+            self.requests.clone(),
+        );
+    }
+
+    /// The events recorded, and what became of their deliveries.
+    fn register_deliveries(&self, registry: &mut Registry) {
+        registry.register("linkwatch_events", "Events recorded, by kind", self.events.clone());
+        registry.register(
+            "linkwatch_deliveries",
+            "Delivery attempts, by channel and outcome (sent, retry, failed)",
+            self.deliveries.clone(),
+        );
+        registry.register(
+            "linkwatch_delivery_record_failures",
+            "Failed attempts to record a delivery's outcome; the delivery is not sent again meanwhile",
+            self.record_failures.clone(),
+        );
+    }
+
+    /// The heartbeat to an external monitor (`[heartbeat]`).
+    fn register_heartbeat(&self, registry: &mut Registry) {
+        registry.register(
+            "linkwatch_heartbeat_failures",
+            "Heartbeat requests to the external monitor that failed",
+            self.heartbeat_failures.clone(),
+        );
+        registry.register(
+            "linkwatch_heartbeat_unhealthy",
+            "Heartbeats sent to the monitor's fail URL because linkwatch was not healthy",
+            self.heartbeat_unhealthy.clone(),
+        );
     }
 }
 
@@ -350,150 +372,11 @@ impl Metrics {
     /// The OpenMetrics text of the counters and of `db`, read at scrape time.
     pub fn render(&self, db: &DbGauges) -> String {
         let mut scrape = Registry::default();
-        let statuses = Family::<Labels, Gauge>::default();
-        for (i, (id, name, status)) in db.statuses.iter().enumerate() {
-            if let Some(status) = status {
-                statuses
-                    .get_or_create(&vec![
-                        ("org_id", id.clone()),
-                        ("org_name", name.clone()),
-                        ("status", status.clone()),
-                        ("instance_url", db.instances.get(i).cloned().unwrap_or_default()),
-                    ])
-                    .set(1);
-            }
-        }
-        scrape.register(
-            "linkwatch_org_status",
-            "1 for each org's current confirmed status, with the Cloud/Ops Manager it is asked at (instance_url)",
-            statuses,
-        );
-        let pending = Family::<Labels, Gauge>::default();
-        let blocked_now = Family::<Labels, Gauge>::default();
-        let blocked = self.blocked();
-        for (channel, n) in &db.outbox_depth {
-            pending.get_or_create(&vec![("channel", channel.clone())]).set(*n);
-            let is_blocked = blocked.iter().any(|(c, _)| c == channel);
-            blocked_now
-                .get_or_create(&vec![("channel", channel.clone())])
-                .set(i64::from(is_blocked));
-        }
-        scrape.register(
-            "linkwatch_outbox_pending",
-            "Deliveries waiting to be sent, by channel",
-            pending,
-        );
-        scrape.register(
-            "linkwatch_channel_blocked",
-            "1 when a delivery of the channel keeps failing past the hold (3 attempts or 5 minutes): its org's later events wait, other orgs' pass",
-            blocked_now,
-        );
-        let blocked_for = Family::<Labels, Gauge<f64, AtomicU64>>::default();
-        for (channel, b) in &blocked {
-            blocked_for
-                .get_or_create(&vec![("channel", channel.clone())])
-                .set(b.since_mono.elapsed().as_secs_f64());
-        }
-        scrape.register(
-            "linkwatch_channel_blocked_seconds",
-            "Age of the channel's oldest blocked delivery",
-            blocked_for,
-        );
-        let (status, ready, lag, left) = (
-            Family::<Labels, Gauge>::default(),
-            Family::<Labels, Gauge>::default(),
-            Family::<Labels, Gauge>::default(),
-            Family::<Labels, Gauge>::default(),
-        );
-        for m in &db.migrations {
-            let name = || vec![("migration", m.name.clone())];
-            if let Some(s) = &m.status {
-                status
-                    .get_or_create(&vec![
-                        ("migration", m.name.clone()),
-                        ("org_id", m.org_id.clone()),
-                        ("status", s.clone()),
-                    ])
-                    .set(1);
-            }
-            ready.get_or_create(&name()).set(i64::from(m.ready_for_cutover));
-            if let Some(l) = m.lag_s {
-                lag.get_or_create(&name()).set(l);
-            }
-            if let Some(l) = m.left_s {
-                left.get_or_create(&name()).set(l);
-            }
-        }
-        scrape.register(
-            "linkwatch_migration_status",
-            "1 for each live migration's current status (Atlas)",
-            status,
-        );
-        scrape.register(
-            "linkwatch_migration_ready_for_cutover",
-            "1 while Atlas says the live migration can be cut over",
-            ready,
-        );
-        scrape.register(
-            "linkwatch_migration_lag_seconds",
-            "The live migration's replication lag, while Atlas reports one",
-            lag,
-        );
-        scrape.register(
-            "linkwatch_migration_cutover_left_seconds",
-            "Seconds left to the estimated end of the cutover window (estimated: an extension in the Atlas UI is not visible)",
-            left,
-        );
-        let silenced = Family::<Labels, Gauge>::default();
-        for (s, org_name) in &db.silences {
-            silenced
-                .get_or_create(&vec![
-                    ("silence", s.id.to_string()),
-                    ("org_id", s.org_id.clone()),
-                    ("org_name", org_name.clone()),
-                    ("migration", s.migration.clone().unwrap_or_default()),
-                ])
-                .set(s.until().timestamp());
-        }
-        scrape.register(
-            "linkwatch_silence_ends_timestamp_seconds",
-            "For each silence holding events back now: when it ends (Unix time); its events are recorded, not sent",
-            silenced,
-        );
-        let active = Gauge::<i64>::default();
-        active.set(db.silences.len() as i64);
-        scrape.register("linkwatch_silences_active", "Silences holding events back now", active);
-        let deprecated = Family::<Labels, Gauge>::default();
-        let sunset = Family::<Labels, Gauge>::default();
-        for d in &db.api_deprecations {
-            let label = d
-                .sunset_at
-                .map(|t| t.format("%Y-%m-%d").to_string())
-                .or_else(|| d.sunset.clone())
-                .unwrap_or_default();
-            deprecated
-                .get_or_create(&vec![
-                    ("api", d.api.clone()),
-                    ("version", d.version.clone()),
-                    ("sunset", label),
-                ])
-                .set(1);
-            if let Some(t) = d.sunset_at {
-                sunset
-                    .get_or_create(&vec![("api", d.api.clone()), ("version", d.version.clone())])
-                    .set(t.timestamp());
-            }
-        }
-        scrape.register(
-            "linkwatch_api_deprecated",
-            "1 for each API version linkwatch asks for that the API announced for retirement (Deprecation/Sunset headers), with its sunset date",
-            deprecated,
-        );
-        scrape.register(
-            "linkwatch_api_sunset_timestamp_seconds",
-            "When a deprecated API version is removed (its Sunset header), as a Unix time",
-            sunset,
-        );
+        register_org_statuses(&mut scrape, db);
+        register_channels(&mut scrape, db, &self.blocked());
+        register_migrations(&mut scrape, db);
+        register_silences(&mut scrape, db);
+        register_deprecations(&mut scrape, db);
         let oldest = Gauge::<f64, AtomicU64>::default();
         oldest.set(db.oldest_pending_s.unwrap_or(0.0));
         scrape.register(
@@ -509,6 +392,170 @@ impl Metrics {
         let _ = encode_eof(&mut out);
         out
     }
+}
+
+/// Each org's current confirmed status, with the instance it is asked at.
+fn register_org_statuses(scrape: &mut Registry, db: &DbGauges) {
+    let statuses = Family::<Labels, Gauge>::default();
+    for (i, (id, name, status)) in db.statuses.iter().enumerate() {
+        if let Some(status) = status {
+            statuses
+                .get_or_create(&vec![
+                    ("org_id", id.clone()),
+                    ("org_name", name.clone()),
+                    ("status", status.clone()),
+                    ("instance_url", db.instances.get(i).cloned().unwrap_or_default()),
+                ])
+                .set(1);
+        }
+    }
+    scrape.register(
+        "linkwatch_org_status",
+        "1 for each org's current confirmed status, with the Cloud/Ops Manager it is asked at (instance_url)",
+        statuses,
+    );
+}
+
+/// Each channel's pending deliveries, and whether (and for how long) it is blocked.
+fn register_channels(scrape: &mut Registry, db: &DbGauges, blocked: &[(String, Blocked)]) {
+    let pending = Family::<Labels, Gauge>::default();
+    let blocked_now = Family::<Labels, Gauge>::default();
+    for (channel, n) in &db.outbox_depth {
+        pending.get_or_create(&vec![("channel", channel.clone())]).set(*n);
+        let is_blocked = blocked.iter().any(|(c, _)| c == channel);
+        blocked_now
+            .get_or_create(&vec![("channel", channel.clone())])
+            .set(i64::from(is_blocked));
+    }
+    scrape.register(
+        "linkwatch_outbox_pending",
+        "Deliveries waiting to be sent, by channel",
+        pending,
+    );
+    scrape.register(
+        "linkwatch_channel_blocked",
+        "1 when a delivery of the channel keeps failing past the hold (3 attempts or 5 minutes): its org's later events wait, other orgs' pass",
+        blocked_now,
+    );
+    let blocked_for = Family::<Labels, Gauge<f64, AtomicU64>>::default();
+    for (channel, b) in blocked {
+        blocked_for
+            .get_or_create(&vec![("channel", channel.clone())])
+            .set(b.since_mono.elapsed().as_secs_f64());
+    }
+    scrape.register(
+        "linkwatch_channel_blocked_seconds",
+        "Age of the channel's oldest blocked delivery",
+        blocked_for,
+    );
+}
+
+/// Each live migration's status, whether it is ready for cutover, its lag and the time left to
+/// its estimated deadline.
+fn register_migrations(scrape: &mut Registry, db: &DbGauges) {
+    let (status, ready, lag, left) = (
+        Family::<Labels, Gauge>::default(),
+        Family::<Labels, Gauge>::default(),
+        Family::<Labels, Gauge>::default(),
+        Family::<Labels, Gauge>::default(),
+    );
+    for m in &db.migrations {
+        let name = || vec![("migration", m.name.clone())];
+        if let Some(s) = &m.status {
+            status
+                .get_or_create(&vec![
+                    ("migration", m.name.clone()),
+                    ("org_id", m.org_id.clone()),
+                    ("status", s.clone()),
+                ])
+                .set(1);
+        }
+        ready.get_or_create(&name()).set(i64::from(m.ready_for_cutover));
+        if let Some(l) = m.lag_s {
+            lag.get_or_create(&name()).set(l);
+        }
+        if let Some(l) = m.left_s {
+            left.get_or_create(&name()).set(l);
+        }
+    }
+    scrape.register(
+        "linkwatch_migration_status",
+        "1 for each live migration's current status (Atlas)",
+        status,
+    );
+    scrape.register(
+        "linkwatch_migration_ready_for_cutover",
+        "1 while Atlas says the live migration can be cut over",
+        ready,
+    );
+    scrape.register(
+        "linkwatch_migration_lag_seconds",
+        "The live migration's replication lag, while Atlas reports one",
+        lag,
+    );
+    scrape.register(
+        "linkwatch_migration_cutover_left_seconds",
+        "Seconds left to the estimated end of the cutover window (estimated: an extension in the Atlas UI is not visible)",
+        left,
+    );
+}
+
+/// The silences holding events back now, and when each ends.
+fn register_silences(scrape: &mut Registry, db: &DbGauges) {
+    let silenced = Family::<Labels, Gauge>::default();
+    for (s, org_name) in &db.silences {
+        silenced
+            .get_or_create(&vec![
+                ("silence", s.id.to_string()),
+                ("org_id", s.org_id.clone()),
+                ("org_name", org_name.clone()),
+                ("migration", s.migration.clone().unwrap_or_default()),
+            ])
+            .set(s.until().timestamp());
+    }
+    scrape.register(
+        "linkwatch_silence_ends_timestamp_seconds",
+        "For each silence holding events back now: when it ends (Unix time); its events are recorded, not sent",
+        silenced,
+    );
+    let active = Gauge::<i64>::default();
+    active.set(db.silences.len() as i64);
+    scrape.register("linkwatch_silences_active", "Silences holding events back now", active);
+}
+
+/// The API versions announced for retirement, and their sunsets.
+fn register_deprecations(scrape: &mut Registry, db: &DbGauges) {
+    let deprecated = Family::<Labels, Gauge>::default();
+    let sunset = Family::<Labels, Gauge>::default();
+    for d in &db.api_deprecations {
+        let label = d
+            .sunset_at
+            .map(|t| t.format("%Y-%m-%d").to_string())
+            .or_else(|| d.sunset.clone())
+            .unwrap_or_default();
+        deprecated
+            .get_or_create(&vec![
+                ("api", d.api.clone()),
+                ("version", d.version.clone()),
+                ("sunset", label),
+            ])
+            .set(1);
+        if let Some(t) = d.sunset_at {
+            sunset
+                .get_or_create(&vec![("api", d.api.clone()), ("version", d.version.clone())])
+                .set(t.timestamp());
+        }
+    }
+    scrape.register(
+        "linkwatch_api_deprecated",
+        "1 for each API version linkwatch asks for that the API announced for retirement (Deprecation/Sunset headers), with its sunset date",
+        deprecated,
+    );
+    scrape.register(
+        "linkwatch_api_sunset_timestamp_seconds",
+        "When a deprecated API version is removed (its Sunset header), as a Unix time",
+        sunset,
+    );
 }
 
 #[cfg(test)]

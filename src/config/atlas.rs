@@ -4,6 +4,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use reqwest::Url;
+use toml::Spanned;
 
 use super::instances::{self, Api, Endpoint};
 use super::{ConfigError, Credential, Locator, Org, OrgId, Shared, credential_from, default_token_url, parse_url, raw};
@@ -131,7 +132,22 @@ fn atlas_table(a: &raw::Atlas, loc: &Locator<'_>) -> Result<(Atlas, Result<Optio
         "atlas.cutover_window",
         loc,
     )?;
-    let api_version = match &a.api_version {
+    let api_version = api_version(a, loc)?;
+    let atlas = Atlas {
+        base_url,
+        api_version,
+        token_url,
+        credential: credential.clone().ok().flatten(),
+        every,
+        deadline_warnings: deadline_warnings(a, cutover_window, loc)?,
+        cutover_window,
+    };
+    Ok((atlas, credential))
+}
+
+/// `[atlas] api_version`, or [`DEFAULT_API_VERSION`].
+fn api_version(a: &raw::Atlas, loc: &Locator<'_>) -> Result<String, ConfigError> {
+    Ok(match &a.api_version {
         None => DEFAULT_API_VERSION.to_owned(),
         Some(v) => {
             let text = v.get_ref().trim();
@@ -148,17 +164,7 @@ fn atlas_table(a: &raw::Atlas, loc: &Locator<'_>) -> Result<(Atlas, Result<Optio
             }
             text.to_owned()
         }
-    };
-    let atlas = Atlas {
-        base_url,
-        api_version,
-        token_url,
-        credential: credential.clone().ok().flatten(),
-        every,
-        deadline_warnings: deadline_warnings(a, cutover_window, loc)?,
-        cutover_window,
-    };
-    Ok((atlas, credential))
+    })
 }
 
 /// The warnings before a cutover deadline, longest first (default 24 h, 6 h, 1 h), each within
@@ -205,67 +211,11 @@ fn live_migration(
     shared: &mut Shared<'_>,
     loc: &Locator<'_>,
 ) -> Result<Option<LiveMigration>, ConfigError> {
-    let name = m.name.get_ref().trim().to_owned();
-    if name.is_empty() {
-        return Err(loc.error(m.name.span().start, &format!("{key}.name"), "must not be empty".into()));
-    }
-    if earlier.iter().any(|x| x.name == name) {
-        return Err(loc.error(
-            m.name.span().start,
-            &format!("{key}.name"),
-            format!("migration name \"{name}\" is used twice; names must be unique"),
-        ));
-    }
-    let wanted = m.org.get_ref().trim();
-    let org = orgs
-        .iter()
-        .find(|o| o.name == wanted || o.id.as_str() == wanted)
-        .ok_or_else(|| {
-            if loc.was_reported(wanted) {
-                return loc.already_reported();
-            }
-            loc.error(
-                m.org.span().start,
-                &format!("{key}.org"),
-                format!("no [[org]] has the name or id \"{wanted}\""),
-            )
-        })?;
-    let hex = |v: &toml::Spanned<String>, field: &str, what: &str| {
-        let s = v.get_ref().trim();
-        if s.len() == 24 && s.bytes().all(|b| b.is_ascii_hexdigit()) {
-            Ok(s.to_ascii_lowercase())
-        } else {
-            Err(loc.error(
-                v.span().start,
-                &format!("{key}.{field}"),
-                format!("\"{s}\" is not {what}: expected 24 hex characters"),
-            ))
-        }
-    };
-    let group_id = hex(&m.group_id, "group_id", "an Atlas project id")?;
-    let id = hex(
-        &m.id,
-        "id",
-        "a live migration id (the `_id` that creating the migration returned)",
-    )?;
-    if let Some(dup) = earlier.iter().find(|x| x.id == id) {
-        return Err(loc.error(
-            m.id.span().start,
-            &format!("{key}.id"),
-            format!("live migration {id} is already followed as \"{}\"", dup.name),
-        ));
-    }
-    let lag_alert = match &m.lag_alert {
-        Some(l) if l.get_ref().0 < Duration::from_secs(1) => {
-            return Err(loc.error(
-                l.span().start,
-                &format!("{key}.lag_alert"),
-                "must be at least 1s (the lag is never 0 in practice)".into(),
-            ));
-        }
-        Some(l) => Some(l.get_ref().0),
-        None => None,
-    };
+    let name = migration_name(&m.name, key, earlier, loc)?;
+    let org = source_org(&m.org, key, orgs, loc)?;
+    let group_id = hex_id(&m.group_id, key, "group_id", "an Atlas project id", loc)?;
+    let id = migration_id(&m.id, key, earlier, loc)?;
+    let lag_alert = lag_alert(m.lag_alert.as_ref(), key, loc)?;
     let own = instances::Own {
         base_url: m.base_url.as_ref(),
         token_url: m.token_url.as_ref(),
@@ -284,4 +234,103 @@ fn live_migration(
         endpoint,
         credential,
     }))
+}
+
+/// A migration's name: not empty, and not one an earlier migration has.
+fn migration_name(
+    name: &Spanned<String>,
+    key: &str,
+    earlier: &[LiveMigration],
+    loc: &Locator<'_>,
+) -> Result<String, ConfigError> {
+    let name_text = name.get_ref().trim().to_owned();
+    if name_text.is_empty() {
+        return Err(loc.error(name.span().start, &format!("{key}.name"), "must not be empty".into()));
+    }
+    if earlier.iter().any(|x| x.name == name_text) {
+        return Err(loc.error(
+            name.span().start,
+            &format!("{key}.name"),
+            format!("migration name \"{name_text}\" is used twice; names must be unique"),
+        ));
+    }
+    Ok(name_text)
+}
+
+/// The configured org (by name or id) whose link the migration pushes through; an org that
+/// was reported is not reported again here.
+fn source_org<'o>(
+    wanted: &Spanned<String>,
+    key: &str,
+    orgs: &'o [Org],
+    loc: &Locator<'_>,
+) -> Result<&'o Org, ConfigError> {
+    let text = wanted.get_ref().trim();
+    orgs.iter()
+        .find(|o| o.name == text || o.id.as_str() == text)
+        .ok_or_else(|| {
+            if loc.was_reported(text) {
+                return loc.already_reported();
+            }
+            loc.error(
+                wanted.span().start,
+                &format!("{key}.org"),
+                format!("no [[org]] has the name or id \"{text}\""),
+            )
+        })
+}
+
+/// An Atlas id (`what`, at `key.field`): 24 hex characters, lower-cased.
+fn hex_id(v: &Spanned<String>, key: &str, field: &str, what: &str, loc: &Locator<'_>) -> Result<String, ConfigError> {
+    let s = v.get_ref().trim();
+    if s.len() == 24 && s.bytes().all(|b| b.is_ascii_hexdigit()) {
+        Ok(s.to_ascii_lowercase())
+    } else {
+        Err(loc.error(
+            v.span().start,
+            &format!("{key}.{field}"),
+            format!("\"{s}\" is not {what}: expected 24 hex characters"),
+        ))
+    }
+}
+
+/// The `liveMigrationId`: an Atlas id that no earlier migration follows.
+fn migration_id(
+    id: &Spanned<String>,
+    key: &str,
+    earlier: &[LiveMigration],
+    loc: &Locator<'_>,
+) -> Result<String, ConfigError> {
+    let text = hex_id(
+        id,
+        key,
+        "id",
+        "a live migration id (the `_id` that creating the migration returned)",
+        loc,
+    )?;
+    if let Some(dup) = earlier.iter().find(|x| x.id == text) {
+        return Err(loc.error(
+            id.span().start,
+            &format!("{key}.id"),
+            format!("live migration {text} is already followed as \"{}\"", dup.name),
+        ));
+    }
+    Ok(text)
+}
+
+/// `lag_alert`: at least a second, or `None` for no lag alerts.
+fn lag_alert(
+    value: Option<&Spanned<super::HumanDuration>>,
+    key: &str,
+    loc: &Locator<'_>,
+) -> Result<Option<Duration>, ConfigError> {
+    match value {
+        Some(l) if l.get_ref().0 < Duration::from_secs(1) => Err(loc.error(
+            l.span().start,
+            &format!("{key}.lag_alert"),
+            "must be at least 1s (the lag is never 0 in practice)".into(),
+        )),
+        Some(l) => Ok(Some(l.get_ref().0)),
+        None => Ok(None),
+    }
 }

@@ -195,35 +195,70 @@ fn resolve(
     defaults: &Defaults<'_>,
     loc: &Locator<'_>,
 ) -> Result<Option<Session>, ConfigError> {
-    let sets = shared.sets;
     let set = match own.credentials {
         None => None,
-        Some(name) => {
-            let wanted = name.get_ref().trim();
-            match sets.iter().find(|s| s.name == wanted) {
-                Some(s) => Some(s),
-                None if loc.was_reported(&format!("credentials:{wanted}")) => return Ok(None),
-                None => {
-                    let names: Vec<&str> = sets.iter().map(|s| s.name.as_str()).collect();
-                    return Err(loc.error(
-                        name.span().start,
-                        &format!("{key}.credentials"),
-                        format!(
-                            "no [[credentials]] named \"{wanted}\" ({})",
-                            if names.is_empty() {
-                                "the file has none".to_owned()
-                            } else {
-                                format!("sets: {}", names.join(", "))
-                            }
-                        ),
-                    ));
-                }
-            }
-        }
+        Some(name) => match named_set(name, shared.sets, key, loc)? {
+            Some(s) => Some(s),
+            None => return Ok(None),
+        },
     };
-    // The address: the org's own, else its set's, else the default; a token URL from the same
-    // place, else derived from that address.
-    let (base, token, where_) = match (own.base_url, set.and_then(|s| s.base_url.as_ref())) {
+    let (base, token, where_) = address(key, &own, set);
+    let endpoint = endpoint(base, token, &where_, key, defaults, loc)?;
+    let credential = match (own.credential, set.map(|s| &s.credential)) {
+        (Some(c), _) => shared.credentials.share(c),
+        (None, Some(Ok(Some(c)))) => c.clone(),
+        (None, Some(Err(()))) => return Ok(None),
+        // Another instance never gets the default key: it belongs to the default's instance,
+        // and a service account would post its secret to the other's token endpoint.
+        (None, Some(Ok(None)) | None) if base.is_some() => {
+            return Err(no_own_key(key, at, &endpoint, defaults, loc));
+        }
+        (None, Some(Ok(None)) | None) => match defaults.credential {
+            Ok(Some(c)) => c.clone(),
+            Err(()) => return Ok(None),
+            Ok(None) => return Err(no_credential(key, at, defaults, loc)),
+        },
+    };
+    Ok(Some((shared.endpoints.share(endpoint), credential)))
+}
+
+/// The `[[credentials]]` set that `name` names; `Ok(None)` when that set was reported already.
+fn named_set<'s>(
+    name: &Spanned<String>,
+    sets: &'s [CredentialSet],
+    key: &str,
+    loc: &Locator<'_>,
+) -> Result<Option<&'s CredentialSet>, ConfigError> {
+    let wanted = name.get_ref().trim();
+    match sets.iter().find(|s| s.name == wanted) {
+        Some(s) => Ok(Some(s)),
+        None if loc.was_reported(&format!("credentials:{wanted}")) => Ok(None),
+        None => {
+            let names: Vec<&str> = sets.iter().map(|s| s.name.as_str()).collect();
+            Err(loc.error(
+                name.span().start,
+                &format!("{key}.credentials"),
+                format!(
+                    "no [[credentials]] named \"{wanted}\" ({})",
+                    if names.is_empty() {
+                        "the file has none".to_owned()
+                    } else {
+                        format!("sets: {}", names.join(", "))
+                    }
+                ),
+            ))
+        }
+    }
+}
+
+/// The address: the org's own, else its set's, else the default (`None`); a token URL from the
+/// same place, else derived from that address. With the key a mistaken address is reported at.
+fn address<'r>(
+    key: &str,
+    own: &Own<'r>,
+    set: Option<&'r CredentialSet>,
+) -> (Option<&'r Spanned<String>>, Option<&'r Spanned<String>>, String) {
+    match (own.base_url, set.and_then(|s| s.base_url.as_ref())) {
         (Some(u), _) => (Some(u), own.token_url, format!("{key}.base_url")),
         (None, Some(u)) => (
             Some(u),
@@ -235,10 +270,22 @@ fn resolve(
             own.token_url.or(set.and_then(|s| s.token_url.as_ref())),
             String::new(),
         ),
-    };
-    let endpoint = match base {
+    }
+}
+
+/// The endpoint of an address and token URL chosen by [`address`]; what they leave out is the
+/// default's.
+fn endpoint(
+    base: Option<&Spanned<String>>,
+    token: Option<&Spanned<String>>,
+    where_: &str,
+    key: &str,
+    defaults: &Defaults<'_>,
+    loc: &Locator<'_>,
+) -> Result<Endpoint, ConfigError> {
+    Ok(match base {
         Some(u) => {
-            let base_url = base_url(u, defaults.api, &where_, loc)?;
+            let base_url = base_url(u, defaults.api, where_, loc)?;
             let token_url = match token {
                 Some(t) => parse_url(t, &format!("{key}.token_url"), loc)?,
                 None => default_token_url(&base_url),
@@ -252,41 +299,33 @@ fn resolve(
             },
             None => defaults.endpoint.clone(),
         },
-    };
-    let credential = match (own.credential, set.map(|s| &s.credential)) {
-        (Some(c), _) => shared.credentials.share(c),
-        (None, Some(Ok(Some(c)))) => c.clone(),
-        (None, Some(Err(()))) => return Ok(None),
-        // Another instance never gets the default key: it belongs to the default's instance,
-        // and a service account would post its secret to the other's token endpoint.
-        (None, Some(Ok(None)) | None) if base.is_some() => {
-            return Err(loc.error(
-                at,
-                key,
-                format!(
-                    "is asked at {} but names no key of its own: set public_key and private_key (or client_id \
-                     and client_secret) here or in its [[credentials]] set; [{}]'s key is for {}",
-                    endpoint.base_url.as_str().trim_end_matches('/'),
-                    defaults.table,
-                    defaults.endpoint.label()
-                ),
-            ));
-        }
-        (None, Some(Ok(None)) | None) => match defaults.credential {
-            Ok(Some(c)) => c.clone(),
-            Err(()) => return Ok(None),
-            Ok(None) => {
-                return Err(loc.error(
-                    at,
-                    key,
-                    format!(
-                        "no credential: set public_key and private_key (or client_id and client_secret) \
-                         in [{}], in a [[credentials]] set it names, or in this table",
-                        defaults.table
-                    ),
-                ));
-            }
-        },
-    };
-    Ok(Some((shared.endpoints.share(endpoint), credential)))
+    })
+}
+
+/// `key` is asked at an instance of its own but names no key for it.
+fn no_own_key(key: &str, at: usize, endpoint: &Endpoint, defaults: &Defaults<'_>, loc: &Locator<'_>) -> ConfigError {
+    loc.error(
+        at,
+        key,
+        format!(
+            "is asked at {} but names no key of its own: set public_key and private_key (or client_id \
+             and client_secret) here or in its [[credentials]] set; [{}]'s key is for {}",
+            endpoint.base_url.as_str().trim_end_matches('/'),
+            defaults.table,
+            defaults.endpoint.label()
+        ),
+    )
+}
+
+/// `key` names no key, and the defaults have none either.
+fn no_credential(key: &str, at: usize, defaults: &Defaults<'_>, loc: &Locator<'_>) -> ConfigError {
+    loc.error(
+        at,
+        key,
+        format!(
+            "no credential: set public_key and private_key (or client_id and client_secret) \
+             in [{}], in a [[credentials]] set it names, or in this table",
+            defaults.table
+        ),
+    )
 }

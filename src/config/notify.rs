@@ -276,6 +276,21 @@ pub(super) fn routes(raw: Vec<raw::Route>, channels: &[Channel], orgs: &[Org], l
 fn route(r: raw::Route, i: usize, channels: &[Channel], orgs: &[Org], loc: &Locator<'_>) -> Result<Route, ConfigError> {
     let table = format!("route[{i}]");
     check_channel_names(&r.channels, channels, &table, loc)?;
+    let events = route_events(&r, &table, loc)?;
+    let to = route_to(&r, events.as_ref(), &table, loc)?;
+    let orgs_filter = route_orgs(r.orgs.as_ref(), orgs, &table, loc)?;
+    let remind_every = route_remind_every(&r, events.as_ref(), &table, loc)?;
+    Ok(Route {
+        channels: r.channels.get_ref().iter().map(|c| c.get_ref().clone()).collect(),
+        events,
+        to,
+        orgs: orgs_filter,
+        remind_every,
+    })
+}
+
+/// A route's `events`; an empty list is a mistake, not "every kind".
+fn route_events(r: &raw::Route, table: &str, loc: &Locator<'_>) -> Result<Option<Vec<EventKind>>, ConfigError> {
     let events = r.events.as_ref().map(|e| e.get_ref().clone());
     if let Some(e) = &r.events
         && e.get_ref().is_empty()
@@ -286,8 +301,18 @@ fn route(r: raw::Route, i: usize, channels: &[Channel], orgs: &[Org], loc: &Loca
             "an empty list matches nothing; leave `events` out to match every kind".into(),
         ));
     }
+    Ok(events)
+}
+
+/// A route's `to`: it needs `events` that carry a new status, and at least one status.
+fn route_to(
+    r: &raw::Route,
+    events: Option<&Vec<EventKind>>,
+    table: &str,
+    loc: &Locator<'_>,
+) -> Result<Option<Vec<String>>, ConfigError> {
     let to = r.to.as_ref().map(|t| t.get_ref().clone());
-    if let (Some(t), Some(e)) = (&r.to, &events)
+    if let (Some(t), Some(e)) = (&r.to, events)
         && !e.iter().any(|k| {
             matches!(
                 k,
@@ -314,35 +339,52 @@ fn route(r: raw::Route, i: usize, channels: &[Channel], orgs: &[Org], loc: &Loca
             "an empty list matches nothing".into(),
         ));
     }
-    let orgs_filter = match &r.orgs {
-        None => None,
-        Some(list) => {
-            let mut ids = Vec::new();
-            for o in list.get_ref() {
-                let found = orgs
-                    .iter()
-                    .find(|x| x.id.as_str() == o.get_ref() || x.name == *o.get_ref());
-                match found {
-                    Some(org) => ids.push(org.id.clone()),
-                    // Reported where the org is.
-                    None if loc.was_reported(o.get_ref()) => {}
-                    None => {
-                        return Err(loc.error(
-                            o.span().start,
-                            &format!("{table}.orgs"),
-                            format!(
-                                "no [[org]] has the id or name \"{}\"; this route could never match it",
-                                o.get_ref()
-                            ),
-                        ));
-                    }
-                }
-            }
-            Some(ids)
-        }
+    Ok(to)
+}
+
+/// A route's `orgs`, by id or name, as ids; a name of an org that was reported is left out.
+fn route_orgs(
+    list: Option<&Spanned<Vec<Spanned<String>>>>,
+    orgs: &[Org],
+    table: &str,
+    loc: &Locator<'_>,
+) -> Result<Option<Vec<OrgId>>, ConfigError> {
+    let Some(list) = list else {
+        return Ok(None);
     };
+    let mut ids = Vec::new();
+    for o in list.get_ref() {
+        let found = orgs
+            .iter()
+            .find(|x| x.id.as_str() == o.get_ref() || x.name == *o.get_ref());
+        match found {
+            Some(org) => ids.push(org.id.clone()),
+            // Reported where the org is.
+            None if loc.was_reported(o.get_ref()) => {}
+            None => {
+                return Err(loc.error(
+                    o.span().start,
+                    &format!("{table}.orgs"),
+                    format!(
+                        "no [[org]] has the id or name \"{}\"; this route could never match it",
+                        o.get_ref()
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(Some(ids))
+}
+
+/// A route's `remind_every`: only for events a reminder is about, and at least a minute.
+fn route_remind_every(
+    r: &raw::Route,
+    events: Option<&Vec<EventKind>>,
+    table: &str,
+    loc: &Locator<'_>,
+) -> Result<Option<Duration>, ConfigError> {
     let remind_every = r.remind_every.as_ref().map(|d| d.get_ref().0);
-    if let (Some(d), Some(e)) = (&r.remind_every, &events)
+    if let (Some(d), Some(e)) = (&r.remind_every, events)
         && !e.iter().any(|k| {
             matches!(
                 k,
@@ -365,13 +407,7 @@ fn route(r: raw::Route, i: usize, channels: &[Channel], orgs: &[Org], loc: &Loca
             "must be at least 1m".into(),
         ));
     }
-    Ok(Route {
-        channels: r.channels.get_ref().iter().map(|c| c.get_ref().clone()).collect(),
-        events,
-        to,
-        orgs: orgs_filter,
-        remind_every,
-    })
+    Ok(remind_every)
 }
 
 /// `list` (a route's or a report's `channels`) names at least one channel, and only channels
@@ -423,66 +459,14 @@ fn span_of<T>(v: &Option<Spanned<T>>) -> usize {
     v.as_ref().map_or(0, |s| s.span().start)
 }
 
+/// Where a key is set; `None` when it is not.
+fn set_at<T>(v: &Option<Spanned<T>>) -> Option<usize> {
+    v.as_ref().map(|s| s.span().start)
+}
+
 /// A key set on the wrong kind of channel is a mistake worth reporting, not ignoring.
 fn reject_foreign_keys(c: &raw::Channel, kind: RawKind, table: &str, loc: &Locator<'_>) -> Result<(), ConfigError> {
-    let present: [(&str, Option<usize>, &[RawKind]); 15] = [
-        (
-            "webhook_url",
-            c.webhook_url.as_ref().map(|s| s.span().start),
-            &[RawKind::Slack],
-        ),
-        (
-            "webhook_url_file",
-            c.webhook_url_file.as_ref().map(|s| s.span().start),
-            &[RawKind::Slack],
-        ),
-        (
-            "webhook_url_env",
-            c.webhook_url_env.as_ref().map(|s| s.span().start),
-            &[RawKind::Slack],
-        ),
-        (
-            "smtp_url",
-            c.smtp_url.as_ref().map(|s| s.span().start),
-            &[RawKind::Email],
-        ),
-        (
-            "username",
-            c.username.as_ref().map(|s| s.span().start),
-            &[RawKind::Email],
-        ),
-        (
-            "password",
-            c.password.as_ref().map(|s| s.span().start),
-            &[RawKind::Email],
-        ),
-        (
-            "password_file",
-            c.password_file.as_ref().map(|s| s.span().start),
-            &[RawKind::Email],
-        ),
-        (
-            "password_env",
-            c.password_env.as_ref().map(|s| s.span().start),
-            &[RawKind::Email],
-        ),
-        ("ca_file", c.ca_file.as_ref().map(|s| s.span().start), &[RawKind::Email]),
-        ("from", c.from.as_ref().map(|s| s.span().start), &[RawKind::Email]),
-        ("to", c.to.as_ref().map(|s| s.span().start), &[RawKind::Email]),
-        ("url", c.url.as_ref().map(|s| s.span().start), &[RawKind::Webhook]),
-        ("secret", c.secret.as_ref().map(|s| s.span().start), &[RawKind::Webhook]),
-        (
-            "secret_file",
-            c.secret_file.as_ref().map(|s| s.span().start),
-            &[RawKind::Webhook],
-        ),
-        (
-            "secret_env",
-            c.secret_env.as_ref().map(|s| s.span().start),
-            &[RawKind::Webhook],
-        ),
-    ];
-    for (key, at, kinds) in present {
+    for (key, at, kinds) in kind_keys(c) {
         if let Some(at) = at
             && !kinds.contains(&kind)
         {
@@ -494,6 +478,28 @@ fn reject_foreign_keys(c: &raw::Channel, kind: RawKind, table: &str, loc: &Locat
         }
     }
     Ok(())
+}
+
+/// The keys that belong to one kind of channel: each with where it is set (`None`: not set)
+/// and the kinds it belongs to.
+fn kind_keys(c: &raw::Channel) -> [(&'static str, Option<usize>, &'static [RawKind]); 15] {
+    [
+        ("webhook_url", set_at(&c.webhook_url), &[RawKind::Slack]),
+        ("webhook_url_file", set_at(&c.webhook_url_file), &[RawKind::Slack]),
+        ("webhook_url_env", set_at(&c.webhook_url_env), &[RawKind::Slack]),
+        ("smtp_url", set_at(&c.smtp_url), &[RawKind::Email]),
+        ("username", set_at(&c.username), &[RawKind::Email]),
+        ("password", set_at(&c.password), &[RawKind::Email]),
+        ("password_file", set_at(&c.password_file), &[RawKind::Email]),
+        ("password_env", set_at(&c.password_env), &[RawKind::Email]),
+        ("ca_file", set_at(&c.ca_file), &[RawKind::Email]),
+        ("from", set_at(&c.from), &[RawKind::Email]),
+        ("to", set_at(&c.to), &[RawKind::Email]),
+        ("url", set_at(&c.url), &[RawKind::Webhook]),
+        ("secret", set_at(&c.secret), &[RawKind::Webhook]),
+        ("secret_file", set_at(&c.secret_file), &[RawKind::Webhook]),
+        ("secret_env", set_at(&c.secret_env), &[RawKind::Webhook]),
+    ]
 }
 
 fn required_list(

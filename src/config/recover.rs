@@ -29,19 +29,7 @@ const MOST: usize = 50;
 pub fn read<T: DeserializeOwned>(text: &str) -> (Option<T>, Vec<Problem>, Vec<String>) {
     let (document, syntax) = DeTable::parse_recoverable(text);
     if !syntax.is_empty() {
-        let problems = syntax
-            .into_iter()
-            .take(MOST)
-            .map(|e| {
-                let offset = e.span().map_or(0, |s| s.start);
-                Problem {
-                    offset,
-                    key: key_at(&document, offset),
-                    message: e.message().trim().to_owned(),
-                }
-            })
-            .collect();
-        return (None, problems, Vec::new());
+        return (None, syntax_problems(syntax, &document), Vec::new());
     }
     // The usual file has no mistake: read it once, from the one parse, as serde would. The copies
     // that recovery needs are made only for a file that has one (at 10,000 orgs each copy of the
@@ -53,6 +41,28 @@ pub fn read<T: DeserializeOwned>(text: &str) -> (Option<T>, Vec<Problem>, Vec<St
     ))) {
         return (Some(v), Vec::new(), Vec::new());
     }
+    read_past_mistakes(text)
+}
+
+/// The first [`MOST`] syntax errors, each with the key it is in.
+fn syntax_problems(syntax: Vec<toml::de::Error>, document: &Spanned<DeTable<'_>>) -> Vec<Problem> {
+    syntax
+        .into_iter()
+        .take(MOST)
+        .map(|e| {
+            let offset = e.span().map_or(0, |s| s.start);
+            Problem {
+                offset,
+                key: key_at(document, offset),
+                message: e.message().trim().to_owned(),
+            }
+        })
+        .collect()
+}
+
+/// [`read`] of a file that has a mistake: reads it again after taking out each entry that holds
+/// one, until it reads (or nothing more can be taken out, or [`MOST`] were found).
+fn read_past_mistakes<T: DeserializeOwned>(text: &str) -> (Option<T>, Vec<Problem>, Vec<String>) {
     let (written, _) = DeTable::parse_recoverable(text);
     let mut document = written.clone();
     let mut problems = Vec::new();

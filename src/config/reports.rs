@@ -94,6 +94,8 @@ fn report(
     })
 }
 
+/// `[heartbeat]`: its URLs, how often it pings and how long a ping may take; `None` without the
+/// table.
 pub(super) fn heartbeat(
     raw: Option<Spanned<raw::Heartbeat>>,
     loc: &Locator<'_>,
@@ -101,6 +103,23 @@ pub(super) fn heartbeat(
     let Some(raw) = raw else { return Ok(None) };
     let at = raw.span().start;
     let h = raw.into_inner();
+    let (url, parsed) = ping_url(&h, at, loc)?;
+    let (fail_url, fail_parsed) = fail_url(&h, at, &parsed, loc)?;
+    let every = heartbeat_every(&h, loc)?;
+    let timeout = heartbeat_timeout(&h, every, loc)?;
+    Ok(Some(Heartbeat {
+        shown: parsed.origin().ascii_serialization(),
+        url,
+        fail_shown: fail_parsed.origin().ascii_serialization(),
+        fail_url,
+        every,
+        timeout,
+    }))
+}
+
+/// The URL pinged while healthy (`url`, `url_file` or `url_env`; one is required), and its
+/// parsed form. `at` is where `[heartbeat]` starts.
+fn ping_url(h: &raw::Heartbeat, at: usize, loc: &Locator<'_>) -> Result<(Secret, Url), ConfigError> {
     let url = resolve_secret(
         "heartbeat.url",
         h.url.as_ref(),
@@ -118,6 +137,12 @@ pub(super) fn heartbeat(
         at,
     );
     let parsed = http_url(&url, url_at, "heartbeat.url", loc)?;
+    Ok((url, parsed))
+}
+
+/// The URL pinged while unhealthy: `fail_url` (or its `_file`, `_env`) as configured, else the
+/// ping URL (`parsed`) with `/fail` added to its path; and its parsed form.
+fn fail_url(h: &raw::Heartbeat, at: usize, parsed: &Url, loc: &Locator<'_>) -> Result<(Secret, Url), ConfigError> {
     let fail = resolve_secret(
         "heartbeat.fail_url",
         h.fail_url.as_ref(),
@@ -125,7 +150,7 @@ pub(super) fn heartbeat(
         h.fail_url_env.as_ref(),
         loc,
     )?;
-    let (fail_url, fail_parsed) = match fail {
+    Ok(match fail {
         Some(fail) => {
             let fail_at = first_span(
                 [
@@ -144,33 +169,32 @@ pub(super) fn heartbeat(
             fail.set_path(&format!("{}/fail", parsed.path().trim_end_matches('/')));
             (Secret::new(fail.as_str()), fail)
         }
-    };
-    let every = match &h.every {
-        None => Duration::from_secs(60),
+    })
+}
+
+/// `[heartbeat] every`: at least a second, by default a minute.
+fn heartbeat_every(h: &raw::Heartbeat, loc: &Locator<'_>) -> Result<Duration, ConfigError> {
+    match &h.every {
+        None => Ok(Duration::from_secs(60)),
         Some(e) if e.get_ref().0 < Duration::from_secs(1) => {
-            return Err(loc.error(e.span().start, "heartbeat.every", "must be at least 1s".into()));
+            Err(loc.error(e.span().start, "heartbeat.every", "must be at least 1s".into()))
         }
-        Some(e) => e.get_ref().0,
-    };
-    let timeout = match &h.timeout {
-        None => Duration::from_secs(10).min(every),
-        Some(t) if t.get_ref().0.is_zero() || t.get_ref().0 > every => {
-            return Err(loc.error(
-                t.span().start,
-                "heartbeat.timeout",
-                "must be more than 0s and at most `every`".into(),
-            ));
-        }
-        Some(t) => t.get_ref().0,
-    };
-    Ok(Some(Heartbeat {
-        shown: parsed.origin().ascii_serialization(),
-        url,
-        fail_shown: fail_parsed.origin().ascii_serialization(),
-        fail_url,
-        every,
-        timeout,
-    }))
+        Some(e) => Ok(e.get_ref().0),
+    }
+}
+
+/// `[heartbeat] timeout`: more than zero and at most `every`, by default 10 s (or `every`, if
+/// shorter).
+fn heartbeat_timeout(h: &raw::Heartbeat, every: Duration, loc: &Locator<'_>) -> Result<Duration, ConfigError> {
+    match &h.timeout {
+        None => Ok(Duration::from_secs(10).min(every)),
+        Some(t) if t.get_ref().0.is_zero() || t.get_ref().0 > every => Err(loc.error(
+            t.span().start,
+            "heartbeat.timeout",
+            "must be more than 0s and at most `every`".into(),
+        )),
+        Some(t) => Ok(t.get_ref().0),
+    }
 }
 
 /// Where the first of a secret's three keys that is set starts, or `at`.
