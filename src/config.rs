@@ -267,7 +267,7 @@ impl Config {
             &mut credentials,
             loc,
         );
-        let settings = Settings {
+        let top = TopLevel {
             instance_name,
             database,
             leader_lease,
@@ -277,13 +277,13 @@ impl Config {
             cloud_manager,
             poll,
         };
-        assemble(settings, tables, credentials, loc)
+        assemble(top, tables, credentials, loc)
     }
 }
 
 /// The settings of the top level, `[http]`, `[cloud_manager]` and `[poll]`; `None` where a
 /// mistake was reported.
-struct Settings {
+struct TopLevel {
     instance_name: Option<String>,
     database: Option<Database>,
     leader_lease: Option<Duration>,
@@ -309,13 +309,8 @@ struct Tables {
 }
 
 /// The `Config`, when no part of the file had a mistake; else every mistake reported.
-fn assemble(
-    settings: Settings,
-    tables: Tables,
-    credentials: Credentials,
-    loc: &Locator<'_>,
-) -> Result<Config, ConfigError> {
-    let Settings {
+fn assemble(top: TopLevel, tables: Tables, credentials: Credentials, loc: &Locator<'_>) -> Result<Config, ConfigError> {
+    let TopLevel {
         instance_name: Some(instance_name),
         database: Some(database),
         leader_lease: Some(leader_lease),
@@ -324,7 +319,7 @@ fn assemble(
         http: Some((http_listen, http_auth, http_public_url)),
         cloud_manager: Some(cloud_manager),
         poll: Some(poll),
-    } = settings
+    } = top
     else {
         return Err(loc.failure());
     };

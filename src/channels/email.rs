@@ -12,6 +12,7 @@ use std::str::FromStr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::report::{LiveMigrationLine, Report};
 use crate::text::human_secs;
 use anyhow::Context as _;
 use lettre::address::Envelope;
@@ -318,7 +319,7 @@ fn read_ca(path: &Path) -> anyhow::Result<Certificate> {
 /// Subject, plain text and HTML for one event or a digest of several.
 pub fn render(messages: &[Message]) -> (String, String, String) {
     if let [one] = messages
-        && let Some(report) = crate::report::Report::of(one)
+        && let Some(report) = Report::of(one)
     {
         return render_report(&report);
     }
@@ -425,12 +426,30 @@ fn card(m: &Message) -> String {
 }
 
 /// Subject, plain text and HTML of a scheduled report: a band of the colour of the worst news in
-/// it (red: checks failing or a migration failed; amber: links not SYNCED; green: all well), then
-/// one short table per section, each status in its colour, as on the page.
-pub fn render_report(r: &crate::report::Report) -> (String, String, String) {
+/// it, then one short table per section, each status in its colour, as on the page.
+pub fn render_report(r: &Report) -> (String, String, String) {
     let subject = format!("[linkwatch] {}", r.title());
     let text = format!("{}\n-- \nlinkwatch\n", r.text());
-    let failed = |m: &crate::report::LiveMigrationLine| matches!(m.status.as_deref(), Some("FAILED" | "EXPIRED"));
+    let mut html = String::from(BODY);
+    report_summary(&mut html, r);
+    report_sections(&mut html, r);
+    if let Some(note) = r.live_migrations_note() {
+        html.push_str(&format!("<p style=\"color:#555\">{}</p>\n", escape(note)));
+    }
+    html.push_str(&format!(
+        "<p style=\"color:#777;font-size:.9em\">As of {}. linkwatch</p>\n</body></html>\n",
+        escape(&r.shown(&r.generated_at))
+    ));
+    (subject, text, html)
+}
+
+fn failed(m: &LiveMigrationLine) -> bool {
+    matches!(m.status.as_deref(), Some("FAILED" | "EXPIRED"))
+}
+
+/// The title under a band of the worst news's colour (red: checks failing or a migration
+/// failed; amber: links not SYNCED; green: all well), then how many links are SYNCED.
+fn report_summary(html: &mut String, r: &Report) {
     let (background, foreground) = if !r.failing.is_empty() || r.migrations.iter().any(failed) {
         RED
     } else if !r.not_synced.is_empty() {
@@ -438,7 +457,6 @@ pub fn render_report(r: &crate::report::Report) -> (String, String, String) {
     } else {
         GREEN
     };
-    let mut html = String::from(BODY);
     html.push_str(&format!(
         "<table style=\"{TABLE}\">\n<tr><td colspan=\"2\" style=\"padding:8px 12px;background:{background};\
          color:{foreground};font-weight:600\">{}</td></tr>\n",
@@ -449,68 +467,41 @@ pub fn render_report(r: &crate::report::Report) -> (String, String, String) {
     }
     html.push_str(&cells(&["SYNCED".into(), format!("{} of {}", r.synced, r.orgs)], None));
     html.push_str("</table>\n");
+}
 
-    let status = |s: Option<&str>| s.unwrap_or("no successful check yet").to_owned();
-    let not_synced: Vec<_> = r
-        .not_synced
-        .iter()
-        .map(|n| {
-            let shown = [
-                escape(&n.org_name),
-                escape(&status(n.status.as_deref())),
-                n.for_s.map(human_secs).unwrap_or_default(),
-            ];
-            (shown, Some(AMBER.0))
-        })
-        .collect();
+/// The links not SYNCED, the failing checks and the live migrations, a table each.
+fn report_sections(html: &mut String, r: &Report) {
+    let not_synced = r.not_synced.iter().map(|n| {
+        let status = n.status.as_deref().unwrap_or("no successful check yet");
+        let shown = [
+            escape(&n.org_name),
+            escape(status),
+            n.for_s.map(human_secs).unwrap_or_default(),
+        ];
+        (shown, Some(AMBER.0))
+    });
     section(
-        &mut html,
+        html,
         "Not SYNCED (longest first)",
         &["Org", "Status", "For"],
         not_synced,
     );
-    let failing: Vec<_> = r
-        .failing
-        .iter()
-        .map(|f| {
-            (
-                [escape(&f.org_name), f.failures.to_string(), escape(&f.reason)],
-                Some(RED.0),
-            )
-        })
-        .collect();
-    section(&mut html, "Checks failing", &["Org", "Failed in a row", "Why"], failing);
-    let migrations: Vec<_> = r
-        .migrations
-        .iter()
-        .map(|m| {
-            let colour = if failed(m) {
-                RED.0
-            } else if m.ready_for_cutover {
-                BLUE
-            } else {
-                AMBER.0
-            };
-            (
-                [escape(&m.name), escape(&m.org_name), escape(&r.where_it_stands(m))],
-                Some(colour),
-            )
-        })
-        .collect();
-    section(
-        &mut html,
-        "Live migrations (ready for cutover first)",
-        &["Migration", "Org", "Where it stands"],
-        migrations,
-    );
-    if let Some(note) = r.live_migrations_note() {
-        html.push_str(&format!("<p style=\"color:#555\">{}</p>\n", escape(note)));
-    }
-    html.push_str(&format!(
-        "<p style=\"color:#777;font-size:.9em\">As of {}. linkwatch</p>\n</body></html>\n",
-        escape(&r.shown(&r.generated_at))
-    ));
-    (subject, text, html)
+    let failing = r.failing.iter().map(|f| {
+        let shown = [escape(&f.org_name), f.failures.to_string(), escape(&f.reason)];
+        (shown, Some(RED.0))
+    });
+    section(html, "Checks failing", &["Org", "Failed in a row", "Why"], failing);
+    let migrations = r.migrations.iter().map(|m| {
+        let colour = match (failed(m), m.ready_for_cutover) {
+            (true, _) => RED.0,
+            (false, true) => BLUE,
+            (false, false) => AMBER.0,
+        };
+        let shown = [escape(&m.name), escape(&m.org_name), escape(&r.where_it_stands(m))];
+        (shown, Some(colour))
+    });
+    let header = ["Migration", "Org", "Where it stands"];
+    section(html, "Live migrations (ready for cutover first)", &header, migrations);
 }
 
 /// The page's colours (background, text) for the bands.
@@ -540,13 +531,14 @@ fn cells(values: &[String], mark: Option<&str>) -> String {
 }
 
 /// A report's section as a table under its heading; nothing when it has no rows.
-fn section<const N: usize>(
+fn section<'a, const N: usize>(
     html: &mut String,
     heading: &str,
     header: &[&str; N],
-    rows: Vec<([String; N], Option<&str>)>,
+    rows: impl Iterator<Item = ([String; N], Option<&'a str>)>,
 ) {
-    if rows.is_empty() {
+    let mut rows = rows.peekable();
+    if rows.peek().is_none() {
         return;
     }
     html.push_str(&format!(

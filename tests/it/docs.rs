@@ -41,7 +41,16 @@ fn module_file(base: &Path, path: &[&str]) -> Option<(PathBuf, usize)> {
 /// reference to this repository at all.
 fn missing(name: &str) -> Option<String> {
     let name = name.trim_end_matches("()").trim_end_matches(',');
-    let repo_dirs = ["src/", "tests/", "config/", "migrations/", "benches/", ".ci/", "docs/", "deploy/"];
+    let repo_dirs = [
+        "src/",
+        "tests/",
+        "config/",
+        "migrations/",
+        "benches/",
+        ".ci/",
+        "docs/",
+        "deploy/",
+    ];
     if repo_dirs.iter().any(|d| name.starts_with(d)) {
         if name.contains(['{', '*', ' ', '<']) {
             return None;
