@@ -508,19 +508,7 @@ pub fn org_page(d: &OrgDetail) -> Markup {
         "../",
         html! {
             p { a href="../" { "← all orgs" } }
-            h1 { (o.name) " " (badge(o)) }
-            p class="muted" {
-                (o.id)
-                @if let Some(url) = &o.console_url { " · " a href=(url) { "Cloud Manager" } }
-                " · " (o.instance)
-                @if let Some(until) = &o.silenced_until { " · silenced until " (shown_time(until)) }
-                " · link status "
-                span class=(format!("status {}", class(o.status.as_deref()))) { (o.status.as_deref().unwrap_or("not known yet")) }
-                @if o.since.is_some() { " since " (when_inline(o.since.as_deref(), now)) }
-                " · last check " (when_inline(o.last_checked_at.as_deref(), now))
-                " · SYNCED 24h · 7d · 30d: " (shares(o.synced_share.as_ref()))
-            }
-            @if let Some(e) = &o.last_error { p class="err" { (failed_in_a_row(o.consecutive_failures)) (e) } }
+            (org_heading(d))
             h2 { "The last " (super::view::WINDOW_DAYS) " days" }
             (d.timeline.svg())
             p class="legend muted" {
@@ -531,60 +519,96 @@ pub fn org_page(d: &OrgDetail) -> Markup {
                 span class="key-failure" {} "failed check"
             }
             @for m in &d.migrations { (live_migration_detail(m, now)) }
-            h2 { "Link status changes" }
-            @if d.changes.is_empty() {
-                p class="muted" { "No status recorded yet." }
-            } @else {
-                table class="changes" {
-                    thead { tr { th { "when" } th { "from" } th { "to" } th { "the old status lasted" } } }
-                    tbody {
-                        @for c in d.changes.iter().rev() {
-                            tr {
-                                td { (shown_time(&c.at)) }
-                                td { (c.from.as_deref().unwrap_or("(first seen)")) }
-                                td class=(format!("status {}", class(Some(&c.to)))) { (c.to) }
-                                td { (c.previous_lasted_s.map(span).unwrap_or_default()) }
-                            }
-                        }
-                    }
-                }
-            }
-            h2 { "Recent failed checks" }
-            @if d.failures.is_empty() {
-                p class="muted" { "None in the last " (super::view::WINDOW_DAYS) " days." }
-            } @else {
-                table class="failures" {
-                    thead { tr { th { "when" } th { "checks" } th { "class" } th { "HTTP" } th { "error code" } th { "detail" } } }
-                    tbody {
-                        @let runs = runs(&d.failures);
-                        @let last = runs.len() - 1;
-                        @for (i, (f, oldest, n)) in runs.into_iter().enumerate() {
-                            @let cut = d.failures_beyond && i == last;
-                            tr {
-                                td {
-                                    @if cut { "before " }
-                                    @if n > 1 || cut { (shown_time(oldest)) " to " }
-                                    (shown_time(&f.checked_at))
-                                }
-                                td { "× " (n) @if cut { " or more" } }
-                                td { (f.class) }
-                                td { (f.http_status.map(|s| s.to_string()).unwrap_or_default()) }
-                                td { (f.error_code.as_deref().unwrap_or("")) }
-                                td { (f.detail) }
-                            }
-                        }
-                    }
-                }
-            }
-            @if d.failures_beyond {
-                p class="muted" {
-                    "The latest " (super::view::FAILURES_SHOWN) " failed checks; all of them are in the database's "
-                    code { "failed_checks" } " view."
-                }
-            }
+            (changes_section(d))
+            (failures_section(d))
             p class="muted" { "JSON: " a href=(format!("../api/v1/orgs/{}/changes", o.id)) { "api/v1/orgs/" (o.id) "/changes" } }
         },
     )
+}
+
+/// The org's name and state, where it is asked, since when, and its last failure.
+fn org_heading(d: &OrgDetail) -> Markup {
+    let o = &d.org;
+    let now = d.generated_at.as_str();
+    html! {
+        h1 { (o.name) " " (badge(o)) }
+        p class="muted" {
+            (o.id)
+            @if let Some(url) = &o.console_url { " · " a href=(url) { "Cloud Manager" } }
+            " · " (o.instance)
+            @if let Some(until) = &o.silenced_until { " · silenced until " (shown_time(until)) }
+            " · link status "
+            span class=(format!("status {}", class(o.status.as_deref()))) { (o.status.as_deref().unwrap_or("not known yet")) }
+            @if o.since.is_some() { " since " (when_inline(o.since.as_deref(), now)) }
+            " · last check " (when_inline(o.last_checked_at.as_deref(), now))
+            " · SYNCED 24h · 7d · 30d: " (shares(o.synced_share.as_ref()))
+        }
+        @if let Some(e) = &o.last_error { p class="err" { (failed_in_a_row(o.consecutive_failures)) (e) } }
+    }
+}
+
+/// The link's status changes, newest first.
+fn changes_section(d: &OrgDetail) -> Markup {
+    html! {
+        h2 { "Link status changes" }
+        @if d.changes.is_empty() {
+            p class="muted" { "No status recorded yet." }
+        } @else {
+            table class="changes" {
+                thead { tr { th { "when" } th { "from" } th { "to" } th { "the old status lasted" } } }
+                tbody {
+                    @for c in d.changes.iter().rev() {
+                        tr {
+                            td { (shown_time(&c.at)) }
+                            td { (c.from.as_deref().unwrap_or("(first seen)")) }
+                            td class=(format!("status {}", class(Some(&c.to)))) { (c.to) }
+                            td { (c.previous_lasted_s.map(span).unwrap_or_default()) }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The recent failed checks, a row per run of identical ones; the oldest run says when it goes
+/// back further than the page lists.
+fn failures_section(d: &OrgDetail) -> Markup {
+    html! {
+        h2 { "Recent failed checks" }
+        @if d.failures.is_empty() {
+            p class="muted" { "None in the last " (super::view::WINDOW_DAYS) " days." }
+        } @else {
+            table class="failures" {
+                thead { tr { th { "when" } th { "checks" } th { "class" } th { "HTTP" } th { "error code" } th { "detail" } } }
+                tbody {
+                    @let runs = runs(&d.failures);
+                    @let last = runs.len() - 1;
+                    @for (i, (f, oldest, n)) in runs.into_iter().enumerate() {
+                        @let cut = d.failures_beyond && i == last;
+                        tr {
+                            td {
+                                @if cut { "before " }
+                                @if n > 1 || cut { (shown_time(oldest)) " to " }
+                                (shown_time(&f.checked_at))
+                            }
+                            td { "× " (n) @if cut { " or more" } }
+                            td { (f.class) }
+                            td { (f.http_status.map(|s| s.to_string()).unwrap_or_default()) }
+                            td { (f.error_code.as_deref().unwrap_or("")) }
+                            td { (f.detail) }
+                        }
+                    }
+                }
+            }
+        }
+        @if d.failures_beyond {
+            p class="muted" {
+                "The latest " (super::view::FAILURES_SHOWN) " failed checks; all of them are in the database's "
+                code { "failed_checks" } " view."
+            }
+        }
+    }
 }
 
 /// A 404; `root` leads back to the status page from where it was asked.
