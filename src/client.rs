@@ -244,39 +244,7 @@ impl Client {
                     .send(&url, || self.request(url.clone()), requests)
                     .await
                     .map_err(digest_error)?,
-                Auth::OAuth(cache) => {
-                    let token = cache.token(&self.http, &endpoint.token_url).await?;
-                    let response = self
-                        .request(url.clone())
-                        .bearer_auth(token.expose())
-                        .send()
-                        .await
-                        .map_err(transport_error)?;
-                    if response.status() != StatusCode::UNAUTHORIZED {
-                        response
-                    } else {
-                        // The token may have been revoked or expired early: one try with a fresh
-                        // one (or with the one another check has just fetched), unless this org
-                        // has refused the current token before.
-                        let next = cache.unauthorized(key, &token, &self.http, &endpoint.token_url).await?;
-                        let oauth::AfterUnauthorized::Retry(token) = next else {
-                            return Err(oauth::no_access());
-                        };
-                        let response = self
-                            .request(url)
-                            .bearer_auth(token.expose())
-                            .send()
-                            .await
-                            .map_err(transport_error)?;
-                        if response.status() == StatusCode::UNAUTHORIZED {
-                            // Even the newest token is refused: the service account lacks access
-                            // to this org, and renewing again would not change that.
-                            cache.refused_after_renewal(key, &token).await;
-                            return Err(oauth::no_access());
-                        }
-                        response
-                    }
-                }
+                Auth::OAuth(cache) => self.send_oauth(url, key, endpoint, cache).await?,
             };
             self.read(response).await
         };
@@ -288,6 +256,48 @@ impl Client {
                 None,
                 format!("no answer within {}", humantime::format_duration(self.settings.timeout)),
             )),
+        }
+    }
+
+    /// A GET of `url` with the OAuth token of `cache`, tried once more with a fresh token
+    /// when the current one is refused.
+    async fn send_oauth(
+        &self,
+        url: Url,
+        key: &str,
+        endpoint: &Endpoint,
+        cache: &oauth::TokenCache,
+    ) -> Result<reqwest::Response, Failure> {
+        let token = cache.token(&self.http, &endpoint.token_url).await?;
+        let response = self
+            .request(url.clone())
+            .bearer_auth(token.expose())
+            .send()
+            .await
+            .map_err(transport_error)?;
+        if response.status() != StatusCode::UNAUTHORIZED {
+            Ok(response)
+        } else {
+            // The token may have been revoked or expired early: one try with a fresh
+            // one (or with the one another check has just fetched), unless this org
+            // has refused the current token before.
+            let next = cache.unauthorized(key, &token, &self.http, &endpoint.token_url).await?;
+            let oauth::AfterUnauthorized::Retry(token) = next else {
+                return Err(oauth::no_access());
+            };
+            let response = self
+                .request(url)
+                .bearer_auth(token.expose())
+                .send()
+                .await
+                .map_err(transport_error)?;
+            if response.status() == StatusCode::UNAUTHORIZED {
+                // Even the newest token is refused: the service account lacks access
+                // to this org, and renewing again would not change that.
+                cache.refused_after_renewal(key, &token).await;
+                return Err(oauth::no_access());
+            }
+            Ok(response)
         }
     }
 

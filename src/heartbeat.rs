@@ -92,30 +92,18 @@ pub async fn beat<L, LF, S, SF>(
     S: Fn(Heartbeat, Ping) -> SF,
     SF: Future<Output = Result<(), String>>,
 {
-    // The next ping's time, kept across reloads that leave `every` as it was: a reload
-    // more often than `every` must not put the ping off for ever.
-    let mut next: Option<(Instant, Duration)> = None;
-    // Until the first ping of this heartbeat: how long it may wait for linkwatch to be healthy.
-    let mut starting: Option<Instant> = None;
+    let mut pacing = Pacing::default();
     loop {
         let current = config.borrow_and_update().clone();
         let Some(beat) = current else {
-            next = None;
+            pacing.next = None;
             tokio::select! {
                 _ = stop.cancelled() => return,
                 changed = config.changed() => if changed.is_err() { return },
             }
             continue;
         };
-        let at = match next {
-            Some((at, every)) if every == beat.every => at,
-            _ => {
-                let now = Instant::now();
-                starting = Some(later(now, beat.every));
-                later(now, FIRST_AFTER.min(beat.every))
-            }
-        };
-        next = Some((at, beat.every));
+        let at = pacing.due(&beat);
         tokio::select! {
             _ = stop.cancelled() => return,
             changed = config.changed() => {
@@ -127,39 +115,86 @@ pub async fn beat<L, LF, S, SF>(
             _ = tokio::time::sleep_until(at) => {}
         }
         let now = Instant::now();
-        next = Some((later(at, beat.every).max(now), beat.every));
-        let p = match look().await {
+        pacing.next = Some((later(at, beat.every).max(now), beat.every));
+        let Some(p) = pacing.ping(look().await, &beat, now, metrics) else {
+            continue;
+        };
+        if !send_twice(&send, &beat, p, metrics, &stop).await {
+            return;
+        }
+    }
+}
+
+/// When the loop pings next.
+#[derive(Debug, Default)]
+struct Pacing {
+    /// The next ping's time, kept across reloads that leave `every` as it was: a reload
+    /// more often than `every` must not put the ping off for ever.
+    next: Option<(Instant, Duration)>,
+    /// Until the first ping of this heartbeat: how long it may wait for linkwatch to be healthy.
+    starting: Option<Instant>,
+}
+
+impl Pacing {
+    /// When the next ping of `beat` is due (a new `every` starts over).
+    fn due(&mut self, beat: &Heartbeat) -> Instant {
+        let at = match self.next {
+            Some((at, every)) if every == beat.every => at,
+            _ => {
+                let now = Instant::now();
+                self.starting = Some(later(now, beat.every));
+                later(now, FIRST_AFTER.min(beat.every))
+            }
+        };
+        self.next = Some((at, beat.every));
+        at
+    }
+
+    /// The ping that what the loop saw at `now` calls for; `None` for none now.
+    fn ping(&mut self, seen: Look, beat: &Heartbeat, now: Instant, metrics: &Metrics) -> Option<Ping> {
+        let p = match seen {
             Look::Follows => {
                 tracing::debug!(monitor = %beat.shown, "no heartbeat: another instance leads");
-                continue;
+                return None;
             }
             Look::Health(Ok(())) => Ping::Healthy,
             Look::Health(Err(reason)) => {
-                if starting.is_some_and(|until| now < until) {
+                if self.starting.is_some_and(|until| now < until) {
                     tracing::debug!(monitor = %beat.shown, "first heartbeat waits: {reason}");
-                    next = Some((later(now, STARTING_POLL), beat.every));
-                    continue;
+                    self.next = Some((later(now, STARTING_POLL), beat.every));
+                    return None;
                 }
                 metrics.heartbeat_unhealthy();
                 tracing::warn!(monitor = %beat.fail_shown, "heartbeat says fail: {reason}");
                 Ping::Fail(crate::outside::text(&reason, REASON_MAX))
             }
         };
-        starting = None;
-        if let Err(e) = send(beat.clone(), p.clone()).await {
+        self.starting = None;
+        Some(p)
+    }
+}
+
+/// Sends `p`, and once more after a short wait when that fails; `false` when `stop` came
+/// during the wait.
+async fn send_twice<S, SF>(send: &S, beat: &Heartbeat, p: Ping, metrics: &Metrics, stop: &CancellationToken) -> bool
+where
+    S: Fn(Heartbeat, Ping) -> SF,
+    SF: Future<Output = Result<(), String>>,
+{
+    if let Err(e) = send(beat.clone(), p.clone()).await {
+        metrics.heartbeat_failed();
+        tracing::warn!(monitor = %beat.shown, "heartbeat failed (trying once more): {e}");
+        let again = later(Instant::now(), RETRY_AFTER.min(beat.every / 2));
+        tokio::select! {
+            _ = stop.cancelled() => return false,
+            _ = tokio::time::sleep_until(again) => {}
+        }
+        if let Err(e) = send(beat.clone(), p).await {
             metrics.heartbeat_failed();
-            tracing::warn!(monitor = %beat.shown, "heartbeat failed (trying once more): {e}");
-            let again = later(Instant::now(), RETRY_AFTER.min(beat.every / 2));
-            tokio::select! {
-                _ = stop.cancelled() => return,
-                _ = tokio::time::sleep_until(again) => {}
-            }
-            if let Err(e) = send(beat.clone(), p).await {
-                metrics.heartbeat_failed();
-                tracing::warn!(monitor = %beat.shown, "heartbeat failed again: {e}");
-            }
+            tracing::warn!(monitor = %beat.shown, "heartbeat failed again: {e}");
         }
     }
+    true
 }
 
 /// One request, bounded by the heartbeat's timeout: a GET to `url` for [`Ping::Healthy`], a POST

@@ -148,99 +148,26 @@ pub fn spawn(
 
 async fn run(pg: Postgres, holder: String, timing: LeaseTiming, role: watch::Sender<Role>, stop: CancellationToken) {
     let mut fenced = pg.fence().watch();
-    // The epoch this instance leads with, and until when (monotonic) it may act without renewal.
-    let mut term: Option<Term> = None;
-    let mut failing = false;
-    // The leader this instance last saw while it followed, to say why it takes over.
-    let mut last_leader: Option<LeaseHolder> = None;
+    let mut tenure = Tenure {
+        pg,
+        holder,
+        timing,
+        role,
+        term: None,
+        failing: false,
+        last_leader: None,
+    };
     loop {
         let started = Instant::now();
         let valid_until = started + timing.ttl.saturating_sub(timing.margin());
-        // A renewal that hangs must not outlive the lease it renews.
-        let attempt = tokio::time::timeout(timing.renew_every(), async {
-            match &term {
-                Some(t) => pg
-                    .renew_lease(&holder, t.epoch, timing.ttl)
-                    .await
-                    .map(|ok| ok.then_some(t.epoch)),
-                None => pg.acquire_lease(&holder, timing.ttl).await,
-            }
-        })
-        .await
-        .unwrap_or_else(|_| Err(anyhow::anyhow!("no answer within {:?}", timing.renew_every())));
-        match attempt {
-            Ok(Some(epoch)) => {
-                failing = false;
-                let starting = term.is_none();
-                let t = Term {
-                    holder: holder.clone(),
-                    epoch,
-                    valid_until,
-                };
-                pg.fence().lead(t.clone());
-                term = Some(t);
-                role.send_if_modified(|r| {
-                    replace(
-                        r,
-                        Role {
-                            epoch: Some(epoch),
-                            leader: None,
-                        },
-                    )
-                });
-                if starting {
-                    // After taking the lead, so that asking why delays nothing. Whether the last
-                    // leader is still announced tells a lease that ran out from one given up (a
-                    // clean stop withdraws the instance).
-                    let last = last_leader.take();
-                    let announced = match &last {
-                        Some(l) if l.holder != holder => {
-                            tokio::time::timeout(timing.renew_every(), pg.announced(&l.holder))
-                                .await
-                                .ok()
-                                .and_then(Result::ok)
-                        }
-                        _ => None,
-                    };
-                    let why = takeover(&holder, last.as_ref(), announced);
-                    tracing::info!(epoch, holder = %holder, "leading: this instance now checks and sends ({why})");
-                }
-            }
-            Ok(None) => {
-                failing = false;
-                if let Some(t) = term.take() {
-                    pg.fence().depose();
-                    tracing::warn!(
-                        epoch = t.epoch,
-                        "leadership lost: the lease expired or another instance took it; following"
-                    );
-                }
-                // Bounded: a dead connection must not keep this loop from its next attempt.
-                let seen = tokio::time::timeout(timing.renew_every(), pg.lease_holder()).await;
-                let leader = match seen {
-                    Ok(Ok(Some(h))) => {
-                        let shown = format!("{} (epoch {})", h.holder, h.epoch);
-                        last_leader = Some(h);
-                        Some(shown)
-                    }
-                    _ => None,
-                };
-                let next = Role { epoch: None, leader };
-                let said = next.describe();
-                if role.send_if_modified(|r| replace(r, next)) {
-                    tracing::info!("{said}");
-                }
-            }
-            Err(e) => {
-                if !failing {
-                    tracing::warn!("cannot reach the lease in the database: {e:#}");
-                }
-                failing = true;
-            }
+        match tenure.attempt().await {
+            Ok(Some(epoch)) => tenure.renewed(epoch, valid_until).await,
+            Ok(None) => tenure.follow().await,
+            Err(e) => tenure.unreachable(e),
         }
         // Wait for the next renewal, or until the lease runs out locally, or until a write
         // finds itself fenced.
-        let wake = match &term {
+        let wake = match &tenure.term {
             Some(t) => (started + timing.renew_every()).min(t.valid_until),
             None => started + timing.renew_every(),
         };
@@ -249,11 +176,129 @@ async fn run(pg: Postgres, holder: String, timing: LeaseTiming, role: watch::Sen
             _ = tokio::time::sleep_until(wake) => {}
             _ = fenced.changed() => {}
         }
-        let expired = term.as_ref().is_some_and(|t| Instant::now() >= t.valid_until);
-        let deposed = term.is_some() && fenced.borrow_and_update().is_none();
+        tenure.lapse_if_lost(&mut fenced);
+    }
+    tenure.give_up().await;
+}
+
+/// The lease loop's state between attempts.
+struct Tenure {
+    pg: Postgres,
+    holder: String,
+    timing: LeaseTiming,
+    role: watch::Sender<Role>,
+    /// The epoch this instance leads with, and until when (monotonic) it may act without renewal.
+    term: Option<Term>,
+    failing: bool,
+    /// The leader this instance last saw while it followed, to say why it takes over.
+    last_leader: Option<LeaseHolder>,
+}
+
+impl Tenure {
+    /// Renews the lease this instance holds, or tries to acquire it: the epoch it now leads
+    /// with, or `None` when another instance holds it.
+    async fn attempt(&self) -> anyhow::Result<Option<i64>> {
+        let (pg, holder, timing) = (&self.pg, &self.holder, self.timing);
+        // A renewal that hangs must not outlive the lease it renews.
+        tokio::time::timeout(timing.renew_every(), async {
+            match &self.term {
+                Some(t) => pg
+                    .renew_lease(holder, t.epoch, timing.ttl)
+                    .await
+                    .map(|ok| ok.then_some(t.epoch)),
+                None => pg.acquire_lease(holder, timing.ttl).await,
+            }
+        })
+        .await
+        .unwrap_or_else(|_| Err(anyhow::anyhow!("no answer within {:?}", timing.renew_every())))
+    }
+
+    /// The lease is this instance's (again) with `epoch`, valid until `valid_until`.
+    async fn renewed(&mut self, epoch: i64, valid_until: Instant) {
+        self.failing = false;
+        let starting = self.term.is_none();
+        let t = Term {
+            holder: self.holder.clone(),
+            epoch,
+            valid_until,
+        };
+        self.pg.fence().lead(t.clone());
+        self.term = Some(t);
+        self.role.send_if_modified(|r| {
+            replace(
+                r,
+                Role {
+                    epoch: Some(epoch),
+                    leader: None,
+                },
+            )
+        });
+        if starting {
+            self.say_why_leading(epoch).await;
+        }
+    }
+
+    async fn say_why_leading(&mut self, epoch: i64) {
+        let holder = &self.holder;
+        // After taking the lead, so that asking why delays nothing. Whether the last
+        // leader is still announced tells a lease that ran out from one given up (a
+        // clean stop withdraws the instance).
+        let last = self.last_leader.take();
+        let announced = match &last {
+            Some(l) if l.holder != *holder => {
+                tokio::time::timeout(self.timing.renew_every(), self.pg.announced(&l.holder))
+                    .await
+                    .ok()
+                    .and_then(Result::ok)
+            }
+            _ => None,
+        };
+        let why = takeover(holder, last.as_ref(), announced);
+        tracing::info!(epoch, holder = %holder, "leading: this instance now checks and sends ({why})");
+    }
+
+    /// Another instance holds the lease: stop leading if this one did, and note who leads.
+    async fn follow(&mut self) {
+        self.failing = false;
+        if let Some(t) = self.term.take() {
+            self.pg.fence().depose();
+            tracing::warn!(
+                epoch = t.epoch,
+                "leadership lost: the lease expired or another instance took it; following"
+            );
+        }
+        // Bounded: a dead connection must not keep this loop from its next attempt.
+        let seen = tokio::time::timeout(self.timing.renew_every(), self.pg.lease_holder()).await;
+        let leader = match seen {
+            Ok(Ok(Some(h))) => {
+                let shown = format!("{} (epoch {})", h.holder, h.epoch);
+                self.last_leader = Some(h);
+                Some(shown)
+            }
+            _ => None,
+        };
+        let next = Role { epoch: None, leader };
+        let said = next.describe();
+        if self.role.send_if_modified(|r| replace(r, next)) {
+            tracing::info!("{said}");
+        }
+    }
+
+    /// The database did not answer; said once until it answers again.
+    fn unreachable(&mut self, e: anyhow::Error) {
+        if !self.failing {
+            tracing::warn!("cannot reach the lease in the database: {e:#}");
+        }
+        self.failing = true;
+    }
+
+    /// Stops leading once the lease ran out locally or a write found it taken.
+    fn lapse_if_lost(&mut self, fenced: &mut watch::Receiver<Option<i64>>) {
+        let expired = self.term.as_ref().is_some_and(|t| Instant::now() >= t.valid_until);
+        let deposed = self.term.is_some() && fenced.borrow_and_update().is_none();
         if expired || deposed {
-            let t = term.take().expect("checked above");
-            pg.fence().depose();
+            let t = self.term.take().expect("checked above");
+            self.pg.fence().depose();
             let why = if expired {
                 "the lease could not be renewed in time"
             } else {
@@ -263,30 +308,42 @@ async fn run(pg: Postgres, holder: String, timing: LeaseTiming, role: watch::Sen
                 epoch = t.epoch,
                 "leadership lost: {why}; this instance stops checking and sending"
             );
-            role.send_if_modified(|r| replace(r, Role::default()));
+            self.role.send_if_modified(|r| replace(r, Role::default()));
         }
     }
-    role.send_if_modified(|r| replace(r, Role::default()));
-    match term {
-        Some(t) => {
-            pg.fence().depose();
-            match pg.release_lease(&holder, t.epoch).await {
-                Ok(()) => tracing::info!(
-                    epoch = t.epoch,
-                    "leadership released: another instance can take over now"
-                ),
-                Err(e) => {
-                    tracing::warn!("cannot release the lease ({e:#}); another instance takes over when it expires")
+
+    /// On stop: releases the lease this instance holds, or withdraws it as a follower.
+    async fn give_up(self) {
+        let Tenure {
+            pg,
+            holder,
+            timing,
+            role,
+            term,
+            ..
+        } = self;
+        role.send_if_modified(|r| replace(r, Role::default()));
+        match term {
+            Some(t) => {
+                pg.fence().depose();
+                match pg.release_lease(&holder, t.epoch).await {
+                    Ok(()) => tracing::info!(
+                        epoch = t.epoch,
+                        "leadership released: another instance can take over now"
+                    ),
+                    Err(e) => {
+                        tracing::warn!("cannot release the lease ({e:#}); another instance takes over when it expires")
+                    }
                 }
             }
+            // A follower says it leaves too, so that `copy-history` need not wait for its word
+            // to run out; bounded, since a stop must not wait on a database that does not answer.
+            None => match tokio::time::timeout(timing.renew_every(), pg.withdraw(&holder)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::warn!("cannot tell the database that this instance stops ({e:#})"),
+                Err(_) => tracing::warn!("cannot tell the database that this instance stops: no answer"),
+            },
         }
-        // A follower says it leaves too, so that `copy-history` need not wait for its word
-        // to run out; bounded, since a stop must not wait on a database that does not answer.
-        None => match tokio::time::timeout(timing.renew_every(), pg.withdraw(&holder)).await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => tracing::warn!("cannot tell the database that this instance stops ({e:#})"),
-            Err(_) => tracing::warn!("cannot tell the database that this instance stops: no answer"),
-        },
     }
 }
 

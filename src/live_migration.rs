@@ -90,7 +90,17 @@ pub async fn check_live_migration<H: Host + ?Sized>(
             events: Vec::new(),
         });
     };
-    match &outcome {
+    log_check(migration, &outcome, decision.state.consecutive_failures);
+    publish(app, migration, &decision.events);
+    Ok(LiveMigrationReport {
+        outcome,
+        events: decision.events.into_iter().map(|(e, _)| e).collect(),
+    })
+}
+
+/// Says what the check saw: a failure, and any field of the answer that could not be read.
+fn log_check(migration: &LiveMigration, outcome: &LiveMigrationOutcome, consecutive_failures: u32) {
+    match outcome {
         Ok(r) => {
             tracing::debug!(migration = %migration.name, status = %r.status, ready = r.ready_for_cutover, lag_s = ?r.lag_s, "checked");
             for what in &r.unreadable {
@@ -99,23 +109,23 @@ pub async fn check_live_migration<H: Host + ?Sized>(
         }
         Err(f) => tracing::warn!(
             migration = %migration.name,
-            failures = decision.state.consecutive_failures,
+            failures = consecutive_failures,
             "live migration check failed: {}",
             f.explain_atlas()
         ),
     }
-    for (e, _) in &decision.events {
+}
+
+/// Counts and logs the check's events, and wakes the channels they go to.
+fn publish<H: Host + ?Sized>(app: &H, migration: &LiveMigration, events: &[(Event, Vec<String>)]) {
+    for (e, _) in events {
         app.metrics().event(e.kind());
         let org = app.config().orgs.iter().find(|o| o.id == migration.org);
         let summary = crate::message::summary(org.map_or(migration.org.as_str(), |o| o.name.as_str()), e);
         tracing::info!(migration = %migration.name, org_id = %migration.org, event = e.kind(), "{summary}");
     }
-    let channels: Vec<String> = decision.events.iter().flat_map(|(_, c)| c.iter().cloned()).collect();
+    let channels: Vec<String> = events.iter().flat_map(|(_, c)| c.iter().cloned()).collect();
     app.wake(&channels);
-    Ok(LiveMigrationReport {
-        outcome,
-        events: decision.events.into_iter().map(|(e, _)| e).collect(),
-    })
 }
 
 /// Records that Atlas announced the retirement of the version asked for, and sends

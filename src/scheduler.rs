@@ -120,95 +120,148 @@ pub async fn run<F, Fut, P>(
         clock,
     } = settings;
     let window = coalescing(schedules.iter().map(|(_, s)| s));
-    let (mono, wall) = (Instant::now(), clock.now());
-    let mut due: Vec<Option<Due>> = schedules
-        .iter()
-        .map(|(org, schedule)| {
-            let first = slots::first(schedule, org, mono, wall);
-            if first.is_none() {
-                tracing::warn!(%org, "the schedule ({schedule}) has no slot to come; this org is not checked");
-            }
-            first
-        })
-        .collect();
-    let mut heap: BinaryHeap<Reverse<(Instant, usize)>> = due
-        .iter()
-        .enumerate()
-        .filter_map(|(i, d)| d.map(|d| Reverse((d.at, i))))
-        .collect();
-    let mut running = vec![false; schedules.len()];
-    let permits = Arc::new(Semaphore::new(concurrency.max(1)));
-    let mut tasks: JoinSet<(usize, NotBefore)> = JoinSet::new();
-    // Which org each task checks, so that a panicked task (which returns nothing) can be named.
-    let mut orgs_of_tasks: HashMap<tokio::task::Id, usize> = HashMap::new();
+    let mut board = Board::new(&schedules, concurrency, clock);
 
     loop {
         heartbeat.beat();
-        let now = Instant::now();
-        let wake = match heap.peek() {
-            Some(Reverse((t, _))) => later(*t, window).min(later(now, MAX_SLEEP)),
-            None => later(now, MAX_SLEEP),
-        };
+        let wake = board.wake(window);
         tokio::select! {
             _ = shutdown.cancelled() => break,
-            Some(joined) = tasks.join_next_with_id() => {
-                let Some((i, not_before)) = finished(joined, &mut orgs_of_tasks, &on_panic) else {
-                    continue;
-                };
-                running[i] = false;
-                let (Some(wait), Some(current)) = (not_before, due[i]) else {
-                    continue;
-                };
-                if wait > MAX_NOT_BEFORE {
-                    tracing::warn!(org = %schedules[i].0, "asked to wait {wait:?} before the next check; waiting {MAX_NOT_BEFORE:?}");
-                }
-                if let Some(moved) = slots::postponed(&schedules[i].1, current, wait, Instant::now(), clock.now()) {
-                    due[i] = Some(moved);
-                    heap.push(Reverse((moved.at, i)));
-                }
-            }
-            _ = tokio::time::sleep_until(wake) => {
-                let (mono, wall) = (Instant::now(), clock.now());
-                while let Some(Reverse((t, i))) = heap.peek().copied() {
-                    if t > mono {
-                        break;
-                    }
-                    heap.pop();
-                    let Some(slot) = due[i].filter(|d| d.at == t) else {
-                        continue; // superseded by a Retry-After postponement
-                    };
-                    due[i] = slots::after(&schedules[i].1, slot, mono, wall);
-                    match due[i] {
-                        Some(next) => heap.push(Reverse((next.at, i))),
-                        None => tracing::warn!(org = %schedules[i].0, "the schedule has no slot to come; this was the last check"),
-                    }
-                    if running[i] {
-                        tracing::warn!(org = %schedules[i].0, "previous check still running; skipping this slot");
-                        continue;
-                    }
-                    running[i] = true;
-                    let permits = permits.clone();
-                    let fut = check(i);
-                    let task = tasks.spawn(async move {
-                        // Waiting here, not in the loop, keeps the loop on time when checks are slow.
-                        let _permit = permits.acquire_owned().await;
-                        (i, fut.await)
-                    });
-                    orgs_of_tasks.insert(task.id(), i);
-                }
-            }
+            Some(joined) = board.tasks.join_next_with_id() => board.on_finished(joined, &on_panic),
+            _ = tokio::time::sleep_until(wake) => board.start_due(&check),
         }
     }
-    // Let the checks already started finish (each is bounded by the poll timeout), but no longer
-    // than the grace period.
-    let drain = async {
-        while let Some(joined) = tasks.join_next_with_id().await {
-            finished(joined, &mut orgs_of_tasks, &on_panic);
+    board.drain(grace, &on_panic).await;
+}
+
+/// The loop's state: each org's next slot, the heap that orders them, and the checks running.
+struct Board<'a> {
+    schedules: &'a [(OrgId, Schedule)],
+    clock: Clock,
+    due: Vec<Option<Due>>,
+    heap: BinaryHeap<Reverse<(Instant, usize)>>,
+    running: Vec<bool>,
+    permits: Arc<Semaphore>,
+    tasks: JoinSet<(usize, NotBefore)>,
+    /// Which org each task checks, so that a panicked task (which returns nothing) can be named.
+    orgs_of_tasks: HashMap<tokio::task::Id, usize>,
+}
+
+impl<'a> Board<'a> {
+    /// Each org's first slot; an org whose schedule has none is said once and never checked.
+    fn new(schedules: &'a [(OrgId, Schedule)], concurrency: usize, clock: Clock) -> Board<'a> {
+        let (mono, wall) = (Instant::now(), clock.now());
+        let due: Vec<Option<Due>> = schedules
+            .iter()
+            .map(|(org, schedule)| {
+                let first = slots::first(schedule, org, mono, wall);
+                if first.is_none() {
+                    tracing::warn!(%org, "the schedule ({schedule}) has no slot to come; this org is not checked");
+                }
+                first
+            })
+            .collect();
+        let heap = due
+            .iter()
+            .enumerate()
+            .filter_map(|(i, d)| d.map(|d| Reverse((d.at, i))))
+            .collect();
+        Board {
+            schedules,
+            clock,
+            due,
+            heap,
+            running: vec![false; schedules.len()],
+            permits: Arc::new(Semaphore::new(concurrency.max(1))),
+            tasks: JoinSet::new(),
+            orgs_of_tasks: HashMap::new(),
         }
-    };
-    if tokio::time::timeout(grace, drain).await.is_err() {
-        tracing::warn!("checks still running after {grace:?}; abandoning them");
-        tasks.abort_all();
+    }
+
+    /// When the loop wakes next: at the earliest slot plus `window`, and at least every
+    /// [`MAX_SLEEP`].
+    fn wake(&self, window: Duration) -> Instant {
+        let now = Instant::now();
+        match self.heap.peek() {
+            Some(Reverse((t, _))) => later(*t, window).min(later(now, MAX_SLEEP)),
+            None => later(now, MAX_SLEEP),
+        }
+    }
+
+    /// A check finished: its org is free again, and its next slot moves when it asked to wait.
+    fn on_finished(
+        &mut self,
+        joined: Result<(tokio::task::Id, (usize, NotBefore)), JoinError>,
+        on_panic: &impl Fn(usize, &str),
+    ) {
+        let Some((i, not_before)) = finished(joined, &mut self.orgs_of_tasks, on_panic) else {
+            return;
+        };
+        self.running[i] = false;
+        let (Some(wait), Some(current)) = (not_before, self.due[i]) else {
+            return;
+        };
+        let schedules = self.schedules;
+        if wait > MAX_NOT_BEFORE {
+            tracing::warn!(org = %schedules[i].0, "asked to wait {wait:?} before the next check; waiting {MAX_NOT_BEFORE:?}");
+        }
+        if let Some(moved) = slots::postponed(&schedules[i].1, current, wait, Instant::now(), self.clock.now()) {
+            self.due[i] = Some(moved);
+            self.heap.push(Reverse((moved.at, i)));
+        }
+    }
+
+    /// Starts the checks whose slots have come, each org's next slot placed as it starts.
+    fn start_due<F, Fut>(&mut self, check: &F)
+    where
+        F: Fn(usize) -> Fut,
+        Fut: Future<Output = NotBefore> + Send + 'static,
+    {
+        let schedules = self.schedules;
+        let (mono, wall) = (Instant::now(), self.clock.now());
+        while let Some(Reverse((t, i))) = self.heap.peek().copied() {
+            if t > mono {
+                break;
+            }
+            self.heap.pop();
+            let Some(slot) = self.due[i].filter(|d| d.at == t) else {
+                continue; // superseded by a Retry-After postponement
+            };
+            self.due[i] = slots::after(&schedules[i].1, slot, mono, wall);
+            match self.due[i] {
+                Some(next) => self.heap.push(Reverse((next.at, i))),
+                None => {
+                    tracing::warn!(org = %schedules[i].0, "the schedule has no slot to come; this was the last check")
+                }
+            }
+            if self.running[i] {
+                tracing::warn!(org = %schedules[i].0, "previous check still running; skipping this slot");
+                continue;
+            }
+            self.running[i] = true;
+            let permits = self.permits.clone();
+            let fut = check(i);
+            let task = self.tasks.spawn(async move {
+                // Waiting here, not in the loop, keeps the loop on time when checks are slow.
+                let _permit = permits.acquire_owned().await;
+                (i, fut.await)
+            });
+            self.orgs_of_tasks.insert(task.id(), i);
+        }
+    }
+
+    /// Lets the checks already started finish (each is bounded by the poll timeout), but no
+    /// longer than `grace`.
+    async fn drain(mut self, grace: Duration, on_panic: &impl Fn(usize, &str)) {
+        let drain = async {
+            while let Some(joined) = self.tasks.join_next_with_id().await {
+                finished(joined, &mut self.orgs_of_tasks, on_panic);
+            }
+        };
+        if tokio::time::timeout(grace, drain).await.is_err() {
+            tracing::warn!("checks still running after {grace:?}; abandoning them");
+            self.tasks.abort_all();
+        }
     }
 }
 

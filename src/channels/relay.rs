@@ -49,57 +49,11 @@ impl Relay {
     /// Sends `mail` to the recipients of `envelope` in one transaction, within `timeout`.
     pub async fn send(&self, envelope: &Envelope, mail: &[u8]) -> Result<(), Failed> {
         let deadline = Instant::now() + self.timeout;
-        let within = |what: &'static str| {
-            let (host, port, timeout) = (&self.host, self.port, self.timeout);
-            move |_| {
-                Failed::Relay(format!(
-                    "no answer from the SMTP server {host}:{port} within {} {what}",
-                    humantime::format_duration(timeout)
-                ))
-            }
-        };
-        let wrapper = match &self.tls {
-            Tls::Wrapper(tls) => Some(tls.clone()),
-            _ => None,
-        };
-        let mut conn = tokio::time::timeout_at(
-            deadline,
-            AsyncSmtpConnection::connect_tokio1(
-                (self.host.as_str(), self.port),
-                Some(self.timeout),
-                &self.hello,
-                wrapper,
-                None,
-            ),
-        )
-        .await
-        .map_err(within(
-            "while connecting: it accepted no connection, or said nothing after accepting it (a firewall, a tarpit, or a port that expects TLS first: use smtps:// for port 465)",
-        ))?
-        .map_err(|e| self.relay_error("cannot connect to", &e))?;
-        let starttls = match &self.tls {
-            Tls::Required(tls) => Some(tls.clone()),
-            Tls::Opportunistic(tls) if conn.can_starttls() => Some(tls.clone()),
-            _ => None,
-        };
-        if let Some(tls) = starttls {
-            tokio::time::timeout_at(deadline, conn.starttls(tls, &self.hello))
-                .await
-                .map_err(within("during STARTTLS"))?
-                .map_err(|e| self.relay_error("STARTTLS failed with", &e))?;
-        }
-        if let Some(credentials) = &self.credentials {
-            tokio::time::timeout_at(deadline, conn.auth(DEFAULT_MECHANISMS, credentials))
-                .await
-                .map_err(within("to the login"))?
-                .map_err(|e| match e.status() {
-                    Some(code) => Failed::Relay(format!("the relay refused the login ({code}): {}", reply(&e))),
-                    None => self.relay_error("cannot log in to", &e),
-                })?;
-        }
+        let mut conn = self.connect(deadline).await?;
+        self.secure_and_log_in(&mut conn, deadline).await?;
         let sent = tokio::time::timeout_at(deadline, conn.send(envelope, mail))
             .await
-            .map_err(within("while sending the mail"))?;
+            .map_err(self.within("while sending the mail"))?;
         match sent {
             Ok(_) => {
                 // Accepted: the goodbye is a courtesy, never a failure, and within the
@@ -113,6 +67,65 @@ impl Relay {
             Err(e) if e.is_client() => Err(Failed::Client(reply(&e))),
             Err(e) => Err(self.relay_error("lost the connection to", &e)),
         }
+    }
+
+    /// The failure of a step (`what`) that got no answer by the transaction's deadline.
+    fn within(&self, what: &'static str) -> impl FnOnce(tokio::time::error::Elapsed) -> Failed + '_ {
+        let (host, port, timeout) = (&self.host, self.port, self.timeout);
+        move |_| {
+            Failed::Relay(format!(
+                "no answer from the SMTP server {host}:{port} within {} {what}",
+                humantime::format_duration(timeout)
+            ))
+        }
+    }
+
+    /// The connection and the greeting (in TLS from the start for `smtps://`).
+    async fn connect(&self, deadline: Instant) -> Result<AsyncSmtpConnection, Failed> {
+        let wrapper = match &self.tls {
+            Tls::Wrapper(tls) => Some(tls.clone()),
+            _ => None,
+        };
+        tokio::time::timeout_at(
+            deadline,
+            AsyncSmtpConnection::connect_tokio1(
+                (self.host.as_str(), self.port),
+                Some(self.timeout),
+                &self.hello,
+                wrapper,
+                None,
+            ),
+        )
+        .await
+        .map_err(self.within(
+            "while connecting: it accepted no connection, or said nothing after accepting it (a firewall, a tarpit, or a port that expects TLS first: use smtps:// for port 465)",
+        ))?
+        .map_err(|e| self.relay_error("cannot connect to", &e))
+    }
+
+    /// STARTTLS when the relay's TLS asks for it, then the login when there are credentials.
+    async fn secure_and_log_in(&self, conn: &mut AsyncSmtpConnection, deadline: Instant) -> Result<(), Failed> {
+        let starttls = match &self.tls {
+            Tls::Required(tls) => Some(tls.clone()),
+            Tls::Opportunistic(tls) if conn.can_starttls() => Some(tls.clone()),
+            _ => None,
+        };
+        if let Some(tls) = starttls {
+            tokio::time::timeout_at(deadline, conn.starttls(tls, &self.hello))
+                .await
+                .map_err(self.within("during STARTTLS"))?
+                .map_err(|e| self.relay_error("STARTTLS failed with", &e))?;
+        }
+        if let Some(credentials) = &self.credentials {
+            tokio::time::timeout_at(deadline, conn.auth(DEFAULT_MECHANISMS, credentials))
+                .await
+                .map_err(self.within("to the login"))?
+                .map_err(|e| match e.status() {
+                    Some(code) => Failed::Relay(format!("the relay refused the login ({code}): {}", reply(&e))),
+                    None => self.relay_error("cannot log in to", &e),
+                })?;
+        }
+        Ok(())
     }
 
     fn relay_error(&self, what: &str, e: &lettre::transport::smtp::Error) -> Failed {

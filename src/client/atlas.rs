@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use serde_json::Value;
+use serde_json::{Map, Value};
 
 use super::classify::{error_answer, excerpt};
 use crate::outcome::{ApiDeprecation, Failure, FailureClass};
@@ -85,26 +85,42 @@ pub fn classify(
     let Some(Value::Object(m)) = json else {
         return Err(malformed(format!("the answer is not a JSON object: {}", excerpt(body))));
     };
-    let status = match m.get("status") {
-        Some(Value::String(s)) if s.trim().chars().count() > MAX_STATUS_CHARS => {
-            return Err(malformed(format!(
-                "`status` is {} characters long: {}",
-                s.chars().count(),
-                excerpt(s.as_bytes())
-            )));
-        }
-        // Through the gate, as the link's status: it is stored and sent on.
-        Some(Value::String(s)) if !crate::outside::text(s, MAX_STATUS_CHARS).trim().is_empty() => {
-            crate::outside::text(s, MAX_STATUS_CHARS).trim().to_owned()
-        }
-        Some(other) => return Err(malformed(format!("`status` is not a status string: {other}"))),
-        None => return Err(malformed(format!("no `status` in the answer: {}", excerpt(body)))),
-    };
+    let status = status_of(&m, body).map_err(malformed)?;
     // Every other field is optional in the spec: one that is missing is unknown, and so is one
     // of another type, said in `unreadable` and never allowed to hide the status (a FAILED
     // migration with a garbled lag is still FAILED).
     let mut unreadable = Vec::new();
-    let ready_for_cutover = match m.get("readyForCutover") {
+    let ready_for_cutover = ready_for_cutover(&m, &mut unreadable);
+    let lag_s = lag_seconds(&m, &mut unreadable);
+    let migration_hosts = migration_hosts(&m, &mut unreadable);
+    Ok(LiveMigrationReading {
+        status,
+        ready_for_cutover,
+        lag_s,
+        migration_hosts,
+        unreadable,
+    })
+}
+
+/// The answer's `status`, the one field it must have; `Err` says why it is malformed.
+fn status_of(m: &Map<String, Value>, body: &[u8]) -> Result<String, String> {
+    match m.get("status") {
+        Some(Value::String(s)) if s.trim().chars().count() > MAX_STATUS_CHARS => Err(format!(
+            "`status` is {} characters long: {}",
+            s.chars().count(),
+            excerpt(s.as_bytes())
+        )),
+        // Through the gate, as the link's status: it is stored and sent on.
+        Some(Value::String(s)) if !crate::outside::text(s, MAX_STATUS_CHARS).trim().is_empty() => {
+            Ok(crate::outside::text(s, MAX_STATUS_CHARS).trim().to_owned())
+        }
+        Some(other) => Err(format!("`status` is not a status string: {other}")),
+        None => Err(format!("no `status` in the answer: {}", excerpt(body))),
+    }
+}
+
+fn ready_for_cutover(m: &Map<String, Value>, unreadable: &mut Vec<String>) -> Option<bool> {
+    match m.get("readyForCutover") {
         None | Some(Value::Null) => None,
         Some(Value::Bool(b)) => Some(*b),
         Some(other) => {
@@ -114,8 +130,11 @@ pub fn classify(
             ));
             None
         }
-    };
-    let lag_s = match m.get("lagTimeSeconds") {
+    }
+}
+
+fn lag_seconds(m: &Map<String, Value>, unreadable: &mut Vec<String>) -> Option<i64> {
+    match m.get("lagTimeSeconds") {
         None | Some(Value::Null) => None,
         Some(v) => match v.as_i64().or_else(|| {
             v.as_f64()
@@ -131,8 +150,11 @@ pub fn classify(
                 None
             }
         },
-    };
-    let migration_hosts = match m.get("migrationHosts") {
+    }
+}
+
+fn migration_hosts(m: &Map<String, Value>, unreadable: &mut Vec<String>) -> Vec<String> {
+    match m.get("migrationHosts") {
         None | Some(Value::Null) => Vec::new(),
         Some(Value::Array(hosts)) if hosts.iter().all(Value::is_string) => hosts
             .iter()
@@ -148,14 +170,7 @@ pub fn classify(
             ));
             Vec::new()
         }
-    };
-    Ok(LiveMigrationReading {
-        status,
-        ready_for_cutover,
-        lag_s,
-        migration_hosts,
-        unreadable,
-    })
+    }
 }
 
 /// At most this many migration hosts are kept, each at most this long: they are shown, not

@@ -57,6 +57,17 @@ pub(super) fn rebuild(current: &App, loaded: anyhow::Result<Config>, console: Co
 /// migrations, reports, the heartbeat and `[poll]`. Long lists are cut: 10,000 orgs make no line.
 pub(super) fn changes(old: &Config, new: &Config) -> Vec<String> {
     let mut out = Vec::new();
+    org_changes(&mut out, old, new);
+    channel_changes(&mut out, old, new);
+    migration_changes(&mut out, old, new);
+    report_changes(&mut out, old, new);
+    heartbeat_and_poll_changes(&mut out, old, new);
+    other_changes(&mut out, old, new);
+    out
+}
+
+/// Orgs added, removed, renamed, rescheduled, rekeyed or moved to another instance.
+fn org_changes(out: &mut Vec<String>, old: &Config, new: &Config) {
     // Orgs are told apart by id: a corrected id is an org removed and one added.
     let ids = |orgs: &[crate::config::Org]| orgs.iter().map(|o| o.id.to_string()).collect::<Vec<_>>();
     let (old_ids, new_ids) = (ids(&old.orgs), ids(&new.orgs));
@@ -66,8 +77,8 @@ pub(super) fn changes(old: &Config, new: &Config) -> Vec<String> {
             .map_or(id.clone(), |o| format!("{} ({id})", o.name))
     };
     let shown = |orgs: &[crate::config::Org], ids: Vec<String>| ids.iter().map(|i| name_of(orgs, i)).collect();
-    list(&mut out, "orgs added", shown(&new.orgs, added(&old_ids, &new_ids)));
-    list(&mut out, "orgs removed", shown(&old.orgs, added(&new_ids, &old_ids)));
+    list(out, "orgs added", shown(&new.orgs, added(&old_ids, &new_ids)));
+    list(out, "orgs removed", shown(&old.orgs, added(&new_ids, &old_ids)));
     let renamed: Vec<String> = new
         .orgs
         .iter()
@@ -76,7 +87,7 @@ pub(super) fn changes(old: &Config, new: &Config) -> Vec<String> {
             (o.name != n.name).then(|| format!("{} -> {}", o.name, n.name))
         })
         .collect();
-    list(&mut out, "orgs renamed", renamed);
+    list(out, "orgs renamed", renamed);
     let rescheduled: Vec<String> = new
         .orgs
         .iter()
@@ -85,14 +96,14 @@ pub(super) fn changes(old: &Config, new: &Config) -> Vec<String> {
             (o.schedule != n.schedule).then(|| format!("{} ({} -> {})", n.name, o.schedule, n.schedule))
         })
         .collect();
-    list(&mut out, "schedules changed", rescheduled);
+    list(out, "schedules changed", rescheduled);
     let rekeyed: Vec<String> = new
         .orgs
         .iter()
         .filter(|n| old.orgs.iter().any(|o| o.id == n.id && o.credential != n.credential))
         .map(|n| n.name.clone())
         .collect();
-    list(&mut out, "credentials changed", rekeyed);
+    list(out, "credentials changed", rekeyed);
     let moved: Vec<String> = new
         .orgs
         .iter()
@@ -101,11 +112,15 @@ pub(super) fn changes(old: &Config, new: &Config) -> Vec<String> {
             (o.endpoint != n.endpoint).then(|| format!("{} ({} -> {})", n.name, o.endpoint.label(), n.endpoint.label()))
         })
         .collect();
-    list(&mut out, "instances changed", moved);
+    list(out, "instances changed", moved);
+}
+
+/// Channels added, removed or changed, and the routes.
+fn channel_changes(out: &mut Vec<String>, old: &Config, new: &Config) {
     let channel_names = |c: &Config| c.channels.iter().map(|c| c.name.clone()).collect::<Vec<_>>();
     let (old_channels, new_channels) = (channel_names(old), channel_names(new));
-    list(&mut out, "channels added", added(&old_channels, &new_channels));
-    list(&mut out, "channels removed", added(&new_channels, &old_channels));
+    list(out, "channels added", added(&old_channels, &new_channels));
+    list(out, "channels removed", added(&new_channels, &old_channels));
     let changed: Vec<String> = new
         .channels
         .iter()
@@ -116,32 +131,41 @@ pub(super) fn changes(old: &Config, new: &Config) -> Vec<String> {
         })
         .map(|n| n.name.clone())
         .collect();
-    list(&mut out, "channels changed", changed);
+    list(out, "channels changed", changed);
     if old.routes != new.routes {
         out.push(format!("routes: {} -> {}", old.routes.len(), new.routes.len()));
     }
+}
+
+fn migration_changes(out: &mut Vec<String>, old: &Config, new: &Config) {
     let migration_names = |c: &Config| c.migrations.iter().map(|m| m.name.clone()).collect::<Vec<_>>();
     let (old_m, new_m) = (migration_names(old), migration_names(new));
-    list(&mut out, "live migrations added", added(&old_m, &new_m));
-    list(&mut out, "live migrations removed", added(&new_m, &old_m));
+    list(out, "live migrations added", added(&old_m, &new_m));
+    list(out, "live migrations removed", added(&new_m, &old_m));
     let changed: Vec<String> = new
         .migrations
         .iter()
         .filter(|n| old.migrations.iter().any(|o| o.name == n.name && o != *n))
         .map(|n| n.name.clone())
         .collect();
-    list(&mut out, "live migrations changed", changed);
+    list(out, "live migrations changed", changed);
+}
+
+fn report_changes(out: &mut Vec<String>, old: &Config, new: &Config) {
     let report_names = |c: &Config| c.reports.iter().map(|r| r.name.clone()).collect::<Vec<_>>();
     let (old_r, new_r) = (report_names(old), report_names(new));
-    list(&mut out, "reports added", added(&old_r, &new_r));
-    list(&mut out, "reports removed", added(&new_r, &old_r));
+    list(out, "reports added", added(&old_r, &new_r));
+    list(out, "reports removed", added(&new_r, &old_r));
     let changed: Vec<String> = new
         .reports
         .iter()
         .filter(|n| old.reports.iter().any(|o| o.name == n.name && o != *n))
         .map(|n| n.name.clone())
         .collect();
-    list(&mut out, "reports changed", changed);
+    list(out, "reports changed", changed);
+}
+
+fn heartbeat_and_poll_changes(out: &mut Vec<String>, old: &Config, new: &Config) {
     match (&old.heartbeat, &new.heartbeat) {
         (None, Some(_)) => out.push("heartbeat on".into()),
         (Some(_), None) => out.push("heartbeat off".into()),
@@ -157,6 +181,10 @@ pub(super) fn changes(old: &Config, new: &Config) -> Vec<String> {
     {
         out.push("[poll] limits changed".into());
     }
+}
+
+/// The sections the ones above do not cover, each named once when anything in it changed.
+fn other_changes(out: &mut Vec<String>, old: &Config, new: &Config) {
     // The rest by section, so that no edit reads as "nothing changed".
     let atlas = |c: &Config| {
         c.atlas.as_ref().map(|a| {
@@ -192,8 +220,7 @@ pub(super) fn changes(old: &Config, new: &Config) -> Vec<String> {
         .filter(|(_, changed)| *changed)
         .map(|(what, _)| (*what).to_owned())
         .collect();
-    list(&mut out, "also changed", other);
-    out
+    list(out, "also changed", other);
 }
 
 /// The names of `new` that `old` lacks.

@@ -300,17 +300,24 @@ fn choose_within(
             }
         }
     }
-    match lone {
-        Some(id) if ids.is_empty() => Choice {
-            ids: vec![id],
-            wake_at,
-            alone: true,
-        },
-        _ => Choice {
-            ids,
-            wake_at,
-            alone: false,
-        },
+    Choice::of(ids, lone, wake_at)
+}
+
+impl Choice {
+    /// The rows chosen together, or else the one failing row past the hold (`lone`), alone.
+    fn of(ids: Vec<i64>, lone: Option<i64>, wake_at: Option<Instant>) -> Choice {
+        match lone {
+            Some(id) if ids.is_empty() => Choice {
+                ids: vec![id],
+                wake_at,
+                alone: true,
+            },
+            _ => Choice {
+                ids,
+                wake_at,
+                alone: false,
+            },
+        }
     }
 }
 

@@ -123,6 +123,18 @@ pub(super) async fn step(cx: &Ctx<'_>, stop: &CancellationToken) -> anyhow::Resu
         return Ok(Next::Idle(choice.wake_at));
     }
     let due = cx.store.deliveries(&choice.ids).await?;
+    send_due(cx, &mut mem, stop, &due, choice.alone).await
+}
+
+/// Sends `due` in the channel's groups, each claimed first, deciding and writing each group's
+/// outcome before the next. `alone`: the one row is failing past the hold (see `select`).
+async fn send_due(
+    cx: &Ctx<'_>,
+    mem: &mut Memory,
+    stop: &CancellationToken,
+    due: &[Delivery],
+    alone: bool,
+) -> anyhow::Result<Next> {
     let messages: Vec<Message> = due
         .iter()
         .map(|d| message::render(&d.event, &cx.outlet.links))
@@ -138,23 +150,11 @@ pub(super) async fn step(cx: &Ctx<'_>, stop: &CancellationToken) -> anyhow::Resu
         if stop.is_cancelled() || !cx.store.may_send() {
             break;
         }
-        pace(&mut mem, cx.settings.pace(&cx.outlet.channel)).await;
-        let group: Vec<i64> = due[range.clone()].iter().map(|d| d.outbox_id).collect();
-        let claimed = cx.store.claim(&group, cx.outlet.send_takes).await?;
-        if claimed.ids.len() < group.len() {
-            // Another instance (the leader before this one) claimed some of these rows for a
-            // send that may still be under way: they wait until its claim expires.
-            tracing::info!(channel = %cx.outlet.name, "deliveries claimed by another instance; waiting for its claim to expire");
-            return Ok(Next::Idle(Instant::now().checked_add(CLAIMED_ELSEWHERE)));
-        }
-        mem.claim = claimed.token;
-        // Checked again now that the rows are claimed: a pause between the claim and the send
-        // (a frozen VM) may have outlasted the lease, and with it this instance's right to send.
-        // The send must also end while the claim holds, or another instance may send the rows
-        // too: it is bounded by the time left on the claim (which a pause may have used up).
-        let Some(deadline) = send_until(cx.outlet.send_deadline(), claimed.until, Instant::now()) else {
-            tracing::warn!(channel = %cx.outlet.name, "the claim ran out before the send could start; claiming again");
-            break;
+        pace(mem, cx.settings.pace(&cx.outlet.channel)).await;
+        let deadline = match claim(cx, mem, &due[range.clone()]).await? {
+            Claimed::Until(deadline) => deadline,
+            Claimed::Elsewhere(look_again) => return Ok(Next::Idle(look_again)),
+            Claimed::RanOut => break,
         };
         if !cx.store.may_send() {
             break;
@@ -162,46 +162,13 @@ pub(super) async fn step(cx: &Ctx<'_>, stop: &CancellationToken) -> anyhow::Resu
         let result = cx.outlet.send_by(&messages[range.clone()], deadline).await;
         mem.last_send = Some(Instant::now());
         attempted += range.len();
-        let rows = &due[range.clone()];
-        let go_on = match result {
-            Ok(note) => {
-                sent(cx, &mut mem, rows, note);
-                true
-            }
-            Err(SendError::Permanent(error)) if range.len() > 1 => {
-                // One message of the group is refused for good: halve the group until only it
-                // fails. Cheaper than one by one for a long digest (Slack paces posts).
-                tracing::info!(channel = %cx.outlet.name, deliveries = range.len(), %error, "a digest was refused; sending it in halves");
-                let mid = range.start + range.len() / 2;
-                queue.push_front(mid..range.end);
-                queue.push_front(range.start..mid);
-                continue;
-            }
-            Err(SendError::Permanent(error)) => {
-                failed(cx, &mut mem, rows, &error, "delivery refused; not retrying");
-                true
-            }
-            Err(SendError::Closed(error)) => {
-                // The rest would meet the same answer; they stay pending for the next step.
-                failed(cx, &mut mem, rows, &error, "delivery refused; not retrying");
-                false
-            }
-            Err(SendError::Transient {
-                error,
-                retry_after,
-                rate_limited,
-            }) => {
-                // A rate limit (429) is about the whole destination: the channel pauses, whatever
-                // was sent. Another `Retry-After` pauses it too, except on a row past the hold:
-                // that row goes alone because the receiver may be refusing that very message, so
-                // its `Retry-After` delays only it, or it would pause every org's events again
-                // each time it falls due.
-                let pause_channel = rate_limited || (retry_after.is_some() && !choice.alone);
-                retry(cx, &mut mem, rows, &error, retry_after, pause_channel);
-                false
-            }
+        let Some(go_on) = decide(cx, mem, &due[range.clone()], result, alone) else {
+            let mid = range.start + range.len() / 2;
+            queue.push_front(mid..range.end);
+            queue.push_front(range.start..mid);
+            continue;
         };
-        if record(cx, &mut mem).await.is_some() || !go_on {
+        if record(cx, mem).await.is_some() || !go_on {
             break;
         }
     }
@@ -209,6 +176,84 @@ pub(super) async fn step(cx: &Ctx<'_>, stop: &CancellationToken) -> anyhow::Resu
         Some(at) if !mem.unrecorded.is_empty() => Next::Unrecorded(at),
         _ => Next::Sent(attempted),
     })
+}
+
+/// What claiming a group's rows came to.
+enum Claimed {
+    /// The rows are this instance's; the send must end by then.
+    Until(Instant),
+    /// Another instance holds some of them: look again then.
+    Elsewhere(Option<Instant>),
+    /// The claim had no time left for a send; the rows are claimed again at the next step.
+    RanOut,
+}
+
+/// Claims the rows of one group for its send.
+async fn claim(cx: &Ctx<'_>, mem: &mut Memory, rows: &[Delivery]) -> anyhow::Result<Claimed> {
+    let group = ids(rows);
+    let claimed = cx.store.claim(&group, cx.outlet.send_takes).await?;
+    if claimed.ids.len() < group.len() {
+        // Another instance (the leader before this one) claimed some of these rows for a
+        // send that may still be under way: they wait until its claim expires.
+        tracing::info!(channel = %cx.outlet.name, "deliveries claimed by another instance; waiting for its claim to expire");
+        return Ok(Claimed::Elsewhere(Instant::now().checked_add(CLAIMED_ELSEWHERE)));
+    }
+    mem.claim = claimed.token;
+    // Checked again now that the rows are claimed: a pause between the claim and the send
+    // (a frozen VM) may have outlasted the lease, and with it this instance's right to send.
+    // The send must also end while the claim holds, or another instance may send the rows
+    // too: it is bounded by the time left on the claim (which a pause may have used up).
+    let Some(deadline) = send_until(cx.outlet.send_deadline(), claimed.until, Instant::now()) else {
+        tracing::warn!(channel = %cx.outlet.name, "the claim ran out before the send could start; claiming again");
+        return Ok(Claimed::RanOut);
+    };
+    Ok(Claimed::Until(deadline))
+}
+
+/// Decides the outcome of sending `rows` (in memory; `record` writes it): whether to go on
+/// with the next group, or `None` when the group is to be sent again in halves.
+fn decide(
+    cx: &Ctx<'_>,
+    mem: &mut Memory,
+    rows: &[Delivery],
+    result: Result<Sent, SendError>,
+    alone: bool,
+) -> Option<bool> {
+    match result {
+        Ok(note) => {
+            sent(cx, mem, rows, note);
+            Some(true)
+        }
+        Err(SendError::Permanent(error)) if rows.len() > 1 => {
+            // One message of the group is refused for good: halve the group until only it
+            // fails. Cheaper than one by one for a long digest (Slack paces posts).
+            tracing::info!(channel = %cx.outlet.name, deliveries = rows.len(), %error, "a digest was refused; sending it in halves");
+            None
+        }
+        Err(SendError::Permanent(error)) => {
+            failed(cx, mem, rows, &error, "delivery refused; not retrying");
+            Some(true)
+        }
+        Err(SendError::Closed(error)) => {
+            // The rest would meet the same answer; they stay pending for the next step.
+            failed(cx, mem, rows, &error, "delivery refused; not retrying");
+            Some(false)
+        }
+        Err(SendError::Transient {
+            error,
+            retry_after,
+            rate_limited,
+        }) => {
+            // A rate limit (429) is about the whole destination: the channel pauses, whatever
+            // was sent. Another `Retry-After` pauses it too, except on a row past the hold:
+            // that row goes alone because the receiver may be refusing that very message, so
+            // its `Retry-After` delays only it, or it would pause every org's events again
+            // each time it falls due.
+            let pause_channel = rate_limited || (retry_after.is_some() && !alone);
+            retry(cx, mem, rows, &error, retry_after, pause_channel);
+            Some(false)
+        }
+    }
 }
 
 /// The latest a send may end: its own bound, and never past its claim (another instance may take

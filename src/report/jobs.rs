@@ -158,14 +158,7 @@ pub async fn run_with(host: Arc<impl Host>, stop: CancellationToken, settings: R
     if reports.is_empty() {
         return;
     }
-    let utc = |r: &config::ReportConfig| r.cron.zone() == chrono_tz::Tz::UTC;
-    let jobs: Vec<(String, usize)> = reports
-        .iter()
-        .enumerate()
-        .filter(|(_, r)| utc(r))
-        .map(|(i, r)| (r.cron.as_str().to_owned(), i))
-        .collect();
-    let zoned: Vec<usize> = (0..reports.len()).filter(|i| !utc(&reports[*i])).collect();
+    let (jobs, zoned) = by_zone(&reports);
     let ticks = settings.ticker && !jobs.is_empty();
     let mut seen: HashMap<usize, DateTime<Utc>> = HashMap::new();
     for (i, report) in reports.iter().enumerate() {
@@ -191,18 +184,9 @@ pub async fn run_with(host: Arc<impl Host>, stop: CancellationToken, settings: R
                 }
             }
             _ = guard.tick() => {
-                let mut missed = ticks && ticker.is_none();
-                for (i, report) in reports.iter().enumerate() {
-                    if let Some(Outcome::Enqueued { slot, late: false, .. }) = step(&*host, i, report, &mut seen).await
-                        && utc(report)
-                        && slot > ticking_since
-                        && (host.now() - slot).to_std().unwrap_or_default() > TICKER_SLACK
-                    {
-                        tracing::warn!(report = %report.name, %slot, "the cron scheduler did not fire this slot; the guard sent it, and the scheduler is started again");
-                        missed = true;
-                    }
-                }
-                if missed && ticks {
+                let ticker_gone = ticks && ticker.is_none();
+                let slot_missed = guard_pass(&*host, &reports, &mut seen, ticking_since).await;
+                if (ticker_gone || slot_missed) && ticks {
                     if let Some((old, _)) = ticker.take() {
                         old.stop().await;
                     }
@@ -215,6 +199,45 @@ pub async fn run_with(host: Arc<impl Host>, stop: CancellationToken, settings: R
     if let Some((ticker, _)) = ticker {
         ticker.stop().await;
     }
+}
+
+/// The reports whose cron runs in UTC, as the ticker's jobs (cron line, index), and the
+/// indexes of the others, which the loop times itself on the wall clock.
+fn by_zone(reports: &[config::ReportConfig]) -> (Vec<(String, usize)>, Vec<usize>) {
+    let jobs: Vec<(String, usize)> = reports
+        .iter()
+        .enumerate()
+        .filter(|(_, r)| utc(r))
+        .map(|(i, r)| (r.cron.as_str().to_owned(), i))
+        .collect();
+    let zoned: Vec<usize> = (0..reports.len()).filter(|i| !utc(&reports[*i])).collect();
+    (jobs, zoned)
+}
+
+fn utc(r: &config::ReportConfig) -> bool {
+    r.cron.zone() == chrono_tz::Tz::UTC
+}
+
+/// One guard period's step of every report: whether the ticker missed a UTC slot since
+/// `ticking_since` (the guard sent it), so that the ticker is started again.
+async fn guard_pass(
+    host: &impl Host,
+    reports: &[config::ReportConfig],
+    seen: &mut HashMap<usize, DateTime<Utc>>,
+    ticking_since: DateTime<Utc>,
+) -> bool {
+    let mut missed = false;
+    for (i, report) in reports.iter().enumerate() {
+        if let Some(Outcome::Enqueued { slot, late: false, .. }) = step(host, i, report, seen).await
+            && utc(report)
+            && slot > ticking_since
+            && (host.now() - slot).to_std().unwrap_or_default() > TICKER_SLACK
+        {
+            tracing::warn!(report = %report.name, %slot, "the cron scheduler did not fire this slot; the guard sent it, and the scheduler is started again");
+            missed = true;
+        }
+    }
+    missed
 }
 
 /// How long until the next slot of any of `crons` after `now`, on the wall clock; at most

@@ -6,6 +6,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use anyhow::Context as _;
+use reqwest::Url;
 use sqlx::sqlite::{SqliteConnectOptions, SqlitePoolOptions};
 use sqlx::{Connection as _, PgConnection, SqliteConnection};
 
@@ -299,6 +300,32 @@ async fn copy_into(
 ) -> anyhow::Result<Copied> {
     let url = target.url();
     let mut tx = dst.begin().await?;
+    lock_out_instances(&mut tx, url).await?;
+    let adopted_instance = adopt_instance(&mut tx, path, url, &instance).await?;
+
+    let last_event: i64 = sqlx::query_scalar("SELECT coalesce(max(seq), 0) FROM events")
+        .fetch_one(&mut *tx)
+        .await?;
+    // One read transaction: the tables agree with each other even if something reads meanwhile.
+    let mut snapshot = src.begin().await?;
+    let mut tables = Vec::new();
+    for table in &TABLES {
+        tables.push(copy_table(table, &mut snapshot, &mut tx, path, url, last_event).await?);
+    }
+    snapshot.rollback().await?;
+    tx.commit()
+        .await
+        .with_context(|| format!("cannot commit the copy into {url}"))?;
+    Ok(Copied {
+        instance,
+        adopted_instance,
+        tables,
+    })
+}
+
+/// Locks the lease table for the rest of the copy's transaction `tx`, and refuses when an
+/// instance leads or follows on the target.
+async fn lock_out_instances(tx: &mut PgConnection, url: &Url) -> anyhow::Result<()> {
     // Nobody takes or renews the lease until this commits: a daemon starting now waits, and
     // then leads over the whole copy.
     sqlx::raw_sql("SET LOCAL lock_timeout = '10s'; LOCK TABLE leader_lease IN EXCLUSIVE MODE")
@@ -339,7 +366,12 @@ async fn copy_into(
             named.join(", ")
         );
     }
+    Ok(())
+}
 
+/// Gives the target the source's database identity `instance` when it has none of its own
+/// history yet (whether it did so), and refuses to mix two histories.
+async fn adopt_instance(tx: &mut PgConnection, path: &Path, url: &Url, instance: &str) -> anyhow::Result<bool> {
     let target_instance: String = sqlx::query_scalar("SELECT value FROM meta WHERE key = 'instance'")
         .fetch_one(&mut *tx)
         .await?;
@@ -358,56 +390,50 @@ async fn copy_into(
             );
         }
         sqlx::query("UPDATE meta SET value = $1 WHERE key = 'instance'")
-            .bind(&instance)
+            .bind(instance)
             .execute(&mut *tx)
             .await?;
     }
+    Ok(adopted_instance)
+}
 
-    let last_event: i64 = sqlx::query_scalar("SELECT coalesce(max(seq), 0) FROM events")
-        .fetch_one(&mut *tx)
-        .await?;
-    // One read transaction: the tables agree with each other even if something reads meanwhile.
-    let mut snapshot = src.begin().await?;
-    let mut tables = Vec::new();
-    for table in &TABLES {
-        let (mut source, mut written, mut after) = (0u64, 0u64, 0i64);
-        loop {
-            let (last, rows): (Option<i64>, String) = sqlx::query_as(table.read)
-                .bind(after)
-                .bind(CHUNK)
-                .fetch_one(&mut *snapshot)
-                .await
-                .with_context(|| format!("cannot read {} from {}", table.name, path.display()))?;
-            let Some(last) = last else { break };
-            after = last;
-            let (count, rows) = gated(&rows)?;
-            source += count;
-            let write = sqlx::query(table.write).bind(&rows);
-            let write = if table.after_last_event {
-                write.bind(last_event)
-            } else {
-                write
-            };
-            written += write
-                .execute(&mut *tx)
-                .await
-                .with_context(|| format!("cannot write {} into {url}", table.name))?
-                .rows_affected();
-        }
-        tables.push(TableCount {
-            table: table.name,
-            source,
-            written,
-        });
+/// Copies one table in chunks, from the read transaction `snapshot` into `tx`.
+async fn copy_table(
+    table: &Table,
+    snapshot: &mut SqliteConnection,
+    tx: &mut PgConnection,
+    path: &Path,
+    url: &Url,
+    last_event: i64,
+) -> anyhow::Result<TableCount> {
+    let (mut source, mut written, mut after) = (0u64, 0u64, 0i64);
+    loop {
+        let (last, rows): (Option<i64>, String) = sqlx::query_as(table.read)
+            .bind(after)
+            .bind(CHUNK)
+            .fetch_one(&mut *snapshot)
+            .await
+            .with_context(|| format!("cannot read {} from {}", table.name, path.display()))?;
+        let Some(last) = last else { break };
+        after = last;
+        let (count, rows) = gated(&rows)?;
+        source += count;
+        let write = sqlx::query(table.write).bind(&rows);
+        let write = if table.after_last_event {
+            write.bind(last_event)
+        } else {
+            write
+        };
+        written += write
+            .execute(&mut *tx)
+            .await
+            .with_context(|| format!("cannot write {} into {url}", table.name))?
+            .rows_affected();
     }
-    snapshot.rollback().await?;
-    tx.commit()
-        .await
-        .with_context(|| format!("cannot commit the copy into {url}"))?;
-    Ok(Copied {
-        instance,
-        adopted_instance,
-        tables,
+    Ok(TableCount {
+        table: table.name,
+        source,
+        written,
     })
 }
 

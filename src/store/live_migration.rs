@@ -278,6 +278,19 @@ async fn write(
     check: &LiveMigrationCheck<'_>,
     decision: &LiveMigrationDecision,
 ) -> anyhow::Result<()> {
+    let event_count = write_state(conn.re(), check, decision).await?;
+    if check.outcome.is_ok() {
+        sample_lag(conn.re(), check, &decision.state).await?;
+    }
+    write_events(conn, instance, check, decision, event_count).await
+}
+
+/// Writes the migration's row; the number of events it has had, these included.
+async fn write_state(
+    mut conn: Conn<'_>,
+    check: &LiveMigrationCheck<'_>,
+    decision: &LiveMigrationDecision,
+) -> anyhow::Result<i64> {
     let m = check.migration;
     let at = Ts(check.at);
     let s = &decision.state;
@@ -317,25 +330,42 @@ async fn write(
         .bind(&hosts)
         .fetch_one(c)
         .await?);
+    Ok(event_count)
+}
 
-    if check.outcome.is_ok() {
-        let last: Option<Option<i64>> = on_conn!(conn.re(), |c, D| LAST_LAG
-            .query_scalar::<D, Option<i64>>()
+/// Adds a lag sample after an answer, when the lag moved since the last one.
+async fn sample_lag(mut conn: Conn<'_>, check: &LiveMigrationCheck<'_>, s: &LiveMigrationState) -> anyhow::Result<()> {
+    let m = check.migration;
+    let at = Ts(check.at);
+    let last: Option<Option<i64>> = on_conn!(conn.re(), |c, D| LAST_LAG
+        .query_scalar::<D, Option<i64>>()
+        .bind(&m.id)
+        .fetch_optional(c)
+        .await?);
+    if lag_sample_due(last, s.lag_s) {
+        on_conn!(conn.re(), |c, D| WRITE_LAG
+            .query::<D>()
             .bind(&m.id)
-            .fetch_optional(c)
-            .await?);
-        if lag_sample_due(last, s.lag_s) {
-            on_conn!(conn.re(), |c, D| WRITE_LAG
-                .query::<D>()
-                .bind(&m.id)
-                .bind(at)
-                .bind(s.lag_s)
-                .execute(c)
-                .await?
-                .rows_affected());
-        }
+            .bind(at)
+            .bind(s.lag_s)
+            .execute(c)
+            .await?
+            .rows_affected());
     }
+    Ok(())
+}
 
+/// Writes the decision's events (numbered on from the migration's count before them) with
+/// their outbox rows, and a transition for each change of status.
+async fn write_events(
+    mut conn: Conn<'_>,
+    instance: &str,
+    check: &LiveMigrationCheck<'_>,
+    decision: &LiveMigrationDecision,
+    event_count: i64,
+) -> anyhow::Result<()> {
+    let m = check.migration;
+    let at = Ts(check.at);
     let subject = live_migration_subject(&m.id);
     let first_number = event_count - decision.events.len() as i64 + 1;
     for (number, (event, channels)) in (first_number..).zip(&decision.events) {

@@ -174,24 +174,7 @@ impl Store {
     /// whose stored state was no longer quiet with their status. On an error nothing is lost:
     /// the checks stay noted for the next flush.
     pub async fn flush_quiet(&self) -> Result<Vec<Unmatched>, StoreError> {
-        // The rows to write, and beside each when its last answer came (for what is unmatched).
-        let (rows, answered): (Vec<QuietRow>, Vec<Instant>) = {
-            let mut inner = self.quiet.lock();
-            let pending = std::mem::take(&mut inner.pending);
-            pending
-                .into_iter()
-                .filter_map(|(org, note)| {
-                    let status = inner.known.get(&org)?.0.clone();
-                    let row = QuietRow {
-                        org_id: org,
-                        status,
-                        at: note.at,
-                        checks: note.checks,
-                    };
-                    Some((row, note.answered))
-                })
-                .unzip()
-        };
+        let (rows, answered) = self.quiet.take_pending();
         if rows.is_empty() {
             return Ok(Vec::new());
         }
@@ -205,26 +188,58 @@ impl Store {
             Ok(written) => written,
             Err(e) => {
                 // Put them back (a newer note of the same org wins) and try again next time.
-                let mut inner = self.quiet.lock();
-                for (row, answered) in rows.into_iter().zip(answered) {
-                    let note = Note {
-                        at: row.at,
-                        answered,
-                        checks: row.checks,
-                    };
-                    match inner.pending.get_mut(&row.org_id) {
-                        Some(pending) => pending.merge(note),
-                        None => {
-                            inner.pending.insert(row.org_id, note);
-                        }
-                    }
-                }
+                self.quiet.put_back(rows, answered);
                 return Err(e);
             }
         };
+        Ok(self.quiet.unmatched(rows, answered, &written))
+    }
+}
+
+impl QuietLog {
+    /// The rows to write, and beside each when its last answer came (for what is unmatched).
+    fn take_pending(&self) -> (Vec<QuietRow>, Vec<Instant>) {
+        let mut inner = self.lock();
+        let pending = std::mem::take(&mut inner.pending);
+        pending
+            .into_iter()
+            .filter_map(|(org, note)| {
+                let status = inner.known.get(&org)?.0.clone();
+                let row = QuietRow {
+                    org_id: org,
+                    status,
+                    at: note.at,
+                    checks: note.checks,
+                };
+                Some((row, note.answered))
+            })
+            .unzip()
+    }
+
+    /// Notes again the rows a flush could not write.
+    fn put_back(&self, rows: Vec<QuietRow>, answered: Vec<Instant>) {
+        let mut inner = self.lock();
+        for (row, answered) in rows.into_iter().zip(answered) {
+            let note = Note {
+                at: row.at,
+                answered,
+                checks: row.checks,
+            };
+            match inner.pending.get_mut(&row.org_id) {
+                Some(pending) => pending.merge(note),
+                None => {
+                    inner.pending.insert(row.org_id, note);
+                }
+            }
+        }
+    }
+
+    /// The rows the flush did not write (of the orgs not in `written`), each org no longer
+    /// known quiet.
+    fn unmatched(&self, rows: Vec<QuietRow>, answered: Vec<Instant>, written: &[String]) -> Vec<Unmatched> {
         let written: std::collections::HashSet<&str> = written.iter().map(String::as_str).collect();
         let mut unmatched = Vec::new();
-        let mut inner = self.quiet.lock();
+        let mut inner = self.lock();
         for (row, answered) in rows.into_iter().zip(answered) {
             if !written.contains(row.org_id.as_str()) {
                 inner.known.remove(&row.org_id);
@@ -236,7 +251,7 @@ impl Store {
                 });
             }
         }
-        Ok(unmatched)
+        unmatched
     }
 }
 
