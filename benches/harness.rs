@@ -327,11 +327,11 @@ async fn run_size(a: &Args, orgs: usize, nonce_lifetime: Duration, measure_chang
     let dir = tempfile::tempdir().unwrap();
     let sim = Simulator::start(
         ([127, 0, 0, 1], 0).into(),
-        simulator::Options {
+        simulator::Tuning {
             latency: a.latency,
             nonce_lifetime,
             failure_rate: a.failure_rate,
-            ..simulator::Options::default()
+            ..simulator::Tuning::default()
         },
     )
     .await
@@ -537,9 +537,9 @@ struct Peer {
 async fn peer_simulator(latency: Duration) -> (Simulator, String) {
     let sim = Simulator::start(
         ([127, 0, 0, 1], 0).into(),
-        simulator::Options {
+        simulator::Tuning {
             latency,
-            ..simulator::Options::default()
+            ..simulator::Tuning::default()
         },
     )
     .await

@@ -68,11 +68,11 @@ pub struct Client {
     /// One authentication state per distinct endpoint and credential (a handful), looked up by
     /// equality: a Digest nonce or a token is never offered to another instance, nor another
     /// key's.
-    auth: Vec<Session>,
+    auth: Vec<AuthFor>,
 }
 
 /// An authentication state and what it belongs to.
-struct Session {
+struct AuthFor {
     endpoint: Arc<Endpoint>,
     credential: Arc<Credential>,
     auth: Arc<Auth>,
@@ -89,7 +89,7 @@ impl std::fmt::Debug for Client {
 
 impl Client {
     /// A client for these (endpoint, credential) pairs: each gets its own session.
-    pub fn new(settings: ClientSettings, sessions: &[config::Session]) -> anyhow::Result<Client> {
+    pub fn new(settings: ClientSettings, sessions: &[config::Access]) -> anyhow::Result<Client> {
         let http = reqwest::Client::builder()
             .user_agent(concat!("linkwatch/", env!("CARGO_PKG_VERSION")))
             .connect_timeout(settings.connect_timeout)
@@ -133,7 +133,7 @@ impl Client {
                 client_secret.clone(),
             ))),
         });
-        self.auth.push(Session {
+        self.auth.push(AuthFor {
             endpoint: endpoint.clone(),
             credential: credential.clone(),
             auth: auth.clone(),

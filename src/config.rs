@@ -29,9 +29,9 @@ pub use atlas::{Atlas, DEFAULT_ATLAS_URL, LiveMigration};
 pub use database::{Database, PgTarget};
 pub use http::BasicAuth;
 use instances::Shared;
-pub use instances::{Api, Endpoint, Session};
-pub use notify::{Channel, ChannelKind, Email, Route, WebhookSecret, decode_webhook_secret};
-pub use reports::{Heartbeat, ReportConfig};
+pub use instances::{Access, Api, Endpoint};
+pub use notify::{ChannelConfig, ChannelKind, EmailConfig, Route, WebhookSecret, decode_webhook_secret};
+pub use reports::{HeartbeatConfig, ReportConfig};
 pub use smtp::{SmtpTarget, TlsMode, parse_smtp_url};
 pub use values::{CronExpr, EventKind, HumanDuration, OrgId, OrgIdHasher, Zone};
 
@@ -69,7 +69,7 @@ pub struct Config {
     pub credentials: Vec<Arc<Credential>>,
     /// Shared with the status page and `/metrics`, which follow reloads.
     pub orgs: Arc<[Org]>,
-    pub channels: Vec<Channel>,
+    pub channels: Vec<ChannelConfig>,
     pub routes: Vec<Route>,
     /// `[atlas]`; `None` when the file follows no live migration.
     pub atlas: Option<Atlas>,
@@ -77,7 +77,7 @@ pub struct Config {
     /// Scheduled summaries (`[[report]]`), run by the leader.
     pub reports: Vec<ReportConfig>,
     /// A ping to an external monitor after each healthy interval (`[heartbeat]`).
-    pub heartbeat: Option<Heartbeat>,
+    pub heartbeat: Option<HeartbeatConfig>,
     /// Secrets left unread (`file:line: key: why`), by `Secrets::DatabaseOnly` or
     /// `Secrets::NoteUnreadable`.
     pub unread_secrets: Vec<String>,
@@ -300,12 +300,12 @@ type HttpSettings = (Option<std::net::SocketAddr>, Option<BasicAuth>, Option<Url
 /// The tables that name each other, each with its mistakes left out.
 struct Tables {
     orgs: Vec<Org>,
-    channels: Vec<Channel>,
+    channels: Vec<ChannelConfig>,
     routes: Vec<Route>,
     atlas: Option<Atlas>,
     migrations: Vec<LiveMigration>,
     reports: Vec<ReportConfig>,
-    heartbeat: Option<Heartbeat>,
+    heartbeat: Option<HeartbeatConfig>,
 }
 
 /// The `Config`, when no part of the file had a mistake; else every mistake reported.
@@ -583,20 +583,20 @@ fn poll(poll: raw::Poll, loc: &Locator<'_>) -> Result<Poll, ConfigError> {
 
 impl Config {
     /// The distinct (endpoint, credential) pairs of the orgs: one session each.
-    pub fn sessions(&self) -> Vec<Session> {
+    pub fn sessions(&self) -> Vec<Access> {
         distinct(self.orgs.iter().map(|o| (&o.endpoint, &o.credential)))
     }
 
     /// The distinct (endpoint, credential) pairs of the live migrations.
-    pub fn atlas_sessions(&self) -> Vec<Session> {
+    pub fn atlas_sessions(&self) -> Vec<Access> {
         distinct(self.migrations.iter().map(|m| (&m.endpoint, &m.credential)))
     }
 }
 
 /// Pairs shared by `Arc` (the config shares equal ones), found by pointer: 10,000 orgs of a
 /// handful of instances cost one comparison each against that handful.
-fn distinct<'a>(pairs: impl Iterator<Item = (&'a Arc<Endpoint>, &'a Arc<Credential>)>) -> Vec<Session> {
-    let mut out: Vec<Session> = Vec::new();
+fn distinct<'a>(pairs: impl Iterator<Item = (&'a Arc<Endpoint>, &'a Arc<Credential>)>) -> Vec<Access> {
+    let mut out: Vec<Access> = Vec::new();
     for (e, c) in pairs {
         if !out.iter().any(|(oe, oc)| Arc::ptr_eq(oe, e) && Arc::ptr_eq(oc, c)) {
             out.push((e.clone(), c.clone()));

@@ -139,7 +139,7 @@ pub const SIMULATE_PRIVATE_KEY: &str = "sim-private-key";
 
 /// `linkwatch simulate`: the demo's orgs, on a loop of ten minutes, until `shutdown`.
 pub async fn simulate(listen: std::net::SocketAddr, shutdown: CancellationToken) -> anyhow::Result<()> {
-    let sim = Simulator::start(listen, simulator::Options::default())
+    let sim = Simulator::start(listen, simulator::Tuning::default())
         .await
         .with_context(|| format!("cannot listen on {listen}"))?;
     sim.add_api_key(SIMULATE_PUBLIC_KEY, SIMULATE_PRIVATE_KEY);
@@ -192,7 +192,7 @@ pub async fn run(
     extra: Option<&Path>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let sim = Simulator::start(([127, 0, 0, 1], 0).into(), simulator::Options::default())
+    let sim = Simulator::start(([127, 0, 0, 1], 0).into(), simulator::Tuning::default())
         .await
         .context("cannot start the simulated Cloud Manager")?;
     let private_key = format!("{:032x}", rand::random::<u128>());

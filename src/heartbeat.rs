@@ -22,7 +22,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::clock::later;
-use crate::config::Heartbeat;
+use crate::config::HeartbeatConfig;
 use crate::metrics::Metrics;
 use crate::monitoring::{self, Shared};
 
@@ -54,7 +54,7 @@ pub enum Look {
 
 /// Pings following the current config's `[heartbeat]` (a reload may add, change or remove it),
 /// until `stop`.
-pub async fn run(shared: Shared, config: watch::Receiver<Option<Heartbeat>>, stop: CancellationToken) {
+pub async fn run(shared: Shared, config: watch::Receiver<Option<HeartbeatConfig>>, stop: CancellationToken) {
     // Redirects are followed: a monitor may move its ping endpoint.
     let http = match reqwest::Client::builder().build() {
         Ok(http) => http,
@@ -72,7 +72,7 @@ pub async fn run(shared: Shared, config: watch::Receiver<Option<Heartbeat>>, sto
             Look::Health(monitoring::heartbeat_health(&shared).await)
         }
     };
-    let send = |beat: Heartbeat, p: Ping| {
+    let send = |beat: HeartbeatConfig, p: Ping| {
         let http = http.clone();
         async move { ping(&http, &beat, &p).await }
     };
@@ -84,12 +84,12 @@ pub async fn beat<L, LF, S, SF>(
     look: L,
     send: S,
     metrics: &Metrics,
-    mut config: watch::Receiver<Option<Heartbeat>>,
+    mut config: watch::Receiver<Option<HeartbeatConfig>>,
     stop: CancellationToken,
 ) where
     L: Fn() -> LF,
     LF: Future<Output = Look>,
-    S: Fn(Heartbeat, Ping) -> SF,
+    S: Fn(HeartbeatConfig, Ping) -> SF,
     SF: Future<Output = Result<(), String>>,
 {
     let mut pacing = Pacing::default();
@@ -137,7 +137,7 @@ struct Pacing {
 
 impl Pacing {
     /// When the next ping of `beat` is due (a new `every` starts over).
-    fn due(&mut self, beat: &Heartbeat) -> Instant {
+    fn due(&mut self, beat: &HeartbeatConfig) -> Instant {
         let at = match self.next {
             Some((at, every)) if every == beat.every => at,
             _ => {
@@ -151,7 +151,7 @@ impl Pacing {
     }
 
     /// The ping that what the loop saw at `now` calls for; `None` for none now.
-    fn ping(&mut self, seen: Look, beat: &Heartbeat, now: Instant, metrics: &Metrics) -> Option<Ping> {
+    fn ping(&mut self, seen: Look, beat: &HeartbeatConfig, now: Instant, metrics: &Metrics) -> Option<Ping> {
         let p = match seen {
             Look::Follows => {
                 tracing::debug!(monitor = %beat.shown, "no heartbeat: another instance leads");
@@ -176,9 +176,15 @@ impl Pacing {
 
 /// Sends `p`, and once more after a short wait when that fails; `false` when `stop` came
 /// during the wait.
-async fn send_twice<S, SF>(send: &S, beat: &Heartbeat, p: Ping, metrics: &Metrics, stop: &CancellationToken) -> bool
+async fn send_twice<S, SF>(
+    send: &S,
+    beat: &HeartbeatConfig,
+    p: Ping,
+    metrics: &Metrics,
+    stop: &CancellationToken,
+) -> bool
 where
-    S: Fn(Heartbeat, Ping) -> SF,
+    S: Fn(HeartbeatConfig, Ping) -> SF,
     SF: Future<Output = Result<(), String>>,
 {
     if let Err(e) = send(beat.clone(), p.clone()).await {
@@ -199,7 +205,7 @@ where
 
 /// One request, bounded by the heartbeat's timeout: a GET to `url` for [`Ping::Healthy`], a POST
 /// of the reason to the fail URL for [`Ping::Fail`]. Errors never carry the URL.
-pub async fn ping(http: &reqwest::Client, beat: &Heartbeat, ping: &Ping) -> Result<(), String> {
+pub async fn ping(http: &reqwest::Client, beat: &HeartbeatConfig, ping: &Ping) -> Result<(), String> {
     let request = match ping {
         Ping::Healthy => http.get(beat.url.expose()),
         Ping::Fail(reason) => http

@@ -69,7 +69,7 @@ pub async fn check_live_migration<H: Host + ?Sized>(
         // Told apart from the check: a failure to record it is logged, and the next answer
         // carries the headers again.
         if let Err(e) = announce_deprecation(app, migration, deprecation).await {
-            tracing::error!(migration = %migration.name, "cannot record Atlas's deprecation notice: {e:#}");
+            crate::log_store_failure!(&e, migration = %migration.name, "cannot record Atlas's deprecation notice: {e:#}");
         }
     }
     let check = LiveMigrationCheck {
@@ -213,7 +213,7 @@ pub async fn run<H: Host>(app: Arc<H>, nudge: Arc<Notify>, stop: CancellationTok
         };
         for (m, result) in app.config().migrations.iter().zip(results) {
             if let Err(e) = result {
-                tracing::error!(migration = %m.name, "{e:#}");
+                crate::log_store_failure!(&e, migration = %m.name, "{e:#}");
             }
         }
     }

@@ -117,7 +117,7 @@ pub enum AtlasVersion {
 }
 
 #[derive(Debug, Clone)]
-pub struct Options {
+pub struct Tuning {
     /// How long a nonce is accepted; after that the server answers 401 with `stale=true`.
     pub nonce_lifetime: Duration,
     /// Added to every answer (benchmarks).
@@ -128,9 +128,9 @@ pub struct Options {
     pub failure_rate: f64,
 }
 
-impl Default for Options {
+impl Default for Tuning {
     fn default() -> Self {
-        Options {
+        Tuning {
             nonce_lifetime: Duration::from_secs(60),
             latency: Duration::ZERO,
             token_lifetime: Duration::from_secs(3600),
@@ -179,7 +179,7 @@ pub struct Counters {
 struct Shared {
     world: Mutex<World>,
     counters: Counters,
-    options: Options,
+    options: Tuning,
     started: Instant,
 }
 
@@ -201,7 +201,7 @@ pub struct Simulator {
 
 impl Simulator {
     /// Listens on `addr` (use port 0 for any free port).
-    pub async fn start(addr: SocketAddr, options: Options) -> std::io::Result<Simulator> {
+    pub async fn start(addr: SocketAddr, options: Tuning) -> std::io::Result<Simulator> {
         let listener = TcpListener::bind(addr).await?;
         let addr = listener.local_addr()?;
         let shared = Arc::new(Shared {

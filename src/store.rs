@@ -36,7 +36,7 @@ mod sql;
 
 pub use checks::{Applied, Check, CheckRecord, Decision, RemindersSent, Silenced, event_id};
 pub use deprecations::{DeprecationRow, deprecation_event_id};
-pub use error::{Failure, StoreError, failure_of, is_fenced};
+pub use error::{StoreError, Why, is_fenced, why};
 pub use events::StoredEvent;
 pub use fence::{Fence, Fenced, Term};
 pub use gauges::{DbGauges, LiveMigrationGauge};

@@ -93,7 +93,7 @@ impl std::fmt::Debug for Email {
 }
 
 impl Email {
-    pub fn new(settings: &config::Email, timeout: Duration) -> anyhow::Result<Email> {
+    pub fn new(settings: &config::EmailConfig, timeout: Duration) -> anyhow::Result<Email> {
         let target = parse_smtp_url(settings.smtp_url.expose()).map_err(anyhow::Error::msg)?;
         let mut tls = TlsParameters::builder(target.host.clone());
         if let Some(ca) = &settings.ca_file {
@@ -569,7 +569,7 @@ mod tests {
     use crate::secret::Secret;
 
     fn email() -> Email {
-        let settings = config::Email {
+        let settings = config::EmailConfig {
             smtp_url: Secret::new("smtp://127.0.0.1:25"),
             username: None,
             password: None,

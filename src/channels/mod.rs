@@ -66,7 +66,11 @@ pub enum Channel {
 }
 
 impl Channel {
-    pub fn from_config(c: &config::Channel, http: &reqwest::Client, console: &ConsoleSink) -> anyhow::Result<Channel> {
+    pub fn from_config(
+        c: &config::ChannelConfig,
+        http: &reqwest::Client,
+        console: &ConsoleSink,
+    ) -> anyhow::Result<Channel> {
         Ok(match &c.kind {
             config::ChannelKind::Console => Channel::Console(console::Console::new(console.clone())),
             config::ChannelKind::Slack { webhook_url } => {

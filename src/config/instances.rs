@@ -161,7 +161,7 @@ pub(super) struct Defaults<'d> {
 }
 
 /// Where an org or a migration is asked, and with which key: one session each.
-pub type Session = (Arc<Endpoint>, Arc<Credential>);
+pub type Access = (Arc<Endpoint>, Arc<Credential>);
 
 /// What orgs and migrations share while they are read: the `[[credentials]]` sets, and the
 /// distinct endpoints and credentials.
@@ -182,7 +182,7 @@ impl Shared<'_> {
         own: Own<'_>,
         defaults: &Defaults<'_>,
         loc: &Locator<'_>,
-    ) -> Result<Option<Session>, ConfigError> {
+    ) -> Result<Option<Access>, ConfigError> {
         resolve(key, at, own, self, defaults, loc)
     }
 }
@@ -194,7 +194,7 @@ fn resolve(
     shared: &mut Shared<'_>,
     defaults: &Defaults<'_>,
     loc: &Locator<'_>,
-) -> Result<Option<Session>, ConfigError> {
+) -> Result<Option<Access>, ConfigError> {
     let set = match own.credentials {
         None => None,
         Some(name) => match named_set(name, shared.sets, key, loc)? {

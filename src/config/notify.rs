@@ -12,7 +12,7 @@ use super::{ConfigError, EventKind, Locator, Org, OrgId, TlsMode, resolve_path, 
 use crate::secret::Secret;
 
 #[derive(Debug, Clone)]
-pub struct Channel {
+pub struct ChannelConfig {
     pub name: String,
     pub kind: ChannelKind,
     /// The longest one send may take.
@@ -26,7 +26,7 @@ pub enum ChannelKind {
     Slack {
         webhook_url: Secret,
     },
-    Email(Email),
+    Email(EmailConfig),
     Webhook {
         url: Url,
         secret: Option<WebhookSecret>,
@@ -45,7 +45,7 @@ impl ChannelKind {
 }
 
 #[derive(Debug, Clone, PartialEq)]
-pub struct Email {
+pub struct EmailConfig {
     /// lettre's URL form; may carry credentials, so it is a secret.
     pub smtp_url: Secret,
     pub username: Option<String>,
@@ -87,8 +87,8 @@ pub struct Route {
 const MAX_SEND: Duration = Duration::from_secs(300);
 
 /// The `[[channel]]` tables; one with a mistake is reported and left out.
-pub(super) fn channels(raw: Vec<raw::Channel>, loc: &Locator<'_>) -> Vec<Channel> {
-    let mut channels: Vec<Channel> = Vec::new();
+pub(super) fn channels(raw: Vec<raw::Channel>, loc: &Locator<'_>) -> Vec<ChannelConfig> {
+    let mut channels: Vec<ChannelConfig> = Vec::new();
     for (i, c) in raw.into_iter().enumerate() {
         let name = c.name.get_ref().trim().to_owned();
         match channel(&c, i, &channels, loc) {
@@ -102,7 +102,12 @@ pub(super) fn channels(raw: Vec<raw::Channel>, loc: &Locator<'_>) -> Vec<Channel
     channels
 }
 
-fn channel(c: &raw::Channel, i: usize, channels: &[Channel], loc: &Locator<'_>) -> Result<Channel, ConfigError> {
+fn channel(
+    c: &raw::Channel,
+    i: usize,
+    channels: &[ChannelConfig],
+    loc: &Locator<'_>,
+) -> Result<ChannelConfig, ConfigError> {
     let table = format!("channel[{i}]");
     let name = c.name.get_ref().trim().to_owned();
     if name.is_empty() {
@@ -138,7 +143,7 @@ fn channel(c: &raw::Channel, i: usize, channels: &[Channel], loc: &Locator<'_>) 
         }
         Some(t) => t.get_ref().0,
     };
-    Ok(Channel { name, kind, timeout })
+    Ok(ChannelConfig { name, kind, timeout })
 }
 
 /// `value` of `key`, which a channel of `c`'s kind must have.
@@ -224,7 +229,7 @@ fn email(c: &raw::Channel, table: &str, loc: &Locator<'_>) -> Result<ChannelKind
     for addr in &to {
         check_mailbox(addr).map_err(|m| loc.error(span_of(&c.to), &format!("{table}.to"), m))?;
     }
-    Ok(ChannelKind::Email(Email {
+    Ok(ChannelKind::Email(EmailConfig {
         smtp_url: Secret::new(smtp_url),
         username: c.username.as_ref().map(|u| u.get_ref().clone()),
         password,
@@ -266,14 +271,20 @@ fn webhook(c: &raw::Channel, table: &str, loc: &Locator<'_>) -> Result<ChannelKi
 }
 
 /// The `[[route]]` tables; one with a mistake is reported and left out.
-pub(super) fn routes(raw: Vec<raw::Route>, channels: &[Channel], orgs: &[Org], loc: &Locator<'_>) -> Vec<Route> {
+pub(super) fn routes(raw: Vec<raw::Route>, channels: &[ChannelConfig], orgs: &[Org], loc: &Locator<'_>) -> Vec<Route> {
     raw.into_iter()
         .enumerate()
         .filter_map(|(i, r)| loc.keep(route(r, i, channels, orgs, loc)))
         .collect()
 }
 
-fn route(r: raw::Route, i: usize, channels: &[Channel], orgs: &[Org], loc: &Locator<'_>) -> Result<Route, ConfigError> {
+fn route(
+    r: raw::Route,
+    i: usize,
+    channels: &[ChannelConfig],
+    orgs: &[Org],
+    loc: &Locator<'_>,
+) -> Result<Route, ConfigError> {
     let table = format!("route[{i}]");
     check_channel_names(&r.channels, channels, &table, loc)?;
     let events = route_events(&r, &table, loc)?;
@@ -414,7 +425,7 @@ fn route_remind_every(
 /// that exist.
 pub(super) fn check_channel_names(
     list: &Spanned<Vec<Spanned<String>>>,
-    channels: &[Channel],
+    channels: &[ChannelConfig],
     table: &str,
     loc: &Locator<'_>,
 ) -> Result<(), ConfigError> {

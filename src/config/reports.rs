@@ -5,7 +5,7 @@ use std::time::Duration;
 use reqwest::Url;
 use toml::Spanned;
 
-use super::{Channel, ConfigError, CronExpr, Locator, raw, resolve_secret};
+use super::{ChannelConfig, ConfigError, CronExpr, Locator, raw, resolve_secret};
 use crate::secret::Secret;
 
 /// A summary of every link, sent to `channels` at each slot of `cron`, in its `timezone` (UTC
@@ -22,7 +22,7 @@ pub struct ReportConfig {
 /// A request to an external monitor each interval: to `url` while healthy, to `fail_url` (with
 /// the reason) while not.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Heartbeat {
+pub struct HeartbeatConfig {
     /// The whole URL is a credential (Healthchecks' uuid, Uptime Kuma's push token).
     pub url: Secret,
     /// Scheme, host and port only: what logs and errors may show.
@@ -37,7 +37,7 @@ pub struct Heartbeat {
 }
 
 /// The `[[report]]` tables; one with a mistake is reported and left out.
-pub(super) fn reports(raw: Vec<raw::RawReport>, channels: &[Channel], loc: &Locator<'_>) -> Vec<ReportConfig> {
+pub(super) fn reports(raw: Vec<raw::RawReport>, channels: &[ChannelConfig], loc: &Locator<'_>) -> Vec<ReportConfig> {
     let mut reports: Vec<ReportConfig> = Vec::new();
     for (i, r) in raw.into_iter().enumerate() {
         if let Some(report) = loc.keep(report(r, i, &reports, channels, loc)) {
@@ -51,7 +51,7 @@ fn report(
     r: raw::RawReport,
     i: usize,
     reports: &[ReportConfig],
-    channels: &[Channel],
+    channels: &[ChannelConfig],
     loc: &Locator<'_>,
 ) -> Result<ReportConfig, ConfigError> {
     let table = format!("report[{i}]");
@@ -99,7 +99,7 @@ fn report(
 pub(super) fn heartbeat(
     raw: Option<Spanned<raw::Heartbeat>>,
     loc: &Locator<'_>,
-) -> Result<Option<Heartbeat>, ConfigError> {
+) -> Result<Option<HeartbeatConfig>, ConfigError> {
     let Some(raw) = raw else { return Ok(None) };
     let at = raw.span().start;
     let h = raw.into_inner();
@@ -107,7 +107,7 @@ pub(super) fn heartbeat(
     let (fail_url, fail_parsed) = fail_url(&h, at, &parsed, loc)?;
     let every = heartbeat_every(&h, loc)?;
     let timeout = heartbeat_timeout(&h, every, loc)?;
-    Ok(Some(Heartbeat {
+    Ok(Some(HeartbeatConfig {
         shown: parsed.origin().ascii_serialization(),
         url,
         fail_shown: fail_parsed.origin().ascii_serialization(),

@@ -18,7 +18,7 @@ pub(super) struct Services {
     phase: Phase,
     configured: watch::Sender<Arc<web::Configured>>,
     retention: watch::Sender<Duration>,
-    heartbeat: watch::Sender<Option<config::Heartbeat>>,
+    heartbeat: watch::Sender<Option<config::HeartbeatConfig>>,
 }
 
 impl Services {

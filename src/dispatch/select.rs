@@ -15,7 +15,7 @@
 //! "blocked".
 //!
 //! The step reads a bounded number of pending rows. Once the budget is spent it leaves out the
-//! orgs known to be waiting ([`Schedule::left_out`]), so that no number of them hides a due
+//! orgs known to be waiting ([`RetryState::left_out`]), so that no number of them hides a due
 //! row of another org.
 
 use std::collections::{HashMap, HashSet};
@@ -29,7 +29,7 @@ use crate::store::Pending;
 
 /// What this process knows about the channel's rows beyond the database.
 #[derive(Debug, Default)]
-pub struct Schedule {
+pub struct RetryState {
     /// The rows waiting for a retry, by outbox id.
     failing: HashMap<i64, Failing>,
     /// The channel's incident, while any row is failing.
@@ -66,7 +66,7 @@ impl Incident {
 
 /// A channel whose hold is spent while rows still fail.
 #[derive(Debug, PartialEq)]
-pub struct Blocked<'a> {
+pub struct BlockedRows<'a> {
     /// The incident's start.
     pub since: Instant,
     /// How many rows fail.
@@ -74,7 +74,7 @@ pub struct Blocked<'a> {
     pub last_error: Option<&'a str>,
 }
 
-impl Schedule {
+impl RetryState {
     /// One failed attempt of the channel, on `rows` (outbox id and org), each retried at `due`.
     pub fn failed<'a>(
         &mut self,
@@ -162,7 +162,7 @@ impl Schedule {
     }
 
     /// What the step's read leaves out: once the hold is spent, every org with a failing row,
-    /// due or not (sorted; their due rows are read by id, [`Schedule::due_failing`]), so that
+    /// due or not (sorted; their due rows are read by id, [`RetryState::due_failing`]), so that
     /// however many orgs fail, the read reaches the rows of the others; within the hold,
     /// nothing, since a waiting row holds back every row after it and must be seen to do so.
     pub fn left_out(&self, mono: Instant) -> Vec<String> {
@@ -194,9 +194,9 @@ impl Schedule {
     }
 
     /// Whether the channel is blocked: its hold spent while rows still fail.
-    pub fn blocked(&self, mono: Instant) -> Option<Blocked<'_>> {
+    pub fn blocked(&self, mono: Instant) -> Option<BlockedRows<'_>> {
         let incident = self.incident.as_ref().filter(|_| self.spent(mono))?;
-        (!self.failing.is_empty()).then_some(Blocked {
+        (!self.failing.is_empty()).then_some(BlockedRows {
             since: incident.started,
             rows: self.failing.len(),
             last_error: incident.last_error.as_deref(),
@@ -231,7 +231,7 @@ fn stored_due(row: &Pending, now: DateTime<Utc>, mono: Instant, policy: &RetryPo
 /// When `row` may be tried: `None` when it is due now.
 fn due_at(
     row: &Pending,
-    schedule: &Schedule,
+    schedule: &RetryState,
     now: DateTime<Utc>,
     mono: Instant,
     policy: &RetryPolicy,
@@ -247,13 +247,19 @@ fn due_at(
 }
 
 /// Chooses at most `limit` rows of `rows` (pending, in event order) to send together now.
-pub fn choose(rows: &[Pending], schedule: &Schedule, now: DateTime<Utc>, policy: &RetryPolicy, limit: usize) -> Choice {
+pub fn choose(
+    rows: &[Pending],
+    schedule: &RetryState,
+    now: DateTime<Utc>,
+    policy: &RetryPolicy,
+    limit: usize,
+) -> Choice {
     choose_within(rows, schedule, now, Instant::now(), policy, limit, HOLD_TIME)
 }
 
 fn choose_within(
     rows: &[Pending],
-    schedule: &Schedule,
+    schedule: &RetryState,
     now: DateTime<Utc>,
     mono: Instant,
     policy: &RetryPolicy,
@@ -339,15 +345,15 @@ mod tests {
     }
 
     /// One failed attempt of the channel on row `id` of `org` at `mono`, retried `after` it.
-    fn fail(s: &mut Schedule, id: i64, org: &str, mono: Instant, after: Duration) {
+    fn fail(s: &mut RetryState, id: i64, org: &str, mono: Instant, after: Duration) {
         s.failed([(id, org)], "HTTP 500", mono + after, mono);
     }
 
-    fn pick(rows: &[Pending], schedule: &Schedule, now: DateTime<Utc>) -> Vec<i64> {
+    fn pick(rows: &[Pending], schedule: &RetryState, now: DateTime<Utc>) -> Vec<i64> {
         choice(rows, schedule, now, Instant::now()).ids
     }
 
-    fn choice(rows: &[Pending], schedule: &Schedule, now: DateTime<Utc>, mono: Instant) -> Choice {
+    fn choice(rows: &[Pending], schedule: &RetryState, now: DateTime<Utc>, mono: Instant) -> Choice {
         choose_within(rows, schedule, now, mono, &RetryPolicy::default(), 100, HOLD_TIME)
     }
 
@@ -355,13 +361,13 @@ mod tests {
     fn new_rows_go_together_in_order() {
         let now = Utc::now();
         let rows = [row(1, "a", 0, now), row(2, "b", 0, now), row(3, "a", 0, now)];
-        assert_eq!(pick(&rows, &Schedule::default(), now), [1, 2, 3]);
+        assert_eq!(pick(&rows, &RetryState::default(), now), [1, 2, 3]);
     }
 
     #[test]
     fn a_retry_within_the_hold_holds_back_everything_after_it() {
         let (now, mono) = (Utc::now(), Instant::now());
-        let mut s = Schedule::default();
+        let mut s = RetryState::default();
         fail(&mut s, 1, "a", mono, 5 * SECOND);
         let rows = [row(0, "c", 0, now), row(1, "a", 1, now), row(2, "b", 0, now)];
         let held = choice(&rows, &s, now, mono);
@@ -388,7 +394,7 @@ mod tests {
     #[test]
     fn past_the_hold_a_failing_row_holds_back_only_its_org_and_goes_alone() {
         let (now, mono) = (Utc::now(), Instant::now());
-        let mut s = Schedule::default();
+        let mut s = RetryState::default();
         for _ in 0..HOLD_ATTEMPTS {
             fail(&mut s, 1, "a", mono, 5 * SECOND);
         }
@@ -423,7 +429,7 @@ mod tests {
     #[test]
     fn the_hold_is_the_channels_budget_not_each_orgs() {
         let (now, mono) = (Utc::now(), Instant::now());
-        let mut s = Schedule::default();
+        let mut s = RetryState::default();
         for _ in 0..HOLD_ATTEMPTS {
             fail(&mut s, 1, "a", mono, 5 * SECOND);
         }
@@ -439,7 +445,7 @@ mod tests {
     fn the_hold_also_ends_with_time_counted_from_the_incidents_first_failure() {
         let (now, mono) = (Utc::now(), Instant::now());
         let policy = RetryPolicy::default();
-        let mut s = Schedule::default();
+        let mut s = RetryState::default();
         fail(&mut s, 1, "a", mono, 60 * SECOND);
         let rows = [row(1, "a", 1, now), row(2, "b", 0, now), row(3, "c", 0, now)];
         let hold = 300 * SECOND;
@@ -460,7 +466,7 @@ mod tests {
     #[test]
     fn an_incident_ends_when_no_row_fails_and_the_next_one_has_its_own_hold() {
         let (now, mono) = (Utc::now(), Instant::now());
-        let mut s = Schedule::default();
+        let mut s = RetryState::default();
         for _ in 0..HOLD_ATTEMPTS {
             fail(&mut s, 1, "a", mono, 5 * SECOND);
         }
@@ -484,13 +490,13 @@ mod tests {
         let (now, mono): (DateTime<Utc>, _) = ("2026-11-29T08:00:00Z".parse().unwrap(), Instant::now());
         let policy = RetryPolicy::default();
         let later = now + chrono::Duration::seconds(30);
-        let mut s = Schedule::default();
+        let mut s = RetryState::default();
         let rows = [row(1, "a", 1, later), row(2, "b", 0, now)];
         assert!(s.learn(&rows, now, mono, &policy), "a waits");
         assert!(!s.spent(mono), "one attempt so far: the hold begins now");
         assert_eq!(choice(&rows, &s, now, mono).ids, Vec::<i64>::new());
         assert!(!s.learn(&rows, now, mono, &policy), "known already");
-        let mut s = Schedule::default();
+        let mut s = RetryState::default();
         let rows = [row(1, "a", 3, later), row(2, "b", 2, now), row(3, "c", 0, now)];
         assert!(s.learn(&rows, now, mono, &policy));
         assert!(s.spent(mono), "three attempts were made on a: the hold is over");
@@ -505,20 +511,20 @@ mod tests {
     #[test]
     fn wall_clock_times_count_only_when_this_process_has_none() {
         let now = Utc::now();
-        let s = Schedule::default();
+        let s = RetryState::default();
         let later = now + chrono::Duration::seconds(30);
         assert_eq!(pick(&[row(1, "a", 1, later)], &s, now), Vec::<i64>::new());
         assert_eq!(pick(&[row(1, "a", 1, now)], &s, now), [1]);
         // Further ahead than any wait the policy makes: the clock stepped back since.
         let stepped = now + chrono::Duration::hours(2);
         assert_eq!(pick(&[row(1, "a", 1, stepped)], &s, now), [1]);
-        let mut learned = Schedule::default();
+        let mut learned = RetryState::default();
         let mono = Instant::now();
         assert!(learned.learn(&[row(1, "a", 3, stepped)], now, mono, &RetryPolicy::default()));
         assert_eq!(learned.due_failing(mono, 16), [1], "learned as due now");
         assert_eq!(pick(&[row(1, "a", 3, later)], &learned, now), [1]);
         // This process's own schedule wins over the stored time.
-        let mut mine = Schedule::default();
+        let mut mine = RetryState::default();
         fail(&mut mine, 1, "a", Instant::now(), Duration::ZERO);
         assert_eq!(pick(&[row(1, "a", 1, later)], &mine, now), [1]);
     }
@@ -529,7 +535,7 @@ mod tests {
         let rows: Vec<Pending> = (0..10).map(|i| row(i, "a", 0, now)).collect();
         let c = choose_within(
             &rows,
-            &Schedule::default(),
+            &RetryState::default(),
             now,
             Instant::now(),
             &RetryPolicy::default(),

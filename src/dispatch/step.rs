@@ -15,7 +15,7 @@ use chrono::{DateTime, Utc};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::select::{self, Schedule};
+use super::select::{self, RetryState};
 use super::{DeliverySettings, Outlet};
 use crate::channels::{SendError, Sent};
 use crate::message::{self, Message};
@@ -28,7 +28,7 @@ const CLAIMED_ELSEWHERE: Duration = Duration::from_secs(5);
 /// What a channel's worker keeps in memory between steps.
 #[derive(Debug, Default)]
 pub(super) struct Memory {
-    schedule: Schedule,
+    schedule: RetryState,
     /// Outcomes decided but not yet written, oldest first.
     unrecorded: VecDeque<Outcome>,
     record_failures: u32,
@@ -269,7 +269,7 @@ fn send_until(own: Instant, claim_until: Instant, now: Instant) -> Option<Instan
 /// this process did not know are taken into the schedule; when that leaves more orgs out and
 /// the read was full (as after a restart amid many failing orgs), it reads again. Each read
 /// leaves out at least one more org than the one before, so this ends.
-async fn scan(cx: &Ctx<'_>, schedule: &mut Schedule, mono: Instant) -> anyhow::Result<Vec<Pending>> {
+async fn scan(cx: &Ctx<'_>, schedule: &mut RetryState, mono: Instant) -> anyhow::Result<Vec<Pending>> {
     let limit = cx.settings.scan;
     let full = usize::try_from(limit).unwrap_or(usize::MAX);
     loop {
@@ -298,7 +298,7 @@ const DUE_FAILING: usize = 16;
 /// instance, or given up) is forgotten.
 async fn with_due_failing(
     cx: &Ctx<'_>,
-    schedule: &mut Schedule,
+    schedule: &mut RetryState,
     mut rows: Vec<Pending>,
     mono: Instant,
 ) -> anyhow::Result<Vec<Pending>> {
@@ -524,7 +524,7 @@ pub(super) fn report_unrecorded(channel: &str, mem: &mut Memory) {
 /// incident while rows still fail, by the same rule and clock as [`select::choose`], with since
 /// when (the incident's first failure seen by this process), how many rows fail, and the latest
 /// error.
-fn publish_blocked(cx: &Ctx<'_>, schedule: &Schedule, mono: Instant) {
+fn publish_blocked(cx: &Ctx<'_>, schedule: &RetryState, mono: Instant) {
     let blocked = schedule.blocked(mono).map(|b| {
         let ago = chrono::Duration::from_std(mono.saturating_duration_since(b.since)).unwrap_or_default();
         let now = cx.settings.clock.now();

@@ -19,8 +19,8 @@ struct Harness {
     task: tokio::task::JoinHandle<()>,
 }
 
-fn config() -> Heartbeat {
-    Heartbeat {
+fn config() -> HeartbeatConfig {
+    HeartbeatConfig {
         url: Secret::new("http://monitor.invalid/ping/uuid"),
         shown: "http://monitor.invalid".into(),
         fail_url: Secret::new("http://monitor.invalid/ping/uuid/fail"),
@@ -53,7 +53,7 @@ impl Harness {
                     let h = health.lock().unwrap().clone();
                     async move { h }
                 };
-                let send = |_: Heartbeat, p: Ping| {
+                let send = |_: HeartbeatConfig, p: Ping| {
                     sent.lock().unwrap().push((start.elapsed(), p));
                     let answer = answers.lock().unwrap().pop_front().unwrap_or(Ok(()));
                     async move { answer }

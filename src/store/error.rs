@@ -66,7 +66,7 @@ pub fn is_fenced(e: &anyhow::Error) -> bool {
 
 /// What a failed store call means to a loop that logs it and carries on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Failure {
+pub enum Why {
     /// This instance stepped down: nothing to fix here (the lease's loop says why, once).
     Fenced,
     /// Another writer held the database, or it answered too slowly: the next round tries again.
@@ -75,10 +75,10 @@ pub enum Failure {
     Broken,
 }
 
-/// Which [`Failure`] `e` is.
-pub fn failure_of(e: &anyhow::Error) -> Failure {
+/// Which [`Why`] `e` is.
+pub fn why(e: &anyhow::Error) -> Why {
     if is_fenced(e) {
-        return Failure::Fenced;
+        return Why::Fenced;
     }
     let busy = e.chain().any(|c| {
         busy(c)
@@ -87,20 +87,20 @@ pub fn failure_of(e: &anyhow::Error) -> Failure {
                 Some(StoreError::Busy(_) | StoreError::Timeout(_))
             )
     });
-    if busy { Failure::Busy } else { Failure::Broken }
+    if busy { Why::Busy } else { Why::Broken }
 }
 
-/// Logs a store failure of a loop that carries on at the level its [`Failure`] deserves: a
+/// Logs a store failure of a loop that carries on at the level its [`Why`] deserves: a
 /// fenced write at info (a failover must not fill the journal with one error per org), a busy
 /// or slow database as a warning, anything else as an error. The first argument is the
 /// `anyhow::Error`; the rest is what `tracing::error!` takes.
 #[macro_export]
 macro_rules! log_store_failure {
     ($e:expr, $($arg:tt)+) => {
-        match $crate::store::failure_of($e) {
-            $crate::store::Failure::Fenced => tracing::info!($($arg)+),
-            $crate::store::Failure::Busy => tracing::warn!($($arg)+),
-            $crate::store::Failure::Broken => tracing::error!($($arg)+),
+        match $crate::store::why($e) {
+            $crate::store::Why::Fenced => tracing::info!($($arg)+),
+            $crate::store::Why::Busy => tracing::warn!($($arg)+),
+            $crate::store::Why::Broken => tracing::error!($($arg)+),
         }
     };
 }
@@ -112,11 +112,11 @@ mod tests {
     #[test]
     fn a_failure_is_told_by_what_it_is_however_deep() {
         let fenced = anyhow::Error::from(StoreError::Fenced(Fenced { why: "test" })).context("checking alpha");
-        assert_eq!(failure_of(&fenced), Failure::Fenced);
+        assert_eq!(why(&fenced), Why::Fenced);
         let slow = anyhow::Error::from(StoreError::Timeout(Duration::from_secs(30))).context("checking alpha");
-        assert_eq!(failure_of(&slow), Failure::Busy);
+        assert_eq!(why(&slow), Why::Busy);
         let busy = anyhow::Error::from(StoreError::Busy(anyhow::anyhow!("database is locked")));
-        assert_eq!(failure_of(&busy), Failure::Busy);
-        assert_eq!(failure_of(&anyhow::anyhow!("disk I/O error")), Failure::Broken);
+        assert_eq!(why(&busy), Why::Busy);
+        assert_eq!(why(&anyhow::anyhow!("disk I/O error")), Why::Broken);
     }
 }

@@ -225,7 +225,7 @@ async fn a_monitor_answering_500_is_counted_and_checks_go_on() {
 #[tokio::test]
 async fn a_failed_ping_never_shows_the_url() {
     let closed = free_port();
-    let beat = linkwatch::config::Heartbeat {
+    let beat = linkwatch::config::HeartbeatConfig {
         url: linkwatch::secret::Secret::new(format!("http://127.0.0.1:{closed}/ping/{UUID}")),
         shown: format!("http://127.0.0.1:{closed}"),
         fail_url: linkwatch::secret::Secret::new(format!("http://127.0.0.1:{closed}/ping/{UUID}/fail")),

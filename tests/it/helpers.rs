@@ -52,7 +52,7 @@ pub struct Setup {
     pub extra_orgs: usize,
     /// `[[channel]]` and `[[route]]` tables; by default one console channel.
     pub channels: String,
-    pub sim_options: simulator::Options,
+    pub sim_options: simulator::Tuning,
     /// Dispatcher settings (retry policy, ...); the app's clock replaces theirs.
     pub delivery: Option<dispatch::DeliverySettings>,
     /// `[atlas]` (the simulator's Atlas and [`ATLAS_PUBLIC_KEY`]) with these extra lines, and
@@ -71,7 +71,7 @@ impl Default for Setup {
             database_url: None,
             extra_orgs: 0,
             channels: "[[channel]]\nname = \"console\"\nkind = \"console\"\n".into(),
-            sim_options: simulator::Options::default(),
+            sim_options: simulator::Tuning::default(),
             delivery: None,
             atlas: None,
         }

@@ -2,7 +2,7 @@
 //! with its own key, sessions never shared, one instance down touching only its orgs.
 
 use linkwatch::outcome::FailureClass;
-use linkwatch::simulator::{Behavior, LiveMigrationBehavior, Options, Simulator};
+use linkwatch::simulator::{Behavior, LiveMigrationBehavior, Simulator, Tuning};
 
 use crate::helpers::*;
 
@@ -17,7 +17,7 @@ const GLOBEX_ATLAS_PRIVATE: &str = "globex-atlas-private-12";
 async fn two_customers_are_each_asked_at_their_own_instance_with_their_own_keys() {
     // Globex runs its own Ops Manager (and owns its own Atlas organization): a second server
     // that knows only Globex's keys and org; the default one knows neither.
-    let globex = Simulator::start(([127, 0, 0, 1], 0).into(), Options::default())
+    let globex = Simulator::start(([127, 0, 0, 1], 0).into(), Tuning::default())
         .await
         .unwrap();
     globex.add_api_key(GLOBEX_PUBLIC, GLOBEX_PRIVATE);
