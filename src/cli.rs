@@ -489,13 +489,10 @@ async fn notify_test(config: &Config, name: &str) -> anyhow::Result<ExitCode> {
         let known: Vec<&str> = config.channels.iter().map(|c| c.name.as_str()).collect();
         anyhow::bail!("no channel is named \"{name}\" (channels: {})", known.join(", "));
     };
-    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_else(|_| "this host".into());
+    let host = config::host_name();
     let now = chrono::Utc::now();
     let message = message::Message {
-        title: format!(
-            "linkwatch test message: channel \"{name}\" works (sent from {})",
-            host.trim()
-        ),
+        title: format!("linkwatch test message: channel \"{name}\" works (sent from {host})",),
         advice: Some("This is a test sent by `linkwatch notify-test`; nothing happened to any link.".into()),
         org_name: "linkwatch".into(),
         org_id: "-".into(),

@@ -101,11 +101,10 @@ impl WriterLock {
                     .into());
             }
         }
-        let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
         let holder = format!(
             "linkwatch {command} (pid {} on {} since {})",
             std::process::id(),
-            host.trim(),
+            crate::config::host_name(),
             super::ts(chrono::Utc::now())
         );
         // Who holds it is a courtesy for the next one's message; the lock works without it.

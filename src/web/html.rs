@@ -481,9 +481,7 @@ fn channels_section(channels: &[ChannelView]) -> Markup {
 /// first as given: each run's newest failure, the time of its oldest, and how many. Fifty 503s
 /// in a row are one row.
 fn runs(failures: &[FailureView]) -> Vec<(&FailureView, &str, usize)> {
-    let same = |a: &FailureView, b: &FailureView| {
-        (&a.class, a.http_status, &a.error_code, &a.detail) == (&b.class, b.http_status, &b.error_code, &b.detail)
-    };
+    let same = FailureView::same_as;
     let mut out: Vec<(&FailureView, &str, usize)> = Vec::new();
     for f in failures {
         match out.last_mut() {
@@ -585,10 +583,10 @@ fn failures_section(d: &OrgDetail) -> Markup {
                     @let runs = runs(&d.failures);
                     @let last = runs.len() - 1;
                     @for (i, (f, oldest, n)) in runs.into_iter().enumerate() {
-                        @let cut = d.failures_beyond && i == last;
+                        @let cut = d.oldest_run_goes_on && i == last;
                         tr {
                             td {
-                                @if cut { "before " }
+                                @if cut { "from before " }
                                 @if n > 1 || cut { (shown_time(oldest)) " to " }
                                 (shown_time(&f.checked_at))
                             }

@@ -201,6 +201,14 @@ pub struct FailureView {
     pub detail: String,
 }
 
+impl FailureView {
+    /// The same failure (class, HTTP status, error code and detail), whenever it happened.
+    pub fn same_as(&self, other: &FailureView) -> bool {
+        (&self.class, self.http_status, &self.error_code, &self.detail)
+            == (&other.class, other.http_status, &other.error_code, &other.detail)
+    }
+}
+
 /// `GET /org/{id or name}`.
 #[derive(Debug)]
 pub struct OrgDetail {
@@ -208,9 +216,11 @@ pub struct OrgDetail {
     pub org: OrgView,
     pub changes: Vec<ChangeView>,
     pub failures: Vec<FailureView>,
-    /// More failed checks in the window than `failures` holds: the oldest run shown may be
-    /// longer than it counts.
+    /// More failed checks in the window than `failures` holds.
     pub failures_beyond: bool,
+    /// The next older failed check, not shown, is the same failure as the oldest shown: that
+    /// run goes back further than it counts.
+    pub oldest_run_goes_on: bool,
     pub timeline: Timeline,
     /// The live migrations from this org, by name.
     pub migrations: Vec<LiveMigrationDetail>,
@@ -565,8 +575,10 @@ pub async fn org(page: &Page, id: &str, name: &str) -> anyhow::Result<OrgDetail>
             detail: f.detail,
         })
         .collect();
-    let failures_beyond = failures.len() > FAILURES_SHOWN as usize;
+    let beyond = failures.get(FAILURES_SHOWN as usize).cloned();
     failures.truncate(FAILURES_SHOWN as usize);
+    let failures_beyond = beyond.is_some();
+    let oldest_run_goes_on = beyond.zip(failures.last()).is_some_and(|(b, last)| b.same_as(last));
     let timeline = Timeline::new(
         from,
         now,
@@ -593,6 +605,7 @@ pub async fn org(page: &Page, id: &str, name: &str) -> anyhow::Result<OrgDetail>
         changes,
         failures,
         failures_beyond,
+        oldest_run_goes_on,
         timeline,
         migrations: migration_details,
     })

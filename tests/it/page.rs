@@ -886,26 +886,38 @@ async fn the_org_page_groups_identical_failures_and_writes_each_time_one_way() {
 
 /// More identical failures than the page lists: the oldest run it shows says that it goes
 /// further back, and the page says where all of them are, instead of a count that stops at 50.
+/// When the next older failure is another one, the run shown is whole, and says so.
 #[tokio::test]
 async fn a_run_of_failures_longer_than_the_page_lists_says_so() {
     let t = spawn_app().await;
-    t.sim.set(ORG_B, Behavior::error(503, "", "maintenance"));
     let page = serve_page(&t).await;
-    let org_page = || async { get_text(&format!("{}org/beta", page.base)).await.1 };
-    for n in 1..=51 {
+    let failures = || async {
+        let body = get_text(&format!("{}org/beta", page.base)).await.1;
+        let table = &body[body.find("table class=\"failures\"").expect("a failures table")..];
+        let table = table[..table.find("</table>").unwrap()].to_owned();
+        (table, body.contains("The latest 50 failed checks"))
+    };
+    let check = |behavior: Behavior| {
+        t.sim.set(ORG_B, behavior);
         t.app.clock.step(chrono::Duration::minutes(1));
-        t.check(ORG_B).await;
-        if n == 50 {
-            let body = org_page().await;
-            assert!(body.contains("<td>× 50</td>") && !body.contains("or more"), "{body}");
-        }
+        t.check(ORG_B)
+    };
+    check(Behavior::error(500, "", "the server fell over")).await;
+    for _ in 0..50 {
+        check(Behavior::error(503, "", "maintenance")).await;
     }
-    let body = org_page().await;
-    let failures = &body[body.find("table class=\"failures\"").expect("a failures table")..];
-    let failures = &failures[..failures.find("</table>").unwrap()];
-    assert!(failures.contains("<td>× 50 or more</td>"), "{failures}");
-    assert!(failures.contains("before "), "{failures}");
-    assert!(body.contains("The latest 50 failed checks"), "{body}");
+    // 51 failures: the 50 shown are one run, and the one before it was another failure.
+    let (table, capped) = failures().await;
+    assert!(table.contains("<td>× 50</td>") && !table.contains("or more"), "{table}");
+    assert!(!table.contains("fell over") && capped, "{table}");
+    check(Behavior::error(503, "", "maintenance")).await;
+    // 52: the run goes on past the 50 shown.
+    let (table, capped) = failures().await;
+    assert!(
+        table.contains("<td>× 50 or more</td>") && table.contains("from before "),
+        "{table}"
+    );
+    assert!(capped);
 }
 
 /// The page's routes (as `linkwatch run` serves them) on a port of their own, without the
