@@ -270,9 +270,10 @@ pub async fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Once => once(cli.load_config()?).await,
         Command::History { org, since, json } => {
             // Reading the history needs the database and no other secret.
-            let (db, configured) = match &cli.database {
-                Some(db) => (db.clone(), Vec::new()),
-                None => {
+            let (db, configured) = match (&cli.database, &cli.config) {
+                // Only a database: its orgs are all there is to know.
+                (Some(db), None) => (db.clone(), Vec::new()),
+                _ => {
                     let config = cli.load_config_with(config::Secrets::DatabaseOnly)?;
                     let orgs = config.orgs.iter().map(|o| (o.name.clone(), o.id.to_string())).collect();
                     (config.database, orgs)
@@ -341,11 +342,12 @@ fn check(config: &Config) -> anyhow::Result<ExitCode> {
     print_reports(config);
     if let Some(h) = &config.heartbeat {
         // Only the origin: the rest of the URL is the monitor's credential.
-        println!(
-            "\nheartbeat: {}/… every {}",
-            h.shown,
-            humantime::format_duration(h.every)
-        );
+        let url = if config::UNREAD.starts_with(h.shown.as_str()) {
+            "(its URL not read here)".to_owned()
+        } else {
+            format!("{}/…", h.shown)
+        };
+        println!("\nheartbeat: {url} every {}", humantime::format_duration(h.every));
     }
     if config.orgs.is_empty() {
         println!("\nnote: no [[org]] is configured; `linkwatch run` would have nothing to watch");
@@ -355,6 +357,7 @@ fn check(config: &Config) -> anyhow::Result<ExitCode> {
         for s in &config.unread_secrets {
             println!("  {s}");
         }
+        println!("{}", config::UNREAD_WHY);
     }
     Ok(ExitCode::SUCCESS)
 }

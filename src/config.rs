@@ -982,6 +982,11 @@ fn service_account(
 /// for its database (`history`).
 pub(crate) const UNREAD: &str = "https://secret-not-read.invalid/";
 
+/// Why the secrets of `Config::unread_secrets` were not read, and how to read them.
+pub const UNREAD_WHY: &str = "${CREDENTIALS_DIRECTORY} is set by systemd for the service (from its \
+     LoadCredential= lines), not in a shell: add --credentials-dir DIR (e.g. /etc/linkwatch/credentials) \
+     to read these files here";
+
 /// A secret may be written inline, read from a file (systemd `LoadCredential=`), or taken from an
 /// environment variable. Exactly one of the three may be set.
 fn resolve_secret(
@@ -1007,13 +1012,14 @@ fn resolve_secret(
         let key = format!("{key}_file");
         let path = match expand_credentials_dir(f.get_ref(), loc.options.credentials_dir.as_deref()) {
             Ok(path) => path,
-            Err(m) if loc.options.secrets == Secrets::NoteUnreadable => {
+            Err(_) if loc.options.secrets == Secrets::NoteUnreadable => {
                 let ConfigError::Invalid { file, line, .. } = loc.error(f.span().start, &key, String::new()) else {
                     unreachable!("Locator::error makes Invalid")
                 };
+                // Why is said once, under the list (`UNREAD_WHY`).
                 loc.unread
                     .borrow_mut()
-                    .push(format!("{}:{line}: {key}: {m}", file.display()));
+                    .push(format!("{}:{line}: {key}: {}", file.display(), f.get_ref()));
                 return Ok(Some(Secret::new(UNREAD)));
             }
             Err(m) => return Err(loc.error(f.span().start, &key, m)),

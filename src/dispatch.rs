@@ -441,7 +441,7 @@ async fn worker(
                 Next::Idle(tokio::time::Instant::now().checked_add(READ_RETRY))
             }
             Err(e) => {
-                tracing::error!(channel = %outlet.name, "cannot read the outbox: {e:#}");
+                crate::log_store_failure!(&e, channel = %outlet.name, "cannot read the outbox: {e:#}");
                 Next::Idle(tokio::time::Instant::now().checked_add(READ_RETRY))
             }
         };

@@ -443,12 +443,13 @@ pub fn render_report(r: &Report) -> (String, String, String) {
     (subject, text, html)
 }
 
+/// A live migration that failed, or whose checks are failing: red, as on the page.
 fn failed(m: &LiveMigrationLine) -> bool {
-    matches!(m.status.as_deref(), Some("FAILED" | "EXPIRED"))
+    matches!(m.status.as_deref(), Some("FAILED" | "EXPIRED")) || m.failing.is_some()
 }
 
-/// The title under a band of the worst news's colour (red: checks failing or a migration
-/// failed; amber: links not SYNCED; green: all well), then how many links are SYNCED.
+/// The title under a band of the worst news's colour (red: checks failing, or a migration
+/// failed or failing to be checked; amber: links not SYNCED; green: all well), then how many links are SYNCED.
 fn report_summary(html: &mut String, r: &Report) {
     let (background, foreground) = if !r.failing.is_empty() || r.migrations.iter().any(failed) {
         RED
@@ -463,7 +464,10 @@ fn report_summary(html: &mut String, r: &Report) {
         escape(&r.title())
     ));
     if let Some(note) = r.late_note() {
-        html.push_str(&cells(&[escape(&note)], None));
+        html.push_str(&format!(
+            "<tr><td colspan=\"2\" style=\"padding:4px 12px;color:#555\">{}</td></tr>\n",
+            escape(&note)
+        ));
     }
     html.push_str(&cells(&["SYNCED".into(), format!("{} of {}", r.synced, r.orgs)], None));
     html.push_str("</table>\n");
@@ -567,6 +571,41 @@ fn escape(s: &str) -> String {
 mod tests {
     use super::*;
     use crate::secret::Secret;
+
+    /// A report whose links are all SYNCED but whose one live migration cannot be checked, sent
+    /// late: the band is red (the page's colour for failing checks), and the late note spans
+    /// the table.
+    #[test]
+    fn a_report_with_a_migration_failing_to_be_checked_is_red() {
+        let report = Report {
+            name: "daily".into(),
+            timezone: None,
+            slot: "2026-12-05T09:00:00.000Z".into(),
+            generated_at: "2026-12-05T09:20:00.000Z".into(),
+            late: true,
+            orgs: 1,
+            synced: 1,
+            not_synced: Vec::new(),
+            failing: Vec::new(),
+            migrations: vec![LiveMigrationLine {
+                name: "payments-rs0".into(),
+                org_name: "payments".into(),
+                status: Some("WORKING".into()),
+                ready_for_cutover: false,
+                estimated_deadline: None,
+                left_s: None,
+                lag_s: None,
+                failing: Some("Atlas refused the key".into()),
+            }],
+        };
+        let (_, _, html) = render_report(&report);
+        assert!(html.contains(&format!("background:{}", RED.0)), "{html}");
+        assert!(html.contains(&format!("border-left:4px solid {}", RED.0)), "{html}");
+        assert!(
+            html.contains("<td colspan=\"2\" style=\"padding:4px 12px;color:#555\">"),
+            "{html}"
+        );
+    }
 
     fn email() -> Email {
         let settings = config::EmailConfig {

@@ -74,6 +74,13 @@ async fn check_lists_the_example_config() {
     ] {
         assert!(stdout.contains(key), "{key} not listed as unread:\n{stdout}");
     }
+    // Why and how, once; and no placeholder shown as if it were the monitor's address.
+    assert_eq!(stdout.matches("--credentials-dir DIR").count(), 1, "{stdout}");
+    assert!(
+        stdout.contains("heartbeat: (its URL not read here) every 1m"),
+        "{stdout}"
+    );
+    assert!(!stdout.contains("invalid"), "{stdout}");
 
     let dir = tempfile::tempdir().unwrap();
     for (name, value) in [
@@ -528,16 +535,28 @@ async fn history_of_an_org_nobody_knows_says_so() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(stdout.contains("no status changes recorded for beta"), "{stdout}");
 
-    // Without a config, the database alone says which orgs there are.
+    // Without a config, the database alone says which orgs there are; with both, both do.
     let out = linkwatch()
         .args(["history", "--org", "beta", "--database"])
         .arg(&t.db_path)
+        .env_remove("LINKWATCH_CONFIG")
         .output()
         .await
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("(orgs: alpha)"), "{stderr}");
+    let out = linkwatch()
+        .args(["history", "--org", "beta", "--database"])
+        .arg(&t.db_path)
+        .arg("--config")
+        .arg(&t.config_path)
+        .output()
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("no status changes recorded for beta"), "{stdout}");
 }
 
 /// `simulate` says what each org will answer, and prints a config that works as pasted.

@@ -240,22 +240,13 @@ const LAYERS: [(&str, &[&str]); 7] = [
     (
         "values",
         &[
-            "clock",
-            "config",
-            "cron",
-            "memory",
-            "outcome",
-            "outside",
-            "retry",
-            "secret",
-            "simulator",
-            "text",
+            "clock", "config", "cron", "memory", "outcome", "outside", "retry", "secret", "text",
         ],
     ),
     ("decisions", &["detect", "router"]),
     ("store", &["store"]),
     (
-        "the world outside",
+        "the parts the steps use",
         &[
             "channels",
             "client",
@@ -263,6 +254,7 @@ const LAYERS: [(&str, &[&str]); 7] = [
             "metrics",
             "report",
             "scheduler",
+            "simulator",
             "table",
         ],
     ),
