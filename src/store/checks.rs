@@ -336,31 +336,7 @@ const WRITE_TRANSITION: Sql = Sql::both(
 /// Writes `rec` inside the caller's transaction.
 async fn write_record(mut conn: Conn<'_>, instance: &str, rec: &CheckRecord<'_>) -> anyhow::Result<()> {
     let at = Ts(rec.at);
-    let s = rec.state;
-    let (success_at, last_error) = match rec.outcome {
-        Ok(_) => (Some(at), None),
-        Err(f) => (None, Some(f.explain())),
-    };
-    let event_count: i64 = on_conn!(conn.re(), |c, D| WRITE_ORG
-        .query_scalar::<D, i64>()
-        .bind(rec.org_id.as_str())
-        .bind(rec.org_name)
-        .bind(&s.status)
-        .bind(opt(s.status_since))
-        .bind(&s.candidate)
-        .bind(count(s.candidate_count))
-        .bind(opt(s.candidate_since))
-        .bind(count(s.consecutive_failures))
-        .bind(opt(s.failing_since))
-        .bind(s.failing_alerted)
-        .bind(at)
-        .bind(success_at)
-        .bind(&last_error)
-        .bind(&s.previous_status)
-        .bind(opt(s.broken_since))
-        .bind(rec.events.len() as i64)
-        .fetch_one(c)
-        .await?);
+    let event_count = write_org(conn.re(), rec).await?;
 
     for route in rec.reminded {
         on_conn!(conn.re(), |c, D| WRITE_REMINDER
@@ -405,6 +381,36 @@ async fn write_record(mut conn: Conn<'_>, instance: &str, rec: &CheckRecord<'_>)
         insert_org_event(conn.re(), &id, rec.org_id.as_str(), event, at, channels).await?;
     }
     Ok(())
+}
+
+/// The org's row: its state after this check; returns its count of events, these included.
+async fn write_org(mut conn: Conn<'_>, rec: &CheckRecord<'_>) -> anyhow::Result<i64> {
+    let at = Ts(rec.at);
+    let s = rec.state;
+    let (success_at, last_error) = match rec.outcome {
+        Ok(_) => (Some(at), None),
+        Err(f) => (None, Some(f.explain())),
+    };
+    Ok(on_conn!(conn.re(), |c, D| WRITE_ORG
+        .query_scalar::<D, i64>()
+        .bind(rec.org_id.as_str())
+        .bind(rec.org_name)
+        .bind(&s.status)
+        .bind(opt(s.status_since))
+        .bind(&s.candidate)
+        .bind(count(s.candidate_count))
+        .bind(opt(s.candidate_since))
+        .bind(count(s.consecutive_failures))
+        .bind(opt(s.failing_since))
+        .bind(s.failing_alerted)
+        .bind(at)
+        .bind(success_at)
+        .bind(&last_error)
+        .bind(&s.previous_status)
+        .bind(opt(s.broken_since))
+        .bind(rec.events.len() as i64)
+        .fetch_one(c)
+        .await?))
 }
 
 /// Whether `check` lost a race with the one recorded at `last` (see [`Check::answered`]).
