@@ -12,8 +12,8 @@ use super::format::span;
 use super::standing::OrgStanding;
 use super::timeline::class;
 use super::view::{
-    ChannelView, FailureView, LiveMigrationDetail, LiveMigrationView, OrgDetail, OrgView, SilenceView, StatusView,
-    SyncedShare, parse,
+    ChangeView, ChannelView, FailureView, LiveMigrationDetail, LiveMigrationView, OrgDetail, OrgView, SilenceView,
+    StatusView, SyncedShare, parse,
 };
 use crate::text::shown_time;
 
@@ -401,21 +401,7 @@ fn live_migration_detail(d: &LiveMigrationDetail, now: &str) -> Markup {
                     span class="key-no-lag" {} "no lag reported"
                 }
             }
-            @if !d.changes.is_empty() {
-                table class="migration-changes" {
-                    thead { tr { th { "when" } th { "from" } th { "to" } th { "the old status lasted" } } }
-                    tbody {
-                        @for c in d.changes.iter().rev() {
-                            tr {
-                                td { (shown_time(&c.at)) }
-                                td { (c.from.as_deref().unwrap_or("(first seen)")) }
-                                td { (c.to) }
-                                td { (c.previous_lasted_s.map(span).unwrap_or_default()) }
-                            }
-                        }
-                    }
-                }
-            }
+            @if !d.changes.is_empty() { (changes_table("migration-changes", &d.changes, false)) }
             p class="muted" {
                 @if let Some(url) = &m.atlas_url { a href=(url) { "Atlas project" } " · " }
                 "JSON: " a href=(format!("../api/v1/migrations/{}", m.id)) { "api/v1/migrations/" (m.id) }
@@ -552,16 +538,27 @@ fn changes_section(d: &OrgDetail) -> Markup {
         @if d.changes.is_empty() {
             p class="muted" { "No status recorded yet." }
         } @else {
-            table class="changes" {
-                thead { tr { th { "when" } th { "from" } th { "to" } th { "the old status lasted" } } }
-                tbody {
-                    @for c in d.changes.iter().rev() {
-                        tr {
-                            td { (shown_time(&c.at)) }
-                            td { (c.from.as_deref().unwrap_or("(first seen)")) }
+            (changes_table("changes", &d.changes, true))
+        }
+    }
+}
+
+/// Status changes, newest first; `coloured`: the new status in the link's colours.
+fn changes_table(table_class: &str, changes: &[ChangeView], coloured: bool) -> Markup {
+    html! {
+        table class=(table_class) {
+            thead { tr { th { "when" } th { "from" } th { "to" } th { "the old status lasted" } } }
+            tbody {
+                @for c in changes.iter().rev() {
+                    tr {
+                        td { (shown_time(&c.at)) }
+                        td { (c.from.as_deref().unwrap_or("(first seen)")) }
+                        @if coloured {
                             td class=(format!("status {}", class(Some(&c.to)))) { (c.to) }
-                            td { (c.previous_lasted_s.map(span).unwrap_or_default()) }
+                        } @else {
+                            td { (c.to) }
                         }
+                        td { (c.previous_lasted_s.map(span).unwrap_or_default()) }
                     }
                 }
             }
