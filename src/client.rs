@@ -244,7 +244,9 @@ impl Client {
                     .send(&url, || self.request(url.clone()), requests)
                     .await
                     .map_err(digest_error)?,
-                Auth::OAuth(cache) => self.send_oauth(url, key, endpoint, cache).await?,
+                // Boxed: the OAuth exchange is the larger future, and unboxed it made every
+                // check of every org that size, Digest ones included.
+                Auth::OAuth(cache) => Box::pin(self.send_oauth(url, key, endpoint, cache)).await?,
             };
             self.read(response).await
         };
