@@ -68,3 +68,18 @@ async fn a_hung_org_does_not_stall_the_others() {
         "{alpha:?}"
     );
 }
+
+/// Every check runs as a task holding this future, 166 a second at 10,000 orgs a minute: its size
+/// is memory (BENCHMARKS.md, "Session 11": an unboxed OAuth exchange made it 1,576 bytes in a
+/// debug build, and the daemon 1 MB larger at 10,000 orgs; boxed, 1,056). The bound leaves room
+/// for a compiler's changes, not for another large state awaited inline.
+#[tokio::test]
+async fn a_scheduled_checks_future_stays_small() {
+    let t = spawn_app().await;
+    let check = t.app.checker.scheduled(0);
+    let size = std::mem::size_of_val(&check);
+    assert!(
+        size <= 1280,
+        "a scheduled check's future is {size} bytes; box what made it grow"
+    );
+}
