@@ -495,7 +495,7 @@ async fn notify_test(config: &Config, name: &str) -> anyhow::Result<ExitCode> {
     let host = config::host_name();
     let now = chrono::Utc::now();
     let message = message::Message {
-        title: format!("linkwatch test message: channel \"{name}\" works (sent from {host})",),
+        title: format!("linkwatch test message: channel \"{name}\" works (sent from {host})"),
         advice: Some("This is a test sent by `linkwatch notify-test`; nothing happened to any link.".into()),
         org_name: "linkwatch".into(),
         org_id: "-".into(),

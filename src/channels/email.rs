@@ -12,6 +12,7 @@ use std::str::FromStr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::detect::live_migration::ended_badly;
 use crate::report::{LiveMigrationLine, Report};
 use crate::text::human_secs;
 use anyhow::Context as _;
@@ -375,7 +376,7 @@ fn colour(m: &Message) -> (&'static str, &'static str) {
     match (m.kind.as_str(), change(m), to) {
         ("check_failing", _, _) => RED,
         ("check_recovered", _, _) => GREEN,
-        (_, _, Some("FAILED" | "EXPIRED")) => RED,
+        (_, _, Some(s)) if ended_badly(s) => RED,
         (_, _, Some("SYNCED" | "COMPLETE")) => GREEN,
         (_, Some(("SYNCED", _)), _) => ORANGE,
         _ => AMBER,
@@ -445,7 +446,7 @@ pub fn render_report(r: &Report) -> (String, String, String) {
 
 /// A live migration that failed, or whose checks are failing: red, as on the page.
 fn failed(m: &LiveMigrationLine) -> bool {
-    matches!(m.status.as_deref(), Some("FAILED" | "EXPIRED")) || m.failing.is_some()
+    m.status.as_deref().is_some_and(ended_badly) || m.failing.is_some()
 }
 
 /// The title under a band of the worst news's colour (red: checks failing, or a migration

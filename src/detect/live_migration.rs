@@ -21,6 +21,12 @@ pub const WORKING: &str = "WORKING";
 /// The statuses after which a migration does nothing more (a new migration has a new id).
 pub const FINAL: [&str; 3] = ["COMPLETE", "FAILED", "EXPIRED"];
 
+/// A live migration that ended without moving the data: Atlas's `FAILED`, or `EXPIRED` (its
+/// cutover window ran out). Messages, mail and the page show it in the failure colour.
+pub fn ended_badly(status: &str) -> bool {
+    matches!(status, "FAILED" | "EXPIRED")
+}
+
 fn is_final(status: &str) -> bool {
     FINAL.contains(&status)
 }

@@ -724,7 +724,7 @@ fn live_migration_view(
         match r.status.as_deref() {
             None => LiveMigrationStage::Unchecked,
             Some("COMPLETE") => LiveMigrationStage::Complete,
-            Some("FAILED" | "EXPIRED") => LiveMigrationStage::Failed,
+            Some(s) if crate::detect::live_migration::ended_badly(s) => LiveMigrationStage::Failed,
             Some(_) if r.ready_for_cutover => LiveMigrationStage::Ready,
             Some(_) => LiveMigrationStage::InProgress,
         }
